@@ -1,0 +1,3 @@
+from tierfs.cli import main
+
+main()

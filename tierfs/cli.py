@@ -1,0 +1,102 @@
+"""The ``tierfs`` command line: mount and unmount.
+
+Every configuration key gets a flag of the same name, generated from ``config.KEYS``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from tierfs import __version__
+from tierfs.config import KEYS, Config, load_config
+from tierfs.errors import TierfsError
+
+log = logging.getLogger("tierfs")
+
+
+def _config_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    for key in reversed(KEYS):
+        if key.is_flag:
+            decl = f"{key.flag}/--no-{key.flag[2:]}"
+            fn = click.option(decl, key.name, default=None, help=key.help)(fn)
+        else:
+            fn = click.option(key.flag, key.name, default=None, metavar="VALUE",
+                              help=key.help)(fn)
+    return click.option("--config", "config_file", type=click.Path(path_type=Path),
+                        default=None, help="TOML configuration file (default: "
+                        "$TIERFS_CONFIG, else ~/.config/tierfs/config.toml if present).")(fn)
+
+
+def _fail(message: str) -> None:
+    click.echo(f"tierfs: error: {message}", err=True)
+    sys.exit(1)
+
+
+def setup_logging(config: Config, to_stderr: bool) -> None:
+    handlers: list[logging.Handler] = [logging.FileHandler(config.hot / "tierfs.log")]
+    if to_stderr:
+        handlers.append(logging.StreamHandler())
+    logging.basicConfig(level=config.log_level.upper(), handlers=handlers, force=True,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="tierfs")
+def main() -> None:
+    """tierfs: one POSIX namespace over local NVMe (hot), NFS (warm) and object storage."""
+
+
+@main.command()
+@click.argument("mountpoint", type=click.Path(path_type=str))
+@click.option("-f", "--foreground", is_flag=True, help="Serve in this process until unmounted.")
+@click.option("--daemon-child", is_flag=True, hidden=True)
+@_config_options
+def mount(mountpoint: str, foreground: bool, daemon_child: bool, config_file: Path | None,
+          **flags: Any) -> None:
+    """Mount tierfs on MOUNTPOINT; returns once the mount is live."""
+    from tierfs import mounting
+
+    mountpoint = os.path.abspath(mountpoint)
+    try:
+        config = load_config(config_file, flags)
+        mounting.preflight(config, mountpoint)
+        if not foreground:
+            pid = mounting.start_daemon(config, mountpoint)
+            click.echo(f"tierfs mounted on {mountpoint} (pid {pid}; hot {config.hot}, "
+                       f"warm {config.warm})")
+            return
+        from tierfs.fuse import session
+
+        setup_logging(config, to_stderr=not daemon_child)
+
+        def on_ready() -> None:
+            if daemon_child:  # hand stderr over to the log: the parent sees EOF and returns
+                fd = os.open(config.hot / "tierfs.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+                os.dup2(fd, 2)
+                os.close(fd)
+
+        session.run(config, mountpoint, on_ready)
+    except TierfsError as e:
+        _fail(str(e))
+    except RuntimeError as e:  # pyfuse3 reports a refused mount this way
+        _fail(f"cannot mount {mountpoint}: {e}")
+
+
+@main.command()
+@click.argument("mountpoint", type=click.Path(path_type=str))
+def unmount(mountpoint: str) -> None:
+    """Publish pending writes and unmount MOUNTPOINT."""
+    from tierfs import mounting
+
+    try:
+        mounting.unmount(os.path.abspath(mountpoint))
+    except TierfsError as e:
+        _fail(str(e))
+    click.echo(f"unmounted {os.path.abspath(mountpoint)}")

@@ -1,0 +1,221 @@
+"""Configuration: the key table, zero-config defaults, TOML loading and validation.
+
+Every key is declared once in ``KEYS``; the CLI builds one flag per key from the same table
+(``large_file_threshold`` becomes ``--large-file-threshold``), so the config file, the flags and
+docs/configuration.md cannot drift apart. Precedence: flag > config file > default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import humanfriendly
+import platformdirs
+
+from tierfs.errors import ConfigError
+
+#: Anyscale's node-local NVMe and per-user NFS mounts; used when they exist.
+ANYSCALE_HOT = Path("/mnt/local_storage")
+ANYSCALE_WARM = Path("/mnt/user_storage")
+
+
+def _default_hot() -> Path:
+    if ANYSCALE_HOT.is_dir():
+        return ANYSCALE_HOT / "tierfs"
+    return Path(platformdirs.user_cache_dir("tierfs")) / "hot"
+
+
+def _default_warm() -> Path:
+    # A subfolder, not the NFS root itself: tierfs keeps temp files in the namespace while it
+    # publishes, and a user's existing files should not be mixed into its tree unasked.
+    if ANYSCALE_WARM.is_dir():
+        return ANYSCALE_WARM / "tierfs"
+    return Path(platformdirs.user_data_dir("tierfs")) / "warm"
+
+
+def default_config_file() -> Path:
+    return Path(platformdirs.user_config_dir("tierfs")) / "config.toml"
+
+
+def _path(value: Any) -> Path:
+    if not isinstance(value, str) or not value:
+        raise ValueError("expected a non-empty path string")
+    return Path(value).expanduser().absolute()
+
+
+def _bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "yes", "1", "false", "no", "0"):
+        return value.lower() in ("true", "yes", "1")
+    raise ValueError("expected true or false")
+
+
+def _seconds(value: Any) -> float:
+    if isinstance(value, bool):
+        raise ValueError("expected a number of seconds")
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        raise ValueError("expected a number of seconds") from None
+    if not 0 <= seconds <= 3600:
+        raise ValueError("expected seconds between 0 and 3600")
+    return seconds
+
+
+def _count(value: Any) -> int:
+    if isinstance(value, bool):
+        raise ValueError("expected a whole number")
+    try:
+        count = int(value)
+    except (TypeError, ValueError):
+        raise ValueError("expected a whole number") from None
+    if not 1 <= count <= 1024:
+        raise ValueError("expected a whole number from 1 to 1024")
+    return count
+
+
+def parse_size(value: Any) -> int:
+    """Bytes from ``4096``, ``"512MiB"`` or ``"10GB"`` (decimal and binary units both accepted)."""
+    if isinstance(value, bool):
+        raise ValueError("expected a size such as 8MiB")
+    if isinstance(value, int):
+        size = value
+    else:
+        try:
+            size = humanfriendly.parse_size(str(value))
+        except humanfriendly.InvalidSize:
+            raise ValueError(f"expected a size such as 8MiB, not {value!r}") from None
+    if size < 0:
+        raise ValueError("a size cannot be negative")
+    return int(size)
+
+
+def _read_ahead(value: Any) -> int:
+    size = parse_size(value)
+    if not 128 * 1024 <= size <= 1024**3:
+        raise ValueError("expected a size from 128KiB to 1GiB")
+    return size
+
+
+def _log_level(value: Any) -> str:
+    levels = ("debug", "info", "warning", "error")
+    if not isinstance(value, str) or value.lower() not in levels:
+        raise ValueError(f"expected one of {', '.join(levels)}")
+    return value.lower()
+
+
+@dataclasses.dataclass(frozen=True)
+class Key:
+    name: str
+    parse: Callable[[Any], Any]
+    default: Callable[[], Any]
+    help: str
+    is_flag: bool = False
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+KEYS: tuple[Key, ...] = (
+    Key("hot", _path, _default_hot,
+        "Hot tier directory on node-local disk: staging files, the LMDB index, logs."),
+    Key("warm", _path, _default_warm,
+        "Warm tier directory (NFS): the namespace root; directories and small files live here."),
+    Key("allow_other", _bool, lambda: False,
+        "Let users other than the one who mounted access the mount (FUSE allow_other).",
+        is_flag=True),
+    Key("attr_timeout", _seconds, lambda: 1.0,
+        "Seconds the kernel may cache file attributes; bounds cross-node staleness."),
+    Key("entry_timeout", _seconds, lambda: 1.0,
+        "Seconds the kernel may cache name lookups; bounds cross-node staleness."),
+    Key("read_ahead", _read_ahead, lambda: 8 * 1024 * 1024,
+        "Kernel read-ahead window for the mount (a size such as 8MiB)."),
+    Key("warm_threads", _count, lambda: 16,
+        "Worker threads for warm-tier (NFS) calls; NFS servers limit connections."),
+    Key("hot_threads", _count, lambda: 8,
+        "Worker threads for hot-tier (local disk) calls."),
+    Key("log_level", _log_level, lambda: "info",
+        "Log level: debug, info, warning or error."),
+)
+
+KEYS_BY_NAME: dict[str, Key] = {key.name: key for key in KEYS}
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    hot: Path
+    warm: Path
+    allow_other: bool
+    attr_timeout: float
+    entry_timeout: float
+    read_ahead: int
+    warm_threads: int
+    hot_threads: int
+    log_level: str
+    #: Which keys were set explicitly (file or flag); zero-config tiers are created on demand.
+    explicit: frozenset[str] = frozenset()
+
+    def to_args(self) -> list[str]:
+        """Flags that reproduce this configuration exactly (used to start the daemon)."""
+        args: list[str] = []
+        for key in KEYS:
+            value = getattr(self, key.name)
+            if key.is_flag:
+                args.append(key.flag if value else "--no-" + key.flag[2:])
+            else:
+                args += [key.flag, str(value)]
+        return args
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
+    return data
+
+
+def build_config(file_values: Mapping[str, Any], flag_values: Mapping[str, Any],
+                 source: str = "config") -> Config:
+    """Merge file and flag values over the defaults, naming the key on any bad input."""
+    values: dict[str, Any] = {}
+    for name in file_values:
+        if name not in KEYS_BY_NAME:
+            raise ConfigError(f"{source}: unknown key '{name}' (known keys: "
+                              f"{', '.join(k.name for k in KEYS)})")
+    merged = {**file_values, **{k: v for k, v in flag_values.items() if v is not None}}
+    for key in KEYS:
+        if key.name in merged:
+            try:
+                values[key.name] = key.parse(merged[key.name])
+            except ValueError as e:
+                where = key.flag if key.name in flag_values and flag_values[key.name] is not None \
+                    else f"{source}: key '{key.name}'"
+                raise ConfigError(f"{where}: bad value {merged[key.name]!r}: {e}") from None
+        else:
+            values[key.name] = key.default()
+    return Config(**values, explicit=frozenset(merged))
+
+
+def load_config(config_file: Path | None, flag_values: Mapping[str, Any]) -> Config:
+    """The effective configuration: an explicit file must exist; the default file may not."""
+    if config_file is None:
+        env_file = os.environ.get("TIERFS_CONFIG")
+        config_file = Path(env_file) if env_file else None
+    if config_file is not None:
+        return build_config(read_config_file(config_file), flag_values, str(config_file))
+    default = default_config_file()
+    file_values = read_config_file(default) if default.is_file() else {}
+    return build_config(file_values, flag_values, str(default))

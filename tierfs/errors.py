@@ -1,0 +1,53 @@
+"""Errors that reach users, and the one place where exceptions become FUSE errnos."""
+
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+from typing import ParamSpec, TypeVar
+
+import pyfuse3
+
+log = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class TierfsError(Exception):
+    """An error whose message is a complete one-line reason for the user."""
+
+
+class ConfigError(TierfsError):
+    """A bad configuration file, key or flag value; the message names the key."""
+
+
+class MountError(TierfsError):
+    """The mount cannot start: a missing mount point, tier, /dev/fuse and so on."""
+
+
+def to_fuse_errors(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+    """Map every exception of a FUSE handler to an errno so no request can kill the daemon.
+
+    OSError keeps its errno; anything else is a bug, logged with its traceback and reported as
+    EIO, and the mount stays up.
+    """
+
+    @functools.wraps(fn)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await fn(*args, **kwargs)
+        except pyfuse3.FUSEError:
+            raise
+        except OSError as e:
+            if e.errno is None:
+                log.exception("%s: OSError without errno", fn.__name__)
+                raise pyfuse3.FUSEError(errno.EIO) from None
+            raise pyfuse3.FUSEError(e.errno) from None
+        except Exception:
+            log.exception("%s failed", fn.__name__)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+
+    return wrapper

@@ -1,0 +1,135 @@
+"""Run one mount in this process: open the tiers and the index, mount, serve, shut down cleanly.
+
+SIGTERM and SIGINT end the FUSE loop; whatever is still dirty is published, the index batch is
+committed, and only then is the file system unmounted.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import signal
+from collections.abc import Callable
+from pathlib import Path
+
+import pyfuse3
+import trio
+
+from tierfs.config import Config
+from tierfs.fuse.operations import Operations
+from tierfs.index import Index
+from tierfs.tiers.hot import HotTier
+from tierfs.tiers.warm import WarmTier
+from tierfs.vfs.filesystem import FileSystem
+
+log = logging.getLogger(__name__)
+
+#: FUSE worker tasks: enough that slow NFS calls do not stall other requests; each waits in a
+#: tier's limiter, so this bounds memory, not disk concurrency.
+MAX_FUSE_TASKS = 64
+
+
+def mount_device(mountpoint: str) -> str | None:
+    """The ``major:minor`` of the file system mounted at ``mountpoint`` (the last one)."""
+    found = None
+    with open("/proc/self/mountinfo", "rb") as f:
+        for line in f:
+            fields = line.split()
+            # Mount points are octal-escaped (a space is \040).
+            point = os.fsdecode(re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m[1], 8)]),
+                                       fields[4]))
+            if point == mountpoint:
+                found = fields[2].decode()
+    return found
+
+
+def set_read_ahead(mountpoint: str, size: int) -> None:
+    """Raise the kernel's read-ahead for this mount so sequential reads arrive in large requests.
+
+    FUSE mounts get a backing-device entry named after their device number; its default
+    read-ahead (128 KiB) is far below what a tiered store wants.
+    """
+    # Not os.stat(mountpoint): before the loop serves, that request would wait on ourselves.
+    device = mount_device(mountpoint)
+    if device is None:
+        log.warning("could not find %s in /proc/self/mountinfo; read-ahead left alone",
+                    mountpoint)
+        return
+    path = Path(f"/sys/class/bdi/{device}/read_ahead_kb")
+    try:
+        path.write_text(str(size // 1024))
+    except OSError as e:
+        log.warning("could not set read-ahead to %d KiB (%s): %s", size // 1024, path, e)
+
+
+def _invalidate_attrs(ino: int) -> None:
+    try:
+        pyfuse3.invalidate_inode(ino, attr_only=True)
+    except OSError:
+        pass  # the kernel does not know this inode any more: nothing to invalidate
+
+
+async def _serve(fs: FileSystem, ops: Operations, mountpoint: str, read_ahead: int,
+                 on_ready: Callable[[], None]) -> bool:
+    """Serve until unmounted or signalled; returns True if a signal asked us to unmount."""
+    signalled = False
+    async with trio.open_nursery() as nursery:
+
+        async def watch_signals() -> None:
+            nonlocal signalled
+            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                async for signum in signals:
+                    log.info("received %s: unmounting", signal.Signals(signum).name)
+                    signalled = True
+                    pyfuse3.terminate()
+                    return
+
+        async def when_initialized() -> None:
+            await ops.initialized.wait()
+            # The kernel clamps read-ahead while it processes INIT, so raise it afterwards.
+            await trio.to_thread.run_sync(set_read_ahead, mountpoint, read_ahead)
+            log.info("serving %s", mountpoint)
+            on_ready()
+
+        nursery.start_soon(fs.run_background)
+        nursery.start_soon(watch_signals)
+        nursery.start_soon(when_initialized)
+        await pyfuse3.main(min_tasks=2, max_tasks=MAX_FUSE_TASKS)
+        nursery.cancel_scope.cancel()
+    await fs.shutdown()
+    return signalled
+
+
+def run(config: Config, mountpoint: str, on_ready: Callable[[], None]) -> None:
+    """Mount and serve in the foreground; returns after a clean unmount."""
+    os.umask(0)  # modes come from the kernel request, already masked by the caller's umask
+    hot = HotTier(config.hot, config.hot_threads)
+    hot.prepare()
+    hot.acquire(mountpoint)
+    warm = WarmTier(config.warm, config.warm_threads)
+    index = Index(hot.index_dir)
+    try:
+        fs = FileSystem(config, hot, warm, index)
+        leftovers = hot.staged_ids()
+        if leftovers:
+            log.warning("%d staged files from an earlier run are kept in %s for recovery",
+                        len(leftovers), hot.staging_dir)
+        fs.invalidate_attrs = _invalidate_attrs
+        ops = Operations(fs, config.entry_timeout, config.attr_timeout)
+        options = set(pyfuse3.default_options)
+        options |= {f"fsname=tierfs:{config.warm}", "subtype=tierfs"}
+        if config.allow_other:
+            options.add("allow_other")
+        pyfuse3.init(ops, mountpoint, options)
+        unmount = True
+        try:
+            log.info("mounted %s (hot %s, warm %s)", mountpoint, config.hot, config.warm)
+            unmount = trio.run(_serve, fs, ops, mountpoint, config.read_ahead, on_ready)
+        finally:
+            pyfuse3.close(unmount=unmount)
+            log.info("unmounted %s", mountpoint)
+    finally:
+        index.close()
+        warm.close()
+        hot.release()

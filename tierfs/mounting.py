@@ -1,0 +1,162 @@
+"""Starting and stopping mounts from the command line: checks first, then a daemon.
+
+``tierfs mount`` checks everything it can before forking, so a bad mount point or tier fails
+with a one-line reason and exit status 1. The daemon is this same program with ``--foreground``;
+its stderr is a pipe to the parent until the mount is live, so a late failure (the kernel
+refusing the mount, say) still reaches the user as one line.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import psutil
+
+from tierfs.config import Config
+from tierfs.errors import MountError
+
+#: File systems the hot tier must not be on: LMDB's locks and mmap need a local file system.
+NETWORK_FS = {"nfs", "nfs4", "cifs", "smb3", "smbfs", "ceph", "glusterfs", "9p", "fuse.sshfs",
+              "fuse.tierfs", "lustre", "gpfs", "afs"}
+MOUNT_TIMEOUT = 30.0
+UNMOUNT_TIMEOUT = 120.0
+
+
+def fs_type(path: Path) -> str:
+    """The type of the file system holding ``path`` (the longest matching mount point)."""
+    real = os.path.realpath(path)
+    best, kind = "", "unknown"
+    for part in psutil.disk_partitions(all=True):
+        mp = part.mountpoint
+        if (real == mp or real.startswith(mp.rstrip("/") + "/")) and len(mp) > len(best):
+            best, kind = mp, part.fstype
+    return kind
+
+
+def is_mounted(mountpoint: str) -> bool:
+    return os.path.ismount(mountpoint)
+
+
+def _inside(path: Path, parent: Path) -> bool:
+    try:
+        path.resolve().relative_to(parent.resolve())
+        return True
+    except ValueError:
+        return False
+
+
+def _check_tier(name: str, path: Path, create: bool) -> None:
+    if create:
+        path.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        raise MountError(f"{name} tier {path} does not exist")
+    if not path.is_dir():
+        raise MountError(f"{name} tier {path} is not a directory")
+    probe = path / f".tierfs-probe-{uuid.uuid4().hex}"
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise MountError(f"{name} tier {path} is not writable: {e.strerror}") from None
+
+
+def preflight(config: Config, mountpoint: str) -> None:
+    """Everything that can be checked before the daemon starts; raises MountError."""
+    mp = Path(mountpoint)
+    if not mp.exists():
+        raise MountError(f"mount point {mountpoint} does not exist")
+    if not mp.is_dir():
+        raise MountError(f"mount point {mountpoint} is not a directory")
+    if is_mounted(mountpoint):
+        raise MountError(f"mount point {mountpoint} is busy: something is already mounted there")
+    if not os.path.exists("/dev/fuse"):
+        raise MountError("/dev/fuse is missing: load the fuse module (modprobe fuse) or run "
+                         "the container with --device /dev/fuse")
+    if not os.access("/dev/fuse", os.R_OK | os.W_OK):
+        raise MountError("/dev/fuse is not readable and writable for this user")
+    if os.geteuid() != 0 and shutil.which("fusermount3") is None:
+        raise MountError("fusermount3 is missing: install the fuse3 package")
+    _check_tier("hot", config.hot, create="hot" not in config.explicit)
+    _check_tier("warm", config.warm, create="warm" not in config.explicit)
+    for name, tier in (("hot", config.hot), ("warm", config.warm)):
+        if _inside(tier, mp) or _inside(mp, tier):
+            raise MountError(f"the {name} tier {tier} and the mount point {mountpoint} must not "
+                             "contain one another")
+    if _inside(config.hot, config.warm) or _inside(config.warm, config.hot):
+        raise MountError(f"the hot tier {config.hot} and the warm tier {config.warm} must not "
+                         "contain one another")
+    kind = fs_type(config.hot)
+    if kind in NETWORK_FS:
+        raise MountError(f"hot tier {config.hot} is on {kind}: it must be a local disk (the "
+                         "LMDB index does not work on network file systems)")
+
+
+def start_daemon(config: Config, mountpoint: str) -> int:
+    """Start the mount in the background and wait until it is live; returns the daemon's pid."""
+    cmd = [sys.executable, "-m", "tierfs", "mount", "--foreground", "--daemon-child",
+           *config.to_args(), mountpoint]
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, start_new_session=True, close_fds=True)
+    assert proc.stderr is not None
+    # The child closes its end of the pipe once it is mounted (or exits on failure).
+    output = proc.stderr.read().decode(errors="replace")
+    deadline = time.monotonic() + MOUNT_TIMEOUT
+    while time.monotonic() < deadline:
+        if is_mounted(mountpoint):
+            return proc.pid
+        if proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    if proc.poll() is None:
+        proc.terminate()
+    lines = [line for line in output.strip().splitlines() if line.strip()]
+    reason = lines[-1] if lines else f"the mount daemon exited with status {proc.returncode}"
+    raise MountError(reason.removeprefix("tierfs: error: "))
+
+
+def daemon_pids(mountpoint: str) -> list[int]:
+    """Processes serving ``mountpoint`` (started by tierfs mount, in any mode)."""
+    target = os.path.abspath(mountpoint)
+    pids = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        cmdline = proc.info.get("cmdline") or []
+        if "--foreground" in cmdline and "mount" in cmdline and any(
+                "tierfs" in part for part in cmdline) and cmdline and \
+                os.path.abspath(cmdline[-1]) == target and proc.info["pid"] != os.getpid():
+            pids.append(proc.info["pid"])
+    return pids
+
+
+def unmount(mountpoint: str) -> None:
+    """Unmount (the kernel releases every handle first, which publishes dirty files) and wait
+    for the daemon to finish its shutdown."""
+    if not is_mounted(mountpoint):
+        raise MountError(f"{mountpoint} is not mounted")
+    pids = daemon_pids(mountpoint)
+    if os.geteuid() == 0 and shutil.which("fusermount3") is None:
+        cmd = ["umount", mountpoint]
+    else:
+        cmd = ["fusermount3", "-u", mountpoint]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    if result.returncode != 0:
+        detail = result.stderr.strip().splitlines()[-1] if result.stderr.strip() else ""
+        if "busy" in detail.lower():
+            raise MountError(f"{mountpoint} is busy: files or directories under it are in use")
+        raise MountError(f"could not unmount {mountpoint}: {detail or os.strerror(errno.EIO)}")
+    deadline = time.monotonic() + UNMOUNT_TIMEOUT
+    for pid in pids:
+        try:
+            proc = psutil.Process(pid)
+            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except psutil.NoSuchProcess:
+            continue
+        except psutil.TimeoutExpired:
+            raise MountError(f"unmounted {mountpoint}, but its daemon (pid {pid}) is still "
+                             "publishing files") from None

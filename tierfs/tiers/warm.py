@@ -1,0 +1,292 @@
+"""The warm tier: the namespace root on NFS, where directories and small files really live.
+
+Every call is relative to one directory fd opened at mount (``*at`` system calls), so a path that
+is close to PATH_MAX under the mount point still fits here, whatever the warm root's own length.
+All methods block; the filesystem core reaches them only through ``WarmTier.run``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import stat
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from tierfs.tiers.base import Tier
+
+ROOT = b"."
+
+#: Temp files are named independently of the user's name, so a 255-byte name still has room.
+TEMP_PREFIX = b".tierfs-"
+TEMP_SUFFIX = b".tmp"
+
+RENAME_NOREPLACE = 1
+RENAME_EXCHANGE = 2
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_renameat2 = getattr(_libc, "renameat2", None)
+
+
+def join(parent: bytes, name: bytes) -> bytes:
+    return name if parent == ROOT else parent + b"/" + name
+
+
+def split(rel: bytes) -> tuple[bytes, bytes]:
+    parent, _, name = rel.rpartition(b"/")
+    return (parent or ROOT), name
+
+
+def is_internal(name: bytes) -> bool:
+    """Names tierfs uses for itself inside the namespace; never shown through the mount."""
+    return name.startswith(TEMP_PREFIX) and name.endswith(TEMP_SUFFIX)
+
+
+def copy_fd(src: int, dst: int, size: int, src_offset: int = 0, dst_offset: int = 0) -> None:
+    """Copy ``size`` bytes between files in the kernel (reflink or server-side copy where the
+    file system offers it), falling back to sendfile across file systems."""
+    done = 0
+    use_cfr = True
+    while done < size:
+        count = min(size - done, 1 << 30)
+        if use_cfr:
+            try:
+                n = os.copy_file_range(src, dst, count, src_offset + done, dst_offset + done)
+            except OSError as e:
+                if e.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+                    raise
+                use_cfr = False
+                continue
+        else:
+            os.lseek(dst, dst_offset + done, os.SEEK_SET)
+            n = os.sendfile(dst, src, src_offset + done, count)
+        if n == 0:  # the source is shorter than expected: the rest stays a hole
+            break
+        done += n
+
+
+def _proc_path(fd: int) -> str:
+    return f"/proc/self/fd/{fd}"
+
+
+class WarmTier(Tier):
+    name = "warm"
+
+    def __init__(self, root: Path, threads: int) -> None:
+        super().__init__(threads)
+        self.root = root
+        self.fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+    # -- metadata -------------------------------------------------------------------------
+
+    def lstat(self, rel: bytes) -> os.stat_result:
+        return os.stat(rel, dir_fd=self.fd, follow_symlinks=False)
+
+    def listdir(self, rel: bytes) -> list[tuple[bytes, os.stat_result]]:
+        """Names and attributes of a directory, without tierfs's own temp files."""
+        dfd = os.open(rel, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=self.fd)
+        try:
+            entries = []
+            with os.scandir(dfd) as it:
+                for entry in it:
+                    name = os.fsencode(entry.name)
+                    if is_internal(name):
+                        continue
+                    try:
+                        entries.append((name, entry.stat(follow_symlinks=False)))
+                    except FileNotFoundError:  # removed while we listed
+                        continue
+            return entries
+        finally:
+            os.close(dfd)
+
+    def purge_temps(self, rel: bytes) -> None:
+        """Remove tierfs temp files from a directory (left behind by an interrupted publish)."""
+        dfd = os.open(rel, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=self.fd)
+        try:
+            for name in os.listdir(dfd):
+                if is_internal(os.fsencode(name)):
+                    os.unlink(name, dir_fd=dfd)
+        finally:
+            os.close(dfd)
+
+    def chmod(self, rel: bytes, mode: int) -> None:
+        os.chmod(rel, stat.S_IMODE(mode), dir_fd=self.fd)
+
+    def chown(self, rel: bytes, uid: int, gid: int) -> None:
+        os.chown(rel, uid, gid, dir_fd=self.fd, follow_symlinks=False)
+
+    def utime(self, rel: bytes, atime_ns: int | None, mtime_ns: int | None) -> None:
+        if atime_ns is None or mtime_ns is None:
+            st = self.lstat(rel)
+            atime_ns = st.st_atime_ns if atime_ns is None else atime_ns
+            mtime_ns = st.st_mtime_ns if mtime_ns is None else mtime_ns
+        os.utime(rel, ns=(atime_ns, mtime_ns), dir_fd=self.fd, follow_symlinks=False)
+
+    def truncate(self, rel: bytes, size: int) -> None:
+        fd = os.open(rel, os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW, dir_fd=self.fd)
+        try:
+            os.ftruncate(fd, size)
+        finally:
+            os.close(fd)
+
+    def statvfs(self) -> os.statvfs_result:
+        return os.statvfs(self.fd)
+
+    # -- names ----------------------------------------------------------------------------
+
+    def mkdir(self, rel: bytes, mode: int) -> None:
+        os.mkdir(rel, mode, dir_fd=self.fd)
+
+    def rmdir(self, rel: bytes) -> None:
+        os.rmdir(rel, dir_fd=self.fd)
+
+    def unlink(self, rel: bytes) -> None:
+        os.unlink(rel, dir_fd=self.fd)
+
+    def symlink(self, target: bytes, rel: bytes) -> None:
+        os.symlink(target, rel, dir_fd=self.fd)
+
+    def readlink(self, rel: bytes) -> bytes:
+        return os.readlink(rel, dir_fd=self.fd)
+
+    def link(self, rel: bytes, new_rel: bytes) -> None:
+        os.link(rel, new_rel, src_dir_fd=self.fd, dst_dir_fd=self.fd, follow_symlinks=False)
+
+    def mknod(self, rel: bytes, mode: int, rdev: int) -> None:
+        os.mknod(rel, mode, rdev, dir_fd=self.fd)
+
+    def rename(self, rel: bytes, new_rel: bytes, flags: int = 0) -> None:
+        if flags == 0:
+            os.rename(rel, new_rel, src_dir_fd=self.fd, dst_dir_fd=self.fd)
+            return
+        if _renameat2 is not None:
+            if _renameat2(self.fd, rel, self.fd, new_rel, flags) == 0:
+                return
+            err = ctypes.get_errno()
+            if not (err in (errno.EINVAL, errno.ENOSYS) and flags == RENAME_NOREPLACE):
+                raise OSError(err, os.strerror(err))
+        elif flags != RENAME_NOREPLACE:
+            raise OSError(errno.EINVAL, "renameat2 is not available")
+        # The warm file system (NFS, say) has no RENAME_NOREPLACE: emulate it. The caller holds
+        # the namespace lock, so only another node can race between the check and the rename.
+        try:
+            self.lstat(new_rel)
+        except FileNotFoundError:
+            os.rename(rel, new_rel, src_dir_fd=self.fd, dst_dir_fd=self.fd)
+        else:
+            raise OSError(errno.EEXIST, os.strerror(errno.EEXIST))
+
+    # -- data -----------------------------------------------------------------------------
+
+    def open(self, rel: bytes, flags: int, mode: int = 0o600) -> int:
+        return os.open(rel, flags | os.O_CLOEXEC | os.O_NOFOLLOW, mode, dir_fd=self.fd)
+
+    def write_temp(self, parent: bytes, src_fd: int, size: int, like: bytes | None,
+                   times: tuple[int, int] | None) -> bytes:
+        """Copy staged data into a fresh temp file beside its target and fsync it.
+
+        The temp file takes the owner, mode and extended attributes of ``like`` (the file it
+        will replace) so that publishing by rename changes nothing but the content.
+        """
+        tmp = join(parent, TEMP_PREFIX + uuid.uuid4().hex.encode() + TEMP_SUFFIX)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600,
+                     dir_fd=self.fd)
+        try:
+            copy_fd(src_fd, fd, size)
+            os.ftruncate(fd, size)
+            if like is not None:
+                self._copy_attributes(like, fd)
+            if times is not None:
+                os.utime(fd, ns=times)
+            os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            os.unlink(tmp, dir_fd=self.fd)
+            raise
+        os.close(fd)
+        return tmp
+
+    def write_in_place(self, rel: bytes, src_fd: int, size: int,
+                       times: tuple[int, int] | None) -> None:
+        """Publish into the existing inode: used for hard-linked files, which a rename would
+        split into two different files."""
+        fd = self.open(rel, os.O_WRONLY)
+        try:
+            copy_fd(src_fd, fd, size)
+            os.ftruncate(fd, size)
+            if times is not None:
+                os.utime(fd, ns=times)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def _copy_attributes(self, like: bytes, fd: int) -> None:
+        try:
+            st = self.lstat(like)
+        except FileNotFoundError:
+            return
+        os.fchown(fd, st.st_uid, st.st_gid)
+        os.fchmod(fd, stat.S_IMODE(st.st_mode))  # after chown, which clears set-id bits
+        with self._path_fd(like) as (src, is_link):
+            if is_link:
+                return
+            try:
+                names = os.listxattr(_proc_path(src))
+            except OSError as e:
+                if e.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
+                    return
+                raise
+            for name in names:
+                try:
+                    os.setxattr(fd, name, os.getxattr(_proc_path(src), name))
+                except OSError as e:
+                    if e.errno not in (errno.ENODATA, errno.ENOTSUP, errno.EOPNOTSUPP):
+                        raise
+
+    def fsync_dir(self, rel: bytes) -> None:
+        fd = os.open(rel, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=self.fd)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    # -- extended attributes ----------------------------------------------------------------
+
+    @contextmanager
+    def _path_fd(self, rel: bytes) -> Iterator[tuple[int, bool]]:
+        fd = os.open(rel, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.fd)
+        try:
+            yield fd, stat.S_ISLNK(os.fstat(fd).st_mode)
+        finally:
+            os.close(fd)
+
+    def getxattr(self, rel: bytes, name: bytes) -> bytes:
+        with self._path_fd(rel) as (fd, is_link):
+            if is_link:
+                raise OSError(errno.ENODATA, os.strerror(errno.ENODATA))
+            return os.getxattr(_proc_path(fd), name)
+
+    def setxattr(self, rel: bytes, name: bytes, value: bytes) -> None:
+        with self._path_fd(rel) as (fd, is_link):
+            if is_link:
+                raise OSError(errno.EPERM, os.strerror(errno.EPERM))
+            os.setxattr(_proc_path(fd), name, value)
+
+    def listxattr(self, rel: bytes) -> list[bytes]:
+        with self._path_fd(rel) as (fd, is_link):
+            if is_link:
+                return []
+            return [os.fsencode(n) for n in os.listxattr(_proc_path(fd))]
+
+    def removexattr(self, rel: bytes, name: bytes) -> None:
+        with self._path_fd(rel) as (fd, is_link):
+            if is_link:
+                raise OSError(errno.ENODATA, os.strerror(errno.ENODATA))
+            os.removexattr(_proc_path(fd), name)

@@ -1,0 +1,59 @@
+"""Open-file state: what every handle on one regular file shares, and the handles themselves.
+
+One ``OpenFile`` per inode while any handle is open, so several handles see one content. Until
+the first write it reads the warm file through a descriptor opened at ``open`` (which keeps an
+unlinked file's data readable). The first write copies the warm data into a staging file on the
+hot tier; from then on reads and writes use staging, and publishing copies staging back to the
+warm tier under a temp name, fsyncs it and renames it into place.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import trio
+
+from tierfs.vfs.inodes import Inode
+
+
+@dataclasses.dataclass(eq=False)
+class OpenFile:
+    #: Read-only descriptor of the warm file as it was at open (None for a file created here).
+    warm_fd: int | None = None
+    staging_id: str | None = None
+    staging_fd: int | None = None
+    #: Logical size while staged; tracked here so writes need no fstat.
+    size: int = 0
+    #: Staged data not yet published to the warm tier.
+    dirty: bool = False
+    #: A publish failed; the staging file must outlive the last handle.
+    publish_failed: bool = False
+    #: An O_DIRECT write bypassed the kernel's page cache, so cached pages may be stale.
+    direct_written: bool = False
+    handles: int = 0
+    #: Serialises writes, truncation and publishing of this file (never held by reads).
+    lock: trio.Lock = dataclasses.field(default_factory=trio.Lock)
+
+    @property
+    def staged(self) -> bool:
+        return self.staging_fd is not None
+
+    def read_fd(self) -> int | None:
+        return self.staging_fd if self.staging_fd is not None else self.warm_fd
+
+    def close_fds(self) -> None:
+        for fd in (self.warm_fd, self.staging_fd):
+            if fd is not None:
+                os.close(fd)
+        self.warm_fd = self.staging_fd = None
+
+
+@dataclasses.dataclass(eq=False)
+class Handle:
+    fh: int
+    inode: Inode
+    data: OpenFile
+    writable: bool
+    append: bool
+    direct: bool

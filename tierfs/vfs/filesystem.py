@@ -1,0 +1,595 @@
+"""The filesystem core: namespace and data operations in tierfs's own terms, and their policy.
+
+The FUSE layer calls these methods with inode numbers and names and translates the results; it
+decides nothing. Everything that touches a disk goes through a tier's ``run`` (a worker thread
+under that tier's limiter); the inode table and open-file state change only on the event loop.
+
+Ordering rules (see docs/architecture.md, "Concurrency contract"):
+
+- ``_ns_lock`` serialises the namespace changes that can race with publishing: unlink, rmdir,
+  rename and the final rename of a publish. The kernel already serialises operations inside one
+  directory, but a publish is started by close, not by a directory operation.
+- ``OpenFile.lock`` serialises writes, truncation and publishing of one file; reads never take
+  it (they read either the warm descriptor or the staging file, both always valid).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import itertools
+import logging
+import os
+import stat
+from collections.abc import Sequence
+
+import trio
+
+from tierfs.config import Config
+from tierfs.index import FLUSH_INTERVAL, Batch, Index
+from tierfs.tiers.hot import HotTier
+from tierfs.tiers.warm import (RENAME_EXCHANGE, RENAME_NOREPLACE, WarmTier, copy_fd, is_internal,
+                               split)
+from tierfs.vfs.files import Handle, OpenFile
+from tierfs.vfs.inodes import ROOT_INODE, Inode, InodeTable, identity
+
+log = logging.getLogger(__name__)
+
+#: Preferred I/O size reported to applications (coreutils and others size buffers from it).
+BLOCK_SIZE = 128 * 1024
+
+
+def _err(code: int) -> OSError:
+    return OSError(code, os.strerror(code))
+
+
+@dataclasses.dataclass(frozen=True)
+class Attrs:
+    """The attributes tierfs reports for an inode (the warm file's, with staged data overlaid)."""
+
+    ino: int
+    mode: int
+    nlink: int
+    uid: int
+    gid: int
+    rdev: int
+    size: int
+    atime_ns: int
+    mtime_ns: int
+    ctime_ns: int
+
+    @property
+    def blocks(self) -> int:
+        return (self.size + 511) // 512
+
+    @classmethod
+    def from_stat(cls, ino: int, st: os.stat_result) -> Attrs:
+        return cls(ino, st.st_mode, st.st_nlink, st.st_uid, st.st_gid, st.st_rdev, st.st_size,
+                   st.st_atime_ns, st.st_mtime_ns, st.st_ctime_ns)
+
+
+@dataclasses.dataclass(eq=False)
+class DirHandle:
+    inode: Inode
+    entries: list[tuple[bytes, os.stat_result, int | None]] | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class SetAttr:
+    """Which attributes a setattr changes; None leaves one alone."""
+
+    mode: int | None = None
+    uid: int | None = None
+    gid: int | None = None
+    size: int | None = None
+    atime_ns: int | None = None
+    mtime_ns: int | None = None
+
+
+class FileSystem:
+    def __init__(self, config: Config, hot: HotTier, warm: WarmTier, index: Index) -> None:
+        self.config = config
+        self.hot = hot
+        self.warm = warm
+        self.index = index
+        self.batch = Batch(index)
+        self.inodes = InodeTable(self.batch, warm.lstat(b"."))
+        self._handles: dict[int, Handle] = {}
+        self._dirs: dict[int, DirHandle] = {}
+        self._fh = itertools.count(1)
+        self._ns_lock = trio.Lock()
+        self._as_root = os.geteuid() == 0
+        self.namemax = warm.statvfs().f_namemax
+        #: Called with an inode number when tierfs changed attributes behind the kernel's back.
+        self.invalidate_attrs = lambda ino: None
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def run_background(self) -> None:
+        """Commit index batches every FLUSH_INTERVAL until cancelled."""
+        while True:
+            await trio.sleep(FLUSH_INTERVAL)
+            await self.batch.flush(self.hot.run)
+
+    async def shutdown(self) -> None:
+        """Publish whatever is still dirty (a handle the kernel never released) and commit."""
+        for handle in list(self._handles.values()):
+            data = handle.data
+            if data.dirty:
+                try:
+                    await self._publish(handle.inode, data)
+                except OSError as e:
+                    log.error("could not publish %r at shutdown, staged data kept as %s: %s",
+                              handle.inode.links, data.staging_id, e)
+        await self.batch.flush(self.hot.run)
+
+    # -- helpers --------------------------------------------------------------------------
+
+    def _check_name(self, name: bytes) -> None:
+        if len(name) > self.namemax:
+            raise _err(errno.ENAMETOOLONG)
+        if is_internal(name):
+            raise _err(errno.EPERM)
+
+    def _owner(self, uid: int, gid: int, parent_st: os.stat_result) -> tuple[int, int]:
+        # The group of a new entry comes from a set-group-ID parent directory, as on any Unix.
+        if parent_st.st_mode & stat.S_ISGID:
+            gid = parent_st.st_gid
+        return uid, gid
+
+    def _chown_new(self, rel: bytes, st: os.stat_result, uid: int, gid: int) -> os.stat_result:
+        """Give an entry the caller's ownership (blocking; tierfs creates as itself)."""
+        if (st.st_uid, st.st_gid) == (uid, gid):
+            return st
+        try:
+            self.warm.chown(rel, uid, gid)
+        except PermissionError:
+            if self._as_root:
+                raise
+            return st  # an unprivileged mount owns everything it creates
+        return self.warm.lstat(rel)
+
+    def _attrs(self, inode: Inode, st: os.stat_result, staged: os.stat_result | None = None,
+               ) -> Attrs:
+        attrs = Attrs.from_stat(inode.ino, st)
+        data = inode.data
+        if data is None or not data.staged:
+            return attrs
+        if staged is None:
+            return dataclasses.replace(attrs, size=data.size)
+        return dataclasses.replace(attrs, size=data.size, mtime_ns=staged.st_mtime_ns,
+                                   atime_ns=staged.st_atime_ns)
+
+    def _stat_inode_blocking(self, inode: Inode, rel: bytes | None
+                             ) -> tuple[os.stat_result, os.stat_result | None]:
+        data = inode.data
+        staged = os.fstat(data.staging_fd) if data is not None and data.staging_fd is not None \
+            else None
+        if rel is None:  # unlinked but still open
+            fd = data.warm_fd if data is not None and data.warm_fd is not None else \
+                (data.staging_fd if data is not None else None)
+            if fd is None:
+                raise _err(errno.ENOENT)
+            return os.fstat(fd), staged
+        return self.warm.lstat(rel), staged
+
+    def _rel_or_none(self, inode: Inode) -> bytes | None:
+        if inode.ino != ROOT_INODE and not inode.links:
+            return None
+        return self.inodes.path(inode)
+
+    async def _entry(self, parent: int, name: bytes, st: os.stat_result) -> tuple[Inode, Attrs]:
+        """Register a name just created or found, count the kernel's lookup, give attributes."""
+        persisted = await self.hot.run(self.inodes.persisted_number, identity(st))
+        inode = self.inodes.resolve(parent, name, st, persisted)
+        self.inodes.lookup(inode)
+        return inode, self._attrs(inode, st)
+
+    # -- namespace ------------------------------------------------------------------------
+
+    async def lookup(self, parent: int, name: bytes) -> tuple[Inode, Attrs]:
+        if is_internal(name) or name in (b".", b".."):
+            if name == b".":
+                inode = self.inodes[parent]
+                self.inodes.lookup(inode)
+                return inode, await self.getattr(parent)
+            raise _err(errno.ENOENT)
+        if len(name) > self.namemax:
+            raise _err(errno.ENAMETOOLONG)
+        rel = self.inodes.child_path(parent, name)
+        st = await self.warm.run(self.warm.lstat, rel)
+        inode, attrs = await self._entry(parent, name, st)
+        if inode.data is not None and inode.data.staged:
+            return inode, await self.getattr(inode.ino)
+        return inode, attrs
+
+    async def getattr(self, ino: int) -> Attrs:
+        inode = self.inodes[ino]
+        st, staged = await self.warm.run(self._stat_inode_blocking, inode,
+                                         self._rel_or_none(inode))
+        return self._attrs(inode, st, staged)
+
+    async def setattr(self, ino: int, changes: SetAttr) -> Attrs:
+        inode = self.inodes[ino]
+        rel = self._rel_or_none(inode)
+        data = inode.data
+        if changes.size is not None:
+            if inode.is_dir:
+                raise _err(errno.EISDIR)
+            if data is not None:
+                async with data.lock:
+                    await self._stage(inode, data, keep=changes.size)
+                    await self.hot.run(os.ftruncate, data.staging_fd, changes.size)
+                    data.size = changes.size
+                    data.dirty = True
+            elif rel is not None:
+                await self.warm.run(self.warm.truncate, rel, changes.size)
+        if rel is not None:
+            await self.warm.run(self._setattr_blocking, inode, rel, changes)
+        if data is not None and data.staging_fd is not None and (
+                changes.atime_ns is not None or changes.mtime_ns is not None):
+            await self.hot.run(_futime, data.staging_fd, changes.atime_ns, changes.mtime_ns)
+        return await self.getattr(ino)
+
+    def _setattr_blocking(self, inode: Inode, rel: bytes, changes: SetAttr) -> None:
+        if changes.uid is not None or changes.gid is not None:
+            self.warm.chown(rel, -1 if changes.uid is None else changes.uid,
+                            -1 if changes.gid is None else changes.gid)
+        if changes.mode is not None:
+            if inode.kind == stat.S_IFLNK:
+                raise _err(errno.EOPNOTSUPP)
+            self.warm.chmod(rel, changes.mode)
+        if changes.atime_ns is not None or changes.mtime_ns is not None:
+            self.warm.utime(rel, changes.atime_ns, changes.mtime_ns)
+
+    async def readlink(self, ino: int) -> bytes:
+        inode = self.inodes[ino]
+        return await self.warm.run(self.warm.readlink, self.inodes.path(inode))
+
+    async def mkdir(self, parent: int, name: bytes, mode: int, uid: int, gid: int
+                    ) -> tuple[Inode, Attrs]:
+        self._check_name(name)
+        rel = self.inodes.child_path(parent, name)
+
+        def make() -> os.stat_result:
+            pst = self.warm.lstat(split(rel)[0])
+            owner = self._owner(uid, gid, pst)
+            inherit = pst.st_mode & stat.S_ISGID
+            self.warm.mkdir(rel, 0o700)
+            st = self._chown_new(rel, self.warm.lstat(rel), *owner)
+            self.warm.chmod(rel, stat.S_IMODE(mode) | inherit)
+            return self.warm.lstat(rel)
+
+        st = await self.warm.run(make)
+        return await self._entry(parent, name, st)
+
+    async def mknod(self, parent: int, name: bytes, mode: int, rdev: int, uid: int, gid: int
+                    ) -> tuple[Inode, Attrs]:
+        self._check_name(name)
+        kind = stat.S_IFMT(mode)
+        if kind not in (stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFREG):
+            raise _err(errno.EPERM)  # device nodes: see docs/semantics.md
+        rel = self.inodes.child_path(parent, name)
+
+        def make() -> os.stat_result:
+            pst = self.warm.lstat(split(rel)[0])
+            self.warm.mknod(rel, kind | 0o600, 0)
+            st = self._chown_new(rel, self.warm.lstat(rel), *self._owner(uid, gid, pst))
+            self.warm.chmod(rel, stat.S_IMODE(mode))
+            return self.warm.lstat(rel)
+
+        st = await self.warm.run(make)
+        return await self._entry(parent, name, st)
+
+    async def symlink(self, parent: int, name: bytes, target: bytes, uid: int, gid: int
+                      ) -> tuple[Inode, Attrs]:
+        self._check_name(name)
+        rel = self.inodes.child_path(parent, name)
+
+        def make() -> os.stat_result:
+            pst = self.warm.lstat(split(rel)[0])
+            self.warm.symlink(target, rel)
+            return self._chown_new(rel, self.warm.lstat(rel), *self._owner(uid, gid, pst))
+
+        st = await self.warm.run(make)
+        return await self._entry(parent, name, st)
+
+    async def link(self, ino: int, new_parent: int, new_name: bytes) -> tuple[Inode, Attrs]:
+        self._check_name(new_name)
+        inode = self.inodes[ino]
+        if inode.is_dir:
+            raise _err(errno.EPERM)
+        async with self._ns_lock:
+            rel = self.inodes.path(inode)
+            new_rel = self.inodes.child_path(new_parent, new_name)
+            await self.warm.run(self.warm.link, rel, new_rel)
+            self.inodes.add_link(inode, new_parent, new_name)
+            self.inodes.lookup(inode)
+        return inode, await self.getattr(ino)
+
+    async def unlink(self, parent: int, name: bytes) -> None:
+        async with self._ns_lock:
+            rel = self.inodes.child_path(parent, name)
+            await self.warm.run(self.warm.unlink, rel)
+            self.inodes.remove_link(parent, name)
+
+    async def rmdir(self, parent: int, name: bytes) -> None:
+        async with self._ns_lock:
+            rel = self.inodes.child_path(parent, name)
+            await self.warm.run(self._rmdir_blocking, rel)
+            self.inodes.remove_link(parent, name)
+
+    def _rmdir_blocking(self, rel: bytes) -> None:
+        try:
+            self.warm.rmdir(rel)
+        except OSError as e:
+            if e.errno != errno.ENOTEMPTY:
+                raise
+            # Temp files left by a crashed publish must not keep an empty directory alive.
+            if self.warm.listdir(rel):
+                raise
+            self.warm.purge_temps(rel)
+            self.warm.rmdir(rel)
+
+    async def rename(self, parent: int, name: bytes, new_parent: int, new_name: bytes,
+                     flags: int) -> None:
+        self._check_name(new_name)
+        if flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE):
+            raise _err(errno.EINVAL)
+        async with self._ns_lock:
+            rel = self.inodes.child_path(parent, name)
+            new_rel = self.inodes.child_path(new_parent, new_name)
+            await self.warm.run(self.warm.rename, rel, new_rel, flags)
+            if flags & RENAME_EXCHANGE:
+                self.inodes.exchange(parent, name, new_parent, new_name)
+            else:
+                self.inodes.move(parent, name, new_parent, new_name)
+
+    async def forget(self, items: Sequence[tuple[int, int]]) -> None:
+        for ino, count in items:
+            self.inodes.forget(ino, count)
+
+    # -- directories ----------------------------------------------------------------------
+
+    async def opendir(self, ino: int) -> int:
+        inode = self.inodes[ino]
+        fh = next(self._fh)
+        self._dirs[fh] = DirHandle(inode)
+        self.inodes.opened(inode)
+        return fh
+
+    def _list_blocking(self, rel: bytes) -> list[tuple[bytes, os.stat_result, int | None]]:
+        return [(name, st, self.inodes.persisted_number(identity(st)))
+                for name, st in self.warm.listdir(rel)]
+
+    async def readdir(self, fh: int, start: int) -> list[tuple[bytes, os.stat_result, int | None]]:
+        """The directory's entries from offset ``start``; a listing is a snapshot taken when it
+        is read from the start, so offsets stay valid while entries come and go."""
+        handle = self._dirs[fh]
+        if handle.entries is None or start == 0:
+            handle.entries = await self.warm.run(self._list_blocking,
+                                                 self.inodes.path(handle.inode))
+        return handle.entries[start:]
+
+    def dir_entry(self, fh: int, name: bytes, st: os.stat_result, persisted: int | None
+                  ) -> tuple[Inode, Attrs]:
+        """Register one readdirplus entry (no lookup counted yet: see ``count_lookup``)."""
+        parent = self._dirs[fh].inode.ino
+        inode = self.inodes.resolve(parent, name, st, persisted)
+        return inode, self._attrs(inode, st)
+
+    def count_lookup(self, inode: Inode, sent: bool) -> None:
+        if sent:
+            self.inodes.lookup(inode)
+        else:
+            self.inodes.forget(inode.ino, 0)
+
+    async def releasedir(self, fh: int) -> None:
+        handle = self._dirs.pop(fh)
+        self.inodes.closed(handle.inode)
+
+    async def fsyncdir(self, fh: int) -> None:
+        handle = self._dirs[fh]
+        await self.warm.run(self.warm.fsync_dir, self.inodes.path(handle.inode))
+
+    # -- files ----------------------------------------------------------------------------
+
+    async def open(self, ino: int, flags: int) -> tuple[int, bool, bool]:
+        """Open a file: (handle, keep the kernel's cached pages, direct I/O)."""
+        inode = self.inodes[ino]
+        if inode.is_dir:
+            raise _err(errno.EISDIR)
+        data = inode.data
+        if data is None:
+            rel = self.inodes.path(inode)
+            fd = await self.warm.run(self.warm.open, rel, os.O_RDONLY)
+            data = OpenFile(warm_fd=fd)
+            inode.data = data
+            st = await self.warm.run(os.fstat, fd)
+            version = (st.st_size, st.st_mtime_ns, inode.key)
+        else:
+            version = inode.cached_version
+        keep_cache = version is not None and version == inode.cached_version
+        inode.cached_version = version
+        handle = self._new_handle(inode, data, flags)
+        if flags & os.O_TRUNC and handle.writable:
+            async with data.lock:
+                await self._stage(inode, data, keep=0)
+                await self.hot.run(os.ftruncate, data.staging_fd, 0)
+                data.size = 0
+                data.dirty = True
+            keep_cache = False
+        return handle.fh, keep_cache, handle.direct
+
+    def _new_handle(self, inode: Inode, data: OpenFile, flags: int) -> Handle:
+        accmode = flags & os.O_ACCMODE
+        handle = Handle(next(self._fh), inode, data,
+                        writable=accmode in (os.O_WRONLY, os.O_RDWR),
+                        append=bool(flags & os.O_APPEND), direct=bool(flags & os.O_DIRECT))
+        data.handles += 1
+        self._handles[handle.fh] = handle
+        self.inodes.opened(inode)
+        return handle
+
+    async def create(self, parent: int, name: bytes, mode: int, flags: int, uid: int, gid: int
+                     ) -> tuple[int, bool, Inode, Attrs]:
+        self._check_name(name)
+        rel = self.inodes.child_path(parent, name)
+
+        def make() -> os.stat_result:
+            pst = self.warm.lstat(split(rel)[0])
+            fd = self.warm.open(rel, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            os.close(fd)
+            st = self._chown_new(rel, self.warm.lstat(rel), *self._owner(uid, gid, pst))
+            self.warm.chmod(rel, stat.S_IMODE(mode))
+            return self.warm.lstat(rel)
+
+        st = await self.warm.run(make)
+        inode, attrs = await self._entry(parent, name, st)
+        data = OpenFile()
+        inode.data = data
+        sid, fd = await self.hot.run(self.hot.new_staging)
+        data.staging_id, data.staging_fd = sid, fd
+        self.batch.put("journal", sid.encode(), rel)
+        inode.cached_version = None
+        handle = self._new_handle(inode, data, flags)
+        return handle.fh, handle.direct, inode, attrs
+
+    async def _stage(self, inode: Inode, data: OpenFile, keep: int | None = None) -> None:
+        """Make sure the file's data is in a staging file; copy at most ``keep`` bytes of the
+        warm data into it (all of it when None). Caller holds ``data.lock``."""
+        if data.staged:
+            return
+        sid, fd = await self.hot.run(self.hot.new_staging)
+        try:
+            size = 0
+            if data.warm_fd is not None:
+                size = (await self.warm.run(os.fstat, data.warm_fd)).st_size
+                if keep is not None:
+                    size = min(size, keep)
+                await self.warm.run(copy_fd, data.warm_fd, fd, size)
+        except BaseException:
+            os.close(fd)
+            await self.hot.run(self.hot.remove_staging, sid)
+            raise
+        data.staging_id, data.staging_fd, data.size = sid, fd, size
+        rel = self._rel_or_none(inode)
+        if rel is not None:
+            self.batch.put("journal", sid.encode(), rel)
+
+    async def read(self, fh: int, offset: int, size: int) -> bytes:
+        data = self._handles[fh].data
+        fd = data.read_fd()
+        if fd is None:
+            return b""
+        tier = self.hot if data.staged else self.warm
+        return await tier.run(os.pread, fd, size, offset)
+
+    async def write(self, fh: int, offset: int, buf: bytes) -> int:
+        handle = self._handles[fh]
+        data = handle.data
+        async with data.lock:
+            await self._stage(handle.inode, data)
+            if handle.append:
+                offset = data.size
+            written = await self.hot.run(os.pwrite, data.staging_fd, buf, offset)
+            data.size = max(data.size, offset + written)
+            data.dirty = True
+            if handle.direct:
+                data.direct_written = True
+        return written
+
+    async def flush(self, fh: int) -> None:
+        handle = self._handles[fh]
+        if handle.writable and handle.data.dirty:
+            await self._publish(handle.inode, handle.data)
+
+    async def fsync(self, fh: int) -> None:
+        handle = self._handles[fh]
+        if handle.data.dirty:
+            await self._publish(handle.inode, handle.data)
+
+    async def release(self, fh: int) -> None:
+        handle = self._handles.pop(fh)
+        data, inode = handle.data, handle.inode
+        data.handles -= 1
+        try:
+            if data.handles == 0:
+                if data.dirty:
+                    try:
+                        await self._publish(inode, data)
+                    except OSError as e:
+                        log.error("publishing inode %d failed at release; staged data kept "
+                                  "as %s: %s", inode.ino, data.staging_id, e)
+                await self._discard(inode, data)
+        finally:
+            self.inodes.closed(inode)
+
+    async def _discard(self, inode: Inode, data: OpenFile) -> None:
+        """Drop the open-file state after the last handle; staging goes unless still needed."""
+        inode.data = None
+        keep_staging = data.dirty and inode.links
+        sid = data.staging_id
+        await self.hot.run(data.close_fds)
+        if sid is not None and not keep_staging:
+            await self.hot.run(self.hot.remove_staging, sid)
+            self.batch.delete("journal", sid.encode())
+
+    async def _publish(self, inode: Inode, data: OpenFile) -> None:
+        """Copy staged data to the warm tier so that readers there see it whole: temp name,
+        fsync, rename (in place for hard-linked files). Takes ``data.lock``."""
+        async with data.lock:
+            if not data.dirty or data.staging_fd is None:
+                return
+            rel = self._rel_or_none(inode)
+            if rel is None:  # unlinked: nothing to publish, nobody can see it
+                data.dirty = False
+                return
+            staged = await self.hot.run(os.fstat, data.staging_fd)
+            times = (staged.st_atime_ns, staged.st_mtime_ns)
+            current = await self.warm.run(self.warm.lstat, rel)
+            if current.st_nlink > 1:
+                await self.warm.run(self.warm.write_in_place, rel, data.staging_fd, data.size,
+                                    times)
+            else:
+                tmp = await self.warm.run(self.warm.write_temp, split(rel)[0],
+                                          data.staging_fd, data.size, rel, times)
+                async with self._ns_lock:
+                    target = self._rel_or_none(inode)
+                    if target is None:
+                        await self.warm.run(self.warm.unlink, tmp)
+                        data.dirty = False
+                        return
+                    await self.warm.run(self.warm.rename, tmp, target)
+                    rel = target
+            st = await self.warm.run(self.warm.lstat, rel)
+            self.inodes.rekey(inode, st)
+            data.dirty = False
+            # The kernel's pages are what was written through it, unless O_DIRECT bypassed them.
+            inode.cached_version = None if data.direct_written else \
+                (st.st_size, st.st_mtime_ns, inode.key)
+            data.direct_written = False
+        self.invalidate_attrs(inode.ino)
+
+    # -- file system ----------------------------------------------------------------------
+
+    async def statfs(self) -> os.statvfs_result:
+        return await self.warm.run(self.warm.statvfs)
+
+    async def getxattr(self, ino: int, name: bytes) -> bytes:
+        return await self.warm.run(self.warm.getxattr, self.inodes.path(self.inodes[ino]), name)
+
+    async def setxattr(self, ino: int, name: bytes, value: bytes) -> None:
+        await self.warm.run(self.warm.setxattr, self.inodes.path(self.inodes[ino]), name, value)
+
+    async def listxattr(self, ino: int) -> list[bytes]:
+        return await self.warm.run(self.warm.listxattr, self.inodes.path(self.inodes[ino]))
+
+    async def removexattr(self, ino: int, name: bytes) -> None:
+        await self.warm.run(self.warm.removexattr, self.inodes.path(self.inodes[ino]), name)
+
+
+def _futime(fd: int, atime_ns: int | None, mtime_ns: int | None) -> None:
+    st = os.fstat(fd)
+    os.utime(fd, ns=(st.st_atime_ns if atime_ns is None else atime_ns,
+                     st.st_mtime_ns if mtime_ns is None else mtime_ns))

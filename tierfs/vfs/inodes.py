@@ -1,0 +1,230 @@
+"""The inode table: tierfs inode numbers, the names each inode has, and kernel lookup counts.
+
+An inode is named by (parent inode, name) links rather than by a path, so renaming a directory
+moves one link and every live descendant follows. Numbers are tierfs's own, kept stable across
+remounts through the index: the warm file's own inode number changes whenever tierfs publishes
+by rename, so it cannot serve. All methods run on the event loop and never block.
+
+Lookup counts follow the kernel exactly: +1 for each entry returned by lookup, create, mkdir,
+symlink, link, mknod and readdirplus; -n at forget. An inode leaves the table only when the
+kernel has forgotten it and no handle holds it open, so an unlinked open file keeps its data.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import os
+import stat
+import struct
+from typing import TYPE_CHECKING
+
+import pyfuse3
+
+from tierfs.index import Batch, pack_u64, unpack_u64
+from tierfs.tiers.warm import ROOT, join
+
+if TYPE_CHECKING:
+    from tierfs.vfs.files import OpenFile
+
+ROOT_INODE = pyfuse3.ROOT_INODE
+_KEY = struct.Struct(">QQ")
+
+
+def identity(st: os.stat_result) -> bytes:
+    """What names one warm file: its device and inode number."""
+    return _KEY.pack(st.st_dev, st.st_ino)
+
+
+def stale() -> OSError:
+    return OSError(errno.ESTALE, os.strerror(errno.ESTALE))
+
+
+@dataclasses.dataclass(eq=False)
+class Inode:
+    ino: int
+    kind: int
+    key: bytes
+    #: (parent inode, name); the first link is the one paths are built from.
+    links: list[tuple[int, bytes]]
+    lookups: int = 0
+    opens: int = 0
+    #: Data state shared by every handle open on a regular file (staging, dirty flag...).
+    data: OpenFile | None = None
+    #: (size, mtime_ns, key) when the kernel last cached pages of this file.
+    cached_version: tuple[int, int, bytes] | None = None
+
+    @property
+    def is_dir(self) -> bool:
+        return self.kind == stat.S_IFDIR
+
+
+class InodeTable:
+    def __init__(self, batch: Batch, root_st: os.stat_result) -> None:
+        self.batch = batch
+        stored = batch.index.get("meta", b"next_ino")
+        self._next = unpack_u64(stored) if stored else ROOT_INODE + 1
+        root = Inode(ROOT_INODE, stat.S_IFDIR, identity(root_st), [], lookups=1)
+        self._by_ino: dict[int, Inode] = {ROOT_INODE: root}
+        self._by_name: dict[tuple[int, bytes], Inode] = {}
+        self._by_key: dict[bytes, Inode] = {root.key: root}
+
+    def __len__(self) -> int:
+        return len(self._by_ino)
+
+    def __getitem__(self, ino: int) -> Inode:
+        try:
+            return self._by_ino[ino]
+        except KeyError:
+            raise stale() from None
+
+    def get(self, ino: int) -> Inode | None:
+        return self._by_ino.get(ino)
+
+    def path(self, inode: Inode) -> bytes:
+        """The warm-tier path of an inode, built from its first links up to the root."""
+        names: list[bytes] = []
+        while inode.ino != ROOT_INODE:
+            if not inode.links:
+                raise OSError(errno.ENOENT, os.strerror(errno.ENOENT))
+            parent, name = inode.links[0]
+            names.append(name)
+            inode = self[parent]
+        return b"/".join(reversed(names)) if names else ROOT
+
+    def child_path(self, parent: int, name: bytes) -> bytes:
+        return join(self.path(self[parent]), name)
+
+    def child(self, parent: int, name: bytes) -> Inode | None:
+        return self._by_name.get((parent, name))
+
+    def persisted_number(self, key: bytes) -> int | None:
+        """The number an earlier mount gave this warm file (reads the index: call in a thread)."""
+        queued, value = self.batch.pending("inodes", key)
+        if not queued:
+            value = self.batch.index.get("inodes", key)
+        return unpack_u64(value) if value else None
+
+    def resolve(self, parent: int, name: bytes, st: os.stat_result,
+                persisted: int | None) -> Inode:
+        """The inode for a name just looked up on the warm tier, created if new.
+
+        Does not count a lookup; the caller does that once the kernel is sure to get the entry.
+        """
+        key = identity(st)
+        kind = stat.S_IFMT(st.st_mode)
+        existing = self._by_name.get((parent, name))
+        if existing is not None:
+            if existing.key == key and existing.kind == kind:
+                return existing
+            self.remove_link(parent, name)  # replaced behind our back (another node)
+        inode = self._by_key.get(key)
+        if inode is not None and inode.kind == kind and inode.ino != ROOT_INODE:
+            if st.st_nlink > 1 and kind != stat.S_IFDIR:
+                self._add(inode, parent, name)  # another hard link to a file we know
+            else:  # the only name of this file: it was renamed elsewhere
+                for link in list(inode.links):
+                    self.remove_link(*link)
+                self._add(inode, parent, name)
+            return inode
+        queued, value = self.batch.pending("inodes", key)
+        number = unpack_u64(value) if queued and value else persisted
+        if number is None or number in self._by_ino or number == ROOT_INODE:
+            number = self._allocate(key)
+        inode = Inode(number, kind, key, [])
+        self._by_ino[number] = inode
+        self._by_key[key] = inode
+        self._add(inode, parent, name)
+        return inode
+
+    def _allocate(self, key: bytes) -> int:
+        number = self._next
+        self._next += 1
+        self.batch.put("meta", b"next_ino", pack_u64(self._next))
+        self.batch.put("inodes", key, pack_u64(number))
+        return number
+
+    def _add(self, inode: Inode, parent: int, name: bytes) -> None:
+        if (parent, name) not in inode.links:
+            inode.links.append((parent, name))
+        self._by_name[(parent, name)] = inode
+
+    def add_link(self, inode: Inode, parent: int, name: bytes) -> None:
+        self._add(inode, parent, name)
+
+    def remove_link(self, parent: int, name: bytes) -> Inode | None:
+        """Forget one name; an inode that loses its last name is unlinked but stays until the
+        kernel forgets it and its last handle closes."""
+        inode = self._by_name.pop((parent, name), None)
+        if inode is None:
+            return None
+        inode.links.remove((parent, name))
+        if not inode.links:
+            # Its warm file is gone: a new file may get the same warm inode number.
+            if self._by_key.get(inode.key) is inode:
+                del self._by_key[inode.key]
+                self.batch.delete("inodes", inode.key)
+            self._maybe_drop(inode)
+        return inode
+
+    def move(self, parent: int, name: bytes, new_parent: int, new_name: bytes) -> None:
+        """A rename: the target's old inode (if any) loses that name first."""
+        inode = self._by_name.get((parent, name))
+        self.remove_link(new_parent, new_name)
+        if inode is None:
+            return
+        del self._by_name[(parent, name)]
+        inode.links[inode.links.index((parent, name))] = (new_parent, new_name)
+        self._by_name[(new_parent, new_name)] = inode
+
+    def exchange(self, parent: int, name: bytes, new_parent: int, new_name: bytes) -> None:
+        a = self._by_name.pop((parent, name), None)
+        b = self._by_name.pop((new_parent, new_name), None)
+        if a is not None:
+            a.links[a.links.index((parent, name))] = (new_parent, new_name)
+            self._by_name[(new_parent, new_name)] = a
+        if b is not None:
+            b.links[b.links.index((new_parent, new_name))] = (parent, name)
+            self._by_name[(parent, name)] = b
+
+    def rekey(self, inode: Inode, st: os.stat_result) -> None:
+        """The warm file behind an inode was replaced by tierfs itself (publish by rename)."""
+        key = identity(st)
+        if key == inode.key:
+            return
+        if self._by_key.get(inode.key) is inode:
+            del self._by_key[inode.key]
+        self.batch.delete("inodes", inode.key)
+        inode.key = key
+        self._by_key[key] = inode
+        self.batch.put("inodes", key, pack_u64(inode.ino))
+
+    def lookup(self, inode: Inode) -> None:
+        inode.lookups += 1
+
+    def forget(self, ino: int, count: int) -> None:
+        inode = self._by_ino.get(ino)
+        if inode is None:
+            return
+        inode.lookups = max(0, inode.lookups - count)
+        self._maybe_drop(inode)
+
+    def opened(self, inode: Inode) -> None:
+        inode.opens += 1
+
+    def closed(self, inode: Inode) -> None:
+        inode.opens -= 1
+        self._maybe_drop(inode)
+
+    def _maybe_drop(self, inode: Inode) -> None:
+        if inode.lookups > 0 or inode.opens > 0 or inode.ino == ROOT_INODE:
+            return
+        del self._by_ino[inode.ino]
+        for link in inode.links:
+            self._by_name.pop(link, None)
+        inode.links.clear()
+        if self._by_key.get(inode.key) is inode:
+            del self._by_key[inode.key]
+
+    def live(self) -> list[Inode]:
+        return list(self._by_ino.values())

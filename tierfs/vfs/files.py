@@ -23,8 +23,17 @@ class OpenFile:
     warm_fd: int | None = None
     staging_id: str | None = None
     staging_fd: int | None = None
-    #: Logical size while staged; tracked here so writes need no fstat.
+    #: The warm file's attributes as of open, publish or setattr: while a file is open its
+    #: attributes are answered from memory (close-to-open consistency, as NFS gives), because
+    #: the kernel asks for them before every write.
+    base: os.stat_result | None = None
+    #: Logical size and times while staged; tracked here so writes need no fstat.
     size: int = 0
+    atime_ns: int = 0
+    mtime_ns: int = 0
+    #: Extended attributes known to be absent (the kernel asks for security.capability before
+    #: every write); forgotten when the file closes.
+    absent_xattrs: set[bytes] = dataclasses.field(default_factory=set)
     #: Staged data not yet published to the warm tier.
     dirty: bool = False
     #: A publish failed; the staging file must outlive the last handle.

@@ -21,6 +21,7 @@ import itertools
 import logging
 import os
 import stat
+import time
 from collections.abc import Sequence
 
 import trio
@@ -149,29 +150,23 @@ class FileSystem:
             return st  # an unprivileged mount owns everything it creates
         return self.warm.lstat(rel)
 
-    def _attrs(self, inode: Inode, st: os.stat_result, staged: os.stat_result | None = None,
-               ) -> Attrs:
+    def _attrs(self, inode: Inode, st: os.stat_result) -> Attrs:
         attrs = Attrs.from_stat(inode.ino, st)
         data = inode.data
         if data is None or not data.staged:
             return attrs
-        if staged is None:
-            return dataclasses.replace(attrs, size=data.size)
-        return dataclasses.replace(attrs, size=data.size, mtime_ns=staged.st_mtime_ns,
-                                   atime_ns=staged.st_atime_ns)
+        return dataclasses.replace(attrs, size=data.size, mtime_ns=data.mtime_ns,
+                                   atime_ns=data.atime_ns)
 
-    def _stat_inode_blocking(self, inode: Inode, rel: bytes | None
-                             ) -> tuple[os.stat_result, os.stat_result | None]:
+    def _stat_inode_blocking(self, inode: Inode, rel: bytes | None) -> os.stat_result:
         data = inode.data
-        staged = os.fstat(data.staging_fd) if data is not None and data.staging_fd is not None \
-            else None
-        if rel is None:  # unlinked but still open
-            fd = data.warm_fd if data is not None and data.warm_fd is not None else \
-                (data.staging_fd if data is not None else None)
-            if fd is None:
-                raise _err(errno.ENOENT)
-            return os.fstat(fd), staged
-        return self.warm.lstat(rel), staged
+        if rel is not None:
+            return self.warm.lstat(rel)
+        # Unlinked but still open: the descriptors still reach the data.
+        fd = None if data is None else data.read_fd()
+        if fd is None:
+            raise _err(errno.ENOENT)
+        return os.fstat(fd)
 
     def _rel_or_none(self, inode: Inode) -> bytes | None:
         if inode.ino != ROOT_INODE and not inode.links:
@@ -199,15 +194,23 @@ class FileSystem:
         rel = self.inodes.child_path(parent, name)
         st = await self.warm.run(self.warm.lstat, rel)
         inode, attrs = await self._entry(parent, name, st)
-        if inode.data is not None and inode.data.staged:
-            return inode, await self.getattr(inode.ino)
+        if inode.data is not None and inode.data.base is not None:
+            return inode, self._attrs(inode, inode.data.base)
         return inode, attrs
 
     async def getattr(self, ino: int) -> Attrs:
         inode = self.inodes[ino]
-        st, staged = await self.warm.run(self._stat_inode_blocking, inode,
-                                         self._rel_or_none(inode))
-        return self._attrs(inode, st, staged)
+        data = inode.data
+        if data is not None and data.base is not None:
+            return self._attrs(inode, data.base)
+        return await self._refresh(inode)
+
+    async def _refresh(self, inode: Inode) -> Attrs:
+        """Attributes read from the tiers; remembered while the file is open."""
+        st = await self.warm.run(self._stat_inode_blocking, inode, self._rel_or_none(inode))
+        if inode.data is not None:
+            inode.data.base = st
+        return self._attrs(inode, st)
 
     async def setattr(self, ino: int, changes: SetAttr) -> Attrs:
         inode = self.inodes[ino]
@@ -221,15 +224,19 @@ class FileSystem:
                     await self._stage(inode, data, keep=changes.size)
                     await self.hot.run(os.ftruncate, data.staging_fd, changes.size)
                     data.size = changes.size
+                    data.mtime_ns = time.time_ns()
                     data.dirty = True
             elif rel is not None:
                 await self.warm.run(self.warm.truncate, rel, changes.size)
         if rel is not None:
             await self.warm.run(self._setattr_blocking, inode, rel, changes)
-        if data is not None and data.staging_fd is not None and (
-                changes.atime_ns is not None or changes.mtime_ns is not None):
-            await self.hot.run(_futime, data.staging_fd, changes.atime_ns, changes.mtime_ns)
-        return await self.getattr(ino)
+        if data is not None and data.staged:
+            # Staged times are published with the data.
+            if changes.atime_ns is not None:
+                data.atime_ns = changes.atime_ns
+            if changes.mtime_ns is not None:
+                data.mtime_ns = changes.mtime_ns
+        return await self._refresh(inode)
 
     def _setattr_blocking(self, inode: Inode, rel: bytes, changes: SetAttr) -> None:
         if changes.uid is not None or changes.gid is not None:
@@ -305,13 +312,13 @@ class FileSystem:
             await self.warm.run(self.warm.link, rel, new_rel)
             self.inodes.add_link(inode, new_parent, new_name)
             self.inodes.lookup(inode)
-        return inode, await self.getattr(ino)
+        return inode, await self._refresh(inode)
 
     async def unlink(self, parent: int, name: bytes) -> None:
         async with self._ns_lock:
             rel = self.inodes.child_path(parent, name)
             await self.warm.run(self.warm.unlink, rel)
-            self.inodes.remove_link(parent, name)
+            _forget_base(self.inodes.remove_link(parent, name))
 
     async def rmdir(self, parent: int, name: bytes) -> None:
         async with self._ns_lock:
@@ -340,6 +347,8 @@ class FileSystem:
             rel = self.inodes.child_path(parent, name)
             new_rel = self.inodes.child_path(new_parent, new_name)
             await self.warm.run(self.warm.rename, rel, new_rel, flags)
+            _forget_base(self.inodes.child(parent, name))
+            _forget_base(self.inodes.child(new_parent, new_name))
             if flags & RENAME_EXCHANGE:
                 self.inodes.exchange(parent, name, new_parent, new_name)
             else:
@@ -403,9 +412,9 @@ class FileSystem:
         if data is None:
             rel = self.inodes.path(inode)
             fd = await self.warm.run(self.warm.open, rel, os.O_RDONLY)
-            data = OpenFile(warm_fd=fd)
-            inode.data = data
             st = await self.warm.run(os.fstat, fd)
+            data = OpenFile(warm_fd=fd, base=st)
+            inode.data = data
             version = (st.st_size, st.st_mtime_ns, inode.key)
         else:
             version = inode.cached_version
@@ -417,6 +426,7 @@ class FileSystem:
                 await self._stage(inode, data, keep=0)
                 await self.hot.run(os.ftruncate, data.staging_fd, 0)
                 data.size = 0
+                data.mtime_ns = time.time_ns()
                 data.dirty = True
             keep_cache = False
         return handle.fh, keep_cache, handle.direct
@@ -446,7 +456,7 @@ class FileSystem:
 
         st = await self.warm.run(make)
         inode, attrs = await self._entry(parent, name, st)
-        data = OpenFile()
+        data = OpenFile(base=st, atime_ns=st.st_atime_ns, mtime_ns=st.st_mtime_ns)
         inode.data = data
         sid, fd = await self.hot.run(self.hot.new_staging)
         data.staging_id, data.staging_fd = sid, fd
@@ -464,9 +474,9 @@ class FileSystem:
         try:
             size = 0
             if data.warm_fd is not None:
-                size = (await self.warm.run(os.fstat, data.warm_fd)).st_size
-                if keep is not None:
-                    size = min(size, keep)
+                st = await self.warm.run(os.fstat, data.warm_fd)
+                data.atime_ns, data.mtime_ns = st.st_atime_ns, st.st_mtime_ns
+                size = st.st_size if keep is None else min(st.st_size, keep)
                 await self.warm.run(copy_fd, data.warm_fd, fd, size)
         except BaseException:
             os.close(fd)
@@ -494,6 +504,7 @@ class FileSystem:
                 offset = data.size
             written = await self.hot.run(os.pwrite, data.staging_fd, buf, offset)
             data.size = max(data.size, offset + written)
+            data.mtime_ns = time.time_ns()
             data.dirty = True
             if handle.direct:
                 data.direct_written = True
@@ -545,8 +556,7 @@ class FileSystem:
             if rel is None:  # unlinked: nothing to publish, nobody can see it
                 data.dirty = False
                 return
-            staged = await self.hot.run(os.fstat, data.staging_fd)
-            times = (staged.st_atime_ns, staged.st_mtime_ns)
+            times = (data.atime_ns, data.mtime_ns)
             current = await self.warm.run(self.warm.lstat, rel)
             if current.st_nlink > 1:
                 await self.warm.run(self.warm.write_in_place, rel, data.staging_fd, data.size,
@@ -564,6 +574,7 @@ class FileSystem:
                     rel = target
             st = await self.warm.run(self.warm.lstat, rel)
             self.inodes.rekey(inode, st)
+            data.base = st
             data.dirty = False
             # The kernel's pages are what was written through it, unless O_DIRECT bypassed them.
             inode.cached_version = None if data.direct_written else \
@@ -577,10 +588,22 @@ class FileSystem:
         return await self.warm.run(self.warm.statvfs)
 
     async def getxattr(self, ino: int, name: bytes) -> bytes:
-        return await self.warm.run(self.warm.getxattr, self.inodes.path(self.inodes[ino]), name)
+        inode = self.inodes[ino]
+        data = inode.data
+        if data is not None and name in data.absent_xattrs:
+            raise _err(errno.ENODATA)
+        try:
+            return await self.warm.run(self.warm.getxattr, self.inodes.path(inode), name)
+        except OSError as e:
+            if e.errno == errno.ENODATA and data is not None:
+                data.absent_xattrs.add(name)
+            raise
 
     async def setxattr(self, ino: int, name: bytes, value: bytes) -> None:
-        await self.warm.run(self.warm.setxattr, self.inodes.path(self.inodes[ino]), name, value)
+        inode = self.inodes[ino]
+        if inode.data is not None:
+            inode.data.absent_xattrs.discard(name)
+        await self.warm.run(self.warm.setxattr, self.inodes.path(inode), name, value)
 
     async def listxattr(self, ino: int) -> list[bytes]:
         return await self.warm.run(self.warm.listxattr, self.inodes.path(self.inodes[ino]))
@@ -589,7 +612,7 @@ class FileSystem:
         await self.warm.run(self.warm.removexattr, self.inodes.path(self.inodes[ino]), name)
 
 
-def _futime(fd: int, atime_ns: int | None, mtime_ns: int | None) -> None:
-    st = os.fstat(fd)
-    os.utime(fd, ns=(st.st_atime_ns if atime_ns is None else atime_ns,
-                     st.st_mtime_ns if mtime_ns is None else mtime_ns))
+def _forget_base(inode: Inode | None) -> None:
+    """A namespace change altered an open file's link count or ctime: re-read them."""
+    if inode is not None and inode.data is not None:
+        inode.data.base = None

@@ -152,6 +152,8 @@ class FileSystem:
 
     def _attrs(self, inode: Inode, st: os.stat_result) -> Attrs:
         attrs = Attrs.from_stat(inode.ino, st)
+        if not inode.links and inode.ino != ROOT_INODE:
+            attrs = dataclasses.replace(attrs, nlink=0)  # NFS shows a silly-renamed file as 1
         data = inode.data
         if data is None or not data.staged:
             return attrs
@@ -162,8 +164,8 @@ class FileSystem:
         data = inode.data
         if rel is not None:
             return self.warm.lstat(rel)
-        # Unlinked but still open: the descriptors still reach the data.
-        fd = None if data is None else data.read_fd()
+        # Unlinked but still open: the warm descriptor still reaches the file.
+        fd = None if data is None else data.warm_fd
         if fd is None:
             raise _err(errno.ENOENT)
         return os.fstat(fd)
@@ -446,17 +448,22 @@ class FileSystem:
         self._check_name(name)
         rel = self.inodes.child_path(parent, name)
 
-        def make() -> os.stat_result:
+        def make() -> tuple[int, os.stat_result]:
             pst = self.warm.lstat(split(rel)[0])
-            fd = self.warm.open(rel, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            os.close(fd)
-            st = self._chown_new(rel, self.warm.lstat(rel), *self._owner(uid, gid, pst))
-            self.warm.chmod(rel, stat.S_IMODE(mode))
-            return self.warm.lstat(rel)
+            # Read-only is enough: the descriptor only keeps the file reachable once unlinked.
+            fd = self.warm.open(rel, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                self._chown_new(rel, os.fstat(fd), *self._owner(uid, gid, pst))
+                os.fchmod(fd, stat.S_IMODE(mode))
+                return fd, os.fstat(fd)
+            except BaseException:
+                os.close(fd)
+                raise
 
-        st = await self.warm.run(make)
+        warm_fd, st = await self.warm.run(make)
         inode, attrs = await self._entry(parent, name, st)
-        data = OpenFile(base=st, atime_ns=st.st_atime_ns, mtime_ns=st.st_mtime_ns)
+        data = OpenFile(warm_fd=warm_fd, base=st, atime_ns=st.st_atime_ns,
+                        mtime_ns=st.st_mtime_ns)
         inode.data = data
         sid, fd = await self.hot.run(self.hot.new_staging)
         data.staging_id, data.staging_fd = sid, fd
@@ -477,7 +484,8 @@ class FileSystem:
                 st = await self.warm.run(os.fstat, data.warm_fd)
                 data.atime_ns, data.mtime_ns = st.st_atime_ns, st.st_mtime_ns
                 size = st.st_size if keep is None else min(st.st_size, keep)
-                await self.warm.run(copy_fd, data.warm_fd, fd, size)
+                if size:
+                    await self.warm.run(copy_fd, data.warm_fd, fd, size)
         except BaseException:
             os.close(fd)
             await self.hot.run(self.hot.remove_staging, sid)

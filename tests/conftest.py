@@ -1,0 +1,112 @@
+"""Fixtures that mount tierfs for real: the CLI starts a daemon, teardown unmounts lazily and
+stops the daemon by its pid, whatever the test did."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from tierfs import mounting
+
+
+def tierfs(*args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
+    """Run the tierfs command line as a user would (this interpreter, this checkout)."""
+    result = subprocess.run([sys.executable, "-m", "tierfs", *args], capture_output=True,
+                            text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    if check and result.returncode != 0:
+        raise AssertionError(f"tierfs {' '.join(args)} failed ({result.returncode}):\n"
+                             f"{result.stdout}{result.stderr}")
+    return result
+
+
+@dataclass
+class Mount:
+    path: Path
+    hot: Path
+    warm: Path
+    extra: list[str] = field(default_factory=list)
+    pids: list[int] = field(default_factory=list)
+
+    def start(self) -> None:
+        tierfs("mount", str(self.path), "--hot", str(self.hot), "--warm", str(self.warm),
+               *self.extra)
+        assert os.path.ismount(self.path)
+        self.pids = mounting.daemon_pids(str(self.path))
+        assert self.pids, "no daemon process found for the mount"
+
+    def stop(self) -> None:
+        """Clean unmount through the CLI (publishes, waits for the daemon)."""
+        tierfs("unmount", str(self.path))
+        assert not os.path.ismount(self.path)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def force_cleanup(self) -> None:
+        if os.path.ismount(self.path):
+            subprocess.run(["fusermount3", "-u", "-z", str(self.path)], capture_output=True)
+        for pid in self.pids + mounting.daemon_pids(str(self.path)):
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                continue
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                try:
+                    os.kill(pid, 0)
+                except ProcessLookupError:
+                    break
+                time.sleep(0.05)
+            else:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+
+    def log(self) -> str:
+        log = self.hot / "tierfs.log"
+        return log.read_text() if log.exists() else ""
+
+
+def make_mount(base: Path, *extra: str) -> Mount:
+    for d in ("mnt", "hot", "warm"):
+        (base / d).mkdir(exist_ok=True)
+    return Mount(base / "mnt", base / "hot", base / "warm", list(extra))
+
+
+@pytest.fixture
+def mount(tmp_path: Path) -> Iterator[Mount]:
+    m = make_mount(tmp_path)
+    m.start()
+    try:
+        yield m
+    finally:
+        m.force_cleanup()
+    assert "Traceback" not in m.log(), m.log()
+
+
+@pytest.fixture(scope="module")
+def shared_mount(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mount]:
+    """One mount for many examples (hypothesis); each example works in a fresh directory."""
+    m = make_mount(tmp_path_factory.mktemp("shared"))
+    m.start()
+    try:
+        yield m
+    finally:
+        m.force_cleanup()
+    assert "Traceback" not in m.log(), m.log()
+
+
+def require(tool: str) -> None:
+    if shutil.which(tool) is None:
+        pytest.fail(f"{tool} is not installed; .ci/run installs it")

@@ -80,7 +80,7 @@ class Mount:
 
 def make_mount(base: Path, *extra: str) -> Mount:
     for d in ("mnt", "hot", "warm"):
-        (base / d).mkdir(exist_ok=True)
+        (base / d).mkdir(parents=True, exist_ok=True)
     return Mount(base / "mnt", base / "hot", base / "warm", list(extra))
 
 

@@ -1,0 +1,135 @@
+"""The command line: help, version, mount failures with one-line reasons, clean unmounts."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import Mount, make_mount, tierfs
+from tierfs import __version__, mounting
+
+
+def test_help_and_version() -> None:
+    assert __version__ in tierfs("--version").stdout
+    out = tierfs("--help").stdout
+    assert "mount" in out and "unmount" in out
+    out = tierfs("mount", "--help").stdout
+    for flag in ("--hot", "--warm", "--config", "--foreground", "--allow-other",
+                 "--attr-timeout", "--read-ahead"):
+        assert flag in out
+
+
+def _mount_fails(m: Mount, *extra: str, was_mounted: bool = False) -> str:
+    result = tierfs("mount", str(m.path), "--hot", str(m.hot), "--warm", str(m.warm), *extra,
+                    check=False)
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert os.path.ismount(m.path) == was_mounted
+    return lines[0]
+
+
+def test_mount_refuses_bad_mount_points_and_tiers(tmp_path: Path) -> None:
+    m = make_mount(tmp_path)
+    missing = make_mount(tmp_path)
+    missing.path = tmp_path / "nope"
+    assert "does not exist" in _mount_fails(missing)
+    no_warm = make_mount(tmp_path)
+    no_warm.warm = tmp_path / "no-warm"
+    assert "warm tier" in _mount_fails(no_warm) and "does not exist" in _mount_fails(no_warm)
+    inside = make_mount(tmp_path)
+    inside.hot = m.warm / "hot"
+    inside.hot.mkdir()
+    assert "must not contain" in _mount_fails(inside)
+    bad_config = tmp_path / "c.toml"
+    bad_config.write_text("colour = 'blue'\n")
+    assert "colour" in _mount_fails(m, "--config", str(bad_config))
+    assert "--attr-timeout" in _mount_fails(m, "--attr-timeout", "never")
+
+
+def test_mount_refuses_a_read_only_tier(tmp_path: Path) -> None:
+    m = make_mount(tmp_path)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tierfs-ro", str(m.warm)],
+                   check=True)
+    try:
+        assert "not writable" in _mount_fails(m)
+    finally:
+        subprocess.run(["umount", str(m.warm)], check=True)
+
+
+def test_busy_mount_point_and_hot_tier_on_a_network_file_system(mount: Mount,
+                                                                tmp_path: Path) -> None:
+    again = make_mount(tmp_path / "again")
+    again.path = mount.path
+    assert "busy" in _mount_fails(again, was_mounted=True)
+    # A hot tier inside a FUSE network file system (here, another tierfs mount) is refused.
+    nested = make_mount(tmp_path / "nested")
+    nested.hot = mount.path / "hot"
+    nested.hot.mkdir()
+    assert mounting.fs_type(nested.hot) == "fuse.tierfs"
+    assert "local disk" in _mount_fails(nested)
+
+
+def test_second_mount_on_the_same_hot_tier_is_refused(mount: Mount, tmp_path: Path) -> None:
+    other = make_mount(tmp_path / "other")
+    other.hot = mount.hot
+    assert "in use by another mount" in _mount_fails(other)
+
+
+def test_unmount_publishes_and_waits_for_the_daemon(mount: Mount) -> None:
+    (mount.path / "f").write_text("data")
+    pids = mount.pids
+    fd = os.open(mount.path / "f", os.O_RDONLY)
+    result = tierfs("unmount", str(mount.path), check=False)
+    assert result.returncode == 1 and "busy" in result.stderr
+    os.close(fd)
+    time.sleep(0.2)
+    tierfs("unmount", str(mount.path))
+    assert not os.path.ismount(mount.path)
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    assert (mount.warm / "f").read_text() == "data"
+    result = tierfs("unmount", str(mount.path), check=False)
+    assert result.returncode == 1 and "not mounted" in result.stderr
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_signal_unmounts_cleanly_and_publishes_open_files(mount: Mount,
+                                                          signum: signal.Signals) -> None:
+    fd = os.open(mount.path / "open", os.O_WRONLY | os.O_CREAT, 0o644)
+    os.write(fd, b"written but never closed")
+    pid = mount.pids[0]
+    os.kill(pid, signum)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    else:
+        raise AssertionError("daemon did not exit")
+    try:
+        os.close(fd)
+    except OSError:
+        pass  # the mount is gone
+    assert not os.path.ismount(mount.path)
+    assert (mount.warm / "open").read_bytes() == b"written but never closed"
+    assert "unmounted" in mount.log()
+
+
+def test_inode_numbers_stay_stable_across_remounts(mount: Mount) -> None:
+    (mount.path / "d").mkdir()
+    (mount.path / "d" / "f").write_text("x")
+    before = {p: os.stat(mount.path / p).st_ino for p in ("d", "d/f")}
+    mount.restart()
+    after = {p: os.stat(mount.path / p).st_ino for p in ("d", "d/f")}
+    assert before == after
+    (mount.path / "d" / "f").write_text("rewritten")  # published by rename: new warm inode
+    assert os.stat(mount.path / "d" / "f").st_ino == before["d/f"]

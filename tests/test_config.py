@@ -1,0 +1,93 @@
+"""Configuration: defaults, file, flags, and errors that name the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tierfs.config import KEYS, build_config, load_config, parse_size
+from tierfs.errors import ConfigError
+
+
+def test_defaults_without_any_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "cfg"))
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv("TIERFS_CONFIG", raising=False)
+    config = load_config(None, {})
+    if not Path("/mnt/user_storage").is_dir():
+        assert config.warm == tmp_path / "data" / "tierfs" / "warm"
+    if not Path("/mnt/local_storage").is_dir():
+        assert config.hot == tmp_path / "cache" / "tierfs" / "hot"
+    assert config.read_ahead == 8 * 1024 * 1024
+    assert config.explicit == frozenset()
+
+
+def test_file_then_flags_override(tmp_path: Path) -> None:
+    f = tmp_path / "c.toml"
+    f.write_text('warm = "/srv/warm"\nattr_timeout = 5\nread_ahead = "16MiB"\n')
+    config = load_config(f, {"attr_timeout": "2.5"})
+    assert config.warm == Path("/srv/warm")
+    assert config.attr_timeout == 2.5
+    assert config.read_ahead == 16 * 1024 * 1024
+    assert {"warm", "attr_timeout", "read_ahead"} <= config.explicit
+
+
+def test_unknown_key_is_named(tmp_path: Path) -> None:
+    f = tmp_path / "c.toml"
+    f.write_text('warm_dir = "/x"\n')
+    with pytest.raises(ConfigError, match="unknown key 'warm_dir'"):
+        load_config(f, {})
+
+
+@pytest.mark.parametrize("key, value", [
+    ("attr_timeout", "soon"), ("warm_threads", 0), ("read_ahead", "lots"),
+    ("allow_other", "maybe"), ("log_level", "loud"), ("hot", 3)])
+def test_bad_value_names_the_key(key: str, value: object) -> None:
+    with pytest.raises(ConfigError, match=f"'{key}'"):
+        build_config({key: value}, {})
+
+
+def test_bad_flag_names_the_flag() -> None:
+    with pytest.raises(ConfigError, match="--warm-threads"):
+        build_config({}, {"warm_threads": "many"})
+
+
+def test_invalid_toml_and_missing_file(tmp_path: Path) -> None:
+    f = tmp_path / "c.toml"
+    f.write_text("warm = \n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(f, {})
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "none.toml", {})
+
+
+def test_sizes() -> None:
+    assert parse_size("512MiB") == 512 * 1024**2
+    assert parse_size("10GB") == 10 * 1000**3
+    assert parse_size("10 GiB") == 10 * 1024**3
+    assert parse_size(4096) == 4096
+    with pytest.raises(ValueError):
+        parse_size("ten")
+
+
+def test_every_key_is_documented_and_round_trips() -> None:
+    doc = (Path(__file__).parent.parent / "docs" / "configuration.md").read_text()
+    for key in KEYS:
+        assert f"`{key.name}`" in doc, key.name
+        assert key.flag in doc, key.flag
+    config = build_config({}, {})
+    args = config.to_args()
+    flags = {}
+    it = iter(args)
+    for arg in it:
+        if arg.startswith("--no-"):
+            flags[arg[5:].replace("-", "_")] = False
+        elif any(k.is_flag and k.flag == arg for k in KEYS):
+            flags[arg[2:].replace("-", "_")] = True
+        else:
+            flags[arg[2:].replace("-", "_")] = next(it)
+    again = build_config({}, flags)
+    assert {k.name: getattr(again, k.name) for k in KEYS} == \
+        {k.name: getattr(config, k.name) for k in KEYS}

@@ -1,0 +1,242 @@
+"""A hypothesis state machine: random operations applied to the mount and to a plain reference
+directory, with the whole tree compared after every step.
+
+Each operation must give the same outcome (success, or the same errno) on both sides. Failures
+that hypothesis shrinks are kept at the bottom of this file as named regression tests.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import os
+import shutil
+import stat
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (Bundle, RuleBasedStateMachine, consumes, invariant, rule,
+                                 run_state_machine_as_test)
+
+from conftest import Mount
+
+PATHS = ["a", "b", "d", "d/a", "d/b", "d/e", "d/e/a", "e", "e/a"]
+paths = st.sampled_from(PATHS)
+payloads = st.binary(min_size=0, max_size=3000)
+offsets = st.integers(min_value=0, max_value=5000)
+modes = st.sampled_from([0o600, 0o644, 0o640, 0o755, 0o700, 0o444])
+
+_runs = itertools.count()
+
+
+def snapshot(root: Path) -> dict[str, Any]:
+    """Names, types, sizes, modes, link counts and contents of a whole tree."""
+    tree: dict[str, Any] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            full = os.path.join(dirpath, name)
+            rel = os.path.relpath(full, root)
+            st_ = os.lstat(full)
+            kind = stat.S_IFMT(st_.st_mode)
+            entry: dict[str, Any] = {"kind": kind, "mode": stat.S_IMODE(st_.st_mode)}
+            if kind == stat.S_IFREG:
+                with open(full, "rb") as f:
+                    entry.update(size=st_.st_size, nlink=st_.st_nlink, data=f.read())
+            elif kind == stat.S_IFLNK:
+                entry.update(target=os.readlink(full))
+                del entry["mode"]  # symlink modes are not meaningful on Linux
+            tree[rel] = entry
+    return tree
+
+
+def outcome(fn: Callable[[], Any]) -> tuple[str, Any]:
+    try:
+        return ("ok", fn())
+    except OSError as e:
+        return ("error", errno.errorcode.get(e.errno, e.errno))
+
+
+class TreeMachine(RuleBasedStateMachine):
+    """Subclassed per test so that the mount and reference roots are known."""
+
+    mount_root: Path
+    ref_root: Path
+
+    handles = Bundle("handles")
+
+    def __init__(self) -> None:
+        super().__init__()
+        n = next(_runs)
+        self.m = self.mount_root / f"run{n}"
+        self.r = self.ref_root / f"run{n}"
+        self.m.mkdir()
+        self.r.mkdir()
+        self.open_fds: list[int] = []
+
+    def both(self, fn: Callable[[Path], Any]) -> Any:
+        ref = outcome(lambda: fn(self.r))
+        got = outcome(lambda: fn(self.m))
+        assert got == ref, f"mount gave {got}, reference gave {ref}"
+        return got
+
+    # -- rules --------------------------------------------------------------------------
+
+    @rule(path=paths, data=payloads, offset=offsets, mode=modes)
+    def write_at(self, path: str, data: bytes, offset: int, mode: int) -> None:
+        def op(root: Path) -> None:
+            fd = os.open(root / path, os.O_WRONLY | os.O_CREAT, mode)
+            try:
+                os.pwrite(fd, data, offset)
+            finally:
+                os.close(fd)
+        self.both(op)
+
+    @rule(path=paths, data=payloads, mode=modes)
+    def create_truncating(self, path: str, data: bytes, mode: int) -> None:
+        def op(root: Path) -> None:
+            fd = os.open(root / path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+            try:
+                os.write(fd, data)
+            finally:
+                os.close(fd)
+        self.both(op)
+
+    @rule(path=paths, data=payloads)
+    def append(self, path: str, data: bytes) -> None:
+        def op(root: Path) -> None:
+            fd = os.open(root / path, os.O_WRONLY | os.O_APPEND)
+            try:
+                os.write(fd, data)
+            finally:
+                os.close(fd)
+        self.both(op)
+
+    @rule(path=paths, size=st.integers(min_value=0, max_value=6000))
+    def truncate(self, path: str, size: int) -> None:
+        self.both(lambda root: os.truncate(root / path, size))
+
+    @rule(src=paths, dst=paths)
+    def rename(self, src: str, dst: str) -> None:
+        self.both(lambda root: os.rename(root / src, root / dst))
+
+    @rule(path=paths)
+    def unlink(self, path: str) -> None:
+        self.both(lambda root: os.unlink(root / path))
+
+    @rule(path=paths)
+    def mkdir(self, path: str) -> None:
+        self.both(lambda root: os.mkdir(root / path))
+
+    @rule(path=paths)
+    def rmdir(self, path: str) -> None:
+        self.both(lambda root: os.rmdir(root / path))
+
+    @rule(to=paths, path=paths)
+    def symlink(self, to: str, path: str) -> None:
+        depth = path.count("/")
+        self.both(lambda root: os.symlink("../" * depth + to, root / path))
+
+    @rule(src=paths, dst=paths)
+    def link(self, src: str, dst: str) -> None:
+        self.both(lambda root: os.link(root / src, root / dst, follow_symlinks=False))
+
+    @rule(path=paths, mode=modes)
+    def chmod(self, path: str, mode: int) -> None:
+        self.both(lambda root: os.chmod(root / path, mode))
+
+    @rule(target=handles, path=paths)
+    def open_handle(self, path: str) -> tuple[int, int] | None:
+        ref = outcome(lambda: os.open(self.r / path, os.O_RDWR))
+        got = outcome(lambda: os.open(self.m / path, os.O_RDWR))
+        if ref[0] != "ok" or got[0] != "ok":
+            for kind, fd in (ref, got):
+                if kind == "ok":
+                    os.close(fd)
+            assert got == ref, f"mount gave {got}, reference gave {ref}"
+            return None
+        self.open_fds += [ref[1], got[1]]
+        return (ref[1], got[1])
+
+    @rule(handle=handles, data=payloads, offset=offsets)
+    def write_handle(self, handle: tuple[int, int] | None, data: bytes, offset: int) -> None:
+        if handle is None or handle[0] not in self.open_fds:
+            return
+        ref_fd, got_fd = handle
+        assert os.pwrite(got_fd, data, offset) == os.pwrite(ref_fd, data, offset)
+        size = os.fstat(ref_fd).st_size
+        assert os.fstat(got_fd).st_size == size
+        assert os.pread(got_fd, size + 10, 0) == os.pread(ref_fd, size + 10, 0)
+
+    @rule(handle=consumes(handles))
+    def close_handle(self, handle: tuple[int, int] | None) -> None:
+        if handle is None or handle[0] not in self.open_fds:
+            return
+        for fd in handle:
+            self.open_fds.remove(fd)
+            os.close(fd)
+
+    @invariant()
+    def trees_match(self) -> None:
+        assert snapshot(self.m) == snapshot(self.r)
+
+    def teardown(self) -> None:
+        for fd in self.open_fds:
+            os.close(fd)
+        self.open_fds = []
+        shutil.rmtree(self.m, ignore_errors=True)
+        shutil.rmtree(self.r, ignore_errors=True)
+
+
+def machine_for(mount: Mount, ref: Path) -> type[TreeMachine]:
+    return type("Machine", (TreeMachine,), {"mount_root": mount.path, "ref_root": ref})
+
+
+def test_mount_matches_a_plain_directory(shared_mount: Mount, tmp_path: Path) -> None:
+    run_state_machine_as_test(
+        machine_for(shared_mount, tmp_path),
+        settings=settings(max_examples=int(os.environ.get("TIERFS_MODEL_EXAMPLES", "40")),
+                          stateful_step_count=40, deadline=None,
+                          suppress_health_check=list(HealthCheck)))
+
+
+# -- regression tests: shrunk failures of the machine above, kept by name ----------------------
+
+
+@pytest.fixture
+def machine(shared_mount: Mount, tmp_path: Path) -> Iterator[TreeMachine]:
+    m = machine_for(shared_mount, tmp_path)()
+    yield m
+    m.teardown()
+
+
+def test_regression_rename_open_file_then_write_through_handle(machine: TreeMachine) -> None:
+    machine.write_at("a", b"xyz", 2, 0o644)
+    h = machine.open_handle("a")
+    machine.rename("a", "b")
+    machine.write_handle(h, b"Q", 0)
+    machine.trees_match()
+    machine.close_handle(h)
+    machine.trees_match()
+
+
+def test_regression_unlink_open_file_then_recreate_name(machine: TreeMachine) -> None:
+    machine.write_at("a", b"old", 0, 0o644)
+    h = machine.open_handle("a")
+    machine.unlink("a")
+    machine.write_at("a", b"new", 0, 0o600)
+    machine.write_handle(h, b"OLDER", 0)
+    machine.trees_match()
+    machine.close_handle(h)
+    machine.trees_match()
+
+
+def test_regression_hard_link_written_through_other_name(machine: TreeMachine) -> None:
+    machine.write_at("a", b"one", 0, 0o644)
+    machine.link("a", "b")
+    machine.append("b", b"two")
+    machine.truncate("a", 4)
+    machine.trees_match()

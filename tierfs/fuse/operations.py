@@ -169,9 +169,9 @@ class Operations(pyfuse3.Operations):
     @to_fuse_errors
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
         entries = await self.fs.readdir(fh, start_id)
-        for offset, (name, st, persisted) in enumerate(entries, start=start_id + 1):
-            inode, attrs = self.fs.dir_entry(fh, name, st, persisted)
-            sent = pyfuse3.readdir_reply(token, name, self._entry(attrs), offset)
+        for offset, entry in enumerate(entries, start=start_id + 1):
+            inode, attrs = self.fs.dir_entry(fh, entry)
+            sent = pyfuse3.readdir_reply(token, entry.name, self._entry(attrs), offset)
             self.fs.count_lookup(inode, sent)
             if not sent:
                 break

@@ -88,8 +88,9 @@ class WarmTier(Tier):
     def lstat(self, rel: bytes) -> os.stat_result:
         return os.stat(rel, dir_fd=self.fd, follow_symlinks=False)
 
-    def listdir(self, rel: bytes) -> list[tuple[bytes, os.stat_result]]:
-        """Names and attributes of a directory, without tierfs's own temp files."""
+    def listdir(self, rel: bytes) -> list[tuple[bytes, os.stat_result, frozenset[bytes] | None]]:
+        """Names, attributes and extended attribute names of a directory's entries, without
+        tierfs's own temp files (xattr names are None where they could not be listed)."""
         dfd = os.open(rel, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=self.fd)
         try:
             entries = []
@@ -99,12 +100,21 @@ class WarmTier(Tier):
                     if is_internal(name):
                         continue
                     try:
-                        entries.append((name, entry.stat(follow_symlinks=False)))
+                        st = entry.stat(follow_symlinks=False)
                     except FileNotFoundError:  # removed while we listed
                         continue
+                    entries.append((name, st, self._xattr_names_at(dfd, entry.name)))
             return entries
         finally:
             os.close(dfd)
+
+    @staticmethod
+    def _xattr_names_at(dfd: int, name: str) -> frozenset[bytes] | None:
+        try:
+            names = os.listxattr(f"/proc/self/fd/{dfd}/{name}", follow_symlinks=False)
+        except OSError:
+            return None
+        return frozenset(os.fsencode(n) for n in names)
 
     def purge_temps(self, rel: bytes) -> None:
         """Remove tierfs temp files from a directory (left behind by an interrupted publish)."""

@@ -31,9 +31,6 @@ class OpenFile:
     size: int = 0
     atime_ns: int = 0
     mtime_ns: int = 0
-    #: Extended attributes known to be absent (the kernel asks for security.capability before
-    #: every write); forgotten when the file closes.
-    absent_xattrs: set[bytes] = dataclasses.field(default_factory=set)
     #: Staged data not yet published to the warm tier.
     dirty: bool = False
     #: A publish failed; the staging file must outlive the last handle.

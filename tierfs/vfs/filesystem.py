@@ -69,10 +69,20 @@ class Attrs:
                    st.st_atime_ns, st.st_mtime_ns, st.st_ctime_ns)
 
 
+@dataclasses.dataclass(frozen=True)
+class DirEntry:
+    name: bytes
+    st: os.stat_result
+    #: The inode number an earlier mount gave this file, if any.
+    persisted: int | None
+    #: Its extended attribute names, if they could be listed.
+    xattrs: frozenset[bytes] | None
+
+
 @dataclasses.dataclass(eq=False)
 class DirHandle:
     inode: Inode
-    entries: list[tuple[bytes, os.stat_result, int | None]] | None = None
+    entries: list[DirEntry] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -175,9 +185,16 @@ class FileSystem:
             return None
         return self.inodes.path(inode)
 
-    async def _entry(self, parent: int, name: bytes, st: os.stat_result) -> tuple[Inode, Attrs]:
+    def _stat_and_number(self, rel: bytes) -> tuple[os.stat_result, int | None]:
+        """lstat plus the inode number an earlier mount gave the file, in one worker call."""
+        st = self.warm.lstat(rel)
+        return st, self.inodes.persisted_number(identity(st))
+
+    async def _entry(self, parent: int, name: bytes, st: os.stat_result,
+                     persisted: int | None = None) -> tuple[Inode, Attrs]:
         """Register a name just created or found, count the kernel's lookup, give attributes."""
-        persisted = await self.hot.run(self.inodes.persisted_number, identity(st))
+        if persisted is None:
+            persisted = await self.hot.run(self.inodes.persisted_number, identity(st))
         inode = self.inodes.resolve(parent, name, st, persisted)
         self.inodes.lookup(inode)
         return inode, self._attrs(inode, st)
@@ -194,8 +211,8 @@ class FileSystem:
         if len(name) > self.namemax:
             raise _err(errno.ENAMETOOLONG)
         rel = self.inodes.child_path(parent, name)
-        st = await self.warm.run(self.warm.lstat, rel)
-        inode, attrs = await self._entry(parent, name, st)
+        st, persisted = await self.warm.run(self._stat_and_number, rel)
+        inode, attrs = await self._entry(parent, name, st, persisted)
         if inode.data is not None and inode.data.base is not None:
             return inode, self._attrs(inode, inode.data.base)
         return inode, attrs
@@ -369,11 +386,11 @@ class FileSystem:
         self.inodes.opened(inode)
         return fh
 
-    def _list_blocking(self, rel: bytes) -> list[tuple[bytes, os.stat_result, int | None]]:
-        return [(name, st, self.inodes.persisted_number(identity(st)))
-                for name, st in self.warm.listdir(rel)]
+    def _list_blocking(self, rel: bytes) -> list[DirEntry]:
+        return [DirEntry(name, st, self.inodes.persisted_number(identity(st)), xattrs)
+                for name, st, xattrs in self.warm.listdir(rel)]
 
-    async def readdir(self, fh: int, start: int) -> list[tuple[bytes, os.stat_result, int | None]]:
+    async def readdir(self, fh: int, start: int) -> list[DirEntry]:
         """The directory's entries from offset ``start``; a listing is a snapshot taken when it
         is read from the start, so offsets stay valid while entries come and go."""
         handle = self._dirs[fh]
@@ -382,12 +399,15 @@ class FileSystem:
                                                  self.inodes.path(handle.inode))
         return handle.entries[start:]
 
-    def dir_entry(self, fh: int, name: bytes, st: os.stat_result, persisted: int | None
-                  ) -> tuple[Inode, Attrs]:
+    def dir_entry(self, fh: int, entry: DirEntry) -> tuple[Inode, Attrs]:
         """Register one readdirplus entry (no lookup counted yet: see ``count_lookup``)."""
         parent = self._dirs[fh].inode.ino
-        inode = self.inodes.resolve(parent, name, st, persisted)
-        return inode, self._attrs(inode, st)
+        inode = self.inodes.resolve(parent, entry.name, entry.st, entry.persisted)
+        if entry.xattrs is not None:
+            self._remember_xattrs(inode, entry.xattrs)
+        if inode.data is not None and inode.data.base is not None:
+            return inode, self._attrs(inode, inode.data.base)
+        return inode, self._attrs(inode, entry.st)
 
     def count_lookup(self, inode: Inode, sent: bool) -> None:
         if sent:
@@ -595,29 +615,49 @@ class FileSystem:
     async def statfs(self) -> os.statvfs_result:
         return await self.warm.run(self.warm.statvfs)
 
+    def _remember_xattrs(self, inode: Inode, names: frozenset[bytes]) -> None:
+        inode.xattr_names = names
+        inode.xattr_names_until = time.monotonic() + self.config.attr_timeout
+
+    def _known_xattrs(self, inode: Inode) -> frozenset[bytes] | None:
+        """The inode's xattr names if listed within attr_timeout (and not changed since)."""
+        if inode.xattr_names is not None and time.monotonic() < inode.xattr_names_until:
+            return inode.xattr_names
+        return None
+
     async def getxattr(self, ino: int, name: bytes) -> bytes:
         inode = self.inodes[ino]
-        data = inode.data
-        if data is not None and name in data.absent_xattrs:
+        known = self._known_xattrs(inode)
+        if known is not None and name not in known:
             raise _err(errno.ENODATA)
-        try:
-            return await self.warm.run(self.warm.getxattr, self.inodes.path(inode), name)
-        except OSError as e:
-            if e.errno == errno.ENODATA and data is not None:
-                data.absent_xattrs.add(name)
-            raise
+        rel = self.inodes.path(inode)
+
+        def get() -> tuple[bytes | None, list[bytes]]:
+            # List too: one more syscall now saves a request per later absent name.
+            names = self.warm.listxattr(rel)
+            return (self.warm.getxattr(rel, name) if name in names else None), names
+
+        value, names = await self.warm.run(get)
+        self._remember_xattrs(inode, frozenset(names))
+        if value is None:
+            raise _err(errno.ENODATA)
+        return value
 
     async def setxattr(self, ino: int, name: bytes, value: bytes) -> None:
         inode = self.inodes[ino]
-        if inode.data is not None:
-            inode.data.absent_xattrs.discard(name)
+        inode.xattr_names = None
         await self.warm.run(self.warm.setxattr, self.inodes.path(inode), name, value)
 
     async def listxattr(self, ino: int) -> list[bytes]:
-        return await self.warm.run(self.warm.listxattr, self.inodes.path(self.inodes[ino]))
+        inode = self.inodes[ino]
+        names = await self.warm.run(self.warm.listxattr, self.inodes.path(inode))
+        self._remember_xattrs(inode, frozenset(names))
+        return names
 
     async def removexattr(self, ino: int, name: bytes) -> None:
-        await self.warm.run(self.warm.removexattr, self.inodes.path(self.inodes[ino]), name)
+        inode = self.inodes[ino]
+        inode.xattr_names = None
+        await self.warm.run(self.warm.removexattr, self.inodes.path(inode), name)
 
 
 def _forget_base(inode: Inode | None) -> None:

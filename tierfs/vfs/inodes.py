@@ -53,6 +53,11 @@ class Inode:
     data: OpenFile | None = None
     #: (size, mtime_ns, key) when the kernel last cached pages of this file.
     cached_version: tuple[int, int, bytes] | None = None
+    #: Extended attribute names this inode had when last listed, and until when (monotonic
+    #: seconds) that answer may be reused. The kernel asks for security.capability before
+    #: every write and ls -l asks for ACLs of every entry; the answer is nearly always "none".
+    xattr_names: frozenset[bytes] | None = None
+    xattr_names_until: float = 0.0
 
     @property
     def is_dir(self) -> bool:

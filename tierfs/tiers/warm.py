@@ -198,6 +198,26 @@ class WarmTier(Tier):
     def open(self, rel: bytes, flags: int, mode: int = 0o600) -> int:
         return os.open(rel, flags | os.O_CLOEXEC | os.O_NOFOLLOW, mode, dir_fd=self.fd)
 
+    def publish_copy(self, rel: bytes, src_fd: int, size: int, times: tuple[int, int]
+                     ) -> tuple[bytes | None, os.stat_result]:
+        """The copying half of publishing: a fsynced temp file to rename over ``rel`` (returned
+        with its attributes), or, for a hard-linked file, the data written in place (None and
+        the file's attributes)."""
+        try:
+            nlink = self.lstat(rel).st_nlink
+        except FileNotFoundError:
+            nlink = 1
+        if nlink > 1:
+            self.write_in_place(rel, src_fd, size, times)
+            return None, self.lstat(rel)
+        tmp = self.write_temp(split(rel)[0], src_fd, size, rel, times)
+        return tmp, self.lstat(tmp)
+
+    def replace(self, tmp: bytes, rel: bytes) -> os.stat_result:
+        """The renaming half of publishing; returns the published file's attributes."""
+        os.rename(tmp, rel, src_dir_fd=self.fd, dst_dir_fd=self.fd)
+        return self.lstat(rel)
+
     def write_temp(self, parent: bytes, src_fd: int, size: int, like: bytes | None,
                    times: tuple[int, int] | None) -> bytes:
         """Copy staged data into a fresh temp file beside its target and fsync it.

@@ -468,26 +468,25 @@ class FileSystem:
         self._check_name(name)
         rel = self.inodes.child_path(parent, name)
 
-        def make() -> tuple[int, os.stat_result]:
+        def make() -> tuple[int, os.stat_result, int | None]:
             pst = self.warm.lstat(split(rel)[0])
             # Read-only is enough: the descriptor only keeps the file reachable once unlinked.
             fd = self.warm.open(rel, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0o600)
             try:
                 self._chown_new(rel, os.fstat(fd), *self._owner(uid, gid, pst))
                 os.fchmod(fd, stat.S_IMODE(mode))
-                return fd, os.fstat(fd)
+                st = os.fstat(fd)
+                return fd, st, self.inodes.persisted_number(identity(st))
             except BaseException:
                 os.close(fd)
                 raise
 
-        warm_fd, st = await self.warm.run(make)
-        inode, attrs = await self._entry(parent, name, st)
+        warm_fd, st, persisted = await self.warm.run(make)
+        inode, attrs = await self._entry(parent, name, st, persisted)
+        # Staging starts at the first write: a file created empty never needs it.
         data = OpenFile(warm_fd=warm_fd, base=st, atime_ns=st.st_atime_ns,
-                        mtime_ns=st.st_mtime_ns)
+                        mtime_ns=st.st_mtime_ns, warm_size=0)
         inode.data = data
-        sid, fd = await self.hot.run(self.hot.new_staging)
-        data.staging_id, data.staging_fd = sid, fd
-        self.batch.put("journal", sid.encode(), rel)
         inode.cached_version = None
         handle = self._new_handle(inode, data, flags)
         return handle.fh, handle.direct, inode, attrs
@@ -500,7 +499,9 @@ class FileSystem:
         sid, fd = await self.hot.run(self.hot.new_staging)
         try:
             size = 0
-            if data.warm_fd is not None:
+            if data.warm_size == 0:  # created here: nothing to copy
+                pass
+            elif data.warm_fd is not None:
                 st = await self.warm.run(os.fstat, data.warm_fd)
                 data.atime_ns, data.mtime_ns = st.st_atime_ns, st.st_mtime_ns
                 size = st.st_size if keep is None else min(st.st_size, keep)
@@ -567,11 +568,16 @@ class FileSystem:
     async def _discard(self, inode: Inode, data: OpenFile) -> None:
         """Drop the open-file state after the last handle; staging goes unless still needed."""
         inode.data = None
-        keep_staging = data.dirty and inode.links
         sid = data.staging_id
-        await self.hot.run(data.close_fds)
-        if sid is not None and not keep_staging:
-            await self.hot.run(self.hot.remove_staging, sid)
+        remove = sid is not None and not (data.dirty and inode.links)
+
+        def close() -> None:
+            data.close_fds()
+            if remove:
+                self.hot.remove_staging(sid)
+
+        await self.hot.run(close)
+        if remove:
             self.batch.delete("journal", sid.encode())
 
     async def _publish(self, inode: Inode, data: OpenFile) -> None:
@@ -585,22 +591,16 @@ class FileSystem:
                 data.dirty = False
                 return
             times = (data.atime_ns, data.mtime_ns)
-            current = await self.warm.run(self.warm.lstat, rel)
-            if current.st_nlink > 1:
-                await self.warm.run(self.warm.write_in_place, rel, data.staging_fd, data.size,
-                                    times)
-            else:
-                tmp = await self.warm.run(self.warm.write_temp, split(rel)[0],
-                                          data.staging_fd, data.size, rel, times)
+            tmp, st = await self.warm.run(self.warm.publish_copy, rel, data.staging_fd,
+                                          data.size, times)
+            if tmp is not None:
                 async with self._ns_lock:
                     target = self._rel_or_none(inode)
                     if target is None:
                         await self.warm.run(self.warm.unlink, tmp)
                         data.dirty = False
                         return
-                    await self.warm.run(self.warm.rename, tmp, target)
-                    rel = target
-            st = await self.warm.run(self.warm.lstat, rel)
+                    st = await self.warm.run(self.warm.replace, tmp, target)
             self.inodes.rekey(inode, st)
             data.base = st
             data.dirty = False

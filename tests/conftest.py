@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -60,14 +61,7 @@ class Mount:
                 os.kill(pid, signal.SIGTERM)
             except ProcessLookupError:
                 continue
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline:
-                try:
-                    os.kill(pid, 0)
-                except ProcessLookupError:
-                    break
-                time.sleep(0.05)
-            else:
+            if not wait_for_exit(pid, 10):
                 try:
                     os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:
@@ -78,6 +72,29 @@ class Mount:
         return log.read_text() if log.exists() else ""
 
 
+def wait_for_exit(pid: int, timeout: float) -> bool:
+    """Whether process ``pid`` is gone within ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@contextmanager
+def running(m: Mount) -> Iterator[Mount]:
+    """Mount for the duration; always clean up, and fail on any traceback in the log."""
+    m.start()
+    try:
+        yield m
+    finally:
+        m.force_cleanup()
+    assert "Traceback" not in m.log(), m.log()
+
+
 def make_mount(base: Path, *extra: str) -> Mount:
     for d in ("mnt", "hot", "warm"):
         (base / d).mkdir(parents=True, exist_ok=True)
@@ -86,25 +103,15 @@ def make_mount(base: Path, *extra: str) -> Mount:
 
 @pytest.fixture
 def mount(tmp_path: Path) -> Iterator[Mount]:
-    m = make_mount(tmp_path)
-    m.start()
-    try:
+    with running(make_mount(tmp_path)) as m:
         yield m
-    finally:
-        m.force_cleanup()
-    assert "Traceback" not in m.log(), m.log()
 
 
 @pytest.fixture(scope="module")
 def shared_mount(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mount]:
     """One mount for many examples (hypothesis); each example works in a fresh directory."""
-    m = make_mount(tmp_path_factory.mktemp("shared"))
-    m.start()
-    try:
+    with running(make_mount(tmp_path_factory.mktemp("shared"))) as m:
         yield m
-    finally:
-        m.force_cleanup()
-    assert "Traceback" not in m.log(), m.log()
 
 
 def require(tool: str) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Mount, make_mount, tierfs
+from conftest import Mount, make_mount, tierfs, wait_for_exit
 from tierfs import __version__, mounting
 
 
@@ -106,15 +106,7 @@ def test_signal_unmounts_cleanly_and_publishes_open_files(mount: Mount,
     os.write(fd, b"written but never closed")
     pid = mount.pids[0]
     os.kill(pid, signum)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            break
-        time.sleep(0.05)
-    else:
-        raise AssertionError("daemon did not exit")
+    assert wait_for_exit(pid, 20), "daemon did not exit"
     try:
         os.close(fd)
     except OSError:

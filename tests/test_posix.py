@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Mount, make_mount
+from conftest import Mount, make_mount, running
 
 libc = ctypes.CDLL(None, use_errno=True)
 
@@ -90,8 +90,7 @@ def test_deep_path_close_to_path_max(tmp_path: Path) -> None:
     long_warm.mkdir(parents=True)
     m = make_mount(tmp_path)
     m.warm = long_warm
-    m.start()
-    try:
+    with running(m):
         parts, length = [], len(str(m.path)) + len("/leaf")
         while length + 201 < 4090:
             parts.append("p" * 200)
@@ -116,8 +115,6 @@ def test_deep_path_close_to_path_max(tmp_path: Path) -> None:
             assert f.read() == b"deep"
         os.rename(full, full[:-1] + "2")
         assert os.stat(full[:-1] + "2").st_size == 4
-    finally:
-        m.force_cleanup()
 
 
 def test_setattr_mode_owner_size_times(mount: Mount) -> None:
@@ -300,13 +297,11 @@ def open_mount() -> Iterator[Mount]:
     """A mount other users may use (allow_other) on a path they can reach."""
     base = Path(tempfile.mkdtemp(prefix="tierfs-shared-", dir="/tmp"))
     base.chmod(0o755)
-    m = make_mount(base, "--allow-other")
-    m.start()
-    m.path.chmod(0o777)  # the mount's root is the warm root
     try:
-        yield m
+        with running(make_mount(base, "--allow-other")) as m:
+            m.path.chmod(0o777)  # the mount's root is the warm root
+            yield m
     finally:
-        m.force_cleanup()
         shutil.rmtree(base, ignore_errors=True)
 
 

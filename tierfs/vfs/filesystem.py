@@ -22,7 +22,7 @@ import logging
 import os
 import stat
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import trio
 
@@ -147,6 +147,20 @@ class FileSystem:
         if parent_st.st_mode & stat.S_ISGID:
             gid = parent_st.st_gid
         return uid, gid
+
+    def _new_entry(self, rel: bytes, make: Callable[[], None], mode: int | None, uid: int,
+                   gid: int, inherit_setgid: bool = False) -> tuple[os.stat_result, int | None]:
+        """Create an entry as tierfs, then give it the caller's owner and mode (blocking).
+
+        New directories in a set-group-ID directory keep that bit, as on any Unix.
+        """
+        pst = self.warm.lstat(split(rel)[0])
+        make()
+        self._chown_new(rel, self.warm.lstat(rel), *self._owner(uid, gid, pst))
+        if mode is not None:
+            extra = pst.st_mode & stat.S_ISGID if inherit_setgid else 0
+            self.warm.chmod(rel, stat.S_IMODE(mode) | extra)
+        return self._stat_and_number(rel)
 
     def _chown_new(self, rel: bytes, st: os.stat_result, uid: int, gid: int) -> os.stat_result:
         """Give an entry the caller's ownership (blocking; tierfs creates as itself)."""
@@ -277,17 +291,9 @@ class FileSystem:
         self._check_name(name)
         rel = self.inodes.child_path(parent, name)
 
-        def make() -> os.stat_result:
-            pst = self.warm.lstat(split(rel)[0])
-            owner = self._owner(uid, gid, pst)
-            inherit = pst.st_mode & stat.S_ISGID
-            self.warm.mkdir(rel, 0o700)
-            st = self._chown_new(rel, self.warm.lstat(rel), *owner)
-            self.warm.chmod(rel, stat.S_IMODE(mode) | inherit)
-            return self.warm.lstat(rel)
-
-        st = await self.warm.run(make)
-        return await self._entry(parent, name, st)
+        st, persisted = await self.warm.run(
+            self._new_entry, rel, lambda: self.warm.mkdir(rel, 0o700), mode, uid, gid, True)
+        return await self._entry(parent, name, st, persisted)
 
     async def mknod(self, parent: int, name: bytes, mode: int, rdev: int, uid: int, gid: int
                     ) -> tuple[Inode, Attrs]:
@@ -297,28 +303,18 @@ class FileSystem:
             raise _err(errno.EPERM)  # device nodes: see docs/semantics.md
         rel = self.inodes.child_path(parent, name)
 
-        def make() -> os.stat_result:
-            pst = self.warm.lstat(split(rel)[0])
-            self.warm.mknod(rel, kind | 0o600, 0)
-            st = self._chown_new(rel, self.warm.lstat(rel), *self._owner(uid, gid, pst))
-            self.warm.chmod(rel, stat.S_IMODE(mode))
-            return self.warm.lstat(rel)
-
-        st = await self.warm.run(make)
-        return await self._entry(parent, name, st)
+        st, persisted = await self.warm.run(
+            self._new_entry, rel, lambda: self.warm.mknod(rel, kind | 0o600, 0), mode, uid, gid)
+        return await self._entry(parent, name, st, persisted)
 
     async def symlink(self, parent: int, name: bytes, target: bytes, uid: int, gid: int
                       ) -> tuple[Inode, Attrs]:
         self._check_name(name)
         rel = self.inodes.child_path(parent, name)
 
-        def make() -> os.stat_result:
-            pst = self.warm.lstat(split(rel)[0])
-            self.warm.symlink(target, rel)
-            return self._chown_new(rel, self.warm.lstat(rel), *self._owner(uid, gid, pst))
-
-        st = await self.warm.run(make)
-        return await self._entry(parent, name, st)
+        st, persisted = await self.warm.run(
+            self._new_entry, rel, lambda: self.warm.symlink(target, rel), None, uid, gid)
+        return await self._entry(parent, name, st, persisted)
 
     async def link(self, ino: int, new_parent: int, new_name: bytes) -> tuple[Inode, Attrs]:
         self._check_name(new_name)

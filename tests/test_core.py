@@ -3,15 +3,17 @@ an unlinked open file, and the index format check."""
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import pyfuse3
 import pytest
 import trio
 
 from tierfs.config import build_config
-from tierfs.errors import MountError
+from tierfs.errors import MountError, to_fuse_errors
 from tierfs.index import Index, pack_u64
 from tierfs.tiers.hot import HotTier
 from tierfs.tiers.warm import WarmTier
@@ -119,3 +121,36 @@ def test_unknown_index_format_is_refused(tmp_path: Path) -> None:
     index.close()
     with pytest.raises(MountError, match="format 999"):
         Index(tmp_path / "index")
+
+
+def test_dot_and_dotdot_lookups(tmp_path: Path) -> None:
+    async def body(fs: FileSystem) -> None:
+        d, _ = await fs.mkdir(ROOT_INODE, b"d", 0o755, 0, 0)
+        e, _ = await fs.mkdir(d.ino, b"e", 0o755, 0, 0)
+        up, _ = await fs.lookup(e.ino, b"..")
+        assert up is d and d.lookups == 2
+        same, _ = await fs.lookup(e.ino, b".")
+        assert same is e and e.lookups == 2
+        root, _ = await fs.lookup(ROOT_INODE, b"..")
+        assert root.ino == ROOT_INODE
+
+    run_fs(tmp_path, body)
+
+
+def test_unexpected_exceptions_become_eio_and_are_logged(caplog: pytest.LogCaptureFixture
+                                                         ) -> None:
+    @to_fuse_errors
+    async def broken() -> None:
+        raise ValueError("a bug")
+
+    @to_fuse_errors
+    async def missing() -> None:
+        raise FileNotFoundError(errno.ENOENT, "gone")
+
+    with pytest.raises(pyfuse3.FUSEError) as info:
+        trio.run(broken)
+    assert info.value.errno == errno.EIO
+    assert "a bug" in caplog.text and "Traceback" in caplog.text
+    with pytest.raises(pyfuse3.FUSEError) as info:
+        trio.run(missing)
+    assert info.value.errno == errno.ENOENT

@@ -216,11 +216,15 @@ class FileSystem:
     # -- namespace ------------------------------------------------------------------------
 
     async def lookup(self, parent: int, name: bytes) -> tuple[Inode, Attrs]:
-        if is_internal(name) or name in (b".", b".."):
-            if name == b".":
-                inode = self.inodes[parent]
-                self.inodes.lookup(inode)
-                return inode, await self.getattr(parent)
+        if name in (b".", b".."):  # asked when the mount is exported (NFS, say)
+            inode = self.inodes[parent]
+            if name == b".." and inode.ino != ROOT_INODE:
+                if not inode.links:
+                    raise _err(errno.ENOENT)
+                inode = self.inodes[inode.links[0][0]]
+            self.inodes.lookup(inode)
+            return inode, await self.getattr(inode.ino)
+        if is_internal(name):
             raise _err(errno.ENOENT)
         if len(name) > self.namemax:
             raise _err(errno.ENAMETOOLONG)

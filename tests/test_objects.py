@@ -1,0 +1,176 @@
+"""The object-store contract, run against the local-folder store and against S3 (moto's server
+over HTTP, through boto3), plus URI parsing, retries and mount-time checks."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import botocore.exceptions
+import pytest
+
+from conftest import S3Server
+from tierfs.errors import ConfigError
+from tierfs.objects import open_store
+from tierfs.objects.base import (MAX_PARTS, MIN_PART_SIZE, NoSuchObject, ObjectChanged,
+                                 ObjectStore, ObjectStoreError, TransientError,
+                                 parse_bucket_uri, part_size_for)
+from tierfs.objects.retry import retry_transient
+from tierfs.objects.s3 import classify
+
+
+@pytest.fixture(params=["local", "s3"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> ObjectStore:
+    if request.param == "local":
+        (tmp_path / "bucket").mkdir()
+        s = open_store(parse_bucket_uri(f"file://{tmp_path}/bucket"))
+    else:
+        server: S3Server = request.getfixturevalue("s3_server")
+        name = request.getfixturevalue("bucket")
+        s = open_store(parse_bucket_uri(f"s3://{name}/data"), endpoint_url=server.endpoint,
+                       region="us-east-1", addressing_style="path")
+    s.check()
+    return s
+
+
+def test_put_head_get_list_delete(store: ObjectStore) -> None:
+    key = store.uri.key("dir/a.bin")
+    data = os.urandom(100_000)
+    info = store.put(key, data, {"mode": "0644", "mtime-ns": "123"})
+    assert info.size == len(data) and info.etag
+    head = store.head(key)
+    assert head.etag == info.etag and head.size == len(data)
+    assert head.metadata == {"mode": "0644", "mtime-ns": "123"}
+    assert store.get_range(key, 0, len(data)) == data
+    assert store.get_range(key, 1000, 5000, etag=info.etag) == data[1000:6000]
+    assert store.get_range(key, len(data) - 10, 100) == data[-10:]
+    store.put(store.uri.key("dir/b.bin"), b"b")
+    assert [o.key for o in store.list(store.uri.key("dir/"))] == \
+        [store.uri.key("dir/a.bin"), store.uri.key("dir/b.bin")]
+    store.delete(key)
+    store.delete(key)  # deleting twice is fine
+    with pytest.raises(NoSuchObject):
+        store.head(key)
+    with pytest.raises(NoSuchObject):
+        store.get_range(key, 0, 1)
+
+
+def test_a_changed_object_is_never_read_with_the_old_etag(store: ObjectStore) -> None:
+    key = store.uri.key("f")
+    old = store.put(key, b"old contents")
+    new = store.put(key, b"new contents!")
+    assert new.etag != old.etag
+    with pytest.raises(ObjectChanged):
+        store.get_range(key, 0, 4, etag=old.etag)
+    assert store.get_range(key, 0, 4, etag=new.etag) == b"new "
+
+
+def test_multipart_upload(store: ObjectStore) -> None:
+    key = store.uri.key("big/model.pt")
+    parts_data = [os.urandom(MIN_PART_SIZE), os.urandom(MIN_PART_SIZE), os.urandom(12345)]
+    upload = store.create_multipart(key, {"mode": "0600"})
+    assert (key, upload) in store.list_multipart(store.uri.key(""))
+    parts = [(n, store.upload_part(key, upload, n, d)) for n, d in enumerate(parts_data, 1)]
+    info = store.complete_multipart(key, upload, parts)
+    whole = b"".join(parts_data)
+    assert info.size == len(whole)
+    assert store.get_range(key, 0, len(whole)) == whole
+    assert store.head(key).metadata == {"mode": "0600"}
+    assert store.list_multipart(store.uri.key("")) == []
+    other = store.create_multipart(store.uri.key("abandoned"))
+    store.upload_part(store.uri.key("abandoned"), other, 1, b"x")
+    store.abort_multipart(store.uri.key("abandoned"), other)
+    assert store.list_multipart(store.uri.key("")) == []
+    with pytest.raises(NoSuchObject):
+        store.head(store.uri.key("abandoned"))
+
+
+def test_missing_bucket_fails_the_check(s3_server: S3Server, tmp_path: Path) -> None:
+    s = open_store(parse_bucket_uri("s3://no-such-bucket-here"), endpoint_url=s3_server.endpoint,
+                   region="us-east-1", addressing_style="path")
+    with pytest.raises(ObjectStoreError, match="bucket no-such-bucket-here does not exist"):
+        s.check()
+    with pytest.raises(ObjectStoreError, match="does not exist"):
+        open_store(parse_bucket_uri(f"file://{tmp_path}/nowhere")).check()
+
+
+def test_unreachable_endpoint_fails_the_check_after_retries(monkeypatch: pytest.MonkeyPatch
+                                                            ) -> None:
+    import tierfs.objects.retry as retry
+    monkeypatch.setattr(retry, "MAX_DELAY", 0.01)
+    port = _closed_port()
+    s = open_store(parse_bucket_uri("s3://b"), endpoint_url=f"http://127.0.0.1:{port}",
+                   region="us-east-1")
+    with pytest.raises(TransientError, match="connection"):
+        s.check()
+
+
+def _closed_port() -> int:
+    import socket
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_what_counts_as_transient() -> None:
+    def client_error(code: str, status: int) -> botocore.exceptions.ClientError:
+        return botocore.exceptions.ClientError(
+            {"Error": {"Code": code}, "ResponseMetadata": {"HTTPStatusCode": status}}, "Op")
+
+    for code, status in (("SlowDown", 503), ("InternalError", 500), ("RequestTimeout", 400)):
+        assert isinstance(classify(client_error(code, status)), TransientError)
+    assert isinstance(classify(ConnectionResetError()), TransientError)
+    assert isinstance(classify(botocore.exceptions.EndpointConnectionError(
+        endpoint_url="http://x")), TransientError)
+    assert isinstance(classify(client_error("NoSuchKey", 404)), NoSuchObject)
+    assert isinstance(classify(client_error("PreconditionFailed", 412)), ObjectChanged)
+    denied = classify(client_error("AccessDenied", 403))
+    assert isinstance(denied, ObjectStoreError) and not isinstance(denied, TransientError)
+    assert classify(ValueError("a bug")) is None
+
+
+def test_retry_gives_up_after_its_attempts_and_passes_bugs_through() -> None:
+    calls: list[int] = []
+    sleeps: list[float] = []
+
+    @retry_transient(classify, attempts=4, sleep=sleeps.append)
+    def flaky(n_failures: int) -> str:
+        calls.append(1)
+        if len(calls) <= n_failures:
+            raise ConnectionResetError()
+        return "ok"
+
+    assert flaky(3) == "ok" and len(calls) == 4 and len(sleeps) == 3
+    calls.clear()
+    with pytest.raises(TransientError):
+        flaky(10)
+    assert len(calls) == 4
+
+    @retry_transient(classify, sleep=sleeps.append)
+    def buggy() -> None:
+        raise KeyError("bug")
+
+    with pytest.raises(KeyError):
+        buggy()
+
+
+def test_bucket_uris() -> None:
+    uri = parse_bucket_uri("s3://bucket/some/prefix/")
+    assert (uri.scheme, uri.bucket, uri.prefix) == ("s3", "bucket", "some/prefix")
+    assert uri.key("a/b") == "some/prefix/a/b"
+    assert uri.contains("some/prefix/a/b")
+    assert not uri.contains("some/prefix/../other/x")
+    assert not uri.contains("other/x")
+    assert not uri.contains("some/prefixed/x")
+    assert parse_bucket_uri("gs://b").prefix == ""
+    assert parse_bucket_uri("file:///srv/objects").bucket == "/srv/objects"
+    for bad in ("http://b/x", "s3:///nobucket", "file://relative/x", "b/x"):
+        with pytest.raises(ConfigError):
+            parse_bucket_uri(bad)
+
+
+def test_part_sizes_keep_any_file_within_the_part_limit() -> None:
+    assert part_size_for(0) == MIN_PART_SIZE
+    for size in (10 * 1024**3, 5 * 1024**4):
+        part = part_size_for(size)
+        assert part >= MIN_PART_SIZE and -(-size // part) <= MAX_PARTS

@@ -1,0 +1,149 @@
+"""One interface for every object store tierfs can use as its cold tier.
+
+Objects are whole, plain objects (no chunking): ``<prefix>/<path>``, readable by any tool of
+that store. Every method blocks; the filesystem reaches a store only from worker threads under
+the cold tier's limiter. Errors are mapped to the few exceptions below where they arise, so the
+callers above never see boto3's or the OS's own exception types.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from collections.abc import Iterator, Mapping
+from urllib.parse import urlsplit
+
+from tierfs.errors import ConfigError
+
+#: S3's limits on multipart uploads (GCS's S3 interface has the same ones).
+MIN_PART_SIZE = 5 * 1024 * 1024
+MAX_PART_SIZE = 5 * 1024**3
+MAX_PARTS = 10_000
+
+
+class ObjectStoreError(Exception):
+    """A store request failed for good (after retries, where retrying made sense)."""
+
+
+class NoSuchObject(ObjectStoreError):
+    pass
+
+
+class ObjectChanged(ObjectStoreError):
+    """The object's ETag is no longer the one asked for: never mix old and new bytes."""
+
+
+class TransientError(ObjectStoreError):
+    """A failure worth retrying (server busy, connection reset); raised after the last try."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    size: int
+    etag: str
+    mtime_ns: int
+    metadata: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class BucketURI:
+    scheme: str  # "s3", "gs" or "file"
+    bucket: str  # the bucket name, or the folder for file://
+    prefix: str  # without leading or trailing slashes; "" for the whole bucket
+
+    def __str__(self) -> str:
+        if self.scheme == "file":
+            base = f"file://{self.bucket}"
+        else:
+            base = f"{self.scheme}://{self.bucket}"
+        return f"{base}/{self.prefix}" if self.prefix else base
+
+    def key(self, path: str) -> str:
+        """The object key for a path relative to the prefix."""
+        path = path.strip("/")
+        return f"{self.prefix}/{path}" if self.prefix else path
+
+    def uri_of(self, key: str) -> str:
+        if self.scheme == "file":
+            return f"file://{self.bucket}/{key}"
+        return f"{self.scheme}://{self.bucket}/{key}"
+
+    def contains(self, key: str) -> bool:
+        """Whether ``key`` lies under the prefix (``..`` and empty parts never do)."""
+        parts = key.split("/")
+        if any(p in ("", ".", "..") for p in parts):
+            return False
+        return not self.prefix or key.startswith(self.prefix + "/")
+
+
+def parse_bucket_uri(uri: str) -> BucketURI:
+    """``s3://bucket/prefix``, ``gs://bucket/prefix`` or ``file:///absolute/folder``."""
+    parts = urlsplit(uri)
+    if parts.scheme in ("s3", "gs"):
+        if not parts.netloc:
+            raise ConfigError(f"bucket URI {uri!r} has no bucket name")
+        if parts.query or parts.fragment:
+            raise ConfigError(f"bucket URI {uri!r} must not have a query or fragment")
+        return BucketURI(parts.scheme, parts.netloc, parts.path.strip("/"))
+    if parts.scheme == "file":
+        if parts.netloc or not parts.path.startswith("/"):
+            raise ConfigError(f"bucket URI {uri!r}: use file:///absolute/path")
+        return BucketURI("file", parts.path.rstrip("/") or "/", "")
+    raise ConfigError(f"bucket URI {uri!r}: expected s3://, gs:// or file://")
+
+
+class ObjectStore(abc.ABC):
+    """A bucket (and prefix) that tierfs reads and writes."""
+
+    def __init__(self, uri: BucketURI) -> None:
+        self.uri = uri
+
+    @abc.abstractmethod
+    def check(self) -> None:
+        """Fail now, with a one-line reason, if the bucket is missing or unreachable or the
+        credentials are refused (raises ObjectStoreError)."""
+
+    @abc.abstractmethod
+    def head(self, key: str) -> ObjectInfo: ...
+
+    @abc.abstractmethod
+    def get_range(self, key: str, start: int, length: int, etag: str | None = None) -> bytes:
+        """Bytes ``[start, start+length)``; raises ObjectChanged if ``etag`` no longer matches."""
+
+    @abc.abstractmethod
+    def put(self, key: str, data: bytes, metadata: Mapping[str, str] | None = None
+            ) -> ObjectInfo: ...
+
+    @abc.abstractmethod
+    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+        """Objects whose key starts with ``prefix``, in key order."""
+
+    @abc.abstractmethod
+    def delete(self, key: str) -> None:
+        """Delete; deleting a missing object is not an error."""
+
+    @abc.abstractmethod
+    def create_multipart(self, key: str, metadata: Mapping[str, str] | None = None) -> str: ...
+
+    @abc.abstractmethod
+    def upload_part(self, key: str, upload_id: str, number: int, data: bytes) -> str:
+        """Upload part ``number`` (from 1); returns its ETag."""
+
+    @abc.abstractmethod
+    def complete_multipart(self, key: str, upload_id: str, parts: list[tuple[int, str]]
+                           ) -> ObjectInfo: ...
+
+    @abc.abstractmethod
+    def abort_multipart(self, key: str, upload_id: str) -> None: ...
+
+    @abc.abstractmethod
+    def list_multipart(self, prefix: str) -> list[tuple[str, str]]:
+        """(key, upload id) of unfinished multipart uploads under ``prefix``."""
+
+
+def part_size_for(expected_size: int, minimum: int = MIN_PART_SIZE) -> int:
+    """A part size that keeps ``expected_size`` within MAX_PARTS parts (a 5 TiB file fits)."""
+    size = max(minimum, -(-expected_size // MAX_PARTS))
+    mib = 1024 * 1024
+    return min(MAX_PART_SIZE, -(-size // mib) * mib)

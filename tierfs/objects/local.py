@@ -1,0 +1,176 @@
+"""A local folder as an object store: the zero-config cold tier on a laptop, and a store for
+tests of very large files (moto reads a whole object for every ranged GET).
+
+Objects are plain files at ``<folder>/<key>``, written whole (temp name, fsync, rename), so an
+object never appears half-written. Metadata lives in one extended attribute. The ETag names a
+version of the file (inode, mtime, size), and every put makes a new inode, so it changes
+whenever the object does.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+from tierfs.objects.base import (BucketURI, NoSuchObject, ObjectChanged, ObjectInfo, ObjectStore,
+                                 ObjectStoreError)
+
+METADATA_XATTR = "user.tierfs.metadata"
+#: Unfinished multipart uploads and temp files; never listed as objects.
+WORK_DIR = ".tierfs-uploads"
+
+
+def _etag(st: os.stat_result) -> str:
+    return f"{st.st_ino:x}-{st.st_mtime_ns:x}-{st.st_size:x}"
+
+
+class LocalStore(ObjectStore):
+    def __init__(self, uri: BucketURI) -> None:
+        super().__init__(uri)
+        self.root = Path(uri.bucket)
+        self.work = self.root / WORK_DIR
+
+    def _path(self, key: str) -> Path:
+        if not self.uri.contains(key) or key.startswith(WORK_DIR):
+            raise ObjectStoreError(f"invalid object key {key!r}")
+        return self.root / key
+
+    def _info(self, key: str, st: os.stat_result, path: Path | int) -> ObjectInfo:
+        try:
+            metadata = json.loads(os.getxattr(path, METADATA_XATTR))
+        except OSError:
+            metadata = {}
+        return ObjectInfo(key, st.st_size, _etag(st), st.st_mtime_ns, metadata)
+
+    def check(self) -> None:
+        if not self.root.is_dir():
+            raise ObjectStoreError(f"folder {self.root} does not exist")
+        if not os.access(self.root, os.W_OK):
+            raise ObjectStoreError(f"folder {self.root} is not writable")
+        self.work.mkdir(exist_ok=True)
+
+    def head(self, key: str) -> ObjectInfo:
+        path = self._path(key)
+        try:
+            return self._info(key, path.stat(), path)
+        except FileNotFoundError:
+            raise NoSuchObject(key) from None
+
+    def get_range(self, key: str, start: int, length: int, etag: str | None = None) -> bytes:
+        try:
+            fd = os.open(self._path(key), os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise NoSuchObject(key) from None
+        try:
+            if etag is not None and _etag(os.fstat(fd)) != etag:
+                raise ObjectChanged(key)
+            return os.pread(fd, max(0, length), start)
+        finally:
+            os.close(fd)
+
+    def _write_new(self, key: str, chunks: Iterator[bytes] | list[bytes],
+                   metadata: Mapping[str, str] | None) -> ObjectInfo:
+        path = self._path(key)
+        self.work.mkdir(exist_ok=True)
+        tmp = self.work / f"put-{uuid.uuid4().hex}"
+        with open(tmp, "wb") as f:
+            for chunk in chunks:
+                f.write(chunk)
+            f.flush()
+            os.setxattr(f.fileno(), METADATA_XATTR, json.dumps(dict(metadata or {})).encode())
+            os.fsync(f.fileno())
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(tmp, path)
+        return self.head(key)
+
+    def put(self, key: str, data: bytes, metadata: Mapping[str, str] | None = None
+            ) -> ObjectInfo:
+        return self._write_new(key, [data], metadata)
+
+    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+        keys = []
+        for dirpath, dirnames, filenames in os.walk(self.root):
+            if Path(dirpath) == self.root and WORK_DIR in dirnames:
+                dirnames.remove(WORK_DIR)
+            for name in filenames:
+                key = os.path.relpath(os.path.join(dirpath, name), self.root)
+                if key.startswith(prefix):
+                    keys.append(key)
+        for key in sorted(keys):
+            try:
+                yield self.head(key)
+            except NoSuchObject:
+                continue
+
+    def delete(self, key: str) -> None:
+        try:
+            os.unlink(self._path(key))
+        except FileNotFoundError:
+            pass
+
+    def _upload_dir(self, upload_id: str) -> Path:
+        if not upload_id.isalnum():
+            raise ObjectStoreError(f"invalid upload id {upload_id!r}")
+        return self.work / upload_id
+
+    def create_multipart(self, key: str, metadata: Mapping[str, str] | None = None) -> str:
+        self._path(key)
+        upload_id = uuid.uuid4().hex
+        d = self._upload_dir(upload_id)
+        d.mkdir(parents=True)
+        (d / "upload.json").write_text(json.dumps({"key": key, "metadata": dict(metadata or {})}))
+        return upload_id
+
+    def upload_part(self, key: str, upload_id: str, number: int, data: bytes) -> str:
+        d = self._upload_dir(upload_id)
+        if not d.is_dir():
+            raise ObjectStoreError(f"no such upload {upload_id}")
+        part = d / f"part-{number:05d}"
+        tmp = d / f"tmp-{uuid.uuid4().hex}"
+        with open(tmp, "wb") as f:
+            f.write(data)
+            os.fsync(f.fileno())
+        os.rename(tmp, part)
+        return _etag(part.stat())
+
+    def complete_multipart(self, key: str, upload_id: str, parts: list[tuple[int, str]]
+                           ) -> ObjectInfo:
+        d = self._upload_dir(upload_id)
+        try:
+            upload = json.loads((d / "upload.json").read_text())
+        except FileNotFoundError:
+            raise ObjectStoreError(f"no such upload {upload_id}") from None
+        for number, etag in parts:
+            if _etag((d / f"part-{number:05d}").stat()) != etag:
+                raise ObjectStoreError(f"part {number} of upload {upload_id} does not match")
+
+        def chunks() -> Iterator[bytes]:
+            for number, _ in parts:
+                with open(d / f"part-{number:05d}", "rb") as f:
+                    while block := f.read(8 * 1024 * 1024):
+                        yield block
+
+        info = self._write_new(key, chunks(), upload["metadata"])
+        shutil.rmtree(d, ignore_errors=True)
+        return info
+
+    def abort_multipart(self, key: str, upload_id: str) -> None:
+        shutil.rmtree(self._upload_dir(upload_id), ignore_errors=True)
+
+    def list_multipart(self, prefix: str) -> list[tuple[str, str]]:
+        found = []
+        if not self.work.is_dir():
+            return found
+        for d in sorted(self.work.iterdir()):
+            try:
+                key = json.loads((d / "upload.json").read_text())["key"]
+            except (OSError, ValueError, KeyError):
+                continue
+            if key.startswith(prefix):
+                found.append((key, d.name))
+        return found
+

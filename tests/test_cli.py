@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Mount, make_mount, tierfs, wait_for_exit
+from conftest import Mount, S3Server, make_mount, tierfs, wait_for_exit
 from tierfs import __version__, mounting
 
 
@@ -125,3 +125,13 @@ def test_inode_numbers_stay_stable_across_remounts(mount: Mount) -> None:
     assert before == after
     (mount.path / "d" / "f").write_text("rewritten")  # published by rename: new warm inode
     assert os.stat(mount.path / "d" / "f").st_ino == before["d/f"]
+
+
+def test_mount_fails_at_once_on_a_missing_bucket_or_bad_endpoint(tmp_path: Path,
+                                                                 s3_server: S3Server) -> None:
+    m = make_mount(tmp_path)
+    line = _mount_fails(m, "--bucket", "s3://no-such-bucket/x", "--endpoint-url",
+                        s3_server.endpoint, "--addressing-style", "path")
+    assert "no-such-bucket does not exist" in line
+    assert "not exist" in _mount_fails(m, "--bucket", f"file://{tmp_path}/no-folder")
+    assert "--bucket" in _mount_fails(m, "--bucket", "ftp://x/y")

@@ -18,6 +18,7 @@ import humanfriendly
 import platformdirs
 
 from tierfs.errors import ConfigError
+from tierfs.objects.base import MIN_PART_SIZE, BucketURI, parse_bucket_uri
 
 #: Anyscale's node-local NVMe and per-user NFS mounts; used when they exist.
 ANYSCALE_HOT = Path("/mnt/local_storage")
@@ -36,6 +37,57 @@ def _default_warm() -> Path:
     if ANYSCALE_WARM.is_dir():
         return ANYSCALE_WARM / "tierfs"
     return Path(platformdirs.user_data_dir("tierfs")) / "warm"
+
+
+def _default_bucket() -> BucketURI:
+    env = os.environ.get("ANYSCALE_ARTIFACT_STORAGE")
+    if env:
+        return parse_bucket_uri(env.rstrip("/") + "/tierfs")
+    return parse_bucket_uri(f"file://{Path(platformdirs.user_data_dir('tierfs')) / 'cold'}")
+
+
+def _bucket(value: Any) -> BucketURI:
+    if not isinstance(value, str):
+        raise ValueError("expected a URI such as s3://bucket/prefix")
+    try:
+        return parse_bucket_uri(value)
+    except ConfigError as e:
+        raise ValueError(str(e)) from None
+
+
+def _optional_text(value: Any) -> str | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise ValueError("expected a string")
+    return value
+
+
+def _addressing(value: Any) -> str:
+    if value not in ("auto", "path", "virtual"):
+        raise ValueError("expected auto, path or virtual")
+    return str(value)
+
+
+def _threshold(value: Any) -> int:
+    size = parse_size(value)
+    if size < 1024 * 1024:
+        raise ValueError("expected at least 1MiB")
+    return size
+
+
+def _part_size(value: Any) -> int:
+    size = parse_size(value)
+    if not MIN_PART_SIZE <= size <= 1024**3:
+        raise ValueError("expected a size from 5MiB (S3's minimum part) to 1GiB")
+    return size
+
+
+def _window(value: Any) -> int:
+    count = _count(value)
+    if count < 2:
+        raise ValueError("expected at least 2 parts")
+    return count
 
 
 def default_config_file() -> Path:
@@ -131,6 +183,22 @@ KEYS: tuple[Key, ...] = (
     Key("allow_other", _bool, lambda: False,
         "Let users other than the one who mounted access the mount (FUSE allow_other).",
         is_flag=True),
+    Key("bucket", _bucket, _default_bucket,
+        "Cold tier: s3://bucket/prefix, gs://bucket/prefix or file:///folder. Default: "
+        "$ANYSCALE_ARTIFACT_STORAGE/tierfs if set, else a local folder."),
+    Key("endpoint_url", _optional_text, lambda: None,
+        "S3 endpoint URL for S3-compatible stores (default: AWS, or GCS for gs://)."),
+    Key("region", _optional_text, lambda: None, "S3 region (default: boto3's own choice)."),
+    Key("addressing_style", _addressing, lambda: "auto",
+        "S3 bucket addressing: auto, path or virtual."),
+    Key("large_file_threshold", _threshold, lambda: 10 * 1024**3,
+        "Files that grow past this size go straight to the bucket (a size such as 10GiB)."),
+    Key("part_size", _part_size, lambda: 16 * 1024 * 1024,
+        "Size of the first multipart-upload parts; later parts grow so a 5 TiB file fits."),
+    Key("upload_window", _window, lambda: 4,
+        "Parts of a streaming upload the hot tier may hold at once (uploading or filling)."),
+    Key("cold_threads", _count, lambda: 16,
+        "Worker threads for object-store calls (parallel GETs and part uploads)."),
     Key("attr_timeout", _seconds, lambda: 1.0,
         "Seconds the kernel may cache file attributes; bounds cross-node staleness."),
     Key("entry_timeout", _seconds, lambda: 1.0,
@@ -153,6 +221,14 @@ class Config:
     hot: Path
     warm: Path
     allow_other: bool
+    bucket: BucketURI
+    endpoint_url: str | None
+    region: str | None
+    addressing_style: str
+    large_file_threshold: int
+    part_size: int
+    upload_window: int
+    cold_threads: int
     attr_timeout: float
     entry_timeout: float
     read_ahead: int
@@ -169,7 +245,7 @@ class Config:
             value = getattr(self, key.name)
             if key.is_flag:
                 args.append(key.flag if value else "--no-" + key.flag[2:])
-            else:
+            elif value is not None:
                 args += [key.flag, str(value)]
         return args
 

@@ -21,6 +21,7 @@ import psutil
 
 from tierfs.config import Config
 from tierfs.errors import MountError
+from tierfs.tiers.cold import open_checked_store
 
 #: File systems the hot tier must not be on: LMDB's locks and mmap need a local file system.
 NETWORK_FS = {"nfs", "nfs4", "cifs", "smb3", "smbfs", "ceph", "glusterfs", "9p", "fuse.sshfs",
@@ -96,6 +97,7 @@ def preflight(config: Config, mountpoint: str) -> None:
     if kind in NETWORK_FS:
         raise MountError(f"hot tier {config.hot} is on {kind}: it must be a local disk (the "
                          "LMDB index does not work on network file systems)")
+    open_checked_store(config)
 
 
 def start_daemon(config: Config, mountpoint: str) -> int:

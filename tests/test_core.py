@@ -15,6 +15,7 @@ import trio
 from tierfs.config import build_config
 from tierfs.errors import MountError, to_fuse_errors
 from tierfs.index import Index, pack_u64
+from tierfs.tiers.cold import ColdTier, open_checked_store
 from tierfs.tiers.hot import HotTier
 from tierfs.tiers.warm import WarmTier
 from tierfs.vfs.filesystem import FileSystem
@@ -24,13 +25,15 @@ from tierfs.vfs.inodes import ROOT_INODE
 def run_fs(tmp_path: Path, body: Callable[[FileSystem], Awaitable[None]]) -> None:
     (tmp_path / "hot").mkdir(exist_ok=True)
     (tmp_path / "warm").mkdir(exist_ok=True)
-    config = build_config({}, {"hot": str(tmp_path / "hot"), "warm": str(tmp_path / "warm")})
+    (tmp_path / "cold").mkdir(exist_ok=True)
+    config = build_config({}, {"hot": str(tmp_path / "hot"), "warm": str(tmp_path / "warm"),
+                               "bucket": f"file://{tmp_path / 'cold'}"})
     hot = HotTier(config.hot, 2)
     hot.prepare()
     warm = WarmTier(config.warm, 2)
     index = Index(hot.index_dir)
     try:
-        fs = FileSystem(config, hot, warm, index)
+        fs = FileSystem(config, hot, warm, ColdTier(open_checked_store(config), 2), index)
         trio.run(body, fs)
     finally:
         index.close()

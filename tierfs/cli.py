@@ -100,3 +100,38 @@ def unmount(mountpoint: str) -> None:
     except TierfsError as e:
         _fail(str(e))
     click.echo(f"unmounted {os.path.abspath(mountpoint)}")
+
+
+@main.command(name="import")
+@click.argument("uri")
+@click.argument("directory")
+@_config_options
+def import_(uri: str, directory: str, config_file: Path | None, **flags: Any) -> None:
+    """Make objects under URI appear in the namespace under DIRECTORY, as stubs.
+
+    DIRECTORY is a path in the namespace (datasets/imagenet), or an absolute path inside the
+    warm tier. No data is copied; running it again is harmless and finishes an interrupted run.
+    """
+    from rich.progress import Progress
+
+    from tierfs.importer import destination, import_objects, source_prefix
+    from tierfs.objects.base import ObjectStoreError
+    from tierfs.tiers.cold import open_checked_store
+
+    try:
+        config = load_config(config_file, flags)
+        prefix = source_prefix(config, uri)
+        dest = destination(config, directory)
+        store = open_checked_store(config)
+        with Progress(transient=True) as progress:
+            task = progress.add_task("importing", total=None)
+            result = import_objects(config, store, prefix, dest,
+                                    lambda n: progress.advance(task, n))
+    except TierfsError as e:
+        _fail(str(e))
+    except ObjectStoreError as e:
+        _fail(f"listing {uri}: {e}")
+    click.echo(f"imported {uri} into {dest}: {result.created} new, {result.updated} updated, "
+               f"{result.unchanged} unchanged, {len(result.conflicts)} in the way")
+    for path in result.conflicts[:20]:
+        click.echo(f"  not replaced (a file or directory is there): {path}", err=True)

@@ -19,6 +19,7 @@ import trio
 from tierfs.config import Config
 from tierfs.fuse.operations import Operations
 from tierfs.index import Index
+from tierfs.tiers.cold import ColdTier, open_checked_store
 from tierfs.tiers.hot import HotTier
 from tierfs.tiers.warm import WarmTier
 from tierfs.vfs.filesystem import FileSystem
@@ -110,7 +111,8 @@ def run(config: Config, mountpoint: str, on_ready: Callable[[], None]) -> None:
     warm = WarmTier(config.warm, config.warm_threads)
     index = Index(hot.index_dir)
     try:
-        fs = FileSystem(config, hot, warm, index)
+        cold = ColdTier(open_checked_store(config), config.cold_threads)
+        fs = FileSystem(config, hot, warm, cold, index)
         leftovers = hot.staged_ids()
         if leftovers:
             log.warning("%d staged files from an earlier run are kept in %s for recovery",

@@ -88,9 +88,15 @@ class WarmTier(Tier):
     def lstat(self, rel: bytes) -> os.stat_result:
         return os.stat(rel, dir_fd=self.fd, follow_symlinks=False)
 
-    def listdir(self, rel: bytes) -> list[tuple[bytes, os.stat_result, frozenset[bytes] | None]]:
-        """Names, attributes and extended attribute names of a directory's entries, without
-        tierfs's own temp files (xattr names are None where they could not be listed)."""
+    def lstat_link(self, rel: bytes) -> tuple[os.stat_result, bytes | None]:
+        """Attributes, and the target if it is a symlink (it may be a stub)."""
+        st = self.lstat(rel)
+        return st, (self.readlink(rel) if stat.S_ISLNK(st.st_mode) else None)
+
+    def listdir(self, rel: bytes
+                ) -> list[tuple[bytes, os.stat_result, frozenset[bytes] | None, bytes | None]]:
+        """Names, attributes, extended attribute names (None where they could not be listed)
+        and symlink targets of a directory's entries, without tierfs's own temp files."""
         dfd = os.open(rel, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=self.fd)
         try:
             entries = []
@@ -103,7 +109,13 @@ class WarmTier(Tier):
                         st = entry.stat(follow_symlinks=False)
                     except FileNotFoundError:  # removed while we listed
                         continue
-                    entries.append((name, st, self._xattr_names_at(dfd, entry.name)))
+                    target = None
+                    if stat.S_ISLNK(st.st_mode):
+                        try:
+                            target = os.readlink(name, dir_fd=dfd)
+                        except FileNotFoundError:
+                            continue
+                    entries.append((name, st, self._xattr_names_at(dfd, entry.name), target))
             return entries
         finally:
             os.close(dfd)
@@ -115,6 +127,20 @@ class WarmTier(Tier):
         except OSError:
             return None
         return frozenset(os.fsencode(n) for n in names)
+
+    def replace_symlink(self, rel: bytes, target: bytes) -> os.stat_result:
+        """Swap a symlink's target atomically (a stub's mode or mtime changed), keeping its
+        owner."""
+        old = self.lstat(rel)
+        tmp = join(split(rel)[0], TEMP_PREFIX + uuid.uuid4().hex.encode() + TEMP_SUFFIX)
+        os.symlink(target, tmp, dir_fd=self.fd)
+        try:
+            os.chown(tmp, old.st_uid, old.st_gid, dir_fd=self.fd, follow_symlinks=False)
+            os.rename(tmp, rel, src_dir_fd=self.fd, dst_dir_fd=self.fd)
+        except BaseException:
+            os.unlink(tmp, dir_fd=self.fd)
+            raise
+        return self.lstat(rel)
 
     def purge_temps(self, rel: bytes) -> None:
         """Remove tierfs temp files from a directory (left behind by an interrupted publish)."""
@@ -198,19 +224,20 @@ class WarmTier(Tier):
     def open(self, rel: bytes, flags: int, mode: int = 0o600) -> int:
         return os.open(rel, flags | os.O_CLOEXEC | os.O_NOFOLLOW, mode, dir_fd=self.fd)
 
-    def publish_copy(self, rel: bytes, src_fd: int, size: int, times: tuple[int, int]
-                     ) -> tuple[bytes | None, os.stat_result]:
+    def publish_copy(self, rel: bytes, src_fd: int, size: int, times: tuple[int, int],
+                     mode: int | None = None) -> tuple[bytes | None, os.stat_result]:
         """The copying half of publishing: a fsynced temp file to rename over ``rel`` (returned
         with its attributes), or, for a hard-linked file, the data written in place (None and
-        the file's attributes)."""
+        the file's attributes). ``mode`` overrides the mode copied from ``rel`` (a stub's
+        symlink has none worth copying)."""
         try:
-            nlink = self.lstat(rel).st_nlink
+            st = self.lstat(rel)
         except FileNotFoundError:
-            nlink = 1
-        if nlink > 1:
+            st = None
+        if st is not None and st.st_nlink > 1 and stat.S_ISREG(st.st_mode):
             self.write_in_place(rel, src_fd, size, times)
             return None, self.lstat(rel)
-        tmp = self.write_temp(split(rel)[0], src_fd, size, rel, times)
+        tmp = self.write_temp(split(rel)[0], src_fd, size, rel, times, mode)
         return tmp, self.lstat(tmp)
 
     def replace(self, tmp: bytes, rel: bytes) -> os.stat_result:
@@ -219,7 +246,7 @@ class WarmTier(Tier):
         return self.lstat(rel)
 
     def write_temp(self, parent: bytes, src_fd: int, size: int, like: bytes | None,
-                   times: tuple[int, int] | None) -> bytes:
+                   times: tuple[int, int] | None, mode: int | None = None) -> bytes:
         """Copy staged data into a fresh temp file beside its target and fsync it.
 
         The temp file takes the owner, mode and extended attributes of ``like`` (the file it
@@ -233,6 +260,8 @@ class WarmTier(Tier):
             os.ftruncate(fd, size)
             if like is not None:
                 self._copy_attributes(like, fd)
+            if mode is not None:
+                os.fchmod(fd, stat.S_IMODE(mode))
             if times is not None:
                 os.utime(fd, ns=times)
             os.fsync(fd)

@@ -14,13 +14,19 @@ import os
 
 import trio
 
+from tierfs.stubs import Stub
 from tierfs.vfs.inodes import Inode
 
 
 @dataclasses.dataclass(eq=False)
 class OpenFile:
-    #: Read-only descriptor of the warm file as it was at open (None for a file created here).
+    #: Read-only descriptor of the warm file as it was at open (None for a cold file).
     warm_fd: int | None = None
+    #: A cold file's stub as of open: reads go to its object until the file is staged.
+    stub: Stub | None = None
+    #: The object this file's stub pointed to before it was rewritten here; deleted once the
+    #: new content is published, since nothing refers to it any more.
+    replaces_object: str | None = None
     staging_id: str | None = None
     staging_fd: int | None = None
     #: The warm file's attributes as of open, publish or setattr: while a file is open its

@@ -28,9 +28,12 @@ import trio
 
 from tierfs.config import Config
 from tierfs.index import FLUSH_INTERVAL, Batch, Index
+from tierfs.objects.base import ObjectStoreError
+from tierfs.stubs import Stub, StubError, looks_like_stub, parse_stub
+from tierfs.tiers.cold import ColdTier
 from tierfs.tiers.hot import HotTier
 from tierfs.tiers.warm import (RENAME_EXCHANGE, RENAME_NOREPLACE, WarmTier, copy_fd, is_internal,
-                               split)
+                               join, split)
 from tierfs.vfs.files import Handle, OpenFile
 from tierfs.vfs.inodes import ROOT_INODE, Inode, InodeTable, identity
 
@@ -77,6 +80,9 @@ class DirEntry:
     persisted: int | None
     #: Its extended attribute names, if they could be listed.
     xattrs: frozenset[bytes] | None
+    #: Its target, if it is a symlink, and the stub that target makes it, if any.
+    target: bytes | None = None
+    stub: Stub | None = None
 
 
 @dataclasses.dataclass(eq=False)
@@ -98,10 +104,12 @@ class SetAttr:
 
 
 class FileSystem:
-    def __init__(self, config: Config, hot: HotTier, warm: WarmTier, index: Index) -> None:
+    def __init__(self, config: Config, hot: HotTier, warm: WarmTier, cold: ColdTier,
+                 index: Index) -> None:
         self.config = config
         self.hot = hot
         self.warm = warm
+        self.cold = cold
         self.index = index
         self.batch = Batch(index)
         self.inodes = InodeTable(self.batch, warm.lstat(b"."))
@@ -176,6 +184,11 @@ class FileSystem:
 
     def _attrs(self, inode: Inode, st: os.stat_result) -> Attrs:
         attrs = Attrs.from_stat(inode.ino, st)
+        stub = inode.stub
+        if stub is not None:  # the symlink's owner and ctime, the file's mode, size and mtime
+            attrs = dataclasses.replace(attrs, mode=stat.S_IFREG | stub.mode, nlink=1,
+                                        size=stub.size, atime_ns=stub.mtime_ns,
+                                        mtime_ns=stub.mtime_ns)
         if not inode.links and inode.ino != ROOT_INODE:
             attrs = dataclasses.replace(attrs, nlink=0)  # NFS shows a silly-renamed file as 1
         data = inode.data
@@ -184,15 +197,29 @@ class FileSystem:
         return dataclasses.replace(attrs, size=data.size, mtime_ns=data.mtime_ns,
                                    atime_ns=data.atime_ns)
 
-    def _stat_inode_blocking(self, inode: Inode, rel: bytes | None) -> os.stat_result:
+    def _stat_inode_blocking(self, inode: Inode, rel: bytes | None
+                             ) -> tuple[os.stat_result, bytes | None]:
+        """Attributes and, for a symlink, its target (which may make it a stub)."""
         data = inode.data
         if rel is not None:
-            return self.warm.lstat(rel)
+            return self.warm.lstat_link(rel)
         # Unlinked but still open: the warm descriptor still reaches the file.
         fd = None if data is None else data.warm_fd
         if fd is None:
+            if inode.stub is not None and data is not None and data.base is not None:
+                return data.base, None  # an unlinked cold file: its stub is remembered
             raise _err(errno.ENOENT)
-        return os.fstat(fd)
+        return os.fstat(fd), None
+
+    def _stub(self, st: os.stat_result, target: bytes | None, where: bytes) -> Stub | None:
+        """The stub a warm entry stands for, if any; a bad one is refused, never followed."""
+        if target is None or not looks_like_stub(target):
+            return None
+        try:
+            return parse_stub(target, self.config.bucket)
+        except StubError as e:
+            log.warning("refusing stub %r: %s", where, e)
+            raise _err(errno.EIO) from None
 
     def _rel_or_none(self, inode: Inode) -> bytes | None:
         if inode.ino != ROOT_INODE and not inode.links:
@@ -204,12 +231,25 @@ class FileSystem:
         st = self.warm.lstat(rel)
         return st, self.inodes.persisted_number(identity(st))
 
+    def _probe(self, rel: bytes) -> tuple[os.stat_result, bytes | None, int | None]:
+        """lstat, symlink target and earlier inode number, in one worker call."""
+        st, target = self.warm.lstat_link(rel)
+        return st, target, self.inodes.persisted_number(identity(st))
+
+    def _register(self, parent: int, name: bytes, st: os.stat_result, persisted: int | None,
+                  stub: Stub | None) -> Inode:
+        inode = self.inodes.resolve(parent, name, st, persisted,
+                                    stat.S_IFREG if stub is not None else None)
+        inode.stub = stub
+        return inode
+
     async def _entry(self, parent: int, name: bytes, st: os.stat_result,
-                     persisted: int | None = None) -> tuple[Inode, Attrs]:
+                     persisted: int | None = None, stub: Stub | None = None
+                     ) -> tuple[Inode, Attrs]:
         """Register a name just created or found, count the kernel's lookup, give attributes."""
         if persisted is None:
             persisted = await self.hot.run(self.inodes.persisted_number, identity(st))
-        inode = self.inodes.resolve(parent, name, st, persisted)
+        inode = self._register(parent, name, st, persisted, stub)
         self.inodes.lookup(inode)
         return inode, self._attrs(inode, st)
 
@@ -229,8 +269,9 @@ class FileSystem:
         if len(name) > self.namemax:
             raise _err(errno.ENAMETOOLONG)
         rel = self.inodes.child_path(parent, name)
-        st, persisted = await self.warm.run(self._stat_and_number, rel)
-        inode, attrs = await self._entry(parent, name, st, persisted)
+        st, target, persisted = await self.warm.run(self._probe, rel)
+        stub = self._stub(st, target, rel)
+        inode, attrs = await self._entry(parent, name, st, persisted, stub)
         if inode.data is not None and inode.data.base is not None:
             return inode, self._attrs(inode, inode.data.base)
         return inode, attrs
@@ -244,7 +285,10 @@ class FileSystem:
 
     async def _refresh(self, inode: Inode) -> Attrs:
         """Attributes read from the tiers; remembered while the file is open."""
-        st = await self.warm.run(self._stat_inode_blocking, inode, self._rel_or_none(inode))
+        rel = self._rel_or_none(inode)
+        st, target = await self.warm.run(self._stat_inode_blocking, inode, rel)
+        if target is not None:
+            inode.stub = self._stub(st, target, rel or b"")
         if inode.data is not None:
             inode.data.base = st
         return self._attrs(inode, st)
@@ -252,6 +296,8 @@ class FileSystem:
     async def setattr(self, ino: int, changes: SetAttr) -> Attrs:
         inode = self.inodes[ino]
         rel = self._rel_or_none(inode)
+        if inode.stub is not None and not (inode.data is not None and inode.data.staged):
+            changes = await self._setattr_cold(inode, rel, changes)
         data = inode.data
         if changes.size is not None:
             if inode.is_dir:
@@ -274,6 +320,46 @@ class FileSystem:
             if changes.mtime_ns is not None:
                 data.mtime_ns = changes.mtime_ns
         return await self._refresh(inode)
+
+    async def _setattr_cold(self, inode: Inode, rel: bytes | None, changes: SetAttr
+                            ) -> SetAttr:
+        """Apply what concerns a cold file's stub; returns the changes left to apply.
+
+        A new size brings the file back to the warm tier (below the large-file threshold);
+        a new mode or mtime rewrites the stub atomically.
+        """
+        stub = inode.stub
+        assert stub is not None
+        if changes.size is not None and changes.size != stub.size:
+            data = inode.data
+            transient = data is None
+            if data is None:
+                data = inode.data = OpenFile(stub=stub)
+            try:
+                async with data.lock:
+                    await self._stage(inode, data, keep=changes.size)
+                    await self.hot.run(os.ftruncate, data.staging_fd, changes.size)
+                    data.size = changes.size
+                    data.mtime_ns = time.time_ns()
+                    data.dirty = True
+                if transient:
+                    await self._publish(inode, data)
+            finally:
+                if transient:
+                    await self._discard(inode, data)
+            return dataclasses.replace(changes, size=None)
+        changes = dataclasses.replace(changes, size=None)
+        if rel is None or (changes.mode is None and changes.mtime_ns is None):
+            return changes
+        new = dataclasses.replace(
+            stub, mode=stub.mode if changes.mode is None else stat.S_IMODE(changes.mode),
+            mtime_ns=stub.mtime_ns if changes.mtime_ns is None else changes.mtime_ns)
+        st = await self.warm.run(self.warm.replace_symlink, rel, new.encode(self.config.bucket))
+        inode.stub = new
+        self.inodes.rekey(inode, st)
+        if inode.data is not None:
+            inode.data.stub, inode.data.base = new, st
+        return dataclasses.replace(changes, mode=None, atime_ns=None, mtime_ns=None)
 
     def _setattr_blocking(self, inode: Inode, rel: bytes, changes: SetAttr) -> None:
         if changes.uid is not None or changes.gid is not None:
@@ -314,6 +400,8 @@ class FileSystem:
     async def symlink(self, parent: int, name: bytes, target: bytes, uid: int, gid: int
                       ) -> tuple[Inode, Attrs]:
         self._check_name(name)
+        if looks_like_stub(target):
+            raise _err(errno.EPERM)  # it would read as a stub: a way to reach other objects
         rel = self.inodes.child_path(parent, name)
 
         st, persisted = await self.warm.run(
@@ -337,7 +425,9 @@ class FileSystem:
         async with self._ns_lock:
             rel = self.inodes.child_path(parent, name)
             await self.warm.run(self.warm.unlink, rel)
-            _forget_base(self.inodes.remove_link(parent, name))
+            removed = self.inodes.remove_link(parent, name)
+            _forget_base(removed)
+        await self._drop_unreferenced(removed)
 
     async def rmdir(self, parent: int, name: bytes) -> None:
         async with self._ns_lock:
@@ -367,11 +457,21 @@ class FileSystem:
             new_rel = self.inodes.child_path(new_parent, new_name)
             await self.warm.run(self.warm.rename, rel, new_rel, flags)
             _forget_base(self.inodes.child(parent, name))
-            _forget_base(self.inodes.child(new_parent, new_name))
+            replaced = self.inodes.child(new_parent, new_name)
+            _forget_base(replaced)
             if flags & RENAME_EXCHANGE:
                 self.inodes.exchange(parent, name, new_parent, new_name)
+                replaced = None
             else:
                 self.inodes.move(parent, name, new_parent, new_name)
+        await self._drop_unreferenced(replaced)
+
+    async def _drop_unreferenced(self, inode: Inode | None) -> None:
+        """A cold file that lost its last name: its object goes now, or when the last handle
+        closes (an open file keeps its data, as on any POSIX file system)."""
+        if inode is None or inode.links or inode.stub is None or inode.data is not None:
+            return
+        await self._delete_object(inode.stub.key)
 
     async def forget(self, items: Sequence[tuple[int, int]]) -> None:
         for ino, count in items:
@@ -387,22 +487,29 @@ class FileSystem:
         return fh
 
     def _list_blocking(self, rel: bytes) -> list[DirEntry]:
-        return [DirEntry(name, st, self.inodes.persisted_number(identity(st)), xattrs)
-                for name, st, xattrs in self.warm.listdir(rel)]
+        return [DirEntry(name, st, self.inodes.persisted_number(identity(st)), xattrs, target)
+                for name, st, xattrs, target in self.warm.listdir(rel)]
 
     async def readdir(self, fh: int, start: int) -> list[DirEntry]:
         """The directory's entries from offset ``start``; a listing is a snapshot taken when it
         is read from the start, so offsets stay valid while entries come and go."""
         handle = self._dirs[fh]
         if handle.entries is None or start == 0:
-            handle.entries = await self.warm.run(self._list_blocking,
-                                                 self.inodes.path(handle.inode))
+            rel = self.inodes.path(handle.inode)
+            entries = await self.warm.run(self._list_blocking, rel)
+            handle.entries = []
+            for entry in entries:
+                try:
+                    stub = self._stub(entry.st, entry.target, join(rel, entry.name))
+                except OSError:
+                    continue  # a refused stub is not listed (and its lookup gives EIO)
+                handle.entries.append(dataclasses.replace(entry, stub=stub))
         return handle.entries[start:]
 
     def dir_entry(self, fh: int, entry: DirEntry) -> tuple[Inode, Attrs]:
         """Register one readdirplus entry (no lookup counted yet: see ``count_lookup``)."""
         parent = self._dirs[fh].inode.ino
-        inode = self.inodes.resolve(parent, entry.name, entry.st, entry.persisted)
+        inode = self._register(parent, entry.name, entry.st, entry.persisted, entry.stub)
         if entry.xattrs is not None:
             self._remember_xattrs(inode, entry.xattrs)
         if inode.data is not None and inode.data.base is not None:
@@ -431,15 +538,29 @@ class FileSystem:
         if inode.is_dir:
             raise _err(errno.EISDIR)
         data = inode.data
+        writable = flags & os.O_ACCMODE in (os.O_WRONLY, os.O_RDWR)
         if data is None:
             rel = self.inodes.path(inode)
-            fd = await self.warm.run(self.warm.open, rel, os.O_RDONLY)
-            st = await self.warm.run(os.fstat, fd)
-            data = OpenFile(warm_fd=fd, base=st)
+            if inode.stub is not None:
+                st, target = await self.warm.run(self.warm.lstat_link, rel)
+                inode.stub = stub = self._stub(st, target, rel)
+                if stub is None:
+                    raise _err(errno.ESTALE)  # no longer a stub: the kernel will look it up again
+                data = OpenFile(stub=stub, base=st)
+                version = (stub.size, stub.mtime_ns, stub.etag.encode())
+            else:
+                fd = await self.warm.run(self.warm.open, rel, os.O_RDONLY)
+                st = await self.warm.run(os.fstat, fd)
+                data = OpenFile(warm_fd=fd, base=st)
+                version = (st.st_size, st.st_mtime_ns, inode.key)
             inode.data = data
-            version = (st.st_size, st.st_mtime_ns, inode.key)
         else:
             version = inode.cached_version
+        if data.stub is not None and not data.staged and writable and not flags & os.O_TRUNC:
+            # Objects cannot be changed in place; see docs/semantics.md.
+            if data.handles == 0:
+                await self._discard(inode, data)
+            raise _err(errno.EOPNOTSUPP)
         keep_cache = version is not None and version == inode.cached_version
         inode.cached_version = version
         handle = self._new_handle(inode, data, flags)
@@ -501,6 +622,13 @@ class FileSystem:
             size = 0
             if data.warm_size == 0:  # created here: nothing to copy
                 pass
+            elif data.stub is not None:
+                size = data.stub.size if keep is None else min(data.stub.size, keep)
+                if size >= self.config.large_file_threshold:
+                    raise _err(errno.EOPNOTSUPP)  # would be re-uploaded whole: not supported
+                data.atime_ns = data.mtime_ns = data.stub.mtime_ns
+                await self._download(data.stub, fd, size)
+                data.replaces_object = data.stub.key
             elif data.warm_fd is not None:
                 st = await self.warm.run(os.fstat, data.warm_fd)
                 data.atime_ns, data.mtime_ns = st.st_atime_ns, st.st_mtime_ns
@@ -516,8 +644,35 @@ class FileSystem:
         if rel is not None:
             self.batch.put("journal", sid.encode(), rel)
 
+    async def _download(self, stub: Stub, fd: int, size: int) -> None:
+        """Copy the first ``size`` bytes of a stub's object into a staging file."""
+        chunk = self.config.part_size
+        for start in range(0, size, chunk):
+            block = await self._get(stub, start, min(chunk, size - start))
+            await self.hot.run(os.pwrite, fd, block, start)
+
+    async def _get(self, stub: Stub, offset: int, size: int) -> bytes:
+        """A ranged GET pinned to the stub's ETag: a changed object is an error, never a mix of
+        old and new bytes."""
+        size = max(0, min(size, stub.size - offset))
+        try:
+            return await self.cold.run(self.cold.store.get_range, stub.key, offset, size,
+                                       stub.etag)
+        except ObjectStoreError as e:
+            log.error("reading %s at %d: %s", stub.key, offset, e)
+            raise _err(errno.EIO) from None
+
+    async def _delete_object(self, key: str) -> None:
+        """Delete an object nothing refers to any more; a failure only leaves garbage."""
+        try:
+            await self.cold.run(self.cold.store.delete, key)
+        except ObjectStoreError as e:
+            log.error("could not delete unreferenced object %s: %s", key, e)
+
     async def read(self, fh: int, offset: int, size: int) -> bytes:
         data = self._handles[fh].data
+        if data.stub is not None and not data.staged:
+            return await self._get(data.stub, offset, size)
         fd = data.read_fd()
         if fd is None:
             return b""
@@ -568,6 +723,8 @@ class FileSystem:
     async def _discard(self, inode: Inode, data: OpenFile) -> None:
         """Drop the open-file state after the last handle; staging goes unless still needed."""
         inode.data = None
+        if not inode.links and inode.stub is not None:
+            await self._delete_object(inode.stub.key)  # unlinked while open
         sid = data.staging_id
         remove = sid is not None and not (data.dirty and inode.links)
 
@@ -591,8 +748,9 @@ class FileSystem:
                 data.dirty = False
                 return
             times = (data.atime_ns, data.mtime_ns)
+            mode = inode.stub.mode if inode.stub is not None else None
             tmp, st = await self.warm.run(self.warm.publish_copy, rel, data.staging_fd,
-                                          data.size, times)
+                                          data.size, times, mode)
             if tmp is not None:
                 async with self._ns_lock:
                     target = self._rel_or_none(inode)
@@ -604,6 +762,10 @@ class FileSystem:
             self.inodes.rekey(inode, st)
             data.base = st
             data.dirty = False
+            inode.stub = data.stub = None  # it is a warm file now
+            if data.replaces_object is not None:
+                await self._delete_object(data.replaces_object)
+                data.replaces_object = None
             # The kernel's pages are what was written through it, unless O_DIRECT bypassed them.
             inode.cached_version = None if data.direct_written else \
                 (st.st_size, st.st_mtime_ns, inode.key)

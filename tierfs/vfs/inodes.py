@@ -25,6 +25,7 @@ from tierfs.index import Batch, pack_u64, unpack_u64
 from tierfs.tiers.warm import ROOT, join
 
 if TYPE_CHECKING:
+    from tierfs.stubs import Stub
     from tierfs.vfs.files import OpenFile
 
 ROOT_INODE = pyfuse3.ROOT_INODE
@@ -51,6 +52,8 @@ class Inode:
     opens: int = 0
     #: Data state shared by every handle open on a regular file (staging, dirty flag...).
     data: OpenFile | None = None
+    #: For a file whose data is in the bucket: its stub as last read from the warm tier.
+    stub: Stub | None = None
     #: (size, mtime_ns, key) when the kernel last cached pages of this file.
     cached_version: tuple[int, int, bytes] | None = None
     #: Extended attribute names this inode had when last listed, and until when (monotonic
@@ -111,13 +114,14 @@ class InodeTable:
         return unpack_u64(value) if value else None
 
     def resolve(self, parent: int, name: bytes, st: os.stat_result,
-                persisted: int | None) -> Inode:
-        """The inode for a name just looked up on the warm tier, created if new.
+                persisted: int | None, kind: int | None = None) -> Inode:
+        """The inode for a name just looked up on the warm tier, created if new. ``kind``
+        overrides the warm file's type (a stub is a symlink there, a file here).
 
         Does not count a lookup; the caller does that once the kernel is sure to get the entry.
         """
         key = identity(st)
-        kind = stat.S_IFMT(st.st_mode)
+        kind = stat.S_IFMT(st.st_mode) if kind is None else kind
         existing = self._by_name.get((parent, name))
         if existing is not None:
             if existing.key == key and existing.kind == kind:

@@ -97,8 +97,8 @@ async def _serve(fs: FileSystem, ops: Operations, mountpoint: str, read_ahead: i
         nursery.start_soon(watch_signals)
         nursery.start_soon(when_initialized)
         await pyfuse3.main(min_tasks=2, max_tasks=MAX_FUSE_TASKS)
+        await fs.shutdown()  # before the cancel: streaming uploads still need their tasks
         nursery.cancel_scope.cancel()
-    await fs.shutdown()
     return signalled
 
 

@@ -16,6 +16,7 @@ import trio
 
 from tierfs.stubs import Stub
 from tierfs.vfs.inodes import Inode
+from tierfs.vfs.streaming import StreamingUpload
 
 
 @dataclasses.dataclass(eq=False)
@@ -27,6 +28,12 @@ class OpenFile:
     #: The object this file's stub pointed to before it was rewritten here; deleted once the
     #: new content is published, since nothing refers to it any more.
     replaces_object: str | None = None
+    #: The multipart upload of a file being written past the large-file threshold.
+    upload: StreamingUpload | None = None
+    #: Bytes written contiguously from the start (what streaming may cut parts from).
+    written: int = 0
+    #: Open handles that may write; the last one's close completes a streaming upload.
+    writers: int = 0
     staging_id: str | None = None
     staging_fd: int | None = None
     #: The warm file's attributes as of open, publish or setattr: while a file is open its

@@ -36,6 +36,7 @@ from tierfs.tiers.warm import (RENAME_EXCHANGE, RENAME_NOREPLACE, WarmTier, copy
                                join, split)
 from tierfs.vfs.files import Handle, OpenFile
 from tierfs.vfs.inodes import ROOT_INODE, Inode, InodeTable, identity
+from tierfs.vfs.streaming import StreamingUpload
 
 log = logging.getLogger(__name__)
 
@@ -121,14 +122,19 @@ class FileSystem:
         self.namemax = warm.statvfs().f_namemax
         #: Called with an inode number when tierfs changed attributes behind the kernel's back.
         self.invalidate_attrs = lambda ino: None
+        #: Where streaming uploads run their part tasks (set by run_background).
+        self._nursery: trio.Nursery | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
 
     async def run_background(self) -> None:
-        """Commit index batches every FLUSH_INTERVAL until cancelled."""
-        while True:
-            await trio.sleep(FLUSH_INTERVAL)
-            await self.batch.flush(self.hot.run)
+        """Commit index batches every FLUSH_INTERVAL, and host streaming-upload tasks, until
+        cancelled."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            while True:
+                await trio.sleep(FLUSH_INTERVAL)
+                await self.batch.flush(self.hot.run)
 
     async def shutdown(self) -> None:
         """Publish whatever is still dirty (a handle the kernel never released) and commit."""
@@ -304,11 +310,15 @@ class FileSystem:
                 raise _err(errno.EISDIR)
             if data is not None:
                 async with data.lock:
+                    if data.upload is not None and changes.size < data.upload.cut:
+                        raise _err(errno.EOPNOTSUPP)  # already on its way to the bucket
                     await self._stage(inode, data, keep=changes.size)
                     await self.hot.run(os.ftruncate, data.staging_fd, changes.size)
                     data.size = changes.size
+                    data.written = min(data.written, changes.size)
                     data.mtime_ns = time.time_ns()
                     data.dirty = True
+                    await self._route(inode, data)  # a size past the threshold routes at once
             elif rel is not None:
                 await self.warm.run(self.warm.truncate, rel, changes.size)
         if rel is not None:
@@ -580,6 +590,7 @@ class FileSystem:
                         writable=accmode in (os.O_WRONLY, os.O_RDWR),
                         append=bool(flags & os.O_APPEND), direct=bool(flags & os.O_DIRECT))
         data.handles += 1
+        data.writers += handle.writable
         self._handles[handle.fh] = handle
         self.inodes.opened(inode)
         return handle
@@ -640,6 +651,7 @@ class FileSystem:
             await self.hot.run(self.hot.remove_staging, sid)
             raise
         data.staging_id, data.staging_fd, data.size = sid, fd, size
+        data.written = size
         rel = self._rel_or_none(inode)
         if rel is not None:
             self.batch.put("journal", sid.encode(), rel)
@@ -671,6 +683,10 @@ class FileSystem:
 
     async def read(self, fh: int, offset: int, size: int) -> bytes:
         data = self._handles[fh].data
+        if data.upload is not None and offset < data.upload.cut:
+            log.warning("read of a range already streamed to %s: readable after close",
+                        data.upload.key)
+            raise _err(errno.EIO)
         if data.stub is not None and not data.staged:
             return await self._get(data.stub, offset, size)
         fd = data.read_fd()
@@ -686,28 +702,66 @@ class FileSystem:
             await self._stage(handle.inode, data)
             if handle.append:
                 offset = data.size
+            if data.upload is not None and offset < data.upload.cut:
+                raise _err(errno.EOPNOTSUPP)  # that range is already on its way to the bucket
             written = await self.hot.run(os.pwrite, data.staging_fd, buf, offset)
             data.size = max(data.size, offset + written)
+            if offset <= data.written:
+                data.written = max(data.written, offset + written)
             data.mtime_ns = time.time_ns()
             data.dirty = True
             if handle.direct:
                 data.direct_written = True
+            await self._route(handle.inode, data)
         return written
+
+    async def _route(self, inode: Inode, data: OpenFile) -> None:
+        """Send a file that has grown past the threshold straight to the bucket, and keep its
+        upload fed. Caller holds ``data.lock``."""
+        if data.upload is None:
+            if data.size < self.config.large_file_threshold or self._nursery is None:
+                return
+            rel = self._rel_or_none(inode)
+            base = data.base
+            if rel is None or (base is not None and base.st_nlink > 1):
+                return  # unlinked or hard-linked: stays staged (a stub cannot be hard-linked)
+            key = self.config.bucket.key(os.fsdecode(rel))
+            mode = stat.S_IMODE(base.st_mode) if base is not None else 0o644
+            metadata = {"mode": f"{mode:04o}", "mtime-ns": str(data.mtime_ns)}
+            try:
+                upload_id = await self.cold.run(self.cold.store.create_multipart, key, metadata)
+            except ObjectStoreError as e:
+                log.error("could not start the upload of %s: %s", key, e)
+                raise _err(errno.EIO) from None
+            data.upload = StreamingUpload(self.cold, self.hot, self._nursery, data.staging_fd,
+                                          key, upload_id, self.config.part_size,
+                                          self.config.upload_window)
+            log.info("streaming %s to %s (upload %s)", rel, key, upload_id)
+        await data.upload.feed(data.written)
 
     async def flush(self, fh: int) -> None:
         handle = self._handles[fh]
-        if handle.writable and handle.data.dirty:
-            await self._publish(handle.inode, handle.data)
+        data = handle.data
+        if handle.writable and data.dirty:
+            if data.upload is not None and data.writers > 1:
+                await data.upload.wait_idle()  # another writer goes on: the object is not done
+                return
+            await self._publish(handle.inode, data)
 
     async def fsync(self, fh: int) -> None:
         handle = self._handles[fh]
-        if handle.data.dirty:
-            await self._publish(handle.inode, handle.data)
+        data = handle.data
+        if data.upload is not None:
+            # What was cut into parts is stored; the object appears when the last writer closes.
+            await data.upload.wait_idle()
+        elif data.dirty:
+            await self._publish(handle.inode, data)
 
     async def release(self, fh: int) -> None:
         handle = self._handles.pop(fh)
         data, inode = handle.data, handle.inode
         data.handles -= 1
+        data.writers -= handle.writable
         try:
             if data.handles == 0:
                 if data.dirty:
@@ -720,9 +774,57 @@ class FileSystem:
         finally:
             self.inodes.closed(inode)
 
+    async def _publish_cold(self, inode: Inode, data: OpenFile) -> None:
+        """Complete a streaming upload and put its stub in place of the warm file.
+
+        On failure the writer gets EIO and everything stays (staging, the multipart upload
+        and its parts) so that the next close or fsync tries again.
+        """
+        upload = data.upload
+        assert upload is not None
+        try:
+            info = await upload.finish(data.size)
+        except (ObjectStoreError, OSError) as e:
+            log.error("completing the upload of %s failed; staged data kept: %s", upload.key, e)
+            raise _err(errno.EIO) from None
+        mode = stat.S_IMODE(data.base.st_mode) if data.base is not None else 0o644
+        stub = Stub(info.key, info.size, info.etag, mode, data.mtime_ns)
+        async with self._ns_lock:
+            rel = self._rel_or_none(inode)
+            if rel is None:  # unlinked while we completed it
+                await self._delete_object(info.key)
+                st = None
+            else:
+                st = await self.warm.run(self.warm.replace_symlink, rel,
+                                         stub.encode(self.config.bucket))
+        # One step, no await: a getattr in between would see neither the staged size nor the
+        # stub, and the kernel would cache what it saw.
+        data.upload = None
+        data.dirty = False
+        sid, fd = data.staging_id, data.staging_fd
+        data.staging_id = data.staging_fd = None
+        if st is not None:
+            inode.stub = data.stub = stub
+            self.inodes.rekey(inode, st)
+            data.base = st
+        inode.cached_version = None
+        replaced, data.replaces_object = data.replaces_object, None
+        self.invalidate_attrs(inode.ino)
+        await self.hot.run(_close_and_remove, self.hot, sid, fd)
+        if sid is not None:
+            self.batch.delete("journal", sid.encode())
+        if replaced not in (None, info.key):
+            await self._delete_object(replaced)
+
     async def _discard(self, inode: Inode, data: OpenFile) -> None:
         """Drop the open-file state after the last handle; staging goes unless still needed."""
         inode.data = None
+        if data.upload is not None:
+            if not inode.links:
+                await data.upload.abort()  # unlinked: nobody will want the object
+            else:
+                log.error("upload %s of %s left unfinished for recovery", data.upload.upload_id,
+                          data.upload.key)
         if not inode.links and inode.stub is not None:
             await self._delete_object(inode.stub.key)  # unlinked while open
         sid = data.staging_id
@@ -746,6 +848,9 @@ class FileSystem:
             rel = self._rel_or_none(inode)
             if rel is None:  # unlinked: nothing to publish, nobody can see it
                 data.dirty = False
+                return
+            if data.upload is not None:
+                await self._publish_cold(inode, data)
                 return
             times = (data.atime_ns, data.mtime_ns)
             mode = inode.stub.mode if inode.stub is not None else None
@@ -820,6 +925,13 @@ class FileSystem:
         inode = self.inodes[ino]
         inode.xattr_names = None
         await self.warm.run(self.warm.removexattr, self.inodes.path(inode), name)
+
+
+def _close_and_remove(hot: HotTier, sid: str | None, fd: int | None) -> None:
+    if fd is not None:
+        os.close(fd)
+    if sid is not None:
+        hot.remove_staging(sid)
 
 
 def _forget_base(inode: Inode | None) -> None:

@@ -1,0 +1,112 @@
+"""A loopback HTTP proxy in front of the S3 server that injects faults on demand: 503 SlowDown
+answers, 500s, or connections reset before any answer. Tests point tierfs's endpoint at it."""
+
+from __future__ import annotations
+
+import http.client
+import socket
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+class FaultProxy:
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.lock = threading.Lock()
+        #: (method, fault, count): fault is "503", "500" or "reset"; count -1 means forever.
+        self.rules: list[list] = []
+        self.faults_served = 0
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def _body(self) -> bytes:
+                if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+                    out = b""
+                    while True:
+                        size = int(self.rfile.readline().split(b";")[0], 16)
+                        chunk = self.rfile.read(size)
+                        self.rfile.readline()
+                        if size == 0:
+                            while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                                pass
+                            return out
+                        out += chunk
+                return self.rfile.read(int(self.headers.get("Content-Length", 0)))
+
+            def _handle(self) -> None:
+                body = self._body()
+                fault = proxy._take(self.command)
+                if fault == "reset":
+                    self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                               b"\x01\x00\x00\x00\x00\x00\x00\x00")
+                    self.connection.close()
+                    self.close_connection = True
+                    return
+                if fault in ("503", "500"):
+                    code = "SlowDown" if fault == "503" else "InternalError"
+                    payload = (f"<?xml version='1.0'?><Error><Code>{code}</Code>"
+                               f"<Message>injected</Message></Error>").encode()
+                    self.send_response(int(fault))
+                    self.send_header("Content-Type", "application/xml")
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    self.wfile.write(payload)
+                    return
+                conn = http.client.HTTPConnection("127.0.0.1", proxy.upstream_port, timeout=60)
+                headers = {k: v for k, v in self.headers.items()
+                           if k.lower() not in ("transfer-encoding", "content-length")}
+                headers["Content-Length"] = str(len(body))
+                conn.request(self.command, self.path, body=body, headers=headers)
+                response = conn.getresponse()
+                data = response.read()
+                self.send_response(response.status)
+                for k, v in response.getheaders():
+                    if k.lower() not in ("transfer-encoding", "content-length", "connection"):
+                        self.send_header(k, v)
+                # A HEAD answer has no body but tells the length of the object.
+                length = response.getheader("Content-Length") if self.command == "HEAD" \
+                    else str(len(data))
+                self.send_header("Content-Length", length or "0")
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+                conn.close()
+
+            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _handle
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def fail(self, method: str, fault: str, count: int = -1) -> None:
+        with self.lock:
+            self.rules.append([method, fault, count])
+
+    def heal(self) -> None:
+        with self.lock:
+            self.rules.clear()
+
+    def _take(self, method: str) -> str | None:
+        with self.lock:
+            for rule in self.rules:
+                if rule[0] == method and rule[2] != 0:
+                    if rule[2] > 0:
+                        rule[2] -= 1
+                    self.faults_served += 1
+                    return str(rule[1])
+        return None
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

@@ -1,0 +1,166 @@
+"""Files past the large-file threshold go straight to the bucket as a multipart upload, through
+a real mount and moto's S3 server; faults are injected by a loopback proxy in front of it."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from conftest import Mount, S3Server, make_mount, running
+from s3proxy import FaultProxy
+
+MIB = 1024 * 1024
+PART = 5 * MIB
+WINDOW = 3
+
+
+@pytest.fixture
+def proxy(s3_server: S3Server) -> Iterator[FaultProxy]:
+    p = FaultProxy(int(s3_server.endpoint.rsplit(":", 1)[1]))
+    try:
+        yield p
+    finally:
+        p.close()
+
+
+@pytest.fixture
+def big_mount(tmp_path: Path, proxy: FaultProxy, bucket: str) -> Iterator[Mount]:
+    m = make_mount(tmp_path, "--bucket", f"s3://{bucket}/tierfs", "--endpoint-url",
+                   proxy.endpoint, "--addressing-style", "path", "--large-file-threshold",
+                   "8MiB", "--part-size", "5MiB", "--upload-window", str(WINDOW))
+    m.bucket = bucket  # type: ignore[attr-defined]
+    with running(m):
+        yield m
+
+
+def staging_bytes(hot: Path) -> int:
+    total = 0
+    for entry in os.scandir(hot / "staging"):
+        try:
+            total += entry.stat().st_blocks * 512
+        except FileNotFoundError:
+            continue
+    return total
+
+
+class PeakSampler:
+    """Samples the hot tier's staging use from a thread while a write runs."""
+
+    def __init__(self, hot: Path) -> None:
+        self.hot, self.peak, self._stop = hot, 0, threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, staging_bytes(self.hot))
+            time.sleep(0.002)
+
+    def __enter__(self) -> PeakSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def write_random(path: Path, size: int, seed: int = 1) -> str:
+    digest = hashlib.sha256()
+    block = hashlib.sha256(str(seed).encode()).digest() * (MIB // 32)
+    with open(path, "wb") as f:
+        for i in range(size // MIB):
+            chunk = i.to_bytes(8, "little") + block[8:]
+            f.write(chunk)
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def object_digest(s3_server: S3Server, bucket: str, key: str) -> tuple[str, int]:
+    body = s3_server.client().get_object(Bucket=bucket, Key=key)["Body"].read()
+    return hashlib.sha256(body).hexdigest(), len(body)
+
+
+def test_large_file_goes_straight_to_the_bucket_within_the_window(
+        big_mount: Mount, s3_server: S3Server) -> None:
+    m = big_mount
+    bucket = m.bucket  # type: ignore[attr-defined]
+    size = 200 * MIB
+    with PeakSampler(m.hot) as sampler:
+        digest = write_random(m.path / "ckpt.pt", size)
+    assert (m.warm / "ckpt.pt").is_symlink(), "a large file must end as a stub on the warm tier"
+    assert os.readlink(m.warm / "ckpt.pt").startswith("tierfs:v1?")
+    assert object_digest(s3_server, bucket, "tierfs/ckpt.pt") == (digest, size)
+    # The hot tier held at most the window (parts uploading plus the one filling), plus the
+    # one write request in flight.
+    assert sampler.peak <= WINDOW * PART + MIB, sampler.peak
+    assert staging_bytes(m.hot) == 0
+    st = os.stat(m.path / "ckpt.pt")
+    assert st.st_size == size, os.readlink(m.warm / "ckpt.pt")
+    with open(m.path / "ckpt.pt", "rb") as f:  # one ranged read (moto reads whole objects)
+        f.seek(7 * MIB)
+        assert f.read(8)[:8] == (7).to_bytes(8, "little")
+    assert s3_server.client().list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+
+
+def test_small_files_stay_plain_files_on_the_warm_tier(big_mount: Mount,
+                                                        s3_server: S3Server) -> None:
+    m = big_mount
+    (m.path / "small.bin").write_bytes(b"s" * (4 * MIB))
+    assert not (m.warm / "small.bin").is_symlink()
+    assert (m.warm / "small.bin").read_bytes() == b"s" * (4 * MIB)
+    listed = s3_server.client().list_objects_v2(Bucket=m.bucket)  # type: ignore[attr-defined]
+    assert listed.get("KeyCount", 0) == 0
+
+
+def test_ftruncate_past_the_threshold_routes_at_once(big_mount: Mount,
+                                                      s3_server: S3Server) -> None:
+    m = big_mount
+    bucket = m.bucket  # type: ignore[attr-defined]
+    fd = os.open(m.path / "sparse.bin", os.O_WRONLY | os.O_CREAT, 0o600)
+    os.ftruncate(fd, 20 * MIB)
+    uploads = s3_server.client().list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+    assert [u["Key"] for u in uploads] == ["tierfs/sparse.bin"]
+    os.write(fd, b"head")
+    os.close(fd)
+    body = s3_server.client().get_object(Bucket=bucket, Key="tierfs/sparse.bin")["Body"].read()
+    assert len(body) == 20 * MIB and body[:4] == b"head" and body[4:] == bytes(20 * MIB - 4)
+    assert os.stat(m.path / "sparse.bin").st_mode & 0o777 == 0o600
+    head = s3_server.client().head_object(Bucket=bucket, Key="tierfs/sparse.bin")
+    assert head["Metadata"]["mode"] == "0600"
+
+
+@pytest.mark.parametrize("fault", ["503", "500", "reset"])
+def test_transient_faults_are_retried(big_mount: Mount, proxy: FaultProxy, s3_server: S3Server,
+                                      fault: str) -> None:
+    proxy.fail("PUT", fault, count=3)
+    digest = write_random(big_mount.path / "flaky.bin", 24 * MIB, seed=2)
+    assert proxy.faults_served == 3
+    bucket = big_mount.bucket  # type: ignore[attr-defined]
+    assert object_digest(s3_server, bucket, "tierfs/flaky.bin") == (digest, 24 * MIB)
+
+
+def test_a_persistent_fault_gives_eio_and_keeps_the_data_for_another_try(
+        big_mount: Mount, proxy: FaultProxy, s3_server: S3Server) -> None:
+    m = big_mount
+    bucket = m.bucket  # type: ignore[attr-defined]
+    proxy.fail("PUT", "503")  # before the writes: every part upload fails from now on
+    fd = os.open(m.path / "stuck.bin", os.O_WRONLY | os.O_CREAT, 0o644)
+    chunk = os.urandom(MIB)
+    for _ in range(12):
+        os.write(fd, chunk)
+    with pytest.raises(OSError) as info:
+        os.fsync(fd)
+    assert info.value.errno == errno.EIO
+    assert staging_bytes(m.hot) > 0  # the parts that failed are still staged
+    proxy.heal()
+    os.close(fd)  # the last writer's close tries again, and succeeds
+    assert object_digest(s3_server, bucket, "tierfs/stuck.bin") == \
+        (hashlib.sha256(chunk * 12).hexdigest(), 12 * MIB)
+    assert (m.warm / "stuck.bin").is_symlink()

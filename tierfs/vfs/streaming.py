@@ -1,0 +1,156 @@
+"""Streaming a large file to the bucket while it is being written.
+
+Once a file being written passes ``large_file_threshold`` it gets a multipart upload. Each time
+the writer has filled a whole part past the last cut, that part is read from the staging file,
+uploaded by a task of its own, and then punched out of the staging file, so the hot tier holds
+at most ``upload_window`` parts of the file (those uploading plus the one being filled) whatever
+its size. The writer waits for a free slot when the window is full: the bucket sets the pace.
+At close the tail goes up as the last part and the upload is completed.
+
+Bytes before the cut are no longer on the hot tier and not yet readable from the bucket (an
+unfinished multipart upload cannot be read): writes there fail with EOPNOTSUPP and reads with
+EIO, until the object is complete (see docs/semantics.md).
+
+Concurrency: ``feed``, ``wait_idle`` and ``finish`` run on the event loop; part tasks run in the
+filesystem's nursery; each blocking call goes through its tier's limiter.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import logging
+import os
+import trio
+
+from tierfs.objects.base import MAX_PART_SIZE, ObjectInfo, ObjectStoreError
+from tierfs.tiers.cold import ColdTier
+from tierfs.tiers.hot import HotTier
+
+log = logging.getLogger(__name__)
+
+_FALLOC_FL_KEEP_SIZE = 0x01
+_FALLOC_FL_PUNCH_HOLE = 0x02
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
+
+#: Parts per size step: part sizes double every 1,000 parts, so 10,000 parts starting at 16 MiB
+#: reach 16 TiB (S3's object limit is 5 TiB), while a file of a few GiB uses small parts.
+PARTS_PER_STEP = 1000
+
+
+def punch_hole(fd: int, offset: int, length: int) -> None:
+    """Free a range of a file's blocks, keeping its size (the range reads as zeros after)."""
+    if _libc.fallocate(fd, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE, offset, length) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+def part_size(first: int, number: int) -> int:
+    """Size of part ``number`` (from 1)."""
+    return min(MAX_PART_SIZE, first * 2 ** ((number - 1) // PARTS_PER_STEP))
+
+
+class StreamingUpload:
+    def __init__(self, cold: ColdTier, hot: HotTier, nursery: trio.Nursery, staging_fd: int,
+                 key: str, upload_id: str, first_part: int, window: int) -> None:
+        self.cold, self.hot, self.nursery = cold, hot, nursery
+        self.fd = staging_fd
+        self.key, self.upload_id = key, upload_id
+        self.first_part = first_part
+        self.parts: dict[int, str] = {}
+        self.next_part = 1
+        #: Bytes [0, cut) belong to parts already handed to upload tasks.
+        self.cut = 0
+        self.error: ObjectStoreError | None = None
+        #: Parts whose upload failed: (number, offset, size); their bytes are still staged.
+        self.failed: list[tuple[int, int, int]] = []
+        self._slots = trio.Semaphore(max(1, window - 1))
+        self._running = 0
+        self._idle = trio.Event()
+        self._idle.set()
+
+    def _check(self) -> None:
+        if self.error is not None:
+            raise OSError(errno.EIO, f"upload of {self.key} failed: {self.error}")
+
+    async def feed(self, written: int) -> None:
+        """Start uploading every whole part below ``written`` (bytes written contiguously
+        from the start); waits while the window is full."""
+        self._check()
+        while written - self.cut >= part_size(self.first_part, self.next_part):
+            await self._slots.acquire()
+            self._check()
+            number, offset = self.next_part, self.cut
+            size = part_size(self.first_part, number)
+            self.next_part += 1
+            self.cut += size
+            self._running += 1
+            self._idle = trio.Event() if self._running == 1 else self._idle
+            self.nursery.start_soon(self._upload, number, offset, size)
+
+    async def _upload(self, number: int, offset: int, size: int) -> None:
+        try:
+            data = await self.hot.run(os.pread, self.fd, size, offset)
+            if len(data) != size:
+                raise OSError(errno.EIO, "staging file is shorter than the part")
+            etag = await self.cold.run(self.cold.store.upload_part, self.key, self.upload_id,
+                                       number, data)
+            self.parts[number] = etag
+            del data
+            await self.hot.run(punch_hole, self.fd, offset, size)
+        except ObjectStoreError as e:
+            log.error("uploading part %d of %s failed: %s", number, self.key, e)
+            self.error = e
+            self.failed.append((number, offset, size))
+        except OSError as e:
+            log.error("staging part %d of %s failed: %s", number, self.key, e)
+            self.error = ObjectStoreError(str(e))
+            self.failed.append((number, offset, size))
+        except trio.Cancelled:
+            self.error = ObjectStoreError("cancelled")
+            self.failed.append((number, offset, size))
+            raise
+        finally:
+            self._running -= 1
+            self._slots.release()
+            if self._running == 0:
+                self._idle.set()
+
+    async def wait_idle(self) -> None:
+        """Wait for the parts in flight (fsync: what was cut is then stored in the bucket)."""
+        await self._idle.wait()
+        self._check()
+
+    async def _run_inline(self, number: int, offset: int, size: int) -> None:
+        await self._slots.acquire()
+        self._running += 1
+        self._idle = trio.Event()
+        await self._upload(number, offset, size)
+
+    async def finish(self, size: int) -> ObjectInfo:
+        """Upload everything from the cut to ``size`` and complete the object. Parts that
+        failed before are tried again, so a later close can succeed where one failed."""
+        await self._idle.wait()
+        retry, self.failed, self.error = self.failed, [], None
+        for number, offset, length in retry:
+            await self._run_inline(number, offset, length)
+        self._check()
+        await self.feed(size)
+        await self.wait_idle()
+        while self.cut < size:  # the tail: the last part may be short
+            number, offset = self.next_part, self.cut
+            length = min(part_size(self.first_part, number), size - offset)
+            self.next_part += 1
+            self.cut += length
+            await self._run_inline(number, offset, length)
+            self._check()
+        return await self.cold.run(self.cold.store.complete_multipart, self.key,
+                                   self.upload_id, sorted(self.parts.items()))
+
+    async def abort(self) -> None:
+        await self._idle.wait()
+        try:
+            await self.cold.run(self.cold.store.abort_multipart, self.key, self.upload_id)
+        except ObjectStoreError as e:
+            log.error("could not abort the upload of %s (%s): %s", self.key, self.upload_id, e)

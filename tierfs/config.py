@@ -71,8 +71,8 @@ def _addressing(value: Any) -> str:
 
 def _threshold(value: Any) -> int:
     size = parse_size(value)
-    if size < 1024 * 1024:
-        raise ValueError("expected at least 1MiB")
+    if size < 4096:
+        raise ValueError("expected at least 4KiB")
     return size
 
 

@@ -421,7 +421,8 @@ class FileSystem:
     async def link(self, ino: int, new_parent: int, new_name: bytes) -> tuple[Inode, Attrs]:
         self._check_name(new_name)
         inode = self.inodes[ino]
-        if inode.is_dir:
+        if inode.is_dir or inode.stub is not None:
+            # A stub is one symlink per object: a second name could outlive the object.
             raise _err(errno.EPERM)
         async with self._ns_lock:
             rel = self.inodes.path(inode)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import stat
 import threading
 import time
 from collections.abc import Iterator
@@ -164,3 +165,64 @@ def test_a_persistent_fault_gives_eio_and_keeps_the_data_for_another_try(
     assert object_digest(s3_server, bucket, "tierfs/stuck.bin") == \
         (hashlib.sha256(chunk * 12).hexdigest(), 12 * MIB)
     assert (m.warm / "stuck.bin").is_symlink()
+
+
+class WarmSampler(PeakSampler):
+    """Samples the bytes a warm-tier entry holds while a write runs."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                st = os.lstat(self.hot)
+            except FileNotFoundError:
+                continue
+            if stat.S_ISREG(st.st_mode):  # the stub that replaces it is a symlink: not data
+                self.peak = max(self.peak, st.st_blocks * 512)
+            time.sleep(0.01)
+
+
+@pytest.mark.slow
+def test_a_file_just_past_the_default_threshold_never_touches_the_warm_tier(
+        tmp_path: Path) -> None:
+    (tmp_path / "cold").mkdir()
+    # The real default threshold; streaming starts early so the hot tier stays in its window.
+    m = make_mount(tmp_path, "--bucket", f"file://{tmp_path / 'cold'}", "--stream-after",
+                   "64MiB")
+    size = 10 * 1024**3 + MIB
+    with running(m):
+        with PeakSampler(m.hot) as hot, WarmSampler(m.warm / "model.ckpt") as warm:
+            digest = write_random(m.path / "model.ckpt", size, seed=3)
+        assert warm.peak == 0, "file data reached the warm tier"
+        # Default window: 4 parts of 16 MiB, plus the write request in flight.
+        assert hot.peak <= 4 * 16 * MIB + MIB, hot.peak
+        assert (m.warm / "model.ckpt").is_symlink()
+        obj = tmp_path / "cold" / "model.ckpt"
+        assert obj.stat().st_size == size
+        h = hashlib.sha256()
+        with open(obj, "rb") as f:
+            while block := f.read(16 * MIB):
+                h.update(block)
+        assert h.hexdigest() == digest
+        assert os.stat(m.path / "model.ckpt").st_size == size
+
+
+def test_stream_after_bounds_the_hot_tier_and_small_files_come_back_warm(
+        tmp_path: Path, s3_server: S3Server, bucket: str) -> None:
+    m = make_mount(tmp_path, "--bucket", f"s3://{bucket}/tierfs", "--endpoint-url",
+                   s3_server.endpoint, "--addressing-style", "path", "--large-file-threshold",
+                   "64MiB", "--stream-after", "10MiB", "--part-size", "5MiB",
+                   "--upload-window", str(WINDOW))
+    with running(m):
+        with PeakSampler(m.hot) as sampler:
+            digest = write_random(m.path / "mid.bin", 30 * MIB, seed=4)
+        assert sampler.peak <= WINDOW * PART + MIB, sampler.peak
+        # Below the threshold in the end: a plain warm file, and no object left behind.
+        assert not (m.warm / "mid.bin").is_symlink()
+        assert hashlib.sha256((m.warm / "mid.bin").read_bytes()).hexdigest() == digest
+        assert hashlib.sha256((m.path / "mid.bin").read_bytes()).hexdigest() == digest
+        listed = s3_server.client().list_objects_v2(Bucket=bucket)
+        assert listed.get("KeyCount", 0) == 0
+        assert s3_server.client().list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []

@@ -76,6 +76,12 @@ def _threshold(value: Any) -> int:
     return size
 
 
+def _optional_size(value: Any) -> int | None:
+    if value is None or value == "":
+        return None
+    return _threshold(value)
+
+
 def _part_size(value: Any) -> int:
     size = parse_size(value)
     if not MIN_PART_SIZE <= size <= 1024**3:
@@ -193,6 +199,9 @@ KEYS: tuple[Key, ...] = (
         "S3 bucket addressing: auto, path or virtual."),
     Key("large_file_threshold", _threshold, lambda: 10 * 1024**3,
         "Files that grow past this size go straight to the bucket (a size such as 10GiB)."),
+    Key("stream_after", _optional_size, lambda: None,
+        "Start streaming a file written sequentially to the bucket once it passes this size, "
+        "so the hot tier holds a bounded window from then on (default: the threshold)."),
     Key("part_size", _part_size, lambda: 16 * 1024 * 1024,
         "Size of the first multipart-upload parts; later parts grow so a 5 TiB file fits."),
     Key("upload_window", _window, lambda: 4,
@@ -226,6 +235,7 @@ class Config:
     region: str | None
     addressing_style: str
     large_file_threshold: int
+    stream_after: int | None
     part_size: int
     upload_window: int
     cold_threads: int

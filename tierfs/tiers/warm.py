@@ -252,11 +252,31 @@ class WarmTier(Tier):
         The temp file takes the owner, mode and extended attributes of ``like`` (the file it
         will replace) so that publishing by rename changes nothing but the content.
         """
+        tmp, fd = self.open_temp(parent)
+        try:
+            copy_fd(src_fd, fd, size)
+        except BaseException:
+            self.drop_temp(tmp, fd)
+            raise
+        self.finish_temp(tmp, fd, size, like, times, mode)
+        return tmp
+
+    def open_temp(self, parent: bytes) -> tuple[bytes, int]:
+        """A new, empty temp file in ``parent``, to be renamed over its target when whole."""
         tmp = join(parent, TEMP_PREFIX + uuid.uuid4().hex.encode() + TEMP_SUFFIX)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600,
                      dir_fd=self.fd)
+        return tmp, fd
+
+    def drop_temp(self, tmp: bytes, fd: int) -> None:
+        os.close(fd)
+        os.unlink(tmp, dir_fd=self.fd)
+
+    def finish_temp(self, tmp: bytes, fd: int, size: int, like: bytes | None,
+                    times: tuple[int, int] | None, mode: int | None = None) -> os.stat_result:
+        """Size, owner, mode, xattrs (from ``like``) and times; fsync; close. Returns its
+        attributes. On failure the temp file is removed."""
         try:
-            copy_fd(src_fd, fd, size)
             os.ftruncate(fd, size)
             if like is not None:
                 self._copy_attributes(like, fd)
@@ -266,11 +286,11 @@ class WarmTier(Tier):
                 os.utime(fd, ns=times)
             os.fsync(fd)
         except BaseException:
-            os.close(fd)
-            os.unlink(tmp, dir_fd=self.fd)
+            self.drop_temp(tmp, fd)
             raise
+        st = os.fstat(fd)
         os.close(fd)
-        return tmp
+        return st
 
     def write_in_place(self, rel: bytes, src_fd: int, size: int,
                        times: tuple[int, int] | None) -> None:

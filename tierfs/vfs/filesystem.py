@@ -720,7 +720,10 @@ class FileSystem:
         """Send a file that has grown past the threshold straight to the bucket, and keep its
         upload fed. Caller holds ``data.lock``."""
         if data.upload is None:
-            if data.size < self.config.large_file_threshold or self._nursery is None:
+            start = self.config.large_file_threshold
+            if self.config.stream_after is not None and data.written == data.size:
+                start = min(start, self.config.stream_after)  # written in order: stream early
+            if data.size < start or self._nursery is None:
                 return
             rel = self._rel_or_none(inode)
             base = data.base
@@ -789,15 +792,22 @@ class FileSystem:
             log.error("completing the upload of %s failed; staged data kept: %s", upload.key, e)
             raise _err(errno.EIO) from None
         mode = stat.S_IMODE(data.base.st_mode) if data.base is not None else 0o644
-        stub = Stub(info.key, info.size, info.etag, mode, data.mtime_ns)
-        async with self._ns_lock:
-            rel = self._rel_or_none(inode)
-            if rel is None:  # unlinked while we completed it
-                await self._delete_object(info.key)
-                st = None
-            else:
-                st = await self.warm.run(self.warm.replace_symlink, rel,
-                                         stub.encode(self.config.bucket))
+        stub: Stub | None = Stub(info.key, info.size, info.etag, mode, data.mtime_ns)
+        assert stub is not None
+        if info.size < self.config.large_file_threshold:
+            # Streamed early (stream_after) but small in the end: it belongs on the warm tier.
+            st = await self._bring_back(inode, data, stub)
+            stub = None
+            await self._delete_object(info.key)
+        else:
+            async with self._ns_lock:
+                rel = self._rel_or_none(inode)
+                if rel is None:  # unlinked while we completed it
+                    await self._delete_object(info.key)
+                    st = None
+                else:
+                    st = await self.warm.run(self.warm.replace_symlink, rel,
+                                             stub.encode(self.config.bucket))
         # One step, no await: a getattr in between would see neither the staged size nor the
         # stub, and the kernel would cache what it saw.
         data.upload = None
@@ -808,6 +818,11 @@ class FileSystem:
             inode.stub = data.stub = stub
             self.inodes.rekey(inode, st)
             data.base = st
+            if stub is None and inode.links:  # back on the warm tier: read it there from now on
+                old, data.warm_fd = data.warm_fd, await self.warm.run(
+                    self.warm.open, self.inodes.path(inode), os.O_RDONLY)
+                if old is not None:
+                    await self.warm.run(os.close, old)
         inode.cached_version = None
         replaced, data.replaces_object = data.replaces_object, None
         self.invalidate_attrs(inode.ino)
@@ -816,6 +831,30 @@ class FileSystem:
             self.batch.delete("journal", sid.encode())
         if replaced not in (None, info.key):
             await self._delete_object(replaced)
+
+    async def _bring_back(self, inode: Inode, data: OpenFile, stub: Stub
+                          ) -> os.stat_result | None:
+        """Copy a completed object into a temp file beside its warm target and rename it into
+        place (the bytes pass through memory only, never the hot tier)."""
+        rel = self._rel_or_none(inode)
+        if rel is None:
+            return None
+        tmp, fd = await self.warm.run(self.warm.open_temp, split(rel)[0])
+        try:
+            for offset in range(0, stub.size, self.config.part_size):
+                block = await self._get(stub, offset, self.config.part_size)
+                await self.warm.run(os.pwrite, fd, block, offset)
+        except BaseException:
+            await self.warm.run(self.warm.drop_temp, tmp, fd)
+            raise
+        await self.warm.run(self.warm.finish_temp, tmp, fd, stub.size, rel,
+                            (data.atime_ns, data.mtime_ns))
+        async with self._ns_lock:
+            target = self._rel_or_none(inode)
+            if target is None:
+                await self.warm.run(self.warm.unlink, tmp)
+                return None
+            return await self.warm.run(self.warm.replace, tmp, target)
 
     async def _discard(self, inode: Inode, data: OpenFile) -> None:
         """Drop the open-file state after the last handle; staging goes unless still needed."""

@@ -43,7 +43,8 @@ def test_unknown_key_is_named(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("key, value", [
     ("attr_timeout", "soon"), ("warm_threads", 0), ("read_ahead", "lots"),
-    ("allow_other", "maybe"), ("log_level", "loud"), ("hot", 3)])
+    ("allow_other", "maybe"), ("log_level", "loud"), ("hot", 3),
+    ("rules", ["ckpt/**=tape"]), ("rules", "ckpt=cold"), ("large_file_threshold", "1KiB")])
 def test_bad_value_names_the_key(key: str, value: object) -> None:
     with pytest.raises(ConfigError, match=f"'{key}'"):
         build_config({key: value}, {})
@@ -61,6 +62,15 @@ def test_invalid_toml_and_missing_file(tmp_path: Path) -> None:
         load_config(f, {})
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "none.toml", {})
+
+
+def test_rules_from_file_and_flags(tmp_path: Path) -> None:
+    f = tmp_path / "c.toml"
+    f.write_text('rules = ["checkpoints/**=cold", "scratch/*=warm"]\n')
+    assert load_config(f, {}).rules == (("checkpoints/**", "cold"), ("scratch/*", "warm"))
+    assert load_config(f, {"rules": ("x/*=warm",)}).rules == (("x/*", "warm"),)
+    assert load_config(f, {"rules": ()}).rules == (("checkpoints/**", "cold"),
+                                                  ("scratch/*", "warm"))
 
 
 def test_sizes() -> None:
@@ -84,6 +94,8 @@ def test_every_key_is_documented_and_round_trips() -> None:
     for arg in it:
         if arg.startswith("--no-"):
             flags[arg[5:].replace("-", "_")] = False
+        elif arg == "--rules":
+            flags.setdefault("rules", []).append(next(it))
         elif any(k.is_flag and k.flag == arg for k in KEYS):
             flags[arg[2:].replace("-", "_")] = True
         else:

@@ -226,3 +226,25 @@ def test_stream_after_bounds_the_hot_tier_and_small_files_come_back_warm(
         listed = s3_server.client().list_objects_v2(Bucket=bucket)
         assert listed.get("KeyCount", 0) == 0
         assert s3_server.client().list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+
+
+def test_path_rules_pin_files_to_a_tier(tmp_path: Path, s3_server: S3Server,
+                                        bucket: str) -> None:
+    m = make_mount(tmp_path, "--bucket", f"s3://{bucket}/tierfs", "--endpoint-url",
+                   s3_server.endpoint, "--addressing-style", "path", "--large-file-threshold",
+                   "8MiB", "--part-size", "5MiB", "--rules", "ckpt/**=cold", "--rules",
+                   "keep/*=warm")
+    with running(m):
+        (m.path / "ckpt" / "step1").mkdir(parents=True)
+        (m.path / "keep").mkdir()
+        (m.path / "ckpt" / "step1" / "small.pt").write_bytes(b"tiny checkpoint")
+        big = os.urandom(12 * MIB)
+        (m.path / "keep" / "big.bin").write_bytes(big)
+        assert (m.warm / "ckpt" / "step1" / "small.pt").is_symlink()
+        body = s3_server.client().get_object(Bucket=bucket, Key="tierfs/ckpt/step1/small.pt")
+        assert body["Body"].read() == b"tiny checkpoint"
+        assert (m.path / "ckpt" / "step1" / "small.pt").read_bytes() == b"tiny checkpoint"
+        assert not (m.warm / "keep" / "big.bin").is_symlink()
+        assert (m.warm / "keep" / "big.bin").read_bytes() == big
+        keys = [o["Key"] for o in s3_server.client().list_objects_v2(Bucket=bucket)["Contents"]]
+        assert keys == ["tierfs/ckpt/step1/small.pt"]

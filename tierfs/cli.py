@@ -26,6 +26,9 @@ def _config_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         if key.is_flag:
             decl = f"{key.flag}/--no-{key.flag[2:]}"
             fn = click.option(decl, key.name, default=None, help=key.help)(fn)
+        elif key.multiple:
+            fn = click.option(key.flag, key.name, multiple=True, metavar="VALUE",
+                              help=key.help)(fn)
         else:
             fn = click.option(key.flag, key.name, default=None, metavar="VALUE",
                               help=key.help)(fn)

@@ -82,6 +82,20 @@ def _optional_size(value: Any) -> int | None:
     return _threshold(value)
 
 
+def _rules(value: Any) -> tuple[tuple[str, str], ...]:
+    if isinstance(value, str) or not isinstance(value, (list, tuple)):
+        raise ValueError('expected a list such as ["checkpoints/**=cold"]')
+    rules = []
+    for item in value:
+        pattern, sep, tier = str(item).rpartition("=")
+        if not sep or not pattern or tier not in ("warm", "cold"):
+            raise ValueError(f"{item!r}: expected PATTERN=warm or PATTERN=cold")
+        if pattern.startswith("/"):
+            raise ValueError(f"{item!r}: patterns are relative to the mount's root")
+        rules.append((pattern, tier))
+    return tuple(rules)
+
+
 def _part_size(value: Any) -> int:
     size = parse_size(value)
     if not MIN_PART_SIZE <= size <= 1024**3:
@@ -175,6 +189,8 @@ class Key:
     default: Callable[[], Any]
     help: str
     is_flag: bool = False
+    #: A list: the flag may be given several times.
+    multiple: bool = False
 
     @property
     def flag(self) -> str:
@@ -202,6 +218,9 @@ KEYS: tuple[Key, ...] = (
     Key("stream_after", _optional_size, lambda: None,
         "Start streaming a file written sequentially to the bucket once it passes this size, "
         "so the hot tier holds a bounded window from then on (default: the threshold)."),
+    Key("rules", _rules, lambda: (),
+        "Pin paths to a tier: PATTERN=TIER, TIER being warm or cold, first match wins "
+        "(* matches across /). The flag may be repeated.", multiple=True),
     Key("part_size", _part_size, lambda: 16 * 1024 * 1024,
         "Size of the first multipart-upload parts; later parts grow so a 5 TiB file fits."),
     Key("upload_window", _window, lambda: 4,
@@ -236,6 +255,7 @@ class Config:
     addressing_style: str
     large_file_threshold: int
     stream_after: int | None
+    rules: tuple[tuple[str, str], ...]
     part_size: int
     upload_window: int
     cold_threads: int
@@ -255,6 +275,9 @@ class Config:
             value = getattr(self, key.name)
             if key.is_flag:
                 args.append(key.flag if value else "--no-" + key.flag[2:])
+            elif key.multiple:
+                for pattern, tier in value:
+                    args += [key.flag, f"{pattern}={tier}"]
             elif value is not None:
                 args += [key.flag, str(value)]
         return args
@@ -281,7 +304,8 @@ def build_config(file_values: Mapping[str, Any], flag_values: Mapping[str, Any],
         if name not in KEYS_BY_NAME:
             raise ConfigError(f"{source}: unknown key '{name}' (known keys: "
                               f"{', '.join(k.name for k in KEYS)})")
-    merged = {**file_values, **{k: v for k, v in flag_values.items() if v is not None}}
+    # An unused flag is None (or, for a repeatable one, empty): it overrides nothing.
+    merged = {**file_values, **{k: v for k, v in flag_values.items() if v not in (None, ())}}
     for key in KEYS:
         if key.name in merged:
             try:

@@ -34,6 +34,9 @@ class OpenFile:
     written: int = 0
     #: Open handles that may write; the last one's close completes a streaming upload.
     writers: int = 0
+    #: The tier a config path rule pins the file to ("warm", "cold", "" for none); decided
+    #: when writing starts, from the path it had then.
+    rule: str | None = None
     staging_id: str | None = None
     staging_fd: int | None = None
     #: The warm file's attributes as of open, publish or setattr: while a file is open its

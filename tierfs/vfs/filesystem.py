@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import fnmatch
 import itertools
 import logging
 import os
@@ -720,7 +721,11 @@ class FileSystem:
         """Send a file that has grown past the threshold straight to the bucket, and keep its
         upload fed. Caller holds ``data.lock``."""
         if data.upload is None:
-            start = self.config.large_file_threshold
+            if data.rule is None:
+                data.rule = self._rule_for(inode)
+            if data.rule == "warm":
+                return
+            start = 1 if data.rule == "cold" else self.config.large_file_threshold
             if self.config.stream_after is not None and data.written == data.size:
                 start = min(start, self.config.stream_after)  # written in order: stream early
             if data.size < start or self._nursery is None:
@@ -742,6 +747,18 @@ class FileSystem:
                                           self.config.upload_window)
             log.info("streaming %s to %s (upload %s)", rel, key, upload_id)
         await data.upload.feed(data.written)
+
+    def _rule_for(self, inode: Inode) -> str:
+        """The tier a path rule pins this file to ("warm", "cold"), or "" for none."""
+        rules = self.config.rules
+        rel = self._rel_or_none(inode) if rules else None
+        if rel is None:
+            return ""
+        path = os.fsdecode(rel)
+        for pattern, tier in rules:
+            if fnmatch.fnmatchcase(path, pattern):
+                return tier
+        return ""
 
     async def flush(self, fh: int) -> None:
         handle = self._handles[fh]
@@ -794,7 +811,7 @@ class FileSystem:
         mode = stat.S_IMODE(data.base.st_mode) if data.base is not None else 0o644
         stub: Stub | None = Stub(info.key, info.size, info.etag, mode, data.mtime_ns)
         assert stub is not None
-        if info.size < self.config.large_file_threshold:
+        if info.size < self.config.large_file_threshold and data.rule != "cold":
             # Streamed early (stream_after) but small in the end: it belongs on the warm tier.
             st = await self._bring_back(inode, data, stub)
             stub = None

@@ -103,6 +103,13 @@ def _part_size(value: Any) -> int:
     return size
 
 
+def _block_size(value: Any) -> int:
+    size = parse_size(value)
+    if not 64 * 1024 <= size <= 256 * 1024 * 1024:
+        raise ValueError("expected a size from 64KiB to 256MiB")
+    return size
+
+
 def _window(value: Any) -> int:
     count = _count(value)
     if count < 2:
@@ -225,6 +232,8 @@ KEYS: tuple[Key, ...] = (
         "Size of the first multipart-upload parts; later parts grow so a 5 TiB file fits."),
     Key("upload_window", _window, lambda: 4,
         "Parts of a streaming upload the hot tier may hold at once (uploading or filling)."),
+    Key("block_size", _block_size, lambda: 8 * 1024 * 1024,
+        "Cold files are read from the bucket in blocks of this size (a size such as 8MiB)."),
     Key("cold_threads", _count, lambda: 16,
         "Worker threads for object-store calls (parallel GETs and part uploads)."),
     Key("attr_timeout", _seconds, lambda: 1.0,
@@ -258,6 +267,7 @@ class Config:
     rules: tuple[tuple[str, str], ...]
     part_size: int
     upload_window: int
+    block_size: int
     cold_threads: int
     attr_timeout: float
     entry_timeout: float

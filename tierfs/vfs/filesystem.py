@@ -35,6 +35,7 @@ from tierfs.tiers.cold import ColdTier
 from tierfs.tiers.hot import HotTier
 from tierfs.tiers.warm import (RENAME_EXCHANGE, RENAME_NOREPLACE, WarmTier, copy_fd, is_internal,
                                join, split)
+from tierfs.vfs.coldread import BlockReader
 from tierfs.vfs.files import Handle, OpenFile
 from tierfs.vfs.inodes import ROOT_INODE, Inode, InodeTable, identity
 from tierfs.vfs.streaming import StreamingUpload
@@ -690,7 +691,11 @@ class FileSystem:
                         data.upload.key)
             raise _err(errno.EIO)
         if data.stub is not None and not data.staged:
-            return await self._get(data.stub, offset, size)
+            stub = data.stub
+            if data.reader is None or data.reader.size != stub.size:
+                data.reader = BlockReader(lambda start, length: self._get(stub, start, length),
+                                          stub.size, self.config.block_size, self._nursery)
+            return await data.reader.read(offset, size)
         fd = data.read_fd()
         if fd is None:
             return b""

@@ -48,6 +48,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size-mib", type=int, default=256)
+    parser.add_argument("--upload-window", type=int, default=None,
+                        help="passed to tierfs mount (default: tierfs's own default)")
     args = parser.parse_args()
     size = args.size_mib * MIB
 
@@ -74,7 +76,9 @@ def main() -> int:
         subprocess.run([*tierfs, "mount", str(mnt), "--hot", str(base / "hot"), "--warm",
                         str(base / "warm"), "--bucket", "s3://bench/tierfs", "--endpoint-url",
                         endpoint, "--addressing-style", "path", "--large-file-threshold",
-                        "64MiB", "--part-size", "8MiB"], check=True)
+                        "64MiB", "--part-size", "8MiB",
+                        *(["--upload-window", str(args.upload_window)] if args.upload_window
+                          else [])], check=True)
         data = os.urandom(MIB)
         source = base / "source.bin"
         with open(source, "wb") as f:

@@ -45,7 +45,7 @@ def test_put_head_get_list_delete(store: ObjectStore) -> None:
     assert store.get_range(key, 1000, 5000, etag=info.etag) == data[1000:6000]
     assert store.get_range(key, len(data) - 10, 100) == data[-10:]
     store.put(store.uri.key("dir/b.bin"), b"b")
-    assert [o.key for o in store.list(store.uri.key("dir/"))] == \
+    assert [o.key for o in store.list_objects(store.uri.key("dir/"))] == \
         [store.uri.key("dir/a.bin"), store.uri.key("dir/b.bin")]
     store.delete(key)
     store.delete(key)  # deleting twice is fine

@@ -5,8 +5,8 @@ from __future__ import annotations
 import errno
 import functools
 import logging
-from collections.abc import Awaitable, Callable
-from typing import ParamSpec, TypeVar
+from collections.abc import Callable, Coroutine
+from typing import Any, ParamSpec, TypeVar
 
 import pyfuse3
 
@@ -28,7 +28,8 @@ class MountError(TierfsError):
     """The mount cannot start: a missing mount point, tier, /dev/fuse and so on."""
 
 
-def to_fuse_errors(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+def to_fuse_errors(fn: Callable[P, Coroutine[Any, Any, R]]
+                   ) -> Callable[P, Coroutine[Any, Any, R]]:
     """Map every exception of a FUSE handler to an errno so no request can kill the daemon.
 
     OSError keeps its errno; anything else is a bug, logged with its traceback and reported as

@@ -74,7 +74,7 @@ def import_objects(config: Config, store: ObjectStore, prefix: str, dest: Path,
                    advance: Callable[[int], None] = lambda n: None) -> ImportResult:
     result = ImportResult()
     listing = prefix + "/" if prefix else ""
-    for info in store.list(listing):
+    for info in store.list_objects(listing):
         rel = info.key[len(listing):]
         parts = rel.split("/")
         if not rel or any(p in ("", ".", "..") or is_internal(p.encode()) for p in parts):

@@ -9,6 +9,7 @@ environment read-only while the mount runs.
 from __future__ import annotations
 
 import struct
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import lmdb
@@ -105,7 +106,7 @@ class Batch:
                 return True, changes[(db, key)]
         return False, None
 
-    async def flush(self, run_in_thread) -> None:  # type: ignore[no-untyped-def]
+    async def flush(self, run_in_thread: Callable[..., Awaitable[None]]) -> None:
         """Commit what is queued; changes stay visible through ``pending`` until committed."""
         if not self._pending or self._committing:
             return

@@ -116,7 +116,7 @@ class ObjectStore(abc.ABC):
             ) -> ObjectInfo: ...
 
     @abc.abstractmethod
-    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+    def list_objects(self, prefix: str) -> Iterator[ObjectInfo]:
         """Objects whose key starts with ``prefix``, in key order."""
 
     @abc.abstractmethod

@@ -91,7 +91,7 @@ class LocalStore(ObjectStore):
             ) -> ObjectInfo:
         return self._write_new(key, [data], metadata)
 
-    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+    def list_objects(self, prefix: str) -> Iterator[ObjectInfo]:
         keys = []
         for dirpath, dirnames, filenames in os.walk(self.root):
             if Path(dirpath) == self.root and WORK_DIR in dirnames:
@@ -162,7 +162,7 @@ class LocalStore(ObjectStore):
         shutil.rmtree(self._upload_dir(upload_id), ignore_errors=True)
 
     def list_multipart(self, prefix: str) -> list[tuple[str, str]]:
-        found = []
+        found: list[tuple[str, str]] = []
         if not self.work.is_dir():
             return found
         for d in sorted(self.work.iterdir()):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import socket
 from collections.abc import Iterator, Mapping
+from typing import Any
 
 import boto3
 import botocore.config
@@ -86,7 +87,7 @@ class S3Store(ObjectStore):
             "s3", endpoint_url=endpoint_url, region_name=region, config=config)
         self.bucket = uri.bucket
 
-    def _info(self, key: str, response: Mapping) -> ObjectInfo:  # type: ignore[type-arg]
+    def _info(self, key: str, response: Mapping[str, Any]) -> ObjectInfo:
         modified = response.get("LastModified")
         return ObjectInfo(key=key, size=int(response.get("ContentLength", response.get("Size", 0))),
                           etag=_etag(response["ETag"]),
@@ -129,7 +130,7 @@ class S3Store(ObjectStore):
                                Metadata=dict(metadata or {}))
         return self.head(key)
 
-    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+    def list_objects(self, prefix: str) -> Iterator[ObjectInfo]:
         token: str | None = None
         while True:
             page = self._list_page(prefix, token)
@@ -140,7 +141,7 @@ class S3Store(ObjectStore):
             token = page["NextContinuationToken"]
 
     @retry_transient(classify)
-    def _list_page(self, prefix: str, token: str | None) -> dict:  # type: ignore[type-arg]
+    def _list_page(self, prefix: str, token: str | None) -> dict[str, Any]:
         args = {"Bucket": self.bucket, "Prefix": prefix}
         if token:
             args["ContinuationToken"] = token

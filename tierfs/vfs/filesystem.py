@@ -551,6 +551,7 @@ class FileSystem:
         if inode.is_dir:
             raise _err(errno.EISDIR)
         data = inode.data
+        version: tuple[int, int, bytes] | None
         writable = flags & os.O_ACCMODE in (os.O_WRONLY, os.O_RDWR)
         if data is None:
             rel = self.inodes.path(inode)
@@ -747,6 +748,7 @@ class FileSystem:
             except ObjectStoreError as e:
                 log.error("could not start the upload of %s: %s", key, e)
                 raise _err(errno.EIO) from None
+            assert data.staging_fd is not None  # _route runs after _stage
             data.upload = StreamingUpload(self.cold, self.hot, self._nursery, data.staging_fd,
                                           key, upload_id, self.config.part_size,
                                           self.config.upload_window)
@@ -890,16 +892,16 @@ class FileSystem:
         if not inode.links and inode.stub is not None:
             await self._delete_object(inode.stub.key)  # unlinked while open
         sid = data.staging_id
-        remove = sid is not None and not (data.dirty and inode.links)
+        remove = None if data.dirty and inode.links else sid
 
         def close() -> None:
             data.close_fds()
-            if remove:
-                self.hot.remove_staging(sid)
+            if remove is not None:
+                self.hot.remove_staging(remove)
 
         await self.hot.run(close)
-        if remove:
-            self.batch.delete("journal", sid.encode())
+        if remove is not None:
+            self.batch.delete("journal", remove.encode())
 
     async def _publish(self, inode: Inode, data: OpenFile) -> None:
         """Copy staged data to the warm tier so that readers there see it whole: temp name,

@@ -248,3 +248,17 @@ def test_path_rules_pin_files_to_a_tier(tmp_path: Path, s3_server: S3Server,
         assert (m.warm / "keep" / "big.bin").read_bytes() == big
         keys = [o["Key"] for o in s3_server.client().list_objects_v2(Bucket=bucket)["Contents"]]
         assert keys == ["tierfs/ckpt/step1/small.pt"]
+
+
+def test_posix_fallocate_past_the_threshold_routes_the_file(big_mount: Mount,
+                                                            s3_server: S3Server) -> None:
+    # pyfuse3 has no fallocate operation: fallocate(2) is refused, and glibc's
+    # posix_fallocate falls back to writing, which routes the file like any write.
+    bucket = big_mount.bucket  # type: ignore[attr-defined]
+    fd = os.open(big_mount.path / "prealloc.bin", os.O_WRONLY | os.O_CREAT, 0o644)
+    os.posix_fallocate(fd, 0, 20 * MIB)
+    uploads = s3_server.client().list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+    assert [u["Key"] for u in uploads] == ["tierfs/prealloc.bin"]
+    os.close(fd)
+    head = s3_server.client().head_object(Bucket=bucket, Key="tierfs/prealloc.bin")
+    assert head["ContentLength"] == 20 * MIB

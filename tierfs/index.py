@@ -63,10 +63,6 @@ class Index:
         with self.env.begin(db=self.dbs[db]) as txn:
             return txn.get(key)
 
-    def items(self, db: str) -> list[tuple[bytes, bytes]]:
-        with self.env.begin(db=self.dbs[db]) as txn:
-            return list(txn.cursor())
-
     def commit(self, changes: dict[tuple[str, bytes], bytes | None]) -> None:
         """Apply a batch in one write transaction; ``None`` deletes the key."""
         if not changes:

@@ -130,7 +130,7 @@ def daemon_pids(mountpoint: str) -> list[int]:
     for proc in psutil.process_iter(["pid", "cmdline"]):
         cmdline = proc.info.get("cmdline") or []
         if "--foreground" in cmdline and "mount" in cmdline and any(
-                "tierfs" in part for part in cmdline) and cmdline and \
+                "tierfs" in part for part in cmdline) and \
                 os.path.abspath(cmdline[-1]) == target and proc.info["pid"] != os.getpid():
             pids.append(proc.info["pid"])
     return pids

@@ -24,7 +24,3 @@ class Tier:
 
     async def run(self, fn: Callable[..., T], *args: object) -> T:
         return await trio.to_thread.run_sync(fn, *args, limiter=self.limiter)
-
-    def statistics(self) -> dict[str, int]:
-        stats = self.limiter.statistics()
-        return {"threads_busy": stats.borrowed_tokens, "waiting": stats.tasks_waiting}

@@ -46,8 +46,8 @@ class OpenFile:
     #: attributes are answered from memory (close-to-open consistency, as NFS gives), because
     #: the kernel asks for them before every write.
     base: os.stat_result | None = None
-    #: The warm file's size when known without asking (0 for a file created here).
-    warm_size: int | None = None
+    #: The warm file was created, empty, by this open: staging needs no copy of it.
+    created: bool = False
     #: Logical size and times while staged; tracked here so writes need no fstat.
     size: int = 0
     atime_ns: int = 0

@@ -251,12 +251,10 @@ class FileSystem:
         inode.stub = stub
         return inode
 
-    async def _entry(self, parent: int, name: bytes, st: os.stat_result,
-                     persisted: int | None = None, stub: Stub | None = None
-                     ) -> tuple[Inode, Attrs]:
-        """Register a name just created or found, count the kernel's lookup, give attributes."""
-        if persisted is None:
-            persisted = await self.hot.run(self.inodes.persisted_number, identity(st))
+    def _entry(self, parent: int, name: bytes, st: os.stat_result, persisted: int | None,
+               stub: Stub | None = None) -> tuple[Inode, Attrs]:
+        """Register a name just created or found, count the kernel's lookup, give attributes.
+        ``persisted`` comes from the same worker call that found the entry."""
         inode = self._register(parent, name, st, persisted, stub)
         self.inodes.lookup(inode)
         return inode, self._attrs(inode, st)
@@ -279,7 +277,7 @@ class FileSystem:
         rel = self.inodes.child_path(parent, name)
         st, target, persisted = await self.warm.run(self._probe, rel)
         stub = self._stub(st, target, rel)
-        inode, attrs = await self._entry(parent, name, st, persisted, stub)
+        inode, attrs = self._entry(parent, name, st, persisted, stub)
         if inode.data is not None and inode.data.base is not None:
             return inode, self._attrs(inode, inode.data.base)
         return inode, attrs
@@ -395,7 +393,7 @@ class FileSystem:
 
         st, persisted = await self.warm.run(
             self._new_entry, rel, lambda: self.warm.mkdir(rel, 0o700), mode, uid, gid, True)
-        return await self._entry(parent, name, st, persisted)
+        return self._entry(parent, name, st, persisted)
 
     async def mknod(self, parent: int, name: bytes, mode: int, rdev: int, uid: int, gid: int
                     ) -> tuple[Inode, Attrs]:
@@ -407,7 +405,7 @@ class FileSystem:
 
         st, persisted = await self.warm.run(
             self._new_entry, rel, lambda: self.warm.mknod(rel, kind | 0o600, 0), mode, uid, gid)
-        return await self._entry(parent, name, st, persisted)
+        return self._entry(parent, name, st, persisted)
 
     async def symlink(self, parent: int, name: bytes, target: bytes, uid: int, gid: int
                       ) -> tuple[Inode, Attrs]:
@@ -418,7 +416,7 @@ class FileSystem:
 
         st, persisted = await self.warm.run(
             self._new_entry, rel, lambda: self.warm.symlink(target, rel), None, uid, gid)
-        return await self._entry(parent, name, st, persisted)
+        return self._entry(parent, name, st, persisted)
 
     async def link(self, ino: int, new_parent: int, new_name: bytes) -> tuple[Inode, Attrs]:
         self._check_name(new_name)
@@ -618,10 +616,10 @@ class FileSystem:
                 raise
 
         warm_fd, st, persisted = await self.warm.run(make)
-        inode, attrs = await self._entry(parent, name, st, persisted)
+        inode, attrs = self._entry(parent, name, st, persisted)
         # Staging starts at the first write: a file created empty never needs it.
         data = OpenFile(warm_fd=warm_fd, base=st, atime_ns=st.st_atime_ns,
-                        mtime_ns=st.st_mtime_ns, warm_size=0)
+                        mtime_ns=st.st_mtime_ns, created=True)
         inode.data = data
         inode.cached_version = None
         handle = self._new_handle(inode, data, flags)
@@ -635,7 +633,7 @@ class FileSystem:
         sid, fd = await self.hot.run(self.hot.new_staging)
         try:
             size = 0
-            if data.warm_size == 0:  # created here: nothing to copy
+            if data.created:  # created empty by this open: nothing to copy
                 pass
             elif data.stub is not None:
                 size = data.stub.size if keep is None else min(data.stub.size, keep)

@@ -79,15 +79,20 @@ class StreamingUpload:
         from the start); waits while the window is full."""
         self._check()
         while written - self.cut >= part_size(self.first_part, self.next_part):
-            await self._slots.acquire()
+            await self._claim()
             self._check()
             number, offset = self.next_part, self.cut
             size = part_size(self.first_part, number)
             self.next_part += 1
             self.cut += size
-            self._running += 1
-            self._idle = trio.Event() if self._running == 1 else self._idle
             self.nursery.start_soon(self._upload, number, offset, size)
+
+    async def _claim(self) -> None:
+        """Take a window slot for one part; ``_upload`` gives it back."""
+        await self._slots.acquire()
+        self._running += 1
+        if self._running == 1:
+            self._idle = trio.Event()
 
     async def _upload(self, number: int, offset: int, size: int) -> None:
         try:
@@ -123,9 +128,7 @@ class StreamingUpload:
         self._check()
 
     async def _run_inline(self, number: int, offset: int, size: int) -> None:
-        await self._slots.acquire()
-        self._running += 1
-        self._idle = trio.Event()
+        await self._claim()
         await self._upload(number, offset, size)
 
     async def finish(self, size: int) -> ObjectInfo:

@@ -182,6 +182,64 @@ def _read_ahead(value: Any) -> int:
     return size
 
 
+def _capacity(value: Any) -> str:
+    """A byte size, or a share of the hot disk such as ``50%`` (resolved at mount)."""
+    text = str(value).strip()
+    if text.endswith("%"):
+        try:
+            share = float(text[:-1])
+        except ValueError:
+            raise ValueError(f"expected a size such as 100GiB or a share such as 50%, not "
+                             f"{value!r}") from None
+        if not 0 < share <= 100:
+            raise ValueError("expected a share between 0% and 100%")
+        return text
+    size = parse_size(value)
+    if size < 64 * 1024 * 1024:
+        raise ValueError("expected at least 64MiB")
+    return str(size)
+
+
+def resolve_capacity(value: str, total: int) -> int:
+    """Bytes from a ``hot_capacity`` value, given the hot disk's total size."""
+    if value.endswith("%"):
+        return int(total * float(value[:-1]) / 100)
+    return int(value)
+
+
+def _share(value: Any) -> float:
+    if isinstance(value, bool):
+        raise ValueError("expected a fraction such as 0.9")
+    try:
+        share = float(value)
+    except (TypeError, ValueError):
+        raise ValueError("expected a fraction such as 0.9") from None
+    if not 0.1 <= share <= 1:
+        raise ValueError("expected a fraction from 0.1 to 1")
+    return share
+
+
+def _eviction(value: Any) -> str:
+    from tierfs.cache.eviction import POLICIES
+
+    if value not in POLICIES:
+        raise ValueError(f"expected one of {', '.join(POLICIES)}")
+    return str(value)
+
+
+def _auto_bool(value: Any) -> str:
+    if isinstance(value, str) and value.lower() == "auto":
+        return "auto"
+    return "true" if _bool(value) else "false"
+
+
+def _memory(value: Any) -> int:
+    size = parse_size(value)
+    if size < 16 * 1024 * 1024:
+        raise ValueError("expected at least 16MiB")
+    return size
+
+
 def _log_level(value: Any) -> str:
     levels = ("debug", "info", "warning", "error")
     if not isinstance(value, str) or value.lower() not in levels:
@@ -233,7 +291,23 @@ KEYS: tuple[Key, ...] = (
     Key("upload_window", _window, lambda: 4,
         "Parts of a streaming upload the hot tier may hold at once (uploading or filling)."),
     Key("block_size", _block_size, lambda: 8 * 1024 * 1024,
-        "Cold files are read from the bucket in blocks of this size (a size such as 8MiB)."),
+        "Cold files (and cached warm files) are read and cached in blocks of this size."),
+    Key("hot_capacity", _capacity, lambda: "50%",
+        "Most bytes the block cache may hold on the hot tier: a size (200GiB) or a share of "
+        "the hot disk (50%)."),
+    Key("cache_high_watermark", _share, lambda: 0.95,
+        "Share of hot_capacity at which eviction starts."),
+    Key("cache_low_watermark", _share, lambda: 0.85,
+        "Share of hot_capacity eviction brings the cache back down to."),
+    Key("eviction", _eviction, lambda: "tinylfu",
+        "Eviction policy of the block cache: tinylfu (scan-resistant) or lru."),
+    Key("cache_warm", _auto_bool, lambda: "auto",
+        "Cache blocks of warm files on the hot tier: true, false, or auto (only when the "
+        "warm tier is a network file system)."),
+    Key("prefetch_limit", _read_ahead, lambda: 64 * 1024 * 1024,
+        "Largest read-ahead window of a sequential reader of a cached file (a size)."),
+    Key("read_memory", _memory, lambda: 256 * 1024 * 1024,
+        "Memory for blocks being read, shared by all open files (a size)."),
     Key("cold_threads", _count, lambda: 16,
         "Worker threads for object-store calls (parallel GETs and part uploads)."),
     Key("attr_timeout", _seconds, lambda: 1.0,
@@ -268,6 +342,13 @@ class Config:
     part_size: int
     upload_window: int
     block_size: int
+    hot_capacity: str
+    cache_high_watermark: float
+    cache_low_watermark: float
+    eviction: str
+    cache_warm: str
+    prefetch_limit: int
+    read_memory: int
     cold_threads: int
     attr_timeout: float
     entry_timeout: float
@@ -326,6 +407,10 @@ def build_config(file_values: Mapping[str, Any], flag_values: Mapping[str, Any],
                 raise ConfigError(f"{where}: bad value {merged[key.name]!r}: {e}") from None
         else:
             values[key.name] = key.default()
+    if values["cache_low_watermark"] > values["cache_high_watermark"]:
+        raise ConfigError(f"{source}: key 'cache_low_watermark': bad value "
+                          f"{values['cache_low_watermark']!r}: it must not exceed "
+                          "cache_high_watermark")
     return Config(**values, explicit=frozenset(merged))
 
 

@@ -19,6 +19,7 @@ import trio
 from tierfs.config import Config
 from tierfs.fuse.operations import Operations
 from tierfs.index import Index
+from tierfs.mounting import NETWORK_FS, fs_type
 from tierfs.tiers.cold import ColdTier, open_checked_store
 from tierfs.tiers.hot import HotTier
 from tierfs.tiers.warm import WarmTier
@@ -102,6 +103,13 @@ async def _serve(fs: FileSystem, ops: Operations, mountpoint: str, read_ahead: i
     return signalled
 
 
+def _cache_warm(config: Config) -> bool:
+    """Caching warm blocks pays off when the warm tier is remote; a local one is as fast."""
+    if config.cache_warm == "auto":
+        return fs_type(config.warm) in NETWORK_FS
+    return config.cache_warm == "true"
+
+
 def run(config: Config, mountpoint: str, on_ready: Callable[[], None]) -> None:
     """Mount and serve in the foreground; returns after a clean unmount."""
     os.umask(0)  # modes come from the kernel request, already masked by the caller's umask
@@ -112,7 +120,7 @@ def run(config: Config, mountpoint: str, on_ready: Callable[[], None]) -> None:
     index = Index(hot.index_dir)
     try:
         cold = ColdTier(open_checked_store(config), config.cold_threads)
-        fs = FileSystem(config, hot, warm, cold, index)
+        fs = FileSystem(config, hot, warm, cold, index, cache_warm=_cache_warm(config))
         leftovers = hot.staged_ids()
         if leftovers:
             log.warning("%d staged files from an earlier run are kept in %s for recovery",

@@ -15,7 +15,7 @@ import os
 import trio
 
 from tierfs.stubs import Stub
-from tierfs.vfs.coldread import BlockReader
+from tierfs.vfs.blockread import CachedReader
 from tierfs.vfs.inodes import Inode
 from tierfs.vfs.streaming import StreamingUpload
 
@@ -26,8 +26,10 @@ class OpenFile:
     warm_fd: int | None = None
     #: A cold file's stub as of open: reads go to its object until the file is staged.
     stub: Stub | None = None
-    #: Block reads of that object (created at the first read).
-    reader: BlockReader | None = None
+    #: The warm file's identity (inode, size, mtime) as opened: names its cached blocks.
+    warm_id: tuple[int, int, int] | None = None
+    #: Reads through the block cache (created at the first read of an unstaged file).
+    reader: CachedReader | None = None
     #: The object this file's stub pointed to before it was rewritten here; deleted once the
     #: new content is published, since nothing refers to it any more.
     replaces_object: str | None = None

@@ -27,7 +27,11 @@ from collections.abc import Callable, Sequence
 
 import trio
 
-from tierfs.config import Config
+from tierfs.cache import counters as counter_names
+from tierfs.cache.blocks import BlockCache, Source, cold_source_id, warm_source_id
+from tierfs.cache.counters import Counters
+from tierfs.cache.eviction import make_policy
+from tierfs.config import Config, resolve_capacity
 from tierfs.index import FLUSH_INTERVAL, Batch, Index
 from tierfs.objects.base import ObjectStoreError
 from tierfs.stubs import Stub, StubError, looks_like_stub, parse_stub
@@ -35,7 +39,7 @@ from tierfs.tiers.cold import ColdTier
 from tierfs.tiers.hot import HotTier
 from tierfs.tiers.warm import (RENAME_EXCHANGE, RENAME_NOREPLACE, WarmTier, copy_fd, is_internal,
                                join, split)
-from tierfs.vfs.coldread import BlockReader
+from tierfs.vfs.blockread import CachedReader, Prefetch
 from tierfs.vfs.files import Handle, OpenFile
 from tierfs.vfs.inodes import ROOT_INODE, Inode, InodeTable, identity
 from tierfs.vfs.streaming import StreamingUpload
@@ -108,13 +112,27 @@ class SetAttr:
 
 class FileSystem:
     def __init__(self, config: Config, hot: HotTier, warm: WarmTier, cold: ColdTier,
-                 index: Index) -> None:
+                 index: Index, cache_warm: bool = False) -> None:
         self.config = config
         self.hot = hot
         self.warm = warm
         self.cold = cold
         self.index = index
         self.batch = Batch(index)
+        self.counters = Counters()
+        self.counters.restore(index.get("meta", counter_names.KEY))
+        disk = os.statvfs(hot.root)
+        capacity = resolve_capacity(config.hot_capacity, disk.f_blocks * disk.f_frsize)
+        self.cache = BlockCache(hot, index, self.batch, make_policy(config.eviction, capacity),
+                                config.block_size, capacity, config.cache_high_watermark,
+                                config.cache_low_watermark, config.read_memory, self.counters)
+        self.cache.load()
+        #: Whether warm files are read through the block cache too.
+        self.cache_warm = cache_warm
+        # Read-ahead may fill at most half the memory pool, so blocks fetched ahead are still
+        # there when their reader arrives.
+        self._prefetch = Prefetch(config.read_memory // config.block_size // 2)
+        self._window = max(1, config.prefetch_limit // config.block_size)
         self.inodes = InodeTable(self.batch, warm.lstat(b"."))
         self._handles: dict[int, Handle] = {}
         self._dirs: dict[int, DirHandle] = {}
@@ -134,9 +152,20 @@ class FileSystem:
         cancelled."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            self.cache.bind(nursery)
             while True:
                 await trio.sleep(FLUSH_INTERVAL)
-                await self.batch.flush(self.hot.run)
+                try:
+                    await self.save_index()
+                except Exception:  # a full hot disk, say: the next interval tries again
+                    log.exception("committing the index failed; retrying later")
+
+    async def save_index(self) -> None:
+        """Queue cache entries and counters into the batch, and commit it."""
+        self.cache.persist()
+        if self.counters.changed:
+            self.batch.put("meta", counter_names.KEY, self.counters.encode())
+        await self.batch.flush(self.hot.run)
 
     async def shutdown(self) -> None:
         """Publish whatever is still dirty (a handle the kernel never released) and commit."""
@@ -148,7 +177,7 @@ class FileSystem:
                 except OSError as e:
                     log.error("could not publish %r at shutdown, staged data kept as %s: %s",
                               handle.inode.links, data.staging_id, e)
-        await self.batch.flush(self.hot.run)
+        await self.save_index()
 
     # -- helpers --------------------------------------------------------------------------
 
@@ -563,7 +592,8 @@ class FileSystem:
             else:
                 fd = await self.warm.run(self.warm.open, rel, os.O_RDONLY)
                 st = await self.warm.run(os.fstat, fd)
-                data = OpenFile(warm_fd=fd, base=st)
+                data = OpenFile(warm_fd=fd, base=st,
+                                warm_id=(st.st_ino, st.st_size, st.st_mtime_ns))
                 version = (st.st_size, st.st_mtime_ns, inode.key)
             inode.data = data
         else:
@@ -689,17 +719,40 @@ class FileSystem:
             log.warning("read of a range already streamed to %s: readable after close",
                         data.upload.key)
             raise _err(errno.EIO)
-        if data.stub is not None and not data.staged:
-            stub = data.stub
-            if data.reader is None or data.reader.size != stub.size:
-                data.reader = BlockReader(lambda start, length: self._get(stub, start, length),
-                                          stub.size, self.config.block_size, self._nursery)
-            return await data.reader.read(offset, size)
-        fd = data.read_fd()
-        if fd is None:
+        if data.staged:
+            assert data.staging_fd is not None
+            out = await self.hot.run(os.pread, data.staging_fd, size, offset)
+            self.counters.add("bytes_staged", len(out))
+            return out
+        reader = self._reader(data)
+        if reader is not None:
+            return await reader.read(fh, offset, size)
+        if data.warm_fd is None:
             return b""
-        tier = self.hot if data.staged else self.warm
-        return await tier.run(os.pread, fd, size, offset)
+        out = await self.warm.run(os.pread, data.warm_fd, size, offset)
+        self.counters.add("bytes_warm", len(out))
+        return out
+
+    def _reader(self, data: OpenFile) -> CachedReader | None:
+        """The block-cache reader of an unstaged file: always for a cold file, for a warm one
+        when warm caching is on."""
+        if data.stub is not None:
+            stub = data.stub
+            sid = cold_source_id(str(self.config.bucket), stub.key, stub.etag)
+            source = Source(sid, stub.size, "cold",
+                            lambda start, length: self._get(stub, start, length))
+        elif self.cache_warm and data.warm_fd is not None and data.warm_id is not None:
+            fd = data.warm_fd
+            ino, size, mtime_ns = data.warm_id
+            sid = warm_source_id(str(self.config.warm), ino, size, mtime_ns)
+            source = Source(sid, size, "warm",
+                            lambda start, length: self.warm.run(os.pread, fd, length, start))
+        else:
+            return None
+        if data.reader is None or data.reader.source.id != sid:
+            data.reader = CachedReader(self.cache, source, self.counters, self._nursery,
+                                       self._prefetch, self._window)
+        return data.reader
 
     async def write(self, fh: int, offset: int, buf: bytes) -> int:
         handle = self._handles[fh]
@@ -788,6 +841,8 @@ class FileSystem:
         data, inode = handle.data, handle.inode
         data.handles -= 1
         data.writers -= handle.writable
+        if data.reader is not None:
+            data.reader.closed(fh)
         try:
             if data.handles == 0:
                 if data.dirty:

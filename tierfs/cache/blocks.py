@@ -1,0 +1,376 @@
+"""The block cache: blocks of cold objects and warm files kept on the hot tier.
+
+A block is named by its source and its number. A cold source is the object's URI and ETag, a
+warm source the file's (inode, size, mtime): a changed source gets a new name, so old blocks are
+never served for it and simply age out.
+
+Where a block is looked for, in order: the memory pool (blocks being read, shared by every open
+file, bounded by ``read_memory``), then the block file on the hot tier (checksummed), then the
+source itself. Concurrent readers of one block share one fetch. A fetched block is returned at
+once and written to the hot tier in the background; if the hot tier is full (ENOSPC), the cache
+evicts and tries once more, and otherwise gives up on caching that block: a read never fails
+because the cache is full.
+
+Capacity: the cache never holds more than ``capacity`` bytes, counting blocks being written.
+When an insertion would pass the high watermark, blocks are evicted (by the policy) down to the
+low watermark. Pinned blocks are outside the policy and never evicted.
+
+Index: every block has an entry in the ``blocks`` database (size, CRC-32, policy segment,
+frequency, access sequence, pinned). Entries change in memory and reach LMDB in the
+filesystem's batch, at most once per flush interval; at mount, entries without a file and files
+without an entry are dropped, and the policy is rebuilt in access order.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import errno
+import hashlib
+import logging
+import os
+import struct
+from collections.abc import Awaitable, Callable
+
+import trio
+
+from tierfs.cache.counters import Counters
+from tierfs.cache.eviction import Policy
+from tierfs.cache.store import BlockFiles, checksum, is_no_space
+from tierfs.index import Batch, Index
+from tierfs.tiers.hot import HotTier
+
+log = logging.getLogger(__name__)
+
+DB = "blocks"
+#: size, crc32, segment, frequency, access sequence, pinned
+_ENTRY = struct.Struct(">QIBIQB")
+_BLOCK = struct.Struct(">I")
+#: Source ids are this many bytes of a SHA-256; a block key is the id plus a 4-byte number.
+ID_BYTES = 16
+#: Blocks written to the hot tier at once; more misses than this are served without caching.
+MAX_STORES = 8
+
+
+@dataclasses.dataclass
+class Entry:
+    size: int
+    crc: int
+    segment: int = 0
+    freq: int = 0
+    seq: int = 0
+    pinned: bool = False
+
+    def encode(self) -> bytes:
+        return _ENTRY.pack(self.size, self.crc, self.segment, min(self.freq, 2**32 - 1),
+                           self.seq, self.pinned)
+
+    @classmethod
+    def decode(cls, raw: bytes) -> Entry:
+        size, crc, segment, freq, seq, pinned = _ENTRY.unpack(raw)
+        return cls(size, crc, segment, freq, seq, bool(pinned))
+
+
+def cold_source_id(bucket: str, key: str, etag: str) -> bytes:
+    return hashlib.sha256(f"cold\0{bucket}\0{key}\0{etag}".encode()).digest()[:ID_BYTES]
+
+
+def warm_source_id(warm_root: str, st_ino: int, size: int, mtime_ns: int) -> bytes:
+    return hashlib.sha256(f"warm\0{warm_root}\0{st_ino}\0{size}\0{mtime_ns}".encode()
+                          ).digest()[:ID_BYTES]
+
+
+def block_key(source_id: bytes, block: int) -> bytes:
+    return source_id + _BLOCK.pack(block)
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+    """Something whose blocks can be cached: its id, size, home tier and how to fetch a range."""
+
+    id: bytes
+    size: int
+    tier: str  # "cold" or "warm"
+    fetch: Callable[[int, int], Awaitable[bytes]]
+
+    def blocks(self, block_size: int) -> int:
+        return (self.size + block_size - 1) // block_size
+
+
+class BlockCache:
+    def __init__(self, hot: HotTier, index: Index, batch: Batch, policy: Policy,
+                 block_size: int, capacity: int, high: float, low: float, memory: int,
+                 counters: Counters) -> None:
+        self.hot = hot
+        self.index = index
+        self.batch = batch
+        self.policy = policy
+        self.block_size = block_size
+        self.capacity = capacity
+        self.high = int(capacity * high)
+        self.low = int(capacity * low)
+        self.counters = counters
+        self.files = BlockFiles(hot.root)
+        self.entries: dict[bytes, Entry] = {}
+        #: Bytes of cached blocks, and of blocks being written (reserved before writing).
+        self.used = 0
+        self.reserved = 0
+        self._memory: collections.OrderedDict[bytes, bytes] = collections.OrderedDict()
+        self._memory_bytes = 0
+        self._memory_limit = memory
+        self._loading: dict[bytes, trio.Event] = {}
+        self._dirty: set[bytes] = set()
+        self._seq = 0
+        self._stores = 0
+        self._evicting = trio.Lock()
+        self._nursery: trio.Nursery | None = None
+        counters.set_gauge("capacity", capacity)
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    def load(self) -> None:
+        """Read the index, reconcile it with the block files, rebuild the policy (blocking;
+        called once at mount, before any request)."""
+        self.files.prepare()
+        stored: dict[bytes, Entry] = {}
+        with self.index.env.begin(db=self.index.dbs[DB]) as txn:
+            for key, raw in txn.cursor():
+                try:
+                    stored[bytes(key)] = Entry.decode(bytes(raw))
+                except struct.error:
+                    stored[bytes(key)] = Entry(0, 0)  # unreadable: dropped below
+        present = set(self.files.keys())
+        stale = [k for k, e in stored.items() if k not in present or e.size == 0]
+        orphans = present - stored.keys()
+        for key in orphans:
+            self.files.delete(key)
+        for key in stale:
+            self.files.delete(key)
+            del stored[key]
+        self.index.commit({(DB, k): None for k in stale})
+        for key, entry in sorted(stored.items(), key=lambda item: item[1].seq):
+            self.entries[key] = entry
+            self.used += entry.size
+            if not entry.pinned:
+                self.policy.insert(key, entry.size, entry.segment)
+                self.policy.set_frequency(key, entry.freq)
+            self._seq = max(self._seq, entry.seq)
+        self._update_gauges()
+        if orphans or stale:
+            log.info("block cache: dropped %d files without an entry and %d entries without "
+                     "a file", len(orphans), len(stale))
+        log.info("block cache: %d blocks, %d bytes of %d", len(self.entries), self.used,
+                 self.capacity)
+
+    def bind(self, nursery: trio.Nursery) -> None:
+        """Where background writes of fetched blocks run."""
+        self._nursery = nursery
+
+    def persist(self) -> None:
+        """Queue changed entries into the index batch (called before each batch flush)."""
+        for key in self._dirty:
+            entry = self.entries.get(key)
+            if entry is None:
+                self.batch.delete(DB, key)
+            else:
+                if key in self.policy:
+                    entry.segment = self.policy.segment(key)
+                    entry.freq = self.policy.frequency(key)
+                self.batch.put(DB, key, entry.encode())
+        self._dirty.clear()
+
+    def _update_gauges(self) -> None:
+        self.counters.set_gauge("bytes_cached", self.used)
+        self.counters.set_gauge("blocks_cached", len(self.entries))
+        self.counters.set_gauge("pinned_bytes",
+                                sum(e.size for e in self.entries.values() if e.pinned))
+
+    # -- reads --------------------------------------------------------------------------
+
+    def available(self, key: bytes) -> bool:
+        """Whether a block can be had without going to its source."""
+        return key in self._memory or key in self.entries or key in self._loading
+
+    async def get(self, source: Source, block: int) -> tuple[bytes, str]:
+        """A block's bytes and where they came from: "hot", or the source's tier."""
+        key = block_key(source.id, block)
+        while True:
+            data = self._memory.get(key)
+            if data is not None:
+                self._memory.move_to_end(key)
+                self._touch(key)
+                return data, "hot"
+            event = self._loading.get(key)
+            if event is None:
+                break
+            await event.wait()  # someone is fetching it: share that fetch
+            if key not in self._memory:
+                break  # that fetch failed (or the pool dropped it already): go ourselves
+        event = self._loading[key] = trio.Event()
+        try:
+            data, origin = await self._load(source, block, key)
+            self._remember(key, data)
+            return data, origin
+        finally:
+            del self._loading[key]
+            event.set()
+
+    async def _load(self, source: Source, block: int, key: bytes) -> tuple[bytes, str]:
+        entry = self.entries.get(key)
+        if entry is not None:
+            data = await self.hot.run(self.files.read, key, entry.size, entry.crc)
+            if data is not None:
+                self._touch(key)
+                return data, "hot"
+            if key in self.entries:
+                log.warning("cached block %s is missing or fails its checksum: dropped",
+                            key.hex())
+                self.counters.add("bad_blocks")
+                await self._drop(key)
+        start = block * self.block_size
+        length = min(self.block_size, source.size - start)
+        self.policy.record(key)
+        data = await source.fetch(start, length)
+        if len(data) != length:
+            raise OSError(errno.EIO, f"short read of block {block}: {len(data)} of {length}")
+        self.counters.add("fetches_" + source.tier)
+        self._store_soon(key, data)
+        return data, source.tier
+
+    def _touch(self, key: bytes) -> None:
+        if key in self.entries:
+            self.policy.record(key)
+            self.policy.hit(key)
+            self._seq += 1
+            self.entries[key].seq = self._seq
+            self._dirty.add(key)
+
+    def _remember(self, key: bytes, data: bytes) -> None:
+        old = self._memory.pop(key, None)
+        if old is not None:
+            self._memory_bytes -= len(old)
+        self._memory[key] = data
+        self._memory_bytes += len(data)
+        while self._memory_bytes > self._memory_limit and len(self._memory) > 1:
+            _, dropped = self._memory.popitem(last=False)
+            self._memory_bytes -= len(dropped)
+
+    # -- writes and eviction ------------------------------------------------------------
+
+    def _store_soon(self, key: bytes, data: bytes) -> None:
+        if self._nursery is None or self._stores >= MAX_STORES or len(data) > self.capacity:
+            return
+        self._stores += 1
+        self.reserved += len(data)
+        self._nursery.start_soon(self._store, key, data)
+
+    async def _store(self, key: bytes, data: bytes) -> None:
+        size = len(data)
+        try:
+            await self._make_room(size)
+            try:
+                await self.hot.run(self.files.write, key, data)
+            except OSError as e:
+                if not is_no_space(e):
+                    raise
+                # The disk is fuller than our accounting knows (staging files, other users):
+                # free what the low watermark allows and more, then try once more.
+                await self._evict_to(max(0, min(self.low, self.used) - 4 * size))
+                await self.hot.run(self.files.write, key, data)
+        except OSError as e:
+            self.counters.add("store_failures")
+            log.debug("block %s not cached: %s", key.hex(), e)
+            return
+        finally:
+            self._stores -= 1
+            self.reserved -= size
+        if key in self.entries:  # stored twice (a racing fetch after an eviction): same bytes
+            return
+        self._seq += 1
+        self.entries[key] = Entry(size, checksum(data), seq=self._seq)
+        self.used += size
+        self.policy.insert(key, size)
+        self._dirty.add(key)
+        self.counters.add("stored")
+        self._update_gauges()
+
+    async def _make_room(self, size: int) -> None:
+        if self.used + self.reserved <= self.high:
+            return
+        await self._evict_to(max(0, self.low - self.reserved))
+        while self.used + self.reserved > self.capacity:
+            # Pinned blocks fill the cache: this block cannot be kept.
+            if not await self._evict_one():
+                raise OSError(errno.ENOSPC, "the block cache is full of pinned blocks")
+
+    async def _evict_to(self, target: int) -> None:
+        async with self._evicting:
+            while self.used > target:
+                if not await self._evict_one():
+                    return
+
+    async def _evict_one(self) -> bool:
+        key = self.policy.evict()
+        if key is None:
+            return False
+        assert isinstance(key, bytes)
+        entry = self.entries.pop(key, None)
+        if entry is not None:
+            self.used -= entry.size
+            self.counters.add("evictions")
+            self.counters.add("bytes_evicted", entry.size)
+        self._dirty.add(key)
+        await self.hot.run(self.files.delete, key)
+        self._update_gauges()
+        return True
+
+    async def _drop(self, key: bytes) -> None:
+        entry = self.entries.pop(key, None)
+        if entry is not None:
+            self.used -= entry.size
+        self.policy.remove(key)
+        self._dirty.add(key)
+        await self.hot.run(self.files.delete, key)
+        self._update_gauges()
+
+    # -- whole sources (warm, pin, evict, where) ----------------------------------------
+
+    def cached_bytes(self, source_id: bytes, nblocks: int) -> int:
+        return sum(self.entries[k].size for k in
+                   (block_key(source_id, b) for b in range(nblocks)) if k in self.entries)
+
+    async def evict_source(self, source_id: bytes, nblocks: int) -> int:
+        """Drop every cached block of a source (pinned ones too); returns the bytes freed."""
+        freed = 0
+        for block in range(nblocks):
+            key = block_key(source_id, block)
+            entry = self.entries.get(key)
+            if entry is not None:
+                freed += entry.size
+                await self._drop(key)
+            old = self._memory.pop(key, None)
+            if old is not None:
+                self._memory_bytes -= len(old)
+        return freed
+
+    def set_pinned(self, source_id: bytes, nblocks: int, pinned: bool) -> None:
+        for block in range(nblocks):
+            key = block_key(source_id, block)
+            entry = self.entries.get(key)
+            if entry is None or entry.pinned == pinned:
+                continue
+            entry.pinned = pinned
+            if pinned:
+                self.policy.remove(key)
+            else:
+                self.policy.insert(key, entry.size)
+            self._dirty.add(key)
+        self._update_gauges()
+
+    def is_pinned(self, key: bytes) -> bool:
+        entry = self.entries.get(key)
+        return entry is not None and entry.pinned
+
+    def free_disk(self) -> int:
+        st = os.statvfs(self.hot.root)
+        return st.f_bavail * st.f_frsize

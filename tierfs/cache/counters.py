@@ -1,0 +1,68 @@
+"""Cache and tier counters: kept in memory on the hot path, saved to the index in batches.
+
+Incrementing is a dict update on the event loop; the filesystem's background task puts a
+snapshot into the index batch once per flush interval, so no FUSE request ever opens a write
+transaction for a counter. Totals are cumulative over the life of the hot tier's index, and
+another process (``tierfs stats``) can read the last saved snapshot at any time.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+#: Saved under this key of the ``meta`` database, as JSON.
+KEY = b"counters"
+
+NAMES = (
+    "hits",            # block reads served by the hot tier (memory or disk)
+    "misses",          # block reads that had to go to the warm or cold tier
+    "bytes_hot",       # bytes returned to readers from the hot tier's block cache
+    "bytes_warm",      # bytes returned to readers from the warm tier
+    "bytes_cold",      # bytes returned to readers from the bucket
+    "bytes_staged",    # bytes returned to readers from staging files (written, not published)
+    "fetches_cold",    # ranged GETs of blocks
+    "fetches_warm",    # block reads from warm files
+    "evictions",       # blocks evicted
+    "bytes_evicted",
+    "stored",          # blocks written to the cache
+    "store_failures",  # blocks that could not be cached (disk full, I/O error): read through
+    "bad_blocks",      # cached blocks that failed their checksum and were dropped
+)
+
+
+class Counters:
+    def __init__(self) -> None:
+        self.values: dict[str, int] = dict.fromkeys(NAMES, 0)
+        #: Gauges set by the cache: bytes and blocks currently cached.
+        self.gauges: dict[str, int] = {"bytes_cached": 0, "blocks_cached": 0,
+                                       "capacity": 0, "pinned_bytes": 0}
+        self.changed = False
+
+    def add(self, name: str, amount: int = 1) -> None:
+        self.values[name] += amount
+        self.changed = True
+
+    def set_gauge(self, name: str, value: int) -> None:
+        self.gauges[name] = value
+        self.changed = True
+
+    def snapshot(self) -> dict[str, object]:
+        return {"saved_at": time.time(), "counters": dict(self.values),
+                "gauges": dict(self.gauges)}
+
+    def encode(self) -> bytes:
+        self.changed = False
+        return json.dumps(self.snapshot(), sort_keys=True).encode()
+
+    def restore(self, saved: bytes | None) -> None:
+        """Continue the totals of an earlier mount (gauges are recomputed, not restored)."""
+        if not saved:
+            return
+        try:
+            values = json.loads(saved).get("counters", {})
+        except ValueError:
+            return
+        for name in NAMES:
+            if isinstance(values.get(name), int):
+                self.values[name] = values[name]

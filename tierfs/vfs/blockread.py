@@ -1,0 +1,112 @@
+"""Reads of one open file through the block cache, with read-ahead per stream.
+
+The kernel sends reads of at most 1 MiB; a GET per request would pay the store's latency for
+every MiB. A ``CachedReader`` serves requests from whole blocks (``BlockCache.get``: memory,
+hot tier, or one shared fetch from the source) and keeps the blocks ahead of each sequential
+stream being fetched, in the filesystem's nursery. In-flight read-ahead is bounded for the whole
+mount (``Prefetch``), so memory stays bounded however many files are open.
+
+Accounting: a read is a hit when its block came from the hot tier, a miss when it had to come
+from the source, counted once per block per handle. A block this reader fetched ahead counts
+as coming from the source when the reader gets to it.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+
+import trio
+
+from tierfs.cache.blocks import BlockCache, Source, block_key
+from tierfs.cache.counters import Counters
+from tierfs.cache.readahead import ReadAhead
+
+log = logging.getLogger(__name__)
+
+#: Per-handle memory of blocks counted and blocks fetched ahead (small, bounded).
+_REMEMBER = 64
+
+
+class Prefetch:
+    """A mount-wide bound on blocks being fetched ahead of readers."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = max(1, limit)
+        self.running = 0
+
+
+class CachedReader:
+    def __init__(self, cache: BlockCache, source: Source, counters: Counters,
+                 nursery: trio.Nursery | None, prefetch: Prefetch, max_window: int) -> None:
+        self.cache = cache
+        self.source = source
+        self.counters = counters
+        self._nursery = nursery
+        self._prefetch = prefetch
+        self._max_window = max_window
+        self._streams: dict[int, ReadAhead] = {}
+        self._counted: dict[int, collections.deque[int]] = {}
+        self._ahead: collections.OrderedDict[int, str] = collections.OrderedDict()
+
+    @property
+    def size(self) -> int:
+        return self.source.size
+
+    async def read(self, fh: int, offset: int, size: int) -> bytes:
+        end = min(offset + size, self.source.size)
+        if offset >= end:
+            return b""
+        bs = self.cache.block_size
+        first, last = offset // bs, (end - 1) // bs
+        streams = self._streams.get(fh)
+        if streams is None:
+            streams = self._streams[fh] = ReadAhead(self._max_window)
+        self._fetch_ahead(streams.advance(first, last))
+        parts = []
+        for block in range(first, last + 1):
+            data, origin = await self.cache.get(self.source, block)
+            if origin == "hot" and block in self._ahead:
+                origin = self._ahead.pop(block)
+            start = max(offset, block * bs) - block * bs
+            stop = min(end, (block + 1) * bs) - block * bs
+            parts.append(data[start:stop])
+            self._account(fh, block, origin, stop - start)
+        return b"".join(parts)
+
+    def _account(self, fh: int, block: int, origin: str, nbytes: int) -> None:
+        self.counters.add("bytes_" + origin, nbytes)
+        counted = self._counted.get(fh)
+        if counted is None:
+            counted = self._counted[fh] = collections.deque(maxlen=_REMEMBER)
+        if block not in counted:
+            counted.append(block)
+            self.counters.add("hits" if origin == "hot" else "misses")
+
+    def _fetch_ahead(self, blocks: range) -> None:
+        if self._nursery is None:
+            return
+        nblocks = self.source.blocks(self.cache.block_size)
+        for block in blocks:
+            if block >= nblocks or self._prefetch.running >= self._prefetch.limit:
+                return
+            if self.cache.available(block_key(self.source.id, block)):
+                continue
+            self._prefetch.running += 1
+            self._nursery.start_soon(self._fetch_one, block)
+
+    async def _fetch_one(self, block: int) -> None:
+        try:
+            _, origin = await self.cache.get(self.source, block)
+            if origin != "hot":
+                self._ahead[block] = origin
+                while len(self._ahead) > _REMEMBER:
+                    self._ahead.popitem(last=False)
+        except OSError as e:
+            log.debug("read-ahead of block %d failed (the reader will retry): %s", block, e)
+        finally:
+            self._prefetch.running -= 1
+
+    def closed(self, fh: int) -> None:
+        self._streams.pop(fh, None)
+        self._counted.pop(fh, None)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from s3proxy import FaultProxy
 from tierfs import mounting
 
 
@@ -170,6 +171,16 @@ def bucket(s3_server: S3Server) -> str:
     name = f"tierfs-{uuid.uuid4().hex[:12]}"
     s3_server.client().create_bucket(Bucket=name)
     return name
+
+
+@pytest.fixture
+def proxy(s3_server: S3Server) -> Iterator[FaultProxy]:
+    """A loopback proxy in front of the S3 server: counts requests, injects faults."""
+    p = FaultProxy(int(s3_server.endpoint.rsplit(":", 1)[1]))
+    try:
+        yield p
+    finally:
+        p.close()
 
 
 def require(tool: str) -> None:

@@ -3,6 +3,7 @@ answers, 500s, or connections reset before any answer. Tests point tierfs's endp
 
 from __future__ import annotations
 
+import collections
 import http.client
 import socket
 import threading
@@ -16,6 +17,8 @@ class FaultProxy:
         #: (method, fault, count): fault is "503", "500" or "reset"; count -1 means forever.
         self.rules: list[list] = []
         self.faults_served = 0
+        #: Requests that reached the proxy, by HTTP method (faults included).
+        self.requests: collections.Counter[str] = collections.Counter()
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -40,6 +43,8 @@ class FaultProxy:
 
             def _handle(self) -> None:
                 body = self._body()
+                with proxy.lock:
+                    proxy.requests[self.command] += 1
                 fault = proxy._take(self.command)
                 if fault == "reset":
                     self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,

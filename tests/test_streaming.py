@@ -23,15 +23,6 @@ WINDOW = 3
 
 
 @pytest.fixture
-def proxy(s3_server: S3Server) -> Iterator[FaultProxy]:
-    p = FaultProxy(int(s3_server.endpoint.rsplit(":", 1)[1]))
-    try:
-        yield p
-    finally:
-        p.close()
-
-
-@pytest.fixture
 def big_mount(tmp_path: Path, proxy: FaultProxy, bucket: str) -> Iterator[Mount]:
     m = make_mount(tmp_path, "--bucket", f"s3://{bucket}/tierfs", "--endpoint-url",
                    proxy.endpoint, "--addressing-style", "path", "--large-file-threshold",

@@ -28,7 +28,6 @@ import dataclasses
 import errno
 import hashlib
 import logging
-import os
 import struct
 from collections.abc import Awaitable, Callable
 
@@ -315,22 +314,22 @@ class BlockCache:
             return False
         assert isinstance(key, bytes)
         entry = self.entries.pop(key, None)
-        if entry is not None:
+        self._dirty.add(key)
+        await self.hot.run(self.files.delete, key)
+        if entry is not None:  # counted as free only once the file is gone
             self.used -= entry.size
             self.counters.add("evictions")
             self.counters.add("bytes_evicted", entry.size)
-        self._dirty.add(key)
-        await self.hot.run(self.files.delete, key)
         self._update_gauges()
         return True
 
     async def _drop(self, key: bytes) -> None:
         entry = self.entries.pop(key, None)
-        if entry is not None:
-            self.used -= entry.size
         self.policy.remove(key)
         self._dirty.add(key)
         await self.hot.run(self.files.delete, key)
+        if entry is not None:
+            self.used -= entry.size
         self._update_gauges()
 
     # -- whole sources (warm, pin, evict, where) ----------------------------------------
@@ -370,7 +369,3 @@ class BlockCache:
     def is_pinned(self, key: bytes) -> bool:
         entry = self.entries.get(key)
         return entry is not None and entry.pinned
-
-    def free_disk(self) -> int:
-        st = os.statvfs(self.hot.root)
-        return st.f_bavail * st.f_frsize

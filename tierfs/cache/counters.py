@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
+from typing import Any
 
 #: Saved under this key of the ``meta`` database, as JSON.
 KEY = b"counters"
@@ -66,3 +68,17 @@ class Counters:
         for name in NAMES:
             if isinstance(values.get(name), int):
                 self.values[name] = values[name]
+
+
+def load_saved(hot_root: Path) -> dict[str, Any] | None:
+    """The last snapshot a mount saved on this hot tier (read-only; safe while it runs)."""
+    from tierfs.index import Index
+
+    if not (hot_root / "index" / "data.mdb").exists():
+        return None
+    index = Index(hot_root / "index", readonly=True)
+    try:
+        raw = index.get("meta", KEY)
+    finally:
+        index.close()
+    return None if raw is None else json.loads(raw)

@@ -1,0 +1,218 @@
+"""The hot tier's block cache through a real mount, against moto's S3 server behind a loopback
+proxy that counts requests: hits make no request, a remount stays warm, the capacity holds, a
+full hot disk keeps reads correct, and changed sources are read fresh."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from conftest import Mount, S3Server, make_mount, running, tierfs
+from s3proxy import FaultProxy
+from tierfs.cache.counters import load_saved
+
+MIB = 1024 * 1024
+PREFIX = "tierfs"
+
+
+def cold_mount(base: Path, proxy: FaultProxy, bucket: str, *extra: str) -> Mount:
+    m = make_mount(base, "--bucket", f"s3://{bucket}/{PREFIX}", "--endpoint-url",
+                   proxy.endpoint, "--addressing-style", "path", "--block-size", "1MiB",
+                   "--attr-timeout", "0", "--entry-timeout", "0", *extra)
+    m.bucket = bucket  # type: ignore[attr-defined]
+    return m
+
+
+def publish(m: Mount, s3: S3Server, files: dict[str, bytes], dest: str = "data") -> None:
+    """Put objects straight into the bucket and import them (stubs only, no data copied)."""
+    bucket = m.bucket  # type: ignore[attr-defined]
+    client = s3.client()
+    for name, data in files.items():
+        client.put_object(Bucket=bucket, Key=f"{PREFIX}/src/{name}", Body=data)
+    tierfs("import", f"s3://{bucket}/{PREFIX}/src", dest, "--warm", str(m.warm), "--hot",
+           str(m.hot), *m.extra)
+
+
+def read_uncached(path: Path) -> bytes:
+    """Read a file with the kernel's page cache for it dropped first, so tierfs serves it."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        chunks = []
+        while chunk := os.read(fd, 1 << 20):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def counters(m: Mount) -> dict[str, int]:
+    saved = load_saved(m.hot)
+    assert saved is not None
+    return {**saved["counters"], **saved["gauges"]}
+
+
+def diff(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
+    return {k: after[k] - before.get(k, 0) for k in after}
+
+
+def test_second_read_and_remount_are_served_hot(tmp_path: Path, proxy: FaultProxy,
+                                                bucket: str, s3_server: S3Server) -> None:
+    m = cold_mount(tmp_path, proxy, bucket)
+    data = os.urandom(12 * MIB + 5)  # 13 blocks, the last one short
+    publish(m, s3_server, {"x.bin": data})
+    path = m.path / "data" / "x.bin"
+    with running(m):
+        assert read_uncached(path) == data
+        gets = proxy.requests["GET"]
+        assert gets >= 13
+        assert read_uncached(path) == data
+        assert proxy.requests["GET"] == gets  # not one request: memory and the hot tier
+        m.stop()
+        first = counters(m)
+        assert first["misses"] == 13 and first["bytes_cold"] == len(data)
+        assert first["blocks_cached"] == 13 and first["bytes_cached"] == len(data)
+        m.start()  # a new process: nothing in memory, the blocks are on the hot tier
+        assert read_uncached(path) == data
+        assert proxy.requests["GET"] == gets
+        m.stop()
+        second = diff(counters(m), first)
+        assert second["hits"] == 13 and second["misses"] == 0
+        assert second["bytes_hot"] == len(data) and second["bytes_cold"] == 0
+        m.start()
+
+
+def test_a_corrupt_block_is_fetched_again(tmp_path: Path, proxy: FaultProxy, bucket: str,
+                                          s3_server: S3Server) -> None:
+    m = cold_mount(tmp_path, proxy, bucket)
+    data = os.urandom(4 * MIB)
+    publish(m, s3_server, {"c.bin": data})
+    with running(m):
+        assert read_uncached(m.path / "data" / "c.bin") == data
+        m.stop()
+        blocks = sorted(p for p in (m.hot / "cache" / "v1").rglob("*")
+                        if p.is_file() and p.parent.name != "tmp")
+        assert len(blocks) == 4
+        with blocks[0].open("r+b") as f:  # flip one byte in the middle of a block
+            f.seek(1000)
+            byte = f.read(1)
+            f.seek(1000)
+            f.write(bytes([byte[0] ^ 0xFF]))
+        m.start()
+        gets = proxy.requests["GET"]
+        assert read_uncached(m.path / "data" / "c.bin") == data
+        assert proxy.requests["GET"] == gets + 1
+        m.stop()
+        assert counters(m)["bad_blocks"] == 1
+        m.start()
+
+
+def cache_bytes(hot: Path) -> int:
+    total = 0
+    for root, _, files in os.walk(hot / "cache"):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(root, name)).st_size
+            except FileNotFoundError:
+                pass
+    return total
+
+
+def test_use_stays_within_capacity_over_three_times_its_size(
+        tmp_path: Path, proxy: FaultProxy, bucket: str, s3_server: S3Server) -> None:
+    capacity = 64 * MIB
+    m = cold_mount(tmp_path, proxy, bucket, "--hot-capacity", "64MiB", "--block-size", "4MiB")
+    files = {f"f{i:02}.bin": os.urandom(16 * MIB) for i in range(12)}  # 192 MiB
+    publish(m, s3_server, files)
+    peak = 0
+    stop = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not stop.is_set():
+            peak = max(peak, cache_bytes(m.hot))
+            time.sleep(0.01)
+
+    with running(m):
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        try:
+            for name, data in files.items():
+                assert read_uncached(m.path / "data" / name) == data, name
+            for name in list(files)[:3]:  # and again, partly from the cache
+                assert read_uncached(m.path / "data" / name) == files[name], name
+        finally:
+            stop.set()
+            sampler.join()
+        assert 0 < peak <= capacity, peak
+        m.stop()
+        saved = counters(m)
+        assert saved["evictions"] > 0
+        assert saved["bytes_cached"] <= capacity
+        assert saved["bytes_cached"] == cache_bytes(m.hot)
+        m.start()
+
+
+@pytest.fixture
+def small_hot(tmp_path: Path) -> Iterator[Path]:
+    """A hot tier on a 40 MiB tmpfs: the disk fills long before the configured capacity."""
+    hot = tmp_path / "smallhot"
+    hot.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=40m", "tmpfs", str(hot)], check=True)
+    try:
+        yield hot
+    finally:
+        subprocess.run(["umount", "-l", str(hot)], check=False)
+
+
+def test_a_full_hot_disk_keeps_reads_correct(tmp_path: Path, proxy: FaultProxy, bucket: str,
+                                             s3_server: S3Server, small_hot: Path) -> None:
+    m = cold_mount(tmp_path, proxy, bucket, "--hot-capacity", "1GiB")
+    m.hot = small_hot
+    files = {f"g{i}.bin": os.urandom(16 * MIB) for i in range(6)}  # 96 MiB on a 40 MiB disk
+    publish(m, s3_server, files)
+    with running(m):
+        for _ in range(2):
+            for name, data in files.items():
+                assert read_uncached(m.path / "data" / name) == data, name
+        m.stop()
+        saved = counters(m)
+        assert saved["evictions"] + saved["store_failures"] > 0
+        m.start()
+
+
+def test_a_changed_object_is_read_fresh(tmp_path: Path, proxy: FaultProxy, bucket: str,
+                                        s3_server: S3Server) -> None:
+    m = cold_mount(tmp_path, proxy, bucket)
+    old, new = os.urandom(3 * MIB), os.urandom(3 * MIB)
+    publish(m, s3_server, {"v.bin": old})
+    with running(m):
+        assert read_uncached(m.path / "data" / "v.bin") == old
+        publish(m, s3_server, {"v.bin": new})  # a new ETag, and the stub now names it
+        assert read_uncached(m.path / "data" / "v.bin") == new
+
+
+def test_a_changed_warm_file_is_read_fresh(tmp_path: Path) -> None:
+    m = make_mount(tmp_path, "--cache-warm", "true", "--block-size", "1MiB",
+                   "--attr-timeout", "0", "--entry-timeout", "0")
+    old, new = os.urandom(5 * MIB), os.urandom(5 * MIB)
+    (m.warm / "w.bin").write_bytes(old)
+    with running(m):
+        assert read_uncached(m.path / "w.bin") == old
+        assert read_uncached(m.path / "w.bin") == old
+        m.stop()
+        saved = counters(m)
+        assert saved["misses"] == 5 and saved["bytes_warm"] == len(old)
+        assert saved["hits"] == 5 and saved["bytes_hot"] == len(old)
+        m.start()
+        with (m.warm / "w.bin").open("r+b") as f:  # rewritten in place on the NFS side
+            f.write(new)
+        st = (m.warm / "w.bin").stat()
+        os.utime(m.warm / "w.bin", ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+        assert read_uncached(m.path / "w.bin") == new

@@ -216,3 +216,32 @@ def test_a_changed_warm_file_is_read_fresh(tmp_path: Path) -> None:
         st = (m.warm / "w.bin").stat()
         os.utime(m.warm / "w.bin", ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
         assert read_uncached(m.path / "w.bin") == new
+
+
+def test_warm_prefetches_and_check_reports(tmp_path: Path, proxy: FaultProxy, bucket: str,
+                                           s3_server: S3Server) -> None:
+    import json
+
+    m = cold_mount(tmp_path, proxy, bucket)
+    files = {"a.bin": os.urandom(3 * MIB + 1), "sub/b.bin": os.urandom(2 * MIB)}
+    publish(m, s3_server, files)
+    (m.warm / "data" / "small.txt").write_bytes(b"warm bytes")
+    total = sum(len(d) for d in files.values())
+    with running(m):
+        before = json.loads(tierfs("warm", "--check", "--json", str(m.path / "data")).stdout)
+        assert before == [{"path": "data", "files": 3, "size": total + 10, "cold": total,
+                           "warm": 10, "hot": 0, "to_fetch": total, "pinned": 0}]
+        gets = proxy.requests["GET"]
+        tierfs("warm", str(m.path / "data"))
+        assert proxy.requests["GET"] == gets + 4 + 2
+        after = json.loads(tierfs("warm", "--check", "--json", str(m.path / "data" / "a.bin"),
+                                  str(m.path / "data" / "sub")).stdout)
+        assert [(r["path"], r["hot"], r["to_fetch"]) for r in after] == [
+            ("data/a.bin", len(files["a.bin"]), 0), ("data/sub", len(files["sub/b.bin"]), 0)]
+        for name, data in files.items():
+            assert read_uncached(m.path / "data" / name) == data
+        assert proxy.requests["GET"] == gets + 6  # every read was a hit
+        outside = tierfs("warm", str(tmp_path), check=False)
+        assert outside.returncode == 1 and "not inside a running tierfs mount" in outside.stderr
+        missing = tierfs("warm", str(m.path / "nope"), check=False)
+        assert missing.returncode == 1 and "no such file" in missing.stderr

@@ -5,6 +5,7 @@ Every configuration key gets a flag of the same name, generated from ``config.KE
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -103,6 +104,66 @@ def unmount(mountpoint: str) -> None:
     except TierfsError as e:
         _fail(str(e))
     click.echo(f"unmounted {os.path.abspath(mountpoint)}")
+
+
+def _by_mount(paths: tuple[str, ...]) -> dict[Any, list[str]]:
+    """Group paths by the running mount that holds them (each relative to its root)."""
+    from tierfs.control.client import locate
+
+    groups: dict[Any, list[str]] = {}
+    for path in paths:
+        record, rel = locate(path)
+        groups.setdefault(record, []).append(rel)
+    return groups
+
+
+def _size(n: int) -> str:
+    import humanfriendly
+
+    return humanfriendly.format_size(n, binary=True)
+
+
+@main.command()
+@click.argument("paths", nargs=-1, required=True)
+@click.option("--check", is_flag=True, help="Only report how much of each path is hot.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def warm(paths: tuple[str, ...], check: bool, as_json: bool) -> None:
+    """Fetch files or whole directories into the hot tier, ahead of their readers.
+
+    With --check, fetch nothing: report how much of each PATH is already hot.
+    """
+    from rich.console import Console
+    from rich.progress import (BarColumn, DownloadColumn, Progress, TimeRemainingColumn,
+                               TransferSpeedColumn)
+    from rich.table import Table
+
+    from tierfs.control.client import call
+
+    try:
+        results = []
+        for record, rels in _by_mount(paths).items():
+            request = {"cmd": "warm", "paths": rels, "check": check}
+            if check:
+                results += call(record, request)
+                continue
+            with Progress("[progress.description]{task.description}", BarColumn(),
+                          DownloadColumn(binary_units=True), TransferSpeedColumn(),
+                          TimeRemainingColumn(), transient=True,
+                          disable=as_json) as progress:
+                task = progress.add_task(f"warming {record.mountpoint}", total=None)
+                results += call(record, request, lambda m: progress.update(
+                    task, completed=m["progress"], total=m["total"] or None))
+    except TierfsError as e:
+        _fail(str(e))
+    if as_json:
+        click.echo(json.dumps(results, indent=2))
+        return
+    table = Table("path", "files", "size", "hot", "hot %", "to fetch", box=None)
+    for r in results:
+        share = 100.0 if r["size"] == 0 else 100.0 * r["hot"] / r["size"]
+        table.add_row(r["path"], str(r["files"]), _size(r["size"]), _size(r["hot"]),
+                      f"{share:.1f}", _size(r["to_fetch"]))
+    Console().print(table)
 
 
 @main.command(name="import")

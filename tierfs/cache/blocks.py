@@ -42,6 +42,8 @@ from tierfs.tiers.hot import HotTier
 log = logging.getLogger(__name__)
 
 DB = "blocks"
+#: Pinned sources: source id -> the path it was pinned by.
+PINS = "pins"
 #: size, crc32, segment, frequency, access sequence, pinned
 _ENTRY = struct.Struct(">QIBIQB")
 _BLOCK = struct.Struct(">I")
@@ -118,6 +120,7 @@ class BlockCache:
         self._memory_bytes = 0
         self._memory_limit = memory
         self._loading: dict[bytes, trio.Event] = {}
+        self.pins: dict[bytes, bytes] = {}
         self._dirty: set[bytes] = set()
         self._seq = 0
         self._stores = 0
@@ -138,6 +141,8 @@ class BlockCache:
                     stored[bytes(key)] = Entry.decode(bytes(raw))
                 except struct.error:
                     stored[bytes(key)] = Entry(0, 0)  # unreadable: dropped below
+        with self.index.env.begin(db=self.index.dbs[PINS]) as txn:
+            self.pins = {bytes(k): bytes(v) for k, v in txn.cursor()}
         present = set(self.files.keys())
         stale = [k for k, e in stored.items() if k not in present or e.size == 0]
         orphans = present - stored.keys()
@@ -155,6 +160,8 @@ class BlockCache:
                 self.policy.set_frequency(key, entry.freq)
             self._seq = max(self._seq, entry.seq)
         self._update_gauges()
+        self.counters.set_gauge("pinned_bytes",
+                                sum(e.size for e in self.entries.values() if e.pinned))
         if orphans or stale:
             log.info("block cache: dropped %d files without an entry and %d entries without "
                      "a file", len(orphans), len(stale))
@@ -167,6 +174,9 @@ class BlockCache:
 
     def persist(self) -> None:
         """Queue changed entries into the index batch (called before each batch flush)."""
+        if self._dirty:
+            self.counters.set_gauge("pinned_bytes",
+                                    sum(e.size for e in self.entries.values() if e.pinned))
         for key in self._dirty:
             entry = self.entries.get(key)
             if entry is None:
@@ -181,8 +191,6 @@ class BlockCache:
     def _update_gauges(self) -> None:
         self.counters.set_gauge("bytes_cached", self.used)
         self.counters.set_gauge("blocks_cached", len(self.entries))
-        self.counters.set_gauge("pinned_bytes",
-                                sum(e.size for e in self.entries.values() if e.pinned))
 
     # -- reads --------------------------------------------------------------------------
 
@@ -286,9 +294,11 @@ class BlockCache:
         if key in self.entries:  # stored twice (a racing fetch after an eviction): same bytes
             return
         self._seq += 1
-        self.entries[key] = Entry(size, checksum(data), seq=self._seq)
+        pinned = key[:ID_BYTES] in self.pins
+        self.entries[key] = Entry(size, checksum(data), seq=self._seq, pinned=pinned)
         self.used += size
-        self.policy.insert(key, size)
+        if not pinned:
+            self.policy.insert(key, size)
         self._dirty.add(key)
         self.counters.add("stored")
         self._update_gauges()
@@ -332,6 +342,26 @@ class BlockCache:
             self.used -= entry.size
         self._update_gauges()
 
+    async def fill(self, source: Source, block: int) -> int:
+        """Make sure a block is on the hot tier, fetching it if needed (``tierfs warm``);
+        returns the bytes fetched. Raises OSError if the block cannot be kept."""
+        key = block_key(source.id, block)
+        if key in self.entries:
+            return 0
+        start = block * self.block_size
+        length = min(self.block_size, source.size - start)
+        self.policy.record(key)
+        data = self._memory.get(key)
+        if data is None:
+            data = await source.fetch(start, length)
+            self.counters.add("fetches_" + source.tier)
+        self._stores += 1
+        self.reserved += len(data)
+        await self._store(key, data)
+        if key not in self.entries:
+            raise OSError(errno.ENOSPC, "the hot tier has no room for this block")
+        return len(data)
+
     # -- whole sources (warm, pin, evict, where) ----------------------------------------
 
     def cached_bytes(self, source_id: bytes, nblocks: int) -> int:
@@ -352,7 +382,15 @@ class BlockCache:
                 self._memory_bytes -= len(old)
         return freed
 
-    def set_pinned(self, source_id: bytes, nblocks: int, pinned: bool) -> None:
+    def set_pinned(self, source_id: bytes, nblocks: int, pinned: bool, label: bytes = b"") -> None:
+        """Pin a source: its cached blocks leave the policy (never evicted), and so will the
+        blocks cached later. ``label`` (its path) is kept for display."""
+        if pinned:
+            self.pins[source_id] = label
+            self.batch.put(PINS, source_id, label)
+        else:
+            self.pins.pop(source_id, None)
+            self.batch.delete(PINS, source_id)
         for block in range(nblocks):
             key = block_key(source_id, block)
             entry = self.entries.get(key)

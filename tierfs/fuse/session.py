@@ -17,6 +17,11 @@ import pyfuse3
 import trio
 
 from tierfs.config import Config
+from tierfs.control import registry
+from tierfs.control import server as control
+from tierfs.control.commands import make_handlers
+from tierfs.control.registry import MountRecord
+from tierfs.control.server import socket_path
 from tierfs.fuse.operations import Operations
 from tierfs.index import Index
 from tierfs.mounting import NETWORK_FS, fs_type
@@ -92,10 +97,14 @@ async def _serve(fs: FileSystem, ops: Operations, mountpoint: str, read_ahead: i
             # The kernel clamps read-ahead while it processes INIT, so raise it afterwards.
             await trio.to_thread.run_sync(set_read_ahead, mountpoint, read_ahead)
             log.info("serving %s", mountpoint)
+            registry.register(MountRecord(mountpoint, os.getpid(), str(fs.config.hot),
+                                          str(fs.config.warm), str(fs.config.bucket),
+                                          str(socket_path(fs.hot.root))))
             on_ready()
 
         nursery.start_soon(fs.run_background)
         nursery.start_soon(watch_signals)
+        await nursery.start(control.serve, socket_path(fs.hot.root), make_handlers(fs))
         nursery.start_soon(when_initialized)
         await pyfuse3.main(min_tasks=2, max_tasks=MAX_FUSE_TASKS)
         await fs.shutdown()  # before the cancel: streaming uploads still need their tasks
@@ -137,6 +146,7 @@ def run(config: Config, mountpoint: str, on_ready: Callable[[], None]) -> None:
             log.info("mounted %s (hot %s, warm %s)", mountpoint, config.hot, config.warm)
             unmount = trio.run(_serve, fs, ops, mountpoint, config.read_ahead, on_ready)
         finally:
+            registry.unregister(mountpoint, os.getpid())
             pyfuse3.close(unmount=unmount)
             log.info("unmounted %s", mountpoint)
     finally:

@@ -23,7 +23,7 @@ import logging
 import os
 import stat
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import trio
 
@@ -737,22 +737,29 @@ class FileSystem:
         """The block-cache reader of an unstaged file: always for a cold file, for a warm one
         when warm caching is on."""
         if data.stub is not None:
-            stub = data.stub
-            sid = cold_source_id(str(self.config.bucket), stub.key, stub.etag)
-            source = Source(sid, stub.size, "cold",
-                            lambda start, length: self._get(stub, start, length))
+            source = self.cold_source(data.stub)
         elif self.cache_warm and data.warm_fd is not None and data.warm_id is not None:
             fd = data.warm_fd
-            ino, size, mtime_ns = data.warm_id
-            sid = warm_source_id(str(self.config.warm), ino, size, mtime_ns)
-            source = Source(sid, size, "warm",
-                            lambda start, length: self.warm.run(os.pread, fd, length, start))
+            source = self.warm_source(
+                data.warm_id, lambda start, length: self.warm.run(os.pread, fd, length, start))
         else:
             return None
-        if data.reader is None or data.reader.source.id != sid:
+        if data.reader is None or data.reader.source.id != source.id:
             data.reader = CachedReader(self.cache, source, self.counters, self._nursery,
                                        self._prefetch, self._window)
         return data.reader
+
+    def cold_source(self, stub: Stub) -> Source:
+        """A cold file's blocks, named by object and ETag."""
+        return Source(cold_source_id(str(self.config.bucket), stub.key, stub.etag), stub.size,
+                      "cold", lambda start, length: self._get(stub, start, length))
+
+    def warm_source(self, warm_id: tuple[int, int, int],
+                    fetch: Callable[[int, int], Awaitable[bytes]]) -> Source:
+        """A warm file's blocks, named by its identity (inode, size, mtime)."""
+        ino, size, mtime_ns = warm_id
+        return Source(warm_source_id(str(self.config.warm), ino, size, mtime_ns), size, "warm",
+                      fetch)
 
     async def write(self, fh: int, offset: int, buf: bytes) -> int:
         handle = self._handles[fh]

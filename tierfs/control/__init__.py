@@ -1,0 +1,1 @@
+"""The control channel: how tierfs commands reach a running mount."""

@@ -1,0 +1,110 @@
+"""Running mounts, as records in a per-user runtime directory.
+
+A mount writes ``<runtime>/<hash of the mount point>.json`` (its mount point, pid, tiers and
+control socket) once it is live and removes it when it stops; commands find the mount serving a
+path through it. A record whose process is gone, or whose mount point is no longer mounted, is
+stale: it is ignored and removed. The runtime directory is ``/run/tierfs`` for root, else
+``$XDG_RUNTIME_DIR/tierfs``, else ``/tmp/tierfs-<uid>`` (mode 0700 in every case).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from pathlib import Path
+
+
+@dataclasses.dataclass(frozen=True)
+class MountRecord:
+    mountpoint: str
+    pid: int
+    hot: str
+    warm: str
+    bucket: str
+    socket: str
+
+    def relative(self, path: str) -> str | None:
+        """``path`` relative to this mount's root ("" for the root), or None if outside."""
+        if path == self.mountpoint:
+            return ""
+        prefix = self.mountpoint.rstrip("/") + "/"
+        return path[len(prefix):] if path.startswith(prefix) else None
+
+
+def runtime_dir() -> Path:
+    if os.geteuid() == 0:
+        return Path("/run/tierfs")
+    xdg = os.environ.get("XDG_RUNTIME_DIR")
+    if xdg and os.path.isdir(xdg):
+        return Path(xdg) / "tierfs"
+    return Path(f"/tmp/tierfs-{os.geteuid()}")
+
+
+def _record_path(mountpoint: str) -> Path:
+    digest = hashlib.sha256(mountpoint.encode()).hexdigest()[:20]
+    return runtime_dir() / f"{digest}.json"
+
+
+def register(record: MountRecord) -> None:
+    directory = runtime_dir()
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path = _record_path(record.mountpoint)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(dataclasses.asdict(record), f)
+    os.replace(tmp, path)
+
+
+def unregister(mountpoint: str, pid: int) -> None:
+    path = _record_path(mountpoint)
+    try:
+        if json.loads(path.read_text()).get("pid") == pid:
+            path.unlink()
+    except (OSError, ValueError):
+        pass
+
+
+def _alive(record: MountRecord) -> bool:
+    try:
+        os.kill(record.pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return os.path.ismount(record.mountpoint)
+
+
+def mounts() -> list[MountRecord]:
+    """Live mounts of this user (all mounts, for root)."""
+    out: list[MountRecord] = []
+    directory = runtime_dir()
+    if not directory.is_dir():
+        return out
+    for path in sorted(directory.glob("*.json")):
+        try:
+            record = MountRecord(**json.loads(path.read_text()))
+        except (OSError, ValueError, TypeError):
+            continue
+        if _alive(record):
+            out.append(record)
+        else:
+            try:
+                path.unlink()
+            except OSError:
+                pass
+    return out
+
+
+def mount_for(path: str) -> tuple[MountRecord, str] | None:
+    """The live mount holding ``path`` and the path relative to its root."""
+    real = os.path.abspath(path)
+    best: tuple[MountRecord, str] | None = None
+    for record in mounts():
+        rel = record.relative(real)
+        if rel is not None and (best is None or
+                                len(record.mountpoint) > len(best[0].mountpoint)):
+            best = (record, rel)
+    return best

@@ -1,0 +1,164 @@
+"""Where a path's bytes are, and moving its blocks into or out of the hot tier on request.
+
+The operator's commands (``tierfs warm``, ``pin``, ``evict``, ``where``, ``stats PATH``) work on
+paths, not open files: a path is walked on the warm tier (a stub is a cold file, a regular file
+a warm one) and each file becomes a block-cache ``Source`` named exactly as reads name it, so
+what ``warm`` fetches is what a later read finds. Warm files have cached blocks only when warm
+caching is on (``cache_warm``); otherwise they are read from the warm tier and have none.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import os
+import stat
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
+import trio
+
+from tierfs.cache.blocks import Source
+from tierfs.stubs import StubError, looks_like_stub, parse_stub
+from tierfs.tiers.warm import join
+
+if TYPE_CHECKING:
+    from tierfs.vfs.filesystem import FileSystem
+
+
+@dataclasses.dataclass
+class FileState:
+    path: str  # relative to the mount's root
+    tier: str  # "warm" or "cold"
+    size: int
+    #: Bytes of it cached on the hot tier.
+    hot: int = 0
+    uri: str | None = None
+    pinned: bool = False
+    #: Its blocks as the cache names them; None when they are never cached.
+    source: Source | None = dataclasses.field(default=None, repr=False)
+
+    def to_json(self) -> dict[str, object]:
+        return {"path": self.path, "tier": self.tier, "size": self.size, "hot": self.hot,
+                "uri": self.uri, "pinned": self.pinned}
+
+
+class Residency:
+    def __init__(self, fs: FileSystem) -> None:
+        self.fs = fs
+
+    def _walk(self, rel: bytes) -> list[tuple[bytes, os.stat_result, bytes | None]]:
+        """Regular files and symlinks at or under ``rel`` (blocking; the warm tier's thread)."""
+        warm = self.fs.warm
+        st, target = warm.lstat_link(rel)
+        if not stat.S_ISDIR(st.st_mode):
+            return [(rel, st, target)]
+        out = []
+        pending = [rel]
+        while pending:
+            here = pending.pop()
+            for name, est, _, etarget in warm.listdir(here):
+                child = join(here, name)
+                if stat.S_ISDIR(est.st_mode):
+                    pending.append(child)
+                elif stat.S_ISREG(est.st_mode) or stat.S_ISLNK(est.st_mode):
+                    out.append((child, est, etarget))
+        return sorted(out)
+
+    async def files(self, rel: bytes) -> list[FileState]:
+        """Every file at or under ``rel`` with what of it is hot; symlinks that are not stubs
+        and refused stubs are left out."""
+        fs = self.fs
+        found = await fs.warm.run(self._walk, rel)
+        states = []
+        for path, st, target in found:
+            if target is not None:
+                if not looks_like_stub(target):
+                    continue
+                try:
+                    stub = parse_stub(target, fs.config.bucket)
+                except StubError:
+                    continue
+                source: Source | None = fs.cold_source(stub)
+                state = FileState(os.fsdecode(path), "cold", stub.size,
+                                  uri=fs.config.bucket.uri_of(stub.key), source=source)
+            else:
+                source = None
+                if fs.cache_warm:
+                    source = fs.warm_source((st.st_ino, st.st_size, st.st_mtime_ns),
+                                            self._warm_fetch(path, st))
+                state = FileState(os.fsdecode(path), "warm", st.st_size, source=source)
+            if source is not None:
+                nblocks = source.blocks(fs.cache.block_size)
+                state.hot = fs.cache.cached_bytes(source.id, nblocks)
+                state.pinned = source.id in fs.cache.pins
+            states.append(state)
+        return states
+
+    def _warm_fetch(self, rel: bytes, st: os.stat_result
+                    ) -> Callable[[int, int], Awaitable[bytes]]:
+        warm = self.fs.warm
+        expected = (st.st_ino, st.st_size, st.st_mtime_ns)
+
+        def read(start: int, length: int) -> bytes:
+            fd = warm.open(rel, os.O_RDONLY)
+            try:
+                now = os.fstat(fd)
+                if (now.st_ino, now.st_size, now.st_mtime_ns) != expected:
+                    raise OSError(errno.ESTALE, "the file changed while it was being fetched")
+                return os.pread(fd, length, start)
+            finally:
+                os.close(fd)
+
+        async def fetch(start: int, length: int) -> bytes:
+            return await warm.run(read, start, length)
+
+        return fetch
+
+    async def warm(self, states: list[FileState], progress: Callable[[int], None]) -> int:
+        """Fetch every block not yet hot, in parallel up to the cold tier's limit; calls
+        ``progress`` with the bytes of each block done (fetched or found). Returns the bytes
+        fetched."""
+        cache = self.fs.cache
+        slots = trio.Semaphore(self.fs.config.cold_threads)
+        fetched = 0
+        failures: list[OSError] = []
+
+        async def one(source: Source, block: int) -> None:
+            nonlocal fetched
+            try:
+                fetched += await cache.fill(source, block)
+            except OSError as e:
+                failures.append(e)
+                return
+            finally:
+                slots.release()
+            start = block * cache.block_size
+            progress(min(cache.block_size, source.size - start))
+
+        async with trio.open_nursery() as nursery:
+            for state in states:
+                if state.source is None:
+                    continue
+                for block in range(state.source.blocks(cache.block_size)):
+                    await slots.acquire()  # bounds the tasks and the blocks in memory
+                    nursery.start_soon(one, state.source, block)
+        if failures:
+            raise failures[0]
+        return fetched
+
+    async def evict(self, states: list[FileState]) -> int:
+        cache = self.fs.cache
+        freed = 0
+        for state in states:
+            if state.source is not None:
+                freed += await cache.evict_source(state.source.id,
+                                                  state.source.blocks(cache.block_size))
+        return freed
+
+    def pin(self, states: list[FileState], pinned: bool) -> None:
+        cache = self.fs.cache
+        for state in states:
+            if state.source is not None:
+                cache.set_pinned(state.source.id, state.source.blocks(cache.block_size), pinned,
+                                 state.path.encode())

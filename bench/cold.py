@@ -16,8 +16,6 @@ import argparse
 import hashlib
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,21 +25,7 @@ from pathlib import Path
 import boto3
 from boto3.s3.transfer import TransferConfig
 
-MIB = 1024 * 1024
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def drop_caches() -> None:
-    os.sync()
-    try:
-        Path("/proc/sys/vm/drop_caches").write_text("3\n")
-    except OSError:
-        pass
+from common import MIB, TIERFS, drop_caches, moto_server
 
 
 def main() -> int:
@@ -53,24 +37,17 @@ def main() -> int:
     args = parser.parse_args()
     size = args.size_mib * MIB
 
-    os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench",
-                      AWS_DEFAULT_REGION="us-east-1")
-    port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p",
-                               str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    endpoint = f"http://127.0.0.1:{port}"
+    with moto_server() as endpoint:
+        return run(args, size, endpoint)
+
+
+def run(args: argparse.Namespace, size: int, endpoint: str) -> int:
     base = Path(tempfile.mkdtemp(prefix="tierfs-cold-bench-", dir="/var/tmp"))
     mnt = base / "mnt"
     for d in ("hot", "warm", "mnt"):
         (base / d).mkdir()
-    tierfs = [sys.executable, "-m", "tierfs"]
+    tierfs = TIERFS
     try:
-        for _ in range(300):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                time.sleep(0.1)
         s3 = boto3.client("s3", endpoint_url=endpoint)
         s3.create_bucket(Bucket="bench")
         subprocess.run([*tierfs, "mount", str(mnt), "--hot", str(base / "hot"), "--warm",
@@ -112,8 +89,6 @@ def main() -> int:
         boto_read = time.perf_counter() - start
     finally:
         subprocess.run([*tierfs, "unmount", str(mnt)], check=False)
-        os.kill(server.pid, signal.SIGTERM)
-        server.wait()
         shutil.rmtree(base, ignore_errors=True)
 
     mb = size / MIB

@@ -21,16 +21,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-MIB = 1024 * 1024
-
-
-def drop_caches() -> bool:
-    os.sync()
-    try:
-        Path("/proc/sys/vm/drop_caches").write_text("3\n")
-        return True
-    except OSError:
-        return False
+from common import MIB, drop_caches
 
 
 def timed(fn: Callable[[], object]) -> float:

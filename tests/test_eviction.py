@@ -1,7 +1,8 @@
 """Eviction policies on access traces: the scan-resistance the block cache relies on.
 
 A trace is replayed against a policy and a byte budget exactly as the cache uses them (record
-every access, hit or insert, evict while over capacity), and the hit ratio is measured.
+every access; on a miss, weigh the newcomer against victims until it fits, then insert it or
+drop it), and the hit ratio is measured.
 """
 
 from __future__ import annotations
@@ -30,13 +31,20 @@ def replay(name: str, capacity: int, trace: Sequence[Hashable],
             hits.append(True)
             continue
         hits.append(False)
-        sizes[key] = 1 if size is None else size[key]
-        used += sizes[key]
-        policy.insert(key, sizes[key])
-        while used > capacity:
-            victim = policy.evict()
+        need = 1 if size is None else size[key]
+        admitted = True
+        while used + need > capacity:
+            victim = policy.victim()
             assert victim is not None
+            if not policy.admits(key, victim):
+                admitted = False
+                break
+            policy.remove(victim)
             used -= sizes.pop(victim)
+        if admitted:
+            sizes[key] = need
+            used += need
+            policy.insert(key, need)
         assert used <= capacity
     return hits
 
@@ -113,8 +121,8 @@ def test_weighted_blocks_never_pass_the_capacity() -> None:
                           st.integers(0, 20), st.integers(1, 9)), max_size=200),
        st.sampled_from([LRU, TinyLFU]))
 def test_policy_bookkeeping(ops: list[tuple[str, int, int]], cls: type) -> None:
-    """Whatever the operations, a policy holds exactly the keys inserted and not yet removed
-    or evicted, and evicts each of them at most once."""
+    """Whatever the operations, a policy holds exactly the keys inserted and not yet removed,
+    and offers only those as victims."""
     policy = cls(40)
     held: set[int] = set()
     for op, key, size in ops:
@@ -129,14 +137,17 @@ def test_policy_bookkeeping(ops: list[tuple[str, int, int]], cls: type) -> None:
         elif op == "record":
             policy.record(key)
         elif op == "evict":
-            victim = policy.evict()
+            victim = policy.victim()
             if held:
                 assert victim in held
+                policy.remove(victim)
                 held.discard(victim)
             else:
                 assert victim is None
         assert len(policy) == len(held)
         assert all(k in policy for k in held)
     while held:
-        held.remove(policy.evict())
-    assert policy.evict() is None
+        victim = policy.victim()
+        held.remove(victim)
+        policy.remove(victim)
+    assert policy.victim() is None

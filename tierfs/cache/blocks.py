@@ -12,8 +12,9 @@ evicts and tries once more, and otherwise gives up on caching that block: a read
 because the cache is full.
 
 Capacity: the cache never holds more than ``capacity`` bytes, counting blocks being written.
-When an insertion would pass the high watermark, blocks are evicted (by the policy) down to the
-low watermark. Pinned blocks are outside the policy and never evicted.
+Blocks are evicted (by the policy, one victim per block coming in) to stay under the high
+watermark; when the hot disk itself runs out of space, down to the low watermark at once.
+Pinned blocks are outside the policy and never evicted.
 
 Index: every block has an entry in the ``blocks`` database (size, CRC-32, policy segment,
 frequency, access sequence, pinned). Entries change in memory and reach LMDB in the
@@ -85,6 +86,15 @@ def block_key(source_id: bytes, block: int) -> bytes:
     return source_id + _BLOCK.pack(block)
 
 
+@dataclasses.dataclass(eq=False)
+class _Flight:
+    """One load of a block, shared by every reader that wants it meanwhile."""
+
+    done: trio.Event = dataclasses.field(default_factory=trio.Event)
+    data: bytes | None = None
+    origin: str = "hot"
+
+
 @dataclasses.dataclass(frozen=True)
 class Source:
     """Something whose blocks can be cached: its id, size, home tier and how to fetch a range."""
@@ -119,7 +129,7 @@ class BlockCache:
         self._memory: collections.OrderedDict[bytes, bytes] = collections.OrderedDict()
         self._memory_bytes = 0
         self._memory_limit = memory
-        self._loading: dict[bytes, trio.Event] = {}
+        self._loading: dict[bytes, _Flight] = {}
         self.pins: dict[bytes, bytes] = {}
         self._dirty: set[bytes] = set()
         self._seq = 0
@@ -194,40 +204,48 @@ class BlockCache:
 
     # -- reads --------------------------------------------------------------------------
 
-    def available(self, key: bytes) -> bool:
-        """Whether a block can be had without going to its source."""
-        return key in self._memory or key in self.entries or key in self._loading
+    def loaded(self, key: bytes) -> bool:
+        """Whether a block is in memory or being loaded (read-ahead has nothing to do)."""
+        return key in self._memory or key in self._loading
+
+    def accessed(self, key: bytes) -> None:
+        """A reader used a block (once per block per handle, however many requests it took):
+        the access the eviction policy counts."""
+        self.policy.record(key)
+        if key in self.entries:
+            self.policy.hit(key)
+            self._seq += 1
+            self.entries[key].seq = self._seq
+            self._dirty.add(key)
 
     async def get(self, source: Source, block: int) -> tuple[bytes, str]:
-        """A block's bytes and where they came from: "hot", or the source's tier."""
+        """A block's bytes and where they came from: "hot", or the source's tier. Readers
+        that arrive while the block is being loaded share that load and its origin."""
         key = block_key(source.id, block)
-        while True:
-            data = self._memory.get(key)
-            if data is not None:
-                self._memory.move_to_end(key)
-                self._touch(key)
-                return data, "hot"
-            event = self._loading.get(key)
-            if event is None:
-                break
-            await event.wait()  # someone is fetching it: share that fetch
-            if key not in self._memory:
-                break  # that fetch failed (or the pool dropped it already): go ourselves
-        event = self._loading[key] = trio.Event()
+        data = self._memory.get(key)
+        if data is not None:
+            self._memory.move_to_end(key)
+            return data, "hot"
+        flight = self._loading.get(key)
+        if flight is not None:
+            await flight.done.wait()
+            if flight.data is not None:
+                return flight.data, flight.origin
+            # That load failed: try ourselves, and see the error.
+        flight = self._loading[key] = _Flight()
         try:
-            data, origin = await self._load(source, block, key)
-            self._remember(key, data)
-            return data, origin
+            flight.data, flight.origin = await self._load(source, block, key)
+            self._remember(key, flight.data)
+            return flight.data, flight.origin
         finally:
             del self._loading[key]
-            event.set()
+            flight.done.set()
 
     async def _load(self, source: Source, block: int, key: bytes) -> tuple[bytes, str]:
         entry = self.entries.get(key)
         if entry is not None:
             data = await self.hot.run(self.files.read, key, entry.size, entry.crc)
             if data is not None:
-                self._touch(key)
                 return data, "hot"
             if key in self.entries:
                 log.warning("cached block %s is missing or fails its checksum: dropped",
@@ -236,21 +254,12 @@ class BlockCache:
                 await self._drop(key)
         start = block * self.block_size
         length = min(self.block_size, source.size - start)
-        self.policy.record(key)
         data = await source.fetch(start, length)
         if len(data) != length:
             raise OSError(errno.EIO, f"short read of block {block}: {len(data)} of {length}")
         self.counters.add("fetches_" + source.tier)
         self._store_soon(key, data)
         return data, source.tier
-
-    def _touch(self, key: bytes) -> None:
-        if key in self.entries:
-            self.policy.record(key)
-            self.policy.hit(key)
-            self._seq += 1
-            self.entries[key].seq = self._seq
-            self._dirty.add(key)
 
     def _remember(self, key: bytes, data: bytes) -> None:
         old = self._memory.pop(key, None)
@@ -271,18 +280,22 @@ class BlockCache:
         self.reserved += len(data)
         self._nursery.start_soon(self._store, key, data)
 
-    async def _store(self, key: bytes, data: bytes) -> None:
+    async def _store(self, key: bytes, data: bytes, force: bool = False) -> None:
+        """Write a fetched block to the hot tier if the policy admits it (``force``: always,
+        for explicit prefetching). Called with the block's size already reserved."""
         size = len(data)
         try:
-            await self._make_room(size)
+            if not await self._make_room(key, force):
+                self.counters.add("rejected")
+                return
             try:
                 await self.hot.run(self.files.write, key, data)
             except OSError as e:
                 if not is_no_space(e):
                     raise
                 # The disk is fuller than our accounting knows (staging files, other users):
-                # free what the low watermark allows and more, then try once more.
-                await self._evict_to(max(0, min(self.low, self.used) - 4 * size))
+                # come down to the low watermark and more, then try once more.
+                await self._evict_to(max(0, min(self.low, self.used - 4 * size)))
                 await self.hot.run(self.files.write, key, data)
         except OSError as e:
             self.counters.add("store_failures")
@@ -303,26 +316,38 @@ class BlockCache:
         self.counters.add("stored")
         self._update_gauges()
 
-    async def _make_room(self, size: int) -> None:
-        if self.used + self.reserved <= self.high:
-            return
-        await self._evict_to(max(0, self.low - self.reserved))
-        while self.used + self.reserved > self.capacity:
-            # Pinned blocks fill the cache: this block cannot be kept.
-            if not await self._evict_one():
-                raise OSError(errno.ENOSPC, "the block cache is full of pinned blocks")
+    async def _make_room(self, key: bytes, force: bool) -> bool:
+        """Evict, one victim at a time, until the reserved blocks fit under the high
+        watermark; False if the policy prefers its victim to the newcomer.
+
+        Only as much as needed: each victim is weighed against the block coming in, which is
+        what lets the admission filter keep a stable set through a scan or a cyclic epoch
+        (evicting a batch down to the low watermark would flush blocks the filter never
+        weighed). The low watermark is where a full hot disk brings the cache down to.
+        """
+        while self.used + self.reserved > self.high:
+            victim = self.policy.victim()
+            if victim is None:
+                break
+            if not force and not self.policy.admits(key, victim):
+                return False
+            assert isinstance(victim, bytes)
+            await self._evict(victim)
+        if self.used + self.reserved > self.capacity:
+            raise OSError(errno.ENOSPC, "the block cache is full of pinned blocks")
+        return True
 
     async def _evict_to(self, target: int) -> None:
         async with self._evicting:
             while self.used > target:
-                if not await self._evict_one():
+                victim = self.policy.victim()
+                if victim is None:
                     return
+                assert isinstance(victim, bytes)
+                await self._evict(victim)
 
-    async def _evict_one(self) -> bool:
-        key = self.policy.evict()
-        if key is None:
-            return False
-        assert isinstance(key, bytes)
+    async def _evict(self, key: bytes) -> None:
+        self.policy.remove(key)
         entry = self.entries.pop(key, None)
         self._dirty.add(key)
         await self.hot.run(self.files.delete, key)
@@ -331,7 +356,6 @@ class BlockCache:
             self.counters.add("evictions")
             self.counters.add("bytes_evicted", entry.size)
         self._update_gauges()
-        return True
 
     async def _drop(self, key: bytes) -> None:
         entry = self.entries.pop(key, None)
@@ -350,14 +374,14 @@ class BlockCache:
             return 0
         start = block * self.block_size
         length = min(self.block_size, source.size - start)
-        self.policy.record(key)
+        self.accessed(key)
         data = self._memory.get(key)
         if data is None:
             data = await source.fetch(start, length)
             self.counters.add("fetches_" + source.tier)
         self._stores += 1
         self.reserved += len(data)
-        await self._store(key, data)
+        await self._store(key, data, force=True)
         if key not in self.entries:
             raise OSError(errno.ENOSPC, "the hot tier has no room for this block")
         return len(data)

@@ -28,6 +28,7 @@ NAMES = (
     "evictions",       # blocks evicted
     "bytes_evicted",
     "stored",          # blocks written to the cache
+    "rejected",        # fetched blocks not kept: the admission filter preferred what was cached
     "store_failures",  # blocks that could not be cached (disk full, I/O error): read through
     "bad_blocks",      # cached blocks that failed their checksum and were dropped
 )

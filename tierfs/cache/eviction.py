@@ -1,20 +1,22 @@
 """Eviction policies for the hot tier's block cache: which cached block goes when space runs out.
 
-A policy only orders keys; the cache owns the bytes, the files and the watermarks. Policies are
-weighted (blocks differ in size: a file's last block is short) and pluggable by name.
+A policy only orders keys and judges newcomers; the cache owns the bytes, the files and the
+watermarks. Policies are weighted (blocks differ in size: a file's last block is short) and
+pluggable by name. The cache asks, for a block it has fetched and wants to keep: which block
+would go (``victim``), and is the newcomer worth it (``admits``)? A rejected block is served to
+its reader and simply not kept, which also saves the hot disk a write.
 
-``tinylfu`` (the default) is a window + segmented-LRU cache with a frequency-based admission
-filter, after Einziger, Friedman and Manes, "TinyLFU: A Highly Efficient Cache Admission
-Policy" (2017). A block that has just been fetched waits in a small window; when it leaves the
-window it enters the main cache only if it has been asked for more often than the block it
-would push out. That is what makes it scan-resistant: a one-pass scan never beats the blocks a
-job keeps coming back to, and an epoch over a dataset larger than the cache keeps a stable part
-of it cached instead of flushing everything as plain LRU does (LRU's hit ratio on a cyclic
-pattern one block larger than the cache is zero). Frequencies are exact counts in a dict that
-is halved periodically, so old popularity fades; the number of keys it remembers is bounded
-by the aging period.
+``tinylfu`` (the default) is a segmented LRU (probation and protected segments) behind a
+frequency-based admission filter, after Einziger, Friedman and Manes, "TinyLFU: A Highly
+Efficient Cache Admission Policy" (2017): a block enters only if it has been asked for more
+often than the block it would push out. That is what makes it scan-resistant: a one-pass scan
+never beats the blocks a job keeps coming back to, and an epoch over a dataset larger than the
+cache keeps a stable part of it cached instead of flushing everything as plain LRU does (LRU's
+hit ratio on a cyclic pattern larger than the cache is zero). Ties favour what is cached.
+Frequencies are exact counts in a dict, halved periodically so old popularity fades; the aging
+period bounds how many keys it remembers.
 
-``lru`` is kept for comparison (tests and ``bench/cache.py``).
+``lru`` is kept for comparison (tests and ``bench/cache.py``): it admits everything.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import collections
 from collections.abc import Hashable, Iterator
 
 #: Segment codes, persisted in the index so a remount restores each block where it was.
-WINDOW, PROBATION, PROTECTED = 0, 1, 2
+PROBATION, PROTECTED = 0, 1
 
 
 class Policy(abc.ABC):
@@ -44,16 +46,20 @@ class Policy(abc.ABC):
         """A cached key was used."""
 
     @abc.abstractmethod
-    def insert(self, key: Hashable, size: int, segment: int = WINDOW) -> None:
+    def insert(self, key: Hashable, size: int, segment: int = PROBATION) -> None:
         """A key entered the cache (``segment`` restores a persisted position)."""
 
     @abc.abstractmethod
     def remove(self, key: Hashable) -> None:
-        """A key left the cache for another reason than eviction (invalidated, pinned)."""
+        """A key left the cache (evicted, invalidated or pinned)."""
 
     @abc.abstractmethod
-    def evict(self) -> Hashable | None:
-        """Remove and return the key to evict next; None when nothing is left."""
+    def victim(self) -> Hashable | None:
+        """The key to evict next (still cached until ``remove``); None when empty."""
+
+    def admits(self, candidate: Hashable, victim: Hashable) -> bool:
+        """Whether ``candidate`` is worth evicting ``victim`` for."""
+        return True
 
     @abc.abstractmethod
     def __contains__(self, key: Hashable) -> bool: ...
@@ -85,17 +91,15 @@ class LRU(Policy):
     def hit(self, key: Hashable) -> None:
         self._order.move_to_end(key)
 
-    def insert(self, key: Hashable, size: int, segment: int = WINDOW) -> None:
+    def insert(self, key: Hashable, size: int, segment: int = PROBATION) -> None:
         self._order[key] = size
         self._order.move_to_end(key)
 
     def remove(self, key: Hashable) -> None:
         self._order.pop(key, None)
 
-    def evict(self) -> Hashable | None:
-        if not self._order:
-            return None
-        return self._order.popitem(last=False)[0]
+    def victim(self) -> Hashable | None:
+        return next(iter(self._order), None)
 
     def __contains__(self, key: Hashable) -> bool:
         return key in self._order
@@ -136,15 +140,13 @@ class _Segment:
 class TinyLFU(Policy):
     name = "tinylfu"
 
-    #: Shares of the capacity: the admission window, and the protected part of the main cache.
-    WINDOW_SHARE = 0.01
+    #: Share of the capacity kept for blocks used more than once since they were admitted.
     PROTECTED_SHARE = 0.8
     #: Frequencies are halved after this many accesses per cached key.
     AGING = 10
 
     def __init__(self, capacity: int) -> None:
         super().__init__(capacity)
-        self._window = _Segment()
         self._probation = _Segment()
         self._protected = _Segment()
         self._freq: dict[Hashable, int] = {}
@@ -169,90 +171,46 @@ class TinyLFU(Policy):
         if count > 0:
             self._freq[key] = count
 
+    def admits(self, candidate: Hashable, victim: Hashable) -> bool:
+        return self.frequency(candidate) > self.frequency(victim)
+
     # -- placement ----------------------------------------------------------------------
 
-    def _where(self, key: Hashable) -> _Segment | None:
-        for seg in (self._window, self._probation, self._protected):
-            if key in seg:
-                return seg
-        return None
-
     def hit(self, key: Hashable) -> None:
-        seg = self._where(key)
-        if seg is None:
-            return
-        if seg is self._probation:  # used again: promote, demoting protected overflow
+        if key in self._probation:  # used again: promote, demoting protected overflow
             self._protected.add(key, self._probation.pop(key))
-            limit = self.PROTECTED_SHARE * self._main_capacity()
+            limit = self.PROTECTED_SHARE * self.capacity
             while self._protected.bytes > limit and len(self._protected.order) > 1:
                 old = self._protected.oldest()
                 self._probation.add(old, self._protected.pop(old))
-        else:
-            seg.order.move_to_end(key)
+        elif key in self._protected:
+            self._protected.order.move_to_end(key)
 
-    def insert(self, key: Hashable, size: int, segment: int = WINDOW) -> None:
+    def insert(self, key: Hashable, size: int, segment: int = PROBATION) -> None:
         self.remove(key)
-        target = {WINDOW: self._window, PROBATION: self._probation,
-                  PROTECTED: self._protected}.get(segment, self._window)
-        target.add(key, size)
+        (self._protected if segment == PROTECTED else self._probation).add(key, size)
 
     def remove(self, key: Hashable) -> None:
-        seg = self._where(key)
-        if seg is not None:
-            seg.pop(key)
+        if key in self._probation:
+            self._probation.pop(key)
+        elif key in self._protected:
+            self._protected.pop(key)
 
-    def _main_capacity(self) -> float:
-        return self.capacity * (1 - self.WINDOW_SHARE)
-
-    def evict(self) -> Hashable | None:
-        # Blocks leaving the window either enter the main cache (room left, or more popular
-        # than its victim) or are the ones evicted.
-        while self._window.order:
-            if self._window.bytes <= self.capacity * self.WINDOW_SHARE and \
-                    (self._probation.order or self._protected.order):
-                break
-            candidate = self._window.oldest()
-            size = self._window.order[candidate]
-            main_bytes = self._probation.bytes + self._protected.bytes
-            if main_bytes + size <= self._main_capacity():
-                self._probation.add(candidate, self._window.pop(candidate))
-                continue
-            victim = self._main_victim()
-            if victim is None or self.frequency(candidate) <= self.frequency(victim):
-                self._window.pop(candidate)
-                return candidate
-            self._evict_from_main(victim)
-            self._probation.add(candidate, self._window.pop(candidate))
-            return victim
-        victim = self._main_victim()
-        if victim is None:
-            return None
-        self._evict_from_main(victim)
-        return victim
-
-    def _main_victim(self) -> Hashable | None:
+    def victim(self) -> Hashable | None:
         if self._probation.order:
             return self._probation.oldest()
         if self._protected.order:
             return self._protected.oldest()
         return None
 
-    def _evict_from_main(self, key: Hashable) -> None:
-        (self._probation if key in self._probation else self._protected).pop(key)
-
     def __contains__(self, key: Hashable) -> bool:
-        return self._where(key) is not None
+        return key in self._probation or key in self._protected
 
     def __len__(self) -> int:
-        return len(self._window.order) + len(self._probation.order) + len(self._protected.order)
+        return len(self._probation.order) + len(self._protected.order)
 
     def segment(self, key: Hashable) -> int:
-        seg = self._where(key)
-        if seg is self._protected:
-            return PROTECTED
-        if seg is self._probation:
-            return PROBATION
-        return WINDOW
+        return PROTECTED if key in self._protected else PROBATION
 
 
 POLICIES: dict[str, type[Policy]] = {LRU.name: LRU, TinyLFU.name: TinyLFU}

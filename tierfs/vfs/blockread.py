@@ -46,7 +46,8 @@ class CachedReader:
         self._prefetch = prefetch
         self._max_window = max_window
         self._streams: dict[int, ReadAhead] = {}
-        self._counted: dict[int, collections.deque[int]] = {}
+        #: Per handle: the blocks it has used recently and where each came from.
+        self._used: dict[int, collections.OrderedDict[int, str]] = {}
         self._ahead: collections.OrderedDict[int, str] = collections.OrderedDict()
 
     @property
@@ -66,8 +67,6 @@ class CachedReader:
         parts = []
         for block in range(first, last + 1):
             data, origin = await self.cache.get(self.source, block)
-            if origin == "hot" and block in self._ahead:
-                origin = self._ahead.pop(block)
             start = max(offset, block * bs) - block * bs
             stop = min(end, (block + 1) * bs) - block * bs
             parts.append(data[start:stop])
@@ -75,13 +74,24 @@ class CachedReader:
         return b"".join(parts)
 
     def _account(self, fh: int, block: int, origin: str, nbytes: int) -> None:
-        self.counters.add("bytes_" + origin, nbytes)
-        counted = self._counted.get(fh)
-        if counted is None:
-            counted = self._counted[fh] = collections.deque(maxlen=_REMEMBER)
-        if block not in counted:
-            counted.append(block)
+        """Count bytes by where their block came from when this handle first used it: a
+        block read in several requests is one hit or one miss, whatever the later requests
+        find in memory."""
+        used = self._used.get(fh)
+        if used is None:
+            used = self._used[fh] = collections.OrderedDict()
+        first = used.get(block)
+        if first is None:
+            if origin == "hot" and block in self._ahead:
+                origin = self._ahead.pop(block)  # fetched ahead for this reader
+            used[block] = origin
+            while len(used) > _REMEMBER:
+                used.popitem(last=False)
             self.counters.add("hits" if origin == "hot" else "misses")
+            self.cache.accessed(block_key(self.source.id, block))
+        else:
+            origin = first
+        self.counters.add("bytes_" + origin, nbytes)
 
     def _fetch_ahead(self, blocks: range) -> None:
         if self._nursery is None:
@@ -90,7 +100,7 @@ class CachedReader:
         for block in blocks:
             if block >= nblocks or self._prefetch.running >= self._prefetch.limit:
                 return
-            if self.cache.available(block_key(self.source.id, block)):
+            if self.cache.loaded(block_key(self.source.id, block)):
                 continue
             self._prefetch.running += 1
             self._nursery.start_soon(self._fetch_one, block)
@@ -109,4 +119,4 @@ class CachedReader:
 
     def closed(self, fh: int) -> None:
         self._streams.pop(fh, None)
-        self._counted.pop(fh, None)
+        self._used.pop(fh, None)

@@ -304,7 +304,7 @@ KEYS: tuple[Key, ...] = (
     Key("cache_warm", _auto_bool, lambda: "auto",
         "Cache blocks of warm files on the hot tier: true, false, or auto (only when the "
         "warm tier is a network file system)."),
-    Key("prefetch_limit", _read_ahead, lambda: 64 * 1024 * 1024,
+    Key("prefetch_limit", _read_ahead, lambda: 128 * 1024 * 1024,
         "Largest read-ahead window of a sequential reader of a cached file (a size)."),
     Key("read_memory", _memory, lambda: 256 * 1024 * 1024,
         "Memory for blocks being read, shared by all open files (a size)."),
@@ -318,7 +318,7 @@ KEYS: tuple[Key, ...] = (
         "Kernel read-ahead window for the mount (a size such as 8MiB)."),
     Key("warm_threads", _count, lambda: 16,
         "Worker threads for warm-tier (NFS) calls; NFS servers limit connections."),
-    Key("hot_threads", _count, lambda: 8,
+    Key("hot_threads", _count, lambda: 16,
         "Worker threads for hot-tier (local disk) calls."),
     Key("log_level", _log_level, lambda: "info",
         "Log level: debug, info, warning or error."),

@@ -16,7 +16,7 @@ Blocks are evicted (by the policy, one victim per block coming in) to stay under
 watermark; when the hot disk itself runs out of space, down to the low watermark at once.
 Pinned blocks are outside the policy and never evicted.
 
-Index: every block has an entry in the ``blocks`` database (size, CRC-32, policy segment,
+Index: every block has an entry in the ``blocks`` database (size, checksum, policy segment,
 frequency, access sequence, pinned). Entries change in memory and reach LMDB in the
 filesystem's batch, at most once per flush interval; at mount, entries without a file and files
 without an entry are dropped, and the policy is rebuilt in access order.
@@ -45,8 +45,8 @@ log = logging.getLogger(__name__)
 DB = "blocks"
 #: Pinned sources: source id -> the path it was pinned by.
 PINS = "pins"
-#: size, crc32, segment, frequency, access sequence, pinned
-_ENTRY = struct.Struct(">QIBIQB")
+#: size, checksum (XXH3-64), segment, frequency, access sequence, pinned
+_ENTRY = struct.Struct(">QQBIQB")
 _BLOCK = struct.Struct(">I")
 #: Source ids are this many bytes of a SHA-256; a block key is the id plus a 4-byte number.
 ID_BYTES = 16

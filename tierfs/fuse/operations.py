@@ -141,7 +141,7 @@ class Operations(pyfuse3.Operations):
         return pyfuse3.FileInfo(fh=fh, keep_cache=False, direct_io=direct), self._entry(attrs)
 
     @to_fuse_errors
-    async def read(self, fh: int, off: int, size: int) -> bytes:
+    async def read(self, fh: int, off: int, size: int) -> bytes | memoryview:  # type: ignore[override]  # noqa: E501
         return await self.fs.read(fh, off, size)
 
     @to_fuse_errors

@@ -49,12 +49,17 @@ class CachedReader:
         #: Per handle: the blocks it has used recently and where each came from.
         self._used: dict[int, collections.OrderedDict[int, str]] = {}
         self._ahead: collections.OrderedDict[int, str] = collections.OrderedDict()
+        #: What the reader was made for (a stub, a warm identity): the file system makes a
+        #: new reader when that changes.
+        self.made_for: object = None
 
     @property
     def size(self) -> int:
         return self.source.size
 
-    async def read(self, fh: int, offset: int, size: int) -> bytes:
+    async def read(self, fh: int, offset: int, size: int) -> bytes | memoryview:
+        """The bytes at ``offset``; a request inside one block is a view of that block, not
+        a copy (pyfuse3 replies from any buffer)."""
         end = min(offset + size, self.source.size)
         if offset >= end:
             return b""
@@ -69,9 +74,9 @@ class CachedReader:
             data, origin = await self.cache.get(self.source, block)
             start = max(offset, block * bs) - block * bs
             stop = min(end, (block + 1) * bs) - block * bs
-            parts.append(data[start:stop])
+            parts.append(memoryview(data)[start:stop])
             self._account(fh, block, origin, stop - start)
-        return b"".join(parts)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def _account(self, fh: int, block: int, origin: str, nbytes: int) -> None:
         """Count bytes by where their block came from when this handle first used it: a

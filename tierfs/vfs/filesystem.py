@@ -713,7 +713,7 @@ class FileSystem:
         except ObjectStoreError as e:
             log.error("could not delete unreferenced object %s: %s", key, e)
 
-    async def read(self, fh: int, offset: int, size: int) -> bytes:
+    async def read(self, fh: int, offset: int, size: int) -> bytes | memoryview:
         data = self._handles[fh].data
         if data.upload is not None and offset < data.upload.cut:
             log.warning("read of a range already streamed to %s: readable after close",
@@ -736,17 +736,24 @@ class FileSystem:
     def _reader(self, data: OpenFile) -> CachedReader | None:
         """The block-cache reader of an unstaged file: always for a cold file, for a warm one
         when warm caching is on."""
+        reader = data.reader
         if data.stub is not None:
+            if reader is not None and reader.made_for is data.stub:
+                return reader
             source = self.cold_source(data.stub)
+            made_for: object = data.stub
         elif self.cache_warm and data.warm_fd is not None and data.warm_id is not None:
+            if reader is not None and reader.made_for is data.warm_id:
+                return reader
             fd = data.warm_fd
             source = self.warm_source(
                 data.warm_id, lambda start, length: self.warm.run(os.pread, fd, length, start))
+            made_for = data.warm_id
         else:
             return None
-        if data.reader is None or data.reader.source.id != source.id:
-            data.reader = CachedReader(self.cache, source, self.counters, self._nursery,
-                                       self._prefetch, self._window)
+        data.reader = CachedReader(self.cache, source, self.counters, self._nursery,
+                                   self._prefetch, self._window)
+        data.reader.made_for = made_for
         return data.reader
 
     def cold_source(self, stub: Stub) -> Source:

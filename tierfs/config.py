@@ -240,6 +240,12 @@ def _memory(value: Any) -> int:
     return size
 
 
+def _durability(value: Any) -> str:
+    if value not in ("sync", "writeback"):
+        raise ValueError("expected sync or writeback")
+    return str(value)
+
+
 def _log_level(value: Any) -> str:
     levels = ("debug", "info", "warning", "error")
     if not isinstance(value, str) or value.lower() not in levels:
@@ -292,6 +298,10 @@ KEYS: tuple[Key, ...] = (
         "Parts of a streaming upload the hot tier may hold at once (uploading or filling)."),
     Key("block_size", _block_size, lambda: 8 * 1024 * 1024,
         "Cold files (and cached warm files) are read and cached in blocks of this size."),
+    Key("durability", _durability, lambda: "sync",
+        "sync: close returns once the data is on its home tier; writeback: once it is staged "
+        "on the hot tier (and journaled), the upload going on in the background. fsync always "
+        "waits for the home tier."),
     Key("hot_capacity", _capacity, lambda: "50%",
         "Most bytes the block cache may hold on the hot tier: a size (200GiB) or a share of "
         "the hot disk (50%)."),
@@ -342,6 +352,7 @@ class Config:
     part_size: int
     upload_window: int
     block_size: int
+    durability: str
     hot_capacity: str
     cache_high_watermark: float
     cache_low_watermark: float

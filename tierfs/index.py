@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import lmdb
+import trio
 
 from tierfs.errors import MountError
 
@@ -82,19 +83,27 @@ class Index:
 class Batch:
     """Changes queued on the event loop, committed later in one transaction by a worker thread.
 
-    Reads through ``get`` see queued changes first, so callers never observe the delay.
+    Reads through ``pending`` see queued changes first, so callers never observe the delay.
+    ``sync`` is a group commit: it returns once every change queued before it is durable, and
+    callers that arrive while a commit runs share the next one.
     """
 
     def __init__(self, index: Index) -> None:
         self.index = index
         self._pending: dict[tuple[str, bytes], bytes | None] = {}
         self._committing: dict[tuple[str, bytes], bytes | None] = {}
+        #: Changes queued so far, and the number of them known to be committed.
+        self._queued = 0
+        self._durable = 0
+        self._done: trio.Event | None = None
 
     def put(self, db: str, key: bytes, value: bytes) -> None:
         self._pending[(db, key)] = value
+        self._queued += 1
 
     def delete(self, db: str, key: bytes) -> None:
         self._pending[(db, key)] = None
+        self._queued += 1
 
     def pending(self, db: str, key: bytes) -> tuple[bool, bytes | None]:
         """Whether the key has a queued change, and its queued value."""
@@ -105,13 +114,28 @@ class Batch:
 
     async def flush(self, run_in_thread: Callable[..., Awaitable[None]]) -> None:
         """Commit what is queued; changes stay visible through ``pending`` until committed."""
-        if not self._pending or self._committing:
+        if self._done is not None:  # a commit is running: wait for it, the caller may retry
+            await self._done.wait()
             return
+        if not self._pending:
+            self._durable = self._queued
+            return
+        upto = self._queued
         self._committing, self._pending = self._pending, {}
+        self._done = done = trio.Event()
         try:
             await run_in_thread(self.index.commit, self._committing)
+            self._durable = upto
         except BaseException:
             self._pending = {**self._committing, **self._pending}
             raise
         finally:
             self._committing = {}
+            self._done = None
+            done.set()
+
+    async def sync(self, run_in_thread: Callable[..., Awaitable[None]]) -> None:
+        """Return once every change queued before this call is committed."""
+        target = self._queued
+        while self._durable < target:
+            await self.flush(run_in_thread)

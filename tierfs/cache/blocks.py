@@ -337,6 +337,10 @@ class BlockCache:
             raise OSError(errno.ENOSPC, "the block cache is full of pinned blocks")
         return True
 
+    async def free(self, nbytes: int) -> None:
+        """Evict at least ``nbytes`` of unpinned blocks (the hot disk is full)."""
+        await self._evict_to(max(0, min(self.low, self.used - nbytes)))
+
     async def _evict_to(self, target: int) -> None:
         async with self._evicting:
             while self.used > target:

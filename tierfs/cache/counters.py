@@ -31,6 +31,7 @@ NAMES = (
     "rejected",        # fetched blocks not kept: the admission filter preferred what was cached
     "store_failures",  # blocks that could not be cached (disk full, I/O error): read through
     "bad_blocks",      # cached blocks that failed their checksum and were dropped
+    "upload_errors",   # write-back publishes that failed (and were retried)
 )
 
 

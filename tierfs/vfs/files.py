@@ -56,8 +56,8 @@ class OpenFile:
     mtime_ns: int = 0
     #: Staged data not yet published to the warm tier.
     dirty: bool = False
-    #: A publish failed; the staging file must outlive the last handle.
-    publish_failed: bool = False
+    #: A write-back publish failed: reported once by the next close (or fsync) of the file.
+    error: OSError | None = None
     #: An O_DIRECT write bypassed the kernel's page cache, so cached pages may be stale.
     direct_written: bool = False
     handles: int = 0

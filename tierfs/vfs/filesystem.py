@@ -31,6 +31,7 @@ from tierfs.cache import counters as counter_names
 from tierfs.cache.blocks import BlockCache, Source, cold_source_id, warm_source_id
 from tierfs.cache.counters import Counters
 from tierfs.cache.eviction import make_policy
+from tierfs.cache.store import is_no_space
 from tierfs.config import Config, resolve_capacity
 from tierfs.index import FLUSH_INTERVAL, Batch, Index
 from tierfs.objects.base import ObjectStoreError
@@ -42,7 +43,8 @@ from tierfs.tiers.warm import (RENAME_EXCHANGE, RENAME_NOREPLACE, WarmTier, copy
 from tierfs.vfs.blockread import CachedReader, Prefetch
 from tierfs.vfs.files import Handle, OpenFile
 from tierfs.vfs.inodes import ROOT_INODE, Inode, InodeTable, identity
-from tierfs.vfs.streaming import StreamingUpload
+from tierfs.vfs.journal import Entry, Journal, Upload
+from tierfs.vfs.streaming import StreamingUpload, part_size
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +121,7 @@ class FileSystem:
         self.cold = cold
         self.index = index
         self.batch = Batch(index)
+        self.journal = Journal(self.batch, hot.run)
         self.counters = Counters()
         self.counters.restore(index.get("meta", counter_names.KEY))
         disk = os.statvfs(hot.root)
@@ -144,6 +147,10 @@ class FileSystem:
         self.invalidate_attrs = lambda ino: None
         #: Where streaming uploads run their part tasks (set by run_background).
         self._nursery: trio.Nursery | None = None
+        #: Write-back: files closed but not yet home, each with the task publishing it.
+        self.writeback: dict[int, tuple[Inode, OpenFile]] = {}
+        self._writeback_idle = trio.Event()
+        self._writeback_idle.set()
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -168,16 +175,22 @@ class FileSystem:
         await self.batch.flush(self.hot.run)
 
     async def shutdown(self) -> None:
-        """Publish whatever is still dirty (a handle the kernel never released) and commit."""
-        for handle in list(self._handles.values()):
-            data = handle.data
+        """Publish whatever is still dirty (a handle the kernel never released, write-back
+        files not yet home) and commit. What cannot be published stays journaled."""
+        pending = [(h.inode, h.data) for h in self._handles.values()]
+        pending += list(self.writeback.values())
+        for inode, data in pending:
             if data.dirty:
                 try:
-                    await self._publish(handle.inode, data)
+                    await self._publish(inode, data)
                 except OSError as e:
                     log.error("could not publish %r at shutdown, staged data kept as %s: %s",
-                              handle.inode.links, data.staging_id, e)
+                              inode.links, data.staging_id, e)
         await self.save_index()
+
+    async def wait_writeback(self) -> None:
+        """Wait until every write-back file is home (or has failed at least once)."""
+        await self._writeback_idle.wait()
 
     # -- helpers --------------------------------------------------------------------------
 
@@ -342,6 +355,7 @@ class FileSystem:
                     if data.upload is not None and changes.size < data.upload.cut:
                         raise _err(errno.EOPNOTSUPP)  # already on its way to the bucket
                     await self._stage(inode, data, keep=changes.size)
+                    self._reopened(data)
                     await self.hot.run(os.ftruncate, data.staging_fd, changes.size)
                     data.size = changes.size
                     data.written = min(data.written, changes.size)
@@ -467,6 +481,8 @@ class FileSystem:
             await self.warm.run(self.warm.unlink, rel)
             removed = self.inodes.remove_link(parent, name)
             _forget_base(removed)
+            if self._rejournal(removed):
+                await self.journal.sync()  # an unlinked name must not come back at recovery
         await self._drop_unreferenced(removed)
 
     async def rmdir(self, parent: int, name: bytes) -> None:
@@ -504,7 +520,42 @@ class FileSystem:
                 replaced = None
             else:
                 self.inodes.move(parent, name, new_parent, new_name)
+            # Staged data must be published under the new names after a crash too.
+            changed = self._rejournal(replaced)
+            for sid, entry in list(self.journal.entries.items()):
+                if entry.path in (rel, new_rel) or entry.path.startswith((rel + b"/",
+                                                                          new_rel + b"/")):
+                    changed = self._rejournal_sid(sid) or changed
+            if changed:
+                await self.journal.sync()
         await self._drop_unreferenced(replaced)
+
+    def _rejournal(self, inode: Inode | None) -> bool:
+        """Re-point an inode's journal entry at its current path (nothing to publish if it
+        has none left); True if the entry said its data may be published."""
+        if inode is None or inode.data is None or inode.data.staging_id is None:
+            return False
+        return self._rejournal_sid(inode.data.staging_id, inode)
+
+    def _rejournal_sid(self, sid: str, inode: Inode | None = None) -> bool:
+        entry = self.journal.entries.get(sid)
+        if entry is None:
+            return False
+        if inode is None:
+            inode = next((h.inode for h in self._handles.values()
+                          if h.data.staging_id == sid), None)
+            if inode is None:
+                inode = next((i for i, d in self.writeback.values() if d.staging_id == sid),
+                             None)
+        if inode is None:
+            return False
+        was_closed = entry.closed
+        rel = self._rel_or_none(inode)
+        entry.path = rel if rel is not None else b""
+        if rel is None:
+            entry.closed = False
+        self.journal.record(sid, entry)
+        return was_closed
 
     async def _drop_unreferenced(self, inode: Inode | None) -> None:
         """A cold file that lost its last name: its object goes now, or when the last handle
@@ -598,6 +649,10 @@ class FileSystem:
             inode.data = data
         else:
             version = inode.cached_version
+            if writable and inode.ino in self.writeback and data.dirty:
+                # What the last close acknowledged must reach home before new writes change
+                # the staging file under it (a crash would otherwise lose both versions).
+                await self._publish(inode, data)
         if data.stub is not None and not data.staged and writable and not flags & os.O_TRUNC:
             # Objects cannot be changed in place; see docs/semantics.md.
             if data.handles == 0:
@@ -686,7 +741,9 @@ class FileSystem:
         data.written = size
         rel = self._rel_or_none(inode)
         if rel is not None:
-            self.batch.put("journal", sid.encode(), rel)
+            self.journal.record(sid, Entry(rel, size=size, atime_ns=data.atime_ns,
+                                           mtime_ns=data.mtime_ns,
+                                           replaces=data.replaces_object))
 
     async def _download(self, stub: Stub, fd: int, size: int) -> None:
         """Copy the first ``size`` bytes of a stub's object into a staging file."""
@@ -777,7 +834,15 @@ class FileSystem:
                 offset = data.size
             if data.upload is not None and offset < data.upload.cut:
                 raise _err(errno.EOPNOTSUPP)  # that range is already on its way to the bucket
-            written = await self.hot.run(os.pwrite, data.staging_fd, buf, offset)
+            self._reopened(data)
+            try:
+                written = await self.hot.run(os.pwrite, data.staging_fd, buf, offset)
+            except OSError as e:
+                if not is_no_space(e):
+                    raise
+                # The hot disk is full: cached blocks can go (staging and pins cannot).
+                await self.cache.free(4 * len(buf) + self.config.block_size)
+                written = await self.hot.run(os.pwrite, data.staging_fd, buf, offset)
             data.size = max(data.size, offset + written)
             if offset <= data.written:
                 data.written = max(data.written, offset + written)
@@ -808,17 +873,40 @@ class FileSystem:
             key = self.config.bucket.key(os.fsdecode(rel))
             mode = stat.S_IMODE(base.st_mode) if base is not None else 0o644
             metadata = {"mode": f"{mode:04o}", "mtime-ns": str(data.mtime_ns)}
+            assert data.staging_fd is not None and data.staging_id is not None  # after _stage
+            entry = self.journal.entries.get(data.staging_id)
+            if entry is not None:  # no upload nobody knows of, whenever a crash comes
+                entry.upload = Upload(key, time.time(), self.config.part_size)
+                self.journal.record(data.staging_id, entry)
+                await self.journal.sync()
             try:
                 upload_id = await self.cold.run(self.cold.store.create_multipart, key, metadata)
             except ObjectStoreError as e:
                 log.error("could not start the upload of %s: %s", key, e)
                 raise _err(errno.EIO) from None
-            assert data.staging_fd is not None  # _route runs after _stage
+            if entry is not None:
+                assert entry.upload is not None
+                entry.upload.upload_id = upload_id
+                self.journal.record(data.staging_id, entry)
             data.upload = StreamingUpload(self.cold, self.hot, self._nursery, data.staging_fd,
                                           key, upload_id, self.config.part_size,
-                                          self.config.upload_window)
+                                          self.config.upload_window,
+                                          self._part_recorder(data.staging_id))
             log.info("streaming %s to %s (upload %s)", rel, key, upload_id)
         await data.upload.feed(data.written)
+
+    def _part_recorder(self, sid: str) -> Callable[[int, str], Awaitable[None]]:
+        """Make each completed part durable in the journal before its bytes leave staging."""
+
+        async def record(number: int, etag: str) -> None:
+            entry = self.journal.entries.get(sid)
+            if entry is None or entry.upload is None:
+                return
+            entry.upload.parts[number] = etag
+            self.journal.record(sid, entry)
+            await self.journal.sync()
+
+        return record
 
     def _rule_for(self, inode: Inode) -> str:
         """The tier a path rule pins this file to ("warm", "cold"), or "" for none."""
@@ -835,11 +923,41 @@ class FileSystem:
     async def flush(self, fh: int) -> None:
         handle = self._handles[fh]
         data = handle.data
-        if handle.writable and data.dirty:
-            if data.upload is not None and data.writers > 1:
-                await data.upload.wait_idle()  # another writer goes on: the object is not done
+        if not handle.writable:
+            return
+        if data.error is not None and data.writers <= 1:
+            error, data.error = data.error, None
+            raise error  # a write-back publish failed since the last close: say so once
+        if not data.dirty:
+            return
+        if data.upload is not None and data.writers > 1:
+            await data.upload.wait_idle()  # another writer goes on: the object is not done
+            return
+        if data.writers <= 1:
+            self._mark_closed(data)
+            if self.config.durability == "writeback":
+                # Staged and journaled is enough: the last release hands it to write-back.
+                await self.journal.sync()
                 return
-            await self._publish(handle.inode, data)
+        await self._publish(handle.inode, data)
+
+    def _reopened(self, data: OpenFile) -> None:
+        """New writes to staged content that a close had released: it may not be published
+        as it is any more (it would be half-written)."""
+        entry = None if data.staging_id is None else self.journal.entries.get(data.staging_id)
+        if entry is not None and entry.closed:
+            entry.closed = False
+            self.journal.record(data.staging_id, entry)  # type: ignore[arg-type]
+
+    def _mark_closed(self, data: OpenFile) -> None:
+        """The last writer closed the file: its staged content may be published, and will
+        be by recovery if a crash comes first."""
+        entry = None if data.staging_id is None else self.journal.entries.get(data.staging_id)
+        if entry is None:
+            return
+        entry.closed = True
+        entry.size, entry.atime_ns, entry.mtime_ns = data.size, data.atime_ns, data.mtime_ns
+        self.journal.record(data.staging_id, entry)  # type: ignore[arg-type]
 
     async def fsync(self, fh: int) -> None:
         handle = self._handles[fh]
@@ -859,14 +977,49 @@ class FileSystem:
             data.reader.closed(fh)
         try:
             if data.handles == 0:
+                if data.dirty and inode.links and self.config.durability == "writeback":
+                    self._start_writeback(inode, data)
+                    return
                 if data.dirty:
                     try:
                         await self._publish(inode, data)
                     except OSError as e:
                         log.error("publishing inode %d failed at release; staged data kept "
                                   "as %s: %s", inode.ino, data.staging_id, e)
-                await self._discard(inode, data)
+                if inode.ino not in self.writeback:
+                    await self._discard(inode, data)
         finally:
+            self.inodes.closed(inode)
+
+    def _start_writeback(self, inode: Inode, data: OpenFile) -> None:
+        """Publish a closed file in the background, retrying until it is home."""
+        if inode.ino in self.writeback or self._nursery is None:
+            return
+        self.writeback[inode.ino] = (inode, data)
+        self.inodes.opened(inode)  # the inode stays known until its data is home
+        self._writeback_idle = trio.Event()
+        self._nursery.start_soon(self._writeback, inode, data)
+
+    async def _writeback(self, inode: Inode, data: OpenFile) -> None:
+        delay = 1.0
+        try:
+            while data.dirty and inode.links:
+                try:
+                    await self._publish(inode, data)
+                    data.error = None
+                except OSError as e:
+                    self.counters.add("upload_errors")
+                    data.error = e
+                    log.error("write-back of inode %d failed, retrying in %.0f s: %s",
+                              inode.ino, delay, e)
+                    await trio.sleep(delay)
+                    delay = min(delay * 2, 60.0)
+        finally:
+            del self.writeback[inode.ino]
+            if not self.writeback:
+                self._writeback_idle.set()
+            if data.handles == 0 and inode.data is data:
+                await self._discard(inode, data)
             self.inodes.closed(inode)
 
     async def _publish_cold(self, inode: Inode, data: OpenFile) -> None:
@@ -919,7 +1072,7 @@ class FileSystem:
         self.invalidate_attrs(inode.ino)
         await self.hot.run(_close_and_remove, self.hot, sid, fd)
         if sid is not None:
-            self.batch.delete("journal", sid.encode())
+            self.journal.drop(sid)
         if replaced not in (None, info.key):
             await self._delete_object(replaced)
 
@@ -968,7 +1121,15 @@ class FileSystem:
 
         await self.hot.run(close)
         if remove is not None:
-            self.batch.delete("journal", remove.encode())
+            self.journal.drop(remove)
+
+    def _mark_published(self, data: OpenFile) -> None:
+        """The staged content is home: recovery has nothing to publish for it."""
+        entry = None if data.staging_id is None else self.journal.entries.get(data.staging_id)
+        if entry is not None and entry.closed:
+            entry.closed = False
+            entry.replaces = None
+            self.journal.record(data.staging_id, entry)  # type: ignore[arg-type]
 
     async def _publish(self, inode: Inode, data: OpenFile) -> None:
         """Copy staged data to the warm tier so that readers there see it whole: temp name,
@@ -998,6 +1159,7 @@ class FileSystem:
             self.inodes.rekey(inode, st)
             data.base = st
             data.dirty = False
+            self._mark_published(data)
             inode.stub = data.stub = None  # it is a warm file now
             if data.replaces_object is not None:
                 await self._delete_object(data.replaces_object)

@@ -21,6 +21,8 @@ import ctypes
 import errno
 import logging
 import os
+from collections.abc import Awaitable, Callable
+
 import trio
 
 from tierfs.objects.base import MAX_PART_SIZE, ObjectInfo, ObjectStoreError
@@ -53,12 +55,18 @@ def part_size(first: int, number: int) -> int:
 
 class StreamingUpload:
     def __init__(self, cold: ColdTier, hot: HotTier, nursery: trio.Nursery, staging_fd: int,
-                 key: str, upload_id: str, first_part: int, window: int) -> None:
+                 key: str, upload_id: str, first_part: int, window: int,
+                 on_part: Callable[[int, str], Awaitable[None]],
+                 done: dict[int, str] | None = None) -> None:
         self.cold, self.hot, self.nursery = cold, hot, nursery
         self.fd = staging_fd
         self.key, self.upload_id = key, upload_id
         self.first_part = first_part
-        self.parts: dict[int, str] = {}
+        #: Called with each completed part before its bytes leave staging: the journal makes
+        #: it durable, so a crash never loses bytes that are in no completed part.
+        self.on_part = on_part
+        #: Completed parts (number -> ETag); a resumed upload starts with those it had.
+        self.parts: dict[int, str] = dict(done or {})
         self.next_part = 1
         #: Bytes [0, cut) belong to parts already handed to upload tasks.
         self.cut = 0
@@ -79,10 +87,14 @@ class StreamingUpload:
         from the start); waits while the window is full."""
         self._check()
         while written - self.cut >= part_size(self.first_part, self.next_part):
-            await self._claim()
-            self._check()
             number, offset = self.next_part, self.cut
             size = part_size(self.first_part, number)
+            if number in self.parts:  # resumed: this part is already in the bucket
+                self.next_part += 1
+                self.cut += size
+                continue
+            await self._claim()
+            self._check()
             self.next_part += 1
             self.cut += size
             self.nursery.start_soon(self._upload, number, offset, size)
@@ -101,14 +113,15 @@ class StreamingUpload:
                 raise OSError(errno.EIO, "staging file is shorter than the part")
             etag = await self.cold.run(self.cold.store.upload_part, self.key, self.upload_id,
                                        number, data)
-            self.parts[number] = etag
             del data
+            await self.on_part(number, etag)
+            self.parts[number] = etag
             await self.hot.run(punch_hole, self.fd, offset, size)
         except ObjectStoreError as e:
             log.error("uploading part %d of %s failed: %s", number, self.key, e)
             self.error = e
             self.failed.append((number, offset, size))
-        except OSError as e:
+        except Exception as e:  # noqa: BLE001 - staging or journal: the part is retried
             log.error("staging part %d of %s failed: %s", number, self.key, e)
             self.error = ObjectStoreError(str(e))
             self.failed.append((number, offset, size))
@@ -146,8 +159,9 @@ class StreamingUpload:
             length = min(part_size(self.first_part, number), size - offset)
             self.next_part += 1
             self.cut += length
-            await self._run_inline(number, offset, length)
-            self._check()
+            if number not in self.parts:
+                await self._run_inline(number, offset, length)
+                self._check()
         return await self.cold.run(self.cold.store.complete_multipart, self.key,
                                    self.upload_id, sorted(self.parts.items()))
 

@@ -8,6 +8,7 @@ environment read-only while the mount runs.
 
 from __future__ import annotations
 
+import os
 import struct
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -60,6 +61,26 @@ class Index:
             elif found is not None and unpack_u64(found) != FORMAT_VERSION:
                 raise MountError(f"the index at {path} has format {unpack_u64(found)}, this "
                                  f"tierfs reads format {FORMAT_VERSION}")
+
+    def node_id(self) -> bytes:
+        """A random id for this hot tier (this node), made once and kept."""
+        with self.env.begin(db=self.dbs["meta"], write=True) as txn:
+            node = txn.get(b"node")
+            if node is None:
+                node = os.urandom(4).hex().encode()
+                txn.put(b"node", node)
+            return bytes(node)
+
+    def begin_run(self) -> bool:
+        """Mark the index as in use; returns whether the previous run ended cleanly."""
+        with self.env.begin(db=self.dbs["meta"], write=True) as txn:
+            clean = txn.get(b"clean") in (None, b"1")
+            txn.put(b"clean", b"0")
+        return clean
+
+    def end_run(self) -> None:
+        with self.env.begin(db=self.dbs["meta"], write=True) as txn:
+            txn.put(b"clean", b"1")
 
     def get(self, db: str, key: bytes) -> bytes | None:
         with self.env.begin(db=self.dbs[db]) as txn:

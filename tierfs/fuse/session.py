@@ -28,6 +28,7 @@ from tierfs.mounting import NETWORK_FS, fs_type
 from tierfs.tiers.cold import ColdTier, open_checked_store
 from tierfs.tiers.hot import HotTier
 from tierfs.tiers.warm import WarmTier
+from tierfs.vfs import recovery
 from tierfs.vfs.filesystem import FileSystem
 
 log = logging.getLogger(__name__)
@@ -77,8 +78,14 @@ def _invalidate_attrs(ino: int) -> None:
         pass  # the kernel does not know this inode any more: nothing to invalidate
 
 
+async def _purge_temps(fs: FileSystem) -> None:
+    removed = await fs.warm.run(recovery.purge_temps, fs)
+    if removed:
+        log.warning("removed %d temp files an unclean stop left on the warm tier", removed)
+
+
 async def _serve(fs: FileSystem, ops: Operations, mountpoint: str, read_ahead: int,
-                 on_ready: Callable[[], None]) -> bool:
+                 on_ready: Callable[[], None], clean: bool) -> bool:
     """Serve until unmounted or signalled; returns True if a signal asked us to unmount."""
     signalled = False
     async with trio.open_nursery() as nursery:
@@ -102,7 +109,10 @@ async def _serve(fs: FileSystem, ops: Operations, mountpoint: str, read_ahead: i
                                           str(socket_path(fs.hot.root))))
             on_ready()
 
-        nursery.start_soon(fs.run_background)
+        await nursery.start(fs.run_background)
+        await recovery.recover(fs)  # before any request: nobody sees a half-recovered file
+        if not clean:
+            nursery.start_soon(_purge_temps, fs)
         nursery.start_soon(watch_signals)
         await nursery.start(control.serve, socket_path(fs.hot.root), make_handlers(fs))
         nursery.start_soon(when_initialized)
@@ -127,13 +137,11 @@ def run(config: Config, mountpoint: str, on_ready: Callable[[], None]) -> None:
     hot.acquire(mountpoint)
     warm = WarmTier(config.warm, config.warm_threads)
     index = Index(hot.index_dir)
+    warm.node = index.node_id()
+    clean = index.begin_run()
     try:
         cold = ColdTier(open_checked_store(config), config.cold_threads)
         fs = FileSystem(config, hot, warm, cold, index, cache_warm=_cache_warm(config))
-        leftovers = hot.staged_ids()
-        if leftovers:
-            log.warning("%d staged files from an earlier run are kept in %s for recovery",
-                        len(leftovers), hot.staging_dir)
         fs.invalidate_attrs = _invalidate_attrs
         ops = Operations(fs, config.entry_timeout, config.attr_timeout)
         options = set(pyfuse3.default_options)
@@ -144,7 +152,9 @@ def run(config: Config, mountpoint: str, on_ready: Callable[[], None]) -> None:
         unmount = True
         try:
             log.info("mounted %s (hot %s, warm %s)", mountpoint, config.hot, config.warm)
-            unmount = trio.run(_serve, fs, ops, mountpoint, config.read_ahead, on_ready)
+            unmount = trio.run(_serve, fs, ops, mountpoint, config.read_ahead, on_ready,
+                               clean)
+            index.end_run()
         finally:
             registry.unregister(mountpoint, os.getpid())
             pyfuse3.close(unmount=unmount)

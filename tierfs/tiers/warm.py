@@ -79,11 +79,22 @@ class WarmTier(Tier):
         super().__init__(threads)
         self.root = root
         self.fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        #: This node's id (from the hot tier's index), in the names of its temp files.
+        self.node = b"0"
 
     def close(self) -> None:
         os.close(self.fd)
 
     # -- metadata -------------------------------------------------------------------------
+
+    def _temp_name(self) -> bytes:
+        # The node's id first: after a crash, a node removes its own temp files and never
+        # those of another node publishing into the same tree.
+        return TEMP_PREFIX + self.node + b"-" + uuid.uuid4().hex.encode() + TEMP_SUFFIX
+
+    def is_ours(self, name: bytes) -> bool:
+        """Whether a temp file name was made by this node."""
+        return name.startswith(TEMP_PREFIX + self.node + b"-")
 
     def lstat(self, rel: bytes) -> os.stat_result:
         return os.stat(rel, dir_fd=self.fd, follow_symlinks=False)
@@ -132,7 +143,7 @@ class WarmTier(Tier):
         """Swap a symlink's target atomically (a stub's mode or mtime changed), keeping its
         owner."""
         old = self.lstat(rel)
-        tmp = join(split(rel)[0], TEMP_PREFIX + uuid.uuid4().hex.encode() + TEMP_SUFFIX)
+        tmp = join(split(rel)[0], self._temp_name())
         os.symlink(target, tmp, dir_fd=self.fd)
         try:
             os.chown(tmp, old.st_uid, old.st_gid, dir_fd=self.fd, follow_symlinks=False)
@@ -263,7 +274,7 @@ class WarmTier(Tier):
 
     def open_temp(self, parent: bytes) -> tuple[bytes, int]:
         """A new, empty temp file in ``parent``, to be renamed over its target when whole."""
-        tmp = join(parent, TEMP_PREFIX + uuid.uuid4().hex.encode() + TEMP_SUFFIX)
+        tmp = join(parent, self._temp_name())
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600,
                      dir_fd=self.fd)
         return tmp, fd

@@ -44,7 +44,7 @@ from tierfs.vfs.blockread import CachedReader, Prefetch
 from tierfs.vfs.files import Handle, OpenFile
 from tierfs.vfs.inodes import ROOT_INODE, Inode, InodeTable, identity
 from tierfs.vfs.journal import Entry, Journal, Upload
-from tierfs.vfs.streaming import StreamingUpload, part_size
+from tierfs.vfs.streaming import StreamingUpload
 
 log = logging.getLogger(__name__)
 
@@ -154,18 +154,26 @@ class FileSystem:
 
     # -- lifecycle ------------------------------------------------------------------------
 
-    async def run_background(self) -> None:
-        """Commit index batches every FLUSH_INTERVAL, and host streaming-upload tasks, until
-        cancelled."""
+    async def run_background(self,
+                             task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                             ) -> None:
+        """Commit index batches every FLUSH_INTERVAL, and host streaming-upload, read-ahead
+        and write-back tasks, until cancelled."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             self.cache.bind(nursery)
+            task_status.started()
             while True:
                 await trio.sleep(FLUSH_INTERVAL)
                 try:
                     await self.save_index()
                 except Exception:  # a full hot disk, say: the next interval tries again
                     log.exception("committing the index failed; retrying later")
+
+    @property
+    def nursery(self) -> trio.Nursery | None:
+        """Where background tasks of the filesystem run (None before run_background)."""
+        return self._nursery
 
     async def save_index(self) -> None:
         """Queue cache entries and counters into the batch, and commit it."""
@@ -891,11 +899,11 @@ class FileSystem:
             data.upload = StreamingUpload(self.cold, self.hot, self._nursery, data.staging_fd,
                                           key, upload_id, self.config.part_size,
                                           self.config.upload_window,
-                                          self._part_recorder(data.staging_id))
+                                          self.part_recorder(data.staging_id))
             log.info("streaming %s to %s (upload %s)", rel, key, upload_id)
         await data.upload.feed(data.written)
 
-    def _part_recorder(self, sid: str) -> Callable[[int, str], Awaitable[None]]:
+    def part_recorder(self, sid: str) -> Callable[[int, str], Awaitable[None]]:
         """Make each completed part durable in the journal before its bytes leave staging."""
 
         async def record(number: int, etag: str) -> None:
@@ -963,8 +971,14 @@ class FileSystem:
         handle = self._handles[fh]
         data = handle.data
         if data.upload is not None:
-            # What was cut into parts is stored; the object appears when the last writer closes.
+            # What was cut into parts is stored; the object appears when the last writer
+            # closes, or at recovery after a crash (the journal keeps the fsynced size).
             await data.upload.wait_idle()
+            entry = self.journal.entries.get(data.staging_id or "")
+            if entry is not None:
+                entry.synced = data.size
+                self.journal.record(data.staging_id, entry)  # type: ignore[arg-type]
+                await self.journal.sync()
         elif data.dirty:
             await self._publish(handle.inode, data)
 

@@ -51,6 +51,9 @@ class Entry:
     upload: Upload | None = None
     #: The object the file's previous stub named, to delete once this data is published.
     replaces: str | None = None
+    #: A file streaming to the bucket was fsynced at this size: recovery completes its
+    #: upload up to there even if it was not closed.
+    synced: int | None = None
 
     def encode(self) -> bytes:
         data: dict[str, Any] = dataclasses.asdict(self)

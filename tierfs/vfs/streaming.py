@@ -162,8 +162,11 @@ class StreamingUpload:
             if number not in self.parts:
                 await self._run_inline(number, offset, length)
                 self._check()
+        # Only parts up to the end: a resumed upload may have parts past the size it was
+        # fsynced at, and a gap among them would shift everything after it.
+        parts = sorted((n, e) for n, e in self.parts.items() if n < self.next_part)
         return await self.cold.run(self.cold.store.complete_multipart, self.key,
-                                   self.upload_id, sorted(self.parts.items()))
+                                   self.upload_id, parts)
 
     async def abort(self) -> None:
         await self._idle.wait()

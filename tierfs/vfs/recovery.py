@@ -1,0 +1,199 @@
+"""Recovery at mount: finish or undo what the journal says was in flight when tierfs stopped.
+
+For every journal entry, by what a writer was told:
+
+- Closed (the last writer's close returned, in write-back mode, or a sync-mode publish failed):
+  the data is published now. A warm file is copied to a temp name beside its path, fsynced and
+  renamed into place; a file streaming to the bucket resumes its multipart upload (parts the
+  journal lists as completed are not sent again), completes it and gets its stub.
+- A file streaming to the bucket that was fsynced and not closed: its upload is completed
+  with the content up to the fsynced size.
+- Otherwise (a writer still had it open, or it is already home): nothing of it may appear
+  under the file's name. Its staging file is removed and its multipart upload, if any, aborted.
+
+Then staging files that no entry names are removed. Multipart uploads are aborted only where
+the journal says they are this node's: its upload ids, and, for an upload whose creation was
+journaled but whose id was not (a crash in between), every upload of that key. Other nodes may
+be writing to the same bucket, so uploads of keys this node never wrote are left alone.
+
+Recovery runs on the event loop before the mount serves requests, so nobody sees a file
+half-recovered. Temp files left on the warm tier by a crash are removed afterwards, in the
+background (``purge_temps``), since that means walking the namespace.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import stat
+from typing import TYPE_CHECKING
+
+from tierfs.objects.base import ObjectStoreError
+from tierfs.stubs import Stub, StubError, looks_like_stub, parse_stub
+from tierfs.tiers.warm import is_internal, join
+from tierfs.vfs import journal
+from tierfs.vfs.streaming import StreamingUpload
+
+if TYPE_CHECKING:
+    from tierfs.vfs.filesystem import FileSystem
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class Report:
+    published: int = 0
+    uploaded: int = 0
+    discarded: int = 0
+    aborted: int = 0
+    orphans: int = 0
+    failed: int = 0
+
+
+async def recover(fs: FileSystem) -> Report:
+    report = Report()
+    entries = await fs.hot.run(journal.load, fs.index)
+    staged = set(await fs.hot.run(fs.hot.staged_ids))
+    for sid in sorted(staged - entries.keys()):
+        await fs.hot.run(fs.hot.remove_staging, sid)
+        report.orphans += 1
+    for sid, entry in sorted(entries.items()):
+        try:
+            synced = entry.upload is not None and entry.synced is not None
+            if (entry.closed or synced) and entry.path and sid in staged:
+                if not entry.closed:
+                    entry.size = entry.synced or 0
+                if entry.upload is not None:
+                    await _finish_upload(fs, sid, entry)
+                    report.uploaded += 1
+                else:
+                    await _publish(fs, sid, entry)
+                    report.published += 1
+            else:
+                if entry.upload is not None:
+                    report.aborted += await _abort(fs, entry.upload)
+                await fs.hot.run(fs.hot.remove_staging, sid)
+                report.discarded += entry.closed or bool(entry.upload)
+        except (OSError, ObjectStoreError) as e:
+            # Kept for the next mount to try again; the mount itself goes on.
+            log.error("recovery of %s (staged as %s) failed, kept for the next mount: %s",
+                      os.fsdecode(entry.path), sid, e)
+            report.failed += 1
+            continue
+        fs.journal.drop(sid)
+    await fs.journal.sync()
+    if any(dataclasses.astuple(report)):
+        log.warning("recovery: %s", report)
+    return report
+
+
+async def _abort(fs: FileSystem, upload: journal.Upload) -> int:
+    """Abort an unfinished upload of this node; returns how many were aborted."""
+    store = fs.cold.store
+    ids = [upload.upload_id] if upload.upload_id else [
+        uid for key, uid in await fs.cold.run(store.list_multipart, upload.key)
+        if key == upload.key]
+    for uid in ids:
+        try:
+            await fs.cold.run(store.abort_multipart, upload.key, uid)
+        except ObjectStoreError as e:
+            if "NoSuchUpload" not in str(e):
+                raise
+    return len(ids)
+
+
+def _open_staging(fs: FileSystem, sid: str) -> int:
+    return os.open(fs.hot.staging_dir / sid, os.O_RDWR | os.O_CLOEXEC)
+
+
+async def _publish(fs: FileSystem, sid: str, entry: journal.Entry) -> None:
+    fd = await fs.hot.run(_open_staging, fs, sid)
+    try:
+        mode = None
+        try:
+            st, target = await fs.warm.run(fs.warm.lstat_link, entry.path)
+            if target is not None and looks_like_stub(target):
+                mode = parse_stub(target, fs.config.bucket).mode
+        except (FileNotFoundError, StubError):
+            pass
+        tmp, _ = await fs.warm.run(fs.warm.publish_copy, entry.path, fd, entry.size,
+                                   (entry.atime_ns, entry.mtime_ns), mode)
+        if tmp is not None:
+            await fs.warm.run(fs.warm.replace, tmp, entry.path)
+    finally:
+        await fs.hot.run(os.close, fd)
+    await fs.hot.run(fs.hot.remove_staging, sid)
+    if entry.replaces is not None:
+        await fs.cold.run(fs.cold.store.delete, entry.replaces)
+    log.info("recovery: published %s", os.fsdecode(entry.path))
+
+
+async def _finish_upload(fs: FileSystem, sid: str, entry: journal.Entry) -> None:
+    upload = entry.upload
+    assert upload is not None and fs.nursery is not None
+    store = fs.cold.store
+    if upload.upload_id is None:  # created (perhaps) but never recorded: start afresh
+        await _abort(fs, upload)
+        upload.upload_id = await fs.cold.run(store.create_multipart, upload.key, {})
+        upload.parts = {}
+        fs.journal.record(sid, entry)
+        await fs.journal.sync()
+    fd = await fs.hot.run(_open_staging, fs, sid)
+    try:
+        mode = 0o644
+        try:
+            st, target = await fs.warm.run(fs.warm.lstat_link, entry.path)
+            if target is None:
+                mode = stat.S_IMODE(st.st_mode)
+        except FileNotFoundError:
+            pass
+        fs.journal.entries[sid] = entry
+        streaming = StreamingUpload(fs.cold, fs.hot, fs.nursery, fd, upload.key,
+                                    upload.upload_id, upload.first_part,
+                                    fs.config.upload_window, fs.part_recorder(sid),
+                                    done=upload.parts)
+        info = await streaming.finish(entry.size)
+        stub = Stub(info.key, info.size, info.etag, mode, entry.mtime_ns)
+        await fs.warm.run(fs.warm.replace_symlink, entry.path, stub.encode(fs.config.bucket))
+    finally:
+        await fs.hot.run(os.close, fd)
+    await fs.hot.run(fs.hot.remove_staging, sid)
+    if entry.replaces not in (None, upload.key):
+        await fs.cold.run(store.delete, entry.replaces)
+    log.info("recovery: completed the upload of %s", os.fsdecode(entry.path))
+
+
+def purge_temps(fs: FileSystem) -> int:
+    """Remove this node's temp files from the whole namespace (blocking; after a crash)."""
+    removed = 0
+    pending = [b"."]
+    while pending:
+        here = pending.pop()
+        try:
+            names = _list(fs, here)
+        except OSError:
+            continue
+        for name in names:
+            child = join(here, name)
+            if is_internal(name) and fs.warm.is_ours(name):
+                try:
+                    fs.warm.unlink(child)
+                    removed += 1
+                except OSError:
+                    pass
+                continue
+            try:
+                if stat.S_ISDIR(fs.warm.lstat(child).st_mode):
+                    pending.append(child)
+            except OSError:
+                continue
+    return removed
+
+
+def _list(fs: FileSystem, rel: bytes) -> list[bytes]:
+    fd = os.open(rel, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=fs.warm.fd)
+    try:
+        return [os.fsencode(n) for n in os.listdir(fd)]
+    finally:
+        os.close(fd)

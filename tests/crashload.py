@@ -15,11 +15,25 @@ import hashlib
 import os
 import random
 import sys
+from collections.abc import Iterator
+
+
+def plan(directory: str, kind: str, seed: int) -> Iterator[tuple[str, bytes, bool]]:
+    """The files the workload writes, in order: (path, content, fsync before close). The
+    same seed gives the same files, so a test can tell a whole file from a partial one."""
+    rng = random.Random(seed)
+    for i in range(100_000):
+        if kind == "small" or (kind == "mixed" and i % 4 != 3):
+            size = rng.choice([0, 1, 100, 4096, 70_000])
+            sub = os.path.join(directory, f"d{i % 7}")
+        else:
+            size = rng.randint(9, 20) * 1024 * 1024 + rng.randint(0, 4095)
+            sub = os.path.join(directory, "big")
+        yield os.path.join(sub, f"f{i:05d}.bin"), rng.randbytes(size), rng.random() < 0.3
 
 
 def main() -> None:
     directory, manifest, kind, seed = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
-    rng = random.Random(seed)
     log = os.open(manifest, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
 
     def promise(path: str, data: bytes) -> None:
@@ -27,21 +41,13 @@ def main() -> None:
         os.write(log, line.encode())
         os.fsync(log)
 
-    for i in range(100_000):
-        if kind == "small" or (kind == "mixed" and i % 4):
-            size = rng.choice([0, 1, 100, 4096, 70_000])
-            sub = os.path.join(directory, f"d{i % 7}")
-        else:
-            size = rng.randint(9, 20) * 1024 * 1024 + rng.randint(0, 4095)
-            sub = os.path.join(directory, "big")
-        os.makedirs(sub, exist_ok=True)
-        path = os.path.join(sub, f"f{i:05d}.bin")
-        data = rng.randbytes(size)
+    for path, data, sync_first in plan(directory, kind, seed):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view[:1 << 20]):]
-        if rng.random() < 0.3:
+        if sync_first:
             os.fsync(fd)
             promise(path, data)
         os.close(fd)

@@ -7,6 +7,7 @@ import collections
 import http.client
 import socket
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
@@ -14,9 +15,12 @@ class FaultProxy:
     def __init__(self, upstream_port: int) -> None:
         self.upstream_port = upstream_port
         self.lock = threading.Lock()
-        #: (method, fault, count): fault is "503", "500" or "reset"; count -1 means forever.
+        #: (method, fault, count): fault is "503", "500", "403" (not retried by boto3),
+        #: "reset" or "delay"; count -1 means forever.
         self.rules: list[list] = []
         self.faults_served = 0
+        #: Seconds a "delay" fault holds a request.
+        self.delay = 0.5
         #: Requests that reached the proxy, by HTTP method (faults included).
         self.requests: collections.Counter[str] = collections.Counter()
         proxy = self
@@ -46,14 +50,18 @@ class FaultProxy:
                 with proxy.lock:
                     proxy.requests[self.command] += 1
                 fault = proxy._take(self.command)
+                if fault == "delay":  # a slow bucket: answer, but late
+                    time.sleep(proxy.delay)
+                    fault = None
                 if fault == "reset":
                     self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
                                                b"\x01\x00\x00\x00\x00\x00\x00\x00")
                     self.connection.close()
                     self.close_connection = True
                     return
-                if fault in ("503", "500"):
-                    code = "SlowDown" if fault == "503" else "InternalError"
+                if fault in ("503", "500", "403"):
+                    code = {"503": "SlowDown", "500": "InternalError",
+                            "403": "AccessDenied"}[fault]
                     payload = (f"<?xml version='1.0'?><Error><Code>{code}</Code>"
                                f"<Message>injected</Message></Error>").encode()
                     self.send_response(int(fault))

@@ -35,6 +35,9 @@ class OpenFile:
     replaces_object: str | None = None
     #: The multipart upload of a file being written past the large-file threshold.
     upload: StreamingUpload | None = None
+    #: Write-back: the bucket refused to start an upload; streaming waits until then
+    #: (time.monotonic()).
+    route_after: float = 0.0
     #: Bytes written contiguously from the start (what streaming may cut parts from).
     written: int = 0
     #: Open handles that may write; the last one's close completes a streaming upload.

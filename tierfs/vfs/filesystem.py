@@ -50,6 +50,10 @@ log = logging.getLogger(__name__)
 
 #: Preferred I/O size reported to applications (coreutils and others size buffers from it).
 BLOCK_SIZE = 128 * 1024
+#: Seconds before a write-back file whose upload could not start tries again.
+ROUTE_RETRY = 5.0
+#: Longest wait between two tries of a failing write-back publish.
+WRITEBACK_MAX_DELAY = 15.0
 
 
 def _err(code: int) -> OSError:
@@ -779,11 +783,16 @@ class FileSystem:
             log.error("could not delete unreferenced object %s: %s", key, e)
 
     async def read(self, fh: int, offset: int, size: int) -> bytes | memoryview:
-        data = self._handles[fh].data
+        handle = self._handles[fh]
+        data = handle.data
         if data.upload is not None and offset < data.upload.cut:
-            log.warning("read of a range already streamed to %s: readable after close",
-                        data.upload.key)
-            raise _err(errno.EIO)
+            if data.writers:
+                log.warning("read of a range already streamed to %s: readable after close",
+                            data.upload.key)
+                raise _err(errno.EIO)
+            # Closed, its upload still going (write-back): the bytes are readable once the
+            # object is complete, so finish it now rather than fail the read.
+            await self._publish(handle.inode, data)
         if data.staged:
             assert data.staging_fd is not None
             out = await self.hot.run(os.pread, data.staging_fd, size, offset)
@@ -887,10 +896,16 @@ class FileSystem:
                 entry.upload = Upload(key, time.time(), self.config.part_size)
                 self.journal.record(data.staging_id, entry)
                 await self.journal.sync()
+            if time.monotonic() < data.route_after:
+                return
             try:
                 upload_id = await self.cold.run(self.cold.store.create_multipart, key, metadata)
             except ObjectStoreError as e:
                 log.error("could not start the upload of %s: %s", key, e)
+                if self.config.durability == "writeback":
+                    # The writer goes on into staging; streaming is tried again later.
+                    data.route_after = time.monotonic() + ROUTE_RETRY
+                    return
                 raise _err(errno.EIO) from None
             if entry is not None:
                 assert entry.upload is not None
@@ -899,7 +914,8 @@ class FileSystem:
             data.upload = StreamingUpload(self.cold, self.hot, self._nursery, data.staging_fd,
                                           key, upload_id, self.config.part_size,
                                           self.config.upload_window,
-                                          self.part_recorder(data.staging_id))
+                                          self.part_recorder(data.staging_id),
+                                          patient=self.config.durability == "writeback")
             log.info("streaming %s to %s (upload %s)", rel, key, upload_id)
         await data.upload.feed(data.written)
 
@@ -1027,7 +1043,7 @@ class FileSystem:
                     log.error("write-back of inode %d failed, retrying in %.0f s: %s",
                               inode.ino, delay, e)
                     await trio.sleep(delay)
-                    delay = min(delay * 2, 60.0)
+                    delay = min(delay * 2, WRITEBACK_MAX_DELAY)
         finally:
             del self.writeback[inode.ino]
             if not self.writeback:
@@ -1155,6 +1171,13 @@ class FileSystem:
             if rel is None:  # unlinked: nothing to publish, nobody can see it
                 data.dirty = False
                 return
+            if data.upload is None and self.config.durability == "writeback":
+                # A file past the threshold whose upload could not start while it was
+                # written must not end up on the warm tier: start it now.
+                data.route_after = 0.0
+                await self._route(inode, data)
+                if data.route_after:
+                    raise _err(errno.EIO)
             if data.upload is not None:
                 await self._publish_cold(inode, data)
                 return

@@ -57,7 +57,7 @@ class StreamingUpload:
     def __init__(self, cold: ColdTier, hot: HotTier, nursery: trio.Nursery, staging_fd: int,
                  key: str, upload_id: str, first_part: int, window: int,
                  on_part: Callable[[int, str], Awaitable[None]],
-                 done: dict[int, str] | None = None) -> None:
+                 done: dict[int, str] | None = None, patient: bool = False) -> None:
         self.cold, self.hot, self.nursery = cold, hot, nursery
         self.fd = staging_fd
         self.key, self.upload_id = key, upload_id
@@ -67,6 +67,9 @@ class StreamingUpload:
         self.on_part = on_part
         #: Completed parts (number -> ETag); a resumed upload starts with those it had.
         self.parts: dict[int, str] = dict(done or {})
+        #: Write-back: a failed part does not stop the writer; its bytes stay staged and
+        #: ``finish`` (in the background) tries it again.
+        self.patient = patient
         self.next_part = 1
         #: Bytes [0, cut) belong to parts already handed to upload tasks.
         self.cut = 0
@@ -78,14 +81,14 @@ class StreamingUpload:
         self._idle = trio.Event()
         self._idle.set()
 
-    def _check(self) -> None:
-        if self.error is not None:
+    def _check(self, strict: bool = True) -> None:
+        if self.error is not None and (strict or not self.patient):
             raise OSError(errno.EIO, f"upload of {self.key} failed: {self.error}")
 
     async def feed(self, written: int) -> None:
         """Start uploading every whole part below ``written`` (bytes written contiguously
         from the start); waits while the window is full."""
-        self._check()
+        self._check(strict=False)
         while written - self.cut >= part_size(self.first_part, self.next_part):
             number, offset = self.next_part, self.cut
             size = part_size(self.first_part, number)
@@ -94,7 +97,7 @@ class StreamingUpload:
                 self.cut += size
                 continue
             await self._claim()
-            self._check()
+            self._check(strict=False)
             self.next_part += 1
             self.cut += size
             self.nursery.start_soon(self._upload, number, offset, size)
@@ -153,7 +156,7 @@ class StreamingUpload:
             await self._run_inline(number, offset, length)
         self._check()
         await self.feed(size)
-        await self.wait_idle()
+        await self.wait_idle()  # strict: a part that failed again fails the close
         while self.cut < size:  # the tail: the last part may be short
             number, offset = self.next_part, self.cut
             length = min(part_size(self.first_part, number), size - offset)

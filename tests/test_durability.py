@@ -1,0 +1,250 @@
+"""Durability: write-back mode, and the crash harness.
+
+The harness starts a writing workload (tests/crashload.py) against a real mount, kills the
+daemon with SIGKILL at a point drawn from a seed, unmounts lazily, mounts again and checks what
+tierfs promised: every file whose close or fsync returned (the workload's manifest, written
+outside the mount) reads back byte-exact; no other file carries partial content under its name;
+no multipart upload is left in the bucket; no temp file is left on the warm tier.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from conftest import Mount, S3Server, make_mount, running, wait_for_exit
+from crashload import plan
+from s3proxy import FaultProxy
+from tierfs import mounting
+from tierfs.cache.counters import load_saved
+
+MIB = 1024 * 1024
+HERE = Path(__file__).parent
+#: Kill points per workload; three workloads make the 21 of .ci/run.
+SEEDS = range(7)
+
+
+def s3_mount(base: Path, endpoint: str, bucket: str, *extra: str) -> Mount:
+    m = make_mount(base, "--bucket", f"s3://{bucket}/t", "--endpoint-url", endpoint,
+                   "--addressing-style", "path", "--large-file-threshold", "8MiB",
+                   "--part-size", "5MiB", "--attr-timeout", "0", "--entry-timeout", "0",
+                   *extra)
+    m.bucket = bucket  # type: ignore[attr-defined]
+    return m
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def crash(m: Mount, kind: str, seed: int) -> dict[str, str]:
+    """Run the workload, kill the daemon at a seeded moment; returns the promised checksums
+    (the last promise for each path)."""
+    manifest = m.path.parent / f"manifest-{seed}"
+    work = m.path / f"w{seed}"
+    load = subprocess.Popen([sys.executable, str(HERE / "crashload.py"), str(work),
+                             str(manifest), kind, str(seed)], stderr=subprocess.DEVNULL)
+    delay = random.Random(seed).uniform(0.3, 2.5)
+    time.sleep(delay)
+    for pid in m.pids:
+        os.kill(pid, signal.SIGKILL)
+        assert wait_for_exit(pid, 10)
+    load.kill()
+    load.wait()
+    subprocess.run(["fusermount3", "-u", "-z", str(m.path)], check=False)
+    promised: dict[str, str] = {}
+    if manifest.exists():
+        for line in manifest.read_text().splitlines():
+            path, digest, _ = line.split()
+            promised[os.path.relpath(path, m.path)] = digest
+    return promised
+
+
+def check_after_remount(m: Mount, kind: str, promised: dict[str, str], s3: S3Server | None,
+                        seed: int) -> None:
+    m.start()
+    for rel, digest in promised.items():
+        assert sha(m.path / rel) == digest, f"seed {seed}: {rel} is not what close returned"
+    work = m.path / f"w{seed}"
+    found = {os.path.relpath(p, m.path) for p in work.rglob("*.bin")} if work.exists() else set()
+    for path, data, _ in plan(str(work), kind, seed):
+        rel = os.path.relpath(path, m.path)
+        if rel not in found:
+            if len(found) == 0:
+                break
+            continue
+        found.discard(rel)
+        if rel not in promised:
+            # Not promised (the kill came before close returned): absent, empty (created
+            # and no more), or whole, never partial.
+            content = (m.path / rel).read_bytes()
+            assert content in (b"", data), f"seed {seed}: partial content under {rel}"
+    if s3 is not None:
+        bucket = m.bucket  # type: ignore[attr-defined]
+        uploads = s3.client().list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+        assert uploads == [], f"seed {seed}: leftover uploads {uploads}"
+    deadline = time.monotonic() + 20
+    while any(m.warm.rglob(".tierfs-*.tmp")):
+        assert time.monotonic() < deadline, f"seed {seed}: temp files left on the warm tier"
+        time.sleep(0.2)
+    m.stop()
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_crash_during_small_file_writes(tmp_path: Path, seed: int) -> None:
+    m = make_mount(tmp_path)
+    with running(m):
+        promised = crash(m, "small", seed)
+        assert promised, "the workload promised nothing before the kill: move the kill later"
+        check_after_remount(m, "small", promised, None, seed)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_crash_during_multipart_uploads(tmp_path: Path, s3_server: S3Server, bucket: str,
+                                       seed: int) -> None:
+    m = s3_mount(tmp_path, s3_server.endpoint, bucket)
+    with running(m):
+        promised = crash(m, "large", seed)
+        check_after_remount(m, "large", promised, s3_server, seed)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_crash_with_pending_write_back(tmp_path: Path, proxy: FaultProxy, bucket: str,
+                                       s3_server: S3Server, seed: int) -> None:
+    """Write-back: closes return before the data is home; the bucket is made slow (every
+    request held half a second), so the kill finds uploads pending."""
+    m = s3_mount(tmp_path, proxy.endpoint, bucket, "--durability", "writeback")
+    with running(m):
+        proxy.fail("PUT", "delay")
+        proxy.fail("POST", "delay")
+        promised = crash(m, "mixed", seed)
+        proxy.heal()
+        assert promised
+        check_after_remount(m, "mixed", promised, s3_server, seed)
+
+
+# -- write-back semantics ------------------------------------------------------------------
+
+
+@pytest.fixture
+def writeback_mount(tmp_path: Path, proxy: FaultProxy, bucket: str) -> Iterator[Mount]:
+    m = s3_mount(tmp_path, proxy.endpoint, bucket, "--durability", "writeback")
+    with running(m):
+        yield m
+
+
+def test_write_back_close_returns_before_the_upload_and_reports_failures(
+        writeback_mount: Mount, proxy: FaultProxy, s3_server: S3Server) -> None:
+    m = writeback_mount
+    bucket = m.bucket  # type: ignore[attr-defined]
+    data = os.urandom(12 * MIB)
+    proxy.fail("PUT", "403")  # the bucket refuses every part from now on
+    (m.path / "ckpt.bin").write_bytes(data)  # close returns: staged and journaled
+    deadline = time.monotonic() + 15
+    while (load_saved(m.hot) or {}).get("counters", {}).get("upload_errors", 0) == 0:
+        assert time.monotonic() < deadline, "the failed upload was not counted"
+        time.sleep(0.2)
+    fd = os.open(m.path / "ckpt.bin", os.O_RDONLY)
+    try:
+        with pytest.raises(OSError) as failed:
+            os.fsync(fd)  # fsync waits for the home tier, which is down
+        assert failed.value.errno == 5
+    finally:
+        os.close(fd)
+    with pytest.raises(OSError):  # a read needs the object: it tries, and says it failed
+        (m.path / "ckpt.bin").read_bytes()
+    assert any(m.hot.joinpath("staging").iterdir()), "the staged data must stay"
+    proxy.heal()
+    deadline = time.monotonic() + 60
+    while not os.path.islink(m.warm / "ckpt.bin"):  # retried in the background until home
+        assert time.monotonic() < deadline, "the write-back never completed"
+        time.sleep(0.2)
+    body = s3_server.client().get_object(Bucket=bucket, Key="t/ckpt.bin")["Body"].read()
+    assert body == data
+    assert (m.path / "ckpt.bin").read_bytes() == data
+
+
+def test_write_back_small_files_are_published_and_unmount_waits(writeback_mount: Mount) -> None:
+    m = writeback_mount
+    files = {f"s{i}.txt": os.urandom(1000 + i) for i in range(20)}
+    for name, data in files.items():
+        (m.path / name).write_bytes(data)
+    m.stop()  # unmount publishes what is still pending
+    for name, data in files.items():
+        assert (m.warm / name).read_bytes() == data
+    assert not any(m.hot.joinpath("staging").iterdir())
+    m.start()
+
+
+# -- namespace ------------------------------------------------------------------------------
+
+
+def test_renaming_a_checkpoint_directory_is_one_metadata_operation(
+        tmp_path: Path, s3_server: S3Server, bucket: str) -> None:
+    """A checkpoint written into a temp directory (one file in the bucket, one on the warm
+    tier) and renamed into place: the stub moves with its directory, the object stays."""
+    m = s3_mount(tmp_path, s3_server.endpoint, bucket)
+    big, small = os.urandom(10 * MIB), os.urandom(1000)
+    with running(m):
+        (m.path / "ckpt.tmp").mkdir()
+        (m.path / "ckpt.tmp" / "model.bin").write_bytes(big)
+        (m.path / "ckpt.tmp" / "meta.json").write_bytes(small)
+        assert os.path.islink(m.warm / "ckpt.tmp" / "model.bin")
+        before = {o["Key"] for o in s3_server.client().list_objects_v2(
+            Bucket=bucket).get("Contents", [])}
+        os.rename(m.path / "ckpt.tmp", m.path / "ckpt-100")
+        after = {o["Key"] for o in s3_server.client().list_objects_v2(
+            Bucket=bucket).get("Contents", [])}
+        assert before == after == {"t/ckpt.tmp/model.bin"}  # the object keeps its key
+        assert (m.path / "ckpt-100" / "model.bin").read_bytes() == big
+        assert (m.path / "ckpt-100" / "meta.json").read_bytes() == small
+        assert not (m.path / "ckpt.tmp").exists()
+
+
+@pytest.fixture
+def tiny_hot(tmp_path: Path) -> Iterator[Path]:
+    hot = tmp_path / "tinyhot"
+    hot.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(hot)], check=True)
+    try:
+        yield hot
+    finally:
+        subprocess.run(["umount", "-l", str(hot)], check=False)
+
+
+def test_a_full_hot_tier_fails_only_that_writer(tmp_path: Path, tiny_hot: Path,
+                                                s3_server: S3Server, bucket: str) -> None:
+    m = s3_mount(tmp_path, s3_server.endpoint, bucket, "--large-file-threshold", "1GiB")
+    m.hot = tiny_hot
+    keep = os.urandom(100_000)
+    with running(m):
+        (m.path / "keep.bin").write_bytes(keep)
+        with pytest.raises(OSError) as full:
+            with open(m.path / "huge.bin", "wb") as f:  # 40 MiB into a 24 MiB hot tier
+                for _ in range(40):
+                    f.write(os.urandom(MIB))
+        assert full.value.errno == 28  # ENOSPC, for this writer only
+        assert (m.path / "keep.bin").read_bytes() == keep
+        (m.path / "after.bin").write_bytes(b"still fine")
+        assert (m.path / "after.bin").read_bytes() == b"still fine"
+        assert mounting.daemon_pids(str(m.path)) == m.pids
+
+
+def test_a_full_hot_tier_streams_a_large_file_instead(tmp_path: Path, tiny_hot: Path,
+                                                      s3_server: S3Server, bucket: str) -> None:
+    m = s3_mount(tmp_path, s3_server.endpoint, bucket, "--upload-window", "2")
+    m.hot = tiny_hot
+    data = os.urandom(40 * MIB)  # past the 8 MiB threshold: it streams in 5 MiB parts
+    with running(m):
+        (m.path / "big.bin").write_bytes(data)
+        assert os.path.islink(m.warm / "big.bin")
+        assert (m.path / "big.bin").read_bytes() == data

@@ -9,6 +9,7 @@ no multipart upload is left in the bucket; no temp file is left on the warm tier
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import random
@@ -248,3 +249,62 @@ def test_a_full_hot_tier_streams_a_large_file_instead(tmp_path: Path, tiny_hot: 
         (m.path / "big.bin").write_bytes(data)
         assert os.path.islink(m.warm / "big.bin")
         assert (m.path / "big.bin").read_bytes() == data
+
+
+_FS_IOC_GETFLAGS, _FS_IOC_SETFLAGS, _FS_IMMUTABLE_FL = 0x80086601, 0x40086602, 0x10
+
+
+def set_immutable(path: Path, on: bool) -> None:
+    """chattr +i / -i without a child process: a fork would close (and so flush) the test's
+    open files on the mount."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        flags = bytearray(8)
+        fcntl.ioctl(fd, _FS_IOC_GETFLAGS, flags)
+        value = int.from_bytes(flags[:4], "little")
+        value = value | _FS_IMMUTABLE_FL if on else value & ~_FS_IMMUTABLE_FL
+        fcntl.ioctl(fd, _FS_IOC_SETFLAGS, value.to_bytes(4, "little") + bytes(4))
+    finally:
+        os.close(fd)
+
+
+@pytest.fixture
+def immutable() -> Iterator[list[Path]]:
+    """Directories made immutable by a test, made mutable again afterwards."""
+    made: list[Path] = []
+    yield made
+    for path in made:
+        set_immutable(path, False)
+
+
+@pytest.mark.parametrize("durability", ["sync", "writeback"])
+def test_closed_data_that_could_not_be_published_is_published_after_a_crash(
+        tmp_path: Path, immutable: list[Path], durability: str) -> None:
+    """The warm directory refuses the publish (immutable); the daemon is then killed. The
+    remount publishes what was closed: in write-back mode the close had returned, in sync mode
+    it had failed with EIO and the staged data was kept for another try."""
+    m = make_mount(tmp_path, "--durability", durability)
+    data = os.urandom(300_000)
+    with running(m):
+        (m.path / "d").mkdir()
+        f = open(m.path / "d" / "ckpt.pt", "wb")
+        f.write(data)
+        f.flush()
+        set_immutable(m.warm / "d", True)
+        immutable.append(m.warm / "d")
+        if durability == "sync":
+            with pytest.raises(OSError):
+                f.close()
+        else:
+            f.close()  # returns: staged and journaled; the background publish keeps failing
+            time.sleep(1.5)
+        assert (m.warm / "d" / "ckpt.pt").stat().st_size == 0  # not home
+        for pid in m.pids:
+            os.kill(pid, signal.SIGKILL)
+            assert wait_for_exit(pid, 10)
+        subprocess.run(["fusermount3", "-u", "-z", str(m.path)], check=False)
+        set_immutable(m.warm / "d", False)
+        m.start()
+        assert (m.path / "d" / "ckpt.pt").read_bytes() == data
+        assert (m.warm / "d" / "ckpt.pt").read_bytes() == data
+        assert not any(m.hot.joinpath("staging").iterdir())

@@ -963,7 +963,13 @@ class FileSystem:
                 # Staged and journaled is enough: the last release hands it to write-back.
                 await self.journal.sync()
                 return
-        await self._publish(handle.inode, data)
+        try:
+            await self._publish(handle.inode, data)
+        except OSError:
+            # The writer hears of it; the staged data is kept, and durably so, for the next
+            # close, fsync or mount to try again.
+            await self.journal.sync()
+            raise
 
     def _reopened(self, data: OpenFile) -> None:
         """New writes to staged content that a close had released: it may not be published

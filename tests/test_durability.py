@@ -308,3 +308,28 @@ def test_closed_data_that_could_not_be_published_is_published_after_a_crash(
         assert (m.path / "d" / "ckpt.pt").read_bytes() == data
         assert (m.warm / "d" / "ckpt.pt").read_bytes() == data
         assert not any(m.hot.joinpath("staging").iterdir())
+
+
+@pytest.mark.parametrize("durability", ["sync", "writeback"])
+def test_torch_checkpoint_round_trip(tmp_path: Path, s3_server: S3Server, bucket: str,
+                                     durability: str) -> None:
+    """torch.save to a temp name, rename into place, torch.load: equal tensors. The model's
+    weights pass the (lowered) threshold, so the checkpoint streams to the bucket."""
+    torch = pytest.importorskip("torch")
+    m = s3_mount(tmp_path, s3_server.endpoint, bucket, "--durability", durability)
+    torch.manual_seed(0)
+    state = {"weight": torch.randn(1024, 3072), "bias": torch.randn(3072),
+             "step": torch.tensor(1000)}
+    with running(m):
+        (m.path / "ckpts").mkdir()
+        tmp = m.path / "ckpts" / "step1000.pt.tmp"
+        torch.save(state, tmp)
+        os.rename(tmp, m.path / "ckpts" / "step1000.pt")
+        loaded = torch.load(m.path / "ckpts" / "step1000.pt")
+        assert loaded.keys() == state.keys()
+        assert all(torch.equal(loaded[k], state[k]) for k in state)
+        m.stop()  # and after a remount, from the bucket
+        m.start()
+        assert os.path.islink(m.warm / "ckpts" / "step1000.pt")  # a stub: it is cold
+        loaded = torch.load(m.path / "ckpts" / "step1000.pt")
+        assert all(torch.equal(loaded[k], state[k]) for k in state)

@@ -199,3 +199,276 @@ def import_(uri: str, directory: str, config_file: Path | None, **flags: Any) ->
                f"{result.unchanged} unchanged, {len(result.conflicts)} in the way")
     for path in result.conflicts[:20]:
         click.echo(f"  not replaced (a file or directory is there): {path}", err=True)
+
+
+def _table(title: str, rows: list[tuple[str, str]]) -> Any:
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left", box=None, show_header=False)
+    table.add_column(style="bold")
+    table.add_column(justify="right")
+    for key, value in rows:
+        table.add_row(key, value)
+    return table
+
+
+def _stats_view(doc: dict[str, Any]) -> Any:
+    """The stats document as one table per tier."""
+    from rich.console import Group
+
+    hot, warm, cold = (doc["tiers"][t] for t in ("hot", "warm", "cold"))
+    rates = doc.get("rates") or {}
+    ratio = "-" if hot["hit_ratio"] is None else f"{hot['hit_ratio']:.1%}"
+
+    def rate(tier: str) -> str:
+        return f"{_size(int(rates[tier]))}/s" if tier in rates else "-"
+
+    where = doc["mountpoint"] or "(not mounted: last saved figures)"
+    return Group(
+        f"[bold]{where}[/bold]",
+        _table(f"hot  {hot['path']}", [
+            ("used / capacity", f"{_size(hot['used'])} / {_size(hot['capacity'])}"),
+            ("blocks", str(hot["blocks"])), ("pinned", _size(hot["pinned"])),
+            ("staged", f"{hot['staged_files']} files, {_size(hot['staged_bytes'])}"),
+            ("hit ratio", f"{ratio} ({hot['hits']} hits, {hot['misses']} misses)"),
+            ("served", _size(hot["bytes_served"])), ("throughput", rate("hot")),
+            ("evictions", f"{hot['evictions']} ({_size(hot['bytes_evicted'])})"),
+            ("disk free", _size(hot["disk_free"]))]),
+        _table(f"warm  {warm['path']}", [
+            ("used / size", f"{_size(warm['disk_used'])} / {_size(warm['disk_size'])}"),
+            ("served", _size(warm["bytes_served"])), ("throughput", rate("warm"))]),
+        _table(f"cold  {cold['bucket']}", [
+            ("served", _size(cold["bytes_served"])), ("GETs", str(cold["fetches"])),
+            ("throughput", rate("cold")),
+            ("pending uploads", f"{cold['pending_uploads']} ({_size(cold['pending_bytes'])})"),
+            ("upload errors", str(cold["upload_errors"]))]))
+
+
+def _saved_stats(config: Config) -> dict[str, Any]:
+    from tierfs.cache.counters import load_saved
+    from tierfs.stats import build
+
+    snapshot = load_saved(config.hot)
+    if snapshot is None:
+        raise TierfsError(f"no tierfs mount is running, and {config.hot} holds no saved "
+                          "figures")
+    return build(snapshot, live=False, mountpoint=None, hot=str(config.hot),
+                 warm=str(config.warm), bucket=str(config.bucket))
+
+
+@main.command()
+@click.argument("path", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print the versioned JSON document.")
+@click.option("--watch", is_flag=True, help="Refresh every second until interrupted.")
+@_config_options
+def stats(path: str | None, as_json: bool, watch: bool, config_file: Path | None,
+          **flags: Any) -> None:
+    """What is where and how the cache is doing.
+
+    With no PATH: every running mount (or, when none runs, the figures the last mount saved on
+    the configured hot tier). With a mount point: that mount. With a path inside a mount: how
+    much of it is hot, warm and cold, and how much would need fetching to make it all hot.
+    """
+    import time
+
+    from rich.console import Console
+    from rich.live import Live
+
+    from tierfs.control.client import call, locate
+    from tierfs.control.registry import mounts
+
+    console = Console()
+    try:
+        if path is not None:
+            record, rel = locate(path)
+            if rel:  # a path inside the mount
+                result = call(record, {"cmd": "where", "paths": [rel]})[0]
+                result.pop("entries")
+                if as_json:
+                    click.echo(json.dumps(result, indent=2))
+                    return
+                console.print(_table(f"{record.mountpoint}/{rel}", [
+                    ("files", str(result["files"])), ("size", _size(result["size"])),
+                    ("hot", _size(result["hot"])), ("warm", _size(result["warm"])),
+                    ("cold", _size(result["cold"])), ("pinned", _size(result["pinned"])),
+                    ("to fetch to make it all hot", _size(result["to_fetch"]))]))
+                return
+            records = [record]
+        else:
+            records = mounts()
+
+        def documents() -> list[dict[str, Any]]:
+            if not records:
+                return [_saved_stats(load_config(config_file, flags))]
+            return [call(r, {"cmd": "stats"}) for r in records]
+
+        if as_json:
+            docs = documents()
+            click.echo(json.dumps(docs[0] if path is not None else docs, indent=2))
+            return
+        if not watch:
+            for doc in documents():
+                console.print(_stats_view(doc))
+            return
+        from rich.console import Group
+
+        with Live(console=console, auto_refresh=False) as live:
+            while True:
+                live.update(Group(*(_stats_view(d) for d in documents())), refresh=True)
+                time.sleep(1.0)
+    except TierfsError as e:
+        _fail(str(e))
+    except KeyboardInterrupt:
+        pass
+
+
+@main.command()
+@click.argument("paths", nargs=-1, required=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the answer as JSON.")
+def where(paths: tuple[str, ...], as_json: bool) -> None:
+    """The tier holding each file, its object URI, and how much of it is cached hot."""
+    from tierfs.control.client import call
+
+    try:
+        files = []
+        for record, rels in _by_mount(paths).items():
+            for result in call(record, {"cmd": "where", "paths": rels}):
+                for f in result["entries"]:
+                    files.append({**f, "path": os.path.join(record.mountpoint, f["path"])})
+    except TierfsError as e:
+        _fail(str(e))
+    if as_json:
+        click.echo(json.dumps(files, indent=2))
+        return
+    for f in files:
+        share = 100.0 if f["size"] == 0 else 100.0 * f["hot"] / f["size"]
+        pinned = ", pinned" if f["pinned"] else ""
+        click.echo(f"{f['path']}: {f['tier']}, {_size(f['size'])}, {share:.0f}% hot{pinned}"
+                   + (f", {f['uri']}" if f["uri"] else ""))
+
+
+def _with_progress(record: Any, request: dict[str, Any], label: str) -> Any:
+    from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+    from tierfs.control.client import call
+
+    with Progress("[progress.description]{task.description}", BarColumn(),
+                  DownloadColumn(binary_units=True), TransferSpeedColumn(),
+                  transient=True) as progress:
+        task = progress.add_task(label, total=None)
+        return call(record, request, lambda m: progress.update(
+            task, completed=m["progress"], total=m["total"] or None))
+
+
+@main.command()
+@click.argument("paths", nargs=-1, required=True)
+def pin(paths: tuple[str, ...]) -> None:
+    """Fetch files or directories into the hot tier and keep them there (never evicted)."""
+    try:
+        for record, rels in _by_mount(paths).items():
+            for r in _with_progress(record, {"cmd": "pin", "paths": rels, "pin": True},
+                                    "pinning"):
+                click.echo(f"pinned {r['path']}: {_size(r['pinned'])} in {r['files']} files")
+    except TierfsError as e:
+        _fail(str(e))
+
+
+@main.command()
+@click.argument("paths", nargs=-1, required=True)
+def unpin(paths: tuple[str, ...]) -> None:
+    """Let pinned files be evicted again (their blocks stay cached until then)."""
+    from tierfs.control.client import call
+
+    try:
+        for record, rels in _by_mount(paths).items():
+            for r in call(record, {"cmd": "pin", "paths": rels, "pin": False}):
+                click.echo(f"unpinned {r['path']}")
+    except TierfsError as e:
+        _fail(str(e))
+
+
+@main.command()
+@click.argument("paths", nargs=-1, required=True)
+def evict(paths: tuple[str, ...]) -> None:
+    """Drop the cached blocks of files or directories from the hot tier (a pin stays: pinned
+    files are cached again when next read)."""
+    from tierfs.control.client import call
+
+    try:
+        for record, rels in _by_mount(paths).items():
+            result = call(record, {"cmd": "evict", "paths": rels})
+            click.echo(f"evicted {_size(result['freed'])} from {record.mountpoint}")
+    except TierfsError as e:
+        _fail(str(e))
+
+
+@main.command()
+@click.argument("mountpoint", required=False)
+def flush(mountpoint: str | None) -> None:
+    """Wait until every write-back file is on its home tier (all mounts by default)."""
+    from tierfs.control.client import locate
+    from tierfs.control.registry import mounts
+
+    try:
+        records = [locate(mountpoint)[0]] if mountpoint else mounts()
+        for record in records:
+            result = _with_progress(record, {"cmd": "flush"}, f"flushing {record.mountpoint}")
+            click.echo(f"{record.mountpoint}: {result['flushed']} files flushed, "
+                       f"{result['pending']} pending")
+    except TierfsError as e:
+        _fail(str(e))
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the answer as JSON.")
+def status(as_json: bool) -> None:
+    """The mounts running, their tiers and each tier's health."""
+    from tierfs.control.client import call
+    from tierfs.control.registry import mounts
+
+    out = []
+    for record in mounts():
+        try:
+            health = call(record, {"cmd": "health"}, timeout=60)
+        except TierfsError as e:
+            health = {"daemon": {"ok": False, "detail": str(e)}}
+        out.append({"mountpoint": record.mountpoint, "pid": record.pid, "hot": record.hot,
+                    "warm": record.warm, "bucket": record.bucket, "health": health})
+    if as_json:
+        click.echo(json.dumps(out, indent=2))
+        return
+    if not out:
+        click.echo("no tierfs mount is running")
+        return
+    for m in out:
+        click.echo(f"{m['mountpoint']} (pid {m['pid']})")
+        where = {"hot": m["hot"], "warm": m["warm"], "cold": m["bucket"]}
+        for tier, h in m["health"].items():
+            free = f", {_size(h['free'])} free" if h.get("free") is not None else ""
+            mark = "ok" if h["ok"] else "PROBLEM"
+            click.echo(f"  {tier:<5} {mark:<8} {where.get(tier, '')}{free}"
+                       + ("" if h["ok"] else f": {h['detail']}"))
+    if not all(h["ok"] for m in out for h in m["health"].values()):
+        sys.exit(1)
+
+
+@main.command()
+@_config_options
+def doctor(config_file: Path | None, **flags: Any) -> None:
+    """Check this machine and the configured tiers; print a fix for each problem found."""
+    from tierfs.doctor import run_checks
+
+    try:
+        config = load_config(config_file, flags)
+    except TierfsError as e:
+        _fail(str(e))
+    problems = 0
+    for check in run_checks(config):
+        mark = "ok" if check.ok else "FAIL"
+        click.echo(f"[{mark:>4}] {check.what}: {check.detail}")
+        if not check.ok:
+            problems += 1
+            click.echo(f"       fix: {check.fix}")
+    if problems:
+        click.echo(f"{problems} problem{'s' if problems > 1 else ''} found", err=True)
+        sys.exit(1)

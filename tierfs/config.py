@@ -246,6 +246,18 @@ def _durability(value: Any) -> str:
     return str(value)
 
 
+def _port(value: Any) -> int:
+    if isinstance(value, bool):
+        raise ValueError("expected a port number")
+    try:
+        port = int(value)
+    except (TypeError, ValueError):
+        raise ValueError("expected a port number") from None
+    if not 0 <= port <= 65535:
+        raise ValueError("expected a port from 1 to 65535, or 0 for none")
+    return port
+
+
 def _log_level(value: Any) -> str:
     levels = ("debug", "info", "warning", "error")
     if not isinstance(value, str) or value.lower() not in levels:
@@ -330,6 +342,8 @@ KEYS: tuple[Key, ...] = (
         "Worker threads for warm-tier (NFS) calls; NFS servers limit connections."),
     Key("hot_threads", _count, lambda: 16,
         "Worker threads for hot-tier (local disk) calls."),
+    Key("prometheus_port", _port, lambda: 0,
+        "Serve Prometheus metrics on 127.0.0.1 at this port (0: no endpoint)."),
     Key("log_level", _log_level, lambda: "info",
         "Log level: debug, info, warning or error."),
 )
@@ -366,6 +380,7 @@ class Config:
     read_ahead: int
     warm_threads: int
     hot_threads: int
+    prometheus_port: int
     log_level: str
     #: Which keys were set explicitly (file or flag); zero-config tiers are created on demand.
     explicit: frozenset[str] = frozenset()

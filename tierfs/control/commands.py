@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from tierfs.control.server import CommandError, Handler, Send
+from tierfs.stats import build as build_stats
+from tierfs.stats import rates as stats_rates
 from tierfs.vfs.residency import FileState, Residency
 
 if TYPE_CHECKING:
@@ -43,7 +45,7 @@ def summary(path: str, states: list[FileState]) -> dict[str, Any]:
     }
 
 
-def make_handlers(fs: FileSystem) -> dict[str, Handler]:
+def make_handlers(fs: FileSystem, mountpoint: str) -> dict[str, Handler]:
     residency = Residency(fs)
 
     async def states_of(request: dict[str, Any]) -> list[tuple[str, list[FileState]]]:
@@ -58,27 +60,82 @@ def make_handlers(fs: FileSystem) -> dict[str, Handler]:
                 raise CommandError(f"{path or '.'}: no such file or directory") from None
         return out
 
+    async def fetch(states: list[FileState], send: Send) -> None:
+        """Fetch every block of ``states`` not yet hot, reporting progress."""
+        total = sum(s.size - s.hot for s in states if s.source is not None)
+        done = 0
+
+        def progress(nbytes: int) -> None:
+            nonlocal done
+            done += nbytes
+
+        async with trio.open_nursery() as nursery:
+            async def report() -> None:
+                while True:
+                    await send({"progress": done, "total": total})
+                    await trio.sleep(PROGRESS_INTERVAL)
+
+            nursery.start_soon(report)
+            await residency.warm(states, progress)
+            nursery.cancel_scope.cancel()
+
     async def warm(request: dict[str, Any], send: Send) -> Any:
         found = await states_of(request)
         if not request.get("check"):
-            everything = [s for _, states in found for s in states]
-            total = sum(s.size - s.hot for s in everything if s.source is not None)
-            done = 0
-
-            def progress(nbytes: int) -> None:
-                nonlocal done
-                done += nbytes
-
-            async with trio.open_nursery() as nursery:
-                async def report() -> None:
-                    while True:
-                        await send({"progress": done, "total": total})
-                        await trio.sleep(PROGRESS_INTERVAL)
-
-                nursery.start_soon(report)
-                await residency.warm(everything, progress)
-                nursery.cancel_scope.cancel()
+            await fetch([s for _, states in found for s in states], send)
             found = await states_of(request)
         return [summary(path, states) for path, states in found]
 
-    return {"warm": warm}
+    async def where(request: dict[str, Any], send: Send) -> Any:
+        return [{**summary(path, states), "entries": [s.to_json() for s in states]}
+                for path, states in await states_of(request)]
+
+    async def pin(request: dict[str, Any], send: Send) -> Any:
+        found = await states_of(request)
+        pinned = request.get("pin", True)
+        everything = [s for _, states in found for s in states]
+        residency.pin(everything, pinned)
+        if pinned:  # pinned data is fetched now and kept
+            await fetch(everything, send)
+        await fs.save_index()
+        return [summary(path, states) for path, states in await states_of(request)]
+
+    async def evict(request: dict[str, Any], send: Send) -> Any:
+        found = await states_of(request)
+        freed = await residency.evict([s for _, states in found for s in states])
+        await fs.save_index()
+        return {"freed": freed,
+                "paths": [summary(path, states) for path, states in await states_of(request)]}
+
+    async def flush(request: dict[str, Any], send: Send) -> Any:
+        start_count, start_bytes = fs.pending_uploads()
+        async with trio.open_nursery() as nursery:
+            async def report() -> None:
+                while True:
+                    count, nbytes = fs.pending_uploads()
+                    await send({"progress": max(0, start_bytes - nbytes), "total": start_bytes,
+                                "pending": count})
+                    await trio.sleep(PROGRESS_INTERVAL)
+
+            nursery.start_soon(report)
+            await fs.flush_all()
+            nursery.cancel_scope.cancel()
+        await fs.save_index()
+        count, nbytes = fs.pending_uploads()
+        return {"flushed": start_count, "pending": count, "pending_bytes": nbytes}
+
+    async def stats(request: dict[str, Any], send: Send) -> Any:
+        return stats_document(fs, mountpoint)
+
+    async def health(request: dict[str, Any], send: Send) -> Any:
+        return await fs.health()
+
+    return {"warm": warm, "where": where, "pin": pin, "evict": evict, "flush": flush,
+            "stats": stats, "health": health}
+
+
+def stats_document(fs: FileSystem, mountpoint: str) -> dict[str, Any]:
+    return build_stats(fs.counters.snapshot(), live=True, mountpoint=mountpoint,
+                       hot=str(fs.config.hot), warm=str(fs.config.warm),
+                       bucket=str(fs.config.bucket), pending=fs.pending_uploads(),
+                       rates=stats_rates(list(fs.history)))

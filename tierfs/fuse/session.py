@@ -17,6 +17,7 @@ import pyfuse3
 import trio
 
 from tierfs.config import Config
+from tierfs.errors import MountError
 from tierfs.control import registry
 from tierfs.control import server as control
 from tierfs.control.commands import make_handlers
@@ -114,7 +115,7 @@ async def _serve(fs: FileSystem, ops: Operations, mountpoint: str, read_ahead: i
         if not clean:
             nursery.start_soon(_purge_temps, fs)
         nursery.start_soon(watch_signals)
-        await nursery.start(control.serve, socket_path(fs.hot.root), make_handlers(fs))
+        await nursery.start(control.serve, socket_path(fs.hot.root), make_handlers(fs, mountpoint))
         nursery.start_soon(when_initialized)
         await pyfuse3.main(min_tasks=2, max_tasks=MAX_FUSE_TASKS)
         await fs.shutdown()  # before the cancel: streaming uploads still need their tasks
@@ -143,6 +144,14 @@ def run(config: Config, mountpoint: str, on_ready: Callable[[], None]) -> None:
         cold = ColdTier(open_checked_store(config), config.cold_threads)
         fs = FileSystem(config, hot, warm, cold, index, cache_warm=_cache_warm(config))
         fs.invalidate_attrs = _invalidate_attrs
+        if config.prometheus_port:
+            from tierfs import metrics
+
+            try:
+                metrics.serve(fs, config.prometheus_port)
+            except OSError as e:
+                raise MountError(f"cannot serve Prometheus metrics on 127.0.0.1:"
+                                 f"{config.prometheus_port}: {e.strerror}") from None
         ops = Operations(fs, config.entry_timeout, config.attr_timeout)
         options = set(pyfuse3.default_options)
         options |= {f"fsname=tierfs:{config.warm}", "subtype=tierfs"}

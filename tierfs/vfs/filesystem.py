@@ -15,6 +15,7 @@ Ordering rules (see docs/architecture.md, "Concurrency contract"):
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import errno
 import fnmatch
@@ -54,6 +55,8 @@ BLOCK_SIZE = 128 * 1024
 ROUTE_RETRY = 5.0
 #: Longest wait between two tries of a failing write-back publish.
 WRITEBACK_MAX_DELAY = 15.0
+#: Seconds a tier may take to answer a health check.
+HEALTH_TIMEOUT = 10.0
 
 
 def _err(code: int) -> OSError:
@@ -155,6 +158,9 @@ class FileSystem:
         self.writeback: dict[int, tuple[Inode, OpenFile]] = {}
         self._writeback_idle = trio.Event()
         self._writeback_idle.set()
+        #: (monotonic time, counters) once per flush interval, for throughput figures.
+        self.history: collections.deque[tuple[float, dict[str, int]]] = \
+            collections.deque(maxlen=11)
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -169,6 +175,7 @@ class FileSystem:
             task_status.started()
             while True:
                 await trio.sleep(FLUSH_INTERVAL)
+                self.history.append((time.monotonic(), dict(self.counters.values)))
                 try:
                     await self.save_index()
                 except Exception:  # a full hot disk, say: the next interval tries again
@@ -200,9 +207,43 @@ class FileSystem:
                               inode.links, data.staging_id, e)
         await self.save_index()
 
-    async def wait_writeback(self) -> None:
-        """Wait until every write-back file is home (or has failed at least once)."""
-        await self._writeback_idle.wait()
+    def pending_uploads(self) -> tuple[int, int]:
+        """Write-back files not yet home: (count, bytes)."""
+        dirty = [d for _, d in self.writeback.values() if d.dirty]
+        return len(dirty), sum(d.size for d in dirty)
+
+    async def flush_all(self) -> None:
+        """Publish every write-back file now (``tierfs flush``); raises the first failure,
+        after trying them all."""
+        errors: list[OSError] = []
+        for inode, data in list(self.writeback.values()):
+            try:
+                await self._publish(inode, data)
+            except OSError as e:
+                errors.append(e)
+        if errors:
+            raise errors[0]
+
+    async def health(self) -> dict[str, dict[str, object]]:
+        """Each tier's state, checked now: reachable, writable, free space."""
+        out: dict[str, dict[str, object]] = {}
+        for name, tier, path in (("hot", self.hot, self.config.hot),
+                                 ("warm", self.warm, self.config.warm)):
+            try:
+                with trio.fail_after(HEALTH_TIMEOUT):
+                    st = await tier.run(os.statvfs, path)
+                writable = await tier.run(os.access, path, os.W_OK)
+                out[name] = {"ok": writable, "free": st.f_bavail * st.f_frsize,
+                             "detail": "ok" if writable else "not writable"}
+            except (OSError, trio.TooSlowError) as e:
+                out[name] = {"ok": False, "free": None, "detail": f"unreachable: {e!r}"}
+        try:
+            with trio.fail_after(HEALTH_TIMEOUT):
+                await self.cold.run(self.cold.store.check)
+            out["cold"] = {"ok": True, "free": None, "detail": "ok"}
+        except (ObjectStoreError, OSError, trio.TooSlowError) as e:
+            out["cold"] = {"ok": False, "free": None, "detail": str(e) or "timed out"}
+        return out
 
     # -- helpers --------------------------------------------------------------------------
 

@@ -131,6 +131,8 @@ class BlockCache:
         self._memory_limit = memory
         self._loading: dict[bytes, _Flight] = {}
         self.pins: dict[bytes, bytes] = {}
+        #: Blocks being written to the hot tier.
+        self._storing: set[bytes] = set()
         self._dirty: set[bytes] = set()
         self._seq = 0
         self._stores = 0
@@ -225,6 +227,9 @@ class BlockCache:
         data = self._memory.get(key)
         if data is not None:
             self._memory.move_to_end(key)
+            if key not in self.entries:
+                # Turned away earlier, asked for again: the policy may think otherwise now.
+                self._store_soon(key, data)
             return data, "hot"
         flight = self._loading.get(key)
         if flight is not None:
@@ -274,8 +279,10 @@ class BlockCache:
     # -- writes and eviction ------------------------------------------------------------
 
     def _store_soon(self, key: bytes, data: bytes) -> None:
-        if self._nursery is None or self._stores >= MAX_STORES or len(data) > self.capacity:
+        if (self._nursery is None or self._stores >= MAX_STORES or len(data) > self.capacity
+                or key in self._storing):
             return
+        self._storing.add(key)
         self._stores += 1
         self.reserved += len(data)
         self._nursery.start_soon(self._store, key, data)
@@ -304,6 +311,7 @@ class BlockCache:
         finally:
             self._stores -= 1
             self.reserved -= size
+            self._storing.discard(key)
         if key in self.entries:  # stored twice (a racing fetch after an eviction): same bytes
             return
         self._seq += 1

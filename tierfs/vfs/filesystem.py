@@ -173,6 +173,7 @@ class FileSystem:
             self._nursery = nursery
             self.cache.bind(nursery)
             task_status.started()
+            self.history.append((time.monotonic(), dict(self.counters.values)))
             while True:
                 await trio.sleep(FLUSH_INTERVAL)
                 self.history.append((time.monotonic(), dict(self.counters.values)))

@@ -183,6 +183,18 @@ def proxy(s3_server: S3Server) -> Iterator[FaultProxy]:
         p.close()
 
 
+@contextmanager
+def tmpfs(path: Path, size: str) -> Iterator[Path]:
+    """A size-limited tmpfs at ``path`` (a small hot tier that fills up), unmounted after."""
+    path.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                   check=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
 def require(tool: str) -> None:
     if shutil.which(tool) is None:
         pytest.fail(f"{tool} is not installed; .ci/run installs it")

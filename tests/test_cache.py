@@ -5,7 +5,6 @@ full hot disk keeps reads correct, and changed sources are read fresh."""
 from __future__ import annotations
 
 import os
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -13,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Mount, S3Server, make_mount, running, tierfs
+from conftest import Mount, S3Server, make_mount, running, tierfs, tmpfs
 from s3proxy import FaultProxy
 from tierfs.cache.counters import load_saved
 
@@ -166,13 +165,8 @@ def test_use_stays_within_capacity_over_three_times_its_size(
 @pytest.fixture
 def small_hot(tmp_path: Path) -> Iterator[Path]:
     """A hot tier on a 40 MiB tmpfs: the disk fills long before the configured capacity."""
-    hot = tmp_path / "smallhot"
-    hot.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=40m", "tmpfs", str(hot)], check=True)
-    try:
+    with tmpfs(tmp_path / "smallhot", "40m") as hot:
         yield hot
-    finally:
-        subprocess.run(["umount", "-l", str(hot)], check=False)
 
 
 def test_a_full_hot_disk_keeps_reads_correct(tmp_path: Path, proxy: FaultProxy, bucket: str,

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Mount, S3Server, make_mount, running, wait_for_exit
+from conftest import Mount, S3Server, make_mount, running, tmpfs, wait_for_exit
 from crashload import plan
 from s3proxy import FaultProxy
 from tierfs import mounting
@@ -213,13 +213,8 @@ def test_renaming_a_checkpoint_directory_is_one_metadata_operation(
 
 @pytest.fixture
 def tiny_hot(tmp_path: Path) -> Iterator[Path]:
-    hot = tmp_path / "tinyhot"
-    hot.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(hot)], check=True)
-    try:
+    with tmpfs(tmp_path / "tinyhot", "24m") as hot:
         yield hot
-    finally:
-        subprocess.run(["umount", "-l", str(hot)], check=False)
 
 
 def test_a_full_hot_tier_fails_only_that_writer(tmp_path: Path, tiny_hot: Path,

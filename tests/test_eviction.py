@@ -151,3 +151,19 @@ def test_policy_bookkeeping(ops: list[tuple[str, int, int]], cls: type) -> None:
         held.remove(victim)
         policy.remove(victim)
     assert policy.victim() is None
+
+
+def test_read_ahead_follows_interleaved_streams_in_one_handle() -> None:
+    """Two processes reading one file through one descriptor, in turns: each stream is
+    recognised as sequential and its window grows; a random reader gets none."""
+    from tierfs.cache.readahead import ReadAhead
+
+    ra = ReadAhead(max_window=8)
+    windows_a, windows_b = [], []
+    for step in range(5):
+        windows_a.append(len(ra.advance(step, step)))            # stream A from block 0
+        windows_b.append(len(ra.advance(100 + step, 100 + step)))  # stream B from block 100
+    assert windows_a == [1, 2, 4, 8, 8]
+    assert windows_b[-1] >= 4 and windows_b == sorted(windows_b)
+    random_reader = ReadAhead(max_window=8)
+    assert [len(random_reader.advance(b, b)) for b in (50, 7, 93, 21)] == [0, 0, 0, 0]

@@ -209,8 +209,9 @@ class FileSystem:
         await self.save_index()
 
     def pending_uploads(self) -> tuple[int, int]:
-        """Write-back files not yet home: (count, bytes)."""
-        dirty = [d for _, d in self.writeback.values() if d.dirty]
+        """Write-back files not yet home: (count, bytes). Also called from the Prometheus
+        thread: list() copies the table in one step under the GIL."""
+        dirty = [d for _, d in list(self.writeback.values()) if d.dirty]
         return len(dirty), sum(d.size for d in dirty)
 
     async def flush_all(self) -> None:

@@ -125,7 +125,7 @@ def make_handlers(fs: FileSystem, mountpoint: str) -> dict[str, Handler]:
         return {"flushed": start_count, "pending": count, "pending_bytes": nbytes}
 
     async def stats(request: dict[str, Any], send: Send) -> Any:
-        return stats_document(fs, mountpoint)
+        return await stats_document(fs, mountpoint)
 
     async def health(request: dict[str, Any], send: Send) -> Any:
         return await fs.health()
@@ -134,8 +134,15 @@ def make_handlers(fs: FileSystem, mountpoint: str) -> dict[str, Handler]:
             "stats": stats, "health": health}
 
 
-def stats_document(fs: FileSystem, mountpoint: str) -> dict[str, Any]:
-    return build_stats(fs.counters.snapshot(), live=True, mountpoint=mountpoint,
-                       hot=str(fs.config.hot), warm=str(fs.config.warm),
-                       bucket=str(fs.config.bucket), pending=fs.pending_uploads(),
-                       rates=stats_rates(list(fs.history)))
+async def stats_document(fs: FileSystem, mountpoint: str) -> dict[str, Any]:
+    """Counters read on the event loop; the tiers' disks (statvfs of NFS, the staging
+    directory) looked at in a warm-tier thread."""
+    snapshot, pending = fs.counters.snapshot(), fs.pending_uploads()
+    rates = stats_rates(list(fs.history))
+
+    def build() -> dict[str, Any]:
+        return build_stats(snapshot, live=True, mountpoint=mountpoint, hot=str(fs.config.hot),
+                           warm=str(fs.config.warm), bucket=str(fs.config.bucket),
+                           pending=pending, rates=rates)
+
+    return await fs.warm.run(build)

@@ -105,9 +105,9 @@ async def _serve(fs: FileSystem, ops: Operations, mountpoint: str, read_ahead: i
             # The kernel clamps read-ahead while it processes INIT, so raise it afterwards.
             await trio.to_thread.run_sync(set_read_ahead, mountpoint, read_ahead)
             log.info("serving %s", mountpoint)
-            registry.register(MountRecord(mountpoint, os.getpid(), str(fs.config.hot),
-                                          str(fs.config.warm), str(fs.config.bucket),
-                                          str(socket_path(fs.hot.root))))
+            await trio.to_thread.run_sync(registry.register, MountRecord(
+                mountpoint, os.getpid(), str(fs.config.hot), str(fs.config.warm),
+                str(fs.config.bucket), str(socket_path(fs.hot.root))))
             on_ready()
 
         await nursery.start(fs.run_background)

@@ -28,8 +28,8 @@ MAP_SIZE = 1 << 34
 #: Named databases: ``meta`` (format, counters), ``inodes`` (warm file identity -> tierfs inode
 #: number, so numbers stay stable across remounts for tools that cache st_ino, such as git),
 #: ``journal`` (staging id -> its entry: target path, state, upload; see vfs/journal.py),
-#: ``blocks`` (block cache
-#: entries and their eviction state; see tierfs/cache/blocks.py), ``pins`` (pinned sources).
+#: ``blocks`` (block-cache entries and their eviction state; see tierfs/cache/blocks.py),
+#: ``pins`` (pinned sources).
 DATABASES = (b"meta", b"inodes", b"journal", b"blocks", b"pins")
 
 _U64 = struct.Struct(">Q")

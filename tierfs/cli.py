@@ -5,6 +5,7 @@ Every configuration key gets a flag of the same name, generated from ``config.KE
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import logging
 import os
@@ -85,6 +86,8 @@ def mount(mountpoint: str, foreground: bool, daemon_child: bool, config_file: Pa
                 fd = os.open(config.hot / "tierfs.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT)
                 os.dup2(fd, 2)
                 os.close(fd)
+            # A crash in native code (libfuse, LMDB) leaves its Python stack in the log.
+            faulthandler.enable()
 
         session.run(config, mountpoint, on_ready)
     except TierfsError as e:

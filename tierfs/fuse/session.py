@@ -133,6 +133,13 @@ def _cache_warm(config: Config) -> bool:
 def run(config: Config, mountpoint: str, on_ready: Callable[[], None]) -> None:
     """Mount and serve in the foreground; returns after a clean unmount."""
     os.umask(0)  # modes come from the kernel request, already masked by the caller's umask
+    # While the event loop serves, it handles SIGTERM and SIGINT (watch_signals). Outside that
+    # window, before it starts and while it shuts down, the signals are ignored: trio restores
+    # this disposition when its receiver closes, and a second SIGTERM arriving then (say, after
+    # a lazy unmount has already ended the loop) must not kill the daemon half-way through
+    # committing its index and unmounting.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, signal.SIG_IGN)
     hot = HotTier(config.hot, config.hot_threads)
     hot.prepare()
     hot.acquire(mountpoint)

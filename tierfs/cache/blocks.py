@@ -439,7 +439,3 @@ class BlockCache:
                 self.policy.insert(key, entry.size)
             self._dirty.add(key)
         self._update_gauges()
-
-    def is_pinned(self, key: bytes) -> bool:
-        entry = self.entries.get(key)
-        return entry is not None and entry.pinned

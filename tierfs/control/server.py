@@ -43,17 +43,22 @@ def peer_uid(sock: trio.socket.SocketType) -> int:
     return int(struct.unpack("3i", creds)[1])
 
 
-async def serve(path: Path, handlers: dict[str, Handler],
-                task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+def _prepare(path: Path) -> None:
+    """A 0700 directory for the socket, and no stale socket from an earlier run."""
     path.parent.mkdir(mode=0o700, exist_ok=True)
     os.chmod(path.parent, 0o700)
     try:
         path.unlink()
     except FileNotFoundError:
         pass
+
+
+async def serve(path: Path, handlers: dict[str, Handler],
+                task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    await trio.to_thread.run_sync(_prepare, path)
     sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     await sock.bind(str(path))
-    os.chmod(path, 0o600)
+    await trio.to_thread.run_sync(os.chmod, path, 0o600)
     sock.listen(16)
     listener = trio.SocketListener(sock)
     task_status.started()

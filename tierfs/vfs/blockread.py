@@ -53,10 +53,6 @@ class CachedReader:
         #: new reader when that changes.
         self.made_for: object = None
 
-    @property
-    def size(self) -> int:
-        return self.source.size
-
     async def read(self, fh: int, offset: int, size: int) -> bytes | memoryview:
         """The bytes at ``offset``; a request inside one block is a view of that block, not
         a copy (pyfuse3 replies from any buffer)."""

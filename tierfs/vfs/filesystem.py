@@ -156,8 +156,6 @@ class FileSystem:
         self._nursery: trio.Nursery | None = None
         #: Write-back: files closed but not yet home, each with the task publishing it.
         self.writeback: dict[int, tuple[Inode, OpenFile]] = {}
-        self._writeback_idle = trio.Event()
-        self._writeback_idle.set()
         #: (monotonic time, counters) once per flush interval, for throughput figures.
         self.history: collections.deque[tuple[float, dict[str, int]]] = \
             collections.deque(maxlen=11)
@@ -1076,7 +1074,6 @@ class FileSystem:
             return
         self.writeback[inode.ino] = (inode, data)
         self.inodes.opened(inode)  # the inode stays known until its data is home
-        self._writeback_idle = trio.Event()
         self._nursery.start_soon(self._writeback, inode, data)
 
     async def _writeback(self, inode: Inode, data: OpenFile) -> None:
@@ -1095,8 +1092,6 @@ class FileSystem:
                     delay = min(delay * 2, WRITEBACK_MAX_DELAY)
         finally:
             del self.writeback[inode.ino]
-            if not self.writeback:
-                self._writeback_idle.set()
             if data.handles == 0 and inode.data is data:
                 await self._discard(inode, data)
             self.inodes.closed(inode)

@@ -74,7 +74,7 @@ async def recover(fs: FileSystem) -> Report:
                 if entry.upload is not None:
                     report.aborted += await _abort(fs, entry.upload)
                 await fs.hot.run(fs.hot.remove_staging, sid)
-                report.discarded += entry.closed or bool(entry.upload)
+                report.discarded += 1
         except (OSError, ObjectStoreError) as e:
             # Kept for the next mount to try again; the mount itself goes on.
             log.error("recovery of %s (staged as %s) failed, kept for the next mount: %s",

@@ -254,6 +254,25 @@ def test_mount_matches_a_plain_directory(shared_mount: Mount, tmp_path: Path) ->
                           suppress_health_check=list(HealthCheck)))
 
 
+@pytest.fixture(scope="module")
+def ahead_mount(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mount]:
+    """Files are copied to the warm tier every 4 KiB while written (docs/semantics.md)."""
+    with running(make_mount(tmp_path_factory.mktemp("ahead"), "--publish-ahead", "4KiB",
+                            "--log-level", "debug")) as m:
+        yield m
+
+
+def test_mount_matches_a_plain_directory_while_publishing_ahead(ahead_mount: Mount,
+                                                                  tmp_path: Path) -> None:
+    run_state_machine_as_test(
+        machine_for(ahead_mount, tmp_path),
+        settings=settings(max_examples=int(os.environ.get("TIERFS_MODEL_EXAMPLES", "40")),
+                          stateful_step_count=40, deadline=None,
+                          suppress_health_check=list(HealthCheck)))
+    assert "ahead to the warm tier" in ahead_mount.log(), \
+        "no file was copied ahead: the test did not test publishing ahead"
+
+
 # -- regression tests: shrunk failures of the machines above, kept by name ---------------------
 
 

@@ -182,6 +182,13 @@ def _read_ahead(value: Any) -> int:
     return size
 
 
+def _publish_ahead(value: Any) -> int:
+    size = parse_size(value)
+    if size and not 4096 <= size <= 1024**3:
+        raise ValueError("expected 0 (off) or a size from 4KiB to 1GiB")
+    return size
+
+
 def _capacity(value: Any) -> str:
     """A byte size, or a share of the hot disk such as ``50%`` (resolved at mount)."""
     text = str(value).strip()
@@ -314,6 +321,9 @@ KEYS: tuple[Key, ...] = (
         "sync: close returns once the data is on its home tier; writeback: once it is staged "
         "on the hot tier (and journaled), the upload going on in the background. fsync always "
         "waits for the home tier."),
+    Key("publish_ahead", _publish_ahead, lambda: 4 * 1024 * 1024,
+        "Sync mode: copy a file being written to the warm tier in steps of this size while "
+        "the writer goes on, so close waits only for the last step (0: copy it all at close)."),
     Key("hot_capacity", _capacity, lambda: "50%",
         "Most bytes the block cache may hold on the hot tier: a size (200GiB) or a share of "
         "the hot disk (50%)."),
@@ -367,6 +377,7 @@ class Config:
     upload_window: int
     block_size: int
     durability: str
+    publish_ahead: int
     hot_capacity: str
     cache_high_watermark: float
     cache_low_watermark: float

@@ -17,6 +17,7 @@ import trio
 from tierfs.stubs import Stub
 from tierfs.vfs.blockread import CachedReader
 from tierfs.vfs.inodes import Inode
+from tierfs.vfs.mirror import Mirror
 from tierfs.vfs.streaming import StreamingUpload
 
 
@@ -35,6 +36,9 @@ class OpenFile:
     replaces_object: str | None = None
     #: The multipart upload of a file being written past the large-file threshold.
     upload: StreamingUpload | None = None
+    #: Sync mode: the warm temp file this file's next publish renames into place, filled
+    #: while the writer writes.
+    mirror: Mirror | None = None
     #: Write-back: the bucket refused to start an upload; streaming waits until then
     #: (time.monotonic()).
     route_after: float = 0.0

@@ -45,6 +45,7 @@ from tierfs.vfs.blockread import CachedReader, Prefetch
 from tierfs.vfs.files import Handle, OpenFile
 from tierfs.vfs.inodes import ROOT_INODE, Inode, InodeTable, identity
 from tierfs.vfs.journal import Entry, Journal, Upload
+from tierfs.vfs.mirror import Mirror
 from tierfs.vfs.streaming import StreamingUpload
 
 log = logging.getLogger(__name__)
@@ -414,6 +415,8 @@ class FileSystem:
                     data.written = min(data.written, changes.size)
                     data.mtime_ns = time.time_ns()
                     data.dirty = True
+                    if data.mirror is not None:
+                        data.mirror.changed(changes.size)
                     await self._route(inode, data)  # a size past the threshold routes at once
             elif rel is not None:
                 await self.warm.run(self.warm.truncate, rel, changes.size)
@@ -721,6 +724,8 @@ class FileSystem:
                 data.size = 0
                 data.mtime_ns = time.time_ns()
                 data.dirty = True
+                if data.mirror is not None:
+                    data.mirror.changed(0)
             keep_cache = False
         return handle.fh, keep_cache, handle.direct
 
@@ -908,8 +913,43 @@ class FileSystem:
             data.dirty = True
             if handle.direct:
                 data.direct_written = True
+            if data.mirror is not None:
+                data.mirror.changed(offset)
             await self._route(handle.inode, data)
+            self._copy_ahead(handle.inode, data)
         return written
+
+    def _copy_ahead(self, inode: Inode, data: OpenFile) -> None:
+        """Sync mode: copy what is written so far to the warm temp file in the background, so
+        that close has only the tail left to copy. Caller holds ``data.lock``."""
+        step = self.config.publish_ahead
+        if (not step or self.config.durability != "sync" or self._nursery is None
+                or data.upload is not None or data.staging_fd is None):
+            return
+        mirror = data.mirror
+        if mirror is None:
+            base = data.base
+            if data.written < step or (base is not None and base.st_nlink > 1):
+                return  # small so far, or hard-linked (published in place, not renamed)
+            rel = self._rel_or_none(inode)
+            if rel is None:
+                return
+            mirror = data.mirror = Mirror(self.warm, split(rel)[0])
+            log.debug("copying %r ahead to the warm tier", rel)
+        elif mirror.busy or mirror.broken or data.written - mirror.copied < step:
+            return
+        self._nursery.start_soon(mirror.advance, data.staging_fd, data.written)
+
+    async def _drop_mirror(self, data: OpenFile) -> None:
+        """Remove a file's head-start temp file (it will not be published from)."""
+        mirror, data.mirror = data.mirror, None
+        if mirror is None:
+            return
+        await mirror.wait()
+        try:
+            await self.warm.run(mirror.drop)
+        except OSError as e:
+            log.warning("could not remove a warm temp file: %s", e)
 
     async def _route(self, inode: Inode, data: OpenFile) -> None:
         """Send a file that has grown past the threshold straight to the bucket, and keep its
@@ -952,6 +992,7 @@ class FileSystem:
                 assert entry.upload is not None
                 entry.upload.upload_id = upload_id
                 self.journal.record(data.staging_id, entry)
+            await self._drop_mirror(data)  # bound for the bucket, not the warm tier
             data.upload = StreamingUpload(self.cold, self.hot, self._nursery, data.staging_fd,
                                           key, upload_id, self.config.part_size,
                                           self.config.upload_window,
@@ -1104,6 +1145,7 @@ class FileSystem:
         """
         upload = data.upload
         assert upload is not None
+        await self._drop_mirror(data)
         try:
             info = await upload.finish(data.size)
         except (ObjectStoreError, OSError) as e:
@@ -1185,6 +1227,7 @@ class FileSystem:
                           data.upload.key)
         if not inode.links and inode.stub is not None:
             await self._delete_object(inode.stub.key)  # unlinked while open
+        await self._drop_mirror(data)  # before staging_fd closes: a copy may read it
         sid = data.staging_id
         remove = None if data.dirty and inode.links else sid
 
@@ -1214,6 +1257,7 @@ class FileSystem:
             rel = self._rel_or_none(inode)
             if rel is None:  # unlinked: nothing to publish, nobody can see it
                 data.dirty = False
+                await self._drop_mirror(data)
                 return
             if data.upload is None and self.config.durability == "writeback":
                 # A file past the threshold whose upload could not start while it was
@@ -1227,16 +1271,10 @@ class FileSystem:
                 return
             times = (data.atime_ns, data.mtime_ns)
             mode = inode.stub.mode if inode.stub is not None else None
-            tmp, st = await self.warm.run(self.warm.publish_copy, rel, data.staging_fd,
-                                          data.size, times, mode)
-            if tmp is not None:
-                async with self._ns_lock:
-                    target = self._rel_or_none(inode)
-                    if target is None:
-                        await self.warm.run(self.warm.unlink, tmp)
-                        data.dirty = False
-                        return
-                    st = await self.warm.run(self.warm.replace, tmp, target)
+            st = await self._publish_warm(inode, data, rel, times, mode)
+            if st is None:  # unlinked meanwhile
+                data.dirty = False
+                return
             self.inodes.rekey(inode, st)
             data.base = st
             data.dirty = False
@@ -1250,6 +1288,54 @@ class FileSystem:
                 (st.st_size, st.st_mtime_ns, inode.key)
             data.direct_written = False
         self.invalidate_attrs(inode.ino)
+
+    async def _publish_warm(self, inode: Inode, data: OpenFile, rel: bytes,
+                            times: tuple[int, int], mode: int | None) -> os.stat_result | None:
+        """Put the staged data in place on the warm tier: finish the head-start temp file if
+        there is one, else copy it all; rename. None if the file was unlinked meanwhile."""
+        mirror, data.mirror = data.mirror, None
+        tmp: bytes | None = None
+        if mirror is not None:
+            await mirror.wait()
+            tmp = await self.warm.run(self._finish_mirror, mirror, data, rel, times, mode)
+        for attempt in range(2):
+            if tmp is None:
+                tmp, st = await self.warm.run(self.warm.publish_copy, rel, data.staging_fd,
+                                              data.size, times, mode)
+                if tmp is None:
+                    return st  # hard-linked: written in place
+            async with self._ns_lock:
+                target = self._rel_or_none(inode)
+                if target is None:
+                    await self.warm.run(self.warm.unlink, tmp)
+                    return None
+                try:
+                    return await self.warm.run(self.warm.replace, tmp, target)
+                except FileNotFoundError:
+                    if attempt or mirror is None:
+                        raise
+                    # The head-start temp file went with its emptied directory: copy it all.
+                    tmp = None
+        raise AssertionError("unreachable")
+
+    def _finish_mirror(self, mirror: Mirror, data: OpenFile, rel: bytes,
+                       times: tuple[int, int], mode: int | None) -> bytes | None:
+        """The head-start temp file made whole and fsynced, or None when it cannot serve
+        (then it is removed and the caller copies everything). Blocking."""
+        try:
+            st = self.warm.lstat(rel)
+        except FileNotFoundError:
+            st = None
+        if not mirror.usable or (st is not None and st.st_nlink > 1):
+            mirror.drop()  # hard-linked since: it must be published in place
+            return None
+        assert data.staging_fd is not None
+        try:
+            return mirror.finish(data.staging_fd, data.size, rel, times, mode)[0]
+        except OSError as e:
+            log.warning("finishing the head-start copy of %r failed, copying it all: %s",
+                        rel, e)
+            return None
 
     # -- file system ----------------------------------------------------------------------
 

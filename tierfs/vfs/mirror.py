@@ -1,0 +1,128 @@
+"""Publishing ahead: in sync mode, the warm temp file that close renames into place is filled
+while the writer is still writing, so close copies and fsyncs only the tail.
+
+Close in sync mode waits until the data is durable on the warm tier. Copying the whole staged
+file at close makes a checkpoint writer wait for its writes through FUSE and then for a second
+full write and its fsync. A mirror copies the staged prefix in the background, a step at a time,
+and starts the disk's write-back of each step (``sync_file_range``), so that at close little is
+left to copy or to flush.
+
+The staging file stays the truth; the mirror is only a head start. A write or a truncation
+inside the copied range moves the copied mark back, and any failure drops the mirror, the
+publish then copying the whole file as it would without one.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+
+import trio
+
+from tierfs.tiers.warm import WarmTier, copy_fd
+
+log = logging.getLogger(__name__)
+
+SYNC_FILE_RANGE_WRITE = 2
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_sync_file_range = getattr(_libc, "sync_file_range", None)
+if _sync_file_range is not None:
+    _sync_file_range.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
+
+
+def start_writeback(fd: int, offset: int, size: int) -> None:
+    """Ask the kernel to start writing a range to disk, without waiting: the fsync at close
+    then finds most of the file already written. Only a hint; failures are ignored."""
+    if _sync_file_range is not None:
+        _sync_file_range(fd, offset, size, SYNC_FILE_RANGE_WRITE)
+
+
+class Mirror:
+    """The warm temp file of one staged file, and how much of the staging file it holds."""
+
+    def __init__(self, warm: WarmTier, parent: bytes) -> None:
+        self.warm = warm
+        #: The directory the temp file is made in (its target's directory when it started).
+        self.parent = parent
+        self.tmp: bytes | None = None
+        self.fd: int | None = None
+        #: staging[:copied] is in the temp file.
+        self.copied = 0
+        #: A copy is running (one at a time), and the lowest offset changed while it ran.
+        self.busy = False
+        self._low: int | None = None
+        self._idle = trio.Event()
+        self._idle.set()
+        #: A copy failed or the mirror was dropped: it is no use any more.
+        self.broken = False
+
+    def changed(self, offset: int) -> None:
+        """Staged bytes from ``offset`` on have changed (a write or truncation that has
+        completed): they must be copied again."""
+        self.copied = min(self.copied, offset)
+        if self.busy:
+            self._low = offset if self._low is None else min(self._low, offset)
+
+    async def advance(self, staging_fd: int, upto: int) -> None:
+        """Copy staging[copied:upto] into the temp file (made at the first call). The caller
+        keeps ``staging_fd`` open until ``wait`` returns."""
+        if self.busy or self.broken or upto <= self.copied:
+            return
+        self.busy, self._low, self._idle = True, None, trio.Event()
+        start = self.copied
+        try:
+            if self.fd is None:
+                self.tmp, self.fd = await self.warm.run(self.warm.open_temp, self.parent)
+            await self.warm.run(_copy_step, staging_fd, self.fd, start, upto - start)
+        except OSError as e:
+            log.warning("copying ahead to the warm tier failed (close will copy it all): %s", e)
+            self.broken = True
+        else:
+            self.copied = upto if self._low is None else min(upto, self._low)
+        finally:
+            self.busy = False
+            self._idle.set()
+
+    async def wait(self) -> None:
+        """Until no copy runs."""
+        await self._idle.wait()
+
+    def finish(self, staging_fd: int, size: int, like: bytes,
+               times: tuple[int, int], mode: int | None) -> tuple[bytes, os.stat_result]:
+        """Copy the rest, take size, owner, mode and times, fsync and close: the temp file to
+        rename into place, and its attributes (blocking; after ``wait``). On failure the temp
+        file is removed."""
+        assert self.fd is not None and self.tmp is not None and not self.busy
+        fd, self.fd = self.fd, None
+        try:
+            if os.fstat(fd).st_nlink == 0:  # removed under us (its directory was emptied)
+                raise FileNotFoundError(self.tmp)
+            if size > self.copied:
+                copy_fd(staging_fd, fd, size - self.copied, self.copied, self.copied)
+        except BaseException:
+            self.warm.drop_temp(self.tmp, fd)
+            raise
+        st = self.warm.finish_temp(self.tmp, fd, size, like, times, mode)
+        return self.tmp, st
+
+    @property
+    def usable(self) -> bool:
+        return not self.broken and self.fd is not None
+
+    def drop(self) -> None:
+        """Remove the temp file (blocking; after ``wait``)."""
+        self.broken = True
+        fd, self.fd = self.fd, None
+        if fd is None or self.tmp is None:
+            return
+        try:
+            self.warm.drop_temp(self.tmp, fd)
+        except FileNotFoundError:
+            pass
+
+
+def _copy_step(src: int, dst: int, offset: int, size: int) -> None:
+    copy_fd(src, dst, size, offset, offset)
+    start_writeback(dst, offset, size)

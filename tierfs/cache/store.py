@@ -4,7 +4,7 @@ Layout (version 1): ``<hot>/cache/v1/<first two hex digits>/<key in hex>``, with
 ``<hot>/cache/v1/tmp``. A block file holds exactly the block's bytes; its size and checksum live in
 the block's index entry. A block is fsynced before it is renamed into place, so after a crash a
 block file is either whole or absent; the index reconciles the two at mount. Every method
-blocks: the cache calls them through the hot tier's limiter.
+blocks: the cache calls them through the hot tier's threads.
 """
 
 from __future__ import annotations

@@ -35,7 +35,7 @@ from tierfs.vfs.filesystem import FileSystem
 log = logging.getLogger(__name__)
 
 #: FUSE worker tasks: enough that slow NFS calls do not stall other requests; each waits in a
-#: tier's limiter, so this bounds memory, not disk concurrency.
+#: tier's threads, so this bounds memory, not disk concurrency.
 MAX_FUSE_TASKS = 64
 
 
@@ -174,6 +174,8 @@ def run(config: Config, mountpoint: str, on_ready: Callable[[], None]) -> None:
         finally:
             registry.unregister(mountpoint, os.getpid())
             pyfuse3.close(unmount=unmount)
+            for tier in (hot, warm, cold):
+                tier.workers.close()
             log.info("unmounted %s", mountpoint)
     finally:
         index.close()

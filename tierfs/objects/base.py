@@ -1,8 +1,8 @@
 """One interface for every object store tierfs can use as its cold tier.
 
 Objects are whole, plain objects (no chunking): ``<prefix>/<path>``, readable by any tool of
-that store. Every method blocks; the filesystem reaches a store only from worker threads under
-the cold tier's limiter. Errors are mapped to the few exceptions below where they arise, so the
+that store. Every method blocks; the filesystem reaches a store only from the cold tier's worker
+threads. Errors are mapped to the few exceptions below where they arise, so the
 callers above never see boto3's or the OS's own exception types.
 """
 

@@ -1,11 +1,11 @@
-"""What every tier shares: blocking calls go to worker threads under that tier's own limiter."""
+"""What every tier shares: blocking calls go to that tier's own worker threads."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import TypeVar
 
-import trio
+from tierfs.tiers.workers import Workers
 
 T = TypeVar("T")
 
@@ -13,14 +13,14 @@ T = TypeVar("T")
 class Tier:
     """A store whose calls block; ``run`` is the only way the event loop reaches it.
 
-    One CapacityLimiter per tier: NFS servers limit connections, local disks do not, and a
-    slow tier must not take every worker thread from a fast one.
+    Each tier has its own threads, as many as its limit: NFS servers limit connections, local
+    disks do not, and a slow tier must not take every worker thread from a fast one.
     """
 
     name = "tier"
 
     def __init__(self, threads: int) -> None:
-        self.limiter = trio.CapacityLimiter(threads)
+        self.workers = Workers(self.name, threads)
 
     async def run(self, fn: Callable[..., T], *args: object) -> T:
-        return await trio.to_thread.run_sync(fn, *args, limiter=self.limiter)
+        return await self.workers.run(fn, *args)

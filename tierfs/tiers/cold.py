@@ -1,7 +1,7 @@
-"""The cold tier: an object-store bucket (S3, GCS or a local folder) behind the tier limiter.
+"""The cold tier: an object-store bucket (S3, GCS or a local folder) behind its own threads.
 
 Every store call blocks (boto3 or file I/O), so the filesystem reaches the store only through
-``ColdTier.run``; the limiter bounds parallel GETs and part uploads.
+``ColdTier.run``; the number of its threads bounds parallel GETs and part uploads.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ unfinished multipart upload cannot be read): writes there fail with EOPNOTSUPP a
 EIO, until the object is complete (see docs/semantics.md).
 
 Concurrency: ``feed``, ``wait_idle`` and ``finish`` run on the event loop; part tasks run in the
-filesystem's nursery; each blocking call goes through its tier's limiter.
+filesystem's nursery; each blocking call goes through its tier's threads.
 """
 
 from __future__ import annotations

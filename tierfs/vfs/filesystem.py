@@ -2,7 +2,7 @@
 
 The FUSE layer calls these methods with inode numbers and names and translates the results; it
 decides nothing. Everything that touches a disk goes through a tier's ``run`` (a worker thread
-under that tier's limiter); the inode table and open-file state change only on the event loop.
+in that tier's threads); the inode table and open-file state change only on the event loop.
 
 Ordering rules (see docs/architecture.md, "Concurrency contract"):
 
@@ -398,8 +398,15 @@ class FileSystem:
     async def setattr(self, ino: int, changes: SetAttr) -> Attrs:
         inode = self.inodes[ino]
         rel = self._rel_or_none(inode)
-        if inode.stub is not None and not (inode.data is not None and inode.data.staged):
-            changes = await self._setattr_cold(inode, rel, changes)
+        if inode.stub is not None:
+            if inode.data is not None and inode.data.staged:
+                # Being rewritten: size and times go to the staged data, the mode into the
+                # stub (chmod would follow the stub's symlink).
+                if changes.mode is not None and rel is not None:
+                    await self._rewrite_stub(inode, rel, changes.mode, None)
+                    changes = dataclasses.replace(changes, mode=None)
+            else:
+                changes = await self._setattr_cold(inode, rel, changes)
         data = inode.data
         if changes.size is not None:
             if inode.is_dir:
@@ -460,15 +467,22 @@ class FileSystem:
         changes = dataclasses.replace(changes, size=None)
         if rel is None or (changes.mode is None and changes.mtime_ns is None):
             return changes
+        await self._rewrite_stub(inode, rel, changes.mode, changes.mtime_ns)
+        return dataclasses.replace(changes, mode=None, atime_ns=None, mtime_ns=None)
+
+    async def _rewrite_stub(self, inode: Inode, rel: bytes, mode: int | None,
+                            mtime_ns: int | None) -> None:
+        """Put a new mode or mtime into a cold file's stub, atomically."""
+        stub = inode.stub
+        assert stub is not None
         new = dataclasses.replace(
-            stub, mode=stub.mode if changes.mode is None else stat.S_IMODE(changes.mode),
-            mtime_ns=stub.mtime_ns if changes.mtime_ns is None else changes.mtime_ns)
+            stub, mode=stub.mode if mode is None else stat.S_IMODE(mode),
+            mtime_ns=stub.mtime_ns if mtime_ns is None else mtime_ns)
         st = await self.warm.run(self.warm.replace_symlink, rel, new.encode(self.config.bucket))
         inode.stub = new
         self.inodes.rekey(inode, st)
         if inode.data is not None:
             inode.data.stub, inode.data.base = new, st
-        return dataclasses.replace(changes, mode=None, atime_ns=None, mtime_ns=None)
 
     def _setattr_blocking(self, inode: Inode, rel: bytes, changes: SetAttr) -> None:
         if changes.uid is not None or changes.gid is not None:
@@ -745,7 +759,7 @@ class FileSystem:
         self._check_name(name)
         rel = self.inodes.child_path(parent, name)
 
-        def make() -> tuple[int, os.stat_result, int | None]:
+        def make() -> tuple[int, os.stat_result, int | None, frozenset[bytes] | None]:
             pst = self.warm.lstat(split(rel)[0])
             # Read-only is enough: the descriptor only keeps the file reachable once unlinked.
             fd = self.warm.open(rel, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -753,13 +767,21 @@ class FileSystem:
                 self._chown_new(rel, os.fstat(fd), *self._owner(uid, gid, pst))
                 os.fchmod(fd, stat.S_IMODE(mode))
                 st = os.fstat(fd)
-                return fd, st, self.inodes.persisted_number(identity(st))
+                try:
+                    # The kernel asks for security.capability before the first write: known
+                    # names answer it without another trip to the warm tier.
+                    xattrs = frozenset(os.fsencode(n) for n in os.listxattr(fd))
+                except OSError:
+                    xattrs = None
+                return fd, st, self.inodes.persisted_number(identity(st)), xattrs
             except BaseException:
                 os.close(fd)
                 raise
 
-        warm_fd, st, persisted = await self.warm.run(make)
+        warm_fd, st, persisted, xattrs = await self.warm.run(make)
         inode, attrs = self._entry(parent, name, st, persisted)
+        if xattrs is not None:
+            self._remember_xattrs(inode, xattrs)
         # Staging starts at the first write: a file created empty never needs it.
         data = OpenFile(warm_fd=warm_fd, base=st, atime_ns=st.st_atime_ns,
                         mtime_ns=st.st_mtime_ns, created=True)
@@ -969,7 +991,7 @@ class FileSystem:
             if rel is None or (base is not None and base.st_nlink > 1):
                 return  # unlinked or hard-linked: stays staged (a stub cannot be hard-linked)
             key = self.config.bucket.key(os.fsdecode(rel))
-            mode = stat.S_IMODE(base.st_mode) if base is not None else 0o644
+            mode = self._file_mode(inode, data)
             metadata = {"mode": f"{mode:04o}", "mtime-ns": str(data.mtime_ns)}
             assert data.staging_fd is not None and data.staging_id is not None  # after _stage
             entry = self.journal.entries.get(data.staging_id)
@@ -1000,6 +1022,14 @@ class FileSystem:
                                           patient=self.config.durability == "writeback")
             log.info("streaming %s to %s (upload %s)", rel, key, upload_id)
         await data.upload.feed(data.written)
+
+    @staticmethod
+    def _file_mode(inode: Inode, data: OpenFile) -> int:
+        """A file's permission bits: a cold file's are in its stub (the symlink's own mode
+        means nothing)."""
+        if inode.stub is not None:
+            return inode.stub.mode
+        return stat.S_IMODE(data.base.st_mode) if data.base is not None else 0o644
 
     def part_recorder(self, sid: str) -> Callable[[int, str], Awaitable[None]]:
         """Make each completed part durable in the journal before its bytes leave staging."""
@@ -1151,7 +1181,7 @@ class FileSystem:
         except (ObjectStoreError, OSError) as e:
             log.error("completing the upload of %s failed; staged data kept: %s", upload.key, e)
             raise _err(errno.EIO) from None
-        mode = stat.S_IMODE(data.base.st_mode) if data.base is not None else 0o644
+        mode = self._file_mode(inode, data)
         stub: Stub | None = Stub(info.key, info.size, info.etag, mode, data.mtime_ns)
         assert stub is not None
         if info.size < self.config.large_file_threshold and data.rule != "cold":

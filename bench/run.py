@@ -6,6 +6,11 @@ run, printed as figures and as the ratio mount/raw (higher is better for every r
 Root is needed to drop the page cache between phases (/proc/sys/vm/drop_caches); without it
 the "cold" rows are marked as not measured. The machine is shared and noisy: compare ratios
 within one run, not figures across runs.
+
+Two create rows: plain creates (the raw directory promises nothing at close, the mount in its
+default sync mode fsyncs every file on the warm tier before close returns), and creates where
+each file is durable on both sides (the raw directory fsyncs before close), which compares
+like with like.
 """
 
 from __future__ import annotations
@@ -61,12 +66,14 @@ def random_reads(path: Path, count: int, seed: int = 7) -> None:
         os.close(fd)
 
 
-def create_files(d: Path, count: int) -> None:
+def create_files(d: Path, count: int, fsync: bool = False) -> None:
     d.mkdir()
     data = os.urandom(4096)
     for i in range(count):
         fd = os.open(d / f"f{i:05d}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         os.write(fd, data)
+        if fsync:
+            os.fsync(fd)
         os.close(fd)
 
 
@@ -80,7 +87,8 @@ def ls_l(d: Path) -> None:
 
 
 def measure(root: Path, size: int, files: int, entries: int, randoms: int,
-            can_drop: bool, populate: Callable[[Path, int], None]) -> dict[str, float | None]:
+            can_drop: bool, populate: Callable[[Path, int], None],
+            through_mount: bool) -> dict[str, float | None]:
     """Rates for one directory: MB/s for data rows, operations per second for the others."""
     out: dict[str, float | None] = {}
     big = root / "big.bin"
@@ -102,6 +110,11 @@ def measure(root: Path, size: int, files: int, entries: int, randoms: int,
     drop_caches()
     out[f"create {files} files of 4 KiB (files/s)"] = files / timed(
         lambda: create_files(root / "small", files))
+    # The same promise on both sides: each file durable before the next. Through the mount in
+    # sync mode (the default) close gives it; on the raw directory, fsync before close.
+    drop_caches()
+    out[f"create {files} files, each durable (files/s)"] = files / timed(
+        lambda: create_files(root / "durable", files, fsync=not through_mount))
     drop_caches()
     out[f"stat {files} files (stats/s)"] = files / timed(lambda: stat_files(root / "small",
                                                                              files))
@@ -143,9 +156,9 @@ def main() -> int:
         # The ls -l directory is filled on the warm tier directly for the mount too: the row
         # measures listing, not creating.
         ours = measure(mnt, size, args.files, args.entries, args.random_reads, can_drop,
-                       lambda d, n: populate_direct(warm / d.name, n))
+                       lambda d, n: populate_direct(warm / d.name, n), through_mount=True)
         plain = measure(raw, size, args.files, args.entries, args.random_reads, can_drop,
-                        populate_direct)
+                        populate_direct, through_mount=False)
     finally:
         subprocess.run([*tierfs, "unmount", str(mnt)], check=False)
         shutil.rmtree(base, ignore_errors=True)

@@ -47,8 +47,8 @@ class Index:
     def __init__(self, path: Path, readonly: bool = False) -> None:
         try:
             # metasync=False: one fdatasync per commit instead of two. LMDB keeps the
-            # database intact on a system crash; the last commit before it may be undone,
-            # which the hot tier, lost with its node anyway, can afford.
+            # database intact on a system crash, but the last commit before it may be
+            # undone: what must survive one (the journal at fsync) is synced explicitly.
             self.env = lmdb.open(str(path), max_dbs=len(DATABASES) + 4, map_size=MAP_SIZE,
                                  readonly=readonly, subdir=True, create=not readonly,
                                  metasync=False)
@@ -110,7 +110,7 @@ class Batch:
     """Changes queued on the event loop, committed later in one transaction by a worker thread.
 
     Reads through ``pending`` see queued changes first, so callers never observe the delay.
-    ``sync`` is a group commit: it returns once every change queued before it is durable, and
+    ``sync`` is a group commit: it returns once every change queued before it is committed, and
     callers that arrive while a commit runs share the next one.
     """
 
@@ -120,7 +120,7 @@ class Batch:
         self._committing: dict[tuple[str, bytes], bytes | None] = {}
         #: Changes queued so far, and the number of them known to be committed.
         self._queued = 0
-        self._durable = 0
+        self._committed = 0
         self._done: trio.Event | None = None
 
     def put(self, db: str, key: bytes, value: bytes) -> None:
@@ -144,14 +144,14 @@ class Batch:
             await self._done.wait()
             return
         if not self._pending:
-            self._durable = self._queued
+            self._committed = self._queued
             return
         upto = self._queued
         self._committing, self._pending = self._pending, {}
         self._done = done = trio.Event()
         try:
             await run_in_thread(self.index.commit, self._committing)
-            self._durable = upto
+            self._committed = upto
         except BaseException:
             self._pending = {**self._committing, **self._pending}
             raise
@@ -160,8 +160,12 @@ class Batch:
             self._done = None
             done.set()
 
-    async def sync(self, run_in_thread: Callable[..., Awaitable[None]]) -> None:
-        """Return once every change queued before this call is committed."""
+    async def sync(self, run_in_thread: Callable[..., Awaitable[None]],
+                   durable: bool = False) -> None:
+        """Return once every change queued before this call is committed; with ``durable``,
+        also flushed to disk (a commit alone may be undone by a system crash, see Index)."""
         target = self._queued
-        while self._durable < target:
+        while self._committed < target:
             await self.flush(run_in_thread)
+        if durable:
+            await run_in_thread(self.index.env.sync, True)

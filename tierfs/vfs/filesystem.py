@@ -1112,7 +1112,7 @@ class FileSystem:
             if entry is not None:
                 entry.synced = data.size
                 self.journal.record(data.staging_id, entry)  # type: ignore[arg-type]
-                await self.journal.sync()
+                await self.journal.sync(durable=True)  # fsync's promise: past a power loss
         elif data.dirty:
             await self._publish(handle.inode, data)
 

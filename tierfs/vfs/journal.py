@@ -89,9 +89,11 @@ class Journal:
         self.entries.pop(sid, None)
         self.batch.delete(DB, sid.encode())
 
-    async def sync(self) -> None:
-        """Make every change queued so far durable (shared with concurrent callers)."""
-        await self.batch.sync(self._run)
+    async def sync(self, durable: bool = False) -> None:
+        """Commit every change queued so far (shared with concurrent callers): it survives a
+        crash of tierfs; ``durable`` also flushes the index to disk, so that it survives a
+        crash of the system."""
+        await self.batch.sync(self._run, durable)
 
     def moved(self, old: bytes, new: bytes) -> bool:
         """A path (file or directory) was renamed: re-point entries at or under it. Returns

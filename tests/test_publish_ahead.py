@@ -161,3 +161,22 @@ def test_crossing_the_threshold_drops_the_head_start(ahead: Mount) -> None:
     assert (ahead.warm / "big").is_symlink()  # a stub: the data is in the bucket
     assert (ahead.path / "big").read_bytes() == b"".join(data)
     assert temps(ahead.warm) == []
+
+
+def test_rewrites_in_place_are_not_copied_ahead(ahead: Mount) -> None:
+    """A database rewriting pages of an existing file: a head-start copy would be undone by
+    the next write, so none is made; close publishes the pages."""
+    target = ahead.path / "pages.db"
+    target.write_bytes(b"".join(chunks(16, 30)))
+    fd = os.open(target, os.O_RDWR)
+    try:
+        for page in range(0, 64):
+            os.pwrite(fd, page.to_bytes(4, "big") * 1024, page * 4096 * 7)
+        time.sleep(0.5)  # time enough for a background copy to have started
+        assert temps(ahead.warm) == []
+    finally:
+        os.close(fd)
+    expected = bytearray(b"".join(chunks(16, 30)))
+    for page in range(0, 64):
+        expected[page * 4096 * 7:page * 4096 * 7 + 4096] = page.to_bytes(4, "big") * 1024
+    assert (ahead.warm / "pages.db").read_bytes() == bytes(expected)

@@ -929,8 +929,9 @@ class FileSystem:
                 await self.cache.free(4 * len(buf) + self.config.block_size)
                 written = await self.hot.run(os.pwrite, data.staging_fd, buf, offset)
             data.size = max(data.size, offset + written)
-            if offset <= data.written:
-                data.written = max(data.written, offset + written)
+            grew = offset <= data.written < offset + written
+            if grew:
+                data.written = offset + written
             data.mtime_ns = time.time_ns()
             data.dirty = True
             if handle.direct:
@@ -938,7 +939,10 @@ class FileSystem:
             if data.mirror is not None:
                 data.mirror.changed(offset)
             await self._route(handle.inode, data)
-            self._copy_ahead(handle.inode, data)
+            if grew:
+                # Only a file growing in order is copied ahead: for rewrites in place (a
+                # database's pages) each copy would be undone by the next write.
+                self._copy_ahead(handle.inode, data)
         return written
 
     def _copy_ahead(self, inode: Inode, data: OpenFile) -> None:

@@ -1328,29 +1328,29 @@ class FileSystem:
         """Put the staged data in place on the warm tier: finish the head-start temp file if
         there is one, else copy it all; rename. None if the file was unlinked meanwhile."""
         mirror, data.mirror = data.mirror, None
-        tmp: bytes | None = None
         if mirror is not None:
             await mirror.wait()
             tmp = await self.warm.run(self._finish_mirror, mirror, data, rel, times, mode)
-        for attempt in range(2):
-            if tmp is None:
-                tmp, st = await self.warm.run(self.warm.publish_copy, rel, data.staging_fd,
-                                              data.size, times, mode)
-                if tmp is None:
-                    return st  # hard-linked: written in place
-            async with self._ns_lock:
-                target = self._rel_or_none(inode)
-                if target is None:
-                    await self.warm.run(self.warm.unlink, tmp)
-                    return None
+            if tmp is not None:
                 try:
-                    return await self.warm.run(self.warm.replace, tmp, target)
+                    return await self._rename_into_place(inode, tmp)
                 except FileNotFoundError:
-                    if attempt or mirror is None:
-                        raise
-                    # The head-start temp file went with its emptied directory: copy it all.
-                    tmp = None
-        raise AssertionError("unreachable")
+                    pass  # the temp file went with its emptied directory: copy it all
+        tmp, st = await self.warm.run(self.warm.publish_copy, rel, data.staging_fd, data.size,
+                                      times, mode)
+        if tmp is None:
+            return st  # hard-linked: written in place
+        return await self._rename_into_place(inode, tmp)
+
+    async def _rename_into_place(self, inode: Inode, tmp: bytes) -> os.stat_result | None:
+        """Rename a finished temp file over the file's current name, under the namespace lock
+        (None, and the temp file removed, if the file was unlinked meanwhile)."""
+        async with self._ns_lock:
+            target = self._rel_or_none(inode)
+            if target is None:
+                await self.warm.run(self.warm.unlink, tmp)
+                return None
+            return await self.warm.run(self.warm.replace, tmp, target)
 
     def _finish_mirror(self, mirror: Mirror, data: OpenFile, rel: bytes,
                        times: tuple[int, int], mode: int | None) -> bytes | None:

@@ -1243,12 +1243,7 @@ class FileSystem:
             raise
         await self.warm.run(self.warm.finish_temp, tmp, fd, stub.size, rel,
                             (data.atime_ns, data.mtime_ns))
-        async with self._ns_lock:
-            target = self._rel_or_none(inode)
-            if target is None:
-                await self.warm.run(self.warm.unlink, tmp)
-                return None
-            return await self.warm.run(self.warm.replace, tmp, target)
+        return await self._rename_into_place(inode, tmp)
 
     async def _discard(self, inode: Inode, data: OpenFile) -> None:
         """Drop the open-file state after the last handle; staging goes unless still needed."""

@@ -964,7 +964,7 @@ class FileSystem:
             log.debug("copying %r ahead to the warm tier", rel)
         elif mirror.busy or mirror.broken or data.written - mirror.copied < step:
             return
-        self._nursery.start_soon(mirror.advance, data.staging_fd, data.written)
+        mirror.start(self._nursery, data.staging_fd, data.written)
 
     async def _drop_mirror(self, data: OpenFile) -> None:
         """Remove a file's head-start temp file (it will not be published from)."""

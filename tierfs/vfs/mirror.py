@@ -65,13 +65,16 @@ class Mirror:
         if self.busy:
             self._low = offset if self._low is None else min(self._low, offset)
 
-    async def advance(self, staging_fd: int, upto: int) -> None:
-        """Copy staging[copied:upto] into the temp file (made at the first call). The caller
-        keeps ``staging_fd`` open until ``wait`` returns."""
+    def start(self, nursery: trio.Nursery, staging_fd: int, upto: int) -> None:
+        """Copy staging[copied:upto] into the temp file (made at the first copy) in a task of
+        ``nursery``. Busy from this call on, so that ``wait`` also covers a copy whose task has
+        not run yet. The caller keeps ``staging_fd`` open until ``wait`` returns."""
         if self.busy or self.broken or upto <= self.copied:
             return
         self.busy, self._low, self._idle = True, None, trio.Event()
-        start = self.copied
+        nursery.start_soon(self._copy, staging_fd, self.copied, upto)
+
+    async def _copy(self, staging_fd: int, start: int, upto: int) -> None:
         try:
             if self.fd is None:
                 self.tmp, self.fd = await self.warm.run(self.warm.open_temp, self.parent)

@@ -12,7 +12,7 @@ import os
 import tomllib
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import humanfriendly
 import platformdirs
@@ -23,6 +23,8 @@ from tierfs.objects.base import MIN_PART_SIZE, BucketURI, parse_bucket_uri
 #: Anyscale's node-local NVMe and per-user NFS mounts; used when they exist.
 ANYSCALE_HOT = Path("/mnt/local_storage")
 ANYSCALE_WARM = Path("/mnt/user_storage")
+
+Number = TypeVar("Number", int, float)
 
 
 def _default_hot() -> Path:
@@ -135,25 +137,26 @@ def _bool(value: Any) -> bool:
     raise ValueError("expected true or false")
 
 
-def _seconds(value: Any) -> float:
+def _number(value: Any, kind: Callable[[Any], Number], expected: str) -> Number:
+    """``kind(value)``, with ``expected`` as the error; booleans are refused, though TOML and
+    Python would both let ``true`` pass for 1."""
     if isinstance(value, bool):
-        raise ValueError("expected a number of seconds")
+        raise ValueError(expected)
     try:
-        seconds = float(value)
+        return kind(value)
     except (TypeError, ValueError):
-        raise ValueError("expected a number of seconds") from None
+        raise ValueError(expected) from None
+
+
+def _seconds(value: Any) -> float:
+    seconds = _number(value, float, "expected a number of seconds")
     if not 0 <= seconds <= 3600:
         raise ValueError("expected seconds between 0 and 3600")
     return seconds
 
 
 def _count(value: Any) -> int:
-    if isinstance(value, bool):
-        raise ValueError("expected a whole number")
-    try:
-        count = int(value)
-    except (TypeError, ValueError):
-        raise ValueError("expected a whole number") from None
+    count = _number(value, int, "expected a whole number")
     if not 1 <= count <= 1024:
         raise ValueError("expected a whole number from 1 to 1024")
     return count
@@ -215,12 +218,7 @@ def resolve_capacity(value: str, total: int) -> int:
 
 
 def _share(value: Any) -> float:
-    if isinstance(value, bool):
-        raise ValueError("expected a fraction such as 0.9")
-    try:
-        share = float(value)
-    except (TypeError, ValueError):
-        raise ValueError("expected a fraction such as 0.9") from None
+    share = _number(value, float, "expected a fraction such as 0.9")
     if not 0.1 <= share <= 1:
         raise ValueError("expected a fraction from 0.1 to 1")
     return share
@@ -254,12 +252,7 @@ def _durability(value: Any) -> str:
 
 
 def _port(value: Any) -> int:
-    if isinstance(value, bool):
-        raise ValueError("expected a port number")
-    try:
-        port = int(value)
-    except (TypeError, ValueError):
-        raise ValueError("expected a port number") from None
+    port = _number(value, int, "expected a port number")
     if not 0 <= port <= 65535:
         raise ValueError("expected a port from 1 to 65535, or 0 for none")
     return port

@@ -5,6 +5,7 @@ full hot disk keeps reads correct, and changed sources are read fresh."""
 from __future__ import annotations
 
 import os
+import random
 import threading
 import time
 from collections.abc import Iterator
@@ -243,3 +244,44 @@ def test_warm_prefetches_and_check_reports(tmp_path: Path, proxy: FaultProxy, bu
         assert outside.returncode == 1 and "not inside a running tierfs mount" in outside.stderr
         missing = tierfs("warm", str(m.path / "nope"), check=False)
         assert missing.returncode == 1 and "no such file" in missing.stderr
+
+
+def test_concurrent_reads_of_hot_blocks_in_reused_buffers(tmp_path: Path, proxy: FaultProxy,
+                                                          bucket: str,
+                                                          s3_server: S3Server) -> None:
+    """Hot blocks are read into reused buffers. With the least read memory (four hot blocks in
+    memory), readers of two files at once, each read crossing a block boundary, make buffers
+    change hands while other replies are being built from them: every byte must still be
+    right."""
+    m = cold_mount(tmp_path, proxy, bucket, "--read-memory", "16MiB")
+    files = {f"{n}.bin": os.urandom(24 * MIB + 4096 * n) for n in range(2)}
+    publish(m, s3_server, files)
+    with running(m):
+        tierfs("warm", str(m.path / "data"))
+        m.stop()
+        m.start()  # nothing in memory: every block comes from the hot tier
+        gets = proxy.requests["GET"]
+        errors: list[str] = []
+
+        def reader(name: str, seed: int) -> None:
+            data = files[name]
+            rng = random.Random(seed)
+            fd = os.open(m.path / "data" / name, os.O_RDONLY)
+            try:
+                for _ in range(150):
+                    offset = rng.randrange(len(data))
+                    size = rng.choice((MIB + 12345, 2 * MIB + 1, 4096))
+                    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+                    if os.pread(fd, size, offset) != data[offset:offset + size]:
+                        errors.append(f"{name} at {offset} (+{size})")
+            finally:
+                os.close(fd)
+
+        threads = [threading.Thread(target=reader, args=(name, seed))
+                   for seed, name in enumerate(list(files) * 2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == []
+        assert proxy.requests["GET"] == gets  # all of it from the hot tier

@@ -29,11 +29,13 @@ import dataclasses
 import errno
 import hashlib
 import logging
+import mmap
 import struct
 from collections.abc import Awaitable, Callable
 
 import trio
 
+from tierfs.cache.buffers import BufferPool
 from tierfs.cache.counters import Counters
 from tierfs.cache.eviction import Policy
 from tierfs.cache.store import BlockFiles, checksum, is_no_space
@@ -50,6 +52,8 @@ _ENTRY = struct.Struct(">QQBIQB")
 _BLOCK = struct.Struct(">I")
 #: Source ids are this many bytes of a SHA-256; a block key is the id plus a 4-byte number.
 ID_BYTES = 16
+#: A block's bytes: read from a source, or from the hot tier into a reused buffer.
+Block = bytes | mmap.mmap
 #: Blocks written to the hot tier at once; more misses than this are served without caching.
 MAX_STORES = 8
 
@@ -91,7 +95,7 @@ class _Flight:
     """One load of a block, shared by every reader that wants it meanwhile."""
 
     done: trio.Event = dataclasses.field(default_factory=trio.Event)
-    data: bytes | None = None
+    data: Block | None = None
     origin: str = "hot"
 
 
@@ -126,9 +130,14 @@ class BlockCache:
         #: Bytes of cached blocks, and of blocks being written (reserved before writing).
         self.used = 0
         self.reserved = 0
-        self._memory: collections.OrderedDict[bytes, bytes] = collections.OrderedDict()
+        self._memory: collections.OrderedDict[bytes, Block] = collections.OrderedDict()
         self._memory_bytes = 0
         self._memory_limit = memory
+        #: Blocks in memory that were read from the hot tier, oldest first: at most
+        #: ``hot_in_memory`` of them (a quarter of the memory), each in a reused buffer.
+        self._hot_in_memory: collections.OrderedDict[bytes, None] = collections.OrderedDict()
+        self.hot_in_memory = max(2, memory // block_size // 4)
+        self._buffers = BufferPool(block_size, self.hot_in_memory)
         self._loading: dict[bytes, _Flight] = {}
         self.pins: dict[bytes, bytes] = {}
         #: Blocks being written to the hot tier.
@@ -210,6 +219,9 @@ class BlockCache:
         """Whether a block is in memory or being loaded (read-ahead has nothing to do)."""
         return key in self._memory or key in self._loading
 
+    def on_hot_tier(self, key: bytes) -> bool:
+        return key in self.entries
+
     def accessed(self, key: bytes) -> None:
         """A reader used a block (once per block per handle, however many requests it took):
         the access the eviction policy counts."""
@@ -220,13 +232,15 @@ class BlockCache:
             self.entries[key].seq = self._seq
             self._dirty.add(key)
 
-    async def get(self, source: Source, block: int) -> tuple[bytes, str]:
+    async def get(self, source: Source, block: int) -> tuple[Block, str]:
         """A block's bytes and where they came from: "hot", or the source's tier. Readers
         that arrive while the block is being loaded share that load and its origin."""
         key = block_key(source.id, block)
         data = self._memory.get(key)
         if data is not None:
             self._memory.move_to_end(key)
+            if key in self._hot_in_memory:
+                self._hot_in_memory.move_to_end(key)
             if key not in self.entries:
                 # Turned away earlier, asked for again: the policy may think otherwise now.
                 self._store_soon(key, data)
@@ -240,16 +254,17 @@ class BlockCache:
         flight = self._loading[key] = _Flight()
         try:
             flight.data, flight.origin = await self._load(source, block, key)
-            self._remember(key, flight.data)
+            self._remember(key, flight.data, flight.origin)
             return flight.data, flight.origin
         finally:
             del self._loading[key]
             flight.done.set()
 
-    async def _load(self, source: Source, block: int, key: bytes) -> tuple[bytes, str]:
+    async def _load(self, source: Source, block: int, key: bytes) -> tuple[Block, str]:
         entry = self.entries.get(key)
         if entry is not None:
-            data = await self.hot.run(self.files.read, key, entry.size, entry.crc)
+            data = await self.hot.run(self.files.read, key, entry.size, entry.crc,
+                                      self._buffers)
             if data is not None:
                 return data, "hot"
             if key in self.entries:
@@ -266,19 +281,32 @@ class BlockCache:
         self._store_soon(key, data)
         return data, source.tier
 
-    def _remember(self, key: bytes, data: bytes) -> None:
-        old = self._memory.pop(key, None)
-        if old is not None:
-            self._memory_bytes -= len(old)
+    def _remember(self, key: bytes, data: Block, origin: str) -> None:
+        """Keep a loaded block in memory. Blocks read from the hot tier leave first: they
+        are cheap to read again, the mount's page cache holds what was read of them, and a
+        block that leaves soon frees its buffer for the next one; blocks from a remote
+        source stay until the memory is full."""
+        self._forget(key)
         self._memory[key] = data
         self._memory_bytes += len(data)
+        if origin == "hot":
+            self._hot_in_memory[key] = None
+            while len(self._hot_in_memory) > self.hot_in_memory:
+                self._forget(next(iter(self._hot_in_memory)))
         while self._memory_bytes > self._memory_limit and len(self._memory) > 1:
-            _, dropped = self._memory.popitem(last=False)
-            self._memory_bytes -= len(dropped)
+            self._forget(next(iter(self._memory)))
+
+    def _forget(self, key: bytes) -> None:
+        """Drop a block from memory, and its buffer back to the pool if no reader holds it."""
+        self._hot_in_memory.pop(key, None)
+        data = self._memory.pop(key, None)
+        if data is not None:
+            self._memory_bytes -= len(data)
+            self._buffers.give(data)
 
     # -- writes and eviction ------------------------------------------------------------
 
-    def _store_soon(self, key: bytes, data: bytes) -> None:
+    def _store_soon(self, key: bytes, data: Block) -> None:
         if (self._nursery is None or self._stores >= MAX_STORES or len(data) > self.capacity
                 or key in self._storing):
             return
@@ -287,7 +315,7 @@ class BlockCache:
         self.reserved += len(data)
         self._nursery.start_soon(self._store, key, data)
 
-    async def _store(self, key: bytes, data: bytes, force: bool = False) -> None:
+    async def _store(self, key: bytes, data: Block, force: bool = False) -> None:
         """Write a fetched block to the hot tier if the policy admits it (``force``: always,
         for explicit prefetching). Called with the block's size already reserved."""
         size = len(data)
@@ -413,9 +441,7 @@ class BlockCache:
             if entry is not None:
                 freed += entry.size
                 await self._drop(key)
-            old = self._memory.pop(key, None)
-            if old is not None:
-                self._memory_bytes -= len(old)
+            self._forget(key)
         return freed
 
     def set_pinned(self, source_id: bytes, nblocks: int, pinned: bool, label: bytes = b"") -> None:

@@ -26,6 +26,9 @@ log = logging.getLogger(__name__)
 
 #: Per-handle memory of blocks counted and blocks fetched ahead (small, bounded).
 _REMEMBER = 64
+#: Blocks already on the hot tier are read at most this far ahead: a local disk answers in
+#: milliseconds, and each block ahead holds a buffer that the blocks behind could reuse.
+HOT_AHEAD = 4
 
 
 class Prefetch:
@@ -98,10 +101,11 @@ class CachedReader:
         if self._nursery is None:
             return
         nblocks = self.source.blocks(self.cache.block_size)
-        for block in blocks:
+        for ahead, block in enumerate(blocks):
             if block >= nblocks or self._prefetch.running >= self._prefetch.limit:
                 return
-            if self.cache.loaded(block_key(self.source.id, block)):
+            key = block_key(self.source.id, block)
+            if self.cache.loaded(key) or (ahead >= HOT_AHEAD and self.cache.on_hot_tier(key)):
                 continue
             self._prefetch.running += 1
             self._nursery.start_soon(self._fetch_one, block)

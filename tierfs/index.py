@@ -8,6 +8,7 @@ environment read-only while the mount runs.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import struct
 from collections.abc import Awaitable, Callable
@@ -43,6 +44,23 @@ def unpack_u64(data: bytes) -> int:
     return _U64.unpack(data)[0]
 
 
+@dataclasses.dataclass(frozen=True)
+class RunStart:
+    #: The previous run unmounted cleanly.
+    clean: bool
+    #: The system restarted since the previous run: what the page cache held then is gone,
+    #: so staged data that was never flushed to disk cannot be trusted.
+    rebooted: bool
+
+
+def boot_id() -> bytes:
+    """The kernel's id of this boot (a new random one at every start of the system)."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_bytes().strip()
+    except OSError:
+        return b"unknown"
+
+
 class Index:
     def __init__(self, path: Path, readonly: bool = False) -> None:
         try:
@@ -76,12 +94,16 @@ class Index:
                 txn.put(b"node", node)
             return bytes(node)
 
-    def begin_run(self) -> bool:
-        """Mark the index as in use; returns whether the previous run ended cleanly."""
+    def begin_run(self) -> RunStart:
+        """Mark the index as in use, under this boot of the system: how the last run ended."""
+        boot = boot_id()
         with self.env.begin(db=self.dbs["meta"], write=True) as txn:
             clean = txn.get(b"clean") in (None, b"1")
+            previous = txn.get(b"boot")
             txn.put(b"clean", b"0")
-        return clean
+            txn.put(b"boot", boot)
+        self.env.sync(True)
+        return RunStart(clean=clean, rebooted=previous is not None and bytes(previous) != boot)
 
     def end_run(self) -> None:
         with self.env.begin(db=self.dbs["meta"], write=True) as txn:

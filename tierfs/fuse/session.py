@@ -24,7 +24,7 @@ from tierfs.control.commands import make_handlers
 from tierfs.control.registry import MountRecord
 from tierfs.control.server import socket_path
 from tierfs.fuse.operations import Operations
-from tierfs.index import Index
+from tierfs.index import Index, RunStart
 from tierfs.mounting import NETWORK_FS, fs_type
 from tierfs.tiers.cold import ColdTier, open_checked_store
 from tierfs.tiers.hot import HotTier
@@ -86,7 +86,7 @@ async def _purge_temps(fs: FileSystem) -> None:
 
 
 async def _serve(fs: FileSystem, ops: Operations, mountpoint: str, read_ahead: int,
-                 on_ready: Callable[[], None], clean: bool) -> bool:
+                 on_ready: Callable[[], None], start: RunStart) -> bool:
     """Serve until unmounted or signalled; returns True if a signal asked us to unmount."""
     signalled = False
     async with trio.open_nursery() as nursery:
@@ -111,8 +111,9 @@ async def _serve(fs: FileSystem, ops: Operations, mountpoint: str, read_ahead: i
             on_ready()
 
         await nursery.start(fs.run_background)
-        await recovery.recover(fs)  # before any request: nobody sees a half-recovered file
-        if not clean:
+        # Before any request: nobody sees a half-recovered file.
+        await recovery.recover(fs, rebooted=start.rebooted)
+        if not start.clean:
             nursery.start_soon(_purge_temps, fs)
         nursery.start_soon(watch_signals)
         await nursery.start(control.serve, socket_path(fs.hot.root), make_handlers(fs, mountpoint))
@@ -146,7 +147,7 @@ def run(config: Config, mountpoint: str, on_ready: Callable[[], None]) -> None:
     warm = WarmTier(config.warm, config.warm_threads)
     index = Index(hot.index_dir)
     warm.node = index.node_id()
-    clean = index.begin_run()
+    start = index.begin_run()
     try:
         cold = ColdTier(open_checked_store(config), config.cold_threads)
         fs = FileSystem(config, hot, warm, cold, index, cache_warm=_cache_warm(config))
@@ -169,7 +170,7 @@ def run(config: Config, mountpoint: str, on_ready: Callable[[], None]) -> None:
         try:
             log.info("mounted %s (hot %s, warm %s)", mountpoint, config.hot, config.warm)
             unmount = trio.run(_serve, fs, ops, mountpoint, config.read_ahead, on_ready,
-                               clean)
+                               start)
             index.end_run()
         finally:
             registry.unregister(mountpoint, os.getpid())

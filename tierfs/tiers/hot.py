@@ -23,6 +23,8 @@ class HotTier(Tier):
         self.root = root
         self.staging_dir = root / "staging"
         self.index_dir = root / "index"
+        #: Staged data that recovery could not trust (see vfs/recovery.py), kept for a person.
+        self.lost_dir = root / "lost+found"
         self.log_file = root / "tierfs.log"
         self._lock_fd: int | None = None
 
@@ -61,6 +63,14 @@ class HotTier(Tier):
             os.unlink(self.staging_dir / sid)
         except FileNotFoundError:
             pass
+
+    def set_aside(self, sid: str, note: bytes) -> Path:
+        """Move a staging file out of the way, with a note of what it was; returns its path."""
+        self.lost_dir.mkdir(mode=0o700, exist_ok=True)
+        target = self.lost_dir / sid
+        os.rename(self.staging_dir / sid, target)
+        (self.lost_dir / f"{sid}.txt").write_bytes(note)
+        return target
 
     def staged_ids(self) -> list[str]:
         return sorted(os.listdir(self.staging_dir))

@@ -1084,7 +1084,7 @@ class FileSystem:
         except OSError:
             # The writer hears of it; the staged data is kept, and durably so, for the next
             # close, fsync or mount to try again.
-            await self.journal.sync()
+            await self._keep_staged(data)
             raise
 
     def _reopened(self, data: OpenFile) -> None:
@@ -1093,7 +1093,29 @@ class FileSystem:
         entry = None if data.staging_id is None else self.journal.entries.get(data.staging_id)
         if entry is not None and entry.closed:
             entry.closed = False
+            if entry.upload is None:
+                entry.synced = None  # what was on disk is being changed
             self.journal.record(data.staging_id, entry)  # type: ignore[arg-type]
+
+    async def _keep_staged(self, data: OpenFile) -> None:
+        """Publishing closed data failed, and it stays staged until a later try: flush it to
+        the hot disk and say so in the journal, so that it outlives a restart of the system
+        too (after one, recovery publishes only staged data known to be on disk)."""
+        entry = None if data.staging_id is None else self.journal.entries.get(data.staging_id)
+        if (entry is None or not entry.closed or entry.synced == entry.size
+                or data.staging_fd is None):
+            await self.journal.sync()
+            return
+        try:
+            await self.hot.run(os.fdatasync, data.staging_fd)
+        except OSError as e:
+            log.error("flushing the staged data of %s to the hot disk failed: %s",
+                      data.staging_id, e)
+            await self.journal.sync()
+            return
+        entry.synced = entry.size
+        self.journal.record(data.staging_id, entry)  # type: ignore[arg-type]
+        await self.journal.sync(durable=True)
 
     def _mark_closed(self, data: OpenFile) -> None:
         """The last writer closed the file: its staged content may be published, and will
@@ -1113,7 +1135,9 @@ class FileSystem:
             # closes, or at recovery after a crash (the journal keeps the fsynced size).
             await data.upload.wait_idle()
             entry = self.journal.entries.get(data.staging_id or "")
-            if entry is not None:
+            if entry is not None and data.staging_fd is not None:
+                # The tail not yet cut into parts is on the hot disk only: flush it first.
+                await self.hot.run(os.fdatasync, data.staging_fd)
                 entry.synced = data.size
                 self.journal.record(data.staging_id, entry)  # type: ignore[arg-type]
                 await self.journal.sync(durable=True)  # fsync's promise: past a power loss
@@ -1138,6 +1162,7 @@ class FileSystem:
                     except OSError as e:
                         log.error("publishing inode %d failed at release; staged data kept "
                                   "as %s: %s", inode.ino, data.staging_id, e)
+                        await self._keep_staged(data)
                 if inode.ino not in self.writeback:
                     await self._discard(inode, data)
         finally:
@@ -1163,6 +1188,7 @@ class FileSystem:
                     data.error = e
                     log.error("write-back of inode %d failed, retrying in %.0f s: %s",
                               inode.ino, delay, e)
+                    await self._keep_staged(data)
                     await trio.sleep(delay)
                     delay = min(delay * 2, WRITEBACK_MAX_DELAY)
         finally:

@@ -11,6 +11,15 @@ For every journal entry, by what a writer was told:
 - Otherwise (a writer still had it open, or it is already home): nothing of it may appear
   under the file's name. Its staging file is removed and its multipart upload, if any, aborted.
 
+That is after tierfs itself stopped (a crash, SIGKILL): the staged bytes were in the page cache,
+which outlives the process. After the system restarted (a new boot id; power loss, a kernel
+panic), staged bytes that were never flushed to disk may be missing or zeros, and publishing
+them would replace a good file with a torn one. Then only what was flushed is used: closed data
+whose publish had failed (flushed then, ``synced``), and the fsynced prefix of a file streaming
+to the bucket. Other closed data is set aside in ``<hot>/lost+found`` with a note, the file
+keeps what it had, and the log says so: write-back data not yet home is lost with the node, as
+docs/semantics.md says, but never published torn.
+
 Then staging files that no entry names are removed. Multipart uploads are aborted only where
 the journal says they are this node's: its upload ids, and, for an upload whose creation was
 journaled but whose id was not (a crash in between), every upload of that key. Other nodes may
@@ -48,10 +57,23 @@ class Report:
     discarded: int = 0
     aborted: int = 0
     orphans: int = 0
+    set_aside: int = 0
     failed: int = 0
 
 
-async def recover(fs: FileSystem) -> Report:
+def publishable(entry: journal.Entry, rebooted: bool) -> int | None:
+    """How many bytes of an entry's staged data recovery puts in place; None: none."""
+    if not entry.path:
+        return None
+    streamed = entry.upload is not None and entry.synced is not None
+    if not rebooted:
+        return entry.size if entry.closed else entry.synced if streamed else None
+    if entry.closed and entry.synced is not None and entry.synced >= entry.size:
+        return entry.size
+    return entry.synced if streamed else None
+
+
+async def recover(fs: FileSystem, rebooted: bool = False) -> Report:
     report = Report()
     entries = await fs.hot.run(journal.load, fs.index)
     staged = set(await fs.hot.run(fs.hot.staged_ids))
@@ -60,10 +82,9 @@ async def recover(fs: FileSystem) -> Report:
         report.orphans += 1
     for sid, entry in sorted(entries.items()):
         try:
-            synced = entry.upload is not None and entry.synced is not None
-            if (entry.closed or synced) and entry.path and sid in staged:
-                if not entry.closed:
-                    entry.size = entry.synced or 0
+            size = publishable(entry, rebooted)
+            if size is not None and sid in staged:
+                entry.size = size
                 if entry.upload is not None:
                     await _finish_upload(fs, sid, entry)
                     report.uploaded += 1
@@ -73,8 +94,16 @@ async def recover(fs: FileSystem) -> Report:
             else:
                 if entry.upload is not None:
                     report.aborted += await _abort(fs, entry.upload)
-                await fs.hot.run(fs.hot.remove_staging, sid)
-                report.discarded += 1
+                if rebooted and entry.closed and entry.path and sid in staged:
+                    kept = await fs.hot.run(fs.hot.set_aside, sid, entry.encode())
+                    log.error("recovery: the system restarted before the closed data of %s "
+                              "was home or flushed to disk; the file keeps its previous "
+                              "content, the staged copy (perhaps incomplete) is kept as %s",
+                              os.fsdecode(entry.path), kept)
+                    report.set_aside += 1
+                else:
+                    await fs.hot.run(fs.hot.remove_staging, sid)
+                    report.discarded += 1
         except (OSError, ObjectStoreError) as e:
             # Kept for the next mount to try again; the mount itself goes on.
             log.error("recovery of %s (staged as %s) failed, kept for the next mount: %s",

@@ -213,6 +213,13 @@ def test_doctor_finds_a_tier_that_is_not_writable(tmp_path: Path) -> None:
     missing = tierfs("doctor", "--hot", str(hot), "--warm", str(tmp_path / "nope"),
                      "--bucket", f"file://{tmp_path / 'cold'}", check=False)
     assert missing.returncode == 1 and "does not exist" in missing.stdout
+    (hot / "lost+found").mkdir()
+    (hot / "lost+found" / "abc").write_bytes(b"staged")
+    (hot / "lost+found" / "abc.txt").write_bytes(b'{"path": "d/x"}')
+    aside = tierfs(*args, check=False)
+    assert aside.returncode == 1
+    assert "set-aside data: 1 staged file(s)" in aside.stdout and "fix: read each note" in \
+        aside.stdout
 
 
 def test_no_credentials_in_logs_stats_or_errors(tmp_path: Path, s3_server: S3Server,

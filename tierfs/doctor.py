@@ -60,6 +60,22 @@ def _tier(name: str, path: Path) -> Iterator[Check]:
                     "use a node-local disk for --hot, such as /mnt/local_storage")
     elif name == "hot":
         yield Check("index location", True, f"{path / 'index'} is on a local file system")
+    if name == "hot":
+        yield from _set_aside(path / "lost+found")
+
+
+def _set_aside(lost: Path) -> Iterator[Check]:
+    """Staged data recovery did not trust after a restart of the system (vfs/recovery.py)."""
+    try:
+        kept = [p for p in lost.iterdir() if p.suffix != ".txt"]
+    except FileNotFoundError:
+        return
+    if kept:
+        yield Check("set-aside data", False,
+                    f"{len(kept)} staged file(s) in {lost} were not published after the system "
+                    "restarted before they were flushed to disk (they may be incomplete)",
+                    f"read each note ({lost}/<id>.txt: the file's path and size), copy back "
+                    "what you can verify, then delete both")
 
 
 def run_checks(config: Config) -> list[Check]:

@@ -285,3 +285,35 @@ def test_concurrent_reads_of_hot_blocks_in_reused_buffers(tmp_path: Path, proxy:
             t.join()
         assert errors == []
         assert proxy.requests["GET"] == gets  # all of it from the hot tier
+
+
+def test_readers_at_once_do_not_take_each_others_read_ahead(tmp_path: Path, proxy: FaultProxy,
+                                                           bucket: str,
+                                                           s3_server: S3Server) -> None:
+    """Blocks from the hot tier leave memory soon after a reader used them, to free their
+    buffers; blocks read ahead and not yet used must stay, or readers of several files at
+    once would evict each other's read-ahead and read every block twice."""
+    m = cold_mount(tmp_path, proxy, bucket, "--read-memory", "16MiB")
+    files = {f"{n}.bin": os.urandom(8 * MIB) for n in range(3)}
+    publish(m, s3_server, files)
+    with running(m):
+        tierfs("warm", str(m.path / "data"))
+        m.stop()
+        before = counters(m)
+        m.start()  # nothing in memory: every block comes from the hot tier
+        results: dict[str, bytes] = {}
+
+        def reader(name: str) -> None:
+            results[name] = read_uncached(m.path / "data" / name)
+
+        threads = [threading.Thread(target=reader, args=(name,)) for name in files]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert results == files
+        m.stop()
+        read = diff(counters(m), before)
+        assert read["hits"] == 24 and read["misses"] == 0
+        assert read["fetches_hot"] == 24  # each block read from the hot disk once
+        m.start()

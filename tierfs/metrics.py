@@ -26,6 +26,7 @@ HELP = {
     "bytes_warm": "Bytes served from the warm tier",
     "bytes_cold": "Bytes served from the bucket",
     "bytes_staged": "Bytes served from staging files",
+    "fetches_hot": "Block files read from the hot tier's disk",
     "fetches_cold": "Ranged GETs of blocks",
     "fetches_warm": "Block reads from warm files",
     "evictions": "Blocks evicted from the hot tier",

@@ -79,6 +79,7 @@ def build(snapshot: dict[str, Any], *, live: bool, mountpoint: str | None, hot: 
                 "hits": hits,
                 "misses": misses,
                 "bytes_served": counters.get("bytes_hot", 0),
+                "fetches": counters.get("fetches_hot", 0),
                 "evictions": counters.get("evictions", 0),
                 "bytes_evicted": counters.get("bytes_evicted", 0),
                 "disk_free": _disk(hot)[2],

@@ -56,6 +56,11 @@ ID_BYTES = 16
 Block = bytes | mmap.mmap
 #: Blocks written to the hot tier at once; more misses than this are served without caching.
 MAX_STORES = 8
+#: Free block buffers kept for reads from the hot tier (on top of ``read_memory``).
+FREE_BUFFERS = 8
+#: Blocks from the hot tier served whole that stay in memory (for a reader a little behind
+#: another in the same file).
+FINISHED_HOT = 2
 
 
 @dataclasses.dataclass
@@ -133,11 +138,15 @@ class BlockCache:
         self._memory: collections.OrderedDict[bytes, Block] = collections.OrderedDict()
         self._memory_bytes = 0
         self._memory_limit = memory
-        #: Blocks in memory that were read from the hot tier, oldest first: at most
-        #: ``hot_in_memory`` of them (a quarter of the memory), each in a reused buffer.
-        self._hot_in_memory: collections.OrderedDict[bytes, None] = collections.OrderedDict()
-        self.hot_in_memory = max(2, memory // block_size // 4)
-        self._buffers = BufferPool(block_size, self.hot_in_memory)
+        #: Blocks in memory that no reader has used yet (read ahead); those read from the
+        #: hot tier; and those of them served whole, oldest first: at most ``FINISHED_HOT`` of
+        #: these stay.
+        self._unused: set[bytes] = set()
+        self._from_hot: set[bytes] = set()
+        #: Bytes served so far of each block from the hot tier in memory.
+        self._served: dict[bytes, int] = {}
+        self._finished_hot: collections.OrderedDict[bytes, None] = collections.OrderedDict()
+        self._buffers = BufferPool(block_size, FREE_BUFFERS)
         self._loading: dict[bytes, _Flight] = {}
         self.pins: dict[bytes, bytes] = {}
         #: Blocks being written to the hot tier.
@@ -222,10 +231,33 @@ class BlockCache:
     def on_hot_tier(self, key: bytes) -> bool:
         return key in self.entries
 
+    def served(self, key: bytes, nbytes: int) -> None:
+        """Readers were given ``nbytes`` of a block. One from the hot tier that has been
+        served whole soon leaves memory (its buffer goes to the next block): a sequential
+        reader is done with it, another reader of the file most likely finds its pages in the
+        mount's page cache, and reading it again from the hot disk is cheap. Counting bytes,
+        not watching for the block's last byte: the kernel's read-ahead requests for one file
+        may arrive out of order."""
+        if key not in self._from_hot:
+            return
+        total = self._served[key] = self._served.get(key, 0) + nbytes
+        data = self._memory.get(key)
+        if data is not None and total >= len(data):
+            self._finished_hot[key] = None
+            self._finished_hot.move_to_end(key)
+            while len(self._finished_hot) > FINISHED_HOT:
+                self._forget(next(iter(self._finished_hot)))
+
+    @property
+    def unused(self) -> int:
+        """Blocks in memory that no reader has used yet: read ahead, waiting for a reader."""
+        return len(self._unused)
+
     def accessed(self, key: bytes) -> None:
         """A reader used a block (once per block per handle, however many requests it took):
         the access the eviction policy counts."""
         self.policy.record(key)
+        self._unused.discard(key)
         if key in self.entries:
             self.policy.hit(key)
             self._seq += 1
@@ -239,8 +271,6 @@ class BlockCache:
         data = self._memory.get(key)
         if data is not None:
             self._memory.move_to_end(key)
-            if key in self._hot_in_memory:
-                self._hot_in_memory.move_to_end(key)
             if key not in self.entries:
                 # Turned away earlier, asked for again: the policy may think otherwise now.
                 self._store_soon(key, data)
@@ -266,6 +296,7 @@ class BlockCache:
             data = await self.hot.run(self.files.read, key, entry.size, entry.crc,
                                       self._buffers)
             if data is not None:
+                self.counters.add("fetches_hot")
                 return data, "hot"
             if key in self.entries:
                 log.warning("cached block %s is missing or fails its checksum: dropped",
@@ -282,23 +313,23 @@ class BlockCache:
         return data, source.tier
 
     def _remember(self, key: bytes, data: Block, origin: str) -> None:
-        """Keep a loaded block in memory. Blocks read from the hot tier leave first: they
-        are cheap to read again, the mount's page cache holds what was read of them, and a
-        block that leaves soon frees its buffer for the next one; blocks from a remote
-        source stay until the memory is full."""
+        """Keep a loaded block in memory, until the memory is full (least recently used
+        first) or, for a block from the hot tier, soon after it was served whole."""
         self._forget(key)
         self._memory[key] = data
         self._memory_bytes += len(data)
+        self._unused.add(key)
         if origin == "hot":
-            self._hot_in_memory[key] = None
-            while len(self._hot_in_memory) > self.hot_in_memory:
-                self._forget(next(iter(self._hot_in_memory)))
+            self._from_hot.add(key)
         while self._memory_bytes > self._memory_limit and len(self._memory) > 1:
             self._forget(next(iter(self._memory)))
 
     def _forget(self, key: bytes) -> None:
         """Drop a block from memory, and its buffer back to the pool if no reader holds it."""
-        self._hot_in_memory.pop(key, None)
+        self._unused.discard(key)
+        self._from_hot.discard(key)
+        self._served.pop(key, None)
+        self._finished_hot.pop(key, None)
         data = self._memory.pop(key, None)
         if data is not None:
             self._memory_bytes -= len(data)

@@ -23,6 +23,7 @@ NAMES = (
     "bytes_warm",      # bytes returned to readers from the warm tier
     "bytes_cold",      # bytes returned to readers from the bucket
     "bytes_staged",    # bytes returned to readers from staging files (written, not published)
+    "fetches_hot",     # block files read from the hot tier's disk (not hits from memory)
     "fetches_cold",    # ranged GETs of blocks
     "fetches_warm",    # block reads from warm files
     "evictions",       # blocks evicted

@@ -14,6 +14,7 @@ as coming from the source when the reader gets to it.
 from __future__ import annotations
 
 import collections
+import collections.abc
 import logging
 
 import trio
@@ -32,7 +33,8 @@ HOT_AHEAD = 4
 
 
 class Prefetch:
-    """A mount-wide bound on blocks being fetched ahead of readers."""
+    """A mount-wide bound on blocks being fetched ahead of readers, or fetched and waiting
+    for their reader."""
 
     def __init__(self, limit: int) -> None:
         self.limit = max(1, limit)
@@ -67,7 +69,7 @@ class CachedReader:
         streams = self._streams.get(fh)
         if streams is None:
             streams = self._streams[fh] = ReadAhead(self._max_window)
-        self._fetch_ahead(streams.advance(first, last))
+        self._fetch_ahead(fh, streams.advance(first, last))
         parts = []
         for block in range(first, last + 1):
             data, origin = await self.cache.get(self.source, block)
@@ -75,6 +77,7 @@ class CachedReader:
             stop = min(end, (block + 1) * bs) - block * bs
             parts.append(memoryview(data)[start:stop])
             self._account(fh, block, origin, stop - start)
+            self.cache.served(block_key(self.source.id, block), stop - start)
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def _account(self, fh: int, block: int, origin: str, nbytes: int) -> None:
@@ -97,16 +100,19 @@ class CachedReader:
             origin = first
         self.counters.add("bytes_" + origin, nbytes)
 
-    def _fetch_ahead(self, blocks: range) -> None:
+    def _fetch_ahead(self, fh: int, blocks: range) -> None:
         if self._nursery is None:
             return
         nblocks = self.source.blocks(self.cache.block_size)
+        used: collections.abc.Container[int] = self._used.get(fh, ())
         for ahead, block in enumerate(blocks):
-            if block >= nblocks or self._prefetch.running >= self._prefetch.limit:
-                return
+            if (block >= nblocks
+                    or self._prefetch.running + self.cache.unused >= self._prefetch.limit):
+                return  # blocks fetched ahead and not yet read count too: memory is bounded
             key = block_key(self.source.id, block)
-            if self.cache.loaded(key) or (ahead >= HOT_AHEAD and self.cache.on_hot_tier(key)):
-                continue
+            if (self.cache.loaded(key) or block in used
+                    or (ahead >= HOT_AHEAD and self.cache.on_hot_tier(key))):
+                continue  # the kernel's requests may come out of order: not one read again
             self._prefetch.running += 1
             self._nursery.start_soon(self._fetch_one, block)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+import weakref
 
 import pytest
 import trio
@@ -104,3 +105,30 @@ def test_a_cancelled_caller_still_gets_its_call_finished() -> None:
 
     trio.run(main)
     workers.close()
+
+
+def test_a_thread_keeps_nothing_of_a_finished_call() -> None:
+    """An idle thread must not hold the last call's arguments or result: that would pin their
+    memory (a block, a part) and make a reused block buffer look still in use."""
+    workers = Workers("test", 1)
+
+    class Payload:
+        pass
+
+    def another(p: Payload) -> Payload:
+        return Payload()
+
+    async def main() -> tuple[weakref.ref[Payload], weakref.ref[Payload]]:
+        argument = Payload()
+        result = await workers.run(another, argument)
+        refs = weakref.ref(result), weakref.ref(argument)
+        del result, argument
+        await trio.sleep(0.2)  # the thread is back waiting for work
+        return refs
+
+    try:
+        returned, passed = trio.run(main)
+        assert returned() is None, "the thread still holds the last result"
+        assert passed() is None, "the thread still holds the last arguments"
+    finally:
+        workers.close()

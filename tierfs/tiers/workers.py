@@ -67,14 +67,19 @@ class Workers:
             if job is None:
                 return
             fn, args, token, task = job
+            del job
             result = outcome.capture(fn, *args)
-            del fn, args  # nothing of the call outlives it in this thread
+            del fn, args
             with self._lock:
                 self._pending -= 1
             try:
                 token.run_sync_soon(trio.lowlevel.reschedule, task, result)
             except trio.RunFinishedError:
                 pass  # the event loop is gone; nobody waits for this result
+            # Nothing of the call outlives it in this thread while it waits for the next one:
+            # a result held here would keep its memory (a block, a part) and, for a buffer
+            # the block cache reuses, make it look still in use.
+            del result, token, task
 
     def close(self) -> None:
         """Let the threads end once the calls queued before are done."""

@@ -39,6 +39,8 @@ class Mount:
     warm: Path
     extra: list[str] = field(default_factory=list)
     pids: list[int] = field(default_factory=list)
+    #: File systems mounted for this mount (unmounted by force_cleanup).
+    own_fs: list[Path] = field(default_factory=list)
 
     def start(self) -> None:
         tierfs("mount", str(self.path), "--hot", str(self.hot), "--warm", str(self.warm),
@@ -69,6 +71,8 @@ class Mount:
                     os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
+        for path in self.own_fs:
+            subprocess.run(["umount", "-l", str(path)], capture_output=True)
 
     def log(self) -> str:
         log = self.hot / "tierfs.log"
@@ -98,10 +102,18 @@ def running(m: Mount) -> Iterator[Mount]:
     assert "Traceback" not in m.log(), m.log()
 
 
-def make_mount(base: Path, *extra: str) -> Mount:
+def make_mount(base: Path, *extra: str, warm_apart: bool = False) -> Mount:
+    """A mount's directories under ``base``: hot and warm share its file system (staging
+    files are renamed into place), or, with ``warm_apart``, the warm tier gets a file system
+    of its own (a tmpfs), as an NFS tier would be: published files are copied."""
     for d in ("mnt", "hot", "warm"):
         (base / d).mkdir(parents=True, exist_ok=True)
-    return Mount(base / "mnt", base / "hot", base / "warm", list(extra))
+    m = Mount(base / "mnt", base / "hot", base / "warm", list(extra))
+    if warm_apart:
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2g", "tmpfs", str(m.warm)],
+                       check=True)
+        m.own_fs.append(m.warm)
+    return m
 
 
 @pytest.fixture

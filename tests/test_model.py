@@ -275,9 +275,11 @@ def test_mount_matches_a_plain_directory(shared_mount: Mount, tmp_path: Path) ->
 
 @pytest.fixture(scope="module")
 def ahead_mount(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mount]:
-    """Files are copied to the warm tier every 4 KiB while written (docs/semantics.md)."""
+    """Files are copied to the warm tier every 4 KiB while written (docs/semantics.md): the
+    warm tier has a file system of its own, as an NFS tier would, so publishing copies (the
+    other machines run with the tiers on one file system, where staging files are renamed)."""
     with running(make_mount(tmp_path_factory.mktemp("ahead"), "--publish-ahead", "4KiB",
-                            "--log-level", "debug")) as m:
+                            "--log-level", "debug", warm_apart=True)) as m:
         yield m
 
 

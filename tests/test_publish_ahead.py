@@ -1,7 +1,9 @@
 """Publishing ahead (sync mode): a file being written is copied to its warm temp file while the
-writer goes on. The temp file is only a head start: whatever the writer does meanwhile
-(rewrites a copied range, truncates, renames, links, unlinks, crosses the threshold), what
-close publishes is exactly what was written, and no temp file is left behind."""
+writer goes on, when the warm tier has a file system of its own (on the hot tier's, the staging
+file is renamed into place instead, see test_publish_rename.py). The temp file is only a head
+start: whatever the writer does meanwhile (rewrites a copied range, truncates, renames, links,
+unlinks, crosses the threshold), what close publishes is exactly what was written, and no temp
+file is left behind."""
 
 from __future__ import annotations
 
@@ -40,7 +42,7 @@ def ahead(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mount]:
     bucket = tmp_path_factory.mktemp("bucket")
     with running(make_mount(tmp_path_factory.mktemp("ahead"), "--publish-ahead", "1MiB",
                             "--large-file-threshold", "40MiB",
-                            "--bucket", f"file://{bucket}")) as m:
+                            "--bucket", f"file://{bucket}", warm_apart=True)) as m:
         yield m
 
 

@@ -9,6 +9,7 @@ environment read-only while the mount runs.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import os
 import struct
 from collections.abc import Awaitable, Callable
@@ -117,12 +118,17 @@ class Index:
         """Apply a batch in one write transaction; ``None`` deletes the key."""
         if not changes:
             return
-        with self.env.begin(write=True) as txn:
-            for (db, key), value in changes.items():
-                if value is None:
-                    txn.delete(key, db=self.dbs[db])
-                else:
-                    txn.put(key, value, db=self.dbs[db])
+        try:
+            with self.env.begin(write=True) as txn:
+                for (db, key), value in changes.items():
+                    if value is None:
+                        txn.delete(key, db=self.dbs[db])
+                    else:
+                        txn.put(key, value, db=self.dbs[db])
+        except lmdb.Error as e:
+            if os.strerror(errno.ENOSPC) in str(e):  # the hot disk is full: callers make room
+                raise OSError(errno.ENOSPC, f"committing the index: {e}") from None
+            raise
 
     def close(self) -> None:
         self.env.close()
@@ -144,6 +150,8 @@ class Batch:
         self._queued = 0
         self._committed = 0
         self._done: trio.Event | None = None
+        #: Frees space on the hot disk when a commit finds it full (the block cache evicts).
+        self.make_room: Callable[[], Awaitable[None]] | None = None
 
     def put(self, db: str, key: bytes, value: bytes) -> None:
         self._pending[(db, key)] = value
@@ -172,7 +180,13 @@ class Batch:
         self._committing, self._pending = self._pending, {}
         self._done = done = trio.Event()
         try:
-            await run_in_thread(self.index.commit, self._committing)
+            try:
+                await run_in_thread(self.index.commit, self._committing)
+            except OSError as e:
+                if e.errno != errno.ENOSPC or self.make_room is None:
+                    raise
+                await self.make_room()
+                await run_in_thread(self.index.commit, self._committing)
             self._committed = upto
         except BaseException:
             self._pending = {**self._committing, **self._pending}

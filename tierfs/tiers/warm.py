@@ -288,20 +288,46 @@ class WarmTier(Tier):
         """Size, owner, mode, xattrs (from ``like``) and times; fsync; close. Returns its
         attributes. On failure the temp file is removed."""
         try:
-            os.ftruncate(fd, size)
-            if like is not None:
-                self._copy_attributes(like, fd)
-            if mode is not None:
-                os.fchmod(fd, stat.S_IMODE(mode))
-            if times is not None:
-                os.utime(fd, ns=times)
-            os.fsync(fd)
+            self._settle(fd, size, like, times, mode)
         except BaseException:
             self.drop_temp(tmp, fd)
             raise
         st = os.fstat(fd)
         os.close(fd)
         return st
+
+    def _settle(self, fd: int, size: int, like: bytes | None, times: tuple[int, int] | None,
+                mode: int | None) -> None:
+        """Make a finished file ready to be renamed over ``like``: the same size, owner, mode,
+        extended attributes and times it will be published with, and on disk."""
+        os.ftruncate(fd, size)
+        if like is not None:
+            self._copy_attributes(like, fd)
+        if mode is not None:
+            os.fchmod(fd, stat.S_IMODE(mode))
+        if times is not None:
+            os.utime(fd, ns=times)
+        os.fsync(fd)
+
+    def settle_staged(self, rel: bytes, fd: int, size: int, times: tuple[int, int],
+                      mode: int | None = None) -> bool:
+        """Prepare a staging file on this file system to be renamed over ``rel`` (``adopt``):
+        False, and nothing done, if ``rel`` is hard-linked (it is then published in place,
+        since a rename would split the links)."""
+        try:
+            st = self.lstat(rel)
+        except FileNotFoundError:
+            st = None
+        if st is not None and st.st_nlink > 1 and stat.S_ISREG(st.st_mode):
+            return False
+        self._settle(fd, size, rel, times, mode)
+        return True
+
+    def adopt(self, src: Path, rel: bytes) -> os.stat_result:
+        """Rename a file from outside the tree (a staging file, on the same file system) over
+        ``rel``; returns the published file's attributes. EXDEV if it is on another one."""
+        os.rename(src, rel, dst_dir_fd=self.fd)
+        return self.lstat(rel)
 
     def write_in_place(self, rel: bytes, src_fd: int, size: int,
                        times: tuple[int, int] | None) -> None:

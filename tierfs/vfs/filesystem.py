@@ -24,6 +24,7 @@ import logging
 import os
 import stat
 import time
+from pathlib import Path
 from collections.abc import Awaitable, Callable, Sequence
 
 import trio
@@ -56,6 +57,9 @@ BLOCK_SIZE = 128 * 1024
 ROUTE_RETRY = 5.0
 #: Longest wait between two tries of a failing write-back publish.
 WRITEBACK_MAX_DELAY = 15.0
+#: Bytes of cached blocks evicted when an index commit finds the hot disk full: LMDB needs
+#: room for the pages a commit copies, a few MiB for the largest batches.
+INDEX_ROOM = 16 * 1024 * 1024
 #: Seconds a tier may take to answer a health check.
 HEALTH_TIMEOUT = 10.0
 
@@ -138,6 +142,8 @@ class FileSystem:
                                 config.block_size, capacity, config.cache_high_watermark,
                                 config.cache_low_watermark, config.read_memory, self.counters)
         self.cache.load()
+        # The cache is what fills the hot disk; the index must still be able to commit.
+        self.batch.make_room = lambda: self.cache.free(INDEX_ROOM)
         #: Whether warm files are read through the block cache too.
         self.cache_warm = cache_warm
         # Read-ahead may fill at most half the memory pool, so blocks fetched ahead are still
@@ -151,6 +157,10 @@ class FileSystem:
         self._ns_lock = trio.Lock()
         self._as_root = os.geteuid() == 0
         self.namemax = warm.statvfs().f_namemax
+        #: The hot and warm tiers share a file system (a single disk, the zero-config
+        #: default): a file closed for good is published by renaming its staging file into
+        #: place instead of copying it. Off for good at the first EXDEV.
+        self.publish_by_rename = _same_file_system(hot.staging_dir, warm.root)
         #: Called with an inode number when tierfs changed attributes behind the kernel's back.
         self.invalidate_attrs = lambda ino: None
         #: Where streaming uploads run their part tasks (set by run_background).
@@ -178,7 +188,10 @@ class FileSystem:
                 self.history.append((time.monotonic(), dict(self.counters.values)))
                 try:
                     await self.save_index()
-                except Exception:  # a full hot disk, say: the next interval tries again
+                except OSError as e:  # a hot disk full of staged data, say
+                    log.warning("committing the index failed, retrying in %.0f s: %s",
+                                FLUSH_INTERVAL, e)
+                except Exception:
                     log.exception("committing the index failed; retrying later")
 
     @property
@@ -950,6 +963,7 @@ class FileSystem:
         that close has only the tail left to copy. Caller holds ``data.lock``."""
         step = self.config.publish_ahead
         if (not step or self.config.durability != "sync" or self._nursery is None
+                or self.publish_by_rename
                 or data.upload is not None or data.staging_fd is None):
             return
         mirror = data.mirror
@@ -1304,8 +1318,10 @@ class FileSystem:
             self.journal.record(data.staging_id, entry)  # type: ignore[arg-type]
 
     async def _publish(self, inode: Inode, data: OpenFile) -> None:
-        """Copy staged data to the warm tier so that readers there see it whole: temp name,
-        fsync, rename (in place for hard-linked files). Takes ``data.lock``."""
+        """Put staged data on the warm tier so that readers there see it whole: copied to a
+        temp name, fsynced and renamed into place (written in place for hard-linked files),
+        or, where the tiers share a file system, the staging file itself fsynced and renamed.
+        Takes ``data.lock``."""
         async with data.lock:
             if not data.dirty or data.staging_fd is None:
                 return
@@ -1345,9 +1361,15 @@ class FileSystem:
         self.invalidate_attrs(inode.ino)
 
     async def _publish_warm(self, inode: Inode, data: OpenFile, rel: bytes,
-                            times: tuple[int, int], mode: int | None) -> os.stat_result | None:
-        """Put the staged data in place on the warm tier: finish the head-start temp file if
-        there is one, else copy it all; rename. None if the file was unlinked meanwhile."""
+                            times: tuple[int, int], mode: int | None
+                            ) -> os.stat_result | None:
+        """Put the staged data in place on the warm tier: rename the staging file itself
+        (tiers on one file system), or finish the head-start temp file if there is one, or
+        copy it all; rename. None if the file was unlinked meanwhile."""
+        if self.publish_by_rename and data.mirror is None:
+            done, st = await self._rename_staging(inode, data, rel, times, mode)
+            if done:
+                return st
         mirror, data.mirror = data.mirror, None
         if mirror is not None:
             await mirror.wait()
@@ -1362,6 +1384,42 @@ class FileSystem:
         if tmp is None:
             return st  # hard-linked: written in place
         return await self._rename_into_place(inode, tmp)
+
+    async def _rename_staging(self, inode: Inode, data: OpenFile, rel: bytes,
+                              times: tuple[int, int], mode: int | None
+                              ) -> tuple[bool, os.stat_result | None]:
+        """Publish by renaming the staging file over the file's name: on one file system a
+        copy would write every byte a second time. The staging file becomes the published
+        file (kept open as the file's warm descriptor), and a writer that goes on stages a
+        fresh copy of it: the bytes a publish by copy would have copied, and only if more
+        writes come. (False, None) when this cannot serve and the caller copies: a
+        hard-linked file, or tiers on different file systems after all."""
+        assert data.staging_fd is not None and data.staging_id is not None
+        if not await self.warm.run(self.warm.settle_staged, rel, data.staging_fd, data.size,
+                                   times, mode):
+            return False, None
+        sid = data.staging_id
+        async with self._ns_lock:
+            target = self._rel_or_none(inode)
+            if target is None:
+                return True, None  # unlinked meanwhile: the staging file goes at discard
+            try:
+                st = await self.warm.run(self.warm.adopt, self.hot.staging_dir / sid, target)
+            except OSError as e:
+                if e.errno != errno.EXDEV:
+                    raise
+                log.info("the hot and warm tiers are on different mounts: publishing by copy")
+                self.publish_by_rename = False
+                return False, None
+            # No await from the rename to here: reads find the content under either name.
+            old, data.warm_fd = data.warm_fd, data.staging_fd
+            data.staging_fd = data.staging_id = None
+            data.created = False  # staging again starts from the published file
+            data.warm_id = (st.st_ino, st.st_size, st.st_mtime_ns)
+        self.journal.drop(sid)
+        if old is not None:
+            await self.warm.run(os.close, old)
+        return True, st
 
     async def _rename_into_place(self, inode: Inode, tmp: bytes) -> os.stat_result | None:
         """Rename a finished temp file over the file's current name, under the namespace lock
@@ -1440,6 +1498,13 @@ class FileSystem:
         inode = self.inodes[ino]
         inode.xattr_names = None
         await self.warm.run(self.warm.removexattr, self.inodes.path(inode), name)
+
+
+def _same_file_system(a: Path, b: Path) -> bool:
+    try:
+        return os.stat(a).st_dev == os.stat(b).st_dev
+    except OSError:
+        return False
 
 
 def _close_and_remove(hot: HotTier, sid: str | None, fd: int | None) -> None:

@@ -1,0 +1,85 @@
+"""The LMDB index when the hot disk is full: a commit that finds no room asks for room (the
+block cache evicts) and tries again, and otherwise fails with ENOSPC keeping every queued
+change for the next try."""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+import pytest
+import trio
+
+from conftest import tmpfs
+from tierfs.index import Batch, Index
+
+MIB = 1024 * 1024
+
+
+def fill(path: Path) -> None:
+    """Fill the file system holding ``path`` with one file at ``path``."""
+    chunk = b"\0" * MIB
+    with open(path, "wb") as f:
+        try:
+            while True:
+                f.write(chunk)
+                f.flush()
+        except OSError as e:
+            assert e.errno == errno.ENOSPC
+
+
+async def run_in_thread(fn, *args):  # type: ignore[no-untyped-def]
+    return await trio.to_thread.run_sync(fn, *args)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path):  # type: ignore[no-untyped-def]
+    with tmpfs(tmp_path / "disk", "8m") as disk:
+        yield disk
+
+
+def test_a_full_disk_makes_room_and_commits(small_disk: Path) -> None:
+    index = Index(small_disk / "index")
+    batch = Batch(index)
+    fill(small_disk / "filler")
+    asked = []
+
+    async def make_room() -> None:
+        asked.append(True)
+        os.unlink(small_disk / "filler")
+
+    batch.make_room = make_room
+    values = {f"k{i}".encode(): os.urandom(2000) for i in range(2000)}  # about 4 MiB of pages
+
+    async def main() -> None:
+        for key, value in values.items():
+            batch.put("inodes", key, value)
+        await batch.sync(run_in_thread)
+
+    trio.run(main)
+    assert asked == [True]
+    for key, value in values.items():
+        assert index.get("inodes", key) == value
+    index.close()
+
+
+def test_without_room_the_changes_stay_queued(small_disk: Path) -> None:
+    index = Index(small_disk / "index")
+    batch = Batch(index)
+    fill(small_disk / "filler")
+    values = {f"k{i}".encode(): os.urandom(2000) for i in range(2000)}
+
+    async def main() -> None:
+        for key, value in values.items():
+            batch.put("inodes", key, value)
+        with pytest.raises(OSError) as full:
+            await batch.flush(run_in_thread)
+        assert full.value.errno == errno.ENOSPC
+        assert batch.pending("inodes", b"k7") == (True, values[b"k7"])
+        os.unlink(small_disk / "filler")
+        await batch.sync(run_in_thread)
+
+    trio.run(main)
+    assert index.get("inodes", b"k1999") == values[b"k1999"]
+    index.close()

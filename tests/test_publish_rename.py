@@ -1,0 +1,127 @@
+"""Publishing by rename: when the hot and warm tiers share a file system (the zero-config
+default on a machine with one disk), a file is published by fsyncing its staging file and
+renaming it into place, not by copying it. Readers of the warm tier still never see a
+half-written file, and a writer that goes on after a publish never changes the published
+file under them."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import Mount, make_mount, running
+
+MIB = 1024 * 1024
+
+
+def staged(m: Mount) -> list[Path]:
+    return sorted((m.hot / "staging").iterdir())
+
+
+def temps(m: Mount) -> list[Path]:
+    return list(m.warm.rglob(".tierfs-*.tmp"))
+
+
+@pytest.fixture
+def one_fs(tmp_path: Path) -> Mount:
+    return make_mount(tmp_path, "--attr-timeout", "0", "--entry-timeout", "0")
+
+
+def test_a_closed_file_is_its_staging_file_renamed_into_place(one_fs: Mount) -> None:
+    m = one_fs
+    new = os.urandom(3 * MIB + 123)
+    with running(m):
+        (m.path / "ckpt.pt").write_bytes(b"old content")
+        os.chmod(m.path / "ckpt.pt", 0o640)
+        os.chown(m.path / "ckpt.pt", 1234, 5678)
+        with open(m.path / "ckpt.pt", "r+b") as f:
+            f.write(new)
+            f.flush()
+            [staging] = staged(m)
+            staging_ino = staging.stat().st_ino
+            # Until close, the warm tier keeps the old file whole.
+            assert (m.warm / "ckpt.pt").read_bytes() == b"old content"
+        published = (m.warm / "ckpt.pt").stat()
+        assert published.st_ino == staging_ino  # renamed, not copied
+        assert (m.warm / "ckpt.pt").read_bytes() == new
+        assert (published.st_mode & 0o7777, published.st_uid, published.st_gid) == \
+            (0o640, 1234, 5678)
+        assert staged(m) == [] and temps(m) == []
+        assert (m.path / "ckpt.pt").read_bytes() == new
+
+
+def test_a_writer_going_on_after_fsync_never_changes_the_published_file(one_fs: Mount) -> None:
+    m = one_fs
+    first, second = os.urandom(2 * MIB), os.urandom(MIB)
+    with running(m):
+        with open(m.path / "db", "w+b") as f, open(m.path / "db", "rb") as reader:
+            f.write(first)
+            f.flush()
+            os.fsync(f.fileno())
+            assert (m.warm / "db").read_bytes() == first
+            assert staged(m) == []  # the staging file is now the published file
+            f.seek(MIB // 2)
+            f.write(second)
+            f.flush()
+            expected = first[:MIB // 2] + second + first[MIB // 2 + MIB:]
+            # The published file stays as fsynced: the new write went to a fresh copy.
+            assert (m.warm / "db").read_bytes() == first
+            assert len(staged(m)) == 1
+            f.seek(0)
+            assert f.read() == expected  # a handle reads its own writes
+            reader.seek(0)
+            assert reader.read() == expected  # several handles see one content
+        assert (m.warm / "db").read_bytes() == expected
+        assert staged(m) == [] and temps(m) == []
+
+
+def test_a_hard_linked_file_is_still_published_in_place(one_fs: Mount) -> None:
+    m = one_fs
+    data = os.urandom(MIB)
+    with running(m):
+        (m.path / "a").write_bytes(b"before")
+        os.link(m.path / "a", m.path / "b")
+        (m.path / "a").write_bytes(data)
+        assert (m.warm / "b").read_bytes() == data  # a rename would have split the links
+        assert (m.warm / "a").stat().st_nlink == 2
+        assert (m.path / "b").read_bytes() == data
+
+
+def test_write_back_publishes_by_rename_too(tmp_path: Path) -> None:
+    m = make_mount(tmp_path, "--durability", "writeback")
+    data = os.urandom(5 * MIB)
+    with running(m):
+        with open(m.path / "shard", "wb") as f:
+            f.write(data)
+            f.flush()
+            [staging] = staged(m)
+            staging_ino = staging.stat().st_ino
+        deadline = time.monotonic() + 20
+        while staged(m):
+            assert time.monotonic() < deadline, "write-back never published the file"
+            time.sleep(0.05)
+        assert (m.warm / "shard").stat().st_ino == staging_ino
+        assert (m.warm / "shard").read_bytes() == data
+        assert (m.path / "shard").read_bytes() == data
+
+
+def test_tiers_on_different_file_systems_publish_by_copy(tmp_path: Path) -> None:
+    m = make_mount(tmp_path, warm_apart=True)
+    data = os.urandom(2 * MIB)
+    with running(m):
+        (m.path / "f").write_bytes(b"old")
+        with open(m.path / "f", "r+b") as f:
+            f.write(data)
+            f.flush()
+            [staging] = staged(m)
+            assert staging.stat().st_dev != m.warm.stat().st_dev
+            assert (m.warm / "f").read_bytes() == b"old"
+        assert (m.warm / "f").read_bytes() == data
+        deadline = time.monotonic() + 10  # the copy path drops staging at release, after close
+        while staged(m):
+            assert time.monotonic() < deadline, "the staging file stayed after release"
+            time.sleep(0.02)
+        assert temps(m) == []

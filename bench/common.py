@@ -70,3 +70,29 @@ def read_all(path: Path, chunk: int = MIB) -> int:
     finally:
         os.close(fd)
     return total
+
+
+@contextmanager
+def own_file_system(path: Path, size_gib: int) -> Iterator[Path]:
+    """An ext4 file system of its own at ``path``: an image on the same disk, loop-mounted
+    with direct I/O. A warm tier there is apart from the hot tier's file system, as an NFS tier
+    is, so tierfs publishes by copying instead of renaming staging files. Needs root."""
+    image = path.parent / (path.name + ".img")
+    with open(image, "wb") as f:
+        f.truncate(size_gib << 30)
+    loop = None
+    try:
+        subprocess.run(["mkfs.ext4", "-q", "-F", str(image)], check=True)
+        loop = subprocess.run(["losetup", "--find", "--show", "--direct-io=on", str(image)],
+                              check=True, capture_output=True, text=True).stdout.strip()
+        path.mkdir(exist_ok=True)
+        subprocess.run(["mount", loop, str(path)], check=True)
+        try:
+            yield path
+        finally:
+            subprocess.run(["umount", str(path)], check=False)
+    finally:
+        if loop:
+            subprocess.run(["losetup", "-d", loop], check=False)
+        image.unlink()
+

@@ -357,6 +357,36 @@ def test_non_owner_write_clears_setuid(open_mount: Mount) -> None:
     assert not os.stat(m.warm / "suid").st_mode & stat.S_ISUID
 
 
+def test_a_directory_shows_every_change_after_creates_in_it(open_mount: Mount) -> None:
+    """The kernel asks for a directory's attributes again after every create in it; tierfs
+    answers from what it read at that create (and at the publish that follows). Any other
+    change made through the mount must still show at once, permissions included."""
+    m = open_mount
+    d, warm = m.path / "d", m.warm / "d"
+    d.mkdir(mode=0o777)
+    os.chmod(d, 0o777)
+
+    def same(fields: tuple[str, ...]) -> None:
+        ours, theirs = os.stat(d), os.stat(warm)
+        assert [getattr(ours, f) for f in fields] == [getattr(theirs, f) for f in fields]
+
+    with open(d / "a", "wb") as f:
+        time.sleep(0.02)  # the publish at close renames in a later clock tick than the create
+        f.write(b"1")
+    same(("st_mode", "st_nlink", "st_mtime_ns", "st_ctime_ns"))
+    (d / "b").write_bytes(b"2")
+    (d / "sub").mkdir()
+    same(("st_nlink", "st_mtime_ns"))
+    (d / "c").write_bytes(b"3")
+    os.chmod(d, 0o700)
+    same(("st_mode", "st_ctime_ns"))
+    result = as_user(1234, 1234, f"open({str(d / 'x')!r}, 'w')\n")
+    assert "PermissionError" in result.stderr
+    (d / "e").write_bytes(b"4")
+    os.unlink(d / "a")
+    same(("st_nlink", "st_mtime_ns"))
+
+
 def test_setgid_directory_passes_its_group_on(mount: Mount) -> None:
     d = mount.path / "team"
     d.mkdir()

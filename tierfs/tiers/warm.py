@@ -251,10 +251,11 @@ class WarmTier(Tier):
         tmp = self.write_temp(split(rel)[0], src_fd, size, rel, times, mode)
         return tmp, self.lstat(tmp)
 
-    def replace(self, tmp: bytes, rel: bytes) -> os.stat_result:
-        """The renaming half of publishing; returns the published file's attributes."""
+    def replace(self, tmp: bytes, rel: bytes) -> tuple[os.stat_result, os.stat_result]:
+        """The renaming half of publishing; returns the attributes of the published file and
+        of its directory."""
         os.rename(tmp, rel, src_dir_fd=self.fd, dst_dir_fd=self.fd)
-        return self.lstat(rel)
+        return self.lstat(rel), self.lstat(split(rel)[0])
 
     def write_temp(self, parent: bytes, src_fd: int, size: int, like: bytes | None,
                    times: tuple[int, int] | None, mode: int | None = None) -> bytes:
@@ -323,11 +324,16 @@ class WarmTier(Tier):
         self._settle(fd, size, rel, times, mode)
         return True
 
-    def adopt(self, src: Path, rel: bytes) -> os.stat_result:
+    def adopt(self, src: Path, rel: bytes, retire: int | None
+              ) -> tuple[os.stat_result, os.stat_result]:
         """Rename a file from outside the tree (a staging file, on the same file system) over
-        ``rel``; returns the published file's attributes. EXDEV if it is on another one."""
+        ``rel``, then close ``retire`` (the descriptor of the file it replaced); returns the
+        attributes of the published file and of its directory. EXDEV if it is on another
+        file system (nothing is closed then)."""
         os.rename(src, rel, dst_dir_fd=self.fd)
-        return self.lstat(rel)
+        if retire is not None:
+            os.close(retire)
+        return self.lstat(rel), self.lstat(split(rel)[0])
 
     def write_in_place(self, rel: bytes, src_fd: int, size: int,
                        times: tuple[int, int] | None) -> None:

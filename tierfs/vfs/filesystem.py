@@ -161,6 +161,11 @@ class FileSystem:
         #: default): a file closed for good is published by renaming its staging file into
         #: place instead of copying it. Off for good at the first EXDEV.
         self.publish_by_rename = _same_file_system(hot.staging_dir, warm.root)
+        #: A directory's attributes as read just after tierfs created a file in it (or
+        #: published one into it): the kernel drops them at every create and asks again at
+        #: the next, to check permissions. Answered from here once, within attr_timeout, and
+        #: forgotten at any other change made through the mount. Deadline and attributes.
+        self._dir_attrs: dict[int, tuple[float, os.stat_result]] = {}
         #: Called with an inode number when tierfs changed attributes behind the kernel's back.
         self.invalidate_attrs = lambda ino: None
         #: Where streaming uploads run their part tasks (set by run_background).
@@ -396,7 +401,17 @@ class FileSystem:
         data = inode.data
         if data is not None and data.base is not None:
             return self._attrs(inode, data.base)
+        fresh = self._dir_attrs.pop(ino, None)
+        if fresh is not None and time.monotonic() <= fresh[0]:
+            return self._attrs(inode, fresh[1])
         return await self._refresh(inode)
+
+    def _dir_changed(self, inode: Inode, parent_st: os.stat_result) -> None:
+        """A file was published into its directory: keep what getattr answers for that
+        directory current (only where a create put it)."""
+        if len(inode.links) == 1 and inode.links[0][0] in self._dir_attrs:
+            self._dir_attrs[inode.links[0][0]] = \
+                (time.monotonic() + self.config.attr_timeout, parent_st)
 
     async def _refresh(self, inode: Inode) -> Attrs:
         """Attributes read from the tiers; remembered while the file is open."""
@@ -409,6 +424,7 @@ class FileSystem:
         return self._attrs(inode, st)
 
     async def setattr(self, ino: int, changes: SetAttr) -> Attrs:
+        self._dir_attrs.clear()
         inode = self.inodes[ino]
         rel = self._rel_or_none(inode)
         if inode.stub is not None:
@@ -514,6 +530,7 @@ class FileSystem:
 
     async def mkdir(self, parent: int, name: bytes, mode: int, uid: int, gid: int
                     ) -> tuple[Inode, Attrs]:
+        self._dir_attrs.clear()
         self._check_name(name)
         rel = self.inodes.child_path(parent, name)
 
@@ -523,6 +540,7 @@ class FileSystem:
 
     async def mknod(self, parent: int, name: bytes, mode: int, rdev: int, uid: int, gid: int
                     ) -> tuple[Inode, Attrs]:
+        self._dir_attrs.clear()
         self._check_name(name)
         kind = stat.S_IFMT(mode)
         if kind not in (stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFREG):
@@ -535,6 +553,7 @@ class FileSystem:
 
     async def symlink(self, parent: int, name: bytes, target: bytes, uid: int, gid: int
                       ) -> tuple[Inode, Attrs]:
+        self._dir_attrs.clear()
         self._check_name(name)
         if looks_like_stub(target):
             raise _err(errno.EPERM)  # it would read as a stub: a way to reach other objects
@@ -545,6 +564,7 @@ class FileSystem:
         return self._entry(parent, name, st, persisted)
 
     async def link(self, ino: int, new_parent: int, new_name: bytes) -> tuple[Inode, Attrs]:
+        self._dir_attrs.clear()
         self._check_name(new_name)
         inode = self.inodes[ino]
         if inode.is_dir or inode.stub is not None:
@@ -559,6 +579,7 @@ class FileSystem:
         return inode, await self._refresh(inode)
 
     async def unlink(self, parent: int, name: bytes) -> None:
+        self._dir_attrs.clear()
         async with self._ns_lock:
             rel = self.inodes.child_path(parent, name)
             await self.warm.run(self.warm.unlink, rel)
@@ -569,6 +590,7 @@ class FileSystem:
         await self._drop_unreferenced(removed)
 
     async def rmdir(self, parent: int, name: bytes) -> None:
+        self._dir_attrs.clear()
         async with self._ns_lock:
             rel = self.inodes.child_path(parent, name)
             await self.warm.run(self._rmdir_blocking, rel)
@@ -588,6 +610,7 @@ class FileSystem:
 
     async def rename(self, parent: int, name: bytes, new_parent: int, new_name: bytes,
                      flags: int) -> None:
+        self._dir_attrs.clear()
         self._check_name(new_name)
         if flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE):
             raise _err(errno.EINVAL)
@@ -772,7 +795,8 @@ class FileSystem:
         self._check_name(name)
         rel = self.inodes.child_path(parent, name)
 
-        def make() -> tuple[int, os.stat_result, int | None, frozenset[bytes] | None]:
+        def make() -> tuple[int, os.stat_result, int | None, frozenset[bytes] | None,
+                            os.stat_result]:
             pst = self.warm.lstat(split(rel)[0])
             # Read-only is enough: the descriptor only keeps the file reachable once unlinked.
             fd = self.warm.open(rel, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -786,12 +810,17 @@ class FileSystem:
                     xattrs = frozenset(os.fsencode(n) for n in os.listxattr(fd))
                 except OSError:
                     xattrs = None
-                return fd, st, self.inodes.persisted_number(identity(st)), xattrs
+                # The kernel asks for the directory's attributes before the next create.
+                after = self.warm.lstat(split(rel)[0])
+                return fd, st, self.inodes.persisted_number(identity(st)), xattrs, after
             except BaseException:
                 os.close(fd)
                 raise
 
-        warm_fd, st, persisted, xattrs = await self.warm.run(make)
+        self._dir_attrs.clear()
+        warm_fd, st, persisted, xattrs, parent_st = await self.warm.run(make)
+        self._dir_attrs.clear()  # (another change may have come meanwhile)
+        self._dir_attrs[parent] = (time.monotonic() + self.config.attr_timeout, parent_st)
         inode, attrs = self._entry(parent, name, st, persisted)
         if xattrs is not None:
             self._remember_xattrs(inode, xattrs)
@@ -1242,6 +1271,7 @@ class FileSystem:
                 else:
                     st = await self.warm.run(self.warm.replace_symlink, rel,
                                              stub.encode(self.config.bucket))
+                    self._dir_attrs.clear()
         # One step, no await: a getattr in between would see neither the staged size nor the
         # stub, and the kernel would cache what it saw.
         data.upload = None
@@ -1404,7 +1434,10 @@ class FileSystem:
             if target is None:
                 return True, None  # unlinked meanwhile: the staging file goes at discard
             try:
-                st = await self.warm.run(self.warm.adopt, self.hot.staging_dir / sid, target)
+                # The old descriptor (of the file being replaced) is closed in the same call:
+                # the file is staged, so no read uses it meanwhile.
+                st, parent_st = await self.warm.run(
+                    self.warm.adopt, self.hot.staging_dir / sid, target, data.warm_fd)
             except OSError as e:
                 if e.errno != errno.EXDEV:
                     raise
@@ -1412,13 +1445,11 @@ class FileSystem:
                 self.publish_by_rename = False
                 return False, None
             # No await from the rename to here: reads find the content under either name.
-            old, data.warm_fd = data.warm_fd, data.staging_fd
-            data.staging_fd = data.staging_id = None
+            data.warm_fd, data.staging_fd, data.staging_id = data.staging_fd, None, None
             data.created = False  # staging again starts from the published file
             data.warm_id = (st.st_ino, st.st_size, st.st_mtime_ns)
+            self._dir_changed(inode, parent_st)
         self.journal.drop(sid)
-        if old is not None:
-            await self.warm.run(os.close, old)
         return True, st
 
     async def _rename_into_place(self, inode: Inode, tmp: bytes) -> os.stat_result | None:
@@ -1429,7 +1460,9 @@ class FileSystem:
             if target is None:
                 await self.warm.run(self.warm.unlink, tmp)
                 return None
-            return await self.warm.run(self.warm.replace, tmp, target)
+            st, parent_st = await self.warm.run(self.warm.replace, tmp, target)
+            self._dir_changed(inode, parent_st)
+            return st
 
     def _finish_mirror(self, mirror: Mirror, data: OpenFile, rel: bytes,
                        times: tuple[int, int], mode: int | None) -> bytes | None:
@@ -1484,6 +1517,7 @@ class FileSystem:
         return value
 
     async def setxattr(self, ino: int, name: bytes, value: bytes) -> None:
+        self._dir_attrs.clear()
         inode = self.inodes[ino]
         inode.xattr_names = None
         await self.warm.run(self.warm.setxattr, self.inodes.path(inode), name, value)
@@ -1495,6 +1529,7 @@ class FileSystem:
         return names
 
     async def removexattr(self, ino: int, name: bytes) -> None:
+        self._dir_attrs.clear()
         inode = self.inodes[ino]
         inode.xattr_names = None
         await self.warm.run(self.warm.removexattr, self.inodes.path(inode), name)

@@ -149,7 +149,7 @@ async def _publish(fs: FileSystem, sid: str, entry: journal.Entry) -> None:
         tmp, _ = await fs.warm.run(fs.warm.publish_copy, entry.path, fd, entry.size,
                                    (entry.atime_ns, entry.mtime_ns), mode)
         if tmp is not None:
-            await fs.warm.run(fs.warm.replace, tmp, entry.path)
+            await fs.warm.run(fs.warm.replace, tmp, entry.path)  # (file, dir) attrs unused
     finally:
         await fs.hot.run(os.close, fd)
     await fs.hot.run(fs.hot.remove_staging, sid)

@@ -335,16 +335,20 @@ def test_closed_data_that_could_not_be_published_is_published_after_a_crash(
     remount publishes what was closed: in write-back mode the close had returned, in sync mode
     it had failed with EIO and the staged data was kept for another try. A failed publish
     flushes the staged data to the hot disk and journals that, so this holds after a restart
-    of the system too (simulated: another boot id in the index)."""
+    of the system too (simulated: another boot id in the index). The tiers share a file
+    system: recovery publishes by renaming the staging file, as the mount does."""
     m = make_mount(tmp_path, "--durability", durability)
     data = os.urandom(300_000)
     with running(m):
         unpublishable_close(m, immutable, durability, data)
         if restarted:
             restart_the_system(m.hot)
+        [staging] = m.hot.joinpath("staging").iterdir()
+        staging_ino = staging.stat().st_ino
         m.start()
         assert (m.path / "d" / "ckpt.pt").read_bytes() == data
         assert (m.warm / "d" / "ckpt.pt").read_bytes() == data
+        assert (m.warm / "d" / "ckpt.pt").stat().st_ino == staging_ino
         assert not any(m.hot.joinpath("staging").iterdir())
 
 

@@ -161,6 +161,8 @@ class FileSystem:
         #: default): a file closed for good is published by renaming its staging file into
         #: place instead of copying it. Off for good at the first EXDEV.
         self.publish_by_rename = _same_file_system(hot.staging_dir, warm.root)
+        if self.publish_by_rename:
+            log.info("the hot and warm tiers share a file system: publishing by rename")
         #: A directory's attributes as read just after tierfs created a file in it (or
         #: published one into it): the kernel drops them at every create and asks again at
         #: the next, to check permissions. Answered from here once, within attr_timeout, and

@@ -4,7 +4,8 @@ For every journal entry, by what a writer was told:
 
 - Closed (the last writer's close returned, in write-back mode, or a sync-mode publish failed):
   the data is published now. A warm file is copied to a temp name beside its path, fsynced and
-  renamed into place; a file streaming to the bucket resumes its multipart upload (parts the
+  renamed into place (where the tiers share a file system, its staging file is fsynced and
+  renamed into place, as the mount does); a file streaming to the bucket resumes its multipart upload (parts the
   journal lists as completed are not sent again), completes it and gets its stub.
 - A file streaming to the bucket that was fsynced and not closed: its upload is completed
   with the content up to the fsynced size.
@@ -33,6 +34,7 @@ background (``purge_temps``), since that means walking the namespace.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import logging
 import os
 import stat
@@ -117,6 +119,24 @@ async def recover(fs: FileSystem, rebooted: bool = False) -> Report:
     return report
 
 
+async def _rename_staging(fs: FileSystem, sid: str, fd: int, entry: journal.Entry,
+                          times: tuple[int, int], mode: int | None) -> bool:
+    """Publish a staging file by renaming it into place, as the mount does where the tiers
+    share a file system; False when it must be copied (another file system, hard links)."""
+    if not fs.publish_by_rename:
+        return False
+    if not await fs.warm.run(fs.warm.settle_staged, entry.path, fd, entry.size, times, mode):
+        return False
+    try:
+        await fs.warm.run(fs.warm.adopt, fs.hot.staging_dir / sid, entry.path, None)
+    except OSError as e:
+        if e.errno != errno.EXDEV:
+            raise
+        fs.publish_by_rename = False
+        return False
+    return True
+
+
 async def _abort(fs: FileSystem, upload: journal.Upload) -> int:
     """Abort an unfinished upload of this node; returns how many were aborted."""
     store = fs.cold.store
@@ -146,10 +166,12 @@ async def _publish(fs: FileSystem, sid: str, entry: journal.Entry) -> None:
                 mode = parse_stub(target, fs.config.bucket).mode
         except (FileNotFoundError, StubError):
             pass
-        tmp, _ = await fs.warm.run(fs.warm.publish_copy, entry.path, fd, entry.size,
-                                   (entry.atime_ns, entry.mtime_ns), mode)
-        if tmp is not None:
-            await fs.warm.run(fs.warm.replace, tmp, entry.path)  # (file, dir) attrs unused
+        times = (entry.atime_ns, entry.mtime_ns)
+        if not await _rename_staging(fs, sid, fd, entry, times, mode):
+            tmp, _ = await fs.warm.run(fs.warm.publish_copy, entry.path, fd, entry.size,
+                                       times, mode)
+            if tmp is not None:
+                await fs.warm.run(fs.warm.replace, tmp, entry.path)  # (file, dir) attrs unused
     finally:
         await fs.hot.run(os.close, fd)
     await fs.hot.run(fs.hot.remove_staging, sid)

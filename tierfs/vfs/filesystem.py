@@ -834,12 +834,19 @@ class FileSystem:
         handle = self._new_handle(inode, data, flags)
         return handle.fh, handle.direct, inode, attrs
 
-    async def _stage(self, inode: Inode, data: OpenFile, keep: int | None = None) -> None:
+    async def _stage(self, inode: Inode, data: OpenFile, keep: int | None = None,
+                     first: tuple[bytes, int] | None = None) -> int | None:
         """Make sure the file's data is in a staging file; copy at most ``keep`` bytes of the
-        warm data into it (all of it when None). Caller holds ``data.lock``."""
+        warm data into it (all of it when None). ``first``, a write (bytes, offset) of the
+        caller's: done with the staging file's creation if there is nothing to copy; returns
+        the bytes it wrote, None if it was not done. Caller holds ``data.lock``."""
         if data.staged:
-            return
-        sid, fd = await self.hot.run(self.hot.new_staging)
+            return None
+        written = None
+        if first is not None and data.created:
+            sid, fd, written = await self.hot.run(self.hot.new_staging_with, *first)
+        else:
+            sid, fd = await self.hot.run(self.hot.new_staging)
         try:
             size = 0
             if data.created:  # created empty by this open: nothing to copy
@@ -868,6 +875,7 @@ class FileSystem:
             self.journal.record(sid, Entry(rel, size=size, atime_ns=data.atime_ns,
                                            mtime_ns=data.mtime_ns,
                                            replaces=data.replaces_object))
+        return written
 
     async def _download(self, stub: Stub, fd: int, size: int) -> None:
         """Copy the first ``size`` bytes of a stub's object into a staging file."""
@@ -958,20 +966,26 @@ class FileSystem:
         handle = self._handles[fh]
         data = handle.data
         async with data.lock:
-            await self._stage(handle.inode, data)
+            # A file created empty by this open has no data to copy in: its first write goes
+            # with the staging file's creation (it lands at 0 with O_APPEND, the size being 0).
+            done = await self._stage(handle.inode, data,
+                                     first=(buf, 0 if handle.append else offset))
             if handle.append:
                 offset = data.size
             if data.upload is not None and offset < data.upload.cut:
                 raise _err(errno.EOPNOTSUPP)  # that range is already on its way to the bucket
             self._reopened(data)
-            try:
-                written = await self.hot.run(os.pwrite, data.staging_fd, buf, offset)
-            except OSError as e:
-                if not is_no_space(e):
-                    raise
-                # The hot disk is full: cached blocks can go (staging and pins cannot).
-                await self.cache.free(4 * len(buf) + self.config.block_size)
-                written = await self.hot.run(os.pwrite, data.staging_fd, buf, offset)
+            if done is not None:
+                written = done
+            else:
+                try:
+                    written = await self.hot.run(os.pwrite, data.staging_fd, buf, offset)
+                except OSError as e:
+                    if not is_no_space(e):
+                        raise
+                    # The hot disk is full: cached blocks can go (staging and pins cannot).
+                    await self.cache.free(4 * len(buf) + self.config.block_size)
+                    written = await self.hot.run(os.pwrite, data.staging_fd, buf, offset)
             data.size = max(data.size, offset + written)
             grew = offset <= data.written < offset + written
             if grew:

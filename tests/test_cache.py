@@ -4,6 +4,7 @@ full hot disk keeps reads correct, and changed sources are read fresh."""
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 import threading
@@ -183,6 +184,36 @@ def test_a_full_hot_disk_keeps_reads_correct(tmp_path: Path, proxy: FaultProxy, 
         m.stop()
         saved = counters(m)
         assert saved["evictions"] + saved["store_failures"] > 0
+        m.start()
+
+
+def test_a_new_file_written_to_a_hot_disk_full_of_blocks(
+        tmp_path: Path, proxy: FaultProxy, bucket: str, s3_server: S3Server,
+        small_hot: Path) -> None:
+    """Staging comes before caching: a file's first write to a hot disk that cached blocks
+    (and a filler) have filled makes the cache evict, and the write succeeds."""
+    m = cold_mount(tmp_path, proxy, bucket, "--hot-capacity", "1GiB")
+    m.hot = small_hot
+    files = {f"g{i}.bin": os.urandom(8 * MIB) for i in range(3)}
+    publish(m, s3_server, files)
+    data = os.urandom(256 * 1024)
+    with running(m):
+        for name, content in files.items():
+            assert read_uncached(m.path / "data" / name) == content
+        time.sleep(1.5)  # the blocks reach the hot disk in the background
+        filler = small_hot / "filler"
+        fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)  # whatever room is left
+        with pytest.raises(OSError) as full:
+            while True:
+                os.write(fd, b"\0" * 4096)
+        os.close(fd)
+        assert full.value.errno == errno.ENOSPC
+        (m.path / "new.bin").write_bytes(data)
+        assert (m.path / "new.bin").read_bytes() == data
+        assert (m.warm / "new.bin").read_bytes() == data
+        m.stop()
+        assert counters(m)["evictions"] > 0
+        filler.unlink()
         m.start()
 
 

@@ -24,8 +24,8 @@ import logging
 import os
 import stat
 import time
-from pathlib import Path
 from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 
 import trio
 
@@ -158,8 +158,8 @@ class FileSystem:
         self._as_root = os.geteuid() == 0
         self.namemax = warm.statvfs().f_namemax
         #: The hot and warm tiers share a file system (a single disk, the zero-config
-        #: default): a file closed for good is published by renaming its staging file into
-        #: place instead of copying it. Off for good at the first EXDEV.
+        #: default): files are published by renaming their staging file into place instead
+        #: of copying it. Off for good at the first EXDEV.
         self.publish_by_rename = _same_file_system(hot.staging_dir, warm.root)
         if self.publish_by_rename:
             log.info("the hot and warm tiers share a file system: publishing by rename")
@@ -819,7 +819,7 @@ class FileSystem:
                 os.close(fd)
                 raise
 
-        self._dir_attrs.clear()
+        self._dir_attrs.clear()  # the directory changes during the call
         warm_fd, st, persisted, xattrs, parent_st = await self.warm.run(make)
         self._dir_attrs.clear()  # (another change may have come meanwhile)
         self._dir_attrs[parent] = (time.monotonic() + self.config.attr_timeout, parent_st)
@@ -1450,8 +1450,10 @@ class FileSystem:
             if target is None:
                 return True, None  # unlinked meanwhile: the staging file goes at discard
             try:
-                # The old descriptor (of the file being replaced) is closed in the same call:
-                # the file is staged, so no read uses it meanwhile.
+                # The replaced file's descriptor is closed in the same call. The file is
+                # staged, so reads use the staging descriptor; a warm block read-ahead task
+                # still holding the old number can only fail or cache bytes under the old
+                # identity, which no reader asks for any more.
                 st, parent_st = await self.warm.run(
                     self.warm.adopt, self.hot.staging_dir / sid, target, data.warm_fd)
             except OSError as e:

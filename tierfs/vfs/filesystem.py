@@ -1449,19 +1449,14 @@ class FileSystem:
             target = self._rel_or_none(inode)
             if target is None:
                 return True, None  # unlinked meanwhile: the staging file goes at discard
-            try:
-                # The replaced file's descriptor is closed in the same call. The file is
-                # staged, so reads use the staging descriptor; a warm block read-ahead task
-                # still holding the old number can only fail or cache bytes under the old
-                # identity, which no reader asks for any more.
-                st, parent_st = await self.warm.run(
-                    self.warm.adopt, self.hot.staging_dir / sid, target, data.warm_fd)
-            except OSError as e:
-                if e.errno != errno.EXDEV:
-                    raise
-                log.info("the hot and warm tiers are on different mounts: publishing by copy")
-                self.publish_by_rename = False
+            # The replaced file's descriptor is closed in the same call. The file is staged,
+            # so reads use the staging descriptor; a warm block read-ahead task still holding
+            # the old number can only fail or cache bytes under the old identity, which no
+            # reader asks for any more.
+            adopted = await self.adopt_staging(sid, target, data.warm_fd)
+            if adopted is None:
                 return False, None
+            st, parent_st = adopted
             # No await from the rename to here: reads find the content under either name.
             data.warm_fd, data.staging_fd, data.staging_id = data.staging_fd, None, None
             data.created = False  # staging again starts from the published file
@@ -1469,6 +1464,21 @@ class FileSystem:
             self._dir_changed(inode, parent_st)
         self.journal.drop(sid)
         return True, st
+
+    async def adopt_staging(self, sid: str, target: bytes, retire: int | None
+                            ) -> tuple[os.stat_result, os.stat_result] | None:
+        """Rename a settled staging file over ``target`` (``WarmTier.adopt``): the attributes
+        of the file and of its directory, or None if the tiers turn out to be on different
+        mounts (EXDEV), which turns publishing by rename off for good."""
+        try:
+            return await self.warm.run(self.warm.adopt, self.hot.staging_dir / sid, target,
+                                       retire)
+        except OSError as e:
+            if e.errno != errno.EXDEV:
+                raise
+        log.info("the hot and warm tiers are on different mounts: publishing by copy")
+        self.publish_by_rename = False
+        return None
 
     async def _rename_into_place(self, inode: Inode, tmp: bytes) -> os.stat_result | None:
         """Rename a finished temp file over the file's current name, under the namespace lock

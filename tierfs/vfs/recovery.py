@@ -5,8 +5,9 @@ For every journal entry, by what a writer was told:
 - Closed (the last writer's close returned, in write-back mode, or a sync-mode publish failed):
   the data is published now. A warm file is copied to a temp name beside its path, fsynced and
   renamed into place (where the tiers share a file system, its staging file is fsynced and
-  renamed into place, as the mount does); a file streaming to the bucket resumes its multipart upload (parts the
-  journal lists as completed are not sent again), completes it and gets its stub.
+  renamed into place, as the mount does); a file streaming to the bucket resumes its
+  multipart upload (parts the journal lists as completed are not sent again), completes it
+  and gets its stub.
 - A file streaming to the bucket that was fsynced and not closed: its upload is completed
   with the content up to the fsynced size.
 - Otherwise (a writer still had it open, or it is already home): nothing of it may appear
@@ -34,7 +35,6 @@ background (``purge_temps``), since that means walking the namespace.
 from __future__ import annotations
 
 import dataclasses
-import errno
 import logging
 import os
 import stat
@@ -127,14 +127,7 @@ async def _rename_staging(fs: FileSystem, sid: str, fd: int, entry: journal.Entr
         return False
     if not await fs.warm.run(fs.warm.settle_staged, entry.path, fd, entry.size, times, mode):
         return False
-    try:
-        await fs.warm.run(fs.warm.adopt, fs.hot.staging_dir / sid, entry.path, None)
-    except OSError as e:
-        if e.errno != errno.EXDEV:
-            raise
-        fs.publish_by_rename = False
-        return False
-    return True
+    return await fs.adopt_staging(sid, entry.path, None) is not None
 
 
 async def _abort(fs: FileSystem, upload: journal.Upload) -> int:

@@ -438,12 +438,16 @@ class FileSystem:
                     changes = dataclasses.replace(changes, mode=None)
             else:
                 changes = await self._setattr_cold(inode, rel, changes)
-        data = inode.data
         if changes.size is not None:
             if inode.is_dir:
                 raise _err(errno.EISDIR)
-            if data is not None:
+            # Open-file state with no handle is being published by a last close or a
+            # write-back, and is retired right after: if that happened while this waited for
+            # the lock, the file is home and is truncated there.
+            while (data := inode.data) is not None:
                 async with data.lock:
+                    if inode.data is not data:
+                        continue
                     if data.upload is not None and changes.size < data.upload.cut:
                         raise _err(errno.EOPNOTSUPP)  # already on its way to the bucket
                     await self._stage(inode, data, keep=changes.size)
@@ -456,10 +460,13 @@ class FileSystem:
                     if data.mirror is not None:
                         data.mirror.changed(changes.size)
                     await self._route(inode, data)  # a size past the threshold routes at once
-            elif rel is not None:
-                await self.warm.run(self.warm.truncate, rel, changes.size)
+                break
+            else:
+                if rel is not None:
+                    await self.warm.run(self.warm.truncate, rel, changes.size)
         if rel is not None:
             await self.warm.run(self._setattr_blocking, inode, rel, changes)
+        data = inode.data
         if data is not None and data.staged:
             # Staged times are published with the data.
             if changes.atime_ns is not None:
@@ -484,6 +491,12 @@ class FileSystem:
                 data = inode.data = OpenFile(stub=stub)
             try:
                 async with data.lock:
+                    if inode.data is not data:
+                        # Retired by the end of its publishing while this waited: start over
+                        # from what is home now (a warm file is the caller's to truncate).
+                        if inode.stub is None:
+                            return changes
+                        return await self._setattr_cold(inode, rel, changes)
                     await self._stage(inode, data, keep=changes.size)
                     await self.hot.run(os.ftruncate, data.staging_fd, changes.size)
                     data.size = changes.size
@@ -492,8 +505,8 @@ class FileSystem:
                 if transient:
                     await self._publish(inode, data)
             finally:
-                if transient:
-                    await self._discard(inode, data)
+                if transient and data.handles == 0 and inode.data is data:
+                    await self._discard(inode, data)  # (an open that shared it releases it)
             return dataclasses.replace(changes, size=None)
         changes = dataclasses.replace(changes, size=None)
         if rel is None or (changes.mode is None and changes.mtime_ns is None):
@@ -509,9 +522,11 @@ class FileSystem:
         new = dataclasses.replace(
             stub, mode=stub.mode if mode is None else stat.S_IMODE(mode),
             mtime_ns=stub.mtime_ns if mtime_ns is None else mtime_ns)
-        st = await self.warm.run(self.warm.replace_symlink, rel, new.encode(self.config.bucket))
-        inode.stub = new
-        self.inodes.rekey(inode, st)
+        with self.inodes.replacing(inode):
+            st = await self.warm.run(self.warm.replace_symlink, rel,
+                                     new.encode(self.config.bucket))
+            inode.stub = new
+            self.inodes.rekey(inode, st)
         if inode.data is not None:
             inode.data.stub, inode.data.base = new, st
 
@@ -736,31 +751,29 @@ class FileSystem:
         inode = self.inodes[ino]
         if inode.is_dir:
             raise _err(errno.EISDIR)
-        data = inode.data
         version: tuple[int, int, bytes] | None
         writable = flags & os.O_ACCMODE in (os.O_WRONLY, os.O_RDWR)
-        if data is None:
-            rel = self.inodes.path(inode)
-            if inode.stub is not None:
-                st, target = await self.warm.run(self.warm.lstat_link, rel)
-                inode.stub = stub = self._stub(st, target, rel)
-                if stub is None:
-                    raise _err(errno.ESTALE)  # no longer a stub: the kernel will look it up again
-                data = OpenFile(stub=stub, base=st)
-                version = (stub.size, stub.mtime_ns, stub.etag.encode())
+        # The open-file state is shared by every handle of the inode, and retired (by the
+        # last release or the end of a write-back) once no handle holds it: after each wait
+        # below, make sure it is still the inode's before making a handle on it.
+        while True:
+            data = inode.data
+            if data is None:
+                data, version = await self._open_state(inode)
+                if inode.data is not None:  # another open made one meanwhile: share that
+                    if data.warm_fd is not None:
+                        await self.warm.run(os.close, data.warm_fd)
+                    continue
+                inode.data = data
             else:
-                fd = await self.warm.run(self.warm.open, rel, os.O_RDONLY)
-                st = await self.warm.run(os.fstat, fd)
-                data = OpenFile(warm_fd=fd, base=st,
-                                warm_id=(st.st_ino, st.st_size, st.st_mtime_ns))
-                version = (st.st_size, st.st_mtime_ns, inode.key)
-            inode.data = data
-        else:
-            version = inode.cached_version
-            if writable and inode.ino in self.writeback and data.dirty:
-                # What the last close acknowledged must reach home before new writes change
-                # the staging file under it (a crash would otherwise lose both versions).
-                await self._publish(inode, data)
+                version = inode.cached_version
+                if writable and inode.ino in self.writeback and data.dirty:
+                    # What the last close acknowledged must reach home before new writes
+                    # change the staging file under it (a crash would otherwise lose both).
+                    await self._publish(inode, data)
+                    if inode.data is not data:
+                        continue  # that write-back ended meanwhile and retired the state
+            break
         if data.stub is not None and not data.staged and writable and not flags & os.O_TRUNC:
             # Objects cannot be changed in place; see docs/semantics.md.
             if data.handles == 0:
@@ -780,6 +793,27 @@ class FileSystem:
                     data.mirror.changed(0)
             keep_cache = False
         return handle.fh, keep_cache, handle.direct
+
+    async def _open_state(self, inode: Inode
+                          ) -> tuple[OpenFile, tuple[int, int, bytes] | None]:
+        """New open-file state for an inode that has none, and the version of its content
+        (for the kernel's cached pages)."""
+        rel = self.inodes.path(inode)
+        if inode.stub is not None:
+            st, target = await self.warm.run(self.warm.lstat_link, rel)
+            inode.stub = stub = self._stub(st, target, rel)
+            if stub is None:
+                raise _err(errno.ESTALE)  # no longer a stub: the kernel will look it up again
+            return (OpenFile(stub=stub, base=st),
+                    (stub.size, stub.mtime_ns, stub.etag.encode()))
+        fd = await self.warm.run(self.warm.open, rel, os.O_RDONLY)
+        try:
+            st = await self.warm.run(os.fstat, fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        return (OpenFile(warm_fd=fd, base=st, warm_id=(st.st_ino, st.st_size, st.st_mtime_ns)),
+                (st.st_size, st.st_mtime_ns, inode.key))
 
     def _new_handle(self, inode: Inode, data: OpenFile, flags: int) -> Handle:
         accmode = flags & os.O_ACCMODE
@@ -1383,16 +1417,17 @@ class FileSystem:
                 await self._route(inode, data)
                 if data.route_after:
                     raise _err(errno.EIO)
-            if data.upload is not None:
-                await self._publish_cold(inode, data)
-                return
-            times = (data.atime_ns, data.mtime_ns)
-            mode = inode.stub.mode if inode.stub is not None else None
-            st = await self._publish_warm(inode, data, rel, times, mode)
-            if st is None:  # unlinked meanwhile
-                data.dirty = False
-                return
-            self.inodes.rekey(inode, st)
+            with self.inodes.replacing(inode):
+                if data.upload is not None:
+                    await self._publish_cold(inode, data)
+                    return
+                times = (data.atime_ns, data.mtime_ns)
+                mode = inode.stub.mode if inode.stub is not None else None
+                st = await self._publish_warm(inode, data, rel, times, mode)
+                if st is None:  # unlinked meanwhile
+                    data.dirty = False
+                    return
+                self.inodes.rekey(inode, st)
             data.base = st
             data.dirty = False
             self._mark_published(data)

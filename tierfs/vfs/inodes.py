@@ -12,11 +12,13 @@ kernel has forgotten it and no handle holds it open, so an unlinked open file ke
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import os
 import stat
 import struct
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import pyfuse3
@@ -61,6 +63,9 @@ class Inode:
     #: every write and ls -l asks for ACLs of every entry; the answer is nearly always "none".
     xattr_names: frozenset[bytes] | None = None
     xattr_names_until: float = 0.0
+    #: Calls of tierfs's own under way that put another warm file in place of this one (a
+    #: publish by rename, a new stub): see ``InodeTable.replacing``.
+    replacing: int = 0
 
     @property
     def is_dir(self) -> bool:
@@ -124,18 +129,23 @@ class InodeTable:
         kind = stat.S_IFMT(st.st_mode) if kind is None else kind
         existing = self._by_name.get((parent, name))
         if existing is not None:
-            if existing.key == key and existing.kind == kind:
-                return existing
+            if existing.kind == kind and (existing.key == key or existing.replacing):
+                return existing  # (being replaced by tierfs: the new file is still this one)
             self.remove_link(parent, name)  # replaced behind our back (another node)
         inode = self._by_key.get(key)
-        if inode is not None and inode.kind == kind and inode.ino != ROOT_INODE:
-            if st.st_nlink > 1 and kind != stat.S_IFDIR:
+        if (inode is not None and inode.kind == kind and inode.ino != ROOT_INODE
+                and not inode.replacing):
+            # A file's inode number is reused as soon as the file is gone, so a file with a
+            # single name is only ever this inode under the name it has here; a directory
+            # or a hard-linked file found under another name was renamed or linked elsewhere.
+            if kind != stat.S_IFDIR and st.st_nlink > 1:
                 self._add(inode, parent, name)  # another hard link to a file we know
-            else:  # the only name of this file: it was renamed elsewhere
+                return inode
+            if kind == stat.S_IFDIR:  # its only name: it was renamed elsewhere
                 for link in list(inode.links):
                     self.remove_link(*link)
                 self._add(inode, parent, name)
-            return inode
+                return inode
         queued, value = self.batch.pending("inodes", key)
         number = unpack_u64(value) if queued and value else persisted
         if number is None or number in self._by_ino or number == ROOT_INODE:
@@ -196,14 +206,26 @@ class InodeTable:
             b.links[b.links.index((new_parent, new_name))] = (parent, name)
             self._by_name[(parent, name)] = b
 
+    @contextlib.contextmanager
+    def replacing(self, inode: Inode) -> Iterator[None]:
+        """tierfs puts another warm file in place of this inode's (and calls ``rekey``)
+        within the block. Until then a lookup of its name may find either file, and the old
+        file's inode number, once freed, may already belong to a new file elsewhere: neither
+        may be taken for a change made behind tierfs's back."""
+        inode.replacing += 1
+        try:
+            yield
+        finally:
+            inode.replacing -= 1
+
     def rekey(self, inode: Inode, st: os.stat_result) -> None:
         """The warm file behind an inode was replaced by tierfs itself (publish by rename)."""
         key = identity(st)
         if key == inode.key:
             return
-        if self._by_key.get(inode.key) is inode:
+        if self._by_key.get(inode.key) is inode:  # (its old number may name a new file now)
             del self._by_key[inode.key]
-        self.batch.delete("inodes", inode.key)
+            self.batch.delete("inodes", inode.key)
         inode.key = key
         self._by_key[key] = inode
         self.batch.put("inodes", key, pack_u64(inode.ino))

@@ -12,7 +12,9 @@ import itertools
 import os
 import random
 import shutil
+import functools
 import stat
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -36,6 +38,8 @@ large_payloads = st.builds(lambda size, seed: random.Random(seed).randbytes(size
                            st.integers(min_value=0, max_value=2**32 - 1))
 offsets = st.integers(min_value=0, max_value=5000)
 modes = st.sampled_from([0o600, 0o644, 0o640, 0o755, 0o700, 0o444])
+#: How long the warm tier may take to catch up with closed files (write-back mode).
+SETTLE_TIMEOUT = 15.0
 
 _runs = itertools.count()
 #: What docs/semantics.md says a cold file may refuse (ENOTSUP and EOPNOTSUPP are one number).
@@ -63,6 +67,20 @@ def snapshot(root: Path) -> dict[str, Any]:
     return tree
 
 
+def logged(rule_fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Keep each step the machine takes: a failure that depends on timing (write-back runs in
+    the background) may not replay, and hypothesis then cannot show its steps."""
+
+    @functools.wraps(rule_fn)
+    def step(self: TreeMachine, *args: Any, **kwargs: Any) -> Any:
+        shown = [f"<{len(v)} bytes>" if isinstance(v, bytes) else repr(v)
+                 for v in [*args, *kwargs.values()]]
+        self.steps.append(f"{rule_fn.__name__}({', '.join(shown)})")
+        return rule_fn(self, *args, **kwargs)
+
+    return step
+
+
 def outcome(fn: Callable[[], Any]) -> tuple[str, Any]:
     try:
         return ("ok", fn())
@@ -78,6 +96,10 @@ class TreeMachine(RuleBasedStateMachine):
     #: Set when the mount has a small large-file threshold: files cross into the bucket, and
     #: the refusals documented for cold files (EOPNOTSUPP, EPERM) are accepted for them.
     warm_root: Path | None = None
+    #: Set for mounts whose files all stay on the warm tier: once every handle is closed (and,
+    #: in write-back mode, the background uploads are done), the warm directory itself, what
+    #: other machines see, must hold the reference tree.
+    settle_root: Path | None = None
 
     handles = Bundle("handles")
 
@@ -89,6 +111,7 @@ class TreeMachine(RuleBasedStateMachine):
         self.m.mkdir()
         self.r.mkdir()
         self.open_fds: list[int] = []
+        self.steps: list[str] = []
 
     def is_cold(self, path: str) -> bool:
         """Whether ``path`` is, or is a symlink (chain) to, a stub on the warm tier."""
@@ -116,6 +139,7 @@ class TreeMachine(RuleBasedStateMachine):
     # -- rules --------------------------------------------------------------------------
 
     @rule(path=paths, data=payloads, offset=offsets, mode=modes)
+    @logged
     def write_at(self, path: str, data: bytes, offset: int, mode: int) -> None:
         def op(root: Path) -> None:
             fd = os.open(root / path, os.O_WRONLY | os.O_CREAT, mode)
@@ -126,6 +150,7 @@ class TreeMachine(RuleBasedStateMachine):
         self.both(op, path)
 
     @rule(path=paths, data=payloads, mode=modes)
+    @logged
     def create_truncating(self, path: str, data: bytes, mode: int) -> None:
         def op(root: Path) -> None:
             fd = os.open(root / path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
@@ -136,6 +161,7 @@ class TreeMachine(RuleBasedStateMachine):
         self.both(op, path)
 
     @rule(path=paths, data=large_payloads, mode=modes)
+    @logged
     def write_large(self, path: str, data: bytes, mode: int) -> None:
         def op(root: Path) -> None:
             fd = os.open(root / path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
@@ -148,6 +174,7 @@ class TreeMachine(RuleBasedStateMachine):
         self.both(op, path)
 
     @rule(path=paths, data=payloads)
+    @logged
     def append(self, path: str, data: bytes) -> None:
         def op(root: Path) -> None:
             fd = os.open(root / path, os.O_WRONLY | os.O_APPEND)
@@ -158,39 +185,48 @@ class TreeMachine(RuleBasedStateMachine):
         self.both(op, path)
 
     @rule(path=paths, size=st.integers(min_value=0, max_value=6000))
+    @logged
     def truncate(self, path: str, size: int) -> None:
         self.both(lambda root: os.truncate(root / path, size), path)
 
     @rule(src=paths, dst=paths)
+    @logged
     def rename(self, src: str, dst: str) -> None:
         self.both(lambda root: os.rename(root / src, root / dst))
 
     @rule(path=paths)
+    @logged
     def unlink(self, path: str) -> None:
         self.both(lambda root: os.unlink(root / path))
 
     @rule(path=paths)
+    @logged
     def mkdir(self, path: str) -> None:
         self.both(lambda root: os.mkdir(root / path))
 
     @rule(path=paths)
+    @logged
     def rmdir(self, path: str) -> None:
         self.both(lambda root: os.rmdir(root / path))
 
     @rule(to=paths, path=paths)
+    @logged
     def symlink(self, to: str, path: str) -> None:
         depth = path.count("/")
         self.both(lambda root: os.symlink("../" * depth + to, root / path))
 
     @rule(src=paths, dst=paths)
+    @logged
     def link(self, src: str, dst: str) -> None:
         self.both(lambda root: os.link(root / src, root / dst, follow_symlinks=False), src)
 
     @rule(path=paths, mode=modes)
+    @logged
     def chmod(self, path: str, mode: int) -> None:
         self.both(lambda root: os.chmod(root / path, mode))
 
     @rule(target=handles, path=paths)
+    @logged
     def open_handle(self, path: str) -> tuple[int, int] | None:
         cold = self.is_cold(path)
         got = outcome(lambda: os.open(self.m / path, os.O_RDWR))
@@ -207,6 +243,7 @@ class TreeMachine(RuleBasedStateMachine):
         return (ref[1], got[1])
 
     @rule(handle=handles, data=payloads, offset=offsets)
+    @logged
     def write_handle(self, handle: tuple[int, int] | None, data: bytes, offset: int) -> None:
         if handle is None or handle[0] not in self.open_fds:
             return
@@ -216,7 +253,26 @@ class TreeMachine(RuleBasedStateMachine):
         assert os.fstat(got_fd).st_size == size
         assert os.pread(got_fd, size + 10, 0) == os.pread(ref_fd, size + 10, 0)
 
+    @rule(handle=handles)
+    @logged
+    def fsync_handle(self, handle: tuple[int, int] | None) -> None:
+        if handle is None or handle[0] not in self.open_fds:
+            return
+        ref_fd, got_fd = handle
+        assert outcome(lambda: os.fsync(got_fd)) == outcome(lambda: os.fsync(ref_fd))
+
+    @rule(handle=handles, size=st.integers(min_value=0, max_value=6000))
+    @logged
+    def truncate_handle(self, handle: tuple[int, int] | None, size: int) -> None:
+        if handle is None or handle[0] not in self.open_fds:
+            return
+        ref_fd, got_fd = handle
+        assert outcome(lambda: os.ftruncate(got_fd, size)) == outcome(
+            lambda: os.ftruncate(ref_fd, size))
+        assert os.pread(got_fd, size + 10, 0) == os.pread(ref_fd, size + 10, 0)
+
     @rule(handle=consumes(handles))
+    @logged
     def close_handle(self, handle: tuple[int, int] | None) -> None:
         if handle is None or handle[0] not in self.open_fds:
             return
@@ -226,19 +282,35 @@ class TreeMachine(RuleBasedStateMachine):
 
     @invariant()
     def trees_match(self) -> None:
-        assert snapshot(self.m) == snapshot(self.r)
+        assert snapshot(self.m) == snapshot(self.r), "after:\n" + "\n".join(self.steps)
+
+    def settled(self) -> None:
+        """Every handle closed: the warm tier holds the reference tree (in write-back mode,
+        once the uploads started by the closes are done)."""
+        assert self.settle_root is not None
+        warm, want = self.settle_root / self.m.name, snapshot(self.r)
+        deadline = time.monotonic() + SETTLE_TIMEOUT
+        while (found := snapshot(warm)) != want and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert found == want, ("the warm tier does not hold what was written through the "
+                               "mount, after:\n" + "\n".join(self.steps))
 
     def teardown(self) -> None:
         for fd in self.open_fds:
             os.close(fd)
         self.open_fds = []
-        shutil.rmtree(self.m, ignore_errors=True)
-        shutil.rmtree(self.r, ignore_errors=True)
+        try:
+            if self.settle_root is not None:
+                self.settled()
+        finally:
+            shutil.rmtree(self.m, ignore_errors=True)
+            shutil.rmtree(self.r, ignore_errors=True)
 
 
 def machine_for(mount: Mount, ref: Path, cold: bool = False) -> type[TreeMachine]:
     return type("Machine", (TreeMachine,), {"mount_root": mount.path, "ref_root": ref,
-                                             "warm_root": mount.warm if cold else None})
+                                             "warm_root": mount.warm if cold else None,
+                                             "settle_root": None if cold else mount.warm})
 
 
 @pytest.fixture(scope="module")
@@ -268,6 +340,24 @@ def test_mount_matches_a_plain_directory_while_files_cross_tiers(
 def test_mount_matches_a_plain_directory(shared_mount: Mount, tmp_path: Path) -> None:
     run_state_machine_as_test(
         machine_for(shared_mount, tmp_path),
+        settings=settings(max_examples=int(os.environ.get("TIERFS_MODEL_EXAMPLES", "40")),
+                          stateful_step_count=40, deadline=None,
+                          suppress_health_check=list(HealthCheck)))
+
+
+@pytest.fixture(scope="module")
+def writeback_mount(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mount]:
+    """close returns once the data is staged; publishing runs in the background, racing the
+    namespace operations that follow."""
+    with running(make_mount(tmp_path_factory.mktemp("writeback"), "--durability",
+                            "writeback")) as m:
+        yield m
+
+
+def test_mount_matches_a_plain_directory_in_write_back_mode(writeback_mount: Mount,
+                                                            tmp_path: Path) -> None:
+    run_state_machine_as_test(
+        machine_for(writeback_mount, tmp_path),
         settings=settings(max_examples=int(os.environ.get("TIERFS_MODEL_EXAMPLES", "40")),
                           stateful_step_count=40, deadline=None,
                           suppress_health_check=list(HealthCheck)))

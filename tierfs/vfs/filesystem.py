@@ -441,29 +441,33 @@ class FileSystem:
         if changes.size is not None:
             if inode.is_dir:
                 raise _err(errno.EISDIR)
-            # Open-file state with no handle is being published by a last close or a
-            # write-back, and is retired right after: if that happened while this waited for
-            # the lock, the file is home and is truncated there.
-            while (data := inode.data) is not None:
-                async with data.lock:
-                    if inode.data is not data:
-                        continue
-                    if data.upload is not None and changes.size < data.upload.cut:
-                        raise _err(errno.EOPNOTSUPP)  # already on its way to the bucket
-                    await self._stage(inode, data, keep=changes.size)
-                    self._reopened(data)
-                    await self.hot.run(os.ftruncate, data.staging_fd, changes.size)
-                    data.size = changes.size
-                    data.written = min(data.written, changes.size)
-                    data.mtime_ns = time.time_ns()
-                    data.dirty = True
-                    if data.mirror is not None:
-                        data.mirror.changed(changes.size)
-                    await self._route(inode, data)  # a size past the threshold routes at once
-                break
-            else:
-                if rel is not None:
-                    await self.warm.run(self.warm.truncate, rel, changes.size)
+            data = inode.data
+            if data is not None:
+                # Held for the change: a last release meanwhile leaves the publishing of it
+                # (and the retiring of the state) to the end of this call.
+                self._hold(inode, data)
+                try:
+                    async with data.lock:
+                        if data.upload is not None and changes.size < data.upload.cut:
+                            raise _err(errno.EOPNOTSUPP)  # already on its way to the bucket
+                        await self._stage(inode, data, keep=changes.size)
+                        self._reopened(data)
+                        await self.hot.run(os.ftruncate, data.staging_fd, changes.size)
+                        data.size = changes.size
+                        data.written = min(data.written, changes.size)
+                        data.mtime_ns = time.time_ns()
+                        data.dirty = True
+                        if data.mirror is not None:
+                            data.mirror.changed(changes.size)
+                        await self._route(inode, data)  # a size past the threshold: at once
+                        if changes.atime_ns is not None:  # staged times are published with
+                            data.atime_ns = changes.atime_ns  # the data
+                        if changes.mtime_ns is not None:
+                            data.mtime_ns = changes.mtime_ns
+                finally:
+                    await self._let_go(inode, data)
+            elif rel is not None:
+                await self.warm.run(self.warm.truncate, rel, changes.size)
         if rel is not None:
             await self.warm.run(self._setattr_blocking, inode, rel, changes)
         data = inode.data
@@ -486,27 +490,18 @@ class FileSystem:
         assert stub is not None
         if changes.size is not None and changes.size != stub.size:
             data = inode.data
-            transient = data is None
             if data is None:
                 data = inode.data = OpenFile(stub=stub)
+            self._hold(inode, data)  # published by the last let-go, as at a last close
             try:
                 async with data.lock:
-                    if inode.data is not data:
-                        # Retired by the end of its publishing while this waited: start over
-                        # from what is home now (a warm file is the caller's to truncate).
-                        if inode.stub is None:
-                            return changes
-                        return await self._setattr_cold(inode, rel, changes)
                     await self._stage(inode, data, keep=changes.size)
                     await self.hot.run(os.ftruncate, data.staging_fd, changes.size)
                     data.size = changes.size
                     data.mtime_ns = time.time_ns()
                     data.dirty = True
-                if transient:
-                    await self._publish(inode, data)
             finally:
-                if transient and data.handles == 0 and inode.data is data:
-                    await self._discard(inode, data)  # (an open that shared it releases it)
+                await self._let_go(inode, data)
             return dataclasses.replace(changes, size=None)
         changes = dataclasses.replace(changes, size=None)
         if rel is None or (changes.mode is None and changes.mtime_ns is None):
@@ -820,10 +815,8 @@ class FileSystem:
         handle = Handle(next(self._fh), inode, data,
                         writable=accmode in (os.O_WRONLY, os.O_RDWR),
                         append=bool(flags & os.O_APPEND), direct=bool(flags & os.O_DIRECT))
-        data.handles += 1
-        data.writers += handle.writable
+        self._hold(inode, data, handle.writable)
         self._handles[handle.fh] = handle
-        self.inodes.opened(inode)
         return handle
 
     async def create(self, parent: int, name: bytes, mode: int, flags: int, uid: int, gid: int
@@ -1239,11 +1232,22 @@ class FileSystem:
 
     async def release(self, fh: int) -> None:
         handle = self._handles.pop(fh)
-        data, inode = handle.data, handle.inode
+        if handle.data.reader is not None:
+            handle.data.reader.closed(fh)
+        await self._let_go(handle.inode, handle.data, handle.writable)
+
+    def _hold(self, inode: Inode, data: OpenFile, writable: bool = False) -> None:
+        """Keep an inode's open-file state alive: a handle does, and so does an operation
+        that stages a change without one (a truncate by path) until ``_let_go``."""
+        data.handles += 1
+        data.writers += writable
+        self.inodes.opened(inode)
+
+    async def _let_go(self, inode: Inode, data: OpenFile, writable: bool = False) -> None:
+        """The end of a ``_hold``; the last one publishes what is staged (write-back: in the
+        background) and retires the state."""
         data.handles -= 1
-        data.writers -= handle.writable
-        if data.reader is not None:
-            data.reader.closed(fh)
+        data.writers -= writable
         try:
             if data.handles == 0:
                 if data.dirty and inode.links and self.config.durability == "writeback":
@@ -1256,7 +1260,9 @@ class FileSystem:
                         log.error("publishing inode %d failed at release; staged data kept "
                                   "as %s: %s", inode.ino, data.staging_id, e)
                         await self._keep_staged(data)
-                if inode.ino not in self.writeback:
+                # (Something that took hold of the state during that publish retires it.)
+                if (inode.ino not in self.writeback and data.handles == 0
+                        and inode.data is data):
                     await self._discard(inode, data)
         finally:
             self.inodes.closed(inode)

@@ -235,6 +235,15 @@ class WarmTier(Tier):
     def open(self, rel: bytes, flags: int, mode: int = 0o600) -> int:
         return os.open(rel, flags | os.O_CLOEXEC | os.O_NOFOLLOW, mode, dir_fd=self.fd)
 
+    def open_read(self, rel: bytes) -> tuple[int, os.stat_result]:
+        """A read-only descriptor of a file and its attributes, in one call."""
+        fd = self.open(rel, os.O_RDONLY)
+        try:
+            return fd, os.fstat(fd)
+        except BaseException:
+            os.close(fd)
+            raise
+
     def publish_copy(self, rel: bytes, src_fd: int, size: int, times: tuple[int, int],
                      mode: int | None = None) -> tuple[bytes | None, os.stat_result]:
         """The copying half of publishing: a fsynced temp file to rename over ``rel`` (returned

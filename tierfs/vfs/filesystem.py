@@ -64,6 +64,15 @@ INDEX_ROOM = 16 * 1024 * 1024
 HEALTH_TIMEOUT = 10.0
 
 
+def _stage_times(data: OpenFile, changes: SetAttr) -> None:
+    """Times set on a staged file are published with its data (the warm file's would be
+    overwritten then)."""
+    if changes.atime_ns is not None:
+        data.atime_ns = changes.atime_ns
+    if changes.mtime_ns is not None:
+        data.mtime_ns = changes.mtime_ns
+
+
 def _err(code: int) -> OSError:
     return OSError(code, os.strerror(code))
 
@@ -460,10 +469,7 @@ class FileSystem:
                         if data.mirror is not None:
                             data.mirror.changed(changes.size)
                         await self._route(inode, data)  # a size past the threshold: at once
-                        if changes.atime_ns is not None:  # staged times are published with
-                            data.atime_ns = changes.atime_ns  # the data
-                        if changes.mtime_ns is not None:
-                            data.mtime_ns = changes.mtime_ns
+                        _stage_times(data, changes)  # before the let-go may publish
                 finally:
                     await self._let_go(inode, data)
             elif rel is not None:
@@ -472,11 +478,7 @@ class FileSystem:
             await self.warm.run(self._setattr_blocking, inode, rel, changes)
         data = inode.data
         if data is not None and data.staged:
-            # Staged times are published with the data.
-            if changes.atime_ns is not None:
-                data.atime_ns = changes.atime_ns
-            if changes.mtime_ns is not None:
-                data.mtime_ns = changes.mtime_ns
+            _stage_times(data, changes)
         return await self._refresh(inode)
 
     async def _setattr_cold(self, inode: Inode, rel: bytes | None, changes: SetAttr
@@ -801,12 +803,7 @@ class FileSystem:
                 raise _err(errno.ESTALE)  # no longer a stub: the kernel will look it up again
             return (OpenFile(stub=stub, base=st),
                     (stub.size, stub.mtime_ns, stub.etag.encode()))
-        fd = await self.warm.run(self.warm.open, rel, os.O_RDONLY)
-        try:
-            st = await self.warm.run(os.fstat, fd)
-        except BaseException:
-            os.close(fd)
-            raise
+        fd, st = await self.warm.run(self.warm.open_read, rel)
         return (OpenFile(warm_fd=fd, base=st, warm_id=(st.st_ino, st.st_size, st.st_mtime_ns)),
                 (st.st_size, st.st_mtime_ns, inode.key))
 

@@ -83,3 +83,33 @@ def test_without_room_the_changes_stay_queued(small_disk: Path) -> None:
     trio.run(main)
     assert index.get("inodes", b"k1999") == values[b"k1999"]
     index.close()
+
+
+class Counter:
+    def __init__(self) -> None:
+        self.value = 0
+        self.encoded = 0
+
+    def encode(self) -> bytes:
+        self.encoded += 1
+        return str(self.value).encode()
+
+
+def test_an_object_is_committed_as_it_is_when_the_commit_starts(tmp_path: Path) -> None:
+    index = Index(tmp_path / "index")
+    batch = Batch(index)
+    record = Counter()
+
+    async def main() -> None:
+        for value in range(5):
+            record.value = value
+            batch.put("journal", b"r", record)
+        assert batch.pending("journal", b"r") == (True, b"4")
+        await batch.sync(run_in_thread)
+        record.value = 9  # changed, not put again: the committed value stays
+        await batch.sync(run_in_thread)
+
+    trio.run(main)
+    assert index.get("journal", b"r") == b"4"
+    assert record.encoded == 2  # once by pending, once by the commit: not once per put
+    index.close()

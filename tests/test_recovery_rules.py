@@ -1,9 +1,12 @@
 """What recovery puts in place from a journal entry, after tierfs stopped and after the whole
-system restarted (when staged bytes never flushed to disk cannot be trusted)."""
+system restarted (when staged bytes never flushed to disk cannot be trusted), and that an
+entry reads back from the index as it was written."""
 
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from tierfs.vfs.journal import Entry, Upload
 from tierfs.vfs.recovery import publishable
@@ -36,3 +39,19 @@ def test_what_recovery_publishes(entry: Entry, after_crash: int | None,
                                  after_restart: int | None) -> None:
     assert publishable(entry, rebooted=False) == after_crash
     assert publishable(entry, rebooted=True) == after_restart
+
+
+names = st.binary(min_size=1, max_size=40).filter(lambda b: b"\0" not in b)
+uploads = st.builds(Upload, key=st.text(max_size=20), since=st.floats(0, 2e9),
+                    first_part=st.integers(1, 1 << 30),
+                    upload_id=st.none() | st.text(max_size=20),
+                    parts=st.dictionaries(st.integers(1, 10_000), st.text(max_size=10)))
+entries = st.builds(Entry, path=names, closed=st.booleans(), size=st.integers(0, 1 << 50),
+                    atime_ns=st.integers(0, 1 << 62), mtime_ns=st.integers(0, 1 << 62),
+                    upload=st.none() | uploads, replaces=st.none() | st.text(max_size=20),
+                    synced=st.none() | st.integers(0, 1 << 50))
+
+
+@given(entries)
+def test_a_journal_entry_reads_back_as_written(entry: Entry) -> None:
+    assert Entry.decode(entry.encode()) == entry

@@ -14,6 +14,7 @@ import os
 import struct
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Protocol
 
 import lmdb
 import trio
@@ -134,17 +135,31 @@ class Index:
         self.env.close()
 
 
+class Encodable(Protocol):
+    """A value serialised only when its batch is committed: a record that changes several
+    times between commits (a journal entry) is encoded once, or never if it is gone first."""
+
+    def encode(self) -> bytes: ...
+
+
+def _encoded(value: bytes | Encodable | None) -> bytes | None:
+    return value if value is None or isinstance(value, bytes) else value.encode()
+
+
 class Batch:
     """Changes queued on the event loop, committed later in one transaction by a worker thread.
 
     Reads through ``pending`` see queued changes first, so callers never observe the delay.
     ``sync`` is a group commit: it returns once every change queued before it is committed, and
     callers that arrive while a commit runs share the next one.
+
+    A value may be an ``Encodable`` object: it is encoded on the event loop as its commit
+    starts, so it must not change between awaits without being put again.
     """
 
     def __init__(self, index: Index) -> None:
         self.index = index
-        self._pending: dict[tuple[str, bytes], bytes | None] = {}
+        self._pending: dict[tuple[str, bytes], bytes | Encodable | None] = {}
         self._committing: dict[tuple[str, bytes], bytes | None] = {}
         #: Changes queued so far, and the number of them known to be committed.
         self._queued = 0
@@ -153,7 +168,7 @@ class Batch:
         #: Frees space on the hot disk when a commit finds it full (the block cache evicts).
         self.make_room: Callable[[], Awaitable[None]] | None = None
 
-    def put(self, db: str, key: bytes, value: bytes) -> None:
+    def put(self, db: str, key: bytes, value: bytes | Encodable) -> None:
         self._pending[(db, key)] = value
         self._queued += 1
 
@@ -163,9 +178,10 @@ class Batch:
 
     def pending(self, db: str, key: bytes) -> tuple[bool, bytes | None]:
         """Whether the key has a queued change, and its queued value."""
-        for changes in (self._pending, self._committing):
-            if (db, key) in changes:
-                return True, changes[(db, key)]
+        if (db, key) in self._pending:
+            return True, _encoded(self._pending[(db, key)])
+        if (db, key) in self._committing:
+            return True, self._committing[(db, key)]
         return False, None
 
     async def flush(self, run_in_thread: Callable[..., Awaitable[None]]) -> None:
@@ -177,7 +193,8 @@ class Batch:
             self._committed = self._queued
             return
         upto = self._queued
-        self._committing, self._pending = self._pending, {}
+        self._committing = {k: _encoded(v) for k, v in self._pending.items()}
+        self._pending = {}
         self._done = done = trio.Event()
         try:
             try:

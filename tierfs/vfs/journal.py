@@ -56,11 +56,16 @@ class Entry:
     synced: int | None = None
 
     def encode(self) -> bytes:
-        data: dict[str, Any] = dataclasses.asdict(self)
-        data["path"] = os.fsdecode(self.path)
+        data: dict[str, Any] = {
+            "path": os.fsdecode(self.path), "closed": self.closed, "size": self.size,
+            "atime_ns": self.atime_ns, "mtime_ns": self.mtime_ns, "replaces": self.replaces,
+            "synced": self.synced, "upload": None}
         if self.upload is not None:
-            data["upload"]["parts"] = {str(n): e for n, e in self.upload.parts.items()}
-        return json.dumps(data, sort_keys=True).encode()
+            u = self.upload
+            data["upload"] = {"key": u.key, "since": u.since, "first_part": u.first_part,
+                              "upload_id": u.upload_id,
+                              "parts": {str(n): e for n, e in u.parts.items()}}
+        return json.dumps(data).encode()
 
     @classmethod
     def decode(cls, raw: bytes) -> Entry:
@@ -83,7 +88,7 @@ class Journal:
     def record(self, sid: str, entry: Entry) -> None:
         """Queue an entry's current state (call again after every change to it)."""
         self.entries[sid] = entry
-        self.batch.put(DB, sid.encode(), entry.encode())
+        self.batch.put(DB, sid.encode(), entry)  # encoded when the batch commits
 
     def drop(self, sid: str) -> None:
         self.entries.pop(sid, None)

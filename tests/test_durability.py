@@ -28,6 +28,8 @@ from crashload import plan
 from s3proxy import FaultProxy
 from tierfs import mounting
 from tierfs.index import Index
+from tierfs.objects.base import parse_bucket_uri
+from tierfs.stubs import parse_stub
 from tierfs.vfs import journal
 from tierfs.cache.counters import load_saved
 
@@ -251,26 +253,72 @@ def test_new_files_created_while_others_are_published_stay_apart(tmp_path: Path)
 # -- namespace ------------------------------------------------------------------------------
 
 
+def bucket_keys(s3_server: S3Server, bucket: str) -> set[str]:
+    return {o["Key"] for o in s3_server.client().list_objects_v2(
+        Bucket=bucket).get("Contents", [])}
+
+
+def stub_keys(m: Mount) -> list[str]:
+    """The object key of every stub on the warm tier (one entry per stub)."""
+    uri = parse_bucket_uri(f"s3://{m.bucket}/t")  # type: ignore[attr-defined]
+    return [parse_stub(os.readlink(p).encode(), uri).key for p in m.warm.rglob("*")
+            if p.is_symlink()]
+
+
+@pytest.mark.parametrize("durability", ["sync", "writeback"])
 def test_renaming_a_checkpoint_directory_is_one_metadata_operation(
-        tmp_path: Path, s3_server: S3Server, bucket: str) -> None:
-    """A checkpoint written into a temp directory (one file in the bucket, one on the warm
-    tier) and renamed into place: the stub moves with its directory, the object stays."""
-    m = s3_mount(tmp_path, s3_server.endpoint, bucket)
-    big, small = os.urandom(10 * MIB), os.urandom(1000)
+        tmp_path: Path, s3_server: S3Server, bucket: str, durability: str) -> None:
+    """Checkpoints written into one temp directory (one file in the bucket, one on the warm
+    tier) and renamed into place, again and again: the stub moves with its directory, the
+    object stays, and the next checkpoint written under the temp name never overwrites the
+    object of the one renamed away."""
+    m = s3_mount(tmp_path, s3_server.endpoint, bucket, "--durability", durability)
+    saved = {}
     with running(m):
-        (m.path / "ckpt.tmp").mkdir()
-        (m.path / "ckpt.tmp" / "model.bin").write_bytes(big)
-        (m.path / "ckpt.tmp" / "meta.json").write_bytes(small)
-        assert os.path.islink(m.warm / "ckpt.tmp" / "model.bin")
-        before = {o["Key"] for o in s3_server.client().list_objects_v2(
-            Bucket=bucket).get("Contents", [])}
-        os.rename(m.path / "ckpt.tmp", m.path / "ckpt-100")
-        after = {o["Key"] for o in s3_server.client().list_objects_v2(
-            Bucket=bucket).get("Contents", [])}
-        assert before == after == {"t/ckpt.tmp/model.bin"}  # the object keeps its key
-        assert (m.path / "ckpt-100" / "model.bin").read_bytes() == big
-        assert (m.path / "ckpt-100" / "meta.json").read_bytes() == small
-        assert not (m.path / "ckpt.tmp").exists()
+        for step in (100, 200, 300):
+            big, small = os.urandom(10 * MIB), os.urandom(1000)
+            (m.path / "ckpt.tmp").mkdir()
+            (m.path / "ckpt.tmp" / "model.bin").write_bytes(big)
+            (m.path / "ckpt.tmp" / "meta.json").write_bytes(small)
+            if durability == "sync":
+                assert os.path.islink(m.warm / "ckpt.tmp" / "model.bin")
+                before = bucket_keys(s3_server, bucket)
+            os.rename(m.path / "ckpt.tmp", m.path / f"ckpt-{step}")
+            if durability == "sync":
+                assert bucket_keys(s3_server, bucket) == before  # the object keeps its key
+            saved[step] = (big, small)
+            assert not (m.path / "ckpt.tmp").exists()
+        os.unlink(m.path / "ckpt-300" / "model.bin")  # its object goes, the others stay
+        del saved[300]
+        for step, (big, small) in saved.items():
+            assert (m.path / f"ckpt-{step}" / "model.bin").read_bytes() == big, step
+            assert (m.path / f"ckpt-{step}" / "meta.json").read_bytes() == small, step
+        m.stop()
+        keys = stub_keys(m)
+        assert len(keys) == len(set(keys)) == 2, "two stubs share an object"
+        assert bucket_keys(s3_server, bucket) == set(keys)
+        assert "t/ckpt.tmp/model.bin" in keys  # the first one took the path as it was
+        m.start()
+
+
+def test_write_back_truncate_right_after_a_close_keeps_the_data(
+        tmp_path: Path, s3_server: S3Server, bucket: str) -> None:
+    """A file that went to the bucket, truncated as soon as it is closed (its write-back
+    publish still going): the truncate keeps the first bytes, and the object goes."""
+    m = s3_mount(tmp_path, s3_server.endpoint, bucket, "--durability", "writeback")
+    body = os.urandom(9 * MIB)
+    with running(m):
+        for size in (0, 1000, 3 * MIB):
+            name = f"f{size}"
+            (m.path / name).write_bytes(body)
+            os.truncate(m.path / name, size)
+            assert (m.path / name).read_bytes() == body[:size], size
+        m.stop()
+        for size in (0, 1000, 3 * MIB):
+            assert (m.warm / f"f{size}").read_bytes() == body[:size], size
+        assert not stub_keys(m)
+        assert not bucket_keys(s3_server, bucket)
+        m.start()
 
 
 @pytest.fixture

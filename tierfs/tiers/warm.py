@@ -12,7 +12,7 @@ import errno
 import os
 import stat
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -72,6 +72,23 @@ def _proc_path(fd: int) -> str:
     return f"/proc/self/fd/{fd}"
 
 
+
+def stat_link(lstat: Callable[[], os.stat_result], readlink: Callable[[], bytes]
+              ) -> tuple[os.stat_result, bytes | None]:
+    """An entry's attributes and, for a symlink, its target. A stub can be replaced by a
+    plain file between the two calls (a publish renames the file over it): readlink then
+    fails with EINVAL, and the entry is looked at again."""
+    for _ in range(8):
+        st = lstat()
+        if not stat.S_ISLNK(st.st_mode):
+            return st, None
+        try:
+            return st, readlink()
+        except OSError as e:
+            if e.errno != errno.EINVAL:
+                raise
+    raise OSError(errno.EAGAIN, "the entry keeps changing type")
+
 class WarmTier(Tier):
     name = "warm"
 
@@ -101,8 +118,7 @@ class WarmTier(Tier):
 
     def lstat_link(self, rel: bytes) -> tuple[os.stat_result, bytes | None]:
         """Attributes, and the target if it is a symlink (it may be a stub)."""
-        st = self.lstat(rel)
-        return st, (self.readlink(rel) if stat.S_ISLNK(st.st_mode) else None)
+        return stat_link(lambda: self.lstat(rel), lambda: self.readlink(rel))
 
     def listdir(self, rel: bytes
                 ) -> list[tuple[bytes, os.stat_result, frozenset[bytes] | None, bytes | None]]:
@@ -117,15 +133,11 @@ class WarmTier(Tier):
                     if is_internal(name):
                         continue
                     try:
-                        st = entry.stat(follow_symlinks=False)
+                        st, target = stat_link(
+                            lambda: os.stat(name, dir_fd=dfd, follow_symlinks=False),
+                            lambda: os.readlink(name, dir_fd=dfd))
                     except FileNotFoundError:  # removed while we listed
                         continue
-                    target = None
-                    if stat.S_ISLNK(st.st_mode):
-                        try:
-                            target = os.readlink(name, dir_fd=dfd)
-                        except FileNotFoundError:
-                            continue
                     entries.append((name, st, self._xattr_names_at(dfd, entry.name), target))
             return entries
         finally:

@@ -24,6 +24,7 @@ import logging
 import os
 import stat
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
@@ -36,7 +37,7 @@ from tierfs.cache.eviction import make_policy
 from tierfs.cache.store import is_no_space
 from tierfs.config import Config, resolve_capacity
 from tierfs.index import FLUSH_INTERVAL, Batch, Index
-from tierfs.objects.base import ObjectStoreError
+from tierfs.objects.base import NoSuchObject, ObjectStoreError
 from tierfs.stubs import Stub, StubError, looks_like_stub, parse_stub
 from tierfs.tiers.cold import ColdTier
 from tierfs.tiers.hot import HotTier
@@ -131,6 +132,11 @@ class SetAttr:
     size: int | None = None
     atime_ns: int | None = None
     mtime_ns: int | None = None
+
+
+def unique_key(key: str) -> str:
+    """A key beside ``key`` that no other file's object has."""
+    return f"{key}~{uuid.uuid4().hex[:12]}"
 
 
 class FileSystem:
@@ -437,6 +443,12 @@ class FileSystem:
     async def setattr(self, ino: int, changes: SetAttr) -> Attrs:
         self._dir_attrs.clear()
         inode = self.inodes[ino]
+        if changes.size is not None:
+            # As for an open for writing: what the last close acknowledged reaches home
+            # before a truncate changes it (and a file that went to the bucket is cold then).
+            while ((data := inode.data) is not None and inode.ino in self.writeback
+                   and data.dirty):
+                await self._publish(inode, data)
         rel = self._rel_or_none(inode)
         if inode.stub is not None:
             if inode.data is not None and inode.data.staged:
@@ -1077,18 +1089,14 @@ class FileSystem:
             base = data.base
             if rel is None or (base is not None and base.st_nlink > 1):
                 return  # unlinked or hard-linked: stays staged (a stub cannot be hard-linked)
-            key = self.config.bucket.key(os.fsdecode(rel))
             mode = self._file_mode(inode, data)
             metadata = {"mode": f"{mode:04o}", "mtime-ns": str(data.mtime_ns)}
             assert data.staging_fd is not None and data.staging_id is not None  # after _stage
-            entry = self.journal.entries.get(data.staging_id)
-            if entry is not None:  # no upload nobody knows of, whenever a crash comes
-                entry.upload = Upload(key, time.time(), self.config.part_size)
-                self.journal.record(data.staging_id, entry)
-                await self.journal.sync()
             if time.monotonic() < data.route_after:
                 return
+            entry = self.journal.entries.get(data.staging_id)
             try:
+                key = await self._object_key(rel, data, entry)
                 upload_id = await self.cold.run(self.cold.store.create_multipart, key, metadata)
             except ObjectStoreError as e:
                 log.error("could not start the upload of %s: %s", key, e)
@@ -1109,6 +1117,38 @@ class FileSystem:
                                           patient=self.config.durability == "writeback")
             log.info("streaming %s to %s (upload %s)", rel, key, upload_id)
         await data.upload.feed(data.written)
+
+    async def _object_key(self, rel: bytes, data: OpenFile, entry: Entry | None) -> str:
+        """The key of a new object, recorded in the journal before its upload is created (so
+        that no crash leaves an upload nobody knows of).
+
+        It is the file's path at upload time, unless another file's object has that key: a
+        cold file renamed away keeps its object, and a new file written under the old name
+        (a checkpoint written to a temp name and renamed, again and again) must not overwrite
+        it. Then the key gets a suffix, ``<path>~<12 hex digits>``. A file's own previous
+        object is overwritten. Keys already headed for are held by their journal entries;
+        this one is taken before the HEAD, so two uploads can never choose the same key."""
+        key = self.config.bucket.key(os.fsdecode(rel))
+        own = data.replaces_object
+        checked = key == own
+        if not checked and any(e.upload is not None and e.upload.key == key
+                               for sid, e in self.journal.entries.items()
+                               if sid != data.staging_id):
+            key, checked = unique_key(key), True
+        while True:
+            if entry is not None:
+                entry.upload = Upload(key, time.time(), self.config.part_size)
+                self.journal.record(data.staging_id, entry)  # type: ignore[arg-type]
+                await self.journal.sync()
+            if checked:
+                return key
+            try:
+                await self.cold.run(self.cold.store.head, key)
+            except NoSuchObject:
+                return key
+            log.info("%s already holds another file's object: this one gets a key of its own",
+                     key)
+            key, checked = unique_key(key), True
 
     @staticmethod
     def _file_mode(inode: Inode, data: OpenFile) -> int:
@@ -1331,6 +1371,7 @@ class FileSystem:
         data.dirty = False
         sid, fd = data.staging_id, data.staging_fd
         data.staging_id = data.staging_fd = None
+        data.created = False  # staging again starts from the object (or the warm file)
         if st is not None:
             inode.stub = data.stub = stub
             self.inodes.rekey(inode, st)

@@ -120,6 +120,8 @@ class DirEntry:
 class DirHandle:
     inode: Inode
     entries: list[DirEntry] | None = None
+    #: ``InodeTable.replacements`` as of the entries (see ``FileSystem._fresh_entries``).
+    seen: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,6 +134,10 @@ class SetAttr:
     size: int | None = None
     atime_ns: int | None = None
     mtime_ns: int | None = None
+
+
+#: Times a lookup or listing is read again when tierfs replaced the file meanwhile.
+STALE_TRIES = 4
 
 
 def unique_key(key: str) -> str:
@@ -375,11 +381,22 @@ class FileSystem:
         st, target = self.warm.lstat_link(rel)
         return st, target, self.inodes.persisted_number(identity(st))
 
+    def _stale(self, parent: int, name: bytes, seen: int) -> bool:
+        """Whether tierfs replaced the warm file behind a name after ``seen`` (a publish by
+        rename, a new stub): what was read of that name before then is the replaced file
+        (another type, perhaps: a stub is a symlink there), so it is read again."""
+        inode = self.inodes.child(parent, name)
+        return inode is not None and inode.rekeyed > seen
+
     def _register(self, parent: int, name: bytes, st: os.stat_result, persisted: int | None,
                   stub: Stub | None) -> Inode:
         inode = self.inodes.resolve(parent, name, st, persisted,
                                     stat.S_IFREG if stub is not None else None)
-        inode.stub = stub
+        if inode.data is None:
+            # An open file's state knows better than a listing, which may be older than the
+            # publish that just turned it into a stub or back (a symlink's attributes without
+            # its stub would change the file's type under the kernel: EIO).
+            inode.stub = stub
         return inode
 
     def _entry(self, parent: int, name: bytes, st: os.stat_result, persisted: int | None,
@@ -406,7 +423,11 @@ class FileSystem:
         if len(name) > self.namemax:
             raise _err(errno.ENAMETOOLONG)
         rel = self.inodes.child_path(parent, name)
-        st, target, persisted = await self.warm.run(self._probe, rel)
+        for _ in range(STALE_TRIES):
+            seen = self.inodes.replacements
+            st, target, persisted = await self.warm.run(self._probe, rel)
+            if not self._stale(parent, name, seen):
+                break
         stub = self._stub(st, target, rel)
         inode, attrs = self._entry(parent, name, st, persisted, stub)
         if inode.data is not None and inode.data.base is not None:
@@ -717,8 +738,9 @@ class FileSystem:
         """The directory's entries from offset ``start``; a listing is a snapshot taken when it
         is read from the start, so offsets stay valid while entries come and go."""
         handle = self._dirs[fh]
+        rel = self.inodes.path(handle.inode)
         if handle.entries is None or start == 0:
-            rel = self.inodes.path(handle.inode)
+            handle.seen = self.inodes.replacements
             entries = await self.warm.run(self._list_blocking, rel)
             handle.entries = []
             for entry in entries:
@@ -727,7 +749,32 @@ class FileSystem:
                 except OSError:
                     continue  # a refused stub is not listed (and its lookup gives EIO)
                 handle.entries.append(dataclasses.replace(entry, stub=stub))
+        await self._fresh_entries(handle, rel, start)
         return handle.entries[start:]
+
+    async def _fresh_entries(self, handle: DirHandle, rel: bytes, start: int) -> None:
+        """Read again the entries (from ``start``) whose warm file tierfs replaced since the
+        listing was read: the listing may show a staged file's old warm file, or the warm
+        file that a stub has since replaced."""
+        assert handle.entries is not None
+        parent = handle.inode.ino
+        for _ in range(STALE_TRIES):
+            if handle.seen == self.inodes.replacements:
+                return
+            seen = self.inodes.replacements
+            for i in range(start, len(handle.entries)):
+                entry = handle.entries[i]
+                if not self._stale(parent, entry.name, handle.seen):
+                    continue
+                try:
+                    st, target, persisted = await self.warm.run(
+                        self._probe, join(rel, entry.name))
+                    stub = self._stub(st, target, join(rel, entry.name))
+                except OSError:
+                    continue  # gone or refused since: the kernel's lookup will say so
+                handle.entries[i] = DirEntry(entry.name, st, persisted, entry.xattrs, target,
+                                             stub)
+            handle.seen = seen
 
     def dir_entry(self, fh: int, entry: DirEntry) -> tuple[Inode, Attrs]:
         """Register one readdirplus entry (no lookup counted yet: see ``count_lookup``)."""

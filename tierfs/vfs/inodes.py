@@ -66,6 +66,9 @@ class Inode:
     #: Calls of tierfs's own under way that put another warm file in place of this one (a
     #: publish by rename, a new stub): see ``InodeTable.replacing``.
     replacing: int = 0
+    #: ``InodeTable.replacements`` when tierfs last put another warm file in place of this
+    #: one: a listing or lookup read before then describes the file that was replaced.
+    rekeyed: int = 0
 
     @property
     def is_dir(self) -> bool:
@@ -81,6 +84,8 @@ class InodeTable:
         self._by_ino: dict[int, Inode] = {ROOT_INODE: root}
         self._by_name: dict[tuple[int, bytes], Inode] = {}
         self._by_key: dict[bytes, Inode] = {root.key: root}
+        #: How many times tierfs has replaced a warm file behind an inode (``rekey``).
+        self.replacements = 0
 
     def __len__(self) -> int:
         return len(self._by_ino)
@@ -223,6 +228,8 @@ class InodeTable:
         key = identity(st)
         if key == inode.key:
             return
+        self.replacements += 1
+        inode.rekeyed = self.replacements
         if self._by_key.get(inode.key) is inode:  # (its old number may name a new file now)
             del self._by_key[inode.key]
             self.batch.delete("inodes", inode.key)

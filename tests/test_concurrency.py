@@ -13,6 +13,7 @@ import errno
 import hashlib
 import os
 import random
+import stat
 import threading
 from pathlib import Path
 
@@ -115,6 +116,24 @@ def one_call(path: Path, name: str, op: float, data: bytes, fsync: bool) -> None
         pass  # not written yet, or unlinked
 
 
+def lister(root: Path, done: threading.Event, errors: list[BaseException]) -> None:
+    """ls -l, over and over, while the workers run: every entry a regular file (a file in
+    the bucket too: its stub is a symlink only on the warm tier), never an error."""
+    try:
+        while not done.is_set():
+            for where in (root, root / "d"):
+                with os.scandir(where) as entries:
+                    for entry in entries:
+                        try:
+                            st = entry.stat(follow_symlinks=False)
+                        except FileNotFoundError:
+                            continue
+                        if entry.name != "d":
+                            assert stat.S_ISREG(st.st_mode), f"{entry.path}: {st}"
+    except BaseException as e:  # noqa: BLE001 - handed to the test
+        errors.append(e)
+
+
 def run_threads(root: Path, cold: bool = False) -> dict[str, bytes]:
     """Run the workers on the mount at ``root``; what the mount shows afterwards."""
     FROM.update({name: {name} for name in NAMES})
@@ -125,10 +144,15 @@ def run_threads(root: Path, cold: bool = False) -> dict[str, bytes]:
     errors: list[BaseException] = []
     threads = [threading.Thread(target=worker, args=(root, seed, errors))
                for seed in range(1, THREADS + 1)]
+    done = threading.Event()
+    listing = threading.Thread(target=lister, args=(root, done, errors))
+    listing.start()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
+    done.set()
+    listing.join()
     assert not errors, errors[0]
     seen = {}
     for name in NAMES:

@@ -130,6 +130,9 @@ class TreeMachine(RuleBasedStateMachine):
     def both(self, fn: Callable[[Path], Any], *paths: str) -> Any:
         cold = any(self.is_cold(p) for p in paths)
         got = outcome(lambda: fn(self.m))
+        # In write-back mode a closed file becomes a stub when its upload completes in the
+        # background; an open for writing waits for that, so the file may be cold only now.
+        cold = cold or any(self.is_cold(p) for p in paths)
         if cold and got in REFUSED_FOR_COLD:
             return got  # refused for a cold file, as documented; the reference is not changed
         ref = outcome(lambda: fn(self.r))
@@ -230,6 +233,7 @@ class TreeMachine(RuleBasedStateMachine):
     def open_handle(self, path: str) -> tuple[int, int] | None:
         cold = self.is_cold(path)
         got = outcome(lambda: os.open(self.m / path, os.O_RDWR))
+        cold = cold or self.is_cold(path)  # (see ``both``)
         if cold and got in REFUSED_FOR_COLD:
             return None  # cold files cannot be opened for writing in place
         ref = outcome(lambda: os.open(self.r / path, os.O_RDWR))

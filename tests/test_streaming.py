@@ -239,6 +239,42 @@ def test_path_rules_pin_files_to_a_tier(tmp_path: Path, s3_server: S3Server,
         assert (m.warm / "keep" / "big.bin").read_bytes() == big
         keys = [o["Key"] for o in s3_server.client().list_objects_v2(Bucket=bucket)["Contents"]]
         assert keys == ["tierfs/ckpt/step1/small.pt"]
+        # Emptied while it streams: still an object (the rule says so), an empty one.
+        with open(m.path / "ckpt" / "step1" / "empty.pt", "wb") as f:
+            f.write(b"x" * 1000)
+            f.flush()
+            os.ftruncate(f.fileno(), 0)
+        assert (m.warm / "ckpt" / "step1" / "empty.pt").is_symlink()
+        assert (m.path / "ckpt" / "step1" / "empty.pt").read_bytes() == b""
+
+
+@pytest.mark.parametrize("durability", ["sync", "writeback"])
+def test_a_streaming_file_truncated_small_comes_back_to_the_warm_tier(
+        tmp_path: Path, s3_server: S3Server, bucket: str, durability: str) -> None:
+    """A file past the threshold, cut back below it before any part left staging (to zero,
+    say, which no multipart upload can hold): its upload is dropped and it is published on the
+    warm tier, even while another handle keeps it open."""
+    m = make_mount(tmp_path, "--bucket", f"s3://{bucket}/tierfs", "--endpoint-url",
+                   s3_server.endpoint, "--addressing-style", "path", "--large-file-threshold",
+                   "4KiB", "--durability", durability)
+    with running(m):
+        for size in (0, 100):
+            path = m.path / f"f{size}"
+            path.write_bytes(b"")
+            held = os.open(path, os.O_RDWR)
+            body = os.urandom(4200)
+            path.write_bytes(body)
+            os.truncate(path, size)
+            os.close(held)
+            with open(path, "ab") as f:  # an open for writing waits for any write-back
+                f.write(b"!")
+            assert path.read_bytes() == body[:size] + b"!"
+        m.stop()
+        for size in (0, 100):
+            assert (m.warm / f"f{size}").read_bytes().endswith(b"!")
+        assert not s3_server.client().list_objects_v2(Bucket=bucket).get("Contents")
+        assert not s3_server.client().list_multipart_uploads(Bucket=bucket).get("Uploads")
+        m.start()
 
 
 def test_posix_fallocate_past_the_threshold_routes_the_file(big_mount: Mount,

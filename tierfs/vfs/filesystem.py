@@ -27,6 +27,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
+from typing import Any, TypeVar
 
 import trio
 
@@ -136,7 +137,10 @@ class SetAttr:
     mtime_ns: int | None = None
 
 
-#: Times a lookup or listing is read again when tierfs replaced the file meanwhile.
+R = TypeVar("R")
+
+#: Times a lookup or listing is read again when tierfs replaced the file meanwhile, and a
+#: publish's warm call is made again when the file was renamed under it.
 STALE_TRIES = 4
 
 
@@ -1480,6 +1484,16 @@ class FileSystem:
         if remove is not None:
             self.journal.drop(remove)
 
+    async def _drop_upload(self, data: OpenFile) -> None:
+        """Abort a file's multipart upload; its data stays staged."""
+        upload, data.upload = data.upload, None
+        assert upload is not None
+        await upload.abort()
+        entry = None if data.staging_id is None else self.journal.entries.get(data.staging_id)
+        if entry is not None and entry.upload is not None:
+            entry.upload = None
+            self.journal.record(data.staging_id, entry)  # type: ignore[arg-type]
+
     def _mark_published(self, data: OpenFile) -> None:
         """The staged content is home: recovery has nothing to publish for it."""
         entry = None if data.staging_id is None else self.journal.entries.get(data.staging_id)
@@ -1508,6 +1522,11 @@ class FileSystem:
                 await self._route(inode, data)
                 if data.route_after:
                     raise _err(errno.EIO)
+            if (data.upload is not None and data.upload.cut == 0
+                    and data.size < self.config.large_file_threshold and data.rule != "cold"):
+                # Past the threshold once, small in the end (truncated), and none of it has
+                # left staging: no object for it, it goes to the warm tier from staging.
+                await self._drop_upload(data)
             with self.inodes.replacing(inode):
                 if data.upload is not None:
                     await self._publish_cold(inode, data)
@@ -1551,11 +1570,29 @@ class FileSystem:
                     return await self._rename_into_place(inode, tmp)
                 except FileNotFoundError:
                     pass  # the temp file went with its emptied directory: copy it all
-        tmp, st = await self.warm.run(self.warm.publish_copy, rel, data.staging_fd, data.size,
-                                      times, mode)
+        copied = await self._at_path(inode, self.warm.publish_copy, data.staging_fd, data.size,
+                                     times, mode)
+        if copied is None:
+            return None  # unlinked meanwhile
+        tmp, st = copied
         if tmp is None:
             return st  # hard-linked: written in place
         return await self._rename_into_place(inode, tmp)
+
+    async def _at_path(self, inode: Inode, fn: Callable[..., R], *args: Any) -> R | None:
+        """``fn(path, *args)`` in a warm worker, on the inode's path as it is when the call
+        starts: a rename through the mount meanwhile makes that path vanish under the call
+        (FileNotFoundError), and it runs again on the new one. None once unlinked."""
+        for _ in range(STALE_TRIES):
+            rel = self._rel_or_none(inode)
+            if rel is None:
+                return None
+            try:
+                return await self.warm.run(fn, rel, *args)
+            except FileNotFoundError:
+                if self._rel_or_none(inode) == rel:
+                    raise  # not renamed: gone behind tierfs's back
+        raise _err(errno.EAGAIN)
 
     async def _rename_staging(self, inode: Inode, data: OpenFile, rel: bytes,
                               times: tuple[int, int], mode: int | None
@@ -1567,8 +1604,11 @@ class FileSystem:
         writes come. (False, None) when this cannot serve and the caller copies: a
         hard-linked file, or tiers on different file systems after all."""
         assert data.staging_fd is not None and data.staging_id is not None
-        if not await self.warm.run(self.warm.settle_staged, rel, data.staging_fd, data.size,
-                                   times, mode):
+        settled = await self._at_path(inode, self.warm.settle_staged, data.staging_fd,
+                                      data.size, times, mode)
+        if settled is None:
+            return True, None  # unlinked meanwhile
+        if not settled:
             return False, None
         sid = data.staging_id
         async with self._ns_lock:

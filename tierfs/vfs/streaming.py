@@ -119,7 +119,8 @@ class StreamingUpload:
             del data
             await self.on_part(number, etag)
             self.parts[number] = etag
-            await self.hot.run(punch_hole, self.fd, offset, size)
+            if size:
+                await self.hot.run(punch_hole, self.fd, offset, size)
         except ObjectStoreError as e:
             log.error("uploading part %d of %s failed: %s", number, self.key, e)
             self.error = e
@@ -164,6 +165,11 @@ class StreamingUpload:
             self.cut += length
             if number not in self.parts:
                 await self._run_inline(number, offset, length)
+                self._check()
+        if self.next_part == 1:  # empty: an upload needs one part, and it may be empty
+            self.next_part = 2
+            if 1 not in self.parts:
+                await self._run_inline(1, 0, 0)
                 self._check()
         # Only parts up to the end: a resumed upload may have parts past the size it was
         # fsynced at, and a gap among them would shift everything after it.

@@ -1558,7 +1558,7 @@ class FileSystem:
         (tiers on one file system), or finish the head-start temp file if there is one, or
         copy it all; rename. None if the file was unlinked meanwhile."""
         if self.publish_by_rename and data.mirror is None:
-            done, st = await self._rename_staging(inode, data, rel, times, mode)
+            done, st = await self._rename_staging(inode, data, times, mode)
             if done:
                 return st
         mirror, data.mirror = data.mirror, None
@@ -1594,8 +1594,8 @@ class FileSystem:
                     raise  # not renamed: gone behind tierfs's back
         raise _err(errno.EAGAIN)
 
-    async def _rename_staging(self, inode: Inode, data: OpenFile, rel: bytes,
-                              times: tuple[int, int], mode: int | None
+    async def _rename_staging(self, inode: Inode, data: OpenFile, times: tuple[int, int],
+                              mode: int | None
                               ) -> tuple[bool, os.stat_result | None]:
         """Publish by renaming the staging file over the file's name: on one file system a
         copy would write every byte a second time. The staging file becomes the published

@@ -321,36 +321,39 @@ def machine_for(mount: Mount, ref: Path, cold: bool = False) -> type[TreeMachine
                                              "settle_root": None if cold else mount.warm})
 
 
+def run_machine(machine: type[TreeMachine]) -> None:
+    run_state_machine_as_test(
+        machine, settings=settings(max_examples=int(os.environ.get("TIERFS_MODEL_EXAMPLES", "40")),
+                                   stateful_step_count=40, deadline=None,
+                                   suppress_health_check=list(HealthCheck)))
+
+
+def tiny_threshold(tmp_path_factory: pytest.TempPathFactory, s3_server: S3Server, name: str,
+                   *extra: str) -> Mount:
+    """A mount whose files over 4 KiB go to bucket ``name`` on moto's S3 server."""
+    s3_server.client().create_bucket(Bucket=name)
+    return make_mount(tmp_path_factory.mktemp(name), "--bucket", f"s3://{name}/t",
+                      "--endpoint-url", s3_server.endpoint, "--addressing-style", "path",
+                      "--large-file-threshold", "4KiB", *extra)
+
+
 @pytest.fixture(scope="module")
 def tiny_threshold_mount(tmp_path_factory: pytest.TempPathFactory,
                          s3_server: S3Server) -> Iterator[Mount]:
-    """Files over 4 KiB go to the bucket (moto's S3 server), so they cross tiers mid-run."""
-    name = "tierfs-model"
-    s3_server.client().create_bucket(Bucket=name)
-    m = make_mount(tmp_path_factory.mktemp("tiny"), "--bucket", f"s3://{name}/t",
-                   "--endpoint-url", s3_server.endpoint, "--addressing-style", "path",
-                   "--large-file-threshold", "4KiB")
-    with running(m):
+    """Files cross into the bucket mid-run."""
+    with running(tiny_threshold(tmp_path_factory, s3_server, "tierfs-model")) as m:
         yield m
 
 
 def test_mount_matches_a_plain_directory_while_files_cross_tiers(
         tiny_threshold_mount: Mount, tmp_path: Path) -> None:
-    run_state_machine_as_test(
-        machine_for(tiny_threshold_mount, tmp_path, cold=True),
-        settings=settings(max_examples=int(os.environ.get("TIERFS_MODEL_EXAMPLES", "40")),
-                          stateful_step_count=40, deadline=None,
-                          suppress_health_check=list(HealthCheck)))
+    run_machine(machine_for(tiny_threshold_mount, tmp_path, cold=True))
     assert any(True for _ in tiny_threshold_mount.log().splitlines() if "streaming" in _), \
         "no file crossed into the bucket: the test did not test tiering\n" + tiny_threshold_mount.log()[-3000:]
 
 
 def test_mount_matches_a_plain_directory(shared_mount: Mount, tmp_path: Path) -> None:
-    run_state_machine_as_test(
-        machine_for(shared_mount, tmp_path),
-        settings=settings(max_examples=int(os.environ.get("TIERFS_MODEL_EXAMPLES", "40")),
-                          stateful_step_count=40, deadline=None,
-                          suppress_health_check=list(HealthCheck)))
+    run_machine(machine_for(shared_mount, tmp_path))
 
 
 @pytest.fixture(scope="module")
@@ -364,34 +367,22 @@ def writeback_mount(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mount]
 
 def test_mount_matches_a_plain_directory_in_write_back_mode(writeback_mount: Mount,
                                                             tmp_path: Path) -> None:
-    run_state_machine_as_test(
-        machine_for(writeback_mount, tmp_path),
-        settings=settings(max_examples=int(os.environ.get("TIERFS_MODEL_EXAMPLES", "40")),
-                          stateful_step_count=40, deadline=None,
-                          suppress_health_check=list(HealthCheck)))
+    run_machine(machine_for(writeback_mount, tmp_path))
 
 
 @pytest.fixture(scope="module")
 def tiny_threshold_writeback_mount(tmp_path_factory: pytest.TempPathFactory,
                                    s3_server: S3Server) -> Iterator[Mount]:
-    """Files over 4 KiB go to the bucket, and uploads complete in the background after close,
+    """Files cross into the bucket, and uploads complete in the background after close,
     racing the renames, truncates and rewrites that follow."""
-    name = "tierfs-model-wb"
-    s3_server.client().create_bucket(Bucket=name)
-    m = make_mount(tmp_path_factory.mktemp("tinywb"), "--bucket", f"s3://{name}/t",
-                   "--endpoint-url", s3_server.endpoint, "--addressing-style", "path",
-                   "--large-file-threshold", "4KiB", "--durability", "writeback")
-    with running(m):
+    with running(tiny_threshold(tmp_path_factory, s3_server, "tierfs-model-wb",
+                                "--durability", "writeback")) as m:
         yield m
 
 
 def test_mount_matches_a_plain_directory_while_files_cross_tiers_in_write_back_mode(
         tiny_threshold_writeback_mount: Mount, tmp_path: Path) -> None:
-    run_state_machine_as_test(
-        machine_for(tiny_threshold_writeback_mount, tmp_path, cold=True),
-        settings=settings(max_examples=int(os.environ.get("TIERFS_MODEL_EXAMPLES", "40")),
-                          stateful_step_count=40, deadline=None,
-                          suppress_health_check=list(HealthCheck)))
+    run_machine(machine_for(tiny_threshold_writeback_mount, tmp_path, cold=True))
     assert "streaming" in tiny_threshold_writeback_mount.log(), \
         "no file crossed into the bucket: the test did not test tiering"
 
@@ -408,11 +399,7 @@ def ahead_mount(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mount]:
 
 def test_mount_matches_a_plain_directory_while_publishing_ahead(ahead_mount: Mount,
                                                                   tmp_path: Path) -> None:
-    run_state_machine_as_test(
-        machine_for(ahead_mount, tmp_path),
-        settings=settings(max_examples=int(os.environ.get("TIERFS_MODEL_EXAMPLES", "40")),
-                          stateful_step_count=40, deadline=None,
-                          suppress_health_check=list(HealthCheck)))
+    run_machine(machine_for(ahead_mount, tmp_path))
     assert "ahead to the warm tier" in ahead_mount.log(), \
         "no file was copied ahead: the test did not test publishing ahead"
 

@@ -72,7 +72,6 @@ def _proc_path(fd: int) -> str:
     return f"/proc/self/fd/{fd}"
 
 
-
 def stat_link(lstat: Callable[[], os.stat_result], readlink: Callable[[], bytes]
               ) -> tuple[os.stat_result, bytes | None]:
     """An entry's attributes and, for a symlink, its target. A stub can be replaced by a
@@ -88,6 +87,7 @@ def stat_link(lstat: Callable[[], os.stat_result], readlink: Callable[[], bytes]
             if e.errno != errno.EINVAL:
                 raise
     raise OSError(errno.EAGAIN, "the entry keeps changing type")
+
 
 class WarmTier(Tier):
     name = "warm"

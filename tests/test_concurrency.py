@@ -153,7 +153,8 @@ def run_threads(root: Path, cold: bool = False) -> dict[str, bytes]:
         t.join()
     done.set()
     listing.join()
-    assert not errors, errors[0]
+    if errors:
+        raise errors[0]  # with the traceback of the thread's call
     seen = {}
     for name in NAMES:
         try:

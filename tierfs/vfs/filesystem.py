@@ -331,9 +331,11 @@ class FileSystem:
             return st  # an unprivileged mount owns everything it creates
         return self.warm.lstat(rel)
 
-    def _attrs(self, inode: Inode, st: os.stat_result) -> Attrs:
+    def _attrs(self, inode: Inode, st: os.stat_result, read: Stub | None = None) -> Attrs:
+        """``read``: the stub found with ``st``, for an inode whose open state does not take
+        it (a listing older than the file now being written under that name)."""
         attrs = Attrs.from_stat(inode.ino, st)
-        stub = inode.stub
+        stub = inode.stub if inode.stub is not None else read
         if stub is not None:  # the symlink's owner and ctime, the file's mode, size and mtime
             attrs = dataclasses.replace(attrs, mode=stat.S_IFREG | stub.mode, nlink=1,
                                         size=stub.size, atime_ns=stub.mtime_ns,
@@ -409,7 +411,7 @@ class FileSystem:
         ``persisted`` comes from the same worker call that found the entry."""
         inode = self._register(parent, name, st, persisted, stub)
         self.inodes.lookup(inode)
-        return inode, self._attrs(inode, st)
+        return inode, self._attrs(inode, st, stub)
 
     # -- namespace ------------------------------------------------------------------------
 
@@ -788,7 +790,7 @@ class FileSystem:
             self._remember_xattrs(inode, entry.xattrs)
         if inode.data is not None and inode.data.base is not None:
             return inode, self._attrs(inode, inode.data.base)
-        return inode, self._attrs(inode, entry.st)
+        return inode, self._attrs(inode, entry.st, entry.stub)
 
     def count_lookup(self, inode: Inode, sent: bool) -> None:
         if sent:

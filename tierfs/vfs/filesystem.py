@@ -1152,7 +1152,8 @@ class FileSystem:
                 key = await self._object_key(rel, data, entry)
                 upload_id = await self.cold.run(self.cold.store.create_multipart, key, metadata)
             except ObjectStoreError as e:
-                log.error("could not start the upload of %s: %s", key, e)
+                # (A failed HEAD in _object_key comes here before any key is chosen.)
+                log.error("could not start the upload of %r: %s", rel, e)
                 if self.config.durability == "writeback":
                     # The writer goes on into staging; streaming is tried again later.
                     data.route_after = time.monotonic() + ROUTE_RETRY

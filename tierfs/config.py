@@ -315,8 +315,9 @@ KEYS: tuple[Key, ...] = (
         "on the hot tier (and journaled), the upload going on in the background. fsync always "
         "waits for the home tier."),
     Key("publish_ahead", _publish_ahead, lambda: 4 * 1024 * 1024,
-        "Sync mode: copy a file being written to the warm tier in steps of this size while "
-        "the writer goes on, so close waits only for the last step (0: copy it all at close)."),
+        "Sync mode: copy a file being written to the warm tier (or, on one file system, start "
+        "its write to disk) in steps of this size while the writer goes on, so close waits "
+        "only for the last step (0: all of it at close)."),
     Key("hot_capacity", _capacity, lambda: "50%",
         "Most bytes the block cache may hold on the hot tier: a size (200GiB) or a share of "
         "the hot disk (50%)."),

@@ -39,6 +39,9 @@ class OpenFile:
     #: Sync mode: the warm temp file this file's next publish renames into place, filled
     #: while the writer writes.
     mirror: Mirror | None = None
+    #: Sync mode, publishing by rename: staging[:flushed_ahead] has had its write to disk
+    #: started (``mirror.write_and_start_writeback``).
+    flushed_ahead: int = 0
     #: Write-back: the bucket refused to start an upload; streaming waits until then
     #: (time.monotonic()).
     route_after: float = 0.0

@@ -48,7 +48,7 @@ from tierfs.vfs.blockread import CachedReader, Prefetch
 from tierfs.vfs.files import Handle, OpenFile
 from tierfs.vfs.inodes import ROOT_INODE, Inode, InodeTable, identity
 from tierfs.vfs.journal import Entry, Journal, Upload
-from tierfs.vfs.mirror import Mirror
+from tierfs.vfs.mirror import Mirror, write_and_start_writeback
 from tierfs.vfs.streaming import StreamingUpload
 
 log = logging.getLogger(__name__)
@@ -959,6 +959,7 @@ class FileSystem:
             raise
         data.staging_id, data.staging_fd, data.size = sid, fd, size
         data.written = size
+        data.flushed_ahead = 0
         rel = self._rel_or_none(inode)
         if rel is not None:
             self.journal.record(sid, Entry(rel, size=size, atime_ns=data.atime_ns,
@@ -1068,7 +1069,13 @@ class FileSystem:
                 written = done
             else:
                 try:
-                    written = await self.hot.run(os.pwrite, data.staging_fd, buf, offset)
+                    ahead = self._flush_ahead_from(data, offset, len(buf))
+                    if ahead is None:
+                        written = await self.hot.run(os.pwrite, data.staging_fd, buf, offset)
+                    else:
+                        written = await self.hot.run(write_and_start_writeback,
+                                                     data.staging_fd, buf, offset, ahead)
+                        data.flushed_ahead = offset + written
                 except OSError as e:
                     if not is_no_space(e):
                         raise
@@ -1091,6 +1098,18 @@ class FileSystem:
                 # database's pages) each copy would be undone by the next write.
                 self._copy_ahead(handle.inode, data)
         return written
+
+    def _flush_ahead_from(self, data: OpenFile, offset: int, size: int) -> int | None:
+        """Sync mode, publishing by rename: where the staging file's write to disk should start
+        along with this write (None: not now). Only for a file growing in order, a step of
+        ``publish_ahead`` at a time. Not in write-back mode: there the writer would wait for
+        the disk's queue, which made checkpoints slower (bench/checkpoint.py)."""
+        step = self.config.publish_ahead
+        if (not step or self.config.durability != "sync" or not self.publish_by_rename
+                or data.upload is not None or offset != data.written):
+            return None
+        start = min(data.flushed_ahead, offset)
+        return start if offset + size - start >= step else None
 
     def _copy_ahead(self, inode: Inode, data: OpenFile) -> None:
         """Sync mode: copy what is written so far to the warm temp file in the background, so

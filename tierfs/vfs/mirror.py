@@ -39,6 +39,16 @@ def start_writeback(fd: int, offset: int, size: int) -> None:
         _sync_file_range(fd, offset, size, SYNC_FILE_RANGE_WRITE)
 
 
+def write_and_start_writeback(fd: int, data: bytes, offset: int, start: int) -> int:
+    """``pwrite``, then start writing ``fd[start:]`` up to the end of this write to disk: where
+    publishing renames the staging file (nothing to copy ahead), this is what lets the fsync
+    at close find little left to write. In the same thread call as the write, so the range is
+    never hinted on a descriptor closed meanwhile, and the write costs no extra trip."""
+    written = os.pwrite(fd, data, offset)
+    start_writeback(fd, start, offset + written - start)
+    return written
+
+
 class Mirror:
     """The warm temp file of one staged file, and how much of the staging file it holds."""
 

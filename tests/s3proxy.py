@@ -1,5 +1,6 @@
 """A loopback HTTP proxy in front of the S3 server that injects faults on demand: 503 SlowDown
-answers, 500s, or connections reset before any answer. Tests point tierfs's endpoint at it."""
+answers, 500s, connections reset before any answer, or after the server did the request (its
+answer lost). Tests point tierfs's endpoint at it."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import http.client
 import socket
 import threading
 import time
+import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
@@ -16,11 +18,17 @@ class FaultProxy:
         self.upstream_port = upstream_port
         self.lock = threading.Lock()
         #: (method, fault, count): fault is "503", "500", "403" (not retried by boto3),
-        #: "reset" or "delay"; count -1 means forever.
+        #: "reset", "lose" (the server does the request, the answer is lost: a reset) or
+        #: "delay"; count -1 means forever.
         self.rules: list[list] = []
         self.faults_served = 0
         #: Seconds a "delay" fault holds a request.
         self.delay = 0.5
+        #: Multipart uploads aborted through the proxy: later requests on them get S3's
+        #: answer, 404 NoSuchUpload (moto answers 500). With ``forget_completed``, completed
+        #: uploads too, as S3-compatible servers that do not take a completion twice.
+        self.gone_uploads: set[str] = set()
+        self.forget_completed = False
         #: Requests that reached the proxy, by HTTP method (faults included).
         self.requests: collections.Counter[str] = collections.Counter()
         proxy = self
@@ -49,34 +57,28 @@ class FaultProxy:
                 body = self._body()
                 with proxy.lock:
                     proxy.requests[self.command] += 1
+                upload = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query).get(
+                    "uploadId", [None])[0]
+                if upload in proxy.gone_uploads:
+                    self._answer(404, "NoSuchUpload")
+                    return
                 fault = proxy._take(self.command)
                 if fault == "delay":  # a slow bucket: answer, but late
                     time.sleep(proxy.delay)
                     fault = None
-                if fault == "reset":
+                if fault == "lose":
+                    self._forward(body, upload)
+                if fault in ("reset", "lose"):
                     self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
                                                b"\x01\x00\x00\x00\x00\x00\x00\x00")
                     self.connection.close()
                     self.close_connection = True
                     return
                 if fault in ("503", "500", "403"):
-                    code = {"503": "SlowDown", "500": "InternalError",
-                            "403": "AccessDenied"}[fault]
-                    payload = (f"<?xml version='1.0'?><Error><Code>{code}</Code>"
-                               f"<Message>injected</Message></Error>").encode()
-                    self.send_response(int(fault))
-                    self.send_header("Content-Type", "application/xml")
-                    self.send_header("Content-Length", str(len(payload)))
-                    self.end_headers()
-                    self.wfile.write(payload)
+                    self._answer(int(fault), {"503": "SlowDown", "500": "InternalError",
+                                              "403": "AccessDenied"}[fault])
                     return
-                conn = http.client.HTTPConnection("127.0.0.1", proxy.upstream_port, timeout=60)
-                headers = {k: v for k, v in self.headers.items()
-                           if k.lower() not in ("transfer-encoding", "content-length")}
-                headers["Content-Length"] = str(len(body))
-                conn.request(self.command, self.path, body=body, headers=headers)
-                response = conn.getresponse()
-                data = response.read()
+                response, data = self._forward(body, upload)
                 self.send_response(response.status)
                 for k, v in response.getheaders():
                     if k.lower() not in ("transfer-encoding", "content-length", "connection"):
@@ -88,7 +90,33 @@ class FaultProxy:
                 self.end_headers()
                 if self.command != "HEAD":
                     self.wfile.write(data)
-                conn.close()
+
+            def _answer(self, status: int, code: str) -> None:
+                payload = (f"<?xml version='1.0'?><Error><Code>{code}</Code>"
+                           f"<Message>injected</Message></Error>").encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/xml")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def _forward(self, body: bytes, upload: str | None
+                         ) -> tuple[http.client.HTTPResponse, bytes]:
+                conn = http.client.HTTPConnection("127.0.0.1", proxy.upstream_port, timeout=60)
+                headers = {k: v for k, v in self.headers.items()
+                           if k.lower() not in ("transfer-encoding", "content-length")}
+                headers["Content-Length"] = str(len(body))
+                try:
+                    conn.request(self.command, self.path, body=body, headers=headers)
+                    response = conn.getresponse()
+                    data = response.read()
+                    if upload is not None and response.status < 300 and (
+                            self.command == "DELETE"
+                            or (self.command == "POST" and proxy.forget_completed)):
+                        proxy.gone_uploads.add(upload)
+                    return response, data
+                finally:
+                    conn.close()
 
             do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _handle
 

@@ -500,3 +500,58 @@ def test_torch_checkpoint_round_trip(tmp_path: Path, s3_server: S3Server, bucket
         assert os.path.islink(m.warm / "ckpts" / "step1000.pt")  # a stub: it is cold
         loaded = torch.load(m.path / "ckpts" / "step1000.pt")
         assert all(torch.equal(loaded[k], state[k]) for k in state)
+
+
+def kill_daemon(m: Mount) -> None:
+    for pid in m.pids:
+        os.kill(pid, signal.SIGKILL)
+        assert wait_for_exit(pid, 10)
+    subprocess.run(["fusermount3", "-u", "-z", str(m.path)], check=False)
+
+
+@pytest.mark.parametrize("punched", [True, False], ids=["parts-left-staging", "all-staged"])
+def test_recovery_of_an_upload_the_bucket_dropped(tmp_path: Path, proxy: FaultProxy,
+                                                  bucket: str, s3_server: S3Server,
+                                                  punched: bool) -> None:
+    """While tierfs was down, the bucket dropped a file's unfinished upload (a lifecycle rule,
+    say). If none of its parts had left staging, recovery uploads the file again; if some had,
+    no mount could ever finish it: recovery sets the staged rest aside and goes on, instead
+    of failing at every mount."""
+    from test_streaming import abort_uploads
+    m = s3_mount(tmp_path, proxy.endpoint, bucket, "--durability", "writeback")
+    data = os.urandom(12 * MIB)
+    with running(m):
+        fd = os.open(m.path / "ckpt.bin", os.O_WRONLY | os.O_CREAT, 0o644)
+        if punched:
+            os.write(fd, data)
+            os.fsync(fd)  # parts 1 and 2 are in the bucket, out of staging; size promised
+        else:
+            proxy.fail("PUT", "503")  # no part gets in
+            os.write(fd, data)
+            os.close(fd)  # closed (write-back): recovery must publish it
+        deadline = time.monotonic() + 20
+        while not any(e.upload is not None and e.upload.upload_id
+                      and (e.closed or e.synced) for e in journal_entries(m.hot).values()):
+            assert time.monotonic() < deadline, "the upload was never journaled"
+            time.sleep(0.1)
+        kill_daemon(m)
+        if punched:
+            with pytest.raises(OSError):
+                os.close(fd)  # (the mount is gone)
+        assert abort_uploads(proxy, bucket) == 1
+        proxy.heal()
+        m.start()
+        log = (m.hot / "tierfs.log").read_text()
+        if punched:
+            [kept] = [p for p in (m.hot / "lost+found").iterdir() if p.suffix != ".txt"]
+            assert kept.read_bytes()[10 * MIB:] == data[10 * MIB:]
+            assert "dropped the unfinished upload" in log
+            assert (m.path / "ckpt.bin").read_bytes() == b""  # what it was before: new, empty
+            assert bucket_keys(s3_server, bucket) == set()
+        else:
+            assert (m.path / "ckpt.bin").read_bytes() == data
+            assert stub_keys(m) == ["t/ckpt.bin"]
+            assert not (m.hot / "lost+found").exists()
+        assert not any((m.hot / "staging").iterdir())
+        assert journal_entries(m.hot) == {}
+    assert abort_uploads(proxy, bucket) == 0

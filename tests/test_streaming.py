@@ -289,3 +289,107 @@ def test_posix_fallocate_past_the_threshold_routes_the_file(big_mount: Mount,
     os.close(fd)
     head = s3_server.client().head_object(Bucket=bucket, Key="tierfs/prealloc.bin")
     assert head["ContentLength"] == 20 * MIB
+
+
+def stream_mount(tmp_path: Path, proxy: FaultProxy, bucket: str, *extra: str) -> Mount:
+    m = make_mount(tmp_path, "--bucket", f"s3://{bucket}/tierfs", "--endpoint-url",
+                   proxy.endpoint, "--addressing-style", "path", "--large-file-threshold",
+                   "8MiB", "--part-size", "5MiB", "--upload-window", str(WINDOW), *extra)
+    m.bucket = bucket  # type: ignore[attr-defined]
+    return m
+
+
+def abort_uploads(proxy: FaultProxy, bucket: str) -> int:
+    """Abort every unfinished upload, as a bucket lifecycle rule would, through the proxy (which
+    then answers for them as S3 does); how many there were."""
+    import boto3
+    client = boto3.client("s3", endpoint_url=proxy.endpoint, region_name="us-east-1")
+    uploads = client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+    for u in uploads:
+        client.abort_multipart_upload(Bucket=bucket, Key=u["Key"], UploadId=u["UploadId"])
+    return len(uploads)
+
+
+def test_a_completion_whose_answer_was_lost_is_found_done(
+        big_mount: Mount, proxy: FaultProxy, s3_server: S3Server) -> None:
+    """The bucket completed the object, but its answer never came: asked again, the server
+    (like some S3-compatible ones; moto and S3 answer a repeated completion with success) no
+    longer knows the upload. The object carries the upload's token: tierfs sees it is its own."""
+    m = big_mount
+    bucket = m.bucket  # type: ignore[attr-defined]
+    proxy.forget_completed = True
+    data = os.urandom(12 * MIB)
+    fd = os.open(m.path / "ckpt.bin", os.O_WRONLY | os.O_CREAT, 0o644)
+    os.write(fd, data)
+    os.fsync(fd)  # the parts so far are in: the next POST is the completion
+    proxy.fail("POST", "lose", 1)
+    os.close(fd)
+    assert proxy.faults_served == 1
+    assert object_digest(s3_server, bucket, "tierfs/ckpt.bin") == \
+        (hashlib.sha256(data).hexdigest(), len(data))
+    assert (m.warm / "ckpt.bin").is_symlink()
+    assert (m.path / "ckpt.bin").read_bytes() == data
+    assert abort_uploads(proxy, bucket) == 0
+
+
+@pytest.mark.parametrize("durability", ["sync", "writeback"])
+def test_an_upload_dropped_after_parts_left_staging_fails_once_and_keeps_the_rest(
+        tmp_path: Path, proxy: FaultProxy, bucket: str, s3_server: S3Server,
+        durability: str) -> None:
+    """Parts already punched out of staging exist nowhere once the bucket drops the upload:
+    the writer gets EIO (sync) or the log says so (write-back), the file keeps its previous
+    content, what is still staged goes to lost+found, and nothing retries for ever (the
+    unmount at the end would hang)."""
+    m = stream_mount(tmp_path, proxy, bucket, "--durability", durability)
+    data = os.urandom(12 * MIB)
+    with running(m):
+        (m.path / "ckpt.bin").write_bytes(b"previous")
+        fd = os.open(m.path / "ckpt.bin", os.O_WRONLY | os.O_TRUNC)
+        os.write(fd, data)
+        os.fsync(fd)  # parts 1 and 2 (10 MiB) are in the bucket and out of staging
+        assert abort_uploads(proxy, bucket) == 1
+        if durability == "sync":
+            with pytest.raises(OSError) as info:
+                os.close(fd)
+            assert info.value.errno == errno.EIO
+        else:
+            os.close(fd)  # staged: the loss shows in the background
+        lost = m.hot / "lost+found"
+        deadline = time.monotonic() + 60
+        while not (lost.is_dir() and len(list(lost.iterdir())) == 2):
+            assert time.monotonic() < deadline, "the staged rest was never set aside"
+            time.sleep(0.05)
+        [kept] = [p for p in lost.iterdir() if p.suffix != ".txt"]
+        assert kept.read_bytes()[10 * MIB:] == data[10 * MIB:]
+        assert (m.path / "ckpt.bin").read_bytes() == b"previous"
+        assert not (m.warm / "ckpt.bin").is_symlink()
+        assert list((m.hot / "staging").iterdir()) == []
+    assert "dropped the unfinished upload" in (m.hot / "tierfs.log").read_text()
+    assert abort_uploads(proxy, bucket) == 0
+    assert bucket_objects(s3_server, bucket) == []
+
+
+def test_an_upload_dropped_before_any_part_left_staging_starts_again(
+        tmp_path: Path, proxy: FaultProxy, bucket: str, s3_server: S3Server) -> None:
+    m = stream_mount(tmp_path, proxy, bucket, "--durability", "writeback")
+    data = os.urandom(12 * MIB)
+    with running(m):
+        proxy.fail("PUT", "503")  # no part gets in, so none leaves staging
+        with open(m.path / "ckpt.bin", "wb") as f:
+            f.write(data)
+        assert abort_uploads(proxy, bucket) == 1
+        proxy.heal()
+        deadline = time.monotonic() + 90
+        while not (m.warm / "ckpt.bin").is_symlink():
+            assert time.monotonic() < deadline, "write-back never completed the file"
+            time.sleep(0.1)
+        assert object_digest(s3_server, bucket, "tierfs/ckpt.bin") == \
+            (hashlib.sha256(data).hexdigest(), len(data))
+        assert (m.path / "ckpt.bin").read_bytes() == data
+        assert not (m.hot / "lost+found").exists()
+    assert abort_uploads(proxy, bucket) == 0
+
+
+def bucket_objects(s3_server: S3Server, bucket: str) -> list[str]:
+    return [o["Key"] for o in s3_server.client().list_objects_v2(
+        Bucket=bucket).get("Contents", [])]

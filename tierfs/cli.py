@@ -244,7 +244,8 @@ def _stats_view(doc: dict[str, Any]) -> Any:
             ("served", _size(cold["bytes_served"])), ("GETs", str(cold["fetches"])),
             ("throughput", rate("cold")),
             ("pending uploads", f"{cold['pending_uploads']} ({_size(cold['pending_bytes'])})"),
-            ("upload errors", str(cold["upload_errors"]))]))
+            ("upload errors", str(cold["upload_errors"])),
+            ("uploads lost", str(cold.get("uploads_lost", 0)))]))
 
 
 def _saved_stats(config: Config) -> dict[str, Any]:

@@ -36,6 +36,7 @@ HELP = {
     "store_failures": "Blocks that could not be cached",
     "bad_blocks": "Cached blocks that failed their checksum",
     "upload_errors": "Write-back publishes that failed and were retried",
+    "uploads_lost": "Unfinished uploads the bucket dropped after parts had left staging",
 }
 
 

@@ -10,7 +10,7 @@ Schema version 1 (documented in docs/stats.md)::
                 "evictions", "bytes_evicted", "disk_free"},
        "warm": {"path", "bytes_served", "fetches", "disk_used", "disk_size"},
        "cold": {"bucket", "bytes_served", "fetches", "pending_uploads",
-                "pending_bytes", "upload_errors"}},
+                "pending_bytes", "upload_errors", "uploads_lost"}},
      "rates": {"interval", "hot", "warm", "cold"} | null,
      "counters": {...every counter...}}
 
@@ -98,6 +98,7 @@ def build(snapshot: dict[str, Any], *, live: bool, mountpoint: str | None, hot: 
                 "pending_uploads": pending[0],
                 "pending_bytes": pending[1],
                 "upload_errors": counters.get("upload_errors", 0),
+                "uploads_lost": counters.get("uploads_lost", 0),
             },
         },
         "rates": rates,

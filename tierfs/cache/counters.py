@@ -33,6 +33,7 @@ NAMES = (
     "store_failures",  # blocks that could not be cached (disk full, I/O error): read through
     "bad_blocks",      # cached blocks that failed their checksum and were dropped
     "upload_errors",   # write-back publishes that failed (and were retried)
+    "uploads_lost",    # unfinished uploads the bucket dropped after parts left staging
 )
 
 

@@ -33,6 +33,11 @@ class ObjectChanged(ObjectStoreError):
     """The object's ETag is no longer the one asked for: never mix old and new bytes."""
 
 
+class UploadGone(ObjectStoreError):
+    """The multipart upload no longer exists: completed already, or aborted by someone else
+    (a bucket lifecycle rule that aborts incomplete uploads after some days, say)."""
+
+
 class TransientError(ObjectStoreError):
     """A failure worth retrying (server busy, connection reset); raised after the last try."""
 

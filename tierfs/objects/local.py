@@ -17,7 +17,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from tierfs.objects.base import (BucketURI, NoSuchObject, ObjectChanged, ObjectInfo, ObjectStore,
-                                 ObjectStoreError)
+                                 ObjectStoreError, UploadGone)
 
 METADATA_XATTR = "user.tierfs.metadata"
 #: Unfinished multipart uploads and temp files; never listed as objects.
@@ -128,7 +128,7 @@ class LocalStore(ObjectStore):
     def upload_part(self, key: str, upload_id: str, number: int, data: bytes) -> str:
         d = self._upload_dir(upload_id)
         if not d.is_dir():
-            raise ObjectStoreError(f"no such upload {upload_id}")
+            raise UploadGone(f"no such upload {upload_id}")
         part = d / f"part-{number:05d}"
         tmp = d / f"tmp-{uuid.uuid4().hex}"
         with open(tmp, "wb") as f:
@@ -143,7 +143,7 @@ class LocalStore(ObjectStore):
         try:
             upload = json.loads((d / "upload.json").read_text())
         except FileNotFoundError:
-            raise ObjectStoreError(f"no such upload {upload_id}") from None
+            raise UploadGone(f"no such upload {upload_id}") from None
         for number, etag in parts:
             if _etag((d / f"part-{number:05d}").stat()) != etag:
                 raise ObjectStoreError(f"part {number} of upload {upload_id} does not match")

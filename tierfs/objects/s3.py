@@ -18,7 +18,7 @@ import botocore.exceptions
 import urllib3.exceptions
 
 from tierfs.objects.base import (BucketURI, NoSuchObject, ObjectChanged, ObjectInfo, ObjectStore,
-                                 ObjectStoreError, TransientError)
+                                 ObjectStoreError, TransientError, UploadGone)
 from tierfs.objects.retry import retry_transient
 
 GCS_ENDPOINT = "https://storage.googleapis.com"
@@ -37,6 +37,8 @@ def classify(error: BaseException) -> BaseException | None:
         status = str(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
         if code in _TRANSIENT_CODES or status in _TRANSIENT_CODES:
             return TransientError(f"{code or status} from the object store")
+        if code == "NoSuchUpload":
+            return UploadGone("the multipart upload no longer exists")
         if code in _MISSING_CODES or (status == "404" and code != "NoSuchBucket"):
             return NoSuchObject(code or "not found")
         if code in ("PreconditionFailed", "412") or status == "412":

@@ -22,6 +22,7 @@ import fnmatch
 import itertools
 import logging
 import os
+import secrets
 import stat
 import time
 import uuid
@@ -38,7 +39,7 @@ from tierfs.cache.eviction import make_policy
 from tierfs.cache.store import is_no_space
 from tierfs.config import Config, resolve_capacity
 from tierfs.index import FLUSH_INTERVAL, Batch, Index
-from tierfs.objects.base import NoSuchObject, ObjectStoreError
+from tierfs.objects.base import NoSuchObject, ObjectStoreError, UploadGone
 from tierfs.stubs import Stub, StubError, looks_like_stub, parse_stub
 from tierfs.tiers.cold import ColdTier
 from tierfs.tiers.hot import HotTier
@@ -49,7 +50,7 @@ from tierfs.vfs.files import Handle, OpenFile
 from tierfs.vfs.inodes import ROOT_INODE, Inode, InodeTable, identity
 from tierfs.vfs.journal import Entry, Journal, Upload
 from tierfs.vfs.mirror import Mirror, write_and_start_writeback
-from tierfs.vfs.streaming import StreamingUpload
+from tierfs.vfs.streaming import UPLOAD_TOKEN, StreamingUpload
 
 log = logging.getLogger(__name__)
 
@@ -1169,6 +1170,10 @@ class FileSystem:
             entry = self.journal.entries.get(data.staging_id)
             try:
                 key = await self._object_key(rel, data, entry)
+                token = secrets.token_hex(8)
+                if entry is not None and entry.upload is not None:
+                    token = entry.upload.token
+                metadata[UPLOAD_TOKEN] = token
                 upload_id = await self.cold.run(self.cold.store.create_multipart, key, metadata)
             except ObjectStoreError as e:
                 # (A failed HEAD in _object_key comes here before any key is chosen.)
@@ -1186,7 +1191,7 @@ class FileSystem:
             data.upload = StreamingUpload(self.cold, self.hot, self._nursery, data.staging_fd,
                                           key, upload_id, self.config.part_size,
                                           self.config.upload_window,
-                                          self.part_recorder(data.staging_id),
+                                          self.part_recorder(data.staging_id), token,
                                           patient=self.config.durability == "writeback")
             log.info("streaming %s to %s (upload %s)", rel, key, upload_id)
         await data.upload.feed(data.written)
@@ -1286,7 +1291,7 @@ class FileSystem:
     def _reopened(self, data: OpenFile) -> None:
         """New writes to staged content that a close had released: it may not be published
         as it is any more (it would be half-written)."""
-        entry = None if data.staging_id is None else self.journal.entries.get(data.staging_id)
+        entry = self._journal_entry(data)
         if entry is not None and entry.closed:
             entry.closed = False
             if entry.upload is None:
@@ -1297,7 +1302,7 @@ class FileSystem:
         """Publishing closed data failed, and it stays staged until a later try: flush it to
         the hot disk and say so in the journal, so that it outlives a restart of the system
         too (after one, recovery publishes only staged data known to be on disk)."""
-        entry = None if data.staging_id is None else self.journal.entries.get(data.staging_id)
+        entry = self._journal_entry(data)
         if (entry is None or not entry.closed or entry.synced == entry.size
                 or data.staging_fd is None):
             await self.journal.sync()
@@ -1316,7 +1321,7 @@ class FileSystem:
     def _mark_closed(self, data: OpenFile) -> None:
         """The last writer closed the file: its staged content may be published, and will
         be by recovery if a crash comes first."""
-        entry = None if data.staging_id is None else self.journal.entries.get(data.staging_id)
+        entry = self._journal_entry(data)
         if entry is None:
             return
         entry.closed = True
@@ -1416,7 +1421,21 @@ class FileSystem:
         assert upload is not None
         await self._drop_mirror(data)
         try:
-            info = await upload.finish(data.size)
+            try:
+                info = await upload.finish(data.size)
+            except UploadGone:
+                if upload.punched:
+                    await self._lose_upload(inode, data)
+                    raise _err(errno.EIO) from None
+                log.warning("the bucket dropped the unfinished upload of %s; all of the file is "
+                            "still staged: uploading it again", upload.key)
+                await self._drop_upload(data)
+                data.route_after = 0.0
+                await self._route(inode, data)
+                if data.upload is None:
+                    raise _err(errno.EIO) from None
+                upload = data.upload
+                info = await upload.finish(data.size)
         except (ObjectStoreError, OSError) as e:
             log.error("completing the upload of %s failed; staged data kept: %s", upload.key, e)
             raise _err(errno.EIO) from None
@@ -1463,6 +1482,34 @@ class FileSystem:
         if replaced not in (None, info.key):
             await self._delete_object(replaced)
 
+    async def _lose_upload(self, inode: Inode, data: OpenFile) -> None:
+        """The bucket dropped an unfinished upload after some of its parts had left staging
+        (a lifecycle rule that aborts old incomplete uploads, or another client): those bytes
+        exist nowhere any more. Trying again could never succeed, and write-back and unmount
+        would wait for it for ever; so the file keeps what it had before this write, what is
+        still staged is set aside for a person (as recovery does), and the writer gets EIO.
+        Caller holds ``data.lock``."""
+        upload, data.upload = data.upload, None
+        entry = self._journal_entry(data)
+        sid, fd = data.staging_id, data.staging_fd
+        data.staging_id = data.staging_fd = None
+        data.dirty = False
+        data.size = data.written = 0
+        self.counters.add("uploads_lost")
+        kept = None
+        if fd is not None:
+            await self.hot.run(os.close, fd)
+        if sid is not None:
+            note = entry.encode() if entry is not None else b""
+            kept = await self.hot.run(self.hot.set_aside, sid, note)
+            self.journal.drop(sid)
+        inode.cached_version = None
+        self.invalidate_attrs(inode.ino)
+        log.error("the bucket dropped the unfinished upload of %s (%s) after parts of it had "
+                  "left the hot tier: that content is lost, the file keeps its previous content; "
+                  "what was still staged is kept as %s", self._rel_or_none(inode),
+                  upload.key if upload is not None else "?", kept)
+
     async def _bring_back(self, inode: Inode, data: OpenFile, stub: Stub
                           ) -> os.stat_result | None:
         """Copy a completed object into a temp file beside its warm target and rename it into
@@ -1506,19 +1553,23 @@ class FileSystem:
         if remove is not None:
             self.journal.drop(remove)
 
+    def _journal_entry(self, data: OpenFile) -> Entry | None:
+        """The journal entry of a file's staged data, if it has one."""
+        return None if data.staging_id is None else self.journal.entries.get(data.staging_id)
+
     async def _drop_upload(self, data: OpenFile) -> None:
         """Abort a file's multipart upload; its data stays staged."""
         upload, data.upload = data.upload, None
         assert upload is not None
         await upload.abort()
-        entry = None if data.staging_id is None else self.journal.entries.get(data.staging_id)
+        entry = self._journal_entry(data)
         if entry is not None and entry.upload is not None:
             entry.upload = None
             self.journal.record(data.staging_id, entry)  # type: ignore[arg-type]
 
     def _mark_published(self, data: OpenFile) -> None:
         """The staged content is home: recovery has nothing to publish for it."""
-        entry = None if data.staging_id is None else self.journal.entries.get(data.staging_id)
+        entry = self._journal_entry(data)
         if entry is not None and entry.closed:
             entry.closed = False
             entry.replaces = None
@@ -1537,9 +1588,9 @@ class FileSystem:
                 data.dirty = False
                 await self._drop_mirror(data)
                 return
-            if data.upload is None and self.config.durability == "writeback":
-                # A file past the threshold whose upload could not start while it was
-                # written must not end up on the warm tier: start it now.
+            if data.upload is None:
+                # A file past the threshold whose upload could not start while it was written
+                # (or was dropped by the bucket) must not end up on the warm tier: start it now.
                 data.route_after = 0.0
                 await self._route(inode, data)
                 if data.route_after:

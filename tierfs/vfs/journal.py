@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -38,6 +39,10 @@ class Upload:
     upload_id: str | None = None
     #: Completed parts: number -> ETag.
     parts: dict[int, str] = dataclasses.field(default_factory=dict)
+    #: Set in the object's metadata (``UPLOAD_TOKEN``) when the upload is created: if the
+    #: bucket says the upload is gone, an object at ``key`` with this token is the one it made
+    #: (completed before a crash, or a completion whose reply was lost).
+    token: str = dataclasses.field(default_factory=lambda: secrets.token_hex(8))
 
 
 @dataclasses.dataclass
@@ -63,7 +68,7 @@ class Entry:
         if self.upload is not None:
             u = self.upload
             data["upload"] = {"key": u.key, "since": u.since, "first_part": u.first_part,
-                              "upload_id": u.upload_id,
+                              "upload_id": u.upload_id, "token": u.token,
                               "parts": {str(n): e for n, e in u.parts.items()}}
         return json.dumps(data).encode()
 

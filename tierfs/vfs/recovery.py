@@ -40,11 +40,11 @@ import os
 import stat
 from typing import TYPE_CHECKING
 
-from tierfs.objects.base import ObjectStoreError
+from tierfs.objects.base import ObjectStoreError, UploadGone
 from tierfs.stubs import Stub, StubError, looks_like_stub, parse_stub
 from tierfs.tiers.warm import is_internal, join
 from tierfs.vfs import journal
-from tierfs.vfs.streaming import StreamingUpload
+from tierfs.vfs.streaming import UPLOAD_TOKEN, StreamingUpload
 
 if TYPE_CHECKING:
     from tierfs.vfs.filesystem import FileSystem
@@ -60,6 +60,8 @@ class Report:
     aborted: int = 0
     orphans: int = 0
     set_aside: int = 0
+    #: Uploads the bucket dropped unfinished after some of their bytes had left staging.
+    lost: int = 0
     failed: int = 0
 
 
@@ -97,15 +99,18 @@ async def recover(fs: FileSystem, rebooted: bool = False) -> Report:
                 if entry.upload is not None:
                     report.aborted += await _abort(fs, entry.upload)
                 if rebooted and entry.closed and entry.path and sid in staged:
-                    kept = await fs.hot.run(fs.hot.set_aside, sid, entry.encode())
-                    log.error("recovery: the system restarted before the closed data of %s "
-                              "was home or flushed to disk; the file keeps its previous "
-                              "content, the staged copy (perhaps incomplete) is kept as %s",
-                              os.fsdecode(entry.path), kept)
+                    await _set_aside(fs, sid, entry, "the system restarted before the closed "
+                                     "data of %s was home or flushed to disk")
                     report.set_aside += 1
                 else:
                     await fs.hot.run(fs.hot.remove_staging, sid)
                     report.discarded += 1
+        except UploadGone:
+            # Parts of it left staging for an upload the bucket no longer has: no later
+            # mount could finish it.
+            await _set_aside(fs, sid, entry, "the bucket dropped the unfinished upload of %s "
+                             "after parts of it had left the hot tier: that content is lost")
+            report.lost += 1
         except (OSError, ObjectStoreError) as e:
             # Kept for the next mount to try again; the mount itself goes on.
             log.error("recovery of %s (staged as %s) failed, kept for the next mount: %s",
@@ -128,6 +133,33 @@ async def _rename_staging(fs: FileSystem, sid: str, fd: int, entry: journal.Entr
     if not await fs.warm.run(fs.warm.settle_staged, entry.path, fd, entry.size, times, mode):
         return False
     return await fs.adopt_staging(sid, entry.path, None) is not None
+
+
+async def _set_aside(fs: FileSystem, sid: str, entry: journal.Entry, why: str) -> None:
+    """Keep staged data that must not be published in lost+found, with its journal entry as a
+    note, for a person; the file keeps its previous content. ``why`` names the path (%s)."""
+    kept = await fs.hot.run(fs.hot.set_aside, sid, entry.encode())
+    log.error("recovery: " + why + "; the file keeps its previous content, the staged copy "
+              "(perhaps incomplete) is kept as %s", os.fsdecode(entry.path), kept)
+
+
+async def _start_upload(fs: FileSystem, sid: str, entry: journal.Entry) -> None:
+    """A new multipart upload for an entry whose upload is unknown or gone (none of its parts
+    left staging): the journal has its id before any part is sent."""
+    upload = entry.upload
+    assert upload is not None
+    upload.upload_id = await fs.cold.run(fs.cold.store.create_multipart, upload.key,
+                                         {UPLOAD_TOKEN: upload.token})
+    upload.parts = {}
+    fs.journal.record(sid, entry)
+    await fs.journal.sync()
+
+
+def _streaming(fs: FileSystem, sid: str, fd: int, upload: journal.Upload) -> StreamingUpload:
+    assert fs.nursery is not None and upload.upload_id is not None
+    return StreamingUpload(fs.cold, fs.hot, fs.nursery, fd, upload.key, upload.upload_id,
+                           upload.first_part, fs.config.upload_window, fs.part_recorder(sid),
+                           upload.token, done=upload.parts)
 
 
 async def _abort(fs: FileSystem, upload: journal.Upload) -> int:
@@ -179,10 +211,7 @@ async def _finish_upload(fs: FileSystem, sid: str, entry: journal.Entry) -> None
     store = fs.cold.store
     if upload.upload_id is None:  # created (perhaps) but never recorded: start afresh
         await _abort(fs, upload)
-        upload.upload_id = await fs.cold.run(store.create_multipart, upload.key, {})
-        upload.parts = {}
-        fs.journal.record(sid, entry)
-        await fs.journal.sync()
+        await _start_upload(fs, sid, entry)
     fd = await fs.hot.run(_open_staging, fs, sid)
     try:
         mode = 0o644
@@ -193,11 +222,16 @@ async def _finish_upload(fs: FileSystem, sid: str, entry: journal.Entry) -> None
         except FileNotFoundError:
             pass
         fs.journal.entries[sid] = entry
-        streaming = StreamingUpload(fs.cold, fs.hot, fs.nursery, fd, upload.key,
-                                    upload.upload_id, upload.first_part,
-                                    fs.config.upload_window, fs.part_recorder(sid),
-                                    done=upload.parts)
-        info = await streaming.finish(entry.size)
+        streaming = _streaming(fs, sid, fd, upload)
+        try:
+            info = await streaming.finish(entry.size)
+        except UploadGone:
+            if streaming.punched:
+                raise
+            log.warning("recovery: the bucket dropped the unfinished upload of %s; all of the "
+                        "file is still staged: uploading it again", os.fsdecode(entry.path))
+            await _start_upload(fs, sid, entry)
+            info = await _streaming(fs, sid, fd, upload).finish(entry.size)
         stub = Stub(info.key, info.size, info.etag, mode, entry.mtime_ns)
         await fs.warm.run(fs.warm.replace_symlink, entry.path, stub.encode(fs.config.bucket))
     finally:

@@ -25,7 +25,7 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
-from tierfs.objects.base import MAX_PART_SIZE, ObjectInfo, ObjectStoreError
+from tierfs.objects.base import MAX_PART_SIZE, ObjectInfo, ObjectStoreError, UploadGone
 from tierfs.tiers.cold import ColdTier
 from tierfs.tiers.hot import HotTier
 
@@ -35,6 +35,9 @@ _FALLOC_FL_KEEP_SIZE = 0x01
 _FALLOC_FL_PUNCH_HOLE = 0x02
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
+
+#: Object metadata naming the upload that made the object (journal.Upload.token).
+UPLOAD_TOKEN = "tierfs-upload"
 
 #: Parts per size step: part sizes double every 1,000 parts, so 10,000 parts starting at 16 MiB
 #: reach 16 TiB (S3's object limit is 5 TiB), while a file of a few GiB uses small parts.
@@ -57,16 +60,20 @@ class StreamingUpload:
     def __init__(self, cold: ColdTier, hot: HotTier, nursery: trio.Nursery, staging_fd: int,
                  key: str, upload_id: str, first_part: int, window: int,
                  on_part: Callable[[int, str], Awaitable[None]],
-                 done: dict[int, str] | None = None, patient: bool = False) -> None:
+                 token: str, done: dict[int, str] | None = None, patient: bool = False
+                 ) -> None:
         self.cold, self.hot, self.nursery = cold, hot, nursery
         self.fd = staging_fd
-        self.key, self.upload_id = key, upload_id
+        self.key, self.upload_id, self.token = key, upload_id, token
         self.first_part = first_part
         #: Called with each completed part before its bytes leave staging: the journal makes
         #: it durable, so a crash never loses bytes that are in no completed part.
         self.on_part = on_part
         #: Completed parts (number -> ETag); a resumed upload starts with those it had.
         self.parts: dict[int, str] = dict(done or {})
+        #: Some bytes of the file have left staging (a resumed upload may have dropped some):
+        #: if the upload is gone, they exist nowhere any more.
+        self.punched = bool(done)
         #: Write-back: a failed part does not stop the writer; its bytes stay staged and
         #: ``finish`` (in the background) tries it again.
         self.patient = patient
@@ -81,7 +88,9 @@ class StreamingUpload:
         self._idle = trio.Event()
         self._idle.set()
 
-    def _check(self, strict: bool = True) -> None:
+    def _check(self, strict: bool = True, gone: bool = False) -> None:
+        if gone and isinstance(self.error, UploadGone):
+            raise self.error  # (finish) its caller decides: start again, or give up
         if self.error is not None and (strict or not self.patient):
             raise OSError(errno.EIO, f"upload of {self.key} failed: {self.error}")
 
@@ -120,6 +129,7 @@ class StreamingUpload:
             await self.on_part(number, etag)
             self.parts[number] = etag
             if size:
+                self.punched = True
                 await self.hot.run(punch_hole, self.fd, offset, size)
         except ObjectStoreError as e:
             log.error("uploading part %d of %s failed: %s", number, self.key, e)
@@ -155,9 +165,14 @@ class StreamingUpload:
         retry, self.failed, self.error = self.failed, [], None
         for number, offset, length in retry:
             await self._run_inline(number, offset, length)
-        self._check()
-        await self.feed(size)
-        await self.wait_idle()  # strict: a part that failed again fails the close
+        self._check(gone=True)
+        try:
+            await self.feed(size)
+        except OSError:
+            self._check(gone=True)  # a part found the upload gone: say that, not just EIO
+            raise
+        await self._idle.wait()
+        self._check(gone=True)  # strict: a part that failed again fails the close
         while self.cut < size:  # the tail: the last part may be short
             number, offset = self.next_part, self.cut
             length = min(part_size(self.first_part, number), size - offset)
@@ -165,17 +180,35 @@ class StreamingUpload:
             self.cut += length
             if number not in self.parts:
                 await self._run_inline(number, offset, length)
-                self._check()
+                self._check(gone=True)
         if self.next_part == 1:  # empty: an upload needs one part, and it may be empty
             self.next_part = 2
             if 1 not in self.parts:
                 await self._run_inline(1, 0, 0)
-                self._check()
+                self._check(gone=True)
         # Only parts up to the end: a resumed upload may have parts past the size it was
         # fsynced at, and a gap among them would shift everything after it.
         parts = sorted((n, e) for n, e in self.parts.items() if n < self.next_part)
-        return await self.cold.run(self.cold.store.complete_multipart, self.key,
-                                   self.upload_id, parts)
+        try:
+            return await self.cold.run(self.cold.store.complete_multipart, self.key,
+                                       self.upload_id, parts)
+        except UploadGone:
+            info = await self.completed_before(size)
+            if info is None:
+                raise
+            return info
+
+    async def completed_before(self, size: int) -> ObjectInfo | None:
+        """The object this upload made, if it was completed already (before a crash, or by a
+        completion whose reply was lost); None if the upload was dropped unfinished."""
+        try:
+            info = await self.cold.run(self.cold.store.head, self.key)
+        except ObjectStoreError:
+            return None
+        if info.metadata.get(UPLOAD_TOKEN) != self.token or info.size != size:
+            return None
+        log.info("the upload of %s had been completed already", self.key)
+        return info
 
     async def abort(self) -> None:
         await self._idle.wait()

@@ -393,3 +393,35 @@ def test_an_upload_dropped_before_any_part_left_staging_starts_again(
 def bucket_objects(s3_server: S3Server, bucket: str) -> list[str]:
     return [o["Key"] for o in s3_server.client().list_objects_v2(
         Bucket=bucket).get("Contents", [])]
+
+
+def test_a_file_whose_upload_could_not_start_still_goes_to_the_bucket(
+        big_mount: Mount, proxy: FaultProxy, s3_server: S3Server) -> None:
+    """Sync mode: the bucket refuses the HEAD that picks the object's key, so the write that
+    passes the threshold fails (EIO) and the data stays staged. The close then starts the
+    upload: a file past the threshold never lands on the warm tier."""
+    m = big_mount
+    bucket = m.bucket  # type: ignore[attr-defined]
+    data = os.urandom(10 * MIB)
+    proxy.fail("HEAD", "403")
+    fd = os.open(m.path / "late.bin", os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        failed = None
+        for start in range(0, len(data), MIB):
+            try:
+                os.pwrite(fd, data[start:start + MIB], start)
+            except OSError as e:
+                assert e.errno == errno.EIO
+                failed = start
+                break
+        assert failed is not None and proxy.faults_served >= 1
+        proxy.heal()
+    finally:
+        os.close(fd)  # no write since: the close itself must start the upload
+    # (The write that failed was done in staging before the upload could not start; the
+    # content of a range whose write failed is unspecified on any file system.)
+    data = data[:failed + MIB]
+    assert (m.warm / "late.bin").is_symlink()
+    assert object_digest(s3_server, bucket, "tierfs/late.bin") == \
+        (hashlib.sha256(data).hexdigest(), len(data))
+    assert (m.path / "late.bin").read_bytes() == data

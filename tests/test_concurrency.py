@@ -48,7 +48,9 @@ def check(name: str, content: bytes) -> None:
         return
     head, body = content[:HEADER], content[HEADER:]
     fields = head.rstrip().decode(errors="replace").split(":")
-    assert len(fields) == 3 and fields[0] in FROM[name], f"{name} holds {head!r}"
+    zeros = len(content) - len(content.lstrip(b"\0"))
+    assert len(fields) == 3 and fields[0] in FROM[name], \
+        f"{name} holds {head!r} ({len(content)} bytes, the first {zeros} zeros)"
     assert hashlib.sha256(body).hexdigest()[:16] == fields[2], f"{name} is torn ({head!r})"
 
 

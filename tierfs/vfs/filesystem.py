@@ -996,17 +996,24 @@ class FileSystem:
     async def read(self, fh: int, offset: int, size: int) -> bytes | memoryview:
         handle = self._handles[fh]
         data = handle.data
-        if data.upload is not None and offset < data.upload.cut:
-            if data.writers:
-                log.warning("read of a range already streamed to %s: readable after close",
-                            data.upload.key)
-                raise _err(errno.EIO)
-            # Closed, its upload still going (write-back): the bytes are readable once the
-            # object is complete, so finish it now rather than fail the read.
-            await self._publish(handle.inode, data)
-        if data.staged:
-            assert data.staging_fd is not None
+        while True:
+            if data.upload is not None and offset < data.upload.cut:
+                if data.writers:
+                    log.warning("read of a range already streamed to %s: readable after close",
+                                data.upload.key)
+                    raise _err(errno.EIO)
+                # Closed, its upload still going (write-back): the bytes are readable once
+                # the object is complete, so finish it now rather than fail the read.
+                await self._publish(handle.inode, data)
+            if not data.staged:
+                break
+            sid = data.staging_id
             out = await self.hot.run(os.pread, data.staging_fd, size, offset)
+            if data.staging_id != sid or (data.upload is not None
+                                          and offset < data.upload.cut):
+                # Published, or cut for the bucket, while the thread read: the range may have
+                # been punched out (zeros) or the descriptor closed and reused. Read again.
+                continue
             self.counters.add("bytes_staged", len(out))
             return out
         reader = self._reader(data)

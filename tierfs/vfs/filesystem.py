@@ -200,6 +200,9 @@ class FileSystem:
         self._nursery: trio.Nursery | None = None
         #: Write-back: files closed but not yet home, each with the task publishing it.
         self.writeback: dict[int, tuple[Inode, OpenFile]] = {}
+        #: Staging files being removed (set when done): a write that finds the hot disk full
+        #: waits for them, since a writer's close returns before its release frees staging.
+        self._staging_going: set[trio.Event] = set()
         #: (monotonic time, counters) once per flush interval, for throughput figures.
         self.history: collections.deque[tuple[float, dict[str, int]]] = \
             collections.deque(maxlen=11)
@@ -1087,7 +1090,10 @@ class FileSystem:
                 except OSError as e:
                     if not is_no_space(e):
                         raise
-                    # The hot disk is full: cached blocks can go (staging and pins cannot).
+                    # The hot disk is full: cached blocks can go (staging and pins cannot),
+                    # and staging files whose release is under way soon will.
+                    for going in list(self._staging_going):
+                        await going.wait()
                     await self.cache.free(4 * len(buf) + self.config.block_size)
                     written = await self.hot.run(os.pwrite, data.staging_fd, buf, offset)
             data.size = max(data.size, offset + written)
@@ -1539,6 +1545,15 @@ class FileSystem:
     async def _discard(self, inode: Inode, data: OpenFile) -> None:
         """Drop the open-file state after the last handle; staging goes unless still needed."""
         inode.data = None
+        going = trio.Event()  # before any await: a write finding the disk full waits for it
+        self._staging_going.add(going)
+        try:
+            await self._free_open_file(inode, data)
+        finally:
+            self._staging_going.discard(going)
+            going.set()
+
+    async def _free_open_file(self, inode: Inode, data: OpenFile) -> None:
         if data.upload is not None:
             if not inode.links:
                 await data.upload.abort()  # unlinked: nobody will want the object

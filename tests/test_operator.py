@@ -88,6 +88,24 @@ def test_counters_match_a_known_workload_and_the_schema(cold: Mount, s3_server: 
     cold.start()
 
 
+def test_stats_for_a_named_hot_tier_ignore_other_mounts(cold: Mount, tmp_path: Path) -> None:
+    other = make_mount(tmp_path / "other")
+    with running(other):
+        (other.path / "f").write_bytes(b"x" * 1000)
+        assert {d["mountpoint"] for d in json.loads(tierfs("stats", "--json").stdout)} \
+            >= {str(cold.path), str(other.path)}
+        named = json.loads(tierfs("stats", "--json", "--hot", str(other.hot)).stdout)
+        assert [d["mountpoint"] for d in named] == [str(other.path)]
+        other.stop()
+        saved = json.loads(tierfs("stats", "--json", "--hot", str(other.hot), "--warm",
+                                  str(other.warm)).stdout)
+        assert len(saved) == 1 and saved[0]["live"] is False
+        assert saved[0]["tiers"]["hot"]["path"] == str(other.hot)
+        assert saved[0]["tiers"]["warm"]["bytes_served"] == \
+            named[0]["tiers"]["warm"]["bytes_served"]
+        other.start()
+
+
 def test_pin_survives_eviction_and_evict_empties_the_cache(cold: Mount, proxy: FaultProxy,
                                                            s3_server: S3Server) -> None:
     m = cold

@@ -270,7 +270,8 @@ def stats(path: str | None, as_json: bool, watch: bool, config_file: Path | None
     """What is where and how the cache is doing.
 
     With no PATH: every running mount (or, when none runs, the figures the last mount saved on
-    the configured hot tier). With a mount point: that mount. With a path inside a mount: how
+    the configured hot tier); with --hot or --config, only the mount on that hot tier (or the
+    figures saved there). With a mount point: that mount. With a path inside a mount: how
     much of it is hot, warm and cold, and how much would need fetching to make it all hot.
     """
     import time
@@ -300,6 +301,10 @@ def stats(path: str | None, as_json: bool, watch: bool, config_file: Path | None
             records = [record]
         else:
             records = mounts()
+            if config_file is not None or flags.get("hot") is not None:
+                # A hot tier named: that tier's mount only, or its saved figures.
+                hot = load_config(config_file, flags).hot.resolve()
+                records = [r for r in records if Path(r.hot).resolve() == hot]
 
         def documents() -> list[dict[str, Any]]:
             if not records:

@@ -219,6 +219,34 @@ def test_stream_after_bounds_the_hot_tier_and_small_files_come_back_warm(
         assert s3_server.client().list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
 
 
+@pytest.mark.parametrize("cache_warm", ["true", "false"])
+def test_a_reader_open_while_a_file_comes_back_warm_reads_its_bytes(
+        tmp_path: Path, s3_server: S3Server, bucket: str, cache_warm: str) -> None:
+    """A handle open across the publish that brings a streamed file back to the warm tier
+    reads the new warm file after it (with warm blocks cached: under the new file's identity,
+    not the replaced one's)."""
+    m = make_mount(tmp_path, "--bucket", f"s3://{bucket}/tierfs", "--endpoint-url",
+                   s3_server.endpoint, "--addressing-style", "path", "--large-file-threshold",
+                   "64MiB", "--stream-after", "10MiB", "--part-size", "5MiB",
+                   "--cache-warm", cache_warm)
+    body = os.urandom(30 * MIB)
+    with running(m):
+        path = m.path / "mid.bin"
+        path.write_bytes(b"the version before")  # an existing warm file, rewritten
+        writer = os.open(path, os.O_WRONLY | os.O_TRUNC)
+        reader = os.open(path, os.O_RDONLY)
+        try:
+            for offset in range(0, len(body), MIB):
+                os.write(writer, body[offset:offset + MIB])
+            os.close(writer)
+            assert not (m.warm / "mid.bin").is_symlink(), "the test needs it back on warm"
+            os.posix_fadvise(reader, 0, 0, os.POSIX_FADV_DONTNEED)  # read it from tierfs
+            got = b"".join(os.pread(reader, MIB, offset) for offset in range(0, len(body), MIB))
+            assert len(got) == len(body) and got == body
+        finally:
+            os.close(reader)
+
+
 def test_path_rules_pin_files_to_a_tier(tmp_path: Path, s3_server: S3Server,
                                         bucket: str) -> None:
     m = make_mount(tmp_path, "--bucket", f"s3://{bucket}/tierfs", "--endpoint-url",

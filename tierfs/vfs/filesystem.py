@@ -1454,11 +1454,16 @@ class FileSystem:
             raise _err(errno.EIO) from None
         mode = self._file_mode(inode, data)
         stub: Stub | None = Stub(info.key, info.size, info.etag, mode, data.mtime_ns)
+        fresh: int | None = None  # a descriptor on the warm file, if it comes back there
+        old: int | None = None
         assert stub is not None
         if info.size < self.config.large_file_threshold and data.rule != "cold":
             # Streamed early (stream_after) but small in the end: it belongs on the warm tier.
             st = await self._bring_back(inode, data, stub)
             stub = None
+            if st is not None and inode.links:
+                # Opened now, while reads still go to staging: the switch below has no await.
+                fresh = await self.warm.run(self.warm.open, self.inodes.path(inode), os.O_RDONLY)
             await self._delete_object(info.key)
         else:
             async with self._ns_lock:
@@ -1481,15 +1486,15 @@ class FileSystem:
             inode.stub = data.stub = stub
             self.inodes.rekey(inode, st)
             data.base = st
-            if stub is None and inode.links:  # back on the warm tier: read it there from now on
-                old, data.warm_fd = data.warm_fd, await self.warm.run(
-                    self.warm.open, self.inodes.path(inode), os.O_RDONLY)
-                if old is not None:
-                    await self.warm.run(os.close, old)
+            if fresh is not None:  # back on the warm tier: read it there from now on
+                old, data.warm_fd = data.warm_fd, fresh
+                data.warm_id = (st.st_ino, st.st_size, st.st_mtime_ns)
         inode.cached_version = None
         replaced, data.replaces_object = data.replaces_object, None
         self.invalidate_attrs(inode.ino)
         await self.hot.run(_close_and_remove, self.hot, sid, fd)
+        if old is not None:
+            await self.warm.run(os.close, old)
         if sid is not None:
             self.journal.drop(sid)
         if replaced not in (None, info.key):

@@ -102,6 +102,8 @@ class TreeMachine(RuleBasedStateMachine):
     settle_root: Path | None = None
 
     handles = Bundle("handles")
+    #: Read-only handles: no writer, so a writer's close elsewhere publishes under them.
+    readers = Bundle("readers")
 
     def __init__(self) -> None:
         super().__init__()
@@ -274,6 +276,54 @@ class TreeMachine(RuleBasedStateMachine):
         assert outcome(lambda: os.ftruncate(got_fd, size)) == outcome(
             lambda: os.ftruncate(ref_fd, size))
         assert os.pread(got_fd, size + 10, 0) == os.pread(ref_fd, size + 10, 0)
+
+    @rule(target=readers, path=paths)
+    @logged
+    def open_reader(self, path: str) -> tuple[int, int] | None:
+        got = outcome(lambda: os.open(self.m / path, os.O_RDONLY))
+        ref = outcome(lambda: os.open(self.r / path, os.O_RDONLY))
+        if ref[0] != "ok" or got[0] != "ok":
+            for kind, fd in (ref, got):
+                if kind == "ok":
+                    os.close(fd)
+            assert got == ref, f"mount gave {got}, reference gave {ref}"
+            return None
+        self.open_fds += [ref[1], got[1]]
+        return (ref[1], got[1])
+
+    def read_both(self, handle: tuple[int, int] | None) -> None:
+        """Read through a handle kept open while other steps changed, published, moved or
+        unlinked its file: it must read what the same handle reads on the reference."""
+        if handle is None or handle[0] not in self.open_fds:
+            return
+        ref_fd, got_fd = handle
+        ref_st = os.fstat(ref_fd)
+        size = ref_st.st_size if stat.S_ISREG(ref_st.st_mode) else 0
+        if stat.S_ISREG(ref_st.st_mode):
+            os.posix_fadvise(got_fd, 0, 0, os.POSIX_FADV_DONTNEED)  # so tierfs answers
+            assert os.fstat(got_fd).st_size == size, "after:\n" + "\n".join(self.steps)
+        got = outcome(lambda: os.pread(got_fd, size + 10, 0))
+        assert got == outcome(lambda: os.pread(ref_fd, size + 10, 0)), \
+            "after:\n" + "\n".join(self.steps)
+
+    @rule(handle=readers)
+    @logged
+    def read_reader(self, handle: tuple[int, int] | None) -> None:
+        self.read_both(handle)
+
+    @rule(handle=handles)
+    @logged
+    def read_handle(self, handle: tuple[int, int] | None) -> None:
+        self.read_both(handle)
+
+    @rule(handle=consumes(readers))
+    @logged
+    def close_reader(self, handle: tuple[int, int] | None) -> None:
+        if handle is None or handle[0] not in self.open_fds:
+            return
+        for fd in handle:
+            self.open_fds.remove(fd)
+            os.close(fd)
 
     @rule(handle=consumes(handles))
     @logged
@@ -485,3 +535,29 @@ def test_regression_chmod_of_a_cold_file_being_rewritten(cold_machine: TreeMachi
     cold_machine.both(rewrite, "a")
     cold_machine.trees_match()
 
+
+
+@pytest.fixture
+def cold_writeback_machine(tiny_threshold_writeback_mount: Mount, tmp_path: Path
+                           ) -> Iterator[TreeMachine]:
+    m = machine_for(tiny_threshold_writeback_mount, tmp_path, cold=True)()
+    yield m
+    m.teardown()
+
+
+@pytest.mark.parametrize("which", ["cold_machine", "cold_writeback_machine"])
+def test_regression_reader_of_a_cold_file_unlinked_under_it(
+        which: str, request: pytest.FixtureRequest) -> None:
+    machine: TreeMachine = request.getfixturevalue(which)
+    machine.write_large("a", random.Random(0).randbytes(4200), 0o600)
+    machine.write_large("b", random.Random(1).randbytes(5000), 0o644)
+    machine.write_at("c", b"warm", 0, 0o644)
+    machine.trees_match()
+    readers = [machine.open_reader("a"), machine.open_reader("b")]
+    machine.unlink("a")  # fstat through the reader said ENOENT
+    machine.rename("c", "b")  # the same, for a cold file renamed over
+    machine.trees_match()
+    for reader in readers:
+        machine.read_reader(reader)
+        machine.close_reader(reader)
+    machine.trees_match()

@@ -675,14 +675,16 @@ class FileSystem:
             rel = self.inodes.child_path(parent, name)
             new_rel = self.inodes.child_path(new_parent, new_name)
             await self.warm.run(self.warm.rename, rel, new_rel, flags)
-            _forget_base(self.inodes.child(parent, name))
+            moved = self.inodes.child(parent, name)
             replaced = self.inodes.child(new_parent, new_name)
-            _forget_base(replaced)
             if flags & RENAME_EXCHANGE:
                 self.inodes.exchange(parent, name, new_parent, new_name)
+                _forget_base(replaced)
                 replaced = None
             else:
                 self.inodes.move(parent, name, new_parent, new_name)
+                _forget_base(replaced)  # (after the move: it may have lost its last name)
+            _forget_base(moved)
             # Staged data must be published under the new names after a crash too.
             changed = self._rejournal(replaced)
             for sid, entry in list(self.journal.entries.items()):
@@ -1844,6 +1846,10 @@ def _close_and_remove(hot: HotTier, sid: str | None, fd: int | None) -> None:
 
 
 def _forget_base(inode: Inode | None) -> None:
-    """A namespace change altered an open file's link count or ctime: re-read them."""
-    if inode is not None and inode.data is not None:
+    """A namespace change altered an open file's link count or ctime: re-read them, if they
+    can be read again (a name or a warm descriptor left; an unlinked cold file has only its
+    remembered stub, and the link count comes from the inode)."""
+    if inode is None or inode.data is None:
+        return
+    if inode.links or inode.data.warm_fd is not None:
         inode.data.base = None

@@ -454,6 +454,22 @@ def test_mount_matches_a_plain_directory_while_publishing_ahead(ahead_mount: Mou
         "no file was copied ahead: the test did not test publishing ahead"
 
 
+@pytest.fixture(scope="module")
+def warm_cached_mount(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mount]:
+    """As on NFS: the warm tier is a file system of its own and reads of warm files go
+    through the hot tier's block cache."""
+    with running(make_mount(tmp_path_factory.mktemp("warmcached"), "--cache-warm", "true",
+                            "--block-size", "64KiB", warm_apart=True)) as m:
+        yield m
+
+
+def test_mount_matches_a_plain_directory_with_warm_blocks_cached(warm_cached_mount: Mount,
+                                                                 tmp_path: Path) -> None:
+    run_machine(machine_for(warm_cached_mount, tmp_path))
+    assert any(warm_cached_mount.hot.joinpath("cache").rglob("*")), \
+        "no warm block was cached: the test did not test the cache"
+
+
 # -- regression tests: shrunk failures of the machines above, kept by name ---------------------
 
 

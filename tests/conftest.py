@@ -94,8 +94,8 @@ def wait_for_exit(pid: int, timeout: float) -> bool:
 @contextmanager
 def running(m: Mount) -> Iterator[Mount]:
     """Mount for the duration; always clean up, and fail on any traceback in the log."""
-    m.start()
     try:
+        m.start()  # (a mount that fails to start still leaves file systems to clean up)
         yield m
     finally:
         m.force_cleanup()

@@ -577,3 +577,28 @@ def test_regression_reader_of_a_cold_file_unlinked_under_it(
         machine.read_reader(reader)
         machine.close_reader(reader)
     machine.trees_match()
+
+
+def test_regression_file_going_cold_after_losing_a_hard_link_keeps_its_mode(
+        cold_machine: TreeMachine) -> None:
+    cold_machine.create_truncating("b", b"", 0o600)
+    cold_machine.link("b", "e")
+    reader = cold_machine.open_reader("b")  # keeps the open-file state across the unlink
+    cold_machine.unlink("e")  # (the state forgot its attributes: the link count changed)
+    # The object and stub took mode 0644, a default, instead of the file's 0600.
+    cold_machine.write_large("b", random.Random(0).randbytes(4200), 0o600)
+    cold_machine.trees_match()
+    cold_machine.close_reader(reader)
+
+
+def test_regression_hard_linked_file_renamed_under_a_reader_stays_warm(
+        cold_machine: TreeMachine) -> None:
+    cold_machine.create_truncating("b", b"", 0o600)
+    cold_machine.link("b", "e")
+    reader = cold_machine.open_reader("b")
+    cold_machine.rename("b", "a")
+    # Past the threshold, but hard-linked: a stub under one name would leave the other name
+    # with the old content.
+    cold_machine.write_large("a", random.Random(0).randbytes(4200), 0o600)
+    cold_machine.trees_match()
+    cold_machine.close_reader(reader)

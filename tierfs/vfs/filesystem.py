@@ -1174,9 +1174,11 @@ class FileSystem:
             if data.size < start or self._nursery is None:
                 return
             rel = self._rel_or_none(inode)
-            base = data.base
-            if rel is None or (base is not None and base.st_nlink > 1):
-                return  # unlinked or hard-linked: stays staged (a stub cannot be hard-linked)
+            if rel is None:
+                return  # unlinked: stays staged
+            base = await self._fresh_base(inode, data)
+            if base is not None and base.st_nlink > 1:
+                return  # hard-linked: stays staged (a stub cannot be hard-linked)
             mode = self._file_mode(inode, data)
             metadata = {"mode": f"{mode:04o}", "mtime-ns": str(data.mtime_ns)}
             assert data.staging_fd is not None and data.staging_id is not None  # after _stage
@@ -1243,10 +1245,21 @@ class FileSystem:
                      key)
             key, checked = unique_key(key), True
 
+    async def _fresh_base(self, inode: Inode, data: OpenFile) -> os.stat_result | None:
+        """The open file's attributes on the warm tier (mode, link count), read again if a
+        namespace change made them stale (``_forget_base``)."""
+        if data.base is None and inode.data is data:
+            try:
+                await self._refresh(inode)
+            except OSError as e:  # (renamed or unlinked meanwhile, say)
+                log.warning("could not read the attributes of inode %d again: %s",
+                            inode.ino, e)
+        return data.base
+
     @staticmethod
     def _file_mode(inode: Inode, data: OpenFile) -> int:
         """A file's permission bits: a cold file's are in its stub (the symlink's own mode
-        means nothing)."""
+        means nothing). ``data.base`` must be fresh (``_fresh_base``)."""
         if inode.stub is not None:
             return inode.stub.mode
         return stat.S_IMODE(data.base.st_mode) if data.base is not None else 0o644
@@ -1435,6 +1448,7 @@ class FileSystem:
         upload = data.upload
         assert upload is not None
         await self._drop_mirror(data)
+        await self._fresh_base(inode, data)  # the stub takes the file's mode
         try:
             try:
                 info = await upload.finish(data.size)

@@ -301,7 +301,10 @@ class TreeMachine(RuleBasedStateMachine):
         size = ref_st.st_size if stat.S_ISREG(ref_st.st_mode) else 0
         if stat.S_ISREG(ref_st.st_mode):
             os.posix_fadvise(got_fd, 0, 0, os.POSIX_FADV_DONTNEED)  # so tierfs answers
-            assert os.fstat(got_fd).st_size == size, "after:\n" + "\n".join(self.steps)
+            got_st = os.fstat(got_fd)
+            assert (got_st.st_size, stat.S_IMODE(got_st.st_mode), got_st.st_nlink) == \
+                (size, stat.S_IMODE(ref_st.st_mode), ref_st.st_nlink), \
+                "after:\n" + "\n".join(self.steps)
         got = outcome(lambda: os.pread(got_fd, size + 10, 0))
         assert got == outcome(lambda: os.pread(ref_fd, size + 10, 0)), \
             "after:\n" + "\n".join(self.steps)

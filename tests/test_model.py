@@ -319,23 +319,22 @@ class TreeMachine(RuleBasedStateMachine):
     def read_handle(self, handle: tuple[int, int] | None) -> None:
         self.read_both(handle)
 
-    @rule(handle=consumes(readers))
-    @logged
-    def close_reader(self, handle: tuple[int, int] | None) -> None:
+    def close_both(self, handle: tuple[int, int] | None) -> None:
         if handle is None or handle[0] not in self.open_fds:
             return
         for fd in handle:
             self.open_fds.remove(fd)
             os.close(fd)
 
+    @rule(handle=consumes(readers))
+    @logged
+    def close_reader(self, handle: tuple[int, int] | None) -> None:
+        self.close_both(handle)
+
     @rule(handle=consumes(handles))
     @logged
     def close_handle(self, handle: tuple[int, int] | None) -> None:
-        if handle is None or handle[0] not in self.open_fds:
-            return
-        for fd in handle:
-            self.open_fds.remove(fd)
-            os.close(fd)
+        self.close_both(handle)
 
     @invariant()
     def trees_match(self) -> None:

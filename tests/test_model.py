@@ -238,7 +238,10 @@ class TreeMachine(RuleBasedStateMachine):
         cold = cold or self.is_cold(path)  # (see ``both``)
         if cold and got in REFUSED_FOR_COLD:
             return None  # cold files cannot be opened for writing in place
-        ref = outcome(lambda: os.open(self.r / path, os.O_RDWR))
+        return self.kept(got, outcome(lambda: os.open(self.r / path, os.O_RDWR)))
+
+    def kept(self, got: tuple[str, Any], ref: tuple[str, Any]) -> tuple[int, int] | None:
+        """A handle pair if both opens succeeded; else both outcomes must agree."""
         if ref[0] != "ok" or got[0] != "ok":
             for kind, fd in (ref, got):
                 if kind == "ok":
@@ -280,16 +283,8 @@ class TreeMachine(RuleBasedStateMachine):
     @rule(target=readers, path=paths)
     @logged
     def open_reader(self, path: str) -> tuple[int, int] | None:
-        got = outcome(lambda: os.open(self.m / path, os.O_RDONLY))
-        ref = outcome(lambda: os.open(self.r / path, os.O_RDONLY))
-        if ref[0] != "ok" or got[0] != "ok":
-            for kind, fd in (ref, got):
-                if kind == "ok":
-                    os.close(fd)
-            assert got == ref, f"mount gave {got}, reference gave {ref}"
-            return None
-        self.open_fds += [ref[1], got[1]]
-        return (ref[1], got[1])
+        return self.kept(outcome(lambda: os.open(self.m / path, os.O_RDONLY)),
+                         outcome(lambda: os.open(self.r / path, os.O_RDONLY)))
 
     def read_both(self, handle: tuple[int, int] | None) -> None:
         """Read through a handle kept open while other steps changed, published, moved or

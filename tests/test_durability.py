@@ -15,6 +15,7 @@ import json
 import os
 import random
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -225,6 +226,67 @@ def test_write_back_changes_right_after_a_close_are_kept(tmp_path: Path, layout:
             assert (m.warm / name).read_bytes() == body, name
         assert not any(m.hot.joinpath("staging").iterdir()), "a staging file was left behind"
         m.start()
+
+
+@pytest.mark.parametrize("layout", ["one-fs", "warm-apart"])
+def test_write_back_attribute_changes_right_after_a_close_are_kept(tmp_path: Path,
+                                                                    layout: str) -> None:
+    """A publish copies the owner, mode, xattrs and times of the file it replaces onto the new
+    file, then renames it into place: a chmod, chown, utime or setxattr that came in between
+    went to the old file and was lost with it (the mode in nearly every round, before)."""
+    rng = random.Random(11)
+    with running(make_mount(tmp_path, "--durability", "writeback",
+                            warm_apart=layout == "warm-apart")) as m:
+        want = {}
+        for i in range(60):
+            name = f"f{i}"
+            fd = os.open(m.path / name, os.O_WRONLY | os.O_CREAT, 0o444)
+            try:
+                os.write(fd, rng.randbytes(200_000))
+            finally:
+                os.close(fd)  # published in the background from here
+            want[name] = (0o600 | rng.choice([0o040, 0o004, 0o070]), 1000 + i, 2000 + i,
+                          10**18 + 2 * i, b"v%d" % i)
+            os.chmod(m.path / name, want[name][0])
+            os.chown(m.path / name, want[name][1], want[name][2])
+            os.utime(m.path / name, ns=(10**18 + i, want[name][3]))
+            os.setxattr(m.path / name, b"user.k", want[name][4])
+        m.stop()  # everything published
+        for name, attrs in want.items():
+            st = os.stat(m.warm / name)
+            assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, st.st_mtime_ns,
+                    os.getxattr(m.warm / name, b"user.k")) == attrs, name
+        m.start()
+
+
+def test_write_back_attribute_changes_while_an_upload_completes_are_kept(
+        tmp_path: Path, proxy: FaultProxy, bucket: str) -> None:
+    """The same for files going to the bucket: changes that come while the upload is being
+    completed reach the stub put in place after it."""
+    rng = random.Random(12)
+    m = s3_mount(tmp_path, proxy.endpoint, bucket, "--durability", "writeback")
+    with running(m):
+        proxy.delay = 0.3
+        proxy.fail("POST", "delay")  # (completing each upload)
+        want = {}
+        for i in range(8):
+            name = f"f{i}"
+            fd = os.open(m.path / name, os.O_WRONLY | os.O_CREAT, 0o444)
+            try:
+                os.write(fd, rng.randbytes(9 * MIB))
+            finally:
+                os.close(fd)
+            want[name] = (0o600 | rng.choice([0o040, 0o004, 0o070]), 1000 + i, 2000 + i,
+                          10**18 + 2 * i)
+            os.chmod(m.path / name, want[name][0])
+            os.chown(m.path / name, want[name][1], want[name][2])
+            os.utime(m.path / name, ns=(10**18 + i, want[name][3]))
+        m.stop()
+        assert all((m.warm / name).is_symlink() for name in want)
+        m.start()
+        for name, attrs in want.items():
+            st = os.stat(m.path / name)
+            assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, st.st_mtime_ns) == attrs, name
 
 
 def test_new_files_created_while_others_are_published_stay_apart(tmp_path: Path) -> None:

@@ -247,6 +247,34 @@ def test_a_reader_open_while_a_file_comes_back_warm_reads_its_bytes(
             os.close(reader)
 
 
+def test_a_cold_file_rewritten_and_coming_back_warm_keeps_its_mode(
+        tmp_path: Path, s3_server: S3Server, bucket: str) -> None:
+    """A cold file rewritten, streamed early and small in the end is copied back to the warm
+    tier over its stub: it takes the stub's mode, not its symlink's (0777, before)."""
+    m = make_mount(tmp_path, "--bucket", f"s3://{bucket}/tierfs", "--endpoint-url",
+                   s3_server.endpoint, "--addressing-style", "path", "--large-file-threshold",
+                   "20MiB", "--stream-after", "6MiB", "--part-size", "5MiB")
+    with running(m):
+        path = m.path / "f.bin"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o640)
+        try:
+            os.write(fd, os.urandom(24 * MIB))
+        finally:
+            os.close(fd)
+        assert (m.warm / "f.bin").is_symlink()
+        body = os.urandom(12 * MIB)
+        fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
+        try:
+            for offset in range(0, len(body), MIB):
+                os.write(fd, body[offset:offset + MIB])
+        finally:
+            os.close(fd)
+        assert not (m.warm / "f.bin").is_symlink()
+        assert stat.S_IMODE(os.stat(m.warm / "f.bin").st_mode) == 0o640
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o640
+        assert path.read_bytes() == body
+
+
 def test_path_rules_pin_files_to_a_tier(tmp_path: Path, s3_server: S3Server,
                                         bucket: str) -> None:
     m = make_mount(tmp_path, "--bucket", f"s3://{bucket}/tierfs", "--endpoint-url",

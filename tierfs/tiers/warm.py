@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import NamedTuple
 
 from tierfs.tiers.base import Tier
 
@@ -87,6 +88,17 @@ def stat_link(lstat: Callable[[], os.stat_result], readlink: Callable[[], bytes]
             if e.errno != errno.EINVAL:
                 raise
     raise OSError(errno.EAGAIN, "the entry keeps changing type")
+
+
+class Reapply(NamedTuple):
+    """A publish copies the owner, mode, extended attributes and times of the file it replaces
+    onto the new file before it renames it into place; a change of them that comes between
+    the two would be undone by the rename. The rename step, serialised with such changes,
+    then takes them again: the mode from ``mode`` if given (a stub's symlink has none worth
+    copying), the times from ``times`` (they are the staged data's)."""
+
+    mode: int | None
+    times: tuple[int, int]
 
 
 class WarmTier(Tier):
@@ -272,9 +284,16 @@ class WarmTier(Tier):
         tmp = self.write_temp(split(rel)[0], src_fd, size, rel, times, mode)
         return tmp, self.lstat(tmp)
 
-    def replace(self, tmp: bytes, rel: bytes) -> tuple[os.stat_result, os.stat_result]:
+    def replace(self, tmp: bytes, rel: bytes, again: Reapply | None = None
+                ) -> tuple[os.stat_result, os.stat_result]:
         """The renaming half of publishing; returns the attributes of the published file and
-        of its directory."""
+        of its directory. ``again``: see ``Reapply``."""
+        if again is not None:
+            fd = os.open(tmp, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.fd)
+            try:
+                self._reapply(fd, rel, again)
+            finally:
+                os.close(fd)
         os.rename(tmp, rel, src_dir_fd=self.fd, dst_dir_fd=self.fd)
         return self.lstat(rel), self.lstat(split(rel)[0])
 
@@ -345,12 +364,16 @@ class WarmTier(Tier):
         self._settle(fd, size, rel, times, mode)
         return True
 
-    def adopt(self, src: Path, rel: bytes, retire: int | None
+    def adopt(self, src: Path, rel: bytes, retire: int | None,
+              again: tuple[int, Reapply] | None = None
               ) -> tuple[os.stat_result, os.stat_result]:
         """Rename a file from outside the tree (a staging file, on the same file system) over
         ``rel``, then close ``retire`` (the descriptor of the file it replaced); returns the
         attributes of the published file and of its directory. EXDEV if it is on another
-        file system (nothing is closed then)."""
+        file system (nothing is closed then). ``again``: the file's descriptor and what to
+        take from ``rel`` again (``Reapply``)."""
+        if again is not None:
+            self._reapply(again[0], rel, again[1])
         os.rename(src, rel, dst_dir_fd=self.fd)
         if retire is not None:
             os.close(retire)
@@ -392,6 +415,23 @@ class WarmTier(Tier):
                 except OSError as e:
                     if e.errno not in (errno.ENODATA, errno.ENOTSUP, errno.EOPNOTSUPP):
                         raise
+
+    def _reapply(self, fd: int, like: bytes, again: Reapply) -> None:
+        """Take the attributes of ``like`` once more, dropping extended attributes it no longer
+        has (``security.*`` ones are the system's and stay)."""
+        try:
+            names = os.listxattr(fd)
+        except OSError as e:
+            if e.errno not in (errno.ENOTSUP, errno.EOPNOTSUPP):
+                raise
+            names = []
+        for name in names:
+            if not name.startswith("security."):
+                os.removexattr(fd, name)
+        self._copy_attributes(like, fd)
+        if again.mode is not None:
+            os.fchmod(fd, stat.S_IMODE(again.mode))
+        os.utime(fd, ns=again.times)
 
     def fsync_dir(self, rel: bytes) -> None:
         fd = os.open(rel, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=self.fd)

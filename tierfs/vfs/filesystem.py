@@ -8,7 +8,9 @@ Ordering rules (see docs/architecture.md, "Concurrency contract"):
 
 - ``_ns_lock`` serialises the namespace changes that can race with publishing: unlink, rmdir,
   rename and the final rename of a publish. The kernel already serialises operations inside one
-  directory, but a publish is started by close, not by a directory operation.
+  directory, but a publish is started by close, not by a directory operation. Changes of a
+  file's owner, mode, times and extended attributes take it too, and count themselves in
+  ``Inode.attr_changes``: a publish copies them early and checks that count at its rename.
 - ``OpenFile.lock`` serialises writes, truncation and publishing of one file; reads never take
   it (they read either the warm descriptor or the staging file, both always valid).
 """
@@ -43,8 +45,8 @@ from tierfs.objects.base import NoSuchObject, ObjectStoreError, UploadGone
 from tierfs.stubs import Stub, StubError, looks_like_stub, parse_stub
 from tierfs.tiers.cold import ColdTier
 from tierfs.tiers.hot import HotTier
-from tierfs.tiers.warm import (RENAME_EXCHANGE, RENAME_NOREPLACE, WarmTier, copy_fd, is_internal,
-                               join, split)
+from tierfs.tiers.warm import (RENAME_EXCHANGE, RENAME_NOREPLACE, Reapply, WarmTier, copy_fd,
+                               is_internal, join, split)
 from tierfs.vfs.blockread import CachedReader, Prefetch
 from tierfs.vfs.files import Handle, OpenFile
 from tierfs.vfs.inodes import ROOT_INODE, Inode, InodeTable, identity
@@ -74,6 +76,12 @@ def _stage_times(data: OpenFile, changes: SetAttr) -> None:
         data.atime_ns = changes.atime_ns
     if changes.mtime_ns is not None:
         data.mtime_ns = changes.mtime_ns
+
+
+def _mode_override(inode: Inode) -> int | None:
+    """The mode a file's new warm file takes, where the file it replaces has none worth
+    copying: a stub's symlink (the mode is in the stub)."""
+    return inode.stub.mode if inode.stub is not None else None
 
 
 def _err(code: int) -> OSError:
@@ -480,16 +488,8 @@ class FileSystem:
             while ((data := inode.data) is not None and inode.ino in self.writeback
                    and data.dirty):
                 await self._publish(inode, data)
-        rel = self._rel_or_none(inode)
-        if inode.stub is not None:
-            if inode.data is not None and inode.data.staged:
-                # Being rewritten: size and times go to the staged data, the mode into the
-                # stub (chmod would follow the stub's symlink).
-                if changes.mode is not None and rel is not None:
-                    await self._rewrite_stub(inode, rel, changes.mode, None)
-                    changes = dataclasses.replace(changes, mode=None)
-            else:
-                changes = await self._setattr_cold(inode, rel, changes)
+            if inode.stub is not None and not (inode.data is not None and inode.data.staged):
+                changes = await self._resize_cold(inode, changes.size, changes)
         if changes.size is not None:
             if inode.is_dir:
                 raise _err(errno.EISDIR)
@@ -515,48 +515,60 @@ class FileSystem:
                         _stage_times(data, changes)  # before the let-go may publish
                 finally:
                     await self._let_go(inode, data)
-            elif rel is not None:
+            elif (rel := self._rel_or_none(inode)) is not None:
                 await self.warm.run(self.warm.truncate, rel, changes.size)
-        if rel is not None:
-            await self.warm.run(self._setattr_blocking, inode, rel, changes)
-        data = inode.data
-        if data is not None and data.staged:
-            _stage_times(data, changes)
+        if (changes.mode, changes.uid, changes.gid, changes.atime_ns,
+                changes.mtime_ns) != (None,) * 5:
+            async with self._ns_lock:
+                await self._set_attributes(inode, changes)
         return await self._refresh(inode)
 
-    async def _setattr_cold(self, inode: Inode, rel: bytes | None, changes: SetAttr
-                            ) -> SetAttr:
-        """Apply what concerns a cold file's stub; returns the changes left to apply.
-
-        A new size brings the file back to the warm tier (below the large-file threshold);
-        a new mode or mtime rewrites the stub atomically.
-        """
+    async def _resize_cold(self, inode: Inode, size: int, changes: SetAttr) -> SetAttr:
+        """A new size for a cold file brings it back to the warm tier (below the large-file
+        threshold): it is staged, truncated there and published at the last let-go, as at a
+        last close. Returns the changes left to apply."""
         stub = inode.stub
         assert stub is not None
-        if changes.size is not None and changes.size != stub.size:
+        if size != stub.size:
             data = inode.data
             if data is None:
                 data = inode.data = OpenFile(stub=stub)
-            self._hold(inode, data)  # published by the last let-go, as at a last close
+            self._hold(inode, data)
             try:
                 async with data.lock:
-                    await self._stage(inode, data, keep=changes.size)
-                    await self.hot.run(os.ftruncate, data.staging_fd, changes.size)
-                    data.size = changes.size
+                    await self._stage(inode, data, keep=size)
+                    await self.hot.run(os.ftruncate, data.staging_fd, size)
+                    data.size = size
                     data.mtime_ns = time.time_ns()
                     data.dirty = True
             finally:
                 await self._let_go(inode, data)
-            return dataclasses.replace(changes, size=None)
-        changes = dataclasses.replace(changes, size=None)
-        if rel is None or (changes.mode is None and changes.mtime_ns is None):
-            return changes
-        await self._rewrite_stub(inode, rel, changes.mode, changes.mtime_ns)
-        return dataclasses.replace(changes, mode=None, atime_ns=None, mtime_ns=None)
+        return dataclasses.replace(changes, size=None)
 
-    async def _rewrite_stub(self, inode: Inode, rel: bytes, mode: int | None,
+    async def _set_attributes(self, inode: Inode, changes: SetAttr) -> None:
+        """Owner, mode and times, wherever the file is now: a cold file's mode and mtime are
+        in its stub (and a staged file's times in its staged data, published with it). Caller
+        holds ``_ns_lock``: see ``Inode.attr_changes``."""
+        rel = self._rel_or_none(inode)
+        data = inode.data
+        staged = data is not None and data.staged
+        if rel is not None:
+            if inode.stub is not None:
+                mtime_ns = None if staged else changes.mtime_ns
+                if changes.mode is not None or mtime_ns is not None:
+                    await self._replace_stub(inode, rel, changes.mode, mtime_ns)
+                changes = dataclasses.replace(changes, mode=None)
+                if not staged:  # (the stub keeps no atime)
+                    changes = dataclasses.replace(changes, atime_ns=None, mtime_ns=None)
+            await self.warm.run(self._setattr_blocking, inode, rel, changes)
+        if data is not None and staged:
+            _stage_times(data, changes)
+        inode.attr_changes += 1
+
+    async def _replace_stub(self, inode: Inode, rel: bytes, mode: int | None,
                             mtime_ns: int | None) -> None:
-        """Put a new mode or mtime into a cold file's stub, atomically."""
+        """Put a new mode or mtime into a cold file's stub, atomically. Caller holds
+        ``_ns_lock``."""
         stub = inode.stub
         assert stub is not None
         new = dataclasses.replace(
@@ -1448,6 +1460,7 @@ class FileSystem:
         upload = data.upload
         assert upload is not None
         await self._drop_mirror(data)
+        since = inode.attr_changes  # a change from here on is taken again below
         await self._fresh_base(inode, data)  # the stub takes the file's mode
         try:
             try:
@@ -1475,7 +1488,7 @@ class FileSystem:
         assert stub is not None
         if info.size < self.config.large_file_threshold and data.rule != "cold":
             # Streamed early (stream_after) but small in the end: it belongs on the warm tier.
-            st = await self._bring_back(inode, data, stub)
+            st = await self._bring_back(inode, data, stub, since)
             stub = None
             if st is not None and inode.links:
                 # Opened now, while reads still go to staging: the switch below has no await.
@@ -1488,6 +1501,11 @@ class FileSystem:
                     await self._delete_object(info.key)
                     st = None
                 else:
+                    if inode.attr_changes != since:  # (chmod or utime while it completed)
+                        data.base = None
+                        await self._fresh_base(inode, data)
+                        stub = dataclasses.replace(stub, mode=self._file_mode(inode, data),
+                                                   mtime_ns=data.mtime_ns)
                     st = await self.warm.run(self.warm.replace_symlink, rel,
                                              stub.encode(self.config.bucket))
                     self._dir_attrs.clear()
@@ -1544,10 +1562,11 @@ class FileSystem:
                   "what was still staged is kept as %s", self._rel_or_none(inode),
                   upload.key if upload is not None else "?", kept)
 
-    async def _bring_back(self, inode: Inode, data: OpenFile, stub: Stub
+    async def _bring_back(self, inode: Inode, data: OpenFile, stub: Stub, since: int
                           ) -> os.stat_result | None:
         """Copy a completed object into a temp file beside its warm target and rename it into
-        place (the bytes pass through memory only, never the hot tier)."""
+        place (the bytes pass through memory only, never the hot tier). It takes the
+        attributes of the file it replaces, and ``stub``'s mode if that is a stub."""
         rel = self._rel_or_none(inode)
         if rel is None:
             return None
@@ -1560,8 +1579,8 @@ class FileSystem:
             await self.warm.run(self.warm.drop_temp, tmp, fd)
             raise
         await self.warm.run(self.warm.finish_temp, tmp, fd, stub.size, rel,
-                            (data.atime_ns, data.mtime_ns))
-        return await self._rename_into_place(inode, tmp)
+                            (data.atime_ns, data.mtime_ns), _mode_override(inode))
+        return await self._rename_into_place(inode, data, tmp, since)
 
     async def _discard(self, inode: Inode, data: OpenFile) -> None:
         """Drop the open-file state after the last handle; staging goes unless still needed."""
@@ -1648,8 +1667,7 @@ class FileSystem:
                     await self._publish_cold(inode, data)
                     return
                 times = (data.atime_ns, data.mtime_ns)
-                mode = inode.stub.mode if inode.stub is not None else None
-                st = await self._publish_warm(inode, data, rel, times, mode)
+                st = await self._publish_warm(inode, data, rel, times, _mode_override(inode))
                 if st is None:  # unlinked meanwhile
                     data.dirty = False
                     return
@@ -1673,8 +1691,9 @@ class FileSystem:
         """Put the staged data in place on the warm tier: rename the staging file itself
         (tiers on one file system), or finish the head-start temp file if there is one, or
         copy it all; rename. None if the file was unlinked meanwhile."""
+        since = inode.attr_changes  # before anything copies them (see Reapply)
         if self.publish_by_rename and data.mirror is None:
-            done, st = await self._rename_staging(inode, data, times, mode)
+            done, st = await self._rename_staging(inode, data, times, mode, since)
             if done:
                 return st
         mirror, data.mirror = data.mirror, None
@@ -1683,7 +1702,7 @@ class FileSystem:
             tmp = await self.warm.run(self._finish_mirror, mirror, data, rel, times, mode)
             if tmp is not None:
                 try:
-                    return await self._rename_into_place(inode, tmp)
+                    return await self._rename_into_place(inode, data, tmp, since)
                 except FileNotFoundError:
                     pass  # the temp file went with its emptied directory: copy it all
         copied = await self._at_path(inode, self.warm.publish_copy, data.staging_fd, data.size,
@@ -1693,7 +1712,7 @@ class FileSystem:
         tmp, st = copied
         if tmp is None:
             return st  # hard-linked: written in place
-        return await self._rename_into_place(inode, tmp)
+        return await self._rename_into_place(inode, data, tmp, since)
 
     async def _at_path(self, inode: Inode, fn: Callable[..., R], *args: Any) -> R | None:
         """``fn(path, *args)`` in a warm worker, on the inode's path as it is when the call
@@ -1711,7 +1730,7 @@ class FileSystem:
         raise _err(errno.EAGAIN)
 
     async def _rename_staging(self, inode: Inode, data: OpenFile, times: tuple[int, int],
-                              mode: int | None
+                              mode: int | None, since: int
                               ) -> tuple[bool, os.stat_result | None]:
         """Publish by renaming the staging file over the file's name: on one file system a
         copy would write every byte a second time. The staging file becomes the published
@@ -1735,7 +1754,10 @@ class FileSystem:
             # so reads use the staging descriptor; a warm block read-ahead task still holding
             # the old number can only fail or cache bytes under the old identity, which no
             # reader asks for any more.
-            adopted = await self.adopt_staging(sid, target, data.warm_fd)
+            again = self._reapply(inode, data, since)
+            adopted = await self.adopt_staging(
+                sid, target, data.warm_fd,
+                None if again is None else (data.staging_fd, again))
             if adopted is None:
                 return False, None
             st, parent_st = adopted
@@ -1747,14 +1769,23 @@ class FileSystem:
         self.journal.drop(sid)
         return True, st
 
-    async def adopt_staging(self, sid: str, target: bytes, retire: int | None
+    @staticmethod
+    def _reapply(inode: Inode, data: OpenFile, since: int) -> Reapply | None:
+        """What a publish must take again from the file it replaces, if the file's attributes
+        changed since it copied them (``since``). Caller holds ``_ns_lock``."""
+        if inode.attr_changes == since:
+            return None
+        return Reapply(_mode_override(inode), (data.atime_ns, data.mtime_ns))
+
+    async def adopt_staging(self, sid: str, target: bytes, retire: int | None,
+                            again: tuple[int, Reapply] | None = None
                             ) -> tuple[os.stat_result, os.stat_result] | None:
         """Rename a settled staging file over ``target`` (``WarmTier.adopt``): the attributes
         of the file and of its directory, or None if the tiers turn out to be on different
         mounts (EXDEV), which turns publishing by rename off for good."""
         try:
             return await self.warm.run(self.warm.adopt, self.hot.staging_dir / sid, target,
-                                       retire)
+                                       retire, again)
         except OSError as e:
             if e.errno != errno.EXDEV:
                 raise
@@ -1762,15 +1793,18 @@ class FileSystem:
         self.publish_by_rename = False
         return None
 
-    async def _rename_into_place(self, inode: Inode, tmp: bytes) -> os.stat_result | None:
+    async def _rename_into_place(self, inode: Inode, data: OpenFile, tmp: bytes, since: int
+                                 ) -> os.stat_result | None:
         """Rename a finished temp file over the file's current name, under the namespace lock
-        (None, and the temp file removed, if the file was unlinked meanwhile)."""
+        (None, and the temp file removed, if the file was unlinked meanwhile). ``since``:
+        ``inode.attr_changes`` before the temp file took the attributes of the old one."""
         async with self._ns_lock:
             target = self._rel_or_none(inode)
             if target is None:
                 await self.warm.run(self.warm.unlink, tmp)
                 return None
-            st, parent_st = await self.warm.run(self.warm.replace, tmp, target)
+            st, parent_st = await self.warm.run(self.warm.replace, tmp, target,
+                                                self._reapply(inode, data, since))
             self._dir_changed(inode, parent_st)
             return st
 
@@ -1830,7 +1864,9 @@ class FileSystem:
         self._dir_attrs.clear()
         inode = self.inodes[ino]
         inode.xattr_names = None
-        await self.warm.run(self.warm.setxattr, self.inodes.path(inode), name, value)
+        async with self._ns_lock:  # see Inode.attr_changes
+            await self.warm.run(self.warm.setxattr, self.inodes.path(inode), name, value)
+            inode.attr_changes += 1
 
     async def listxattr(self, ino: int) -> list[bytes]:
         inode = self.inodes[ino]
@@ -1842,7 +1878,9 @@ class FileSystem:
         self._dir_attrs.clear()
         inode = self.inodes[ino]
         inode.xattr_names = None
-        await self.warm.run(self.warm.removexattr, self.inodes.path(inode), name)
+        async with self._ns_lock:  # see Inode.attr_changes
+            await self.warm.run(self.warm.removexattr, self.inodes.path(inode), name)
+            inode.attr_changes += 1
 
 
 def _same_file_system(a: Path, b: Path) -> bool:

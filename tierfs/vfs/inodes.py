@@ -69,6 +69,10 @@ class Inode:
     #: ``InodeTable.replacements`` when tierfs last put another warm file in place of this
     #: one: a listing or lookup read before then describes the file that was replaced.
     rekeyed: int = 0
+    #: Changes of owner, mode, times or extended attributes made through the mount on the
+    #: warm file (counted under the namespace lock): a publish that copied them before one
+    #: of these takes them again before its rename (``tiers.warm.Reapply``).
+    attr_changes: int = 0
 
     @property
     def is_dir(self) -> bool:

@@ -248,6 +248,32 @@ def test_a_changed_warm_file_is_read_fresh(tmp_path: Path) -> None:
         assert read_uncached(m.path / "w.bin") == new
 
 
+@pytest.mark.parametrize("cached", ["blocks", "pages"])
+def test_a_warm_file_replaced_under_its_inode_number_is_read_fresh(tmp_path: Path,
+                                                                   cached: str) -> None:
+    """Another node replaces a file with one of the same size and mtime (``tar``, ``cp -p``)
+    and the new file gets the freed inode number, as ext4 often gives it: the old file's
+    cached blocks (or the kernel's cached pages) must not be served for it. They were, when
+    a warm file's version was its inode, size and mtime only."""
+    m = make_mount(tmp_path, "--cache-warm", "true" if cached == "blocks" else "false",
+                   "--block-size", "1MiB", "--attr-timeout", "0", "--entry-timeout", "0")
+    read = read_uncached if cached == "blocks" else Path.read_bytes
+    with running(m):
+        reused = 0
+        for i in range(20):
+            old, new = os.urandom(2 * MIB), os.urandom(2 * MIB)
+            (m.warm / "w.bin").write_bytes(old)
+            os.utime(m.warm / "w.bin", ns=(10**18, 10**18))
+            assert read(m.path / "w.bin") == old
+            ino = (m.warm / "w.bin").stat().st_ino
+            os.unlink(m.warm / "w.bin")
+            (m.warm / "w.bin").write_bytes(new)
+            os.utime(m.warm / "w.bin", ns=(10**18, 10**18))
+            reused += (m.warm / "w.bin").stat().st_ino == ino
+            assert read(m.path / "w.bin") == new, f"round {i}"
+        assert reused, "the warm file system never gave the inode number again"
+
+
 def test_warm_prefetches_and_check_reports(tmp_path: Path, proxy: FaultProxy, bucket: str,
                                            s3_server: S3Server) -> None:
     import json

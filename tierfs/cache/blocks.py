@@ -1,8 +1,8 @@
 """The block cache: blocks of cold objects and warm files kept on the hot tier.
 
 A block is named by its source and its number. A cold source is the object's URI and ETag, a
-warm source the file's (inode, size, mtime): a changed source gets a new name, so old blocks are
-never served for it and simply age out.
+warm source the file's (inode, size, mtime, ctime) (``vfs.files.warm_id``): a changed source
+gets a new name, so old blocks are never served for it and simply age out.
 
 Where a block is looked for, in order: the memory pool (blocks being read, shared by every open
 file, bounded by ``read_memory``), then the block file on the hot tier (checksummed), then the
@@ -86,9 +86,10 @@ def cold_source_id(bucket: str, key: str, etag: str) -> bytes:
     return hashlib.sha256(f"cold\0{bucket}\0{key}\0{etag}".encode()).digest()[:ID_BYTES]
 
 
-def warm_source_id(warm_root: str, st_ino: int, size: int, mtime_ns: int) -> bytes:
-    return hashlib.sha256(f"warm\0{warm_root}\0{st_ino}\0{size}\0{mtime_ns}".encode()
-                          ).digest()[:ID_BYTES]
+def warm_source_id(warm_root: str, st_ino: int, size: int, mtime_ns: int, ctime_ns: int
+                   ) -> bytes:
+    return hashlib.sha256(f"warm\0{warm_root}\0{st_ino}\0{size}\0{mtime_ns}\0{ctime_ns}"
+                          .encode()).digest()[:ID_BYTES]
 
 
 def block_key(source_id: bytes, block: int) -> bytes:

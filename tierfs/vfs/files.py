@@ -21,14 +21,26 @@ from tierfs.vfs.mirror import Mirror
 from tierfs.vfs.streaming import StreamingUpload
 
 
+#: What names one version of a warm file's content: (inode, size, mtime, ctime).
+WarmId = tuple[int, int, int, int]
+
+
+def warm_id(st: os.stat_result) -> WarmId:
+    """A warm file's version, as far as its attributes tell. Inode, size and mtime alone are
+    not enough: a file replaced by another node keeps them all when the new file reuses the
+    freed inode number and its mtime is set to the old one's (``tar``, ``rsync -t``,
+    ``cp -p``). The ctime cannot be set, and a new file's is the time it was made."""
+    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
 @dataclasses.dataclass(eq=False)
 class OpenFile:
     #: Read-only descriptor of the warm file as it was at open (None for a cold file).
     warm_fd: int | None = None
     #: A cold file's stub as of open: reads go to its object until the file is staged.
     stub: Stub | None = None
-    #: The warm file's identity (inode, size, mtime) as opened: names its cached blocks.
-    warm_id: tuple[int, int, int] | None = None
+    #: The warm file's version (``warm_id``) as opened: names its cached blocks.
+    warm_id: WarmId | None = None
     #: Reads through the block cache (created at the first read of an unstaged file).
     reader: CachedReader | None = None
     #: The object this file's stub pointed to before it was rewritten here; deleted once the

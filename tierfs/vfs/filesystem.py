@@ -48,7 +48,7 @@ from tierfs.tiers.hot import HotTier
 from tierfs.tiers.warm import (RENAME_EXCHANGE, RENAME_NOREPLACE, Reapply, WarmTier, copy_fd,
                                is_internal, join, split)
 from tierfs.vfs.blockread import CachedReader, Prefetch
-from tierfs.vfs.files import Handle, OpenFile
+from tierfs.vfs.files import Handle, OpenFile, WarmId, warm_id
 from tierfs.vfs.inodes import ROOT_INODE, Inode, InodeTable, identity
 from tierfs.vfs.journal import Entry, Journal, Upload
 from tierfs.vfs.mirror import Mirror, write_and_start_writeback
@@ -76,6 +76,12 @@ def _stage_times(data: OpenFile, changes: SetAttr) -> None:
         data.atime_ns = changes.atime_ns
     if changes.mtime_ns is not None:
         data.mtime_ns = changes.mtime_ns
+
+
+def _version(st: os.stat_result, key: bytes) -> tuple[int, int, int, bytes]:
+    """The version of a warm file's content that the kernel's cached pages of it hold (the
+    ctime too, for the reason given at ``files.warm_id``)."""
+    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, key)
 
 
 def _mode_override(inode: Inode) -> int | None:
@@ -831,7 +837,7 @@ class FileSystem:
         inode = self.inodes[ino]
         if inode.is_dir:
             raise _err(errno.EISDIR)
-        version: tuple[int, int, bytes] | None
+        version: tuple[int, int, int, bytes] | None
         writable = flags & os.O_ACCMODE in (os.O_WRONLY, os.O_RDWR)
         # The open-file state is shared by every handle of the inode, and retired (by the
         # last release or the end of a write-back) once no handle holds it: after each wait
@@ -875,7 +881,7 @@ class FileSystem:
         return handle.fh, keep_cache, handle.direct
 
     async def _open_state(self, inode: Inode
-                          ) -> tuple[OpenFile, tuple[int, int, bytes] | None]:
+                          ) -> tuple[OpenFile, tuple[int, int, int, bytes] | None]:
         """New open-file state for an inode that has none, and the version of its content
         (for the kernel's cached pages)."""
         rel = self.inodes.path(inode)
@@ -885,10 +891,9 @@ class FileSystem:
             if stub is None:
                 raise _err(errno.ESTALE)  # no longer a stub: the kernel will look it up again
             return (OpenFile(stub=stub, base=st),
-                    (stub.size, stub.mtime_ns, stub.etag.encode()))
+                    (stub.size, stub.mtime_ns, 0, stub.etag.encode()))
         fd, st = await self.warm.run(self.warm.open_read, rel)
-        return (OpenFile(warm_fd=fd, base=st, warm_id=(st.st_ino, st.st_size, st.st_mtime_ns)),
-                (st.st_size, st.st_mtime_ns, inode.key))
+        return OpenFile(warm_fd=fd, base=st, warm_id=warm_id(st)), _version(st, inode.key)
 
     def _new_handle(self, inode: Inode, data: OpenFile, flags: int) -> Handle:
         accmode = flags & os.O_ACCMODE
@@ -1070,12 +1075,12 @@ class FileSystem:
         return Source(cold_source_id(str(self.config.bucket), stub.key, stub.etag), stub.size,
                       "cold", lambda start, length: self._get(stub, start, length))
 
-    def warm_source(self, warm_id: tuple[int, int, int],
-                    fetch: Callable[[int, int], Awaitable[bytes]]) -> Source:
-        """A warm file's blocks, named by its identity (inode, size, mtime)."""
-        ino, size, mtime_ns = warm_id
-        return Source(warm_source_id(str(self.config.warm), ino, size, mtime_ns), size, "warm",
-                      fetch)
+    def warm_source(self, version: WarmId, fetch: Callable[[int, int], Awaitable[bytes]]
+                    ) -> Source:
+        """A warm file's blocks, named by its version (``files.warm_id``)."""
+        ino, size, mtime_ns, ctime_ns = version
+        return Source(warm_source_id(str(self.config.warm), ino, size, mtime_ns, ctime_ns),
+                      size, "warm", fetch)
 
     async def write(self, fh: int, offset: int, buf: bytes) -> int:
         handle = self._handles[fh]
@@ -1522,7 +1527,7 @@ class FileSystem:
             data.base = st
             if fresh is not None:  # back on the warm tier: read it there from now on
                 old, data.warm_fd = data.warm_fd, fresh
-                data.warm_id = (st.st_ino, st.st_size, st.st_mtime_ns)
+                data.warm_id = warm_id(st)
         inode.cached_version = None
         replaced, data.replaces_object = data.replaces_object, None
         self.invalidate_attrs(inode.ino)
@@ -1680,8 +1685,7 @@ class FileSystem:
                 await self._delete_object(data.replaces_object)
                 data.replaces_object = None
             # The kernel's pages are what was written through it, unless O_DIRECT bypassed them.
-            inode.cached_version = None if data.direct_written else \
-                (st.st_size, st.st_mtime_ns, inode.key)
+            inode.cached_version = None if data.direct_written else _version(st, inode.key)
             data.direct_written = False
         self.invalidate_attrs(inode.ino)
 
@@ -1764,7 +1768,7 @@ class FileSystem:
             # No await from the rename to here: reads find the content under either name.
             data.warm_fd, data.staging_fd, data.staging_id = data.staging_fd, None, None
             data.created = False  # staging again starts from the published file
-            data.warm_id = (st.st_ino, st.st_size, st.st_mtime_ns)
+            data.warm_id = warm_id(st)
             self._dir_changed(inode, parent_st)
         self.journal.drop(sid)
         return True, st

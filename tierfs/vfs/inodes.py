@@ -56,8 +56,9 @@ class Inode:
     data: OpenFile | None = None
     #: For a file whose data is in the bucket: its stub as last read from the warm tier.
     stub: Stub | None = None
-    #: (size, mtime_ns, key) when the kernel last cached pages of this file.
-    cached_version: tuple[int, int, bytes] | None = None
+    #: (size, mtime_ns, ctime_ns, key) when the kernel last cached pages of this file (for a
+    #: stub: size, mtime_ns, 0, ETag).
+    cached_version: tuple[int, int, int, bytes] | None = None
     #: Extended attribute names this inode had when last listed, and until when (monotonic
     #: seconds) that answer may be reused. The kernel asks for security.capability before
     #: every write and ls -l asks for ACLs of every entry; the answer is nearly always "none".

@@ -21,6 +21,7 @@ import trio
 from tierfs.cache.blocks import Source
 from tierfs.stubs import StubError, looks_like_stub, parse_stub
 from tierfs.tiers.warm import join
+from tierfs.vfs.files import warm_id
 
 if TYPE_CHECKING:
     from tierfs.vfs.filesystem import FileSystem
@@ -85,7 +86,7 @@ class Residency:
             else:
                 source = None
                 if fs.cache_warm:
-                    source = fs.warm_source((st.st_ino, st.st_size, st.st_mtime_ns),
+                    source = fs.warm_source(warm_id(st),
                                             self._warm_fetch(path, st))
                 state = FileState(os.fsdecode(path), "warm", st.st_size, source=source)
             if source is not None:

@@ -259,6 +259,32 @@ def test_write_back_attribute_changes_right_after_a_close_are_kept(tmp_path: Pat
         m.start()
 
 
+@pytest.mark.parametrize("layout", ["one-fs", "warm-apart"])
+def test_write_back_hard_link_right_after_a_close_stays_one_file(tmp_path: Path,
+                                                                 layout: str) -> None:
+    """A publish checks the link count, then renames a new file over the name: a link made in
+    between left the new name on the old file, with the old content (most rounds, before)."""
+    rng = random.Random(13)
+    with running(make_mount(tmp_path, "--durability", "writeback",
+                            warm_apart=layout == "warm-apart")) as m:
+        want = {}
+        for i in range(60):
+            (m.path / f"f{i}").write_bytes(b"the version before")
+            want[i] = rng.randbytes(300_000)
+            fd = os.open(m.path / f"f{i}", os.O_WRONLY | os.O_TRUNC)
+            try:
+                os.write(fd, want[i])
+            finally:
+                os.close(fd)  # published in the background from here
+            os.link(m.path / f"f{i}", m.path / f"g{i}")
+        m.stop()
+        for i, body in want.items():
+            f, g = os.stat(m.warm / f"f{i}"), os.stat(m.warm / f"g{i}")
+            assert (f.st_ino, f.st_nlink) == (g.st_ino, 2), i
+            assert (m.warm / f"g{i}").read_bytes() == body, i
+        m.start()
+
+
 def test_write_back_attribute_changes_while_an_upload_completes_are_kept(
         tmp_path: Path, proxy: FaultProxy, bucket: str) -> None:
     """The same for files going to the bucket: changes that come while the upload is being

@@ -275,6 +275,27 @@ def test_a_cold_file_rewritten_and_coming_back_warm_keeps_its_mode(
         assert path.read_bytes() == body
 
 
+def test_a_file_streaming_to_the_bucket_cannot_get_a_second_name(
+        tmp_path: Path, s3_server: S3Server, bucket: str) -> None:
+    """It will be a stub, and a stub has one name (a link would keep the old content under
+    the other one); the file keeps its one name and its bytes."""
+    m = make_mount(tmp_path, "--bucket", f"s3://{bucket}/tierfs", "--endpoint-url",
+                   s3_server.endpoint, "--addressing-style", "path", "--large-file-threshold",
+                   "6MiB", "--part-size", "5MiB")
+    body = os.urandom(8 * MIB)
+    with running(m):
+        fd = os.open(m.path / "big.bin", os.O_WRONLY | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, body)  # past the threshold: streaming
+            with pytest.raises(PermissionError):
+                os.link(m.path / "big.bin", m.path / "other.bin")
+        finally:
+            os.close(fd)
+        assert not (m.path / "other.bin").exists()
+        assert (m.warm / "big.bin").is_symlink()
+        assert (m.path / "big.bin").read_bytes() == body
+
+
 def test_path_rules_pin_files_to_a_tier(tmp_path: Path, s3_server: S3Server,
                                         bucket: str) -> None:
     m = make_mount(tmp_path, "--bucket", f"s3://{bucket}/tierfs", "--endpoint-url",

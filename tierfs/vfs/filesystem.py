@@ -642,6 +642,22 @@ class FileSystem:
         self._dir_attrs.clear()
         self._check_name(new_name)
         inode = self.inodes[ino]
+        while (data := inode.data) is not None:
+            # Not while a publish of the file is under way: it checked the link count before
+            # renaming a new file over the name, and the rename would split the links (the
+            # new name keeping the old content). Publishing holds the file's lock throughout.
+            async with data.lock:
+                if inode.data is not data:
+                    continue  # retired while we waited
+                if data.upload is not None:
+                    raise _err(errno.EPERM)  # on its way to the bucket: as for a stub
+                await self._link(inode, new_parent, new_name)
+                break
+        else:
+            await self._link(inode, new_parent, new_name)
+        return inode, await self._refresh(inode)
+
+    async def _link(self, inode: Inode, new_parent: int, new_name: bytes) -> None:
         if inode.is_dir or inode.stub is not None:
             # A stub is one symlink per object: a second name could outlive the object.
             raise _err(errno.EPERM)
@@ -651,7 +667,6 @@ class FileSystem:
             await self.warm.run(self.warm.link, rel, new_rel)
             self.inodes.add_link(inode, new_parent, new_name)
             self.inodes.lookup(inode)
-        return inode, await self._refresh(inode)
 
     async def unlink(self, parent: int, name: bytes) -> None:
         self._dir_attrs.clear()

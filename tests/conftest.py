@@ -3,6 +3,7 @@ stops the daemon by its pid, whatever the test did."""
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
 import signal
@@ -114,6 +115,15 @@ def make_mount(base: Path, *extra: str, warm_apart: bool = False) -> Mount:
                        check=True)
         m.own_fs.append(m.warm)
     return m
+
+
+def renameat2(src: Path, dst: Path, flags: int) -> None:
+    """rename(2) with flags (RENAME_NOREPLACE, RENAME_EXCHANGE), which os.rename lacks."""
+    at_fdcwd = -100
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.renameat2(at_fdcwd, os.fsencode(src), at_fdcwd, os.fsencode(dst), flags) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
 
 
 @pytest.fixture

@@ -24,13 +24,15 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Mount, S3Server, make_mount, running, tmpfs, wait_for_exit
+from conftest import (Mount, S3Server, make_mount, renameat2, running, tmpfs,
+                      wait_for_exit)
 from crashload import plan
 from s3proxy import FaultProxy
 from tierfs import mounting
 from tierfs.index import Index
 from tierfs.objects.base import parse_bucket_uri
 from tierfs.stubs import parse_stub
+from tierfs.tiers.warm import RENAME_EXCHANGE
 from tierfs.vfs import journal
 from tierfs.cache.counters import load_saved
 
@@ -282,6 +284,29 @@ def test_write_back_hard_link_right_after_a_close_stays_one_file(tmp_path: Path,
             f, g = os.stat(m.warm / f"f{i}"), os.stat(m.warm / f"g{i}")
             assert (f.st_ino, f.st_nlink) == (g.st_ino, 2), i
             assert (m.warm / f"g{i}").read_bytes() == body, i
+        m.start()
+
+
+@pytest.mark.parametrize("layout", ["one-fs", "warm-apart"])
+def test_write_back_exchange_right_after_a_close_keeps_each_files_mode(tmp_path: Path,
+                                                                       layout: str) -> None:
+    """A publish copies the attributes found at the file's path; a RENAME_EXCHANGE while it
+    copied put the other file there, and the published file took that file's mode."""
+    rng = random.Random(14)
+    with running(make_mount(tmp_path, "--durability", "writeback",
+                            warm_apart=layout == "warm-apart")) as m:
+        for i in range(100):
+            os.close(os.open(m.path / f"g{i}", os.O_WRONLY | os.O_CREAT, 0o644))
+            fd = os.open(m.path / f"f{i}", os.O_WRONLY | os.O_CREAT, 0o600)
+            try:
+                os.write(fd, rng.randbytes(300_000))
+            finally:
+                os.close(fd)  # published in the background from here
+            renameat2(m.path / f"f{i}", m.path / f"g{i}", RENAME_EXCHANGE)
+        m.stop()
+        for i in range(100):
+            assert (stat.S_IMODE(os.stat(m.warm / f"g{i}").st_mode),
+                    stat.S_IMODE(os.stat(m.warm / f"f{i}").st_mode)) == (0o600, 0o644), i
         m.start()
 
 

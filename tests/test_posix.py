@@ -16,17 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Mount, make_mount, running
+from conftest import Mount, make_mount, renameat2, running
 
 libc = ctypes.CDLL(None, use_errno=True)
-
-
-def renameat2(src: Path, dst: Path, flags: int) -> None:
-    AT_FDCWD = -100
-    if libc.renameat2(AT_FDCWD, os.fsencode(src), AT_FDCWD, os.fsencode(dst), flags) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-
 
 def wait_for(cond, timeout: float = 5.0) -> bool:  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + timeout

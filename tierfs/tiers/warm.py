@@ -426,8 +426,13 @@ class WarmTier(Tier):
                 raise
             names = []
         for name in names:
-            if not name.startswith("security."):
+            if name.startswith("security."):
+                continue
+            try:
                 os.removexattr(fd, name)
+            except OSError as e:
+                if e.errno not in (errno.ENODATA, errno.ENOTSUP, errno.EOPNOTSUPP):
+                    raise
         self._copy_attributes(like, fd)
         if again.mode is not None:
             os.fchmod(fd, stat.S_IMODE(again.mode))

@@ -10,7 +10,8 @@ Ordering rules (see docs/architecture.md, "Concurrency contract"):
   rename and the final rename of a publish. The kernel already serialises operations inside one
   directory, but a publish is started by close, not by a directory operation. Changes of a
   file's owner, mode, times and extended attributes take it too, and count themselves in
-  ``Inode.attr_changes``: a publish copies them early and checks that count at its rename.
+  ``Inode.attr_changes``: a publish copies them early and checks that count (and the count of
+  renames) at its rename (``_attr_mark``).
 - ``OpenFile.lock`` serialises writes, truncation and publishing of one file; reads never take
   it (they read either the warm descriptor or the staging file, both always valid).
 """
@@ -58,6 +59,8 @@ log = logging.getLogger(__name__)
 
 #: Preferred I/O size reported to applications (coreutils and others size buffers from it).
 BLOCK_SIZE = 128 * 1024
+#: (``Inode.attr_changes``, renames through the mount): see ``FileSystem._attr_mark``.
+AttrMark = tuple[int, int]
 #: Seconds before a write-back file whose upload could not start tries again.
 ROUTE_RETRY = 5.0
 #: Longest wait between two tries of a failing write-back publish.
@@ -195,6 +198,8 @@ class FileSystem:
         self._dirs: dict[int, DirHandle] = {}
         self._fh = itertools.count(1)
         self._ns_lock = trio.Lock()
+        #: Renames through the mount (under ``_ns_lock``): see ``_attr_mark``.
+        self._renames = 0
         self._as_root = os.geteuid() == 0
         self.namemax = warm.statvfs().f_namemax
         #: The hot and warm tiers share a file system (a single disk, the zero-config
@@ -708,6 +713,7 @@ class FileSystem:
             rel = self.inodes.child_path(parent, name)
             new_rel = self.inodes.child_path(new_parent, new_name)
             await self.warm.run(self.warm.rename, rel, new_rel, flags)
+            self._renames += 1
             moved = self.inodes.child(parent, name)
             replaced = self.inodes.child(new_parent, new_name)
             if flags & RENAME_EXCHANGE:
@@ -1480,7 +1486,7 @@ class FileSystem:
         upload = data.upload
         assert upload is not None
         await self._drop_mirror(data)
-        since = inode.attr_changes  # a change from here on is taken again below
+        since = self._attr_mark(inode)  # a change from here on is taken again below
         await self._fresh_base(inode, data)  # the stub takes the file's mode
         try:
             try:
@@ -1521,7 +1527,7 @@ class FileSystem:
                     await self._delete_object(info.key)
                     st = None
                 else:
-                    if inode.attr_changes != since:  # (chmod or utime while it completed)
+                    if self._attr_mark(inode) != since:  # (chmod, utime, rename meanwhile)
                         data.base = None
                         await self._fresh_base(inode, data)
                         stub = dataclasses.replace(stub, mode=self._file_mode(inode, data),
@@ -1582,7 +1588,7 @@ class FileSystem:
                   "what was still staged is kept as %s", self._rel_or_none(inode),
                   upload.key if upload is not None else "?", kept)
 
-    async def _bring_back(self, inode: Inode, data: OpenFile, stub: Stub, since: int
+    async def _bring_back(self, inode: Inode, data: OpenFile, stub: Stub, since: AttrMark
                           ) -> os.stat_result | None:
         """Copy a completed object into a temp file beside its warm target and rename it into
         place (the bytes pass through memory only, never the hot tier). It takes the
@@ -1710,7 +1716,7 @@ class FileSystem:
         """Put the staged data in place on the warm tier: rename the staging file itself
         (tiers on one file system), or finish the head-start temp file if there is one, or
         copy it all; rename. None if the file was unlinked meanwhile."""
-        since = inode.attr_changes  # before anything copies them (see Reapply)
+        since = self._attr_mark(inode)  # before anything copies them (see Reapply)
         if self.publish_by_rename and data.mirror is None:
             done, st = await self._rename_staging(inode, data, times, mode, since)
             if done:
@@ -1749,7 +1755,7 @@ class FileSystem:
         raise _err(errno.EAGAIN)
 
     async def _rename_staging(self, inode: Inode, data: OpenFile, times: tuple[int, int],
-                              mode: int | None, since: int
+                              mode: int | None, since: AttrMark
                               ) -> tuple[bool, os.stat_result | None]:
         """Publish by renaming the staging file over the file's name: on one file system a
         copy would write every byte a second time. The staging file becomes the published
@@ -1788,11 +1794,17 @@ class FileSystem:
         self.journal.drop(sid)
         return True, st
 
-    @staticmethod
-    def _reapply(inode: Inode, data: OpenFile, since: int) -> Reapply | None:
+    def _attr_mark(self, inode: Inode) -> AttrMark:
+        """Taken by a publish before it copies the attributes of the file it will replace:
+        if the mark differs at its rename, it takes them again (``Reapply``). An attribute
+        change of the file, or any rename (which can move another file to the path the copy
+        was read from while the copy ran), moves the mark."""
+        return inode.attr_changes, self._renames
+
+    def _reapply(self, inode: Inode, data: OpenFile, since: AttrMark) -> Reapply | None:
         """What a publish must take again from the file it replaces, if the file's attributes
-        changed since it copied them (``since``). Caller holds ``_ns_lock``."""
-        if inode.attr_changes == since:
+        may have changed since it copied them (``since``). Caller holds ``_ns_lock``."""
+        if self._attr_mark(inode) == since:
             return None
         return Reapply(_mode_override(inode), (data.atime_ns, data.mtime_ns))
 
@@ -1812,11 +1824,12 @@ class FileSystem:
         self.publish_by_rename = False
         return None
 
-    async def _rename_into_place(self, inode: Inode, data: OpenFile, tmp: bytes, since: int
+    async def _rename_into_place(self, inode: Inode, data: OpenFile, tmp: bytes,
+                                 since: AttrMark
                                  ) -> os.stat_result | None:
         """Rename a finished temp file over the file's current name, under the namespace lock
         (None, and the temp file removed, if the file was unlinked meanwhile). ``since``:
-        ``inode.attr_changes`` before the temp file took the attributes of the old one."""
+        ``_attr_mark`` before the temp file took the attributes of the old one."""
         async with self._ns_lock:
             target = self._rel_or_none(inode)
             if target is None:

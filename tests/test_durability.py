@@ -310,6 +310,37 @@ def test_write_back_exchange_right_after_a_close_keeps_each_files_mode(tmp_path:
         m.start()
 
 
+@pytest.mark.parametrize("layout", ["one-fs", "warm-apart"])
+def test_write_back_exchange_right_after_a_close_of_hard_linked_files(tmp_path: Path,
+                                                                      layout: str) -> None:
+    """A hard-linked file is published by writing into it in place, at its path: a
+    RENAME_EXCHANGE meanwhile put another hard-linked file there, and that file was
+    overwritten with this one's content (every run, before)."""
+    rng = random.Random(15)
+    with running(make_mount(tmp_path, "--durability", "writeback",
+                            warm_apart=layout == "warm-apart")) as m:
+        want = {}
+        for i in range(100):
+            (m.path / f"g{i}").write_bytes(b"another file")
+            os.link(m.path / f"g{i}", m.path / f"k{i}")
+            (m.path / f"f{i}").write_bytes(b"the version before")
+            os.link(m.path / f"f{i}", m.path / f"h{i}")
+            want[i] = rng.randbytes(300_000)
+            fd = os.open(m.path / f"f{i}", os.O_WRONLY | os.O_TRUNC)
+            try:
+                os.write(fd, want[i])
+            finally:
+                os.close(fd)  # published in the background from here
+            renameat2(m.path / f"f{i}", m.path / f"g{i}", RENAME_EXCHANGE)
+        m.stop()
+        for i, body in want.items():
+            assert (m.warm / f"f{i}").read_bytes() == b"another file", i
+            assert (m.warm / f"k{i}").read_bytes() == b"another file", i
+            assert (m.warm / f"g{i}").read_bytes() == body, i
+            assert (m.warm / f"h{i}").read_bytes() == body, i
+        m.start()
+
+
 def test_write_back_attribute_changes_while_an_upload_completes_are_kept(
         tmp_path: Path, proxy: FaultProxy, bucket: str) -> None:
     """The same for files going to the bucket: changes that come while the upload is being

@@ -269,17 +269,22 @@ class WarmTier(Tier):
             raise
 
     def publish_copy(self, rel: bytes, src_fd: int, size: int, times: tuple[int, int],
-                     mode: int | None = None) -> tuple[bytes | None, os.stat_result]:
+                     mode: int | None = None, expect: tuple[int, int] | None = None
+                     ) -> tuple[bytes | None, os.stat_result]:
         """The copying half of publishing: a fsynced temp file to rename over ``rel`` (returned
         with its attributes), or, for a hard-linked file, the data written in place (None and
         the file's attributes). ``mode`` overrides the mode copied from ``rel`` (a stub's
-        symlink has none worth copying)."""
+        symlink has none worth copying). ``expect``: the (device, inode) of the file being
+        published; a hard-linked file found at ``rel`` that is another one (renamed there
+        meanwhile) is not written: FileNotFoundError, as for a file that is gone."""
         try:
             st = self.lstat(rel)
         except FileNotFoundError:
             st = None
         if st is not None and st.st_nlink > 1 and stat.S_ISREG(st.st_mode):
-            self.write_in_place(rel, src_fd, size, times)
+            if expect is not None and (st.st_dev, st.st_ino) != expect:
+                raise FileNotFoundError(errno.ENOENT, "another file is there now", rel)
+            self.write_in_place(rel, src_fd, size, times, st)
             return None, self.lstat(rel)
         tmp = self.write_temp(split(rel)[0], src_fd, size, rel, times, mode)
         return tmp, self.lstat(tmp)
@@ -380,11 +385,18 @@ class WarmTier(Tier):
         return self.lstat(rel), self.lstat(split(rel)[0])
 
     def write_in_place(self, rel: bytes, src_fd: int, size: int,
-                       times: tuple[int, int] | None) -> None:
+                       times: tuple[int, int] | None, expect: os.stat_result | None = None
+                       ) -> None:
         """Publish into the existing inode: used for hard-linked files, which a rename would
-        split into two different files."""
+        split into two different files. ``expect``: the file found at ``rel`` before; if
+        another one is there now (renamed meanwhile), FileNotFoundError, and nothing is
+        written (the caller looks for the file at its new path)."""
         fd = self.open(rel, os.O_WRONLY)
         try:
+            if expect is not None:
+                now = os.fstat(fd)
+                if (now.st_dev, now.st_ino) != (expect.st_dev, expect.st_ino):
+                    raise FileNotFoundError(errno.ENOENT, "renamed meanwhile", rel)
             copy_fd(src_fd, fd, size)
             os.ftruncate(fd, size)
             if times is not None:

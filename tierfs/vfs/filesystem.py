@@ -50,7 +50,7 @@ from tierfs.tiers.warm import (RENAME_EXCHANGE, RENAME_NOREPLACE, Reapply, WarmT
                                is_internal, join, split)
 from tierfs.vfs.blockread import CachedReader, Prefetch
 from tierfs.vfs.files import Handle, OpenFile, WarmId, warm_id
-from tierfs.vfs.inodes import ROOT_INODE, Inode, InodeTable, identity
+from tierfs.vfs.inodes import ROOT_INODE, Inode, InodeTable, identity, key_ids
 from tierfs.vfs.journal import Entry, Journal, Upload
 from tierfs.vfs.mirror import Mirror, write_and_start_writeback
 from tierfs.vfs.streaming import UPLOAD_TOKEN, StreamingUpload
@@ -1731,7 +1731,7 @@ class FileSystem:
                 except FileNotFoundError:
                     pass  # the temp file went with its emptied directory: copy it all
         copied = await self._at_path(inode, self.warm.publish_copy, data.staging_fd, data.size,
-                                     times, mode)
+                                     times, mode, key_ids(inode.key))
         if copied is None:
             return None  # unlinked meanwhile
         tmp, st = copied

@@ -39,6 +39,12 @@ def identity(st: os.stat_result) -> bytes:
     return _KEY.pack(st.st_dev, st.st_ino)
 
 
+def key_ids(key: bytes) -> tuple[int, int]:
+    """The (device, inode number) an identity key (``identity``) was made from."""
+    dev, ino = _KEY.unpack(key)
+    return dev, ino
+
+
 def stale() -> OSError:
     return OSError(errno.ESTALE, os.strerror(errno.ESTALE))
 

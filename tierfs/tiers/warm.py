@@ -90,6 +90,15 @@ def stat_link(lstat: Callable[[], os.stat_result], readlink: Callable[[], bytes]
     raise OSError(errno.EAGAIN, "the entry keeps changing type")
 
 
+class LinkedMeanwhile(OSError):
+    """The file a publish was about to rename a new file over is hard-linked (the link count
+    was checked at another path: the file was renamed while the publish copied). A rename
+    would split its links; nothing was changed, and it must be written in place."""
+
+    def __init__(self, rel: bytes) -> None:
+        super().__init__(errno.EMLINK, "hard-linked meanwhile", rel)
+
+
 class Reapply(NamedTuple):
     """A publish copies the owner, mode, extended attributes and times of the file it replaces
     onto the new file before it renames it into place; a change of them that comes between
@@ -292,7 +301,13 @@ class WarmTier(Tier):
     def replace(self, tmp: bytes, rel: bytes, again: Reapply | None = None
                 ) -> tuple[os.stat_result, os.stat_result]:
         """The renaming half of publishing; returns the attributes of the published file and
-        of its directory. ``again``: see ``Reapply``."""
+        of its directory. ``again``: see ``Reapply``. LinkedMeanwhile (and the temp file
+        removed) if ``rel`` is hard-linked."""
+        try:
+            self._refuse_hard_linked(rel)
+        except LinkedMeanwhile:
+            os.unlink(tmp, dir_fd=self.fd)
+            raise
         if again is not None:
             fd = os.open(tmp, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.fd)
             try:
@@ -376,7 +391,8 @@ class WarmTier(Tier):
         ``rel``, then close ``retire`` (the descriptor of the file it replaced); returns the
         attributes of the published file and of its directory. EXDEV if it is on another
         file system (nothing is closed then). ``again``: the file's descriptor and what to
-        take from ``rel`` again (``Reapply``)."""
+        take from ``rel`` again (``Reapply``). LinkedMeanwhile if ``rel`` is hard-linked."""
+        self._refuse_hard_linked(rel)
         if again is not None:
             self._reapply(again[0], rel, again[1])
         os.rename(src, rel, dst_dir_fd=self.fd)
@@ -427,6 +443,14 @@ class WarmTier(Tier):
                 except OSError as e:
                     if e.errno not in (errno.ENODATA, errno.ENOTSUP, errno.EOPNOTSUPP):
                         raise
+
+    def _refuse_hard_linked(self, rel: bytes) -> None:
+        try:
+            st = self.lstat(rel)
+        except FileNotFoundError:
+            return
+        if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
+            raise LinkedMeanwhile(rel)
 
     def _reapply(self, fd: int, like: bytes, again: Reapply) -> None:
         """Take the attributes of ``like`` once more, dropping extended attributes it no longer

@@ -46,8 +46,8 @@ from tierfs.objects.base import NoSuchObject, ObjectStoreError, UploadGone
 from tierfs.stubs import Stub, StubError, looks_like_stub, parse_stub
 from tierfs.tiers.cold import ColdTier
 from tierfs.tiers.hot import HotTier
-from tierfs.tiers.warm import (RENAME_EXCHANGE, RENAME_NOREPLACE, Reapply, WarmTier, copy_fd,
-                               is_internal, join, split)
+from tierfs.tiers.warm import (RENAME_EXCHANGE, RENAME_NOREPLACE, LinkedMeanwhile, Reapply,
+                               WarmTier, copy_fd, is_internal, join, split)
 from tierfs.vfs.blockread import CachedReader, Prefetch
 from tierfs.vfs.files import Handle, OpenFile, WarmId, warm_id
 from tierfs.vfs.inodes import ROOT_INODE, Inode, InodeTable, identity, key_ids
@@ -1728,16 +1728,23 @@ class FileSystem:
             if tmp is not None:
                 try:
                     return await self._rename_into_place(inode, data, tmp, since)
+                except LinkedMeanwhile:
+                    pass  # the copy below writes it in place
                 except FileNotFoundError:
                     pass  # the temp file went with its emptied directory: copy it all
-        copied = await self._at_path(inode, self.warm.publish_copy, data.staging_fd, data.size,
-                                     times, mode, key_ids(inode.key))
-        if copied is None:
-            return None  # unlinked meanwhile
-        tmp, st = copied
-        if tmp is None:
-            return st  # hard-linked: written in place
-        return await self._rename_into_place(inode, data, tmp, since)
+        for _ in range(STALE_TRIES):
+            copied = await self._at_path(inode, self.warm.publish_copy, data.staging_fd,
+                                         data.size, times, mode, key_ids(inode.key))
+            if copied is None:
+                return None  # unlinked meanwhile
+            tmp, st = copied
+            if tmp is None:
+                return st  # hard-linked: written in place
+            try:
+                return await self._rename_into_place(inode, data, tmp, since)
+            except LinkedMeanwhile:
+                continue  # renamed while it was copied: written in place next time round
+        raise _err(errno.EAGAIN)
 
     async def _at_path(self, inode: Inode, fn: Callable[..., R], *args: Any) -> R | None:
         """``fn(path, *args)`` in a warm worker, on the inode's path as it is when the call
@@ -1780,9 +1787,12 @@ class FileSystem:
             # the old number can only fail or cache bytes under the old identity, which no
             # reader asks for any more.
             again = self._reapply(inode, data, since)
-            adopted = await self.adopt_staging(
-                sid, target, data.warm_fd,
-                None if again is None else (data.staging_fd, again))
+            try:
+                adopted = await self.adopt_staging(
+                    sid, target, data.warm_fd,
+                    None if again is None else (data.staging_fd, again))
+            except LinkedMeanwhile:
+                return False, None  # the copy writes it in place
             if adopted is None:
                 return False, None
             st, parent_st = adopted

@@ -25,7 +25,8 @@ from hypothesis import strategies as st
 from hypothesis.stateful import (Bundle, RuleBasedStateMachine, consumes, invariant, rule,
                                  run_state_machine_as_test)
 
-from conftest import Mount, S3Server, make_mount, running
+from conftest import Mount, S3Server, make_mount, renameat2, running
+from tierfs.tiers.warm import RENAME_EXCHANGE
 
 PATHS = ["a", "b", "d", "d/a", "d/b", "d/e", "d/e/a", "e", "e/a"]
 paths = st.sampled_from(PATHS)
@@ -43,6 +44,8 @@ SETTLE_TIMEOUT = 15.0
 
 _runs = itertools.count()
 #: What docs/semantics.md says a cold file may refuse (ENOTSUP and EOPNOTSUPP are one number).
+#: The large-file threshold of the mounts whose files cross into the bucket.
+COLD_THRESHOLD = 4096
 REFUSED_FOR_COLD = {("error", errno.errorcode[errno.EOPNOTSUPP]),
                     ("error", errno.errorcode[errno.EPERM])}
 
@@ -65,6 +68,15 @@ def snapshot(root: Path) -> dict[str, Any]:
                 del entry["mode"]  # symlink modes are not meaningful on Linux
             tree[rel] = entry
     return tree
+
+
+def _size(path: Path) -> int:
+    """A regular file's size (not following a symlink); -1 for anything else."""
+    try:
+        st_ = path.lstat()
+    except OSError:
+        return -1
+    return st_.st_size if stat.S_ISREG(st_.st_mode) else -1
 
 
 def logged(rule_fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -129,8 +141,10 @@ class TreeMachine(RuleBasedStateMachine):
             where = where.parent / target
         return False
 
-    def both(self, fn: Callable[[Path], Any], *paths: str) -> Any:
-        cold = any(self.is_cold(p) for p in paths)
+    def both(self, fn: Callable[[Path], Any], *paths: str, refusable: bool = False) -> Any:
+        """``fn`` on the mount and on the reference, with the same outcome; a refusal
+        documented for cold files is accepted for ``paths`` that are cold (or ``refusable``)."""
+        cold = refusable or any(self.is_cold(p) for p in paths)
         got = outcome(lambda: fn(self.m))
         # In write-back mode a closed file becomes a stub when its upload completes in the
         # background; an open for writing waits for that, so the file may be cold only now.
@@ -223,7 +237,16 @@ class TreeMachine(RuleBasedStateMachine):
     @rule(src=paths, dst=paths)
     @logged
     def link(self, src: str, dst: str) -> None:
-        self.both(lambda root: os.link(root / src, root / dst, follow_symlinks=False), src)
+        # A file past the threshold that is not a stub yet is streaming to the bucket (a
+        # handle is still open on it): refused, as for a stub.
+        streaming = self.warm_root is not None and _size(self.r / src) >= COLD_THRESHOLD
+        self.both(lambda root: os.link(root / src, root / dst, follow_symlinks=False), src,
+                  refusable=streaming)
+
+    @rule(src=paths, dst=paths)
+    @logged
+    def exchange(self, src: str, dst: str) -> None:
+        self.both(lambda root: renameat2(root / src, root / dst, RENAME_EXCHANGE))
 
     @rule(path=paths, mode=modes)
     @logged
@@ -381,7 +404,7 @@ def tiny_threshold(tmp_path_factory: pytest.TempPathFactory, s3_server: S3Server
     s3_server.client().create_bucket(Bucket=name)
     return make_mount(tmp_path_factory.mktemp(name), "--bucket", f"s3://{name}/t",
                       "--endpoint-url", s3_server.endpoint, "--addressing-style", "path",
-                      "--large-file-threshold", "4KiB", *extra)
+                      "--large-file-threshold", f"{COLD_THRESHOLD}B", *extra)
 
 
 @pytest.fixture(scope="module")

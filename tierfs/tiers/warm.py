@@ -93,7 +93,9 @@ def stat_link(lstat: Callable[[], os.stat_result], readlink: Callable[[], bytes]
 class LinkedMeanwhile(OSError):
     """The file a publish was about to rename a new file over is hard-linked (the link count
     was checked at another path: the file was renamed while the publish copied). A rename
-    would split its links; nothing was changed, and it must be written in place."""
+    would split its links; nothing was changed, and it must be written in place. Looked for
+    only when a rename came since the check (``Reapply`` is given then): links made through
+    the mount wait for the publish."""
 
     def __init__(self, rel: bytes) -> None:
         super().__init__(errno.EMLINK, "hard-linked meanwhile", rel)
@@ -301,14 +303,14 @@ class WarmTier(Tier):
     def replace(self, tmp: bytes, rel: bytes, again: Reapply | None = None
                 ) -> tuple[os.stat_result, os.stat_result]:
         """The renaming half of publishing; returns the attributes of the published file and
-        of its directory. ``again``: see ``Reapply``. LinkedMeanwhile (and the temp file
-        removed) if ``rel`` is hard-linked."""
-        try:
-            self._refuse_hard_linked(rel)
-        except LinkedMeanwhile:
-            os.unlink(tmp, dir_fd=self.fd)
-            raise
+        of its directory. ``again``: see ``Reapply``; with it, LinkedMeanwhile (and the temp
+        file removed) if ``rel`` is hard-linked."""
         if again is not None:
+            try:
+                self._refuse_hard_linked(rel)
+            except LinkedMeanwhile:
+                os.unlink(tmp, dir_fd=self.fd)
+                raise
             fd = os.open(tmp, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.fd)
             try:
                 self._reapply(fd, rel, again)
@@ -391,9 +393,10 @@ class WarmTier(Tier):
         ``rel``, then close ``retire`` (the descriptor of the file it replaced); returns the
         attributes of the published file and of its directory. EXDEV if it is on another
         file system (nothing is closed then). ``again``: the file's descriptor and what to
-        take from ``rel`` again (``Reapply``). LinkedMeanwhile if ``rel`` is hard-linked."""
-        self._refuse_hard_linked(rel)
+        take from ``rel`` again (``Reapply``); with it, LinkedMeanwhile if ``rel`` is
+        hard-linked."""
         if again is not None:
+            self._refuse_hard_linked(rel)
             self._reapply(again[0], rel, again[1])
         os.rename(src, rel, dst_dir_fd=self.fd)
         if retire is not None:

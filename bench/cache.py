@@ -58,6 +58,9 @@ def main() -> int:
                         help="dataset size for the epochs; the cache gets half of it")
     parser.add_argument("--epochs", type=int, default=3)
     args = parser.parse_args()
+    if args.epoch_mib < 128:
+        parser.error("--epoch-mib: at least 128 (the cache gets half of it, and the smallest "
+                     "hot_capacity is 64MiB)")
     with moto_server() as endpoint:
         return run(args, endpoint)
 

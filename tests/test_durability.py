@@ -311,18 +311,21 @@ def test_write_back_exchange_right_after_a_close_keeps_each_files_mode(tmp_path:
 
 
 @pytest.mark.parametrize("layout", ["one-fs", "warm-apart"])
-def test_write_back_exchange_right_after_a_close_of_hard_linked_files(tmp_path: Path,
-                                                                      layout: str) -> None:
-    """A hard-linked file is published by writing into it in place, at its path: a
-    RENAME_EXCHANGE meanwhile put another hard-linked file there, and that file was
-    overwritten with this one's content (every run, before)."""
+def test_write_back_exchange_right_after_a_close_of_a_hard_linked_file(tmp_path: Path,
+                                                                       layout: str) -> None:
+    """A hard-linked file is published by writing into it in place, and a publish checks the
+    link count at the file's path first; a RENAME_EXCHANGE meanwhile put another file there.
+    Before: another hard-linked file there was overwritten with this one's content, and over
+    one with a single name the rename split this file's links (the other name kept the old
+    content), in every run."""
     rng = random.Random(15)
     with running(make_mount(tmp_path, "--durability", "writeback",
                             warm_apart=layout == "warm-apart")) as m:
         want = {}
         for i in range(100):
             (m.path / f"g{i}").write_bytes(b"another file")
-            os.link(m.path / f"g{i}", m.path / f"k{i}")
+            if i % 2:
+                os.link(m.path / f"g{i}", m.path / f"k{i}")  # hard-linked too
             (m.path / f"f{i}").write_bytes(b"the version before")
             os.link(m.path / f"f{i}", m.path / f"h{i}")
             want[i] = rng.randbytes(300_000)
@@ -335,38 +338,10 @@ def test_write_back_exchange_right_after_a_close_of_hard_linked_files(tmp_path: 
         m.stop()
         for i, body in want.items():
             assert (m.warm / f"f{i}").read_bytes() == b"another file", i
-            assert (m.warm / f"k{i}").read_bytes() == b"another file", i
+            if i % 2:
+                assert (m.warm / f"k{i}").read_bytes() == b"another file", i
             assert (m.warm / f"g{i}").read_bytes() == body, i
             assert (m.warm / f"h{i}").read_bytes() == body, i
-        m.start()
-
-
-@pytest.mark.parametrize("layout", ["one-fs", "warm-apart"])
-def test_write_back_exchange_right_after_a_close_keeps_hard_links_together(tmp_path: Path,
-                                                                           layout: str) -> None:
-    """A publish by rename checks the link count at the file's path first: a RENAME_EXCHANGE
-    meanwhile showed it the other file's, and the rename split this file's hard links (the
-    other name kept the old content)."""
-    rng = random.Random(16)
-    with running(make_mount(tmp_path, "--durability", "writeback",
-                            warm_apart=layout == "warm-apart")) as m:
-        want = {}
-        for i in range(100):
-            (m.path / f"g{i}").write_bytes(b"another file")
-            (m.path / f"f{i}").write_bytes(b"the version before")
-            os.link(m.path / f"f{i}", m.path / f"h{i}")
-            want[i] = rng.randbytes(300_000)
-            fd = os.open(m.path / f"f{i}", os.O_WRONLY | os.O_TRUNC)
-            try:
-                os.write(fd, want[i])
-            finally:
-                os.close(fd)  # published in the background from here
-            renameat2(m.path / f"f{i}", m.path / f"g{i}", RENAME_EXCHANGE)
-        m.stop()
-        for i, body in want.items():
-            assert (m.warm / f"f{i}").read_bytes() == b"another file", i
-            assert (m.warm / f"h{i}").read_bytes() == body, i
-            assert (m.warm / f"g{i}").read_bytes() == body, i
             assert os.stat(m.warm / f"g{i}").st_ino == os.stat(m.warm / f"h{i}").st_ino, i
         m.start()
 

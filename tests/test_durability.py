@@ -261,6 +261,15 @@ def test_write_back_attribute_changes_right_after_a_close_are_kept(tmp_path: Pat
         m.start()
 
 
+def rewrite(path: Path, body: bytes) -> None:
+    """Open an existing file with O_TRUNC, write, close."""
+    fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
+    try:
+        os.write(fd, body)
+    finally:
+        os.close(fd)
+
+
 @pytest.mark.parametrize("layout", ["one-fs", "warm-apart"])
 def test_write_back_hard_link_right_after_a_close_stays_one_file(tmp_path: Path,
                                                                  layout: str) -> None:
@@ -273,11 +282,7 @@ def test_write_back_hard_link_right_after_a_close_stays_one_file(tmp_path: Path,
         for i in range(60):
             (m.path / f"f{i}").write_bytes(b"the version before")
             want[i] = rng.randbytes(300_000)
-            fd = os.open(m.path / f"f{i}", os.O_WRONLY | os.O_TRUNC)
-            try:
-                os.write(fd, want[i])
-            finally:
-                os.close(fd)  # published in the background from here
+            rewrite(m.path / f"f{i}", want[i])  # published in the background from here
             os.link(m.path / f"f{i}", m.path / f"g{i}")
         m.stop()
         for i, body in want.items():
@@ -329,11 +334,7 @@ def test_write_back_exchange_right_after_a_close_of_a_hard_linked_file(tmp_path:
             (m.path / f"f{i}").write_bytes(b"the version before")
             os.link(m.path / f"f{i}", m.path / f"h{i}")
             want[i] = rng.randbytes(300_000)
-            fd = os.open(m.path / f"f{i}", os.O_WRONLY | os.O_TRUNC)
-            try:
-                os.write(fd, want[i])
-            finally:
-                os.close(fd)  # published in the background from here
+            rewrite(m.path / f"f{i}", want[i])  # published in the background from here
             renameat2(m.path / f"f{i}", m.path / f"g{i}", RENAME_EXCHANGE)
         m.stop()
         for i, body in want.items():

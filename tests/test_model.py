@@ -43,9 +43,9 @@ modes = st.sampled_from([0o600, 0o644, 0o640, 0o755, 0o700, 0o444])
 SETTLE_TIMEOUT = 15.0
 
 _runs = itertools.count()
-#: What docs/semantics.md says a cold file may refuse (ENOTSUP and EOPNOTSUPP are one number).
 #: The large-file threshold of the mounts whose files cross into the bucket.
 COLD_THRESHOLD = 4096
+#: What docs/semantics.md says a cold file may refuse (ENOTSUP and EOPNOTSUPP are one number).
 REFUSED_FOR_COLD = {("error", errno.errorcode[errno.EOPNOTSUPP]),
                     ("error", errno.errorcode[errno.EPERM])}
 

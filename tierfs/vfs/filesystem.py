@@ -50,7 +50,7 @@ from tierfs.tiers.warm import (RENAME_EXCHANGE, RENAME_NOREPLACE, LinkedMeanwhil
                                WarmTier, copy_fd, is_internal, join, split)
 from tierfs.vfs.blockread import CachedReader, Prefetch
 from tierfs.vfs.files import Handle, OpenFile, WarmId, warm_id
-from tierfs.vfs.inodes import ROOT_INODE, Inode, InodeTable, identity, key_ids
+from tierfs.vfs.inodes import ROOT_INODE, Inode, InodeTable, PageVersion, identity, key_ids
 from tierfs.vfs.journal import Entry, Journal, Upload
 from tierfs.vfs.mirror import Mirror, write_and_start_writeback
 from tierfs.vfs.streaming import UPLOAD_TOKEN, StreamingUpload
@@ -81,7 +81,7 @@ def _stage_times(data: OpenFile, changes: SetAttr) -> None:
         data.mtime_ns = changes.mtime_ns
 
 
-def _version(st: os.stat_result, key: bytes) -> tuple[int, int, int, bytes]:
+def _version(st: os.stat_result, key: bytes) -> PageVersion:
     """The version of a warm file's content that the kernel's cached pages of it hold (the
     ctime too, for the reason given at ``files.warm_id``)."""
     return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, key)
@@ -500,7 +500,8 @@ class FileSystem:
                    and data.dirty):
                 await self._publish(inode, data)
             if inode.stub is not None and not (inode.data is not None and inode.data.staged):
-                changes = await self._resize_cold(inode, changes.size, changes)
+                await self._resize_cold(inode, changes.size)
+                changes = dataclasses.replace(changes, size=None)
         if changes.size is not None:
             if inode.is_dir:
                 raise _err(errno.EISDIR)
@@ -534,10 +535,10 @@ class FileSystem:
                 await self._set_attributes(inode, changes)
         return await self._refresh(inode)
 
-    async def _resize_cold(self, inode: Inode, size: int, changes: SetAttr) -> SetAttr:
+    async def _resize_cold(self, inode: Inode, size: int) -> None:
         """A new size for a cold file brings it back to the warm tier (below the large-file
         threshold): it is staged, truncated there and published at the last let-go, as at a
-        last close. Returns the changes left to apply."""
+        last close."""
         stub = inode.stub
         assert stub is not None
         if size != stub.size:
@@ -554,7 +555,6 @@ class FileSystem:
                     data.dirty = True
             finally:
                 await self._let_go(inode, data)
-        return dataclasses.replace(changes, size=None)
 
     async def _set_attributes(self, inode: Inode, changes: SetAttr) -> None:
         """Owner, mode and times, wherever the file is now: a cold file's mode and mtime are
@@ -858,7 +858,7 @@ class FileSystem:
         inode = self.inodes[ino]
         if inode.is_dir:
             raise _err(errno.EISDIR)
-        version: tuple[int, int, int, bytes] | None
+        version: PageVersion | None
         writable = flags & os.O_ACCMODE in (os.O_WRONLY, os.O_RDWR)
         # The open-file state is shared by every handle of the inode, and retired (by the
         # last release or the end of a write-back) once no handle holds it: after each wait
@@ -902,7 +902,7 @@ class FileSystem:
         return handle.fh, keep_cache, handle.direct
 
     async def _open_state(self, inode: Inode
-                          ) -> tuple[OpenFile, tuple[int, int, int, bytes] | None]:
+                          ) -> tuple[OpenFile, PageVersion | None]:
         """New open-file state for an inode that has none, and the version of its content
         (for the kernel's cached pages)."""
         rel = self.inodes.path(inode)

@@ -39,6 +39,11 @@ def identity(st: os.stat_result) -> bytes:
     return _KEY.pack(st.st_dev, st.st_ino)
 
 
+#: What the kernel's cached pages of a file hold: (size, mtime_ns, ctime_ns, identity key) of
+#: a warm file; (size, mtime_ns, 0, ETag) of a cold one.
+PageVersion = tuple[int, int, int, bytes]
+
+
 def key_ids(key: bytes) -> tuple[int, int]:
     """The (device, inode number) an identity key (``identity``) was made from."""
     dev, ino = _KEY.unpack(key)
@@ -62,9 +67,8 @@ class Inode:
     data: OpenFile | None = None
     #: For a file whose data is in the bucket: its stub as last read from the warm tier.
     stub: Stub | None = None
-    #: (size, mtime_ns, ctime_ns, key) when the kernel last cached pages of this file (for a
-    #: stub: size, mtime_ns, 0, ETag).
-    cached_version: tuple[int, int, int, bytes] | None = None
+    #: The version of the content the kernel last cached pages of.
+    cached_version: PageVersion | None = None
     #: Extended attribute names this inode had when last listed, and until when (monotonic
     #: seconds) that answer may be reused. The kernel asks for security.capability before
     #: every write and ls -l asks for ACLs of every entry; the answer is nearly always "none".

@@ -1,13 +1,10 @@
 """Reused buffers for whole blocks read from the hot tier.
 
 Reading a block into new memory costs about as much again as the read: every page of a new
-allocation is faulted in and zeroed, and given back when the block leaves memory; through the
-page cache the block is copied once more. Measured reading 1 GiB of hot blocks, the threads
-reading blocks spent 0.75 s of CPU with new memory and the page cache, 0.08 to 0.14 s reading
-with O_DIRECT into reused buffers (on a 2-core machine where the FUSE replies and the reader
-need that CPU too).
+allocation is faulted in and zeroed, and given back when the block leaves memory (on a
+2-core machine where the FUSE replies and the reader need that CPU too).
 
-A buffer is an anonymous mapping (page-aligned, as O_DIRECT wants), populated when it is made,
+A buffer is an anonymous mapping (page-aligned), populated when it is made,
 in the worker thread that makes it. It comes back to the pool when its block leaves memory, but
 only when nothing else refers to it: a reader may still hold a view of the block (a reply built
 from two blocks, a block being written out), and reusing the buffer then would change bytes

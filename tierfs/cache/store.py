@@ -21,9 +21,13 @@ import xxhash
 from tierfs.cache.buffers import BufferPool
 
 LAYOUT = "v1"
-#: O_DIRECT wants offsets, lengths and memory aligned to the logical block size (at most
-#: 4 KiB on the disks a hot tier lives on).
-DIRECT_ALIGN = 4096
+#: Blocks are read from disk in steps of this size, the kernel's usual read-ahead window: each
+#: step then finds the pages the last one started reading. Reading 8 MiB block files into
+#: reused buffers on the hot disk here, one thread: 128 KiB steps about 1,600 MB/s, whole-block
+#: reads 800 MB/s, O_DIRECT 1,200 MB/s. The first read of 256 MiB of hot blocks through a
+#: fresh mount went from 0.68x to 0.86x of reading the block files directly (medians of five
+#: runs alternating with the O_DIRECT reads this replaced).
+READ_STEP = 128 * 1024
 
 
 def checksum(data: bytes | mmap.mmap) -> int:
@@ -36,8 +40,6 @@ class BlockFiles:
     def __init__(self, hot_root: Path) -> None:
         self.root = hot_root / "cache" / LAYOUT
         self.tmp = self.root / "tmp"
-        #: Whether the hot tier's file system takes O_DIRECT (found out at the first read).
-        self._direct = True
 
     def prepare(self) -> None:
         self.tmp.mkdir(parents=True, mode=0o700, exist_ok=True)
@@ -76,11 +78,11 @@ class BlockFiles:
              ) -> bytes | mmap.mmap | None:
         """The block, or None when it is missing, of another size or fails its checksum.
 
-        A block of the pool's size is read into one of its buffers, with O_DIRECT where the
-        hot tier's file system has it: the block skips the page cache, which would cost a copy
-        and hold the same bytes twice (the mount's own page cache keeps what was read).
+        A block of the pool's size is read into one of its buffers and dropped from the page
+        cache after: the mount's own page cache keeps what was read, the same bytes would
+        otherwise be held twice.
         """
-        if pool is not None and size == pool.size and size % DIRECT_ALIGN == 0:
+        if pool is not None and size == pool.size:
             return self._read_into(key, size, crc, pool)
         try:
             fd = os.open(self.path(key), os.O_RDONLY | os.O_CLOEXEC)
@@ -95,40 +97,22 @@ class BlockFiles:
         return data
 
     def _read_into(self, key: bytes, size: int, crc: int, pool: BufferPool) -> mmap.mmap | None:
-        path = self.path(key)
         try:
-            fd = self._open_direct(path)
+            fd = os.open(self.path(key), os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
             return None
         try:
             if os.fstat(fd).st_size != size:
                 return None
             buf = pool.take()
-            try:
-                n = os.preadv(fd, [buf], 0)
-            except OSError as e:
-                if e.errno != errno.EINVAL or not self._direct:
-                    raise
-                self._direct = False  # a disk with larger sectors than DIRECT_ALIGN
-                os.close(fd)
-                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-                n = os.preadv(fd, [buf], 0)
+            n = _read_steps(fd, buf, size)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
         finally:
             os.close(fd)
         if n != size or checksum(buf) != crc:
             pool.give(buf)
             return None
         return buf
-
-    def _open_direct(self, path: Path) -> int:
-        if self._direct:
-            try:
-                return os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_DIRECT)
-            except OSError as e:
-                if e.errno != errno.EINVAL:
-                    raise
-                self._direct = False  # tmpfs, say: the page cache it is
-        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
 
     def delete(self, key: bytes) -> None:
         try:
@@ -146,6 +130,22 @@ class BlockFiles:
                     yield bytes.fromhex(entry.name)
                 except ValueError:
                     os.unlink(entry.path)  # not ours: nothing else belongs here
+
+
+def _read_steps(fd: int, buf: mmap.mmap, size: int) -> int:
+    """Read up to ``size`` bytes from the start of ``fd`` into ``buf``, ``READ_STEP`` at a
+    time; the bytes read (fewer at end of file)."""
+    view = memoryview(buf)
+    try:
+        done = 0
+        while done < size:
+            n = os.preadv(fd, [view[done:min(size, done + READ_STEP)]], done)
+            if not n:
+                break
+            done += n
+        return done
+    finally:
+        view.release()  # the pool reuses the buffer only when nothing refers to it
 
 
 def is_no_space(e: OSError) -> bool:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import mmap
 import os
 import random
 import stat
@@ -19,9 +20,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import S3Server, make_mount, running
+from conftest import S3Server, make_mount, renameat2, running
 from tierfs.objects.base import parse_bucket_uri
 from tierfs.stubs import parse_stub
+from tierfs.tiers.warm import RENAME_EXCHANGE
 
 NAMES = ["a", "b", "c", "d/a", "d/b", "d/c"]
 THREADS = 4
@@ -233,3 +235,61 @@ def test_truncates_by_path_while_another_thread_opens_and_closes(tmp_path: Path)
         assert (m.warm / "f").read_bytes() == body[:1000]
         assert not any(m.hot.joinpath("staging").iterdir()), "a staging file was left behind"
         m.start()
+
+
+@pytest.mark.parametrize("call", ["open", "stat", "xattr"])
+def test_a_file_opened_or_read_while_names_are_exchanged_is_itself(tmp_path: Path,
+                                                                    call: str) -> None:
+    """The mount finds a file on the warm tier by its path; a rename through the mount
+    between finding the path and using it makes the path name another file. An open, stat
+    or xattr read of one file must never get the other's content, size or xattrs (the
+    kernel would keep another file's bytes in this file's cached pages)."""
+    with running(make_mount(tmp_path)) as m:
+        x, y = m.path / "x", m.path / "y"
+        x.write_bytes(b"x" * 3000)
+        y.write_bytes(b"y" * 5000)
+        os.setxattr(x, "user.who", b"x")
+        os.setxattr(y, "user.who", b"y")
+        ino = {os.stat(x).st_ino: b"x", os.stat(y).st_ino: b"y"}
+        size = {b"x": 3000, b"y": 5000}
+        done = threading.Event()
+        errors: list[BaseException] = []
+
+        def exchanger() -> None:
+            try:
+                while not done.is_set():
+                    renameat2(x, y, RENAME_EXCHANGE)
+            except BaseException as e:  # noqa: BLE001 (reported by the test)
+                errors.append(e)
+
+        thread = threading.Thread(target=exchanger)
+        thread.start()
+        try:
+            for _ in range(3000):
+                if call == "open":
+                    fd = os.open(x, os.O_RDONLY | os.O_DIRECT)  # every read asks the mount
+                    try:
+                        who = ino[os.fstat(fd).st_ino]
+                        buf = mmap.mmap(-1, 8192)
+                        n = os.preadv(fd, [buf], 0)
+                        assert buf[:n] == who * size[who], f"{who!r} opened as the other"
+                    finally:
+                        os.close(fd)
+                elif call == "stat":
+                    fd = os.open(x, os.O_RDONLY)
+                    try:
+                        st = os.fstat(fd)
+                        assert st.st_size == size[ino[st.st_ino]], "another file's size"
+                    finally:
+                        os.close(fd)
+                else:
+                    fd = os.open(x, os.O_RDONLY)
+                    try:
+                        who = ino[os.fstat(fd).st_ino]
+                        assert os.getxattr(fd, "user.who") == who, "another file's xattr"
+                    finally:
+                        os.close(fd)
+        finally:
+            done.set()
+            thread.join()
+        assert not errors, errors

@@ -8,7 +8,9 @@ Ordering rules (see docs/architecture.md, "Concurrency contract"):
 
 - ``_ns_lock`` serialises the namespace changes that can race with publishing: unlink, rmdir,
   rename and the final rename of a publish. The kernel already serialises operations inside one
-  directory, but a publish is started by close, not by a directory operation. Changes of a
+  directory, but a publish is started by close, not by a directory operation. Every other call
+  that reaches the warm tier by a path holds it shared, so that the path names the same file
+  for the whole call (tierfs/vfs/nslock.py). Changes of a
   file's owner, mode, times and extended attributes take it too, and count themselves in
   ``Inode.attr_changes``: a publish copies them early and checks that count (and the count of
   renames) at its rename (``_attr_mark``).
@@ -53,6 +55,7 @@ from tierfs.vfs.files import Handle, OpenFile, WarmId, warm_id
 from tierfs.vfs.inodes import ROOT_INODE, Inode, InodeTable, PageVersion, identity, key_ids
 from tierfs.vfs.journal import Entry, Journal, Upload
 from tierfs.vfs.mirror import Mirror, write_and_start_writeback
+from tierfs.vfs.nslock import NamespaceLock
 from tierfs.vfs.streaming import UPLOAD_TOKEN, StreamingUpload
 
 log = logging.getLogger(__name__)
@@ -197,7 +200,7 @@ class FileSystem:
         self._handles: dict[int, Handle] = {}
         self._dirs: dict[int, DirHandle] = {}
         self._fh = itertools.count(1)
-        self._ns_lock = trio.Lock()
+        self._ns_lock = NamespaceLock()
         #: Renames through the mount (under ``_ns_lock``): see ``_attr_mark``.
         self._renames = 0
         self._as_root = os.geteuid() == 0
@@ -451,14 +454,15 @@ class FileSystem:
             raise _err(errno.ENOENT)
         if len(name) > self.namemax:
             raise _err(errno.ENAMETOOLONG)
-        rel = self.inodes.child_path(parent, name)
-        for _ in range(STALE_TRIES):
-            seen = self.inodes.replacements
-            st, target, persisted = await self.warm.run(self._probe, rel)
-            if not self._stale(parent, name, seen):
-                break
-        stub = self._stub(st, target, rel)
-        inode, attrs = self._entry(parent, name, st, persisted, stub)
+        async with self._ns_lock.shared():
+            rel = self.inodes.child_path(parent, name)
+            for _ in range(STALE_TRIES):
+                seen = self.inodes.replacements
+                st, target, persisted = await self.warm.run(self._probe, rel)
+                if not self._stale(parent, name, seen):
+                    break
+            stub = self._stub(st, target, rel)
+            inode, attrs = self._entry(parent, name, st, persisted, stub)
         if inode.data is not None and inode.data.base is not None:
             return inode, self._attrs(inode, inode.data.base)
         return inode, attrs
@@ -482,8 +486,9 @@ class FileSystem:
 
     async def _refresh(self, inode: Inode) -> Attrs:
         """Attributes read from the tiers; remembered while the file is open."""
-        rel = self._rel_or_none(inode)
-        st, target = await self.warm.run(self._stat_inode_blocking, inode, rel)
+        async with self._ns_lock.shared():
+            rel = self._rel_or_none(inode)
+            st, target = await self.warm.run(self._stat_inode_blocking, inode, rel)
         if target is not None:
             inode.stub = self._stub(st, target, rel or b"")
         if inode.data is not None:
@@ -527,8 +532,10 @@ class FileSystem:
                         _stage_times(data, changes)  # before the let-go may publish
                 finally:
                     await self._let_go(inode, data)
-            elif (rel := self._rel_or_none(inode)) is not None:
-                await self.warm.run(self.warm.truncate, rel, changes.size)
+            else:
+                async with self._ns_lock.shared():
+                    if (rel := self._rel_or_none(inode)) is not None:
+                        await self.warm.run(self.warm.truncate, rel, changes.size)
         if (changes.mode, changes.uid, changes.gid, changes.atime_ns,
                 changes.mtime_ns) != (None,) * 5:
             async with self._ns_lock:
@@ -606,17 +613,18 @@ class FileSystem:
 
     async def readlink(self, ino: int) -> bytes:
         inode = self.inodes[ino]
-        return await self.warm.run(self.warm.readlink, self.inodes.path(inode))
+        async with self._ns_lock.shared():
+            return await self.warm.run(self.warm.readlink, self.inodes.path(inode))
 
     async def mkdir(self, parent: int, name: bytes, mode: int, uid: int, gid: int
                     ) -> tuple[Inode, Attrs]:
         self._dir_attrs.clear()
         self._check_name(name)
-        rel = self.inodes.child_path(parent, name)
-
-        st, persisted = await self.warm.run(
-            self._new_entry, rel, lambda: self.warm.mkdir(rel, 0o700), mode, uid, gid, True)
-        return self._entry(parent, name, st, persisted)
+        async with self._ns_lock.shared():
+            rel = self.inodes.child_path(parent, name)
+            st, persisted = await self.warm.run(
+                self._new_entry, rel, lambda: self.warm.mkdir(rel, 0o700), mode, uid, gid, True)
+            return self._entry(parent, name, st, persisted)
 
     async def mknod(self, parent: int, name: bytes, mode: int, rdev: int, uid: int, gid: int
                     ) -> tuple[Inode, Attrs]:
@@ -625,11 +633,12 @@ class FileSystem:
         kind = stat.S_IFMT(mode)
         if kind not in (stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFREG):
             raise _err(errno.EPERM)  # device nodes: see docs/semantics.md
-        rel = self.inodes.child_path(parent, name)
-
-        st, persisted = await self.warm.run(
-            self._new_entry, rel, lambda: self.warm.mknod(rel, kind | 0o600, 0), mode, uid, gid)
-        return self._entry(parent, name, st, persisted)
+        async with self._ns_lock.shared():
+            rel = self.inodes.child_path(parent, name)
+            st, persisted = await self.warm.run(
+                self._new_entry, rel, lambda: self.warm.mknod(rel, kind | 0o600, 0), mode, uid,
+                gid)
+            return self._entry(parent, name, st, persisted)
 
     async def symlink(self, parent: int, name: bytes, target: bytes, uid: int, gid: int
                       ) -> tuple[Inode, Attrs]:
@@ -637,11 +646,11 @@ class FileSystem:
         self._check_name(name)
         if looks_like_stub(target):
             raise _err(errno.EPERM)  # it would read as a stub: a way to reach other objects
-        rel = self.inodes.child_path(parent, name)
-
-        st, persisted = await self.warm.run(
-            self._new_entry, rel, lambda: self.warm.symlink(target, rel), None, uid, gid)
-        return self._entry(parent, name, st, persisted)
+        async with self._ns_lock.shared():
+            rel = self.inodes.child_path(parent, name)
+            st, persisted = await self.warm.run(
+                self._new_entry, rel, lambda: self.warm.symlink(target, rel), None, uid, gid)
+            return self._entry(parent, name, st, persisted)
 
     async def link(self, ino: int, new_parent: int, new_name: bytes) -> tuple[Inode, Attrs]:
         self._dir_attrs.clear()
@@ -792,7 +801,9 @@ class FileSystem:
         rel = self.inodes.path(handle.inode)
         if handle.entries is None or start == 0:
             handle.seen = self.inodes.replacements
-            entries = await self.warm.run(self._list_blocking, rel)
+            async with self._ns_lock.shared():
+                rel = self.inodes.path(handle.inode)
+                entries = await self.warm.run(self._list_blocking, rel)
             handle.entries = []
             for entry in entries:
                 try:
@@ -849,7 +860,8 @@ class FileSystem:
 
     async def fsyncdir(self, fh: int) -> None:
         handle = self._dirs[fh]
-        await self.warm.run(self.warm.fsync_dir, self.inodes.path(handle.inode))
+        async with self._ns_lock.shared():
+            await self.warm.run(self.warm.fsync_dir, self.inodes.path(handle.inode))
 
     # -- files ----------------------------------------------------------------------------
 
@@ -905,15 +917,19 @@ class FileSystem:
                           ) -> tuple[OpenFile, PageVersion | None]:
         """New open-file state for an inode that has none, and the version of its content
         (for the kernel's cached pages)."""
-        rel = self.inodes.path(inode)
-        if inode.stub is not None:
-            st, target = await self.warm.run(self.warm.lstat_link, rel)
+        cold = inode.stub is not None
+        async with self._ns_lock.shared():
+            rel = self.inodes.path(inode)
+            if cold:
+                st, target = await self.warm.run(self.warm.lstat_link, rel)
+            else:
+                fd, st = await self.warm.run(self.warm.open_read, rel)
+        if cold:
             inode.stub = stub = self._stub(st, target, rel)
             if stub is None:
                 raise _err(errno.ESTALE)  # no longer a stub: the kernel will look it up again
             return (OpenFile(stub=stub, base=st),
                     (stub.size, stub.mtime_ns, 0, stub.etag.encode()))
-        fd, st = await self.warm.run(self.warm.open_read, rel)
         return OpenFile(warm_fd=fd, base=st, warm_id=warm_id(st)), _version(st, inode.key)
 
     def _new_handle(self, inode: Inode, data: OpenFile, flags: int) -> Handle:
@@ -928,10 +944,9 @@ class FileSystem:
     async def create(self, parent: int, name: bytes, mode: int, flags: int, uid: int, gid: int
                      ) -> tuple[int, bool, Inode, Attrs]:
         self._check_name(name)
-        rel = self.inodes.child_path(parent, name)
 
-        def make() -> tuple[int, os.stat_result, int | None, frozenset[bytes] | None,
-                            os.stat_result]:
+        def make(rel: bytes) -> tuple[int, os.stat_result, int | None, frozenset[bytes] | None,
+                                      os.stat_result]:
             pst = self.warm.lstat(split(rel)[0])
             # Read-only is enough: the descriptor only keeps the file reachable once unlinked.
             fd = self.warm.open(rel, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -953,10 +968,12 @@ class FileSystem:
                 raise
 
         self._dir_attrs.clear()  # the directory changes during the call
-        warm_fd, st, persisted, xattrs, parent_st = await self.warm.run(make)
-        self._dir_attrs.clear()  # (another change may have come meanwhile)
-        self._dir_attrs[parent] = (time.monotonic() + self.config.attr_timeout, parent_st)
-        inode, attrs = self._entry(parent, name, st, persisted)
+        async with self._ns_lock.shared():
+            warm_fd, st, persisted, xattrs, parent_st = await self.warm.run(
+                make, self.inodes.child_path(parent, name))
+            self._dir_attrs.clear()  # (another change may have come meanwhile)
+            self._dir_attrs[parent] = (time.monotonic() + self.config.attr_timeout, parent_st)
+            inode, attrs = self._entry(parent, name, st, persisted)
         if xattrs is not None:
             self._remember_xattrs(inode, xattrs)
         # Staging starts at the first write: a file created empty never needs it.
@@ -1518,7 +1535,9 @@ class FileSystem:
             stub = None
             if st is not None and inode.links:
                 # Opened now, while reads still go to staging: the switch below has no await.
-                fresh = await self.warm.run(self.warm.open, self.inodes.path(inode), os.O_RDONLY)
+                async with self._ns_lock.shared():
+                    fresh = await self.warm.run(self.warm.open, self.inodes.path(inode),
+                                                os.O_RDONLY)
             await self._delete_object(info.key)
         else:
             async with self._ns_lock:
@@ -1889,14 +1908,14 @@ class FileSystem:
         known = self._known_xattrs(inode)
         if known is not None and name not in known:
             raise _err(errno.ENODATA)
-        rel = self.inodes.path(inode)
 
-        def get() -> tuple[bytes | None, list[bytes]]:
+        def get(rel: bytes) -> tuple[bytes | None, list[bytes]]:
             # List too: one more syscall now saves a request per later absent name.
             names = self.warm.listxattr(rel)
             return (self.warm.getxattr(rel, name) if name in names else None), names
 
-        value, names = await self.warm.run(get)
+        async with self._ns_lock.shared():
+            value, names = await self.warm.run(get, self.inodes.path(inode))
         self._remember_xattrs(inode, frozenset(names))
         if value is None:
             raise _err(errno.ENODATA)
@@ -1912,7 +1931,8 @@ class FileSystem:
 
     async def listxattr(self, ino: int) -> list[bytes]:
         inode = self.inodes[ino]
-        names = await self.warm.run(self.warm.listxattr, self.inodes.path(inode))
+        async with self._ns_lock.shared():
+            names = await self.warm.run(self.warm.listxattr, self.inodes.path(inode))
         self._remember_xattrs(inode, frozenset(names))
         return names
 

@@ -293,3 +293,63 @@ def test_a_file_opened_or_read_while_names_are_exchanged_is_itself(tmp_path: Pat
             done.set()
             thread.join()
         assert not errors, errors
+
+
+def test_a_long_listing_read_while_names_are_exchanged_keeps_each_name_on_its_file(
+        tmp_path: Path) -> None:
+    """A listing is read from the warm tier once and handed to the kernel over several
+    readdir calls (a large directory takes several getdents calls). Two names exchanged
+    through the mount between those calls must not end up on each other's files: each name
+    must read as the file the warm tier has under it (they are hard-linked, which is where
+    the old code moved a name to the other file)."""
+    names = [f"f{i:04d}" for i in range(3000)]
+    with running(make_mount(tmp_path)) as m:
+        d = m.path / "d"
+        d.mkdir()
+        for name in names:
+            (d / name).write_bytes(name.encode() * 100)
+        pair = os.listdir(m.warm / "d")[-2:]  # last in the listing: a later getdents call
+        for name in pair:
+            os.link(d / name, m.path / f"link-{name}")
+        for round in range(4):
+            with os.scandir(d) as it:
+                next(it)  # the first getdents call is done, the listing read
+                renameat2(d / pair[0], d / pair[1], RENAME_EXCHANGE)
+                for entry in it:
+                    entry.stat()
+            for name in pair:
+                assert (d / name).read_bytes() == (m.warm / "d" / name).read_bytes(), \
+                    f"round {round}: {name} reads as another file"
+                with open(d / name, "ab") as f:
+                    f.write(b"!")
+                assert (d / name).read_bytes() == (m.warm / "d" / name).read_bytes(), name
+
+
+def test_a_long_listing_read_while_names_go_lists_every_other_name_once(
+        tmp_path: Path) -> None:
+    """Names unlinked or renamed away through the mount in the middle of a listing: the rest
+    of the listing still gives every other name exactly once (offsets stay valid), and the
+    names that went are left out (POSIX allows either; tierfs reads the rest of the listing
+    again and finds them gone rather than hand the kernel files under names they left)."""
+    names = [f"f{i:04d}" for i in range(3000)]
+    with running(make_mount(tmp_path)) as m:
+        d = m.path / "d"
+        d.mkdir()
+        for name in names:
+            (d / name).write_bytes(b"x")
+        late = os.listdir(m.warm / "d")[-40:]
+        going, moving = set(late[::2]), set(late[1::2])
+        with os.scandir(d) as it:
+            listed = [next(it).name]
+            for name in going:
+                os.unlink(d / name)
+            for name in moving:
+                os.rename(d / name, m.path / name)
+            for entry in it:
+                listed.append(entry.name)
+                if entry.name not in going | moving:
+                    assert entry.stat().st_size == 1, entry.name
+        assert len(listed) == len(set(listed)), "a name listed twice"
+        assert set(names) - going - moving <= set(listed)
+        assert not (set(listed) & (going | moving)), "names that went are listed"
+        assert sorted(os.listdir(d)) == sorted(os.listdir(m.warm / "d"))

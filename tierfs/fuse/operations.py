@@ -168,8 +168,7 @@ class Operations(pyfuse3.Operations):
 
     @to_fuse_errors
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
-        entries = await self.fs.readdir(fh, start_id)
-        for offset, entry in enumerate(entries, start=start_id + 1):
+        for offset, entry in await self.fs.readdir(fh, start_id):
             inode, attrs = self.fs.dir_entry(fh, entry)
             sent = pyfuse3.readdir_reply(token, entry.name, self._entry(attrs), offset)
             self.fs.count_lookup(inode, sent)

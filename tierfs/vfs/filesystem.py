@@ -136,6 +136,10 @@ class DirEntry:
     #: Its target, if it is a symlink, and the stub that target makes it, if any.
     target: bytes | None = None
     stub: Stub | None = None
+    #: ``FileSystem._name_changes`` when the entry was read (see ``_fresh_entries``).
+    as_of: int = 0
+    #: No longer under this name (renamed or unlinked since): not handed to the kernel.
+    gone: bool = False
 
 
 @dataclasses.dataclass(eq=False)
@@ -144,6 +148,9 @@ class DirHandle:
     entries: list[DirEntry] | None = None
     #: ``InodeTable.replacements`` as of the entries (see ``FileSystem._fresh_entries``).
     seen: int = 0
+    #: (``FileSystem._name_changes``, ``InodeTable.replacements``, index): the entries from
+    #: the index on are known to be as of those counts.
+    checked: tuple[int, int, int] = (0, 0, 0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,6 +170,8 @@ R = TypeVar("R")
 #: Times a lookup or listing is read again when tierfs replaced the file meanwhile, and a
 #: publish's warm call is made again when the file was renamed under it.
 STALE_TRIES = 4
+#: Entries of a listing read again per readdir call after a rename (see ``_fresh_entries``).
+FRESH_BATCH = 64
 
 
 def unique_key(key: str) -> str:
@@ -203,6 +212,9 @@ class FileSystem:
         self._ns_lock = NamespaceLock()
         #: Renames through the mount (under ``_ns_lock``): see ``_attr_mark``.
         self._renames = 0
+        #: Renames, unlinks and rmdirs through the mount (under ``_ns_lock``): a listing read
+        #: before one may name files by where they were (``_fresh_entries``).
+        self._name_changes = 0
         self._as_root = os.geteuid() == 0
         self.namemax = warm.statvfs().f_namemax
         #: The hot and warm tiers share a file system (a single disk, the zero-config
@@ -686,6 +698,7 @@ class FileSystem:
         self._dir_attrs.clear()
         async with self._ns_lock:
             rel = self.inodes.child_path(parent, name)
+            self._name_changes += 1
             await self.warm.run(self.warm.unlink, rel)
             removed = self.inodes.remove_link(parent, name)
             _forget_base(removed)
@@ -697,6 +710,7 @@ class FileSystem:
         self._dir_attrs.clear()
         async with self._ns_lock:
             rel = self.inodes.child_path(parent, name)
+            self._name_changes += 1
             await self.warm.run(self._rmdir_blocking, rel)
             self.inodes.remove_link(parent, name)
 
@@ -721,6 +735,7 @@ class FileSystem:
         async with self._ns_lock:
             rel = self.inodes.child_path(parent, name)
             new_rel = self.inodes.child_path(new_parent, new_name)
+            self._name_changes += 1
             await self.warm.run(self.warm.rename, rel, new_rel, flags)
             self._renames += 1
             moved = self.inodes.child(parent, name)
@@ -794,14 +809,15 @@ class FileSystem:
         return [DirEntry(name, st, self.inodes.persisted_number(identity(st)), xattrs, target)
                 for name, st, xattrs, target in self.warm.listdir(rel)]
 
-    async def readdir(self, fh: int, start: int) -> list[DirEntry]:
-        """The directory's entries from offset ``start``; a listing is a snapshot taken when it
-        is read from the start, so offsets stay valid while entries come and go."""
+    async def readdir(self, fh: int, start: int) -> list[tuple[int, DirEntry]]:
+        """The directory's entries from offset ``start``, each with its offset; a listing is
+        a snapshot taken when it is read from the start, so offsets stay valid while entries
+        come and go."""
         handle = self._dirs[fh]
-        rel = self.inodes.path(handle.inode)
         if handle.entries is None or start == 0:
             handle.seen = self.inodes.replacements
             async with self._ns_lock.shared():
+                as_of = self._name_changes
                 rel = self.inodes.path(handle.inode)
                 entries = await self.warm.run(self._list_blocking, rel)
             handle.entries = []
@@ -810,33 +826,87 @@ class FileSystem:
                     stub = self._stub(entry.st, entry.target, join(rel, entry.name))
                 except OSError:
                     continue  # a refused stub is not listed (and its lookup gives EIO)
-                handle.entries.append(dataclasses.replace(entry, stub=stub))
-        await self._fresh_entries(handle, rel, start)
-        return handle.entries[start:]
+                handle.entries.append(dataclasses.replace(entry, stub=stub, as_of=as_of))
+            handle.checked = (as_of, handle.seen, 0)
+        while True:
+            stop = await self._fresh_entries(handle, start)
+            out = [(i + 1, entry) for i, entry in enumerate(handle.entries[start:stop], start)
+                   if not entry.gone]
+            if out or stop >= len(handle.entries):
+                return out  # (an empty reply would end the listing)
+            start = stop
 
-    async def _fresh_entries(self, handle: DirHandle, rel: bytes, start: int) -> None:
-        """Read again the entries (from ``start``) whose warm file tierfs replaced since the
-        listing was read: the listing may show a staged file's old warm file, or the warm
-        file that a stub has since replaced."""
-        assert handle.entries is not None
+    async def _fresh_entries(self, handle: DirHandle, start: int) -> int:
+        """Read again the entries from ``start`` that may name another file than when the
+        listing was read; returns where the entries that may be handed out end.
+
+        A listing is handed to the kernel over several calls, and for every entry the kernel
+        takes the file's identity and attributes: an entry read before a rename through the
+        mount (a large listing, a rename between two getdents calls) would put this name on
+        the file that was under it, and tierfs would take that for a change made behind its
+        back and move names between inodes (a hard-linked file then read through the wrong
+        name). So entries read before the last rename or unlink are read again, a batch at a
+        time, and an entry whose name is gone is left out. Likewise an entry whose warm file
+        tierfs itself replaced since (a staged file's old warm file, or the warm file that a
+        stub has since replaced)."""
+        entries = handle.entries
+        assert entries is not None
         parent = handle.inode.ino
+        stop = len(entries)
         for _ in range(STALE_TRIES):
-            if handle.seen == self.inodes.replacements:
-                return
-            seen = self.inodes.replacements
-            for i in range(start, len(handle.entries)):
-                entry = handle.entries[i]
-                if not self._stale(parent, entry.name, handle.seen):
-                    continue
-                try:
-                    st, target, persisted = await self.warm.run(
-                        self._probe, join(rel, entry.name))
-                    stub = self._stub(st, target, join(rel, entry.name))
-                except OSError:
-                    continue  # gone or refused since: the kernel's lookup will say so
-                handle.entries[i] = DirEntry(entry.name, st, persisted, entry.xattrs, target,
-                                             stub)
-            handle.seen = seen
+            changes, seen = self._name_changes, self.inodes.replacements
+            if handle.checked[:2] == (changes, seen) and start >= handle.checked[2]:
+                return len(entries)  # (the usual case: nothing to look at)
+            stale: list[int] = []
+            for i in range(start, len(entries)):
+                entry = entries[i]
+                if entry.as_of != changes or (handle.seen != seen and
+                                              self._stale(parent, entry.name, handle.seen)):
+                    stale.append(i)
+                    if len(stale) == FRESH_BATCH:
+                        break  # the kernel takes a few dozen per call: the rest later
+            if not stale:
+                handle.checked = (changes, seen, start)
+                handle.seen = seen
+                return len(entries)
+            whole = len(stale) < FRESH_BATCH
+            stop = len(entries) if whole else stale[-1] + 1
+            async with self._ns_lock.shared():
+                changes = self._name_changes
+                rel = self.inodes.path(handle.inode)
+                found = await self.warm.run(self._probe_names, rel,
+                                            [entries[i].name for i in stale])
+            for i, probed in zip(stale, found):
+                entry = entries[i]
+                stub = None
+                if probed is not None:
+                    try:
+                        stub = self._stub(probed[0], probed[1], join(rel, entry.name))
+                    except OSError:
+                        probed = None  # refused: not listed
+                if probed is None:
+                    entries[i] = dataclasses.replace(entry, gone=True, as_of=changes)
+                else:
+                    st, target, persisted = probed
+                    entries[i] = DirEntry(entry.name, st, persisted, None, target, stub,
+                                          as_of=changes)
+            if changes == self._name_changes and seen == self.inodes.replacements:
+                if whole:
+                    handle.seen = seen
+                    handle.checked = (changes, seen, start)
+                return stop
+        return stop  # (changing all the time: what was read last is the best there is)
+
+    def _probe_names(self, rel: bytes, names: list[bytes]
+                     ) -> list[tuple[os.stat_result, bytes | None, int | None] | None]:
+        """``_probe`` of each name in a directory; None for a name that is gone."""
+        out: list[tuple[os.stat_result, bytes | None, int | None] | None] = []
+        for name in names:
+            try:
+                out.append(self._probe(join(rel, name)))
+            except OSError:
+                out.append(None)
+        return out
 
     def dir_entry(self, fh: int, entry: DirEntry) -> tuple[Inode, Attrs]:
         """Register one readdirplus entry (no lookup counted yet: see ``count_lookup``)."""

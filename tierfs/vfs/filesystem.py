@@ -136,8 +136,9 @@ class DirEntry:
     #: Its target, if it is a symlink, and the stub that target makes it, if any.
     target: bytes | None = None
     stub: Stub | None = None
-    #: ``FileSystem._name_changes`` when the entry was read (see ``_fresh_entries``).
-    as_of: int = 0
+    #: ``FileSystem._name_changes`` and ``InodeTable.replacements`` when the entry was read
+    #: (see ``FileSystem._fresh_entries``).
+    as_of: tuple[int, int] = (0, 0)
     #: No longer under this name (renamed or unlinked since): not handed to the kernel.
     gone: bool = False
 
@@ -146,10 +147,8 @@ class DirEntry:
 class DirHandle:
     inode: Inode
     entries: list[DirEntry] | None = None
-    #: ``InodeTable.replacements`` as of the entries (see ``FileSystem._fresh_entries``).
-    seen: int = 0
     #: (``FileSystem._name_changes``, ``InodeTable.replacements``, index): the entries from
-    #: the index on are known to be as of those counts.
+    #: the index on are known to be current as of those counts.
     checked: tuple[int, int, int] = (0, 0, 0)
 
 
@@ -815,9 +814,9 @@ class FileSystem:
         come and go."""
         handle = self._dirs[fh]
         if handle.entries is None or start == 0:
-            handle.seen = self.inodes.replacements
+            replacements = self.inodes.replacements  # (one during the call makes entries stale)
             async with self._ns_lock.shared():
-                as_of = self._name_changes
+                as_of = (self._name_changes, replacements)
                 rel = self.inodes.path(handle.inode)
                 entries = await self.warm.run(self._list_blocking, rel)
             handle.entries = []
@@ -827,7 +826,7 @@ class FileSystem:
                 except OSError:
                     continue  # a refused stub is not listed (and its lookup gives EIO)
                 handle.entries.append(dataclasses.replace(entry, stub=stub, as_of=as_of))
-            handle.checked = (as_of, handle.seen, 0)
+            handle.checked = (*as_of, 0)
         while True:
             stop = await self._fresh_entries(handle, start)
             out = [(i + 1, entry) for i, entry in enumerate(handle.entries[start:stop], start)
@@ -854,25 +853,25 @@ class FileSystem:
         parent = handle.inode.ino
         stop = len(entries)
         for _ in range(STALE_TRIES):
-            changes, seen = self._name_changes, self.inodes.replacements
-            if handle.checked[:2] == (changes, seen) and start >= handle.checked[2]:
+            now = (self._name_changes, self.inodes.replacements)
+            if handle.checked[:2] == now and start >= handle.checked[2]:
                 return len(entries)  # (the usual case: nothing to look at)
             stale: list[int] = []
             for i in range(start, len(entries)):
-                entry = entries[i]
-                if entry.as_of != changes or (handle.seen != seen and
-                                              self._stale(parent, entry.name, handle.seen)):
+                changes, replacements = entries[i].as_of
+                if changes != now[0] or (replacements != now[1] and
+                                         self._stale(parent, entries[i].name, replacements)):
                     stale.append(i)
                     if len(stale) == FRESH_BATCH:
                         break  # the kernel takes a few dozen per call: the rest later
             if not stale:
-                handle.checked = (changes, seen, start)
-                handle.seen = seen
+                handle.checked = (*now, start)
                 return len(entries)
             whole = len(stale) < FRESH_BATCH
             stop = len(entries) if whole else stale[-1] + 1
+            replacements = self.inodes.replacements
             async with self._ns_lock.shared():
-                changes = self._name_changes
+                as_of = (self._name_changes, replacements)
                 rel = self.inodes.path(handle.inode)
                 found = await self.warm.run(self._probe_names, rel,
                                             [entries[i].name for i in stale])
@@ -885,15 +884,14 @@ class FileSystem:
                     except OSError:
                         probed = None  # refused: not listed
                 if probed is None:
-                    entries[i] = dataclasses.replace(entry, gone=True, as_of=changes)
+                    entries[i] = dataclasses.replace(entry, gone=True, as_of=as_of)
                 else:
                     st, target, persisted = probed
                     entries[i] = DirEntry(entry.name, st, persisted, None, target, stub,
-                                          as_of=changes)
-            if changes == self._name_changes and seen == self.inodes.replacements:
+                                          as_of=as_of)
+            if as_of == (self._name_changes, self.inodes.replacements):
                 if whole:
-                    handle.seen = seen
-                    handle.checked = (changes, seen, start)
+                    handle.checked = (*as_of, start)
                 return stop
         return stop  # (changing all the time: what was read last is the best there is)
 

@@ -22,11 +22,9 @@ from tierfs.cache.buffers import BufferPool
 
 LAYOUT = "v1"
 #: Blocks are read from disk in steps of this size, the kernel's usual read-ahead window: each
-#: step then finds the pages the last one started reading. Reading 8 MiB block files into
-#: reused buffers on the hot disk here, one thread: 128 KiB steps about 1,600 MB/s, whole-block
-#: reads 800 MB/s, O_DIRECT 1,200 MB/s. The first read of 256 MiB of hot blocks through a
-#: fresh mount went from 0.68x to 0.86x of reading the block files directly (medians of five
-#: runs alternating with the O_DIRECT reads this replaced).
+#: step then finds the pages the last one started reading. bench/hotread.py compares it with
+#: whole-block reads, O_DIRECT and MAP_POPULATE; with four blocks loading at once, as the cache
+#: loads them, it was the fastest on the disk measured (README, "Performance").
 READ_STEP = 128 * 1024
 
 
@@ -105,7 +103,7 @@ class BlockFiles:
             if os.fstat(fd).st_size != size:
                 return None
             buf = pool.take()
-            n = _read_steps(fd, buf, size)
+            n = read_steps(fd, buf, size)
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
         finally:
             os.close(fd)
@@ -132,7 +130,7 @@ class BlockFiles:
                     os.unlink(entry.path)  # not ours: nothing else belongs here
 
 
-def _read_steps(fd: int, buf: mmap.mmap, size: int) -> int:
+def read_steps(fd: int, buf: mmap.mmap, size: int) -> int:
     """Read up to ``size`` bytes from the start of ``fd`` into ``buf``, ``READ_STEP`` at a
     time; the bytes read (fewer at end of file)."""
     view = memoryview(buf)

@@ -65,8 +65,8 @@ def in_steps(path: str) -> int:
         os.close(fd)
 
 
-def whole(path: str) -> int:
-    fd = os.open(path, os.O_RDONLY)
+def whole(path: str, flags: int = 0) -> int:
+    fd = os.open(path, os.O_RDONLY | flags)
     try:
         return os.preadv(fd, [buffer()], 0)
     finally:
@@ -74,11 +74,7 @@ def whole(path: str) -> int:
 
 
 def direct(path: str) -> int:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
-    try:
-        return os.preadv(fd, [buffer()], 0)
-    finally:
-        os.close(fd)
+    return whole(path, os.O_DIRECT)
 
 
 def mapped(path: str) -> int:

@@ -3,7 +3,9 @@ over HTTP, through boto3), plus URI parsing, retries and mount-time checks."""
 
 from __future__ import annotations
 
+import base64
 import os
+import zlib
 from pathlib import Path
 
 import botocore.exceptions
@@ -83,6 +85,41 @@ def test_multipart_upload(store: ObjectStore) -> None:
     assert store.list_multipart(store.uri.key("")) == []
     with pytest.raises(NoSuchObject):
         store.head(store.uri.key("abandoned"))
+
+
+def test_s3_multipart_parts_carry_their_checksums_to_the_bucket(s3_server: S3Server,
+                                                               bucket: str) -> None:
+    """Each part goes with its CRC32, which the bucket keeps: the object's checksum is the
+    composite of the parts' (as boto3's upload_file makes it)."""
+    store = open_store(parse_bucket_uri(f"s3://{bucket}/data"), endpoint_url=s3_server.endpoint,
+                       region="us-east-1", addressing_style="path")
+    assert store.part_checksum == "CRC32"
+    key = store.uri.key("checked.bin")
+    parts_data = [os.urandom(MIN_PART_SIZE), os.urandom(1000)]
+    upload = store.create_multipart(key, checksum=store.part_checksum)
+    parts = [(n, store.upload_part(key, upload, n, d, store.part_checksum))
+             for n, d in enumerate(parts_data, 1)]
+    crcs = [base64.b64encode(zlib.crc32(d).to_bytes(4, "big")).decode() for d in parts_data]
+    assert [receipt.split(" ")[1] for _, receipt in parts] == [f"CRC32:{c}" for c in crcs]
+    store.complete_multipart(key, upload, parts)
+    head = s3_server.client().head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED")
+    composite = b"".join(base64.b64decode(c) for c in crcs)
+    expected = base64.b64encode(zlib.crc32(composite).to_bytes(4, "big")).decode()
+    assert head["ChecksumCRC32"].split("-")[0] == expected
+    assert store.get_range(key, 0, MIN_PART_SIZE + 1000) == b"".join(parts_data)
+
+
+def test_s3_uploads_keep_no_checksums_when_boto3_sends_them_only_when_required(
+        s3_server: S3Server, bucket: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_REQUEST_CHECKSUM_CALCULATION", "when_required")
+    store = open_store(parse_bucket_uri(f"s3://{bucket}/data"), endpoint_url=s3_server.endpoint,
+                       region="us-east-1", addressing_style="path")
+    assert store.part_checksum is None
+    key = store.uri.key("plain.bin")
+    upload = store.create_multipart(key)
+    receipt = store.upload_part(key, upload, 1, b"abc")
+    assert " " not in receipt
+    assert store.complete_multipart(key, upload, [(1, receipt)]).size == 3
 
 
 def test_missing_bucket_fails_the_check(s3_server: S3Server, tmp_path: Path) -> None:

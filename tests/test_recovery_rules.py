@@ -45,7 +45,8 @@ names = st.binary(min_size=1, max_size=40).filter(lambda b: b"\0" not in b)
 uploads = st.builds(Upload, key=st.text(max_size=20), since=st.floats(0, 2e9),
                     first_part=st.integers(1, 1 << 30),
                     upload_id=st.none() | st.text(max_size=20),
-                    parts=st.dictionaries(st.integers(1, 10_000), st.text(max_size=10)))
+                    parts=st.dictionaries(st.integers(1, 10_000), st.text(max_size=10)),
+                    checksum=st.none() | st.just("CRC32"))
 entries = st.builds(Entry, path=names, closed=st.booleans(), size=st.integers(0, 1 << 50),
                     atime_ns=st.integers(0, 1 << 62), mtime_ns=st.integers(0, 1 << 62),
                     upload=st.none() | uploads, replaces=st.none() | st.text(max_size=20),
@@ -55,3 +56,13 @@ entries = st.builds(Entry, path=names, closed=st.booleans(), size=st.integers(0,
 @given(entries)
 def test_a_journal_entry_reads_back_as_written(entry: Entry) -> None:
     assert Entry.decode(entry.encode()) == entry
+
+
+def test_an_entry_journaled_before_uploads_kept_checksums_reads_as_one_without() -> None:
+    """An upload created without a checksum is completed without one after an upgrade."""
+    raw = (b'{"path": "a", "closed": true, "size": 10, "atime_ns": 0, "mtime_ns": 0, '
+           b'"replaces": null, "synced": null, "upload": {"key": "k", "since": 0.0, '
+           b'"first_part": 5242880, "upload_id": "u", "token": "t", "parts": {"1": "e1"}}}')
+    entry = Entry.decode(raw)
+    assert entry.upload is not None
+    assert entry.upload.checksum is None and entry.upload.parts == {1: "e1"}

@@ -128,16 +128,26 @@ class ObjectStore(abc.ABC):
     def delete(self, key: str) -> None:
         """Delete; deleting a missing object is not an error."""
 
-    @abc.abstractmethod
-    def create_multipart(self, key: str, metadata: Mapping[str, str] | None = None) -> str: ...
+    #: The checksum new multipart uploads ask the store to keep for each part (and check as
+    #: it arrives), or None. An upload is completed with the checksums it was created for,
+    #: so the journal records each upload's own, and a resumed upload keeps it.
+    part_checksum: str | None = None
 
     @abc.abstractmethod
-    def upload_part(self, key: str, upload_id: str, number: int, data: bytes) -> str:
-        """Upload part ``number`` (from 1); returns its ETag."""
+    def create_multipart(self, key: str, metadata: Mapping[str, str] | None = None,
+                         checksum: str | None = None) -> str:
+        """Start an upload; returns its id. ``checksum``: ``part_checksum`` or None."""
+
+    @abc.abstractmethod
+    def upload_part(self, key: str, upload_id: str, number: int, data: bytes,
+                    checksum: str | None = None) -> str:
+        """Upload part ``number`` (from 1) of an upload created with ``checksum``; returns
+        the part's receipt for ``complete_multipart`` (its ETag, and its checksum if any)."""
 
     @abc.abstractmethod
     def complete_multipart(self, key: str, upload_id: str, parts: list[tuple[int, str]]
-                           ) -> ObjectInfo: ...
+                           ) -> ObjectInfo:
+        """Make the object from ``parts``: (number, receipt) in order."""
 
     @abc.abstractmethod
     def abort_multipart(self, key: str, upload_id: str) -> None: ...

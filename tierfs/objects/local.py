@@ -117,7 +117,8 @@ class LocalStore(ObjectStore):
             raise ObjectStoreError(f"invalid upload id {upload_id!r}")
         return self.work / upload_id
 
-    def create_multipart(self, key: str, metadata: Mapping[str, str] | None = None) -> str:
+    def create_multipart(self, key: str, metadata: Mapping[str, str] | None = None,
+                         checksum: str | None = None) -> str:
         self._path(key)
         upload_id = uuid.uuid4().hex
         d = self._upload_dir(upload_id)
@@ -125,7 +126,8 @@ class LocalStore(ObjectStore):
         (d / "upload.json").write_text(json.dumps({"key": key, "metadata": dict(metadata or {})}))
         return upload_id
 
-    def upload_part(self, key: str, upload_id: str, number: int, data: bytes) -> str:
+    def upload_part(self, key: str, upload_id: str, number: int, data: bytes,
+                    checksum: str | None = None) -> str:
         d = self._upload_dir(upload_id)
         if not d.is_dir():
             raise UploadGone(f"no such upload {upload_id}")

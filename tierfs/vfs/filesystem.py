@@ -1314,7 +1314,8 @@ class FileSystem:
                 if entry is not None and entry.upload is not None:
                     token = entry.upload.token
                 metadata[UPLOAD_TOKEN] = token
-                upload_id = await self.cold.run(self.cold.store.create_multipart, key, metadata)
+                upload_id = await self.cold.run(self.cold.store.create_multipart, key, metadata,
+                                                self.cold.store.part_checksum)
             except ObjectStoreError as e:
                 # (A failed HEAD in _object_key comes here before any key is chosen.)
                 log.error("could not start the upload of %r: %s", rel, e)
@@ -1332,7 +1333,8 @@ class FileSystem:
                                           key, upload_id, self.config.part_size,
                                           self.config.upload_window,
                                           self.part_recorder(data.staging_id), token,
-                                          patient=self.config.durability == "writeback")
+                                          patient=self.config.durability == "writeback",
+                                          checksum=self.cold.store.part_checksum)
             log.info("streaming %s to %s (upload %s)", rel, key, upload_id)
         await data.upload.feed(data.written)
 
@@ -1355,7 +1357,8 @@ class FileSystem:
             key, checked = unique_key(key), True
         while True:
             if entry is not None:
-                entry.upload = Upload(key, time.time(), self.config.part_size)
+                entry.upload = Upload(key, time.time(), self.config.part_size,
+                                      checksum=self.cold.store.part_checksum)
                 self.journal.record(data.staging_id, entry)  # type: ignore[arg-type]
                 await self.journal.sync()
             if checked:
@@ -1390,11 +1393,11 @@ class FileSystem:
     def part_recorder(self, sid: str) -> Callable[[int, str], Awaitable[None]]:
         """Make each completed part durable in the journal before its bytes leave staging."""
 
-        async def record(number: int, etag: str) -> None:
+        async def record(number: int, receipt: str) -> None:
             entry = self.journal.entries.get(sid)
             if entry is None or entry.upload is None:
                 return
-            entry.upload.parts[number] = etag
+            entry.upload.parts[number] = receipt
             self.journal.record(sid, entry)
             await self.journal.sync()
 

@@ -3,8 +3,8 @@
 One entry per staging file, in the index's ``journal`` database, keyed by the staging id. It
 says where the data goes (the path in the namespace), whether a writer has closed it (only
 closed data may ever appear under the file's name), and, for a file streaming to the bucket,
-its multipart upload: the key, the upload id once known, the first part size and the parts
-completed with their ETags.
+its multipart upload: the key, the upload id once known, the first part size, the checksum it
+was created with and the parts completed with their receipts (ETag, and checksum).
 
 Entries change in memory and normally reach LMDB with the index batch. Where losing a change
 in a crash would lose or misplace data, the filesystem waits for a group commit (``sync``)
@@ -37,12 +37,15 @@ class Upload:
     since: float
     first_part: int
     upload_id: str | None = None
-    #: Completed parts: number -> ETag.
+    #: Completed parts: number -> receipt (``ObjectStore.upload_part``).
     parts: dict[int, str] = dataclasses.field(default_factory=dict)
     #: Set in the object's metadata (``UPLOAD_TOKEN``) when the upload is created: if the
     #: bucket says the upload is gone, an object at ``key`` with this token is the one it made
     #: (completed before a crash, or a completion whose reply was lost).
     token: str = dataclasses.field(default_factory=lambda: secrets.token_hex(8))
+    #: The checksum the upload was created with (``ObjectStore.part_checksum``); then each
+    #: part's receipt carries its checksum too, and the completion lists them.
+    checksum: str | None = None
 
 
 @dataclasses.dataclass
@@ -69,6 +72,7 @@ class Entry:
             u = self.upload
             data["upload"] = {"key": u.key, "since": u.since, "first_part": u.first_part,
                               "upload_id": u.upload_id, "token": u.token,
+                              "checksum": u.checksum,
                               "parts": {str(n): e for n, e in u.parts.items()}}
         return json.dumps(data).encode()
 

@@ -148,8 +148,9 @@ async def _start_upload(fs: FileSystem, sid: str, entry: journal.Entry) -> None:
     left staging): the journal has its id before any part is sent."""
     upload = entry.upload
     assert upload is not None
+    upload.checksum = fs.cold.store.part_checksum
     upload.upload_id = await fs.cold.run(fs.cold.store.create_multipart, upload.key,
-                                         {UPLOAD_TOKEN: upload.token})
+                                         {UPLOAD_TOKEN: upload.token}, upload.checksum)
     upload.parts = {}
     fs.journal.record(sid, entry)
     await fs.journal.sync()
@@ -159,7 +160,7 @@ def _streaming(fs: FileSystem, sid: str, fd: int, upload: journal.Upload) -> Str
     assert fs.nursery is not None and upload.upload_id is not None
     return StreamingUpload(fs.cold, fs.hot, fs.nursery, fd, upload.key, upload.upload_id,
                            upload.first_part, fs.config.upload_window, fs.part_recorder(sid),
-                           upload.token, done=upload.parts)
+                           upload.token, done=upload.parts, checksum=upload.checksum)
 
 
 async def _abort(fs: FileSystem, upload: journal.Upload) -> int:

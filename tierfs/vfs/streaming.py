@@ -60,8 +60,8 @@ class StreamingUpload:
     def __init__(self, cold: ColdTier, hot: HotTier, nursery: trio.Nursery, staging_fd: int,
                  key: str, upload_id: str, first_part: int, window: int,
                  on_part: Callable[[int, str], Awaitable[None]],
-                 token: str, done: dict[int, str] | None = None, patient: bool = False
-                 ) -> None:
+                 token: str, done: dict[int, str] | None = None, patient: bool = False,
+                 checksum: str | None = None) -> None:
         self.cold, self.hot, self.nursery = cold, hot, nursery
         self.fd = staging_fd
         self.key, self.upload_id, self.token = key, upload_id, token
@@ -69,7 +69,9 @@ class StreamingUpload:
         #: Called with each completed part before its bytes leave staging: the journal makes
         #: it durable, so a crash never loses bytes that are in no completed part.
         self.on_part = on_part
-        #: Completed parts (number -> ETag); a resumed upload starts with those it had.
+        #: The checksum the upload was created with (each part is sent with its own).
+        self.checksum = checksum
+        #: Completed parts (number -> receipt); a resumed upload starts with those it had.
         self.parts: dict[int, str] = dict(done or {})
         #: Some bytes of the file have left staging (a resumed upload may have dropped some):
         #: if the upload is gone, they exist nowhere any more.
@@ -123,11 +125,11 @@ class StreamingUpload:
             data = await self.hot.run(os.pread, self.fd, size, offset)
             if len(data) != size:
                 raise OSError(errno.EIO, "staging file is shorter than the part")
-            etag = await self.cold.run(self.cold.store.upload_part, self.key, self.upload_id,
-                                       number, data)
+            receipt = await self.cold.run(self.cold.store.upload_part, self.key,
+                                          self.upload_id, number, data, self.checksum)
             del data
-            await self.on_part(number, etag)
-            self.parts[number] = etag
+            await self.on_part(number, receipt)
+            self.parts[number] = receipt
             if size:
                 self.punched = True
                 await self.hot.run(punch_hole, self.fd, offset, size)

@@ -200,6 +200,31 @@ def test_o_direct_reads_and_writes(mount: Mount) -> None:
     assert p.read_bytes() == b"D" * 8192
 
 
+def test_writes_through_a_shared_mapping_reach_the_warm_tier(mount: Mount) -> None:
+    """numpy.memmap in r+ mode: pages written through a MAP_SHARED mapping come to tierfs as
+    writes, even after the descriptor is closed (the mapping keeps the file open), and are
+    published when the mapping goes."""
+    import mmap
+    p = mount.path / "mapped"
+    p.write_bytes(b"a" * 10_000)
+    fd = os.open(p, os.O_RDWR)
+    mapped = mmap.mmap(fd, 10_000, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+    mapped[100:105] = b"HELLO"
+    mapped.flush()
+    os.close(fd)
+    mapped[9_000:9_005] = b"WORLD"
+    mapped.close()
+    expected = bytearray(b"a" * 10_000)
+    expected[100:105], expected[9_000:9_005] = b"HELLO", b"WORLD"
+    assert p.read_bytes() == expected
+    assert wait_for(lambda: (mount.warm / "mapped").read_bytes() == expected)
+
+
+def test_an_unnamed_temp_file_is_refused_clearly(mount: Mount) -> None:
+    """O_TMPFILE: FUSE (through pyfuse3) has no such operation; docs/semantics.md lists it."""
+    assert errno_of(os.open, mount.path, os.O_TMPFILE | os.O_RDWR, 0o600) == errno.EOPNOTSUPP
+
+
 def test_rename_over_existing_and_directories(mount: Mount) -> None:
     m = mount.path
     (m / "a").write_text("A")

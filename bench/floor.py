@@ -1,0 +1,265 @@
+"""The floor under tierfs's metadata and write rates: what a pyfuse3 file system that does
+nothing reaches on this machine, beside tierfs and the raw directory, in one run.
+
+    sudo .venv/bin/python bench/floor.py [--files 2000] [--size-mib 512]
+
+The no-op file system (``--serve``, started here in a process of its own as tierfs is) keeps
+names and sizes in memory and discards every byte written, so its rates are the cost of the
+FUSE round trips alone: the kernel, libfuse, pyfuse3 and trio. tierfs answers the same
+requests, and for each one also works on its tiers in worker threads (a metadata request
+makes one or two such calls); the last rows time one hand-off to a worker thread and back
+(``tierfs.tiers.workers``) and the same through ``trio.to_thread``, for scale.
+
+Rows: creating files of 4 KiB one after another (each: lookup, create, write, flush,
+release; tierfs in its default sync mode also fsyncs each file on the warm tier before close
+returns, so the raw directory is measured with and without an fsync per file); one file
+written in 1 MiB writes (plus an fsync: a no-op on the floor), then read back in 1 MiB reads
+with the page cache dropped (the floor answers with zeros from memory).
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from common import MIB, drop_caches, mounted
+from run import create_files, seq_read, seq_write, timed
+
+#: Attribute and entry timeouts of the floor: tierfs's defaults.
+TIMEOUT = 1.0
+
+
+def serve(mountpoint: str) -> None:
+    """Run the no-op file system on ``mountpoint`` until SIGTERM."""
+    import pyfuse3
+    import trio
+
+    class Floor(pyfuse3.Operations):
+        def __init__(self) -> None:
+            super().__init__()
+            self.children: dict[tuple[int, bytes], int] = {}
+            self.modes: dict[int, int] = {pyfuse3.ROOT_INODE: stat.S_IFDIR | 0o755}
+            self.sizes: dict[int, int] = {pyfuse3.ROOT_INODE: 0}
+            self.next_ino = pyfuse3.ROOT_INODE + 1
+
+        def _attrs(self, ino: int) -> pyfuse3.EntryAttributes:
+            entry = pyfuse3.EntryAttributes()
+            entry.st_ino = ino
+            entry.st_mode = self.modes[ino]
+            entry.st_nlink = 2 if stat.S_ISDIR(self.modes[ino]) else 1
+            entry.st_uid, entry.st_gid = os.getuid(), os.getgid()
+            entry.st_size = self.sizes[ino]
+            entry.st_blksize = 4096
+            entry.st_blocks = (self.sizes[ino] + 511) // 512
+            entry.entry_timeout = entry.attr_timeout = TIMEOUT
+            return entry
+
+        def _new(self, parent: int, name: bytes, mode: int) -> int:
+            if (parent, name) in self.children:
+                raise pyfuse3.FUSEError(errno.EEXIST)
+            ino, self.next_ino = self.next_ino, self.next_ino + 1
+            self.children[(parent, name)] = ino
+            self.modes[ino], self.sizes[ino] = mode, 0
+            return ino
+
+        async def lookup(self, parent_inode: int, name: bytes, ctx: object = None
+                         ) -> pyfuse3.EntryAttributes:
+            ino = self.children.get((parent_inode, name))
+            if ino is None:
+                raise pyfuse3.FUSEError(errno.ENOENT)
+            return self._attrs(ino)
+
+        async def getattr(self, inode: int, ctx: object = None) -> pyfuse3.EntryAttributes:
+            return self._attrs(inode)
+
+        async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes,
+                          fields: pyfuse3.SetattrFields, fh: int | None, ctx: object
+                          ) -> pyfuse3.EntryAttributes:
+            if fields.update_size:
+                self.sizes[inode] = attr.st_size
+            return self._attrs(inode)
+
+        async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: object
+                        ) -> pyfuse3.EntryAttributes:
+            return self._attrs(self._new(parent_inode, name, stat.S_IFDIR | mode))
+
+        async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
+                         ctx: object) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+            ino = self._new(parent_inode, name, stat.S_IFREG | mode)
+            return pyfuse3.FileInfo(fh=ino), self._attrs(ino)
+
+        async def open(self, inode: int, flags: int, ctx: object) -> pyfuse3.FileInfo:
+            return pyfuse3.FileInfo(fh=inode)
+
+        async def write(self, fh: int, off: int, buf: bytes) -> int:
+            self.sizes[fh] = max(self.sizes[fh], off + len(buf))
+            return len(buf)
+
+        async def read(self, fh: int, off: int, size: int) -> bytes:
+            return bytes(max(0, min(size, self.sizes[fh] - off)))
+
+        async def getxattr(self, inode: int, name: bytes, ctx: object) -> bytes:
+            raise pyfuse3.FUSEError(errno.ENODATA)
+
+        async def unlink(self, parent_inode: int, name: bytes, ctx: object) -> None:
+            self.children.pop((parent_inode, name), None)
+
+        async def flush(self, fh: int) -> None:
+            pass
+
+        async def fsync(self, fh: int, datasync: bool) -> None:
+            pass
+
+        async def release(self, fh: int) -> None:
+            pass
+
+    options = set(pyfuse3.default_options) | {"fsname=tierfs-floor", "subtype=floor"}
+    pyfuse3.init(Floor(), mountpoint, options)
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(pyfuse3.main)
+            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                async for _ in signals:
+                    break
+            nursery.cancel_scope.cancel()
+
+    try:
+        trio.run(main)
+    finally:
+        pyfuse3.close(unmount=True)
+
+
+def start_floor(mnt: Path) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen([sys.executable, __file__, "--serve", str(mnt)])
+    for _ in range(200):
+        if os.path.ismount(mnt):
+            return proc
+        if proc.poll() is not None:
+            raise SystemExit("the no-op file system did not start")
+        time.sleep(0.05)
+    proc.terminate()
+    raise SystemExit("the no-op file system did not mount in 10 s")
+
+
+def stop_floor(proc: subprocess.Popen[bytes], mnt: Path) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    if os.path.ismount(mnt):
+        subprocess.run(["fusermount3", "-u", "-z", str(mnt)], check=False)
+
+
+def hand_offs(calls: int) -> tuple[float, float, float]:
+    """Microseconds of wall time per call: a tierfs worker hand-off, trio.to_thread, and a
+    bare trio checkpoint."""
+    import trio
+
+    from tierfs.tiers.workers import Workers
+
+    out: list[float] = []
+
+    async def main() -> None:
+        workers = Workers("bench", 1)
+        try:
+            for call in (lambda: workers.run(os.getpid),
+                         lambda: trio.to_thread.run_sync(os.getpid),
+                         trio.lowlevel.checkpoint):
+                await call()  # threads started outside the timing
+                start = time.perf_counter()
+                for _ in range(calls):
+                    await call()
+                out.append((time.perf_counter() - start) / calls * 1e6)
+        finally:
+            workers.close()
+
+    trio.run(main)
+    return out[0], out[1], out[2]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--serve", metavar="MOUNTPOINT", help=argparse.SUPPRESS)
+    parser.add_argument("--files", type=int, default=2000)
+    parser.add_argument("--size-mib", type=int, default=512)
+    parser.add_argument("--calls", type=int, default=5000)
+    args = parser.parse_args()
+    if args.serve:
+        serve(args.serve)
+        return 0
+
+    base = Path(tempfile.mkdtemp(prefix="tierfs-floor-bench-", dir="/var/tmp"))
+    size = args.size_mib * MIB
+    rows: list[tuple[str, float, float, float, float | None]] = []
+    try:
+        floor_mnt, mnt, hot, warm, raw = (base / n for n in ("floor", "mnt", "hot", "warm",
+                                                              "raw"))
+        for d in (floor_mnt, mnt, hot, warm, raw):
+            d.mkdir()
+        proc = start_floor(floor_mnt)
+        try:
+            drop_caches()
+            floor_creates = args.files / timed(lambda: create_files(floor_mnt / "c", args.files))
+            floor_write = args.size_mib / timed(lambda: seq_write(floor_mnt / "big", size))
+            drop_caches()
+            floor_read = args.size_mib / timed(lambda: seq_read(floor_mnt / "big"))
+        finally:
+            stop_floor(proc, floor_mnt)
+        with mounted(mnt, "--hot", str(hot), "--warm", str(warm)):
+            drop_caches()
+            ours_creates = args.files / timed(lambda: create_files(mnt / "c", args.files))
+            drop_caches()
+            ours_write = args.size_mib / timed(lambda: seq_write(mnt / "big", size))
+            drop_caches()
+            ours_read = args.size_mib / timed(lambda: seq_read(mnt / "big"))
+        drop_caches()
+        raw_creates = args.files / timed(lambda: create_files(raw / "c", args.files))
+        drop_caches()
+        raw_durable = args.files / timed(lambda: create_files(raw / "d", args.files,
+                                                              fsync=True))
+        drop_caches()
+        raw_write = args.size_mib / timed(lambda: seq_write(raw / "big", size))
+        drop_caches()
+        raw_read = args.size_mib / timed(lambda: seq_read(raw / "big"))
+        rows.append((f"create {args.files} files of 4 KiB (files/s)", floor_creates,
+                     ours_creates, raw_creates, raw_durable))
+        rows.append(("write 1 file in 1 MiB writes + fsync (MB/s)", floor_write, ours_write,
+                     raw_write, None))
+        rows.append(("read it in 1 MiB reads, page cache dropped (MB/s)", floor_read, ours_read,
+                     raw_read, None))
+        worker, to_thread, checkpoint = hand_offs(args.calls)
+    finally:
+        for d in (base / "floor", base / "mnt"):
+            if os.path.ismount(d):
+                subprocess.run(["fusermount3", "-u", "-z", str(d)], check=False)
+        shutil.rmtree(base, ignore_errors=True)
+
+    print("tierfs floor bench: a pyfuse3 file system that does nothing, tierfs (sync mode, "
+          "the tiers on one file system) and the raw directory, in one run")
+    print(f"{'workload':<50}  {'no-op':>8}  {'tierfs':>8}  {'raw':>8}  {'raw+fsync':>9}  "
+          f"{'tierfs/no-op':>12}")
+    for name, floor, ours, plain, durable in rows:
+        fsynced = "-" if durable is None else f"{durable:.0f}"
+        print(f"{name:<50}  {floor:8.0f}  {ours:8.0f}  {plain:8.0f}  {fsynced:>9}  "
+              f"{ours / floor:11.2f}x")
+    print(f"hand-off to a worker thread and back: {worker:.0f} µs (tierfs's workers), "
+          f"{to_thread:.0f} µs (trio.to_thread), against {checkpoint:.1f} µs for a bare "
+          f"trio checkpoint")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -31,6 +31,9 @@ class FaultProxy:
         self.forget_completed = False
         #: Requests that reached the proxy, by HTTP method (faults included).
         self.requests: collections.Counter[str] = collections.Counter()
+        #: Checksum headers (``x-amz-checksum-*``, ``x-amz-sdk-checksum-*``) and content
+        #: encodings of the requests that reached the proxy: (method, header, value).
+        self.checksum_headers: list[tuple[str, str, str]] = []
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -57,6 +60,10 @@ class FaultProxy:
                 body = self._body()
                 with proxy.lock:
                     proxy.requests[self.command] += 1
+                    proxy.checksum_headers += [
+                        (self.command, k.lower(), v) for k, v in self.headers.items()
+                        if k.lower().startswith(("x-amz-checksum", "x-amz-sdk-checksum",
+                                                 "x-amz-trailer", "content-encoding"))]
                 upload = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query).get(
                     "uploadId", [None])[0]
                 if upload in proxy.gone_uploads:

@@ -12,6 +12,7 @@ import botocore.exceptions
 import pytest
 
 from conftest import S3Server
+from s3proxy import FaultProxy
 from tierfs.errors import ConfigError
 from tierfs.objects import open_store
 from tierfs.objects.base import (MAX_PARTS, MIN_PART_SIZE, NoSuchObject, ObjectChanged,
@@ -120,6 +121,32 @@ def test_s3_uploads_keep_no_checksums_when_boto3_sends_them_only_when_required(
     receipt = store.upload_part(key, upload, 1, b"abc")
     assert " " not in receipt
     assert store.complete_multipart(key, upload, [(1, receipt)]).size == 3
+
+
+@pytest.mark.parametrize("scheme", ["s3", "gs"])
+def test_checksums_go_to_s3_and_not_to_gcs(scheme: str, proxy: FaultProxy,
+                                           bucket: str) -> None:
+    """GCS's S3 interface refuses the checksums boto3 adds by default: a gs:// store sends
+    none (a multipart upload and a put, through a proxy that records the headers), while an
+    s3:// store sends each part's CRC32."""
+    store = open_store(parse_bucket_uri(f"{scheme}://{bucket}/data"),
+                       endpoint_url=proxy.endpoint, region="us-east-1",
+                       addressing_style="path")
+    key = store.uri.key("big.bin")
+    upload = store.create_multipart(key, checksum=store.part_checksum)
+    parts = [(1, store.upload_part(key, upload, 1, os.urandom(MIN_PART_SIZE),
+                                   store.part_checksum)),
+             (2, store.upload_part(key, upload, 2, b"tail", store.part_checksum))]
+    store.complete_multipart(key, upload, parts)
+    store.put(store.uri.key("small.bin"), b"small")
+    assert store.get_range(key, MIN_PART_SIZE, 4) == b"tail"
+    sent = {(method, header) for method, header, _ in proxy.checksum_headers}
+    if scheme == "gs":
+        assert store.part_checksum is None
+        assert not sent, f"checksum headers sent to GCS: {sorted(sent)}"
+    else:
+        assert store.part_checksum == "CRC32"
+        assert ("PUT", "x-amz-checksum-crc32") in sent
 
 
 def test_missing_bucket_fails_the_check(s3_server: S3Server, tmp_path: Path) -> None:

@@ -79,20 +79,25 @@ class S3Store(ObjectStore):
         super().__init__(uri)
         if uri.scheme == "gs" and endpoint_url is None:
             endpoint_url = GCS_ENDPOINT
+        # GCS's S3 interface refuses the checksums boto3 adds to uploads by default (parts are
+        # answered SignatureDoesNotMatch, completions PreconditionFailed): for gs://, boto3
+        # sends them only where an operation requires them, as it did before version 1.36.
+        checksums = ({"request_checksum_calculation": "when_required",
+                      "response_checksum_validation": "when_required"}
+                     if uri.scheme == "gs" else {})
         config = botocore.config.Config(
             retries={"mode": "standard", "max_attempts": 3},
             s3={"addressing_style": addressing_style},
             max_pool_connections=max_connections,
-            connect_timeout=10, read_timeout=60)
+            connect_timeout=10, read_timeout=60, **checksums)
         self.endpoint_url = endpoint_url
         self.client = boto3.session.Session().client(
             "s3", endpoint_url=endpoint_url, region_name=region, config=config)
         self.bucket = uri.bucket
         # As boto3's own upload_file does: S3 checks each part's CRC32 on arrival and keeps
         # them with the object. Left out where boto3 is told to send checksums only when
-        # required (the usual setting for S3-compatible stores without them), and for GCS.
-        if (uri.scheme == "s3"
-                and self.client.meta.config.request_checksum_calculation == "when_supported"):
+        # required (the usual setting for S3-compatible stores without them, and GCS's).
+        if self.client.meta.config.request_checksum_calculation == "when_supported":
             self.part_checksum = "CRC32"
 
     def _info(self, key: str, response: Mapping[str, Any]) -> ObjectInfo:

@@ -52,6 +52,19 @@ def test_mount_refuses_bad_mount_points_and_tiers(tmp_path: Path) -> None:
     assert "--attr-timeout" in _mount_fails(m, "--attr-timeout", "never")
 
 
+def test_a_failure_while_the_mount_starts_is_told_in_one_line(tmp_path: Path) -> None:
+    """Something nobody foresaw (here, a file where the control socket's directory goes)
+    stops the daemon inside its event loop: the user gets one line that names it, not the
+    last line of a traceback, and nothing stays mounted."""
+    m = make_mount(tmp_path)
+    (m.hot / "run").write_text("in the way\n")
+    reason = _mount_fails(m)
+    assert reason.count("\n") == 0, reason
+    assert "stopped: FileExistsError" in reason and str(m.hot / "run") in reason
+    assert not os.path.ismount(m.path)
+    assert "Traceback" in (m.hot / "tierfs.log").read_text()
+
+
 def test_mount_refuses_a_read_only_tier(tmp_path: Path) -> None:
     m = make_mount(tmp_path)
     subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tierfs-ro", str(m.warm)],

@@ -88,6 +88,23 @@ def test_counters_match_a_known_workload_and_the_schema(cold: Mount, s3_server: 
     cold.start()
 
 
+def test_the_stats_view_prints_each_tiers_place_whole(tmp_path: Path) -> None:
+    """Paths and bucket URIs head their tier's table on a line of their own, never cut."""
+    deep = tmp_path / ("a-rather-long-directory-name-" * 3) / "m"
+    (deep / "cold").mkdir(parents=True)
+    # (The control socket under this hot tier is past a Unix socket address's 107 bytes.)
+    m = make_mount(deep, "--bucket", f"file://{deep}/cold")
+    with running(m):
+        lines = tierfs("stats", str(m.path)).stdout.splitlines()
+        config = json.loads(tierfs("stats", "--json", str(m.path)).stdout)
+    bucket = config["tiers"]["cold"]["bucket"]
+    assert len(bucket) > 100
+    assert f"hot  {m.hot}" in lines and f"warm  {m.warm}" in lines
+    assert f"cold  {bucket}" in lines
+    assert any(line.split() == ["hit", "ratio", "-", "(0", "hits,", "0", "misses)"]
+               for line in lines)
+
+
 def test_stats_for_a_named_hot_tier_ignore_other_mounts(cold: Mount, tmp_path: Path) -> None:
     other = make_mount(tmp_path / "other")
     with running(other):

@@ -94,6 +94,23 @@ def mount(mountpoint: str, foreground: bool, daemon_child: bool, config_file: Pa
         _fail(str(e))
     except RuntimeError as e:  # pyfuse3 reports a refused mount this way
         _fail(f"cannot mount {mountpoint}: {e}")
+    except Exception as e:  # noqa: BLE001 - one line for the user, the traceback to the log
+        # The parent of a daemon shows the child's last line of output: a traceback's last
+        # line (an exception group's is a rule of dashes) would say nothing.
+        leaves = _leaf_errors(e)
+        if all(isinstance(leaf, TierfsError) for leaf in leaves):
+            _fail("; ".join(str(leaf) for leaf in leaves))
+        log.error("the mount on %s stopped", mountpoint, exc_info=e)
+        what = "; ".join(f"{type(leaf).__name__}: {leaf}" for leaf in leaves)
+        _fail(f"the mount on {mountpoint} stopped: {what} (traceback in tierfs.log on the hot "
+              "tier)")
+
+
+def _leaf_errors(error: BaseException) -> list[BaseException]:
+    """The exceptions inside an exception group (trio's nurseries raise those), or the one."""
+    if isinstance(error, BaseExceptionGroup):
+        return [leaf for inner in error.exceptions for leaf in _leaf_errors(inner)]
+    return [error]
 
 
 @main.command()
@@ -205,14 +222,19 @@ def import_(uri: str, directory: str, config_file: Path | None, **flags: Any) ->
 
 
 def _table(title: str, rows: list[tuple[str, str]]) -> Any:
+    from rich.console import Group
     from rich.table import Table
+    from rich.text import Text
 
-    table = Table(title=title, title_justify="left", box=None, show_header=False)
+    # The title above the table, not as its title: a table's title wraps at the table's
+    # width, which cut long paths and bucket URIs in two (printed with soft_wrap, it is
+    # neither wrapped nor cropped).
+    table = Table(box=None, show_header=False)
     table.add_column(style="bold")
     table.add_column(justify="right")
     for key, value in rows:
         table.add_row(key, value)
-    return table
+    return Group(Text(title, style="italic", no_wrap=True, overflow="ignore"), table)
 
 
 def _stats_view(doc: dict[str, Any]) -> Any:
@@ -296,7 +318,8 @@ def stats(path: str | None, as_json: bool, watch: bool, config_file: Path | None
                     ("files", str(result["files"])), ("size", _size(result["size"])),
                     ("hot", _size(result["hot"])), ("warm", _size(result["warm"])),
                     ("cold", _size(result["cold"])), ("pinned", _size(result["pinned"])),
-                    ("to fetch to make it all hot", _size(result["to_fetch"]))]))
+                    ("to fetch to make it all hot", _size(result["to_fetch"]))]),
+                              soft_wrap=True)
                 return
             records = [record]
         else:
@@ -317,7 +340,7 @@ def stats(path: str | None, as_json: bool, watch: bool, config_file: Path | None
             return
         if not watch:
             for doc in documents():
-                console.print(_stats_view(doc))
+                console.print(_stats_view(doc), soft_wrap=True)  # long paths whole
             return
         from rich.console import Group
 

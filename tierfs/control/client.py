@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import socket
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from tierfs.control.registry import MountRecord, mount_for
+from tierfs.control.unixpath import unix_address
 from tierfs.errors import TierfsError
 
 
@@ -30,7 +32,8 @@ def call(record: MountRecord, request: dict[str, Any],
     try:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(timeout)
-        sock.connect(record.socket)
+        with unix_address(Path(record.socket)) as address:
+            sock.connect(address)
     except OSError as e:
         raise ControlError(f"cannot reach the mount on {record.mountpoint} "
                            f"({record.socket}): {e.strerror or e}") from None

@@ -21,6 +21,8 @@ from typing import Any
 
 import trio
 
+from tierfs.control.unixpath import unix_address
+
 log = logging.getLogger(__name__)
 
 #: A request line may not be longer than this.
@@ -57,7 +59,8 @@ async def serve(path: Path, handlers: dict[str, Handler],
                 task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
     await trio.to_thread.run_sync(_prepare, path)
     sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    await sock.bind(str(path))
+    with unix_address(path) as address:  # (at mount: opening a directory inline is fine)
+        await sock.bind(address)
     await trio.to_thread.run_sync(os.chmod, path, 0o600)
     sock.listen(16)
     listener = trio.SocketListener(sock)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Mount, S3Server, make_mount, tierfs, wait_for_exit
+from conftest import Mount, S3Server, make_mount, running, tierfs, wait_for_exit
 from tierfs import __version__, mounting
 
 
@@ -63,6 +64,17 @@ def test_a_failure_while_the_mount_starts_is_told_in_one_line(tmp_path: Path) ->
     assert "stopped: FileExistsError" in reason and str(m.hot / "run") in reason
     assert not os.path.ismount(m.path)
     assert "Traceback" in (m.hot / "tierfs.log").read_text()
+
+
+def test_tiers_and_mount_point_at_paths_with_commas_spaces_and_backslashes(
+        tmp_path: Path) -> None:
+    """libfuse splits mount options at commas; the warm tier's path goes into one."""
+    m = make_mount(tmp_path / "a b,c\\d")
+    with running(m):
+        (m.path / "f").write_text("x")
+        assert (m.warm / "f").read_text() == "x"
+        assert json.loads(tierfs("stats", "--json", str(m.path)).stdout)["mountpoint"] == \
+            str(m.path)
 
 
 def test_mount_refuses_a_read_only_tier(tmp_path: Path) -> None:

@@ -124,6 +124,13 @@ async def _serve(fs: FileSystem, ops: Operations, mountpoint: str, read_ahead: i
     return signalled
 
 
+def _escape_option(value: str) -> str:
+    """A value for a FUSE mount option: libfuse splits options at commas, and a backslash
+    escapes the next character (a warm tier at ``/data/a,b`` would otherwise end the option
+    at the comma and fail the mount)."""
+    return value.replace("\\", "\\\\").replace(",", "\\,")
+
+
 def _cache_warm(config: Config) -> bool:
     """Caching warm blocks pays off when the warm tier is remote; a local one is as fast."""
     if config.cache_warm == "auto":
@@ -162,7 +169,7 @@ def run(config: Config, mountpoint: str, on_ready: Callable[[], None]) -> None:
                                  f"{config.prometheus_port}: {e.strerror}") from None
         ops = Operations(fs, config.entry_timeout, config.attr_timeout)
         options = set(pyfuse3.default_options)
-        options |= {f"fsname=tierfs:{config.warm}", "subtype=tierfs"}
+        options |= {f"fsname=tierfs:{_escape_option(str(config.warm))}", "subtype=tierfs"}
         if config.allow_other:
             options.add("allow_other")
         pyfuse3.init(ops, mountpoint, options)

@@ -101,6 +101,22 @@ def test_large_file_goes_straight_to_the_bucket_within_the_window(
     assert s3_server.client().list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
 
 
+def test_a_name_that_is_not_utf8_goes_to_the_bucket_under_an_escaped_key(
+        big_mount: Mount, s3_server: S3Server) -> None:
+    """Object keys are UTF-8; a file name need not be. The key keeps the odd byte as an
+    escape, and the file reads back whole through the mount."""
+    m = big_mount
+    name = b"caf\xe9-latin1.bin"  # "café" written by a Latin-1 system
+    path = os.fsencode(m.path) + b"/" + name
+    digest = write_random(Path(os.fsdecode(path)), 10 * MIB)
+    key = "tierfs/caf\\xe9-latin1.bin"
+    body = s3_server.client().get_object(Bucket=m.bucket, Key=key)["Body"].read()  # type: ignore[attr-defined]
+    assert hashlib.sha256(body).hexdigest() == digest
+    assert os.path.islink(os.fsencode(m.warm) + b"/" + name), "not a stub on the warm tier"
+    with open(path, "rb") as f:
+        assert hashlib.sha256(f.read()).hexdigest() == digest
+
+
 def test_small_files_stay_plain_files_on_the_warm_tier(big_mount: Mount,
                                                         s3_server: S3Server) -> None:
     m = big_mount

@@ -82,6 +82,13 @@ class BucketURI:
         return not self.prefix or key.startswith(self.prefix + "/")
 
 
+def key_text(path: bytes) -> str:
+    """A namespace path as the text of an object key. Keys are UTF-8; a name that is not
+    (bytes from a Latin-1 system, say) keeps its other bytes as ``\\xNN`` escapes. Such a key
+    may meet a real name written that way: keys already taken get a suffix of their own."""
+    return path.decode("utf-8", "backslashreplace")
+
+
 def parse_bucket_uri(uri: str) -> BucketURI:
     """``s3://bucket/prefix``, ``gs://bucket/prefix`` or ``file:///absolute/folder``."""
     parts = urlsplit(uri)

@@ -44,7 +44,7 @@ from tierfs.cache.eviction import make_policy
 from tierfs.cache.store import is_no_space
 from tierfs.config import Config, resolve_capacity
 from tierfs.index import FLUSH_INTERVAL, Batch, Index
-from tierfs.objects.base import NoSuchObject, ObjectStoreError, UploadGone
+from tierfs.objects.base import NoSuchObject, ObjectStoreError, UploadGone, key_text
 from tierfs.stubs import Stub, StubError, looks_like_stub, parse_stub
 from tierfs.tiers.cold import ColdTier
 from tierfs.tiers.hot import HotTier
@@ -1348,7 +1348,7 @@ class FileSystem:
         it. Then the key gets a suffix, ``<path>~<12 hex digits>``. A file's own previous
         object is overwritten. Keys already headed for are held by their journal entries;
         this one is taken before the HEAD, so two uploads can never choose the same key."""
-        key = self.config.bucket.key(os.fsdecode(rel))
+        key = self.config.bucket.key(key_text(rel))
         own = data.replaces_object
         checked = key == own
         if not checked and any(e.upload is not None and e.upload.key == key

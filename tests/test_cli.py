@@ -77,6 +77,22 @@ def test_tiers_and_mount_point_at_paths_with_commas_spaces_and_backslashes(
             str(m.path)
 
 
+def test_unmount_leaves_other_file_systems_alone(tmp_path: Path) -> None:
+    """As root, umount takes any file system away: tierfs unmount takes only its own."""
+    other = tmp_path / "other"
+    other.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tierfs-other", str(other)],
+                   check=True)
+    try:
+        result = tierfs("unmount", str(other), check=False)
+        assert result.returncode == 1
+        assert result.stderr.strip() == (f"tierfs: error: {other} is not a tierfs mount "
+                                         "(tmpfs is mounted there)")
+        assert os.path.ismount(other)
+    finally:
+        subprocess.run(["umount", str(other)], check=False)
+
+
 def test_mount_refuses_a_read_only_tier(tmp_path: Path) -> None:
     m = make_mount(tmp_path)
     subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tierfs-ro", str(m.warm)],

@@ -141,6 +141,9 @@ def unmount(mountpoint: str) -> None:
     for the daemon to finish its shutdown."""
     if not is_mounted(mountpoint):
         raise MountError(f"{mountpoint} is not mounted")
+    kind = fs_type(Path(mountpoint))
+    if kind != "fuse.tierfs":  # as root, umount would take any file system away
+        raise MountError(f"{mountpoint} is not a tierfs mount ({kind} is mounted there)")
     pids = daemon_pids(mountpoint)
     if os.geteuid() == 0 and shutil.which("fusermount3") is None:
         cmd = ["umount", mountpoint]

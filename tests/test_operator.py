@@ -105,6 +105,26 @@ def test_the_stats_view_prints_each_tiers_place_whole(tmp_path: Path) -> None:
                for line in lines)
 
 
+def test_a_runtime_directory_others_could_write_to_is_refused(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Mount records name the sockets commands connect to: in a directory another user made
+    (the /tmp fallback) or can write to, they are not trusted."""
+    from tierfs.control import registry
+    from tierfs.errors import TierfsError
+
+    runtime = tmp_path / "runtime"
+    monkeypatch.setattr(registry, "runtime_dir", lambda: runtime)
+    registry.prepare()
+    assert registry.mounts() == []
+    os.chmod(runtime, 0o777)
+    with pytest.raises(TierfsError, match="others cannot write to"):
+        registry.mounts()
+    os.chmod(runtime, 0o700)
+    os.chown(runtime, 4242, 4242)
+    with pytest.raises(TierfsError, match="others cannot write to"):
+        registry.prepare()
+
+
 def test_stats_for_a_named_hot_tier_ignore_other_mounts(cold: Mount, tmp_path: Path) -> None:
     other = make_mount(tmp_path / "other")
     with running(other):

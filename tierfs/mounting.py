@@ -20,6 +20,7 @@ from pathlib import Path
 import psutil
 
 from tierfs.config import Config
+from tierfs.control import registry
 from tierfs.errors import MountError
 from tierfs.tiers.cold import open_checked_store
 
@@ -77,6 +78,7 @@ def preflight(config: Config, mountpoint: str) -> None:
         raise MountError(f"mount point {mountpoint} is not a directory")
     if is_mounted(mountpoint):
         raise MountError(f"mount point {mountpoint} is busy: something is already mounted there")
+    registry.prepare()  # where the live mount records itself for the other commands
     if not os.path.exists("/dev/fuse"):
         raise MountError("/dev/fuse is missing: load the fuse module (modprobe fuse) or run "
                          "the container with --device /dev/fuse")

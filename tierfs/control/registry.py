@@ -13,7 +13,10 @@ import dataclasses
 import hashlib
 import json
 import os
+import stat
 from pathlib import Path
+
+from tierfs.errors import TierfsError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,13 +46,31 @@ def runtime_dir() -> Path:
 
 
 def _record_path(mountpoint: str) -> Path:
-    digest = hashlib.sha256(mountpoint.encode()).hexdigest()[:20]
+    digest = hashlib.sha256(os.fsencode(mountpoint)).hexdigest()[:20]
     return runtime_dir() / f"{digest}.json"
 
 
-def register(record: MountRecord) -> None:
+def _check_owned(directory: Path) -> None:
+    """Refuse a runtime directory that someone else could write to: in /tmp (the last
+    fallback) another user can make it first, and its records name the sockets commands
+    connect to."""
+    st = os.lstat(directory)
+    if (not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid()
+            or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)):
+        raise TierfsError(f"{directory} must be a directory of yours that others cannot write "
+                          "to: remove it (tierfs makes it again)")
+
+
+def prepare() -> None:
+    """Make the runtime directory if needed and check it is this user's alone (at mount,
+    before the daemon starts: ``register`` then finds it fit)."""
     directory = runtime_dir()
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    _check_owned(directory)
+
+
+def register(record: MountRecord) -> None:
+    prepare()
     path = _record_path(record.mountpoint)
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -83,6 +104,7 @@ def mounts() -> list[MountRecord]:
     directory = runtime_dir()
     if not directory.is_dir():
         return out
+    _check_owned(directory)
     for path in sorted(directory.glob("*.json")):
         try:
             record = MountRecord(**json.loads(path.read_text()))

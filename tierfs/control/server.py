@@ -10,6 +10,7 @@ and delegate to the filesystem core; see tierfs/control/commands.py.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -59,8 +60,10 @@ async def serve(path: Path, handlers: dict[str, Handler],
                 task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
     await trio.to_thread.run_sync(_prepare, path)
     sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    with unix_address(path) as address:  # (at mount: opening a directory inline is fine)
+    with contextlib.ExitStack() as stack:  # (a long path opens a directory: in a thread)
+        address = await trio.to_thread.run_sync(stack.enter_context, unix_address(path))
         await sock.bind(address)
+        await trio.to_thread.run_sync(stack.close)
     await trio.to_thread.run_sync(os.chmod, path, 0o600)
     sock.listen(16)
     listener = trio.SocketListener(sock)

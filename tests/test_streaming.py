@@ -110,7 +110,8 @@ def test_a_name_that_is_not_utf8_goes_to_the_bucket_under_an_escaped_key(
     path = os.fsencode(m.path) + b"/" + name
     digest = write_random(Path(os.fsdecode(path)), 10 * MIB)
     key = "tierfs/caf\\xe9-latin1.bin"
-    body = s3_server.client().get_object(Bucket=m.bucket, Key=key)["Body"].read()  # type: ignore[attr-defined]
+    bucket = m.bucket  # type: ignore[attr-defined]
+    body = s3_server.client().get_object(Bucket=bucket, Key=key)["Body"].read()
     assert hashlib.sha256(body).hexdigest() == digest
     assert os.path.islink(os.fsencode(m.warm) + b"/" + name), "not a stub on the warm tier"
     with open(path, "rb") as f:

@@ -7,14 +7,19 @@ file under them."""
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import mmap
 import os
 import time
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from conftest import Mount, make_mount, running
+from tierfs.tiers.warm import copy_to_new
+from tierfs.vfs.streaming import punch_hole
 
 MIB = 1024 * 1024
 
@@ -186,3 +191,76 @@ def test_sync_mode_starts_writing_staged_data_to_disk_while_the_file_grows(
             f.write(data[100:200])  # a rewrite in place: published, as any write
         assert (m.warm / "ckpt").read_bytes() == data
         assert (m.path / "ckpt").read_bytes() == data
+
+
+def allocated(path: Path) -> int:
+    return os.stat(path).st_blocks * 512
+
+
+def test_a_sparse_file_stays_sparse_when_staged_and_when_published_by_copy(
+        tmp_path: Path) -> None:
+    """A file extended by truncate (a disk image, a preallocated output) takes its whole size
+    on neither tier: staging and publishing copy only the ranges that hold data."""
+    m = make_mount(tmp_path, warm_apart=True)
+    size = 256 * MIB
+    with running(m):
+        with open(m.path / "image", "wb") as f:
+            f.truncate(size)
+            f.seek(100 * MIB)
+            f.write(b"middle")
+            f.seek(size - 3)
+            f.write(b"end")
+        assert os.stat(m.warm / "image").st_size == size
+        assert allocated(m.warm / "image") < MIB
+        with open(m.path / "image", "r+b") as f:  # staged again from the sparse warm file
+            f.write(b"head")
+            f.flush()
+            [staging] = staged(m)
+            assert allocated(staging) < MIB
+            assert staging.stat().st_size == size
+        assert allocated(m.warm / "image") < MIB
+        with open(m.path / "image", "rb") as f:
+            for offset, expect in ((0, b"head"), (100 * MIB, b"middle"), (size - 3, b"end"),
+                                   (4, bytes(64)), (100 * MIB - 64, bytes(64)),
+                                   (200 * MIB, bytes(MIB))):
+                f.seek(offset)
+                assert f.read(len(expect)) == expect, offset
+            f.seek(0)
+            digest = hashlib.sha256(f.read()).digest()
+        expect_whole = bytearray(size)
+        expect_whole[0:4] = b"head"
+        expect_whole[100 * MIB:100 * MIB + 6] = b"middle"
+        expect_whole[size - 3:] = b"end"
+        assert digest == hashlib.sha256(expect_whole).digest()
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(writes=st.lists(st.tuples(st.integers(0, 4 * MIB), st.integers(1, 96 * 1024)),
+                       max_size=6),
+       punches=st.lists(st.tuples(st.integers(0, 4 * MIB), st.integers(1, MIB)), max_size=3),
+       length=st.integers(0, 5 * MIB), cut=st.integers(0, 6 * MIB))
+def test_copy_to_new_gives_the_same_bytes_and_no_more_blocks(
+        tmp_path: Path, writes: list[tuple[int, int]], punches: list[tuple[int, int]],
+        length: int, cut: int) -> None:
+    """Against the file's bytes read plainly: any pattern of data and holes (written past the
+    end, punched out of data, cut by truncate), copied whole, in part or past its end."""
+    src_path, dst_path = tmp_path / "src", tmp_path / "dst"
+    for p in (src_path, dst_path):
+        p.unlink(missing_ok=True)
+    src = os.open(src_path, os.O_RDWR | os.O_CREAT, 0o600)
+    dst = os.open(dst_path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        for offset, n in writes:
+            os.pwrite(src, os.urandom(n), offset)
+        for offset, n in punches:
+            punch_hole(src, offset, n)
+        os.ftruncate(src, length)
+        expect = os.pread(src, length, 0)
+        copy_to_new(src, dst, cut)
+        assert os.fstat(dst).st_size == cut
+        assert os.pread(dst, cut + 1, 0) == (expect + bytes(max(0, cut - length)))[:cut]
+        assert os.fstat(dst).st_blocks <= os.fstat(src).st_blocks + 16  # two 4 KiB blocks
+    finally:
+        os.close(src)
+        os.close(dst)

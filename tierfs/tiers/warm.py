@@ -69,6 +69,38 @@ def copy_fd(src: int, dst: int, size: int, src_offset: int = 0, dst_offset: int 
         done += n
 
 
+def copy_to_new(src: int, dst: int, size: int) -> None:
+    """Copy the first ``size`` bytes of ``src`` into ``dst``, an empty file just created,
+    leaving ``src``'s holes as holes, and give ``dst`` that size.
+
+    In-kernel copies write a hole's zeros out as data (except where the file system clones
+    extents), so a sparse disk image or a file extended by truncate would take its whole size
+    on the hot disk when staged and on the warm tier when published. Only for an empty new
+    file: it reads as zeros wherever nothing is copied, whereas a skipped hole in a file with
+    data would leave that data showing. File systems without ``SEEK_DATA`` (and those that
+    report a file as all data, as the generic kernel code does) get a plain copy. ``src``'s
+    file offset moves: its readers use positional reads only.
+    """
+    offset = 0
+    while offset < size:
+        try:
+            start = os.lseek(src, offset, os.SEEK_DATA)
+        except OSError as e:
+            if e.errno == errno.ENXIO:
+                break  # nothing but a hole from here to the end of the file
+            if e.errno not in (errno.EINVAL, errno.EOPNOTSUPP):
+                raise
+            start = offset  # SEEK_DATA not supported: copy the rest as it reads
+            end = size
+        else:
+            if start >= size:
+                break
+            end = min(size, os.lseek(src, start, os.SEEK_HOLE))
+        copy_fd(src, dst, end - start, start, start)
+        offset = end
+    os.ftruncate(dst, size)
+
+
 def _proc_path(fd: int) -> str:
     return f"/proc/self/fd/{fd}"
 
@@ -328,7 +360,7 @@ class WarmTier(Tier):
         """
         tmp, fd = self.open_temp(parent)
         try:
-            copy_fd(src_fd, fd, size)
+            copy_to_new(src_fd, fd, size)
         except BaseException:
             self.drop_temp(tmp, fd)
             raise

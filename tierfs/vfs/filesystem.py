@@ -49,7 +49,7 @@ from tierfs.stubs import Stub, StubError, looks_like_stub, parse_stub
 from tierfs.tiers.cold import ColdTier
 from tierfs.tiers.hot import HotTier
 from tierfs.tiers.warm import (RENAME_EXCHANGE, RENAME_NOREPLACE, LinkedMeanwhile, Reapply,
-                               WarmTier, copy_fd, is_internal, join, split)
+                               WarmTier, copy_to_new, is_internal, join, split)
 from tierfs.vfs.blockread import CachedReader, Prefetch
 from tierfs.vfs.files import Handle, OpenFile, WarmId, warm_id
 from tierfs.vfs.inodes import ROOT_INODE, Inode, InodeTable, PageVersion, identity, key_ids
@@ -1081,7 +1081,7 @@ class FileSystem:
                 data.atime_ns, data.mtime_ns = st.st_atime_ns, st.st_mtime_ns
                 size = st.st_size if keep is None else min(st.st_size, keep)
                 if size:
-                    await self.warm.run(copy_fd, data.warm_fd, fd, size)
+                    await self.warm.run(copy_to_new, data.warm_fd, fd, size)
         except BaseException:
             os.close(fd)
             await self.hot.run(self.hot.remove_staging, sid)

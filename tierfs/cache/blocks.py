@@ -200,8 +200,18 @@ class BlockCache:
                  self.capacity)
 
     def bind(self, nursery: trio.Nursery) -> None:
-        """Where background writes of fetched blocks run."""
+        """Where background writes of fetched blocks run. With blocks on the hot tier, the
+        buffers to read them into are made now, in the background: made at the first read,
+        each costs a few milliseconds of page faults while its reader waits."""
         self._nursery = nursery
+        if self.entries:
+            nursery.start_soon(self._fill_buffers)
+
+    async def _fill_buffers(self) -> None:
+        try:
+            await self.hot.run(self._buffers.fill)
+        except (OSError, MemoryError) as e:  # the first reads will make their own
+            log.warning("could not make block buffers ahead: %s", e)
 
     def persist(self) -> None:
         """Queue changed entries into the index batch (called before each batch flush)."""

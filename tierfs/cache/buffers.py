@@ -36,8 +36,16 @@ class BufferPool:
         try:
             return self._free.pop()
         except IndexError:
-            return mmap.mmap(-1, self.size,
-                             flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | mmap.MAP_POPULATE)
+            return self._new()
+
+    def _new(self) -> mmap.mmap:
+        return mmap.mmap(-1, self.size,
+                         flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | mmap.MAP_POPULATE)
+
+    def fill(self) -> None:
+        """Make free buffers up to ``keep`` (blocking), so that the first reads find them."""
+        while len(self._free) < self.keep:
+            self._free.append(self._new())
 
     def give(self, buf: object) -> bool:
         """Keep ``buf`` for reuse if it is one of ours and nothing else refers to it. The

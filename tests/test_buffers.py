@@ -53,11 +53,11 @@ def test_only_its_own_buffers_and_at_most_keep() -> None:
 
 def test_filled_buffers_are_taken_before_new_ones_are_made() -> None:
     pool = BufferPool(SIZE, keep=3)
-    pool.fill()
+    pool.fill(2)
+    assert pool.free == 2
+    pool.fill(10)  # never past keep
     assert pool.free == 3
     made = [pool.take() for _ in range(3)]
     assert pool.free == 0 and len({id(b) for b in made}) == 3
     extra = pool.take()  # the pool is empty: a new one
     assert all(extra is not b for b in made)
-    pool.fill()
-    assert pool.free == 3

@@ -201,15 +201,17 @@ class BlockCache:
 
     def bind(self, nursery: trio.Nursery) -> None:
         """Where background writes of fetched blocks run. With blocks on the hot tier, the
-        buffers to read them into are made now, in the background: made at the first read,
-        each costs a few milliseconds of page faults while its reader waits."""
+        buffers to read them into are made now, in the background (as many as ``read_memory``
+        holds, up to the pool's size): made at the first read, each costs a few milliseconds of
+        page faults while its reader waits."""
         self._nursery = nursery
         if self.entries:
             nursery.start_soon(self._fill_buffers)
 
     async def _fill_buffers(self) -> None:
+        count = min(self._buffers.keep, self._memory_limit // self.block_size)
         try:
-            await self.hot.run(self._buffers.fill)
+            await self.hot.run(self._buffers.fill, count)
         except (OSError, MemoryError) as e:  # the first reads will make their own
             log.warning("could not make block buffers ahead: %s", e)
 

@@ -42,9 +42,10 @@ class BufferPool:
         return mmap.mmap(-1, self.size,
                          flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | mmap.MAP_POPULATE)
 
-    def fill(self) -> None:
-        """Make free buffers up to ``keep`` (blocking), so that the first reads find them."""
-        while len(self._free) < self.keep:
+    def fill(self, count: int) -> None:
+        """Make free buffers up to ``count`` (at most ``keep``; blocking), so that the first
+        reads find them."""
+        while len(self._free) < min(count, self.keep):
             self._free.append(self._new())
 
     def give(self, buf: object) -> bool:

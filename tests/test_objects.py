@@ -4,20 +4,24 @@ over HTTP, through boto3), plus URI parsing, retries and mount-time checks."""
 from __future__ import annotations
 
 import base64
+import functools
 import os
+import re
 import zlib
 from pathlib import Path
 
 import botocore.exceptions
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from conftest import S3Server
 from s3proxy import FaultProxy
 from tierfs.errors import ConfigError
 from tierfs.objects import open_store
-from tierfs.objects.base import (MAX_PARTS, MIN_PART_SIZE, NoSuchObject, ObjectChanged,
-                                 ObjectStore, ObjectStoreError, TransientError,
-                                 parse_bucket_uri, part_size_for)
+from tierfs.objects.base import (MAX_KEY_BYTES, MAX_PARTS, MIN_PART_SIZE, KeyInTheWay,
+                                 NoSuchObject, ObjectChanged, ObjectStore, ObjectStoreError,
+                                 TransientError, parse_bucket_uri, part_size_for)
 from tierfs.objects.retry import retry_transient
 from tierfs.objects.s3 import classify
 
@@ -238,3 +242,52 @@ def test_part_sizes_keep_any_file_within_the_part_limit() -> None:
     for size in (10 * 1024**3, 5 * 1024**4):
         part = part_size_for(size)
         assert part >= MIN_PART_SIZE and -(-size // part) <= MAX_PARTS
+
+
+_names = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="/\x00"),
+                 min_size=1, max_size=300).filter(lambda n: n not in (".", ".."))
+
+
+@functools.cache
+def _store_for(prefix: str, local_root: str | None) -> ObjectStore:
+    if local_root is not None:
+        return open_store(parse_bucket_uri(f"file://{local_root}"))
+    return open_store(parse_bucket_uri(f"s3://b/{prefix}"), endpoint_url="http://127.0.0.1:9",
+                      region="us-east-1", addressing_style="path")  # (no request is made)
+
+
+@settings(max_examples=300, deadline=None)
+@given(names=st.lists(_names, min_size=1, max_size=25), prefix=st.sampled_from(["", "data",
+       "deep/" + "p" * 200]), local=st.booleans())
+def test_a_fitted_key_is_one_the_store_takes_and_stays_under_the_prefix(
+        names: list[str], prefix: str, local: bool, tmp_path_factory: pytest.TempPathFactory
+        ) -> None:
+    store = _store_for("" if local else prefix,
+                       str(tmp_path_factory.getbasetemp()) if local else None)
+    key = store.uri.key("/".join(names))
+    fitted = store.fit_key(key)
+    limit = store.max_name_bytes
+    assert len(fitted.encode()) <= MAX_KEY_BYTES
+    assert limit is None or all(len(n.encode()) <= limit for n in fitted.split("/"))
+    assert store.uri.contains(fitted)
+    assert store.fit_key(fitted) == fitted and store.fit_key(key) == fitted
+    if len(key.encode()) <= MAX_KEY_BYTES and (
+            limit is None or all(len(n.encode()) <= limit for n in names)):
+        assert fitted == key  # a key that fits is never changed
+    else:
+        name = fitted.rsplit("/", 1)[-1]
+        assert re.fullmatch(r".+~[0-9a-f]{12}", name, re.DOTALL), name
+        assert name.startswith(names[-1][0])  # the file's own name, cut
+
+
+def test_a_local_object_in_the_way_of_a_folder_is_named(tmp_path: Path) -> None:
+    """A local folder cannot hold an object ``ckpt`` and an object ``ckpt/model.pt``; S3 can.
+    The HEAD of the second says which object is in the way."""
+    (tmp_path / "bucket").mkdir()
+    store = open_store(parse_bucket_uri(f"file://{tmp_path}/bucket"))
+    store.put("run/ckpt", b"old checkpoint")
+    with pytest.raises(KeyInTheWay) as caught:
+        store.head("run/ckpt/shard/model.pt")
+    assert caught.value.at == "run/ckpt"
+    with pytest.raises(NoSuchObject):
+        store.head("run/ckpt~1/shard/model.pt")

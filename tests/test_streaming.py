@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import re
 import stat
 import threading
 import time
@@ -116,6 +117,56 @@ def test_a_name_that_is_not_utf8_goes_to_the_bucket_under_an_escaped_key(
     assert os.path.islink(os.fsencode(m.warm) + b"/" + name), "not a stub on the warm tier"
     with open(path, "rb") as f:
         assert hashlib.sha256(f.read()).hexdigest() == digest
+
+
+def test_a_path_too_long_for_a_key_goes_to_the_bucket_under_a_cut_key(
+        big_mount: Mount, s3_server: S3Server) -> None:
+    """S3 and GCS take keys of up to 1024 bytes; a path in the namespace may be four times
+    that. The key is cut to fit and marked with a hash, and the stub names it."""
+    m = big_mount
+    deep = m.path
+    for i in range(6):
+        deep = deep / (str(i) * 200)
+    deep.mkdir(parents=True)
+    digest = write_random(deep / "model.pt", 10 * MIB)
+    bucket = m.bucket  # type: ignore[attr-defined]
+    [key] = [o["Key"] for o in s3_server.client().list_objects_v2(Bucket=bucket)["Contents"]]
+    assert len(key.encode()) <= 1024 and key.startswith("tierfs/000")
+    assert re.fullmatch(r".*/model\.pt~[0-9a-f]{12}", key), key
+    body = s3_server.client().get_object(Bucket=bucket, Key=key)["Body"].read()
+    assert hashlib.sha256(body).hexdigest() == digest
+    with open(deep / "model.pt", "rb") as f:
+        assert hashlib.sha256(f.read()).hexdigest() == digest
+
+
+def test_keys_a_local_folder_cannot_hold_get_keys_it_can(tmp_path: Path) -> None:
+    """The zero-config bucket is a folder, where a key is a path: a file cannot also be a
+    folder, and a name holds at most 255 bytes. A checkpoint file renamed away keeps its
+    object at ``ckpt``; a directory ``ckpt`` written next must not fail, nor a second big
+    file under a 255-byte name (whose key gets a suffix, since the first one's object has the
+    name's key)."""
+    cold = tmp_path / "cold"
+    cold.mkdir()
+    m = make_mount(tmp_path, "--bucket", f"file://{cold}", "--large-file-threshold", "8MiB",
+                   "--part-size", "5MiB")
+    long_name = "n" * 255
+    with running(m):
+        first = write_random(m.path / "ckpt", 10 * MIB, seed=1)
+        os.rename(m.path / "ckpt", m.path / "ckpt.old")
+        (m.path / "ckpt").mkdir()
+        second = write_random(m.path / "ckpt" / "model.pt", 10 * MIB, seed=2)
+        third = write_random(m.path / long_name, 10 * MIB, seed=3)
+        os.rename(m.path / long_name, m.path / "long.old")
+        fourth = write_random(m.path / long_name, 10 * MIB, seed=4)
+        for rel, digest in (("ckpt.old", first), ("ckpt/model.pt", second),
+                            ("long.old", third), (long_name, fourth)):
+            assert os.path.islink(m.warm / rel), f"{rel} is not a stub on the warm tier"
+            with open(m.path / rel, "rb") as f:
+                assert hashlib.sha256(f.read()).hexdigest() == digest, rel
+        objects = sorted(str(p.relative_to(cold)) for p in cold.rglob("*")
+                         if p.is_file() and ".tierfs-uploads" not in p.parts)
+        assert len(objects) == 4 and "ckpt" in objects and long_name in objects, objects
+        assert all(len(name.encode()) <= 255 for o in objects for name in o.split("/"))
 
 
 def test_small_files_stay_plain_files_on_the_warm_tier(big_mount: Mount,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import hashlib
 from collections.abc import Iterator, Mapping
 from urllib.parse import urlsplit
 
@@ -19,6 +20,8 @@ from tierfs.errors import ConfigError
 MIN_PART_SIZE = 5 * 1024 * 1024
 MAX_PART_SIZE = 5 * 1024**3
 MAX_PARTS = 10_000
+#: The longest key S3 and GCS take, in bytes of UTF-8.
+MAX_KEY_BYTES = 1024
 
 
 class ObjectStoreError(Exception):
@@ -36,6 +39,15 @@ class ObjectChanged(ObjectStoreError):
 class UploadGone(ObjectStoreError):
     """The multipart upload no longer exists: completed already, or aborted by someone else
     (a bucket lifecycle rule that aborts incomplete uploads after some days, say)."""
+
+
+class KeyInTheWay(ObjectStoreError):
+    """(A local folder, where a key is a path.) An object's key, ``at``, is a folder that
+    ``key`` needs: S3 can hold both, a folder cannot."""
+
+    def __init__(self, key: str, at: str) -> None:
+        super().__init__(f"{key}: the object {at} is where a folder would have to be")
+        self.key, self.at = key, at
 
 
 class TransientError(ObjectStoreError):
@@ -108,8 +120,36 @@ def parse_bucket_uri(uri: str) -> BucketURI:
 class ObjectStore(abc.ABC):
     """A bucket (and prefix) that tierfs reads and writes."""
 
+    #: The longest name between two slashes that the store takes (a folder's NAME_MAX), in
+    #: bytes; None for no limit but the key's.
+    max_name_bytes: int | None = None
+
     def __init__(self, uri: BucketURI) -> None:
         self.uri = uri
+
+    def fit_key(self, key: str) -> str:
+        """``key``, or, where the store would refuse it (longer than ``MAX_KEY_BYTES``, or a
+        name longer than ``max_name_bytes``), a key cut to fit that ends in ``~`` and 12 hex
+        digits of the whole key's hash. The prefix stays whole; the file's name keeps up to
+        255 bytes, and its folders the rest, cut from their end. A path deep in the namespace
+        (4096 bytes) or a name that is not UTF-8 (each byte escaped as four characters) would
+        otherwise fail its upload."""
+        limit = self.max_name_bytes
+        if len(key.encode()) <= MAX_KEY_BYTES and (
+                limit is None or all(len(n.encode()) <= limit for n in key.split("/"))):
+            return key
+        mark = "~" + hashlib.sha256(key.encode()).hexdigest()[:12]
+        head = self.uri.prefix
+        rest = key[len(head) + 1:] if head and key.startswith(head + "/") else key
+        dirs, _, name = rest.rpartition("/")
+        taken = len(head.encode()) + 1 if head else 0
+        room = min(255 if limit is None else limit, MAX_KEY_BYTES - taken) - len(mark)
+        name = _cut(name, room) + mark
+        if limit is not None:
+            dirs = "/".join(_cut(d, limit) for d in dirs.split("/"))
+        dirs = _cut(dirs, MAX_KEY_BYTES - taken - len(name.encode()) - 1)
+        names = [n for n in dirs.split("/") if n not in ("", ".", "..")]
+        return "/".join([*([head] if head else []), *names, name])
 
     @abc.abstractmethod
     def check(self) -> None:
@@ -162,6 +202,11 @@ class ObjectStore(abc.ABC):
     @abc.abstractmethod
     def list_multipart(self, prefix: str) -> list[tuple[str, str]]:
         """(key, upload id) of unfinished multipart uploads under ``prefix``."""
+
+
+def _cut(text: str, size: int) -> str:
+    """``text`` cut to at most ``size`` bytes of UTF-8, at a character's end."""
+    return text.encode()[:max(0, size)].decode("utf-8", "ignore")
 
 
 def part_size_for(expected_size: int, minimum: int = MIN_PART_SIZE) -> int:

@@ -4,7 +4,9 @@ tests of very large files (moto reads a whole object for every ranged GET).
 Objects are plain files at ``<folder>/<key>``, written whole (temp name, fsync, rename), so an
 object never appears half-written. Metadata lives in one extended attribute. The ETag names a
 version of the file (inode, mtime, size), and every put makes a new inode, so it changes
-whenever the object does.
+whenever the object does. A key is a path here: a name longer than the folder's NAME_MAX
+cannot be one (``fit_key`` cuts it), and an object cannot also be a folder of other objects
+(``head`` then says which object is in the way, ``KeyInTheWay``).
 """
 
 from __future__ import annotations
@@ -16,8 +18,8 @@ import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-from tierfs.objects.base import (BucketURI, NoSuchObject, ObjectChanged, ObjectInfo, ObjectStore,
-                                 ObjectStoreError, UploadGone)
+from tierfs.objects.base import (BucketURI, KeyInTheWay, NoSuchObject, ObjectChanged, ObjectInfo,
+                                 ObjectStore, ObjectStoreError, UploadGone)
 
 METADATA_XATTR = "user.tierfs.metadata"
 #: Unfinished multipart uploads and temp files; never listed as objects.
@@ -33,6 +35,10 @@ class LocalStore(ObjectStore):
         super().__init__(uri)
         self.root = Path(uri.bucket)
         self.work = self.root / WORK_DIR
+        try:
+            self.max_name_bytes = os.pathconf(self.root, "PC_NAME_MAX")
+        except OSError:
+            self.max_name_bytes = 255  # (a missing folder fails check() at mount)
 
     def _path(self, key: str) -> Path:
         if not self.uri.contains(key) or key.startswith(WORK_DIR):
@@ -59,6 +65,17 @@ class LocalStore(ObjectStore):
             return self._info(key, path.stat(), path)
         except FileNotFoundError:
             raise NoSuchObject(key) from None
+        except NotADirectoryError:
+            raise KeyInTheWay(key, self._object_above(key)) from None
+
+    def _object_above(self, key: str) -> str:
+        """The object whose file stands where a folder of ``key`` would be."""
+        names = key.split("/")
+        for i in range(1, len(names)):
+            above = "/".join(names[:i])
+            if not (self.root / above).is_dir():
+                return above
+        raise ObjectStoreError(f"{key}: a folder above it is not a folder")
 
     def get_range(self, key: str, start: int, length: int, etag: str | None = None) -> bytes:
         try:

@@ -44,7 +44,8 @@ from tierfs.cache.eviction import make_policy
 from tierfs.cache.store import is_no_space
 from tierfs.config import Config, resolve_capacity
 from tierfs.index import FLUSH_INTERVAL, Batch, Index
-from tierfs.objects.base import NoSuchObject, ObjectStoreError, UploadGone, key_text
+from tierfs.objects.base import (KeyInTheWay, NoSuchObject, ObjectStoreError, UploadGone,
+                                 key_text)
 from tierfs.stubs import Stub, StubError, looks_like_stub, parse_stub
 from tierfs.tiers.cold import ColdTier
 from tierfs.tiers.hot import HotTier
@@ -1345,16 +1346,20 @@ class FileSystem:
         It is the file's path at upload time, unless another file's object has that key: a
         cold file renamed away keeps its object, and a new file written under the old name
         (a checkpoint written to a temp name and renamed, again and again) must not overwrite
-        it. Then the key gets a suffix, ``<path>~<12 hex digits>``. A file's own previous
-        object is overwritten. Keys already headed for are held by their journal entries;
-        this one is taken before the HEAD, so two uploads can never choose the same key."""
-        key = self.config.bucket.key(key_text(rel))
+        it. Then the key gets a suffix, ``<path>~<12 hex digits>``. In a local folder, where
+        an object cannot also be a folder, an object in the way of the key's folders gets the
+        suffix in the key instead (``ckpt~<hex>/model.pt``). A key the store would refuse for
+        its length is cut to fit (``ObjectStore.fit_key``). A file's own previous object is
+        overwritten. Keys already headed for are held by their journal entries; this one is
+        taken before the HEAD, so two uploads can never choose the same key."""
+        fit = self.cold.store.fit_key
+        key = fit(self.config.bucket.key(key_text(rel)))
         own = data.replaces_object
         checked = key == own
         if not checked and any(e.upload is not None and e.upload.key == key
                                for sid, e in self.journal.entries.items()
                                if sid != data.staging_id):
-            key, checked = unique_key(key), True
+            key, checked = fit(unique_key(key)), True
         while True:
             if entry is not None:
                 entry.upload = Upload(key, time.time(), self.config.part_size,
@@ -1367,9 +1372,13 @@ class FileSystem:
                 await self.cold.run(self.cold.store.head, key)
             except NoSuchObject:
                 return key
+            except KeyInTheWay as e:
+                log.info("%s", e)
+                key = fit(unique_key(e.at) + key[len(e.at):])
+                continue  # (that folder may be taken too: look again)
             log.info("%s already holds another file's object: this one gets a key of its own",
                      key)
-            key, checked = unique_key(key), True
+            key, checked = fit(unique_key(key)), True
 
     async def _fresh_base(self, inode: Inode, data: OpenFile) -> os.stat_result | None:
         """The open file's attributes on the warm tier (mode, link count), read again if a

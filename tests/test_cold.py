@@ -89,6 +89,26 @@ def test_import_is_idempotent_and_never_replaces_user_files(cold_mount: Mount,
     assert outside.returncode == 1 and "not inside the configured bucket" in outside.stderr
 
 
+def test_import_goes_past_keys_whose_names_the_warm_tier_cannot_hold(
+        cold_mount: Mount, s3_server: S3Server) -> None:
+    """S3 takes a name of 300 bytes between two slashes; a file system takes 255. Those
+    objects are named in the report, and every other object is imported."""
+    m = cold_mount
+    bucket = m.bucket  # type: ignore[attr-defined]
+    base = f"{PREFIX}/datasets/long"
+    put(s3_server, bucket, f"{base}/a.bin", b"a")
+    put(s3_server, bucket, f"{base}/{'d' * 300}/b.bin", b"b")
+    put(s3_server, bucket, f"{base}/{'f' * 300}", b"c")
+    put(s3_server, bucket, f"{base}/z.bin", b"z")
+    result = tierfs("import", f"s3://{bucket}/{base}", "long", "--warm", str(m.warm),
+                    "--hot", str(m.hot), *m.extra, check=False)
+    assert result.returncode == 0, result.stderr
+    assert "2 new" in result.stdout and "2 with names too long" in result.stdout
+    assert f"{base}/{'d' * 300}/b.bin" in result.stderr and f"{base}/{'f' * 300}" in result.stderr
+    assert (m.path / "long" / "a.bin").read_bytes() == b"a"
+    assert (m.path / "long" / "z.bin").read_bytes() == b"z"
+
+
 def test_a_changed_object_is_never_read_as_the_old_file(cold_mount: Mount,
                                                         dataset: dict[str, bytes],
                                                         s3_server: S3Server) -> None:

@@ -215,10 +215,15 @@ def import_(uri: str, directory: str, config_file: Path | None, **flags: Any) ->
         _fail(str(e))
     except ObjectStoreError as e:
         _fail(f"listing {uri}: {e}")
+    except OSError as e:
+        _fail(f"importing into {directory}: {e}")
     click.echo(f"imported {uri} into {dest}: {result.created} new, {result.updated} updated, "
-               f"{result.unchanged} unchanged, {len(result.conflicts)} in the way")
+               f"{result.unchanged} unchanged, {len(result.conflicts)} in the way"
+               + (f", {len(result.too_long)} with names too long" if result.too_long else ""))
     for path in result.conflicts[:20]:
         click.echo(f"  not replaced (a file or directory is there): {path}", err=True)
+    for key in result.too_long[:20]:
+        click.echo(f"  not imported (a name longer than the warm tier takes): {key}", err=True)
 
 
 def _table(title: str, rows: list[tuple[str, str]]) -> Any:

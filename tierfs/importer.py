@@ -9,6 +9,7 @@ never replaced (it is counted and reported).
 from __future__ import annotations
 
 import dataclasses
+import errno
 import os
 import uuid
 from collections.abc import Callable
@@ -27,6 +28,9 @@ class ImportResult:
     unchanged: int = 0
     updated: int = 0
     conflicts: list[str] = dataclasses.field(default_factory=list)
+    #: Keys whose path the warm tier cannot hold (S3 takes names past the 255 bytes a file
+    #: system does); the rest of the import goes on.
+    too_long: list[str] = dataclasses.field(default_factory=list)
 
 
 def stub_for(info: ObjectInfo) -> Stub:
@@ -82,7 +86,12 @@ def import_objects(config: Config, store: ObjectStore, prefix: str, dest: Path,
             continue
         path = dest.joinpath(*parts)
         # Listings carry no user metadata: HEAD for the mode and mtime tierfs stores there.
-        _place(path, stub_for(store.head(info.key)).encode(config.bucket), result)
+        try:
+            _place(path, stub_for(store.head(info.key)).encode(config.bucket), result)
+        except OSError as e:
+            if e.errno != errno.ENAMETOOLONG:
+                raise
+            result.too_long.append(info.key)
         advance(1)
     return result
 
@@ -97,7 +106,9 @@ def _place(path: Path, target: bytes, result: ImportResult) -> None:
         current = os.readlink(path)
     except FileNotFoundError:
         current = None
-    except OSError:  # a real file or directory is there: never replace user data
+    except OSError as e:  # a real file or directory is there: never replace user data
+        if e.errno == errno.ENAMETOOLONG:
+            raise
         result.conflicts.append(str(path))
         return
     current_bytes = os.fsencode(current) if current is not None else None

@@ -176,3 +176,18 @@ def test_mount_fails_at_once_on_a_missing_bucket_or_bad_endpoint(tmp_path: Path,
     assert "no-such-bucket does not exist" in line
     assert "not exist" in _mount_fails(m, "--bucket", f"file://{tmp_path}/no-folder")
     assert "--bucket" in _mount_fails(m, "--bucket", "ftp://x/y")
+
+
+def test_a_bucket_folder_without_extended_attributes_fails_the_mount(tmp_path: Path) -> None:
+    """A local-folder object keeps its metadata (mode, mtime, the upload's token) in an
+    extended attribute: on a file system without them (ramfs here; some NFS mounts) every
+    upload would fail, at the first large file. So the mount fails, and says why."""
+    m = make_mount(tmp_path)
+    cold = tmp_path / "cold"
+    cold.mkdir()
+    subprocess.run(["mount", "-t", "ramfs", "ramfs", str(cold)], check=True)
+    try:
+        line = _mount_fails(m, "--bucket", f"file://{cold}")
+    finally:
+        subprocess.run(["umount", str(cold)], check=True)
+    assert str(cold) in line and "extended attributes" in line

@@ -70,6 +70,15 @@ def snapshot(root: Path) -> dict[str, Any]:
     return tree
 
 
+def settling_snapshot(root: Path) -> dict[str, Any] | None:
+    """The tree, or None while an entry vanished under the walk: tierfs removes its own temp
+    files in the background (a copy made ahead for a file unlinked since, say)."""
+    try:
+        return snapshot(root)
+    except FileNotFoundError:
+        return None
+
+
 def _size(path: Path) -> int:
     """A regular file's size (not following a symlink); -1 for anything else."""
     try:
@@ -368,7 +377,7 @@ class TreeMachine(RuleBasedStateMachine):
         assert self.settle_root is not None
         warm, want = self.settle_root / self.m.name, snapshot(self.r)
         deadline = time.monotonic() + SETTLE_TIMEOUT
-        while (found := snapshot(warm)) != want and time.monotonic() < deadline:
+        while (found := settling_snapshot(warm)) != want and time.monotonic() < deadline:
             time.sleep(0.05)
         assert found == want, ("the warm tier does not hold what was written through the "
                                "mount, after:\n" + "\n".join(self.steps))

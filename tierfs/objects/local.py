@@ -11,6 +11,7 @@ cannot be one (``fit_key`` cuts it), and an object cannot also be a folder of ot
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -58,6 +59,27 @@ class LocalStore(ObjectStore):
         if not os.access(self.root, os.W_OK):
             raise ObjectStoreError(f"folder {self.root} is not writable")
         self.work.mkdir(exist_ok=True)
+        self._check_metadata()
+
+    def _check_metadata(self) -> None:
+        """Objects keep their metadata (mode, mtime, the upload's token) in an extended
+        attribute: on a file system without them every upload would fail, at the first
+        large file, so the mount fails instead."""
+        probe = self.work / f"probe-{uuid.uuid4().hex}"
+        try:
+            probe.touch()
+        except OSError as e:
+            raise ObjectStoreError(f"cannot write in {self.work}: {e}") from None
+        try:
+            os.setxattr(probe, METADATA_XATTR, b"{}")
+        except OSError as e:
+            if e.errno not in (errno.ENOTSUP, errno.EOPNOTSUPP):
+                raise
+            raise ObjectStoreError(f"folder {self.root} is on a file system without extended "
+                                   "attributes (user.*), where objects keep their metadata; "
+                                   "choose a folder on ext4, XFS or tmpfs") from None
+        finally:
+            probe.unlink()
 
     def head(self, key: str) -> ObjectInfo:
         path = self._path(key)

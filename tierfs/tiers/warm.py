@@ -78,9 +78,16 @@ def copy_to_new(src: int, dst: int, size: int) -> None:
     on the hot disk when staged and on the warm tier when published. Only for an empty new
     file: it reads as zeros wherever nothing is copied, whereas a skipped hole in a file with
     data would leave that data showing. File systems without ``SEEK_DATA`` (and those that
-    report a file as all data, as the generic kernel code does) get a plain copy. ``src``'s
-    file offset moves: its readers use positional reads only.
+    report a file as all data, as the generic kernel code does) get a plain copy, and so
+    does a file with as many blocks as bytes: ``SEEK_DATA`` is asked only of files that hold
+    holes, since some file systems have answered it wrongly for data not yet written back
+    (OpenZFS before 2.2.2, whose bug made ``cp`` write zeros), and a plain copy is right
+    whatever they say. ``src``'s file offset moves: its readers use positional reads only.
     """
+    if os.fstat(src).st_blocks * 512 >= size:
+        copy_fd(src, dst, size)
+        os.ftruncate(dst, size)
+        return
     offset = 0
     while offset < size:
         try:

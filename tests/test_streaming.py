@@ -158,14 +158,18 @@ def test_keys_a_local_folder_cannot_hold_get_keys_it_can(tmp_path: Path) -> None
         third = write_random(m.path / long_name, 10 * MIB, seed=3)
         os.rename(m.path / long_name, m.path / "long.old")
         fourth = write_random(m.path / long_name, 10 * MIB, seed=4)
+        os.rename(m.path / long_name, m.path / "long2.old")
+        (m.path / long_name).mkdir()  # the third file's object has this name: in the way
+        fifth = write_random(m.path / long_name / "model.pt", 10 * MIB, seed=5)
         for rel, digest in (("ckpt.old", first), ("ckpt/model.pt", second),
-                            ("long.old", third), (long_name, fourth)):
+                            ("long.old", third), ("long2.old", fourth),
+                            (f"{long_name}/model.pt", fifth)):
             assert os.path.islink(m.warm / rel), f"{rel} is not a stub on the warm tier"
             with open(m.path / rel, "rb") as f:
                 assert hashlib.sha256(f.read()).hexdigest() == digest, rel
         objects = sorted(str(p.relative_to(cold)) for p in cold.rglob("*")
                          if p.is_file() and ".tierfs-uploads" not in p.parts)
-        assert len(objects) == 4 and "ckpt" in objects and long_name in objects, objects
+        assert len(objects) == 5 and "ckpt" in objects and long_name in objects, objects
         assert all(len(name.encode()) <= 255 for o in objects for name in o.split("/"))
 
 

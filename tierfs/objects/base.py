@@ -146,7 +146,7 @@ class ObjectStore(abc.ABC):
         room = min(255 if limit is None else limit, MAX_KEY_BYTES - taken) - len(mark)
         name = _cut(name, room) + mark
         if limit is not None:
-            dirs = "/".join(_cut(d, limit) for d in dirs.split("/"))
+            dirs = "/".join(_fit_name(d, limit) for d in dirs.split("/"))
         dirs = _cut(dirs, MAX_KEY_BYTES - taken - len(name.encode()) - 1)
         names = [n for n in dirs.split("/") if n not in ("", ".", "..")]
         return "/".join([*([head] if head else []), *names, name])
@@ -207,6 +207,14 @@ class ObjectStore(abc.ABC):
 def _cut(text: str, size: int) -> str:
     """``text`` cut to at most ``size`` bytes of UTF-8, at a character's end."""
     return text.encode()[:max(0, size)].decode("utf-8", "ignore")
+
+
+def _fit_name(name: str, limit: int) -> str:
+    """A folder's name, cut to ``limit`` bytes with its own hash mark if longer: a plain cut
+    could give back the name of another folder, or of the object a suffix was moving past."""
+    if len(name.encode()) <= limit:
+        return name
+    return _cut(name, limit - 13) + "~" + hashlib.sha256(name.encode()).hexdigest()[:12]
 
 
 def part_size_for(expected_size: int, minimum: int = MIN_PART_SIZE) -> int:

@@ -174,6 +174,11 @@ STALE_TRIES = 4
 FRESH_BATCH = 64
 
 
+#: Objects in the way of a key's folders moved past before giving up (each move is a new
+#: random suffix, so one is almost always enough).
+MAX_KEY_MOVES = 8
+
+
 def unique_key(key: str) -> str:
     """A key beside ``key`` that no other file's object has."""
     return f"{key}~{uuid.uuid4().hex[:12]}"
@@ -1354,6 +1359,7 @@ class FileSystem:
         taken before the HEAD, so two uploads can never choose the same key."""
         fit = self.cold.store.fit_key
         key = fit(self.config.bucket.key(key_text(rel)))
+        moves = 0
         own = data.replaces_object
         checked = key == own
         if not checked and any(e.upload is not None and e.upload.key == key
@@ -1374,6 +1380,9 @@ class FileSystem:
                 return key
             except KeyInTheWay as e:
                 log.info("%s", e)
+                moves += 1
+                if moves > MAX_KEY_MOVES:  # a key the cut keeps putting under an object
+                    raise ObjectStoreError(f"no free key found for {key}") from None
                 key = fit(unique_key(e.at) + key[len(e.at):])
                 continue  # (that folder may be taken too: look again)
             log.info("%s already holds another file's object: this one gets a key of its own",

@@ -19,7 +19,7 @@ from tierfs.tiers.cold import ColdTier, open_checked_store
 from tierfs.tiers.hot import HotTier
 from tierfs.tiers.warm import WarmTier
 from tierfs.vfs.filesystem import FileSystem
-from tierfs.vfs.inodes import ROOT_INODE
+from tierfs.core.inodes import ROOT_INODE
 
 
 def run_fs(tmp_path: Path, body: Callable[[FileSystem], Awaitable[None]]) -> None:

@@ -33,7 +33,7 @@ from tierfs.index import Index
 from tierfs.objects.base import parse_bucket_uri
 from tierfs.stubs import parse_stub
 from tierfs.tiers.warm import RENAME_EXCHANGE
-from tierfs.vfs import journal
+from tierfs.write import journal
 from tierfs.cache.counters import load_saved
 
 MIB = 1024 * 1024

@@ -156,7 +156,7 @@ def test_policy_bookkeeping(ops: list[tuple[str, int, int]], cls: type) -> None:
 def test_read_ahead_follows_interleaved_streams_in_one_handle() -> None:
     """Two processes reading one file through one descriptor, in turns: each stream is
     recognised as sequential and its window grows; a random reader gets none."""
-    from tierfs.cache.readahead import ReadAhead
+    from tierfs.cache.reader import ReadAhead
 
     ra = ReadAhead(max_window=8)
     windows_a, windows_b = [], []

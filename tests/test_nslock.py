@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import trio
 
-from tierfs.vfs.nslock import NamespaceLock
+from tierfs.core.nslock import NamespaceLock
 
 
 def test_shared_holders_run_together_and_an_exclusive_one_waits_for_them() -> None:

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from conftest import Mount, make_mount, running
 from tierfs.tiers.warm import copy_to_new
-from tierfs.vfs.streaming import punch_hole
+from tierfs.transfer.streaming import punch_hole
 
 MIB = 1024 * 1024
 

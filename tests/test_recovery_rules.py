@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tierfs.vfs.journal import Entry, Upload
-from tierfs.vfs.recovery import publishable
+from tierfs.write.journal import Entry, Upload
+from tierfs.write.recovery import publishable
 
 
 def upload() -> Upload:

@@ -29,8 +29,8 @@ from tierfs.mounting import NETWORK_FS, fs_type
 from tierfs.tiers.cold import ColdTier, open_checked_store
 from tierfs.tiers.hot import HotTier
 from tierfs.tiers.warm import WarmTier
-from tierfs.vfs import recovery
 from tierfs.vfs.filesystem import FileSystem
+from tierfs.write import recovery
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ def _invalidate_attrs(ino: int) -> None:
 
 
 async def _purge_temps(fs: FileSystem) -> None:
-    removed = await fs.warm.run(recovery.purge_temps, fs)
+    removed = await fs.warm.run(recovery.purge_temps, fs.core)
     if removed:
         log.warning("removed %d temp files an unclean stop left on the warm tier", removed)
 
@@ -112,7 +112,7 @@ async def _serve(fs: FileSystem, ops: Operations, mountpoint: str, read_ahead: i
 
         await nursery.start(fs.run_background)
         # Before any request: nobody sees a half-recovered file.
-        await recovery.recover(fs, rebooted=start.rebooted)
+        await fs.recover(rebooted=start.rebooted)
         if not start.clean:
             nursery.start_soon(_purge_temps, fs)
         nursery.start_soon(watch_signals)

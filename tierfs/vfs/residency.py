@@ -21,7 +21,7 @@ import trio
 from tierfs.cache.blocks import Source
 from tierfs.stubs import StubError, looks_like_stub, parse_stub
 from tierfs.tiers.warm import join
-from tierfs.vfs.files import warm_id
+from tierfs.core.openfile import warm_id
 
 if TYPE_CHECKING:
     from tierfs.vfs.filesystem import FileSystem

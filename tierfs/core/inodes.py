@@ -28,7 +28,7 @@ from tierfs.tiers.warm import ROOT, join
 
 if TYPE_CHECKING:
     from tierfs.stubs import Stub
-    from tierfs.vfs.files import OpenFile
+    from tierfs.core.openfile import OpenFile
 
 ROOT_INODE = pyfuse3.ROOT_INODE
 _KEY = struct.Struct(">QQ")

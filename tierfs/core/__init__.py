@@ -1,0 +1,1 @@
+"""The core's shared state: inodes, open-file states, the namespace lock, attributes."""

@@ -1,0 +1,215 @@
+"""What the parts of the core share: the tiers, the index and its batch, the cache, the inode
+table, the namespace lock, and the few facts every part reads (renames so far, the open
+directory attributes, whether publishing renames).
+
+Everything here changes only on the event loop. Construction (capacity of the cache, the
+inode table's root, whether the tiers share a file system) is ``Core.open``'s, not the
+constructor's, so the parts can be built around a core made any way a test likes.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import logging
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import trio
+
+from tierfs.cache import counters as counter_names
+from tierfs.cache.blocks import BlockCache
+from tierfs.cache.counters import Counters
+from tierfs.cache.eviction import make_policy
+from tierfs.config import Config, resolve_capacity
+from tierfs.core.attrs import Attrs, attrs_of, err
+from tierfs.core.inodes import ROOT_INODE, Inode, InodeTable
+from tierfs.core.nslock import NamespaceLock
+from tierfs.core.openfile import OpenFile
+from tierfs.index import Batch, Index
+from tierfs.objects.base import ObjectStoreError
+from tierfs.stubs import Stub, StubError, looks_like_stub, parse_stub
+from tierfs.tiers.cold import ColdTier
+from tierfs.tiers.hot import HotTier
+from tierfs.tiers.warm import WarmTier
+
+log = logging.getLogger(__name__)
+
+#: (``Inode.attr_changes``, renames through the mount): see ``Core.attr_mark``.
+AttrMark = tuple[int, int]
+#: Bytes of cached blocks evicted when an index commit finds the hot disk full: LMDB needs
+#: room for the pages a commit copies, a few MiB for the largest batches.
+INDEX_ROOM = 16 * 1024 * 1024
+
+
+class Core:
+    def __init__(self, config: Config, hot: HotTier, warm: WarmTier, cold: ColdTier,
+                 index: Index, batch: Batch, counters: Counters, cache: BlockCache,
+                 inodes: InodeTable, cache_warm: bool, publish_by_rename: bool,
+                 namemax: int) -> None:
+        self.config = config
+        self.hot = hot
+        self.warm = warm
+        self.cold = cold
+        self.index = index
+        self.batch = batch
+        self.counters = counters
+        self.cache = cache
+        self.inodes = inodes
+        #: Whether warm files are read through the block cache too.
+        self.cache_warm = cache_warm
+        #: The hot and warm tiers share a file system (a single disk, the zero-config
+        #: default): files are published by renaming their staging file into place instead
+        #: of copying it. Off for good at the first EXDEV.
+        self.publish_by_rename = publish_by_rename
+        self.namemax = namemax
+        self.as_root = os.geteuid() == 0
+        self.ns_lock = NamespaceLock()
+        #: Renames through the mount (under ``ns_lock``): see ``attr_mark``.
+        self.renames = 0
+        #: Renames, unlinks and rmdirs through the mount (under ``ns_lock``): a listing read
+        #: before one may name files by where they were (``vfs.listing``).
+        self.name_changes = 0
+        #: A directory's attributes as read just after tierfs created a file in it (or
+        #: published one into it): the kernel drops them at every create and asks again at
+        #: the next, to check permissions. Answered from here once, within attr_timeout, and
+        #: forgotten at any other change made through the mount. Deadline and attributes.
+        self.dir_attrs: dict[int, tuple[float, os.stat_result]] = {}
+        #: Called with an inode number when tierfs changed attributes behind the kernel's back.
+        self.invalidate_attrs: Callable[[int], None] = lambda ino: None
+        #: Where background tasks run: part uploads, read-ahead, write-back (set by upkeep).
+        self.nursery: trio.Nursery | None = None
+        #: Staging files being removed (set when done): a write that finds the hot disk full
+        #: waits for them, since a writer's close returns before its release frees staging.
+        self.staging_going: set[trio.Event] = set()
+        #: File and directory handle numbers (one sequence: the kernel keeps them apart).
+        self.handle_numbers = itertools.count(1)
+
+    @classmethod
+    def open(cls, config: Config, hot: HotTier, warm: WarmTier, cold: ColdTier, index: Index,
+             cache_warm: bool = False) -> Core:
+        """Build a core on opened tiers and index: the cache loaded from the index, counters
+        restored, the inode table rooted at the warm root (blocking: at mount)."""
+        batch = Batch(index)
+        counters = Counters()
+        counters.restore(index.get("meta", counter_names.KEY))
+        disk = os.statvfs(hot.root)
+        capacity = resolve_capacity(config.hot_capacity, disk.f_blocks * disk.f_frsize)
+        cache = BlockCache(hot, index, batch, make_policy(config.eviction, capacity),
+                           config.block_size, capacity, config.cache_high_watermark,
+                           config.cache_low_watermark, config.read_memory, counters)
+        cache.load()
+        # The cache is what fills the hot disk; the index must still be able to commit.
+        batch.make_room = lambda: cache.free(INDEX_ROOM)
+        inodes = InodeTable(batch, warm.lstat(b"."))
+        by_rename = _same_file_system(hot.staging_dir, warm.root)
+        if by_rename:
+            log.info("the hot and warm tiers share a file system: publishing by rename")
+        return cls(config, hot, warm, cold, index, batch, counters, cache, inodes, cache_warm,
+                   by_rename, warm.statvfs().f_namemax)
+
+    # -- names and stubs ------------------------------------------------------------------
+
+    def rel_or_none(self, inode: Inode) -> bytes | None:
+        """An inode's warm path, or None once it has no name left."""
+        if inode.ino != ROOT_INODE and not inode.links:
+            return None
+        return self.inodes.path(inode)
+
+    def parse_stub(self, st: os.stat_result, target: bytes | None, where: bytes
+                   ) -> Stub | None:
+        """The stub a warm entry stands for, if any; a bad one is refused, never followed."""
+        if target is None or not looks_like_stub(target):
+            return None
+        try:
+            return parse_stub(target, self.config.bucket)
+        except StubError as e:
+            log.warning("refusing stub %s: %s", os.fsdecode(where), e)
+            raise err(errno.EIO) from None
+
+    def attr_mark(self, inode: Inode) -> AttrMark:
+        """Taken by a publish before it copies the attributes of the file it will replace:
+        if the mark differs at its rename, it takes them again (``Reapply``). An attribute
+        change of the file, or any rename (which can move another file to the path the copy
+        was read from while the copy ran), moves the mark."""
+        return inode.attr_changes, self.renames
+
+    # -- attributes -----------------------------------------------------------------------
+
+    def _stat_inode_blocking(self, inode: Inode, rel: bytes | None
+                             ) -> tuple[os.stat_result, bytes | None]:
+        """Attributes and, for a symlink, its target (which may make it a stub)."""
+        data = inode.data
+        if rel is not None:
+            return self.warm.lstat_link(rel)
+        # Unlinked but still open: the warm descriptor still reaches the file.
+        fd = None if data is None else data.warm_fd
+        if fd is None:
+            if inode.stub is not None and data is not None and data.base is not None:
+                return data.base, None  # an unlinked cold file: its stub is remembered
+            raise err(errno.ENOENT)
+        return os.fstat(fd), None
+
+    async def refresh(self, inode: Inode) -> Attrs:
+        """Attributes read from the tiers; remembered while the file is open."""
+        async with self.ns_lock.shared():
+            rel = self.rel_or_none(inode)
+            st, target = await self.warm.run(self._stat_inode_blocking, inode, rel)
+        if target is not None:
+            inode.stub = self.parse_stub(st, target, rel or b"")
+        if inode.data is not None:
+            inode.data.base = st
+        return attrs_of(inode, st)
+
+    async def fresh_base(self, inode: Inode, data: OpenFile) -> os.stat_result | None:
+        """The open file's attributes on the warm tier (mode, link count), read again if a
+        namespace change made them stale (``attrs.forget_base``)."""
+        if data.base is None and inode.data is data:
+            try:
+                await self.refresh(inode)
+            except OSError as e:  # (renamed or unlinked meanwhile, say)
+                log.warning("could not read the attributes of inode %d again: %s",
+                            inode.ino, e)
+        return data.base
+
+    def forget_dir_attrs(self) -> None:
+        """A change through the mount: no directory's attributes are answered from memory."""
+        self.dir_attrs.clear()
+
+    def remember_dir(self, ino: int, st: os.stat_result) -> None:
+        self.dir_attrs[ino] = (time.monotonic() + self.config.attr_timeout, st)
+
+    def dir_changed(self, inode: Inode, parent_st: os.stat_result) -> None:
+        """A file was published into its directory: keep what getattr answers for that
+        directory current (only where a create put it)."""
+        if len(inode.links) == 1 and inode.links[0][0] in self.dir_attrs:
+            self.remember_dir(inode.links[0][0], parent_st)
+
+    # -- objects --------------------------------------------------------------------------
+
+    async def get_object(self, stub: Stub, offset: int, size: int) -> bytes:
+        """A ranged GET pinned to the stub's ETag: a changed object is an error, never a mix of
+        old and new bytes."""
+        size = max(0, min(size, stub.size - offset))
+        try:
+            return await self.cold.run(self.cold.store.get_range, stub.key, offset, size,
+                                       stub.etag)
+        except ObjectStoreError as e:
+            log.error("reading %s at %d: %s", stub.key, offset, e)
+            raise err(errno.EIO) from None
+
+    async def delete_object(self, key: str) -> None:
+        """Delete an object nothing refers to any more; a failure only leaves garbage."""
+        try:
+            await self.cold.run(self.cold.store.delete, key)
+        except ObjectStoreError as e:
+            log.error("could not delete unreferenced object %s: %s", key, e)
+
+
+def _same_file_system(a: Path, b: Path) -> bool:
+    try:
+        return os.stat(a).st_dev == os.stat(b).st_dev
+    except OSError:
+        return False

@@ -1,0 +1,177 @@
+"""Open-file state: what every handle on one regular file shares, as an explicit state machine.
+
+One ``OpenFile`` per inode while any handle (or a write-back, or a truncate by path) holds it,
+so several handles see one content. Until the first write it reads the warm file through a
+descriptor opened at ``open`` (which keeps an unlinked file's data readable), or a cold file's
+object. The first write copies the data into a staging file on the hot tier; from then on
+reads and writes use staging, and publishing puts staging back on the warm tier (or completes
+its upload to the bucket).
+
+The life of the data is ``DataState``; the moves allowed between states are ``TRANSITIONS``,
+in one table, and ``OpenFile.to`` refuses any other (``IllegalTransition``: a bug, raised in
+tests as anywhere). The descriptors, upload and sizes that go with a state are checked as the
+state is entered, so a state that contradicts them cannot be written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import os
+
+import trio
+
+from tierfs.cache.reader import CachedReader
+from tierfs.stubs import Stub
+from tierfs.transfer.mirror import Mirror
+from tierfs.transfer.streaming import StreamingUpload
+
+
+class DataState(enum.Enum):
+    #: Nothing staged: reads go to the warm file or the object.
+    CLEAN = "clean"
+    #: Staged, and what is staged is also home (copied in, or published by copy): a writer can
+    #: go on in staging, but there is nothing to publish.
+    STAGED = "staged"
+    #: Staged changes that are not home yet.
+    DIRTY = "dirty"
+    #: Staged changes on their way to the bucket in a multipart upload.
+    STREAMING = "streaming"
+    #: A publish is under way (it holds the file's lock).
+    PUBLISHING = "publishing"
+    #: The last publish failed; the staged data (and upload, if any) stay for another try.
+    FAILED = "failed"
+    #: Let go: no handle or write-back holds the state any more. It never comes back.
+    RETIRED = "retired"
+
+
+S = DataState
+#: The only moves between states.
+TRANSITIONS: dict[DataState, frozenset[DataState]] = {
+    S.CLEAN: frozenset({S.STAGED, S.RETIRED}),
+    S.STAGED: frozenset({S.DIRTY, S.RETIRED}),
+    S.DIRTY: frozenset({S.STREAMING, S.PUBLISHING, S.RETIRED}),
+    S.STREAMING: frozenset({S.DIRTY, S.PUBLISHING, S.CLEAN, S.RETIRED}),
+    # CLEAN: renamed into place, or completed in the bucket (nothing staged any more);
+    # STAGED: copied home, or unlinked (nothing to publish); FAILED: the publish failed.
+    S.PUBLISHING: frozenset({S.CLEAN, S.STAGED, S.FAILED}),
+    S.FAILED: frozenset({S.DIRTY, S.STREAMING, S.PUBLISHING, S.RETIRED}),
+    S.RETIRED: frozenset(),
+}
+#: States in which staged data is not home yet.
+UNPUBLISHED = frozenset({S.DIRTY, S.STREAMING, S.PUBLISHING, S.FAILED})
+
+
+class IllegalTransition(AssertionError):
+    """A move the state machine does not allow, or a state entered with data that contradicts
+    it: a bug in tierfs."""
+
+
+#: What names one version of a warm file's content: (inode, size, mtime, ctime).
+WarmId = tuple[int, int, int, int]
+
+
+def warm_id(st: os.stat_result) -> WarmId:
+    """A warm file's version, as far as its attributes tell. Inode, size and mtime alone are
+    not enough: a file replaced by another node keeps them all when the new file reuses the
+    freed inode number and its mtime is set to the old one's (``tar``, ``rsync -t``,
+    ``cp -p``). The ctime cannot be set, and a new file's is the time it was made."""
+    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+@dataclasses.dataclass(eq=False)
+class OpenFile:
+    #: Where the file's data is in its life (see ``TRANSITIONS``); changed by ``to`` only.
+    state: DataState = DataState.CLEAN
+    #: Read-only descriptor of the warm file as it was at open (None for a cold file).
+    warm_fd: int | None = None
+    #: A cold file's stub as of open: reads go to its object until the file is staged.
+    stub: Stub | None = None
+    #: The warm file's version (``warm_id``) as opened: names its cached blocks.
+    warm_id: WarmId | None = None
+    #: Reads through the block cache (created at the first read of an unstaged file).
+    reader: CachedReader | None = None
+    #: The object this file's stub pointed to before it was rewritten here; deleted once the
+    #: new content is published, since nothing refers to it any more.
+    replaces_object: str | None = None
+    #: The multipart upload of a file being written past the large-file threshold.
+    upload: StreamingUpload | None = None
+    #: Sync mode: the warm temp file this file's next publish renames into place, filled
+    #: while the writer writes.
+    mirror: Mirror | None = None
+    #: Sync mode, publishing by rename: staging[:flushed_ahead] has had its write to disk
+    #: started (``mirror.write_and_start_writeback``).
+    flushed_ahead: int = 0
+    #: Write-back: the bucket refused to start an upload; streaming waits until then
+    #: (time.monotonic()).
+    route_after: float = 0.0
+    #: Bytes written contiguously from the start (what streaming may cut parts from).
+    written: int = 0
+    #: Open handles that may write; the last one's close completes a streaming upload.
+    writers: int = 0
+    #: The tier a config path rule pins the file to ("warm", "cold", "" for none); decided
+    #: when writing starts, from the path it had then.
+    rule: str | None = None
+    staging_id: str | None = None
+    staging_fd: int | None = None
+    #: The warm file's attributes as of open, publish or setattr: while a file is open its
+    #: attributes are answered from memory (close-to-open consistency, as NFS gives), because
+    #: the kernel asks for them before every write.
+    base: os.stat_result | None = None
+    #: The warm file was created, empty, by this open: staging needs no copy of it.
+    created: bool = False
+    #: Logical size and times while staged; tracked here so writes need no fstat.
+    size: int = 0
+    atime_ns: int = 0
+    mtime_ns: int = 0
+    #: A write-back publish failed: reported once by the next close (or fsync) of the file.
+    error: OSError | None = None
+    #: An O_DIRECT write bypassed the kernel's page cache, so cached pages may be stale.
+    direct_written: bool = False
+    handles: int = 0
+    #: Serialises writes, truncation and publishing of this file (never held by reads).
+    lock: trio.Lock = dataclasses.field(default_factory=trio.Lock)
+
+    def to(self, new: DataState) -> None:
+        """Move to ``new``, if the table allows it and the file's data fits that state."""
+        if new not in TRANSITIONS[self.state]:
+            raise IllegalTransition(f"open file: {self.state.value} -> {new.value}")
+        staged = self.staging_fd is not None
+        if new in (S.STAGED, S.DIRTY, S.STREAMING) and not staged:
+            raise IllegalTransition(f"open file: {new.value} with nothing staged")
+        if new is S.STREAMING and self.upload is None:
+            raise IllegalTransition("open file: streaming without an upload")
+        if new is S.DIRTY and self.upload is not None:
+            raise IllegalTransition("open file: dirty with an upload (that is streaming)")
+        if new is S.CLEAN and (staged or self.upload is not None):
+            raise IllegalTransition("open file: clean with data staged or an upload")
+        self.state = new
+
+    def changed(self) -> None:
+        """Staged data was changed: it is not home (any more)."""
+        if self.state in (S.DIRTY, S.STREAMING):
+            return
+        self.to(S.STREAMING if self.upload is not None else S.DIRTY)
+
+    def streaming(self) -> None:
+        """An upload was started for the changes (while they are written, or at a publish)."""
+        if self.state is S.DIRTY:
+            self.to(S.STREAMING)
+
+    @property
+    def dirty(self) -> bool:
+        """Staged data that is not home yet."""
+        return self.state in UNPUBLISHED
+
+    @property
+    def staged(self) -> bool:
+        return self.staging_fd is not None
+
+    def read_fd(self) -> int | None:
+        return self.staging_fd if self.staging_fd is not None else self.warm_fd
+
+    def close_fds(self) -> None:
+        for fd in (self.warm_fd, self.staging_fd):
+            if fd is not None:
+                os.close(fd)
+        self.warm_fd = self.staging_fd = None

@@ -1,0 +1,442 @@
+"""The namespace: lookups, attributes, and every change of names (mkdir ... rename), with the
+extended attributes, on the warm tier.
+
+Ordering rules (see docs/architecture.md, "Concurrency contract"): ``ns_lock`` is held
+exclusively by unlink, rmdir, rename, link and the final rename of a publish; every other call
+that reaches the warm tier by a path holds it shared, so that the path names the same file
+for the whole call. Changes of a file's owner, mode, times and extended attributes take it too,
+and count themselves in ``Inode.attr_changes``: a publish copies them early and checks that
+count (and the count of renames) at its rename (``Core.attr_mark``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import logging
+import os
+import stat
+import time
+from collections.abc import Callable, Sequence
+
+from tierfs.core.attrs import Attrs, SetAttr, attrs_of, err, forget_base, stage_times
+from tierfs.core.context import Core
+from tierfs.core.inodes import ROOT_INODE, Inode, identity
+from tierfs.stubs import Stub, looks_like_stub
+from tierfs.tiers.warm import RENAME_EXCHANGE, RENAME_NOREPLACE, is_internal, split
+from tierfs.write.journal import Journal
+
+log = logging.getLogger(__name__)
+
+#: Times a lookup is read again when tierfs replaced the file meanwhile.
+STALE_TRIES = 4
+
+
+class Namespace:
+    def __init__(self, core: Core, journal: Journal) -> None:
+        self.core = core
+        self.journal = journal
+
+    # -- helpers --------------------------------------------------------------------------
+
+    def check_name(self, name: bytes) -> None:
+        if len(name) > self.core.namemax:
+            raise err(errno.ENAMETOOLONG)
+        if is_internal(name):
+            raise err(errno.EPERM)
+
+    @staticmethod
+    def owner(uid: int, gid: int, parent_st: os.stat_result) -> tuple[int, int]:
+        # The group of a new entry comes from a set-group-ID parent directory, as on any Unix.
+        if parent_st.st_mode & stat.S_ISGID:
+            gid = parent_st.st_gid
+        return uid, gid
+
+    def _new_entry(self, rel: bytes, make: Callable[[], None], mode: int | None, uid: int,
+                   gid: int, inherit_setgid: bool = False) -> tuple[os.stat_result, int | None]:
+        """Create an entry as tierfs, then give it the caller's owner and mode (blocking).
+
+        New directories in a set-group-ID directory keep that bit, as on any Unix.
+        """
+        warm = self.core.warm
+        pst = warm.lstat(split(rel)[0])
+        make()
+        self.chown_new(rel, warm.lstat(rel), *self.owner(uid, gid, pst))
+        if mode is not None:
+            extra = pst.st_mode & stat.S_ISGID if inherit_setgid else 0
+            warm.chmod(rel, stat.S_IMODE(mode) | extra)
+        return self._stat_and_number(rel)
+
+    def chown_new(self, rel: bytes, st: os.stat_result, uid: int, gid: int) -> os.stat_result:
+        """Give an entry the caller's ownership (blocking; tierfs creates as itself)."""
+        if (st.st_uid, st.st_gid) == (uid, gid):
+            return st
+        try:
+            self.core.warm.chown(rel, uid, gid)
+        except PermissionError:
+            if self.core.as_root:
+                raise
+            return st  # an unprivileged mount owns everything it creates
+        return self.core.warm.lstat(rel)
+
+    def _stat_and_number(self, rel: bytes) -> tuple[os.stat_result, int | None]:
+        """lstat plus the inode number an earlier mount gave the file, in one worker call."""
+        st = self.core.warm.lstat(rel)
+        return st, self.core.inodes.persisted_number(identity(st))
+
+    def probe(self, rel: bytes) -> tuple[os.stat_result, bytes | None, int | None]:
+        """lstat, symlink target and earlier inode number, in one worker call."""
+        st, target = self.core.warm.lstat_link(rel)
+        return st, target, self.core.inodes.persisted_number(identity(st))
+
+    def stale(self, parent: int, name: bytes, seen: int) -> bool:
+        """Whether tierfs replaced the warm file behind a name after ``seen`` (a publish by
+        rename, a new stub): what was read of that name before then is the replaced file
+        (another type, perhaps: a stub is a symlink there), so it is read again."""
+        inode = self.core.inodes.child(parent, name)
+        return inode is not None and inode.rekeyed > seen
+
+    def register(self, parent: int, name: bytes, st: os.stat_result, persisted: int | None,
+                 stub: Stub | None) -> Inode:
+        inode = self.core.inodes.resolve(parent, name, st, persisted,
+                                         stat.S_IFREG if stub is not None else None)
+        if inode.data is None:
+            # An open file's state knows better than a listing, which may be older than the
+            # publish that just turned it into a stub or back (a symlink's attributes without
+            # its stub would change the file's type under the kernel: EIO).
+            inode.stub = stub
+        return inode
+
+    def entry(self, parent: int, name: bytes, st: os.stat_result, persisted: int | None,
+              stub: Stub | None = None) -> tuple[Inode, Attrs]:
+        """Register a name just created or found, count the kernel's lookup, give attributes.
+        ``persisted`` comes from the same worker call that found the entry."""
+        inode = self.register(parent, name, st, persisted, stub)
+        self.core.inodes.lookup(inode)
+        return inode, attrs_of(inode, st, stub)
+
+    # -- lookups and attributes -----------------------------------------------------------
+
+    async def lookup(self, parent: int, name: bytes) -> tuple[Inode, Attrs]:
+        core = self.core
+        if name in (b".", b".."):  # asked when the mount is exported (NFS, say)
+            inode = core.inodes[parent]
+            if name == b".." and inode.ino != ROOT_INODE:
+                if not inode.links:
+                    raise err(errno.ENOENT)
+                inode = core.inodes[inode.links[0][0]]
+            core.inodes.lookup(inode)
+            return inode, await self.getattr(inode.ino)
+        if is_internal(name):
+            raise err(errno.ENOENT)
+        if len(name) > core.namemax:
+            raise err(errno.ENAMETOOLONG)
+        async with core.ns_lock.shared():
+            rel = core.inodes.child_path(parent, name)
+            for _ in range(STALE_TRIES):
+                seen = core.inodes.replacements
+                st, target, persisted = await core.warm.run(self.probe, rel)
+                if not self.stale(parent, name, seen):
+                    break
+            stub = core.parse_stub(st, target, rel)
+            inode, attrs = self.entry(parent, name, st, persisted, stub)
+        if inode.data is not None and inode.data.base is not None:
+            return inode, attrs_of(inode, inode.data.base)
+        return inode, attrs
+
+    async def getattr(self, ino: int) -> Attrs:
+        core = self.core
+        inode = core.inodes[ino]
+        data = inode.data
+        if data is not None and data.base is not None:
+            return attrs_of(inode, data.base)
+        fresh = core.dir_attrs.pop(ino, None)
+        if fresh is not None and time.monotonic() <= fresh[0]:
+            return attrs_of(inode, fresh[1])
+        return await core.refresh(inode)
+
+    async def setattr(self, inode: Inode, changes: SetAttr) -> Attrs:
+        """Owner, mode and times (a new size is the open files' business, done first)."""
+        core = self.core
+        core.forget_dir_attrs()
+        if changes.owner_mode_or_times:
+            async with core.ns_lock:
+                await self._set_attributes(inode, changes)
+        return await core.refresh(inode)
+
+    async def _set_attributes(self, inode: Inode, changes: SetAttr) -> None:
+        """Owner, mode and times, wherever the file is now: a cold file's mode and mtime are
+        in its stub (and a staged file's times in its staged data, published with it). Caller
+        holds ``ns_lock``: see ``Inode.attr_changes``."""
+        rel = self.core.rel_or_none(inode)
+        data = inode.data
+        staged = data is not None and data.staged
+        if rel is not None:
+            if inode.stub is not None:
+                mtime_ns = None if staged else changes.mtime_ns
+                if changes.mode is not None or mtime_ns is not None:
+                    await self._replace_stub(inode, rel, changes.mode, mtime_ns)
+                changes = dataclasses.replace(changes, mode=None)
+                if not staged:  # (the stub keeps no atime)
+                    changes = dataclasses.replace(changes, atime_ns=None, mtime_ns=None)
+            await self.core.warm.run(self._setattr_blocking, inode, rel, changes)
+        if data is not None and staged:
+            stage_times(data, changes)
+        inode.attr_changes += 1
+
+    async def _replace_stub(self, inode: Inode, rel: bytes, mode: int | None,
+                            mtime_ns: int | None) -> None:
+        """Put a new mode or mtime into a cold file's stub, atomically. Caller holds
+        ``ns_lock``."""
+        core = self.core
+        stub = inode.stub
+        assert stub is not None
+        new = dataclasses.replace(
+            stub, mode=stub.mode if mode is None else stat.S_IMODE(mode),
+            mtime_ns=stub.mtime_ns if mtime_ns is None else mtime_ns)
+        with core.inodes.replacing(inode):
+            st = await core.warm.run(core.warm.replace_symlink, rel,
+                                     new.encode(core.config.bucket))
+            inode.stub = new
+            core.inodes.rekey(inode, st)
+        if inode.data is not None:
+            inode.data.stub, inode.data.base = new, st
+
+    def _setattr_blocking(self, inode: Inode, rel: bytes, changes: SetAttr) -> None:
+        warm = self.core.warm
+        if changes.uid is not None or changes.gid is not None:
+            warm.chown(rel, -1 if changes.uid is None else changes.uid,
+                       -1 if changes.gid is None else changes.gid)
+        if changes.mode is not None:
+            if inode.kind == stat.S_IFLNK:
+                raise err(errno.EOPNOTSUPP)
+            warm.chmod(rel, changes.mode)
+        if changes.atime_ns is not None or changes.mtime_ns is not None:
+            warm.utime(rel, changes.atime_ns, changes.mtime_ns)
+
+    async def readlink(self, ino: int) -> bytes:
+        core = self.core
+        inode = core.inodes[ino]
+        async with core.ns_lock.shared():
+            return await core.warm.run(core.warm.readlink, core.inodes.path(inode))
+
+    # -- new names ------------------------------------------------------------------------
+
+    async def _make(self, parent: int, name: bytes, make: Callable[[bytes], None],
+                    mode: int | None, uid: int, gid: int, inherit_setgid: bool = False
+                    ) -> tuple[Inode, Attrs]:
+        core = self.core
+        core.forget_dir_attrs()
+        self.check_name(name)
+        async with core.ns_lock.shared():
+            rel = core.inodes.child_path(parent, name)
+            st, persisted = await core.warm.run(self._new_entry, rel, lambda: make(rel), mode,
+                                                uid, gid, inherit_setgid)
+            return self.entry(parent, name, st, persisted)
+
+    async def mkdir(self, parent: int, name: bytes, mode: int, uid: int, gid: int
+                    ) -> tuple[Inode, Attrs]:
+        warm = self.core.warm
+        return await self._make(parent, name, lambda rel: warm.mkdir(rel, 0o700), mode, uid,
+                                gid, True)
+
+    async def mknod(self, parent: int, name: bytes, mode: int, rdev: int, uid: int, gid: int
+                    ) -> tuple[Inode, Attrs]:
+        kind = stat.S_IFMT(mode)
+        if kind not in (stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFREG):
+            self.core.forget_dir_attrs()
+            self.check_name(name)
+            raise err(errno.EPERM)  # device nodes: see docs/semantics.md
+        warm = self.core.warm
+        return await self._make(parent, name, lambda rel: warm.mknod(rel, kind | 0o600, 0),
+                                mode, uid, gid)
+
+    async def symlink(self, parent: int, name: bytes, target: bytes, uid: int, gid: int
+                      ) -> tuple[Inode, Attrs]:
+        if looks_like_stub(target):
+            self.core.forget_dir_attrs()
+            self.check_name(name)
+            raise err(errno.EPERM)  # it would read as a stub: a way to reach other objects
+        warm = self.core.warm
+        return await self._make(parent, name, lambda rel: warm.symlink(target, rel), None,
+                                uid, gid)
+
+    async def link(self, ino: int, new_parent: int, new_name: bytes) -> tuple[Inode, Attrs]:
+        core = self.core
+        core.forget_dir_attrs()
+        self.check_name(new_name)
+        inode = core.inodes[ino]
+        while (data := inode.data) is not None:
+            # Not while a publish of the file is under way: it checked the link count before
+            # renaming a new file over the name, and the rename would split the links (the
+            # new name keeping the old content). Publishing holds the file's lock throughout.
+            async with data.lock:
+                if inode.data is not data:
+                    continue  # retired while we waited
+                if data.upload is not None:
+                    raise err(errno.EPERM)  # on its way to the bucket: as for a stub
+                await self._link(inode, new_parent, new_name)
+                break
+        else:
+            await self._link(inode, new_parent, new_name)
+        return inode, await core.refresh(inode)
+
+    async def _link(self, inode: Inode, new_parent: int, new_name: bytes) -> None:
+        core = self.core
+        if inode.is_dir or inode.stub is not None:
+            # A stub is one symlink per object: a second name could outlive the object.
+            raise err(errno.EPERM)
+        async with core.ns_lock:
+            rel = core.inodes.path(inode)
+            new_rel = core.inodes.child_path(new_parent, new_name)
+            await core.warm.run(core.warm.link, rel, new_rel)
+            core.inodes.add_link(inode, new_parent, new_name)
+            core.inodes.lookup(inode)
+
+    # -- names going ----------------------------------------------------------------------
+
+    async def unlink(self, parent: int, name: bytes) -> None:
+        core = self.core
+        core.forget_dir_attrs()
+        async with core.ns_lock:
+            rel = core.inodes.child_path(parent, name)
+            core.name_changes += 1
+            await core.warm.run(core.warm.unlink, rel)
+            removed = core.inodes.remove_link(parent, name)
+            forget_base(removed)
+            changed = self._rejournal(removed)
+            if self.journal.unlinked(rel) or changed:
+                await self.journal.sync()  # an unlinked name must not come back at recovery
+        await self._drop_unreferenced(removed)
+
+    async def rmdir(self, parent: int, name: bytes) -> None:
+        core = self.core
+        core.forget_dir_attrs()
+        async with core.ns_lock:
+            rel = core.inodes.child_path(parent, name)
+            core.name_changes += 1
+            await core.warm.run(self._rmdir_blocking, rel)
+            core.inodes.remove_link(parent, name)
+
+    def _rmdir_blocking(self, rel: bytes) -> None:
+        warm = self.core.warm
+        try:
+            warm.rmdir(rel)
+        except OSError as e:
+            if e.errno != errno.ENOTEMPTY:
+                raise
+            # Temp files left by a crashed publish must not keep an empty directory alive.
+            if warm.listdir(rel):
+                raise
+            warm.purge_temps(rel)
+            warm.rmdir(rel)
+
+    async def rename(self, parent: int, name: bytes, new_parent: int, new_name: bytes,
+                     flags: int) -> None:
+        core = self.core
+        core.forget_dir_attrs()
+        self.check_name(new_name)
+        if flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE):
+            raise err(errno.EINVAL)
+        exchange = bool(flags & RENAME_EXCHANGE)
+        async with core.ns_lock:
+            rel = core.inodes.child_path(parent, name)
+            new_rel = core.inodes.child_path(new_parent, new_name)
+            core.name_changes += 1
+            await core.warm.run(core.warm.rename, rel, new_rel, flags)
+            core.renames += 1
+            moved = core.inodes.child(parent, name)
+            replaced = core.inodes.child(new_parent, new_name)
+            if exchange:
+                core.inodes.exchange(parent, name, new_parent, new_name)
+                forget_base(replaced)
+                replaced = None
+            else:
+                core.inodes.move(parent, name, new_parent, new_name)
+                forget_base(replaced)  # (after the move: it may have lost its last name)
+            forget_base(moved)
+            # Staged data must be published under the new names after a crash too; a file
+            # the rename replaced keeps its staged data only under another name it has.
+            changed = self._rejournal(replaced)
+            changed = self.journal.moved(rel, new_rel, exchange) or changed
+            if changed:
+                await self.journal.sync()
+        await self._drop_unreferenced(replaced)
+
+    def _rejournal(self, inode: Inode | None) -> bool:
+        """Re-point an inode's journal entry at its current path (nothing to publish if it
+        has none left); True if the entry said its data may be published."""
+        if inode is None or inode.data is None or inode.data.staging_id is None:
+            return False
+        return self.journal.repoint(inode.data.staging_id, self.core.rel_or_none(inode))
+
+    async def _drop_unreferenced(self, inode: Inode | None) -> None:
+        """A cold file that lost its last name: its object goes now, or when the last handle
+        closes (an open file keeps its data, as on any POSIX file system)."""
+        if inode is None or inode.links or inode.stub is None or inode.data is not None:
+            return
+        await self.core.delete_object(inode.stub.key)
+
+    async def forget(self, items: Sequence[tuple[int, int]]) -> None:
+        for ino, count in items:
+            self.core.inodes.forget(ino, count)
+
+    async def statfs(self) -> os.statvfs_result:
+        return await self.core.warm.run(self.core.warm.statvfs)
+
+    # -- extended attributes --------------------------------------------------------------
+
+    def remember_xattrs(self, inode: Inode, names: frozenset[bytes]) -> None:
+        inode.xattr_names = names
+        inode.xattr_names_until = time.monotonic() + self.core.config.attr_timeout
+
+    def _known_xattrs(self, inode: Inode) -> frozenset[bytes] | None:
+        """The inode's xattr names if listed within attr_timeout (and not changed since)."""
+        if inode.xattr_names is not None and time.monotonic() < inode.xattr_names_until:
+            return inode.xattr_names
+        return None
+
+    async def getxattr(self, ino: int, name: bytes) -> bytes:
+        core = self.core
+        inode = core.inodes[ino]
+        known = self._known_xattrs(inode)
+        if known is not None and name not in known:
+            raise err(errno.ENODATA)
+
+        def get(rel: bytes) -> tuple[bytes | None, list[bytes]]:
+            # List too: one more syscall now saves a request per later absent name.
+            names = core.warm.listxattr(rel)
+            return (core.warm.getxattr(rel, name) if name in names else None), names
+
+        async with core.ns_lock.shared():
+            value, names = await core.warm.run(get, core.inodes.path(inode))
+        self.remember_xattrs(inode, frozenset(names))
+        if value is None:
+            raise err(errno.ENODATA)
+        return value
+
+    async def setxattr(self, ino: int, name: bytes, value: bytes) -> None:
+        core = self.core
+        core.forget_dir_attrs()
+        inode = core.inodes[ino]
+        inode.xattr_names = None
+        async with core.ns_lock:  # see Inode.attr_changes
+            await core.warm.run(core.warm.setxattr, core.inodes.path(inode), name, value)
+            inode.attr_changes += 1
+
+    async def listxattr(self, ino: int) -> list[bytes]:
+        core = self.core
+        inode = core.inodes[ino]
+        async with core.ns_lock.shared():
+            names = await core.warm.run(core.warm.listxattr, core.inodes.path(inode))
+        self.remember_xattrs(inode, frozenset(names))
+        return names
+
+    async def removexattr(self, ino: int, name: bytes) -> None:
+        core = self.core
+        core.forget_dir_attrs()
+        inode = core.inodes[ino]
+        inode.xattr_names = None
+        async with core.ns_lock:  # see Inode.attr_changes
+            await core.warm.run(core.warm.removexattr, core.inodes.path(inode), name)
+            inode.attr_changes += 1

@@ -1,0 +1,328 @@
+"""Open files: open, create, flush, fsync and release, and the handles that hold an open
+file's state.
+
+The open-file state (``core.openfile``) is shared by every handle of an inode and retired by
+the last holder (``let_go``): a handle from open to release, a truncate by path for the time it
+stages its change, a write-back until its data is home. What to do with the data at each step
+(publish, keep staged, hand to write-back) is the write package's; this module decides only
+when, from what the caller was promised (durability mode, close or fsync).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import logging
+import os
+import stat
+
+from tierfs.core.attrs import Attrs, SetAttr, attrs_of, err, stage_times, version
+from tierfs.core.context import Core
+from tierfs.core.inodes import Inode, PageVersion, identity
+from tierfs.core.openfile import OpenFile, warm_id
+from tierfs.tiers.warm import split
+from tierfs.vfs.namespace import Namespace
+from tierfs.write.journal import Journal
+from tierfs.write.publish import Publisher
+from tierfs.write.staging import Staging
+from tierfs.write.writeback import WriteBack
+from tierfs.write.writer import Writer
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(eq=False)
+class Handle:
+    fh: int
+    inode: Inode
+    data: OpenFile
+    writable: bool
+    append: bool
+    direct: bool
+
+
+class OpenFiles:
+    def __init__(self, core: Core, journal: Journal, namespace: Namespace, staging: Staging,
+                 writer: Writer, publisher: Publisher, writeback: WriteBack) -> None:
+        self.core = core
+        self.journal = journal
+        self.namespace = namespace
+        self.staging = staging
+        self.writer = writer
+        self.publisher = publisher
+        self.writeback = writeback
+        self.handles: dict[int, Handle] = {}
+
+    # -- open and create ------------------------------------------------------------------
+
+    async def open(self, ino: int, flags: int) -> tuple[int, bool, bool]:
+        """Open a file: (handle, keep the kernel's cached pages, direct I/O)."""
+        core = self.core
+        inode = core.inodes[ino]
+        if inode.is_dir:
+            raise err(errno.EISDIR)
+        cached: PageVersion | None
+        writable = flags & os.O_ACCMODE in (os.O_WRONLY, os.O_RDWR)
+        # The open-file state is shared by every handle of the inode, and retired (by the
+        # last release or the end of a write-back) once no handle holds it: after each wait
+        # below, make sure it is still the inode's before making a handle on it.
+        while True:
+            data = inode.data
+            if data is None:
+                data, cached = await self._open_state(inode)
+                if inode.data is not None:  # another open made one meanwhile: share that
+                    if data.warm_fd is not None:
+                        await core.warm.run(os.close, data.warm_fd)
+                    continue
+                inode.data = data
+            else:
+                cached = inode.cached_version
+                if writable and self.writeback.holds(inode) and data.dirty:
+                    # What the last close acknowledged must reach home before new writes
+                    # change the staging file under it (a crash would otherwise lose both).
+                    await self.publisher.publish(inode, data)
+                    if inode.data is not data:
+                        continue  # that write-back ended meanwhile and retired the state
+            break
+        if data.stub is not None and not data.staged and writable and not flags & os.O_TRUNC:
+            # Objects cannot be changed in place; see docs/semantics.md.
+            if data.handles == 0:
+                await self.staging.retire(inode, data)
+            raise err(errno.EOPNOTSUPP)
+        keep_cache = cached is not None and cached == inode.cached_version
+        inode.cached_version = cached
+        handle = self._new_handle(inode, data, flags)
+        if flags & os.O_TRUNC and handle.writable:
+            async with data.lock:
+                await self.writer.truncate(inode, data, 0)
+            keep_cache = False
+        return handle.fh, keep_cache, handle.direct
+
+    async def _open_state(self, inode: Inode) -> tuple[OpenFile, PageVersion | None]:
+        """New open-file state for an inode that has none, and the version of its content
+        (for the kernel's cached pages)."""
+        core = self.core
+        cold = inode.stub is not None
+        async with core.ns_lock.shared():
+            rel = core.inodes.path(inode)
+            if cold:
+                st, target = await core.warm.run(core.warm.lstat_link, rel)
+            else:
+                fd, st = await core.warm.run(core.warm.open_read, rel)
+        if cold:
+            inode.stub = stub = core.parse_stub(st, target, rel)
+            if stub is None:
+                raise err(errno.ESTALE)  # no longer a stub: the kernel will look it up again
+            return (OpenFile(stub=stub, base=st),
+                    (stub.size, stub.mtime_ns, 0, stub.etag.encode()))
+        return OpenFile(warm_fd=fd, base=st, warm_id=warm_id(st)), version(st, inode.key)
+
+    def _new_handle(self, inode: Inode, data: OpenFile, flags: int) -> Handle:
+        accmode = flags & os.O_ACCMODE
+        handle = Handle(next(self.core.handle_numbers), inode, data,
+                        writable=accmode in (os.O_WRONLY, os.O_RDWR),
+                        append=bool(flags & os.O_APPEND), direct=bool(flags & os.O_DIRECT))
+        self.hold(inode, data, handle.writable)
+        self.handles[handle.fh] = handle
+        return handle
+
+    async def create(self, parent: int, name: bytes, mode: int, flags: int, uid: int, gid: int
+                     ) -> tuple[int, bool, Inode, Attrs]:
+        core = self.core
+        self.namespace.check_name(name)
+        ns = self.namespace
+
+        def make(rel: bytes) -> tuple[int, os.stat_result, int | None, frozenset[bytes] | None,
+                                      os.stat_result]:
+            pst = core.warm.lstat(split(rel)[0])
+            # Read-only is enough: the descriptor only keeps the file reachable once unlinked.
+            fd = core.warm.open(rel, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                ns.chown_new(rel, os.fstat(fd), *ns.owner(uid, gid, pst))
+                os.fchmod(fd, stat.S_IMODE(mode))
+                st = os.fstat(fd)
+                try:
+                    # The kernel asks for security.capability before the first write: known
+                    # names answer it without another trip to the warm tier.
+                    xattrs = frozenset(os.fsencode(n) for n in os.listxattr(fd))
+                except OSError:
+                    xattrs = None
+                # The kernel asks for the directory's attributes before the next create.
+                after = core.warm.lstat(split(rel)[0])
+                return fd, st, core.inodes.persisted_number(identity(st)), xattrs, after
+            except BaseException:
+                os.close(fd)
+                raise
+
+        core.forget_dir_attrs()  # the directory changes during the call
+        async with core.ns_lock.shared():
+            warm_fd, st, persisted, xattrs, parent_st = await core.warm.run(
+                make, core.inodes.child_path(parent, name))
+            core.forget_dir_attrs()  # (another change may have come meanwhile)
+            core.remember_dir(parent, parent_st)
+            inode, attrs = ns.entry(parent, name, st, persisted)
+        if xattrs is not None:
+            ns.remember_xattrs(inode, xattrs)
+        # Staging starts at the first write: a file created empty never needs it.
+        data = OpenFile(warm_fd=warm_fd, base=st, atime_ns=st.st_atime_ns,
+                        mtime_ns=st.st_mtime_ns, created=True)
+        inode.data = data
+        inode.cached_version = None
+        handle = self._new_handle(inode, data, flags)
+        return handle.fh, handle.direct, inode, attrs
+
+    # -- writes ---------------------------------------------------------------------------
+
+    async def write(self, fh: int, offset: int, buf: bytes) -> int:
+        handle = self.handles[fh]
+        return await self.writer.write(handle.inode, handle.data, offset, buf,
+                                       append=handle.append, direct=handle.direct)
+
+    async def truncate(self, inode: Inode, changes: SetAttr, size: int) -> None:
+        """A new size for a file with open state or a cold file: staged, cut, and published
+        at the last let-go, as at a last close."""
+        data = inode.data
+        if data is None:
+            data = inode.data = OpenFile(stub=inode.stub)
+        # Held for the change: a last release meanwhile leaves the publishing of it (and the
+        # retiring of the state) to the end of this call.
+        self.hold(inode, data)
+        try:
+            async with data.lock:
+                await self.writer.truncate(inode, data, size)
+                stage_times(data, changes)  # before the let-go may publish
+        finally:
+            await self.let_go(inode, data)
+
+    async def resize(self, inode: Inode, changes: SetAttr) -> SetAttr:
+        """A setattr's new size; returns the rest of the changes."""
+        core = self.core
+        core.forget_dir_attrs()
+        assert changes.size is not None
+        # As for an open for writing: what the last close acknowledged reaches home before a
+        # truncate changes it (and a file that went to the bucket is cold then).
+        while ((data := inode.data) is not None and self.writeback.holds(inode)
+               and data.dirty):
+            await self.publisher.publish(inode, data)
+        rest = dataclasses.replace(changes, size=None)
+        if inode.stub is not None and not (inode.data is not None and inode.data.staged):
+            # A new size for a cold file brings it back to the warm tier (below the large-file
+            # threshold): staged, cut there and published at the last let-go.
+            if changes.size != inode.stub.size:
+                await self.truncate(inode, rest, changes.size)
+            return rest
+        if inode.is_dir:
+            raise err(errno.EISDIR)
+        if inode.data is not None:
+            await self.truncate(inode, changes, changes.size)
+        else:
+            async with core.ns_lock.shared():
+                if (rel := core.rel_or_none(inode)) is not None:
+                    await core.warm.run(core.warm.truncate, rel, changes.size)
+        return rest
+
+    # -- close ----------------------------------------------------------------------------
+
+    async def flush(self, fh: int) -> None:
+        handle = self.handles[fh]
+        data = handle.data
+        if not handle.writable:
+            return
+        if data.error is not None and data.writers <= 1:
+            error, data.error = data.error, None
+            raise error  # a write-back publish failed since the last close: say so once
+        if not data.dirty:
+            return
+        if data.upload is not None and data.writers > 1:
+            await data.upload.wait_idle()  # another writer goes on: the object is not done
+            return
+        if data.writers <= 1:
+            self.journal.mark_closed(data)
+            if self.core.config.durability == "writeback":
+                # Staged and journaled is enough: the last release hands it to write-back.
+                await self.journal.sync()
+                return
+        try:
+            await self.publisher.publish(handle.inode, data)
+        except OSError:
+            # The writer hears of it; the staged data is kept, and durably so, for the next
+            # close, fsync or mount to try again.
+            await self.journal.keep_staged(data)
+            raise
+
+    async def fsync(self, fh: int) -> None:
+        handle = self.handles[fh]
+        data = handle.data
+        if data.upload is not None:
+            # What was cut into parts is stored; the object appears when the last writer
+            # closes, or at recovery after a crash (the journal keeps the fsynced size).
+            await data.upload.wait_idle()
+            entry = self.journal.entry_of(data)
+            if entry is not None and data.staging_fd is not None:
+                # The tail not yet cut into parts is on the hot disk only: flush it first.
+                await self.core.hot.run(os.fdatasync, data.staging_fd)
+                entry.synced = data.size
+                self.journal.record(data.staging_id, entry)  # type: ignore[arg-type]
+                await self.journal.sync(durable=True)  # fsync's promise: past a power loss
+        elif data.dirty:
+            await self.publisher.publish(handle.inode, data)
+
+    async def release(self, fh: int) -> None:
+        handle = self.handles.pop(fh)
+        if handle.data.reader is not None:
+            handle.data.reader.closed(fh)
+        await self.let_go(handle.inode, handle.data, handle.writable)
+
+    def hold(self, inode: Inode, data: OpenFile, writable: bool = False) -> None:
+        """Keep an inode's open-file state alive: a handle does, and so does an operation
+        that stages a change without one (a truncate by path) until ``let_go``."""
+        data.handles += 1
+        data.writers += writable
+        self.core.inodes.opened(inode)
+
+    async def let_go(self, inode: Inode, data: OpenFile, writable: bool = False) -> None:
+        """The end of a ``hold``; the last one publishes what is staged (write-back: in the
+        background) and retires the state."""
+        data.handles -= 1
+        data.writers -= writable
+        try:
+            if data.handles == 0:
+                if (data.dirty and inode.links
+                        and self.core.config.durability == "writeback"):
+                    self.writeback.start(inode, data)
+                    return
+                if data.dirty:
+                    try:
+                        await self.publisher.publish(inode, data)
+                    except OSError as e:
+                        log.error("publishing inode %d failed at release; staged data kept "
+                                  "as %s: %s", inode.ino, data.staging_id, e)
+                        await self.journal.keep_staged(data)
+                # (Something that took hold of the state during that publish retires it.)
+                if (not self.writeback.holds(inode) and data.handles == 0
+                        and inode.data is data):
+                    await self.staging.retire(inode, data)
+        finally:
+            self.core.inodes.closed(inode)
+
+    def attrs(self, inode: Inode) -> Attrs | None:
+        """An open file's attributes from memory (None: not open, or not known)."""
+        data = inode.data
+        if data is not None and data.base is not None:
+            return attrs_of(inode, data.base)
+        return None
+
+    async def publish_all(self) -> list[tuple[Inode, OSError]]:
+        """Publish whatever is still dirty (a handle the kernel never released, write-back
+        files not yet home): at unmount. What could not be published, after trying all."""
+        failed: list[tuple[Inode, OSError]] = []
+        pending = [(h.inode, h.data) for h in self.handles.values()]
+        pending += list(self.writeback.files.values())
+        for inode, data in pending:
+            if data.dirty:
+                try:
+                    await self.publisher.publish(inode, data)
+                except OSError as e:
+                    failed.append((inode, e))
+        return failed
+

@@ -1,0 +1,293 @@
+"""Publishing to the bucket: a large file's multipart upload while it is written, its
+completion at close, and the stub swapped in for the warm file.
+
+A file that grows past the threshold (``placement``) gets an upload at once: its key is
+chosen (``objects.keys``) and recorded in the journal before the upload is created, so no
+crash leaves an upload nobody knows of; parts then stream from staging while the writer goes
+on (``transfer.streaming``). At close the upload is completed and the stub put in place under
+the namespace lock; a file that was streamed early but ended small is brought back to the warm
+tier instead. Every object carries the file's mode, mtime and the upload's token in its
+metadata, whichever path created it (a live writer, a retry, recovery).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import logging
+import os
+import secrets
+import time
+
+from tierfs.core.attrs import err, file_mode, mode_override
+from tierfs.core.context import AttrMark, Core
+from tierfs.core.inodes import Inode
+from tierfs.core.openfile import DataState, OpenFile, warm_id
+from tierfs.objects.base import ObjectStoreError, UploadGone, key_text
+from tierfs.objects.keys import free_key, unique_key
+from tierfs.stubs import Stub
+from tierfs.tiers.warm import split
+from tierfs.transfer.streaming import UPLOAD_TOKEN, StreamingUpload
+from tierfs.write.journal import Entry, Journal, Upload
+from tierfs.write.placement import Placement
+from tierfs.write.warm import WarmPublisher, drop_mirror
+
+log = logging.getLogger(__name__)
+
+#: Seconds before a write-back file whose upload could not start tries again.
+ROUTE_RETRY = 5.0
+
+
+class ColdPublisher:
+    def __init__(self, core: Core, journal: Journal, warm: WarmPublisher) -> None:
+        self.core = core
+        self.journal = journal
+        self.warm = warm
+        self.placement = Placement.of(core.config)
+
+    def rule(self, inode: Inode, data: OpenFile) -> str:
+        """The path rule for this file, decided once, from the path it had when writing
+        started."""
+        if data.rule is None:
+            data.rule = self.placement.rule_for(self.core.rel_or_none(inode))
+        return data.rule
+
+    async def route(self, inode: Inode, data: OpenFile) -> None:
+        """Send a file that has grown past the threshold straight to the bucket, and keep its
+        upload fed. Caller holds ``data.lock``."""
+        core = self.core
+        if data.upload is None:
+            rule = self.rule(inode, data)
+            if (not self.placement.streams(rule, data.size, data.written)
+                    or core.nursery is None):
+                return
+            rel = core.rel_or_none(inode)
+            if rel is None:
+                return  # unlinked: stays staged
+            base = await core.fresh_base(inode, data)
+            if base is not None and base.st_nlink > 1:
+                return  # hard-linked: stays staged (a stub cannot be hard-linked)
+            if time.monotonic() < data.route_after:
+                return
+            await self._start_upload(inode, data, rel)
+            if data.upload is None:
+                return
+        await data.upload.feed(data.written)
+
+    async def _start_upload(self, inode: Inode, data: OpenFile, rel: bytes) -> None:
+        core = self.core
+        config = core.config
+        assert data.staging_fd is not None and data.staging_id is not None  # after staging
+        metadata = {"mode": f"{file_mode(inode, data):04o}", "mtime-ns": str(data.mtime_ns)}
+        entry = self.journal.entries.get(data.staging_id)
+        try:
+            key = await self.object_key(rel, data, entry)
+            token = secrets.token_hex(8)
+            if entry is not None:
+                assert entry.upload is not None
+                token = entry.upload.token
+            metadata[UPLOAD_TOKEN] = token
+            upload_id = await core.cold.run(core.cold.store.create_multipart, key, metadata,
+                                            core.cold.store.part_checksum)
+        except ObjectStoreError as e:
+            # (A failed HEAD while choosing the key comes here before any key is chosen.)
+            log.error("could not start the upload of %s: %s", os.fsdecode(rel), e)
+            if config.durability == "writeback":
+                # The writer goes on into staging; streaming is tried again later.
+                data.route_after = time.monotonic() + ROUTE_RETRY
+                return
+            raise err(errno.EIO) from None
+        if entry is not None:
+            assert entry.upload is not None
+            entry.upload.upload_id = upload_id
+            self.journal.record(data.staging_id, entry)
+        await drop_mirror(core.warm, data)  # bound for the bucket, not the warm tier
+        assert core.nursery is not None
+        data.upload = StreamingUpload(core.cold, core.hot, core.nursery, data.staging_fd,
+                                      key, upload_id, config.part_size, config.upload_window,
+                                      self.journal.part_recorder(data.staging_id), token,
+                                      patient=config.durability == "writeback",
+                                      checksum=core.cold.store.part_checksum)
+        data.streaming()
+        log.info("streaming %s to %s (upload %s)", os.fsdecode(rel), key, upload_id)
+
+    async def object_key(self, rel: bytes, data: OpenFile, entry: Entry | None) -> str:
+        """The key of a new object (``objects.keys``), recorded in the journal before its
+        upload is created. Keys of uploads under way are held by their journal entries: one
+        chosen by another upload while the store was asked is not taken twice."""
+        core = self.core
+        store = core.cold.store
+        key = store.fit_key(core.config.bucket.key(key_text(rel)))
+        while True:
+            held = self._held_keys(data.staging_id)
+            chosen = await core.cold.run(free_key, store, key, data.replaces_object, held)
+            if chosen != data.replaces_object and chosen in self._held_keys(data.staging_id):
+                key = store.fit_key(unique_key(chosen))  # taken meanwhile: look again
+                continue
+            if entry is not None:
+                entry.upload = Upload(chosen, time.time(), core.config.part_size,
+                                      checksum=store.part_checksum)
+                self.journal.record(data.staging_id, entry)  # type: ignore[arg-type]
+                await self.journal.sync()
+            return chosen
+
+    def _held_keys(self, sid: str | None) -> frozenset[str]:
+        return frozenset(e.upload.key for s, e in self.journal.entries.items()
+                         if s != sid and e.upload is not None)
+
+    async def publish(self, inode: Inode, data: OpenFile) -> None:
+        """Complete a streaming upload and put its stub in place of the warm file.
+
+        On failure the writer gets EIO and everything stays (staging, the multipart upload
+        and its parts) so that the next close or fsync tries again.
+        """
+        core = self.core
+        upload = data.upload
+        assert upload is not None
+        await drop_mirror(core.warm, data)
+        since = core.attr_mark(inode)  # a change from here on is taken again below
+        await core.fresh_base(inode, data)  # the stub takes the file's mode
+        try:
+            try:
+                info = await upload.finish(data.size)
+            except UploadGone:
+                if upload.punched:
+                    await self.lose_upload(inode, data)
+                    raise err(errno.EIO) from None
+                log.warning("the bucket dropped the unfinished upload of %s; all of the file "
+                            "is still staged: uploading it again", upload.key)
+                await self.drop_upload(data)
+                data.route_after = 0.0
+                await self.route(inode, data)
+                if data.upload is None:
+                    raise err(errno.EIO) from None
+                upload = data.upload
+                info = await upload.finish(data.size)
+        except (ObjectStoreError, OSError) as e:
+            if data.state is DataState.CLEAN:
+                raise  # the upload was lost (lose_upload said why)
+            log.error("completing the upload of %s failed; staged data kept: %s", upload.key, e)
+            raise err(errno.EIO) from None
+        stub: Stub | None = Stub(info.key, info.size, info.etag, file_mode(inode, data),
+                                 data.mtime_ns)
+        fresh: int | None = None  # a descriptor on the warm file, if it comes back there
+        old: int | None = None
+        assert stub is not None
+        if not self.placement.belongs_cold(self.rule(inode, data), info.size):
+            # Streamed early (stream_after) but small in the end: it belongs on the warm tier.
+            st = await self._bring_back(inode, data, stub, since)
+            stub = None
+            if st is not None and inode.links:
+                # Opened now, while reads still go to staging: the switch below has no await.
+                async with core.ns_lock.shared():
+                    fresh = await core.warm.run(core.warm.open, core.inodes.path(inode),
+                                                os.O_RDONLY)
+            await core.delete_object(info.key)
+        else:
+            async with core.ns_lock:
+                rel = core.rel_or_none(inode)
+                if rel is None:  # unlinked while we completed it
+                    await core.delete_object(info.key)
+                    st = None
+                else:
+                    if core.attr_mark(inode) != since:  # (chmod, utime, rename meanwhile)
+                        data.base = None
+                        await core.fresh_base(inode, data)
+                        stub = dataclasses.replace(stub, mode=file_mode(inode, data),
+                                                   mtime_ns=data.mtime_ns)
+                    st = await core.warm.run(core.warm.replace_symlink, rel,
+                                             stub.encode(core.config.bucket))
+                    core.forget_dir_attrs()
+        # One step, no await: a getattr in between would see neither the staged size nor the
+        # stub, and the kernel would cache what it saw.
+        data.upload = None
+        sid, fd = data.staging_id, data.staging_fd
+        data.staging_id = data.staging_fd = None
+        data.to(DataState.CLEAN)
+        data.created = False  # staging again starts from the object (or the warm file)
+        if st is not None:
+            inode.stub = data.stub = stub
+            core.inodes.rekey(inode, st)
+            data.base = st
+            if fresh is not None:  # back on the warm tier: read it there from now on
+                old, data.warm_fd = data.warm_fd, fresh
+                data.warm_id = warm_id(st)
+        inode.cached_version = None
+        replaced, data.replaces_object = data.replaces_object, None
+        core.invalidate_attrs(inode.ino)
+        await core.hot.run(_close_and_remove, core, sid, fd)
+        if old is not None:
+            await core.warm.run(os.close, old)
+        if sid is not None:
+            self.journal.drop(sid)
+        if replaced not in (None, info.key):
+            await core.delete_object(replaced)
+
+    async def lose_upload(self, inode: Inode, data: OpenFile) -> None:
+        """The bucket dropped an unfinished upload after some of its parts had left staging
+        (a lifecycle rule that aborts old incomplete uploads, or another client): those bytes
+        exist nowhere any more. Trying again could never succeed, and write-back and unmount
+        would wait for it for ever; so the file keeps what it had before this write, what is
+        still staged is set aside for a person (as recovery does), and the writer gets EIO.
+        Caller holds ``data.lock``."""
+        core = self.core
+        upload, data.upload = data.upload, None
+        entry = self.journal.entry_of(data)
+        sid, fd = data.staging_id, data.staging_fd
+        data.staging_id = data.staging_fd = None
+        data.to(DataState.CLEAN)
+        data.size = data.written = 0
+        core.counters.add("uploads_lost")
+        kept = None
+        if fd is not None:
+            await core.hot.run(os.close, fd)
+        if sid is not None:
+            note = entry.encode() if entry is not None else b""
+            kept = await core.hot.run(core.hot.set_aside, sid, note)
+            self.journal.drop(sid)
+        inode.cached_version = None
+        core.invalidate_attrs(inode.ino)
+        rel = core.rel_or_none(inode)
+        log.error("the bucket dropped the unfinished upload of %s (%s) after parts of it had "
+                  "left the hot tier: that content is lost, the file keeps its previous "
+                  "content; what was still staged is kept as %s",
+                  os.fsdecode(rel) if rel is not None else "an unlinked file",
+                  upload.key if upload is not None else "?", kept)
+
+    async def _bring_back(self, inode: Inode, data: OpenFile, stub: Stub, since: AttrMark
+                          ) -> os.stat_result | None:
+        """Copy a completed object into a temp file beside its warm target and rename it into
+        place (the bytes pass through memory only, never the hot tier). It takes the
+        attributes of the file it replaces, and ``stub``'s mode if that is a stub."""
+        core = self.core
+        rel = core.rel_or_none(inode)
+        if rel is None:
+            return None
+        part = core.config.part_size
+        tmp, fd = await core.warm.run(core.warm.open_temp, split(rel)[0])
+        try:
+            for offset in range(0, stub.size, part):
+                block = await core.get_object(stub, offset, part)
+                await core.warm.run(os.pwrite, fd, block, offset)
+        except BaseException:
+            await core.warm.run(core.warm.drop_temp, tmp, fd)
+            raise
+        await core.warm.run(core.warm.finish_temp, tmp, fd, stub.size, rel,
+                            (data.atime_ns, data.mtime_ns), mode_override(inode))
+        return await self.warm.rename_into_place(inode, data, tmp, since)
+
+    async def drop_upload(self, data: OpenFile) -> None:
+        """Abort a file's multipart upload; its data stays staged."""
+        upload, data.upload = data.upload, None
+        assert upload is not None
+        if data.state is DataState.STREAMING:
+            data.to(DataState.DIRTY)
+        await upload.abort()
+        self.journal.forget_upload(data)
+
+
+def _close_and_remove(core: Core, sid: str | None, fd: int | None) -> None:
+    if fd is not None:
+        os.close(fd)
+    if sid is not None:
+        core.hot.remove_staging(sid)

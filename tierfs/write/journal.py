@@ -1,0 +1,270 @@
+"""The write journal: what is staged on the hot tier, where it belongs, and how far it got.
+
+One entry per staging file, in the index's ``journal`` database, keyed by the staging id. It
+says where the data goes (the path in the namespace), whether a writer has closed it (only
+closed data may ever appear under the file's name), and, for a file streaming to the bucket,
+its multipart upload: the key, the upload id once known, the first part size, the checksum it
+was created with and the parts completed with their receipts (ETag, and checksum).
+
+Entries change in memory and normally reach LMDB with the index batch. Where losing a change
+in a crash would lose or misplace data, the filesystem waits for a group commit (``sync``)
+before going on: before a write-back close returns, before a part's bytes are punched out of
+staging, before a multipart upload is created (so that a crash never leaves an upload nobody
+knows of), and when a file with data still to publish is renamed or unlinked.
+
+Every change to an entry that follows from what happens to an open file (the writer closed
+it, wrote again, the data was published or must be kept) is a method here, called from every
+path that needs it; recovery (tierfs/write/recovery.py) reads every entry at mount and
+finishes it through the same publishing code as a live close.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import secrets
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from tierfs.core.openfile import OpenFile
+from tierfs.index import Batch, Index
+
+log = logging.getLogger(__name__)
+
+DB = "journal"
+
+
+@dataclasses.dataclass
+class Upload:
+    key: str
+    #: Seconds since the epoch just before the upload was created: recovery aborts uploads of
+    #: ``key`` started since then when the id itself was never recorded.
+    since: float
+    first_part: int
+    upload_id: str | None = None
+    #: Completed parts: number -> receipt (``ObjectStore.upload_part``).
+    parts: dict[int, str] = dataclasses.field(default_factory=dict)
+    #: Set in the object's metadata (``UPLOAD_TOKEN``) when the upload is created: if the
+    #: bucket says the upload is gone, an object at ``key`` with this token is the one it made
+    #: (completed before a crash, or a completion whose reply was lost).
+    token: str = dataclasses.field(default_factory=lambda: secrets.token_hex(8))
+    #: The checksum the upload was created with (``ObjectStore.part_checksum``); then each
+    #: part's receipt carries its checksum too, and the completion lists them.
+    checksum: str | None = None
+
+
+@dataclasses.dataclass
+class Entry:
+    path: bytes
+    #: A writer closed the file and nobody writes to it: this data may be published.
+    closed: bool = False
+    size: int = 0
+    atime_ns: int = 0
+    mtime_ns: int = 0
+    upload: Upload | None = None
+    #: The object the file's previous stub named, to delete once this data is published.
+    replaces: str | None = None
+    #: A file streaming to the bucket was fsynced at this size: recovery completes its
+    #: upload up to there even if it was not closed.
+    synced: int | None = None
+
+    def encode(self) -> bytes:
+        data: dict[str, Any] = {
+            "path": os.fsdecode(self.path), "closed": self.closed, "size": self.size,
+            "atime_ns": self.atime_ns, "mtime_ns": self.mtime_ns, "replaces": self.replaces,
+            "synced": self.synced, "upload": None}
+        if self.upload is not None:
+            u = self.upload
+            data["upload"] = {"key": u.key, "since": u.since, "first_part": u.first_part,
+                              "upload_id": u.upload_id, "token": u.token,
+                              "checksum": u.checksum,
+                              "parts": {str(n): e for n, e in u.parts.items()}}
+        return json.dumps(data).encode()
+
+    @classmethod
+    def decode(cls, raw: bytes) -> Entry:
+        data = json.loads(raw)
+        upload = data.pop("upload", None)
+        entry = cls(**{**data, "path": os.fsencode(data["path"])})
+        if upload is not None:
+            upload["parts"] = {int(n): e for n, e in upload["parts"].items()}
+            entry.upload = Upload(**upload)
+        return entry
+
+
+class Journal:
+    def __init__(self, batch: Batch, run_in_thread: Callable[..., Awaitable[Any]]) -> None:
+        self.batch = batch
+        self._run = run_in_thread
+        #: Entries as they are now (the batch holds their serialised form until commit).
+        self.entries: dict[str, Entry] = {}
+
+    def record(self, sid: str, entry: Entry) -> None:
+        """Queue an entry's current state (call again after every change to it)."""
+        self.entries[sid] = entry
+        self.batch.put(DB, sid.encode(), entry)  # encoded when the batch commits
+
+    def drop(self, sid: str) -> None:
+        self.entries.pop(sid, None)
+        self.batch.delete(DB, sid.encode())
+
+    async def sync(self, durable: bool = False) -> None:
+        """Commit every change queued so far (shared with concurrent callers): it survives a
+        crash of tierfs; ``durable`` also flushes the index to disk, so that it survives a
+        crash of the system."""
+        await self.batch.sync(self._run, durable)
+
+    def moved(self, old: bytes, new: bytes, exchange: bool = False) -> bool:
+        """A path (file or directory) was renamed through the mount: re-point entries at or
+        under it, so staged data is published under its new name after a crash too. What was
+        at ``new`` goes the other way for an exchange, and otherwise lost that name: its
+        staged data must never be published there. Returns whether an entry whose data may
+        be published changed (then the caller syncs)."""
+        changed = False
+        for sid, entry in self.entries.items():
+            if _at(entry.path, old):
+                entry.path = new + entry.path[len(old):]
+            elif _at(entry.path, new):
+                if not exchange:
+                    changed = self._lost_name(sid, entry) or changed
+                    continue
+                entry.path = old + entry.path[len(new):]
+            else:
+                continue
+            self.record(sid, entry)
+            changed = changed or entry.closed
+        return changed
+
+    def unlinked(self, rel: bytes) -> bool:
+        """The name ``rel`` was removed through the mount: staged data still journaled under
+        it (an open file's entry is re-pointed first, ``repoint``) must never come back there
+        at recovery. Returns whether an entry whose data may be published changed."""
+        changed = False
+        for sid, entry in self.entries.items():
+            if entry.path == rel:
+                changed = self._lost_name(sid, entry) or changed
+        return changed
+
+    def superseded(self, rel: bytes, current: str | None) -> bool:
+        """New content was published at ``rel``: staged data left there by an earlier publish
+        that failed is older, and must never be published over it. Returns whether any
+        entry changed (then the caller syncs)."""
+        changed = False
+        for sid, entry in self.entries.items():
+            if sid != current and entry.path == rel:
+                self._lost_name(sid, entry)
+                changed = True
+        return changed
+
+    def _lost_name(self, sid: str, entry: Entry) -> bool:
+        was_closed = entry.closed
+        entry.path = b""
+        entry.closed = False
+        self.record(sid, entry)
+        return was_closed
+
+    def repoint(self, sid: str, rel: bytes | None) -> bool:
+        """An entry's file is now at ``rel`` (None: it has no name left, and its data must
+        never be published). Returns whether the entry said its data may be published."""
+        entry = self.entries.get(sid)
+        if entry is None:
+            return False
+        was_closed = entry.closed
+        entry.path = rel if rel is not None else b""
+        if rel is None:
+            entry.closed = False
+        self.record(sid, entry)
+        return was_closed
+
+    # -- what happens to an open file's staged data ---------------------------------------
+
+    def entry_of(self, data: OpenFile) -> Entry | None:
+        """The journal entry of a file's staged data, if it has one."""
+        return None if data.staging_id is None else self.entries.get(data.staging_id)
+
+    def mark_closed(self, data: OpenFile) -> None:
+        """The last writer closed the file: its staged content may be published, and will
+        be by recovery if a crash comes first."""
+        entry = self.entry_of(data)
+        if entry is None:
+            return
+        entry.closed = True
+        entry.size, entry.atime_ns, entry.mtime_ns = data.size, data.atime_ns, data.mtime_ns
+        self.record(data.staging_id, entry)  # type: ignore[arg-type]
+
+    def reopened(self, data: OpenFile) -> None:
+        """New writes to staged content that a close had released: it may not be published
+        as it is any more (it would be half-written)."""
+        entry = self.entry_of(data)
+        if entry is not None and entry.closed:
+            entry.closed = False
+            if entry.upload is None:
+                entry.synced = None  # what was on disk is being changed
+            self.record(data.staging_id, entry)  # type: ignore[arg-type]
+
+    def mark_published(self, data: OpenFile) -> None:
+        """The staged content is home: recovery has nothing to publish for it."""
+        entry = self.entry_of(data)
+        if entry is not None and entry.closed:
+            entry.closed = False
+            entry.replaces = None
+            self.record(data.staging_id, entry)  # type: ignore[arg-type]
+
+    def forget_upload(self, data: OpenFile) -> None:
+        """A file's multipart upload was aborted; its data is still staged."""
+        entry = self.entry_of(data)
+        if entry is not None and entry.upload is not None:
+            entry.upload = None
+            self.record(data.staging_id, entry)  # type: ignore[arg-type]
+
+    async def keep_staged(self, data: OpenFile) -> None:
+        """Publishing closed data failed, and it stays staged until a later try: flush it to
+        the hot disk and say so in the journal, so that it outlives a restart of the system
+        too (after one, recovery publishes only staged data known to be on disk)."""
+        entry = self.entry_of(data)
+        if (entry is None or not entry.closed or entry.synced == entry.size
+                or data.staging_fd is None):
+            await self.sync()
+            return
+        try:
+            await self._run(os.fdatasync, data.staging_fd)
+        except OSError as e:
+            log.error("flushing the staged data of %s to the hot disk failed: %s",
+                      data.staging_id, e)
+            await self.sync()
+            return
+        entry.synced = entry.size
+        self.record(data.staging_id, entry)  # type: ignore[arg-type]
+        await self.sync(durable=True)
+
+    def part_recorder(self, sid: str) -> Callable[[int, str], Awaitable[None]]:
+        """Make each completed part durable in the journal before its bytes leave staging."""
+
+        async def record(number: int, receipt: str) -> None:
+            entry = self.entries.get(sid)
+            if entry is None or entry.upload is None:
+                return
+            entry.upload.parts[number] = receipt
+            self.record(sid, entry)
+            await self.sync()
+
+        return record
+
+
+def _at(path: bytes, rel: bytes) -> bool:
+    """Whether ``path`` is ``rel`` or below it."""
+    return path == rel or path.startswith(rel + b"/")
+
+
+def load(index: Index) -> dict[str, Entry]:
+    """Every entry in the index (blocking; recovery at mount)."""
+    out = {}
+    with index.env.begin(db=index.dbs[DB]) as txn:
+        for key, raw in txn.cursor():
+            try:
+                out[bytes(key).decode()] = Entry.decode(bytes(raw))
+            except (ValueError, KeyError, TypeError):
+                out[bytes(key).decode()] = Entry(b"")  # unreadable: recovery discards it
+    return out

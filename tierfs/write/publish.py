@@ -1,0 +1,92 @@
+"""Publishing: the one decision that staged data is safe at home, for every path that needs
+it (a close, an fsync, a write-back task, unmount, and recovery after a crash).
+
+``Publisher.publish`` takes an open file in one of the unpublished states and leaves it
+published (CLEAN or STAGED) or FAILED, with its data still staged for another try. It decides
+warm or cold (``placement``) and delegates to the warm or cold publisher; recovery rebuilds an
+open file from the journal and calls this same method, so a file finished after a crash is
+published exactly as a live close would have published it.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+
+from tierfs.core.attrs import err, version
+from tierfs.core.context import Core
+from tierfs.core.inodes import Inode
+from tierfs.core.openfile import DataState, OpenFile
+from tierfs.write.cold import ColdPublisher
+from tierfs.write.journal import Journal
+from tierfs.write.warm import WarmPublisher, drop_mirror
+
+log = logging.getLogger(__name__)
+
+
+class Publisher:
+    def __init__(self, core: Core, journal: Journal, warm: WarmPublisher,
+                 cold: ColdPublisher) -> None:
+        self.core = core
+        self.journal = journal
+        self.warm = warm
+        self.cold = cold
+
+    async def publish(self, inode: Inode, data: OpenFile) -> None:
+        """Put staged data home so that readers there see it whole. Takes ``data.lock``."""
+        async with data.lock:
+            if not data.dirty or data.staging_fd is None:
+                return
+            data.to(DataState.PUBLISHING)
+            try:
+                await self._publish(inode, data)
+            except BaseException:
+                if data.state is DataState.PUBLISHING:
+                    data.to(DataState.FAILED)
+                raise
+            # Staged data an earlier failed publish left under this name is older than what
+            # is home now: it must never be published over it (at recovery, say).
+            rel = self.core.rel_or_none(inode)
+            if rel is not None and self.journal.superseded(rel, data.staging_id):
+                await self.journal.sync()
+        self.core.invalidate_attrs(inode.ino)
+
+    async def _publish(self, inode: Inode, data: OpenFile) -> None:
+        core = self.core
+        rel = core.rel_or_none(inode)
+        if rel is None:  # unlinked: nothing to publish, nobody can see it
+            await drop_mirror(core.warm, data)
+            data.to(DataState.STAGED)
+            return
+        cold = self.cold
+        if data.upload is None:
+            # A file past the threshold whose upload could not start while it was written
+            # (or was dropped by the bucket) must not end up on the warm tier: start it now.
+            data.route_after = 0.0
+            await cold.route(inode, data)
+            if data.route_after:
+                raise err(errno.EIO)
+        if (data.upload is not None and data.upload.cut == 0
+                and not cold.placement.belongs_cold(cold.rule(inode, data), data.size)):
+            # Past the threshold once, small in the end (truncated), and none of it has
+            # left staging: no object for it, it goes to the warm tier from staging.
+            await cold.drop_upload(data)
+        with core.inodes.replacing(inode):
+            if data.upload is not None:
+                await cold.publish(inode, data)
+                return
+            st = await self.warm.publish(inode, data, rel, (data.atime_ns, data.mtime_ns))
+            if st is None:  # unlinked meanwhile
+                data.to(DataState.STAGED if data.staged else DataState.CLEAN)
+                return
+            core.inodes.rekey(inode, st)
+        data.base = st
+        data.to(DataState.STAGED if data.staged else DataState.CLEAN)
+        self.journal.mark_published(data)
+        inode.stub = data.stub = None  # it is a warm file now
+        if data.replaces_object is not None:
+            await core.delete_object(data.replaces_object)
+            data.replaces_object = None
+        # The kernel's pages are what was written through it, unless O_DIRECT bypassed them.
+        inode.cached_version = None if data.direct_written else version(st, inode.key)
+        data.direct_written = False

@@ -1,0 +1,285 @@
+"""Recovery at mount: finish or undo what the journal says was in flight when tierfs stopped.
+
+For every journal entry, by what a writer was told:
+
+- Closed (the last writer's close returned, in write-back mode, or a sync-mode publish failed):
+  the data is published now, by the very code a live close uses (``Publisher.publish``):
+  recovery finds the file's inode by its path, rebuilds its open-file state from the entry
+  (staging file, size, times, the object it replaces, and a resumed multipart upload whose
+  completed parts are not sent again) and publishes it. So a file finished after a crash
+  gets what a live close gives it: its own mode on the warm tier or in its stub, and an
+  object carrying its mode, mtime and upload token. A file whose name is gone from the warm
+  tier (removed by another node) is not brought back: its data is set aside.
+- A file streaming to the bucket that was fsynced and not closed: its upload is completed
+  with the content up to the fsynced size.
+- Otherwise (a writer still had it open, or it is already home): nothing of it may appear
+  under the file's name. Its staging file is removed and its multipart upload, if any, aborted.
+
+That is after tierfs itself stopped (a crash, SIGKILL): the staged bytes were in the page cache,
+which outlives the process. After the system restarted (a new boot id; power loss, a kernel
+panic), staged bytes that were never flushed to disk may be missing or zeros, and publishing
+them would replace a good file with a torn one. Then only what was flushed is used: closed data
+whose publish had failed (flushed then, ``synced``), and the fsynced prefix of a file streaming
+to the bucket. Other closed data is set aside in ``<hot>/lost+found`` with a note, the file
+keeps what it had, and the log says so: write-back data not yet home is lost with the node, as
+docs/semantics.md says, but never published torn.
+
+Then staging files that no entry names are removed. Multipart uploads are aborted only where
+the journal says they are this node's: its upload ids, and, for an upload whose creation was
+journaled but whose id was not (a crash in between), every upload of that key. Other nodes may
+be writing to the same bucket, so uploads of keys this node never wrote are left alone.
+
+Recovery runs on the event loop before the mount serves requests, so nobody sees a file
+half-recovered. Temp files left on the warm tier by a crash are removed afterwards, in the
+background (``purge_temps``), since that means walking the namespace.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import stat
+
+from tierfs.core.context import Core
+from tierfs.core.inodes import ROOT_INODE, Inode, identity
+from tierfs.core.openfile import DataState, OpenFile
+from tierfs.objects.base import ObjectStoreError
+from tierfs.tiers.warm import is_internal, join
+from tierfs.transfer.streaming import StreamingUpload
+from tierfs.write import journal
+from tierfs.write.publish import Publisher
+from tierfs.write.staging import Staging
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class Report:
+    published: int = 0
+    uploaded: int = 0
+    discarded: int = 0
+    aborted: int = 0
+    orphans: int = 0
+    set_aside: int = 0
+    #: Uploads the bucket dropped unfinished after some of their bytes had left staging.
+    lost: int = 0
+    failed: int = 0
+
+
+def publishable(entry: journal.Entry, rebooted: bool) -> int | None:
+    """How many bytes of an entry's staged data recovery puts in place; None: none."""
+    if not entry.path:
+        return None
+    streamed = entry.upload is not None and entry.synced is not None
+    if not rebooted:
+        return entry.size if entry.closed else entry.synced if streamed else None
+    if entry.closed and entry.synced is not None and entry.synced >= entry.size:
+        return entry.size
+    return entry.synced if streamed else None
+
+
+class Recovery:
+    def __init__(self, core: Core, journal_: journal.Journal, publisher: Publisher,
+                 staging: Staging) -> None:
+        self.core = core
+        self.journal = journal_
+        self.publisher = publisher
+        self.staging = staging
+
+    async def run(self, rebooted: bool = False) -> Report:
+        core = self.core
+        report = Report()
+        entries = await core.hot.run(journal.load, core.index)
+        staged = set(await core.hot.run(core.hot.staged_ids))
+        for sid in sorted(staged - entries.keys()):
+            await core.hot.run(core.hot.remove_staging, sid)
+            report.orphans += 1
+        for sid, entry in sorted(entries.items()):
+            try:
+                size = publishable(entry, rebooted)
+                if size is not None and sid in staged:
+                    entry.size = size
+                    self.journal.record(sid, entry)
+                    await self._publish(sid, entry, report)
+                    continue
+                if entry.upload is not None:
+                    report.aborted += await self._abort(entry.upload)
+                if rebooted and entry.closed and entry.path and sid in staged:
+                    await self._set_aside(sid, entry, "the system restarted before the closed "
+                                          "data of %s was home or flushed to disk")
+                    report.set_aside += 1
+                else:
+                    await core.hot.run(core.hot.remove_staging, sid)
+                    report.discarded += 1
+            except (OSError, ObjectStoreError) as e:
+                # Kept for the next mount to try again; the mount itself goes on.
+                log.error("recovery of %s (staged as %s) failed, kept for the next mount: %s",
+                          os.fsdecode(entry.path), sid, e)
+                report.failed += 1
+                continue
+            self.journal.drop(sid)
+        await self.journal.sync()
+        if any(dataclasses.astuple(report)):
+            log.warning("recovery: %s", report)
+        return report
+
+    async def _publish(self, sid: str, entry: journal.Entry, report: Report) -> None:
+        """Publish one closed (or fsynced) entry as a live close would."""
+        core = self.core
+        found = await self._resolve(entry.path)
+        if found is None:
+            await self._set_aside(sid, entry, "the name %s is gone from the warm tier (or is "
+                                  "not a file any more): its staged data is not published")
+            report.set_aside += 1
+            return
+        chain, st = found
+        inode = chain[-1]
+        assert inode.data is None  # (before the mount serves: nothing is open)
+        try:
+            fd = await core.hot.run(_open_staging, core, sid)
+        except BaseException:
+            for held in reversed(chain):
+                core.inodes.closed(held)
+            raise
+        data = OpenFile(stub=inode.stub, base=st, staging_id=sid, staging_fd=fd,
+                        size=entry.size, written=entry.size, atime_ns=entry.atime_ns,
+                        mtime_ns=entry.mtime_ns, replaces_object=entry.replaces)
+        data.to(DataState.STAGED)
+        upload = entry.upload
+        if upload is not None:
+            if upload.upload_id is None:
+                # Created (perhaps) but never recorded: start afresh, as a live writer would.
+                await self._abort(upload)
+                entry.upload = None
+                self.journal.record(sid, entry)
+            else:
+                assert core.nursery is not None
+                data.upload = StreamingUpload(
+                    core.cold, core.hot, core.nursery, fd, upload.key, upload.upload_id,
+                    upload.first_part, core.config.upload_window,
+                    self.journal.part_recorder(sid), upload.token, done=upload.parts,
+                    checksum=upload.checksum)
+        data.changed()
+        inode.data = data
+        core.inodes.opened(inode)
+        try:
+            await self.publisher.publish(inode, data)
+        except OSError:
+            if sid not in self.journal.entries:
+                report.lost += 1  # the bucket dropped the upload after parts left staging
+                return
+            raise
+        finally:
+            await self.staging.retire(inode, data)
+            for held in reversed(chain):
+                core.inodes.closed(held)
+        if data.state is DataState.CLEAN and data.stub is not None:
+            report.uploaded += 1
+        else:
+            report.published += 1
+        log.info("recovery: published %s", os.fsdecode(entry.path))
+
+    async def _resolve(self, rel: bytes) -> tuple[list[Inode], os.stat_result] | None:
+        """The inodes of a path's components, held (``opened``) in the inode table as a
+        lookup would find them, without a kernel lookup, and the file's attributes; None if a
+        component is gone or the file is not a regular file or a stub."""
+        core = self.core
+        chain: list[Inode] = []
+        parent = ROOT_INODE
+        names = [n for n in rel.split(b"/") if n]
+        here = b""
+        try:
+            for i, name in enumerate(names):
+                here = join(here, name) if here else name
+                try:
+                    st, target, persisted = await core.warm.run(self._probe, here)
+                except (FileNotFoundError, NotADirectoryError):
+                    break
+                last = i == len(names) - 1
+                stub = core.parse_stub(st, target, here) if last else None
+                if not last and not stat.S_ISDIR(st.st_mode):
+                    break
+                if last and stub is None and not stat.S_ISREG(st.st_mode):
+                    break
+                inode = core.inodes.resolve(parent, name, st, persisted,
+                                            stat.S_IFREG if stub is not None else None)
+                core.inodes.opened(inode)
+                chain.append(inode)
+                if last:
+                    inode.stub = stub
+                    return chain, st
+                parent = inode.ino
+        except BaseException:
+            for held in reversed(chain):
+                core.inodes.closed(held)
+            raise
+        for held in reversed(chain):
+            core.inodes.closed(held)
+        return None
+
+    def _probe(self, rel: bytes) -> tuple[os.stat_result, bytes | None, int | None]:
+        st, target = self.core.warm.lstat_link(rel)
+        return st, target, self.core.inodes.persisted_number(identity(st))
+
+    async def _set_aside(self, sid: str, entry: journal.Entry, why: str) -> None:
+        """Keep staged data that must not be published in lost+found, with its journal entry
+        as a note, for a person; the file keeps its previous content. ``why`` names the path
+        (%s)."""
+        kept = await self.core.hot.run(self.core.hot.set_aside, sid, entry.encode())
+        log.error("recovery: " + why + "; the file keeps its previous content, the staged "
+                  "copy (perhaps incomplete) is kept as %s", os.fsdecode(entry.path), kept)
+
+    async def _abort(self, upload: journal.Upload) -> int:
+        """Abort an unfinished upload of this node; returns how many were aborted."""
+        cold = self.core.cold
+        store = cold.store
+        ids = [upload.upload_id] if upload.upload_id else [
+            uid for key, uid in await cold.run(store.list_multipart, upload.key)
+            if key == upload.key]
+        for uid in ids:
+            try:
+                await cold.run(store.abort_multipart, upload.key, uid)
+            except ObjectStoreError as e:
+                if "NoSuchUpload" not in str(e):
+                    raise
+        return len(ids)
+
+
+def _open_staging(core: Core, sid: str) -> int:
+    return os.open(core.hot.staging_dir / sid, os.O_RDWR | os.O_CLOEXEC)
+
+
+def purge_temps(core: Core) -> int:
+    """Remove this node's temp files from the whole namespace (blocking; after a crash)."""
+    removed = 0
+    pending = [b"."]
+    while pending:
+        here = pending.pop()
+        try:
+            names = _list(core, here)
+        except OSError:
+            continue
+        for name in names:
+            child = join(here, name)
+            if is_internal(name) and core.warm.is_ours(name):
+                try:
+                    core.warm.unlink(child)
+                    removed += 1
+                except OSError:
+                    pass
+                continue
+            try:
+                if stat.S_ISDIR(core.warm.lstat(child).st_mode):
+                    pending.append(child)
+            except OSError:
+                continue
+    return removed
+
+
+def _list(core: Core, rel: bytes) -> list[bytes]:
+    fd = os.open(rel, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=core.warm.fd)
+    try:
+        return [os.fsencode(n) for n in os.listdir(fd)]
+    finally:
+        os.close(fd)

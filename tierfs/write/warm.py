@@ -1,0 +1,244 @@
+"""Publishing to the warm tier: staged data put in place so that readers there see it whole.
+
+Three ways, one outcome: where the hot and warm tiers share a file system the staging file
+itself is settled (attributes, fsync) and renamed over the file's name; in sync mode a temp
+file filled ahead of the close (``transfer.mirror``) is finished and renamed; otherwise
+staging is copied to a temp name beside the target, fsynced and renamed. A hard-linked file is
+written in place instead. Every rename is made under the namespace lock against the file's
+current path, so a file renamed or unlinked meanwhile is published to its new name, or not at
+all; attributes changed meanwhile are taken again in the same call (``Reapply``).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from tierfs.core.attrs import err, mode_override
+from tierfs.core.context import AttrMark, Core
+from tierfs.core.inodes import Inode, key_ids
+from tierfs.core.openfile import OpenFile, warm_id
+from tierfs.tiers.warm import LinkedMeanwhile, Reapply, WarmTier, split
+from tierfs.transfer.mirror import Mirror
+from tierfs.write.journal import Journal
+
+log = logging.getLogger(__name__)
+
+R = TypeVar("R")
+
+#: Times a publish's warm call is made again when the file was renamed under it.
+STALE_TRIES = 4
+
+
+async def drop_mirror(warm: WarmTier, data: OpenFile) -> None:
+    """Remove a file's head-start temp file (it will not be published from)."""
+    mirror, data.mirror = data.mirror, None
+    if mirror is None:
+        return
+    await mirror.wait()
+    try:
+        await warm.run(mirror.drop)
+    except OSError as e:
+        log.warning("could not remove a warm temp file: %s", e)
+
+
+class WarmPublisher:
+    def __init__(self, core: Core, journal: Journal) -> None:
+        self.core = core
+        self.journal = journal
+
+    async def publish(self, inode: Inode, data: OpenFile, rel: bytes, times: tuple[int, int]
+                      ) -> os.stat_result | None:
+        """Put the staged data in place on the warm tier: rename the staging file itself
+        (tiers on one file system), or finish the head-start temp file if there is one, or
+        copy it all; rename. None if the file was unlinked meanwhile."""
+        core = self.core
+        mode = mode_override(inode)
+        since = core.attr_mark(inode)  # before anything copies them (see Reapply)
+        if core.publish_by_rename and data.mirror is None:
+            done, st = await self._rename_staging(inode, data, times, mode, since)
+            if done:
+                return st
+        mirror, data.mirror = data.mirror, None
+        if mirror is not None:
+            await mirror.wait()
+            tmp = await core.warm.run(self._finish_mirror, mirror, data, rel, times, mode)
+            if tmp is not None:
+                try:
+                    return await self.rename_into_place(inode, data, tmp, since)
+                except LinkedMeanwhile:
+                    pass  # the copy below writes it in place
+                except FileNotFoundError:
+                    pass  # the temp file went with its emptied directory: copy it all
+        for _ in range(STALE_TRIES):
+            copied = await self.at_path(inode, core.warm.publish_copy, data.staging_fd,
+                                        data.size, times, mode, key_ids(inode.key))
+            if copied is None:
+                return None  # unlinked meanwhile
+            tmp, st = copied
+            if tmp is None:
+                return st  # hard-linked: written in place
+            try:
+                return await self.rename_into_place(inode, data, tmp, since)
+            except LinkedMeanwhile:
+                continue  # renamed while it was copied: written in place next time round
+        raise err(errno.EAGAIN)
+
+    async def at_path(self, inode: Inode, fn: Callable[..., R], *args: Any) -> R | None:
+        """``fn(path, *args)`` in a warm worker, on the inode's path as it is when the call
+        starts: a rename through the mount meanwhile makes that path vanish under the call
+        (FileNotFoundError), and it runs again on the new one. None once unlinked."""
+        for _ in range(STALE_TRIES):
+            rel = self.core.rel_or_none(inode)
+            if rel is None:
+                return None
+            try:
+                return await self.core.warm.run(fn, rel, *args)
+            except FileNotFoundError:
+                if self.core.rel_or_none(inode) == rel:
+                    raise  # not renamed: gone behind tierfs's back
+        raise err(errno.EAGAIN)
+
+    async def _rename_staging(self, inode: Inode, data: OpenFile, times: tuple[int, int],
+                              mode: int | None, since: AttrMark
+                              ) -> tuple[bool, os.stat_result | None]:
+        """Publish by renaming the staging file over the file's name: on one file system a
+        copy would write every byte a second time. The staging file becomes the published
+        file (kept open as the file's warm descriptor), and a writer that goes on stages a
+        fresh copy of it: the bytes a publish by copy would have copied, and only if more
+        writes come. (False, None) when this cannot serve and the caller copies: a
+        hard-linked file, or tiers on different file systems after all."""
+        core = self.core
+        assert data.staging_fd is not None and data.staging_id is not None
+        settled = await self.at_path(inode, core.warm.settle_staged, data.staging_fd,
+                                     data.size, times, mode)
+        if settled is None:
+            return True, None  # unlinked meanwhile
+        if not settled:
+            return False, None
+        sid = data.staging_id
+        async with core.ns_lock:
+            target = core.rel_or_none(inode)
+            if target is None:
+                return True, None  # unlinked meanwhile: the staging file goes at discard
+            # The replaced file's descriptor is closed in the same call. The file is staged,
+            # so reads use the staging descriptor; a warm block read-ahead task still holding
+            # the old number can only fail or cache bytes under the old identity, which no
+            # reader asks for any more.
+            again = self._reapply(inode, data, since)
+            try:
+                adopted = await self.adopt_staging(
+                    sid, target, data.warm_fd,
+                    None if again is None else (data.staging_fd, again))
+            except LinkedMeanwhile:
+                return False, None  # the copy writes it in place
+            if adopted is None:
+                return False, None
+            st, parent_st = adopted
+            # No await from the rename to here: reads find the content under either name.
+            data.warm_fd, data.staging_fd, data.staging_id = data.staging_fd, None, None
+            data.created = False  # staging again starts from the published file
+            data.warm_id = warm_id(st)
+            core.dir_changed(inode, parent_st)
+        self.journal.drop(sid)
+        return True, st
+
+    def _reapply(self, inode: Inode, data: OpenFile, since: AttrMark) -> Reapply | None:
+        """What a publish must take again from the file it replaces, if the file's attributes
+        may have changed since it copied them (``since``). Caller holds ``ns_lock``."""
+        if self.core.attr_mark(inode) == since:
+            return None
+        return Reapply(mode_override(inode), (data.atime_ns, data.mtime_ns))
+
+    async def adopt_staging(self, sid: str, target: bytes, retire: int | None,
+                            again: tuple[int, Reapply] | None = None
+                            ) -> tuple[os.stat_result, os.stat_result] | None:
+        """Rename a settled staging file over ``target`` (``WarmTier.adopt``): the attributes
+        of the file and of its directory, or None if the tiers turn out to be on different
+        mounts (EXDEV), which turns publishing by rename off for good."""
+        core = self.core
+        try:
+            return await core.warm.run(core.warm.adopt, core.hot.staging_dir / sid, target,
+                                       retire, again)
+        except OSError as e:
+            if e.errno != errno.EXDEV:
+                raise
+        log.info("the hot and warm tiers are on different mounts: publishing by copy")
+        core.publish_by_rename = False
+        return None
+
+    async def rename_into_place(self, inode: Inode, data: OpenFile, tmp: bytes,
+                                since: AttrMark) -> os.stat_result | None:
+        """Rename a finished temp file over the file's current name, under the namespace lock
+        (None, and the temp file removed, if the file was unlinked meanwhile). ``since``:
+        ``attr_mark`` before the temp file took the attributes of the old one."""
+        core = self.core
+        async with core.ns_lock:
+            target = core.rel_or_none(inode)
+            if target is None:
+                await core.warm.run(core.warm.unlink, tmp)
+                return None
+            st, parent_st = await core.warm.run(core.warm.replace, tmp, target,
+                                                self._reapply(inode, data, since))
+            core.dir_changed(inode, parent_st)
+            return st
+
+    def _finish_mirror(self, mirror: Mirror, data: OpenFile, rel: bytes,
+                       times: tuple[int, int], mode: int | None) -> bytes | None:
+        """The head-start temp file made whole and fsynced, or None when it cannot serve
+        (then it is removed and the caller copies everything). Blocking."""
+        try:
+            st = self.core.warm.lstat(rel)
+        except FileNotFoundError:
+            st = None
+        if not mirror.usable or (st is not None and st.st_nlink > 1):
+            mirror.drop()  # hard-linked since: it must be published in place
+            return None
+        assert data.staging_fd is not None
+        try:
+            return mirror.finish(data.staging_fd, data.size, rel, times, mode)[0]
+        except OSError as e:
+            log.warning("finishing the head-start copy of %s failed, copying it all: %s",
+                        os.fsdecode(rel), e)
+            return None
+
+    # -- ahead of the close (sync mode) ---------------------------------------------------
+
+    def flush_ahead_from(self, data: OpenFile, offset: int, size: int) -> int | None:
+        """Sync mode, publishing by rename: where the staging file's write to disk should start
+        along with this write (None: not now). Only for a file growing in order, a step of
+        ``publish_ahead`` at a time. Not in write-back mode: there the writer would wait for
+        the disk's queue, which made checkpoints slower (bench/checkpoint.py)."""
+        config = self.core.config
+        step = config.publish_ahead
+        if (not step or config.durability != "sync" or not self.core.publish_by_rename
+                or data.upload is not None or offset != data.written):
+            return None
+        start = min(data.flushed_ahead, offset)
+        return start if offset + size - start >= step else None
+
+    def copy_ahead(self, inode: Inode, data: OpenFile) -> None:
+        """Sync mode: copy what is written so far to the warm temp file in the background, so
+        that close has only the tail left to copy. Caller holds ``data.lock``."""
+        core = self.core
+        step = core.config.publish_ahead
+        if (not step or core.config.durability != "sync" or core.nursery is None
+                or core.publish_by_rename
+                or data.upload is not None or data.staging_fd is None):
+            return
+        mirror = data.mirror
+        if mirror is None:
+            base = data.base
+            if data.written < step or (base is not None and base.st_nlink > 1):
+                return  # small so far, or hard-linked (published in place, not renamed)
+            rel = core.rel_or_none(inode)
+            if rel is None:
+                return
+            mirror = data.mirror = Mirror(core.warm, split(rel)[0])
+            log.debug("copying %s ahead to the warm tier", os.fsdecode(rel))
+        elif mirror.busy or mirror.broken or data.written - mirror.copied < step:
+            return
+        mirror.start(core.nursery, data.staging_fd, data.written)

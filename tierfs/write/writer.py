@@ -1,0 +1,96 @@
+"""Changes to a file's data: writes and truncation, into staging, and what they set going
+(streaming to the bucket past the threshold, copying ahead to the warm tier in sync mode).
+
+Every change holds the file's lock, stages the file if it is not yet, and leaves the open
+file DIRTY (or STREAMING): ``OpenFile.changed``.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import time
+
+from tierfs.cache.store import is_no_space
+from tierfs.core.attrs import err
+from tierfs.core.context import Core
+from tierfs.core.inodes import Inode
+from tierfs.core.openfile import OpenFile
+from tierfs.transfer.mirror import write_and_start_writeback
+from tierfs.write.cold import ColdPublisher
+from tierfs.write.journal import Journal
+from tierfs.write.staging import Staging
+from tierfs.write.warm import WarmPublisher
+
+
+class Writer:
+    def __init__(self, core: Core, journal: Journal, staging: Staging, warm: WarmPublisher,
+                 cold: ColdPublisher) -> None:
+        self.core = core
+        self.journal = journal
+        self.staging = staging
+        self.warm = warm
+        self.cold = cold
+
+    async def write(self, inode: Inode, data: OpenFile, offset: int, buf: bytes,
+                    append: bool = False, direct: bool = False) -> int:
+        core = self.core
+        async with data.lock:
+            # A file created empty by this open has no data to copy in: its first write goes
+            # with the staging file's creation (it lands at 0 with O_APPEND, the size being 0).
+            done = await self.staging.stage(inode, data, first=(buf, 0 if append else offset))
+            if append:
+                offset = data.size
+            if data.upload is not None and offset < data.upload.cut:
+                raise err(errno.EOPNOTSUPP)  # that range is already on its way to the bucket
+            self.journal.reopened(data)
+            if done is not None:
+                written = done
+            else:
+                assert data.staging_fd is not None
+                try:
+                    ahead = self.warm.flush_ahead_from(data, offset, len(buf))
+                    if ahead is None:
+                        written = await core.hot.run(os.pwrite, data.staging_fd, buf, offset)
+                    else:
+                        written = await core.hot.run(write_and_start_writeback,
+                                                     data.staging_fd, buf, offset, ahead)
+                        data.flushed_ahead = offset + written
+                except OSError as e:
+                    if not is_no_space(e):
+                        raise
+                    await self.staging.make_room(len(buf))
+                    written = await core.hot.run(os.pwrite, data.staging_fd, buf, offset)
+            data.size = max(data.size, offset + written)
+            grew = offset <= data.written < offset + written
+            if grew:
+                data.written = offset + written
+            data.mtime_ns = time.time_ns()
+            data.changed()
+            if direct:
+                data.direct_written = True
+            if data.mirror is not None:
+                data.mirror.changed(offset)
+            await self.cold.route(inode, data)
+            if grew:
+                # Only a file growing in order is copied ahead: for rewrites in place (a
+                # database's pages) each copy would be undone by the next write.
+                self.warm.copy_ahead(inode, data)
+        return written
+
+    async def truncate(self, inode: Inode, data: OpenFile, size: int) -> None:
+        """Cut or extend a file's staged data (staged first if need be). Caller holds
+        ``data.lock``."""
+        if data.upload is not None and size < data.upload.cut:
+            raise err(errno.EOPNOTSUPP)  # already on its way to the bucket
+        await self.staging.stage(inode, data, keep=size)
+        self.journal.reopened(data)
+        assert data.staging_fd is not None
+        await self.core.hot.run(os.ftruncate, data.staging_fd, size)
+        data.size = size
+        data.written = min(data.written, size)
+        data.mtime_ns = time.time_ns()
+        data.changed()
+        if data.mirror is not None:
+            data.mirror.changed(size)
+        await self.cold.route(inode, data)  # a size past the threshold: at once

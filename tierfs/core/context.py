@@ -19,6 +19,7 @@ from pathlib import Path
 
 import trio
 
+from tierfs.paths import show
 from tierfs.cache import counters as counter_names
 from tierfs.cache.blocks import BlockCache
 from tierfs.cache.counters import Counters
@@ -126,7 +127,7 @@ class Core:
         try:
             return parse_stub(target, self.config.bucket)
         except StubError as e:
-            log.warning("refusing stub %s: %s", os.fsdecode(where), e)
+            log.warning("refusing stub %s: %s", show(where), e)
             raise err(errno.EIO) from None
 
     def attr_mark(self, inode: Inode) -> AttrMark:

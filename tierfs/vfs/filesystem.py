@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable, Sequence
 
 import trio
 
+from tierfs.paths import show
 from tierfs.cache.blocks import BlockCache, Source
 from tierfs.cache.counters import Counters
 from tierfs.config import Config
@@ -155,7 +156,7 @@ class FileSystem:
         for inode, e in failed:
             data = inode.data
             log.error("could not publish %s at shutdown, staged data kept as %s: %s",
-                      os.fsdecode(self.core.rel_or_none(inode) or b"(unlinked)"),
+                      show(self.core.rel_or_none(inode) or b"(unlinked)"),
                       data.staging_id if data is not None else "?", e)
         await self.save_index()
         return failed

@@ -19,6 +19,7 @@ import os
 import secrets
 import time
 
+from tierfs.paths import show
 from tierfs.core.attrs import err, file_mode, mode_override
 from tierfs.core.context import AttrMark, Core
 from tierfs.core.inodes import Inode
@@ -91,7 +92,7 @@ class ColdPublisher:
                                             core.cold.store.part_checksum)
         except ObjectStoreError as e:
             # (A failed HEAD while choosing the key comes here before any key is chosen.)
-            log.error("could not start the upload of %s: %s", os.fsdecode(rel), e)
+            log.error("could not start the upload of %s: %s", show(rel), e)
             if config.durability == "writeback":
                 # The writer goes on into staging; streaming is tried again later.
                 data.route_after = time.monotonic() + ROUTE_RETRY
@@ -109,7 +110,7 @@ class ColdPublisher:
                                       patient=config.durability == "writeback",
                                       checksum=core.cold.store.part_checksum)
         data.streaming()
-        log.info("streaming %s to %s (upload %s)", os.fsdecode(rel), key, upload_id)
+        log.info("streaming %s to %s (upload %s)", show(rel), key, upload_id)
 
     async def object_key(self, rel: bytes, data: OpenFile, entry: Entry | None) -> str:
         """The key of a new object (``objects.keys``), recorded in the journal before its
@@ -251,7 +252,7 @@ class ColdPublisher:
         log.error("the bucket dropped the unfinished upload of %s (%s) after parts of it had "
                   "left the hot tier: that content is lost, the file keeps its previous "
                   "content; what was still staged is kept as %s",
-                  os.fsdecode(rel) if rel is not None else "an unlinked file",
+                  show(rel) if rel is not None else "an unlinked file",
                   upload.key if upload is not None else "?", kept)
 
     async def _bring_back(self, inode: Inode, data: OpenFile, stub: Stub, since: AttrMark

@@ -41,6 +41,7 @@ import logging
 import os
 import stat
 
+from tierfs.paths import show
 from tierfs.core.context import Core
 from tierfs.core.inodes import ROOT_INODE, Inode, identity
 from tierfs.core.openfile import DataState, OpenFile
@@ -115,7 +116,7 @@ class Recovery:
             except (OSError, ObjectStoreError) as e:
                 # Kept for the next mount to try again; the mount itself goes on.
                 log.error("recovery of %s (staged as %s) failed, kept for the next mount: %s",
-                          os.fsdecode(entry.path), sid, e)
+                          show(entry.path), sid, e)
                 report.failed += 1
                 continue
             self.journal.drop(sid)
@@ -178,7 +179,7 @@ class Recovery:
             report.uploaded += 1
         else:
             report.published += 1
-        log.info("recovery: published %s", os.fsdecode(entry.path))
+        log.info("recovery: published %s", show(entry.path))
 
     async def _resolve(self, rel: bytes) -> tuple[list[Inode], os.stat_result] | None:
         """The inodes of a path's components, held (``opened``) in the inode table as a
@@ -228,7 +229,7 @@ class Recovery:
         (%s)."""
         kept = await self.core.hot.run(self.core.hot.set_aside, sid, entry.encode())
         log.error("recovery: " + why + "; the file keeps its previous content, the staged "
-                  "copy (perhaps incomplete) is kept as %s", os.fsdecode(entry.path), kept)
+                  "copy (perhaps incomplete) is kept as %s", show(entry.path), kept)
 
     async def _abort(self, upload: journal.Upload) -> int:
         """Abort an unfinished upload of this node; returns how many were aborted."""

@@ -17,6 +17,7 @@ import os
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from tierfs.paths import show
 from tierfs.core.attrs import err, mode_override
 from tierfs.core.context import AttrMark, Core
 from tierfs.core.inodes import Inode, key_ids
@@ -202,7 +203,7 @@ class WarmPublisher:
             return mirror.finish(data.staging_fd, data.size, rel, times, mode)[0]
         except OSError as e:
             log.warning("finishing the head-start copy of %s failed, copying it all: %s",
-                        os.fsdecode(rel), e)
+                        show(rel), e)
             return None
 
     # -- ahead of the close (sync mode) ---------------------------------------------------
@@ -238,7 +239,7 @@ class WarmPublisher:
             if rel is None:
                 return
             mirror = data.mirror = Mirror(core.warm, split(rel)[0])
-            log.debug("copying %s ahead to the warm tier", os.fsdecode(rel))
+            log.debug("copying %s ahead to the warm tier", show(rel))
         elif mirror.busy or mirror.broken or data.written - mirror.copied < step:
             return
         mirror.start(core.nursery, data.staging_fd, data.written)

@@ -61,19 +61,21 @@ def main() -> None:
 @main.command()
 @click.argument("mountpoint", type=click.Path(path_type=str))
 @click.option("-f", "--foreground", is_flag=True, help="Serve in this process until unmounted.")
+@click.option("--nonempty", is_flag=True,
+              help="Mount even if MOUNTPOINT holds files (they are hidden while mounted).")
 @click.option("--daemon-child", is_flag=True, hidden=True)
 @_config_options
-def mount(mountpoint: str, foreground: bool, daemon_child: bool, config_file: Path | None,
-          **flags: Any) -> None:
+def mount(mountpoint: str, foreground: bool, nonempty: bool, daemon_child: bool,
+          config_file: Path | None, **flags: Any) -> None:
     """Mount tierfs on MOUNTPOINT; returns once the mount is live."""
     from tierfs import mounting
 
     mountpoint = os.path.abspath(mountpoint)
     try:
         config = load_config(config_file, flags)
-        mounting.preflight(config, mountpoint)
+        mounting.preflight(config, mountpoint, nonempty)
         if not foreground:
-            pid = mounting.start_daemon(config, mountpoint)
+            pid = mounting.start_daemon(config, mountpoint, nonempty)
             click.echo(f"tierfs mounted on {mountpoint} (pid {pid}; hot {config.hot}, "
                        f"warm {config.warm})")
             return

@@ -26,6 +26,12 @@ ANYSCALE_WARM = Path("/mnt/user_storage")
 
 Number = TypeVar("Number", int, float)
 
+#: Largest size any key takes: no disk (or memory) is larger, and a bigger number is a typo
+#: (humanfriendly turns ``99999999999999999999999999EiB`` into an integer of 47 digits).
+MAX_SIZE = 1024**6
+#: S3's largest object: a file past the threshold could never be uploaded whole anyway.
+MAX_OBJECT_SIZE = 5 * 1024**4
+
 
 def _default_hot() -> Path:
     if ANYSCALE_HOT.is_dir():
@@ -52,9 +58,13 @@ def _bucket(value: Any) -> BucketURI:
     if not isinstance(value, str):
         raise ValueError("expected a URI such as s3://bucket/prefix")
     try:
-        return parse_bucket_uri(value)
+        uri = parse_bucket_uri(value)
     except ConfigError as e:
         raise ValueError(str(e)) from None
+    if uri.scheme == "file" and uri.bucket == "/":
+        raise ValueError("the root folder cannot be a bucket: name a folder of its own, such "
+                         "as file:///srv/tierfs-cold")
+    return uri
 
 
 def _optional_text(value: Any) -> str | None:
@@ -72,9 +82,9 @@ def _addressing(value: Any) -> str:
 
 
 def _threshold(value: Any) -> int:
-    size = parse_size(value)
-    if size < 4096:
-        raise ValueError("expected at least 4KiB")
+    size = parse_size(value, bounded=False)
+    if not 4096 <= size <= MAX_OBJECT_SIZE:
+        raise ValueError("expected a size from 4KiB to 5TiB (S3's largest object)")
     return size
 
 
@@ -99,14 +109,14 @@ def _rules(value: Any) -> tuple[tuple[str, str], ...]:
 
 
 def _part_size(value: Any) -> int:
-    size = parse_size(value)
+    size = parse_size(value, bounded=False)
     if not MIN_PART_SIZE <= size <= 1024**3:
         raise ValueError("expected a size from 5MiB (S3's minimum part) to 1GiB")
     return size
 
 
 def _block_size(value: Any) -> int:
-    size = parse_size(value)
+    size = parse_size(value, bounded=False)
     if not 64 * 1024 <= size <= 256 * 1024 * 1024:
         raise ValueError("expected a size from 64KiB to 256MiB")
     return size
@@ -162,8 +172,9 @@ def _count(value: Any) -> int:
     return count
 
 
-def parse_size(value: Any) -> int:
-    """Bytes from ``4096``, ``"512MiB"`` or ``"10GB"`` (decimal and binary units both accepted)."""
+def parse_size(value: Any, bounded: bool = True) -> int:
+    """Bytes from ``4096``, ``"512MiB"`` or ``"10GB"`` (decimal and binary units both accepted),
+    at most ``MAX_SIZE`` unless the caller states a tighter bound of its own."""
     if isinstance(value, bool):
         raise ValueError("expected a size such as 8MiB")
     if isinstance(value, int):
@@ -175,18 +186,20 @@ def parse_size(value: Any) -> int:
             raise ValueError(f"expected a size such as 8MiB, not {value!r}") from None
     if size < 0:
         raise ValueError("a size cannot be negative")
+    if bounded and size > MAX_SIZE:
+        raise ValueError("expected at most 1EiB, more than any disk holds")
     return int(size)
 
 
 def _read_ahead(value: Any) -> int:
-    size = parse_size(value)
+    size = parse_size(value, bounded=False)
     if not 128 * 1024 <= size <= 1024**3:
         raise ValueError("expected a size from 128KiB to 1GiB")
     return size
 
 
 def _publish_ahead(value: Any) -> int:
-    size = parse_size(value)
+    size = parse_size(value, bounded=False)
     if size and not 4096 <= size <= 1024**3:
         raise ValueError("expected 0 (off) or a size from 4KiB to 1GiB")
     return size
@@ -427,22 +440,59 @@ def build_config(file_values: Mapping[str, Any], flag_values: Mapping[str, Any],
             raise ConfigError(f"{source}: unknown key '{name}' (known keys: "
                               f"{', '.join(k.name for k in KEYS)})")
     # An unused flag is None (or, for a repeatable one, empty): it overrides nothing.
-    merged = {**file_values, **{k: v for k, v in flag_values.items() if v not in (None, ())}}
+    flags = {k: v for k, v in flag_values.items() if v not in (None, ())}
+    merged = {**file_values, **flags}
+
+    def where(name: str) -> str:
+        """Where the key's value came from: its flag, the file, or (never a file that may
+        not exist) the default."""
+        if name in flags:
+            return KEYS_BY_NAME[name].flag
+        if name in file_values:
+            return f"{source}: key '{name}'"
+        return f"default {name}"
+
     for key in KEYS:
         if key.name in merged:
             try:
                 values[key.name] = key.parse(merged[key.name])
             except ValueError as e:
-                where = key.flag if key.name in flag_values and flag_values[key.name] is not None \
-                    else f"{source}: key '{key.name}'"
-                raise ConfigError(f"{where}: bad value {merged[key.name]!r}: {e}") from None
+                raise ConfigError(f"{where(key.name)}: bad value {merged[key.name]!r}: "
+                                  f"{e}") from None
         else:
             values[key.name] = key.default()
-    if values["cache_low_watermark"] > values["cache_high_watermark"]:
-        raise ConfigError(f"{source}: key 'cache_low_watermark': bad value "
-                          f"{values['cache_low_watermark']!r}: it must not exceed "
-                          "cache_high_watermark")
+    low, high = values["cache_low_watermark"], values["cache_high_watermark"]
+    if low > high:
+        # Blame the one that was set (the defaults agree with each other).
+        name = "cache_low_watermark" if "cache_low_watermark" in merged \
+            else "cache_high_watermark"
+        raise ConfigError(f"{where(name)}: bad value {values[name]!r}: cache_low_watermark "
+                          f"({low}) must not exceed cache_high_watermark ({high})")
+    _check_bucket_apart(values, merged, where)
     return Config(**values, explicit=frozenset(merged))
+
+
+def _check_bucket_apart(values: Mapping[str, Any], merged: Mapping[str, Any],
+                        where: Callable[[str], str]) -> None:
+    """A local-folder bucket must neither hold nor sit in the hot or warm tier: its objects
+    would show in the namespace as files (or lie among the cache's blocks), and the tiers'
+    files would be listed as objects by an import."""
+    uri: BucketURI = values["bucket"]
+    if uri.scheme != "file":
+        return
+    folder = Path(os.path.realpath(uri.bucket))
+    for tier in ("warm", "hot"):
+        path = Path(os.path.realpath(values[tier]))
+        if folder == path or path in folder.parents:
+            what = f"is the {tier} tier" if folder == path else f"is inside the {tier} tier"
+        elif folder in path.parents:
+            what = f"holds the {tier} tier"
+        else:
+            continue
+        # The flag or key the user gave is at fault, the bucket's if both were given.
+        name = "bucket" if "bucket" in merged or tier not in merged else tier
+        raise ConfigError(f"{where(name)}: the bucket folder {folder} {what} {path}: a "
+                          "local-folder bucket must lie apart from the hot and warm tiers")
 
 
 def load_config(config_file: Path | None, flag_values: Mapping[str, Any]) -> Config:
@@ -453,5 +503,6 @@ def load_config(config_file: Path | None, flag_values: Mapping[str, Any]) -> Con
     if config_file is not None:
         return build_config(read_config_file(config_file), flag_values, str(config_file))
     default = default_config_file()
-    file_values = read_config_file(default) if default.is_file() else {}
-    return build_config(file_values, flag_values, str(default))
+    if default.is_file():
+        return build_config(read_config_file(default), flag_values, str(default))
+    return build_config({}, flag_values)

@@ -69,8 +69,11 @@ def _check_tier(name: str, path: Path, create: bool) -> None:
         raise MountError(f"{name} tier {path} is not writable: {e.strerror}") from None
 
 
-def preflight(config: Config, mountpoint: str) -> None:
-    """Everything that can be checked before the daemon starts; raises MountError."""
+def preflight(config: Config, mountpoint: str, nonempty: bool = False) -> None:
+    """Everything that can be checked before the daemon starts; raises MountError.
+
+    A mount point that holds files is refused unless ``nonempty``: they would vanish from
+    view (not from the disk) while tierfs is mounted over them, which looks like data loss."""
     mp = Path(mountpoint)
     if not mp.exists():
         raise MountError(f"mount point {mountpoint} does not exist")
@@ -78,6 +81,15 @@ def preflight(config: Config, mountpoint: str) -> None:
         raise MountError(f"mount point {mountpoint} is not a directory")
     if is_mounted(mountpoint):
         raise MountError(f"mount point {mountpoint} is busy: something is already mounted there")
+    if not nonempty:
+        try:
+            with os.scandir(mp) as entries:
+                occupied = next(entries, None) is not None
+        except OSError as e:
+            raise MountError(f"mount point {mountpoint} cannot be read: {e.strerror}") from None
+        if occupied:
+            raise MountError(f"mount point {mountpoint} is not empty: its files would be hidden "
+                             "while tierfs is mounted (add --nonempty to mount over them)")
     registry.prepare()  # where the live mount records itself for the other commands
     if not os.path.exists("/dev/fuse"):
         raise MountError("/dev/fuse is missing: load the fuse module (modprobe fuse) or run "
@@ -102,10 +114,10 @@ def preflight(config: Config, mountpoint: str) -> None:
     open_checked_store(config)
 
 
-def start_daemon(config: Config, mountpoint: str) -> int:
+def start_daemon(config: Config, mountpoint: str, nonempty: bool = False) -> int:
     """Start the mount in the background and wait until it is live; returns the daemon's pid."""
     cmd = [sys.executable, "-m", "tierfs", "mount", "--foreground", "--daemon-child",
-           *config.to_args(), mountpoint]
+           *(["--nonempty"] if nonempty else []), *config.to_args(), mountpoint]
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, start_new_session=True, close_fds=True)
     assert proc.stderr is not None

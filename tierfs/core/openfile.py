@@ -49,7 +49,9 @@ S = DataState
 #: The only moves between states.
 TRANSITIONS: dict[DataState, frozenset[DataState]] = {
     S.CLEAN: frozenset({S.STAGED, S.RETIRED}),
-    S.STAGED: frozenset({S.DIRTY, S.RETIRED}),
+    # STREAMING: a change to a file whose upload goes on though nothing is to be published
+    # (unlinked while it streamed), or a resumed upload (recovery).
+    S.STAGED: frozenset({S.DIRTY, S.STREAMING, S.RETIRED}),
     S.DIRTY: frozenset({S.STREAMING, S.PUBLISHING, S.RETIRED}),
     S.STREAMING: frozenset({S.DIRTY, S.PUBLISHING, S.CLEAN, S.RETIRED}),
     # CLEAN: renamed into place, or completed in the bucket (nothing staged any more);

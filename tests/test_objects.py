@@ -7,6 +7,8 @@ import base64
 import functools
 import os
 import re
+import subprocess
+import sys
 import zlib
 from pathlib import Path
 
@@ -291,3 +293,14 @@ def test_a_local_object_in_the_way_of_a_folder_is_named(tmp_path: Path) -> None:
     assert caught.value.at == "run/ckpt"
     with pytest.raises(NoSuchObject):
         store.head("run/ckpt~1/shard/model.pt")
+
+
+def test_the_store_layer_does_not_import_the_fuse_library() -> None:
+    """The stores, the index and the block cache work without pyfuse3 (tools that only read a
+    bucket or an index should not need the FUSE library)."""
+    code = ("import sys, tierfs.objects.base, tierfs.objects.local, tierfs.objects.s3, "
+            "tierfs.index, tierfs.cache.blocks, tierfs.tiers.hot, tierfs.tiers.cold; "
+            "print('pyfuse3' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert out.stdout.strip() == "False"

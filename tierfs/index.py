@@ -115,6 +115,12 @@ class Index:
         with self.env.begin(db=self.dbs[db]) as txn:
             return txn.get(key)
 
+    def items(self, db: str) -> list[tuple[bytes, bytes]]:
+        """Every (key, value) of a database, in key order, as one read transaction saw them
+        (blocking; for loading a database whole at mount, not for the event loop)."""
+        with self.env.begin(db=self.dbs[db]) as txn:
+            return [(bytes(k), bytes(v)) for k, v in txn.cursor()]
+
     def commit(self, changes: dict[tuple[str, bytes], bytes | None]) -> None:
         """Apply a batch in one write transaction; ``None`` deletes the key."""
         if not changes:

@@ -10,6 +10,7 @@ import re
 import subprocess
 import sys
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 import botocore.exceptions
@@ -23,7 +24,7 @@ from tierfs.errors import ConfigError
 from tierfs.objects import open_store
 from tierfs.objects.base import (MAX_KEY_BYTES, MAX_PARTS, MIN_PART_SIZE, KeyInTheWay,
                                  NoSuchObject, ObjectChanged, ObjectStore, ObjectStoreError,
-                                 TransientError, parse_bucket_uri, part_size_for)
+                                 TransientError, UploadGone, parse_bucket_uri, part_size_for)
 from tierfs.objects.retry import retry_transient
 from tierfs.objects.s3 import classify
 
@@ -153,6 +154,47 @@ def test_checksums_go_to_s3_and_not_to_gcs(scheme: str, proxy: FaultProxy,
     else:
         assert store.part_checksum == "CRC32"
         assert ("PUT", "x-amz-checksum-crc32") in sent
+
+
+def _unknown_uploads_are_gone(store: ObjectStore, forget: Callable[[str], None]) -> None:
+    """Parts and completions of an upload the store does not know raise UploadGone (an
+    aborted one, and one it never had); aborting such an upload is not an error."""
+    key = store.uri.key("big.bin")
+    upload = store.create_multipart(key)
+    receipt = store.upload_part(key, upload, 1, b"abc")
+    store.abort_multipart(key, upload)
+    forget(upload)
+    never = store.create_multipart(key)
+    store.abort_multipart(key, never)
+    forget(never)
+    for uid in (upload, never):
+        with pytest.raises(UploadGone):
+            store.upload_part(key, uid, 2, b"more")
+        with pytest.raises(UploadGone):
+            store.complete_multipart(key, uid, [(1, receipt)])
+        store.abort_multipart(key, uid)
+    with pytest.raises(NoSuchObject):
+        store.head(key)
+
+
+def test_a_local_folder_knows_no_upload_after_its_abort(tmp_path: Path) -> None:
+    (tmp_path / "bucket").mkdir()
+    store = open_store(parse_bucket_uri(f"file://{tmp_path}/bucket"))
+    store.check()
+    _unknown_uploads_are_gone(store, lambda upload_id: None)
+    key = store.uri.key("other.bin")
+    upload = store.create_multipart(key)
+    receipt = store.upload_part(key, upload, 1, b"abc")
+    with pytest.raises(ObjectStoreError, match="part 2"):  # (not the OS's own error)
+        store.complete_multipart(key, upload, [(1, receipt), (2, receipt)])
+
+
+def test_s3_no_such_upload_is_upload_gone(proxy: FaultProxy, bucket: str) -> None:
+    """S3 answers 404 NoSuchUpload for an upload it does not know (the proxy answers as S3
+    does; moto's own answer is a 500)."""
+    store = open_store(parse_bucket_uri(f"s3://{bucket}/data"), endpoint_url=proxy.endpoint,
+                       region="us-east-1", addressing_style="path")
+    _unknown_uploads_are_gone(store, proxy.gone_uploads.add)
 
 
 def test_missing_bucket_fails_the_check(s3_server: S3Server, tmp_path: Path) -> None:

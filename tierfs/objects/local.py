@@ -168,11 +168,13 @@ class LocalStore(ObjectStore):
     def upload_part(self, key: str, upload_id: str, number: int, data: bytes,
                     checksum: str | None = None) -> str:
         d = self._upload_dir(upload_id)
-        if not d.is_dir():
-            raise UploadGone(f"no such upload {upload_id}")
         part = d / f"part-{number:05d}"
         tmp = d / f"tmp-{uuid.uuid4().hex}"
-        with open(tmp, "wb") as f:
+        try:  # (the folder may go between a check and the open: the open is the check)
+            f = open(tmp, "wb")
+        except FileNotFoundError:
+            raise UploadGone(f"no such upload {upload_id}") from None
+        with f:
             f.write(data)
             os.fsync(f.fileno())
         os.rename(tmp, part)
@@ -186,7 +188,11 @@ class LocalStore(ObjectStore):
         except FileNotFoundError:
             raise UploadGone(f"no such upload {upload_id}") from None
         for number, etag in parts:
-            if _etag((d / f"part-{number:05d}").stat()) != etag:
+            try:
+                found = _etag((d / f"part-{number:05d}").stat())
+            except FileNotFoundError:
+                found = None
+            if found != etag:  # (S3's InvalidPart)
                 raise ObjectStoreError(f"part {number} of upload {upload_id} does not match")
 
         def chunks() -> Iterator[bytes]:

@@ -7,6 +7,7 @@ import base64
 import functools
 import os
 import re
+import stat
 import subprocess
 import sys
 import zlib
@@ -20,6 +21,7 @@ from hypothesis import strategies as st
 
 from conftest import S3Server
 from s3proxy import FaultProxy
+from tierfs.config import build_config
 from tierfs.errors import ConfigError
 from tierfs.objects import open_store
 from tierfs.objects.base import (MAX_KEY_BYTES, MAX_PARTS, MIN_PART_SIZE, KeyInTheWay,
@@ -27,6 +29,7 @@ from tierfs.objects.base import (MAX_KEY_BYTES, MAX_PARTS, MIN_PART_SIZE, KeyInT
                                  TransientError, UploadGone, parse_bucket_uri, part_size_for)
 from tierfs.objects.retry import retry_transient
 from tierfs.objects.s3 import classify
+from tierfs.tiers.cold import open_checked_store
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -346,3 +349,33 @@ def test_the_store_layer_does_not_import_the_fuse_library() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
     assert out.stdout.strip() == "False"
+
+
+def test_a_local_folder_bucket_is_closed_to_other_users(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """The zero-config bucket, its folders and objects, finished and unfinished uploads, made
+    under the daemon's umask 0: folders 0700, files 0600 (they were 0777 and 0666)."""
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    monkeypatch.delenv("ANYSCALE_ARTIFACT_STORAGE", raising=False)
+    old = os.umask(0)
+    try:
+        config = build_config({}, {"hot": str(tmp_path / "hot")})
+        assert config.bucket.scheme == "file"
+        store = open_checked_store(config)
+        store.put(store.uri.key("a/b/small.txt"), b"small")
+        key = store.uri.key("c/d/big.bin")
+        upload = store.create_multipart(key)
+        store.complete_multipart(key, upload, [(1, store.upload_part(key, upload, 1, b"x"))])
+        unfinished = store.create_multipart(key)
+        store.upload_part(key, unfinished, 1, b"y")
+    finally:
+        os.umask(old)
+    loose = []
+    for dirpath, dirnames, filenames in os.walk(tmp_path / "data"):
+        for name in dirnames + filenames:
+            st = os.lstat(os.path.join(dirpath, name))
+            want = 0o700 if stat.S_ISDIR(st.st_mode) else 0o600
+            if stat.S_IMODE(st.st_mode) != want:
+                loose.append(f"{os.path.join(dirpath, name)} {stat.filemode(st.st_mode)}")
+    assert loose == []
+    assert store.get_range(key, 0, 1) == b"x"

@@ -13,6 +13,7 @@ import tomllib
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import humanfriendly
 import platformdirs
@@ -428,6 +429,7 @@ def build_config(file_values: Mapping[str, Any], flag_values: Mapping[str, Any],
                               f"{', '.join(k.name for k in KEYS)})")
     # An unused flag is None (or, for a repeatable one, empty): it overrides nothing.
     merged = {**file_values, **{k: v for k, v in flag_values.items() if v not in (None, ())}}
+    _refuse_credentials(merged, flag_values, source)
     for key in KEYS:
         if key.name in merged:
             try:
@@ -443,6 +445,30 @@ def build_config(file_values: Mapping[str, Any], flag_values: Mapping[str, Any],
                           f"{values['cache_low_watermark']!r}: it must not exceed "
                           "cache_high_watermark")
     return Config(**values, explicit=frozenset(merged))
+
+
+#: Keys whose values are URLs.
+URL_KEYS = ("bucket", "endpoint_url")
+
+
+def _refuse_credentials(merged: Mapping[str, Any], flag_values: Mapping[str, Any],
+                        source: str) -> None:
+    """A URL with a user or password in it is refused, and its value not shown: the daemon
+    gets its configuration as flags, which any user sees in ``ps``. Credentials come from
+    boto3's usual chain instead."""
+    for name in URL_KEYS:
+        value = merged.get(name)
+        try:
+            userinfo = isinstance(value, str) and "@" in urlsplit(value).netloc
+        except ValueError:
+            continue  # not a URL at all: the key's own check says so
+        if userinfo:
+            where = KEYS_BY_NAME[name].flag if flag_values.get(name) is not None \
+                else f"{source}: key '{name}'"
+            raise ConfigError(f"{where}: the URL holds credentials (user:password@), which "
+                              "every user could read in the process list; give them as "
+                              "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, a profile or an "
+                              "instance role instead")
 
 
 def load_config(config_file: Path | None, flag_values: Mapping[str, Any]) -> Config:

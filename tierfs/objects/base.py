@@ -109,6 +109,10 @@ def key_text(path: bytes) -> str:
 def parse_bucket_uri(uri: str) -> BucketURI:
     """``s3://bucket/prefix``, ``gs://bucket/prefix`` or ``file:///absolute/folder``."""
     parts = urlsplit(uri)
+    if "@" in parts.netloc:  # (not shown: it may hold a password)
+        raise ConfigError(f"a bucket URI ({parts.scheme}://...) must not hold credentials "
+                          "(user:password@): they come from the environment, a profile or "
+                          "an instance role")
     if parts.scheme in ("s3", "gs"):
         if not parts.netloc:
             raise ConfigError(f"bucket URI {uri!r} has no bucket name")

@@ -176,3 +176,25 @@ def test_a_hot_tier_anyone_may_write_in_is_refused(tmp_path: Path) -> None:
     os.chmod(root, 0o777)
     with pytest.raises(MountError, match="writable by other users"):
         HotTier(root, 1).prepare()
+
+
+def test_in_a_sticky_hot_folder_what_others_plant_first_is_refused(tmp_path: Path) -> None:
+    """A folder anyone may write in, with the sticky bit (a tmpfs's root), passes: nobody can
+    move tierfs's entries there. What another user plants before tierfs makes its own is
+    refused, never followed: the control socket's folder (the server would chmod it and put
+    its socket in it) and the cache's."""
+    root = tmp_path / "hot"
+    root.mkdir()
+    os.chmod(root, 0o1777)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir(mode=0o755)
+    (root / "run").symlink_to(elsewhere)
+    with pytest.raises(MountError, match="run is a symlink"):
+        HotTier(root, 1).prepare()
+    (root / "run").unlink()
+    (root / "cache").symlink_to(elsewhere)
+    HotTier(root, 1).prepare()
+    with pytest.raises(MountError, match="cache is not a folder"):
+        BlockFiles(root).prepare()
+    assert list(elsewhere.iterdir()) == []
+    assert stat.S_IMODE(elsewhere.stat().st_mode) == 0o755

@@ -19,6 +19,7 @@ from pathlib import Path
 import xxhash
 
 from tierfs.cache.buffers import BufferPool
+from tierfs.errors import MountError
 from tierfs.tiers.hot import FOLDER_MODE, create_own_file, own_folder
 
 LAYOUT = "v1"
@@ -42,11 +43,16 @@ class BlockFiles:
 
     def prepare(self) -> None:
         """Make (or check) the cache's folders, 0700 and the mount's user's (see
-        tiers/hot.py): anything else where a folder of blocks goes (a symlink, which would
-        have blocks written wherever it points) is removed, never followed. The cache loses
-        nothing by it: the index drops entries whose file is gone."""
-        for d in (self.root.parent, self.root, self.tmp):
-            own_folder(d, replace=True)
+        tiers/hot.py). Anything but such a folder at ``cache`` is refused (MountError);
+        below it, anything else where a folder of blocks goes (a symlink, which would have
+        blocks written wherever it points) is removed, never followed. The cache loses nothing
+        by it: the index drops entries whose file is gone."""
+        try:
+            own_folder(self.root.parent)
+            for d in (self.root, self.tmp):
+                own_folder(d, replace=True)
+        except OSError as e:
+            raise MountError(f"hot tier: {e.strerror or e}") from None
         for entry in os.scandir(self.root):
             if entry.name == self.tmp.name:
                 continue

@@ -95,9 +95,11 @@ def open_own_file(path: Path, flags: int) -> int:
 
 def check_root(root: Path) -> None:
     """The hot tier's own folder must be closed to other users' writes: one who could write
-    in it could move tierfs's folders away and plant symlinks in their place. (A folder
-    writable by its group passes: where each user has a group of their own, the usual umask
-    002 makes every folder so.) Raises MountError."""
+    in it could move tierfs's folders away and plant symlinks in their place. Two kinds pass:
+    one writable by its group (where each user has a group of their own, the usual umask 002
+    makes every folder so), and one writable by all with the sticky bit (a tmpfs's root):
+    there nobody can move another's entries, and what they plant before tierfs makes its own
+    is refused (``own_folder``, ``open_own_file``). Raises MountError."""
     try:
         st = os.stat(root)
     except OSError as e:
@@ -105,7 +107,7 @@ def check_root(root: Path) -> None:
     if st.st_uid not in (os.geteuid(), 0):
         raise MountError(f"hot tier {root} belongs to user {st.st_uid}: it must belong to the "
                          f"mount's user ({os.geteuid()}) or to root")
-    if st.st_mode & stat.S_IWOTH:
+    if st.st_mode & stat.S_IWOTH and not st.st_mode & stat.S_ISVTX:
         raise MountError(f"hot tier {root} is writable by other users (mode "
                          f"{stat.S_IMODE(st.st_mode):o}): make it 0700 or 0755")
 
@@ -121,17 +123,33 @@ class HotTier(Tier):
         #: Staged data that recovery could not trust (see vfs/recovery.py), kept for a person.
         self.lost_dir = root / "lost+found"
         self.log_file = root / "tierfs.log"
+        #: The control socket's folder (tierfs/control/server.py makes it).
+        self.run_dir = root / "run"
         self._lock_fd: int | None = None
 
     def prepare(self) -> None:
         """Check the hot folder and make (or check) tierfs's folders in it; raises
         MountError."""
         check_root(self.root)
-        for d in (self.staging_dir, self.index_dir):
-            try:
+        try:
+            for d in (self.staging_dir, self.index_dir):
                 own_folder(d)
-            except OSError as e:
-                raise MountError(f"hot tier: {e.strerror or e}") from None
+            self._check_run_dir()
+        except OSError as e:
+            raise MountError(f"hot tier: {e.strerror or e}") from None
+
+    def _check_run_dir(self) -> None:
+        """The control socket's folder, ``run`` (made by tierfs/control/server.py): a symlink
+        or another user's folder there is refused before the server would chmod it and put
+        its socket in it."""
+        try:
+            st = os.lstat(self.run_dir)
+        except FileNotFoundError:
+            return
+        if stat.S_ISLNK(st.st_mode):
+            raise OSError(errno.ELOOP, f"{self.run_dir} is a symlink: tierfs does not follow it")
+        if stat.S_ISDIR(st.st_mode):
+            own_folder(self.run_dir)
 
     def acquire(self, mountpoint: str) -> None:
         """Take the hot directory for this mount; a second mount on it would share the index."""

@@ -103,3 +103,36 @@ def test_every_key_is_documented_and_round_trips() -> None:
     again = build_config({}, flags)
     assert {k.name: getattr(again, k.name) for k in KEYS} == \
         {k.name: getattr(config, k.name) for k in KEYS}
+
+
+@pytest.mark.parametrize("name,url", [
+    ("endpoint_url", "http://minio:s3cr3t@127.0.0.1:9000"),
+    ("endpoint_url", "https://AKIAEXAMPLE@storage.example.com"),
+    ("bucket", "s3://AKIAEXAMPLE:s3cr3t@bucket/prefix"),
+])
+def test_credentials_in_a_url_are_refused_without_being_shown(tmp_path: Path, name: str,
+                                                              url: str) -> None:
+    """The daemon gets its configuration as flags, which every user sees in ``ps``: a URL
+    with a password in it is refused, by flag or in the file, and the error names the key
+    but not the secret."""
+    with pytest.raises(ConfigError) as flag_error:
+        build_config({}, {name: url})
+    flag = "--" + name.replace("_", "-")
+    assert str(flag_error.value).startswith(f"{flag}: ")
+    f = tmp_path / "c.toml"
+    f.write_text(f'{name} = "{url}"\n')
+    with pytest.raises(ConfigError) as file_error:
+        load_config(f, {})
+    assert f"key '{name}'" in str(file_error.value)
+    for error in (flag_error, file_error):
+        assert "credentials" in str(error.value)
+        assert "s3cr3t" not in str(error.value) and "AKIAEXAMPLE" not in str(error.value)
+
+
+def test_credentials_in_the_default_bucket_are_refused(monkeypatch: pytest.MonkeyPatch
+                                                       ) -> None:
+    monkeypatch.setenv("ANYSCALE_ARTIFACT_STORAGE", "s3://AKIAEXAMPLE:s3cr3t@bucket/p")
+    with pytest.raises(ConfigError, match="credentials") as error:
+        build_config({}, {})
+    assert "s3cr3t" not in str(error.value)
+

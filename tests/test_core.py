@@ -13,7 +13,8 @@ import pytest
 import trio
 
 from tierfs.config import build_config
-from tierfs.errors import MountError, to_fuse_errors
+from tierfs.errors import MountError
+from tierfs.fuse.errors import to_fuse_errors
 from tierfs.index import Index, pack_u64
 from tierfs.tiers.cold import ColdTier, open_checked_store
 from tierfs.tiers.hot import HotTier

@@ -113,3 +113,16 @@ def test_an_object_is_committed_as_it_is_when_the_commit_starts(tmp_path: Path) 
     assert index.get("journal", b"r") == b"4"
     assert record.encoded == 2  # once by pending, once by the commit: not once per put
     index.close()
+
+
+def test_items_reads_one_database_whole_in_key_order(tmp_path: Path) -> None:
+    index = Index(tmp_path / "index")
+    try:
+        index.commit({("pins", b"b"): b"2", ("pins", b"a"): b"1", ("blocks", b"x"): b"9"})
+        assert index.items("pins") == [(b"a", b"1"), (b"b", b"2")]
+        assert index.items("blocks") == [(b"x", b"9")]
+        assert index.items("journal") == []
+        index.commit({("pins", b"a"): None})
+        assert index.items("pins") == [(b"b", b"2")]
+    finally:
+        index.close()

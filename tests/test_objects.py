@@ -7,7 +7,11 @@ import base64
 import functools
 import os
 import re
+import stat
+import subprocess
+import sys
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 import botocore.exceptions
@@ -17,13 +21,15 @@ from hypothesis import strategies as st
 
 from conftest import S3Server
 from s3proxy import FaultProxy
+from tierfs.config import build_config
 from tierfs.errors import ConfigError
 from tierfs.objects import open_store
 from tierfs.objects.base import (MAX_KEY_BYTES, MAX_PARTS, MIN_PART_SIZE, KeyInTheWay,
                                  NoSuchObject, ObjectChanged, ObjectStore, ObjectStoreError,
-                                 TransientError, parse_bucket_uri, part_size_for)
+                                 TransientError, UploadGone, parse_bucket_uri, part_size_for)
 from tierfs.objects.retry import retry_transient
 from tierfs.objects.s3 import classify
+from tierfs.tiers.cold import open_checked_store
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -151,6 +157,47 @@ def test_checksums_go_to_s3_and_not_to_gcs(scheme: str, proxy: FaultProxy,
     else:
         assert store.part_checksum == "CRC32"
         assert ("PUT", "x-amz-checksum-crc32") in sent
+
+
+def _unknown_uploads_are_gone(store: ObjectStore, forget: Callable[[str], None]) -> None:
+    """Parts and completions of an upload the store does not know raise UploadGone (an
+    aborted one, and one it never had); aborting such an upload is not an error."""
+    key = store.uri.key("big.bin")
+    upload = store.create_multipart(key)
+    receipt = store.upload_part(key, upload, 1, b"abc")
+    store.abort_multipart(key, upload)
+    forget(upload)
+    never = store.create_multipart(key)
+    store.abort_multipart(key, never)
+    forget(never)
+    for uid in (upload, never):
+        with pytest.raises(UploadGone):
+            store.upload_part(key, uid, 2, b"more")
+        with pytest.raises(UploadGone):
+            store.complete_multipart(key, uid, [(1, receipt)])
+        store.abort_multipart(key, uid)
+    with pytest.raises(NoSuchObject):
+        store.head(key)
+
+
+def test_a_local_folder_knows_no_upload_after_its_abort(tmp_path: Path) -> None:
+    (tmp_path / "bucket").mkdir()
+    store = open_store(parse_bucket_uri(f"file://{tmp_path}/bucket"))
+    store.check()
+    _unknown_uploads_are_gone(store, lambda upload_id: None)
+    key = store.uri.key("other.bin")
+    upload = store.create_multipart(key)
+    receipt = store.upload_part(key, upload, 1, b"abc")
+    with pytest.raises(ObjectStoreError, match="part 2"):  # (not the OS's own error)
+        store.complete_multipart(key, upload, [(1, receipt), (2, receipt)])
+
+
+def test_s3_no_such_upload_is_upload_gone(proxy: FaultProxy, bucket: str) -> None:
+    """S3 answers 404 NoSuchUpload for an upload it does not know (the proxy answers as S3
+    does; moto's own answer is a 500)."""
+    store = open_store(parse_bucket_uri(f"s3://{bucket}/data"), endpoint_url=proxy.endpoint,
+                       region="us-east-1", addressing_style="path")
+    _unknown_uploads_are_gone(store, proxy.gone_uploads.add)
 
 
 def test_missing_bucket_fails_the_check(s3_server: S3Server, tmp_path: Path) -> None:
@@ -291,3 +338,44 @@ def test_a_local_object_in_the_way_of_a_folder_is_named(tmp_path: Path) -> None:
     assert caught.value.at == "run/ckpt"
     with pytest.raises(NoSuchObject):
         store.head("run/ckpt~1/shard/model.pt")
+
+
+def test_the_store_layer_does_not_import_the_fuse_library() -> None:
+    """The stores, the index and the block cache work without pyfuse3 (tools that only read a
+    bucket or an index should not need the FUSE library)."""
+    code = ("import sys, tierfs.objects.base, tierfs.objects.local, tierfs.objects.s3, "
+            "tierfs.index, tierfs.cache.blocks, tierfs.tiers.hot, tierfs.tiers.cold; "
+            "print('pyfuse3' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert out.stdout.strip() == "False"
+
+
+def test_a_local_folder_bucket_is_closed_to_other_users(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """The zero-config bucket, its folders and objects, finished and unfinished uploads, made
+    under the daemon's umask 0: folders 0700, files 0600 (they were 0777 and 0666)."""
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    monkeypatch.delenv("ANYSCALE_ARTIFACT_STORAGE", raising=False)
+    old = os.umask(0)
+    try:
+        config = build_config({}, {"hot": str(tmp_path / "hot")})
+        assert config.bucket.scheme == "file"
+        store = open_checked_store(config)
+        store.put(store.uri.key("a/b/small.txt"), b"small")
+        key = store.uri.key("c/d/big.bin")
+        upload = store.create_multipart(key)
+        store.complete_multipart(key, upload, [(1, store.upload_part(key, upload, 1, b"x"))])
+        unfinished = store.create_multipart(key)
+        store.upload_part(key, unfinished, 1, b"y")
+    finally:
+        os.umask(old)
+    loose = []
+    for dirpath, dirnames, filenames in os.walk(tmp_path / "data"):
+        for name in dirnames + filenames:
+            st = os.lstat(os.path.join(dirpath, name))
+            want = 0o700 if stat.S_ISDIR(st.st_mode) else 0o600
+            if stat.S_IMODE(st.st_mode) != want:
+                loose.append(f"{os.path.join(dirpath, name)} {stat.filemode(st.st_mode)}")
+    assert loose == []
+    assert store.get_range(key, 0, 1) == b"x"

@@ -18,7 +18,7 @@ import click
 
 from tierfs import __version__
 from tierfs.config import KEYS, Config, load_config
-from tierfs.errors import TierfsError
+from tierfs.errors import MountError, TierfsError
 
 log = logging.getLogger("tierfs")
 
@@ -45,7 +45,19 @@ def _fail(message: str) -> None:
 
 
 def setup_logging(config: Config, to_stderr: bool) -> None:
-    handlers: list[logging.Handler] = [logging.FileHandler(config.hot / "tierfs.log")]
+    """Log to ``tierfs.log`` on the hot tier: mode 0600 (it names users' files), the mount's
+    user's, never opened through a symlink (the daemon may run as root). Raises MountError."""
+    from tierfs.tiers.hot import open_own_file
+
+    class OwnLogFile(logging.FileHandler):
+        def _open(self):  # type: ignore[no-untyped-def]  # (logging's own signature)
+            fd = open_own_file(Path(self.baseFilename), os.O_WRONLY | os.O_APPEND)
+            return os.fdopen(fd, "a", encoding=self.encoding or "utf-8", errors=self.errors)
+
+    try:
+        handlers: list[logging.Handler] = [OwnLogFile(config.hot / "tierfs.log")]
+    except OSError as e:
+        raise MountError(f"cannot open the log: {e.strerror or e}") from None
     if to_stderr:
         handlers.append(logging.StreamHandler())
     logging.basicConfig(level=config.log_level.upper(), handlers=handlers, force=True,

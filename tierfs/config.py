@@ -13,6 +13,7 @@ import tomllib
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import humanfriendly
 import platformdirs
@@ -442,6 +443,7 @@ def build_config(file_values: Mapping[str, Any], flag_values: Mapping[str, Any],
     # An unused flag is None (or, for a repeatable one, empty): it overrides nothing.
     flags = {k: v for k, v in flag_values.items() if v not in (None, ())}
     merged = {**file_values, **flags}
+    _refuse_credentials(merged, flag_values, source)
 
     def where(name: str) -> str:
         """Where the key's value came from: its flag, the file, or (never a file that may
@@ -493,6 +495,30 @@ def _check_bucket_apart(values: Mapping[str, Any], merged: Mapping[str, Any],
         name = "bucket" if "bucket" in merged or tier not in merged else tier
         raise ConfigError(f"{where(name)}: the bucket folder {folder} {what} {path}: a "
                           "local-folder bucket must lie apart from the hot and warm tiers")
+
+
+#: Keys whose values are URLs.
+URL_KEYS = ("bucket", "endpoint_url")
+
+
+def _refuse_credentials(merged: Mapping[str, Any], flag_values: Mapping[str, Any],
+                        source: str) -> None:
+    """A URL with a user or password in it is refused, and its value not shown: the daemon
+    gets its configuration as flags, which any user sees in ``ps``. Credentials come from
+    boto3's usual chain instead."""
+    for name in URL_KEYS:
+        value = merged.get(name)
+        try:
+            userinfo = isinstance(value, str) and "@" in urlsplit(value).netloc
+        except ValueError:
+            continue  # not a URL at all: the key's own check says so
+        if userinfo:
+            where = KEYS_BY_NAME[name].flag if flag_values.get(name) is not None \
+                else f"{source}: key '{name}'"
+            raise ConfigError(f"{where}: the URL holds credentials (user:password@), which "
+                              "every user could read in the process list; give them as "
+                              "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, a profile or an "
+                              "instance role instead")
 
 
 def load_config(config_file: Path | None, flag_values: Mapping[str, Any]) -> Config:

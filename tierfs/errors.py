@@ -1,19 +1,9 @@
-"""Errors that reach users, and the one place where exceptions become FUSE errnos."""
+"""Errors that reach users. Nothing here imports pyfuse3: the store and cache layers use these
+without the FUSE layer (tierfs/fuse/errors.py maps exceptions to errnos)."""
 
 from __future__ import annotations
 
-import errno
-import functools
-import logging
-from collections.abc import Callable, Coroutine
-from typing import Any, ParamSpec, TypeVar
-
-import pyfuse3
-
-log = logging.getLogger(__name__)
-
-P = ParamSpec("P")
-R = TypeVar("R")
+from typing import Any
 
 
 class TierfsError(Exception):
@@ -28,27 +18,11 @@ class MountError(TierfsError):
     """The mount cannot start: a missing mount point, tier, /dev/fuse and so on."""
 
 
-def to_fuse_errors(fn: Callable[P, Coroutine[Any, Any, R]]
-                   ) -> Callable[P, Coroutine[Any, Any, R]]:
-    """Map every exception of a FUSE handler to an errno so no request can kill the daemon.
-
-    OSError keeps its errno; anything else is a bug, logged with its traceback and reported as
-    EIO, and the mount stays up.
-    """
-
-    @functools.wraps(fn)
-    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        try:
-            return await fn(*args, **kwargs)
-        except pyfuse3.FUSEError:
-            raise
-        except OSError as e:
-            if e.errno is None:
-                log.exception("%s: OSError without errno", fn.__name__)
-                raise pyfuse3.FUSEError(errno.EIO) from None
-            raise pyfuse3.FUSEError(e.errno) from None
-        except Exception:
-            log.exception("%s failed", fn.__name__)
-            raise pyfuse3.FUSEError(errno.EIO) from None
-
-    return wrapper
+def __getattr__(name: str) -> Any:
+    """``to_fuse_errors`` moved to tierfs.fuse.errors; the old name is found there on first use
+    only, so importing this module never imports pyfuse3. To be removed once no module asks
+    for it here."""
+    if name == "to_fuse_errors":
+        from tierfs.fuse.errors import to_fuse_errors
+        return to_fuse_errors
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

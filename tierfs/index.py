@@ -8,9 +8,11 @@ environment read-only while the mount runs.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import os
+import stat
 import struct
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -22,6 +24,8 @@ import trio
 from tierfs.errors import MountError
 
 FORMAT_VERSION = 1
+#: The mode of the index's files.
+FILE_MODE = 0o600
 #: Seconds between batch commits. Losing one interval's worth of inode numbers in a crash only
 #: means some files get new numbers after the remount.
 FLUSH_INTERVAL = 1.0
@@ -63,17 +67,32 @@ def boot_id() -> bytes:
         return b"unknown"
 
 
+def _tighten(path: Path) -> None:
+    """Give the index's files the mode a new index gets (one made by an older tierfs under
+    umask 0 may be readable by anyone)."""
+    for name in ("data.mdb", "lock.mdb"):
+        st = os.lstat(path / name)
+        if stat.S_ISREG(st.st_mode) and stat.S_IMODE(st.st_mode) != FILE_MODE:
+            os.chmod(path / name, FILE_MODE)
+
+
 class Index:
     def __init__(self, path: Path, readonly: bool = False) -> None:
+        if not readonly:  # (LMDB would make it with the files' mode, 0600: unusable)
+            with contextlib.suppress(OSError):  # (LMDB says why if it cannot be made)
+                os.mkdir(path, 0o700)
         try:
             # metasync=False: one fdatasync per commit instead of two. LMDB keeps the
             # database intact on a system crash, but the last commit before it may be
             # undone: what must survive one (the journal at fsync) is synced explicitly.
+            # mode: the index names users' files (the journal's paths): closed to others.
             self.env = lmdb.open(str(path), max_dbs=len(DATABASES) + 4, map_size=MAP_SIZE,
                                  readonly=readonly, subdir=True, create=not readonly,
-                                 metasync=False)
+                                 metasync=False, mode=FILE_MODE)
         except lmdb.Error as e:
             raise MountError(f"cannot open the index at {path}: {e}") from None
+        if not readonly:
+            _tighten(path)
         self.dbs = {name.decode(): self.env.open_db(name, create=not readonly)
                     for name in DATABASES}
         self._check_format(path, readonly)
@@ -114,6 +133,12 @@ class Index:
     def get(self, db: str, key: bytes) -> bytes | None:
         with self.env.begin(db=self.dbs[db]) as txn:
             return txn.get(key)
+
+    def items(self, db: str) -> list[tuple[bytes, bytes]]:
+        """Every (key, value) of a database, in key order, as one read transaction saw them
+        (blocking; for loading a database whole at mount, not for the event loop)."""
+        with self.env.begin(db=self.dbs[db]) as txn:
+            return [(bytes(k), bytes(v)) for k, v in txn.cursor()]
 
     def commit(self, changes: dict[tuple[str, bytes], bytes | None]) -> None:
         """Apply a batch in one write transaction; ``None`` deletes the key."""

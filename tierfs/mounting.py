@@ -54,9 +54,9 @@ def _inside(path: Path, parent: Path) -> bool:
         return False
 
 
-def _check_tier(name: str, path: Path, create: bool) -> None:
+def _check_tier(name: str, path: Path, create: bool, mode: int = 0o777) -> None:
     if create:
-        path.mkdir(parents=True, exist_ok=True)
+        path.mkdir(parents=True, exist_ok=True, mode=mode)
     if not path.exists():
         raise MountError(f"{name} tier {path} does not exist")
     if not path.is_dir():
@@ -98,7 +98,8 @@ def preflight(config: Config, mountpoint: str, nonempty: bool = False) -> None:
         raise MountError("/dev/fuse is not readable and writable for this user")
     if os.geteuid() != 0 and shutil.which("fusermount3") is None:
         raise MountError("fusermount3 is missing: install the fuse3 package")
-    _check_tier("hot", config.hot, create="hot" not in config.explicit)
+    # The hot tier is tierfs's own: closed to other users (see tiers/hot.py).
+    _check_tier("hot", config.hot, create="hot" not in config.explicit, mode=0o700)
     _check_tier("warm", config.warm, create="warm" not in config.explicit)
     for name, tier in (("hot", config.hot), ("warm", config.warm)):
         if _inside(tier, mp) or _inside(mp, tier):

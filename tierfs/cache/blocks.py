@@ -166,14 +166,12 @@ class BlockCache:
         called once at mount, before any request)."""
         self.files.prepare()
         stored: dict[bytes, Entry] = {}
-        with self.index.env.begin(db=self.index.dbs[DB]) as txn:
-            for key, raw in txn.cursor():
-                try:
-                    stored[bytes(key)] = Entry.decode(bytes(raw))
-                except struct.error:
-                    stored[bytes(key)] = Entry(0, 0)  # unreadable: dropped below
-        with self.index.env.begin(db=self.index.dbs[PINS]) as txn:
-            self.pins = {bytes(k): bytes(v) for k, v in txn.cursor()}
+        for key, raw in self.index.items(DB):
+            try:
+                stored[key] = Entry.decode(raw)
+            except struct.error:
+                stored[key] = Entry(0, 0)  # unreadable: dropped below
+        self.pins = dict(self.index.items(PINS))
         present = set(self.files.keys())
         stale = [k for k, e in stored.items() if k not in present or e.size == 0]
         orphans = present - stored.keys()

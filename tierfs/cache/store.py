@@ -19,6 +19,8 @@ from pathlib import Path
 import xxhash
 
 from tierfs.cache.buffers import BufferPool
+from tierfs.errors import MountError
+from tierfs.tiers.hot import FOLDER_MODE, create_own_file, own_folder
 
 LAYOUT = "v1"
 #: Blocks are read from disk in steps of this size, the kernel's usual read-ahead window: each
@@ -40,7 +42,24 @@ class BlockFiles:
         self.tmp = self.root / "tmp"
 
     def prepare(self) -> None:
-        self.tmp.mkdir(parents=True, mode=0o700, exist_ok=True)
+        """Make (or check) the cache's folders, 0700 and the mount's user's (see
+        tiers/hot.py). Anything but such a folder at ``cache`` is refused (MountError);
+        below it, anything else where a folder of blocks goes (a symlink, which would have
+        blocks written wherever it points) is removed, never followed. The cache loses nothing
+        by it: the index drops entries whose file is gone."""
+        try:
+            own_folder(self.root.parent)
+            for d in (self.root, self.tmp):
+                own_folder(d, replace=True)
+        except OSError as e:
+            raise MountError(f"hot tier: {e.strerror or e}") from None
+        for entry in os.scandir(self.root):
+            if entry.name == self.tmp.name:
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                own_folder(Path(entry.path), replace=True)
+            else:
+                os.unlink(entry.path)  # not ours: nothing else belongs here
         for leftover in os.listdir(self.tmp):  # a crash mid-write: never renamed, never indexed
             os.unlink(self.tmp / leftover)
 
@@ -50,7 +69,7 @@ class BlockFiles:
 
     def write(self, key: bytes, data: bytes | mmap.mmap) -> None:
         tmp = self.tmp / uuid.uuid4().hex
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        fd = create_own_file(tmp)
         try:
             view = memoryview(data)
             while view:
@@ -65,7 +84,10 @@ class BlockFiles:
         try:
             os.rename(tmp, target)
         except FileNotFoundError:
-            target.parent.mkdir(mode=0o700, exist_ok=True)
+            try:  # (in a folder of our own, 0700: nobody else can have put a link here)
+                os.mkdir(target.parent, FOLDER_MODE)
+            except FileExistsError:
+                pass
             try:
                 os.rename(tmp, target)
             except BaseException:

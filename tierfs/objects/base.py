@@ -38,7 +38,12 @@ class ObjectChanged(ObjectStoreError):
 
 class UploadGone(ObjectStoreError):
     """The multipart upload no longer exists: completed already, or aborted by someone else
-    (a bucket lifecycle rule that aborts incomplete uploads after some days, say)."""
+    (a bucket lifecycle rule that aborts incomplete uploads after some days, say).
+
+    Every store raises it, and only it, for an upload id it does not know (S3's and GCS's
+    ``NoSuchUpload``; a local folder without the upload's folder) from ``upload_part`` and
+    ``complete_multipart``: callers catch this class, never a store's error text.
+    ``abort_multipart`` of such an upload succeeds instead: the upload is gone either way."""
 
 
 class KeyInTheWay(ObjectStoreError):
@@ -104,6 +109,10 @@ def key_text(path: bytes) -> str:
 def parse_bucket_uri(uri: str) -> BucketURI:
     """``s3://bucket/prefix``, ``gs://bucket/prefix`` or ``file:///absolute/folder``."""
     parts = urlsplit(uri)
+    if "@" in parts.netloc:  # (not shown: it may hold a password)
+        raise ConfigError(f"a bucket URI ({parts.scheme}://...) must not hold credentials "
+                          "(user:password@): they come from the environment, a profile or "
+                          "an instance role")
     if parts.scheme in ("s3", "gs"):
         if not parts.netloc:
             raise ConfigError(f"bucket URI {uri!r} has no bucket name")
@@ -189,15 +198,20 @@ class ObjectStore(abc.ABC):
     def upload_part(self, key: str, upload_id: str, number: int, data: bytes,
                     checksum: str | None = None) -> str:
         """Upload part ``number`` (from 1) of an upload created with ``checksum``; returns
-        the part's receipt for ``complete_multipart`` (its ETag, and its checksum if any)."""
+        the part's receipt for ``complete_multipart`` (its ETag, and its checksum if any).
+        Raises UploadGone for an upload the store does not know."""
 
     @abc.abstractmethod
     def complete_multipart(self, key: str, upload_id: str, parts: list[tuple[int, str]]
                            ) -> ObjectInfo:
-        """Make the object from ``parts``: (number, receipt) in order."""
+        """Make the object from ``parts``: (number, receipt) in order. Raises UploadGone
+        for an upload the store does not know (completed already, perhaps: the caller may
+        find its object by the upload's token)."""
 
     @abc.abstractmethod
-    def abort_multipart(self, key: str, upload_id: str) -> None: ...
+    def abort_multipart(self, key: str, upload_id: str) -> None:
+        """Abort an upload; aborting one the store no longer knows is not an error (as for
+        ``delete``): recovery and a failed upload abort whatever they may have left."""
 
     @abc.abstractmethod
     def list_multipart(self, prefix: str) -> list[tuple[str, str]]:

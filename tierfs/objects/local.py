@@ -15,9 +15,11 @@ import errno
 import json
 import os
 import shutil
+import stat
 import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import BinaryIO
 
 from tierfs.objects.base import (BucketURI, KeyInTheWay, NoSuchObject, ObjectChanged, ObjectInfo,
                                  ObjectStore, ObjectStoreError, UploadGone)
@@ -25,6 +27,32 @@ from tierfs.objects.base import (BucketURI, KeyInTheWay, NoSuchObject, ObjectCha
 METADATA_XATTR = "user.tierfs.metadata"
 #: Unfinished multipart uploads and temp files; never listed as objects.
 WORK_DIR = ".tierfs-uploads"
+#: Modes of the files and folders the store makes: a user's cold data is theirs alone, even
+#: where the daemon runs with umask 0 (as it does, see tierfs/fuse/session.py).
+FILE_MODE = 0o600
+FOLDER_MODE = 0o700
+
+
+def make_folders(path: Path) -> None:
+    """``path`` and every missing folder above it, each made 0700 (``mkdir -p`` makes those
+    above with the default mode, 0777 under umask 0). Raises FileExistsError where a file
+    stands in the way, as ``mkdir -p`` does."""
+    missing = []
+    while not path.is_dir() and path.parent != path:
+        missing.append(path)
+        path = path.parent
+    for folder in reversed(missing):
+        try:
+            os.mkdir(folder, FOLDER_MODE)
+        except FileExistsError:
+            if not folder.is_dir():
+                raise
+
+
+def _new_file(path: Path) -> BinaryIO:
+    """A new file at ``path``, mode 0600, open for writing."""
+    return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
+                             FILE_MODE), "wb")
 
 
 def _etag(st: os.stat_result) -> str:
@@ -58,7 +86,9 @@ class LocalStore(ObjectStore):
             raise ObjectStoreError(f"folder {self.root} does not exist")
         if not os.access(self.root, os.W_OK):
             raise ObjectStoreError(f"folder {self.root} is not writable")
-        self.work.mkdir(exist_ok=True)
+        make_folders(self.work)
+        if stat.S_IMODE(self.work.stat().st_mode) != FOLDER_MODE:  # (made by an older tierfs)
+            os.chmod(self.work, FOLDER_MODE)
         self._check_metadata()
 
     def _check_metadata(self) -> None:
@@ -67,7 +97,7 @@ class LocalStore(ObjectStore):
         large file, so the mount fails instead."""
         probe = self.work / f"probe-{uuid.uuid4().hex}"
         try:
-            probe.touch()
+            _new_file(probe).close()
         except OSError as e:
             raise ObjectStoreError(f"cannot write in {self.work}: {e}") from None
         try:
@@ -114,15 +144,15 @@ class LocalStore(ObjectStore):
     def _write_new(self, key: str, chunks: Iterator[bytes] | list[bytes],
                    metadata: Mapping[str, str] | None) -> ObjectInfo:
         path = self._path(key)
-        self.work.mkdir(exist_ok=True)
+        make_folders(self.work)
         tmp = self.work / f"put-{uuid.uuid4().hex}"
-        with open(tmp, "wb") as f:
+        with _new_file(tmp) as f:
             for chunk in chunks:
                 f.write(chunk)
             f.flush()
             os.setxattr(f.fileno(), METADATA_XATTR, json.dumps(dict(metadata or {})).encode())
             os.fsync(f.fileno())
-        path.parent.mkdir(parents=True, exist_ok=True)
+        make_folders(path.parent)
         os.rename(tmp, path)
         return self.head(key)
 
@@ -161,18 +191,22 @@ class LocalStore(ObjectStore):
         self._path(key)
         upload_id = uuid.uuid4().hex
         d = self._upload_dir(upload_id)
-        d.mkdir(parents=True)
-        (d / "upload.json").write_text(json.dumps({"key": key, "metadata": dict(metadata or {})}))
+        make_folders(self.work)
+        os.mkdir(d, FOLDER_MODE)
+        with _new_file(d / "upload.json") as f:
+            f.write(json.dumps({"key": key, "metadata": dict(metadata or {})}).encode())
         return upload_id
 
     def upload_part(self, key: str, upload_id: str, number: int, data: bytes,
                     checksum: str | None = None) -> str:
         d = self._upload_dir(upload_id)
-        if not d.is_dir():
-            raise UploadGone(f"no such upload {upload_id}")
         part = d / f"part-{number:05d}"
         tmp = d / f"tmp-{uuid.uuid4().hex}"
-        with open(tmp, "wb") as f:
+        try:  # (the folder may go between a check and the open: the open is the check)
+            f = _new_file(tmp)
+        except FileNotFoundError:
+            raise UploadGone(f"no such upload {upload_id}") from None
+        with f:
             f.write(data)
             os.fsync(f.fileno())
         os.rename(tmp, part)
@@ -186,7 +220,11 @@ class LocalStore(ObjectStore):
         except FileNotFoundError:
             raise UploadGone(f"no such upload {upload_id}") from None
         for number, etag in parts:
-            if _etag((d / f"part-{number:05d}").stat()) != etag:
+            try:
+                found = _etag((d / f"part-{number:05d}").stat())
+            except FileNotFoundError:
+                found = None
+            if found != etag:  # (S3's InvalidPart)
                 raise ObjectStoreError(f"part {number} of upload {upload_id} does not match")
 
         def chunks() -> Iterator[bytes]:

@@ -12,6 +12,7 @@ from tierfs.config import Config
 from tierfs.errors import MountError
 from tierfs.objects import open_store
 from tierfs.objects.base import ObjectStore, ObjectStoreError
+from tierfs.objects.local import make_folders
 from tierfs.tiers.base import Tier
 
 
@@ -28,7 +29,7 @@ def open_checked_store(config: Config) -> ObjectStore:
     unreachable endpoint fail the mount with one line, not the first read."""
     uri = config.bucket
     if uri.scheme == "file" and "bucket" not in config.explicit:
-        Path(uri.bucket).mkdir(parents=True, exist_ok=True)  # the zero-config local folder
+        make_folders(Path(uri.bucket))  # the zero-config local folder, 0700
     store = open_store(uri, config.endpoint_url, config.region, config.addressing_style)
     try:
         store.check()

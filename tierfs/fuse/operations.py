@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import pyfuse3
 import trio
 
-from tierfs.errors import to_fuse_errors
+from tierfs.fuse.errors import to_fuse_errors
 from tierfs.vfs.filesystem import BLOCK_SIZE, Attrs, FileSystem, SetAttr
 
 #: Extended attribute names are limited to 255 bytes by the kernel's xattr interface.

@@ -261,10 +261,9 @@ def _at(path: bytes, rel: bytes) -> bool:
 def load(index: Index) -> dict[str, Entry]:
     """Every entry in the index (blocking; recovery at mount)."""
     out = {}
-    with index.env.begin(db=index.dbs[DB]) as txn:
-        for key, raw in txn.cursor():
-            try:
-                out[bytes(key).decode()] = Entry.decode(bytes(raw))
-            except (ValueError, KeyError, TypeError):
-                out[bytes(key).decode()] = Entry(b"")  # unreadable: recovery discards it
+    for key, raw in index.items(DB):
+        try:
+            out[key.decode()] = Entry.decode(raw)
+        except (ValueError, KeyError, TypeError):
+            out[key.decode()] = Entry(b"")  # unreadable: recovery discards it
     return out

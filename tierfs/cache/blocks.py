@@ -30,6 +30,7 @@ import errno
 import hashlib
 import logging
 import mmap
+import os
 import struct
 from collections.abc import Awaitable, Callable
 
@@ -103,6 +104,18 @@ class _Flight:
     done: trio.Event = dataclasses.field(default_factory=trio.Event)
     data: Block | None = None
     origin: str = "hot"
+    #: Why the load failed. The readers that shared it get the same answer rather than each
+    #: trying again in turn: with the bucket down, every one of them would otherwise wait
+    #: through a full round of retries after the one before it.
+    error: Exception | None = None
+
+
+def _shared_error(error: Exception) -> OSError:
+    """A failed load's error for one of the readers that shared it (each gets its own
+    exception object: one raised in several tasks would share a traceback)."""
+    if isinstance(error, OSError) and error.errno is not None:
+        return OSError(error.errno, error.strerror or os.strerror(error.errno))
+    return OSError(errno.EIO, f"loading the block failed: {error!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -279,28 +292,38 @@ class BlockCache:
 
     async def get(self, source: Source, block: int) -> tuple[Block, str]:
         """A block's bytes and where they came from: "hot", or the source's tier. Readers
-        that arrive while the block is being loaded share that load and its origin."""
+        that arrive while the block is being loaded share that load: its bytes and origin, or
+        its error. Every reader gets one or the other; only a load whose own reader gave up
+        (cancelled) leaves the others to look again, and one of them loads the block."""
         key = block_key(source.id, block)
-        data = self._memory.get(key)
-        if data is not None:
-            self._memory.move_to_end(key)
-            if key not in self.entries:
-                # Turned away earlier, asked for again: the policy may think otherwise now.
-                self._store_soon(key, data)
-            return data, "hot"
-        flight = self._loading.get(key)
-        if flight is not None:
+        while True:
+            data = self._memory.get(key)
+            if data is not None:
+                self._memory.move_to_end(key)
+                if key not in self.entries:
+                    # Turned away earlier, asked for again: the policy may think otherwise now.
+                    self._store_soon(key, data)
+                return data, "hot"
+            flight = self._loading.get(key)
+            if flight is None:
+                break
             await flight.done.wait()
             if flight.data is not None:
                 return flight.data, flight.origin
-            # That load failed: try ourselves, and see the error.
+            if flight.error is not None:
+                raise _shared_error(flight.error) from flight.error
+        # No await between looking in ``_loading`` and this: one load per block at a time.
         flight = self._loading[key] = _Flight()
         try:
             flight.data, flight.origin = await self._load(source, block, key)
             self._remember(key, flight.data, flight.origin)
             return flight.data, flight.origin
+        except Exception as e:
+            flight.error = e
+            raise
         finally:
-            del self._loading[key]
+            if self._loading.get(key) is flight:
+                del self._loading[key]
             flight.done.set()
 
     async def _load(self, source: Source, block: int, key: bytes) -> tuple[Block, str]:

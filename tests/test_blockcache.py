@@ -146,3 +146,32 @@ def test_a_load_whose_reader_is_cancelled_is_taken_over(cache: BlockCache) -> No
         assert not cache._loading
 
     trio.run(main)
+
+
+def test_whole_source_work_is_in_proportion_to_blocks_cached(cache: BlockCache) -> None:
+    """A source of 5 TiB (the most a stub may claim) with three blocks cached: counting,
+    pinning and evicting it look at those three, not at 2**26 block numbers."""
+    source, _ = failing_source(5 * 1024**4, failures=0)
+    other, _ = failing_source(BLOCK, failures=0)
+    other = Source(b"o" * 16, BLOCK, "cold", other.fetch)
+    nblocks = source.blocks(BLOCK)
+
+    async def main() -> None:
+        for block in (0, 7, nblocks - 1):
+            assert await cache.fill(source, block) == BLOCK
+        await cache.fill(other, 0)
+        with alarm(BOUND):  # (these calls do not yield: trio's own timeouts cannot stop them)
+            assert cache.cached_bytes(source.id, nblocks) == 3 * BLOCK
+            assert cache.cached_bytes(other.id, 1) == BLOCK
+            cache.set_pinned(source.id, nblocks, True)
+            assert all(cache.entries[block_key(source.id, b)].pinned
+                       for b in (0, 7, nblocks - 1))
+            assert not cache.entries[block_key(other.id, 0)].pinned
+            cache.set_pinned(source.id, nblocks, False)
+            assert block_key(source.id, 7) in cache.policy
+            assert await cache.evict_source(source.id, nblocks) == 3 * BLOCK
+            assert cache.cached_bytes(source.id, nblocks) == 0
+            assert cache.cached_bytes(other.id, 1) == BLOCK
+            assert cache.used == BLOCK
+
+    trio.run(main)

@@ -83,6 +83,60 @@ class Entry:
         return cls(size, crc, segment, freq, seq, bool(pinned))
 
 
+class _Entries(dict[bytes, Entry]):
+    """The entries of the blocks on the hot tier, also found by source: whatever is done to a
+    whole source (how much of it is hot, pin, evict) costs what the cache holds of it. A
+    stub on the shared warm tree may claim any size, and walking the block numbers up to it
+    would hold the event loop for as long as the claim is large."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._by_source: dict[bytes, set[bytes]] = {}
+
+    def of_source(self, source_id: bytes) -> list[bytes]:
+        """The keys of a source's cached blocks, in block order."""
+        return sorted(self._by_source.get(source_id, ()))
+
+    def __setitem__(self, key: bytes, entry: Entry) -> None:
+        super().__setitem__(key, entry)
+        self._by_source.setdefault(key[:ID_BYTES], set()).add(key)
+
+    def __delitem__(self, key: bytes) -> None:
+        super().__delitem__(key)
+        self._unindex(key)
+
+    def pop(self, key: bytes, *default: Entry | None) -> Entry | None:  # type: ignore[override]
+        if key in self:
+            self._unindex(key)
+        return super().pop(key, *default)
+
+    def popitem(self) -> tuple[bytes, Entry]:
+        key, entry = super().popitem()
+        self._unindex(key)
+        return key, entry
+
+    def setdefault(self, key: bytes, default: Entry) -> Entry:  # type: ignore[override]
+        if key not in self:
+            self[key] = default
+        return self[key]
+
+    def update(self, *args: object, **kwargs: object) -> None:
+        raise TypeError("set entries one at a time (they are indexed by source)")
+
+    __ior__ = update  # type: ignore[assignment]
+
+    def clear(self) -> None:
+        super().clear()
+        self._by_source.clear()
+
+    def _unindex(self, key: bytes) -> None:
+        keys = self._by_source.get(key[:ID_BYTES])
+        if keys is not None:
+            keys.discard(key)
+            if not keys:
+                del self._by_source[key[:ID_BYTES]]
+
+
 def cold_source_id(bucket: str, key: str, etag: str) -> bytes:
     return hashlib.sha256(f"cold\0{bucket}\0{key}\0{etag}".encode()).digest()[:ID_BYTES]
 
@@ -145,7 +199,7 @@ class BlockCache:
         self.low = int(capacity * low)
         self.counters = counters
         self.files = BlockFiles(hot.root)
-        self.entries: dict[bytes, Entry] = {}
+        self.entries = _Entries()
         #: Bytes of cached blocks, and of blocks being written (reserved before writing).
         self.used = 0
         self.reserved = 0
@@ -495,19 +549,26 @@ class BlockCache:
 
     # -- whole sources (warm, pin, evict, where) ----------------------------------------
 
+    def _cached_blocks(self, source_id: bytes, nblocks: int) -> list[bytes]:
+        """A source's blocks on the hot tier, from what the cache holds (never by walking
+        block numbers up to the source's size); none at or past ``nblocks`` should exist, as
+        a source's id changes with its size, and any such is left out."""
+        return [key for key in self.entries.of_source(source_id)
+                if _BLOCK.unpack(key[ID_BYTES:])[0] < nblocks]
+
     def cached_bytes(self, source_id: bytes, nblocks: int) -> int:
-        return sum(self.entries[k].size for k in
-                   (block_key(source_id, b) for b in range(nblocks)) if k in self.entries)
+        return sum(self.entries[key].size for key in self._cached_blocks(source_id, nblocks))
 
     async def evict_source(self, source_id: bytes, nblocks: int) -> int:
-        """Drop every cached block of a source (pinned ones too); returns the bytes freed."""
+        """Drop every cached block of a source (pinned ones too), and its blocks in memory;
+        returns the bytes freed."""
         freed = 0
-        for block in range(nblocks):
-            key = block_key(source_id, block)
+        for key in self._cached_blocks(source_id, nblocks):
             entry = self.entries.get(key)
             if entry is not None:
                 freed += entry.size
                 await self._drop(key)
+        for key in [key for key in self._memory if key[:ID_BYTES] == source_id]:
             self._forget(key)
         return freed
 
@@ -520,10 +581,9 @@ class BlockCache:
         else:
             self.pins.pop(source_id, None)
             self.batch.delete(PINS, source_id)
-        for block in range(nblocks):
-            key = block_key(source_id, block)
-            entry = self.entries.get(key)
-            if entry is None or entry.pinned == pinned:
+        for key in self._cached_blocks(source_id, nblocks):
+            entry = self.entries[key]
+            if entry.pinned == pinned:
                 continue
             entry.pinned = pinned
             if pinned:

@@ -19,6 +19,8 @@ import pytest
 from conftest import Mount, S3Server, make_mount, running, tierfs, tmpfs
 from s3proxy import FaultProxy
 from tierfs.cache.counters import load_saved
+from tierfs.objects.base import parse_bucket_uri
+from tierfs.stubs import MAX_SIZE, Stub
 
 MIB = 1024 * 1024
 PREFIX = "tierfs"
@@ -427,3 +429,26 @@ def test_readers_of_a_block_the_bucket_cannot_serve_all_get_an_answer(
         for n, seen in answers.items():
             assert seen["EIO"] > 0 and seen["data"] > 0 and set(seen) == {"EIO", "data"}, \
                 (n, seen)
+
+
+def test_warm_check_of_the_largest_stub_takes_no_time(tmp_path: Path) -> None:
+    """How much of a file is hot is counted from the blocks cached, not by walking its block
+    numbers: a stub may claim 5 TiB (84 million blocks of 64 KiB), and that walk held the
+    event loop, every request of the mount waiting behind it. A larger claim is refused."""
+    import json
+
+    cold = tmp_path / "cold"
+    cold.mkdir()
+    bucket = parse_bucket_uri(f"file://{cold}")
+    m = make_mount(tmp_path, "--bucket", str(bucket), "--block-size", "64KiB")
+    names = [f"big{n}.bin" for n in range(4)]
+    for name, size in [(name, MAX_SIZE) for name in names] + [("bigger.bin", MAX_SIZE + 1)]:
+        os.symlink(Stub(name, size, "e-1", 0o644, 1).encode(bucket), m.warm / name)
+    with running(m):
+        started = time.monotonic()
+        report = json.loads(tierfs("warm", "--check", "--json", str(m.path), timeout=30).stdout)
+        total = len(names) * MAX_SIZE
+        assert report == [{"path": ".", "files": len(names), "size": total, "cold": total,
+                           "warm": 0, "hot": 0, "to_fetch": total, "pinned": 0}]
+        assert os.stat(m.path / names[0]).st_size == MAX_SIZE
+        assert time.monotonic() - started < 10  # the walk took over 10 s a file

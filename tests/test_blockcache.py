@@ -14,6 +14,7 @@ import pytest
 import trio
 
 from tierfs.cache.blocks import BlockCache, Source, block_key
+from tierfs.cache.bysource import BySource
 from tierfs.cache.counters import Counters
 from tierfs.cache.eviction import make_policy
 from tierfs.index import Batch, Index
@@ -175,3 +176,20 @@ def test_whole_source_work_is_in_proportion_to_blocks_cached(cache: BlockCache) 
             assert cache.used == BLOCK
 
     trio.run(main)
+
+
+def test_the_source_index_follows_every_change() -> None:
+    entries: BySource[int] = BySource(2)
+    entries[b"aa\0\2"] = 1
+    entries[b"aa\0\1"] = 2
+    entries.setdefault(b"bb\0\0", 3)
+    entries.update({b"bb\0\1": 4}, **{})
+    entries |= {b"cc\0\0": 5}
+    assert entries.of_source(b"aa") == [b"aa\0\1", b"aa\0\2"]  # in block order
+    assert entries.pop(b"aa\0\1") == 2 and entries.pop(b"aa\0\1", None) is None
+    del entries[b"aa\0\2"]
+    assert entries.of_source(b"aa") == [] and entries._by_source.keys() == {b"bb", b"cc"}
+    key, _ = entries.popitem()
+    assert key not in entries.of_source(key[:2])
+    entries.clear()
+    assert entries.of_source(b"bb") == [] and not entries._by_source

@@ -37,6 +37,7 @@ from collections.abc import Awaitable, Callable
 import trio
 
 from tierfs.cache.buffers import BufferPool
+from tierfs.cache.bysource import BySource
 from tierfs.cache.counters import Counters
 from tierfs.cache.eviction import Policy
 from tierfs.cache.store import BlockFiles, checksum, is_no_space
@@ -81,60 +82,6 @@ class Entry:
     def decode(cls, raw: bytes) -> Entry:
         size, crc, segment, freq, seq, pinned = _ENTRY.unpack(raw)
         return cls(size, crc, segment, freq, seq, bool(pinned))
-
-
-class _Entries(dict[bytes, Entry]):
-    """The entries of the blocks on the hot tier, also found by source: whatever is done to a
-    whole source (how much of it is hot, pin, evict) costs what the cache holds of it. A
-    stub on the shared warm tree may claim any size, and walking the block numbers up to it
-    would hold the event loop for as long as the claim is large."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._by_source: dict[bytes, set[bytes]] = {}
-
-    def of_source(self, source_id: bytes) -> list[bytes]:
-        """The keys of a source's cached blocks, in block order."""
-        return sorted(self._by_source.get(source_id, ()))
-
-    def __setitem__(self, key: bytes, entry: Entry) -> None:
-        super().__setitem__(key, entry)
-        self._by_source.setdefault(key[:ID_BYTES], set()).add(key)
-
-    def __delitem__(self, key: bytes) -> None:
-        super().__delitem__(key)
-        self._unindex(key)
-
-    def pop(self, key: bytes, *default: Entry | None) -> Entry | None:  # type: ignore[override]
-        if key in self:
-            self._unindex(key)
-        return super().pop(key, *default)
-
-    def popitem(self) -> tuple[bytes, Entry]:
-        key, entry = super().popitem()
-        self._unindex(key)
-        return key, entry
-
-    def setdefault(self, key: bytes, default: Entry) -> Entry:  # type: ignore[override]
-        if key not in self:
-            self[key] = default
-        return self[key]
-
-    def update(self, *args: object, **kwargs: object) -> None:
-        raise TypeError("set entries one at a time (they are indexed by source)")
-
-    __ior__ = update  # type: ignore[assignment]
-
-    def clear(self) -> None:
-        super().clear()
-        self._by_source.clear()
-
-    def _unindex(self, key: bytes) -> None:
-        keys = self._by_source.get(key[:ID_BYTES])
-        if keys is not None:
-            keys.discard(key)
-            if not keys:
-                del self._by_source[key[:ID_BYTES]]
 
 
 def cold_source_id(bucket: str, key: str, etag: str) -> bytes:
@@ -199,7 +146,8 @@ class BlockCache:
         self.low = int(capacity * low)
         self.counters = counters
         self.files = BlockFiles(hot.root)
-        self.entries = _Entries()
+        #: Indexed by source too: work on a whole source costs what is cached of it.
+        self.entries: BySource[Entry] = BySource(ID_BYTES)
         #: Bytes of cached blocks, and of blocks being written (reserved before writing).
         self.used = 0
         self.reserved = 0

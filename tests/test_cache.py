@@ -4,7 +4,9 @@ full hot disk keeps reads correct, and changed sources are read fresh."""
 
 from __future__ import annotations
 
+import collections
 import errno
+import mmap
 import os
 import random
 import threading
@@ -17,6 +19,8 @@ import pytest
 from conftest import Mount, S3Server, make_mount, running, tierfs, tmpfs
 from s3proxy import FaultProxy
 from tierfs.cache.counters import load_saved
+from tierfs.objects.base import parse_bucket_uri
+from tierfs.stubs import MAX_SIZE, Stub
 
 MIB = 1024 * 1024
 PREFIX = "tierfs"
@@ -374,3 +378,77 @@ def test_readers_at_once_do_not_take_each_others_read_ahead(tmp_path: Path, prox
         assert read["hits"] == 24 and read["misses"] == 0
         assert read["fetches_hot"] == 24  # each block read from the hot disk once
         m.start()
+
+
+def test_readers_of_a_block_the_bucket_cannot_serve_all_get_an_answer(
+        tmp_path: Path, proxy: FaultProxy, bucket: str, s3_server: S3Server) -> None:
+    """With the bucket off, six threads reading inside one block with O_DIRECT (a request
+    each, sharing the block's loads) each get EIO, again and again, and never wait for ever;
+    with the bucket back, each reads the bytes. (Waiters that retried a failed load used to
+    strand the readers behind them: reads stuck for good in D state.)"""
+    m = cold_mount(tmp_path, proxy, bucket)
+    data = os.urandom(3 * MIB)
+    publish(m, s3_server, {"off.bin": data})
+    path = m.path / "data" / "off.bin"
+    with running(m):
+        os.stat(path)
+        proxy.fail("GET", "403")  # refused at once, not retried: many failed loads quickly
+        healed = threading.Event()
+        answers: dict[int, collections.Counter[str]] = {}
+
+        def reader(n: int) -> None:
+            seen = answers[n] = collections.Counter()
+            buf = mmap.mmap(-1, 4096)  # O_DIRECT wants an aligned buffer
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
+            try:
+                while True:
+                    offset = 4096 * ((n * 37 + sum(seen.values())) % 256)  # inside block 0
+                    try:
+                        got = os.preadv(fd, [buf], offset)
+                    except OSError as e:
+                        seen[errno.errorcode.get(e.errno or 0, "?")] += 1
+                        continue
+                    assert got == 4096 and buf[:] == data[offset:offset + 4096]
+                    seen["data"] += 1
+                    if healed.is_set():
+                        return
+            finally:
+                os.close(fd)
+
+        threads = [threading.Thread(target=reader, args=(n,), daemon=True) for n in range(6)]
+        for t in threads:
+            t.start()
+        time.sleep(4)
+        proxy.heal()
+        healed.set()
+        deadline = time.monotonic() + 30  # an answer takes a fraction of a second
+        for t in threads:
+            t.join(timeout=max(0.0, deadline - time.monotonic()))
+        stuck = [n for n, t in enumerate(threads) if t.is_alive()]
+        assert not stuck, f"readers {stuck} still waiting: {answers}"
+        for n, seen in answers.items():
+            assert seen["EIO"] > 0 and seen["data"] > 0 and set(seen) == {"EIO", "data"}, \
+                (n, seen)
+
+
+def test_warm_check_of_the_largest_stub_takes_no_time(tmp_path: Path) -> None:
+    """How much of a file is hot is counted from the blocks cached, not by walking its block
+    numbers: a stub may claim 5 TiB (84 million blocks of 64 KiB), and that walk held the
+    event loop, every request of the mount waiting behind it. A larger claim is refused."""
+    import json
+
+    cold = tmp_path / "cold"
+    cold.mkdir()
+    bucket = parse_bucket_uri(f"file://{cold}")
+    m = make_mount(tmp_path, "--bucket", str(bucket), "--block-size", "64KiB")
+    names = [f"big{n}.bin" for n in range(4)]
+    for name, size in [(name, MAX_SIZE) for name in names] + [("bigger.bin", MAX_SIZE + 1)]:
+        os.symlink(Stub(name, size, "e-1", 0o644, 1).encode(bucket), m.warm / name)
+    with running(m):
+        started = time.monotonic()
+        report = json.loads(tierfs("warm", "--check", "--json", str(m.path), timeout=30).stdout)
+        total = len(names) * MAX_SIZE
+        assert report == [{"path": ".", "files": len(names), "size": total, "cold": total,
+                           "warm": 0, "hot": 0, "to_fetch": total, "pinned": 0}]
+        assert os.stat(m.path / names[0]).st_size == MAX_SIZE
+        assert time.monotonic() - started < 10  # the walk took over 10 s a file

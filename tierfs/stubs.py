@@ -5,21 +5,42 @@ mtime_ns=...`` (URL-encoded). A symlink is created and renamed atomically on NFS
 ``readlink`` reads it, readdir's d_type finds candidates without opening files, and ``ls -l`` on
 the NFS side shows where the data went. Its owner is the file's owner.
 
-A stub on a shared NFS tree may have been written by anyone, so parsing is strict: a stub whose
-URI is not inside the configured bucket and prefix, or that is malformed in any way, is refused
-(never followed).
+A stub on a shared NFS tree may have been written by anyone, so parsing is strict: a stub is
+taken only in exactly the form tierfs writes it (``Stub.encode``), with every field in range and
+its URI inside the configured bucket and prefix; anything else is refused (never followed).
+What a stub says reaches the kernel (a size, a time, a mode) and sizes the work done for the
+file, so a number out of range is as bad as one that does not parse.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from urllib.parse import parse_qsl, urlencode
+import re
+from urllib.parse import unquote_plus, urlencode
 
-from tierfs.objects.base import BucketURI
+from tierfs.objects.base import MAX_KEY_BYTES, BucketURI
 
 PREFIX = b"tierfs:"
 VERSION_PREFIX = b"tierfs:v1?"
 _FIELDS = ("uri", "size", "etag", "mode", "mtime_ns")
+#: The largest object S3 and GCS hold (5 TiB): no stub stands for a larger file.
+MAX_SIZE = 5 * 1024**4
+#: Times are a signed 64-bit count of nanoseconds (years 1677 to 2262): what ``stat`` and the
+#: kernel's file times carry, and what the mount's attribute replies take.
+MIN_MTIME_NS = -(2**63)
+MAX_MTIME_NS = 2**63 - 1
+#: Longer than any store's ETag (S3's are 34 characters at most, quotes dropped).
+MAX_ETAG = 256
+#: Permission bits only: no set-user-ID, set-group-ID or sticky bit comes from a stub.
+PERMISSIONS = 0o777
+
+# Numbers as ``Stub.encode`` writes them: plain ASCII digits, no sign but a time's minus, no
+# leading zero, no more digits than the largest value has (so ``int`` never sees a long one).
+_SIZE = re.compile(r"0|[1-9][0-9]{0,12}")
+_MTIME = re.compile(r"0|-?[1-9][0-9]{0,18}")
+_MODE = re.compile(r"0[0-7]{3}")
+#: Printable ASCII without spaces or double quotes (a read sends it in an If-Match header).
+_ETAG = re.compile(r"[!#-~]{1,%d}" % MAX_ETAG)
 
 
 class StubError(ValueError):
@@ -28,11 +49,21 @@ class StubError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Stub:
+    """What a stub says. A stub made here is one ``parse_stub`` takes back: the mode keeps its
+    permission bits only (a chmod to a set-user-ID mode keeps the rest) and a time outside
+    ``MIN_MTIME_NS``..``MAX_MTIME_NS`` is clamped to it, as a file system clamps times to
+    those it can store; otherwise the file would vanish from its directory once written."""
+
     key: str
     size: int
     etag: str
     mode: int  # permission bits only
     mtime_ns: int
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "mode", self.mode & PERMISSIONS)
+        object.__setattr__(self, "mtime_ns",
+                           min(max(self.mtime_ns, MIN_MTIME_NS), MAX_MTIME_NS))
 
     def encode(self, bucket: BucketURI) -> bytes:
         query = urlencode([("uri", bucket.uri_of(self.key)), ("size", str(self.size)),
@@ -47,30 +78,41 @@ def looks_like_stub(target: bytes) -> bool:
 
 
 def parse_stub(target: bytes, bucket: BucketURI) -> Stub:
+    """The stub a symlink target stands for; raises StubError unless the target is exactly
+    what ``Stub.encode`` writes for a stub inside ``bucket`` with every field in range."""
     if not target.startswith(VERSION_PREFIX):
         raise StubError("unknown stub version")
     try:
-        pairs = parse_qsl(target[len(VERSION_PREFIX):].decode("ascii"), keep_blank_values=True,
-                          strict_parsing=True)
-    except (UnicodeDecodeError, ValueError):
-        raise StubError("stub is not a valid query string") from None
-    fields = dict(pairs)
-    if len(pairs) != len(fields) or set(fields) != set(_FIELDS):
-        raise StubError(f"stub fields must be exactly {', '.join(_FIELDS)}")
+        query = target[len(VERSION_PREFIX):].decode("ascii")
+    except UnicodeDecodeError:
+        raise StubError("stub is not ASCII") from None
+    pairs = [pair.partition("=") for pair in query.split("&")]
+    if [(name, eq) for name, eq, _ in pairs] != [(name, "=") for name in _FIELDS]:
+        raise StubError(f"stub fields must be exactly {', '.join(_FIELDS)}, in that order")
+    try:
+        fields = {name: unquote_plus(value, errors="strict") for name, _, value in pairs}
+    except UnicodeDecodeError:
+        raise StubError("stub field is not UTF-8") from None
     base = bucket.uri_of("")
     uri = fields["uri"]
     if not uri.startswith(base):
-        raise StubError(f"stub points outside the bucket ({uri})")
+        raise StubError(f"stub points outside the bucket ({uri!r})")
     key = uri[len(base):]
     if not bucket.contains(key):
-        raise StubError(f"stub points outside the bucket prefix ({uri})")
-    try:
-        size = int(fields["size"])
-        mode = int(fields["mode"], 8)
-        mtime_ns = int(fields["mtime_ns"])
-    except ValueError:
-        raise StubError("stub size, mode or mtime is not a number") from None
-    etag = fields["etag"]
-    if size < 0 or not 0 <= mode <= 0o7777 or not etag or len(etag) > 256:
-        raise StubError("stub size, mode or etag is out of range")
-    return Stub(key, size, etag, mode, mtime_ns)
+        raise StubError(f"stub points outside the bucket prefix ({uri!r})")
+    if len(key.encode()) > MAX_KEY_BYTES:
+        raise StubError(f"stub key is longer than {MAX_KEY_BYTES} bytes")
+    size, mode, mtime_ns, etag = (fields["size"], fields["mode"], fields["mtime_ns"],
+                                  fields["etag"])
+    if not _SIZE.fullmatch(size) or int(size) > MAX_SIZE:
+        raise StubError(f"stub size is not a number from 0 to {MAX_SIZE} ({size!r})")
+    if not _MODE.fullmatch(mode):
+        raise StubError(f"stub mode is not four octal digits of permission bits ({mode!r})")
+    if not _MTIME.fullmatch(mtime_ns) or not MIN_MTIME_NS <= int(mtime_ns) <= MAX_MTIME_NS:
+        raise StubError(f"stub mtime_ns is not a 64-bit count of nanoseconds ({mtime_ns!r})")
+    if not _ETAG.fullmatch(etag):
+        raise StubError(f"stub etag is empty, too long or not printable ASCII ({etag!r})")
+    stub = Stub(key, int(size), etag, int(mode, 8), int(mtime_ns))
+    if stub.encode(bucket) != target:  # another quoting of the same fields
+        raise StubError("stub is not in the form tierfs writes")
+    return stub

@@ -30,12 +30,14 @@ import errno
 import hashlib
 import logging
 import mmap
+import os
 import struct
 from collections.abc import Awaitable, Callable
 
 import trio
 
 from tierfs.cache.buffers import BufferPool
+from tierfs.cache.bysource import BySource
 from tierfs.cache.counters import Counters
 from tierfs.cache.eviction import Policy
 from tierfs.cache.store import BlockFiles, checksum, is_no_space
@@ -103,6 +105,18 @@ class _Flight:
     done: trio.Event = dataclasses.field(default_factory=trio.Event)
     data: Block | None = None
     origin: str = "hot"
+    #: Why the load failed. The readers that shared it get the same answer rather than each
+    #: trying again in turn: with the bucket down, every one of them would otherwise wait
+    #: through a full round of retries after the one before it.
+    error: Exception | None = None
+
+
+def _shared_error(error: Exception) -> OSError:
+    """A failed load's error for one of the readers that shared it (each gets its own
+    exception object: one raised in several tasks would share a traceback)."""
+    if isinstance(error, OSError) and error.errno is not None:
+        return OSError(error.errno, error.strerror or os.strerror(error.errno))
+    return OSError(errno.EIO, f"loading the block failed: {error!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,7 +146,8 @@ class BlockCache:
         self.low = int(capacity * low)
         self.counters = counters
         self.files = BlockFiles(hot.root)
-        self.entries: dict[bytes, Entry] = {}
+        #: Indexed by source too: work on a whole source costs what is cached of it.
+        self.entries: BySource[Entry] = BySource(ID_BYTES)
         #: Bytes of cached blocks, and of blocks being written (reserved before writing).
         self.used = 0
         self.reserved = 0
@@ -277,28 +292,38 @@ class BlockCache:
 
     async def get(self, source: Source, block: int) -> tuple[Block, str]:
         """A block's bytes and where they came from: "hot", or the source's tier. Readers
-        that arrive while the block is being loaded share that load and its origin."""
+        that arrive while the block is being loaded share that load: its bytes and origin, or
+        its error. Every reader gets one or the other; only a load whose own reader gave up
+        (cancelled) leaves the others to look again, and one of them loads the block."""
         key = block_key(source.id, block)
-        data = self._memory.get(key)
-        if data is not None:
-            self._memory.move_to_end(key)
-            if key not in self.entries:
-                # Turned away earlier, asked for again: the policy may think otherwise now.
-                self._store_soon(key, data)
-            return data, "hot"
-        flight = self._loading.get(key)
-        if flight is not None:
+        while True:
+            data = self._memory.get(key)
+            if data is not None:
+                self._memory.move_to_end(key)
+                if key not in self.entries:
+                    # Turned away earlier, asked for again: the policy may think otherwise now.
+                    self._store_soon(key, data)
+                return data, "hot"
+            flight = self._loading.get(key)
+            if flight is None:
+                break
             await flight.done.wait()
             if flight.data is not None:
                 return flight.data, flight.origin
-            # That load failed: try ourselves, and see the error.
+            if flight.error is not None:
+                raise _shared_error(flight.error) from flight.error
+        # No await between looking in ``_loading`` and this: one load per block at a time.
         flight = self._loading[key] = _Flight()
         try:
             flight.data, flight.origin = await self._load(source, block, key)
             self._remember(key, flight.data, flight.origin)
             return flight.data, flight.origin
+        except Exception as e:
+            flight.error = e
+            raise
         finally:
-            del self._loading[key]
+            if self._loading.get(key) is flight:
+                del self._loading[key]
             flight.done.set()
 
     async def _load(self, source: Source, block: int, key: bytes) -> tuple[Block, str]:
@@ -470,19 +495,26 @@ class BlockCache:
 
     # -- whole sources (warm, pin, evict, where) ----------------------------------------
 
+    def _cached_blocks(self, source_id: bytes, nblocks: int) -> list[bytes]:
+        """A source's blocks on the hot tier, from what the cache holds (never by walking
+        block numbers up to the source's size); none at or past ``nblocks`` should exist, as
+        a source's id changes with its size, and any such is left out."""
+        return [key for key in self.entries.of_source(source_id)
+                if _BLOCK.unpack(key[ID_BYTES:])[0] < nblocks]
+
     def cached_bytes(self, source_id: bytes, nblocks: int) -> int:
-        return sum(self.entries[k].size for k in
-                   (block_key(source_id, b) for b in range(nblocks)) if k in self.entries)
+        return sum(self.entries[key].size for key in self._cached_blocks(source_id, nblocks))
 
     async def evict_source(self, source_id: bytes, nblocks: int) -> int:
-        """Drop every cached block of a source (pinned ones too); returns the bytes freed."""
+        """Drop every cached block of a source (pinned ones too), and its blocks in memory;
+        returns the bytes freed."""
         freed = 0
-        for block in range(nblocks):
-            key = block_key(source_id, block)
+        for key in self._cached_blocks(source_id, nblocks):
             entry = self.entries.get(key)
             if entry is not None:
                 freed += entry.size
                 await self._drop(key)
+        for key in [key for key in self._memory if key[:ID_BYTES] == source_id]:
             self._forget(key)
         return freed
 
@@ -495,10 +527,9 @@ class BlockCache:
         else:
             self.pins.pop(source_id, None)
             self.batch.delete(PINS, source_id)
-        for block in range(nblocks):
-            key = block_key(source_id, block)
-            entry = self.entries.get(key)
-            if entry is None or entry.pinned == pinned:
+        for key in self._cached_blocks(source_id, nblocks):
+            entry = self.entries[key]
+            if entry.pinned == pinned:
                 continue
             entry.pinned = pinned
             if pinned:

@@ -242,6 +242,17 @@ def _table(title: str, rows: list[tuple[str, str]]) -> Any:
     return Group(Text(title, style="italic", no_wrap=True, overflow="ignore"), table)
 
 
+def _capacity_row(hot: dict[str, Any]) -> tuple[str, str]:
+    """Used against the capacity the cache can reach, and why when the disk limits it (a
+    document saved before ``usable_capacity`` existed shows the configured capacity)."""
+    usable = hot.get("usable_capacity", hot["capacity"])
+    if usable < hot["capacity"]:
+        return ("used / usable capacity",
+                f"{_size(hot['used'])} / {_size(usable)} (disk free limits it; "
+                f"{_size(hot['capacity'])} configured)")
+    return ("used / capacity", f"{_size(hot['used'])} / {_size(hot['capacity'])}")
+
+
 def _stats_view(doc: dict[str, Any]) -> Any:
     """The stats document as one table per tier."""
     from rich.console import Group
@@ -257,7 +268,7 @@ def _stats_view(doc: dict[str, Any]) -> Any:
     return Group(
         f"[bold]{where}[/bold]",
         _table(f"hot  {hot['path']}", [
-            ("used / capacity", f"{_size(hot['used'])} / {_size(hot['capacity'])}"),
+            _capacity_row(hot),
             ("blocks", str(hot["blocks"])), ("pinned", _size(hot["pinned"])),
             ("staged", f"{hot['staged_files']} files, {_size(hot['staged_bytes'])}"),
             ("hit ratio", f"{ratio} ({hot['hits']} hits, {hot['misses']} misses)"),

@@ -1,5 +1,6 @@
 """``tierfs import`` as a new user runs it: into a path inside a running mount (that mount's
-tiers and bucket, no flags repeated), and never through a symbolic link on the warm tier."""
+tiers, bucket and endpoint, no flag repeated), and never through a symbolic link on the warm
+tier."""
 
 from __future__ import annotations
 
@@ -26,13 +27,6 @@ def s3_mount(tmp_path: Path, s3_server: S3Server, bucket: str) -> Iterator[Mount
         yield m
 
 
-def _endpoint(m: Mount) -> list[str]:
-    """What the mount registry does not record: how to reach an S3-compatible endpoint (a
-    user has it in the configuration file)."""
-    i = m.extra.index("--endpoint-url")
-    return m.extra[i:i + 2] + ["--addressing-style", "path"]
-
-
 def _put(s3_server: S3Server, bucket: str, files: dict[str, bytes], base: str) -> None:
     for rel, data in files.items():
         s3_server.client().put_object(Bucket=bucket, Key=f"{base}/{rel}", Body=data)
@@ -48,8 +42,8 @@ def test_import_into_a_path_inside_a_mount_uses_that_mounts_tiers(
     # A lookup now leaves a negative entry in the kernel for entry_timeout (1 s by default).
     assert not (m.path / "datasets" / "ds").exists()
     looked = time.monotonic()
-    out = tierfs("import", f"s3://{bucket}/{PREFIX}/src/ds", str(m.path / "datasets" / "ds"),
-                 *_endpoint(m)).stdout
+    out = tierfs("import", f"s3://{bucket}/{PREFIX}/src/ds",
+                 str(m.path / "datasets" / "ds")).stdout
     assert "2 new" in out and str(m.path / "datasets" / "ds") in out
     # The same relative path under the mount's warm root.
     assert os.readlink(m.warm / "datasets" / "ds" / "b.bin").startswith("tierfs:")
@@ -60,7 +54,7 @@ def test_import_into_a_path_inside_a_mount_uses_that_mounts_tiers(
     assert sorted(os.listdir(m.path / "datasets" / "ds")) == ["b.bin", "train"]
     # Running it again changes nothing; a relative path from inside the mount works too.
     again = subprocess.run([sys.executable, "-m", "tierfs", "import",
-                            f"s3://{bucket}/{PREFIX}/src/ds", "datasets/ds", *_endpoint(m)],
+                            f"s3://{bucket}/{PREFIX}/src/ds", "datasets/ds"],
                            cwd=m.path, capture_output=True, text=True, timeout=60,
                            stdin=subprocess.DEVNULL)
     assert again.returncode == 0, again.stderr
@@ -74,7 +68,7 @@ def test_import_into_a_mount_refuses_tiers_that_are_not_the_mounts(
     other = tmp_path / "otherwarm"
     other.mkdir()
     result = tierfs("import", f"s3://{bucket}/{PREFIX}/src/ds", str(m.path / "ds"),
-                    "--warm", str(other), *_endpoint(m), check=False)
+                    "--warm", str(other), check=False)
     assert result.returncode == 1
     assert f"whose warm tier is {m.warm}" in result.stderr and "--warm" in result.stderr
     assert list(other.iterdir()) == [] and not (m.warm / "ds").exists()
@@ -90,7 +84,7 @@ def test_import_never_writes_through_a_symlinked_warm_directory(
     os.symlink(outside, m.warm / "datasets")
     # The old form (a namespace path and the tiers as flags) and the mount form alike.
     for dest, flags in (("datasets/x", ["--warm", str(m.warm), "--hot", str(m.hot), *m.extra]),
-                        (str(m.path / "datasets" / "x"), _endpoint(m))):
+                        (str(m.path / "datasets" / "x"), [])):
         result = tierfs("import", f"s3://{bucket}/{PREFIX}/src/ds", dest, *flags, check=False)
         assert result.returncode == 1, result.stdout
         lines = result.stderr.strip().splitlines()
@@ -100,8 +94,7 @@ def test_import_never_writes_through_a_symlinked_warm_directory(
     os.unlink(m.warm / "datasets")
     (m.warm / "datasets" / "x").mkdir(parents=True)
     os.symlink(outside, m.warm / "datasets" / "x" / "sub")
-    result = tierfs("import", f"s3://{bucket}/{PREFIX}/src/ds", str(m.path / "datasets" / "x"),
-                    *_endpoint(m))
+    result = tierfs("import", f"s3://{bucket}/{PREFIX}/src/ds", str(m.path / "datasets" / "x"))
     assert "1 new" in result.stdout and "1 in the way" in result.stdout
     assert str(m.warm / "datasets" / "x" / "sub" / "b.bin") in result.stderr
     assert list(outside.iterdir()) == []

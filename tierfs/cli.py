@@ -234,7 +234,10 @@ def _import_target(directory: str, config_file: Path | None, flags: dict[str, An
                    ) -> tuple[Config, list[str] | None, str]:
     """The configuration to import with and, when DIRECTORY is inside a running mount, its
     components below that mount's warm root (the same path as below the mount point) and the
-    path to show. Outside any mount: the configuration from the flags and file, and None."""
+    path to show. Inside a mount, its tiers and the way it reaches its bucket are used, so
+    nothing given to ``tierfs mount`` needs repeating. Outside any mount: the configuration
+    from the flags and file, and None."""
+    from tierfs.control.client import ControlError, call
     from tierfs.control.registry import mount_for
     from tierfs.objects.base import parse_bucket_uri
 
@@ -254,8 +257,15 @@ def _import_target(directory: str, config_file: Path | None, flags: dict[str, An
     if given["bucket"] is not None and str(parse_bucket_uri(given["bucket"])) != record.bucket:
         raise TierfsError(f"{directory} is inside the mount on {record.mountpoint}, whose "
                           f"bucket is {record.bucket}: leave out --bucket")
-    config = load_config(config_file, {**flags, "hot": record.hot, "warm": record.warm,
-                                       "bucket": record.bucket})
+    mounted: dict[str, Any] = {"hot": record.hot, "warm": record.warm, "bucket": record.bucket}
+    try:  # how the mount reaches its bucket (an endpoint, a region), unless given here
+        reach = call(record, {"cmd": "tiers"}, timeout=30)
+        mounted.update({name: reach[name] for name in ("endpoint_url", "region",
+                                                        "addressing_style")
+                        if flags.get(name) is None and reach.get(name) is not None})
+    except ControlError:
+        pass  # the registry's tiers; the rest from the flags and the configuration file
+    config = load_config(config_file, {**flags, **mounted})
     return config, parts, os.path.join(record.mountpoint, *parts)
 
 

@@ -37,8 +37,10 @@ def _stand_in_install(copy: Path, succeed: bool = True) -> Path:
     marker = copy / "install-ran"
     body = f"touch {marker}\n"
     if succeed:
-        body += (f"mkdir -p .venv/bin\nprintf '#!/bin/sh\\nPYTHONPATH={copy} exec "
-                 f"{sys.executable} \"$@\"\\n' > .venv/bin/python\nchmod +x .venv/bin/python\n")
+        # (rm first: never write through a link that .venv/bin/python may be)
+        body += (f"mkdir -p .venv/bin\nrm -f .venv/bin/python\nprintf '#!/bin/sh\\n"
+                 f"PYTHONPATH={copy} exec {sys.executable} \"$@\"\\n' > .venv/bin/python\n"
+                 "chmod +x .venv/bin/python\n")
     else:
         body += "exit 3\n"
     _executable(copy / "scripts" / "install",
@@ -68,12 +70,14 @@ def test_scripts_test_installs_first_on_a_fresh_checkout(tmp_path: Path) -> None
 
 
 def test_scripts_test_installs_when_tierfs_is_not_importable(tmp_path: Path) -> None:
-    """A .venv that runs Python but does not have this checkout's tierfs (a venv made by
-    hand, or a broken install) is installed into as well."""
+    """A .venv whose tierfs is not this checkout's (another checkout's, or a broken install)
+    is installed into as well."""
     copy = _checkout(tmp_path)
     marker = _stand_in_install(copy)
     (copy / ".venv" / "bin").mkdir(parents=True)
-    os.symlink(shutil.which("python3") or "/usr/bin/python3", copy / ".venv" / "bin" / "python")
+    # This interpreter, isolated from the copy: the tierfs it imports is another checkout's.
+    _executable(copy / ".venv" / "bin" / "python",
+                f'#!/bin/sh\nexec {sys.executable} -I "$@"\n')
     result = _run(copy / "scripts" / "test", "tests/test_config.py", "-q", "-p",
                   "no:cacheprovider")
     assert marker.exists() and result.returncode == 0, result.stdout + result.stderr

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Mount, S3Server, make_mount, running, tierfs
+from conftest import Mount, S3Server, make_mount, running, tierfs, tmpfs
 from s3proxy import FaultProxy
 from test_cache import cold_mount, publish, read_uncached
 from test_durability import set_immutable
@@ -308,3 +308,46 @@ def test_no_credentials_in_logs_stats_or_errors(tmp_path: Path, s3_server: S3Ser
     assert "DEBUG" in outputs[-1]  # the log level took effect
     for text in outputs:
         assert secret not in text
+
+
+def test_stats_show_the_capacity_the_hot_disk_leaves_room_for(tmp_path: Path) -> None:
+    """hot_capacity is 50% of the disk's size; with other files filling the disk, the cache
+    can only grow to what it holds plus the disk's free space, and stats say so."""
+    (tmp_path / "cold").mkdir()
+    with tmpfs(tmp_path / "smallhot", "160m") as hot:
+        m = make_mount(tmp_path, "--bucket", f"file://{tmp_path}/cold")
+        m.hot = hot
+        with running(m):
+            # Someone else's 120 MiB on the hot disk: about 40 MiB stay free, 80 MiB are
+            # configured (50% of 160 MiB).
+            with open(hot / "ballast", "wb") as f:
+                f.write(b"\0" * 120 * MIB)
+            doc = stats(m.path)
+            table = tierfs("stats", str(m.path)).stdout
+    h = doc["tiers"]["hot"]
+    assert h["capacity"] == 80 * MIB
+    assert h["disk_free"] < 40 * MIB
+    assert h["usable_capacity"] == min(h["capacity"], h["used"] + h["disk_free"])
+    assert h["usable_capacity"] < h["capacity"]
+    row = next(line for line in table.splitlines() if line.strip().startswith("used /"))
+    assert "used / usable capacity" in row and "disk free limits it" in row, table
+
+
+def test_stats_count_the_blocks_tierfs_evict_drops(cold: Mount, s3_server: S3Server) -> None:
+    data = os.urandom(10 * MIB + 3)  # 3 blocks of 4 MiB
+    publish(cold, s3_server, {"x.bin": data})
+    assert read_uncached(cold.path / "data" / "x.bin") == data
+    deadline = time.monotonic() + 30
+    while stats(cold.path)["tiers"]["hot"]["blocks"] < 3:  # blocks are stored after the read
+        assert time.monotonic() < deadline, "the blocks read were never cached"
+        time.sleep(0.1)
+    before = stats(cold.path)["tiers"]["hot"]
+    out = tierfs("evict", str(cold.path / "data" / "x.bin")).stdout
+    assert out.startswith("evicted ")
+    after = stats(cold.path)["tiers"]["hot"]
+    assert after["used"] == 0
+    assert after["evictions"] - before["evictions"] == 3
+    assert after["bytes_evicted"] - before["bytes_evicted"] == len(data)
+    table = tierfs("stats", str(cold.path)).stdout
+    row = next(line for line in table.splitlines() if line.strip().startswith("evictions"))
+    assert row.split()[1] == str(after["evictions"]) and after["evictions"] >= 3

@@ -207,8 +207,10 @@ def warm(paths: tuple[str, ...], check: bool, as_json: bool) -> None:
 def import_(uri: str, directory: str, config_file: Path | None, **flags: Any) -> None:
     """Make objects under URI appear in the namespace under DIRECTORY, as stubs.
 
-    DIRECTORY is a path in the namespace (datasets/imagenet), or an absolute path inside the
-    warm tier. No data is copied; running it again is harmless and finishes an interrupted run.
+    DIRECTORY is a path inside a running mount (/mnt/data/datasets/imagenet: that mount's
+    tiers and bucket are used), or a path in the namespace (datasets/imagenet) or an absolute
+    path inside the warm tier, with the tiers given by --warm, --bucket or the configuration.
+    No data is copied; running it again is harmless and finishes an interrupted run.
     """
     from rich.progress import Progress
 
@@ -217,9 +219,11 @@ def import_(uri: str, directory: str, config_file: Path | None, **flags: Any) ->
     from tierfs.tiers.cold import open_checked_store
 
     try:
-        config = load_config(config_file, flags)
+        config, dest, shown = _import_target(directory, config_file, flags)
         prefix = source_prefix(config, uri)
-        dest = destination(config, directory)
+        if dest is None:
+            dest = destination(config, directory)
+            shown = str(Path(config.warm, *dest))
         store = open_checked_store(config)
         with Progress(transient=True) as progress:
             task = progress.add_task("importing", total=None)
@@ -231,13 +235,52 @@ def import_(uri: str, directory: str, config_file: Path | None, **flags: Any) ->
         _fail(f"listing {uri}: {e}")
     except OSError as e:
         _fail(f"importing into {directory}: {e}")
-    click.echo(f"imported {uri} into {dest}: {result.created} new, {result.updated} updated, "
+    click.echo(f"imported {uri} into {shown}: {result.created} new, {result.updated} updated, "
                f"{result.unchanged} unchanged, {len(result.conflicts)} in the way"
                + (f", {len(result.too_long)} with names too long" if result.too_long else ""))
     for path in result.conflicts[:20]:
-        click.echo(f"  not replaced (a file or directory is there): {path}", err=True)
+        click.echo(f"  not replaced (a file, directory or link is there): {path}", err=True)
     for key in result.too_long[:20]:
         click.echo(f"  not imported (a name longer than the warm tier takes): {key}", err=True)
+
+
+def _import_target(directory: str, config_file: Path | None, flags: dict[str, Any]
+                   ) -> tuple[Config, list[str] | None, str]:
+    """The configuration to import with and, when DIRECTORY is inside a running mount, its
+    components below that mount's warm root (the same path as below the mount point) and the
+    path to show. Inside a mount, its tiers and the way it reaches its bucket are used, so
+    nothing given to ``tierfs mount`` needs repeating. Outside any mount: the configuration
+    from the flags and file, and None."""
+    from tierfs.control.client import ControlError, call
+    from tierfs.control.registry import mount_for
+    from tierfs.objects.base import parse_bucket_uri
+
+    found = mount_for(directory)
+    if found is None:
+        return load_config(config_file, flags), None, directory
+    record, rel = found
+    parts = [p for p in rel.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise TierfsError(f"{directory} must not contain '..'")
+    given = {name: flags.get(name) for name in ("hot", "warm", "bucket")}
+    for name in ("hot", "warm"):
+        if given[name] is not None and \
+                Path(given[name]).resolve() != Path(getattr(record, name)).resolve():
+            raise TierfsError(f"{directory} is inside the mount on {record.mountpoint}, whose "
+                              f"{name} tier is {getattr(record, name)}: leave out --{name}")
+    if given["bucket"] is not None and str(parse_bucket_uri(given["bucket"])) != record.bucket:
+        raise TierfsError(f"{directory} is inside the mount on {record.mountpoint}, whose "
+                          f"bucket is {record.bucket}: leave out --bucket")
+    mounted: dict[str, Any] = {"hot": record.hot, "warm": record.warm, "bucket": record.bucket}
+    try:  # how the mount reaches its bucket (an endpoint, a region), unless given here
+        reach = call(record, {"cmd": "tiers"}, timeout=30)
+        mounted.update({name: reach[name] for name in ("endpoint_url", "region",
+                                                        "addressing_style")
+                        if flags.get(name) is None and reach.get(name) is not None})
+    except ControlError:
+        pass  # the registry's tiers; the rest from the flags and the configuration file
+    config = load_config(config_file, {**flags, **mounted})
+    return config, parts, os.path.join(record.mountpoint, *parts)
 
 
 def _table(title: str, rows: list[tuple[str, str]]) -> Any:
@@ -256,6 +299,17 @@ def _table(title: str, rows: list[tuple[str, str]]) -> Any:
     return Group(Text(title, style="italic", no_wrap=True, overflow="ignore"), table)
 
 
+def _capacity_row(hot: dict[str, Any]) -> tuple[str, str]:
+    """Used against the capacity the cache can reach, and why when the disk limits it (a
+    document saved before ``usable_capacity`` existed shows the configured capacity)."""
+    usable = hot.get("usable_capacity", hot["capacity"])
+    if usable < hot["capacity"]:
+        return ("used / usable capacity",
+                f"{_size(hot['used'])} / {_size(usable)} (disk free limits it; "
+                f"{_size(hot['capacity'])} configured)")
+    return ("used / capacity", f"{_size(hot['used'])} / {_size(hot['capacity'])}")
+
+
 def _stats_view(doc: dict[str, Any]) -> Any:
     """The stats document as one table per tier."""
     from rich.console import Group
@@ -271,7 +325,7 @@ def _stats_view(doc: dict[str, Any]) -> Any:
     return Group(
         f"[bold]{where}[/bold]",
         _table(f"hot  {hot['path']}", [
-            ("used / capacity", f"{_size(hot['used'])} / {_size(hot['capacity'])}"),
+            _capacity_row(hot),
             ("blocks", str(hot["blocks"])), ("pinned", _size(hot["pinned"])),
             ("staged", f"{hot['staged_files']} files, {_size(hot['staged_bytes'])}"),
             ("hit ratio", f"{ratio} ({hot['hits']} hits, {hot['misses']} misses)"),

@@ -3,7 +3,9 @@ the namespace without copying a byte.
 
 Idempotent and resumable: an entry that already holds the same stub is left alone, so running
 the import again after an interruption finishes the job. A real file or directory in the way is
-never replaced (it is counted and reported).
+never replaced (it is counted and reported). No directory on the warm tier is entered through
+a symbolic link: the tree is shared with other users, and a link would put stubs (and the
+directories made for them) wherever it points.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import os
+import stat
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -59,51 +62,159 @@ def source_prefix(config: Config, uri_text: str) -> str:
     return src.prefix
 
 
-def destination(config: Config, dest: str) -> Path:
-    """DIR as a path in the namespace: relative to the warm root, or absolute inside it."""
-    path = Path(dest)
-    if path.is_absolute():
-        try:
-            path.resolve().relative_to(config.warm.resolve())
-        except ValueError:
-            raise ConfigError(f"{dest} is not inside the warm tier {config.warm}; give a path "
-                              "in the namespace, such as datasets/imagenet") from None
-        return path
-    if ".." in path.parts:
+class InTheWay(Exception):
+    """A path component on the warm tier that is not a real directory (a symbolic link, or a
+    file): the import never writes through it."""
+
+    def __init__(self, depth: int, link: bool) -> None:
+        super().__init__(depth, link)
+        self.depth = depth  # index of the component in the parts walked
+        self.link = link
+
+
+def destination(config: Config, dest: str) -> list[str]:
+    """DIR as path components in the namespace: relative to the warm root, or absolute inside
+    it (compared as written, and against the root with its own links resolved)."""
+    path = os.path.normpath(dest)
+    if os.path.isabs(dest):
+        for root in (os.path.abspath(config.warm), os.path.realpath(config.warm)):
+            rel = os.path.relpath(path, root)
+            if rel != ".." and not rel.startswith("../"):
+                return [] if rel == "." else rel.split("/")
+        raise ConfigError(f"{dest} is not inside the warm tier {config.warm}; give a path "
+                          "in the namespace, such as datasets/imagenet")
+    if ".." in Path(dest).parts:
         raise ConfigError(f"{dest} must not contain '..'")
-    return config.warm / path
+    return [] if path == "." else path.split("/")
 
 
-def import_objects(config: Config, store: ObjectStore, prefix: str, dest: Path,
+def open_dirs(start: int, parts: list[str]) -> int:
+    """A new descriptor of the directory ``parts`` below ``start``, made where missing; no
+    component is followed if it is a symbolic link (each is opened O_NOFOLLOW relative to
+    the one before, as the mount walks the warm tier). Raises InTheWay naming the first
+    component that is not a real directory."""
+    fd = os.dup(start)
+    try:
+        for depth, part in enumerate(parts):
+            try:
+                nfd = _open_dir(part, fd, depth)
+            except FileNotFoundError:
+                try:
+                    os.mkdir(part, 0o777, dir_fd=fd)  # the umask decides, as mkdir(1) does
+                except FileExistsError:
+                    pass  # made meanwhile: opened below like any other
+                nfd = _open_dir(part, fd, depth)
+            os.close(fd)
+            fd = nfd
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _open_dir(part: str, fd: int, depth: int) -> int:
+    try:
+        return os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                       dir_fd=fd)
+    except OSError as e:
+        if e.errno not in (errno.ELOOP, errno.ENOTDIR):
+            raise
+        raise InTheWay(depth, _is_link(part, fd)) from None
+
+
+def _is_link(part: str, fd: int) -> bool:
+    try:
+        return stat.S_ISLNK(os.stat(part, dir_fd=fd, follow_symlinks=False).st_mode)
+    except OSError:
+        return False
+
+
+def open_destination(config: Config, parts: list[str]) -> int:
+    """The destination directory's descriptor, made where missing; a symbolic link or a file
+    on the way is refused with one line naming it."""
+    root = os.open(config.warm, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        return open_dirs(root, parts)
+    except InTheWay as e:
+        where = os.path.join(config.warm, *parts[:e.depth + 1])
+        if e.link:
+            raise ConfigError(f"{where} is a symbolic link: tierfs import does not follow "
+                              "links on the warm tier; import into a real directory") from None
+        raise ConfigError(f"{where} is in the way: it is not a directory") from None
+    finally:
+        os.close(root)
+
+
+class _Directories:
+    """The directory of the last file placed, kept open: keys come in order, so the files of
+    one directory share its descriptor and each directory is walked once."""
+
+    def __init__(self, dest_fd: int) -> None:
+        self.dest_fd = dest_fd
+        self.parts: list[str] | None = None
+        self.fd: int | None = None
+        self.error: BaseException | None = None
+
+    def get(self, parts: list[str]) -> int:
+        """The descriptor of ``parts`` below the destination; raises InTheWay or OSError (the
+        same for every file of that directory)."""
+        if parts != self.parts:
+            self.close()
+            self.parts, self.error = parts, None
+            try:
+                self.fd = open_dirs(self.dest_fd, parts)
+            except (InTheWay, OSError) as e:
+                self.error = e
+        if self.error is not None:
+            raise self.error
+        assert self.fd is not None
+        return self.fd
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+        self.fd, self.parts = None, None
+
+
+def import_objects(config: Config, store: ObjectStore, prefix: str, dest: list[str],
                    advance: Callable[[int], None] = lambda n: None) -> ImportResult:
+    """Stubs under the namespace directory ``dest`` (components below the warm root) for every
+    object under ``prefix``."""
     result = ImportResult()
     listing = prefix + "/" if prefix else ""
-    for info in store.list_objects(listing):
-        rel = info.key[len(listing):]
-        parts = rel.split("/")
-        if not rel or any(p in ("", ".", "..") or is_internal(p.encode()) for p in parts):
-            advance(1)  # directory markers and names tierfs cannot hold
-            continue
-        path = dest.joinpath(*parts)
-        # Listings carry no user metadata: HEAD for the mode and mtime tierfs stores there.
-        try:
-            _place(path, stub_for(store.head(info.key)).encode(config.bucket), result)
-        except OSError as e:
-            if e.errno != errno.ENAMETOOLONG:
-                raise
-            result.too_long.append(info.key)
-        advance(1)
+    shown = Path(config.warm, *dest)
+    dest_fd = open_destination(config, dest)
+    directories = _Directories(dest_fd)
+    try:
+        for info in store.list_objects(listing):
+            rel = info.key[len(listing):]
+            parts = rel.split("/")
+            if not rel or any(p in ("", ".", "..") or is_internal(p.encode()) for p in parts):
+                advance(1)  # directory markers and names tierfs cannot hold
+                continue
+            path = shown.joinpath(*parts)
+            try:
+                dir_fd = directories.get(parts[:-1])
+                # Listings carry no user metadata: HEAD for the mode and mtime tierfs stores
+                # there.
+                _place(dir_fd, parts[-1], path,
+                       stub_for(store.head(info.key)).encode(config.bucket), result)
+            except InTheWay:
+                result.conflicts.append(str(path))  # a link or a file where a directory goes
+            except OSError as e:
+                if e.errno != errno.ENAMETOOLONG:
+                    raise
+                result.too_long.append(info.key)
+            advance(1)
+    finally:
+        directories.close()
+        os.close(dest_fd)
     return result
 
 
-def _place(path: Path, target: bytes, result: ImportResult) -> None:
+def _place(dir_fd: int, name: str, path: Path, target: bytes, result: ImportResult) -> None:
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError):
-        result.conflicts.append(str(path))
-        return
-    try:
-        current = os.readlink(path)
+        current: bytes | None = os.readlink(os.fsencode(name), dir_fd=dir_fd)
     except FileNotFoundError:
         current = None
     except OSError as e:  # a real file or directory is there: never replace user data
@@ -111,17 +222,17 @@ def _place(path: Path, target: bytes, result: ImportResult) -> None:
             raise
         result.conflicts.append(str(path))
         return
-    current_bytes = os.fsencode(current) if current is not None else None
-    if current_bytes == target:
+    if current == target:
         result.unchanged += 1
         return
-    if current_bytes is not None and not looks_like_stub(current_bytes):
+    if current is not None and not looks_like_stub(current):
         result.conflicts.append(str(path))  # a user's own symlink
         return
-    tmp = path.parent / (TEMP_PREFIX + uuid.uuid4().hex.encode() + TEMP_SUFFIX).decode()
-    os.symlink(target, tmp)
-    os.rename(tmp, path)  # atomic: a reader sees the old stub or the new one
-    if current_bytes is None:
+    tmp = TEMP_PREFIX + uuid.uuid4().hex.encode() + TEMP_SUFFIX
+    os.symlink(target, tmp, dir_fd=dir_fd)
+    # atomic: a reader sees the old stub or the new one
+    os.rename(tmp, os.fsencode(name), src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    if current is None:
         result.created += 1
     else:
         result.updated += 1

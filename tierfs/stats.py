@@ -5,9 +5,9 @@ Schema version 1 (documented in docs/stats.md)::
 
     {"schema": 1, "live": bool, "mountpoint": str | null, "saved_at": float,
      "tiers": {
-       "hot":  {"path", "used", "capacity", "blocks", "pinned", "staged_files",
-                "staged_bytes", "hit_ratio", "hits", "misses", "bytes_served",
-                "evictions", "bytes_evicted", "disk_free"},
+       "hot":  {"path", "used", "capacity", "usable_capacity", "blocks", "pinned",
+                "staged_files", "staged_bytes", "hit_ratio", "hits", "misses",
+                "bytes_served", "evictions", "bytes_evicted", "disk_free"},
        "warm": {"path", "bytes_served", "fetches", "disk_used", "disk_size"},
        "cold": {"bucket", "bytes_served", "fetches", "pending_uploads",
                 "pending_bytes", "upload_errors", "uploads_lost"}},
@@ -23,6 +23,8 @@ import os
 import time
 from pathlib import Path
 from typing import Any
+
+from tierfs.cache.capacity import usable_capacity
 
 SCHEMA = 1
 
@@ -61,6 +63,8 @@ def build(snapshot: dict[str, Any], *, live: bool, mountpoint: str | None, hot: 
     hits, misses = counters.get("hits", 0), counters.get("misses", 0)
     staged_files, staged_bytes = staged(hot)
     warm_size, warm_used, _ = _disk(warm)
+    hot_free = _disk(hot)[2]
+    used, capacity = gauges.get("bytes_cached", 0), gauges.get("capacity", 0)
     return {
         "schema": SCHEMA,
         "live": live,
@@ -69,8 +73,9 @@ def build(snapshot: dict[str, Any], *, live: bool, mountpoint: str | None, hot: 
         "tiers": {
             "hot": {
                 "path": hot,
-                "used": gauges.get("bytes_cached", 0),
-                "capacity": gauges.get("capacity", 0),
+                "used": used,
+                "capacity": capacity,
+                "usable_capacity": usable_capacity(capacity, used, hot_free),
                 "blocks": gauges.get("blocks_cached", 0),
                 "pinned": gauges.get("pinned_bytes", 0),
                 "staged_files": staged_files,
@@ -82,7 +87,7 @@ def build(snapshot: dict[str, Any], *, live: bool, mountpoint: str | None, hot: 
                 "fetches": counters.get("fetches_hot", 0),
                 "evictions": counters.get("evictions", 0),
                 "bytes_evicted": counters.get("bytes_evicted", 0),
-                "disk_free": _disk(hot)[2],
+                "disk_free": hot_free,
             },
             "warm": {
                 "path": warm,

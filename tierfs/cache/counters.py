@@ -26,7 +26,7 @@ NAMES = (
     "fetches_hot",     # block files read from the hot tier's disk (not hits from memory)
     "fetches_cold",    # ranged GETs of blocks
     "fetches_warm",    # block reads from warm files
-    "evictions",       # blocks evicted
+    "evictions",       # blocks evicted (by the eviction policy or by ``tierfs evict``)
     "bytes_evicted",
     "stored",          # blocks written to the cache
     "rejected",        # fetched blocks not kept: the admission filter preferred what was cached
@@ -48,6 +48,13 @@ class Counters:
     def add(self, name: str, amount: int = 1) -> None:
         self.values[name] += amount
         self.changed = True
+
+    def evicted(self, blocks: int, nbytes: int) -> None:
+        """Blocks dropped on request (``tierfs evict``) count as evictions too: a user who
+        evicts and then looks at ``tierfs stats`` expects to see them."""
+        if blocks or nbytes:
+            self.add("evictions", blocks)
+            self.add("bytes_evicted", nbytes)
 
     def set_gauge(self, name: str, value: int) -> None:
         self.gauges[name] = value

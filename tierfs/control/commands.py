@@ -130,8 +130,16 @@ def make_handlers(fs: FileSystem, mountpoint: str) -> dict[str, Handler]:
     async def health(request: dict[str, Any], send: Send) -> Any:
         return await fs.health()
 
+    async def tiers(request: dict[str, Any], send: Send) -> Any:
+        """Where this mount's tiers are and how its bucket is reached (``tierfs import`` into
+        the mount uses the same); credentials are not configuration and are never sent."""
+        config = fs.config
+        return {"hot": str(config.hot), "warm": str(config.warm), "bucket": str(config.bucket),
+                "endpoint_url": config.endpoint_url, "region": config.region,
+                "addressing_style": config.addressing_style}
+
     return {"warm": warm, "where": where, "pin": pin, "evict": evict, "flush": flush,
-            "stats": stats, "health": health}
+            "stats": stats, "health": health, "tiers": tiers}
 
 
 async def stats_document(fs: FileSystem, mountpoint: str) -> dict[str, Any]:

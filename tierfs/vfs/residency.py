@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from tierfs.cache.blocks import Source
+from tierfs.cache.blocks import Source, block_key
 from tierfs.stubs import StubError, looks_like_stub, parse_stub
 from tierfs.tiers.warm import join
 from tierfs.core.openfile import warm_id
@@ -149,12 +149,18 @@ class Residency:
         return fetched
 
     async def evict(self, states: list[FileState]) -> int:
+        """Drop the cached blocks of ``states``; they count in the eviction counters (the
+        cache counts only its policy's)."""
         cache = self.fs.cache
         freed = 0
         for state in states:
             if state.source is not None:
-                freed += await cache.evict_source(state.source.id,
-                                                  state.source.blocks(cache.block_size))
+                nblocks = state.source.blocks(cache.block_size)
+                cached = sum(block_key(state.source.id, b) in cache.entries
+                             for b in range(nblocks))
+                nbytes = await cache.evict_source(state.source.id, nblocks)
+                self.fs.counters.evicted(cached, nbytes)
+                freed += nbytes
         return freed
 
     def pin(self, states: list[FileState], pinned: bool) -> None:

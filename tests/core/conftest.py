@@ -265,9 +265,10 @@ class Core:
     def writeback_pending(self) -> int:
         return self.fs.pending_uploads()[0]
 
-    async def recover(self) -> Report:
-        """Recovery as a mount runs it, before serving requests."""
-        return await recover(self.fs)
+    async def recover(self, rebooted: bool = False) -> Report:
+        """Recovery as a mount runs it, before serving requests (``rebooted``: the system
+        restarted since the last run)."""
+        return await recover(self.fs, rebooted)
 
     async def until(self, check: Callable[[], bool], timeout: float = 10.0) -> None:
         """Wait for background work (write-back, streaming) until ``check()`` holds."""

@@ -27,7 +27,7 @@ METHODS = ("check", "head", "get_range", "put", "list_objects", "delete", "creat
 class _Rule:
     """One armed fault of one method."""
 
-    kind: str  # "nth", "always", "drop"
+    kind: str  # "nth", "always", "drop", "lose_reply"
     at: int = 0  # for "nth" and "drop": the call number (of that method) it fires on
     error: BaseException | None = None
 
@@ -39,8 +39,9 @@ class FaultStore(ObjectStore):
         self.max_name_bytes = inner.max_name_bytes
         self.part_checksum = inner.part_checksum
         self.calls: collections.Counter[str] = collections.Counter()
-        #: Every call in order: (method, first argument, e.g. the key).
-        self.log: list[tuple[str, Any]] = []
+        #: Every call in order: (method, key or prefix, offset of a ranged GET or number of a
+        #: part, else None).
+        self.log: list[tuple[str, Any, Any]] = []
         self._rules: dict[str, list[_Rule]] = collections.defaultdict(list)
         self._delays: dict[str, float] = {}
         #: Keys completed by a multipart upload whose ``head`` lies about the size, by this much.
@@ -59,6 +60,13 @@ class FaultStore(ObjectStore):
         self._check_name(method)
         with self._lock:
             self._rules[method].append(_Rule("nth", self.calls[method] + n, error))
+
+    def lose_reply(self, method: str, n: int = 1) -> None:
+        """Let the ``n``-th call of ``method`` from now take effect in the store, then fail it
+        as if its reply had been lost on the way back."""
+        self._check_name(method)
+        with self._lock:
+            self._rules[method].append(_Rule("lose_reply", self.calls[method] + n))
 
     def fail_always(self, method: str, error: BaseException | None = None) -> None:
         """Fail every call of ``method`` until ``heal``."""
@@ -107,11 +115,20 @@ class FaultStore(ObjectStore):
 
     # -- the interface ----------------------------------------------------------------------
 
-    def _enter(self, method: str, first: Any, args: tuple[Any, ...]) -> None:
+    def gets_at(self, key: str, offset: int) -> int:
+        """Ranged GETs of ``key`` starting at ``offset`` so far."""
+        with self._lock:
+            return sum(1 for m, k, o in self.log if m == "get_range" and k == key and o == offset)
+
+    def _enter(self, method: str, args: tuple[Any, ...]) -> _Rule | None:
+        """Count and log a call; sleep its delay; raise its fault, or return a fault that
+        fires after the call."""
+        extra = args[1] if method == "get_range" else args[2] if method == "upload_part" \
+            else None
         with self._lock:
             self.calls[method] += 1
             number = self.calls[method]
-            self.log.append((method, first))
+            self.log.append((method, args[0] if args else None, extra))
             delay = self._delays.get(method, 0.0)
             fire: _Rule | None = None
             for rule in self._rules.get(method, []):
@@ -122,18 +139,21 @@ class FaultStore(ObjectStore):
                 self._rules[method].remove(fire)
         if delay:
             time.sleep(delay)
-        if fire is None:
-            return
+        if fire is None or fire.kind == "lose_reply":
+            return fire
         if fire.kind == "drop":
             key, upload_id = args[0], args[1]
             self.inner.abort_multipart(key, upload_id)
-            return
+            return None
         raise fire.error if fire.error is not None else \
             TransientError(f"injected failure of {method} (call {number})")
 
     def _call(self, method: str, *args: Any) -> Any:
-        self._enter(method, args[0] if args else None, args)
-        return getattr(self.inner, method)(*args)
+        after = self._enter(method, args)
+        result = getattr(self.inner, method)(*args)
+        if after is not None:
+            raise TransientError(f"injected: the reply to {method} was lost")
+        return result
 
     def check(self) -> None:
         self._call("check")
@@ -154,7 +174,7 @@ class FaultStore(ObjectStore):
         return info
 
     def list_objects(self, prefix: str) -> Iterator[ObjectInfo]:
-        self._enter("list_objects", prefix, (prefix,))
+        self._enter("list_objects", (prefix,))
         return self.inner.list_objects(prefix)
 
     def delete(self, key: str) -> None:

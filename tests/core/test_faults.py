@@ -32,7 +32,8 @@ def test_calls_are_counted_per_method_and_delegated(store: FaultStore, tmp_path:
         store.head("missing")
     assert store.calls["put"] == 1 and store.calls["head"] == 2
     assert store.calls["get_range"] == 1
-    assert [m for m, _ in store.log] == ["put", "head", "get_range", "head"]
+    assert [m for m, _, _ in store.log] == ["put", "head", "get_range", "head"]
+    assert store.gets_at("a/b", 1) == 1 and store.gets_at("a/b", 0) == 0
 
 
 def test_fail_nth_fails_only_that_call(store: FaultStore) -> None:
@@ -114,3 +115,14 @@ def test_unknown_method_is_refused(store: FaultStore) -> None:
         store.fail_nth("get", 1)
     with pytest.raises(ValueError):
         store.drop_upload_before("head")
+
+
+def test_lose_reply_takes_effect_then_fails(store: FaultStore) -> None:
+    uid = store.create_multipart("k")
+    part = store.upload_part("k", uid, 1, b"xyz")
+    store.lose_reply("complete_multipart")
+    with pytest.raises(TransientError, match="lost"):
+        store.complete_multipart("k", uid, [(1, part)])
+    assert store.head("k").size == 3  # the object was made all the same
+    with pytest.raises(UploadGone):  # and a second completion finds the upload done
+        store.complete_multipart("k", uid, [(1, part)])

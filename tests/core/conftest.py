@@ -285,7 +285,7 @@ def config_values(root: Path, overrides: dict[str, Any]) -> dict[str, Any]:
     values: dict[str, Any] = {"hot": str(root / "hot"), "warm": str(root / "warm"),
                               "bucket": f"file://{root / 'cold'}", "block_size": "64KiB",
                               "read_memory": "16MiB", "hot_capacity": "64MiB",
-                              "publish_ahead": 0}
+                              "publish_ahead": 0, "part_size": PART}
     values.update(overrides)
     return values
 

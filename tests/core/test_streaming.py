@@ -1,0 +1,306 @@
+"""Files past ``large_file_threshold`` stream to the bucket while they are written: parts cut
+and punched out of staging, the stub written at close, the object read back, a truncate back
+under the threshold, and what close waits for in sync and write-back modes."""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+import pytest
+
+from .conftest import MIB, PART, ROOT, Core, SetAttr, core_test, open_core
+
+SMALL = "64KiB"  # the threshold: anything past it streams
+
+
+def content(n: int, seed: int = 1) -> bytes:
+    block = bytes((i * 31 + seed) % 256 for i in range(4096))
+    return (block * (n // 4096 + 1))[:n]
+
+
+def staged_bytes(core: Core) -> int:
+    """Bytes the staging files occupy on the hot disk (punched parts take none)."""
+    return sum((core.fs.hot.staging_dir / s).stat().st_blocks * 512 for s in core.staged())
+
+
+def entry_of(core: Core) -> object:
+    (entry,) = core.journal().values()
+    return entry
+
+
+@core_test
+async def test_growing_file_streams_parts_and_gets_a_stub(tmp_path: Path) -> None:
+    data = content(2 * PART + 2 * MIB)
+    async with open_core(tmp_path, large_file_threshold=SMALL) as core:
+        fh = await core.create(b"big", mode=0o640)
+        await core.write_all(fh, data)
+        entry = entry_of(core)
+        await core.until(lambda: len(entry.upload.parts) == 2)
+        assert entry.upload.key == "big" and entry.upload.upload_id is not None
+        assert [k for k, _ in core.uploads()] == ["big"]
+        assert core.objects() == {}  # nothing readable in the bucket before close
+        assert staged_bytes(core) <= len(data) - 2 * PART + MIB  # the parts left staging
+        assert not core.warm_path(b"big").is_symlink()
+        await core.close(fh)
+        stub = core.stub(b"big")
+        assert stub is not None and stub.key == "big" and stub.size == len(data)
+        assert stub.mode == 0o640
+        assert core.objects() == {"big": data}
+        assert core.uploads() == [] and core.staged() == [] and core.journal() == {}
+        assert core.store.calls["upload_part"] == 3  # two whole parts and the tail
+
+
+@core_test
+async def test_object_reads_back_byte_for_byte(tmp_path: Path) -> None:
+    data = content(PART + 300_000, seed=9)
+    async with open_core(tmp_path, large_file_threshold=SMALL) as core:
+        await core.write_file(b"big", data)
+        f = await core.lookup_path(b"big")
+        assert (await core.fs.getattr(f.ino)).size == len(data)
+        fh = await core.open(b"big")
+        assert await core.read_all(fh, chunk=100_000) == data
+        assert await core.fs.read(fh, len(data) - 10, 100) == data[-10:]
+        assert await core.fs.read(fh, len(data), 100) == b""
+        await core.fs.release(fh)
+        assert core.counter("fetches_cold") > 0
+
+
+@core_test
+async def test_hot_tier_holds_a_bounded_window(tmp_path: Path) -> None:
+    data = content(6 * PART)
+    window = 3
+    peak = 0
+    async with open_core(tmp_path, large_file_threshold=SMALL, upload_window=window) as core:
+        fh = await core.create(b"big")
+        for offset in range(0, len(data), MIB):
+            await core.fs.write(fh, offset, data[offset:offset + MIB])
+            peak = max(peak, staged_bytes(core))
+        await core.close(fh)
+        assert core.objects()["big"] == data
+    assert peak <= window * PART + MIB
+
+
+@core_test
+async def test_small_file_past_the_threshold_is_one_short_part(tmp_path: Path) -> None:
+    data = content(200_000)
+    async with open_core(tmp_path, large_file_threshold=SMALL) as core:
+        await core.write_file(b"x", data)
+        assert core.stub(b"x").size == len(data)
+        assert core.objects() == {"x": data}
+        assert core.store.calls["upload_part"] == 1
+        assert core.store.calls["complete_multipart"] == 1
+
+
+@core_test
+async def test_streamed_range_is_unreadable_and_unwritable_until_close(tmp_path: Path) -> None:
+    data = content(PART + MIB)
+    async with open_core(tmp_path, large_file_threshold=SMALL) as core:
+        fh = await core.create(b"big", flags=os.O_RDWR)
+        await core.write_all(fh, data)
+        entry = entry_of(core)
+        await core.until(lambda: 1 in entry.upload.parts)
+        with pytest.raises(OSError) as e:
+            await core.fs.read(fh, 0, 100)
+        assert e.value.errno == errno.EIO
+        with pytest.raises(OSError) as e:
+            await core.fs.write(fh, 10, b"x")
+        assert e.value.errno == errno.EOPNOTSUPP
+        assert await core.fs.read(fh, PART, 10) == data[PART:PART + 10]  # still staged
+        await core.close(fh)
+        assert await core.read_file(b"big") == data
+
+
+@core_test
+async def test_truncate_under_the_threshold_before_any_part_left(tmp_path: Path) -> None:
+    async with open_core(tmp_path, large_file_threshold=SMALL) as core:
+        fh = await core.create(b"f")
+        await core.write_all(fh, content(MIB))
+        assert core.store.calls["create_multipart"] == 1
+        f = await core.lookup_path(b"f")
+        await core.fs.setattr(f.ino, SetAttr(size=1000))
+        await core.close(fh)
+        p = core.warm_path(b"f")
+        assert not p.is_symlink() and p.read_bytes() == content(MIB)[:1000]
+        assert core.objects() == {} and core.uploads() == []
+
+
+@core_test
+async def test_truncate_of_a_cold_file_brings_it_back_warm(tmp_path: Path) -> None:
+    data = content(300_000)
+    async with open_core(tmp_path, large_file_threshold=SMALL) as core:
+        await core.write_file(b"f", data)
+        assert core.stub(b"f") is not None
+        f = await core.lookup_path(b"f")
+        attrs = await core.fs.setattr(f.ino, SetAttr(size=5000))
+        assert attrs.size == 5000
+        p = core.warm_path(b"f")
+        assert not p.is_symlink() and p.read_bytes() == data[:5000]
+        assert core.objects() == {}  # the old object went with its last reference
+        assert await core.read_file(b"f") == data[:5000]
+
+
+@core_test
+async def test_sync_close_returns_once_the_object_is_complete(tmp_path: Path) -> None:
+    data = content(300_000)
+    async with open_core(tmp_path, large_file_threshold=SMALL, durability="sync") as core:
+        core.store.delay("complete_multipart", 0.3)
+        fh = await core.create(b"f")
+        await core.write_all(fh, data)
+        await core.close(fh)
+        assert core.objects() == {"f": data} and core.stub(b"f") is not None
+        assert core.writeback_pending() == 0
+
+
+@core_test
+async def test_writeback_close_returns_before_the_upload_completes(tmp_path: Path) -> None:
+    data = content(300_000)
+    async with open_core(tmp_path, large_file_threshold=SMALL, durability="writeback") as core:
+        core.store.delay("complete_multipart", 0.5)
+        fh = await core.create(b"f")
+        await core.write_all(fh, data)
+        await core.close(fh)
+        assert core.stub(b"f") is None and "f" not in core.objects()
+        (entry,) = core.stored_journal().values()  # made durable before close returned
+        assert entry.closed and entry.path == b"f" and entry.size == len(data)
+        assert core.writeback_pending() == 1
+        await core.until(lambda: core.stub(b"f") is not None)
+        await core.until(lambda: core.writeback_pending() == 0)
+        assert core.objects() == {"f": data} and core.staged() == []
+        assert await core.read_file(b"f") == data
+
+
+@core_test
+async def test_writeback_small_file_is_published_in_the_background(tmp_path: Path) -> None:
+    async with open_core(tmp_path, durability="writeback") as core:
+        await core.write_file(b"f", b"later")
+        await core.until(lambda: core.writeback_pending() == 0)
+        assert core.warm_path(b"f").read_bytes() == b"later"
+        assert core.journal() == {} and core.staged() == []
+
+
+@core_test
+async def test_writeback_retries_until_the_bucket_takes_it(tmp_path: Path) -> None:
+    data = content(300_000)
+    async with open_core(tmp_path, large_file_threshold=SMALL, durability="writeback") as core:
+        core.store.fail_always("complete_multipart")
+        await core.write_file(b"f", data)
+        await core.until(lambda: core.counter("upload_errors") >= 1)
+        assert core.stub(b"f") is None and core.writeback_pending() == 1
+        core.store.heal()
+        await core.until(lambda: core.stub(b"f") is not None)
+        assert core.objects() == {"f": data}
+
+
+@core_test
+async def test_writeback_part_failure_does_not_stop_the_writer(tmp_path: Path) -> None:
+    data = content(2 * PART + 1000)
+    async with open_core(tmp_path, large_file_threshold=SMALL, durability="writeback") as core:
+        core.store.fail_nth("upload_part", 1)
+        await core.write_file(b"f", data)  # no error: the part is tried again
+        await core.until(lambda: core.stub(b"f") is not None)
+        assert core.objects() == {"f": data}
+
+
+@core_test
+async def test_sync_failed_completion_is_reported_and_retried_at_release(tmp_path: Path
+                                                                        ) -> None:
+    data = content(300_000)
+    async with open_core(tmp_path, large_file_threshold=SMALL) as core:
+        core.store.fail_nth("complete_multipart", 1)
+        fh = await core.create(b"f")
+        await core.write_all(fh, data)
+        with pytest.raises(OSError) as e:
+            await core.fs.flush(fh)
+        assert e.value.errno == errno.EIO
+        assert core.stub(b"f") is None and len(core.staged()) == 1
+        await core.fs.release(fh)  # the last release tries again
+        assert core.objects() == {"f": data} and core.stub(b"f").size == len(data)
+
+
+@core_test
+async def test_lost_completion_reply_is_recognised_by_its_token(tmp_path: Path) -> None:
+    data = content(300_000)
+    async with open_core(tmp_path, large_file_threshold=SMALL) as core:
+        core.store.lose_reply("complete_multipart")
+        fh = await core.create(b"f")
+        await core.write_all(fh, data)
+        with pytest.raises(OSError):
+            await core.fs.flush(fh)
+        await core.fs.release(fh)
+        assert core.stub(b"f").size == len(data)
+        assert await core.read_file(b"f") == data
+
+
+@core_test
+async def test_wrong_size_from_head_is_never_made_a_stub(tmp_path: Path) -> None:
+    data = content(300_000)
+    async with open_core(tmp_path, large_file_threshold=SMALL) as core:
+        core.store.lose_reply("complete_multipart")
+        core.store.wrong_head_size(100)
+        fh = await core.create(b"f")
+        await core.write_all(fh, data)
+        with pytest.raises(OSError):
+            await core.fs.flush(fh)
+        await core.fs.release(fh)
+        stub = core.stub(b"f")
+        assert stub is None or stub.size == len(data)
+        if stub is not None:
+            assert await core.read_file(b"f") == data
+
+
+@core_test
+async def test_upload_dropped_before_any_part_left_is_uploaded_again(tmp_path: Path) -> None:
+    data = content(300_000)
+    async with open_core(tmp_path, large_file_threshold=SMALL) as core:
+        core.store.drop_upload_before("upload_part", 1)
+        await core.write_file(b"f", data)
+        assert core.objects() == {"f": data}
+        assert core.store.calls["create_multipart"] == 2
+        assert core.counter("uploads_lost") == 0
+
+
+@core_test
+async def test_upload_dropped_after_parts_left_keeps_the_old_content(tmp_path: Path) -> None:
+    data = content(2 * PART + 1000)
+    # A window of two: one part uploads at a time, so part 1 is done before part 2 starts.
+    async with open_core(tmp_path, large_file_threshold=SMALL, upload_window=2) as core:
+        await core.write_file(b"f", b"previous")
+        core.store.drop_upload_before("upload_part", 2)
+        fh = await core.open(b"f", os.O_WRONLY | os.O_TRUNC)
+        with pytest.raises(OSError) as e:
+            await core.write_all(fh, data)
+            await core.fs.flush(fh)
+        assert e.value.errno == errno.EIO
+        await core.fs.release(fh)
+        assert core.counter("uploads_lost") == 1
+        assert core.warm_path(b"f").read_bytes() == b"previous"
+        assert len(core.lost_found()) == 2  # the staged rest and its note
+        assert core.objects() == {} and core.staged() == []
+
+
+@core_test
+async def test_fsync_of_a_streaming_file_records_the_synced_size(tmp_path: Path) -> None:
+    data = content(PART + 4096)
+    async with open_core(tmp_path, large_file_threshold=SMALL) as core:
+        fh = await core.create(b"f")
+        await core.write_all(fh, data)
+        await core.fs.fsync(fh)
+        (entry,) = core.stored_journal().values()
+        assert entry.synced == len(data) and 1 in entry.upload.parts
+        assert not entry.closed
+        await core.close(fh)
+        assert core.objects() == {"f": data}
+
+
+@core_test
+async def test_unlinked_while_streaming_aborts_the_upload(tmp_path: Path) -> None:
+    async with open_core(tmp_path, large_file_threshold=SMALL) as core:
+        fh = await core.create(b"f")
+        await core.write_all(fh, content(PART + 1000))
+        await core.until(lambda: bool(core.store.calls["upload_part"]))
+        await core.fs.unlink(ROOT, b"f")
+        await core.close(fh)
+        assert core.uploads() == [] and core.objects() == {}
+        assert core.staged() == [] and core.warm_names() == []

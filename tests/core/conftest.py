@@ -206,6 +206,13 @@ class Core:
             return None
         return parse_stub(target, self.fs.config.bucket)
 
+    def put_stub(self, path: bytes, stub: Stub) -> None:
+        """Put a stub at a warm path as another node would (a new symlink renamed over it)."""
+        p = self.warm_path(path)
+        tmp = p.with_name(p.name + ".other-node")
+        os.symlink(stub.encode(self.fs.config.bucket), tmp)
+        os.rename(tmp, p)
+
     def objects(self) -> dict[str, bytes]:
         """Every object in the bucket folder, read straight from it: key -> content."""
         out = {}

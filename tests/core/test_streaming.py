@@ -304,3 +304,85 @@ async def test_unlinked_while_streaming_aborts_the_upload(tmp_path: Path) -> Non
         await core.close(fh)
         assert core.uploads() == [] and core.objects() == {}
         assert core.staged() == [] and core.warm_names() == []
+
+
+@core_test
+async def test_sync_upload_that_cannot_start_fails_the_write_then_recovers(tmp_path: Path
+                                                                          ) -> None:
+    data = content(300_000)
+    async with open_core(tmp_path, large_file_threshold=SMALL) as core:
+        core.store.fail_always("create_multipart")
+        fh = await core.create(b"f")
+        with pytest.raises(OSError) as e:
+            await core.write_all(fh, data)
+        assert e.value.errno == errno.EIO
+        assert core.uploads() == [] and core.stub(b"f") is None
+        core.store.heal()
+        await core.write_all(fh, data)  # the writer tries again
+        await core.close(fh)
+        assert core.objects() == {"f": data}
+
+
+@core_test
+async def test_writeback_upload_that_cannot_start_is_tried_again(tmp_path: Path) -> None:
+    data = content(300_000)
+    async with open_core(tmp_path, large_file_threshold=SMALL, durability="writeback") as core:
+        core.store.fail_always("create_multipart")
+        await core.write_file(b"f", data)  # write-back: the writer goes on
+        await core.until(lambda: core.counter("upload_errors") >= 1)
+        assert core.stub(b"f") is None and not core.warm_path(b"f").read_bytes()
+        core.store.heal()
+        await core.until(lambda: core.stub(b"f") is not None)
+        assert core.objects() == {"f": data}
+
+
+@core_test
+async def test_writeback_file_renamed_before_it_is_home(tmp_path: Path) -> None:
+    data = content(300_000)
+    async with open_core(tmp_path, large_file_threshold=SMALL, durability="writeback") as core:
+        core.store.fail_always("complete_multipart")
+        await core.write_file(b"a", data)
+        await core.until(lambda: core.counter("upload_errors") >= 1)
+        d = await core.mkdirs(b"d")
+        await core.fs.rename(ROOT, b"a", d, b"b", 0)
+        core.store.heal()
+        await core.publish_all()
+        assert core.stub(b"d/b").size == len(data) and not core.warm_path(b"a").exists()
+        assert await core.read_file(b"d/b") == data
+
+
+@core_test
+async def test_read_of_a_writeback_file_waits_for_its_object(tmp_path: Path) -> None:
+    data = content(PART + 1000)
+    async with open_core(tmp_path, large_file_threshold=SMALL, durability="writeback") as core:
+        core.store.delay("complete_multipart", 0.3)
+        await core.write_file(b"f", data)
+        assert core.stub(b"f") is None
+        assert await core.read_file(b"f") == data  # the first part left staging already
+
+
+@core_test
+async def test_reopened_writeback_file_publishes_the_first_version_first(tmp_path: Path
+                                                                        ) -> None:
+    one, two = content(300_000, seed=1), content(200_000, seed=2)
+    async with open_core(tmp_path, large_file_threshold=SMALL, durability="writeback") as core:
+        core.store.delay("complete_multipart", 0.2)
+        await core.write_file(b"f", one)
+        await core.write_file(b"f", two)
+        await core.publish_all()
+        await core.until(lambda: core.writeback_pending() == 0)
+        assert core.objects() == {"f": two} and core.stub(b"f").size == len(two)
+        assert core.store.calls["complete_multipart"] == 2
+
+
+@core_test
+async def test_mtime_set_while_streaming_is_in_the_stub(tmp_path: Path) -> None:
+    when = 1_650_000_000_000_000_000
+    async with open_core(tmp_path, large_file_threshold=SMALL) as core:
+        fh = await core.create(b"f")
+        await core.write_all(fh, content(200_000))
+        f = await core.lookup_path(b"f")
+        await core.fs.setattr(f.ino, SetAttr(mtime_ns=when))
+        await core.close(fh)
+        assert core.stub(b"f").mtime_ns == when
+        assert (await core.fs.getattr(f.ino)).mtime_ns == when

@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 import pytest
+import trio
 
 from .conftest import ROOT, SetAttr, core_test, open_core
 
@@ -292,3 +293,35 @@ async def test_journal_tracks_the_staged_file_until_published(tmp_path: Path) ->
         assert core.journal() == {}
         await core.sync_journal()
         assert core.stored_journal() == {}
+
+
+@core_test
+async def test_writes_during_publishes_all_land(tmp_path: Path) -> None:
+    async with open_core(tmp_path) as core:
+        await core.write_file(b"f", bytes(64))
+        one = await core.open(b"f", os.O_WRONLY)
+        two = await core.open(b"f", os.O_WRONLY)
+
+        async def writer(fh: int, first: int, letter: bytes) -> None:
+            for i in range(first, 64, 2):
+                await core.fs.write(fh, i, letter)
+                if i % 8 == first:
+                    await core.fs.fsync(fh)  # a publish while the other one writes
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(writer, one, 0, b"a")
+            nursery.start_soon(writer, two, 1, b"b")
+        await core.close(one)
+        await core.close(two)
+        assert core.warm_path(b"f").read_bytes() == b"ab" * 32
+        assert core.staged() == [] and core.journal() == {}
+
+
+@core_test
+async def test_writeback_fsync_publishes_now(tmp_path: Path) -> None:
+    async with open_core(tmp_path, durability="writeback") as core:
+        fh = await core.create(b"f")
+        await core.write_all(fh, b"fsynced")
+        await core.fs.fsync(fh)
+        assert core.warm_path(b"f").read_bytes() == b"fsynced"
+        await core.close(fh)

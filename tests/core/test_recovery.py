@@ -349,3 +349,57 @@ async def test_closed_file_replaced_by_a_rename_before_the_crash(tmp_path: Path)
         assert again.warm_names() == ["f"]
         assert await again.read_file(b"f") == b"the file that took its name"
         assert again.objects() == {} and again.uploads() == []
+
+
+@core_test
+async def test_hard_linked_file_is_recovered_in_place(tmp_path: Path) -> None:
+    async with open_core(tmp_path, durability="writeback") as core:
+        await core.write_file(b"a", b"old")
+        await core.publish_all()
+        a = await core.lookup_path(b"a")
+        await core.fs.link(a.ino, ROOT, b"b")
+        ino = core.warm_path(b"a").stat().st_ino
+        await core.write_file(b"a", b"new for both names")
+        core.crash()
+    async with open_core(tmp_path) as again:
+        assert (await again.recover()).published == 1
+        for name in (b"a", b"b"):
+            st = again.warm_path(name).stat()
+            assert st.st_ino == ino and st.st_nlink == 2
+            assert again.warm_path(name).read_bytes() == b"new for both names"
+
+
+@core_test
+async def test_closed_upload_follows_a_folder_renamed_before_the_crash(tmp_path: Path) -> None:
+    data = content(200_000)
+    async with open_core(tmp_path, large_file_threshold=SMALL, durability="writeback") as core:
+        core.store.fail_always("complete_multipart")
+        await core.mkdirs(b"d")
+        await core.write_file(b"d/f", data)
+        await core.until(lambda: core.counter("upload_errors") >= 1)
+        await core.fs.rename(ROOT, b"d", ROOT, b"e", 0)
+        core.crash()
+        store = core.store
+    store.heal()
+    async with open_core(tmp_path, store, large_file_threshold=SMALL) as again:
+        assert only(again.stored_journal()).path == b"e/f"
+        assert (await again.recover()).uploaded == 1
+        assert again.stub(b"e/f").size == len(data)
+        assert await again.read_file(b"e/f") == data
+
+
+@core_test
+async def test_unclosed_streaming_writeback_file_is_discarded(tmp_path: Path) -> None:
+    async with open_core(tmp_path, large_file_threshold=SMALL, durability="writeback") as core:
+        await core.write_file(b"f", b"before")
+        await core.publish_all()
+        fh = await core.open(b"f", os.O_WRONLY | os.O_TRUNC)
+        await core.write_all(fh, content(PART + 10))
+        await core.until(lambda: 1 in only(core.journal()).upload.parts)
+        core.crash()
+        store = core.store
+    async with open_core(tmp_path, store, large_file_threshold=SMALL) as again:
+        report = await again.recover()
+        assert report.discarded == 1 and report.aborted == 1
+        assert again.warm_path(b"f").read_bytes() == b"before"
+        assert again.uploads() == [] and again.objects() == {}

@@ -386,3 +386,32 @@ async def test_mtime_set_while_streaming_is_in_the_stub(tmp_path: Path) -> None:
         await core.close(fh)
         assert core.stub(b"f").mtime_ns == when
         assert (await core.fs.getattr(f.ino)).mtime_ns == when
+
+
+@core_test
+async def test_writeback_file_unlinked_before_it_is_home(tmp_path: Path) -> None:
+    async with open_core(tmp_path, large_file_threshold=SMALL, durability="writeback") as core:
+        core.store.fail_always("complete_multipart")
+        await core.write_file(b"f", content(200_000))
+        await core.until(lambda: core.counter("upload_errors") >= 1)
+        await core.fs.unlink(ROOT, b"f")
+        core.store.heal()
+        await core.until(lambda: core.writeback_pending() == 0 and core.uploads() == [])
+        assert core.objects() == {} and core.warm_names() == [] and core.staged() == []
+
+
+@core_test
+async def test_two_files_streaming_to_one_key_get_two_objects(tmp_path: Path) -> None:
+    one, two = content(200_000, seed=1), content(300_000, seed=2)
+    async with open_core(tmp_path, large_file_threshold=SMALL) as core:
+        first = await core.create(b"a")
+        await core.write_all(first, one)
+        await core.fs.rename(ROOT, b"a", ROOT, b"b", 0)
+        second = await core.create(b"a")
+        await core.write_all(second, two)
+        await core.close(first)
+        await core.close(second)
+        keys = {core.stub(b"a").key, core.stub(b"b").key}
+        assert len(keys) == 2 and set(core.objects()) == keys
+        assert await core.read_file(b"b") == one
+        assert await core.read_file(b"a") == two

@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 import pytest
+import trio
 
 from .conftest import PART, ROOT, core_test, open_core
 
@@ -403,3 +404,32 @@ async def test_unclosed_streaming_writeback_file_is_discarded(tmp_path: Path) ->
         assert report.discarded == 1 and report.aborted == 1
         assert again.warm_path(b"f").read_bytes() == b"before"
         assert again.uploads() == [] and again.objects() == {}
+
+
+@pytest.mark.xfail(strict=True, reason="needs the journal entry's closed state committed before "
+                   "the upload is completed (FileSystem._publish_cold): the crash leaves it "
+                   "unclosed, recovery discards it, and the stub names the replaced object")
+@core_test
+async def test_crash_between_completion_and_stub_keeps_the_file_readable(tmp_path: Path
+                                                                         ) -> None:
+    """A cold file rewritten whole (sync mode) to an exact number of parts: every part is in
+    the bucket before close, so close only completes the upload. A crash after the bucket
+    completed it (the old object at that key is replaced) and before the stub was written
+    must leave a readable file: the old content or the new, never neither."""
+    old, new = content(200_000, seed=1), content(PART, seed=2)
+    async with open_core(tmp_path, large_file_threshold=SMALL) as core:
+        await core.write_file(b"f", old)
+        assert core.stub(b"f").key == "f"
+        fh = await core.open(b"f", os.O_WRONLY | os.O_TRUNC)
+        await core.write_all(fh, new)
+        await core.until(lambda: 1 in only(core.journal()).upload.parts)
+        core.store.delay("complete_multipart", 0.3)
+        with trio.move_on_after(0.1):  # the crash comes while the bucket completes it
+            await core.fs.flush(fh)
+        assert core.objects() == {"f": new}
+        core.crash()
+        store = core.store
+    store.heal()
+    async with open_core(tmp_path, store, large_file_threshold=SMALL) as again:
+        await again.recover()
+        assert await again.read_file(b"f") in (old, new)

@@ -34,7 +34,7 @@ from tierfs.tiers.warm import WarmTier, is_internal
 from tierfs.vfs import journal as journal_module
 from tierfs.vfs.filesystem import FileSystem, SetAttr
 from tierfs.vfs.inodes import ROOT_INODE
-from tierfs.vfs.recovery import Report, recover
+from tierfs.vfs.recovery import Report, purge_temps, recover
 
 from .faults import FaultStore
 
@@ -276,6 +276,10 @@ class Core:
         """Recovery as a mount runs it, before serving requests (``rebooted``: the system
         restarted since the last run)."""
         return await recover(self.fs, rebooted)
+
+    async def purge_temps(self) -> int:
+        """Remove this node's temp files from the warm tree, as a mount does after recovery."""
+        return await self.fs.warm.run(purge_temps, self.fs)
 
     async def until(self, check: Callable[[], bool], timeout: float = 10.0) -> None:
         """Wait for background work (write-back, streaming) until ``check()`` holds."""

@@ -325,3 +325,64 @@ async def test_writeback_fsync_publishes_now(tmp_path: Path) -> None:
         await core.fs.fsync(fh)
         assert core.warm_path(b"f").read_bytes() == b"fsynced"
         await core.close(fh)
+
+
+AHEAD = {"by_rename": False, "publish_ahead": "64KiB"}
+
+
+@core_test
+async def test_copy_ahead_publishes_exactly_the_content_at_close(tmp_path: Path) -> None:
+    data = bytearray(content(1_000_000))
+    async with open_core(tmp_path, **AHEAD) as core:
+        fh = await core.create(b"f")
+        for offset in range(0, 600_000, 50_000):
+            await core.fs.write(fh, offset, bytes(data[offset:offset + 50_000]))
+            await trio.sleep(0.01)  # let the copy ahead run
+        assert core.warm_temps() != []  # the head-start copy is on its way
+        await core.fs.write(fh, 1000, b"REWRITE")  # behind what was copied
+        data[1000:1007] = b"REWRITE"
+        f = await core.lookup_path(b"f")
+        await core.fs.setattr(f.ino, SetAttr(size=300_000))
+        await core.write_all(fh, bytes(data[300_000:1_000_000]), offset=300_000)
+        await core.close(fh)
+        assert core.warm_path(b"f").read_bytes() == bytes(data)
+        assert core.warm_temps() == []
+
+
+@core_test
+async def test_copy_ahead_follows_a_rename_and_a_link(tmp_path: Path) -> None:
+    data = content(800_000)
+    async with open_core(tmp_path, **AHEAD) as core:
+        d = await core.mkdirs(b"d")
+        fh = await core.create(b"a")
+        for offset in range(0, 400_000, 50_000):
+            await core.fs.write(fh, offset, data[offset:offset + 50_000])
+            await trio.sleep(0.01)
+        await core.fs.rename(ROOT, b"a", d, b"b", 0)
+        b = await core.lookup_path(b"d/b")
+        await core.fs.link(b.ino, ROOT, b"c")
+        await core.write_all(fh, data[400_000:], offset=400_000)
+        await core.close(fh)
+        assert core.warm_path(b"d/b").read_bytes() == data
+        assert core.warm_path(b"c").read_bytes() == data
+        assert core.warm_path(b"c").stat().st_ino == core.warm_path(b"d/b").stat().st_ino
+        assert core.warm_temps() == []
+
+
+@core_test
+async def test_copy_ahead_left_by_a_crash_is_purged(tmp_path: Path) -> None:
+    data = content(500_000)
+    async with open_core(tmp_path, **AHEAD) as core:
+        await core.write_file(b"f", b"before")
+        fh = await core.open(b"f", os.O_WRONLY | os.O_TRUNC)
+        for offset in range(0, len(data), 50_000):
+            await core.fs.write(fh, offset, data[offset:offset + 50_000])
+            await trio.sleep(0.01)
+        assert core.warm_temps() != []
+        await core.sync_journal()
+        core.crash()
+    async with open_core(tmp_path, **AHEAD) as again:
+        assert (await again.recover()).discarded == 1
+        assert await again.purge_temps() >= 1
+        assert again.warm_temps() == []
+        assert again.warm_path(b"f").read_bytes() == b"before"

@@ -206,6 +206,12 @@ class Core:
             return None
         return parse_stub(target, self.fs.config.bucket)
 
+    def cold(self, path: bytes) -> Stub:
+        """The stub at a warm path, which must be one."""
+        stub = self.stub(path)
+        assert stub is not None, f"{path!r} is not a stub"
+        return stub
+
     def put_stub(self, path: bytes, stub: Stub) -> None:
         """Put a stub at a warm path as another node would (a new symlink renamed over it)."""
         p = self.warm_path(path)

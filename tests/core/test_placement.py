@@ -70,7 +70,7 @@ async def test_threshold_is_the_first_size_that_goes_cold(tmp_path: Path) -> Non
         await core.write_file(b"under", content(limit - 1))
         await core.write_file(b"at", content(limit))
         assert not is_cold(core, b"under") and is_cold(core, b"at")
-        assert core.stub(b"at").size == limit
+        assert core.cold(b"at").size == limit
         assert core.warm_path(b"under").stat().st_size == limit - 1
         assert list(core.objects()) == ["at"]
         assert core.store.calls["create_multipart"] == 1
@@ -136,7 +136,7 @@ async def test_rewrite_of_a_cold_file_overwrites_its_own_object(tmp_path: Path) 
         await core.write_file(b"m.ckpt", b"first")
         await core.write_file(b"m.ckpt", b"second")
         assert core.objects() == {"m.ckpt": b"second"}
-        assert core.stub(b"m.ckpt").key == "m.ckpt"
+        assert core.cold(b"m.ckpt").key == "m.ckpt"
 
 
 @core_test
@@ -144,9 +144,9 @@ async def test_new_file_at_a_cold_files_old_name_gets_its_own_key(tmp_path: Path
     async with open_core(tmp_path, rules=["*=cold"]) as core:
         await core.write_file(b"a", b"one")
         await core.fs.rename(ROOT, b"a", ROOT, b"b", 0)
-        assert core.stub(b"b").key == "a"  # a rename moves the stub, not the object
+        assert core.cold(b"b").key == "a"  # a rename moves the stub, not the object
         await core.write_file(b"a", b"two")
-        key = core.stub(b"a").key
+        key = core.cold(b"a").key
         assert key.startswith("a~") and core.objects() == {"a": b"one", key: b"two"}
         assert await core.read_file(b"b") == b"one"
         assert await core.read_file(b"a") == b"two"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -327,7 +328,7 @@ async def test_writeback_fsync_publishes_now(tmp_path: Path) -> None:
         await core.close(fh)
 
 
-AHEAD = {"by_rename": False, "publish_ahead": "64KiB"}
+AHEAD: dict[str, Any] = {"by_rename": False, "publish_ahead": "64KiB"}
 
 
 @core_test

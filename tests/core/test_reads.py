@@ -77,7 +77,7 @@ async def test_object_and_stub_replaced_by_another_node(tmp_path: Path) -> None:
         await cold_file(core, b"f", one)
         assert await core.read_file(b"f") == one
         await core.until(lambda: core.cached_blocks() == 2)
-        old = core.stub(b"f")
+        old = core.cold(b"f")
         info = core.store.inner.put(old.key, two)  # another node's new object and stub
         assert info.etag != old.etag
         core.put_stub(b"f", dataclasses.replace(old, etag=info.etag))

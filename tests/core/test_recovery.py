@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -21,7 +22,7 @@ def content(n: int, seed: int = 3) -> bytes:
     return (block * (n // 4096 + 1))[:n]
 
 
-def only(entries: dict) -> object:
+def only(entries: dict[str, Any]) -> Any:
     (entry,) = entries.values()
     return entry
 
@@ -113,7 +114,7 @@ async def test_closed_upload_is_resumed_with_the_parts_done(tmp_path: Path) -> N
         assert report.uploaded == 1
         assert store.calls["upload_part"] == before  # every part was in the bucket already
         assert again.objects() == {"big": data}
-        assert again.stub(b"big").size == len(data)
+        assert again.cold(b"big").size == len(data)
         assert again.uploads() == [] and again.staged() == []
         assert await again.read_file(b"big") == data
 
@@ -156,7 +157,7 @@ async def test_fsynced_upload_is_completed_to_the_synced_size(tmp_path: Path) ->
         report = await again.recover()
         assert report.uploaded == 1
         assert again.objects() == {"big": data}
-        assert again.stub(b"big").size == len(data)
+        assert again.cold(b"big").size == len(data)
 
 
 @core_test
@@ -209,7 +210,7 @@ async def test_upload_dropped_before_any_part_left_is_started_again(tmp_path: Pa
         assert only(again.stored_journal()).upload.parts == {}
         report = await again.recover()
         assert report.uploaded == 1 and report.lost == 0
-        assert again.objects() == {"f": data} and again.stub(b"f").size == len(data)
+        assert again.objects() == {"f": data} and again.cold(b"f").size == len(data)
 
 
 @core_test
@@ -227,7 +228,7 @@ async def test_upload_completed_before_the_crash_is_found_by_its_token(tmp_path:
     async with open_core(tmp_path, store, large_file_threshold=SMALL) as again:
         report = await again.recover()
         assert report.uploaded == 1
-        assert again.stub(b"f").size == len(data) and again.objects() == {"f": data}
+        assert again.cold(b"f").size == len(data) and again.objects() == {"f": data}
 
 
 @core_test
@@ -318,7 +319,7 @@ async def test_recovered_rewrite_of_a_cold_file_keeps_its_mode(tmp_path: Path) -
     async with open_core(tmp_path, large_file_threshold=SMALL, durability="writeback") as core:
         await core.write_file(b"f", content(100_000), mode=0o600)
         await core.publish_all()
-        assert core.stub(b"f").mode == 0o600
+        assert core.cold(b"f").mode == 0o600
         core.store.fail_always("complete_multipart")
         await core.write_file(b"f", data)  # O_TRUNC: a new object for the same file
         await core.until(lambda: core.counter("upload_errors") >= 1)
@@ -327,7 +328,7 @@ async def test_recovered_rewrite_of_a_cold_file_keeps_its_mode(tmp_path: Path) -
     store.heal()
     async with open_core(tmp_path, store, large_file_threshold=SMALL) as again:
         assert (await again.recover()).uploaded == 1
-        stub = again.stub(b"f")
+        stub = again.cold(b"f")
         assert stub.size == len(data) and again.objects()["f"] == data
         assert stub.mode == 0o600
 
@@ -385,7 +386,7 @@ async def test_closed_upload_follows_a_folder_renamed_before_the_crash(tmp_path:
     async with open_core(tmp_path, store, large_file_threshold=SMALL) as again:
         assert only(again.stored_journal()).path == b"e/f"
         assert (await again.recover()).uploaded == 1
-        assert again.stub(b"e/f").size == len(data)
+        assert again.cold(b"e/f").size == len(data)
         assert await again.read_file(b"e/f") == data
 
 
@@ -419,7 +420,7 @@ async def test_crash_between_completion_and_stub_keeps_the_file_readable(tmp_pat
     old, new = content(200_000, seed=1), content(PART, seed=2)
     async with open_core(tmp_path, large_file_threshold=SMALL) as core:
         await core.write_file(b"f", old)
-        assert core.stub(b"f").key == "f"
+        assert core.cold(b"f").key == "f"
         fh = await core.open(b"f", os.O_WRONLY | os.O_TRUNC)
         await core.write_all(fh, new)
         await core.until(lambda: 1 in only(core.journal()).upload.parts)

@@ -247,12 +247,29 @@ class Core:
         return found
 
     def staged(self) -> list[str]:
-        """Staging files on the hot tier."""
+        """Staging files on the hot tier (their ids)."""
         return sorted(os.listdir(self.fs.hot.staging_dir))
 
+    def staging_path(self, sid: str) -> Path:
+        return Path(self.fs.hot.staging_dir) / sid
+
+    def staged_bytes(self) -> int:
+        """Bytes the staging files take on the hot disk (punched-out parts take none)."""
+        total = 0
+        for sid in self.staged():
+            try:
+                total += self.staging_path(sid).stat().st_blocks * 512
+            except FileNotFoundError:  # published or removed meanwhile
+                continue
+        return total
+
     def lost_found(self) -> list[str]:
+        """What was set aside in ``<hot>/lost+found``: staged data and notes."""
         d = self.fs.hot.lost_dir
         return sorted(os.listdir(d)) if d.is_dir() else []
+
+    def lost_path(self, name: str) -> Path:
+        return Path(self.fs.hot.lost_dir) / name
 
     # -- the core's state -------------------------------------------------------------------
 

@@ -50,7 +50,7 @@ async def test_publish_by_rename_moves_the_staging_file(tmp_path: Path) -> None:
         fh = await core.create(b"f")
         await core.write_all(fh, b"abc")
         (sid,) = core.staged()
-        staged_ino = (core.fs.hot.staging_dir / sid).stat().st_ino
+        staged_ino = core.staging_path(sid).stat().st_ino
         await core.close(fh)
         assert core.warm_path(b"f").stat().st_ino == staged_ino
         assert core.staged() == []

@@ -278,7 +278,7 @@ async def test_after_a_reboot_unflushed_closed_data_is_set_aside(tmp_path: Path)
         assert report.set_aside == 1 and report.published == 0
         assert again.warm_path(b"f").read_bytes() == b"old"
         (sid,) = [n for n in again.lost_found() if not n.endswith(".txt")]
-        assert (again.fs.hot.lost_dir / sid).read_bytes() == b"new, never flushed to disk"
+        assert again.lost_path(sid).read_bytes() == b"new, never flushed to disk"
 
 
 @core_test

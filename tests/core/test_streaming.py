@@ -21,11 +21,6 @@ def content(n: int, seed: int = 1) -> bytes:
     return (block * (n // 4096 + 1))[:n]
 
 
-def staged_bytes(core: Core) -> int:
-    """Bytes the staging files occupy on the hot disk (punched parts take none)."""
-    return sum((core.fs.hot.staging_dir / s).stat().st_blocks * 512 for s in core.staged())
-
-
 def entry_of(core: Core) -> Any:
     (entry,) = core.journal().values()
     return entry
@@ -40,7 +35,7 @@ async def test_growing_file_streams_parts_and_gets_a_stub(tmp_path: Path) -> Non
         entry = entry_of(core)
         # each part leaves staging (punched) just after the journal records it
         await core.until(lambda: len(entry.upload.parts) == 2
-                         and staged_bytes(core) <= len(data) - 2 * PART + MIB)
+                         and core.staged_bytes() <= len(data) - 2 * PART + MIB)
         assert entry.upload.key == "big" and entry.upload.upload_id is not None
         assert [k for k, _ in core.uploads()] == ["big"]
         assert core.objects() == {}  # nothing readable in the bucket before close
@@ -78,7 +73,7 @@ async def test_hot_tier_holds_a_bounded_window(tmp_path: Path) -> None:
         fh = await core.create(b"big")
         for offset in range(0, len(data), MIB):
             await core.fs.write(fh, offset, data[offset:offset + MIB])
-            peak = max(peak, staged_bytes(core))
+            peak = max(peak, core.staged_bytes())
         await core.close(fh)
         assert core.objects()["big"] == data
     assert peak <= window * PART + MIB

@@ -181,3 +181,14 @@ async def test_cold_file_cannot_be_written_in_place(tmp_path: Path) -> None:
             await core.fs.open(a.ino, os.O_WRONLY)
         assert e.value.errno == errno.EOPNOTSUPP
         assert core.objects() == {"a": b"one"}
+
+
+@core_test
+async def test_checkpoint_renamed_over_the_last_one_leaves_one_object(tmp_path: Path) -> None:
+    async with open_core(tmp_path, rules=["*=cold"]) as core:
+        for step in range(3):
+            await core.write_file(b"ckpt.tmp", b"step %d" % step)
+            await core.fs.rename(ROOT, b"ckpt.tmp", ROOT, b"ckpt", 0)
+            assert list(core.objects().values()) == [b"step %d" % step]
+            assert await core.read_file(b"ckpt") == b"step %d" % step
+        assert core.warm_names() == ["ckpt"]

@@ -204,3 +204,20 @@ async def test_warm_file_replaced_by_another_node_is_not_read_stale(tmp_path: Pa
         os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns))  # same size and mtime as before
         os.rename(tmp, p)
         assert await core.read_file(b"w") == two
+
+
+@core_test
+async def test_counters_continue_across_a_restart(tmp_path: Path) -> None:
+    data = content(2 * BS)
+    async with open_core(tmp_path, large_file_threshold=SMALL) as core:
+        await cold_file(core, b"f", data)
+        assert await core.read_file(b"f") == data
+        misses = core.counter("misses")
+        assert misses == 2
+        await core.until(lambda: core.cached_blocks() == 2)
+        store = core.store
+    async with open_core(tmp_path, store, large_file_threshold=SMALL) as again:
+        assert again.counter("misses") == misses
+        assert await again.read_file(b"f") == data
+        assert again.counter("misses") == misses  # from the hot tier now
+        assert again.counter("hits") >= 2

@@ -434,3 +434,36 @@ async def test_crash_between_completion_and_stub_keeps_the_file_readable(tmp_pat
     async with open_core(tmp_path, store, large_file_threshold=SMALL) as again:
         await again.recover()
         assert await again.read_file(b"f") in (old, new)
+
+
+@core_test
+async def test_after_a_reboot_the_fsynced_part_of_an_upload_is_completed(tmp_path: Path
+                                                                         ) -> None:
+    data = content(PART + 100_000)
+    async with open_core(tmp_path, large_file_threshold=SMALL) as core:
+        fh = await core.create(b"big")
+        await core.write_all(fh, data)
+        await core.fs.fsync(fh)
+        await core.write_all(fh, b"lost with the page cache", offset=len(data))
+        core.crash()
+        store = core.store
+    async with open_core(tmp_path, store, large_file_threshold=SMALL) as again:
+        report = await again.recover(rebooted=True)
+        assert report.uploaded == 1 and report.set_aside == 0
+        assert again.objects() == {"big": data}
+
+
+@core_test
+async def test_closed_entry_whose_staging_is_gone_is_dropped(tmp_path: Path) -> None:
+    async with open_core(tmp_path, durability="writeback") as core:
+        await core.write_file(b"f", b"before")
+        await core.publish_all()
+        await core.write_file(b"f", b"after")
+        (sid,) = core.staged()
+        core.crash()
+    core.staging_path(sid).unlink()  # the hot disk lost it
+    async with open_core(tmp_path) as again:
+        report = await again.recover()
+        assert report.discarded == 1 and report.published == 0
+        assert again.warm_path(b"f").read_bytes() == b"before"
+        assert again.stored_journal() == {}

@@ -472,3 +472,60 @@ async def test_writeback_fsync_of_a_closed_streamed_file_waits_for_its_object(tm
         await core.fs.fsync(reader)  # "fsync returns when the data is on its home tier"
         assert core.objects() == {"f": data} and core.stub(b"f") is not None
         await core.fs.release(reader)
+
+
+@core_test
+async def test_truncate_to_the_cut_while_streaming(tmp_path: Path) -> None:
+    data = content(PART + MIB)
+    async with open_core(tmp_path, large_file_threshold=SMALL) as core:
+        fh = await core.create(b"f")
+        await core.write_all(fh, data)
+        await core.until(lambda: 1 in entry_of(core).upload.parts)
+        f = await core.lookup_path(b"f")
+        with pytest.raises(OSError) as e:
+            await core.fs.setattr(f.ino, SetAttr(size=PART - 1))  # already on its way
+        assert e.value.errno == errno.EOPNOTSUPP
+        await core.fs.setattr(f.ino, SetAttr(size=PART))
+        await core.close(fh)
+        assert core.objects() == {"f": data[:PART]} and core.cold(b"f").size == PART
+
+
+@core_test
+async def test_truncate_up_while_streaming_adds_zeros(tmp_path: Path) -> None:
+    data = content(PART + 1000)
+    async with open_core(tmp_path, large_file_threshold=SMALL) as core:
+        fh = await core.create(b"f")
+        await core.write_all(fh, data)
+        f = await core.lookup_path(b"f")
+        await core.fs.setattr(f.ino, SetAttr(size=2 * PART + 10))
+        await core.fs.write(fh, 2 * PART, b"end")
+        await core.close(fh)
+        expect = data + bytes(PART - 1000) + b"end" + bytes(7)
+        assert core.objects() == {"f": expect}
+        assert await core.read_file(b"f") == expect
+
+
+@core_test
+async def test_second_writer_keeps_the_upload_open(tmp_path: Path) -> None:
+    data = content(PART + 2 * MIB)
+    async with open_core(tmp_path, large_file_threshold=SMALL) as core:
+        one = await core.create(b"f")
+        two = await core.open(b"f", os.O_WRONLY)
+        await core.write_all(one, data[:PART + MIB])
+        await core.close(one)  # another writer goes on: no object yet
+        assert core.objects() == {} and len(core.uploads()) == 1
+        await core.write_all(two, data[PART + MIB:], offset=PART + MIB)
+        await core.close(two)
+        assert core.objects() == {"f": data} and core.uploads() == []
+
+
+@core_test
+async def test_object_deleted_behind_tierfs_is_an_error(tmp_path: Path) -> None:
+    async with open_core(tmp_path, large_file_threshold=SMALL) as core:
+        await core.write_file(b"f", content(200_000))
+        core.store.inner.delete("f")
+        fh = await core.open(b"f")
+        with pytest.raises(OSError) as e:
+            await core.fs.read(fh, 0, 10)
+        assert e.value.errno == errno.EIO
+        await core.fs.release(fh)

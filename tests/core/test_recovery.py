@@ -425,8 +425,18 @@ async def test_crash_between_completion_and_stub_keeps_the_file_readable(tmp_pat
         await core.write_all(fh, new)
         await core.until(lambda: 1 in only(core.journal()).upload.parts)
         core.store.delay("complete_multipart", 0.3)
-        with trio.move_on_after(0.1):  # the crash comes while the bucket completes it
-            await core.fs.flush(fh)
+        completions = core.store.calls["complete_multipart"] + 1
+        closing = trio.CancelScope()
+
+        async def close() -> None:
+            with closing:
+                await core.fs.flush(fh)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(close)
+            # the crash comes while the bucket completes the upload
+            await core.until(lambda: core.store.calls["complete_multipart"] == completions)
+            closing.cancel()
         assert core.objects() == {"f": new}
         core.crash()
         store = core.store

@@ -387,3 +387,33 @@ async def test_copy_ahead_left_by_a_crash_is_purged(tmp_path: Path) -> None:
         assert await again.purge_temps() >= 1
         assert again.warm_temps() == []
         assert again.warm_path(b"f").read_bytes() == b"before"
+
+
+@BOTH
+@core_test
+async def test_last_close_wins_over_another_nodes_replacement(tmp_path: Path, by_rename: bool
+                                                             ) -> None:
+    async with open_core(tmp_path, by_rename=by_rename) as core:
+        await core.write_file(b"f", b"first")
+        fh = await core.open(b"f", os.O_WRONLY | os.O_TRUNC)
+        await core.write_all(fh, b"ours")
+        other = core.warm / "other-node-temp"
+        other.write_bytes(b"theirs")
+        os.rename(other, core.warm_path(b"f"))
+        await core.close(fh)
+        assert core.warm_path(b"f").read_bytes() == b"ours"
+        assert core.warm_names() == ["f"]
+
+
+@BOTH
+@core_test
+async def test_file_removed_by_another_node_while_open_is_published_again(
+        tmp_path: Path, by_rename: bool) -> None:
+    async with open_core(tmp_path, by_rename=by_rename) as core:
+        await core.write_file(b"f", b"first")
+        fh = await core.open(b"f", os.O_WRONLY | os.O_TRUNC)
+        await core.write_all(fh, b"ours")
+        core.warm_path(b"f").unlink()
+        await core.close(fh)
+        assert core.warm_path(b"f").read_bytes() == b"ours"
+        assert core.warm_temps() == []

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from .conftest import Core, core_test, open_core
+from .conftest import ROOT, Core, core_test, open_core
 
 BS = 64 * 1024  # block_size in the core's configuration (conftest)
 SMALL = "64KiB"  # the threshold: a file of a block or more is cold
@@ -221,3 +221,36 @@ async def test_counters_continue_across_a_restart(tmp_path: Path) -> None:
         assert await again.read_file(b"f") == data
         assert again.counter("misses") == misses  # from the hot tier now
         assert again.counter("hits") >= 2
+
+
+@pytest.mark.parametrize("uri", ["file:///etc/passwd", "file://{root}/cold/../secret"],
+                         ids=["outside", "dotdot"])
+@core_test
+async def test_stub_pointing_outside_the_bucket_is_never_followed(tmp_path: Path, uri: str
+                                                                   ) -> None:
+    secret = b"not for this mount"
+    (tmp_path / "secret").write_bytes(secret)
+    async with open_core(tmp_path) as core:
+        target = ("tierfs:v1?uri=" + uri.format(root=tmp_path)
+                  + "&size=18&etag=x&mode=0644&mtime_ns=0").encode()
+        os.symlink(target, core.warm_path(b"evil"))
+        await core.write_file(b"good", b"fine")
+        dh = await core.fs.opendir(ROOT)  # the bad stub is refused alone
+        names = [e.name for _, e in await core.fs.readdir(dh, 0)]
+        await core.fs.releasedir(dh)
+        assert b"good" in names
+        assert await core.read_file(b"good") == b"fine"
+        try:
+            evil = await core.lookup_path(b"evil")
+        except OSError:
+            return  # refused outright
+        try:
+            fh, _, _ = await core.fs.open(evil.ino, os.O_RDONLY)
+        except OSError:
+            return
+        try:
+            got = bytes(await core.fs.read(fh, 0, 100))
+        except OSError:
+            got = b""
+        await core.fs.release(fh)
+        assert secret not in got and b"root:" not in got

@@ -151,6 +151,9 @@ class FaultStore(ObjectStore):
     def _call(self, method: str, *args: Any) -> Any:
         after = self._enter(method, args)
         result = getattr(self.inner, method)(*args)
+        if method == "complete_multipart":
+            with self._lock:
+                self._completed.add(args[0])  # (whether its reply arrives or not)
         if after is not None:
             raise TransientError(f"injected: the reply to {method} was lost")
         return result
@@ -193,8 +196,6 @@ class FaultStore(ObjectStore):
     def complete_multipart(self, key: str, upload_id: str, parts: list[tuple[int, str]]
                            ) -> ObjectInfo:
         info: ObjectInfo = self._call("complete_multipart", key, upload_id, parts)
-        with self._lock:
-            self._completed.add(key)
         return info
 
     def abort_multipart(self, key: str, upload_id: str) -> None:

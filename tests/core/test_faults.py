@@ -124,5 +124,7 @@ def test_lose_reply_takes_effect_then_fails(store: FaultStore) -> None:
     with pytest.raises(TransientError, match="lost"):
         store.complete_multipart("k", uid, [(1, part)])
     assert store.head("k").size == 3  # the object was made all the same
+    store.wrong_head_size(2)
+    assert store.head("k").size == 5  # a completion whose reply was lost counts too
     with pytest.raises(UploadGone):  # and a second completion finds the upload done
         store.complete_multipart("k", uid, [(1, part)])

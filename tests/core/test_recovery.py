@@ -246,6 +246,7 @@ async def test_completed_object_with_a_wrong_size_is_not_made_a_stub(tmp_path: P
         await again.recover()
         stub = again.stub(b"f")
         assert stub is None or stub.size == len(data)
+        assert await again.read_file(b"f") in (b"", data)  # what it had, or all of the new
 
 
 @core_test

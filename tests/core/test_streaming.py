@@ -243,8 +243,7 @@ async def test_wrong_size_from_head_is_never_made_a_stub(tmp_path: Path) -> None
         await core.fs.release(fh)
         stub = core.stub(b"f")
         assert stub is None or stub.size == len(data)
-        if stub is not None:
-            assert await core.read_file(b"f") == data
+        assert await core.read_file(b"f") in (b"", data)  # what it had, or all of the new
 
 
 @core_test

@@ -31,10 +31,10 @@ from tierfs.stubs import Stub, looks_like_stub, parse_stub
 from tierfs.tiers.cold import ColdTier
 from tierfs.tiers.hot import HotTier
 from tierfs.tiers.warm import WarmTier, is_internal
-from tierfs.vfs import journal as journal_module
+from tierfs.write import journal as journal_module
 from tierfs.vfs.filesystem import FileSystem, SetAttr
-from tierfs.vfs.inodes import ROOT_INODE
-from tierfs.vfs.recovery import Report, purge_temps, recover
+from tierfs.core.inodes import ROOT_INODE
+from tierfs.write.recovery import Report, purge_temps
 
 from .faults import FaultStore
 
@@ -298,11 +298,11 @@ class Core:
     async def recover(self, rebooted: bool = False) -> Report:
         """Recovery as a mount runs it, before serving requests (``rebooted``: the system
         restarted since the last run)."""
-        return await recover(self.fs, rebooted)
+        return await self.fs.recover(rebooted)
 
     async def purge_temps(self) -> int:
         """Remove this node's temp files from the warm tree, as a mount does after recovery."""
-        return await self.fs.warm.run(purge_temps, self.fs)
+        return await self.fs.warm.run(purge_temps, self.fs.core)
 
     async def until(self, check: Callable[[], bool], timeout: float = 10.0) -> None:
         """Wait for background work (write-back, streaming) until ``check()`` holds."""
@@ -346,7 +346,7 @@ async def open_core(root: Path, store: FaultStore | None = None, *,
         store.inner.check()
         fs = FileSystem(config, hot, warm, ColdTier(store, 4), index, cache_warm=cache_warm)
         if by_rename is not None:
-            fs.publish_by_rename = by_rename
+            fs.core.publish_by_rename = by_rename
         async with trio.open_nursery() as nursery:
             await nursery.start(fs.run_background)
             core = Core(fs, store, root, root / "hot", root / "warm", root / "cold", nursery)

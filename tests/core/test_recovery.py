@@ -312,8 +312,6 @@ async def test_second_recovery_has_nothing_to_do(tmp_path: Path) -> None:
         assert third.warm_path(b"f").read_bytes() == b"data"
 
 
-@pytest.mark.xfail(strict=True, reason="needs recovery._finish_upload to take the mode from the "
-                   "stub at the path (as recovery._publish does), not 0644")
 @core_test
 async def test_recovered_rewrite_of_a_cold_file_keeps_its_mode(tmp_path: Path) -> None:
     data = content(200_000)
@@ -408,9 +406,6 @@ async def test_unclosed_streaming_writeback_file_is_discarded(tmp_path: Path) ->
         assert again.uploads() == [] and again.objects() == {}
 
 
-@pytest.mark.xfail(strict=True, reason="needs the journal entry's closed state committed before "
-                   "the upload is completed (FileSystem._publish_cold): the crash leaves it "
-                   "unclosed, recovery discards it, and the stub names the replaced object")
 @core_test
 async def test_crash_between_completion_and_stub_keeps_the_file_readable(tmp_path: Path
                                                                          ) -> None:

@@ -439,9 +439,6 @@ async def test_writeback_failure_fails_the_next_open_for_writing(tmp_path: Path)
         await core.fs.release(fh)
 
 
-@pytest.mark.xfail(strict=True, reason="needs a successful publish (FileSystem._publish, here "
-                   "the one open makes) to clear OpenFile.error, as _writeback's does: a "
-                   "writer that opened after the failed version went home gets EIO at close")
 @core_test
 async def test_error_already_resolved_is_not_reported_to_a_later_writer(tmp_path: Path
                                                                         ) -> None:
@@ -457,9 +454,6 @@ async def test_error_already_resolved_is_not_reported_to_a_later_writer(tmp_path
         assert await core.read_file(b"f") == two and core.objects() == {"f": two}
 
 
-@pytest.mark.xfail(strict=True, reason="needs FileSystem.fsync to complete the upload of a closed "
-                   "write-back file (no writer left) as docs/semantics.md says, not only wait "
-                   "for the parts in flight")
 @core_test
 async def test_writeback_fsync_of_a_closed_streamed_file_waits_for_its_object(tmp_path: Path
                                                                                ) -> None:

@@ -253,9 +253,10 @@ class OpenFiles:
     async def fsync(self, fh: int) -> None:
         handle = self.handles[fh]
         data = handle.data
-        if data.upload is not None:
+        if data.upload is not None and data.writers:
             # What was cut into parts is stored; the object appears when the last writer
-            # closes, or at recovery after a crash (the journal keeps the fsynced size).
+            # closes, or at recovery after a crash (the journal keeps the fsynced size). With
+            # no writer left (closed, write-back), fsync completes the object below.
             await data.upload.wait_idle()
             entry = self.journal.entry_of(data)
             if entry is not None and data.staging_fd is not None:

@@ -148,6 +148,11 @@ class ColdPublisher:
         await drop_mirror(core.warm, data)
         since = core.attr_mark(inode)  # a change from here on is taken again below
         await core.fresh_base(inode, data)  # the stub takes the file's mode
+        # Completing the upload may replace the object the file's stub names (a cold file
+        # rewritten under its own key): from then on only the new stub makes the file
+        # readable, so a crash before it must find the entry closed, for recovery to finish
+        # what it started.
+        await self.journal.sync()
         try:
             try:
                 info = await upload.finish(data.size)

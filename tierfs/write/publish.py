@@ -44,6 +44,7 @@ class Publisher:
                 if data.state is DataState.PUBLISHING:
                     data.to(DataState.FAILED)
                 raise
+            data.error = None  # (a failed write-back is home now: nothing to report)
             # Staged data an earlier failed publish left under this name is older than what
             # is home now: it must never be published over it (at recovery, say).
             rel = self.core.rel_or_none(inode)

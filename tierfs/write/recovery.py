@@ -175,7 +175,7 @@ class Recovery:
             await self.staging.retire(inode, data)
             for held in reversed(chain):
                 core.inodes.closed(held)
-        if data.state is DataState.CLEAN and data.stub is not None:
+        if data.stub is not None:  # (now a stub: it went to the bucket)
             report.uploaded += 1
         else:
             report.published += 1

@@ -16,7 +16,8 @@ from tierfs.config import build_config
 from tierfs.errors import MountError
 from tierfs.fuse.errors import to_fuse_errors
 from tierfs.index import Index, pack_u64
-from tierfs.tiers.cold import ColdTier, open_checked_store
+from tierfs.mounting import open_checked_store
+from tierfs.tiers.cold import ColdTier
 from tierfs.tiers.hot import HotTier
 from tierfs.tiers.warm import WarmTier
 from tierfs.vfs.filesystem import FileSystem

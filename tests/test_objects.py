@@ -29,7 +29,7 @@ from tierfs.objects.base import (MAX_KEY_BYTES, MAX_PARTS, MIN_PART_SIZE, KeyInT
                                  TransientError, UploadGone, parse_bucket_uri, part_size_for)
 from tierfs.objects.retry import retry_transient
 from tierfs.objects.s3 import classify
-from tierfs.tiers.cold import open_checked_store
+from tierfs.mounting import open_checked_store
 
 
 @pytest.fixture(params=["local", "s3"])

@@ -18,7 +18,8 @@ from tierfs.config import build_config
 from tierfs.index import Index
 from tierfs.objects.local import LocalStore
 from tierfs.stubs import Stub, parse_stub
-from tierfs.tiers.cold import ColdTier, open_checked_store
+from tierfs.mounting import open_checked_store
+from tierfs.tiers.cold import ColdTier
 from tierfs.tiers.hot import HotTier
 from tierfs.tiers.warm import WarmTier
 from tierfs.transfer.streaming import UPLOAD_TOKEN

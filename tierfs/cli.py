@@ -216,7 +216,7 @@ def import_(uri: str, directory: str, config_file: Path | None, **flags: Any) ->
 
     from tierfs.importer import destination, import_objects, source_prefix
     from tierfs.objects.base import ObjectStoreError
-    from tierfs.tiers.cold import open_checked_store
+    from tierfs.mounting import open_checked_store
 
     try:
         config, dest, shown = _import_target(directory, config_file, flags)

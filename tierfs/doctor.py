@@ -94,7 +94,7 @@ def run_checks(config: Config) -> list[Check]:
                         "apt-get install fuse3"))
     checks += list(_tier("hot", config.hot))
     checks += list(_tier("warm", config.warm))
-    from tierfs.tiers.cold import open_checked_store
+    from tierfs.mounting import open_checked_store
 
     try:
         open_checked_store(config)

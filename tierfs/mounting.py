@@ -22,7 +22,9 @@ import psutil
 from tierfs.config import Config
 from tierfs.control import registry
 from tierfs.errors import MountError
-from tierfs.tiers.cold import open_checked_store
+from tierfs.objects import open_store
+from tierfs.objects.base import ObjectStore, ObjectStoreError
+from tierfs.objects.local import make_folders
 
 #: File systems the hot tier must not be on: LMDB's locks and mmap need a local file system.
 NETWORK_FS = {"nfs", "nfs4", "cifs", "smb3", "smbfs", "ceph", "glusterfs", "9p", "fuse.sshfs",
@@ -67,6 +69,20 @@ def _check_tier(name: str, path: Path, create: bool, mode: int = 0o777) -> None:
         probe.unlink()
     except OSError as e:
         raise MountError(f"{name} tier {path} is not writable: {e.strerror}") from None
+
+
+def open_checked_store(config: Config) -> ObjectStore:
+    """The configured store, checked now: a missing bucket, refused credentials or an
+    unreachable endpoint fail the mount with one line, not the first read."""
+    uri = config.bucket
+    if uri.scheme == "file" and "bucket" not in config.explicit:
+        make_folders(Path(uri.bucket))  # the zero-config local folder, 0700
+    store = open_store(uri, config.endpoint_url, config.region, config.addressing_style)
+    try:
+        store.check()
+    except ObjectStoreError as e:
+        raise MountError(f"cold tier {uri}: {e}") from None
+    return store
 
 
 def preflight(config: Config, mountpoint: str, nonempty: bool = False) -> None:

@@ -25,8 +25,8 @@ from tierfs.control.registry import MountRecord
 from tierfs.control.server import socket_path
 from tierfs.fuse.operations import Operations
 from tierfs.index import Index, RunStart
-from tierfs.mounting import NETWORK_FS, fs_type
-from tierfs.tiers.cold import ColdTier, open_checked_store
+from tierfs.mounting import NETWORK_FS, fs_type, open_checked_store
+from tierfs.tiers.cold import ColdTier
 from tierfs.tiers.hot import HotTier
 from tierfs.tiers.warm import WarmTier
 from tierfs.vfs.filesystem import FileSystem

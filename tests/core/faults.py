@@ -108,8 +108,9 @@ class FaultStore(ObjectStore):
             self._delays[method] = seconds
 
     def wrong_head_size(self, delta: int = 1) -> None:
-        """From now on, ``head`` of a key completed by a multipart upload reports its size
-        off by ``delta`` (a store answering from a stale replica, say)."""
+        """From now on, ``head`` of a key completed by a multipart upload, and the completion
+        itself, report its size off by ``delta`` (a store answering from a stale replica, or
+        a proxy that answers HEAD with a wrong Content-Length)."""
         with self._lock:
             self._wrong_size = delta
 
@@ -196,7 +197,9 @@ class FaultStore(ObjectStore):
     def complete_multipart(self, key: str, upload_id: str, parts: list[tuple[int, str]]
                            ) -> ObjectInfo:
         info: ObjectInfo = self._call("complete_multipart", key, upload_id, parts)
-        return info
+        with self._lock:  # (S3's completion answers with a HEAD of the new object)
+            delta = self._wrong_size
+        return dataclasses.replace(info, size=info.size + delta) if delta else info
 
     def abort_multipart(self, key: str, upload_id: str) -> None:
         self._call("abort_multipart", key, upload_id)

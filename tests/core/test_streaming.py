@@ -247,6 +247,30 @@ async def test_wrong_size_from_head_is_never_made_a_stub(tmp_path: Path) -> None
 
 
 @core_test
+async def test_a_completed_object_of_the_wrong_size_fails_the_close_and_keeps_the_data(
+        tmp_path: Path) -> None:
+    """The store reports 0 bytes for the object just completed (a proxy answering HEAD with
+    Content-Length 0): the close gets EIO, the file is not made small, the object stays, and
+    the staged data publishes once the store answers truly."""
+    data = content(300_000)
+    async with open_core(tmp_path, large_file_threshold=SMALL) as core:
+        core.store.wrong_head_size(-len(data))
+        fh = await core.create(b"f")
+        await core.write_all(fh, data)
+        with pytest.raises(OSError) as failed:
+            await core.fs.flush(fh)
+        assert failed.value.errno == errno.EIO
+        assert core.objects() == {"f": data}  # not deleted as a "small" file's
+        assert core.stub(b"f") is None and core.warm_path(b"f").read_bytes() == b""
+        [entry] = core.journal().values()
+        assert entry.closed  # kept for another try
+        core.store.heal()
+        await core.fs.release(fh)  # the last release tries again
+        assert core.stub(b"f").size == len(data)
+        assert await core.read_file(b"f") == data
+
+
+@core_test
 async def test_upload_dropped_before_any_part_left_is_uploaded_again(tmp_path: Path) -> None:
     data = content(300_000)
     async with open_core(tmp_path, large_file_threshold=SMALL) as core:

@@ -174,6 +174,12 @@ class ColdPublisher:
                 raise  # the upload was lost (lose_upload said why)
             log.error("completing the upload of %s failed; staged data kept: %s", upload.key, e)
             raise err(errno.EIO) from None
+        if info.size != data.size:
+            # What the store says it holds is not what was written: never the stub of a file
+            # of another size (nor a "small" file brought back short and its object deleted).
+            log.error("the bucket reports %d bytes for %s after its upload of %d bytes "
+                      "completed; staged data kept", info.size, upload.key, data.size)
+            raise err(errno.EIO)
         stub: Stub | None = Stub(info.key, info.size, info.etag, file_mode(inode, data),
                                  data.mtime_ns)
         fresh: int | None = None  # a descriptor on the warm file, if it comes back there

@@ -134,10 +134,15 @@ def unmount(mountpoint: str) -> None:
     from tierfs import mounting
 
     try:
-        mounting.unmount(os.path.abspath(mountpoint))
+        unpublished = mounting.unmount(os.path.abspath(mountpoint))
     except TierfsError as e:
         _fail(str(e))
     click.echo(f"unmounted {os.path.abspath(mountpoint)}")
+    if unpublished:
+        for path in unpublished:
+            click.echo(f"  not published: {path}", err=True)
+        _fail(f"{len(unpublished)} files could not be published; their data stays staged on "
+              "the hot tier, and the next mount publishes it (see tierfs.log there)")
 
 
 def _by_mount(paths: tuple[str, ...]) -> dict[Any, list[str]]:
@@ -516,12 +521,19 @@ def flush(mountpoint: str | None) -> None:
 
     try:
         records = [locate(mountpoint)[0]] if mountpoint else mounts()
+        failed = 0
         for record in records:
             result = _with_progress(record, {"cmd": "flush"}, f"flushing {record.mountpoint}")
             click.echo(f"{record.mountpoint}: {result['flushed']} files flushed, "
                        f"{result['pending']} pending")
+            for item in result.get("failed", []):
+                click.echo(f"  could not publish {item['path']}: {item['error']} (kept "
+                           "staged; tried again in the background)", err=True)
+                failed += 1
     except TierfsError as e:
         _fail(str(e))
+    if failed:
+        sys.exit(1)
 
 
 @main.command()

@@ -25,6 +25,7 @@ from tierfs.errors import MountError
 from tierfs.objects import open_store
 from tierfs.objects.base import ObjectStore, ObjectStoreError
 from tierfs.objects.local import make_folders
+from tierfs.tiers.hot import read_unpublished
 
 #: File systems the hot tier must not be on: LMDB's locks and mmap need a local file system.
 NETWORK_FS = {"nfs", "nfs4", "cifs", "smb3", "smbfs", "ceph", "glusterfs", "9p", "fuse.sshfs",
@@ -167,15 +168,17 @@ def daemon_pids(mountpoint: str) -> list[int]:
     return pids
 
 
-def unmount(mountpoint: str) -> None:
+def unmount(mountpoint: str) -> list[str]:
     """Unmount (the kernel releases every handle first, which publishes dirty files) and wait
-    for the daemon to finish its shutdown."""
+    for the daemon to finish its shutdown. Returns what it could not publish (staged still,
+    for the next mount)."""
     if not is_mounted(mountpoint):
         raise MountError(f"{mountpoint} is not mounted")
     kind = fs_type(Path(mountpoint))
     if kind != "fuse.tierfs":  # as root, umount would take any file system away
         raise MountError(f"{mountpoint} is not a tierfs mount ({kind} is mounted there)")
     pids = daemon_pids(mountpoint)
+    hot = next((Path(r.hot) for r in registry.mounts() if r.mountpoint == mountpoint), None)
     if os.geteuid() == 0 and shutil.which("fusermount3") is None:
         cmd = ["umount", mountpoint]
     else:
@@ -196,3 +199,10 @@ def unmount(mountpoint: str) -> None:
         except psutil.TimeoutExpired:
             raise MountError(f"unmounted {mountpoint}, but its daemon (pid {pid}) is still "
                              "publishing files") from None
+    if hot is None:
+        return []
+    try:
+        return read_unpublished(hot)
+    except (OSError, ValueError) as e:
+        raise MountError(f"unmounted {mountpoint}, but what it could not publish is "
+                         f"unknown: {e}") from None

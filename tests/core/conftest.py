@@ -310,9 +310,9 @@ class Core:
             while not check():
                 await trio.sleep(0.01)
 
-    async def publish_all(self) -> None:
-        """Publish every write-back file now, as ``tierfs flush`` does."""
-        await self.fs.flush_all()
+    async def publish_all(self) -> list[tuple[str, str]]:
+        """Publish every write-back file now, as ``tierfs flush`` does: what failed."""
+        return await self.fs.flush_all()
 
 
 def config_values(root: Path, overrides: dict[str, Any]) -> dict[str, Any]:

@@ -118,11 +118,13 @@ def make_handlers(fs: FileSystem, mountpoint: str) -> dict[str, Handler]:
                     await trio.sleep(PROGRESS_INTERVAL)
 
             nursery.start_soon(report)
-            await fs.flush_all()
+            failed = await fs.flush_all()
             nursery.cancel_scope.cancel()
         await fs.save_index()
         count, nbytes = fs.pending_uploads()
-        return {"flushed": start_count, "pending": count, "pending_bytes": nbytes}
+        return {"flushed": start_count - len(failed), "pending": count,
+                "pending_bytes": nbytes,
+                "failed": [{"path": path, "error": why} for path, why in failed]}
 
     async def stats(request: dict[str, Any], send: Send) -> Any:
         return await stats_document(fs, mountpoint)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import json
 import os
 import shutil
 import stat
@@ -21,6 +22,10 @@ from pathlib import Path
 
 from tierfs.errors import MountError
 from tierfs.tiers.base import Tier
+
+#: Files a mount could not publish when it stopped (written at its unmount, read by
+#: ``tierfs unmount``): their data stays staged for the next mount.
+UNPUBLISHED = "unpublished.json"
 
 #: Modes of what tierfs makes on the hot tier.
 FOLDER_MODE = 0o700
@@ -112,6 +117,18 @@ def check_root(root: Path) -> None:
                          f"{stat.S_IMODE(st.st_mode):o}): make it 0700 or 0755")
 
 
+def read_unpublished(root: Path) -> list[str]:
+    """What the last mount on this hot tier could not publish when it stopped (paths as
+    text); nothing if it published everything."""
+    try:
+        fd = os.open(root / UNPUBLISHED, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return []
+    with os.fdopen(fd, "rb") as f:
+        paths = json.loads(f.read() or b"[]")
+    return [str(p) for p in paths] if isinstance(paths, list) else []
+
+
 class HotTier(Tier):
     name = "hot"
 
@@ -126,6 +143,18 @@ class HotTier(Tier):
         #: The control socket's folder (tierfs/control/server.py makes it).
         self.run_dir = root / "run"
         self._lock_fd: int | None = None
+
+    def write_unpublished(self, paths: list[str]) -> None:
+        """Say what this mount could not publish as it stops (blocking); nothing: no file."""
+        path = self.root / UNPUBLISHED
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        if paths:
+            fd = create_own_file(path)
+            with os.fdopen(fd, "wb") as f:
+                f.write(json.dumps(paths).encode())
 
     def prepare(self) -> None:
         """Check the hot folder and make (or check) tierfs's folders in it; raises

@@ -149,9 +149,10 @@ class FileSystem:
         return await Recovery(self.core, self.journal, self.publisher, self.staging
                               ).run(rebooted)
 
-    async def shutdown(self) -> list[tuple[Inode, OSError]]:
-        """Publish whatever is still dirty and commit; what could not be published stays
-        journaled (and staged) for the next mount, and is returned."""
+    async def shutdown(self) -> list[str]:
+        """Publish whatever is still dirty and commit. What could not be published stays
+        journaled (and staged) for the next mount: its paths are returned, and written on the
+        hot tier for ``tierfs unmount`` to report."""
         failed = await self.files.publish_all()
         for inode, e in failed:
             data = inode.data
@@ -159,17 +160,21 @@ class FileSystem:
                       show(self.core.rel_or_none(inode) or b"(unlinked)"),
                       data.staging_id if data is not None else "?", e)
         await self.save_index()
-        return failed
+        # Every entry left with a name is data not home: what failed just now, and what a
+        # release or write-back failed to publish before.
+        unpublished = sorted(show(e.path) for e in self.journal.entries.values() if e.path)
+        await self.core.hot.run(self.core.hot.write_unpublished, unpublished)
+        return unpublished
 
     def pending_uploads(self) -> tuple[int, int]:
         return self.writeback.pending()
 
-    async def flush_all(self) -> None:
-        """Publish every write-back file now (``tierfs flush``); raises the first failure,
+    async def flush_all(self) -> list[tuple[str, str]]:
+        """Publish every write-back file now (``tierfs flush``): what failed, (path, why),
         after trying them all."""
         failed = await self.writeback.publish_all()
-        if failed:
-            raise failed[0][1]
+        return [(show(self.core.rel_or_none(inode) or b"(unlinked)"), e.strerror or str(e))
+                for inode, e in failed]
 
     # -- namespace ------------------------------------------------------------------------
 

@@ -269,8 +269,8 @@ def _import_target(directory: str, config_file: Path | None, flags: dict[str, An
         raise TierfsError(f"{directory} must not contain '..'")
     given = {name: flags.get(name) for name in ("hot", "warm", "bucket")}
     for name in ("hot", "warm"):
-        if given[name] is not None and \
-                Path(given[name]).resolve() != Path(getattr(record, name)).resolve():
+        value = given[name]
+        if value is not None and Path(value).resolve() != Path(getattr(record, name)).resolve():
             raise TierfsError(f"{directory} is inside the mount on {record.mountpoint}, whose "
                               f"{name} tier is {getattr(record, name)}: leave out --{name}")
     if given["bucket"] is not None and str(parse_bucket_uri(given["bucket"])) != record.bucket:

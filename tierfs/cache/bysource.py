@@ -53,7 +53,7 @@ class BySource(dict[bytes, V]):
         for key, value in dict(*args, **kwargs).items():
             self[key] = value
 
-    def __ior__(self, other: Any) -> BySource[V]:  # type: ignore[override]
+    def __ior__(self, other: Any) -> BySource[V]:  # type: ignore[override,misc]
         self.update(other)
         return self
 

@@ -1,1 +1,2 @@
-"""Moving a staging file's bytes to another tier while it is written: multipart uploads and copies ahead."""
+"""Moving a staging file's bytes to another tier while it is written: multipart uploads
+and copies ahead."""

@@ -63,7 +63,8 @@ class Listing:
         return fh
 
     def _list_blocking(self, rel: bytes) -> list[DirEntry]:
-        return [DirEntry(name, st, self.core.inodes.persisted_number(identity(st)), xattrs, target)
+        persisted = self.core.inodes.persisted_number
+        return [DirEntry(name, st, persisted(identity(st)), xattrs, target)
                 for name, st, xattrs, target in self.core.warm.listdir(rel)]
 
     async def readdir(self, fh: int, start: int) -> list[tuple[int, DirEntry]]:
@@ -72,7 +73,8 @@ class Listing:
         come and go."""
         handle = self.handles[fh]
         if handle.entries is None or start == 0:
-            replacements = self.core.inodes.replacements  # (one during the call makes entries stale)
+            # (a replacement during the call makes the entries stale)
+            replacements = self.core.inodes.replacements
             async with self.core.ns_lock.shared():
                 as_of = (self.core.name_changes, replacements)
                 rel = self.core.inodes.path(handle.inode)
@@ -118,7 +120,8 @@ class Listing:
             for i in range(start, len(entries)):
                 changes, replacements = entries[i].as_of
                 if changes != now[0] or (replacements != now[1] and
-                                         self.namespace.stale(parent, entries[i].name, replacements)):
+                                         self.namespace.stale(parent, entries[i].name,
+                                                              replacements)):
                     stale.append(i)
                     if len(stale) == FRESH_BATCH:
                         break  # the kernel takes a few dozen per call: the rest later

@@ -1,1 +1,2 @@
-"""The write path: staging, placement, publishing to the warm tier and the bucket, write-back, the journal and recovery."""
+"""The write path: staging, placement, publishing to the warm tier and the bucket,
+write-back, the journal and recovery."""

@@ -168,12 +168,14 @@ class HotTier(Tier):
             raise MountError(f"hot tier: {e.strerror or e}") from None
 
     def _check_run_dir(self) -> None:
-        """The control socket's folder, ``run`` (made by tierfs/control/server.py): a symlink
-        or another user's folder there is refused before the server would chmod it and put
-        its socket in it."""
+        """The control socket's folder, ``run`` (tierfs/control/server.py uses it): made here
+        if missing, so nobody can plant one between now and the server's start; a symlink or
+        another user's folder there is refused before the server would chmod it and put its
+        socket in it."""
         try:
             st = os.lstat(self.run_dir)
         except FileNotFoundError:
+            own_folder(self.run_dir)
             return
         if stat.S_ISLNK(st.st_mode):
             raise OSError(errno.ELOOP, f"{self.run_dir} is a symlink: tierfs does not follow it")

@@ -61,7 +61,7 @@ def test_a_failure_while_the_mount_starts_is_told_in_one_line(tmp_path: Path) ->
     (m.hot / "run").write_text("in the way\n")
     reason = _mount_fails(m)
     assert reason.count("\n") == 0, reason
-    assert "stopped: FileExistsError" in reason and str(m.hot / "run") in reason
+    assert "stopped: NotADirectoryError" in reason and str(m.hot / "run") in reason
     assert not os.path.ismount(m.path)
     assert "Traceback" in (m.hot / "tierfs.log").read_text()
 

@@ -200,9 +200,6 @@ def test_in_a_sticky_hot_folder_what_others_plant_first_is_refused(tmp_path: Pat
     assert stat.S_IMODE(elsewhere.stat().st_mode) == 0o755
 
 
-@pytest.mark.xfail(strict=True, reason="needs tierfs/control/server.py _prepare to make its "
-                   "folder with tierfs.tiers.hot.own_folder instead of mkdir and a chmod that "
-                   "follows a symlink")
 def test_the_control_server_follows_no_symlink_to_its_folder(tmp_path: Path) -> None:
     """HotTier.prepare makes ``run`` before the server starts; the server itself should not
     chmod and use a folder a symlink points to either."""

@@ -97,7 +97,9 @@ def mount(mountpoint: str, foreground: bool, nonempty: bool, daemon_child: bool,
 
         def on_ready() -> None:
             if daemon_child:  # hand stderr over to the log: the parent sees EOF and returns
-                fd = os.open(config.hot / "tierfs.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+                from tierfs.tiers.hot import open_own_file
+
+                fd = open_own_file(config.hot / "tierfs.log", os.O_WRONLY | os.O_APPEND)
                 os.dup2(fd, 2)
                 os.close(fd)
             # A crash in native code (libfuse, LMDB) leaves its Python stack in the log.

@@ -23,6 +23,7 @@ from typing import Any
 import trio
 
 from tierfs.control.unixpath import unix_address
+from tierfs.tiers.hot import own_folder
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +48,9 @@ def peer_uid(sock: trio.socket.SocketType) -> int:
 
 
 def _prepare(path: Path) -> None:
-    """A 0700 directory for the socket, and no stale socket from an earlier run."""
-    path.parent.mkdir(mode=0o700, exist_ok=True)
-    os.chmod(path.parent, 0o700)
+    """A 0700 directory for the socket (never reached through a symlink), and no stale
+    socket from an earlier run."""
+    own_folder(path.parent)
     try:
         path.unlink()
     except FileNotFoundError:

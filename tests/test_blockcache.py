@@ -193,3 +193,22 @@ def test_the_source_index_follows_every_change() -> None:
     assert key not in entries.of_source(key[:2])
     entries.clear()
     assert entries.of_source(b"bb") == [] and not entries._by_source
+
+
+def test_warming_a_block_the_source_cannot_fill_caches_nothing(cache: BlockCache) -> None:
+    """A source shorter than it claims (a stub whose object is smaller) gives a short block:
+    warming it fails, as reading it does, instead of caching the short block for reads."""
+    async def fetch(start: int, length: int) -> bytes:
+        return b"x" * (length // 2)
+
+    source = Source(b"t" * 16, 3 * BLOCK, "cold", fetch)
+
+    async def main() -> None:
+        with pytest.raises(OSError) as info:
+            await cache.fill(source, 1)
+        assert info.value.errno == errno.EIO
+        with pytest.raises(OSError):
+            await cache.get(source, 1)
+        assert cache.cached_bytes(source.id, 3) == 0 and cache.used == 0
+
+    trio.run(main)

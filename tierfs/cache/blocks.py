@@ -485,6 +485,8 @@ class BlockCache:
         data = self._memory.get(key)
         if data is None:
             data = await source.fetch(start, length)
+            if len(data) != length:  # a stub claiming more than its object holds, say
+                raise OSError(errno.EIO, f"short read of block {block}: {len(data)} of {length}")
             self.counters.add("fetches_" + source.tier)
         self._stores += 1
         self.reserved += len(data)

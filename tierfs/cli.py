@@ -244,11 +244,16 @@ def import_(uri: str, directory: str, config_file: Path | None, **flags: Any) ->
         _fail(f"importing into {directory}: {e}")
     click.echo(f"imported {uri} into {shown}: {result.created} new, {result.updated} updated, "
                f"{result.unchanged} unchanged, {len(result.conflicts)} in the way"
-               + (f", {len(result.too_long)} with names too long" if result.too_long else ""))
+               + (f", {len(result.too_long)} with names too long" if result.too_long else "")
+               + (f", {len(result.owned)} already named by a stub" if result.owned else ""))
     for path in result.conflicts[:20]:
         click.echo(f"  not replaced (a file, directory or link is there): {path}", err=True)
     for key in result.too_long[:20]:
         click.echo(f"  not imported (a name longer than the warm tier takes): {key}", err=True)
+    for key, stub in result.owned[:20]:
+        click.echo(f"  not imported (already the data of {stub}): {key}", err=True)
+    for path in result.unread[:20]:
+        click.echo(f"  not searched for stubs (could not be read): {path}", err=True)
 
 
 def _import_target(directory: str, config_file: Path | None, flags: dict[str, Any]

@@ -3,9 +3,12 @@ the namespace without copying a byte.
 
 Idempotent and resumable: an entry that already holds the same stub is left alone, so running
 the import again after an interruption finishes the job. A real file or directory in the way is
-never replaced (it is counted and reported). No directory on the warm tier is entered through
-a symbolic link: the tree is shared with other users, and a link would put stubs (and the
-directories made for them) wherever it points.
+never replaced (it is counted and reported), nor is a stub that names another object: that is
+a live file (a checkpoint written where a renamed one was), not an old import. No object gets
+a second stub, since removing either would delete the data the other still reads: before the
+first new stub, one walk of the warm tree finds the objects stubs already name (``Owners``).
+No directory on the warm tier is entered through a symbolic link: the tree is shared with
+other users, and a link would put stubs (and the directories made for them) wherever it points.
 """
 
 from __future__ import annotations
@@ -20,8 +23,9 @@ from pathlib import Path
 
 from tierfs.config import Config
 from tierfs.errors import ConfigError
-from tierfs.objects.base import ObjectInfo, ObjectStore, parse_bucket_uri
-from tierfs.stubs import Stub, looks_like_stub
+from tierfs.objects.base import BucketURI, ObjectInfo, ObjectStore, parse_bucket_uri
+from tierfs.paths import show
+from tierfs.stubs import Stub, StubError, looks_like_stub, parse_stub
 from tierfs.tiers.warm import TEMP_PREFIX, TEMP_SUFFIX, is_internal
 
 
@@ -34,6 +38,12 @@ class ImportResult:
     #: Keys whose path the warm tier cannot hold (S3 takes names past the 255 bytes a file
     #: system does); the rest of the import goes on.
     too_long: list[str] = dataclasses.field(default_factory=list)
+    #: (key, the stub that names it): objects that are already some file's data, given no
+    #: second stub.
+    owned: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+    #: Directories of the warm tier the search for stubs could not read: a stub in one of them
+    #: was not seen.
+    unread: list[str] = dataclasses.field(default_factory=list)
 
 
 def stub_for(info: ObjectInfo) -> Stub:
@@ -145,6 +155,106 @@ def open_destination(config: Config, parts: list[str]) -> int:
         os.close(root)
 
 
+class Owners:
+    """The objects under the import's prefix that stubs anywhere in the namespace already name,
+    found by one walk of the whole warm tree, made the first time the import would create a
+    stub (an import that only finds its stubs in place walks nothing).
+
+    The whole tree, not only the destination: a rename through the mount moves a stub anywhere
+    and leaves its key behind, and the same prefix may have been imported elsewhere before.
+    Object metadata cannot tell instead: the upload token says a mount wrote the object, not
+    that a stub still names it (rebuilding a lost namespace imports exactly such objects).
+    Only keys under the prefix are kept, so memory follows the import, not the namespace. The
+    walk reads each directory once and each symbolic link once, follows no link, and sees the
+    tree as it was: a stub renamed while the walk runs may be missed, and directories it
+    cannot read are reported."""
+
+    def __init__(self, warm: Path, bucket: BucketURI, listing: str, result: ImportResult
+                 ) -> None:
+        self.warm = os.fsencode(warm)
+        self.bucket = bucket
+        self.listing = listing
+        self.result = result
+        self.keys: dict[str, bytes] | None = None  # key -> its stub, below the warm root
+
+    def owner(self, key: str) -> str | None:
+        """The stub, shown as a warm-tier path, that names ``key``; None if none does."""
+        if self.keys is None:
+            self.keys = {}
+            root = os.open(self.warm, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                self._walk(root)
+            finally:
+                os.close(root)
+        rel = self.keys.get(key)
+        return None if rel is None else show(os.path.join(self.warm, rel))
+
+    def _walk(self, root: int) -> None:
+        """Records the stubs below the directory ``root``, depth first, without recursion
+        (depth is bounded only by PATH_MAX): only the directories on the way down are held
+        open, each with the names of its subdirectories still to visit."""
+        stack: list[tuple[int | None, bytes, list[bytes]]] = [
+            (None, b"", self._scan(root, b""))]
+        try:
+            while stack:
+                fd, rel, subdirs = stack[-1]
+                if not subdirs:
+                    stack.pop()
+                    if fd is not None:
+                        os.close(fd)
+                    continue
+                name = subdirs.pop()
+                sub_rel = os.path.join(rel, name) if rel else name
+                try:
+                    sub = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+                                  | os.O_CLOEXEC, dir_fd=root if fd is None else fd)
+                except FileNotFoundError:
+                    continue  # removed since it was listed
+                except OSError as e:
+                    parent = root if fd is None else fd
+                    if e.errno in (errno.ELOOP, errno.ENOTDIR):  # replaced since it was listed
+                        self._record(parent, name, sub_rel)  # (a stub, perhaps)
+                    else:
+                        self.result.unread.append(show(os.path.join(self.warm, sub_rel)))
+                    continue
+                stack.append((sub, sub_rel, []))  # (closed below, whatever the scan raises)
+                stack[-1][2].extend(self._scan(sub, sub_rel))
+        finally:
+            for fd, _, _ in stack:
+                if fd is not None:
+                    os.close(fd)
+
+    def _scan(self, fd: int, rel: bytes) -> list[bytes]:
+        """Records the stubs in the directory ``fd``; the names of its subdirectories."""
+        subdirs = []
+        try:
+            with os.scandir(fd) as entries:
+                for entry in entries:
+                    name = os.fsencode(entry.name)
+                    if entry.is_symlink():
+                        self._record(fd, name, os.path.join(rel, name) if rel else name)
+                    elif entry.is_dir(follow_symlinks=False):
+                        subdirs.append(name)
+        except OSError:
+            self.result.unread.append(show(os.path.join(self.warm, rel)))
+        return subdirs
+
+    def _record(self, fd: int, name: bytes, rel: bytes) -> None:
+        assert self.keys is not None
+        try:
+            target = os.readlink(name, dir_fd=fd)
+        except OSError:
+            return  # gone since it was listed
+        if not looks_like_stub(target):
+            return
+        try:
+            key = parse_stub(target, self.bucket).key
+        except StubError:
+            return  # names nothing tierfs would read
+        if key.startswith(self.listing):
+            self.keys.setdefault(key, rel)
+
+
 class _Directories:
     """The directory of the last file placed, kept open: keys come in order, so the files of
     one directory share its descriptor and each directory is walked once."""
@@ -185,6 +295,7 @@ def import_objects(config: Config, store: ObjectStore, prefix: str, dest: list[s
     shown = Path(config.warm, *dest)
     dest_fd = open_destination(config, dest)
     directories = _Directories(dest_fd)
+    owners = Owners(config.warm, config.bucket, listing, result)
     try:
         for info in store.list_objects(listing):
             rel = info.key[len(listing):]
@@ -197,8 +308,8 @@ def import_objects(config: Config, store: ObjectStore, prefix: str, dest: list[s
                 dir_fd = directories.get(parts[:-1])
                 # Listings carry no user metadata: HEAD for the mode and mtime tierfs stores
                 # there.
-                _place(dir_fd, parts[-1], path,
-                       stub_for(store.head(info.key)).encode(config.bucket), result)
+                _place(dir_fd, parts[-1], path, stub_for(store.head(info.key)), config.bucket,
+                       owners, result)
             except InTheWay:
                 result.conflicts.append(str(path))  # a link or a file where a directory goes
             except OSError as e:
@@ -212,7 +323,9 @@ def import_objects(config: Config, store: ObjectStore, prefix: str, dest: list[s
     return result
 
 
-def _place(dir_fd: int, name: str, path: Path, target: bytes, result: ImportResult) -> None:
+def _place(dir_fd: int, name: str, path: Path, stub: Stub, bucket: BucketURI, owners: Owners,
+           result: ImportResult) -> None:
+    target = stub.encode(bucket)
     try:
         current: bytes | None = os.readlink(os.fsencode(name), dir_fd=dir_fd)
     except FileNotFoundError:
@@ -225,14 +338,36 @@ def _place(dir_fd: int, name: str, path: Path, target: bytes, result: ImportResu
     if current == target:
         result.unchanged += 1
         return
-    if current is not None and not looks_like_stub(current):
-        result.conflicts.append(str(path))  # a user's own symlink
+    if current is None:
+        owner = owners.owner(stub.key)
+        if owner is not None:
+            result.owned.append((stub.key, owner))
+            return
+        try:  # made whole at once, and never over anything made since the readlink
+            os.symlink(target, os.fsencode(name), dir_fd=dir_fd)
+        except FileExistsError:
+            result.conflicts.append(str(path))
+            return
+        result.created += 1
         return
+    if not _names(current, stub.key, bucket):
+        # A user's own symlink, or a live file: the stub of another object (a checkpoint
+        # written where a renamed one was, whose key was taken) or one tierfs cannot read.
+        result.conflicts.append(str(path))
+        return
+    # The same object, changed in the bucket since the stub was written: the stub follows it.
     tmp = TEMP_PREFIX + uuid.uuid4().hex.encode() + TEMP_SUFFIX
     os.symlink(target, tmp, dir_fd=dir_fd)
     # atomic: a reader sees the old stub or the new one
     os.rename(tmp, os.fsencode(name), src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-    if current is None:
-        result.created += 1
-    else:
-        result.updated += 1
+    result.updated += 1
+
+
+def _names(target: bytes, key: str, bucket: BucketURI) -> bool:
+    """Whether the symlink ``target`` is a stub tierfs reads that names ``key``."""
+    if not looks_like_stub(target):
+        return False
+    try:
+        return parse_stub(target, bucket).key == key
+    except StubError:
+        return False

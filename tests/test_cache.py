@@ -20,6 +20,7 @@ from conftest import Mount, S3Server, make_mount, running, tierfs, tmpfs
 from s3proxy import FaultProxy
 from tierfs.cache.counters import load_saved
 from tierfs.objects.base import parse_bucket_uri
+from tierfs.objects.local import LocalStore
 from tierfs.stubs import MAX_SIZE, Stub
 
 MIB = 1024 * 1024
@@ -452,3 +453,24 @@ def test_warm_check_of_the_largest_stub_takes_no_time(tmp_path: Path) -> None:
                            "warm": 0, "hot": 0, "to_fetch": total, "pinned": 0}]
         assert os.stat(m.path / names[0]).st_size == MAX_SIZE
         assert time.monotonic() - started < 10  # the walk took over 10 s a file
+
+
+def test_warming_a_stub_larger_than_its_object_stops_at_the_first_failure(
+        tmp_path: Path) -> None:
+    """A stub may claim far more than its object holds: ``tierfs warm`` gives up on that file
+    at its first block that cannot be filled, instead of asking the bucket for every block of
+    the claim (hours, at 64 KiB a block, for a stub of terabytes)."""
+    cold = tmp_path / "cold"
+    cold.mkdir()
+    bucket = parse_bucket_uri(f"file://{cold}")
+    store = LocalStore(bucket)
+    info = store.put("small.bin", os.urandom(256 * 1024))
+    m = make_mount(tmp_path, "--bucket", str(bucket), "--block-size", "64KiB",
+                   "--cold-threads", "4")
+    os.symlink(Stub("small.bin", 64 * 1024**3, info.etag, 0o644, 1).encode(bucket),
+               m.warm / "claims-64GiB.bin")
+    with running(m):
+        started = time.monotonic()
+        result = tierfs("warm", str(m.path / "claims-64GiB.bin"), check=False, timeout=60)
+        assert result.returncode != 0  # (the claim cannot be met: an error, said once)
+        assert time.monotonic() - started < 30  # a million blocks of 64 KiB were tried

@@ -69,6 +69,7 @@ def make_handlers(fs: FileSystem, mountpoint: str) -> dict[str, Handler]:
             nonlocal done
             done += nbytes
 
+        failed: OSError | None = None
         async with trio.open_nursery() as nursery:
             async def report() -> None:
                 while True:
@@ -76,8 +77,13 @@ def make_handlers(fs: FileSystem, mountpoint: str) -> dict[str, Handler]:
                     await trio.sleep(PROGRESS_INTERVAL)
 
             nursery.start_soon(report)
-            await residency.warm(states, progress)
+            try:
+                await residency.warm(states, progress)
+            except OSError as e:  # (said to the caller, not raised out of the nursery)
+                failed = e
             nursery.cancel_scope.cancel()
+        if failed is not None:
+            raise CommandError(f"could not fetch all of it: {failed.strerror or failed}")
 
     async def warm(request: dict[str, Any], send: Send) -> Any:
         found = await states_of(request)

@@ -124,6 +124,9 @@ class Residency:
         slots = trio.Semaphore(self.fs.config.cold_threads)
         fetched = 0
         failures: list[OSError] = []
+        #: Sources a block of which could not be fetched: the rest of them is not tried (a
+        #: stub may claim terabytes its object does not hold, a block of 64 KiB at a time).
+        failed: set[bytes] = set()
 
         async def one(source: Source, block: int) -> None:
             nonlocal fetched
@@ -131,6 +134,7 @@ class Residency:
                 fetched += await cache.fill(source, block)
             except OSError as e:
                 failures.append(e)
+                failed.add(source.id)
                 return
             finally:
                 slots.release()
@@ -143,6 +147,9 @@ class Residency:
                     continue
                 for block in range(state.source.blocks(cache.block_size)):
                     await slots.acquire()  # bounds the tasks and the blocks in memory
+                    if state.source.id in failed:
+                        slots.release()
+                        break
                     nursery.start_soon(one, state.source, block)
         if failures:
             raise failures[0]

@@ -84,11 +84,6 @@ class OpenFiles:
                     if inode.data is not data:
                         continue  # that write-back ended meanwhile and retired the state
             break
-        if data.stub is not None and not data.staged and writable and not flags & os.O_TRUNC:
-            # Objects cannot be changed in place; see docs/semantics.md.
-            if data.handles == 0:
-                await self.staging.retire(inode, data)
-            raise err(errno.EOPNOTSUPP)
         keep_cache = cached is not None and cached == inode.cached_version
         inode.cached_version = cached
         handle = self._new_handle(inode, data, flags)

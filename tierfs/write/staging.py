@@ -2,10 +2,10 @@
 truncate) until the state is retired.
 
 The first change copies the file's current data into a new staging file (``copy_to_new``
-for a warm file, holes kept; a ranged download for a cold one; nothing for a file just
-created or truncated to zero) and journals where it belongs. ``retire`` ends an open file's
-state: what is published goes, what is not stays staged and journaled for the next close,
-fsync or mount.
+for a warm file, holes kept; a ranged download for a cold one, of any size, if the hot disk
+has room for it; nothing for a file just created or truncated to zero) and journals where it
+belongs. ``retire`` ends an open file's state: what is published goes, what is not stays
+staged and journaled for the next close, fsync or mount.
 """
 
 from __future__ import annotations
@@ -20,12 +20,25 @@ from tierfs.core.attrs import err
 from tierfs.core.context import Core
 from tierfs.core.inodes import Inode
 from tierfs.core.openfile import DataState, OpenFile
+from tierfs.paths import show
 from tierfs.stubs import Stub
 from tierfs.tiers.warm import copy_to_new
 from tierfs.write.journal import Entry, Journal
 from tierfs.write.warm import drop_mirror
 
 log = logging.getLogger(__name__)
+
+#: The free margin staging a cold file leaves on the hot disk (for the index, the block
+#: cache's next blocks and other writers): a twentieth of the disk, at most this.
+MARGIN_MAX = 1 << 30
+
+
+def shortfall(path: str | os.PathLike[str], size: int) -> int:
+    """Bytes the disk holding ``path`` lacks to take ``size`` more bytes and keep its margin
+    free (0: they fit). Blocking: run it in a hot-tier thread."""
+    st = os.statvfs(path)
+    margin = min(MARGIN_MAX, st.f_blocks * st.f_frsize // 20)
+    return max(0, size + margin - st.f_bavail * st.f_frsize)
 
 
 class Staging:
@@ -53,8 +66,7 @@ class Staging:
                 pass
             elif data.stub is not None:
                 size = data.stub.size if keep is None else min(data.stub.size, keep)
-                if size >= core.config.large_file_threshold:
-                    raise err(errno.EOPNOTSUPP)  # would be re-uploaded whole: not supported
+                await self._room_for(inode, size)
                 data.atime_ns = data.mtime_ns = data.stub.mtime_ns
                 await self._download(data.stub, fd, size)
                 data.replaces_object = data.stub.key
@@ -70,6 +82,8 @@ class Staging:
             raise
         data.staging_id, data.staging_fd, data.size = sid, fd, size
         data.written = size
+        # An object's content, any byte of which the writer may change: whole until it is done.
+        data.rewrite = data.stub is not None and size > 0
         data.flushed_ahead = 0
         data.to(DataState.STAGED)
         rel = core.rel_or_none(inode)
@@ -78,6 +92,26 @@ class Staging:
                                            mtime_ns=data.mtime_ns,
                                            replaces=data.replaces_object))
         return written
+
+    async def _room_for(self, inode: Inode, size: int) -> None:
+        """Make sure the hot disk can take a cold file's ``size`` bytes and still keep a
+        margin free (``shortfall``), before anything is downloaded: cached blocks can make
+        room, and so can staging files on their way out. ENOSPC if it cannot, logged with the
+        path, since the writer sees only the errno."""
+        core = self.core
+        where = core.hot.staging_dir
+        short = await core.hot.run(shortfall, where, size)
+        if 0 < short <= core.cache.used:
+            for going in list(core.staging_going):
+                await going.wait()
+            await core.cache.free(short)
+            short = await core.hot.run(shortfall, where, size)
+        if short > 0:
+            rel = core.rel_or_none(inode)
+            log.warning("%s is not staged to be changed: its %d bytes would leave the hot tier "
+                        "%d bytes short of its free margin", show(rel) if rel is not None
+                        else f"unlinked inode {inode.ino}", size, short)
+            raise err(errno.ENOSPC)
 
     async def _download(self, stub: Stub, fd: int, size: int) -> None:
         """Copy the first ``size`` bytes of a stub's object into a staging file."""

@@ -182,15 +182,45 @@ async def test_a_cold_file_the_hot_tier_cannot_hold_is_refused_with_enospc(
             f.truncate(huge)
         info = core.store.inner.head("huge")
         core.put_stub(b"huge", Stub("huge", huge, info.etag, 0o644, time.time_ns()))
-        fh = await core.open(b"huge", os.O_RDWR)  # opening is fine: reads go to the object
-        assert await core.fs.read(fh, 0, 4) == b"\0" * 4
-        gets = core.store.calls["get_range"]
+        fh = await core.open(b"huge", os.O_RDWR)  # opening is fine
         with caplog.at_level(logging.WARNING, logger="tierfs.write.staging"):
             with pytest.raises(OSError) as e:
                 await core.fs.write(fh, 0, b"x")
         assert e.value.errno == errno.ENOSPC
         assert "huge is not staged" in caplog.text
-        assert core.store.calls["get_range"] == gets  # nothing downloaded
+        assert core.store.calls["get_range"] == 0  # nothing downloaded
         assert core.staged() == [] and core.journal() == {}
+        assert await core.fs.read(fh, 0, 4) == b"\0" * 4  # reads go to the object
         await core.close(fh)
         assert core.cold(b"huge").etag == info.etag  # unchanged
+
+
+@core_test
+async def test_a_failed_download_fails_that_change_only(tmp_path: Path) -> None:
+    data = content(3 * PART + 10)  # four ranged GETs, some at once
+    async with open_core(tmp_path, large_file_threshold=SMALL) as core:
+        await cold_file(core, b"f", data)
+        fh = await core.open(b"f", os.O_RDWR)
+        core.store.fail_nth("get_range", 2)
+        with pytest.raises(OSError) as e:
+            await core.fs.write(fh, 5, b"x")
+        assert e.value.errno == errno.EIO
+        assert core.staged() == [] and core.journal() == {}
+        await core.fs.write(fh, 5, b"y")  # the next change downloads it all again
+        await core.close(fh)
+        assert core.objects() == {"f": data[:5] + b"y" + data[6:]}
+
+
+@core_test
+async def test_a_large_download_makes_several_ranged_gets_at_once(tmp_path: Path) -> None:
+    data = content(3 * PART + 10)  # four ranged GETs
+    async with open_core(tmp_path, large_file_threshold=SMALL) as core:
+        await cold_file(core, b"f", data)
+        fh = await core.open(b"f", os.O_RDWR)
+        core.store.delay("get_range", 0.5)
+        started = time.monotonic()
+        await core.fs.write(fh, 0, b"z")
+        assert time.monotonic() - started < 1.5  # one after the other: 2 s at least
+        assert core.store.calls["get_range"] == 4
+        await core.close(fh)
+        assert core.objects() == {"f": b"z" + data[1:]}

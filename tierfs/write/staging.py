@@ -16,6 +16,7 @@ import os
 
 import trio
 
+from tierfs.cache.store import is_no_space
 from tierfs.core.attrs import err
 from tierfs.core.context import Core
 from tierfs.core.inodes import Inode
@@ -27,6 +28,9 @@ from tierfs.write.journal import Entry, Journal
 from tierfs.write.warm import drop_mirror
 
 log = logging.getLogger(__name__)
+
+#: Ranged GETs at a time while a cold file is downloaded into staging.
+PARALLEL_GETS = 4
 
 #: The free margin staging a cold file leaves on the hot disk (for the index, the block
 #: cache's next blocks and other writers): a twentieth of the disk, at most this.
@@ -68,7 +72,7 @@ class Staging:
                 size = data.stub.size if keep is None else min(data.stub.size, keep)
                 await self._room_for(inode, size)
                 data.atime_ns = data.mtime_ns = data.stub.mtime_ns
-                await self._download(data.stub, fd, size)
+                await self._download(inode, data.stub, fd, size)
                 data.replaces_object = data.stub.key
             elif data.warm_fd is not None:
                 st = await core.warm.run(os.fstat, data.warm_fd)
@@ -107,18 +111,42 @@ class Staging:
             await core.cache.free(short)
             short = await core.hot.run(shortfall, where, size)
         if short > 0:
-            rel = core.rel_or_none(inode)
-            log.warning("%s is not staged to be changed: its %d bytes would leave the hot tier "
-                        "%d bytes short of its free margin", show(rel) if rel is not None
-                        else f"unlinked inode {inode.ino}", size, short)
+            self._no_room(inode, size, short)
             raise err(errno.ENOSPC)
 
-    async def _download(self, stub: Stub, fd: int, size: int) -> None:
-        """Copy the first ``size`` bytes of a stub's object into a staging file."""
-        chunk = self.core.config.part_size
-        for start in range(0, size, chunk):
-            block = await self.core.get_object(stub, start, min(chunk, size - start))
-            await self.core.hot.run(os.pwrite, fd, block, start)
+    def _no_room(self, inode: Inode, size: int, short: int) -> None:
+        rel = self.core.rel_or_none(inode)
+        log.warning("%s is not staged to be changed: its %d bytes would leave the hot tier "
+                    "%d bytes short of its free margin", show(rel) if rel is not None
+                    else f"unlinked inode {inode.ino}", size, short)
+
+    async def _download(self, inode: Inode, stub: Stub, fd: int, size: int) -> None:
+        """Copy the first ``size`` bytes of a stub's object into a staging file, a few ranged
+        GETs at a time (a large file changed in place waits for all of it), each pinned to
+        the stub's ETag: a changed object fails the change, never mixes versions."""
+        core = self.core
+        chunk = core.config.part_size
+        starts = iter(range(0, size, chunk))
+        failures: list[OSError] = []
+
+        async def fetch() -> None:
+            for start in starts:  # (shared: each task takes the next chunk)
+                if failures:
+                    return
+                try:
+                    block = await core.get_object(stub, start, min(chunk, size - start))
+                    await core.hot.run(os.pwrite, fd, block, start)
+                except OSError as e:
+                    failures.append(e)
+                    return
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(min(PARALLEL_GETS, core.config.cold_threads)):
+                nursery.start_soon(fetch)
+        if failures:
+            if is_no_space(failures[0]):  # filled up by others since the room was checked
+                self._no_room(inode, size, chunk)
+            raise failures[0]
 
     async def make_room(self, nbytes: int) -> None:
         """A write into staging found the hot disk full: cached blocks can go (staging and

@@ -201,8 +201,8 @@ class OpenFiles:
             await self.publisher.publish(inode, data)
         rest = dataclasses.replace(changes, size=None)
         if inode.stub is not None and not (inode.data is not None and inode.data.staged):
-            # A new size for a cold file brings it back to the warm tier (below the large-file
-            # threshold): staged, cut there and published at the last let-go.
+            # A new size for a cold file: staged, cut there and published at the last let-go
+            # (back to the warm tier below the large-file threshold, else a new object).
             if changes.size != inode.stub.size:
                 await self.truncate(inode, rest, changes.size)
             return rest

@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import weakref
 
 import trio
 
@@ -22,7 +23,6 @@ from tierfs.core.context import Core
 from tierfs.core.inodes import Inode
 from tierfs.core.openfile import DataState, OpenFile
 from tierfs.paths import show
-from tierfs.stubs import Stub
 from tierfs.tiers.warm import copy_to_new
 from tierfs.write.journal import Entry, Journal
 from tierfs.write.warm import drop_mirror
@@ -49,6 +49,8 @@ class Staging:
     def __init__(self, core: Core, journal: Journal) -> None:
         self.core = core
         self.journal = journal
+        #: Open files refused staging for want of room: logged once each, not at every write.
+        self._refused: weakref.WeakSet[OpenFile] = weakref.WeakSet()
 
     async def stage(self, inode: Inode, data: OpenFile, keep: int | None = None,
                     first: tuple[bytes, int] | None = None) -> int | None:
@@ -70,9 +72,9 @@ class Staging:
                 pass
             elif data.stub is not None:
                 size = data.stub.size if keep is None else min(data.stub.size, keep)
-                await self._room_for(inode, size)
+                await self._room_for(inode, data, size)
                 data.atime_ns = data.mtime_ns = data.stub.mtime_ns
-                await self._download(inode, data.stub, fd, size)
+                await self._download(inode, data, fd, size)
                 data.replaces_object = data.stub.key
             elif data.warm_fd is not None:
                 st = await core.warm.run(os.fstat, data.warm_fd)
@@ -97,11 +99,11 @@ class Staging:
                                            replaces=data.replaces_object))
         return written
 
-    async def _room_for(self, inode: Inode, size: int) -> None:
+    async def _room_for(self, inode: Inode, data: OpenFile, size: int) -> None:
         """Make sure the hot disk can take a cold file's ``size`` bytes and still keep a
         margin free (``shortfall``), before anything is downloaded: cached blocks can make
         room, and so can staging files on their way out. ENOSPC if it cannot, logged with the
-        path, since the writer sees only the errno."""
+        path (once for each open file), since the writer sees only the errno."""
         core = self.core
         where = core.hot.staging_dir
         short = await core.hot.run(shortfall, where, size)
@@ -111,20 +113,29 @@ class Staging:
             await core.cache.free(short)
             short = await core.hot.run(shortfall, where, size)
         if short > 0:
-            self._no_room(inode, size, short)
+            self._no_room(inode, data, size, short)
             raise err(errno.ENOSPC)
 
-    def _no_room(self, inode: Inode, size: int, short: int) -> None:
+    def _no_room(self, inode: Inode, data: OpenFile, size: int, short: int | None) -> None:
+        if data in self._refused:
+            return
+        self._refused.add(data)
         rel = self.core.rel_or_none(inode)
-        log.warning("%s is not staged to be changed: its %d bytes would leave the hot tier "
-                    "%d bytes short of its free margin", show(rel) if rel is not None
-                    else f"unlinked inode {inode.ino}", size, short)
+        name = show(rel) if rel is not None else f"unlinked inode {inode.ino}"
+        if short is None:
+            log.warning("%s is not staged to be changed: the hot tier filled up while its %d "
+                        "bytes were downloaded", name, size)
+        else:
+            log.warning("%s is not staged to be changed: its %d bytes would leave the hot "
+                        "tier %d bytes short of its free margin", name, size, short)
 
-    async def _download(self, inode: Inode, stub: Stub, fd: int, size: int) -> None:
+    async def _download(self, inode: Inode, data: OpenFile, fd: int, size: int) -> None:
         """Copy the first ``size`` bytes of a stub's object into a staging file, a few ranged
         GETs at a time (a large file changed in place waits for all of it), each pinned to
         the stub's ETag: a changed object fails the change, never mixes versions."""
         core = self.core
+        stub = data.stub
+        assert stub is not None
         chunk = core.config.part_size
         starts = iter(range(0, size, chunk))
         failures: list[OSError] = []
@@ -145,7 +156,7 @@ class Staging:
                 nursery.start_soon(fetch)
         if failures:
             if is_no_space(failures[0]):  # filled up by others since the room was checked
-                self._no_room(inode, size, chunk)
+                self._no_room(inode, data, size, None)
             raise failures[0]
 
     async def make_room(self, nbytes: int) -> None:

@@ -2,8 +2,9 @@
 
 A pure decision, with no I/O and no state of its own, so that it can be tested on its own and
 so that every path that needs it asks the same question: a writer's file growing past the
-threshold (stream it to the bucket now, or not before the writer is done?), a close (does a file that was streamed early belong
-on the warm tier after all?), recovery finishing a crashed file.
+threshold (stream it to the bucket now, or not before the writer is done?), a close (does a
+file that was streamed early belong on the warm tier after all?), recovery finishing a
+crashed file.
 """
 
 from __future__ import annotations

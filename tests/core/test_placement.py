@@ -173,14 +173,16 @@ async def test_cold_file_cannot_be_hard_linked(tmp_path: Path) -> None:
 
 
 @core_test
-async def test_cold_file_cannot_be_written_in_place(tmp_path: Path) -> None:
+async def test_cold_file_opened_for_writing_and_not_written_is_left_alone(tmp_path: Path
+                                                                          ) -> None:
+    # (Written in place, it is staged and published anew: tests/core/test_rewrite.py.)
     async with open_core(tmp_path, rules=["*=cold"]) as core:
         await core.write_file(b"a", b"one")
-        a = await core.lookup_path(b"a")
-        with pytest.raises(OSError) as e:
-            await core.fs.open(a.ino, os.O_WRONLY)
-        assert e.value.errno == errno.EOPNOTSUPP
-        assert core.objects() == {"a": b"one"}
+        stub = core.cold(b"a")
+        fh = await core.open(b"a", os.O_WRONLY)
+        await core.close(fh)
+        assert core.objects() == {"a": b"one"} and core.cold(b"a") == stub
+        assert core.store.calls["get_range"] == 0 and core.staged() == []
 
 
 @core_test

@@ -96,6 +96,9 @@ class OpenFile:
     #: The object this file's stub pointed to before it was rewritten here; deleted once the
     #: new content is published, since nothing refers to it any more.
     replaces_object: str | None = None
+    #: Staged whole from its object (a cold file opened without ``O_TRUNC``): while a writer
+    #: changes it, it does not stream (``Placement.streams``, ``rewriting``).
+    rewrite: bool = False
     #: The multipart upload of a file being written past the large-file threshold.
     upload: StreamingUpload | None = None
     #: Sync mode: the warm temp file this file's next publish renames into place, filled

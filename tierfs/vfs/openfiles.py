@@ -84,11 +84,6 @@ class OpenFiles:
                     if inode.data is not data:
                         continue  # that write-back ended meanwhile and retired the state
             break
-        if data.stub is not None and not data.staged and writable and not flags & os.O_TRUNC:
-            # Objects cannot be changed in place; see docs/semantics.md.
-            if data.handles == 0:
-                await self.staging.retire(inode, data)
-            raise err(errno.EOPNOTSUPP)
         keep_cache = cached is not None and cached == inode.cached_version
         inode.cached_version = cached
         handle = self._new_handle(inode, data, flags)
@@ -206,8 +201,8 @@ class OpenFiles:
             await self.publisher.publish(inode, data)
         rest = dataclasses.replace(changes, size=None)
         if inode.stub is not None and not (inode.data is not None and inode.data.staged):
-            # A new size for a cold file brings it back to the warm tier (below the large-file
-            # threshold): staged, cut there and published at the last let-go.
+            # A new size for a cold file: staged, cut there and published at the last let-go
+            # (back to the warm tier below the large-file threshold, else a new object).
             if changes.size != inode.stub.size:
                 await self.truncate(inode, rest, changes.size)
             return rest

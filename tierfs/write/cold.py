@@ -53,13 +53,15 @@ class ColdPublisher:
             data.rule = self.placement.rule_for(self.core.rel_or_none(inode))
         return data.rule
 
-    async def route(self, inode: Inode, data: OpenFile) -> None:
+    async def route(self, inode: Inode, data: OpenFile, writing: bool = False) -> None:
         """Send a file that has grown past the threshold straight to the bucket, and keep its
-        upload fed. Caller holds ``data.lock``."""
+        upload fed. ``writing``: after a writer's change, rather than at a publish. Caller
+        holds ``data.lock``."""
         core = self.core
         if data.upload is None:
             rule = self.rule(inode, data)
-            if (not self.placement.streams(rule, data.size, data.written)
+            if (not self.placement.streams(rule, data.size, data.written,
+                                           rewriting=writing and data.rewrite)
                     or core.nursery is None):
                 return
             rel = core.rel_or_none(inode)

@@ -2,8 +2,9 @@
 
 A pure decision, with no I/O and no state of its own, so that it can be tested on its own and
 so that every path that needs it asks the same question: a writer's file growing past the
-threshold (stream it to the bucket now?), a close (does a file that was streamed early belong
-on the warm tier after all?), recovery finishing a crashed file.
+threshold (stream it to the bucket now, or not before the writer is done?), a close (does a
+file that was streamed early belong on the warm tier after all?), recovery finishing a
+crashed file.
 """
 
 from __future__ import annotations
@@ -55,9 +56,18 @@ class Placement:
             start = min(start, self.stream_after)
         return start
 
-    def streams(self, rule: Rule, size: int, written: int) -> bool:
+    def streams(self, rule: Rule, size: int, written: int, rewriting: bool = False) -> bool:
         """Whether a file of ``size`` bytes, ``written`` of them in order from the start,
-        should be streaming to the bucket now."""
+        should be streaming to the bucket now.
+
+        ``rewriting``: a writer is still changing a file staged whole from its object (a cold
+        file opened without ``O_TRUNC``). Such a file never streams then, whatever its size or
+        rule: streamed parts leave staging and cannot be changed any more, while any byte of
+        a rewritten file may still be, so it goes up whole once the writer is done (its
+        publish asks again without ``rewriting``). The price is hot disk for the whole file,
+        which staging checks before it downloads the object."""
+        if rewriting:
+            return False
         start = self.stream_from(rule, written == size)
         return start is not None and size >= start
 

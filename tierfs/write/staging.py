@@ -2,10 +2,10 @@
 truncate) until the state is retired.
 
 The first change copies the file's current data into a new staging file (``copy_to_new``
-for a warm file, holes kept; a ranged download for a cold one; nothing for a file just
-created or truncated to zero) and journals where it belongs. ``retire`` ends an open file's
-state: what is published goes, what is not stays staged and journaled for the next close,
-fsync or mount.
+for a warm file, holes kept; a ranged download for a cold one, of any size, if the hot disk
+has room for it; nothing for a file just created or truncated to zero) and journals where it
+belongs. ``retire`` ends an open file's state: what is published goes, what is not stays
+staged and journaled for the next close, fsync or mount.
 """
 
 from __future__ import annotations
@@ -13,25 +13,44 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import weakref
 
 import trio
 
+from tierfs.cache.store import is_no_space
 from tierfs.core.attrs import err
 from tierfs.core.context import Core
 from tierfs.core.inodes import Inode
 from tierfs.core.openfile import DataState, OpenFile
-from tierfs.stubs import Stub
+from tierfs.paths import show
 from tierfs.tiers.warm import copy_to_new
 from tierfs.write.journal import Entry, Journal
 from tierfs.write.warm import drop_mirror
 
 log = logging.getLogger(__name__)
 
+#: Ranged GETs at a time while a cold file is downloaded into staging.
+PARALLEL_GETS = 4
+
+#: The free margin staging a cold file leaves on the hot disk (for the index, the block
+#: cache's next blocks and other writers): a twentieth of the disk, at most this.
+MARGIN_MAX = 1 << 30
+
+
+def shortfall(path: str | os.PathLike[str], size: int) -> int:
+    """Bytes the disk holding ``path`` lacks to take ``size`` more bytes and keep its margin
+    free (0: they fit). Blocking: run it in a hot-tier thread."""
+    st = os.statvfs(path)
+    margin = min(MARGIN_MAX, st.f_blocks * st.f_frsize // 20)
+    return max(0, size + margin - st.f_bavail * st.f_frsize)
+
 
 class Staging:
     def __init__(self, core: Core, journal: Journal) -> None:
         self.core = core
         self.journal = journal
+        #: Open files refused staging for want of room: logged once each, not at every write.
+        self._refused: weakref.WeakSet[OpenFile] = weakref.WeakSet()
 
     async def stage(self, inode: Inode, data: OpenFile, keep: int | None = None,
                     first: tuple[bytes, int] | None = None) -> int | None:
@@ -53,10 +72,9 @@ class Staging:
                 pass
             elif data.stub is not None:
                 size = data.stub.size if keep is None else min(data.stub.size, keep)
-                if size >= core.config.large_file_threshold:
-                    raise err(errno.EOPNOTSUPP)  # would be re-uploaded whole: not supported
+                await self._room_for(inode, data, size)
                 data.atime_ns = data.mtime_ns = data.stub.mtime_ns
-                await self._download(data.stub, fd, size)
+                await self._download(inode, data, fd, size)
                 data.replaces_object = data.stub.key
             elif data.warm_fd is not None:
                 st = await core.warm.run(os.fstat, data.warm_fd)
@@ -70,6 +88,8 @@ class Staging:
             raise
         data.staging_id, data.staging_fd, data.size = sid, fd, size
         data.written = size
+        # An object's content, any byte of which the writer may change: whole until it is done.
+        data.rewrite = data.stub is not None and size > 0
         data.flushed_ahead = 0
         data.to(DataState.STAGED)
         rel = core.rel_or_none(inode)
@@ -79,12 +99,65 @@ class Staging:
                                            replaces=data.replaces_object))
         return written
 
-    async def _download(self, stub: Stub, fd: int, size: int) -> None:
-        """Copy the first ``size`` bytes of a stub's object into a staging file."""
-        chunk = self.core.config.part_size
-        for start in range(0, size, chunk):
-            block = await self.core.get_object(stub, start, min(chunk, size - start))
-            await self.core.hot.run(os.pwrite, fd, block, start)
+    async def _room_for(self, inode: Inode, data: OpenFile, size: int) -> None:
+        """Make sure the hot disk can take a cold file's ``size`` bytes and still keep a
+        margin free (``shortfall``), before anything is downloaded: cached blocks can make
+        room, and so can staging files on their way out. ENOSPC if it cannot, logged with the
+        path (once for each open file), since the writer sees only the errno."""
+        core = self.core
+        where = core.hot.staging_dir
+        short = await core.hot.run(shortfall, where, size)
+        if 0 < short <= core.cache.used:
+            for going in list(core.staging_going):
+                await going.wait()
+            await core.cache.free(short)
+            short = await core.hot.run(shortfall, where, size)
+        if short > 0:
+            self._no_room(inode, data, size, short)
+            raise err(errno.ENOSPC)
+
+    def _no_room(self, inode: Inode, data: OpenFile, size: int, short: int | None) -> None:
+        if data in self._refused:
+            return
+        self._refused.add(data)
+        rel = self.core.rel_or_none(inode)
+        name = show(rel) if rel is not None else f"unlinked inode {inode.ino}"
+        if short is None:
+            log.warning("%s is not staged to be changed: the hot tier filled up while its %d "
+                        "bytes were downloaded", name, size)
+        else:
+            log.warning("%s is not staged to be changed: its %d bytes would leave the hot "
+                        "tier %d bytes short of its free margin", name, size, short)
+
+    async def _download(self, inode: Inode, data: OpenFile, fd: int, size: int) -> None:
+        """Copy the first ``size`` bytes of a stub's object into a staging file, a few ranged
+        GETs at a time (a large file changed in place waits for all of it), each pinned to
+        the stub's ETag: a changed object fails the change, never mixes versions."""
+        core = self.core
+        stub = data.stub
+        assert stub is not None
+        chunk = core.config.part_size
+        starts = iter(range(0, size, chunk))
+        failures: list[OSError] = []
+
+        async def fetch() -> None:
+            for start in starts:  # (shared: each task takes the next chunk)
+                if failures:
+                    return
+                try:
+                    block = await core.get_object(stub, start, min(chunk, size - start))
+                    await core.hot.run(os.pwrite, fd, block, start)
+                except OSError as e:
+                    failures.append(e)
+                    return
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(min(PARALLEL_GETS, core.config.cold_threads)):
+                nursery.start_soon(fetch)
+        if failures:
+            if is_no_space(failures[0]):  # filled up by others since the room was checked
+                self._no_room(inode, data, size, None)
+            raise failures[0]
 
     async def make_room(self, nbytes: int) -> None:
         """A write into staging found the hot disk full: cached blocks can go (staging and

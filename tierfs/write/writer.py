@@ -71,7 +71,7 @@ class Writer:
                 data.direct_written = True
             if data.mirror is not None:
                 data.mirror.changed(offset)
-            await self.cold.route(inode, data)
+            await self.cold.route(inode, data, writing=True)
             if grew:
                 # Only a file growing in order is copied ahead: for rewrites in place (a
                 # database's pages) each copy would be undone by the next write.
@@ -93,4 +93,4 @@ class Writer:
         data.changed()
         if data.mirror is not None:
             data.mirror.changed(size)
-        await self.cold.route(inode, data)  # a size past the threshold: at once
+        await self.cold.route(inode, data, writing=True)  # a size past the threshold: at once

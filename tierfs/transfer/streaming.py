@@ -212,6 +212,7 @@ class StreamingUpload:
                 self._release()
                 raise
             self._advance(number, size)
+            self._flying[number] = trio.Event()  # from now on a change makes it stale
             self.nursery.start_soon(self._upload, number, offset, size)
 
     async def _settled(self, number: int) -> None:
@@ -234,7 +235,9 @@ class StreamingUpload:
             self._idle.set()
 
     async def _upload(self, number: int, offset: int, size: int) -> None:
-        done = self._flying[number] = trio.Event()
+        """Upload one part; ``_flying[number]`` was set by the caller, with no await since
+        the part was cut (or chosen), so a change meanwhile marks it stale."""
+        done = self._flying[number]
         try:
             data = await self.hot.run(os.pread, self.fd, size, offset)
             if len(data) != size:
@@ -384,6 +387,8 @@ class StreamingUpload:
 
     async def _run_inline(self, number: int, offset: int, size: int) -> None:
         await self._claim()
+        await self._settled(number)
+        self._flying[number] = trio.Event()
         await self._upload(number, offset, size)
 
     async def finish(self, size: int) -> ObjectInfo:

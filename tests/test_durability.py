@@ -173,8 +173,8 @@ def test_write_back_close_returns_before_the_upload_and_reports_failures(
         assert failed.value.errno == 5
     finally:
         os.close(fd)
-    with pytest.raises(OSError):  # a read needs the object: it tries, and says it failed
-        (m.path / "ckpt.bin").read_bytes()
+    # The parts that failed are still staged (the hot tier has room): reads are served there.
+    assert (m.path / "ckpt.bin").read_bytes() == data
     assert any(m.hot.joinpath("staging").iterdir()), "the staged data must stay"
     proxy.heal()
     deadline = time.monotonic() + 60

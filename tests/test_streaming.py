@@ -11,11 +11,12 @@ import stat
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import pytest
 
-from conftest import Mount, S3Server, make_mount, running
+from conftest import Mount, S3Server, make_mount, running, tmpfs
 from s3proxy import FaultProxy
 
 MIB = 1024 * 1024
@@ -31,6 +32,13 @@ def big_mount(tmp_path: Path, proxy: FaultProxy, bucket: str) -> Iterator[Mount]
     m.bucket = bucket  # type: ignore[attr-defined]
     with running(m):
         yield m
+
+
+def short_of_room(m: Mount, size: str) -> AbstractContextManager[Path]:
+    """Put a mount's hot tier on a tmpfs of ``size``, no more than the upload's reserve (its
+    window of parts) plus one part: its free space is under the reserve at every part's
+    upload, so uploaded parts leave staging at once (with room, they stay staged)."""
+    return tmpfs(m.hot.parent / "hot-short", size)
 
 
 def staging_bytes(hot: Path) -> int:
@@ -81,25 +89,26 @@ def object_digest(s3_server: S3Server, bucket: str, key: str) -> tuple[str, int]
 
 
 def test_large_file_goes_straight_to_the_bucket_within_the_window(
-        big_mount: Mount, s3_server: S3Server) -> None:
-    m = big_mount
-    bucket = m.bucket  # type: ignore[attr-defined]
-    size = 200 * MIB
-    with PeakSampler(m.hot) as sampler:
-        digest = write_random(m.path / "ckpt.pt", size)
-    assert (m.warm / "ckpt.pt").is_symlink(), "a large file must end as a stub on the warm tier"
-    assert os.readlink(m.warm / "ckpt.pt").startswith("tierfs:v1?")
-    assert object_digest(s3_server, bucket, "tierfs/ckpt.pt") == (digest, size)
-    # The hot tier held at most the window (parts uploading plus the one filling), plus the
-    # one write request in flight.
-    assert sampler.peak <= WINDOW * PART + MIB, sampler.peak
-    assert staging_bytes(m.hot) == 0
-    st = os.stat(m.path / "ckpt.pt")
-    assert st.st_size == size, os.readlink(m.warm / "ckpt.pt")
-    with open(m.path / "ckpt.pt", "rb") as f:  # one ranged read (moto reads whole objects)
-        f.seek(7 * MIB)
-        assert f.read(8)[:8] == (7).to_bytes(8, "little")
-    assert s3_server.client().list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+        tmp_path: Path, proxy: FaultProxy, bucket: str, s3_server: S3Server) -> None:
+    m = stream_mount(tmp_path, proxy, bucket)
+    with short_of_room(m, "20m") as m.hot, running(m):  # 200 MiB through 20 MiB
+        size = 200 * MIB
+        with PeakSampler(m.hot) as sampler:
+            digest = write_random(m.path / "ckpt.pt", size)
+        assert (m.warm / "ckpt.pt").is_symlink(), "a large file must end as a stub"
+        assert os.readlink(m.warm / "ckpt.pt").startswith("tierfs:v1?")
+        assert object_digest(s3_server, bucket, "tierfs/ckpt.pt") == (digest, size)
+        # The hot tier held at most the window (parts uploading plus the one filling), plus
+        # the one write request in flight.
+        assert sampler.peak <= WINDOW * PART + MIB, sampler.peak
+        assert staging_bytes(m.hot) == 0
+        st = os.stat(m.path / "ckpt.pt")
+        assert st.st_size == size, os.readlink(m.warm / "ckpt.pt")
+        with open(m.path / "ckpt.pt", "rb") as f:  # one ranged read (moto reads it whole)
+            f.seek(7 * MIB)
+            assert f.read(8)[:8] == (7).to_bytes(8, "little")
+        uploads = s3_server.client().list_multipart_uploads(Bucket=bucket)
+        assert uploads.get("Uploads", []) == []
 
 
 def test_a_name_that_is_not_utf8_goes_to_the_bucket_under_an_escaped_key(
@@ -255,7 +264,7 @@ def test_a_file_just_past_the_default_threshold_never_touches_the_warm_tier(
     m = make_mount(tmp_path, "--bucket", f"file://{tmp_path / 'cold'}", "--stream-after",
                    "64MiB")
     size = 10 * 1024**3 + MIB
-    with running(m):
+    with short_of_room(m, "80m") as m.hot, running(m):
         with PeakSampler(m.hot) as hot, WarmSampler(m.warm / "model.ckpt") as warm:
             digest = write_random(m.path / "model.ckpt", size, seed=3)
         assert warm.peak == 0, "file data reached the warm tier"
@@ -278,7 +287,7 @@ def test_stream_after_bounds_the_hot_tier_and_small_files_come_back_warm(
                    s3_server.endpoint, "--addressing-style", "path", "--large-file-threshold",
                    "64MiB", "--stream-after", "10MiB", "--part-size", "5MiB",
                    "--upload-window", str(WINDOW))
-    with running(m):
+    with short_of_room(m, "20m") as m.hot, running(m):
         with PeakSampler(m.hot) as sampler:
             digest = write_random(m.path / "mid.bin", 30 * MIB, seed=4)
         assert sampler.peak <= WINDOW * PART + MIB, sampler.peak
@@ -491,31 +500,32 @@ def test_an_upload_dropped_after_parts_left_staging_fails_once_and_keeps_the_res
     unmount at the end would hang)."""
     m = stream_mount(tmp_path, proxy, bucket, "--durability", durability)
     data = os.urandom(12 * MIB)
-    with running(m):
-        (m.path / "ckpt.bin").write_bytes(b"previous")
-        fd = os.open(m.path / "ckpt.bin", os.O_WRONLY | os.O_TRUNC)
-        os.write(fd, data)
-        os.fsync(fd)  # parts 1 and 2 (10 MiB) are in the bucket and out of staging
-        assert abort_uploads(proxy, bucket) == 1
-        if durability == "sync":
-            with pytest.raises(OSError) as info:
-                os.close(fd)
-            assert info.value.errno == errno.EIO
-        else:
-            os.close(fd)  # staged: the loss shows in the background
-        lost = m.hot / "lost+found"
-        deadline = time.monotonic() + 60
-        while not (lost.is_dir() and len(list(lost.iterdir())) == 2):
-            assert time.monotonic() < deadline, "the staged rest was never set aside"
-            time.sleep(0.05)
-        [kept] = [p for p in lost.iterdir() if p.suffix != ".txt"]
-        assert kept.read_bytes()[10 * MIB:] == data[10 * MIB:]
-        assert (m.path / "ckpt.bin").read_bytes() == b"previous"
-        assert not (m.warm / "ckpt.bin").is_symlink()
-        assert list((m.hot / "staging").iterdir()) == []
-    assert "dropped the unfinished upload" in (m.hot / "tierfs.log").read_text()
-    assert abort_uploads(proxy, bucket) == 0
-    assert bucket_objects(s3_server, bucket) == []
+    with short_of_room(m, "20m") as m.hot:
+        with running(m):
+            (m.path / "ckpt.bin").write_bytes(b"previous")
+            fd = os.open(m.path / "ckpt.bin", os.O_WRONLY | os.O_TRUNC)
+            os.write(fd, data)
+            os.fsync(fd)  # parts 1 and 2 (10 MiB) are in the bucket and out of staging
+            assert abort_uploads(proxy, bucket) == 1
+            if durability == "sync":
+                with pytest.raises(OSError) as info:
+                    os.close(fd)
+                assert info.value.errno == errno.EIO
+            else:
+                os.close(fd)  # staged: the loss shows in the background
+            lost = m.hot / "lost+found"
+            deadline = time.monotonic() + 60
+            while not (lost.is_dir() and len(list(lost.iterdir())) == 2):
+                assert time.monotonic() < deadline, "the staged rest was never set aside"
+                time.sleep(0.05)
+            [kept] = [p for p in lost.iterdir() if p.suffix != ".txt"]
+            assert kept.read_bytes()[10 * MIB:] == data[10 * MIB:]
+            assert (m.path / "ckpt.bin").read_bytes() == b"previous"
+            assert not (m.warm / "ckpt.bin").is_symlink()
+            assert list((m.hot / "staging").iterdir()) == []
+        assert "dropped the unfinished upload" in (m.hot / "tierfs.log").read_text()
+        assert abort_uploads(proxy, bucket) == 0
+        assert bucket_objects(s3_server, bucket) == []
 
 
 def test_an_upload_dropped_before_any_part_left_staging_starts_again(

@@ -1,4 +1,5 @@
-"""Reads of an open file: from staging while it is staged, else through the block cache
+"""Reads of an open file: from staging while it is staged (a streaming file's parts too, until
+they are punched out for room: ``transfer.streaming``), else through the block cache
 (always for a cold file, for a warm one when warm caching is on), else from the warm file.
 
 A file's blocks are named by its *source*: a cold file by its object and ETag, a warm file by
@@ -38,10 +39,10 @@ class Reads:
                    ) -> bytes | memoryview:
         core = self.core
         while True:
-            if data.upload is not None and offset < data.upload.cut:
+            if data.upload is not None and data.upload.unreadable(offset, size):
                 if data.writers:
-                    log.warning("read of a range already streamed to %s: readable after close",
-                                data.upload.key)
+                    log.warning("read of a range of %s already freed from the hot tier: "
+                                "readable after close", data.upload.key)
                     raise err(errno.EIO)
                 # Closed, its upload still going (write-back): the bytes are readable once
                 # the object is complete, so finish it now rather than fail the read.
@@ -51,9 +52,9 @@ class Reads:
             sid = data.staging_id
             out = await core.hot.run(os.pread, data.staging_fd, size, offset)
             if data.staging_id != sid or (data.upload is not None
-                                          and offset < data.upload.cut):
-                # Published, or cut for the bucket, while the thread read: the range may have
-                # been punched out (zeros) or the descriptor closed and reused. Read again.
+                                          and data.upload.unreadable(offset, size)):
+                # Published, or punched out for room, while the thread read: the range may
+                # read as zeros or the descriptor have been closed and reused. Read again.
                 continue
             core.counters.add("bytes_staged", len(out))
             return out

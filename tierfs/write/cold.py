@@ -28,7 +28,7 @@ from tierfs.objects.base import ObjectStoreError, UploadGone, key_text
 from tierfs.objects.keys import free_key, unique_key
 from tierfs.stubs import Stub
 from tierfs.tiers.warm import split
-from tierfs.transfer.streaming import UPLOAD_TOKEN, StreamingUpload
+from tierfs.transfer.streaming import UPLOAD_TOKEN, PartGone, StreamingUpload
 from tierfs.write.journal import Entry, Journal, Upload
 from tierfs.write.placement import Placement
 from tierfs.write.warm import WarmPublisher, drop_mirror
@@ -114,6 +114,72 @@ class ColdPublisher:
         data.streaming()
         log.info("streaming %s to %s (upload %s)", show(rel), key, upload_id)
 
+    async def changing(self, inode: Inode, data: OpenFile, start: int, end: int) -> None:
+        """Bytes [start, end) of a file's staged data are about to be written: parts already
+        uploaded that they touch go up again before completion; if one of them has left the
+        hot tier, the upload is abandoned and the write gets EIO. Caller holds
+        ``data.lock``."""
+        upload = data.upload
+        if upload is None:
+            return
+        try:
+            await upload.changing(start, end)
+        except PartGone as e:
+            await self.abandon(inode, data, e.number)
+            raise err(errno.EIO) from None
+
+    async def truncating(self, inode: Inode, data: OpenFile, size: int) -> None:
+        """A file's staged data is about to be cut (or extended) to ``size``: as ``changing``.
+        """
+        upload = data.upload
+        if upload is None:
+            return
+        try:
+            await upload.truncating(size)
+        except PartGone as e:
+            await self.abandon(inode, data, e.number)
+            raise err(errno.EIO) from None
+
+    async def abandon(self, inode: Inode, data: OpenFile, number: int) -> None:
+        """A change reached a part already punched out of staging (the hot tier was short of
+        room): the file can no longer be uploaded as written. The upload is aborted, the
+        journal forgets the staged data (recovery removes it), and every later write, read,
+        fsync and the close get EIO; the close leaves the file as it was before
+        (``publish``). Caller holds ``data.lock``."""
+        core = self.core
+        upload = data.upload
+        assert upload is not None and data.staging_id is not None
+        rel = core.rel_or_none(inode)
+        log.error("%s: a write or truncate reached part %d of its upload after that part had "
+                  "left the hot tier to make room: the upload is abandoned, the file keeps its "
+                  "previous content, and its writer gets EIO",
+                  show(rel) if rel is not None else "an unlinked file", number)
+        if core.config.durability == "writeback":
+            data.error = err(errno.EIO)  # its close returns before the publish: it says so
+        sid = data.staging_id
+        self.journal.repoint(sid, None)  # never published, not even by recovery
+        await self.journal.sync()
+        await upload.give_up(f"part {number} had left the hot tier")
+        self.journal.drop(sid)
+        if data.staging_fd is not None:  # the partial data is of no use: give the room back
+            await core.hot.run(os.ftruncate, data.staging_fd, 0)
+
+    async def _drop_abandoned(self, inode: Inode, data: OpenFile) -> None:
+        """Publishing a file whose upload was abandoned: its staged data goes, the file keeps
+        what it had before this writer."""
+        core = self.core
+        sid, fd = data.staging_id, data.staging_fd
+        data.upload = None
+        data.staging_id = data.staging_fd = None
+        data.to(DataState.CLEAN)
+        data.size = data.written = 0
+        data.replaces_object = None  # (the file's stub, if any, still names it)
+        inode.cached_version = None
+        core.invalidate_attrs(inode.ino)
+        await core.hot.run(_close_and_remove, core, sid, fd)
+        if sid is not None:
+            self.journal.drop(sid)
+
     async def object_key(self, rel: bytes, data: OpenFile, entry: Entry | None) -> str:
         """The key of a new object (``objects.keys``), recorded in the journal before its
         upload is created. Keys of uploads under way are held by their journal entries: one
@@ -155,6 +221,9 @@ class ColdPublisher:
         # readable, so a crash before it must find the entry closed, for recovery to finish
         # what it started.
         await self.journal.sync()
+        if upload.abandoned is not None:
+            await self._drop_abandoned(inode, data)
+            raise err(errno.EIO)  # (``abandon`` said why)
         try:
             try:
                 info = await upload.finish(data.size)

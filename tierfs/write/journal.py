@@ -8,9 +8,9 @@ was created with and the parts completed with their receipts (ETag, and checksum
 
 Entries change in memory and normally reach LMDB with the index batch. Where losing a change
 in a crash would lose or misplace data, the filesystem waits for a group commit (``sync``)
-before going on: before a write-back close returns, before a part's bytes are punched out of
-staging, before a multipart upload is created (so that a crash never leaves an upload nobody
-knows of), and when a file with data still to publish is renamed or unlinked.
+before going on: before a write-back close returns, before a part's bytes may be punched out
+of staging, before staged bytes of a part the journal names as completed change, before a
+multipart upload is created (so that a crash never leaves an upload nobody knows of), and when a file with data still to publish is renamed or unlinked.
 
 Every change to an entry that follows from what happens to an open file (the writer closed
 it, wrote again, the data was published or must be kept) is a method here, called from every
@@ -44,7 +44,8 @@ class Upload:
     since: float
     first_part: int
     upload_id: str | None = None
-    #: Completed parts: number -> receipt (``ObjectStore.upload_part``).
+    #: Completed parts whose staged bytes have not changed since: number -> receipt
+    #: (``ObjectStore.upload_part``).
     parts: dict[int, str] = dataclasses.field(default_factory=dict)
     #: Set in the object's metadata (``UPLOAD_TOKEN``) when the upload is created: if the
     #: bucket says the upload is gone, an object at ``key`` with this token is the one it made
@@ -239,14 +240,21 @@ class Journal:
         self.record(data.staging_id, entry)  # type: ignore[arg-type]
         await self.sync(durable=True)
 
-    def part_recorder(self, sid: str) -> Callable[[int, str], Awaitable[None]]:
-        """Make each completed part durable in the journal before its bytes leave staging."""
+    def part_recorder(self, sid: str) -> Callable[[dict[int, str | None]], Awaitable[None]]:
+        """Make parts durable in the journal: a completed part (number -> receipt) before its
+        bytes may leave staging, and a part whose staged bytes are about to change (number ->
+        None) forgotten before they do, so recovery never resumes from a part that no longer
+        matches the staged file."""
 
-        async def record(number: int, receipt: str) -> None:
+        async def record(parts: dict[int, str | None]) -> None:
             entry = self.entries.get(sid)
             if entry is None or entry.upload is None:
                 return
-            entry.upload.parts[number] = receipt
+            for number, receipt in parts.items():
+                if receipt is None:
+                    entry.upload.parts.pop(number, None)
+                else:
+                    entry.upload.parts[number] = receipt
             self.record(sid, entry)
             await self.sync()
 

@@ -24,6 +24,7 @@ from tierfs.core.inodes import Inode
 from tierfs.core.openfile import DataState, OpenFile
 from tierfs.paths import show
 from tierfs.tiers.warm import copy_to_new
+from tierfs.transfer.streaming import give_back_all
 from tierfs.write.journal import Entry, Journal
 from tierfs.write.warm import drop_mirror
 
@@ -160,8 +161,11 @@ class Staging:
             raise failures[0]
 
     async def make_room(self, nbytes: int) -> None:
-        """A write into staging found the hot disk full: cached blocks can go (staging and
-        pins cannot), and staging files whose release is under way soon will."""
+        """A write into staging found the hot disk full: the parts of streaming files already
+        uploaded leave staging (``streaming.give_back_all``), cached blocks can go (other
+        staging and pins cannot), and staging files whose release is under way soon will."""
+        if await give_back_all(self.core.hot, nbytes) >= nbytes:
+            return
         for going in list(self.core.staging_going):
             await going.wait()
         await self.core.cache.free(4 * nbytes + self.core.config.block_size)

@@ -7,12 +7,10 @@ file DIRTY (or STREAMING): ``OpenFile.changed``.
 
 from __future__ import annotations
 
-import errno
 import os
 import time
 
 from tierfs.cache.store import is_no_space
-from tierfs.core.attrs import err
 from tierfs.core.context import Core
 from tierfs.core.inodes import Inode
 from tierfs.core.openfile import OpenFile
@@ -41,8 +39,8 @@ class Writer:
             done = await self.staging.stage(inode, data, first=(buf, 0 if append else offset))
             if append:
                 offset = data.size
-            if data.upload is not None and offset < data.upload.cut:
-                raise err(errno.EOPNOTSUPP)  # that range is already on its way to the bucket
+            # Parts already uploaded go up again; EIO if one has left the hot tier.
+            await self.cold.changing(inode, data, offset, offset + len(buf))
             self.journal.reopened(data)
             if done is not None:
                 written = done
@@ -81,8 +79,7 @@ class Writer:
     async def truncate(self, inode: Inode, data: OpenFile, size: int) -> None:
         """Cut or extend a file's staged data (staged first if need be). Caller holds
         ``data.lock``."""
-        if data.upload is not None and size < data.upload.cut:
-            raise err(errno.EOPNOTSUPP)  # already on its way to the bucket
+        await self.cold.truncating(inode, data, size)  # as for a write
         await self.staging.stage(inode, data, keep=size)
         self.journal.reopened(data)
         assert data.staging_fd is not None

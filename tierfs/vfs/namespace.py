@@ -24,6 +24,7 @@ from tierfs.core.context import Core
 from tierfs.core.inodes import ROOT_INODE, Inode, identity
 from tierfs.stubs import Stub, looks_like_stub
 from tierfs.tiers.warm import RENAME_EXCHANGE, RENAME_NOREPLACE, is_internal, split
+from tierfs.core.ownership import Owners
 from tierfs.write.journal import Journal
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,8 @@ class Namespace:
     def __init__(self, core: Core, journal: Journal) -> None:
         self.core = core
         self.journal = journal
+        #: Stubs checked against their objects' recorded owners (``core.ownership``).
+        self.owners = Owners(core)
 
     # -- helpers --------------------------------------------------------------------------
 
@@ -174,8 +177,9 @@ class Namespace:
         if rel is not None:
             if inode.stub is not None:
                 mtime_ns = None if staged else changes.mtime_ns
-                if changes.mode is not None or mtime_ns is not None:
-                    await self._replace_stub(inode, rel, changes.mode, mtime_ns)
+                etag = await self._keep_object_in_step(inode, rel, changes)
+                if changes.mode is not None or mtime_ns is not None or etag is not None:
+                    await self._replace_stub(inode, rel, changes.mode, mtime_ns, etag)
                 changes = dataclasses.replace(changes, mode=None)
                 if not staged:  # (the stub keeps no atime)
                     changes = dataclasses.replace(changes, atime_ns=None, mtime_ns=None)
@@ -184,16 +188,33 @@ class Namespace:
             stage_times(data, changes)
         inode.attr_changes += 1
 
+    async def _keep_object_in_step(self, inode: Inode, rel: bytes, changes: SetAttr
+                                   ) -> str | None:
+        """A chmod that widens a cold file's mode, or a chown, goes to its object's recorded
+        mode and owner first (``core.ownership``): the new ETag, if the object got one. Caller
+        holds ``ns_lock``."""
+        core = self.core
+        stub = inode.stub
+        assert stub is not None
+        mode = None if changes.mode is None else stat.S_IMODE(changes.mode)
+        if (changes.uid is None and changes.gid is None
+                and (mode is None or not mode & ~stub.mode)):
+            return None  # (no bits added: the stub alone narrows them)
+        st = await core.warm.run(core.warm.lstat, rel)
+        new = await self.owners.keep_in_step(stub, st, rel, mode, changes.uid, changes.gid)
+        return new.etag if new.etag != stub.etag else None
+
     async def _replace_stub(self, inode: Inode, rel: bytes, mode: int | None,
-                            mtime_ns: int | None) -> None:
-        """Put a new mode or mtime into a cold file's stub, atomically. Caller holds
-        ``ns_lock``."""
+                            mtime_ns: int | None, etag: str | None = None) -> None:
+        """Put a new mode or mtime (or the object's new ETag) into a cold file's stub,
+        atomically. Caller holds ``ns_lock``."""
         core = self.core
         stub = inode.stub
         assert stub is not None
         new = dataclasses.replace(
             stub, mode=stub.mode if mode is None else stat.S_IMODE(mode),
-            mtime_ns=stub.mtime_ns if mtime_ns is None else mtime_ns)
+            mtime_ns=stub.mtime_ns if mtime_ns is None else mtime_ns,
+            etag=stub.etag if etag is None else etag)
         with core.inodes.replacing(inode):
             st = await core.warm.run(core.warm.replace_symlink, rel,
                                      new.encode(core.config.bucket))

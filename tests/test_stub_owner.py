@@ -123,6 +123,11 @@ def test_copied_stub_serves_nothing(open_mount: Mount) -> None:
     assert m.metadata(m.warm / "bob.bin")["mode"] == "0600"  # type: ignore[attr-defined]
     assert "refused eve/stolen" in m.log()
     assert (m.path / "bob.bin").read_bytes() == data
+    # Removing her copy removes her link only: bob's object stays.
+    assert eve_codes(f"print(code(os.unlink, {str(stolen)!r}))\n") == [0]
+    assert not (m.warm / "eve" / "stolen").is_symlink()
+    assert m.metadata(m.warm / "bob.bin")["uid"] == "0"  # type: ignore[attr-defined]
+    assert (m.path / "bob.bin").read_bytes() == data
 
 
 def test_chmod_by_the_owner_opens_the_file(open_mount: Mount) -> None:

@@ -15,7 +15,7 @@ import pytest
 from tierfs.core.ownership import Owners, recorded
 from tierfs.stubs import Stub
 
-from .conftest import Core, SetAttr, core_test, open_core
+from .conftest import ROOT, Core, SetAttr, core_test, open_core
 
 SMALL = "64KiB"
 OTHER = 65534
@@ -168,3 +168,21 @@ async def test_owner_and_mode_set_while_uploading_reach_the_object(tmp_path: Pat
         assert (found["uid"], found["mode"]) == (str(OTHER), "0644")
         assert os.lstat(core.warm_path(b"f")).st_uid == OTHER
         assert await core.read_file(b"f") == data
+
+
+@core_test
+async def test_removing_a_copied_link_keeps_the_object(tmp_path: Path) -> None:
+    data = content()
+    async with open_core(tmp_path, large_file_threshold=SMALL) as core:
+        await core.write_file(b"f", data, mode=0o600)
+        await forge(core, b"copy", core.cold(b"f"), OTHER)
+        await forge(core, b"copy2", core.cold(b"f"), OTHER)
+        await core.lookup_path(b"copy")
+        await core.lookup_path(b"copy2")
+        await core.fs.unlink(ROOT, b"copy")
+        await core.write_file(b"small", b"x")
+        await core.fs.rename(ROOT, b"small", ROOT, b"copy2", 0)
+        assert core.store.calls["delete"] == 0
+        assert await core.read_file(b"f") == data
+        await core.fs.unlink(ROOT, b"f")  # (its owner's own link: the object goes)
+        assert core.store.calls["delete"] == 1 and core.objects() == {}

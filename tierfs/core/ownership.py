@@ -122,6 +122,28 @@ class Owners:
         if info.etag == stub.etag:  # (another version: its reads fail, nothing to remember)
             self.remember(stub, st.st_uid)
 
+    async def may_delete(self, stub: Stub, owner: int, rel: bytes) -> bool:
+        """Whether removing the last name of a cold file, a link ``owner`` owned, may delete
+        its object: not if the object records another owner (the link was a copy of that
+        owner's stub, and removing it must not take their data), nor if the bucket cannot
+        say (an object left behind is garbage, one deleted is lost)."""
+        if self.known(stub, owner):
+            return True
+        core = self.core
+        try:
+            rec = recorded((await core.cold.run(core.cold.store.head, stub.key)).metadata)
+        except NoSuchObject:
+            return True
+        except (ObjectStoreError, ValueError) as e:
+            log.error("kept the object %s of %s, removed: cannot check its owner: %s",
+                      stub.key, show(rel), e)
+            return False
+        if rec is not None and rec.uid != owner:
+            log.error("kept the object %s of %s, removed: the link was uid %d's, the object "
+                      "is uid %d's", stub.key, show(rel), owner, rec.uid)
+            return False
+        return True
+
     async def keep_in_step(self, stub: Stub, st: os.stat_result, rel: bytes,
                            mode: int | None = None, uid: int | None = None,
                            gid: int | None = None) -> Stub:

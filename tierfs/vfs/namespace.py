@@ -322,13 +322,13 @@ class Namespace:
         async with core.ns_lock:
             rel = core.inodes.child_path(parent, name)
             core.name_changes += 1
-            await core.warm.run(core.warm.unlink, rel)
+            gone = await core.warm.run(self._unlink_blocking, rel, core.inodes.child(parent, name))
             removed = core.inodes.remove_link(parent, name)
             forget_base(removed)
             changed = self._rejournal(removed)
             if self.journal.unlinked(rel) or changed:
                 await self.journal.sync()  # an unlinked name must not come back at recovery
-        await self._drop_unreferenced(removed)
+        await self._drop_unreferenced(removed, gone, rel)
 
     async def rmdir(self, parent: int, name: bytes) -> None:
         core = self.core
@@ -364,7 +364,9 @@ class Namespace:
             rel = core.inodes.child_path(parent, name)
             new_rel = core.inodes.child_path(new_parent, new_name)
             core.name_changes += 1
-            await core.warm.run(core.warm.rename, rel, new_rel, flags)
+            gone = await core.warm.run(
+                self._rename_blocking, rel, new_rel, flags,
+                None if exchange else core.inodes.child(new_parent, new_name))
             core.renames += 1
             moved = core.inodes.child(parent, name)
             replaced = core.inodes.child(new_parent, new_name)
@@ -382,7 +384,7 @@ class Namespace:
             changed = self.journal.moved(rel, new_rel, exchange) or changed
             if changed:
                 await self.journal.sync()
-        await self._drop_unreferenced(replaced)
+        await self._drop_unreferenced(replaced, gone, new_rel)
 
     def _rejournal(self, inode: Inode | None) -> bool:
         """Re-point an inode's journal entry at its current path (nothing to publish if it
@@ -391,10 +393,35 @@ class Namespace:
             return False
         return self.journal.repoint(inode.data.staging_id, self.core.rel_or_none(inode))
 
-    async def _drop_unreferenced(self, inode: Inode | None) -> None:
+    def _unlink_blocking(self, rel: bytes, inode: Inode | None) -> os.stat_result | None:
+        """Unlink; for a cold file, its link's attributes first (``_drop_unreferenced``)."""
+        warm = self.core.warm
+        st = warm.lstat(rel) if inode is not None and inode.stub is not None else None
+        warm.unlink(rel)
+        return st
+
+    def _rename_blocking(self, rel: bytes, new_rel: bytes, flags: int, inode: Inode | None
+                         ) -> os.stat_result | None:
+        """Rename; for a cold file it replaces, that file's link's attributes first."""
+        warm = self.core.warm
+        st = None
+        if inode is not None and inode.stub is not None:
+            try:
+                st = warm.lstat(new_rel)
+            except FileNotFoundError:
+                pass
+        warm.rename(rel, new_rel, flags)
+        return st
+
+    async def _drop_unreferenced(self, inode: Inode | None, link: os.stat_result | None,
+                                 rel: bytes) -> None:
         """A cold file that lost its last name: its object goes now, or when the last handle
-        closes (an open file keeps its data, as on any POSIX file system)."""
+        closes (an open file keeps its data, as on any POSIX file system). Not if the object
+        records an owner other than the removed link's: that link was a copy of someone
+        else's stub (``core.ownership``)."""
         if inode is None or inode.links or inode.stub is None or inode.data is not None:
+            return
+        if link is not None and not await self.owners.may_delete(inode.stub, link.st_uid, rel):
             return
         await self.core.delete_object(inode.stub.key)
 

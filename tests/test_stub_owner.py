@@ -19,7 +19,7 @@ from urllib.parse import unquote_plus
 
 import pytest
 
-from conftest import Mount, make_mount, running
+from conftest import Mount, S3Server, make_mount, running
 
 EVE = 65534
 PREFIX = "tierfs"
@@ -167,3 +167,27 @@ def test_forged_wider_mode_is_refused(open_mount: Mount) -> None:
     assert eve_codes(f"print(code(read, {str(m.path / 'wide')!r}))\n") == [errno.EACCES]
     with pytest.raises(PermissionError):
         (m.path / "wide").read_bytes()
+
+
+def test_s3_replaces_metadata_in_place(s3_server: S3Server, bucket: str) -> None:
+    """copy_object onto itself: the content stays, the metadata is the new one, and only the
+    version asked for is changed."""
+    from tierfs.objects.base import ObjectChanged, parse_bucket_uri
+    from tierfs.objects.s3 import S3Store
+
+    store = S3Store(parse_bucket_uri(f"s3://{bucket}/{PREFIX}"), s3_server.endpoint,
+                    addressing_style="path")
+    key = f"{PREFIX}/f"
+    data = random.Random(4).randbytes(6 * 1024 * 1024)
+    upload = store.create_multipart(key, {"mode": "0600", "uid": "0"}, store.part_checksum)
+    parts = [(1, store.upload_part(key, upload, 1, data[:5 * 1024 * 1024],
+                                   store.part_checksum)),
+             (2, store.upload_part(key, upload, 2, data[5 * 1024 * 1024:],
+                                   store.part_checksum))]
+    old = store.complete_multipart(key, upload, parts)
+    new = store.replace_metadata(key, old.etag, {"mode": "0644", "uid": "0"})
+    assert dict(new.metadata) == {"mode": "0644", "uid": "0"}
+    assert store.get_range(key, 0, len(data), new.etag) == data
+    with pytest.raises(ObjectChanged):
+        store.replace_metadata(key, "0" * 32, {"mode": "0666"})
+    assert store.head(key).metadata["mode"] == "0644"

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tierfs.core.ownership import Owners, recorded
+from tierfs.objects.base import MetadataFixed
 from tierfs.stubs import Stub
 
 from .conftest import ROOT, Core, SetAttr, core_test, open_core
@@ -186,3 +187,17 @@ async def test_removing_a_copied_link_keeps_the_object(tmp_path: Path) -> None:
         assert await core.read_file(b"f") == data
         await core.fs.unlink(ROOT, b"f")  # (its owner's own link: the object goes)
         assert core.store.calls["delete"] == 1 and core.objects() == {}
+
+
+@core_test
+async def test_a_store_that_cannot_change_metadata_refuses_the_chmod(tmp_path: Path) -> None:
+    """S3 copies an object onto itself (its only way to change metadata) up to 5 GiB."""
+    async with open_core(tmp_path, large_file_threshold=SMALL) as core:
+        await core.write_file(b"f", content(), mode=0o600)
+        before = core.cold(b"f")
+        core.store.fail_always("replace_metadata", MetadataFixed("too large to copy"))
+        inode = await core.lookup_path(b"f")
+        with pytest.raises(OSError) as caught:
+            await core.fs.setattr(inode.ino, SetAttr(mode=0o644))
+        assert caught.value.errno == errno.EOPNOTSUPP
+        assert core.cold(b"f") == before and metadata(core, b"f")["mode"] == "0600"

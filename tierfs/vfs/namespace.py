@@ -22,15 +22,20 @@ from collections.abc import Callable, Sequence
 from tierfs.core.attrs import Attrs, SetAttr, attrs_of, err, forget_base, stage_times
 from tierfs.core.context import Core
 from tierfs.core.inodes import ROOT_INODE, Inode, identity
+from tierfs.core.ownership import Owners
 from tierfs.stubs import Stub, looks_like_stub
 from tierfs.tiers.warm import RENAME_EXCHANGE, RENAME_NOREPLACE, is_internal, split
-from tierfs.core.ownership import Owners
 from tierfs.write.journal import Journal
 
 log = logging.getLogger(__name__)
 
 #: Times a lookup is read again when tierfs replaced the file meanwhile.
 STALE_TRIES = 4
+
+
+def is_cold(inode: Inode | None) -> bool:
+    """Whether a name's inode is a known cold file: removing it may delete its object."""
+    return inode is not None and inode.stub is not None
 
 
 class Namespace:
@@ -322,7 +327,8 @@ class Namespace:
         async with core.ns_lock:
             rel = core.inodes.child_path(parent, name)
             core.name_changes += 1
-            gone = await core.warm.run(self._unlink_blocking, rel, core.inodes.child(parent, name))
+            gone = await core.warm.run(self._unlink_blocking, rel,
+                                       is_cold(core.inodes.child(parent, name)))
             removed = core.inodes.remove_link(parent, name)
             forget_base(removed)
             changed = self._rejournal(removed)
@@ -366,7 +372,7 @@ class Namespace:
             core.name_changes += 1
             gone = await core.warm.run(
                 self._rename_blocking, rel, new_rel, flags,
-                None if exchange else core.inodes.child(new_parent, new_name))
+                not exchange and is_cold(core.inodes.child(new_parent, new_name)))
             core.renames += 1
             moved = core.inodes.child(parent, name)
             replaced = core.inodes.child(new_parent, new_name)
@@ -393,19 +399,19 @@ class Namespace:
             return False
         return self.journal.repoint(inode.data.staging_id, self.core.rel_or_none(inode))
 
-    def _unlink_blocking(self, rel: bytes, inode: Inode | None) -> os.stat_result | None:
+    def _unlink_blocking(self, rel: bytes, cold: bool) -> os.stat_result | None:
         """Unlink; for a cold file, its link's attributes first (``_drop_unreferenced``)."""
         warm = self.core.warm
-        st = warm.lstat(rel) if inode is not None and inode.stub is not None else None
+        st = warm.lstat(rel) if cold else None
         warm.unlink(rel)
         return st
 
-    def _rename_blocking(self, rel: bytes, new_rel: bytes, flags: int, inode: Inode | None
+    def _rename_blocking(self, rel: bytes, new_rel: bytes, flags: int, cold: bool
                          ) -> os.stat_result | None:
         """Rename; for a cold file it replaces, that file's link's attributes first."""
         warm = self.core.warm
         st = None
-        if inode is not None and inode.stub is not None:
+        if cold:
             try:
                 st = warm.lstat(new_rel)
             except FileNotFoundError:

@@ -20,7 +20,8 @@ from typing import Any
 from tierfs.objects.base import ObjectInfo, ObjectStore, TransientError
 
 METHODS = ("check", "head", "get_range", "put", "list_objects", "delete", "create_multipart",
-           "upload_part", "complete_multipart", "abort_multipart", "list_multipart")
+           "upload_part", "complete_multipart", "abort_multipart", "list_multipart",
+           "replace_metadata")
 
 
 @dataclasses.dataclass
@@ -175,6 +176,10 @@ class FaultStore(ObjectStore):
     def put(self, key: str, data: bytes, metadata: Mapping[str, str] | None = None
             ) -> ObjectInfo:
         info: ObjectInfo = self._call("put", key, data, metadata)
+        return info
+
+    def replace_metadata(self, key: str, etag: str, metadata: Mapping[str, str]) -> ObjectInfo:
+        info: ObjectInfo = self._call("replace_metadata", key, etag, metadata)
         return info
 
     def list_objects(self, prefix: str) -> Iterator[ObjectInfo]:

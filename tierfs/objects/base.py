@@ -20,6 +20,8 @@ from tierfs.errors import ConfigError
 MIN_PART_SIZE = 5 * 1024 * 1024
 MAX_PART_SIZE = 5 * 1024**3
 MAX_PARTS = 10_000
+#: The largest object S3 copies in one request (and so can give new metadata in place).
+MAX_COPY_SIZE = 5 * 1024**3
 #: The longest key S3 and GCS take, in bytes of UTF-8.
 MAX_KEY_BYTES = 1024
 
@@ -53,6 +55,11 @@ class KeyInTheWay(ObjectStoreError):
     def __init__(self, key: str, at: str) -> None:
         super().__init__(f"{key}: the object {at} is where a folder would have to be")
         self.key, self.at = key, at
+
+
+class MetadataFixed(ObjectStoreError):
+    """The store cannot replace this object's metadata in place (S3 copies an object onto
+    itself, which it does in one request only up to ``MAX_COPY_SIZE``)."""
 
 
 class TransientError(ObjectStoreError):
@@ -175,6 +182,14 @@ class ObjectStore(abc.ABC):
     @abc.abstractmethod
     def put(self, key: str, data: bytes, metadata: Mapping[str, str] | None = None
             ) -> ObjectInfo: ...
+
+    @abc.abstractmethod
+    def replace_metadata(self, key: str, etag: str, metadata: Mapping[str, str]) -> ObjectInfo:
+        """Give the object ``metadata`` (all of it: nothing of the old is kept), keeping its
+        content. The object's owner and mode live there, and a chmod through the mount that
+        widens a cold file's mode must widen them too. Raises ObjectChanged if the object is
+        no longer version ``etag``, MetadataFixed where the store cannot do it in place. The
+        ETag may change (S3 copies the object): the returned one names it from then on."""
 
     @abc.abstractmethod
     def list_objects(self, prefix: str) -> Iterator[ObjectInfo]:

@@ -17,8 +17,9 @@ import botocore.config
 import botocore.exceptions
 import urllib3.exceptions
 
-from tierfs.objects.base import (BucketURI, NoSuchObject, ObjectChanged, ObjectInfo, ObjectStore,
-                                 ObjectStoreError, TransientError, UploadGone)
+from tierfs.objects.base import (MAX_COPY_SIZE, BucketURI, MetadataFixed, NoSuchObject,
+                                 ObjectChanged, ObjectInfo, ObjectStore, ObjectStoreError,
+                                 TransientError, UploadGone)
 from tierfs.objects.retry import retry_transient
 
 GCS_ENDPOINT = "https://storage.googleapis.com"
@@ -142,6 +143,29 @@ class S3Store(ObjectStore):
         self.client.put_object(Bucket=self.bucket, Key=key, Body=data,
                                Metadata=dict(metadata or {}))
         return self.head(key)
+
+    def replace_metadata(self, key: str, etag: str, metadata: Mapping[str, str]) -> ObjectInfo:
+        # S3 changes metadata only by copying the object onto itself, in one request up to
+        # 5 GiB (a larger copy is a multipart upload of its own: not done here). The copy is
+        # made only from version ``etag``; a multipart object's ETag changes.
+        info = self.head(key)
+        if info.etag != etag:
+            raise ObjectChanged("the object changed (ETag mismatch)")
+        if info.size > MAX_COPY_SIZE:
+            raise MetadataFixed(f"{key}: S3 cannot give an object of more than 5 GiB new "
+                                "metadata in place")
+        self._copy_onto_itself(key, etag, metadata)
+        return self.head(key)
+
+    @retry_transient(classify)
+    def _copy_onto_itself(self, key: str, etag: str, metadata: Mapping[str, str]) -> None:
+        # The copy gets a whole-object checksum of its own: a multipart object's is one of
+        # its parts' checksums, which would not match the copy's bytes when read back.
+        extra = {"ChecksumAlgorithm": self.part_checksum} if self.part_checksum else {}
+        self.client.copy_object(Bucket=self.bucket, Key=key,
+                                CopySource={"Bucket": self.bucket, "Key": key},
+                                CopySourceIfMatch=f'"{etag}"', Metadata=dict(metadata),
+                                MetadataDirective="REPLACE", **extra)
 
     def list_objects(self, prefix: str) -> Iterator[ObjectInfo]:
         token: str | None = None

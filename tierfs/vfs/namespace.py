@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from tierfs.core.attrs import Attrs, SetAttr, attrs_of, err, forget_base, stage_times
 from tierfs.core.context import Core
 from tierfs.core.inodes import ROOT_INODE, Inode, identity
+from tierfs.core.ownership import Owners
 from tierfs.stubs import Stub, looks_like_stub
 from tierfs.tiers.warm import RENAME_EXCHANGE, RENAME_NOREPLACE, is_internal, split
 from tierfs.write.journal import Journal
@@ -32,10 +33,17 @@ log = logging.getLogger(__name__)
 STALE_TRIES = 4
 
 
+def is_cold(inode: Inode | None) -> bool:
+    """Whether a name's inode is a known cold file: removing it may delete its object."""
+    return inode is not None and inode.stub is not None
+
+
 class Namespace:
     def __init__(self, core: Core, journal: Journal) -> None:
         self.core = core
         self.journal = journal
+        #: Stubs checked against their objects' recorded owners (``core.ownership``).
+        self.owners = Owners(core)
 
     # -- helpers --------------------------------------------------------------------------
 
@@ -174,8 +182,9 @@ class Namespace:
         if rel is not None:
             if inode.stub is not None:
                 mtime_ns = None if staged else changes.mtime_ns
-                if changes.mode is not None or mtime_ns is not None:
-                    await self._replace_stub(inode, rel, changes.mode, mtime_ns)
+                etag = await self._keep_object_in_step(inode, rel, changes)
+                if changes.mode is not None or mtime_ns is not None or etag is not None:
+                    await self._replace_stub(inode, rel, changes.mode, mtime_ns, etag)
                 changes = dataclasses.replace(changes, mode=None)
                 if not staged:  # (the stub keeps no atime)
                     changes = dataclasses.replace(changes, atime_ns=None, mtime_ns=None)
@@ -184,16 +193,33 @@ class Namespace:
             stage_times(data, changes)
         inode.attr_changes += 1
 
+    async def _keep_object_in_step(self, inode: Inode, rel: bytes, changes: SetAttr
+                                   ) -> str | None:
+        """A chmod that widens a cold file's mode, or a chown, goes to its object's recorded
+        mode and owner first (``core.ownership``): the new ETag, if the object got one. Caller
+        holds ``ns_lock``."""
+        core = self.core
+        stub = inode.stub
+        assert stub is not None
+        mode = None if changes.mode is None else stat.S_IMODE(changes.mode)
+        if (changes.uid is None and changes.gid is None
+                and (mode is None or not mode & ~stub.mode)):
+            return None  # (no bits added: the stub alone narrows them)
+        st = await core.warm.run(core.warm.lstat, rel)
+        new = await self.owners.keep_in_step(stub, st, rel, mode, changes.uid, changes.gid)
+        return new.etag if new.etag != stub.etag else None
+
     async def _replace_stub(self, inode: Inode, rel: bytes, mode: int | None,
-                            mtime_ns: int | None) -> None:
-        """Put a new mode or mtime into a cold file's stub, atomically. Caller holds
-        ``ns_lock``."""
+                            mtime_ns: int | None, etag: str | None = None) -> None:
+        """Put a new mode or mtime (or the object's new ETag) into a cold file's stub,
+        atomically. Caller holds ``ns_lock``."""
         core = self.core
         stub = inode.stub
         assert stub is not None
         new = dataclasses.replace(
             stub, mode=stub.mode if mode is None else stat.S_IMODE(mode),
-            mtime_ns=stub.mtime_ns if mtime_ns is None else mtime_ns)
+            mtime_ns=stub.mtime_ns if mtime_ns is None else mtime_ns,
+            etag=stub.etag if etag is None else etag)
         with core.inodes.replacing(inode):
             st = await core.warm.run(core.warm.replace_symlink, rel,
                                      new.encode(core.config.bucket))
@@ -301,13 +327,14 @@ class Namespace:
         async with core.ns_lock:
             rel = core.inodes.child_path(parent, name)
             core.name_changes += 1
-            await core.warm.run(core.warm.unlink, rel)
+            gone = await core.warm.run(self._unlink_blocking, rel,
+                                       is_cold(core.inodes.child(parent, name)))
             removed = core.inodes.remove_link(parent, name)
             forget_base(removed)
             changed = self._rejournal(removed)
             if self.journal.unlinked(rel) or changed:
                 await self.journal.sync()  # an unlinked name must not come back at recovery
-        await self._drop_unreferenced(removed)
+        await self._drop_unreferenced(removed, gone, rel)
 
     async def rmdir(self, parent: int, name: bytes) -> None:
         core = self.core
@@ -343,7 +370,9 @@ class Namespace:
             rel = core.inodes.child_path(parent, name)
             new_rel = core.inodes.child_path(new_parent, new_name)
             core.name_changes += 1
-            await core.warm.run(core.warm.rename, rel, new_rel, flags)
+            gone = await core.warm.run(
+                self._rename_blocking, rel, new_rel, flags,
+                not exchange and is_cold(core.inodes.child(new_parent, new_name)))
             core.renames += 1
             moved = core.inodes.child(parent, name)
             replaced = core.inodes.child(new_parent, new_name)
@@ -361,7 +390,7 @@ class Namespace:
             changed = self.journal.moved(rel, new_rel, exchange) or changed
             if changed:
                 await self.journal.sync()
-        await self._drop_unreferenced(replaced)
+        await self._drop_unreferenced(replaced, gone, new_rel)
 
     def _rejournal(self, inode: Inode | None) -> bool:
         """Re-point an inode's journal entry at its current path (nothing to publish if it
@@ -370,10 +399,35 @@ class Namespace:
             return False
         return self.journal.repoint(inode.data.staging_id, self.core.rel_or_none(inode))
 
-    async def _drop_unreferenced(self, inode: Inode | None) -> None:
+    def _unlink_blocking(self, rel: bytes, cold: bool) -> os.stat_result | None:
+        """Unlink; for a cold file, its link's attributes first (``_drop_unreferenced``)."""
+        warm = self.core.warm
+        st = warm.lstat(rel) if cold else None
+        warm.unlink(rel)
+        return st
+
+    def _rename_blocking(self, rel: bytes, new_rel: bytes, flags: int, cold: bool
+                         ) -> os.stat_result | None:
+        """Rename; for a cold file it replaces, that file's link's attributes first."""
+        warm = self.core.warm
+        st = None
+        if cold:
+            try:
+                st = warm.lstat(new_rel)
+            except FileNotFoundError:
+                pass
+        warm.rename(rel, new_rel, flags)
+        return st
+
+    async def _drop_unreferenced(self, inode: Inode | None, link: os.stat_result | None,
+                                 rel: bytes) -> None:
         """A cold file that lost its last name: its object goes now, or when the last handle
-        closes (an open file keeps its data, as on any POSIX file system)."""
+        closes (an open file keeps its data, as on any POSIX file system). Not if the object
+        records an owner other than the removed link's: that link was a copy of someone
+        else's stub (``core.ownership``)."""
         if inode is None or inode.links or inode.stub is None or inode.data is not None:
+            return
+        if link is not None and not await self.owners.may_delete(inode.stub, link.st_uid, rel):
             return
         await self.core.delete_object(inode.stub.key)
 

@@ -108,9 +108,26 @@ class OpenFiles:
             inode.stub = stub = core.parse_stub(st, target, rel)
             if stub is None:
                 raise err(errno.ESTALE)  # no longer a stub: the kernel will look it up again
+            # Before any of the object's data is served: the link's owner and the stub's mode
+            # are whoever made the link's (docs/stubs.md, "Owners").
+            await self.namespace.owners.check(stub, st, rel)
             return (OpenFile(stub=stub, base=st),
                     (stub.size, stub.mtime_ns, 0, stub.etag.encode()))
         return OpenFile(warm_fd=fd, base=st, warm_id=warm_id(st)), version(st, inode.key)
+
+    async def _check_stub(self, inode: Inode) -> None:
+        """Refuse a cold file whose stub does not match its object's recorded owner and mode
+        (``core.ownership``), as at open."""
+        core = self.core
+        async with core.ns_lock.shared():
+            rel = core.rel_or_none(inode)
+            if rel is None:
+                return  # unlinked: only an open handle reaches it, checked at its open
+            st, target = await core.warm.run(core.warm.lstat_link, rel)
+        stub = core.parse_stub(st, target, rel)
+        if stub is None:
+            raise err(errno.ESTALE)
+        await self.namespace.owners.check(stub, st, rel)
 
     def _new_handle(self, inode: Inode, data: OpenFile, flags: int) -> Handle:
         accmode = flags & os.O_ACCMODE
@@ -204,6 +221,7 @@ class OpenFiles:
             # A new size for a cold file: staged, cut there and published at the last let-go
             # (back to the warm tier below the large-file threshold, else a new object).
             if changes.size != inode.stub.size:
+                await self._check_stub(inode)  # (its data is staged from the object)
                 await self.truncate(inode, rest, changes.size)
             return rest
         if inode.is_dir:

@@ -6,7 +6,7 @@ chosen (``objects.keys``) and recorded in the journal before the upload is creat
 crash leaves an upload nobody knows of; parts then stream from staging while the writer goes
 on (``transfer.streaming``). At close the upload is completed and the stub put in place under
 the namespace lock; a file that was streamed early but ended small is brought back to the warm
-tier instead. Every object carries the file's mode, mtime and the upload's token in its
+tier instead. Every object carries the file's mode, owner, mtime and the upload's token in its
 metadata, whichever path created it (a live writer, a retry, recovery).
 """
 
@@ -24,6 +24,7 @@ from tierfs.core.attrs import err, file_mode, mode_override
 from tierfs.core.context import AttrMark, Core
 from tierfs.core.inodes import Inode
 from tierfs.core.openfile import DataState, OpenFile, warm_id
+from tierfs.core.ownership import owner_metadata, settle
 from tierfs.objects.base import ObjectStoreError, UploadGone, key_text
 from tierfs.objects.keys import free_key, unique_key
 from tierfs.stubs import Stub
@@ -82,6 +83,8 @@ class ColdPublisher:
         config = core.config
         assert data.staging_fd is not None and data.staging_id is not None  # after staging
         metadata = {"mode": f"{file_mode(inode, data):04o}", "mtime-ns": str(data.mtime_ns)}
+        if data.base is not None:  # (fresh: route took it) its stub must name this owner
+            metadata.update(owner_metadata(data.base))
         entry = self.journal.entries.get(data.staging_id)
         try:
             key = await self.object_key(rel, data, entry)
@@ -278,6 +281,8 @@ class ColdPublisher:
                         await core.fresh_base(inode, data)
                         stub = dataclasses.replace(stub, mode=file_mode(inode, data),
                                                    mtime_ns=data.mtime_ns)
+                    if data.base is not None:  # (its owner or mode changed while uploading)
+                        stub = await settle(core, stub, data.base, info, rel)
                     st = await core.warm.run(core.warm.replace_symlink, rel,
                                              stub.encode(core.config.bucket))
                     core.forget_dir_attrs()

@@ -37,7 +37,7 @@ from tierfs.vfs.upkeep import Upkeep
 from tierfs.write.cold import ColdPublisher
 from tierfs.write.journal import Journal
 from tierfs.write.publish import Publisher
-from tierfs.write.recovery import Recovery, Report
+from tierfs.write.recovery import Recovery, Report, publishable
 from tierfs.write.staging import Staging
 from tierfs.write.warm import WarmPublisher
 from tierfs.write.writeback import WriteBack
@@ -160,11 +160,25 @@ class FileSystem:
                       show(self.core.rel_or_none(inode) or b"(unlinked)"),
                       data.staging_id if data is not None else "?", e)
         await self.save_index()
-        # Every entry left with a name is data not home: what failed just now, and what a
-        # release or write-back failed to publish before.
-        unpublished = sorted(show(e.path) for e in self.journal.entries.values() if e.path)
+        unpublished = await self._unpublished()
         await self.core.hot.run(self.core.hot.write_unpublished, unpublished)
         return unpublished
+
+    async def _unpublished(self) -> list[str]:
+        """Staged data not home: an open file's that is still dirty (what failed just now),
+        and what the journal keeps for no open file that recovery would publish (a release
+        or write-back failed to publish it before)."""
+        staged = set(await self.core.hot.run(self.core.hot.staged_ids))
+        live = {d.staging_id: d for _, d in self.writeback.files.values()}
+        live.update((h.data.staging_id, h.data) for h in self.files.handles.values())
+        out = []
+        for sid, entry in self.journal.entries.items():
+            if not entry.path or sid not in staged:
+                continue
+            data = live.get(sid)
+            if data.dirty if data is not None else publishable(entry, False) is not None:
+                out.append(show(entry.path))
+        return sorted(out)
 
     def pending_uploads(self) -> tuple[int, int]:
         return self.writeback.pending()

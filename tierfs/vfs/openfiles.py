@@ -276,7 +276,7 @@ class OpenFiles:
                 # The tail not yet cut into parts is on the hot disk only: flush it first.
                 await self.core.hot.run(os.fdatasync, data.staging_fd)
                 entry.synced = data.size
-                self.journal.record(data.staging_id, entry)  # type: ignore[arg-type]
+                self.journal.update(data.staging_id, entry)
                 await self.journal.sync(durable=True)  # fsync's promise: past a power loss
         elif data.dirty:
             await self.publisher.publish(handle.inode, data)

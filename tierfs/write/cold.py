@@ -106,7 +106,7 @@ class ColdPublisher:
         if entry is not None:
             assert entry.upload is not None
             entry.upload.upload_id = upload_id
-            self.journal.record(data.staging_id, entry)
+            self.journal.update(data.staging_id, entry)
         await drop_mirror(core.warm, data)  # bound for the bucket, not the warm tier
         assert core.nursery is not None
         data.upload = StreamingUpload(core.cold, core.hot, core.nursery, data.staging_fd,
@@ -199,7 +199,7 @@ class ColdPublisher:
             if entry is not None:
                 entry.upload = Upload(chosen, time.time(), core.config.part_size,
                                       checksum=store.part_checksum)
-                self.journal.record(data.staging_id, entry)  # type: ignore[arg-type]
+                self.journal.update(data.staging_id, entry)
                 await self.journal.sync()
             return chosen
 

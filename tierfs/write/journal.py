@@ -107,6 +107,13 @@ class Journal:
         self.entries[sid] = entry
         self.batch.put(DB, sid.encode(), entry)  # encoded when the batch commits
 
+    def update(self, sid: str | None, entry: Entry) -> None:
+        """Queue a change to an entry read before an await, if it is still the entry of its
+        staging file: one dropped meanwhile (its data published and its staging removed) must
+        not come back, naming a path recovery would then report as unpublished."""
+        if sid is not None and self.entries.get(sid) is entry:
+            self.record(sid, entry)
+
     def drop(self, sid: str) -> None:
         self.entries.pop(sid, None)
         self.batch.delete(DB, sid.encode())
@@ -193,7 +200,7 @@ class Journal:
             return
         entry.closed = True
         entry.size, entry.atime_ns, entry.mtime_ns = data.size, data.atime_ns, data.mtime_ns
-        self.record(data.staging_id, entry)  # type: ignore[arg-type]
+        self.update(data.staging_id, entry)
 
     def reopened(self, data: OpenFile) -> None:
         """New writes to staged content that a close had released: it may not be published
@@ -203,7 +210,7 @@ class Journal:
             entry.closed = False
             if entry.upload is None:
                 entry.synced = None  # what was on disk is being changed
-            self.record(data.staging_id, entry)  # type: ignore[arg-type]
+            self.update(data.staging_id, entry)
 
     def mark_published(self, data: OpenFile) -> None:
         """The staged content is home: recovery has nothing to publish for it."""
@@ -211,14 +218,14 @@ class Journal:
         if entry is not None and entry.closed:
             entry.closed = False
             entry.replaces = None
-            self.record(data.staging_id, entry)  # type: ignore[arg-type]
+            self.update(data.staging_id, entry)
 
     def forget_upload(self, data: OpenFile) -> None:
         """A file's multipart upload was aborted; its data is still staged."""
         entry = self.entry_of(data)
         if entry is not None and entry.upload is not None:
             entry.upload = None
-            self.record(data.staging_id, entry)  # type: ignore[arg-type]
+            self.update(data.staging_id, entry)
 
     async def keep_staged(self, data: OpenFile) -> None:
         """Publishing closed data failed, and it stays staged until a later try: flush it to
@@ -237,7 +244,7 @@ class Journal:
             await self.sync()
             return
         entry.synced = entry.size
-        self.record(data.staging_id, entry)  # type: ignore[arg-type]
+        self.update(data.staging_id, entry)
         await self.sync(durable=True)
 
     def part_recorder(self, sid: str) -> Callable[[dict[int, str | None]], Awaitable[None]]:

@@ -321,7 +321,8 @@ KEYS: tuple[Key, ...] = (
     Key("part_size", _part_size, lambda: 16 * 1024 * 1024,
         "Size of the first multipart-upload parts; later parts grow so a 5 TiB file fits."),
     Key("upload_window", _window, lambda: 4,
-        "Parts of a streaming upload the hot tier may hold at once (uploading or filling)."),
+        "Parts of a streaming upload uploading or being filled at once; uploaded parts stay on "
+        "the hot tier until its free space falls below this many parts."),
     Key("block_size", _block_size, lambda: 8 * 1024 * 1024,
         "Cold files (and cached warm files) are read and cached in blocks of this size."),
     Key("durability", _durability, lambda: "sync",

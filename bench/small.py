@@ -1,7 +1,7 @@
 """Small operations through tierfs against three baselines on the same disk, in one run.
 
     sudo .venv/bin/python bench/small.py [--files 2000] [--entries 10000] [--size-mib 256]
-                                         [--dl-files 1000 | --dl-full]
+                                         [--dl-files 2000 | --dl-full]
 
 Columns: the plain directory; the floor (bench/floor.py's passthrough file system: pyfuse3
 with each disk call made inline on the event loop, so the least a pyfuse3 file system that
@@ -230,7 +230,7 @@ def main() -> int:
     parser.add_argument("--entries", type=int, default=10000)
     parser.add_argument("--size-mib", type=int, default=256,
                         help="size of the sequentially written file")
-    parser.add_argument("--dl-files", type=int, default=1000,
+    parser.add_argument("--dl-files", type=int, default=2000,
                         help="64 KiB files in the DataLoader's tree")
     parser.add_argument("--dl-full", action="store_true", help="the DataLoader over 8,000 files")
     args = parser.parse_args()

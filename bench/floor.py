@@ -15,6 +15,9 @@ release; tierfs in its default sync mode also fsyncs each file on the warm tier 
 returns, so the raw directory is measured with and without an fsync per file); one file
 written in 1 MiB writes (plus an fsync: a no-op on the floor), then read back in 1 MiB reads
 with the page cache dropped (the floor answers with zeros from memory).
+
+``--serve MOUNTPOINT --backing DIR`` serves a passthrough floor instead: each request makes
+its disk call on a real file in DIR, inline on the event loop (bench/small.py uses it).
 """
 
 from __future__ import annotations
@@ -122,8 +125,144 @@ def serve(mountpoint: str) -> None:
         async def release(self, fh: int) -> None:
             pass
 
-    options = set(pyfuse3.default_options) | {"fsname=tierfs-floor", "subtype=floor"}
-    pyfuse3.init(Floor(), mountpoint, options)
+    run_until_signalled(pyfuse3, trio, Floor(), mountpoint, "floor")
+
+
+def serve_passthrough(mountpoint: str, backing: str) -> None:
+    """Run the passthrough floor on ``mountpoint`` over the directory ``backing`` until SIGTERM.
+
+    Each request makes the disk call tierfs must make for it (an lstat for a lookup, a real
+    open, pread and pwrite on a backing file, a scandir for a listing) directly on the event
+    loop, with no hand-off to a worker thread: so its rates are the least that pyfuse3 allows
+    for a file system that keeps its files in a directory, disk work included."""
+    import pyfuse3
+    import trio
+
+    def attrs_of(ino: int, st: os.stat_result) -> pyfuse3.EntryAttributes:
+        entry = pyfuse3.EntryAttributes()
+        entry.st_ino = ino
+        entry.st_mode, entry.st_nlink = st.st_mode, st.st_nlink
+        entry.st_uid, entry.st_gid = st.st_uid, st.st_gid
+        entry.st_size, entry.st_blksize, entry.st_blocks = st.st_size, 4096, st.st_blocks
+        entry.st_atime_ns, entry.st_mtime_ns = st.st_atime_ns, st.st_mtime_ns
+        entry.st_ctime_ns = st.st_ctime_ns
+        entry.entry_timeout = entry.attr_timeout = TIMEOUT
+        return entry
+
+    class Passthrough(pyfuse3.Operations):
+        def __init__(self) -> None:
+            super().__init__()
+            # The backing file's own inode number names it (the root excepted).
+            self.paths: dict[int, str] = {pyfuse3.ROOT_INODE: backing}
+            self.listings: dict[int, tuple[str, list[bytes]]] = {}
+            self.next_dir = 0
+
+        def _entry(self, path: str) -> pyfuse3.EntryAttributes:
+            try:
+                st = os.lstat(path)
+            except OSError as e:
+                raise pyfuse3.FUSEError(e.errno) from None
+            self.paths[st.st_ino] = path
+            return attrs_of(st.st_ino, st)
+
+        def _child(self, parent: int, name: bytes) -> str:
+            return os.path.join(self.paths[parent], os.fsdecode(name))
+
+        async def lookup(self, parent_inode: int, name: bytes, ctx: object = None
+                         ) -> pyfuse3.EntryAttributes:
+            return self._entry(self._child(parent_inode, name))
+
+        async def getattr(self, inode: int, ctx: object = None) -> pyfuse3.EntryAttributes:
+            try:
+                st = os.lstat(self.paths[inode])
+            except OSError as e:
+                raise pyfuse3.FUSEError(e.errno) from None
+            return attrs_of(inode, st)
+
+        async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes,
+                          fields: pyfuse3.SetattrFields, fh: int | None, ctx: object
+                          ) -> pyfuse3.EntryAttributes:
+            if fields.update_size:
+                os.truncate(self.paths[inode], attr.st_size)
+            return await self.getattr(inode)
+
+        async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: object
+                        ) -> pyfuse3.EntryAttributes:
+            path = self._child(parent_inode, name)
+            try:
+                os.mkdir(path, mode)
+            except OSError as e:
+                raise pyfuse3.FUSEError(e.errno) from None
+            return self._entry(path)
+
+        async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
+                         ctx: object) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+            path = self._child(parent_inode, name)
+            try:
+                fd = os.open(path, flags | os.O_CREAT, mode)
+            except OSError as e:
+                raise pyfuse3.FUSEError(e.errno) from None
+            return pyfuse3.FileInfo(fh=fd), self._entry(path)
+
+        async def open(self, inode: int, flags: int, ctx: object) -> pyfuse3.FileInfo:
+            try:
+                return pyfuse3.FileInfo(fh=os.open(self.paths[inode], flags & ~os.O_CREAT))
+            except OSError as e:
+                raise pyfuse3.FUSEError(e.errno) from None
+
+        async def write(self, fh: int, off: int, buf: bytes) -> int:
+            return os.pwrite(fh, buf, off)
+
+        async def read(self, fh: int, off: int, size: int) -> bytes:
+            return os.pread(fh, size, off)
+
+        async def getxattr(self, inode: int, name: bytes, ctx: object) -> bytes:
+            raise pyfuse3.FUSEError(errno.ENODATA)
+
+        async def unlink(self, parent_inode: int, name: bytes, ctx: object) -> None:
+            try:
+                os.unlink(self._child(parent_inode, name))
+            except OSError as e:
+                raise pyfuse3.FUSEError(e.errno) from None
+
+        async def flush(self, fh: int) -> None:
+            pass
+
+        async def fsync(self, fh: int, datasync: bool) -> None:
+            os.fsync(fh)
+
+        async def release(self, fh: int) -> None:
+            os.close(fh)
+
+        async def opendir(self, inode: int, ctx: object) -> int:
+            self.next_dir += 1
+            parent = self.paths[inode]
+            self.listings[self.next_dir] = (parent, [os.fsencode(e.name)
+                                                     for e in os.scandir(parent)])
+            return self.next_dir
+
+        async def readdir(self, fh: int, start_id: int, token: object) -> None:
+            parent, names = self.listings[fh]
+            for i in range(start_id, len(names)):
+                path = os.path.join(parent, os.fsdecode(names[i]))
+                try:
+                    st = os.lstat(path)
+                except FileNotFoundError:
+                    continue
+                self.paths[st.st_ino] = path
+                if not pyfuse3.readdir_reply(token, names[i], attrs_of(st.st_ino, st), i + 1):
+                    return
+
+        async def releasedir(self, fh: int) -> None:
+            self.listings.pop(fh, None)
+
+    run_until_signalled(pyfuse3, trio, Passthrough(), mountpoint, "passthrough")
+
+
+def run_until_signalled(pyfuse3: object, trio: object, ops: object, mountpoint: str,
+                        subtype: str) -> None:
+    options = set(pyfuse3.default_options) | {"fsname=tierfs-floor", f"subtype={subtype}"}
+    pyfuse3.init(ops, mountpoint, options)
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
@@ -139,8 +278,11 @@ def serve(mountpoint: str) -> None:
         pyfuse3.close(unmount=True)
 
 
-def start_floor(mnt: Path) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen([sys.executable, __file__, "--serve", str(mnt)])
+def start_floor(mnt: Path, backing: Path | None = None) -> subprocess.Popen[bytes]:
+    """The floor in a process of its own: the no-op file system, or with ``backing`` the
+    passthrough one over that directory."""
+    extra = ["--backing", str(backing)] if backing is not None else []
+    proc = subprocess.Popen([sys.executable, __file__, "--serve", str(mnt), *extra])
     for _ in range(200):
         if os.path.ismount(mnt):
             return proc
@@ -193,12 +335,16 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--serve", metavar="MOUNTPOINT", help=argparse.SUPPRESS)
+    parser.add_argument("--backing", metavar="DIR", help=argparse.SUPPRESS)
     parser.add_argument("--files", type=int, default=2000)
     parser.add_argument("--size-mib", type=int, default=512)
     parser.add_argument("--calls", type=int, default=5000)
     args = parser.parse_args()
     if args.serve:
-        serve(args.serve)
+        if args.backing:
+            serve_passthrough(args.serve, args.backing)
+        else:
+            serve(args.serve)
         return 0
 
     base = Path(tempfile.mkdtemp(prefix="tierfs-floor-bench-", dir="/var/tmp"))

@@ -41,11 +41,11 @@ def timed(fn: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
-def seq_write(path: Path, size: int) -> None:
-    block = os.urandom(MIB)
+def seq_write(path: Path, size: int, block_size: int = MIB) -> None:
+    block = os.urandom(block_size)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
-        for _ in range(size // MIB):
+        for _ in range(size // block_size):
             os.write(fd, block)
         os.fsync(fd)
     finally:

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from common import MIB, TIERFS, drop_caches
 from floor import start_floor, stop_floor
-from run import timed
+from run import create_files, seq_write, stat_files, timed
 
 KIB = 1024
 SYSTEMS = ("plain", "floor", "mergerfs", "tierfs")
@@ -58,34 +58,6 @@ def read_files(d: Path, count: int) -> None:
                 pass
         finally:
             os.close(fd)
-
-
-def create_files(d: Path, count: int) -> None:
-    d.mkdir()
-    data = os.urandom(4 * KIB)
-    for i in range(count):
-        fd = os.open(d / f"f{i:05d}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        try:
-            os.write(fd, data)
-        finally:
-            os.close(fd)
-
-
-def seq_write(path: Path, size: int, block: int) -> None:
-    data = os.urandom(block)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        for _ in range(size // block):
-            os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    path.unlink()
-
-
-def stat_files(d: Path, count: int) -> None:
-    for i in range(count):
-        os.stat(d / f"f{i:05d}")
 
 
 def ls_l(d: Path) -> None:
@@ -142,6 +114,7 @@ def jobs(root: Path, args: argparse.Namespace, torch_ok: bool, creates_only: boo
         out[f"seq write {args.size_mib} MiB in {block} KiB writes + fsync (MB/s)"] = (
             args.size_mib / timed(lambda: seq_write(root / "seq", args.size_mib * MIB,
                                                     block * KIB)))
+        (root / "seq").unlink()
     drop_caches()
     out["stat, not looked up (stats/s)"] = n / timed(lambda: stat_files(root / "st", n))
     drop_caches()

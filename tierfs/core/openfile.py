@@ -172,9 +172,6 @@ class OpenFile:
     def staged(self) -> bool:
         return self.staging_fd is not None
 
-    def read_fd(self) -> int | None:
-        return self.staging_fd if self.staging_fd is not None else self.warm_fd
-
     def close_fds(self) -> None:
         for fd in (self.warm_fd, self.staging_fd):
             if fd is not None:

@@ -175,3 +175,25 @@ def test_write_back_data_shows_on_the_other_node_once_flushed(
         time.sleep(SETTLE)
         assert (b.path / "small").read_bytes() == small
         assert (b.path / "big").read_bytes() == big
+
+
+def test_truncates_and_extended_attributes_show_on_the_other_node(
+        nodes: tuple[Mount, Mount]) -> None:
+    a, b = nodes
+    _write(a.path / "t", b"0123456789")
+    time.sleep(SETTLE)
+    assert (b.path / "t").read_bytes() == b"0123456789"
+    with pytest.raises(OSError):
+        os.getxattr(b.path / "t", "user.tag")
+    os.truncate(a.path / "t", 4)
+    os.setxattr(a.path / "t", "user.tag", b"v1")
+    assert _eventually(lambda: (b.path / "t").stat().st_size == 4)
+    assert (b.path / "t").read_bytes() == b"0123"
+    assert _eventually(lambda: _xattr(b.path / "t", "user.tag") == b"v1")
+
+
+def _xattr(path: Path, name: str) -> bytes | None:
+    try:
+        return os.getxattr(path, name)
+    except OSError:
+        return None

@@ -1,0 +1,481 @@
+"""Moving whole files between the warm tier and the bucket: demotion (a warm file uploaded and
+replaced by its stub) and promotion (a cold file brought back to the warm tier).
+
+A demotion is asked for by the warm quota (``run_quota``: past ``warm_quota``, the least
+recently used files of at least ``demote_min_size``, oldest first), by ``tierfs demote`` or
+by ``tierfs scan --demote``. Its steps, in this order:
+
+1. The warm file is opened and its attributes read (size, mtime, ctime, device and inode
+   number). A file open through this mount, one with staged data waiting to be published,
+   a hard-linked file, one with extended attributes (a stub cannot keep them) or one a rule
+   keeps warm is left alone.
+2. The object's key is chosen as every object's is (``ColdPublisher.pick_key``), and a record
+   of the demotion (path, key, the file's attributes) is committed to the index, durably,
+   before the upload is created.
+3. The file is uploaded through the same multipart machinery as a streaming write
+   (``ColdPublisher.upload_whole``), its parts read from the warm descriptor.
+4. The record is marked "swap" (with the object's ETag), durably.
+5. Under the namespace lock, in one warm-tier call: the file at the path and the descriptor
+   are checked to be the file that was uploaded, unchanged (device, inode number, size, mtime
+   and ctime); then the stub (owned by the file's owner) is renamed over it. Otherwise the
+   object is deleted: a writer on any node wins.
+6. The record is dropped.
+
+A crash (SIGKILL) anywhere leaves the warm file or a stub naming a complete object, never
+neither: the stub is put in place only after the object is complete, by one rename. At the
+next mount (``recover``) a record still in its upload step means the swap never happened:
+the object (if completed: one carrying the record's token) is deleted and unfinished uploads
+of its key aborted. A record in its swap step whose path holds a stub naming its key is a
+finished demotion; one whose path still holds the very file uploaded is undone (the object
+deleted); anything else (the path changed by someone meanwhile) keeps the object, which is
+then at worst garbage, logged with its key.
+
+A promotion downloads the object into a temp file beside the stub, gives it the stub's owner,
+mode and mtime, and renames it over the stub if the stub is still the same (identity and
+target); the object is deleted after. A crash leaves the stub (and a temp file the next mount
+removes) or the file (and an object that is then garbage).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import json
+import logging
+import os
+import secrets
+import stat
+from collections.abc import Awaitable, Callable
+
+import trio
+
+from tierfs.core.context import Core
+from tierfs.core.inodes import Inode, identity
+from tierfs.core.ownership import Owners, owner_metadata
+from tierfs.objects.base import NoSuchObject, ObjectStoreError
+from tierfs.paths import show
+from tierfs.stubs import MAX_SIZE, Stub
+from tierfs.tiers.warm import WarmTier, split
+from tierfs.transfer.streaming import UPLOAD_TOKEN
+from tierfs.write.cold import ColdPublisher
+from tierfs.write.journal import Journal
+from tierfs.write.placement import WARM
+from tierfs.write.warmscan import walk
+
+log = logging.getLogger(__name__)
+
+#: Demotion records live in the index's ``meta`` database under this prefix.
+RECORD_PREFIX = b"demoting/"
+#: Demotions under way at once, for the quota and the commands together: each one uploads
+#: at most ``upload_window`` parts at a time, so this bounds the bytes in flight.
+AT_ONCE = 1
+#: Extended attributes that do not stop a demotion (set by the system on every file).
+IGNORED_XATTRS = ("security.selinux",)
+
+
+@dataclasses.dataclass
+class Record:
+    """What the index says about a demotion under way."""
+
+    path: bytes
+    key: str
+    token: str
+    phase: str  # "upload", then "swap"
+    dev: int
+    ino: int
+    size: int
+
+    def encode(self) -> bytes:
+        return json.dumps({**dataclasses.asdict(self), "path": os.fsdecode(self.path)}
+                          ).encode()
+
+    @classmethod
+    def decode(cls, raw: bytes) -> Record:
+        data = json.loads(raw)
+        data["path"] = os.fsencode(data["path"])
+        return cls(**data)
+
+
+@dataclasses.dataclass
+class Outcome:
+    """What became of one path: ``done`` or not, and why not."""
+
+    path: bytes
+    size: int
+    done: bool
+    why: str = ""
+
+    def to_json(self) -> dict[str, object]:
+        return {"path": show(self.path), "size": self.size, "done": self.done, "why": self.why}
+
+
+class Demoter:
+    def __init__(self, core: Core, journal: Journal, cold: ColdPublisher) -> None:
+        self.core = core
+        self.journal = journal
+        self.cold = cold
+        self.owners = Owners(core)
+        self.slots = trio.Semaphore(AT_ONCE)
+        #: Paths being demoted or promoted now (a second request for one is refused).
+        self.busy: set[bytes] = set()
+        #: Awaited between the steps of a demotion or promotion with the step's name
+        #: ("recorded", "uploaded", "swap", "swapped", "downloaded"): where the crash tests
+        #: stop one. None in a mount.
+        self.at_step: Callable[[str], Awaitable[None]] | None = None
+
+    # -- demotion ---------------------------------------------------------------------------
+
+    async def demote(self, rel: bytes) -> Outcome:
+        """Move one warm file to the bucket, leaving its stub (see the module's docstring)."""
+        if rel in self.busy:
+            return Outcome(rel, 0, False, "already being moved")
+        self.busy.add(rel)
+        try:
+            async with self.slots:
+                return await self._demote(rel)
+        finally:
+            self.busy.discard(rel)
+
+    def _refusal(self, rel: bytes, st: os.stat_result, xattrs: list[str]) -> str | None:
+        if not stat.S_ISREG(st.st_mode):
+            return "not a plain file on the warm tier"
+        if st.st_nlink != 1:
+            return "hard-linked (a stub cannot stand for one of several names)"
+        if st.st_size == 0:
+            return "empty"
+        if st.st_size > MAX_SIZE:
+            return "larger than the bucket's largest object"
+        if [x for x in xattrs if x not in IGNORED_XATTRS]:
+            return "has extended attributes (a stub cannot keep them)"
+        if self.cold.placement.rule_for(rel) == WARM:
+            return "a rule keeps it on the warm tier"
+        return self._in_use(rel, st)
+
+    def _in_use(self, rel: bytes, st: os.stat_result) -> str | None:
+        inode = self.core.inodes.known(identity(st))
+        if inode is not None and inode.data is not None:
+            return "open through this mount"
+        if any(e.path == rel for e in self.journal.entries.values()):
+            return "being written through this mount"
+        return None
+
+    async def _step(self, name: str) -> None:
+        if self.at_step is not None:
+            await self.at_step(name)
+
+    async def _demote(self, rel: bytes) -> Outcome:
+        core = self.core
+        try:
+            fd, st, xattrs = await core.warm.run(_open_plain, core.warm, rel)
+        except OSError as e:
+            return Outcome(rel, 0, False, e.strerror or str(e))
+        try:
+            why = self._refusal(rel, st, xattrs)
+            if why is not None:
+                return Outcome(rel, st.st_size, False, why)
+            try:
+                key = await self.cold.pick_key(rel, None)
+            except ObjectStoreError as e:
+                return Outcome(rel, st.st_size, False, f"the bucket: {e}")
+            self.cold.held.add(key)
+            try:
+                return await self._upload_and_swap(rel, fd, st, key)
+            finally:
+                self.cold.held.discard(key)
+        finally:
+            await core.warm.run(os.close, fd)
+
+    async def _upload_and_swap(self, rel: bytes, fd: int, st: os.stat_result, key: str
+                               ) -> Outcome:
+        core = self.core
+        record = Record(rel, key, secrets.token_hex(8), "upload", st.st_dev, st.st_ino,
+                        st.st_size)
+        await self._save(record)
+        await self._step("recorded")
+        metadata = {"mode": f"{stat.S_IMODE(st.st_mode) & 0o777:04o}",
+                    "mtime-ns": str(st.st_mtime_ns), **owner_metadata(st)}
+        try:
+            info = await self.cold.upload_whole(fd, core.warm, key, st.st_size, metadata,
+                                                record.token)
+        except (ObjectStoreError, OSError) as e:
+            log.error("demoting %s: the upload failed: %s", show(rel), e)
+            await self._undo(record)
+            return Outcome(rel, st.st_size, False, f"upload failed: {e}")
+        if info.size != st.st_size:
+            log.error("demoting %s: the bucket reports %d bytes for %s, %d were uploaded",
+                      show(rel), info.size, key, st.st_size)
+            await self._undo(record)
+            return Outcome(rel, st.st_size, False, "the bucket reports another size")
+        await self._step("uploaded")
+        record.phase = "swap"
+        await self._save(record)
+        await self._step("swap")
+        stub = Stub(info.key, info.size, info.etag, stat.S_IMODE(st.st_mode), st.st_mtime_ns)
+        why = await self._swap(rel, fd, st, stub)
+        if why is not None:
+            log.info("demoting %s: %s; the upload is discarded", show(rel), why)
+            core.counters.add("demotions_discarded")
+            await self._undo(record)
+            return Outcome(rel, st.st_size, False, why)
+        await self._step("swapped")
+        core.batch.delete("meta", RECORD_PREFIX + record.token.encode())
+        core.counters.add("demotions")
+        core.counters.add("bytes_demoted", st.st_size)
+        log.info("demoted %s to %s (%d bytes)", show(rel), key, st.st_size)
+        return Outcome(rel, st.st_size, True)
+
+    async def _swap(self, rel: bytes, fd: int, st: os.stat_result, stub: Stub) -> str | None:
+        """Put the stub in place of the file if it is still the file uploaded, unchanged;
+        otherwise say why not."""
+        core = self.core
+        async with core.ns_lock:
+            why = self._in_use(rel, st)
+            if why is not None:
+                return why
+            inode = core.inodes.known(identity(st))
+            target = stub.encode(core.config.bucket)
+            if inode is None:
+                new = await core.warm.run(_swap_blocking, core.warm, rel, fd, st, target)
+            else:
+                with core.inodes.replacing(inode):
+                    new = await core.warm.run(_swap_blocking, core.warm, rel, fd, st, target)
+                    if new is not None:
+                        self._replaced(inode, new, stub)
+            core.forget_dir_attrs()
+        if new is None:
+            return "the file changed while it was uploaded"
+        return None
+
+    def _replaced(self, inode: Inode, st: os.stat_result, stub: Stub | None) -> None:
+        core = self.core
+        core.inodes.rekey(inode, st)
+        inode.stub = stub
+        inode.cached_version = None
+        core.invalidate_attrs(inode.ino)
+
+    async def _save(self, record: Record) -> None:
+        core = self.core
+        core.batch.put("meta", RECORD_PREFIX + record.token.encode(), record.encode())
+        await core.batch.sync(core.hot.run, durable=True)
+
+    async def _undo(self, record: Record) -> None:
+        """The demotion will not happen: its object (if any) goes, then its record."""
+        with trio.CancelScope(shield=True):
+            await self._delete_own(record)
+            self.core.batch.delete("meta", RECORD_PREFIX + record.token.encode())
+
+    async def _delete_own(self, record: Record) -> None:
+        """Delete the object at the record's key if it is the one this demotion made (its
+        token), and abort unfinished uploads of the key."""
+        core = self.core
+        store = core.cold.store
+        try:
+            for key, upload_id in await core.cold.run(store.list_multipart, record.key):
+                if key == record.key:
+                    await core.cold.run(store.abort_multipart, key, upload_id)
+            info = await core.cold.run(store.head, record.key)
+        except NoSuchObject:
+            return
+        except ObjectStoreError as e:
+            log.error("could not remove the object %s of an undone demotion: %s",
+                      record.key, e)
+            return
+        if info.metadata.get(UPLOAD_TOKEN) == record.token:
+            await core.delete_object(record.key)
+
+    # -- after a crash ----------------------------------------------------------------------
+
+    async def recover(self) -> int:
+        """Finish or undo the demotions the index says were under way (at mount, before
+        serving). Returns how many records there were."""
+        core = self.core
+        items = await core.hot.run(core.index.items, "meta")
+        records = [Record.decode(v) for k, v in items if k.startswith(RECORD_PREFIX)]
+        for record in records:
+            await self._recover_one(record)
+        if records:
+            await core.batch.sync(core.hot.run, durable=True)
+        return len(records)
+
+    async def _recover_one(self, record: Record) -> None:
+        core = self.core
+        if record.phase == "swap":
+            try:
+                st, target = await core.warm.run(core.warm.lstat_link, record.path)
+            except OSError:
+                st, target = None, None
+            if target is not None:
+                try:
+                    stub = core.parse_stub(st, target, record.path)  # type: ignore[arg-type]
+                except OSError:
+                    stub = None
+                if stub is not None and stub.key == record.key:
+                    core.counters.add("demotions")
+                    core.counters.add("bytes_demoted", record.size)
+                    log.info("recovery: the demotion of %s had finished",
+                             show(record.path))
+                    core.batch.delete("meta", RECORD_PREFIX + record.token.encode())
+                    return
+            if st is None or not (stat.S_ISREG(st.st_mode) and st.st_dev == record.dev
+                                  and st.st_ino == record.ino):
+                log.warning("recovery: %s changed during its demotion; its object %s is kept "
+                            "and may be garbage", show(record.path), record.key)
+                core.batch.delete("meta", RECORD_PREFIX + record.token.encode())
+                return
+        log.info("recovery: the demotion of %s did not finish; the file stays on the warm "
+                 "tier", show(record.path))
+        await self._undo(record)
+
+    # -- promotion --------------------------------------------------------------------------
+
+    async def promote(self, rel: bytes) -> Outcome:
+        """Bring a cold file under the large-file threshold back to the warm tier."""
+        if rel in self.busy:
+            return Outcome(rel, 0, False, "already being moved")
+        self.busy.add(rel)
+        try:
+            async with self.slots:
+                return await self._promote(rel)
+        finally:
+            self.busy.discard(rel)
+
+    async def _promote(self, rel: bytes) -> Outcome:
+        try:
+            return await self._bring_back(rel)
+        except OSError as e:  # (the stub refused, the object unreadable, the warm tier)
+            return Outcome(rel, 0, False, e.strerror or str(e))
+
+    async def _bring_back(self, rel: bytes) -> Outcome:
+        core = self.core
+        st, target = await core.warm.run(core.warm.lstat_link, rel)
+        stub = core.parse_stub(st, target, rel)
+        if stub is None:
+            return Outcome(rel, st.st_size, False, "not in the bucket")
+        placement = self.cold.placement
+        if placement.belongs_cold(placement.rule_for(rel), stub.size):
+            return Outcome(rel, stub.size, False, "belongs in the bucket (large_file_threshold "
+                           "or a rule)")
+        inode = core.inodes.known(identity(st))
+        if inode is not None and inode.data is not None:
+            return Outcome(rel, stub.size, False, "open through this mount")
+        await self.owners.check(stub, st, rel)  # (EACCES: not the object's owner's stub)
+        tmp, fd = await core.warm.run(core.warm.open_temp, split(rel)[0])
+        try:
+            part = core.config.part_size
+            for offset in range(0, stub.size, part):
+                block = await core.get_object(stub, offset, part)
+                await core.warm.run(os.pwrite, fd, block, offset)
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await core.warm.run(core.warm.drop_temp, tmp, fd)
+            raise
+        await core.warm.run(core.warm.finish_temp, tmp, fd, stub.size, rel,
+                            (stub.mtime_ns, stub.mtime_ns), stub.mode)
+        await self._step("downloaded")
+        async with core.ns_lock:
+            inode = core.inodes.known(identity(st))
+            if inode is not None and inode.data is not None:
+                new = None
+            elif inode is None:
+                new = await core.warm.run(_unstub_blocking, core.warm, rel, tmp, st, target)
+            else:
+                with core.inodes.replacing(inode):
+                    new = await core.warm.run(_unstub_blocking, core.warm, rel, tmp, st,
+                                              target)
+                    if new is not None:
+                        self._replaced(inode, new, None)
+            core.forget_dir_attrs()
+        if new is None:
+            return Outcome(rel, stub.size, False, "the stub changed while it was downloaded")
+        if await self.owners.may_delete(stub, st.st_uid, rel):
+            await core.delete_object(stub.key)
+        core.counters.add("promotions")
+        core.counters.add("bytes_promoted", stub.size)
+        log.info("promoted %s from %s (%d bytes)", show(rel), stub.key, stub.size)
+        return Outcome(rel, stub.size, True)
+
+    # -- the quota --------------------------------------------------------------------------
+
+    async def run_quota(self) -> None:
+        """Every ``demote_interval``: past ``warm_quota``, demote the least recently used
+        large files until the warm tier is under it again (one at a time)."""
+        config = self.core.config
+        if config.warm_quota is None:
+            return
+        while True:
+            await trio.sleep(config.demote_interval)  # (not before recovery has run)
+            try:
+                await self.enforce_quota()
+            except Exception:  # noqa: BLE001 - the next pass tries again
+                log.exception("enforcing the warm quota failed; trying again later")
+
+    async def enforce_quota(self) -> int:
+        """One pass of the quota; returns the bytes demoted."""
+        core = self.core
+        quota = core.config.warm_quota
+        if quota is None:
+            return 0
+        seen = await core.warm.run(walk, core.warm, core.config.demote_min_size)
+        core.counters.set_gauge("warm_usage", seen.bytes)
+        excess = seen.bytes - quota
+        freed = 0
+        for found in seen.oldest:
+            if freed >= excess:
+                break
+            outcome = await self.demote(found.rel)
+            if outcome.done:
+                freed += outcome.size
+        if excess > 0 and freed < excess:
+            log.warning("the warm tier holds %d bytes of plain files, over its quota of %d; "
+                        "%d bytes were demoted, no more could be", seen.bytes, quota, freed)
+        return freed
+
+
+def _open_plain(warm: WarmTier, rel: bytes) -> tuple[int, os.stat_result, list[str]]:
+    """A read-only descriptor on a warm file, its attributes and extended attribute names."""
+    fd, st = warm.open_read(rel)
+    try:
+        try:
+            names = os.listxattr(fd) if stat.S_ISREG(st.st_mode) else []
+        except OSError as e:
+            if e.errno not in (errno.ENOTSUP, errno.EOPNOTSUPP):
+                raise
+            names = []
+        return fd, st, names
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _same(a: os.stat_result, b: os.stat_result) -> bool:
+    return (a.st_dev, a.st_ino, a.st_size, a.st_mtime_ns, a.st_ctime_ns, a.st_nlink) == \
+        (b.st_dev, b.st_ino, b.st_size, b.st_mtime_ns, b.st_ctime_ns, b.st_nlink)
+
+
+def _swap_blocking(warm: WarmTier, rel: bytes, fd: int, st: os.stat_result, target: bytes
+                   ) -> os.stat_result | None:
+    """The stub renamed over ``rel`` if both the descriptor and the path are still the file
+    ``st`` describes; None (nothing done) otherwise."""
+    try:
+        there = warm.lstat(rel)
+    except FileNotFoundError:
+        return None
+    if not (_same(st, os.fstat(fd)) and _same(st, there)):
+        return None
+    return warm.replace_symlink(rel, target)
+
+
+def _unstub_blocking(warm: WarmTier, rel: bytes, tmp: bytes, st: os.stat_result,
+                     target: bytes | None) -> os.stat_result | None:
+    """The temp file renamed over the stub at ``rel`` if it is still that stub; otherwise
+    the temp file removed and None."""
+    try:
+        there, now = warm.lstat_link(rel)
+    except FileNotFoundError:
+        there, now = None, None
+    if there is None or now != target or (there.st_dev, there.st_ino) != (st.st_dev,
+                                                                         st.st_ino):
+        os.unlink(tmp, dir_fd=warm.fd)
+        return None
+    warm.rename(tmp, rel)
+    return warm.lstat(rel)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from tierfs.control.server import CommandError, Handler, Send
 from tierfs.paths import show
 from tierfs.write.demote import Outcome
-from tierfs.write.warmscan import Walk, walk
+from tierfs.write.warmscan import KEEP, Walk, walk
 
 if TYPE_CHECKING:
     from tierfs.vfs.filesystem import FileSystem
@@ -33,7 +33,7 @@ def make_handlers(fs: FileSystem, rel_of: Any) -> dict[str, Handler]:
             raise CommandError(f"{show(rel)}: no such file or directory") from None
         if not stat.S_ISDIR(st.st_mode):
             return [rel], 0
-        seen: Walk = await fs.warm.run(walk, fs.warm, min_size, rel, links=links)
+        seen: Walk = await fs.warm.run(walk, fs.warm, min_size, rel, KEEP, links)
         found = [f.rel for f in seen.oldest]
         return found, max(0, seen.large - len(found))
 

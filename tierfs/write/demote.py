@@ -168,6 +168,8 @@ class Demoter:
         try:
             fd, st, xattrs = await core.warm.run(_open_plain, core.warm, rel)
         except OSError as e:
+            if e.errno == errno.ELOOP:  # (opened without following links)
+                return Outcome(rel, 0, False, "a symbolic link (a stub: already in the bucket)")
             return Outcome(rel, 0, False, e.strerror or str(e))
         try:
             why = self._refusal(rel, st, xattrs)

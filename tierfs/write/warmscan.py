@@ -105,5 +105,5 @@ def _offer(out: Walk, heap: list[tuple[int, bytes, int]], rel: bytes, st: os.sta
     item = (-max(st.st_atime_ns, st.st_mtime_ns), rel, st.st_size)
     if len(heap) < keep:
         heapq.heappush(heap, item)
-    elif item > heap[0]:  # older than the newest kept
+    elif heap and item > heap[0]:  # older than the newest kept
         heapq.heapreplace(heap, item)

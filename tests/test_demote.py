@@ -47,8 +47,10 @@ def test_scan_lists_large_plain_files_and_demote_moves_them(tmp_path: Path) -> N
         assert "1 file(s) over 1 MiB" in out
         listed = json.loads(tierfs("scan", "--json", str(m.path)).stdout)
         assert listed["count"] == 1 and listed["bytes"] == len(big)
+        ino = os.stat(m.path / "data" / "big.bin").st_ino
         tierfs("scan", "--demote", str(m.path))
         assert is_stub(m.warm / "data" / "big.bin")
+        assert os.stat(m.path / "data" / "big.bin").st_ino == ino
         assert not is_stub(m.warm / "data" / "small.bin")
         assert (m.path / "data" / "big.bin").read_bytes() == big
         assert json.loads(tierfs("scan", "--json", str(m.path)).stdout)["count"] == 0

@@ -252,3 +252,22 @@ async def test_a_crash_after_the_swap_keeps_a_stub_moved_by_another_node(
 
 
 
+
+
+@core_test
+async def test_a_file_keeps_its_inode_number_through_demotion_and_promotion(
+        tmp_path: Path) -> None:
+    """Also when the file is not in memory (looked up by an earlier mount): tools that cache
+    inode numbers (git, rsync) see the same file."""
+    put_warm(tmp_path, "big.bin", DATA)
+    async with open_core(tmp_path, large_file_threshold="1GiB") as c:
+        ino = (await c.lookup_path(b"big.bin")).ino
+    async with open_core(tmp_path, large_file_threshold="1GiB") as c:
+        assert (await c.fs.demoter.demote(b"big.bin")).done
+    async with open_core(tmp_path, large_file_threshold="1GiB") as c:
+        assert (await c.lookup_path(b"big.bin")).ino == ino
+    async with open_core(tmp_path, large_file_threshold="1GiB") as c:
+        assert (await c.fs.demoter.promote(b"big.bin")).done
+    async with open_core(tmp_path, large_file_threshold="1GiB") as c:
+        assert (await c.lookup_path(b"big.bin")).ino == ino
+        assert await c.read_file(b"big.bin") == DATA

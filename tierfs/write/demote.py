@@ -52,6 +52,7 @@ import trio
 from tierfs.core.context import Core
 from tierfs.core.inodes import Inode, identity
 from tierfs.core.ownership import Owners, owner_metadata
+from tierfs.index import pack_u64
 from tierfs.objects.base import NoSuchObject, ObjectStoreError
 from tierfs.paths import show
 from tierfs.stubs import MAX_SIZE, Stub
@@ -145,6 +146,8 @@ class Demoter:
             return "empty"
         if st.st_size > MAX_SIZE:
             return "larger than the bucket's largest object"
+        if not self.core.as_root and st.st_uid != os.geteuid():
+            return "another user's (only a mount run as root can give its stub that owner)"
         if [x for x in xattrs if x not in IGNORED_XATTRS]:
             return "has extended attributes (a stub cannot keep them)"
         if self.cold.placement.rule_for(rel) == WARM:
@@ -213,7 +216,11 @@ class Demoter:
         await self._save(record)
         await self._step("swap")
         stub = Stub(info.key, info.size, info.etag, stat.S_IMODE(st.st_mode), st.st_mtime_ns)
-        why = await self._swap(rel, fd, st, stub)
+        try:
+            why = await self._swap(rel, fd, st, stub)
+        except OSError as e:  # (the warm tier refused the stub: nothing was swapped)
+            log.error("demoting %s: the stub could not be put in place: %s", show(rel), e)
+            why = f"the stub could not be put in place: {e.strerror or e}"
         if why is not None:
             log.info("demoting %s: %s; the upload is discarded", show(rel), why)
             core.counters.add("demotions_discarded")
@@ -238,6 +245,8 @@ class Demoter:
             target = stub.encode(core.config.bucket)
             if inode is None:
                 new = await core.warm.run(_swap_blocking, core.warm, rel, fd, st, target)
+                if new is not None:
+                    await self._carry_number(st, new)
             else:
                 with core.inodes.replacing(inode):
                     new = await core.warm.run(_swap_blocking, core.warm, rel, fd, st, target)
@@ -255,26 +264,39 @@ class Demoter:
         inode.cached_version = None
         core.invalidate_attrs(inode.ino)
 
+    async def _carry_number(self, old: os.stat_result, new: os.stat_result) -> None:
+        """A file not in memory was replaced (by its stub, or its stub by it): the number an
+        earlier lookup gave it goes to what replaced it, so tools that cache inode numbers
+        (git, rsync) see the same file."""
+        core = self.core
+        number = await core.hot.run(core.inodes.persisted_number, identity(old))
+        if number is not None:
+            core.batch.delete("inodes", identity(old))
+            core.batch.put("inodes", identity(new), pack_u64(number))
+
     async def _save(self, record: Record) -> None:
         core = self.core
         core.batch.put("meta", RECORD_PREFIX + record.token.encode(), record.encode())
         await core.batch.sync(core.hot.run, durable=True)
 
-    async def _undo(self, record: Record) -> None:
+    async def _undo(self, record: Record, crashed: bool = False) -> None:
         """The demotion will not happen: its object (if any) goes, then its record."""
         with trio.CancelScope(shield=True):
-            await self._delete_own(record)
+            await self._delete_own(record, crashed)
             self.core.batch.delete("meta", RECORD_PREFIX + record.token.encode())
 
-    async def _delete_own(self, record: Record) -> None:
+    async def _delete_own(self, record: Record, crashed: bool) -> None:
         """Delete the object at the record's key if it is the one this demotion made (its
-        token), and abort unfinished uploads of the key."""
+        token). After a crash (``crashed``), unfinished uploads of the key are aborted too:
+        the upload's id was never recorded, and its key was this node's (as recovery does
+        for a write's upload created just before a crash)."""
         core = self.core
         store = core.cold.store
         try:
-            for key, upload_id in await core.cold.run(store.list_multipart, record.key):
-                if key == record.key:
-                    await core.cold.run(store.abort_multipart, key, upload_id)
+            if crashed:
+                for key, upload_id in await core.cold.run(store.list_multipart, record.key):
+                    if key == record.key:
+                        await core.cold.run(store.abort_multipart, key, upload_id)
             info = await core.cold.run(store.head, record.key)
         except NoSuchObject:
             return
@@ -326,7 +348,7 @@ class Demoter:
                 return
         log.info("recovery: the demotion of %s did not finish; the file stays on the warm "
                  "tier", show(record.path))
-        await self._undo(record)
+        await self._undo(record, crashed=True)
 
     # -- promotion --------------------------------------------------------------------------
 
@@ -380,6 +402,8 @@ class Demoter:
                 new = None
             elif inode is None:
                 new = await core.warm.run(_unstub_blocking, core.warm, rel, tmp, st, target)
+                if new is not None:
+                    await self._carry_number(st, new)
             else:
                 with core.inodes.replacing(inode):
                     new = await core.warm.run(_unstub_blocking, core.warm, rel, tmp, st,

@@ -271,3 +271,20 @@ async def test_a_file_keeps_its_inode_number_through_demotion_and_promotion(
     async with open_core(tmp_path, large_file_threshold="1GiB") as c:
         assert (await c.lookup_path(b"big.bin")).ino == ino
         assert await c.read_file(b"big.bin") == DATA
+
+
+@core_test
+async def test_a_file_cut_short_during_its_upload_stays_and_nothing_is_left(
+        tmp_path: Path) -> None:
+    path = put_warm(tmp_path, "big.bin", DATA)
+    async with open_core(tmp_path) as c:
+        async def cut(step: str) -> None:
+            if step == "recorded":  # before any part is read: the parts come up short
+                os.truncate(path, 1000)
+
+        c.fs.demoter.at_step = cut
+        outcome = await c.fs.demoter.demote(b"big.bin")
+        assert not outcome.done and "changed" in outcome.why
+        assert path.read_bytes() == DATA[:1000]
+        assert c.objects() == {} and c.uploads() == []
+        assert c.counter("demotions_discarded") == 1

@@ -203,8 +203,13 @@ class Demoter:
             info = await self.cold.upload_whole(fd, core.warm, key, st.st_size, metadata,
                                                 record.token)
         except (ObjectStoreError, OSError) as e:
-            log.error("demoting %s: the upload failed: %s", show(rel), e)
             await self._undo(record)
+            if not _same(st, await core.warm.run(os.fstat, fd)):  # (cut short, say)
+                log.info("demoting %s: the file changed while it was uploaded; the upload "
+                         "is discarded", show(rel))
+                core.counters.add("demotions_discarded")
+                return Outcome(rel, st.st_size, False, "the file changed while it was uploaded")
+            log.error("demoting %s: the upload failed: %s", show(rel), e)
             return Outcome(rel, st.st_size, False, f"upload failed: {e}")
         if info.size != st.st_size:
             log.error("demoting %s: the bucket reports %d bytes for %s, %d were uploaded",

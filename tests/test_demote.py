@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import Mount, S3Server, make_mount, running, tierfs
 from s3proxy import FaultProxy
 from test_durability import bucket_keys, kill_daemon, s3_mount, stub_keys

@@ -437,7 +437,7 @@ class Demoter:
             await trio.sleep(config.demote_interval)  # (not before recovery has run)
             try:
                 await self.enforce_quota()
-            except Exception:  # noqa: BLE001 - the next pass tries again
+            except Exception:  # (the next pass tries again)
                 log.exception("enforcing the warm quota failed; trying again later")
 
     async def enforce_quota(self) -> int:

@@ -288,3 +288,27 @@ async def test_a_file_cut_short_during_its_upload_stays_and_nothing_is_left(
         assert path.read_bytes() == DATA[:1000]
         assert c.objects() == {} and c.uploads() == []
         assert c.counter("demotions_discarded") == 1
+
+
+@core_test
+async def test_nothing_outside_the_warm_tree_is_demoted_through_a_symbolic_link(
+        tmp_path: Path) -> None:
+    """A user of the shared tree points a directory link elsewhere (``/etc``, say): neither a
+    demotion named through it nor the quota's walk reaches the files there."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret").write_bytes(DATA)
+    put_warm(tmp_path, "d/inside.bin", DATA)
+    os.symlink(outside, tmp_path / "warm" / "evil")
+    os.symlink(outside, tmp_path / "warm" / "d" / "evil")
+    async with open_core(tmp_path, warm_quota=1, demote_min_size="1MiB",
+                         demote_interval=3600) as c:
+        for path in (b"evil/secret", b"d/evil/secret"):
+            outcome = await c.fs.demoter.demote(path)
+            assert not outcome.done and "symbolic link" in outcome.why
+        assert not (await c.fs.demoter.promote(b"evil/secret")).done
+        assert await c.fs.demoter.enforce_quota() == len(DATA)  # d/inside.bin only
+        assert not (outside / "secret").is_symlink()
+        assert (outside / "secret").read_bytes() == DATA
+        assert c.stub(b"d/inside.bin") is not None
+        assert list(c.objects().values()) == [DATA]

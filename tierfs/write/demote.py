@@ -56,8 +56,8 @@ from tierfs.index import pack_u64
 from tierfs.objects.base import NoSuchObject, ObjectStoreError
 from tierfs.paths import show
 from tierfs.stubs import MAX_SIZE, Stub
-from tierfs.tiers.warm import WarmTier, split
 from tierfs.transfer.streaming import UPLOAD_TOKEN
+from tierfs.write import warmswap
 from tierfs.write.cold import ColdPublisher
 from tierfs.write.journal import Journal
 from tierfs.write.placement import WARM
@@ -70,8 +70,6 @@ RECORD_PREFIX = b"demoting/"
 #: Demotions under way at once, for the quota and the commands together: each one uploads
 #: at most ``upload_window`` parts at a time, so this bounds the bytes in flight.
 AT_ONCE = 1
-#: Extended attributes that do not stop a demotion (set by the system on every file).
-IGNORED_XATTRS = ("security.selinux",)
 
 
 @dataclasses.dataclass
@@ -148,7 +146,7 @@ class Demoter:
             return "larger than the bucket's largest object"
         if not self.core.as_root and st.st_uid != os.geteuid():
             return "another user's (only a mount run as root can give its stub that owner)"
-        if [x for x in xattrs if x not in IGNORED_XATTRS]:
+        if xattrs:
             return "has extended attributes (a stub cannot keep them)"
         if self.cold.placement.rule_for(rel) == WARM:
             return "a rule keeps it on the warm tier"
@@ -169,30 +167,32 @@ class Demoter:
     async def _demote(self, rel: bytes) -> Outcome:
         core = self.core
         try:
-            fd, st, xattrs = await core.warm.run(_open_plain, core.warm, rel)
+            f = await core.warm.run(warmswap.open_plain, core.warm, rel)
         except OSError as e:
-            if e.errno == errno.ELOOP:  # (opened without following links)
-                return Outcome(rel, 0, False, "a symbolic link (a stub: already in the bucket)")
+            if e.errno in (errno.ELOOP, errno.ENOTDIR):  # (no symbolic link is followed)
+                return Outcome(rel, 0, False, "a symbolic link (a stub: already in the bucket), "
+                               "or one on the way")
             return Outcome(rel, 0, False, e.strerror or str(e))
         try:
-            why = self._refusal(rel, st, xattrs)
+            why = self._refusal(rel, f.st, f.xattrs)
             if why is not None:
-                return Outcome(rel, st.st_size, False, why)
+                return Outcome(rel, f.st.st_size, False, why)
             try:
                 key = await self.cold.pick_key(rel, None)
             except ObjectStoreError as e:
-                return Outcome(rel, st.st_size, False, f"the bucket: {e}")
+                return Outcome(rel, f.st.st_size, False, f"the bucket: {e}")
             self.cold.held.add(key)
             try:
-                return await self._upload_and_swap(rel, fd, st, key)
+                return await self._upload_and_swap(rel, f, key)
             finally:
                 self.cold.held.discard(key)
         finally:
-            await core.warm.run(os.close, fd)
+            with trio.CancelScope(shield=True):
+                await core.warm.run(f.close)
 
-    async def _upload_and_swap(self, rel: bytes, fd: int, st: os.stat_result, key: str
-                               ) -> Outcome:
+    async def _upload_and_swap(self, rel: bytes, f: warmswap.Opened, key: str) -> Outcome:
         core = self.core
+        fd, st = f.fd, f.st
         record = Record(rel, key, secrets.token_hex(8), "upload", st.st_dev, st.st_ino,
                         st.st_size)
         await self._save(record)
@@ -204,7 +204,7 @@ class Demoter:
                                                 record.token)
         except (ObjectStoreError, OSError) as e:
             await self._undo(record)
-            if not _same(st, await core.warm.run(os.fstat, fd)):  # (cut short, say)
+            if not warmswap.same(st, await core.warm.run(os.fstat, fd)):  # (cut short, say)
                 log.info("demoting %s: the file changed while it was uploaded; the upload "
                          "is discarded", show(rel))
                 core.counters.add("demotions_discarded")
@@ -222,7 +222,7 @@ class Demoter:
         await self._step("swap")
         stub = Stub(info.key, info.size, info.etag, stat.S_IMODE(st.st_mode), st.st_mtime_ns)
         try:
-            why = await self._swap(rel, fd, st, stub)
+            why = await self._swap(rel, f, stub)
         except OSError as e:  # (the warm tier refused the stub: nothing was swapped)
             log.error("demoting %s: the stub could not be put in place: %s", show(rel), e)
             why = f"the stub could not be put in place: {e.strerror or e}"
@@ -238,10 +238,11 @@ class Demoter:
         log.info("demoted %s to %s (%d bytes)", show(rel), key, st.st_size)
         return Outcome(rel, st.st_size, True)
 
-    async def _swap(self, rel: bytes, fd: int, st: os.stat_result, stub: Stub) -> str | None:
+    async def _swap(self, rel: bytes, f: warmswap.Opened, stub: Stub) -> str | None:
         """Put the stub in place of the file if it is still the file uploaded, unchanged;
         otherwise say why not."""
         core = self.core
+        st = f.st
         async with core.ns_lock:
             why = self._in_use(rel, st)
             if why is not None:
@@ -249,12 +250,12 @@ class Demoter:
             inode = core.inodes.known(identity(st))
             target = stub.encode(core.config.bucket)
             if inode is None:
-                new = await core.warm.run(_swap_blocking, core.warm, rel, fd, st, target)
+                new = await core.warm.run(warmswap.swap_in_stub, core.warm, f, target)
                 if new is not None:
                     await self._carry_number(st, new)
             else:
                 with core.inodes.replacing(inode):
-                    new = await core.warm.run(_swap_blocking, core.warm, rel, fd, st, target)
+                    new = await core.warm.run(warmswap.swap_in_stub, core.warm, f, target)
                     if new is not None:
                         self._replaced(inode, new, stub)
             core.forget_dir_attrs()
@@ -376,43 +377,49 @@ class Demoter:
 
     async def _bring_back(self, rel: bytes) -> Outcome:
         core = self.core
-        st, target = await core.warm.run(core.warm.lstat_link, rel)
-        stub = core.parse_stub(st, target, rel)
+        try:
+            found = await core.warm.run(warmswap.stub_at, core.warm, rel)
+        except OSError as e:
+            if e.errno in (errno.ELOOP, errno.ENOTDIR):
+                return Outcome(rel, 0, False, "a symbolic link on the way")
+            raise
+        try:
+            return await self._download_and_swap(rel, found)
+        finally:
+            with trio.CancelScope(shield=True):
+                await core.warm.run(found.close)
+
+    async def _download_and_swap(self, rel: bytes, found: warmswap.StubAt) -> Outcome:
+        core = self.core
+        st = found.st
+        stub = core.parse_stub(st, found.target, rel)
         if stub is None:
             return Outcome(rel, st.st_size, False, "not in the bucket")
         placement = self.cold.placement
         if placement.belongs_cold(placement.rule_for(rel), stub.size):
             return Outcome(rel, stub.size, False, "belongs in the bucket (large_file_threshold "
                            "or a rule)")
-        inode = core.inodes.known(identity(st))
-        if inode is not None and inode.data is not None:
+        if self._in_use(rel, st) is not None:
             return Outcome(rel, stub.size, False, "open through this mount")
         await self.owners.check(stub, st, rel)  # (EACCES: not the object's owner's stub)
-        tmp, fd = await core.warm.run(core.warm.open_temp, split(rel)[0])
-        try:
-            part = core.config.part_size
-            for offset in range(0, stub.size, part):
-                block = await core.get_object(stub, offset, part)
-                await core.warm.run(os.pwrite, fd, block, offset)
-        except BaseException:
-            with trio.CancelScope(shield=True):
-                await core.warm.run(core.warm.drop_temp, tmp, fd)
-            raise
-        await core.warm.run(core.warm.finish_temp, tmp, fd, stub.size, rel,
-                            (stub.mtime_ns, stub.mtime_ns), stub.mode)
+        fd = await core.warm.run(warmswap.new_temp, core.warm, found)
+        part = core.config.part_size
+        for offset in range(0, stub.size, part):
+            block = await core.get_object(stub, offset, part)
+            await core.warm.run(os.pwrite, fd, block, offset)
+        await core.warm.run(warmswap.settle_temp, found, stub.size, stub.mode, stub.mtime_ns)
         await self._step("downloaded")
         async with core.ns_lock:
             inode = core.inodes.known(identity(st))
-            if inode is not None and inode.data is not None:
+            if self._in_use(rel, st) is not None:
                 new = None
             elif inode is None:
-                new = await core.warm.run(_unstub_blocking, core.warm, rel, tmp, st, target)
+                new = await core.warm.run(warmswap.unstub, found)
                 if new is not None:
                     await self._carry_number(st, new)
             else:
                 with core.inodes.replacing(inode):
-                    new = await core.warm.run(_unstub_blocking, core.warm, rel, tmp, st,
-                                              target)
+                    new = await core.warm.run(warmswap.unstub, found)
                     if new is not None:
                         self._replaced(inode, new, None)
             core.forget_dir_attrs()
@@ -460,53 +467,3 @@ class Demoter:
             log.warning("the warm tier holds %d bytes of plain files, over its quota of %d; "
                         "%d bytes were demoted, no more could be", seen.bytes, quota, freed)
         return freed
-
-
-def _open_plain(warm: WarmTier, rel: bytes) -> tuple[int, os.stat_result, list[str]]:
-    """A read-only descriptor on a warm file, its attributes and extended attribute names."""
-    fd, st = warm.open_read(rel)
-    try:
-        try:
-            names = os.listxattr(fd) if stat.S_ISREG(st.st_mode) else []
-        except OSError as e:
-            if e.errno not in (errno.ENOTSUP, errno.EOPNOTSUPP):
-                raise
-            names = []
-        return fd, st, names
-    except BaseException:
-        os.close(fd)
-        raise
-
-
-def _same(a: os.stat_result, b: os.stat_result) -> bool:
-    return (a.st_dev, a.st_ino, a.st_size, a.st_mtime_ns, a.st_ctime_ns, a.st_nlink) == \
-        (b.st_dev, b.st_ino, b.st_size, b.st_mtime_ns, b.st_ctime_ns, b.st_nlink)
-
-
-def _swap_blocking(warm: WarmTier, rel: bytes, fd: int, st: os.stat_result, target: bytes
-                   ) -> os.stat_result | None:
-    """The stub renamed over ``rel`` if both the descriptor and the path are still the file
-    ``st`` describes; None (nothing done) otherwise."""
-    try:
-        there = warm.lstat(rel)
-    except FileNotFoundError:
-        return None
-    if not (_same(st, os.fstat(fd)) and _same(st, there)):
-        return None
-    return warm.replace_symlink(rel, target)
-
-
-def _unstub_blocking(warm: WarmTier, rel: bytes, tmp: bytes, st: os.stat_result,
-                     target: bytes | None) -> os.stat_result | None:
-    """The temp file renamed over the stub at ``rel`` if it is still that stub; otherwise
-    the temp file removed and None."""
-    try:
-        there, now = warm.lstat_link(rel)
-    except FileNotFoundError:
-        there, now = None, None
-    if there is None or now != target or (there.st_dev, there.st_ino) != (st.st_dev,
-                                                                         st.st_ino):
-        os.unlink(tmp, dir_fd=warm.fd)
-        return None
-    warm.rename(tmp, rel)
-    return warm.lstat(rel)

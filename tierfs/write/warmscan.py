@@ -4,7 +4,8 @@ were used least recently. Read by a walk in a warm-tier thread, for the warm quo
 
 The warm tree is shared and anyone may write to it, so what the walk reads there (names,
 sizes, times, how many files) is untrusted input: the walk runs in a worker thread, follows
-no symbolic link, and hands back a bounded answer (totals, and at most ``keep`` files), so
+no symbolic link (nor enters a directory that was swapped for one since it was listed), and
+hands back a bounded answer (totals, and at most ``keep`` files), so
 nothing on the event loop costs in proportion to what it found. Stubs count for nothing
 (their data is in the bucket), and tierfs's own temp files are left out.
 
@@ -22,6 +23,7 @@ import os
 import stat
 
 from tierfs.tiers.warm import ROOT, WarmTier, is_internal, join
+from tierfs.write.warmswap import open_dir
 
 #: Files a walk hands back at most (the oldest large ones).
 KEEP = 1000
@@ -59,16 +61,25 @@ def walk(warm: WarmTier, min_size: int, root: bytes = ROOT, keep: int = KEEP,
     offered instead of the large files, and counted as ``large``."""
     out = Walk()
     heap: list[tuple[int, bytes, int]] = []  # (-used_ns, rel, size): the newest on top
-    pending = [root]
+    # Each directory with the identity it had when listed: one swapped for a symbolic link
+    # to elsewhere since (a directory on its path, say) is not entered.
+    pending: list[tuple[bytes, tuple[int, int] | None]] = [(root, None)]
     while pending:
-        here = pending.pop()
+        here, seen_as = pending.pop()
         try:
-            dfd = os.open(here, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
-                          dir_fd=warm.fd)
+            if seen_as is None:
+                dfd = open_dir(warm, here)
+            else:
+                dfd = os.open(here, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+                              | os.O_CLOEXEC, dir_fd=warm.fd)
         except OSError:
             out.unreadable += 1
             continue
         try:
+            st = os.fstat(dfd)
+            if seen_as is not None and (st.st_dev, st.st_ino) != seen_as:
+                out.unreadable += 1
+                continue
             with os.scandir(dfd) as it:
                 for entry in it:
                     name = os.fsencode(entry.name)
@@ -80,7 +91,7 @@ def walk(warm: WarmTier, min_size: int, root: bytes = ROOT, keep: int = KEEP,
                         continue  # (removed while we walked)
                     rel = join(here, name)
                     if stat.S_ISDIR(st.st_mode):
-                        pending.append(rel)
+                        pending.append((rel, (st.st_dev, st.st_ino)))
                     elif stat.S_ISREG(st.st_mode):
                         out.files += 1
                         out.bytes += st.st_size

@@ -286,12 +286,13 @@ class Demoter:
         await core.batch.sync(core.hot.run, durable=True)
 
     async def _undo(self, record: Record, crashed: bool = False) -> None:
-        """The demotion will not happen: its object (if any) goes, then its record."""
+        """The demotion will not happen: its object (if any) goes, then its record. While
+        the bucket cannot be reached the record stays, for the next mount to try again."""
         with trio.CancelScope(shield=True):
-            await self._delete_own(record, crashed)
-            self.core.batch.delete("meta", RECORD_PREFIX + record.token.encode())
+            if await self._delete_own(record, crashed):
+                self.core.batch.delete("meta", RECORD_PREFIX + record.token.encode())
 
-    async def _delete_own(self, record: Record, crashed: bool) -> None:
+    async def _delete_own(self, record: Record, crashed: bool) -> bool:
         """Delete the object at the record's key if it is the one this demotion made (its
         token). After a crash (``crashed``), unfinished uploads of the key are aborted too:
         the upload's id was never recorded, and its key was this node's (as recovery does
@@ -304,14 +305,15 @@ class Demoter:
                     if key == record.key:
                         await core.cold.run(store.abort_multipart, key, upload_id)
             info = await core.cold.run(store.head, record.key)
+            if info.metadata.get(UPLOAD_TOKEN) == record.token:
+                await core.cold.run(store.delete, record.key)
         except NoSuchObject:
-            return
+            return True
         except ObjectStoreError as e:
-            log.error("could not remove the object %s of an undone demotion: %s",
-                      record.key, e)
-            return
-        if info.metadata.get(UPLOAD_TOKEN) == record.token:
-            await core.delete_object(record.key)
+            log.error("could not remove the object %s of an undone demotion (tried again at "
+                      "the next mount): %s", record.key, e)
+            return False
+        return True
 
     # -- after a crash ----------------------------------------------------------------------
 

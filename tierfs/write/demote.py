@@ -5,20 +5,22 @@ A demotion is asked for by the warm quota (``run_quota``: past ``warm_quota``, t
 recently used files of at least ``demote_min_size``, oldest first), by ``tierfs demote`` or
 by ``tierfs scan --demote``. Its steps, in this order:
 
-1. The warm file is opened and its attributes read (size, mtime, ctime, device and inode
-   number). A file open through this mount, one with staged data waiting to be published,
-   a hard-linked file, one with extended attributes (a stub cannot keep them) or one a rule
-   keeps warm is left alone.
+1. The warm file is opened, reached without following a symbolic link (``warmswap``), and
+   its attributes read (size, mtime, ctime, device and inode number). A file open through
+   this mount, one with staged data waiting to be published, a hard-linked or empty file,
+   another user's (unless the mount runs as root), one with extended attributes (a stub
+   cannot keep them) or one a rule keeps warm is left alone.
 2. The object's key is chosen as every object's is (``ColdPublisher.pick_key``), and a record
    of the demotion (path, key, the file's attributes) is committed to the index, durably,
    before the upload is created.
 3. The file is uploaded through the same multipart machinery as a streaming write
    (``ColdPublisher.upload_whole``), its parts read from the warm descriptor.
-4. The record is marked "swap" (with the object's ETag), durably.
-5. Under the namespace lock, in one warm-tier call: the file at the path and the descriptor
+4. The record is marked "swap", durably.
+5. Under the namespace lock, in one warm-tier call: the file at its name and the descriptor
    are checked to be the file that was uploaded, unchanged (device, inode number, size, mtime
-   and ctime); then the stub (owned by the file's owner) is renamed over it. Otherwise the
-   object is deleted: a writer on any node wins.
+   and ctime); then the stub (owned by the file's owner) is renamed over it. Otherwise, or if
+   the file is open through this mount by then, the object is deleted: a writer on any node
+   wins.
 6. The record is dropped.
 
 A crash (SIGKILL) anywhere leaves the warm file or a stub naming a complete object, never

@@ -18,8 +18,10 @@ class FaultProxy:
         self.upstream_port = upstream_port
         self.lock = threading.Lock()
         #: (method, fault, count): fault is "503", "500", "403" (not retried by boto3),
-        #: "reset", "lose" (the server does the request, the answer is lost: a reset) or
-        #: "delay"; count -1 means forever.
+        #: "reset", "lose" (the server does the request, the answer is lost: a reset),
+        #: "delay", "hold" (held until ``release``, then reset, never done), "hold-after"
+        #: (done, then its answer held until ``release`` and lost) or "pass" (no fault: a
+        #: rule that lets the first requests through); count -1 means forever.
         self.rules: list[list] = []
         self.faults_served = 0
         #: Seconds a "delay" fault holds a request.
@@ -31,6 +33,9 @@ class FaultProxy:
         self.forget_completed = False
         #: Requests that reached the proxy, by HTTP method (faults included).
         self.requests: collections.Counter[str] = collections.Counter()
+        #: Requests being held ("hold", "hold-after") now, and what lets them go.
+        self.held = 0
+        self.released = threading.Event()
         #: Checksum headers (``x-amz-checksum-*``, ``x-amz-sdk-checksum-*``) and content
         #: encodings of the requests that reached the proxy: (method, header, value).
         self.checksum_headers: list[tuple[str, str, str]] = []
@@ -73,6 +78,15 @@ class FaultProxy:
                 if fault == "delay":  # a slow bucket: answer, but late
                     time.sleep(proxy.delay)
                     fault = None
+                if fault == "pass":
+                    fault = None
+                if fault in ("hold", "hold-after"):  # the client is killed meanwhile
+                    if fault == "hold-after":
+                        self._forward(body, upload)
+                    with proxy.lock:
+                        proxy.held += 1
+                    proxy.released.wait(60)
+                    fault = "reset"
                 if fault == "lose":
                     self._forward(body, upload)
                 if fault in ("reset", "lose"):
@@ -145,6 +159,10 @@ class FaultProxy:
         with self.lock:
             self.rules.clear()
 
+    def release(self) -> None:
+        """Let held requests go (each gets a reset connection)."""
+        self.released.set()
+
     def _take(self, method: str) -> str | None:
         with self.lock:
             for rule in self.rules:
@@ -156,5 +174,6 @@ class FaultProxy:
         return None
 
     def close(self) -> None:
+        self.released.set()
         self.server.shutdown()
         self.server.server_close()

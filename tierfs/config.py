@@ -95,6 +95,26 @@ def _optional_size(value: Any) -> int | None:
     return _threshold(value)
 
 
+def _optional_quota(value: Any) -> int | None:
+    if value is None or value == "" or (isinstance(value, str) and value.lower() == "none"):
+        return None
+    return parse_size(value)
+
+
+def _demote_min_size(value: Any) -> int:
+    size = parse_size(value, bounded=False)
+    if not 4096 <= size <= MAX_OBJECT_SIZE:
+        raise ValueError("expected a size from 4KiB to 5TiB")
+    return size
+
+
+def _interval(value: Any) -> float:
+    seconds = _number(value, float, "expected a number of seconds")
+    if not 0.1 <= seconds <= 86400:
+        raise ValueError("expected seconds between 0.1 and 86400")
+    return seconds
+
+
 def _rules(value: Any) -> tuple[tuple[str, str], ...]:
     if isinstance(value, str) or not isinstance(value, (list, tuple)):
         raise ValueError('expected a list such as ["checkpoints/**=cold"]')
@@ -315,6 +335,13 @@ KEYS: tuple[Key, ...] = (
     Key("stream_after", _optional_size, lambda: None,
         "Start streaming a file written sequentially to the bucket once it passes this size, "
         "so the hot tier holds a bounded window from then on (default: the threshold)."),
+    Key("warm_quota", _optional_quota, lambda: None,
+        "Most bytes of plain files the warm tier may hold: past it, the least recently used "
+        "files of at least demote_min_size go to the bucket, leaving stubs (default: none)."),
+    Key("demote_min_size", _demote_min_size, lambda: 64 * 1024 * 1024,
+        "Smallest file the warm quota moves to the bucket (a size such as 64MiB)."),
+    Key("demote_interval", _interval, lambda: 60.0,
+        "Seconds between looks at the warm tier's usage, when warm_quota is set."),
     Key("rules", _rules, lambda: (),
         "Pin paths to a tier: PATTERN=TIER, TIER being warm or cold, first match wins "
         "(* matches across /). The flag may be repeated.", multiple=True),
@@ -381,6 +408,9 @@ class Config:
     addressing_style: str
     large_file_threshold: int
     stream_after: int | None
+    warm_quota: int | None
+    demote_min_size: int
+    demote_interval: float
     rules: tuple[tuple[str, str], ...]
     part_size: int
     upload_window: int

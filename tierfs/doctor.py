@@ -78,6 +78,31 @@ def _set_aside(lost: Path) -> Iterator[Check]:
                     "what you can verify, then delete both")
 
 
+def _large_plain_files(config: Config) -> Iterator[Check]:
+    """Files past the threshold that sit on the warm tier as plain files (written there
+    before tierfs, or by tools that bypass the mount): not a fault, but room the bucket could
+    hold instead (``tierfs scan``)."""
+    from tierfs.tiers.warm import WarmTier
+    from tierfs.write.warmscan import walk
+
+    if not config.warm.is_dir():
+        return
+    try:
+        warm = WarmTier(config.warm, 1)
+    except OSError:
+        return
+    try:
+        seen = walk(warm, config.large_file_threshold, keep=0)
+    finally:
+        warm.close()
+    what = f"large files on the warm tier (over {_size(config.large_file_threshold)})"
+    if not seen.large:
+        yield Check(what, True, "none: every file past the threshold is in the bucket")
+        return
+    yield Check(what, True, f"{seen.large} plain file(s), {_size(seen.large_bytes)}; "
+                "`tierfs scan` lists them, `tierfs scan --demote` moves them to the bucket")
+
+
 def run_checks(config: Config) -> list[Check]:
     checks = []
     if not os.path.exists("/dev/fuse"):
@@ -94,6 +119,7 @@ def run_checks(config: Config) -> list[Check]:
                         "apt-get install fuse3"))
     checks += list(_tier("hot", config.hot))
     checks += list(_tier("warm", config.warm))
+    checks += list(_large_plain_files(config))
     from tierfs.mounting import open_checked_store
 
     try:

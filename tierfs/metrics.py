@@ -37,6 +37,11 @@ HELP = {
     "bad_blocks": "Cached blocks that failed their checksum",
     "upload_errors": "Write-back publishes that failed and were retried",
     "uploads_lost": "Unfinished uploads the bucket dropped after parts had left staging",
+    "demotions": "Warm files moved to the bucket, leaving stubs",
+    "bytes_demoted": "Bytes moved from the warm tier to the bucket",
+    "demotions_discarded": "Demotions given up because the file changed while it uploaded",
+    "promotions": "Cold files brought back to the warm tier",
+    "bytes_promoted": "Bytes brought back from the bucket to the warm tier",
 }
 
 

@@ -34,6 +34,11 @@ NAMES = (
     "bad_blocks",      # cached blocks that failed their checksum and were dropped
     "upload_errors",   # write-back publishes that failed (and were retried)
     "uploads_lost",    # unfinished uploads the bucket dropped after parts left staging
+    "demotions",       # warm files moved to the bucket, leaving stubs (quota or on demand)
+    "bytes_demoted",
+    "demotions_discarded",  # demotions whose file changed while it uploaded (object deleted)
+    "promotions",      # cold files brought back to the warm tier (``tierfs promote``)
+    "bytes_promoted",
 )
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import click
 
 from tierfs import __version__
-from tierfs.cli import cache, importing, inspect, mounts
+from tierfs.cli import cache, importing, inspect, mounts, placement
 from tierfs.cli.mounts import setup_logging
 
 __all__ = ["main", "setup_logging"]
@@ -20,5 +20,5 @@ def main() -> None:
 
 for command in (mounts.mount, mounts.unmount, cache.warm, importing.import_, inspect.stats,
                 inspect.where, cache.pin, cache.unpin, cache.evict, cache.flush, inspect.status,
-                inspect.doctor):
+                inspect.doctor, placement.demote, placement.promote, placement.scan):
     main.add_command(command)

@@ -50,7 +50,13 @@ def _stats_view(doc: dict[str, Any]) -> Any:
             ("disk free", size(hot["disk_free"]))]),
         table(f"warm  {warm['path']}", [
             ("used / size", f"{size(warm['disk_used'])} / {size(warm['disk_size'])}"),
-            ("served", size(warm["bytes_served"])), ("throughput", rate("warm"))]),
+            *([("plain files", size(warm["usage"]))] if warm.get("usage") is not None else []),
+            ("served", size(warm["bytes_served"])), ("throughput", rate("warm")),
+            ("demoted", f"{warm.get('demotions', 0)} ({size(warm.get('bytes_demoted', 0))})"
+             + (f", {warm['demotions_discarded']} discarded (changed while uploading)"
+                if warm.get("demotions_discarded") else "")),
+            ("promoted",
+             f"{warm.get('promotions', 0)} ({size(warm.get('bytes_promoted', 0))})")]),
         table(f"cold  {cold['bucket']}", [
             ("served", size(cold["bytes_served"])), ("GETs", str(cold["fetches"])),
             ("throughput", rate("cold")),

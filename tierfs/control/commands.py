@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from tierfs.control import moves
 from tierfs.control.server import CommandError, Handler, Send
 from tierfs.stats import build as build_stats
 from tierfs.stats import rates as stats_rates
@@ -147,7 +148,7 @@ def make_handlers(fs: FileSystem, mountpoint: str) -> dict[str, Handler]:
                 "addressing_style": config.addressing_style}
 
     return {"warm": warm, "where": where, "pin": pin, "evict": evict, "flush": flush,
-            "stats": stats, "health": health, "tiers": tiers}
+            "stats": stats, "health": health, "tiers": tiers, **moves.make_handlers(fs, _rel)}
 
 
 async def stats_document(fs: FileSystem, mountpoint: str) -> dict[str, Any]:

@@ -252,6 +252,10 @@ class InodeTable:
         self._by_key[key] = inode
         self.batch.put("inodes", key, pack_u64(inode.ino))
 
+    def known(self, key: bytes) -> Inode | None:
+        """The inode in memory for a warm file's identity (``identity``), if any."""
+        return self._by_key.get(key)
+
     def lookup(self, inode: Inode) -> None:
         inode.lookups += 1
 

@@ -171,6 +171,10 @@ class WarmTier(Tier):
         # those of another node publishing into the same tree.
         return TEMP_PREFIX + self.node + b"-" + uuid.uuid4().hex.encode() + TEMP_SUFFIX
 
+    def temp_name(self) -> bytes:
+        """A fresh temp file name of this node (for calls made relative to a directory fd)."""
+        return self._temp_name()
+
     def is_ours(self, name: bytes) -> bool:
         """Whether a temp file name was made by this node."""
         return name.startswith(TEMP_PREFIX + self.node + b"-")

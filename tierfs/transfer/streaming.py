@@ -40,6 +40,7 @@ from collections.abc import Awaitable, Callable
 import trio
 
 from tierfs.objects.base import MAX_PART_SIZE, ObjectInfo, ObjectStoreError, UploadGone
+from tierfs.tiers.base import Tier
 from tierfs.tiers.cold import ColdTier
 from tierfs.tiers.hot import HotTier
 
@@ -99,9 +100,14 @@ class StreamingUpload:
                  key: str, upload_id: str, first_part: int, window: int,
                  on_part: Callable[[dict[int, str | None]], Awaitable[None]],
                  token: str, done: dict[int, str] | None = None, patient: bool = False,
-                 checksum: str | None = None) -> None:
+                 checksum: str | None = None, source: Tier | None = None) -> None:
         self.cold, self.hot, self.nursery = cold, hot, nursery
         self.fd = staging_fd
+        #: Whose threads read ``fd``: the hot tier's for a staging file (the default), or the
+        #: warm tier's for a warm file moved to the bucket whole (``write.demote``). Only a
+        #: staging file is ever punched: any other source is the user's file itself.
+        self.source: Tier = source if source is not None else hot
+        self.punchable = source is None
         self.key, self.upload_id, self.token = key, upload_id, token
         self.first_part = first_part
         self.window = max(1, window)
@@ -143,7 +149,8 @@ class StreamingUpload:
         self._flying: dict[int, trio.Event] = {}
         self._stale: set[int] = set()
         self._aborted = False
-        _live.add(self)
+        if self.punchable:
+            _live.add(self)
 
     @property
     def punched(self) -> bool:
@@ -239,7 +246,7 @@ class StreamingUpload:
         the part was cut (or chosen), so a change meanwhile marks it stale."""
         done = self._flying[number]
         try:
-            data = await self.hot.run(os.pread, self.fd, size, offset)
+            data = await self.source.run(os.pread, self.fd, size, offset)
             if len(data) != size:
                 raise OSError(errno.EIO, "staging file is shorter than the part")
             receipt = await self.cold.run(self.cold.store.upload_part, self.key,
@@ -252,7 +259,8 @@ class StreamingUpload:
             else:
                 self.parts[number] = receipt
                 self.changed.discard(number)
-                self.kept.add(number)
+                if self.punchable:
+                    self.kept.add(number)
             self._stale.discard(number)
             await self._make_room()
         except ObjectStoreError as e:

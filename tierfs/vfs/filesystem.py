@@ -35,6 +35,7 @@ from tierfs.vfs.openfiles import OpenFiles
 from tierfs.vfs.reads import Reads
 from tierfs.vfs.upkeep import Upkeep
 from tierfs.write.cold import ColdPublisher
+from tierfs.write.demote import Demoter
 from tierfs.write.journal import Journal
 from tierfs.write.publish import Publisher
 from tierfs.write.recovery import Recovery, Report, publishable
@@ -67,6 +68,8 @@ class FileSystem:
                                self.publisher, self.writeback)
         self.reads = Reads(core, self.publisher)
         self.upkeep = Upkeep(core)
+        self.demoter = Demoter(core, self.journal, self.cold_publisher)
+        self.upkeep.jobs.append(self.demoter.run_quota)
 
     # -- what the mount, the control socket and the tests look at --------------------------
 
@@ -146,8 +149,10 @@ class FileSystem:
     async def recover(self, rebooted: bool = False) -> Report:
         """Finish or undo what the journal says was in flight when tierfs last stopped (at
         mount, before serving; see ``write.recovery``)."""
-        return await Recovery(self.core, self.journal, self.publisher, self.staging
-                              ).run(rebooted)
+        report = await Recovery(self.core, self.journal, self.publisher, self.staging
+                                ).run(rebooted)
+        await self.demoter.recover()
+        return report
 
     async def shutdown(self) -> list[str]:
         """Publish whatever is still dirty and commit. What could not be published stays

@@ -1,6 +1,7 @@
 """What a mount does beside serving requests: commit the index batch every second (with the
 cache's entries and the counters), keep the counters' history for throughput figures, host
-background tasks in one nursery, and answer health checks of the tiers."""
+background tasks in one nursery (and long-running jobs such as the warm quota), and answer
+health checks of the tiers."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import collections
 import logging
 import os
 import time
+from collections.abc import Awaitable, Callable
 
 import trio
 
@@ -28,6 +30,8 @@ class Upkeep:
         #: (monotonic time, counters) once per flush interval, for throughput figures.
         self.history: collections.deque[tuple[float, dict[str, int]]] = \
             collections.deque(maxlen=11)
+        #: Long-running background jobs started in the nursery (the warm quota).
+        self.jobs: list[Callable[[], Awaitable[None]]] = []
 
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                   ) -> None:
@@ -37,6 +41,8 @@ class Upkeep:
         async with trio.open_nursery() as nursery:
             core.nursery = nursery
             core.cache.bind(nursery)
+            for job in self.jobs:
+                nursery.start_soon(job)
             task_status.started()
             self.history.append((time.monotonic(), dict(core.counters.values)))
             while True:

@@ -19,15 +19,18 @@ import os
 import secrets
 import time
 
+import trio
+
 from tierfs.paths import show
 from tierfs.core.attrs import err, file_mode, mode_override
 from tierfs.core.context import AttrMark, Core
 from tierfs.core.inodes import Inode
 from tierfs.core.openfile import DataState, OpenFile, warm_id
 from tierfs.core.ownership import owner_metadata, settle
-from tierfs.objects.base import ObjectStoreError, UploadGone, key_text
+from tierfs.objects.base import ObjectInfo, ObjectStoreError, UploadGone, key_text
 from tierfs.objects.keys import free_key, unique_key
 from tierfs.stubs import Stub
+from tierfs.tiers.base import Tier
 from tierfs.tiers.warm import split
 from tierfs.transfer.streaming import UPLOAD_TOKEN, PartGone, StreamingUpload
 from tierfs.write.journal import Entry, Journal, Upload
@@ -46,6 +49,9 @@ class ColdPublisher:
         self.journal = journal
         self.warm = warm
         self.placement = Placement.of(core.config)
+        #: Keys of objects being made outside the journal (demotions): no other upload
+        #: takes them meanwhile.
+        self.held: set[str] = set()
 
     def rule(self, inode: Inode, data: OpenFile) -> str:
         """The path rule for this file, decided once, from the path it had when writing
@@ -188,24 +194,59 @@ class ColdPublisher:
         upload is created. Keys of uploads under way are held by their journal entries: one
         chosen by another upload while the store was asked is not taken twice."""
         core = self.core
+        chosen = await self.pick_key(rel, data.replaces_object, data.staging_id)
+        if entry is not None:
+            entry.upload = Upload(chosen, time.time(), core.config.part_size,
+                                  checksum=core.cold.store.part_checksum)
+            self.journal.update(data.staging_id, entry)
+            await self.journal.sync()
+        return chosen
+
+    async def pick_key(self, rel: bytes, own: str | None, sid: str | None = None) -> str:
+        """The key a new object for ``rel`` gets (``objects.keys.free_key``): ``own`` is the
+        file's own previous object, ``sid`` the staging id whose upload asks. The caller
+        records it (journal, or ``held``) before any await that could let another upload
+        choose it."""
+        core = self.core
         store = core.cold.store
         key = store.fit_key(core.config.bucket.key(key_text(rel)))
         while True:
-            held = self._held_keys(data.staging_id)
-            chosen = await core.cold.run(free_key, store, key, data.replaces_object, held)
-            if chosen != data.replaces_object and chosen in self._held_keys(data.staging_id):
+            held = self._held_keys(sid)
+            chosen = await core.cold.run(free_key, store, key, own, held)
+            if chosen != own and chosen in self._held_keys(sid):
                 key = store.fit_key(unique_key(chosen))  # taken meanwhile: look again
                 continue
-            if entry is not None:
-                entry.upload = Upload(chosen, time.time(), core.config.part_size,
-                                      checksum=store.part_checksum)
-                self.journal.update(data.staging_id, entry)
-                await self.journal.sync()
             return chosen
 
     def _held_keys(self, sid: str | None) -> frozenset[str]:
         return frozenset(e.upload.key for s, e in self.journal.entries.items()
-                         if s != sid and e.upload is not None)
+                         if s != sid and e.upload is not None) | self.held
+
+    async def upload_whole(self, fd: int, source: Tier, key: str, size: int,
+                           metadata: dict[str, str], token: str) -> ObjectInfo:
+        """Upload ``size`` bytes of a file that is not staged (a warm file moved to the
+        bucket: ``write.demote``) to ``key``, through the same multipart machinery as a
+        streaming write, its parts read by ``source``'s threads and never punched. On any
+        failure the upload is aborted and nothing is left in the bucket but what a
+        completion that raised may have made (the caller deletes ``key``)."""
+        core = self.core
+        assert core.nursery is not None
+        store = core.cold.store
+        upload_id = await core.cold.run(store.create_multipart, key,
+                                        {**metadata, UPLOAD_TOKEN: token}, store.part_checksum)
+
+        async def no_record(parts: dict[int, str | None]) -> None:
+            """Nothing to resume after a crash: a demotion starts again from its warm file."""
+
+        upload = StreamingUpload(core.cold, core.hot, core.nursery, fd, key, upload_id,
+                                 core.config.part_size, core.config.upload_window, no_record,
+                                 token, checksum=store.part_checksum, source=source)
+        try:
+            return await upload.finish(size)
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await upload.abort()
+            raise
 
     async def publish(self, inode: Inode, data: OpenFile) -> None:
         """Complete a streaming upload and put its stub in place of the warm file.

@@ -1,0 +1,473 @@
+"""Moving whole files between the warm tier and the bucket: demotion (a warm file uploaded and
+replaced by its stub) and promotion (a cold file brought back to the warm tier).
+
+A demotion is asked for by the warm quota (``run_quota``: past ``warm_quota``, the least
+recently used files of at least ``demote_min_size``, oldest first), by ``tierfs demote`` or
+by ``tierfs scan --demote``. Its steps, in this order:
+
+1. The warm file is opened, reached without following a symbolic link (``warmswap``), and
+   its attributes read (size, mtime, ctime, device and inode number). A file open through
+   this mount, one with staged data waiting to be published, a hard-linked or empty file,
+   another user's (unless the mount runs as root), one with extended attributes (a stub
+   cannot keep them) or one a rule keeps warm is left alone.
+2. The object's key is chosen as every object's is (``ColdPublisher.pick_key``), and a record
+   of the demotion (path, key, the file's attributes) is committed to the index, durably,
+   before the upload is created.
+3. The file is uploaded through the same multipart machinery as a streaming write
+   (``ColdPublisher.upload_whole``), its parts read from the warm descriptor.
+4. The record is marked "swap", durably.
+5. Under the namespace lock, in one warm-tier call: the file at its name and the descriptor
+   are checked to be the file that was uploaded, unchanged (device, inode number, size, mtime
+   and ctime); then the stub (owned by the file's owner) is renamed over it. Otherwise, or if
+   the file is open through this mount by then, the object is deleted: a writer on any node
+   wins.
+6. The record is dropped.
+
+A crash (SIGKILL) anywhere leaves the warm file or a stub naming a complete object, never
+neither: the stub is put in place only after the object is complete, by one rename. At the
+next mount (``recover``) a record still in its upload step means the swap never happened:
+the object (if completed: one carrying the record's token) is deleted and unfinished uploads
+of its key aborted. A record in its swap step whose path holds a stub naming its key is a
+finished demotion; one whose path still holds the very file uploaded is undone (the object
+deleted); anything else (the path changed by someone meanwhile) keeps the object, which is
+then at worst garbage, logged with its key.
+
+A promotion downloads the object into a temp file beside the stub, gives it the stub's owner,
+mode and mtime, and renames it over the stub if the stub is still the same (identity and
+target); the object is deleted after. A crash leaves the stub (and a temp file the next mount
+removes) or the file (and an object that is then garbage).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import json
+import logging
+import os
+import secrets
+import stat
+from collections.abc import Awaitable, Callable
+
+import trio
+
+from tierfs.core.context import Core
+from tierfs.core.inodes import Inode, identity
+from tierfs.core.ownership import Owners, owner_metadata
+from tierfs.index import pack_u64
+from tierfs.objects.base import NoSuchObject, ObjectStoreError
+from tierfs.paths import show
+from tierfs.stubs import MAX_SIZE, Stub
+from tierfs.transfer.streaming import UPLOAD_TOKEN
+from tierfs.write import warmswap
+from tierfs.write.cold import ColdPublisher
+from tierfs.write.journal import Journal
+from tierfs.write.placement import WARM
+from tierfs.write.warmscan import walk
+
+log = logging.getLogger(__name__)
+
+#: Demotion records live in the index's ``meta`` database under this prefix.
+RECORD_PREFIX = b"demoting/"
+#: Demotions under way at once, for the quota and the commands together: each one uploads
+#: at most ``upload_window`` parts at a time, so this bounds the bytes in flight.
+AT_ONCE = 1
+
+
+@dataclasses.dataclass
+class Record:
+    """What the index says about a demotion under way."""
+
+    path: bytes
+    key: str
+    token: str
+    phase: str  # "upload", then "swap"
+    dev: int
+    ino: int
+    size: int
+
+    def encode(self) -> bytes:
+        return json.dumps({**dataclasses.asdict(self), "path": os.fsdecode(self.path)}
+                          ).encode()
+
+    @classmethod
+    def decode(cls, raw: bytes) -> Record:
+        data = json.loads(raw)
+        data["path"] = os.fsencode(data["path"])
+        return cls(**data)
+
+
+@dataclasses.dataclass
+class Outcome:
+    """What became of one path: ``done`` or not, and why not."""
+
+    path: bytes
+    size: int
+    done: bool
+    why: str = ""
+
+    def to_json(self) -> dict[str, object]:
+        return {"path": show(self.path), "size": self.size, "done": self.done, "why": self.why}
+
+
+class Demoter:
+    def __init__(self, core: Core, journal: Journal, cold: ColdPublisher) -> None:
+        self.core = core
+        self.journal = journal
+        self.cold = cold
+        self.owners = Owners(core)
+        self.slots = trio.Semaphore(AT_ONCE)
+        #: Paths being demoted or promoted now (a second request for one is refused).
+        self.busy: set[bytes] = set()
+        #: Awaited between the steps of a demotion or promotion with the step's name
+        #: ("recorded", "uploaded", "swap", "swapped", "downloaded"): where the crash tests
+        #: stop one. None in a mount.
+        self.at_step: Callable[[str], Awaitable[None]] | None = None
+
+    # -- demotion ---------------------------------------------------------------------------
+
+    async def demote(self, rel: bytes) -> Outcome:
+        """Move one warm file to the bucket, leaving its stub (see the module's docstring)."""
+        if rel in self.busy:
+            return Outcome(rel, 0, False, "already being moved")
+        self.busy.add(rel)
+        try:
+            async with self.slots:
+                return await self._demote(rel)
+        finally:
+            self.busy.discard(rel)
+
+    def _refusal(self, rel: bytes, st: os.stat_result, xattrs: list[str]) -> str | None:
+        if not stat.S_ISREG(st.st_mode):
+            return "not a plain file on the warm tier"
+        if st.st_nlink != 1:
+            return "hard-linked (a stub cannot stand for one of several names)"
+        if st.st_size == 0:
+            return "empty"
+        if st.st_size > MAX_SIZE:
+            return "larger than the bucket's largest object"
+        if not self.core.as_root and st.st_uid != os.geteuid():
+            return "another user's (only a mount run as root can give its stub that owner)"
+        if xattrs:
+            return "has extended attributes (a stub cannot keep them)"
+        if self.cold.placement.rule_for(rel) == WARM:
+            return "a rule keeps it on the warm tier"
+        return self._in_use(rel, st)
+
+    def _in_use(self, rel: bytes, st: os.stat_result) -> str | None:
+        inode = self.core.inodes.known(identity(st))
+        if inode is not None and inode.data is not None:
+            return "open through this mount"
+        if any(e.path == rel for e in self.journal.entries.values()):
+            return "being written through this mount"
+        return None
+
+    async def _step(self, name: str) -> None:
+        if self.at_step is not None:
+            await self.at_step(name)
+
+    async def _demote(self, rel: bytes) -> Outcome:
+        core = self.core
+        try:
+            f = await core.warm.run(warmswap.open_plain, core.warm, rel)
+        except OSError as e:
+            if e.errno in (errno.ELOOP, errno.ENOTDIR):  # (no symbolic link is followed)
+                return Outcome(rel, 0, False, "a symbolic link (a stub: already in the bucket), "
+                               "or one on the way")
+            return Outcome(rel, 0, False, e.strerror or str(e))
+        try:
+            why = self._refusal(rel, f.st, f.xattrs)
+            if why is not None:
+                return Outcome(rel, f.st.st_size, False, why)
+            try:
+                key = await self.cold.pick_key(rel, None)
+            except ObjectStoreError as e:
+                return Outcome(rel, f.st.st_size, False, f"the bucket: {e}")
+            self.cold.held.add(key)
+            try:
+                return await self._upload_and_swap(rel, f, key)
+            finally:
+                self.cold.held.discard(key)
+        finally:
+            with trio.CancelScope(shield=True):
+                await core.warm.run(f.close)
+
+    async def _upload_and_swap(self, rel: bytes, f: warmswap.Opened, key: str) -> Outcome:
+        core = self.core
+        fd, st = f.fd, f.st
+        record = Record(rel, key, secrets.token_hex(8), "upload", st.st_dev, st.st_ino,
+                        st.st_size)
+        await self._save(record)
+        await self._step("recorded")
+        metadata = {"mode": f"{stat.S_IMODE(st.st_mode) & 0o777:04o}",
+                    "mtime-ns": str(st.st_mtime_ns), **owner_metadata(st)}
+        try:
+            info = await self.cold.upload_whole(fd, core.warm, key, st.st_size, metadata,
+                                                record.token)
+        except (ObjectStoreError, OSError) as e:
+            await self._undo(record)
+            if not warmswap.same(st, await core.warm.run(os.fstat, fd)):  # (cut short, say)
+                log.info("demoting %s: the file changed while it was uploaded; the upload "
+                         "is discarded", show(rel))
+                core.counters.add("demotions_discarded")
+                return Outcome(rel, st.st_size, False, "the file changed while it was uploaded")
+            log.error("demoting %s: the upload failed: %s", show(rel), e)
+            return Outcome(rel, st.st_size, False, f"upload failed: {e}")
+        if info.size != st.st_size:
+            log.error("demoting %s: the bucket reports %d bytes for %s, %d were uploaded",
+                      show(rel), info.size, key, st.st_size)
+            await self._undo(record)
+            return Outcome(rel, st.st_size, False, "the bucket reports another size")
+        await self._step("uploaded")
+        record.phase = "swap"
+        await self._save(record)
+        await self._step("swap")
+        stub = Stub(info.key, info.size, info.etag, stat.S_IMODE(st.st_mode), st.st_mtime_ns)
+        try:
+            why = await self._swap(rel, f, stub)
+        except OSError as e:  # (the warm tier refused the stub: nothing was swapped)
+            log.error("demoting %s: the stub could not be put in place: %s", show(rel), e)
+            why = f"the stub could not be put in place: {e.strerror or e}"
+        if why is not None:
+            log.info("demoting %s: %s; the upload is discarded", show(rel), why)
+            core.counters.add("demotions_discarded")
+            await self._undo(record)
+            return Outcome(rel, st.st_size, False, why)
+        await self._step("swapped")
+        core.batch.delete("meta", RECORD_PREFIX + record.token.encode())
+        core.counters.add("demotions")
+        core.counters.add("bytes_demoted", st.st_size)
+        log.info("demoted %s to %s (%d bytes)", show(rel), key, st.st_size)
+        return Outcome(rel, st.st_size, True)
+
+    async def _swap(self, rel: bytes, f: warmswap.Opened, stub: Stub) -> str | None:
+        """Put the stub in place of the file if it is still the file uploaded, unchanged;
+        otherwise say why not."""
+        core = self.core
+        st = f.st
+        async with core.ns_lock:
+            why = self._in_use(rel, st)
+            if why is not None:
+                return why
+            inode = core.inodes.known(identity(st))
+            target = stub.encode(core.config.bucket)
+            if inode is None:
+                new = await core.warm.run(warmswap.swap_in_stub, core.warm, f, target)
+                if new is not None:
+                    await self._carry_number(st, new)
+            else:
+                with core.inodes.replacing(inode):
+                    new = await core.warm.run(warmswap.swap_in_stub, core.warm, f, target)
+                    if new is not None:
+                        self._replaced(inode, new, stub)
+            core.forget_dir_attrs()
+        if new is None:
+            return "the file changed while it was uploaded"
+        return None
+
+    def _replaced(self, inode: Inode, st: os.stat_result, stub: Stub | None) -> None:
+        core = self.core
+        core.inodes.rekey(inode, st)
+        inode.stub = stub
+        inode.cached_version = None
+        core.invalidate_attrs(inode.ino)
+
+    async def _carry_number(self, old: os.stat_result, new: os.stat_result) -> None:
+        """A file not in memory was replaced (by its stub, or its stub by it): the number an
+        earlier lookup gave it goes to what replaced it, so tools that cache inode numbers
+        (git, rsync) see the same file."""
+        core = self.core
+        number = await core.hot.run(core.inodes.persisted_number, identity(old))
+        if number is not None:
+            core.batch.delete("inodes", identity(old))
+            core.batch.put("inodes", identity(new), pack_u64(number))
+
+    async def _save(self, record: Record) -> None:
+        core = self.core
+        core.batch.put("meta", RECORD_PREFIX + record.token.encode(), record.encode())
+        await core.batch.sync(core.hot.run, durable=True)
+
+    async def _undo(self, record: Record, crashed: bool = False) -> None:
+        """The demotion will not happen: its object (if any) goes, then its record. While
+        the bucket cannot be reached the record stays, for the next mount to try again."""
+        with trio.CancelScope(shield=True):
+            if await self._delete_own(record, crashed):
+                self.core.batch.delete("meta", RECORD_PREFIX + record.token.encode())
+
+    async def _delete_own(self, record: Record, crashed: bool) -> bool:
+        """Delete the object at the record's key if it is the one this demotion made (its
+        token). After a crash (``crashed``), unfinished uploads of the key are aborted too:
+        the upload's id was never recorded, and its key was this node's (as recovery does
+        for a write's upload created just before a crash)."""
+        core = self.core
+        store = core.cold.store
+        try:
+            if crashed:
+                for key, upload_id in await core.cold.run(store.list_multipart, record.key):
+                    if key == record.key:
+                        await core.cold.run(store.abort_multipart, key, upload_id)
+            info = await core.cold.run(store.head, record.key)
+            if info.metadata.get(UPLOAD_TOKEN) == record.token:
+                await core.cold.run(store.delete, record.key)
+        except NoSuchObject:
+            return True
+        except ObjectStoreError as e:
+            log.error("could not remove the object %s of an undone demotion (tried again at "
+                      "the next mount): %s", record.key, e)
+            return False
+        return True
+
+    # -- after a crash ----------------------------------------------------------------------
+
+    async def recover(self) -> int:
+        """Finish or undo the demotions the index says were under way (at mount, before
+        serving). Returns how many records there were."""
+        core = self.core
+        items = await core.hot.run(core.index.items, "meta")
+        records = [Record.decode(v) for k, v in items if k.startswith(RECORD_PREFIX)]
+        for record in records:
+            await self._recover_one(record)
+        if records:
+            await core.batch.sync(core.hot.run, durable=True)
+        return len(records)
+
+    async def _recover_one(self, record: Record) -> None:
+        core = self.core
+        if record.phase == "swap":
+            try:
+                st, target = await core.warm.run(core.warm.lstat_link, record.path)
+            except OSError:
+                st, target = None, None
+            if target is not None:
+                try:
+                    stub = core.parse_stub(st, target, record.path)  # type: ignore[arg-type]
+                except OSError:
+                    stub = None
+                if stub is not None and stub.key == record.key:
+                    core.counters.add("demotions")
+                    core.counters.add("bytes_demoted", record.size)
+                    log.info("recovery: the demotion of %s had finished",
+                             show(record.path))
+                    core.batch.delete("meta", RECORD_PREFIX + record.token.encode())
+                    return
+            if st is None or not (stat.S_ISREG(st.st_mode) and st.st_dev == record.dev
+                                  and st.st_ino == record.ino):
+                log.warning("recovery: %s changed during its demotion; its object %s is kept "
+                            "and may be garbage", show(record.path), record.key)
+                core.batch.delete("meta", RECORD_PREFIX + record.token.encode())
+                return
+        log.info("recovery: the demotion of %s did not finish; the file stays on the warm "
+                 "tier", show(record.path))
+        await self._undo(record, crashed=True)
+
+    # -- promotion --------------------------------------------------------------------------
+
+    async def promote(self, rel: bytes) -> Outcome:
+        """Bring a cold file under the large-file threshold back to the warm tier."""
+        if rel in self.busy:
+            return Outcome(rel, 0, False, "already being moved")
+        self.busy.add(rel)
+        try:
+            async with self.slots:
+                return await self._promote(rel)
+        finally:
+            self.busy.discard(rel)
+
+    async def _promote(self, rel: bytes) -> Outcome:
+        try:
+            return await self._bring_back(rel)
+        except OSError as e:  # (the stub refused, the object unreadable, the warm tier)
+            return Outcome(rel, 0, False, e.strerror or str(e))
+
+    async def _bring_back(self, rel: bytes) -> Outcome:
+        core = self.core
+        try:
+            found = await core.warm.run(warmswap.stub_at, core.warm, rel)
+        except OSError as e:
+            if e.errno in (errno.ELOOP, errno.ENOTDIR):
+                return Outcome(rel, 0, False, "a symbolic link on the way")
+            raise
+        try:
+            return await self._download_and_swap(rel, found)
+        finally:
+            with trio.CancelScope(shield=True):
+                await core.warm.run(found.close)
+
+    async def _download_and_swap(self, rel: bytes, found: warmswap.StubAt) -> Outcome:
+        core = self.core
+        st = found.st
+        stub = core.parse_stub(st, found.target, rel)
+        if stub is None:
+            return Outcome(rel, st.st_size, False, "not in the bucket")
+        placement = self.cold.placement
+        if placement.belongs_cold(placement.rule_for(rel), stub.size):
+            return Outcome(rel, stub.size, False, "belongs in the bucket (large_file_threshold "
+                           "or a rule)")
+        if self._in_use(rel, st) is not None:
+            return Outcome(rel, stub.size, False, "open through this mount")
+        await self.owners.check(stub, st, rel)  # (EACCES: not the object's owner's stub)
+        fd = await core.warm.run(warmswap.new_temp, core.warm, found)
+        part = core.config.part_size
+        for offset in range(0, stub.size, part):
+            block = await core.get_object(stub, offset, part)
+            await core.warm.run(os.pwrite, fd, block, offset)
+        await core.warm.run(warmswap.settle_temp, found, stub.size, stub.mode, stub.mtime_ns)
+        await self._step("downloaded")
+        async with core.ns_lock:
+            inode = core.inodes.known(identity(st))
+            if self._in_use(rel, st) is not None:
+                new = None
+            elif inode is None:
+                new = await core.warm.run(warmswap.unstub, found)
+                if new is not None:
+                    await self._carry_number(st, new)
+            else:
+                with core.inodes.replacing(inode):
+                    new = await core.warm.run(warmswap.unstub, found)
+                    if new is not None:
+                        self._replaced(inode, new, None)
+            core.forget_dir_attrs()
+        if new is None:
+            return Outcome(rel, stub.size, False, "the stub changed while it was downloaded")
+        if await self.owners.may_delete(stub, st.st_uid, rel):
+            await core.delete_object(stub.key)
+        core.counters.add("promotions")
+        core.counters.add("bytes_promoted", stub.size)
+        log.info("promoted %s from %s (%d bytes)", show(rel), stub.key, stub.size)
+        return Outcome(rel, stub.size, True)
+
+    # -- the quota --------------------------------------------------------------------------
+
+    async def run_quota(self) -> None:
+        """Every ``demote_interval``: past ``warm_quota``, demote the least recently used
+        large files until the warm tier is under it again (one at a time)."""
+        config = self.core.config
+        if config.warm_quota is None:
+            return
+        while True:
+            await trio.sleep(config.demote_interval)  # (not before recovery has run)
+            try:
+                await self.enforce_quota()
+            except Exception:  # (the next pass tries again)
+                log.exception("enforcing the warm quota failed; trying again later")
+
+    async def enforce_quota(self) -> int:
+        """One pass of the quota; returns the bytes demoted."""
+        core = self.core
+        quota = core.config.warm_quota
+        if quota is None:
+            return 0
+        seen = await core.warm.run(walk, core.warm, core.config.demote_min_size)
+        core.counters.set_gauge("warm_usage", seen.bytes)
+        excess = seen.bytes - quota
+        freed = 0
+        for found in seen.oldest:
+            if freed >= excess:
+                break
+            outcome = await self.demote(found.rel)
+            if outcome.done:
+                freed += outcome.size
+        if excess > 0 and freed < excess:
+            log.warning("the warm tier holds %d bytes of plain files, over its quota of %d; "
+                        "%d bytes were demoted, no more could be", seen.bytes, quota, freed)
+        return freed

@@ -1,0 +1,120 @@
+"""The warm tree seen whole: how many bytes of plain files it holds, and which large ones
+were used least recently. Read by a walk in a warm-tier thread, for the warm quota
+(``write.demote``), ``tierfs scan`` and ``tierfs doctor``.
+
+The warm tree is shared and anyone may write to it, so what the walk reads there (names,
+sizes, times, how many files) is untrusted input: the walk runs in a worker thread, follows
+no symbolic link (nor enters a directory that was swapped for one since it was listed), and
+hands back a bounded answer (totals, and at most ``keep`` files), so
+nothing on the event loop costs in proportion to what it found. Stubs count for nothing
+(their data is in the bucket), and tierfs's own temp files are left out.
+
+"Least recently used" is the later of a file's access and modification times on the warm
+tier: reads served from the hot tier's cache do not reach the warm file, and NFS servers
+mounted with ``relatime`` or ``noatime`` update access times seldom or never, so this is
+an estimate, at worst "least recently written".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import heapq
+import os
+import stat
+
+from tierfs.tiers.warm import ROOT, WarmTier, is_internal, join
+from tierfs.write.warmswap import open_dir
+
+#: Files a walk hands back at most (the oldest large ones).
+KEEP = 1000
+
+
+@dataclasses.dataclass(frozen=True)
+class Found:
+    """A large plain file on the warm tier."""
+
+    rel: bytes
+    size: int
+    #: The later of its access and modification times (nanoseconds).
+    used_ns: int
+
+
+@dataclasses.dataclass
+class Walk:
+    #: Plain files and their bytes: the warm tier's usage through tierfs.
+    files: int = 0
+    bytes: int = 0
+    #: Plain files of at least the size asked for, and their bytes.
+    large: int = 0
+    large_bytes: int = 0
+    #: The least recently used of them, oldest first (at most ``keep``).
+    oldest: list[Found] = dataclasses.field(default_factory=list)
+    #: Directories that could not be read.
+    unreadable: int = 0
+
+
+def walk(warm: WarmTier, min_size: int, root: bytes = ROOT, keep: int = KEEP,
+         links: bool = False) -> Walk:
+    """Walk the warm tree under ``root`` (blocking: a warm-tier thread). Hard-linked files
+    are counted but never offered (a stub cannot stand for one of several names). With
+    ``links``, the symbolic links (stubs, perhaps: ``tierfs promote`` of a directory) are
+    offered instead of the large files, and counted as ``large``."""
+    out = Walk()
+    heap: list[tuple[int, bytes, int]] = []  # (-used_ns, rel, size): the newest on top
+    # Each directory with the identity it had when listed: one swapped for a symbolic link
+    # to elsewhere since (a directory on its path, say) is not entered.
+    pending: list[tuple[bytes, tuple[int, int] | None]] = [(root, None)]
+    while pending:
+        here, seen_as = pending.pop()
+        try:
+            if seen_as is None:
+                dfd = open_dir(warm, here)
+            else:
+                dfd = os.open(here, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+                              | os.O_CLOEXEC, dir_fd=warm.fd)
+        except OSError:
+            out.unreadable += 1
+            continue
+        try:
+            st = os.fstat(dfd)
+            if seen_as is not None and (st.st_dev, st.st_ino) != seen_as:
+                out.unreadable += 1
+                continue
+            with os.scandir(dfd) as it:
+                for entry in it:
+                    name = os.fsencode(entry.name)
+                    if is_internal(name):
+                        continue
+                    try:
+                        st = entry.stat(follow_symlinks=False)
+                    except OSError:
+                        continue  # (removed while we walked)
+                    rel = join(here, name)
+                    if stat.S_ISDIR(st.st_mode):
+                        pending.append((rel, (st.st_dev, st.st_ino)))
+                    elif stat.S_ISREG(st.st_mode):
+                        out.files += 1
+                        out.bytes += st.st_size
+                        if not links and st.st_size >= min_size:
+                            _offer(out, heap, rel, st, keep)
+                    elif links and stat.S_ISLNK(st.st_mode):
+                        _offer(out, heap, rel, st, keep)
+        except OSError:
+            out.unreadable += 1
+        finally:
+            os.close(dfd)
+    out.oldest = [Found(rel, size, -neg) for neg, rel, size in sorted(heap, reverse=True)]
+    return out
+
+
+def _offer(out: Walk, heap: list[tuple[int, bytes, int]], rel: bytes, st: os.stat_result,
+           keep: int) -> None:
+    out.large += 1
+    out.large_bytes += st.st_size
+    if st.st_nlink != 1:
+        return
+    item = (-max(st.st_atime_ns, st.st_mtime_ns), rel, st.st_size)
+    if len(heap) < keep:
+        heapq.heappush(heap, item)
+    elif heap and item > heap[0]:  # older than the newest kept
+        heapq.heapreplace(heap, item)

@@ -1,0 +1,186 @@
+"""The warm-tier half of demotion and promotion (``write.demote``): blocking calls, made in a
+warm-tier thread, that find a file without following any symbolic link and swap it for its
+stub (or its stub for it) only if it is still what was read.
+
+Paths come from a user (``tierfs demote PATH``) or from a walk of a tree anyone may write
+to, and a directory on the way may be a symbolic link pointing anywhere (``/etc``): a
+demotion must never upload a file outside the warm tree and put a stub in its place, nor a
+promotion write a file there. So the file's directory is opened one name at a time with
+``O_NOFOLLOW`` (``open_dir``), and every later call is made relative to that descriptor.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import os
+import stat
+
+from tierfs.tiers.warm import ROOT, WarmTier, split
+
+#: Extended attributes that do not stop a demotion (set by the system on every file).
+IGNORED_XATTRS = ("security.selinux",)
+
+
+def open_dir(warm: WarmTier, rel: bytes) -> int:
+    """A descriptor on the warm directory ``rel``, reached without following a symbolic link
+    (ELOOP, or ENOTDIR, if one is on the way)."""
+    fd = os.open(ROOT, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=warm.fd)
+    if rel == ROOT:
+        return fd
+    try:
+        for name in rel.split(b"/"):
+            if name in (b"", b".", b".."):
+                raise OSError(errno.EINVAL, "not a plain path beneath the warm root")
+            inner = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                            dir_fd=fd)
+            os.close(fd)
+            fd = inner
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+@dataclasses.dataclass
+class Opened:
+    """A warm file opened for a demotion: its directory, name, descriptor and attributes."""
+
+    dir_fd: int
+    name: bytes
+    fd: int
+    st: os.stat_result
+    #: Extended attribute names other than ``IGNORED_XATTRS``.
+    xattrs: list[str]
+
+    def close(self) -> None:
+        os.close(self.fd)
+        os.close(self.dir_fd)
+
+
+def open_plain(warm: WarmTier, rel: bytes) -> Opened:
+    """Open a warm file read-only (ELOOP if it, or a directory on the way, is a symbolic
+    link: a stub is one)."""
+    parent, name = split(rel)
+    dfd = open_dir(warm, parent)
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+    except BaseException:
+        os.close(dfd)
+        raise
+    try:
+        st = os.fstat(fd)
+        try:
+            names = os.listxattr(fd) if stat.S_ISREG(st.st_mode) else []
+        except OSError as e:
+            if e.errno not in (errno.ENOTSUP, errno.EOPNOTSUPP):
+                raise
+            names = []
+        return Opened(dfd, name, fd, st, [n for n in names if n not in IGNORED_XATTRS])
+    except BaseException:
+        os.close(fd)
+        os.close(dfd)
+        raise
+
+
+def same(a: os.stat_result, b: os.stat_result) -> bool:
+    """The same file, unchanged: what a demotion checks just before its swap."""
+    return (a.st_dev, a.st_ino, a.st_size, a.st_mtime_ns, a.st_ctime_ns, a.st_nlink) == \
+        (b.st_dev, b.st_ino, b.st_size, b.st_mtime_ns, b.st_ctime_ns, b.st_nlink)
+
+
+def swap_in_stub(warm: WarmTier, f: Opened, target: bytes) -> os.stat_result | None:
+    """Rename a stub (owned by the file's owner) over the file, if both the descriptor and
+    the name still are the file ``f.st`` describes, unchanged; None (nothing done)
+    otherwise. Returns the stub's attributes."""
+    try:
+        there = os.stat(f.name, dir_fd=f.dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+    if not (same(f.st, os.fstat(f.fd)) and same(f.st, there)):
+        return None
+    tmp = warm.temp_name()
+    os.symlink(target, tmp, dir_fd=f.dir_fd)
+    try:
+        os.chown(tmp, f.st.st_uid, f.st.st_gid, dir_fd=f.dir_fd, follow_symlinks=False)
+        os.rename(tmp, f.name, src_dir_fd=f.dir_fd, dst_dir_fd=f.dir_fd)
+    except BaseException:
+        os.unlink(tmp, dir_fd=f.dir_fd)
+        raise
+    return os.stat(f.name, dir_fd=f.dir_fd, follow_symlinks=False)
+
+
+@dataclasses.dataclass
+class StubAt:
+    """A stub found for a promotion: its directory, name, attributes and target, and the temp
+    file its content is downloaded into."""
+
+    dir_fd: int
+    name: bytes
+    st: os.stat_result
+    target: bytes | None
+    tmp: bytes | None = None
+    tmp_fd: int | None = None
+
+    def close(self) -> None:
+        if self.tmp_fd is not None:
+            os.close(self.tmp_fd)
+            self.tmp_fd = None
+        if self.tmp is not None:
+            try:
+                os.unlink(self.tmp, dir_fd=self.dir_fd)
+            except FileNotFoundError:
+                pass
+            self.tmp = None
+        os.close(self.dir_fd)
+
+
+def stub_at(warm: WarmTier, rel: bytes) -> StubAt:
+    """What is at ``rel`` (a symbolic link's target read too), reached without following a
+    symbolic link on the way."""
+    parent, name = split(rel)
+    dfd = open_dir(warm, parent)
+    try:
+        st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+        target = os.readlink(name, dir_fd=dfd) if stat.S_ISLNK(st.st_mode) else None
+    except BaseException:
+        os.close(dfd)
+        raise
+    return StubAt(dfd, name, st, target)
+
+
+def new_temp(warm: WarmTier, s: StubAt) -> int:
+    """A fresh temp file beside the stub (named as every temp file of this node, so the next
+    mount removes it after a crash); its descriptor."""
+    s.tmp = warm.temp_name()
+    s.tmp_fd = os.open(s.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600,
+                       dir_fd=s.dir_fd)
+    return s.tmp_fd
+
+
+def settle_temp(s: StubAt, size: int, mode: int, mtime_ns: int) -> None:
+    """The downloaded file gets the stub's size, owner, mode and mtime, and reaches the
+    disk."""
+    fd = s.tmp_fd
+    assert fd is not None
+    os.ftruncate(fd, size)
+    os.fchown(fd, s.st.st_uid, s.st.st_gid)
+    os.fchmod(fd, mode)
+    os.utime(fd, ns=(mtime_ns, mtime_ns))
+    os.fsync(fd)
+
+
+def unstub(s: StubAt) -> os.stat_result | None:
+    """Rename the temp file over the stub if it is still that stub (identity and target);
+    None (the temp file left for ``close`` to remove) otherwise."""
+    try:
+        there = os.stat(s.name, dir_fd=s.dir_fd, follow_symlinks=False)
+        now = os.readlink(s.name, dir_fd=s.dir_fd) if stat.S_ISLNK(there.st_mode) else None
+    except FileNotFoundError:
+        return None
+    if now != s.target or (there.st_dev, there.st_ino) != (s.st.st_dev, s.st.st_ino):
+        return None
+    assert s.tmp is not None
+    os.rename(s.tmp, s.name, src_dir_fd=s.dir_fd, dst_dir_fd=s.dir_fd)
+    s.tmp = None
+    return os.stat(s.name, dir_fd=s.dir_fd, follow_symlinks=False)

@@ -120,11 +120,14 @@ def make_mount(base: Path, *extra: str, warm_apart: bool = False) -> Mount:
     return m
 
 
-def make_roots_mount(base: Path, names: tuple[str, ...], *extra: str) -> Mount:
-    """A mount of named warm roots, each a directory ``warm-NAME`` under ``base``, with a
-    local-folder bucket of its own (``base/cold``)."""
-    m = make_mount(base, "--bucket", f"file://{base / 'cold'}", *extra)
-    (base / "cold").mkdir(exist_ok=True)
+def make_roots_mount(base: Path, names: tuple[str, ...], *extra: str,
+                     bucket: str | None = None) -> Mount:
+    """A mount of named warm roots, each a directory ``warm-NAME`` under ``base``, with the
+    bucket given or a local-folder bucket of its own (``base/cold``)."""
+    if bucket is None:
+        bucket = f"file://{base / 'cold'}"
+        (base / "cold").mkdir(exist_ok=True)
+    m = make_mount(base, "--bucket", bucket, *extra)
     for name in names:
         m.roots[name] = base / f"warm-{name}"
         m.roots[name].mkdir(exist_ok=True)

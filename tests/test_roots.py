@@ -6,11 +6,12 @@ from __future__ import annotations
 import errno
 import json
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
 
-from conftest import Mount, tierfs
+from conftest import Mount, S3Server, make_roots_mount, running, tierfs
 
 
 def test_top_level_lists_the_roots(roots_mount: Mount) -> None:
@@ -34,3 +35,81 @@ def test_files_land_in_their_roots_warm_directory(roots_mount: Mount) -> None:
         assert not (m.roots[name] / "d" / "f").exists()
         assert (m.path / name / "d" / "g").read_bytes() == name.encode()
     assert sorted(os.listdir(m.roots["user"])) == ["d"]
+
+
+def _errno(fn, *args) -> int:  # type: ignore[no-untyped-def]
+    with pytest.raises(OSError) as e:
+        fn(*args)
+    return e.value.errno  # type: ignore[no-any-return]
+
+
+def test_top_level_refuses_changes(roots_mount: Mount) -> None:
+    m = roots_mount
+    (m.path / "cluster" / "f").write_bytes(b"x")
+    assert _errno(os.mkdir, m.path / "new") == errno.EACCES
+    assert _errno(os.mkdir, m.path / "cluster") == errno.EEXIST
+    assert _errno(os.open, m.path / "new", os.O_CREAT | os.O_WRONLY) == errno.EACCES
+    assert _errno(os.symlink, "cluster", m.path / "link") == errno.EACCES
+    assert _errno(os.rmdir, m.path / "user") == errno.EACCES
+    assert _errno(os.rename, m.path / "user", m.path / "u2") == errno.EACCES
+    assert _errno(os.rename, m.path / "cluster" / "f", m.path / "f") == errno.EACCES
+    assert _errno(os.link, m.path / "cluster" / "f", m.path / "f") == errno.EACCES
+    assert _errno(os.unlink, m.path / "nothing") == errno.ENOENT
+    assert _errno(os.chmod, m.path, 0o777) == errno.EPERM
+    assert sorted(os.listdir(m.path)) == ["cluster", "shared", "user"]
+    assert (m.path / "cluster" / "f").read_bytes() == b"x"
+
+
+def test_rename_and_link_across_roots_fail_with_exdev(roots_mount: Mount) -> None:
+    m = roots_mount
+    (m.path / "cluster" / "f").write_bytes(b"data")
+    (m.path / "user" / "d").mkdir()
+    assert _errno(os.rename, m.path / "cluster" / "f", m.path / "user" / "f") == errno.EXDEV
+    assert _errno(os.rename, m.path / "user" / "d", m.path / "shared" / "d") == errno.EXDEV
+    assert _errno(os.link, m.path / "cluster" / "f", m.path / "user" / "f") == errno.EXDEV
+    os.link(m.path / "cluster" / "f", m.path / "cluster" / "g")  # within a root: fine
+    assert os.stat(m.path / "cluster" / "f").st_nlink == 2
+    # mv falls back to a copy, as between file systems.
+    subprocess.run(["mv", str(m.path / "cluster" / "f"), str(m.path / "user" / "f")],
+                   check=True)
+    assert (m.roots["user"] / "f").read_bytes() == b"data"
+    assert not (m.roots["cluster"] / "f").exists()
+
+
+def test_inode_numbers_stay_across_remounts_and_reordered_roots(tmp_path: Path) -> None:
+    m = make_roots_mount(tmp_path, ("cluster", "user", "shared"))
+    paths = ["cluster", "cluster/a", "user/a", "shared/d", "shared/d/b"]
+    with running(m):
+        for name in ("cluster", "user"):
+            (m.path / name / "a").write_bytes(name.encode())
+        (m.path / "shared" / "d").mkdir()
+        (m.path / "shared" / "d" / "b").write_bytes(b"b")
+        before = {p: os.stat(m.path / p).st_ino for p in paths}
+        assert len(set(before.values())) == len(paths)
+        m.stop()
+        m.roots = {"shared": m.roots["shared"], "user": m.roots["user"],
+                   "cluster": m.roots["cluster"]}
+        m.start()
+        assert {p: os.stat(m.path / p).st_ino for p in paths} == before
+        assert (m.path / "user" / "a").read_bytes() == b"user"
+
+
+def test_large_file_goes_under_its_roots_bucket_prefix(tmp_path: Path, s3_server: S3Server,
+                                                        bucket: str) -> None:
+    m = make_roots_mount(tmp_path, ("cluster", "user"), "--endpoint-url", s3_server.endpoint,
+                         "--addressing-style", "path", "--large-file-threshold", "64KiB",
+                         bucket=f"s3://{bucket}/pre")
+    data = os.urandom(300_000)
+    with running(m):
+        (m.path / "user" / "big.bin").write_bytes(data)
+        (m.path / "cluster" / "big.bin").write_bytes(data[::-1])
+        keys = sorted(o["Key"] for o in s3_server.client().list_objects_v2(
+            Bucket=bucket, Prefix="pre/")["Contents"])
+        assert keys == ["pre/cluster/big.bin", "pre/user/big.bin"]
+        assert os.readlink(m.roots["user"] / "big.bin").startswith("tierfs:")
+        assert (m.path / "user" / "big.bin").read_bytes() == data
+        assert (m.path / "cluster" / "big.bin").read_bytes() == data[::-1]
+        where = json.loads(tierfs("where", "--json", str(m.path / "user" / "big.bin")).stdout)
+        assert [(w["path"], w["tier"]) for w in where] == \
+            [(str(m.path / "user" / "big.bin"), "cold")]
+        assert where[0]["uri"] == f"s3://{bucket}/pre/user/big.bin"

@@ -113,3 +113,54 @@ def test_large_file_goes_under_its_roots_bucket_prefix(tmp_path: Path, s3_server
         assert [(w["path"], w["tier"]) for w in where] == \
             [(str(m.path / "user" / "big.bin"), "cold")]
         assert where[0]["uri"] == f"s3://{bucket}/pre/user/big.bin"
+
+
+def test_stats_where_and_status_name_the_roots(roots_mount: Mount) -> None:
+    m = roots_mount
+    (m.path / "cluster" / "d").mkdir()
+    (m.path / "cluster" / "d" / "f").write_bytes(b"c" * 1000)
+    (m.path / "user" / "g").write_bytes(b"u" * 10)
+    where = json.loads(tierfs("where", "--json", str(m.path / "cluster" / "d"),
+                              str(m.path / "user")).stdout)
+    assert sorted((w["path"], w["tier"], w["size"]) for w in where) == [
+        (str(m.path / "cluster" / "d" / "f"), "warm", 1000),
+        (str(m.path / "user" / "g"), "warm", 10)]
+    top = json.loads(tierfs("stats", "--json", str(m.path / "user")).stdout)
+    assert (top["path"], top["files"], top["size"]) == ("user", 1, 10)
+    whole = json.loads(tierfs("where", "--json", str(m.path)).stdout)  # every root
+    assert sorted(w["path"] for w in whole) == [str(m.path / "cluster" / "d" / "f"),
+                                                str(m.path / "user" / "g")]
+    assert tierfs("where", str(m.path / "nothing"), check=False).returncode != 0
+
+    doc = json.loads(tierfs("stats", "--json", "--hot", str(m.hot)).stdout)[0]
+    assert sorted(doc["roots"]) == ["cluster", "shared", "user"]
+    assert doc["roots"]["user"]["warm"]["path"] == str(m.roots["user"])
+    assert doc["roots"]["user"]["cold"]["bucket"].endswith("/user")
+    shown = tierfs("stats", "--hot", str(m.hot)).stdout
+    for name in ("cluster", "user", "shared"):
+        assert f"warm {name}" in shown and str(m.roots[name]) in shown
+
+
+
+def test_status_names_each_roots_tiers(roots_mount: Mount,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """``tierfs status`` of this mount alone (other mounts on the machine may be slow to
+    answer: the registry is the machine's)."""
+    from click.testing import CliRunner
+
+    from tierfs.cli.inspect import status
+    from tierfs.control import registry
+
+    m = roots_mount
+    record = registry.mount_for(str(m.path))[0]  # type: ignore[index]
+    monkeypatch.setattr(registry, "mounts", lambda: [record])
+    result = CliRunner().invoke(status, ["--json"])
+    assert result.exit_code == 0, result.output
+    health = json.loads(result.output)[0]["health"]
+    assert health["hot"]["path"] == str(m.hot)
+    for name in ("cluster", "user", "shared"):
+        assert health[f"warm {name}"]["ok"]
+        assert health[f"warm {name}"]["path"] == str(m.roots[name])
+        assert health[f"cold {name}"]["path"].endswith(f"/{name}")
+    text = CliRunner().invoke(status, []).output
+    assert "warm user ok" in " ".join(text.split()) and str(m.roots["user"]) in text

@@ -126,7 +126,7 @@ def make_roots_mount(base: Path, names: tuple[str, ...], *extra: str,
     bucket given or a local-folder bucket of its own (``base/cold``)."""
     if bucket is None:
         bucket = f"file://{base / 'cold'}"
-        (base / "cold").mkdir(exist_ok=True)
+        (base / "cold").mkdir(parents=True, exist_ok=True)
     m = make_mount(base, "--bucket", bucket, *extra)
     for name in names:
         m.roots[name] = base / f"warm-{name}"

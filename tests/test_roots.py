@@ -6,12 +6,20 @@ from __future__ import annotations
 import errno
 import json
 import os
+import signal
 import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
-from conftest import Mount, S3Server, make_roots_mount, running, tierfs
+from conftest import (Mount, S3Server, make_mount, make_roots_mount, require, running,
+                      tierfs, wait_for_exit)
+from test_durability import immutable, journal_entries, set_immutable  # noqa: F401
+from tierfs import mounting
 
 
 def test_top_level_lists_the_roots(roots_mount: Mount) -> None:
@@ -164,3 +172,154 @@ def test_status_names_each_roots_tiers(roots_mount: Mount,
         assert health[f"cold {name}"]["path"].endswith(f"/{name}")
     text = CliRunner().invoke(status, []).output
     assert "warm user ok" in " ".join(text.split()) and str(m.roots["user"]) in text
+
+
+def test_crash_recovery_publishes_every_roots_journaled_files(
+        tmp_path: Path, immutable: list[Path]) -> None:
+    """Each root's file is written and closed while its warm directory refuses the publish
+    (write-back: close returns once staged and journaled), then the daemon is killed. The
+    remount finds both roots' journals and publishes each file into its own root."""
+    names = ("cluster", "user")
+    m = make_roots_mount(tmp_path, names, "--durability", "writeback")
+    data = {name: os.urandom(200_000) for name in names}
+    with running(m):
+        for name in names:
+            (m.path / name / "d").mkdir()
+            f = open(m.path / name / "d" / "ckpt.pt", "wb")
+            f.write(data[name])
+            f.flush()
+            set_immutable(m.roots[name] / "d", True)
+            immutable.append(m.roots[name] / "d")
+            f.close()
+        deadline = time.monotonic() + 20
+        for name in names:
+            while not any(e.synced == len(data[name]) for e in
+                          journal_entries(m.hot / "roots" / name).values()):
+                assert time.monotonic() < deadline, "the staged data was never journaled"
+                time.sleep(0.2)
+            assert (m.roots[name] / "d" / "ckpt.pt").stat().st_size == 0  # not home
+        for pid in m.pids:
+            os.kill(pid, signal.SIGKILL)
+            assert wait_for_exit(pid, 10)
+        subprocess.run(["fusermount3", "-u", "-z", str(m.path)], check=False)
+        for name in names:
+            set_immutable(m.roots[name] / "d", False)
+        m.start()
+        for name in names:
+            assert (m.path / name / "d" / "ckpt.pt").read_bytes() == data[name]
+            assert (m.roots[name] / "d" / "ckpt.pt").read_bytes() == data[name]
+
+
+@contextmanager
+def stoppable_fuse(backing: Path, mnt: Path) -> Iterator[int]:
+    """``backing`` served at ``mnt`` by mergerfs in the foreground (a FUSE passthrough, as
+    an NFS mount would be a remote one): its pid, which a test may stop (SIGSTOP) to make
+    every call there hang. Continued and unmounted afterwards, whatever happened."""
+    require("mergerfs")
+    backing.mkdir(parents=True)
+    mnt.mkdir(parents=True)
+    proc = subprocess.Popen(["mergerfs", "-f", "-o", "fsname=roots-test,cache.entry=0,"
+                             "cache.attr=0", str(backing), str(mnt)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while not os.path.ismount(mnt):
+            assert time.monotonic() < deadline and proc.poll() is None, "mergerfs did not mount"
+            time.sleep(0.05)
+        yield proc.pid
+    finally:
+        os.kill(proc.pid, signal.SIGCONT)
+        subprocess.run(["fusermount3", "-u", "-z", str(mnt)], capture_output=True)
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_a_stalled_root_slows_only_what_touches_it(tmp_path: Path) -> None:
+    """The root ``slow`` has its warm directory on a FUSE mount whose daemon is then
+    stopped: every warm call of that root hangs (more of them than its warm threads). Reads,
+    writes and listings in the root ``fast`` keep answering meanwhile."""
+    m = make_roots_mount(tmp_path, ("fast",), "--warm-threads", "2")
+    with stoppable_fuse(tmp_path / "nfs", tmp_path / "nfs-mnt") as server:
+        m.roots["slow"] = tmp_path / "nfs-mnt"
+        with running(m):
+            for name in ("fast", "slow"):
+                (m.path / name / "d").mkdir()
+                for i in range(3):
+                    (m.path / name / "d" / f"f{i}").write_bytes(f"{name}{i}".encode())
+            for i in range(4):
+                (m.path / "slow" / f"d{i}").mkdir()
+            assert (tmp_path / "nfs" / "d" / "f1").read_bytes() == b"slow1"
+            stuck: list[threading.Thread] = []
+            os.kill(server, signal.SIGSTOP)
+            try:
+                # More calls than the root's 2 warm threads, each in a directory of its own
+                # (the kernel lets one change at a time into a directory).
+                for i in range(4):
+                    t = threading.Thread(target=_quietly, daemon=True, args=(
+                        (lambda i=i: os.stat(m.path / "slow" / f"d{i}" / "missing")) if i % 2
+                        else (lambda i=i: (m.path / "slow" / f"d{i}" / "new").write_bytes(b"x")),
+                    ))
+                    t.start()
+                    stuck.append(t)
+                time.sleep(1.0)
+                assert all(t.is_alive() for t in stuck), "the stalled root answered"
+
+                def fast_work() -> None:
+                    for i in range(3):
+                        got = (m.path / "fast" / "d" / f"f{i}").read_bytes()
+                        assert got == f"fast{i}".encode()
+                    (m.path / "fast" / "d" / "new").write_bytes(b"new")
+                    assert sorted(os.listdir(m.path / "fast" / "d")) == \
+                        ["f0", "f1", "f2", "new"]
+                    done.append(True)
+
+                done: list[bool] = []
+                worker = threading.Thread(target=fast_work, daemon=True)
+                worker.start()
+                worker.join(timeout=10)
+                assert done, "the fast root waited for the stalled one"
+                assert (m.roots["fast"] / "d" / "new").read_bytes() == b"new"
+            finally:
+                os.kill(server, signal.SIGCONT)
+            for t in stuck:
+                t.join(timeout=30)
+            assert not any(t.is_alive() for t in stuck)
+            assert (m.path / "slow" / "d0" / "new").read_bytes() == b"x"
+
+
+def _quietly(fn) -> None:  # type: ignore[no-untyped-def]
+    try:
+        fn()
+    except OSError:
+        pass
+
+
+def test_zero_config_default_mounts_three_roots(tmp_path: Path, s3_server: S3Server,
+                                                bucket: str,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a node with the three NFS mounts (a base directory of the test's), a mount with no
+    warm tier and no bucket given shows cluster, user and shared, each a ``tierfs`` folder
+    of its NFS mount, and puts large files under $ANYSCALE_ARTIFACT_STORAGE/tierfs/NAME/."""
+    base = tmp_path / "node"
+    for folder in ("cluster_storage", "user_storage", "shared_storage"):
+        (base / folder).mkdir(parents=True)
+    monkeypatch.setenv("TIERFS_MOUNTS_BASE", str(base))
+    monkeypatch.setenv("ANYSCALE_ARTIFACT_STORAGE", f"s3://{bucket}/org")
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    monkeypatch.delenv("TIERFS_CONFIG", raising=False)
+    m = make_mount(tmp_path, "--endpoint-url", s3_server.endpoint, "--addressing-style",
+                   "path", "--large-file-threshold", "64KiB")
+    try:
+        tierfs("mount", str(m.path), "--hot", str(m.hot), *m.extra)
+        m.pids = mounting.daemon_pids(str(m.path))
+        assert sorted(os.listdir(m.path)) == ["cluster", "shared", "user"]
+        (m.path / "user" / "small").write_bytes(b"small")
+        (m.path / "shared" / "big").write_bytes(os.urandom(100_000))
+        assert (base / "user_storage" / "tierfs" / "small").read_bytes() == b"small"
+        assert os.readlink(base / "shared_storage" / "tierfs" / "big").startswith("tierfs:")
+        keys = [o["Key"] for o in s3_server.client().list_objects_v2(
+            Bucket=bucket, Prefix="org/")["Contents"]]
+        assert keys == ["org/tierfs/shared/big"]
+    finally:
+        m.force_cleanup()
+    assert "Traceback" not in m.log(), m.log()

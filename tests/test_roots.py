@@ -121,6 +121,15 @@ def test_large_file_goes_under_its_roots_bucket_prefix(tmp_path: Path, s3_server
         assert [(w["path"], w["tier"]) for w in where] == \
             [(str(m.path / "user" / "big.bin"), "cold")]
         assert where[0]["uri"] == f"s3://{bucket}/pre/user/big.bin"
+        # An import into a root takes that root's warm directory and bucket prefix.
+        s3_server.client().put_object(Bucket=bucket, Key="pre/user/sets/a.txt", Body=b"a")
+        out = tierfs("import", f"s3://{bucket}/pre/user/sets", str(m.path / "user" / "sets"))
+        assert "1 new" in out.stdout
+        assert os.readlink(m.roots["user"] / "sets" / "a.txt").startswith("tierfs:")
+        assert (m.path / "user" / "sets" / "a.txt").read_bytes() == b"a"
+        refused = tierfs("import", f"s3://{bucket}/pre/user/sets", str(m.path / "cluster"),
+                         check=False)
+        assert refused.returncode == 1 and "not inside the configured bucket" in refused.stderr
 
 
 def test_stats_where_and_status_name_the_roots(roots_mount: Mount) -> None:

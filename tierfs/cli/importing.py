@@ -81,6 +81,8 @@ def _import_target(directory: str, config_file: Path | None, flags: dict[str, An
     if ".." in parts:
         raise TierfsError(f"{directory} must not contain '..'")
     given = {name: flags.get(name) for name in ("hot", "warm", "bucket")}
+    warm = tuple(given["warm"] or ())  # (the flag may be given several times: named roots)
+    given["warm"] = warm[0] if len(warm) == 1 else " ".join(warm) or None
     for name in ("hot", "warm"):
         value = given[name]
         if value is not None and Path(value).resolve() != Path(getattr(record, name)).resolve():
@@ -96,6 +98,18 @@ def _import_target(directory: str, config_file: Path | None, flags: dict[str, An
                                                         "addressing_style")
                         if flags.get(name) is None and reach.get(name) is not None})
     except ControlError:
-        pass  # the registry's tiers; the rest from the flags and the configuration file
+        # the registry's tiers; the rest from the flags and the configuration file (a mount
+        # of named roots records NAME=DIR for each: only the mount can say which is which)
+        if "=" in record.warm and not os.path.isdir(record.warm):
+            raise TierfsError(f"cannot reach the mount on {record.mountpoint} to find the "
+                              f"root {directory} is in") from None
+        reach = {}
+    if reach.get("roots"):  # named roots: the first component names the root
+        root = reach["roots"].get(parts[0]) if parts else None
+        if root is None:
+            raise TierfsError(f"{directory}: give a directory inside one of the roots of "
+                              f"{record.mountpoint} ({', '.join(reach['roots'])})")
+        mounted.update(warm=root["warm"], bucket=root["bucket"])
+        parts = parts[1:]
     config = load_config(config_file, {**flags, **mounted})
     return config, parts, os.path.join(record.mountpoint, *parts)

@@ -93,7 +93,8 @@ def run_checks(config: Config) -> list[Check]:
     checks.append(Check("fusermount3", found is not None, found or "not on PATH",
                         "apt-get install fuse3"))
     checks += list(_tier("hot", config.hot))
-    checks += list(_tier("warm", config.warm))
+    for _, path in config.roots or (("", config.warm),):  # each named root's directory
+        checks += list(_tier("warm", path))
     from tierfs.mounting import open_checked_store
 
     try:

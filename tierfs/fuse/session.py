@@ -243,7 +243,8 @@ def _mount_and_serve(config: Config, mountpoint: str, on_ready: Callable[[], Non
         from tierfs import metrics
 
         try:
-            metrics.serve(fs, config.prometheus_port)
+            # (Roots has what the endpoint reads: counters, pending_uploads)
+            metrics.serve(fs, config.prometheus_port)  # type: ignore[arg-type]
         except OSError as e:
             raise MountError(f"cannot serve Prometheus metrics on 127.0.0.1:"
                              f"{config.prometheus_port}: {e.strerror}") from None

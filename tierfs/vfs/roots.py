@@ -225,8 +225,11 @@ class Roots:
 
     @invalidate_attrs.setter
     def invalidate_attrs(self, fn: Callable[[int], None]) -> None:
+        def in_slot(slot: int) -> Callable[[int], None]:
+            return lambda ino: fn(outer(slot, ino))
+
         for root in self.roots:
-            root.fs.invalidate_attrs = lambda ino, slot=root.slot: fn(outer(slot, ino))
+            root.fs.invalidate_attrs = in_slot(root.slot)
 
     # -- lifecycle ------------------------------------------------------------------------
 

@@ -332,3 +332,36 @@ def test_zero_config_default_mounts_three_roots(tmp_path: Path, s3_server: S3Ser
     finally:
         m.force_cleanup()
     assert "Traceback" not in m.log(), m.log()
+
+
+def test_staged_files_of_another_layout_are_not_stranded(tmp_path: Path,
+                                                         immutable: list[Path]) -> None:
+    """A mount of one warm directory is killed with a closed file not yet published; a
+    mount of named roots on the same hot tier would never publish it, so it is refused
+    until the mount as before has published the file."""
+    m = make_mount(tmp_path, "--durability", "writeback")
+    with running(m):
+        (m.path / "d").mkdir()
+        f = open(m.path / "d" / "f", "wb")  # noqa: SIM115 - closed once the directory refuses
+        f.write(b"staged")
+        f.flush()
+        set_immutable(m.warm / "d", True)
+        immutable.append(m.warm / "d")
+        f.close()
+        deadline = time.monotonic() + 20
+        while not journal_entries(m.hot):
+            assert time.monotonic() < deadline, "the staged data was never journaled"
+            time.sleep(0.2)
+        for pid in m.pids:
+            os.kill(pid, signal.SIGKILL)
+            assert wait_for_exit(pid, 10)
+        subprocess.run(["fusermount3", "-u", "-z", str(m.path)], check=False)
+    set_immutable(m.warm / "d", False)
+    (tmp_path / "warm-a").mkdir()
+    refused = tierfs("mount", str(m.path), "--hot", str(m.hot), "--warm",
+                     f"a={tmp_path / 'warm-a'}", check=False)
+    assert refused.returncode == 1 and "not published yet" in refused.stderr
+    assert not os.path.ismount(m.path)
+    with running(m):  # as before: recovery publishes it
+        assert (m.path / "d" / "f").read_bytes() == b"staged"
+    assert (m.warm / "d" / "f").read_bytes() == b"staged"

@@ -32,7 +32,7 @@ from tierfs.tiers.hot import HotTier, own_folder
 from tierfs.tiers.warm import WarmTier
 from tierfs.vfs.filesystem import FileSystem
 from tierfs.vfs.roots import ROOTS_DIR, Root, Roots, assign_slots, root_config
-from tierfs.write import recovery
+from tierfs.write import journal, recovery
 
 log = logging.getLogger(__name__)
 
@@ -204,6 +204,36 @@ def _open_roots(config: Config, hot: HotTier) -> tuple[Roots, dict[str, RunStart
     return Roots(config, hot, opened), starts
 
 
+def _journaled(index_dir: Path) -> int:
+    """How many files the index in ``index_dir`` keeps journaled (staged, not yet home)."""
+    if not (index_dir / "data.mdb").exists():
+        return 0
+    index = Index(index_dir, readonly=True)
+    try:
+        return len(journal.load(index))
+    finally:
+        index.close()
+
+
+def _refuse_stranded(config: Config) -> None:
+    """Staged data another layout of this hot tier journaled (a mount of one warm directory
+    before named roots, or the other way round, or a root since dropped) would be neither
+    published nor recovered by this mount: it is refused until a mount as before has
+    published it. Raises MountError."""
+    roots_dir = config.hot / ROOTS_DIR
+    names = {name for name, _ in config.roots}
+    others = [("one warm directory", config.hot / "index")] if config.roots else []
+    if roots_dir.is_dir():
+        others += [(f"the root {d.name}", d / "index") for d in sorted(roots_dir.iterdir())
+                   if d.is_dir() and d.name not in names]
+    for what, index_dir in others:
+        count = _journaled(index_dir)
+        if count:
+            raise MountError(f"the hot tier {config.hot} keeps {count} staged files of a "
+                             f"mount with {what} that are not published yet: mount it as "
+                             "before once, so they are published, then mount this way")
+
+
 def run(config: Config, mountpoint: str, on_ready: Callable[[], None]) -> None:
     """Mount and serve in the foreground; returns after a clean unmount."""
     os.umask(0)  # modes come from the kernel request, already masked by the caller's umask
@@ -218,6 +248,7 @@ def run(config: Config, mountpoint: str, on_ready: Callable[[], None]) -> None:
     hot.prepare()
     hot.acquire(mountpoint)
     try:
+        _refuse_stranded(config)
         fs: FileSystem | Roots
         if config.roots:
             fs, starts = _open_roots(config, hot)

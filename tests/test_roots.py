@@ -365,3 +365,29 @@ def test_staged_files_of_another_layout_are_not_stranded(tmp_path: Path,
     with running(m):  # as before: recovery publishes it
         assert (m.path / "d" / "f").read_bytes() == b"staged"
     assert (m.warm / "d" / "f").read_bytes() == b"staged"
+
+
+def test_import_without_a_mount_goes_to_the_named_root(tmp_path: Path, s3_server: S3Server,
+                                                        bucket: str) -> None:
+    """``tierfs import`` with named roots and nothing mounted: the first component of the
+    namespace path (or the root directory an absolute path is in) picks the root, whose
+    directory gets the stubs and whose bucket prefix the objects must be under."""
+    s3_server.client().put_object(Bucket=bucket, Key="pre/user/sets/a.txt", Body=b"a")
+    roots = []
+    for name in ("cluster", "user"):
+        (tmp_path / name).mkdir()
+        roots += ["--warm", f"{name}={tmp_path / name}"]
+    (tmp_path / "hot").mkdir(mode=0o700)
+    common = (*roots, "--hot", str(tmp_path / "hot"), "--bucket", f"s3://{bucket}/pre",
+              "--endpoint-url", s3_server.endpoint, "--addressing-style", "path")
+    source = f"s3://{bucket}/pre/user/sets"
+    assert "1 new" in tierfs("import", source, "user/sets", *common).stdout
+    assert os.readlink(tmp_path / "user" / "sets" / "a.txt").startswith("tierfs:")
+    assert "1 unchanged" in tierfs("import", source, str(tmp_path / "user" / "sets"),
+                                   *common).stdout
+    assert not (tmp_path / "cluster" / "sets").exists()
+    for where, why in (("elsewhere/sets", "must name a root"),
+                       ("cluster/sets", "not inside the configured bucket"),
+                       (str(tmp_path / "hot"), "not inside any warm root")):
+        refused = tierfs("import", source, where, *common, check=False)
+        assert refused.returncode == 1 and why in refused.stderr, refused.stderr

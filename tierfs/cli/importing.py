@@ -10,7 +10,7 @@ import click
 
 from tierfs.cli.common import config_options, fail
 from tierfs.config import Config, load_config
-from tierfs.errors import TierfsError
+from tierfs.errors import ConfigError, TierfsError
 
 
 @click.command(name="import")
@@ -33,10 +33,13 @@ def import_(uri: str, directory: str, config_file: Path | None, **flags: Any) ->
 
     try:
         config, dest, shown = _import_target(directory, config_file, flags)
-        prefix = source_prefix(config, uri)
         if dest is None:
-            dest = destination(config, directory)
+            if config.roots:
+                config, dest = _in_root(config, directory)
+            else:
+                dest = destination(config, directory)
             shown = str(Path(config.warm, *dest))
+        prefix = source_prefix(config, uri)
         store = open_checked_store(config)
         with Progress(transient=True) as progress:
             task = progress.add_task("importing", total=None)
@@ -60,6 +63,30 @@ def import_(uri: str, directory: str, config_file: Path | None, **flags: Any) ->
         click.echo(f"  not imported (already the data of {stub}): {key}", err=True)
     for path in result.unread[:20]:
         click.echo(f"  not searched for stubs (could not be read): {path}", err=True)
+
+
+def _in_root(config: Config, directory: str) -> tuple[Config, list[str]]:
+    """With named roots and no mount: the root DIRECTORY is in (an absolute path inside a
+    root's directory, or a namespace path whose first component names the root), as that
+    root's own configuration (its warm directory and bucket prefix), and the path in it."""
+    from tierfs.importer import destination
+    from tierfs.vfs.roots import root_config
+
+    roots = [root_config(config, name, path) for name, path in config.roots]
+    if os.path.isabs(directory):
+        for root in roots:
+            try:
+                return root, destination(root, directory)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{directory} is not inside any warm root "
+                          f"({', '.join(str(p) for _, p in config.roots)})")
+    parts = destination(config, directory)
+    for (name, _), root in zip(config.roots, roots):
+        if parts and parts[0] == name:
+            return root, parts[1:]
+    raise ConfigError(f"{directory}: the first component must name a root "
+                      f"({', '.join(name for name, _ in config.roots)})")
 
 
 def _import_target(directory: str, config_file: Path | None, flags: dict[str, Any]

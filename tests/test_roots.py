@@ -121,6 +121,15 @@ def test_large_file_goes_under_its_roots_bucket_prefix(tmp_path: Path, s3_server
         assert [(w["path"], w["tier"]) for w in where] == \
             [(str(m.path / "user" / "big.bin"), "cold")]
         assert where[0]["uri"] == f"s3://{bucket}/pre/user/big.bin"
+        # The cache commands reach the root a path is in (both files were read: hot).
+        tierfs("evict", str(m.path / "cluster"))
+        tierfs("pin", str(m.path / "user" / "big.bin"))
+        where = json.loads(tierfs("where", "--json", str(m.path)).stdout)
+        assert {w["path"]: (w["pinned"], w["hot"]) for w in where} == {
+            str(m.path / "user" / "big.bin"): (True, len(data)),
+            str(m.path / "cluster" / "big.bin"): (False, 0)}
+        warmed = json.loads(tierfs("warm", "--json", str(m.path / "cluster")).stdout)
+        assert [(w["path"], w["hot"]) for w in warmed] == [("cluster", len(data))]
         # An import into a root takes that root's warm directory and bucket prefix.
         s3_server.client().put_object(Bucket=bucket, Key="pre/user/sets/a.txt", Body=b"a")
         out = tierfs("import", f"s3://{bucket}/pre/user/sets", str(m.path / "user" / "sets"))

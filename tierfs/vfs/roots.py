@@ -293,17 +293,18 @@ class Roots:
 
     # -- namespace ------------------------------------------------------------------------
 
-    async def lookup(self, parent: int, name: bytes) -> tuple[Inode | Routed, Attrs]:
+    async def lookup(self, parent: int, name: bytes) -> tuple[Inode | Routed | None, Attrs]:
+        """(The top directory has no ``Inode``: None stands for it.)"""
         if parent == TOP_INODE:
             if name in (b".", b".."):
-                return self, self._top_attrs()  # type: ignore[return-value]
+                return None, self._top_attrs()
             root = self._by_name.get(name)
             if root is None:
                 raise err(errno.ENOENT)
             return await self._root_entry(root)
         root, local = self._root(parent)
         if local == ROOT_INODE and name == b"..":
-            return self, self._top_attrs()  # type: ignore[return-value]
+            return None, self._top_attrs()
         inode, attrs = await root.fs.lookup(local, name)
         return inode, self._out(root, attrs)
 

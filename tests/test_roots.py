@@ -100,6 +100,16 @@ def test_inode_numbers_stay_across_remounts_and_reordered_roots(tmp_path: Path) 
         m.start()
         assert {p: os.stat(m.path / p).st_ino for p in paths} == before
         assert (m.path / "user" / "a").read_bytes() == b"user"
+        assert (m.path / "cluster" / "a").read_bytes() == b"cluster"
+        m.stop()
+        # Nothing mounted: the figures each root saved, per root and added up.
+        warm = [a for n, p in m.roots.items() for a in ("--warm", f"{n}={p}")]
+        saved = json.loads(tierfs("stats", "--json", "--hot", str(m.hot), *warm).stdout)[0]
+        assert saved["live"] is False and sorted(saved["roots"]) == ["cluster", "shared", "user"]
+        assert saved["counters"]["bytes_warm"] == sum(
+            json.loads(tierfs("stats", "--json", "--hot", str(m.hot / "roots" / n), "--warm",
+                              str(p)).stdout)[0]["counters"]["bytes_warm"]
+            for n, p in m.roots.items())
 
 
 def test_large_file_goes_under_its_roots_bucket_prefix(tmp_path: Path, s3_server: S3Server,
@@ -157,6 +167,9 @@ def test_stats_where_and_status_name_the_roots(roots_mount: Mount) -> None:
     assert sorted(w["path"] for w in whole) == [str(m.path / "cluster" / "d" / "f"),
                                                 str(m.path / "user" / "g")]
     assert tierfs("where", str(m.path / "nothing"), check=False).returncode != 0
+    flushed = tierfs("flush", str(m.path))
+    assert flushed.returncode == 0
+    assert os.statvfs(m.path).f_namemax == os.statvfs(m.roots["cluster"]).f_namemax
 
     doc = json.loads(tierfs("stats", "--json", "--hot", str(m.hot)).stdout)[0]
     assert sorted(doc["roots"]) == ["cluster", "shared", "user"]

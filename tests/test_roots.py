@@ -413,3 +413,24 @@ def test_import_without_a_mount_goes_to_the_named_root(tmp_path: Path, s3_server
                        (str(tmp_path / "hot"), "not inside any warm root")):
         refused = tierfs("import", source, where, *common, check=False)
         assert refused.returncode == 1 and why in refused.stderr, refused.stderr
+
+
+def test_unmount_and_flush_name_unpublished_files_with_their_root(
+        tmp_path: Path, immutable: list[Path]) -> None:
+    m = make_roots_mount(tmp_path, ("cluster", "user"), "--durability", "writeback")
+    data = os.urandom(100_000)
+    with running(m):
+        (m.path / "user" / "d").mkdir()
+        (m.path / "user" / "d" / "g").write_bytes(b"")
+        set_immutable(m.roots["user"] / "d", True)
+        immutable.append(m.roots["user"] / "d")
+        (m.path / "user" / "d" / "g").write_bytes(data)  # write-back: the close returns
+        (m.path / "cluster" / "fine").write_bytes(b"fine")
+        flushed = tierfs("flush", str(m.path), check=False)
+        assert flushed.returncode != 0 and "user/d/g" in flushed.stdout + flushed.stderr
+        result = tierfs("unmount", str(m.path), check=False)
+        assert result.returncode != 0 and "not published: user/d/g" in result.stderr
+        assert (m.roots["cluster"] / "fine").read_bytes() == b"fine"
+        set_immutable(m.roots["user"] / "d", False)
+        m.start()
+        assert (m.path / "user" / "d" / "g").read_bytes() == data

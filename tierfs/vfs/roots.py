@@ -273,11 +273,18 @@ class Roots:
             await root.fs.recover(rebooted)
 
     async def shutdown(self) -> list[str]:
-        """Each root's shutdown; what none could publish, as mount-relative paths, is
-        written on the hot tier's own folder for ``tierfs unmount``."""
-        unpublished: list[str] = []
-        for root in self.roots:
-            unpublished += [f"{root.name}/{p}" for p in await root.fs.shutdown()]
+        """Each root's shutdown, side by side (a slow root's publishing does not hold the
+        others'); what none could publish, as mount-relative paths, is written on the hot
+        tier's own folder for ``tierfs unmount``."""
+        left: dict[str, list[str]] = {}
+
+        async def stop(root: Root) -> None:
+            left[root.name] = await root.fs.shutdown()
+
+        async with trio.open_nursery() as nursery:
+            for root in self.roots:
+                nursery.start_soon(stop, root)
+        unpublished = [f"{root.name}/{p}" for root in self.roots for p in left[root.name]]
         await self.hot.run(self.hot.write_unpublished, unpublished)
         return unpublished
 

@@ -42,10 +42,13 @@ class Mount:
     pids: list[int] = field(default_factory=list)
     #: File systems mounted for this mount (unmounted by force_cleanup).
     own_fs: list[Path] = field(default_factory=list)
+    #: Named warm roots (NAME to directory); none: ``warm`` is the mount's top level.
+    roots: dict[str, Path] = field(default_factory=dict)
 
     def start(self) -> None:
-        tierfs("mount", str(self.path), "--hot", str(self.hot), "--warm", str(self.warm),
-               *self.extra)
+        warm = [a for name, path in self.roots.items() for a in ("--warm", f"{name}={path}")]
+        tierfs("mount", str(self.path), "--hot", str(self.hot),
+               *(warm or ["--warm", str(self.warm)]), *self.extra)
         assert os.path.ismount(self.path)
         self.pids = mounting.daemon_pids(str(self.path))
         assert self.pids, "no daemon process found for the mount"
@@ -117,6 +120,20 @@ def make_mount(base: Path, *extra: str, warm_apart: bool = False) -> Mount:
     return m
 
 
+def make_roots_mount(base: Path, names: tuple[str, ...], *extra: str,
+                     bucket: str | None = None) -> Mount:
+    """A mount of named warm roots, each a directory ``warm-NAME`` under ``base``, with the
+    bucket given or a local-folder bucket of its own (``base/cold``)."""
+    if bucket is None:
+        bucket = f"file://{base / 'cold'}"
+        (base / "cold").mkdir(parents=True, exist_ok=True)
+    m = make_mount(base, "--bucket", bucket, *extra)
+    for name in names:
+        m.roots[name] = base / f"warm-{name}"
+        m.roots[name].mkdir(exist_ok=True)
+    return m
+
+
 def renameat2(src: Path, dst: Path, flags: int) -> None:
     """rename(2) with flags (RENAME_NOREPLACE, RENAME_EXCHANGE), which os.rename lacks."""
     at_fdcwd = -100
@@ -129,6 +146,13 @@ def renameat2(src: Path, dst: Path, flags: int) -> None:
 @pytest.fixture
 def mount(tmp_path: Path) -> Iterator[Mount]:
     with running(make_mount(tmp_path)) as m:
+        yield m
+
+
+@pytest.fixture
+def roots_mount(tmp_path: Path) -> Iterator[Mount]:
+    """Three named roots: cluster, user and shared."""
+    with running(make_roots_mount(tmp_path, ("cluster", "user", "shared"))) as m:
         yield m
 
 

@@ -136,3 +136,50 @@ def test_credentials_in_the_default_bucket_are_refused(monkeypatch: pytest.Monke
         build_config({}, {})
     assert "s3cr3t" not in str(error.value)
 
+
+
+def test_named_warm_roots_from_flags_and_file(tmp_path: Path) -> None:
+    config = build_config({}, {"warm": ("cluster=/srv/c", "user=/srv/u")})
+    assert config.roots == (("cluster", Path("/srv/c")), ("user", Path("/srv/u")))
+    assert config.warm == Path("/srv/c")
+    plain = build_config({}, {"warm": ("/srv/a=b",)})  # a '/' first: a path, not NAME=DIR
+    assert plain.roots == () and plain.warm == Path("/srv/a=b")
+    f = tmp_path / "c.toml"
+    f.write_text('[warm]\ncluster = "/srv/c"\nshared = "/srv/s"\n')
+    assert load_config(f, {}).roots == (("cluster", Path("/srv/c")),
+                                         ("shared", Path("/srv/s")))
+    f.write_text('warm = ["cluster=/srv/c", "user=/srv/u"]\n')
+    assert [n for n, _ in load_config(f, {}).roots] == ["cluster", "user"]
+    args = config.to_args()
+    assert args[args.index("--warm"):args.index("--warm") + 4] == \
+        ["--warm", "cluster=/srv/c", "--warm", "user=/srv/u"]
+
+
+@pytest.mark.parametrize("value", [
+    ["a=/x", "a=/y"], ["a=/x", "/y"], [".=/x", "b=/y"], ["..=/x"], {"a/b": "/x"},
+    {"": "/x"}, {"a": 3}, {".": "/x"}, [], ["a="]])
+def test_bad_warm_roots_name_the_key(value: object) -> None:
+    with pytest.raises(ConfigError, match="'warm'"):
+        build_config({"warm": value}, {})
+
+
+def test_bad_warm_root_flag_names_the_flag() -> None:
+    with pytest.raises(ConfigError, match="--warm"):
+        build_config({}, {"warm": ("a=/x", "a=/y")})
+
+
+def test_zero_config_default_mounts_three_roots(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TIERFS_MOUNTS_BASE", str(tmp_path))
+    monkeypatch.setenv("ANYSCALE_ARTIFACT_STORAGE", "s3://artifacts/org/")
+    monkeypatch.delenv("TIERFS_CONFIG", raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "cfg"))
+    for folder in ("cluster_storage", "user_storage"):
+        (tmp_path / folder).mkdir()
+    assert build_config({}, {}).roots == ()  # all three, or today's single default
+    (tmp_path / "shared_storage").mkdir()
+    config = load_config(None, {})
+    assert config.roots == tuple((name, tmp_path / f"{name}_storage" / "tierfs")
+                                 for name in ("cluster", "user", "shared"))
+    assert str(config.bucket) == "s3://artifacts/org/tierfs"
+    assert build_config({}, {"warm": ("/srv/w",)}).roots == ()  # a given warm wins

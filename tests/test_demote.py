@@ -166,3 +166,28 @@ def test_a_kill_at_each_step_of_a_demotion_loses_nothing(tmp_path: Path, proxy: 
         assert is_stub(m.warm / "d" / "ckpt.bin")
         assert (m.path / "d" / "ckpt.bin").read_bytes() == data
 
+
+
+def test_demote_promote_and_scan_in_a_mount_of_named_roots(tmp_path: Path) -> None:
+    from conftest import make_roots_mount
+
+    m = make_roots_mount(tmp_path, ("cluster", "user"), "--large-file-threshold", "1MiB",
+                         "--part-size", "5MiB", "--attr-timeout", "0", "--entry-timeout", "0")
+    big, small = os.urandom(3 * MIB + 5), os.urandom(200_000)
+    (m.roots["user"] / "big.bin").write_bytes(big)  # written before tierfs
+    (m.roots["cluster"] / "small.bin").write_bytes(small)
+    with running(m):
+        listed = json.loads(tierfs("scan", "--json", str(m.path)).stdout)
+        assert listed["count"] == 1 and [f["path"] for f in listed["files"]] == ["user/big.bin"]
+        tierfs("scan", "--demote", str(m.path / "user"))
+        assert is_stub(m.roots["user"] / "big.bin")
+        assert (m.path / "user" / "big.bin").read_bytes() == big
+        tierfs("demote", str(m.path / "cluster" / "small.bin"))
+        assert is_stub(m.roots["cluster"] / "small.bin")
+        # Each root's objects under its own prefix of the bucket.
+        assert (tmp_path / "cold" / "cluster" / "small.bin").read_bytes() == small
+        assert (tmp_path / "cold" / "user" / "big.bin").read_bytes() == big
+        assert (m.path / "cluster" / "small.bin").read_bytes() == small
+        tierfs("promote", str(m.path / "cluster"))
+        assert not is_stub(m.roots["cluster"] / "small.bin")
+        assert (m.roots["cluster"] / "small.bin").read_bytes() == small

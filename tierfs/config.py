@@ -24,6 +24,15 @@ from tierfs.objects.base import MIN_PART_SIZE, BucketURI, parse_bucket_uri
 #: Anyscale's node-local NVMe and per-user NFS mounts; used when they exist.
 ANYSCALE_HOT = Path("/mnt/local_storage")
 ANYSCALE_WARM = Path("/mnt/user_storage")
+#: Where Anyscale's shared NFS mounts are found ($TIERFS_MOUNTS_BASE overrides it, for tests
+#: and images that mount them elsewhere), and the named warm
+#: roots the zero-config default mounts when all of them are there: NAME, folder under it.
+ANYSCALE_MOUNTS = Path("/mnt")
+ANYSCALE_ROOTS = (("cluster", "cluster_storage"), ("user", "user_storage"),
+                  ("shared", "shared_storage"))
+
+#: Named warm roots, (NAME, DIR) in the order given; empty for the one unnamed root.
+Roots = tuple[tuple[str, Path], ...]
 
 Number = TypeVar("Number", int, float)
 
@@ -32,6 +41,9 @@ Number = TypeVar("Number", int, float)
 MAX_SIZE = 1024**6
 #: S3's largest object: a file past the threshold could never be uploaded whole anyway.
 MAX_OBJECT_SIZE = 5 * 1024**4
+#: Most named warm roots a mount takes (their index is kept in a few bits of inode numbers,
+#: see ``vfs.roots``).
+MAX_ROOTS = 63
 
 
 def _default_hot() -> Path:
@@ -46,6 +58,69 @@ def _default_warm() -> Path:
     if ANYSCALE_WARM.is_dir():
         return ANYSCALE_WARM / "tierfs"
     return Path(platformdirs.user_data_dir("tierfs")) / "warm"
+
+
+def _default_roots() -> Roots:
+    """On a node with all of Anyscale's NFS mounts, each is a named root (the same
+    ``tierfs`` subfolder as the single default, for the same reason); elsewhere none."""
+    base = Path(os.environ.get("TIERFS_MOUNTS_BASE") or ANYSCALE_MOUNTS)
+    found = tuple((name, base / folder) for name, folder in ANYSCALE_ROOTS)
+    if all(path.is_dir() for _, path in found):
+        return tuple((name, path / "tierfs") for name, path in found)
+    return ()
+
+
+def _default_warm_roots() -> tuple[Path, Roots]:
+    roots = _default_roots()
+    return (roots[0][1] if roots else _default_warm()), roots
+
+
+def root_name(name: str) -> str:
+    """A named root's name: one path component, shown as the mount's top-level directory."""
+    if not name or "/" in name or "\0" in name or name in (".", ".."):
+        raise ValueError(f"{name!r}: a root's name is one file name (no '/', not '.' or '..')")
+    return name
+
+
+def _is_named(item: str) -> bool:
+    """``NAME=DIR`` rather than a directory: a NAME holds no '/' (so a path with an '=' in
+    it is still a path as long as a '/' comes first, such as ``./a=b``)."""
+    name, sep, _ = item.partition("=")
+    return bool(sep) and "/" not in name and not name.startswith("~")
+
+
+def _warm(value: Any) -> tuple[Path, Roots]:
+    """One directory (the mount's top level), or named roots: ``NAME=DIR`` strings (the flag
+    given several times, or a TOML list) or a TOML table ``{NAME = "DIR"}``. Returns the
+    first directory and the named roots (none for a plain directory)."""
+    if isinstance(value, Mapping):
+        items = [(str(k), v) for k, v in value.items()]
+    else:
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, (list, tuple)) or not value:
+            raise ValueError('expected a directory, or NAME=DIR roots such as '
+                             '["cluster=/mnt/cluster_storage/tierfs"]')
+        if len(value) == 1 and isinstance(value[0], str) and not _is_named(value[0]):
+            return _path(value[0]), ()
+        items = []
+        for item in value:
+            if not isinstance(item, str) or not _is_named(item):
+                raise ValueError(f"{item!r}: with several warm roots each is NAME=DIR")
+            name, _, folder = item.partition("=")
+            items.append((name, folder))
+    roots: list[tuple[str, Path]] = []
+    for name, folder in items:
+        root_name(name)
+        if any(name == seen for seen, _ in roots):
+            raise ValueError(f"{name!r}: two roots of the same name")
+        try:
+            roots.append((name, _path(folder)))
+        except ValueError as e:
+            raise ValueError(f"root {name!r}: {e}") from None
+    if len(roots) > MAX_ROOTS:
+        raise ValueError(f"at most {MAX_ROOTS} roots")
+    return roots[0][1], tuple(roots)
 
 
 def _default_bucket() -> BucketURI:
@@ -317,8 +392,10 @@ class Key:
 KEYS: tuple[Key, ...] = (
     Key("hot", _path, _default_hot,
         "Hot tier directory on node-local disk: staging files, the LMDB index, logs."),
-    Key("warm", _path, _default_warm,
-        "Warm tier directory (NFS): the namespace root; directories and small files live here."),
+    Key("warm", _warm, _default_warm_roots,
+        "Warm tier directory (NFS): the namespace root; directories and small files live here. "
+        "NAME=DIR, given several times, mounts each DIR as the top-level directory NAME.",
+        multiple=True),
     Key("allow_other", _bool, lambda: False,
         "Let users other than the one who mounted access the mount (FUSE allow_other).",
         is_flag=True),
@@ -434,6 +511,9 @@ class Config:
     log_level: str
     #: Which keys were set explicitly (file or flag); zero-config tiers are created on demand.
     explicit: frozenset[str] = frozenset()
+    #: Named warm roots (``--warm NAME=DIR``); empty when ``warm`` is the mount's top level.
+    #: With roots, ``warm`` is the first root's directory.
+    roots: Roots = ()
 
     def to_args(self) -> list[str]:
         """Flags that reproduce this configuration exactly (used to start the daemon)."""
@@ -442,6 +522,9 @@ class Config:
             value = getattr(self, key.name)
             if key.is_flag:
                 args.append(key.flag if value else "--no-" + key.flag[2:])
+            elif key.name == "warm":
+                for name, path in self.roots or (("", value),):
+                    args += [key.flag, f"{name}={path}" if name else str(path)]
             elif key.multiple:
                 for pattern, tier in value:
                     args += [key.flag, f"{pattern}={tier}"]
@@ -501,11 +584,12 @@ def build_config(file_values: Mapping[str, Any], flag_values: Mapping[str, Any],
             else "cache_high_watermark"
         raise ConfigError(f"{where(name)}: bad value {values[name]!r}: cache_low_watermark "
                           f"({low}) must not exceed cache_high_watermark ({high})")
-    _check_bucket_apart(values, merged, where)
-    return Config(**values, explicit=frozenset(merged))
+    values["warm"], roots = values["warm"]
+    _check_bucket_apart(values, roots, merged, where)
+    return Config(**values, explicit=frozenset(merged), roots=roots)
 
 
-def _check_bucket_apart(values: Mapping[str, Any], merged: Mapping[str, Any],
+def _check_bucket_apart(values: Mapping[str, Any], roots: Roots, merged: Mapping[str, Any],
                         where: Callable[[str], str]) -> None:
     """A local-folder bucket must neither hold nor sit in the hot or warm tier: its objects
     would show in the namespace as files (or lie among the cache's blocks), and the tiers'
@@ -514,8 +598,9 @@ def _check_bucket_apart(values: Mapping[str, Any], merged: Mapping[str, Any],
     if uri.scheme != "file":
         return
     folder = Path(os.path.realpath(uri.bucket))
-    for tier in ("warm", "hot"):
-        path = Path(os.path.realpath(values[tier]))
+    tiers = [("warm", p) for _, p in roots] or [("warm", values["warm"])]
+    for tier, value in [*tiers, ("hot", values["hot"])]:
+        path = Path(os.path.realpath(value))
         if folder == path or path in folder.parents:
             what = f"is the {tier} tier" if folder == path else f"is inside the {tier} tier"
         elif folder in path.parents:

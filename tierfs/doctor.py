@@ -78,24 +78,24 @@ def _set_aside(lost: Path) -> Iterator[Check]:
                     "what you can verify, then delete both")
 
 
-def _large_plain_files(config: Config) -> Iterator[Check]:
+def _large_plain_files(config: Config, root: Path) -> Iterator[Check]:
     """Files past the threshold that sit on the warm tier as plain files (written there
     before tierfs, or by tools that bypass the mount): not a fault, but room the bucket could
     hold instead (``tierfs scan``)."""
     from tierfs.tiers.warm import WarmTier
     from tierfs.write.warmscan import walk
 
-    if not config.warm.is_dir():
+    if not root.is_dir():
         return
     try:
-        warm = WarmTier(config.warm, 1)
+        warm = WarmTier(root, 1)
     except OSError:
         return
     try:
         seen = walk(warm, config.large_file_threshold, keep=0)
     finally:
         warm.close()
-    what = f"large files on the warm tier (over {_size(config.large_file_threshold)})"
+    what = f"large files on the warm tier {root} (over {_size(config.large_file_threshold)})"
     if not seen.large:
         yield Check(what, True, "none: every file past the threshold is in the bucket")
         return
@@ -118,8 +118,9 @@ def run_checks(config: Config) -> list[Check]:
     checks.append(Check("fusermount3", found is not None, found or "not on PATH",
                         "apt-get install fuse3"))
     checks += list(_tier("hot", config.hot))
-    checks += list(_tier("warm", config.warm))
-    checks += list(_large_plain_files(config))
+    for _, path in config.roots or (("", config.warm),):  # each named root's directory
+        checks += list(_tier("warm", path))
+        checks += list(_large_plain_files(config, path))
     from tierfs.mounting import open_checked_store
 
     try:

@@ -117,14 +117,23 @@ def preflight(config: Config, mountpoint: str, nonempty: bool = False) -> None:
         raise MountError("fusermount3 is missing: install the fuse3 package")
     # The hot tier is tierfs's own: closed to other users (see tiers/hot.py).
     _check_tier("hot", config.hot, create="hot" not in config.explicit, mode=0o700)
-    _check_tier("warm", config.warm, create="warm" not in config.explicit)
-    for name, tier in (("hot", config.hot), ("warm", config.warm)):
+    warms = [("warm", config.warm)] if not config.roots else \
+        [(f"warm (root {name})", path) for name, path in config.roots]
+    for name, tier in warms:
+        _check_tier(name, tier, create="warm" not in config.explicit)
+    for name, tier in (("hot", config.hot), *warms):
         if _inside(tier, mp) or _inside(mp, tier):
             raise MountError(f"the {name} tier {tier} and the mount point {mountpoint} must not "
                              "contain one another")
-    if _inside(config.hot, config.warm) or _inside(config.warm, config.hot):
-        raise MountError(f"the hot tier {config.hot} and the warm tier {config.warm} must not "
-                         "contain one another")
+    for name, tier in warms:
+        if _inside(config.hot, tier) or _inside(tier, config.hot):
+            raise MountError(f"the hot tier {config.hot} and the {name} tier {tier} must not "
+                             "contain one another")
+    for i, (name, tier) in enumerate(warms):
+        for other, path in warms[i + 1:]:
+            if _inside(tier, path) or _inside(path, tier):
+                raise MountError(f"the {name} tier {tier} and the {other} tier {path} must "
+                                 "not contain one another: their files would be in two roots")
     kind = fs_type(config.hot)
     if kind in NETWORK_FS:
         raise MountError(f"hot tier {config.hot} is on {kind}: it must be a local disk (the "

@@ -14,7 +14,13 @@ Schema version 1 (documented in docs/stats.md)::
        "cold": {"bucket", "bytes_served", "fetches", "pending_uploads",
                 "pending_bytes", "upload_errors", "uploads_lost"}},
      "rates": {"interval", "hot", "warm", "cold"} | null,
-     "counters": {...every counter...}}
+     "counters": {...every counter...},
+     "roots": {NAME: {"hot": {"path", "used", "capacity", "blocks", "pinned",
+                              "staged_files", "staged_bytes"},
+                      "warm": {...as above}, "cold": {...as above}}}}
+
+``roots`` is there only for a mount with named warm roots (``--warm NAME=DIR``); its
+``tiers`` then add up the roots' figures, ``tiers.warm.path`` naming them all.
 
 Sizes are bytes; rates are bytes per second over the last ``interval`` seconds.
 """
@@ -133,3 +139,34 @@ def rates(history: list[tuple[float, dict[str, int]]]) -> dict[str, float] | Non
 
     return {"interval": dt, "hot": rate("bytes_hot"),
             "warm": rate("bytes_warm", "bytes_staged"), "cold": rate("bytes_cold")}
+
+
+def sum_snapshots(snapshots: list[dict[str, Any]]) -> dict[str, Any]:
+    """Counter snapshots of several roots as one (each counter and gauge added up)."""
+    out: dict[str, Any] = {"saved_at": max((s.get("saved_at", 0) for s in snapshots),
+                                           default=time.time()),
+                           "counters": {}, "gauges": {}}
+    for snapshot in snapshots:
+        for part in ("counters", "gauges"):
+            for name, value in snapshot.get(part, {}).items():
+                out[part][name] = out[part].get(name, 0) + value
+    return out
+
+
+#: A root's hot figures shown in its row (its share of the cache, its staged files).
+ROOT_HOT = ("path", "used", "capacity", "blocks", "pinned", "staged_files", "staged_bytes")
+
+
+def with_roots(doc: dict[str, Any], roots: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """A mount with named roots: ``doc`` (the whole mount, built from the roots' counters
+    added up) with each root's own document's rows under ``roots``, and the staged files
+    and warm disks added up from them."""
+    doc["roots"] = {name: {"hot": {k: d["tiers"]["hot"][k] for k in ROOT_HOT},
+                           "warm": d["tiers"]["warm"], "cold": d["tiers"]["cold"]}
+                    for name, d in roots.items()}
+    rows = doc["roots"].values()
+    for name in ("staged_files", "staged_bytes"):
+        doc["tiers"]["hot"][name] = sum(r["hot"][name] for r in rows)
+    for name in ("disk_used", "disk_size"):
+        doc["tiers"]["warm"][name] = sum(r["warm"][name] for r in rows)
+    return doc

@@ -10,7 +10,7 @@ import click
 
 from tierfs.cli.common import config_options, fail
 from tierfs.config import Config, load_config
-from tierfs.errors import TierfsError
+from tierfs.errors import ConfigError, TierfsError
 
 
 @click.command(name="import")
@@ -33,10 +33,13 @@ def import_(uri: str, directory: str, config_file: Path | None, **flags: Any) ->
 
     try:
         config, dest, shown = _import_target(directory, config_file, flags)
-        prefix = source_prefix(config, uri)
         if dest is None:
-            dest = destination(config, directory)
+            if config.roots:
+                config, dest = _in_root(config, directory)
+            else:
+                dest = destination(config, directory)
             shown = str(Path(config.warm, *dest))
+        prefix = source_prefix(config, uri)
         store = open_checked_store(config)
         with Progress(transient=True) as progress:
             task = progress.add_task("importing", total=None)
@@ -62,6 +65,30 @@ def import_(uri: str, directory: str, config_file: Path | None, **flags: Any) ->
         click.echo(f"  not searched for stubs (could not be read): {path}", err=True)
 
 
+def _in_root(config: Config, directory: str) -> tuple[Config, list[str]]:
+    """With named roots and no mount: the root DIRECTORY is in (an absolute path inside a
+    root's directory, or a namespace path whose first component names the root), as that
+    root's own configuration (its warm directory and bucket prefix), and the path in it."""
+    from tierfs.importer import destination
+    from tierfs.vfs.roots import root_config
+
+    roots = [root_config(config, name, path) for name, path in config.roots]
+    if os.path.isabs(directory):
+        for root in roots:
+            try:
+                return root, destination(root, directory)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{directory} is not inside any warm root "
+                          f"({', '.join(str(p) for _, p in config.roots)})")
+    parts = destination(config, directory)
+    for (name, _), root in zip(config.roots, roots):
+        if parts and parts[0] == name:
+            return root, parts[1:]
+    raise ConfigError(f"{directory}: the first component must name a root "
+                      f"({', '.join(name for name, _ in config.roots)})")
+
+
 def _import_target(directory: str, config_file: Path | None, flags: dict[str, Any]
                    ) -> tuple[Config, list[str] | None, str]:
     """The configuration to import with and, when DIRECTORY is inside a running mount, its
@@ -81,6 +108,8 @@ def _import_target(directory: str, config_file: Path | None, flags: dict[str, An
     if ".." in parts:
         raise TierfsError(f"{directory} must not contain '..'")
     given = {name: flags.get(name) for name in ("hot", "warm", "bucket")}
+    warm = tuple(given["warm"] or ())  # (the flag may be given several times: named roots)
+    given["warm"] = warm[0] if len(warm) == 1 else " ".join(warm) or None
     for name in ("hot", "warm"):
         value = given[name]
         if value is not None and Path(value).resolve() != Path(getattr(record, name)).resolve():
@@ -96,6 +125,18 @@ def _import_target(directory: str, config_file: Path | None, flags: dict[str, An
                                                         "addressing_style")
                         if flags.get(name) is None and reach.get(name) is not None})
     except ControlError:
-        pass  # the registry's tiers; the rest from the flags and the configuration file
+        # the registry's tiers; the rest from the flags and the configuration file (a mount
+        # of named roots records NAME=DIR for each: only the mount can say which is which)
+        if "=" in record.warm and not os.path.isdir(record.warm):
+            raise TierfsError(f"cannot reach the mount on {record.mountpoint} to find the "
+                              f"root {directory} is in") from None
+        reach = {}
+    if reach.get("roots"):  # named roots: the first component names the root
+        root = reach["roots"].get(parts[0]) if parts else None
+        if root is None:
+            raise TierfsError(f"{directory}: give a directory inside one of the roots of "
+                              f"{record.mountpoint} ({', '.join(reach['roots'])})")
+        mounted.update(warm=root["warm"], bucket=root["bucket"])
+        parts = parts[1:]
     config = load_config(config_file, {**flags, **mounted})
     return config, parts, os.path.join(record.mountpoint, *parts)

@@ -26,6 +26,14 @@ def _capacity_row(hot: dict[str, Any]) -> tuple[str, str]:
     return ("used / capacity", f"{size(hot['used'])} / {size(hot['capacity'])}")
 
 
+def _moves(warm: dict[str, Any]) -> list[tuple[str, str]]:
+    """Demotions to the bucket and promotions back, as stats rows."""
+    return [("demoted", f"{warm.get('demotions', 0)} ({size(warm.get('bytes_demoted', 0))})"
+             + (f", {warm['demotions_discarded']} discarded (changed while uploading)"
+                if warm.get("demotions_discarded") else "")),
+            ("promoted", f"{warm.get('promotions', 0)} ({size(warm.get('bytes_promoted', 0))})")]
+
+
 def _stats_view(doc: dict[str, Any]) -> Any:
     """The stats document as one table per tier."""
     from rich.console import Group
@@ -38,6 +46,18 @@ def _stats_view(doc: dict[str, Any]) -> Any:
         return f"{size(int(rates[tier]))}/s" if tier in rates else "-"
 
     where = doc["mountpoint"] or "(not mounted: last saved figures)"
+    warm_tables = [table(f"warm  {warm['path']}", [
+        ("used / size", f"{size(warm['disk_used'])} / {size(warm['disk_size'])}"),
+        *([("plain files", size(warm["usage"]))] if warm.get("usage") is not None else []),
+        ("served", size(warm["bytes_served"])), ("throughput", rate("warm")),
+        *_moves(warm)])]
+    if doc.get("roots"):  # a row per named root, in place of the one warm tier
+        warm_tables = [table(f"warm {name}  {r['warm']['path']}", [
+            ("used / size", f"{size(r['warm']['disk_used'])} / {size(r['warm']['disk_size'])}"),
+            ("served", size(r["warm"]["bytes_served"])),
+            ("cached hot", f"{size(r['hot']['used'])} / {size(r['hot']['capacity'])}"),
+            ("bucket", r["cold"]["bucket"]), *_moves(r["warm"])])
+            for name, r in doc["roots"].items()]
     return Group(
         f"[bold]{where}[/bold]",
         table(f"hot  {hot['path']}", [
@@ -48,15 +68,7 @@ def _stats_view(doc: dict[str, Any]) -> Any:
             ("served", size(hot["bytes_served"])), ("throughput", rate("hot")),
             ("evictions", f"{hot['evictions']} ({size(hot['bytes_evicted'])})"),
             ("disk free", size(hot["disk_free"]))]),
-        table(f"warm  {warm['path']}", [
-            ("used / size", f"{size(warm['disk_used'])} / {size(warm['disk_size'])}"),
-            *([("plain files", size(warm["usage"]))] if warm.get("usage") is not None else []),
-            ("served", size(warm["bytes_served"])), ("throughput", rate("warm")),
-            ("demoted", f"{warm.get('demotions', 0)} ({size(warm.get('bytes_demoted', 0))})"
-             + (f", {warm['demotions_discarded']} discarded (changed while uploading)"
-                if warm.get("demotions_discarded") else "")),
-            ("promoted",
-             f"{warm.get('promotions', 0)} ({size(warm.get('bytes_promoted', 0))})")]),
+        *warm_tables,
         table(f"cold  {cold['bucket']}", [
             ("served", size(cold["bytes_served"])), ("GETs", str(cold["fetches"])),
             ("throughput", rate("cold")),
@@ -69,12 +81,38 @@ def _saved_stats(config: Config) -> dict[str, Any]:
     from tierfs.cache.counters import load_saved
     from tierfs.stats import build
 
+    if config.roots:
+        return _saved_roots_stats(config)
     snapshot = load_saved(config.hot)
     if snapshot is None:
         raise TierfsError(f"no tierfs mount is running, and {config.hot} holds no saved "
                           "figures")
     return build(snapshot, live=False, mountpoint=None, hot=str(config.hot),
                  warm=str(config.warm), bucket=str(config.bucket))
+
+
+def _saved_roots_stats(config: Config) -> dict[str, Any]:
+    """The figures the last mount of named roots saved, each root's in its folder of the
+    hot tier."""
+    from tierfs.cache.counters import load_saved
+    from tierfs.stats import build, sum_snapshots, with_roots
+    from tierfs.vfs.roots import root_config
+
+    docs, snapshots = {}, []
+    for name, path in config.roots:
+        sub = root_config(config, name, path)
+        snapshot = load_saved(sub.hot)
+        if snapshot is None:
+            continue
+        snapshots.append(snapshot)
+        docs[name] = build(snapshot, live=False, mountpoint=None, hot=str(sub.hot),
+                           warm=str(sub.warm), bucket=str(sub.bucket))
+    if not docs:
+        raise TierfsError(f"no tierfs mount is running, and {config.hot} holds no saved "
+                          "figures")
+    warm = " ".join(f"{name}={path}" for name, path in config.roots)
+    return with_roots(build(sum_snapshots(snapshots), live=False, mountpoint=None,
+                            hot=str(config.hot), warm=warm, bucket=str(config.bucket)), docs)
 
 
 @click.command()
@@ -201,7 +239,8 @@ def status(as_json: bool) -> None:
         for tier, h in m["health"].items():
             free = f", {size(h['free'])} free" if h.get("free") is not None else ""
             mark = "ok" if h["ok"] else "PROBLEM"
-            click.echo(f"  {tier:<5} {mark:<8} {where.get(tier, '')}{free}"
+            # (a mount with named roots names each root's tiers, with the path checked)
+            click.echo(f"  {tier:<5} {mark:<8} {h.get('path', where.get(tier, ''))}{free}"
                        + ("" if h["ok"] else f": {h['detail']}"))
     if not all(h["ok"] for m in out for h in m["health"].values()):
         sys.exit(1)

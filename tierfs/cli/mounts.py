@@ -55,8 +55,9 @@ def mount(mountpoint: str, foreground: bool, nonempty: bool, daemon_child: bool,
         mounting.preflight(config, mountpoint, nonempty)
         if not foreground:
             pid = mounting.start_daemon(config, mountpoint, nonempty)
+            warm = " ".join(f"{n}={p}" for n, p in config.roots) or config.warm
             click.echo(f"tierfs mounted on {mountpoint} (pid {pid}; hot {config.hot}, "
-                       f"warm {config.warm})")
+                       f"warm {warm})")
             return
         from tierfs.fuse import session
 

@@ -21,16 +21,18 @@ from tierfs.errors import MountError
 from tierfs.control import registry
 from tierfs.control import server as control
 from tierfs.control.commands import make_handlers
+from tierfs.control.routing import make_root_handlers
 from tierfs.control.registry import MountRecord
 from tierfs.control.server import socket_path
 from tierfs.fuse.operations import Operations
 from tierfs.index import Index, RunStart
 from tierfs.mounting import NETWORK_FS, fs_type, open_checked_store
 from tierfs.tiers.cold import ColdTier
-from tierfs.tiers.hot import HotTier
+from tierfs.tiers.hot import HotTier, own_folder
 from tierfs.tiers.warm import WarmTier
 from tierfs.vfs.filesystem import FileSystem
-from tierfs.write import recovery
+from tierfs.vfs.roots import ROOTS_DIR, Root, Roots, assign_slots, root_config
+from tierfs.write import journal, recovery
 
 log = logging.getLogger(__name__)
 
@@ -82,11 +84,23 @@ def _invalidate_attrs(ino: int) -> None:
 async def _purge_temps(fs: FileSystem) -> None:
     removed = await fs.warm.run(recovery.purge_temps, fs.core)
     if removed:
-        log.warning("removed %d temp files an unclean stop left on the warm tier", removed)
+        log.warning("removed %d temp files an unclean stop left on the warm tier %s", removed,
+                    fs.config.warm)
 
 
-async def _serve(fs: FileSystem, ops: Operations, mountpoint: str, read_ahead: int,
-                 on_ready: Callable[[], None], start: RunStart) -> bool:
+async def _recover(fs: FileSystem | Roots, starts: list[RunStart],
+                   nursery: trio.Nursery) -> None:
+    """Recover each root as its own index says its last run ended; temp files of an
+    unclean stop are purged in the background."""
+    parts = [r.fs for r in fs.roots] if isinstance(fs, Roots) else [fs]
+    for part, start in zip(parts, starts):
+        await part.recover(rebooted=start.rebooted)
+        if not start.clean:
+            nursery.start_soon(_purge_temps, part)
+
+
+async def _serve(fs: FileSystem | Roots, ops: Operations, mountpoint: str, read_ahead: int,
+                 on_ready: Callable[[], None], starts: list[RunStart]) -> bool:
     """Serve until unmounted or signalled; returns True if a signal asked us to unmount."""
     signalled = False
     async with trio.open_nursery() as nursery:
@@ -106,17 +120,17 @@ async def _serve(fs: FileSystem, ops: Operations, mountpoint: str, read_ahead: i
             await trio.to_thread.run_sync(set_read_ahead, mountpoint, read_ahead)
             log.info("serving %s", mountpoint)
             await trio.to_thread.run_sync(registry.register, MountRecord(
-                mountpoint, os.getpid(), str(fs.config.hot), str(fs.config.warm),
+                mountpoint, os.getpid(), str(fs.config.hot), _warm_text(fs.config),
                 str(fs.config.bucket), str(socket_path(fs.hot.root))))
             on_ready()
 
         await nursery.start(fs.run_background)
         # Before any request: nobody sees a half-recovered file.
-        await fs.recover(rebooted=start.rebooted)
-        if not start.clean:
-            nursery.start_soon(_purge_temps, fs)
+        await _recover(fs, starts, nursery)
         nursery.start_soon(watch_signals)
-        await nursery.start(control.serve, socket_path(fs.hot.root), make_handlers(fs, mountpoint))
+        handlers = make_root_handlers(fs, mountpoint) if isinstance(fs, Roots) \
+            else make_handlers(fs, mountpoint)
+        await nursery.start(control.serve, socket_path(fs.hot.root), handlers)
         nursery.start_soon(when_initialized)
         await pyfuse3.main(min_tasks=2, max_tasks=MAX_FUSE_TASKS)
         await fs.shutdown()  # before the cancel: streaming uploads still need their tasks
@@ -138,6 +152,88 @@ def _cache_warm(config: Config) -> bool:
     return config.cache_warm == "true"
 
 
+def _open_fs(config: Config, hot: HotTier) -> tuple[FileSystem, RunStart]:
+    """One root's file system on an opened hot tier (blocking: at mount)."""
+    warm = WarmTier(config.warm, config.warm_threads)
+    index = Index(hot.index_dir)
+    try:
+        warm.node = index.node_id()
+        start = index.begin_run()
+        cold = ColdTier(open_checked_store(config), config.cold_threads)
+        return FileSystem(config, hot, warm, cold, index, cache_warm=_cache_warm(config)), start
+    except BaseException:
+        index.close()
+        warm.close()
+        raise
+
+
+def _close_fs(fs: FileSystem, ended: bool) -> None:
+    if ended:
+        fs.index.end_run()
+    for tier in (fs.hot, fs.warm, fs.cold):
+        tier.workers.close()
+    fs.index.close()
+    fs.warm.close()
+
+
+def _open_roots(config: Config, hot: HotTier) -> tuple[Roots, dict[str, RunStart]]:
+    """A file system per named root, each on a folder of the hot tier of its own."""
+    try:
+        own_folder(config.hot / ROOTS_DIR)
+        slots = assign_slots(config.hot / ROOTS_DIR, [name for name, _ in config.roots])
+    except OSError as e:
+        raise MountError(f"hot tier: {e.strerror or e}") from None
+    opened: list[Root] = []
+    starts: dict[str, RunStart] = {}
+    try:
+        for name, path in config.roots:
+            sub_config = root_config(config, name, path)
+            sub_hot = HotTier(sub_config.hot, config.hot_threads)
+            sub_hot.workers = hot.workers  # one disk: one set of threads
+            try:
+                own_folder(sub_config.hot)
+            except OSError as e:
+                raise MountError(f"hot tier: {e.strerror or e}") from None
+            sub_hot.prepare()
+            fs, starts[name] = _open_fs(sub_config, sub_hot)
+            opened.append(Root(name, slots[name], fs, fs.index))
+    except BaseException:
+        for root in opened:
+            _close_fs(root.fs, ended=False)
+        raise
+    return Roots(config, hot, opened), starts
+
+
+def _journaled(index_dir: Path) -> int:
+    """How many files the index in ``index_dir`` keeps journaled (staged, not yet home)."""
+    if not (index_dir / "data.mdb").exists():
+        return 0
+    index = Index(index_dir, readonly=True)
+    try:
+        return len(journal.load(index))
+    finally:
+        index.close()
+
+
+def _refuse_stranded(config: Config) -> None:
+    """Staged data another layout of this hot tier journaled (a mount of one warm directory
+    before named roots, or the other way round, or a root since dropped) would be neither
+    published nor recovered by this mount: it is refused until a mount as before has
+    published it. Raises MountError."""
+    roots_dir = config.hot / ROOTS_DIR
+    names = {name for name, _ in config.roots}
+    others = [("one warm directory", config.hot / "index")] if config.roots else []
+    if roots_dir.is_dir():
+        others += [(f"the root {d.name}", d / "index") for d in sorted(roots_dir.iterdir())
+                   if d.is_dir() and d.name not in names]
+    for what, index_dir in others:
+        count = _journaled(index_dir)
+        if count:
+            raise MountError(f"the hot tier {config.hot} keeps {count} staged files of a "
+                             f"mount with {what} that are not published yet: mount it as "
+                             "before once, so they are published, then mount this way")
+
+
 def run(config: Config, mountpoint: str, on_ready: Callable[[], None]) -> None:
     """Mount and serve in the foreground; returns after a clean unmount."""
     os.umask(0)  # modes come from the kernel request, already masked by the caller's umask
@@ -151,41 +247,58 @@ def run(config: Config, mountpoint: str, on_ready: Callable[[], None]) -> None:
     hot = HotTier(config.hot, config.hot_threads)
     hot.prepare()
     hot.acquire(mountpoint)
-    warm = WarmTier(config.warm, config.warm_threads)
-    index = Index(hot.index_dir)
-    warm.node = index.node_id()
-    start = index.begin_run()
     try:
-        cold = ColdTier(open_checked_store(config), config.cold_threads)
-        fs = FileSystem(config, hot, warm, cold, index, cache_warm=_cache_warm(config))
-        fs.invalidate_attrs = _invalidate_attrs
-        if config.prometheus_port:
-            from tierfs import metrics
-
-            try:
-                metrics.serve(fs, config.prometheus_port)
-            except OSError as e:
-                raise MountError(f"cannot serve Prometheus metrics on 127.0.0.1:"
-                                 f"{config.prometheus_port}: {e.strerror}") from None
-        ops = Operations(fs, config.entry_timeout, config.attr_timeout)
-        options = set(pyfuse3.default_options)
-        options |= {f"fsname=tierfs:{_escape_option(str(config.warm))}", "subtype=tierfs"}
-        if config.allow_other:
-            options.add("allow_other")
-        pyfuse3.init(ops, mountpoint, options)
-        unmount = True
+        _refuse_stranded(config)
+        fs: FileSystem | Roots
+        if config.roots:
+            fs, starts = _open_roots(config, hot)
+            parts = [root.fs for root in fs.roots]
+        else:
+            single, start = _open_fs(config, hot)
+            fs, starts, parts = single, {"": start}, [single]
+        ended = False
         try:
-            log.info("mounted %s (hot %s, warm %s)", mountpoint, config.hot, config.warm)
-            unmount = trio.run(_serve, fs, ops, mountpoint, config.read_ahead, on_ready,
-                               start)
-            index.end_run()
+            _mount_and_serve(config, mountpoint, on_ready, fs, list(starts.values()))
+            ended = True
         finally:
-            registry.unregister(mountpoint, os.getpid())
-            pyfuse3.close(unmount=unmount)
-            for tier in (hot, warm, cold):
-                tier.workers.close()
-            log.info("unmounted %s", mountpoint)
+            for part in parts:
+                _close_fs(part, ended)
     finally:
-        index.close()
-        warm.close()
         hot.release()
+
+
+def _mount_and_serve(config: Config, mountpoint: str, on_ready: Callable[[], None],
+                     fs: FileSystem | Roots, starts: list[RunStart]) -> None:
+    fs.invalidate_attrs = _invalidate_attrs
+    if config.prometheus_port:
+        from tierfs import metrics
+
+        try:
+            # (Roots has what the endpoint reads: counters, pending_uploads)
+            metrics.serve(fs, config.prometheus_port)  # type: ignore[arg-type]
+        except OSError as e:
+            raise MountError(f"cannot serve Prometheus metrics on 127.0.0.1:"
+                             f"{config.prometheus_port}: {e.strerror}") from None
+    ops = Operations(fs, config.entry_timeout, config.attr_timeout)  # type: ignore[arg-type]
+    options = set(pyfuse3.default_options)
+    options |= {f"fsname=tierfs:{_escape_option(_warm_text(config))}", "subtype=tierfs"}
+    if config.allow_other:
+        options.add("allow_other")
+    pyfuse3.init(ops, mountpoint, options)
+    unmount = True
+    try:
+        log.info("mounted %s (hot %s, warm %s)", mountpoint, config.hot, _warm_text(config))
+        unmount = trio.run(_serve, fs, ops, mountpoint, config.read_ahead, on_ready,
+                           starts)
+    finally:
+        registry.unregister(mountpoint, os.getpid())
+        pyfuse3.close(unmount=unmount)
+        log.info("unmounted %s", mountpoint)
+
+
+def _warm_text(config: Config) -> str:
+    """The warm tier as the mount table and the registry show it: its directory, or each
+    named root as NAME=DIR."""
+    if not config.roots:
+        return str(config.warm)
+    return " ".join(f"{name}={path}" for name, path in config.roots)

@@ -55,7 +55,7 @@ def by_mount(paths: tuple[str, ...]) -> dict[Any, list[str]]:
 def size(n: int) -> str:
     import humanfriendly
 
-    return humanfriendly.formatsize(n, binary=True)
+    return humanfriendly.format_size(n, binary=True)
 
 
 def table(title: str, rows: list[tuple[str, str]]) -> Any:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import os
 import random
+import sys
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -133,3 +134,103 @@ def test_dataloader_over_tar_shards_in_the_bucket(s3_mount: Mount, tmp_path: Pat
     assert len(got) == len(want) == 36
     for name, (data,) in want.items():
         assert got[name][0] == data, name
+
+
+def empty_folders(root: Path) -> list[str]:
+    """Folders under ``root`` (itself excluded) with nothing in them."""
+    return sorted(os.path.relpath(d, root) for d, dirs, files in os.walk(root)
+                  if not dirs and not files and d != str(root))
+
+
+@pytest.fixture
+def ray_local() -> Iterator[object]:
+    """A one-node Ray cluster kept small (two CPUs, a 100 MB object store, no dashboard),
+    shut down after the test."""
+    ray = pytest.importorskip("ray")
+    import ray.cloudpickle
+
+    # The workers cannot import this test module: functions from it travel by value.
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    ray.init(num_cpus=2, object_store_memory=100 * 1024 * 1024, include_dashboard=False,
+             log_to_driver=False, configure_logging=False)
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+def _train_loop(config: dict) -> None:
+    """Each worker steps a tiny model; rank 0 saves it with torch.save into the checkpoint
+    directory it reports. A run that finds a checkpoint continues from its epoch."""
+    import tempfile
+
+    import ray.train
+    import torch
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(64, 64)  # 16 KiB of weights: past the threshold, so cold
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    start = 0
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            state = torch.load(os.path.join(d, "model.pt"))
+        model.load_state_dict(state["model"])
+        start = state["epoch"] + 1
+    for epoch in range(start, config["epochs"]):
+        loss = model(torch.ones(4, 64)).square().mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        with tempfile.TemporaryDirectory() as tmp:
+            saved = None
+            if ray.train.get_context().get_world_rank() == 0:
+                torch.save({"model": model.state_dict(), "epoch": epoch},
+                           os.path.join(tmp, "model.pt"))
+                saved = ray.train.Checkpoint.from_directory(tmp)
+            ray.train.report({"epoch": epoch, "start": start}, checkpoint=saved)
+
+
+@pytest.mark.ray
+def test_ray_train_checkpoints_resume_and_prune_on_a_mount(ray_local: object,
+                                                           tmp_path: Path) -> None:
+    from ray.train import CheckpointConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    cold = tmp_path / "cold"
+    cold.mkdir()
+    m = make_mount(tmp_path, "--bucket", f"file://{cold}", "--large-file-threshold",
+                   "4KiB")
+    with running(m):
+        storage = str(m.path / "ray_results")
+
+        def fit(epochs: int) -> object:
+            trainer = TorchTrainer(
+                _train_loop, train_loop_config={"epochs": epochs},
+                scaling_config=ScalingConfig(num_workers=2, use_gpu=False),
+                run_config=RunConfig(name="run", storage_path=storage,
+                                     checkpoint_config=CheckpointConfig(num_to_keep=2)))
+            return trainer.fit()
+
+        first = fit(3)
+        assert first.error is None and first.metrics["epoch"] == 2
+        resumed = fit(5)  # same name and storage: continues from the latest checkpoint
+        assert resumed.error is None
+        assert resumed.metrics == {**resumed.metrics, "epoch": 4, "start": 3}
+        with resumed.checkpoint.as_directory() as d:
+            assert torch.load(os.path.join(d, "model.pt"))["epoch"] == 4
+
+        run = m.path / "ray_results" / "run"
+        kept = sorted(p.name for p in run.iterdir()
+                      if p.is_dir() and p.name.startswith("checkpoint_"))
+        assert len(kept) == 2, kept  # num_to_keep: the other three were pruned
+        for name in kept:
+            stub = m.warm / "ray_results" / "run" / name / "model.pt"
+            assert stub.is_symlink() and os.readlink(stub).startswith("tierfs:"), stub
+        objects = sorted(os.path.relpath(os.path.join(d, f), cold)
+                         for d, _, files in os.walk(cold) if ".tierfs-uploads" not in d
+                         for f in files)
+        assert len(objects) == 2 and all(any(k in o for k in kept) for o in objects), objects
+        assert empty_folders(m.warm / "ray_results") == []
+        assert empty_folders(m.path / "ray_results") == []
+    assert [f for f in empty_folders(cold) if not f.startswith(".tierfs-uploads")] == []

@@ -83,6 +83,26 @@ def test_warm_ray_warms_every_nodes_own_hot_tier(two_mounts: tuple[Mount, Mount]
 
 
 @pytest.mark.ray
+def test_one_progress_counts_every_nodes_bytes(two_mounts: tuple[Mount, Mount],
+                                               cluster: object) -> None:
+    """What the one progress bar is fed: bytes fetched and to fetch summed over the nodes,
+    ending with every node's bytes fetched."""
+    from tierfs.cluster import warm_cluster
+
+    a, b = two_mounts
+    (a.path / "big.bin").write_bytes(os.urandom(3_000_000))
+    tierfs("evict", str(a.path / "big.bin"))
+    seen: list[tuple[int, int]] = []
+    nodes, failed = warm_cluster([(str(a.path / "big.bin"), str(a.path))],
+                                 cluster.address, check=False,  # type: ignore
+                                 on_progress=lambda done, total: seen.append((done, total)))
+    assert failed == [] and len(nodes) == 2
+    assert sorted(n["mountpoint"] for n in nodes) == sorted([str(a.path), str(b.path)])
+    assert seen[-1] == (6_000_000, 6_000_000), seen
+    assert all(done <= total <= 6_000_000 for done, total in seen), seen
+
+
+@pytest.mark.ray
 def test_warm_ray_names_a_node_without_its_mount_and_warms_the_others(
         two_mounts: tuple[Mount, Mount], cluster: object) -> None:
     a, b = two_mounts

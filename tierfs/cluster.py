@@ -95,8 +95,10 @@ def _warm_node(node: str, paths: list[tuple[str, str | None]], check: bool,
             now = time.monotonic()
             if final or now - last >= POLL_INTERVAL:  # (one actor call a poll at most)
                 last = now
-                progress.report.remote(node, fetched + message["progress"],
-                                       fetched + message["total"])
+                sent = progress.report.remote(node, fetched + message["progress"],
+                                              fetched + message["total"])
+                if final:  # (in before the task ends, so the last totals read hold it)
+                    ray.get(sent)
 
         found = call(record, {"cmd": "warm", "paths": rels, "check": check},
                      None if check else report)

@@ -32,16 +32,16 @@ def two_mounts(tmp_path: Path) -> Iterator[tuple[Mount, Mount]]:
 
 
 @pytest.fixture
-def cluster(two_mounts: tuple[Mount, Mount]) -> Iterator[object]:
+def cluster(two_mounts: tuple[Mount, Mount], ray_temp_dir: str) -> Iterator[object]:
     """Two Ray nodes on this machine, one CPU and a 100 MB object store each, no dashboard;
     each node's environment names its mount. Shut down after the test."""
     cluster_utils = pytest.importorskip("ray.cluster_utils")
     a, b = two_mounts
     c = cluster_utils.Cluster(initialize_head=True, head_node_args={
         "num_cpus": 1, "object_store_memory": SMALL_STORE, "include_dashboard": False,
-        "env_vars": {"TIERFS_MOUNT": str(a.path)}})
+        "temp_dir": ray_temp_dir, "env_vars": {"TIERFS_MOUNT": str(a.path)}})
     try:
-        c.add_node(num_cpus=1, object_store_memory=SMALL_STORE,
+        c.add_node(num_cpus=1, object_store_memory=SMALL_STORE, temp_dir=ray_temp_dir,
                    env_vars={"TIERFS_MOUNT": str(b.path)})
         c.wait_for_nodes()
         yield c

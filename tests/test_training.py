@@ -143,16 +143,17 @@ def empty_folders(root: Path) -> list[str]:
 
 
 @pytest.fixture
-def ray_local() -> Iterator[object]:
-    """A one-node Ray cluster kept small (two CPUs, a 100 MB object store, no dashboard),
-    shut down after the test."""
+def ray_local(ray_temp_dir: str) -> Iterator[object]:
+    """A one-node Ray cluster of the test's own (a new one, never one already running here)
+    kept small: two CPUs, a 100 MB object store, no dashboard; shut down after the test."""
     ray = pytest.importorskip("ray")
     import ray.cloudpickle
 
     # The workers cannot import this test module: functions from it travel by value.
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    ray.init(num_cpus=2, object_store_memory=100 * 1024 * 1024, include_dashboard=False,
-             log_to_driver=False, configure_logging=False)
+    ray.init(address="local", num_cpus=2, object_store_memory=100 * 1024 * 1024,
+             include_dashboard=False, log_to_driver=False, configure_logging=False,
+             _temp_dir=ray_temp_dir)
     try:
         yield ray
     finally:

@@ -48,8 +48,10 @@ def make_folders(path: Path) -> None:
         try:
             os.mkdir(folder, FOLDER_MODE)
         except FileExistsError:
-            if not folder.is_dir():
+            if not folder.is_dir() and os.path.lexists(folder):  # (a file in the way)
                 raise
+            # (gone again, pruned by a delete: the next mkdir or the caller's rename
+            # fails with FileNotFoundError, and the caller makes the folders again)
 
 
 def _new_file(path: Path) -> BinaryIO:

@@ -244,3 +244,17 @@ def tmpfs(path: Path, size: str) -> Iterator[Path]:
 def require(tool: str) -> None:
     if shutil.which(tool) is None:
         pytest.fail(f"{tool} is not installed; .ci/run installs it")
+
+
+@pytest.fixture
+def ray_temp_dir() -> Iterator[str]:
+    """A Ray temp directory of the test's own: a cluster started in the default one is
+    recorded there as the machine's current cluster, which any ray.init() on this machine
+    would then join. Short, as Ray's socket paths under it must be."""
+    import tempfile
+
+    path = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)

@@ -379,3 +379,51 @@ def test_a_local_folder_bucket_is_closed_to_other_users(tmp_path: Path,
                 loose.append(f"{os.path.join(dirpath, name)} {stat.filemode(st.st_mode)}")
     assert loose == []
     assert store.get_range(key, 0, 1) == b"x"
+
+
+def test_a_local_folder_keeps_no_folder_its_deletes_leave_empty(tmp_path: Path) -> None:
+    """A bucket has no folders: once a folder's last object is deleted (a pruned checkpoint),
+    the folder goes too, up to the bucket's own folder, which stays."""
+    (tmp_path / "bucket").mkdir()
+    store = open_store(parse_bucket_uri(f"file://{tmp_path}/bucket"))
+    store.check()
+    store.put("run/ckpt_1/shard/model.pt", b"a")
+    store.put("run/ckpt_1/meta.json", b"b")
+    store.put("run/ckpt_2/model.pt", b"c")
+    store.delete("run/ckpt_1/shard/model.pt")
+    assert not (tmp_path / "bucket/run/ckpt_1/shard").exists()
+    assert (tmp_path / "bucket/run/ckpt_1/meta.json").exists()
+    store.delete("run/ckpt_1/meta.json")
+    assert sorted(os.listdir(tmp_path / "bucket/run")) == ["ckpt_2"]
+    store.delete("run/ckpt_2/model.pt")
+    store.delete("run/ckpt_2/model.pt")  # (a missing object: nothing to do, no error)
+    assert sorted(os.listdir(tmp_path / "bucket")) == [".tierfs-uploads"]
+
+
+def test_a_local_put_survives_deletes_pruning_its_folder(tmp_path: Path) -> None:
+    """Puts and deletes in one folder from several threads (the daemon's workers): a delete
+    that prunes the folder between a put's making it and its rename does not fail the put."""
+    import threading
+
+    (tmp_path / "bucket").mkdir()
+    store = open_store(parse_bucket_uri(f"file://{tmp_path}/bucket"))
+    store.check()
+    errors: list[BaseException] = []
+
+    def churn(n: int) -> None:
+        try:
+            for i in range(300):
+                key = f"run/ckpt/{n}-{i}"
+                store.put(key, b"x")
+                assert store.get_range(key, 0, 1) == b"x"
+                store.delete(key)
+        except BaseException as e:  # (reported by the test, not lost in the thread)
+            errors.append(e)
+
+    threads = [threading.Thread(target=churn, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert sorted(os.listdir(tmp_path / "bucket")) == [".tierfs-uploads"]

@@ -6,7 +6,8 @@ object never appears half-written. Metadata lives in one extended attribute. The
 version of the file (inode, mtime, size), and every put makes a new inode, so it changes
 whenever the object does. A key is a path here: a name longer than the folder's NAME_MAX
 cannot be one (``fit_key`` cuts it), and an object cannot also be a folder of other objects
-(``head`` then says which object is in the way, ``KeyInTheWay``).
+(``head`` then says which object is in the way, ``KeyInTheWay``). Folders exist only for the
+objects in them: deleting an object removes the folders it leaves empty.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ WORK_DIR = ".tierfs-uploads"
 #: where the daemon runs with umask 0 (as it does, see tierfs/fuse/session.py).
 FILE_MODE = 0o600
 FOLDER_MODE = 0o700
+#: Times a put makes its key's folders again when a delete pruned them under it.
+FOLDER_RACES = 8
 
 
 def make_folders(path: Path) -> None:
@@ -45,8 +48,10 @@ def make_folders(path: Path) -> None:
         try:
             os.mkdir(folder, FOLDER_MODE)
         except FileExistsError:
-            if not folder.is_dir():
+            if not folder.is_dir() and os.path.lexists(folder):  # (a file in the way)
                 raise
+            # (gone again, pruned by a delete: the next mkdir or the caller's rename
+            # fails with FileNotFoundError, and the caller makes the folders again)
 
 
 def _new_file(path: Path) -> BinaryIO:
@@ -152,8 +157,14 @@ class LocalStore(ObjectStore):
             f.flush()
             os.setxattr(f.fileno(), METADATA_XATTR, json.dumps(dict(metadata or {})).encode())
             os.fsync(f.fileno())
-        make_folders(path.parent)
-        os.rename(tmp, path)
+        for attempt in range(FOLDER_RACES):
+            try:  # (a delete may prune the folder as soon as it is made: make it again)
+                make_folders(path.parent)
+                os.rename(tmp, path)
+                break
+            except FileNotFoundError:
+                if attempt == FOLDER_RACES - 1:
+                    raise
         return self.head(key)
 
     def put(self, key: str, data: bytes, metadata: Mapping[str, str] | None = None
@@ -192,10 +203,24 @@ class LocalStore(ObjectStore):
                 continue
 
     def delete(self, key: str) -> None:
+        path = self._path(key)
         try:
-            os.unlink(self._path(key))
+            os.unlink(path)
         except FileNotFoundError:
             pass
+        self._prune(path.parent)
+
+    def _prune(self, folder: Path) -> None:
+        """Remove ``folder`` and the folders above it (not the root) while they are empty: a
+        bucket has no folders of its own, so deleting a folder's last object leaves none
+        behind (checkpoints pruned by a trainer would otherwise leave a trail of empty ones
+        in the bucket folder). A put racing with it makes its folders again."""
+        while folder != self.root and self.root in folder.parents:
+            try:
+                os.rmdir(folder)
+            except OSError:  # not empty (or gone already): nothing more to prune
+                return
+            folder = folder.parent
 
     def _upload_dir(self, upload_id: str) -> Path:
         if not upload_id.isalnum():

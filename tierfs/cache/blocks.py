@@ -409,15 +409,49 @@ class BlockCache:
             self._storing.discard(key)
         if key in self.entries:  # stored twice (a racing fetch after an eviction): same bytes
             return
+        self._enter(key, size, checksum(data))
+        self.counters.add("stored")
+
+    def _enter(self, key: bytes, size: int, crc: int) -> None:
+        """A block whose file is in place becomes an entry: a fresh one for the policy."""
         self._seq += 1
         pinned = key[:ID_BYTES] in self.pins
-        self.entries[key] = Entry(size, checksum(data), seq=self._seq, pinned=pinned)
+        self.entries[key] = Entry(size, crc, seq=self._seq, pinned=pinned)
         self.used += size
         if not pinned:
             self.policy.insert(key, size)
         self._dirty.add(key)
-        self.counters.add("stored")
         self._update_gauges()
+
+    # -- blocks made from written data (cache/written.py) -------------------------------
+
+    async def reserve_written(self, key: bytes, size: int) -> bool:
+        """Room for a block of data just written, weighed by the policy as any newcomer (the
+        writer's use counts as one access); False, nothing reserved, if it is not kept. On
+        True the caller must end the reservation with ``end_written``."""
+        if key in self.entries or key in self._storing or size > self.capacity:
+            return False
+        self.policy.record(key)
+        self._storing.add(key)
+        self.reserved += size
+        try:
+            # Under the high watermark too: the file's own blocks, reserved and not yet
+            # entries, are no victims, and a written file must not push the cache past it.
+            admitted = (await self._make_room(key, force=False)
+                        and self.used + self.reserved <= self.high)
+        except OSError:  # full of pinned blocks
+            admitted = False
+        if not admitted:
+            self.end_written(key, size, None)
+        return admitted
+
+    def end_written(self, key: bytes, size: int, crc: int | None) -> None:
+        """End a reservation of ``reserve_written``: the block's file is in place with this
+        checksum, or (None) it was not made."""
+        self.reserved -= size
+        self._storing.discard(key)
+        if crc is not None and key not in self.entries:
+            self._enter(key, size, crc)
 
     async def _make_room(self, key: bytes, force: bool) -> bool:
         """Evict, one victim at a time, until the reserved blocks fit under the high

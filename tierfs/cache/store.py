@@ -30,7 +30,7 @@ LAYOUT = "v1"
 READ_STEP = 128 * 1024
 
 
-def checksum(data: bytes | mmap.mmap) -> int:
+def checksum(data: bytes | mmap.mmap | memoryview) -> int:
     """XXH3 (64 bits): a block is verified at every load from disk, and at tens of GB/s
     this costs a fraction of the read itself (CRC-32 would cost about as much as the read)."""
     return xxhash.xxh3_64_intdigest(data)
@@ -68,7 +68,7 @@ class BlockFiles:
         return self.root / name[:2] / name
 
     def write(self, key: bytes, data: bytes | mmap.mmap) -> None:
-        tmp = self.tmp / uuid.uuid4().hex
+        tmp = self.temp_path()
         fd = create_own_file(tmp)
         try:
             view = memoryview(data)
@@ -80,6 +80,10 @@ class BlockFiles:
             os.unlink(tmp)
             raise
         os.close(fd)
+        self.install(tmp, key)
+
+    def install(self, tmp: Path, key: bytes) -> None:
+        """Rename a whole, fsynced file into place as a block's file (removed on failure)."""
         target = self.path(key)
         try:
             os.rename(tmp, target)
@@ -93,6 +97,41 @@ class BlockFiles:
             except BaseException:
                 os.unlink(tmp)
                 raise
+
+    def temp_path(self) -> Path:
+        """A fresh name in the temp folder (whatever is left there at mount is removed)."""
+        return self.tmp / uuid.uuid4().hex
+
+    def write_range(self, key: bytes, src: int, offset: int, data: memoryview) -> None:
+        """Write a block whose bytes are ``data``, also found at ``offset`` in the file
+        ``src``: copied in the kernel from there (``copy_file_range``: shared extents where
+        the file system can reflink, no trip through this process otherwise), or written from
+        ``data`` where the kernel cannot copy between the two."""
+        tmp = self.temp_path()
+        fd = create_own_file(tmp)
+        try:
+            done = 0
+            try:
+                while done < len(data):
+                    n = os.copy_file_range(src, fd, len(data) - done, offset + done, done)
+                    if not n:
+                        break
+                    done += n
+            except OSError as e:
+                if e.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+                    raise
+            if done != len(data):
+                os.ftruncate(fd, 0)
+                view = data
+                while view:
+                    view = view[os.pwrite(fd, view, len(data) - len(view)):]
+            os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            os.unlink(tmp)
+            raise
+        os.close(fd)
+        self.install(tmp, key)
 
     def read(self, key: bytes, size: int, crc: int, pool: BufferPool | None = None
              ) -> bytes | mmap.mmap | None:

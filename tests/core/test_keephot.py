@@ -9,7 +9,7 @@ from pathlib import Path
 
 from tierfs.cache.blocks import ID_BYTES, cold_source_id
 
-from .conftest import MIB, PART, Core, core_test, open_core
+from .conftest import MIB, PART, ROOT, Core, core_test, open_core
 from .test_streaming import SMALL, content, open_short
 
 BLOCK = 64 * 1024  # open_core's block_size
@@ -169,3 +169,49 @@ async def test_crash_after_the_blocks_are_made_keeps_index_and_files_agreeing(
         assert os.listdir(cache.files.tmp) == []
         got, _, _, _ = await read_counted(again, b"big")
         assert got == data
+
+
+@core_test
+async def test_warm_file_published_by_copy_reads_back_from_its_cached_blocks(
+        tmp_path: Path) -> None:
+    data = content(300_000, seed=11)
+    async with open_core(tmp_path, by_rename=False, cache_warm=True) as core:
+        await core.write_file(b"w", data)
+        assert not core.warm_path(b"w").is_symlink() and core.staged() == []
+        nblocks = -(-len(data) // BLOCK)
+        assert core.counter("kept_written") == nblocks
+        fetched = core.counter("fetches_warm")
+        got, _, hits, misses = await read_counted(core, b"w")
+        assert got == data and misses == 0 and hits == nblocks
+        assert core.counter("fetches_warm") == fetched
+        # Rewritten: the new version's blocks, never the old ones.
+        second = content(300_000, seed=12)
+        await core.write_file(b"w", second)
+        got, _, _, misses = await read_counted(core, b"w")
+        assert got == second and misses == 0
+        # Changed on the warm tier behind tierfs (another node): another version, read there.
+        third = content(300_000, seed=13)
+        core.warm_path(b"w").write_bytes(third)
+        got, _, _, misses = await read_counted(core, b"w")
+        assert got == third and misses == nblocks
+
+
+@core_test
+async def test_warm_staging_changed_after_its_publish_is_not_kept(tmp_path: Path) -> None:
+    data = content(300_000, seed=14)
+    async with open_core(tmp_path, by_rename=False, cache_warm=True) as core:
+        fh = await core.create(b"w")
+        await core.write_all(fh, data)
+        await core.fs.flush(fh)  # published by copy; the writer goes on
+        await core.fs.write(fh, 0, b"changed")
+        await core.fs.unlink(ROOT, b"w")  # nothing to publish: staging is not the warm file
+        await core.close(fh)
+        assert core.counter("kept_written") == 0 and core.fs.cache.used == 0
+        assert core.staged() == [] and os.listdir(core.fs.cache.files.tmp) == []
+
+
+@core_test
+async def test_warm_file_with_caching_off_keeps_nothing(tmp_path: Path) -> None:
+    async with open_core(tmp_path, by_rename=False) as core:
+        await core.write_file(b"w", content(300_000, seed=15))
+        assert core.counter("kept_written") == 0 and core.staged() == []

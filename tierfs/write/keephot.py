@@ -1,13 +1,17 @@
 """Written files stay hot: when a publish has put a file's data home, the bytes it staged on the
 hot tier become cached blocks of the version just published (``cache/written.py``), named
-exactly as a later read of that version names them (``Reads.cold_source``: the object's key and
-ETag as the stub records them), instead of being deleted.
+exactly as a later read of that version names them, instead of being deleted: an object by its
+key and ETag as the stub records them (``Reads.cold_source``), a warm file with warm caching on
+by its ``warm_id`` as the publish left it (``Reads.warm_source``).
 
-Only data that is the published version byte for byte is kept: staging is taken after the stub
-naming the new object is in place and before anything else can change it (the publisher holds
-the file's lock and the staging file leaves staging in the same call that closes the writer's
-descriptor), and parts punched out of staging once uploaded are left out. A rewrite gets a new
-ETag, hence other block names: the old version's blocks are never served for it.
+Only data that is the published version byte for byte is kept. A file published to the bucket:
+staging is taken after the stub naming the new object is in place, while the publisher holds
+the file's lock, and parts punched out of staging once uploaded are left out. A warm file
+published by copy: staging is taken when the state is retired, only if nothing changed it
+since that publish (``OpenFile.published_as``, forgotten at any move but to STAGED) and the
+file still has a name. A rewrite is another version (another ETag; another inode, ctime or
+size), hence other block names: the old version's blocks are never served for it. Publishing
+by rename leaves nothing to keep: the staging file is the warm file.
 """
 
 from __future__ import annotations
@@ -15,9 +19,10 @@ from __future__ import annotations
 import logging
 import os
 
-from tierfs.cache.blocks import cold_source_id
-from tierfs.cache.written import Taken, keep_written, take
+from tierfs.cache.blocks import cold_source_id, warm_source_id
+from tierfs.cache.written import Taken, drop, keep_written, take
 from tierfs.core.context import Core
+from tierfs.core.openfile import WarmId
 from tierfs.stubs import Stub
 
 log = logging.getLogger(__name__)
@@ -42,6 +47,17 @@ async def keep_object(core: Core, taken: Taken, stub: Stub,
     kept = await keep_written(core.cache, source, taken, missing)
     log.debug("%d of %d written bytes of %s kept hot", kept, taken.size, stub.key)
     return kept
+
+
+async def keep_warm(core: Core, taken: Taken, version: WarmId) -> int:
+    """Make the taken bytes cached blocks of the warm file's ``version`` (as a later open
+    finds it: ``Reads.warm_source``); the bytes kept."""
+    ino, size, mtime_ns, ctime_ns = version
+    if size != taken.size:  # (staging is that version: never so)
+        await core.hot.run(drop, taken)
+        return 0
+    source = warm_source_id(str(core.config.warm), ino, size, mtime_ns, ctime_ns)
+    return await keep_written(core.cache, source, taken, [])
 
 
 def _close_and_remove(core: Core, sid: str | None, fd: int | None) -> None:

@@ -47,6 +47,7 @@ def _stats_view(doc: dict[str, Any]) -> Any:
             ("hit ratio", f"{ratio} ({hot['hits']} hits, {hot['misses']} misses)"),
             ("served", size(hot["bytes_served"])), ("throughput", rate("hot")),
             ("evictions", f"{hot['evictions']} ({size(hot['bytes_evicted'])})"),
+            ("kept after writes", size(hot.get("kept_written", 0))),
             ("disk free", size(hot["disk_free"]))]),
         table(f"warm  {warm['path']}", [
             ("used / size", f"{size(warm['disk_used'])} / {size(warm['disk_size'])}"),

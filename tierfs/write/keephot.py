@@ -44,7 +44,7 @@ async def keep_object(core: Core, taken: Taken, stub: Stub,
                       missing: list[tuple[int, int]]) -> int:
     """Make the taken bytes cached blocks of the object ``stub`` names; the bytes kept."""
     source = cold_source_id(str(core.config.bucket), stub.key, stub.etag)
-    kept = await keep_written(core.cache, source, taken, missing)
+    kept = await _keep(core, source, taken, missing)
     log.debug("%d of %d written bytes of %s kept hot", kept, taken.size, stub.key)
     return kept
 
@@ -57,7 +57,18 @@ async def keep_warm(core: Core, taken: Taken, version: WarmId) -> int:
         await core.hot.run(drop, taken)
         return 0
     source = warm_source_id(str(core.config.warm), ino, size, mtime_ns, ctime_ns)
-    return await keep_written(core.cache, source, taken, [])
+    return await _keep(core, source, taken, [])
+
+
+async def _keep(core: Core, source: bytes, taken: Taken, missing: list[tuple[int, int]]
+                ) -> int:
+    """``keep_written``, whose failure never fails the publish it follows: the data is home,
+    the cache only misses a chance."""
+    try:
+        return await keep_written(core.cache, source, taken, missing)
+    except OSError as e:
+        log.warning("written data not kept hot: %s", e)
+        return 0
 
 
 def _close_and_remove(core: Core, sid: str | None, fd: int | None) -> None:

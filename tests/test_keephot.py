@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 from conftest import Mount, S3Server, make_mount, running, tierfs, wait_for_exit
@@ -126,3 +127,25 @@ def test_killed_right_after_a_writeback_close_reads_right_after_remount(
         m.stop()
         m.start()
         assert read_digest(m.path / "ckpt.pt") == digest
+
+
+def test_a_warm_file_written_with_warm_caching_reads_back_hot(tmp_path: Path) -> None:
+    """The warm tier on a file system of its own (as NFS would be): published by copy, and
+    its staged bytes kept as the blocks of the warm file's version."""
+    m = make_mount(tmp_path, "--cache-warm", "true", warm_apart=True)
+    with running(m):
+        size = 20 * MIB
+        digest = write_file(m.path / "shard.bin", size, seed=6)
+        assert not (m.warm / "shard.bin").is_symlink()
+        # Kept when the kernel's release (sent after close returns) retires the file's state.
+        deadline = time.monotonic() + 10
+        while (before := stats(m))["tiers"]["hot"]["kept_written"] < size:
+            assert time.monotonic() < deadline, before["tiers"]["hot"]
+            time.sleep(0.1)
+        assert before["tiers"]["hot"]["kept_written"] == size
+        assert read_digest(m.path / "shard.bin") == digest
+        after = stats(m)
+        hits = after["tiers"]["hot"]["hits"] - before["tiers"]["hot"]["hits"]
+        misses = after["tiers"]["hot"]["misses"] - before["tiers"]["hot"]["misses"]
+        assert hits > 0 and misses == 0
+        assert after["tiers"]["warm"]["fetches"] == before["tiers"]["warm"]["fetches"]

@@ -218,3 +218,18 @@ async def test_warm_file_with_caching_off_keeps_nothing(tmp_path: Path) -> None:
     async with open_core(tmp_path, by_rename=False) as core:
         await core.write_file(b"w", content(300_000, seed=15))
         assert core.counter("kept_written") == 0 and core.staged() == []
+
+
+@core_test
+async def test_entries_reach_the_index_once_their_files_are_fsynced(tmp_path: Path) -> None:
+    data = content(2 * PART + 300_000, seed=16)
+    async with open_core(tmp_path, large_file_threshold=SMALL) as core:
+        await core.write_file(b"big", data)
+        await core.fs.core.cache.settle()  # the background fsyncs are done
+        await core.fs.save_index()
+        store = core.store
+        core.crash()  # nothing more committed
+    async with open_core(tmp_path, store, large_file_threshold=SMALL) as again:
+        assert again.fs.cache.used == len(data)
+        got, n_gets, _, misses = await read_counted(again, b"big")
+        assert got == data and n_gets == 0 and misses == 0

@@ -2,9 +2,11 @@
 
 Layout (version 1): ``<hot>/cache/v1/<first two hex digits>/<key in hex>``, with temp files in
 ``<hot>/cache/v1/tmp``. A block file holds exactly the block's bytes; its size and checksum live in
-the block's index entry. A block is fsynced before it is renamed into place, so after a crash a
-block file is either whole or absent; the index reconciles the two at mount. Every method
-blocks: the cache calls them through the hot tier's threads.
+the block's index entry. A fetched block is fsynced before it is renamed into place, so after a
+crash a block file is either whole or absent; one made from written data (``write_range``) is
+fsynced after, and its entry reaches the index only then (``BlockCache.sync_later``). The index
+reconciles the two at mount. Every method blocks: the cache calls them through the hot tier's
+threads.
 """
 
 from __future__ import annotations
@@ -83,7 +85,7 @@ class BlockFiles:
         self.install(tmp, key)
 
     def install(self, tmp: Path, key: bytes) -> None:
-        """Rename a whole, fsynced file into place as a block's file (removed on failure)."""
+        """Rename a whole file into place as a block's file (removed on failure)."""
         target = self.path(key)
         try:
             os.rename(tmp, target)
@@ -106,7 +108,8 @@ class BlockFiles:
         """Write a block whose bytes are ``data``, also found at ``offset`` in the file
         ``src``: copied in the kernel from there (``copy_file_range``: shared extents where
         the file system can reflink, no trip through this process otherwise), or written from
-        ``data`` where the kernel cannot copy between the two."""
+        ``data`` where the kernel cannot copy between the two. Not fsynced: the caller does
+        (``fsync``) before the block's entry may reach the index."""
         tmp = self.temp_path()
         fd = create_own_file(tmp)
         try:
@@ -125,7 +128,6 @@ class BlockFiles:
                 view = data
                 while view:
                     view = view[os.pwrite(fd, view, len(data) - len(view)):]
-            os.fsync(fd)
         except BaseException:
             os.close(fd)
             os.unlink(tmp)
@@ -172,6 +174,18 @@ class BlockFiles:
             pool.give(buf)
             return None
         return buf
+
+    def fsync(self, keys: list[bytes]) -> None:
+        """Flush block files to disk (those evicted meanwhile are gone: nothing to do)."""
+        for key in keys:
+            try:
+                fd = os.open(self.path(key), os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                continue
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
 
     def delete(self, key: bytes) -> None:
         try:

@@ -14,10 +14,12 @@ one block and renamed into place, with no copy at all.
 Each block is reserved first (``BlockCache.reserve_written``): it enters as any newcomer
 would, within ``hot_capacity`` and weighed by the eviction policy, first block first; the first
 block turned away ends the list, so a file larger than the room left keeps its beginning. A
-block's file is fsynced before it is renamed into place and gets its entry only once it is
-there, with the checksum of the bytes it holds: after a crash, as for any cached block, a
-block file is whole or absent, and a file without an entry is dropped at mount. A block
-touching a range not in the staging file (punched out once uploaded) is not kept.
+block gets its entry only once its file is in place, with the checksum of the bytes it holds,
+and readers use it at once; its files are fsynced afterwards, in the background
+(``BlockCache.sync_later``: a publish does not wait for the hot disk), and only then may the
+entries reach the index. So the index never names a block file a crash could have left torn:
+after a crash, a block file without an entry is dropped at mount, as for any cached block. A
+block touching a range not in the staging file (punched out once uploaded) is not kept.
 """
 
 from __future__ import annotations
@@ -91,7 +93,6 @@ def _make_block(files: BlockFiles, taken: Taken, key: bytes, start: int, length:
     crc = checksum(view)
     if start == 0:  # the staging file itself, cut to one block
         os.ftruncate(taken.fd, length)
-        os.fsync(taken.fd)
         taken.placed = True  # (install removes it if the rename fails)
         files.install(taken.path, key)
     else:
@@ -111,6 +112,7 @@ async def keep_written(cache: BlockCache, source_id: bytes, taken: Taken,
     file is gone afterwards, whatever happens."""
     block_size = cache.block_size
     plan: list[tuple[bytes, int, int]] = []
+    made: list[bytes] = []
     kept = 0
     try:
         for start in range(0, taken.size, block_size):
@@ -133,6 +135,7 @@ async def keep_written(cache: BlockCache, source_id: bytes, taken: Taken,
                 break
             plan.pop()
             cache.end_written(key, length, crc)
+            made.append(key)
             kept += length
             cache.counters.add("kept_written")
             cache.counters.add("bytes_kept_written", length)
@@ -141,4 +144,7 @@ async def keep_written(cache: BlockCache, source_id: bytes, taken: Taken,
             cache.end_written(key, length, None)
         with trio.CancelScope(shield=True):
             await cache.hot.run(drop, taken)
+        if made:
+            with trio.CancelScope(shield=True):
+                await cache.sync_later(made)
     return kept

@@ -433,11 +433,14 @@ class BlockCache:
 
     # -- blocks made from written data (cache/written.py) -------------------------------
 
-    async def reserve_written(self, key: bytes, size: int) -> bool:
+    async def reserve_written(self, key: bytes, size: int) -> bool | None:
         """Room for a block of data just written, weighed by the policy as any newcomer (the
-        writer's use counts as one access); False, nothing reserved, if it is not kept. On
-        True the caller must end the reservation with ``end_written``."""
-        if key in self.entries or key in self._storing or size > self.capacity:
+        writer's use counts as one access); False, nothing reserved, if it is not kept, None
+        if it is cached already or being stored (the same bytes: a source is one version).
+        On True the caller must end the reservation with ``end_written``."""
+        if key in self.entries or key in self._storing:
+            return None
+        if size > self.capacity:
             return False
         self.policy.record(key)
         self._storing.add(key)

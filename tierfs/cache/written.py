@@ -120,7 +120,10 @@ async def keep_written(cache: BlockCache, source_id: bytes, taken: Taken,
             if _touches(start, length, missing):
                 continue
             key = block_key(source_id, start // block_size)
-            if not await cache.reserve_written(key, length):
+            reserved = await cache.reserve_written(key, length)
+            if reserved is None:
+                continue  # cached already
+            if not reserved:
                 break
             plan.append((key, start, length))
         buf = bytearray(min(block_size, taken.size))

@@ -7,7 +7,8 @@ Schema version 1 (documented in docs/stats.md)::
      "tiers": {
        "hot":  {"path", "used", "capacity", "usable_capacity", "blocks", "pinned",
                 "staged_files", "staged_bytes", "hit_ratio", "hits", "misses",
-                "bytes_served", "evictions", "bytes_evicted", "disk_free"},
+                "bytes_served", "evictions", "bytes_evicted", "kept_written",
+                "disk_free"},
        "warm": {"path", "bytes_served", "fetches", "disk_used", "disk_size", "usage",
                 "demotions", "bytes_demoted", "demotions_discarded", "promotions",
                 "bytes_promoted"},
@@ -95,6 +96,7 @@ def build(snapshot: dict[str, Any], *, live: bool, mountpoint: str | None, hot: 
                 "fetches": counters.get("fetches_hot", 0),
                 "evictions": counters.get("evictions", 0),
                 "bytes_evicted": counters.get("bytes_evicted", 0),
+                "kept_written": counters.get("bytes_kept_written", 0),
                 "disk_free": hot_free,
             },
             "warm": {

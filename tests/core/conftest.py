@@ -33,6 +33,7 @@ from tierfs.tiers.hot import HotTier
 from tierfs.tiers.warm import WarmTier, is_internal
 from tierfs.write import journal as journal_module
 from tierfs.vfs.filesystem import FileSystem, SetAttr
+from tierfs.vfs.residency import Residency
 from tierfs.core.inodes import ROOT_INODE
 from tierfs.write.recovery import Report, purge_temps
 
@@ -291,6 +292,12 @@ class Core:
     def cached_blocks(self) -> int:
         """Blocks the block cache holds on the hot tier."""
         return len(self.fs.cache.entries)
+
+    async def evict(self, path: bytes) -> int:
+        """Drop a path's cached blocks, as ``tierfs evict`` does (a file written through the
+        mount keeps its written bytes cached); the bytes freed."""
+        residency = Residency(self.fs)
+        return await residency.evict(await residency.files(path))
 
     def writeback_pending(self) -> int:
         return self.fs.pending_uploads()[0]

@@ -24,8 +24,11 @@ def content(n: int, seed: int = 5) -> bytes:
 
 
 async def cold_file(core: Core, path: bytes, data: bytes) -> None:
+    """A cold file none of whose blocks are cached (written through the mount, they would be)."""
     await core.write_file(path, data)
     assert core.stub(path) is not None, "the file should be cold"
+    await core.evict(path)
+    assert core.cached_blocks() == 0
 
 
 @core_test

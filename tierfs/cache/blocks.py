@@ -168,6 +168,11 @@ class BlockCache:
         #: Blocks being written to the hot tier.
         self._storing: set[bytes] = set()
         self._dirty: set[bytes] = set()
+        #: Blocks made from written data whose files are not fsynced yet: their entries
+        #: reach the index only once they are (``synced``), so that no system crash leaves
+        #: an entry naming a torn file. And the tasks fsyncing them (``settle``).
+        self._unsynced: set[bytes] = set()
+        self._syncs: set[trio.Event] = set()
         self._seq = 0
         self._stores = 0
         self._evicting = trio.Lock()
@@ -233,16 +238,19 @@ class BlockCache:
         if self._dirty:
             self.counters.set_gauge("pinned_bytes",
                                     sum(e.size for e in self.entries.values() if e.pinned))
+        held = set()
         for key in self._dirty:
             entry = self.entries.get(key)
             if entry is None:
                 self.batch.delete(DB, key)
+            elif key in self._unsynced:
+                held.add(key)  # its file is not durable yet: next time
             else:
                 if key in self.policy:
                     entry.segment = self.policy.segment(key)
                     entry.freq = self.policy.frequency(key)
                 self.batch.put(DB, key, entry.encode())
-        self._dirty.clear()
+        self._dirty = held
 
     def _update_gauges(self) -> None:
         self.counters.set_gauge("bytes_cached", self.used)
@@ -409,15 +417,86 @@ class BlockCache:
             self._storing.discard(key)
         if key in self.entries:  # stored twice (a racing fetch after an eviction): same bytes
             return
+        self._enter(key, size, checksum(data))
+        self.counters.add("stored")
+
+    def _enter(self, key: bytes, size: int, crc: int) -> None:
+        """A block whose file is in place becomes an entry: a fresh one for the policy."""
         self._seq += 1
         pinned = key[:ID_BYTES] in self.pins
-        self.entries[key] = Entry(size, checksum(data), seq=self._seq, pinned=pinned)
+        self.entries[key] = Entry(size, crc, seq=self._seq, pinned=pinned)
         self.used += size
         if not pinned:
             self.policy.insert(key, size)
         self._dirty.add(key)
-        self.counters.add("stored")
         self._update_gauges()
+
+    # -- blocks made from written data (cache/written.py) -------------------------------
+
+    async def reserve_written(self, key: bytes, size: int) -> bool | None:
+        """Room for a block of data just written, weighed by the policy as any newcomer (the
+        writer's use counts as one access); False, nothing reserved, if it is not kept, None
+        if it is cached already or being stored (the same bytes: a source is one version).
+        On True the caller must end the reservation with ``end_written``."""
+        if key in self.entries or key in self._storing:
+            return None
+        if size > self.capacity:
+            return False
+        self.policy.record(key)
+        self._storing.add(key)
+        self.reserved += size
+        try:
+            # Under the high watermark too: the file's own blocks, reserved and not yet
+            # entries, are no victims, and a written file must not push the cache past it.
+            admitted = (await self._make_room(key, force=False)
+                        and self.used + self.reserved <= self.high)
+        except OSError:  # full of pinned blocks
+            admitted = False
+        if not admitted:
+            self.end_written(key, size, None)
+        return admitted
+
+    def end_written(self, key: bytes, size: int, crc: int | None) -> None:
+        """End a reservation of ``reserve_written``: the block's file is in place with this
+        checksum, not yet fsynced (``sync_later``), or (None) it was not made."""
+        self.reserved -= size
+        self._storing.discard(key)
+        if crc is not None and key not in self.entries:
+            self._enter(key, size, crc)
+            self._unsynced.add(key)
+
+    async def sync_later(self, keys: list[bytes]) -> None:
+        """Fsync the files of blocks made from written data in the background (at once when
+        the cache has no nursery), then let their entries reach the index. Readers use them
+        meanwhile (the page cache holds them); a crash before leaves files without entries,
+        dropped at mount."""
+        done = trio.Event()
+        self._syncs.add(done)
+
+        async def run() -> None:
+            try:
+                with trio.CancelScope(shield=True):  # (the next mount would drop them)
+                    await self.hot.run(self.files.fsync, keys)
+            except OSError as e:  # never durable: dropped at the next mount
+                log.warning("could not fsync blocks made from written data: %s", e)
+            else:
+                for key in keys:
+                    if key in self._unsynced:
+                        self._unsynced.discard(key)
+                        self._dirty.add(key)
+            finally:
+                self._syncs.discard(done)
+                done.set()
+
+        if self._nursery is None:
+            await run()
+        else:
+            self._nursery.start_soon(run)
+
+    async def settle(self) -> None:
+        """Wait for the fsyncs of written blocks under way (before the last index commit)."""
+        for done in list(self._syncs):
+            await done.wait()
 
     async def _make_room(self, key: bytes, force: bool) -> bool:
         """Evict, one victim at a time, until the reserved blocks fit under the high

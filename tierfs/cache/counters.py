@@ -30,6 +30,8 @@ NAMES = (
     "bytes_evicted",
     "stored",          # blocks written to the cache
     "rejected",        # fetched blocks not kept: the admission filter preferred what was cached
+    "kept_written",    # blocks made from written data at its publish (not fetched again)
+    "bytes_kept_written",
     "store_failures",  # blocks that could not be cached (disk full, I/O error): read through
     "bad_blocks",      # cached blocks that failed their checksum and were dropped
     "upload_errors",   # write-back publishes that failed (and were retried)

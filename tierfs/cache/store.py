@@ -2,9 +2,11 @@
 
 Layout (version 1): ``<hot>/cache/v1/<first two hex digits>/<key in hex>``, with temp files in
 ``<hot>/cache/v1/tmp``. A block file holds exactly the block's bytes; its size and checksum live in
-the block's index entry. A block is fsynced before it is renamed into place, so after a crash a
-block file is either whole or absent; the index reconciles the two at mount. Every method
-blocks: the cache calls them through the hot tier's threads.
+the block's index entry. A fetched block is fsynced before it is renamed into place, so after a
+crash a block file is either whole or absent; one made from written data (``write_range``) is
+fsynced after, and its entry reaches the index only then (``BlockCache.sync_later``). The index
+reconciles the two at mount. Every method blocks: the cache calls them through the hot tier's
+threads.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ LAYOUT = "v1"
 READ_STEP = 128 * 1024
 
 
-def checksum(data: bytes | mmap.mmap) -> int:
+def checksum(data: bytes | mmap.mmap | memoryview) -> int:
     """XXH3 (64 bits): a block is verified at every load from disk, and at tens of GB/s
     this costs a fraction of the read itself (CRC-32 would cost about as much as the read)."""
     return xxhash.xxh3_64_intdigest(data)
@@ -68,7 +70,7 @@ class BlockFiles:
         return self.root / name[:2] / name
 
     def write(self, key: bytes, data: bytes | mmap.mmap) -> None:
-        tmp = self.tmp / uuid.uuid4().hex
+        tmp = self.temp_path()
         fd = create_own_file(tmp)
         try:
             view = memoryview(data)
@@ -80,6 +82,10 @@ class BlockFiles:
             os.unlink(tmp)
             raise
         os.close(fd)
+        self.install(tmp, key)
+
+    def install(self, tmp: Path, key: bytes) -> None:
+        """Rename a whole file into place as a block's file (removed on failure)."""
         target = self.path(key)
         try:
             os.rename(tmp, target)
@@ -93,6 +99,41 @@ class BlockFiles:
             except BaseException:
                 os.unlink(tmp)
                 raise
+
+    def temp_path(self) -> Path:
+        """A fresh name in the temp folder (whatever is left there at mount is removed)."""
+        return self.tmp / uuid.uuid4().hex
+
+    def write_range(self, key: bytes, src: int, offset: int, data: memoryview) -> None:
+        """Write a block whose bytes are ``data``, also found at ``offset`` in the file
+        ``src``: copied in the kernel from there (``copy_file_range``: shared extents where
+        the file system can reflink, no trip through this process otherwise), or written from
+        ``data`` where the kernel cannot copy between the two. Not fsynced: the caller does
+        (``fsync``) before the block's entry may reach the index."""
+        tmp = self.temp_path()
+        fd = create_own_file(tmp)
+        try:
+            done = 0
+            try:
+                while done < len(data):
+                    n = os.copy_file_range(src, fd, len(data) - done, offset + done, done)
+                    if not n:
+                        break
+                    done += n
+            except OSError as e:
+                if e.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+                    raise
+            if done != len(data):
+                os.ftruncate(fd, 0)
+                view = data
+                while view:
+                    view = view[os.pwrite(fd, view, len(data) - len(view)):]
+        except BaseException:
+            os.close(fd)
+            os.unlink(tmp)
+            raise
+        os.close(fd)
+        self.install(tmp, key)
 
     def read(self, key: bytes, size: int, crc: int, pool: BufferPool | None = None
              ) -> bytes | mmap.mmap | None:
@@ -133,6 +174,18 @@ class BlockFiles:
             pool.give(buf)
             return None
         return buf
+
+    def fsync(self, keys: list[bytes]) -> None:
+        """Flush block files to disk (those evicted meanwhile are gone: nothing to do)."""
+        for key in keys:
+            try:
+                fd = os.open(self.path(key), os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                continue
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
 
     def delete(self, key: bytes) -> None:
         try:

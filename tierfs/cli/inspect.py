@@ -67,6 +67,7 @@ def _stats_view(doc: dict[str, Any]) -> Any:
             ("hit ratio", f"{ratio} ({hot['hits']} hits, {hot['misses']} misses)"),
             ("served", size(hot["bytes_served"])), ("throughput", rate("hot")),
             ("evictions", f"{hot['evictions']} ({size(hot['bytes_evicted'])})"),
+            ("kept after writes", size(hot.get("kept_written", 0))),
             ("disk free", size(hot["disk_free"]))]),
         *warm_tables,
         table(f"cold  {cold['bucket']}", [

@@ -133,6 +133,10 @@ class OpenFile:
     error: OSError | None = None
     #: An O_DIRECT write bypassed the kernel's page cache, so cached pages may be stale.
     direct_written: bool = False
+    #: Published by copy with warm caching on: the warm file's version (``warm_id``) that
+    #: staging holds byte for byte, kept as its cached blocks when the state is retired
+    #: (``write/keephot.py``). Any move but to STAGED forgets it (``to``).
+    published_as: WarmId | None = None
     handles: int = 0
     #: Serialises writes, truncation and publishing of this file (never held by reads).
     lock: trio.Lock = dataclasses.field(default_factory=trio.Lock)
@@ -150,6 +154,8 @@ class OpenFile:
             raise IllegalTransition("open file: dirty with an upload (that is streaming)")
         if new is S.CLEAN and (staged or self.upload is not None):
             raise IllegalTransition("open file: clean with data staged or an upload")
+        if new is not S.STAGED:  # staging changes, goes, or is being published again
+            self.published_as = None
         self.state = new
 
     def changed(self) -> None:

@@ -194,6 +194,11 @@ class StreamingUpload:
             return False
         return any(n in self.gone for n in self._numbers(offset, offset + max(1, size)))
 
+    def missing(self) -> list[tuple[int, int]]:
+        """(offset, length) of the parts punched out of staging: what staging lacks of the
+        object, once the upload is finished."""
+        return [self._span(n) for n in sorted(self.gone) if n <= len(self.starts)]
+
     def _advance(self, number: int, size: int) -> None:
         self.starts.append(self.cut)
         self.next_part = number + 1

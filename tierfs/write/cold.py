@@ -34,6 +34,7 @@ from tierfs.tiers.base import Tier
 from tierfs.tiers.warm import split
 from tierfs.transfer.streaming import UPLOAD_TOKEN, PartGone, StreamingUpload
 from tierfs.write.journal import Entry, Journal, Upload
+from tierfs.write.keephot import keep_object, take_staging
 from tierfs.write.placement import Placement
 from tierfs.write.warm import WarmPublisher, drop_mirror
 
@@ -344,13 +345,16 @@ class ColdPublisher:
         inode.cached_version = None
         replaced, data.replaces_object = data.replaces_object, None
         core.invalidate_attrs(inode.ino)
-        await core.hot.run(_close_and_remove, core, sid, fd)
+        # Written files stay hot: with the stub in place, staging becomes its cached blocks.
+        taken = await take_staging(core, sid, fd, info.size, stub is not None and st is not None)
         if old is not None:
             await core.warm.run(os.close, old)
         if sid is not None:
             self.journal.drop(sid)
         if replaced not in (None, info.key):
             await core.delete_object(replaced)
+        if taken is not None and stub is not None:
+            await keep_object(core, taken, stub, upload.missing())
 
     async def lose_upload(self, inode: Inode, data: OpenFile) -> None:
         """The bucket dropped an unfinished upload after some of its parts had left staging

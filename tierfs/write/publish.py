@@ -16,7 +16,7 @@ import logging
 from tierfs.core.attrs import err, version
 from tierfs.core.context import Core
 from tierfs.core.inodes import Inode
-from tierfs.core.openfile import DataState, OpenFile
+from tierfs.core.openfile import DataState, OpenFile, warm_id
 from tierfs.write.cold import ColdPublisher
 from tierfs.write.journal import Journal
 from tierfs.write.warm import WarmPublisher, drop_mirror
@@ -83,6 +83,8 @@ class Publisher:
             core.inodes.rekey(inode, st)
         data.base = st
         data.to(DataState.STAGED if data.staged else DataState.CLEAN)
+        if data.staged and core.cache_warm:  # published by copy: staging is this version
+            data.published_as = warm_id(st)
         self.journal.mark_published(data)
         inode.stub = data.stub = None  # it is a warm file now
         if data.replaces_object is not None:

@@ -26,6 +26,7 @@ from tierfs.paths import show
 from tierfs.tiers.warm import copy_to_new
 from tierfs.transfer.streaming import give_back_all
 from tierfs.write.journal import Entry, Journal
+from tierfs.write.keephot import keep_warm, take_staging
 from tierfs.write.warm import drop_mirror
 
 log = logging.getLogger(__name__)
@@ -185,6 +186,8 @@ class Staging:
     async def _free(self, inode: Inode, data: OpenFile) -> None:
         core = self.core
         keep = data.dirty and bool(inode.links)
+        # Published by copy and unchanged since: staging becomes the warm file's cached blocks.
+        published = data.published_as if inode.links else None
         data.to(DataState.RETIRED)
         if data.upload is not None:
             if not inode.links:
@@ -197,6 +200,9 @@ class Staging:
         await drop_mirror(core.warm, data)  # before staging_fd closes: a copy may read it
         sid = data.staging_id
         remove = None if keep else sid
+        kept_fd = None
+        if published is not None and remove is not None:
+            kept_fd, data.staging_fd, remove = data.staging_fd, None, None
 
         def close() -> None:
             data.close_fds()
@@ -204,5 +210,11 @@ class Staging:
                 core.hot.remove_staging(remove)
 
         await core.hot.run(close)
-        if remove is not None:
+        if kept_fd is not None and published is not None:
+            taken = await take_staging(core, sid, kept_fd, data.size, True)
+            if sid is not None:
+                self.journal.drop(sid)
+            if taken is not None:
+                await keep_warm(core, taken, published)
+        elif remove is not None:
             self.journal.drop(remove)

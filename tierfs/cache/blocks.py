@@ -172,6 +172,10 @@ class BlockCache:
         self._stores = 0
         self._evicting = trio.Lock()
         self._nursery: trio.Nursery | None = None
+        #: Blocks fetched to the hot tier ahead of their reader by a plan (``cache.plan``)
+        #: and the tier they came from: the reader counts them as misses, as it does blocks
+        #: its own read-ahead fetched.
+        self.ahead: dict[bytes, str] = {}
         counters.set_gauge("capacity", capacity)
 
     # -- lifecycle ----------------------------------------------------------------------

@@ -466,7 +466,10 @@ class Planner:
                     or plan.next_use(key) is None):
                 position += 1
                 continue
-            room = (cache.high - cache.used - cache.reserved) + active.policy.spare
+            # Room for it without a planned block: what is free and what the plan can spare,
+            # less what the fetches under way will take.
+            room = (cache.high - cache.used - cache.reserved + active.policy.spare
+                    - sum(active.inflight.values()))
             if (len(active.inflight) >= fetches or active.ahead + step.size > window
                     or (position - plan.cursor >= fetches and room < step.size)):
                 await self._wait(active)

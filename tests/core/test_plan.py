@@ -223,3 +223,12 @@ async def test_a_plan_sent_in_parts_and_replaced(tmp_path: Path) -> None:
             await ask(core, {"paths": names, "plan": first["plan"]})
         stopped = await ask(core, {"stop": True})
         assert stopped["ended"] == "stopped"
+
+
+@core_test
+async def test_an_empty_plan_ends_at_once(tmp_path: Path) -> None:
+    async with open_plan_core(tmp_path) as core:
+        policy = core.fs.cache.policy
+        status = await ask(core, {"paths": ["missing"]})
+        assert status["ended"] == "finished" and status["missing"] == 1
+        assert core.fs.cache.policy is policy

@@ -386,6 +386,8 @@ class Planner:
         nursery = self._nursery()
         if nursery is not None:
             nursery.start_soon(self._run, active)
+        if plan.finished:  # nothing in it
+            self.stop("finished", active)
         log.info("plan %d: %d files, %d blocks, %d bytes (%d hot)", active.number,
                  active.files, len(plan.steps), active.bytes, active.hot_at_start)
         return active
@@ -453,7 +455,7 @@ class Planner:
         cache, plan = self.cache, active.plan
         window: int = active.window  # type: ignore[attr-defined]
         fetches: int = active.fetches  # type: ignore[attr-defined]
-        position = 0
+        position = skipped = 0
         while True:
             position = max(position, plan.cursor)
             if position >= len(plan.steps):
@@ -465,6 +467,9 @@ class Planner:
                     or key in active.unread or step.source.id in active.failed
                     or plan.next_use(key) is None):
                 position += 1
+                skipped += 1
+                if skipped % 1024 == 0:  # a long run of hot blocks: let requests in
+                    await trio.sleep(0)
                 continue
             # Room for it without a planned block: what is free and what the plan can spare,
             # less what the fetches under way will take.

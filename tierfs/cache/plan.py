@@ -310,10 +310,14 @@ class Entry:
 class Active:
     """A running plan: the logic, its policy, and the fetcher's state."""
 
-    def __init__(self, number: int, plan: Plan, policy: PlanPolicy) -> None:
+    def __init__(self, number: int, plan: Plan, policy: PlanPolicy, window: int,
+                 fetches: int) -> None:
         self.number = number
         self.plan = plan
         self.policy = policy
+        #: Most bytes fetched and not yet read, and most fetches at once.
+        self.window = window
+        self.fetches = fetches
         self.scope = trio.CancelScope()
         self.changed = trio.Event()
         #: Keys being fetched, and keys fetched and not yet read: key -> bytes.
@@ -377,9 +381,7 @@ class Planner:
             self._read(active, key)
 
         policy = PlanPolicy(cache.policy, plan, cached, on_read)
-        active = Active(self._numbers, plan, policy)
-        active.window = window  # type: ignore[attr-defined]
-        active.fetches = fetches or self.fetches  # type: ignore[attr-defined]
+        active = Active(self._numbers, plan, policy, window, fetches or self.fetches)
         self.current = active
         self.add(active, entries, complete)
         cache.policy = policy
@@ -453,8 +455,7 @@ class Planner:
 
     async def _feed(self, active: Active, nursery: trio.Nursery) -> None:
         cache, plan = self.cache, active.plan
-        window: int = active.window  # type: ignore[attr-defined]
-        fetches: int = active.fetches  # type: ignore[attr-defined]
+        window, fetches = active.window, active.fetches
         position = skipped = 0
         while True:
             position = max(position, plan.cursor)
@@ -469,7 +470,7 @@ class Planner:
                 position += 1
                 skipped += 1
                 if skipped % 1024 == 0:  # a long run of hot blocks: let requests in
-                    await trio.sleep(0)
+                    await trio.lowlevel.checkpoint()
                 continue
             # Room for it without a planned block: what is free and what the plan can spare,
             # less what the fetches under way will take.

@@ -8,9 +8,11 @@ future, so both can do better:
 
 * Fetching: blocks of the plan not yet on the hot tier are fetched ahead of the reader, in plan
   order, with at most ``fetches`` GETs at once and at most ``window`` bytes fetched and not yet
-  read. Beyond the first ``fetches`` blocks ahead, a block is fetched only into room that costs
-  no planned block: free capacity, blocks the plan is done with, blocks it never reads.
-  Evicting a block the plan still needs to fetch one it needs sooner would only move a miss.
+  read. Beyond the next ``URGENT`` blocks, a block is fetched only into room that costs no
+  planned block: free capacity, blocks the plan is done with, blocks it never reads. Evicting
+  a block the plan still needs, to fetch one it needs sooner, loses a hit to save a wait (the
+  fetched block is a miss either way): only the next blocks are worth it, so that a reader whose
+  plan starts with no room still has its next block coming.
 * Eviction (``PlanPolicy``, wrapping the mount's policy while the plan runs): first blocks the
   plan has read and will not read again, then blocks outside the plan (least recently used
   first), and only then planned blocks, the one needed last first: with the future known, this
@@ -48,6 +50,8 @@ log = logging.getLogger(__name__)
 
 #: Seconds without any read along the plan after which it is dropped.
 IDLE = 600.0
+#: Blocks right ahead of the reader fetched even when that evicts a planned block.
+URGENT = 2
 #: Seconds between looks at the plan while nothing wakes the fetcher (room freed by an
 #: eviction elsewhere, say).
 POLL = 0.5
@@ -477,7 +481,7 @@ class Planner:
             room = (cache.high - cache.used - cache.reserved + active.policy.spare
                     - sum(active.inflight.values()))
             if (len(active.inflight) >= fetches or active.ahead + step.size > window
-                    or (position - plan.cursor >= fetches and room < step.size)):
+                    or (position - plan.cursor >= URGENT and room < step.size)):
                 await self._wait(active)
                 continue
             active.inflight[key] = step.size

@@ -232,3 +232,20 @@ async def test_an_empty_plan_ends_at_once(tmp_path: Path) -> None:
         status = await ask(core, {"paths": ["missing"]})
         assert status["ended"] == "finished" and status["missing"] == 1
         assert core.fs.cache.policy is policy
+
+
+@core_test
+async def test_a_reader_catching_up_with_the_plan_shares_its_fetch(tmp_path: Path) -> None:
+    async with open_plan_core(tmp_path) as core:
+        files = await write_cold(core, 2, BS)
+        names = sorted(files)
+        core.store.delay("get_range", 0.3)
+        before = len(gets(core))
+        await ask(core, {"paths": names, "fetches": 2})
+        await core.until(lambda: len(gets(core)) == before + 2)
+        hits, misses = core.counter("hits"), core.counter("misses")
+        for name in names:  # while the plan's GETs are under way
+            assert await core.read_file(name.encode()) == files[name]
+        assert len(gets(core)) == before + 2  # one GET per block
+        assert core.counter("misses") - misses == 2 and core.counter("hits") == hits
+        await core.until(lambda: core.cached_blocks() == 2)

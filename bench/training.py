@@ -6,7 +6,9 @@
     the epoch's order handed to the mount first (``tierfs.prefetch``): hit ratio and
     throughput of each;
 (c) a checkpoint: torch.save of a state dict of a few hundred MiB into the mount, and
-    torch.load of it with the page cache dropped.
+    torch.load of it with the page cache dropped: where its size puts it (``ckpt``: the warm
+    tier), and in the bucket (``ckpt-cold``, by a rule). moto reads a whole object for every
+    ranged GET, so a load from the bucket reads the object once per block here.
 
 (a) and (c) reach moto directly. For (b) the same hot tier is mounted again with every GET
 held ``--get-latency-ms`` (30) by a proxy in front of moto (tests/s3proxy.py), for an object
@@ -72,7 +74,7 @@ def main() -> int:
                         help="the dataset; the block cache gets half of it (at least 128)")
     parser.add_argument("--shard-mib", type=int, default=2)
     parser.add_argument("--epochs", type=int, default=2, help="epochs of each kind")
-    parser.add_argument("--checkpoint-mib", type=int, default=300)
+    parser.add_argument("--checkpoint-mib", type=int, default=256)
     parser.add_argument("--plan-fetches", type=int, default=None,
                         help="GETs at once for the plan (default: the mount's, half its "
                         "cold_threads)")
@@ -106,7 +108,7 @@ def run(args: argparse.Namespace, endpoint: str, slow_endpoint: str) -> int:
     rows: list[tuple[str, float | None, float]] = []
     options = ["--hot", str(hot), "--warm", str(warm), "--bucket", "s3://bench/tierfs",
                "--addressing-style", "path", "--rules", "shards/**=cold", "--rules",
-               "ckpt/**=cold", "--hot-capacity", str(args.dataset_mib * MIB // 2),
+               "ckpt-cold/**=cold", "--hot-capacity", str(args.dataset_mib * MIB // 2),
                "--block-size", "1MiB", "--read-memory", "16MiB"]
     names = [f"shard-{i:05d}.bin" for i in range(count)]
     try:
@@ -121,21 +123,23 @@ def run(args: argparse.Namespace, endpoint: str, slow_endpoint: str) -> int:
                          args.dataset_mib / (time.perf_counter() - start)))
             rows.append(("first epoch after writing", *epoch(mnt, names, plan=False)))
 
-            (mnt / "ckpt").mkdir()
-            state = {f"layer{i}": torch.randn(args.checkpoint_mib * MIB // 4 // 10)
-                     for i in range(10)}
-            start = time.perf_counter()
-            torch.save(state, mnt / "ckpt" / "model.pt")
-            rows.append(("checkpoint torch.save", None,
-                         args.checkpoint_mib / (time.perf_counter() - start)))
-            drop_caches()
-            start = time.perf_counter()
-            loaded = torch.load(mnt / "ckpt" / "model.pt")
-            rows.append(("checkpoint torch.load", None,
-                         args.checkpoint_mib / (time.perf_counter() - start)))
-            assert all(torch.equal(loaded[k], v) for k, v in state.items())
-            del state, loaded
-            os.unlink(mnt / "ckpt" / "model.pt")
+            for where, label in (("ckpt", "checkpoint (warm)"),
+                                 ("ckpt-cold", "checkpoint (bucket)")):
+                (mnt / where).mkdir()
+                state = {f"layer{i}": torch.randn(args.checkpoint_mib * MIB // 4 // 10)
+                         for i in range(10)}
+                start = time.perf_counter()
+                torch.save(state, mnt / where / "model.pt")
+                rows.append((f"{label} torch.save", None,
+                             args.checkpoint_mib / (time.perf_counter() - start)))
+                drop_caches()
+                start = time.perf_counter()
+                loaded = torch.load(mnt / where / "model.pt")
+                rows.append((f"{label} torch.load", None,
+                             args.checkpoint_mib / (time.perf_counter() - start)))
+                assert all(torch.equal(loaded[k], v) for k, v in state.items())
+                del state, loaded
+                os.unlink(mnt / where / "model.pt")
 
         # The epochs: the same hot tier, mounted again with its GETs through the proxy.
         with mounted(mnt, *options, "--endpoint-url", slow_endpoint):

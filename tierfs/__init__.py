@@ -11,7 +11,17 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-_API = ("warm", "where", "stats", "prefetch", "stop_prefetch", "TierfsError", "NotInMount")
+# ``tierfs.stats`` is also a module (the stats document; cheap to import): imported here first,
+# so that the function below keeps the name (a submodule imported later would take it over).
+import tierfs.stats as _stats_document  # noqa: F401
+
+_API = ("warm", "where", "prefetch", "stop_prefetch", "TierfsError", "NotInMount")
+
+
+def stats(mount: Any) -> dict[str, Any]:
+    """The mount's counters, gauges and rates (``tierfs.api.stats``)."""
+    from tierfs import api
+    return api.stats(mount)
 
 
 def __getattr__(name: str) -> Any:

@@ -76,7 +76,7 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=2, help="epochs of each kind")
     parser.add_argument("--checkpoint-mib", type=int, default=256)
     parser.add_argument("--plan-fetches", type=int, default=None,
-                        help="GETs at once for the plan (default: the mount's, half its "
+                        help="GETs at once for the plan (default: the mount's, its "
                         "cold_threads)")
     parser.add_argument("--get-latency-ms", type=int, default=30,
                         help="added to every GET by a proxy in front of moto (an object "

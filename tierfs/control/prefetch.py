@@ -48,7 +48,7 @@ def make_prefetch_handler(fs: FileSystem, residency: Residency,
     config = fs.config
     planner = Planner(fs.cache, lambda: fs.nursery,
                       window=min(config.prefetch_limit, fs.cache.capacity // 4),
-                      fetches=max(1, config.cold_threads // 2))
+                      fetches=config.cold_threads)
 
     async def prefetch(request: dict[str, Any], send: Send) -> Any:
         if request.get("stop"):

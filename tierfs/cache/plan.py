@@ -511,7 +511,7 @@ class Planner:
             active.policy.own.discard(key)
             active.inflight.pop(key, None)
             active.wake()
+        active.fetched += fetched
         if fetched and active.ended is None and active.plan.next_use(key) is not None:
-            active.fetched += fetched
-            active.unread[key] = step.size
+            active.unread[key] = step.size  # (a reader that caught up shared the fetch)
             self.cache.ahead[key] = step.source.tier

@@ -16,8 +16,8 @@ future, so both can do better:
 * Eviction (``PlanPolicy``, wrapping the mount's policy while the plan runs): first blocks the
   plan has read and will not read again, then blocks outside the plan (least recently used
   first), and only then planned blocks, the one needed last first: with the future known, this
-  is Belady's rule. A block fetched on a miss is admitted over a planned block only if the plan
-  needs it sooner.
+  is Belady's rule. A block a reader fetched itself (a miss, its read-ahead) is never admitted
+  over a planned block: it is being read from memory, and the planned block is a hit to come.
 * Progress: the reader's uses of blocks (the cache's ``accessed``) move the plan's cursor.
   Readers may run a little out of order (several DataLoader workers): a block up to ``lag``
   positions behind the furthest one read still counts as ahead. Reads of blocks outside the
@@ -280,10 +280,10 @@ class PlanPolicy(Policy):
         if victim in self.others:
             return (self.plan.next_use(candidate) is not None
                     or self.inner.admits(candidate, victim))
-        wanted, needed = self.plan.next_use(candidate), self.plan.next_use(victim)
-        if needed is None:
-            return True
-        return wanted is not None and wanted < needed
+        # A planned victim. A block a reader fetched (the plan's own are stored without
+        # asking) is being read from memory now: keeping it would gain nothing this epoch and
+        # cost a block the plan still needs.
+        return self.plan.next_use(victim) is None
 
     def __contains__(self, key: Hashable) -> bool:
         return key in self.inner

@@ -177,6 +177,10 @@ class BlockCache:
         self._stores = 0
         self._evicting = trio.Lock()
         self._nursery: trio.Nursery | None = None
+        #: Blocks fetched to the hot tier ahead of their reader by a plan (``cache.plan``)
+        #: and the tier they came from: the reader counts them as misses, as it does blocks
+        #: its own read-ahead fetched.
+        self.ahead: dict[bytes, str] = {}
         counters.set_gauge("capacity", capacity)
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -562,14 +566,35 @@ class BlockCache:
         length = min(self.block_size, source.size - start)
         self.accessed(key)
         data = self._memory.get(key)
-        if data is None:
-            data = await source.fetch(start, length)
-            if len(data) != length:  # a stub claiming more than its object holds, say
-                raise OSError(errno.EIO, f"short read of block {block}: {len(data)} of {length}")
+        flight = None
+        if data is None and key not in self._loading:
+            # Registered as a load until the block is on the hot tier: a reader arriving
+            # meanwhile (a plan's reader catching up with it) shares this fetch instead of
+            # making its own.
+            flight = self._loading[key] = _Flight(origin=source.tier)
+            try:
+                data = await source.fetch(start, length)
+                if len(data) != length:  # a stub claiming more than its object holds, say
+                    raise OSError(errno.EIO,
+                                  f"short read of block {block}: {len(data)} of {length}")
+            except BaseException as e:
+                flight.error = e if isinstance(e, Exception) else None
+                if self._loading.get(key) is flight:
+                    del self._loading[key]
+                flight.done.set()
+                raise
+            flight.data = data
+            flight.done.set()
             self.counters.add("fetches_" + source.tier)
-        self._stores += 1
-        self.reserved += len(data)
-        await self._store(key, data, force=True)
+        elif data is None:
+            data, _ = await self.get(source, block)  # a reader is loading it: share that
+        try:
+            self._stores += 1
+            self.reserved += len(data)
+            await self._store(key, data, force=True)
+        finally:
+            if flight is not None and self._loading.get(key) is flight:
+                del self._loading[key]
         if key not in self.entries:
             raise OSError(errno.ENOSPC, "the hot tier has no room for this block")
         return len(data)

@@ -129,6 +129,8 @@ class CachedReader:
         if first is None:
             if origin == "hot" and block in self._ahead:
                 origin = self._ahead.pop(block)  # fetched ahead for this reader
+            elif origin == "hot" and self.cache.ahead:
+                origin = self.cache.ahead.pop(block_key(self.source.id, block), origin)
             used[block] = origin
             while len(used) > _REMEMBER:
                 used.popitem(last=False)

@@ -17,10 +17,14 @@ class ControlError(TierfsError):
     pass
 
 
+class NotInMount(ControlError):
+    """The path is not inside a running tierfs mount of this user."""
+
+
 def locate(path: str) -> tuple[MountRecord, str]:
     found = mount_for(path)
     if found is None:
-        raise ControlError(f"{path} is not inside a running tierfs mount")
+        raise NotInMount(f"{path} is not inside a running tierfs mount")
     return found
 
 

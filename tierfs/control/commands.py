@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from tierfs.control import moves
+from tierfs.control.prefetch import make_prefetch_handler
 from tierfs.control.server import CommandError, Handler, Send
 from tierfs.stats import build as build_stats
 from tierfs.stats import rates as stats_rates
@@ -147,8 +148,14 @@ def make_handlers(fs: FileSystem, mountpoint: str) -> dict[str, Handler]:
                 "endpoint_url": config.endpoint_url, "region": config.region,
                 "addressing_style": config.addressing_style}
 
-    return {"warm": warm, "where": where, "pin": pin, "evict": evict, "flush": flush,
-            "stats": stats, "health": health, "tiers": tiers, **moves.make_handlers(fs, _rel)}
+    handlers: dict[str, Handler] = {
+        "warm": warm, "where": where, "pin": pin, "evict": evict, "flush": flush,
+        "stats": stats, "health": health, "tiers": tiers}
+
+    # -- order-aware prefetch (tierfs/control/prefetch.py) --------------------------------
+    handlers.update(make_prefetch_handler(fs, residency, _rel))
+    handlers.update(moves.make_handlers(fs, _rel))
+    return handlers
 
 
 async def stats_document(fs: FileSystem, mountpoint: str) -> dict[str, Any]:

@@ -134,6 +134,48 @@ def make_root_handlers(roots: Roots, mountpoint: str) -> dict[str, Handler]:
                     {**f, "path": _join(root.name, f["path"])} for f in result["demoted"])
         return total
 
+    #: The plans handed out here: number -> each root's own plan number.
+    plans: dict[int, dict[str, int]] = {}
+
+    async def prefetch(request: dict[str, Any], send: Send) -> Any:
+        """A plan split by root, each root's part in the plan's order (each root fetches
+        ahead in its own cache); stop and status go to every root."""
+        async def each(names: list[str], part: dict[str, Any]) -> dict[str, Any]:
+            return {name: await handlers[name]["prefetch"](part, send) for name in names}
+
+        everyone = [root.name for root in roots.roots]
+        if request.get("stop") or request.get("status"):
+            return _plan_status(None, await each(everyone, request))
+        items = request.get("paths")
+        if not isinstance(items, list):
+            raise CommandError("no paths given")
+        split: dict[str, list[Any]] = {}
+        for item in items:
+            path = item.get("path") if isinstance(item, dict) else item
+            for root, sub in targets(path):
+                moved = {**item, "path": sub} if isinstance(item, dict) else sub
+                split.setdefault(root.name, []).append(moved)
+        more = bool(request.get("more"))
+        number = request.get("plan")
+        if number is None:
+            number = len(plans) + 1
+            plans[number] = {}
+            for name in everyone:  # a new plan replaces every root's
+                if name not in split:
+                    await handlers[name]["prefetch"]({"stop": True}, send)
+        elif number not in plans:
+            raise CommandError(f"plan {number} is not running (it ended or was replaced)")
+        known = plans[number]
+        answers = {}
+        for name in dict.fromkeys([*split, *(known if not more else ())]):
+            part = {"paths": split.get(name, []), "more": more,
+                    **{k: request[k] for k in ("window", "fetches") if k in request}}
+            if name in known:
+                part["plan"] = known[name]
+            answers[name] = await handlers[name]["prefetch"](part, send)
+            known[name] = answers[name]["plan"]
+        return _plan_status(number, answers)
+
     async def stats(request: dict[str, Any], send: Send) -> Any:
         return await roots_stats_document(roots, mountpoint)
 
@@ -150,7 +192,19 @@ def make_root_handlers(roots: Roots, mountpoint: str) -> dict[str, Handler]:
 
     return {"warm": per_path("warm"), "where": per_path("where"), "pin": per_path("pin"),
             "evict": evict, "flush": flush, "stats": stats, "health": health, "tiers": tiers,
-            "demote": move("demote"), "promote": move("promote"), "scan": scan}
+            "prefetch": prefetch, "demote": move("demote"), "promote": move("promote"), "scan": scan}
+
+
+def _plan_status(number: int | None, answers: dict[str, Any]) -> dict[str, Any]:
+    """One plan's status from its roots' (the figures added up), with each root's own."""
+    shown = {name: a for name, a in answers.items() if a is not None}
+    out: dict[str, Any] = {"plan": number, "roots": shown,
+                           "active": any(a.get("active") for a in shown.values())}
+    for key in ("files", "blocks", "bytes", "fetched", "missing"):
+        out[key] = sum(a.get(key) or 0 for a in shown.values())
+    out["missing_paths"] = [_join(name, p) for name, a in shown.items()
+                            for p in a.get("missing_paths", [])]
+    return out
 
 
 async def roots_stats_document(roots: Roots, mountpoint: str) -> dict[str, Any]:

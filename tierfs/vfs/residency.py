@@ -69,32 +69,49 @@ class Residency:
     async def files(self, rel: bytes) -> list[FileState]:
         """Every file at or under ``rel`` with what of it is hot; symlinks that are not stubs
         and refused stubs are left out."""
-        fs = self.fs
-        found = await fs.warm.run(self._walk, rel)
-        states = []
-        for path, st, target in found:
-            if target is not None:
-                if not looks_like_stub(target):
-                    continue
+        found = await self.fs.warm.run(self._walk, rel)
+        return [s for s in (self._state(*f) for f in found) if s is not None]
+
+    async def resolve(self, rels: list[bytes]) -> list[list[FileState] | None]:
+        """``files`` of many paths in one warm-tier call (a plan names thousands): for each,
+        its files, or None if it does not exist."""
+        def walk_all() -> list[list[tuple[bytes, os.stat_result, bytes | None]] | None]:
+            out: list[list[tuple[bytes, os.stat_result, bytes | None]] | None] = []
+            for rel in rels:
                 try:
-                    stub = parse_stub(target, fs.config.bucket)
-                except StubError:
-                    continue
-                source: Source | None = fs.cold_source(stub)
-                state = FileState(os.fsdecode(path), "cold", stub.size,
-                                  uri=fs.config.bucket.uri_of(stub.key), source=source)
-            else:
-                source = None
-                if fs.cache_warm:
-                    source = fs.warm_source(warm_id(st),
-                                            self._warm_fetch(path, st))
-                state = FileState(os.fsdecode(path), "warm", st.st_size, source=source)
-            if source is not None:
-                nblocks = source.blocks(fs.cache.block_size)
-                state.hot = fs.cache.cached_bytes(source.id, nblocks)
-                state.pinned = source.id in fs.cache.pins
-            states.append(state)
-        return states
+                    out.append(self._walk(rel))
+                except (FileNotFoundError, NotADirectoryError):
+                    out.append(None)
+            return out
+
+        walked = await self.fs.warm.run(walk_all)
+        return [None if found is None else
+                [s for s in (self._state(*f) for f in found) if s is not None]
+                for found in walked]
+
+    def _state(self, path: bytes, st: os.stat_result, target: bytes | None
+               ) -> FileState | None:
+        fs = self.fs
+        if target is not None:
+            if not looks_like_stub(target):
+                return None
+            try:
+                stub = parse_stub(target, fs.config.bucket)
+            except StubError:
+                return None
+            source: Source | None = fs.cold_source(stub)
+            state = FileState(os.fsdecode(path), "cold", stub.size,
+                              uri=fs.config.bucket.uri_of(stub.key), source=source)
+        else:
+            source = None
+            if fs.cache_warm:
+                source = fs.warm_source(warm_id(st), self._warm_fetch(path, st))
+            state = FileState(os.fsdecode(path), "warm", st.st_size, source=source)
+        if source is not None:
+            nblocks = source.blocks(fs.cache.block_size)
+            state.hot = fs.cache.cached_bytes(source.id, nblocks)
+            state.pinned = source.id in fs.cache.pins
+        return state
 
     def _warm_fetch(self, rel: bytes, st: os.stat_result
                     ) -> Callable[[int, int], Awaitable[bytes]]:

@@ -1,0 +1,517 @@
+"""Order-aware prefetch: a job says in which order it will read files, and the cache fetches
+ahead of it along that order and keeps what it will read soon.
+
+Without a plan, a shuffled epoch over a dataset larger than the hot tier is a random walk: the
+read-ahead of each open file cannot see the next file, and the eviction policy can only guess
+from the past which blocks come back. A plan (``tierfs prefetch``, ``tierfs.prefetch``) is the
+future, so both can do better:
+
+* Fetching: blocks of the plan not yet on the hot tier are fetched ahead of the reader, in plan
+  order, with at most ``fetches`` GETs at once and at most ``window`` bytes fetched and not yet
+  read. Beyond the next ``URGENT`` blocks, a block is fetched only into room that costs no
+  planned block: free capacity, blocks the plan is done with, blocks it never reads. Evicting
+  a block the plan still needs, to fetch one it needs sooner, loses a hit to save a wait (the
+  fetched block is a miss either way): only the next blocks are worth it, so that a reader whose
+  plan starts with no room still has its next block coming.
+* Eviction (``PlanPolicy``, wrapping the mount's policy while the plan runs): first blocks the
+  plan has read and will not read again, then blocks outside the plan (least recently used
+  first), and only then planned blocks, the one needed last first: with the future known, this
+  is Belady's rule. A block a reader fetched itself (a miss, its read-ahead) is never admitted
+  over a planned block: it is being read from memory, and the planned block is a hit to come.
+* Progress: the reader's uses of blocks (the cache's ``accessed``) move the plan's cursor.
+  Readers may run a little out of order (several DataLoader workers): a block up to ``lag``
+  positions behind the furthest one read still counts as ahead. Reads of blocks outside the
+  plan's near part (``lag`` behind to ``lag`` ahead of the cursor) are strays; after
+  ``stray_limit`` of them in a row the plan is dropped, as it is once read to its end, when
+  nobody follows it for ``IDLE`` seconds, or when a new plan replaces it.
+
+Hit accounting: a block the plan fetched counts, when its reader gets to it, as coming from its
+source (a miss), as blocks fetched by read-ahead do: the hit ratio says how much of the epoch
+the hot tier held before anything was fetched for it, and the plan's gain shows as throughput
+and as blocks kept.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import heapq
+import logging
+import time
+from collections.abc import Callable, Hashable, Iterable
+from typing import Any
+
+import trio
+
+from tierfs.cache.blocks import BlockCache, Source, block_key
+from tierfs.cache.eviction import PROBATION, Policy
+
+log = logging.getLogger(__name__)
+
+#: Seconds without any read along the plan after which it is dropped.
+IDLE = 600.0
+#: Blocks right ahead of the reader fetched even when that evicts a planned block.
+URGENT = 2
+#: Seconds between looks at the plan while nothing wakes the fetcher (room freed by an
+#: eviction elsewhere, say).
+POLL = 0.5
+
+
+@dataclasses.dataclass(frozen=True)
+class Step:
+    """One block of the plan."""
+
+    source: Source
+    block: int
+    size: int
+    key: bytes
+    #: The file it belongs to, for status and logs.
+    path: str
+
+
+class Plan:
+    """The order and the reader's progress along it (no I/O: the logic tests drive it)."""
+
+    def __init__(self, lag: int, stray_limit: int) -> None:
+        self.steps: list[Step] = []
+        #: Every position of each key, ascending; and for each key, the index in that list
+        #: of its next use not yet read.
+        self.where: dict[bytes, list[int]] = {}
+        self._next: dict[bytes, int] = {}
+        #: One past the furthest position read.
+        self.cursor = 0
+        #: Positions below this are settled: read, or passed by the reader.
+        self._swept = 0
+        self.lag = max(1, lag)
+        self.stray_limit = max(1, stray_limit)
+        self.strays = 0
+        #: No more steps will be added.
+        self.complete = False
+
+    def add(self, source: Source, first: int, last: int, block_size: int, path: str
+            ) -> list[bytes]:
+        """Append blocks ``first..last`` of ``source``; returns the keys appended."""
+        keys = []
+        for block in range(first, last + 1):
+            start = block * block_size
+            size = min(block_size, source.size - start)
+            if size <= 0:
+                break
+            key = block_key(source.id, block)
+            self.where.setdefault(key, []).append(len(self.steps))
+            self._next.setdefault(key, 0)
+            self.steps.append(Step(source, block, size, key, path))
+            keys.append(key)
+        return keys
+
+    @property
+    def low(self) -> int:
+        """The earliest position still ahead of the reader."""
+        return max(0, self.cursor - self.lag)
+
+    @property
+    def finished(self) -> bool:
+        return self.complete and self.cursor >= len(self.steps)
+
+    def next_use(self, key: Hashable) -> int | None:
+        """The next position at which the reader will use ``key``; None if the plan will not
+        (it never does, or it is done with it)."""
+        positions = self.where.get(key)  # type: ignore[call-overload]
+        if positions is None:
+            return None
+        i = self._next[key]  # type: ignore[index]
+        low = self.low
+        while i < len(positions) and positions[i] < low:
+            i += 1
+        self._next[key] = i  # type: ignore[index]
+        return positions[i] if i < len(positions) else None
+
+    def planned(self, key: Hashable) -> bool:
+        return key in self.where
+
+    def read(self, key: bytes) -> list[bytes]:
+        """The reader used ``key``. Returns the keys the plan no longer needs because of it:
+        the key itself (unless it is used again later) and blocks the cursor has passed
+        without their being read."""
+        use = self.next_use(key)
+        if use is None or use >= self.cursor + self.lag:
+            self.strays += 1
+            return []
+        self.strays = 0
+        self._next[key] += 1
+        self.cursor = max(self.cursor, use + 1)
+        ended = [] if self.next_use(key) is not None else [key]
+        low = self.low
+        for position in range(self._swept, low):
+            passed = self.steps[position].key
+            i = self._next[passed]
+            if i < len(self.where[passed]) and self.where[passed][i] == position:
+                self._next[passed] = i + 1  # passed without being read
+                if self.next_use(passed) is None:
+                    ended.append(passed)
+        self._swept = max(self._swept, low)
+        return ended
+
+    @property
+    def strayed(self) -> bool:
+        return self.strays >= self.stray_limit
+
+
+class PlanPolicy(Policy):
+    """The mount's eviction policy with the plan's future in front of it (see the module's
+    docstring). Every call reaches the wrapped policy too, so it is in step when the plan is
+    dropped and it takes over again."""
+
+    name = "plan"
+
+    def __init__(self, inner: Policy, plan: Plan, cached: dict[bytes, int],
+                 on_read: Callable[[bytes], None] | None = None) -> None:
+        super().__init__(inner.capacity)
+        self.inner = inner
+        self.plan = plan
+        self.on_read = on_read
+        #: Keys the plan's own fetches are about to fill: the next ``record`` of each is the
+        #: fill's, not the reader's.
+        self.own: set[bytes] = set()
+        #: The wrapped policy's keys and their sizes.
+        self.sizes: dict[bytes, int] = {}
+        #: Cached keys the plan is done with, and cached keys it never reads (LRU order).
+        self.done: collections.OrderedDict[bytes, None] = collections.OrderedDict()
+        self.others: collections.OrderedDict[bytes, None] = collections.OrderedDict()
+        #: Bytes of ``done`` and ``others``: room a prefetch may take without a planned block.
+        self.spare = 0
+        #: Planned cached keys by next use, latest first (entries checked when popped).
+        self._far: list[tuple[int, bytes]] = []
+        for key, size in cached.items():
+            self.sizes[key] = size
+            self._place(key)
+
+    # -- where a cached key belongs ------------------------------------------------------
+
+    def _place(self, key: bytes) -> None:
+        use = self.plan.next_use(key)
+        if use is not None:
+            heapq.heappush(self._far, (-use, key))
+        elif self.plan.planned(key):
+            self.done[key] = None
+            self.spare += self.sizes[key]
+        else:
+            self.others[key] = None
+            self.spare += self.sizes[key]
+
+    def _unplace(self, key: bytes) -> None:
+        if self.done.pop(key, 0) is None or self.others.pop(key, 0) is None:
+            self.spare -= self.sizes[key]
+
+    def planned(self, keys: Iterable[bytes]) -> None:
+        """Keys were appended to the plan: cached ones it did not plan before now have a
+        future."""
+        for key in keys:
+            if key in self.others:
+                self._unplace(key)
+                self._place(key)
+
+    def ended(self, keys: Iterable[bytes]) -> None:
+        """The plan no longer needs these keys."""
+        for key in keys:
+            if key in self.sizes and key not in self.done:
+                self._unplace(key)
+                self.done[key] = None
+                self.spare += self.sizes[key]
+
+    # -- Policy ---------------------------------------------------------------------------
+
+    def record(self, key: Hashable) -> None:
+        self.inner.record(key)
+        assert isinstance(key, bytes)
+        if key in self.own:  # the fill's own access, made before its first await
+            self.own.discard(key)
+            return
+        self.ended(self.plan.read(key))
+        if self.on_read is not None:
+            self.on_read(key)
+
+    def hit(self, key: Hashable) -> None:
+        self.inner.hit(key)
+        if key in self.others:
+            self.others.move_to_end(key)  # type: ignore[arg-type]
+
+    def insert(self, key: Hashable, size: int, segment: int = PROBATION) -> None:
+        assert isinstance(key, bytes)
+        self.inner.insert(key, size, segment)
+        if key in self.sizes:
+            self._unplace(key)
+        self.sizes[key] = size
+        self._place(key)
+
+    def remove(self, key: Hashable) -> None:
+        self.inner.remove(key)
+        if key in self.sizes:
+            assert isinstance(key, bytes)
+            self._unplace(key)
+            del self.sizes[key]
+
+    def _planned_victim(self) -> bytes | None:
+        """The cached planned key needed last."""
+        while self._far:
+            negative, key = self._far[0]
+            if key not in self.sizes or key in self.done or key in self.others:
+                heapq.heappop(self._far)
+                continue
+            use = self.plan.next_use(key)
+            if use != -negative:  # read meanwhile, or passed: file it again
+                heapq.heappop(self._far)
+                self._unplace(key)
+                self._place(key)
+                continue
+            return key
+        return None
+
+    def victim(self) -> Hashable | None:
+        for keys in (self.done, self.others):
+            if keys:
+                return next(iter(keys))
+        key = self._planned_victim()
+        return key if key is not None else self.inner.victim()
+
+    def admits(self, candidate: Hashable, victim: Hashable) -> bool:
+        if victim in self.done:
+            return True
+        if victim in self.others:
+            return (self.plan.next_use(candidate) is not None
+                    or self.inner.admits(candidate, victim))
+        # A planned victim. A block a reader fetched (the plan's own are stored without
+        # asking) is being read from memory now: keeping it would gain nothing this epoch and
+        # cost a block the plan still needs.
+        return self.plan.next_use(victim) is None
+
+    def __contains__(self, key: Hashable) -> bool:
+        return key in self.inner
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def segment(self, key: Hashable) -> int:
+        return self.inner.segment(key)
+
+    def frequency(self, key: Hashable) -> int:
+        return self.inner.frequency(key)
+
+    def set_frequency(self, key: Hashable, count: int) -> None:
+        self.inner.set_frequency(key, count)
+
+
+@dataclasses.dataclass
+class Entry:
+    """One file of a plan as the caller gave it: the file's blocks and the bytes wanted."""
+
+    path: str
+    source: Source
+    offset: int = 0
+    length: int | None = None
+
+
+class Active:
+    """A running plan: the logic, its policy, and the fetcher's state."""
+
+    def __init__(self, number: int, plan: Plan, policy: PlanPolicy, window: int,
+                 fetches: int) -> None:
+        self.number = number
+        self.plan = plan
+        self.policy = policy
+        #: Most bytes fetched and not yet read, and most fetches at once.
+        self.window = window
+        self.fetches = fetches
+        self.scope = trio.CancelScope()
+        self.changed = trio.Event()
+        #: Keys being fetched, and keys fetched and not yet read: key -> bytes.
+        self.inflight: dict[bytes, int] = {}
+        self.unread: dict[bytes, int] = {}
+        self.failed: set[bytes] = set()
+        self.files = 0
+        self.bytes = 0
+        self.hot_at_start = 0
+        self.fetched = 0
+        self.peak_fetches = 0
+        self.peak_ahead = 0
+        self.last_read = time.monotonic()
+        self.ended: str | None = None
+
+    def wake(self) -> None:
+        self.changed.set()
+
+    @property
+    def ahead(self) -> int:
+        return sum(self.inflight.values()) + sum(self.unread.values())
+
+    def status(self) -> dict[str, Any]:
+        plan = self.plan
+        return {"plan": self.number, "active": self.ended is None, "ended": self.ended,
+                "files": self.files, "blocks": len(plan.steps), "bytes": self.bytes,
+                "hot_at_start": self.hot_at_start, "position": plan.cursor,
+                "fetched": self.fetched, "fetching": len(self.inflight),
+                "ahead": self.ahead, "peak_fetches": self.peak_fetches,
+                "peak_ahead": self.peak_ahead, "complete": plan.complete}
+
+
+class Planner:
+    """A mount's plan (one at a time): resolves nothing itself; gets entries, runs the
+    fetcher in the filesystem's nursery, installs and removes the plan's policy."""
+
+    def __init__(self, cache: BlockCache, nursery: Callable[[], trio.Nursery | None],
+                 window: int, fetches: int) -> None:
+        self.cache = cache
+        self._nursery = nursery
+        self.window = max(cache.block_size, window)
+        self.fetches = max(1, fetches)
+        self.current: Active | None = None
+        self.last: Active | None = None
+        self._numbers = 0
+
+    def start(self, entries: list[Entry], complete: bool, window: int | None = None,
+              fetches: int | None = None) -> Active:
+        """Replace any plan with one of ``entries`` (``complete``: no more will be added)."""
+        self.stop("replaced")
+        window = self.window if window is None else max(self.cache.block_size, window)
+        blocks = max(1, window // self.cache.block_size)
+        plan = Plan(lag=max(8, blocks), stray_limit=max(32, 2 * blocks))
+        cache = self.cache
+        cached = {key: entry.size for key, entry in cache.entries.items() if not entry.pinned}
+        self._numbers += 1
+        active: Active | None = None
+
+        def on_read(key: bytes) -> None:
+            assert active is not None
+            self._read(active, key)
+
+        policy = PlanPolicy(cache.policy, plan, cached, on_read)
+        active = Active(self._numbers, plan, policy, window, fetches or self.fetches)
+        self.current = active
+        self.add(active, entries, complete)
+        cache.policy = policy
+        nursery = self._nursery()
+        if nursery is not None:
+            nursery.start_soon(self._run, active)
+        if plan.finished:  # nothing in it
+            self.stop("finished", active)
+        log.info("plan %d: %d files, %d blocks, %d bytes (%d hot)", active.number,
+                 active.files, len(plan.steps), active.bytes, active.hot_at_start)
+        return active
+
+    def add(self, active: Active, entries: list[Entry], complete: bool) -> None:
+        """Append entries to a running plan."""
+        bs = self.cache.block_size
+        for entry in entries:
+            size = entry.source.size
+            end = size if entry.length is None else min(size, entry.offset + entry.length)
+            if end <= entry.offset:
+                continue
+            keys = active.plan.add(entry.source, entry.offset // bs, (end - 1) // bs, bs,
+                                   entry.path)
+            active.policy.planned(keys)
+            active.files += 1
+            for key in keys:
+                hot = self.cache.entries.get(key)
+                step = active.plan.steps[active.plan.where[key][-1]]
+                active.bytes += step.size
+                active.hot_at_start += hot.size if hot is not None else 0
+        active.plan.complete = complete
+        active.wake()
+
+    def _read(self, active: Active, key: bytes) -> None:
+        active.last_read = time.monotonic()
+        if active.unread.pop(key, None) is not None:
+            self.cache.ahead.pop(key, None)
+        active.wake()
+        if active.plan.finished:
+            self.stop("finished", active)
+        elif active.plan.strayed:
+            self.stop("strayed", active)
+
+    def stop(self, reason: str, active: Active | None = None) -> Active | None:
+        """Drop the current plan (``active``: only if it is still that one)."""
+        current = self.current
+        if current is None or (active is not None and active is not current):
+            return None
+        current.ended = reason
+        current.scope.cancel()
+        if self.cache.policy is current.policy:
+            self.cache.policy = current.policy.inner
+        for key in current.unread:
+            self.cache.ahead.pop(key, None)
+        current.unread.clear()
+        self.current = None
+        self.last = current
+        log.info("plan %d %s at block %d of %d; %d bytes fetched", current.number, reason,
+                 current.plan.cursor, len(current.plan.steps), current.fetched)
+        return current
+
+    def status(self) -> dict[str, Any] | None:
+        active = self.current or self.last
+        return None if active is None else active.status()
+
+    # -- the fetcher ------------------------------------------------------------------------
+
+    async def _run(self, active: Active) -> None:
+        with active.scope:
+            async with trio.open_nursery() as nursery:
+                await self._feed(active, nursery)
+
+    async def _feed(self, active: Active, nursery: trio.Nursery) -> None:
+        cache, plan = self.cache, active.plan
+        window, fetches = active.window, active.fetches
+        position = skipped = 0
+        while True:
+            position = max(position, plan.cursor)
+            if position >= len(plan.steps):
+                await self._wait(active)
+                continue
+            step = plan.steps[position]
+            key = step.key
+            if (key in cache.entries or cache.loaded(key) or key in active.inflight
+                    or key in active.unread or step.source.id in active.failed
+                    or plan.next_use(key) is None):
+                position += 1
+                skipped += 1
+                if skipped % 1024 == 0:  # a long run of hot blocks: let requests in
+                    await trio.lowlevel.checkpoint()
+                continue
+            # Room for it without a planned block: what is free and what the plan can spare,
+            # less what the fetches under way will take.
+            room = (cache.high - cache.used - cache.reserved + active.policy.spare
+                    - sum(active.inflight.values()))
+            if (len(active.inflight) >= fetches or active.ahead + step.size > window
+                    or (position - plan.cursor >= URGENT and room < step.size)):
+                await self._wait(active)
+                continue
+            active.inflight[key] = step.size
+            active.peak_fetches = max(active.peak_fetches, len(active.inflight))
+            active.peak_ahead = max(active.peak_ahead, active.ahead)
+            nursery.start_soon(self._fetch, active, step)
+            position += 1
+
+    async def _wait(self, active: Active) -> None:
+        with trio.move_on_after(POLL):
+            await active.changed.wait()
+        active.changed = trio.Event()
+        if time.monotonic() - active.last_read > IDLE:
+            self.stop("idle", active)
+
+    async def _fetch(self, active: Active, step: Step) -> None:
+        key = step.key
+        active.policy.own.add(key)
+        try:
+            fetched = await self.cache.fill(step.source, step.block)
+        except OSError as e:
+            active.failed.add(step.source.id)
+            log.debug("plan %d: a block of %s was not fetched: %s", active.number, step.path,
+                      e)
+            fetched = 0
+        finally:
+            active.policy.own.discard(key)
+            active.inflight.pop(key, None)
+            active.wake()
+        active.fetched += fetched
+        if fetched and active.ended is None and active.plan.next_use(key) is not None:
+            active.unread[key] = step.size  # (a reader that caught up shared the fetch)
+            self.cache.ahead[key] = step.source.tier

@@ -113,7 +113,10 @@ def forget_base(inode: Inode | None) -> None:
     """A namespace change altered an open file's link count or ctime: re-read them, if they
     can be read again (a name or a warm descriptor left; an unlinked cold file has only its
     remembered stub, and the link count comes from the inode)."""
-    if inode is None or inode.data is None:
+    if inode is None:
+        return
+    inode.seen = None  # (its link count or ctime changed: an open must look again)
+    if inode.data is None:
         return
     if inode.links or inode.data.warm_fd is not None:
         inode.data.base = None

@@ -52,6 +52,11 @@ class NamespaceLock:
         self._owner = None
         self._gate.release()
 
+    @property
+    def quiet(self) -> bool:
+        """No exclusive holder, and none waiting for the shared holders to drain."""
+        return not self._gate.locked()
+
     @asynccontextmanager
     async def shared(self) -> AsyncIterator[None]:
         if self._owner is trio.lowlevel.current_task():

@@ -143,6 +143,17 @@ class InodeTable:
             value = self.batch.index.get("inodes", key)
         return unpack_u64(value) if value else None
 
+    def persisted_numbers(self, keys: list[bytes]) -> list[int | None]:
+        """``persisted_number`` of each key, in one index transaction (blocking)."""
+        stored = self.batch.index.get_many("inodes", keys)
+        out: list[int | None] = []
+        for key, value in zip(keys, stored):
+            queued, pending = self.batch.pending("inodes", key)
+            if queued:
+                value = pending
+            out.append(unpack_u64(value) if value else None)
+        return out
+
     def resolve(self, parent: int, name: bytes, st: os.stat_result,
                 persisted: int | None, kind: int | None = None) -> Inode:
         """The inode for a name just looked up on the warm tier, created if new. ``kind``

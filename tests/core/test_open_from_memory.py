@@ -125,3 +125,30 @@ async def test_an_open_after_a_change_of_names_never_answers_from_older_attribut
         fh, _, _ = await core.fs.open(inode.ino, os.O_RDONLY)
         assert (await core.fs.getattr(inode.ino)).ctime_ns == ctime
         await core.fs.release(fh)
+
+
+@core_test
+async def test_a_file_replaced_after_the_lookup_an_open_used_is_stale_never_mixed(
+        tmp_path: Path) -> None:
+    """Another node replaces the file between the lookup and the first read: the open was
+    answered for the old version (the kernel may keep its pages), so the handle's reads fail
+    with ESTALE instead of filling gaps with the new file's bytes; a new open reads it."""
+    import errno
+
+    import pytest
+
+    async with open_core(tmp_path) as core:
+        core.warm_path(b"f").write_bytes(b"old content")
+        inode, _ = await core.fs.lookup(ROOT, b"f")
+        fh, _, _ = await core.fs.open(inode.ino, os.O_RDONLY)
+        new = core.warm_path(b"f.tmp")
+        new.write_bytes(b"new content, longer")
+        os.rename(new, core.warm_path(b"f"))  # as another node publishes
+        with pytest.raises(OSError) as raised:
+            await core.fs.read(fh, 4, 4096)
+        assert raised.value.errno == errno.ESTALE
+        await core.fs.release(fh)
+        inode, _ = await core.fs.lookup(ROOT, b"f")
+        fh, _, _ = await core.fs.open(inode.ino, os.O_RDONLY)
+        assert await core.read_all(fh) == b"new content, longer"
+        await core.fs.release(fh)

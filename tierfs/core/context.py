@@ -192,15 +192,30 @@ class Core:
                     rel = self.rel_or_none(inode)
                     if rel is None:
                         raise err(errno.ENOENT)
-                    fd, st, out = await warm.run(open_and_read, rel)
+                    try:
+                        fd, st, out = await warm.run(open_and_read, rel)
+                    except OSError as e:
+                        if e.errno != errno.ELOOP:
+                            raise
+                        fd, st, out = -1, None, None  # now a stub or a link: replaced
             finally:
                 data.warm_opening = None
                 opening.set()
+            if st is None or warm_id(st) != data.warm_id:
+                # Replaced by another node since the lookup this open was answered from: the
+                # kernel may hold that version's pages (the open kept them), and the new
+                # file's bytes must not fill the gaps between them. The handle is stale, as
+                # an NFS handle to a replaced file is; the next open reads the new file.
+                if fd >= 0:
+                    await warm.run(os.close, fd)
+                inode.seen = None
+                self.invalidate_attrs(inode.ino)
+                log.info("%s was replaced between its lookup and its first read: ESTALE",
+                         show(rel))
+                raise err(errno.ESTALE)
             if not data.warm_deferred or data.state is DataState.RETIRED:
                 await warm.run(os.close, fd)  # (cannot happen while a caller holds it)
                 continue
-            # The file as it is now: another node may have replaced it since it was looked
-            # up (less than attr_timeout ago, as with the kernel's own attribute cache).
             data.warm_fd, data.warm_deferred = fd, False
             data.base, data.warm_id = st, warm_id(st)
             return out

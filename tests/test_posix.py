@@ -466,6 +466,26 @@ def test_large_directory_listing(mount: Mount) -> None:
     assert sorted(names) == sorted(os.listdir(mount.warm / "many"))
 
 
+def test_two_mounts_of_one_warm_tier_see_each_others_closes(tmp_path: Path) -> None:
+    """Close-to-open between nodes: a file closed on one mount reads as closed on the other
+    once that other's attributes of it are older than the attribute timeout (1 s), though it
+    read the file just before (and an open within the timeout is answered from memory)."""
+    a = make_mount(tmp_path / "a")
+    b_dirs = make_mount(tmp_path / "b")
+    b = Mount(b_dirs.path, b_dirs.hot, a.warm)
+    with running(a), running(b):
+        (a.path / "f").write_bytes(b"first")
+        for i in range(3):
+            writer, reader = (a, b) if i % 2 == 0 else (b, a)
+            assert (reader.path / "f").read_bytes() == (b"first" if i == 0 else
+                                                        f"round {i - 1}, longer".encode())
+            new = f"round {i}, longer".encode()
+            (writer.path / "f").write_bytes(new)
+            time.sleep(1.2)  # past the attribute timeout
+            assert (reader.path / "f").read_bytes() == new, f"round {i}"
+            assert (reader.path / "f").stat().st_size == len(new)
+
+
 def test_changes_on_the_warm_tier_show_through(mount: Mount) -> None:
     p = mount.path / "f"
     p.write_text("mine")

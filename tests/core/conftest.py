@@ -194,6 +194,19 @@ class Core:
 
     # -- what the tiers hold ----------------------------------------------------------------
 
+    def count_warm_calls(self) -> dict[str, int]:
+        """From now on, count the calls handed to the warm tier's threads (in ``["calls"]``)."""
+        counts = {"calls": 0}
+        warm = self.fs.warm
+        inner = warm.run
+
+        async def counted(fn: Callable[..., Any], *args: object) -> Any:
+            counts["calls"] += 1
+            return await inner(fn, *args)
+
+        warm.run = counted  # type: ignore[method-assign]
+        return counts
+
     def warm_path(self, path: bytes) -> Path:
         return self.warm / os.fsdecode(path)
 

@@ -28,7 +28,7 @@ from tierfs.config import Config, resolve_capacity
 from tierfs.core.attrs import Attrs, attrs_of, err
 from tierfs.core.inodes import ROOT_INODE, Inode, InodeTable
 from tierfs.core.nslock import NamespaceLock
-from tierfs.core.openfile import OpenFile
+from tierfs.core.openfile import DataState, OpenFile, warm_id
 from tierfs.index import Batch, Index
 from tierfs.objects.base import ObjectStoreError
 from tierfs.stubs import Stub, StubError, looks_like_stub, parse_stub
@@ -155,6 +155,7 @@ class Core:
 
     async def refresh(self, inode: Inode) -> Attrs:
         """Attributes read from the tiers; remembered while the file is open."""
+        started = time.monotonic()
         async with self.ns_lock.shared():
             rel = self.rel_or_none(inode)
             st, target = await self.warm.run(self._stat_inode_blocking, inode, rel)
@@ -162,7 +163,63 @@ class Core:
             inode.stub = self.parse_stub(st, target, rel or b"")
         if inode.data is not None:
             inode.data.base = st
+        else:
+            inode.seen = (started, st)
         return attrs_of(inode, st)
+
+    async def open_warm(self, inode: Inode, data: OpenFile,
+                        read: tuple[int, int] | None = None) -> bytes | None:
+        """Open the warm file of an open file whose open was answered from memory
+        (``OpenFile.warm_deferred``); with ``read`` (offset, size), read that range in the
+        same warm call and return it (None: the file was opened already)."""
+        while data.warm_deferred:
+            if data.warm_opening is not None:
+                await data.warm_opening.wait()
+                continue
+            opening = data.warm_opening = trio.Event()
+            warm = self.warm
+
+            def open_and_read(rel: bytes) -> tuple[int, os.stat_result, bytes | None]:
+                fd, st = warm.open_read(rel)
+                try:
+                    return fd, st, None if read is None else os.pread(fd, read[1], read[0])
+                except BaseException:
+                    os.close(fd)
+                    raise
+
+            try:
+                async with self.ns_lock.shared():
+                    rel = self.rel_or_none(inode)
+                    if rel is None:
+                        raise err(errno.ENOENT)
+                    try:
+                        fd, st, out = await warm.run(open_and_read, rel)
+                    except OSError as e:
+                        if e.errno != errno.ELOOP:
+                            raise
+                        fd, st, out = -1, None, None  # now a stub or a link: replaced
+            finally:
+                data.warm_opening = None
+                opening.set()
+            if st is None or warm_id(st) != data.warm_id:
+                # Replaced by another node since the lookup this open was answered from: the
+                # kernel may hold that version's pages (the open kept them), and the new
+                # file's bytes must not fill the gaps between them. The handle is stale, as
+                # an NFS handle to a replaced file is; the next open reads the new file.
+                if fd >= 0:
+                    await warm.run(os.close, fd)
+                inode.seen = None
+                self.invalidate_attrs(inode.ino)
+                log.info("%s was replaced between its lookup and its first read: ESTALE",
+                         show(rel))
+                raise err(errno.ESTALE)
+            if not data.warm_deferred or data.state is DataState.RETIRED:
+                await warm.run(os.close, fd)  # (cannot happen while a caller holds it)
+                continue
+            data.warm_fd, data.warm_deferred = fd, False
+            data.base, data.warm_id = st, warm_id(st)
+            return out
+        return None
 
     async def fresh_base(self, inode: Inode, data: OpenFile) -> os.stat_result | None:
         """The open file's attributes on the warm tier (mode, link count), read again if a

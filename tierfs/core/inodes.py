@@ -69,6 +69,11 @@ class Inode:
     stub: Stub | None = None
     #: The version of the content the kernel last cached pages of.
     cached_version: PageVersion | None = None
+    #: The warm file's attributes as a lookup or getattr last read them while the file had no
+    #: open state, and when (monotonic seconds, taken before the call): an open within
+    #: ``attr_timeout`` of that is answered from them (``OpenFiles.open``), as the kernel
+    #: answers a stat from its attribute cache. Forgotten when tierfs changes the file.
+    seen: tuple[float, os.stat_result] | None = None
     #: Extended attribute names this inode had when last listed, and until when (monotonic
     #: seconds) that answer may be reused. The kernel asks for security.capability before
     #: every write and ls -l asks for ACLs of every entry; the answer is nearly always "none".
@@ -137,6 +142,17 @@ class InodeTable:
         if not queued:
             value = self.batch.index.get("inodes", key)
         return unpack_u64(value) if value else None
+
+    def persisted_numbers(self, keys: list[bytes]) -> list[int | None]:
+        """``persisted_number`` of each key, in one index transaction (blocking)."""
+        stored = self.batch.index.get_many("inodes", keys)
+        out: list[int | None] = []
+        for key, value in zip(keys, stored):
+            queued, pending = self.batch.pending("inodes", key)
+            if queued:
+                value = pending
+            out.append(unpack_u64(value) if value else None)
+        return out
 
     def resolve(self, parent: int, name: bytes, st: os.stat_result,
                 persisted: int | None, kind: int | None = None) -> Inode:

@@ -18,8 +18,6 @@ publish looks at the file's attributes in the middle of its rename step.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from types import TracebackType
 
 import trio
@@ -52,16 +50,49 @@ class NamespaceLock:
         self._owner = None
         self._gate.release()
 
-    @asynccontextmanager
-    async def shared(self) -> AsyncIterator[None]:
+    @property
+    def quiet(self) -> bool:
+        """No exclusive holder, and none waiting for the shared holders to drain."""
+        return not self._gate.locked()
+
+    def shared(self) -> _Shared:
+        """``async with lock.shared()``: held shared for the block."""
+        return _Shared(self)
+
+    async def _enter_shared(self) -> bool:
+        """Take the lock shared; False if this task already holds it exclusively."""
         if self._owner is trio.lowlevel.current_task():
-            yield  # (already held exclusively by this task)
-            return
-        async with self._gate:  # behind an exclusive holder, or one waiting
+            return False  # (already held exclusively by this task)
+        if self._gate.locked():
+            async with self._gate:  # behind an exclusive holder, or one waiting
+                self._readers += 1
+        else:
+            # Nobody holds it exclusively or waits to (trio hands a released lock straight
+            # to its next waiter, so a free gate has none): no need to pass through the gate,
+            # which costs two trips through the scheduler on every lookup, open and stat.
             self._readers += 1
-        try:
-            yield
-        finally:
-            self._readers -= 1
-            if not self._readers and self._drained is not None:
-                self._drained.set()
+        return True
+
+    def _exit_shared(self) -> None:
+        self._readers -= 1
+        if not self._readers and self._drained is not None:
+            self._drained.set()
+
+
+class _Shared:
+    """One shared hold of a ``NamespaceLock`` (a class, not a generator-based context
+    manager: it is entered on nearly every request)."""
+
+    __slots__ = ("_lock", "_held")
+
+    def __init__(self, lock: NamespaceLock) -> None:
+        self._lock = lock
+        self._held = False
+
+    async def __aenter__(self) -> None:
+        self._held = await self._lock._enter_shared()
+
+    async def __aexit__(self, kind: type[BaseException] | None, value: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        if self._held:
+            self._lock._exit_shared()

@@ -91,6 +91,13 @@ class OpenFile:
     stub: Stub | None = None
     #: The warm file's version (``warm_id``) as opened: names its cached blocks.
     warm_id: WarmId | None = None
+    #: Opened from attributes read within ``attr_timeout`` (``Inode.seen``) without opening
+    #: the warm file: ``warm_fd`` is opened by the first call that needs it
+    #: (``Core.open_warm``: a read that reaches the daemon, a writer, an unlink of the name).
+    #: With the kernel keeping its cached pages, a file read again never needs it.
+    warm_deferred: bool = False
+    #: Set while ``Core.open_warm`` opens the warm file (other callers wait for it).
+    warm_opening: trio.Event | None = None
     #: Reads through the block cache (created at the first read of an unstaged file).
     reader: CachedReader | None = None
     #: The object this file's stub pointed to before it was rewritten here; deleted once the

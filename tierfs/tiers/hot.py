@@ -27,6 +27,13 @@ from tierfs.tiers.base import Tier
 #: ``tierfs unmount``): their data stays staged for the next mount.
 UNPUBLISHED = "unpublished.json"
 
+#: Writes into a staging file up to this size are made on the event loop, not in a worker
+#: thread: the hot tier is a local disk (never NFS: ``tierfs mount`` refuses one), and a small
+#: ``pwrite`` there only copies into the page cache, in a few microseconds, against about 80
+#: for the trip to a worker thread and back (``bench/floor.py``). Larger writes, fsyncs and
+#: copies still go to the threads, since they take long enough to stall every other request.
+INLINE_WRITE = 64 * 1024
+
 #: Modes of what tierfs makes on the hot tier.
 FOLDER_MODE = 0o700
 FILE_MODE = 0o600

@@ -151,6 +151,10 @@ class Reapply(NamedTuple):
     times: tuple[int, int]
 
 
+#: What most files' extended attribute names are.
+NO_NAMES: frozenset[bytes] = frozenset()
+
+
 class WarmTier(Tier):
     name = "warm"
 
@@ -215,7 +219,7 @@ class WarmTier(Tier):
             names = os.listxattr(f"/proc/self/fd/{dfd}/{name}", follow_symlinks=False)
         except OSError:
             return None
-        return frozenset(os.fsencode(n) for n in names)
+        return frozenset(os.fsencode(n) for n in names) if names else NO_NAMES
 
     def replace_symlink(self, rel: bytes, target: bytes) -> os.stat_result:
         """Swap a symlink's target atomically (a stub's mode or mtime changed), keeping its

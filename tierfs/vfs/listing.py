@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from typing import NamedTuple
 
 from tierfs.core.attrs import Attrs, attrs_of
 from tierfs.core.context import Core
@@ -20,10 +21,15 @@ from tierfs.vfs.namespace import STALE_TRIES, Namespace
 
 #: Entries of a listing read again per readdir call after a rename (see ``_fresh_entries``).
 FRESH_BATCH = 64
+#: Entries offered per readdir call: the kernel takes a page of them (a few dozen with their
+#: attributes) and asks again from where it stopped, so offering the whole rest of a long
+#: listing each time would make reading it quadratic.
+OFFERED = 128
 
 
-@dataclasses.dataclass(frozen=True)
-class DirEntry:
+class DirEntry(NamedTuple):
+    """One entry of a listing (a named tuple: a listing makes thousands of them)."""
+
     name: bytes
     st: os.stat_result
     #: The inode number an earlier mount gave this file, if any.
@@ -62,10 +68,11 @@ class Listing:
         self.core.inodes.opened(inode)
         return fh
 
-    def _list_blocking(self, rel: bytes) -> list[DirEntry]:
-        persisted = self.core.inodes.persisted_number
-        return [DirEntry(name, st, persisted(identity(st)), xattrs, target)
-                for name, st, xattrs, target in self.core.warm.listdir(rel)]
+    def _list_blocking(self, rel: bytes, as_of: tuple[int, int]) -> list[DirEntry]:
+        found = self.core.warm.listdir(rel)
+        numbers = self.core.inodes.persisted_numbers([identity(st) for _, st, _, _ in found])
+        return [DirEntry(name, st, number, xattrs, target, None, as_of)
+                for (name, st, xattrs, target), number in zip(found, numbers)]
 
     async def readdir(self, fh: int, start: int) -> list[tuple[int, DirEntry]]:
         """The directory's entries from offset ``start``, each with its offset; a listing is
@@ -78,22 +85,27 @@ class Listing:
             async with self.core.ns_lock.shared():
                 as_of = (self.core.name_changes, replacements)
                 rel = self.core.inodes.path(handle.inode)
-                entries = await self.core.warm.run(self._list_blocking, rel)
+                entries = await self.core.warm.run(self._list_blocking, rel, as_of)
             handle.entries = []
             for entry in entries:
-                try:
-                    stub = self.core.parse_stub(entry.st, entry.target, join(rel, entry.name))
-                except OSError:
-                    continue  # a refused stub is not listed (and its lookup gives EIO)
-                handle.entries.append(dataclasses.replace(entry, stub=stub, as_of=as_of))
+                if entry.target is not None:
+                    try:
+                        stub = self.core.parse_stub(entry.st, entry.target,
+                                                    join(rel, entry.name))
+                    except OSError:
+                        continue  # a refused stub is not listed (and its lookup gives EIO)
+                    if stub is not None:
+                        entry = entry._replace(stub=stub)
+                handle.entries.append(entry)
             handle.checked = (*as_of, 0)
         while True:
             stop = await self._fresh_entries(handle, start)
-            out = [(i + 1, entry) for i, entry in enumerate(handle.entries[start:stop], start)
+            end = min(stop, start + OFFERED)
+            out = [(i + 1, entry) for i, entry in enumerate(handle.entries[start:end], start)
                    if not entry.gone]
-            if out or stop >= len(handle.entries):
+            if out or end >= len(handle.entries):
                 return out  # (an empty reply would end the listing)
-            start = stop
+            start = end
 
     async def _fresh_entries(self, handle: DirHandle, start: int) -> int:
         """Read again the entries from ``start`` that may name another file than when the
@@ -145,7 +157,7 @@ class Listing:
                     except OSError:
                         probed = None  # refused: not listed
                 if probed is None:
-                    entries[i] = dataclasses.replace(entry, gone=True, as_of=as_of)
+                    entries[i] = entry._replace(gone=True, as_of=as_of)
                 else:
                     st, target, persisted = probed
                     entries[i] = DirEntry(entry.name, st, persisted, None, target, stub,

@@ -143,13 +143,17 @@ class Namespace:
             rel = core.inodes.child_path(parent, name)
             for _ in range(STALE_TRIES):
                 seen = core.inodes.replacements
+                started = time.monotonic()
                 st, target, persisted = await core.warm.run(self.probe, rel)
                 if not self.stale(parent, name, seen):
                     break
             stub = core.parse_stub(st, target, rel)
             inode, attrs = self.entry(parent, name, st, persisted, stub)
-        if inode.data is not None and inode.data.base is not None:
-            return inode, attrs_of(inode, inode.data.base)
+        if inode.data is not None:
+            if inode.data.base is not None:
+                return inode, attrs_of(inode, inode.data.base)
+        else:
+            inode.seen = (started, st)
         return inode, attrs
 
     async def getattr(self, ino: int) -> Attrs:
@@ -192,6 +196,7 @@ class Namespace:
         if data is not None and staged:
             stage_times(data, changes)
         inode.attr_changes += 1
+        inode.seen = None  # (changed: an open must look again)
 
     async def _keep_object_in_step(self, inode: Inode, rel: bytes, changes: SetAttr
                                    ) -> str | None:
@@ -318,6 +323,7 @@ class Namespace:
             await core.warm.run(core.warm.link, rel, new_rel)
             core.inodes.add_link(inode, new_parent, new_name)
             core.inodes.lookup(inode)
+            inode.seen = None  # (its link count changed: an open must look again)
 
     # -- names going ----------------------------------------------------------------------
 
@@ -327,6 +333,7 @@ class Namespace:
         async with core.ns_lock:
             rel = core.inodes.child_path(parent, name)
             core.name_changes += 1
+            await self._open_before_removal(core.inodes.child(parent, name))
             gone = await core.warm.run(self._unlink_blocking, rel,
                                        is_cold(core.inodes.child(parent, name)))
             removed = core.inodes.remove_link(parent, name)
@@ -370,6 +377,8 @@ class Namespace:
             rel = core.inodes.child_path(parent, name)
             new_rel = core.inodes.child_path(new_parent, new_name)
             core.name_changes += 1
+            if not exchange:
+                await self._open_before_removal(core.inodes.child(new_parent, new_name))
             gone = await core.warm.run(
                 self._rename_blocking, rel, new_rel, flags,
                 not exchange and is_cold(core.inodes.child(new_parent, new_name)))
@@ -391,6 +400,14 @@ class Namespace:
             if changed:
                 await self.journal.sync()
         await self._drop_unreferenced(replaced, gone, new_rel)
+
+    async def _open_before_removal(self, inode: Inode | None) -> None:
+        """An open file whose warm file was not opened yet (``OpenFile.warm_deferred``) is
+        opened before its name goes, so that its handles read it to the end, as those of a
+        file opened the usual way. Caller holds ``ns_lock`` exclusively (no open is answered
+        from memory meanwhile: ``NamespaceLock.quiet``)."""
+        if inode is not None and inode.data is not None and inode.data.warm_deferred:
+            await self.core.open_warm(inode, inode.data)
 
     def _rejournal(self, inode: Inode | None) -> bool:
         """Re-point an inode's journal entry at its current path (nothing to publish if it
@@ -477,6 +494,7 @@ class Namespace:
         async with core.ns_lock:  # see Inode.attr_changes
             await core.warm.run(core.warm.setxattr, core.inodes.path(inode), name, value)
             inode.attr_changes += 1
+            inode.seen = None  # (changed: an open must look again)
 
     async def listxattr(self, ino: int) -> list[bytes]:
         core = self.core
@@ -494,3 +512,4 @@ class Namespace:
         async with core.ns_lock:  # see Inode.attr_changes
             await core.warm.run(core.warm.removexattr, core.inodes.path(inode), name)
             inode.attr_changes += 1
+            inode.seen = None  # (changed: an open must look again)

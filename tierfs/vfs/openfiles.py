@@ -15,6 +15,7 @@ import errno
 import logging
 import os
 import stat
+import time
 
 from tierfs.core.attrs import Attrs, SetAttr, attrs_of, err, stage_times, version
 from tierfs.core.context import Core
@@ -69,6 +70,11 @@ class OpenFiles:
         while True:
             data = inode.data
             if data is None:
+                known = self._from_memory(inode, flags)
+                if known is not None:
+                    data, cached = known
+                    inode.data = data
+                    break
                 data, cached = await self._open_state(inode)
                 if inode.data is not None:  # another open made one meanwhile: share that
                     if data.warm_fd is not None:
@@ -92,6 +98,24 @@ class OpenFiles:
                 await self.writer.truncate(inode, data, 0)
             keep_cache = False
         return handle.fh, keep_cache, handle.direct
+
+    def _from_memory(self, inode: Inode, flags: int
+                     ) -> tuple[OpenFile, PageVersion] | None:
+        """New open-file state for a read-only open of a warm file whose attributes were
+        read less than ``attr_timeout`` ago (``Inode.seen``), without a warm call: the warm
+        file is opened when a call needs it (``Core.open_warm``). An open then sees another
+        node's close within ``attr_timeout``, as a stat does through the kernel's cache.
+        None when the open must go to the warm tier."""
+        core = self.core
+        seen = inode.seen
+        if (seen is None or flags & (os.O_ACCMODE | os.O_TRUNC) != os.O_RDONLY
+                or inode.stub is not None or not core.ns_lock.quiet
+                or time.monotonic() - seen[0] > core.config.attr_timeout
+                or not stat.S_ISREG(seen[1].st_mode)):
+            return None
+        st = seen[1]
+        return (OpenFile(base=st, warm_id=warm_id(st), warm_deferred=True),
+                version(st, inode.key))
 
     async def _open_state(self, inode: Inode) -> tuple[OpenFile, PageVersion | None]:
         """New open-file state for an inode that has none, and the version of its content

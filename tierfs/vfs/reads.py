@@ -58,6 +58,13 @@ class Reads:
                 continue
             core.counters.add("bytes_staged", len(out))
             return out
+        if data.warm_deferred:
+            # Opened from memory: the warm file is opened now, with this read in the same call
+            # when the block cache is not in the way.
+            out = await core.open_warm(inode, data, None if core.cache_warm else (offset, size))
+            if out is not None:
+                core.counters.add("bytes_warm", len(out))
+                return out
         reader = self._reader(data)
         if reader is not None:
             return await reader.read(fh, offset, size)

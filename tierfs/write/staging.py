@@ -23,6 +23,7 @@ from tierfs.core.context import Core
 from tierfs.core.inodes import Inode
 from tierfs.core.openfile import DataState, OpenFile
 from tierfs.paths import show
+from tierfs.tiers.hot import INLINE_WRITE
 from tierfs.tiers.warm import copy_to_new
 from tierfs.transfer.streaming import give_back_all
 from tierfs.write.journal import Entry, Journal
@@ -63,8 +64,14 @@ class Staging:
         if data.staged:
             return None
         core = self.core
+        # What a lookup read of the warm file may soon be out of date: no open is answered
+        # from it (``OpenFiles.open``) until the file is looked up again.
+        inode.seen = None
+        await core.open_warm(inode, data)
         written = None
-        if first is not None and data.created:
+        if first is not None and data.created and len(first[0]) <= INLINE_WRITE:
+            sid, fd, written = core.hot.new_staging_with(*first)  # (local disk)
+        elif first is not None and data.created:
             sid, fd, written = await core.hot.run(core.hot.new_staging_with, *first)
         else:
             sid, fd = await core.hot.run(core.hot.new_staging)
@@ -209,7 +216,8 @@ class Staging:
             if remove is not None:
                 core.hot.remove_staging(remove)
 
-        await core.hot.run(close)
+        if data.warm_fd is not None or data.staging_fd is not None or remove is not None:
+            await core.hot.run(close)
         if kept_fd is not None and published is not None:
             taken = await take_staging(core, sid, kept_fd, data.size, True)
             if sid is not None:

@@ -14,6 +14,7 @@ from tierfs.cache.store import is_no_space
 from tierfs.core.context import Core
 from tierfs.core.inodes import Inode
 from tierfs.core.openfile import OpenFile
+from tierfs.tiers.hot import INLINE_WRITE
 from tierfs.transfer.mirror import write_and_start_writeback
 from tierfs.write.cold import ColdPublisher
 from tierfs.write.journal import Journal
@@ -48,7 +49,9 @@ class Writer:
                 assert data.staging_fd is not None
                 try:
                     ahead = self.warm.flush_ahead_from(data, offset, len(buf))
-                    if ahead is None:
+                    if ahead is None and len(buf) <= INLINE_WRITE:
+                        written = os.pwrite(data.staging_fd, buf, offset)  # (local disk)
+                    elif ahead is None:
                         written = await core.hot.run(os.pwrite, data.staging_fd, buf, offset)
                     else:
                         written = await core.hot.run(write_and_start_writeback,

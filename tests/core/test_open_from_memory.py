@@ -1,0 +1,154 @@
+"""Opens answered from memory: a read-only open of a warm file looked up less than
+``attr_timeout`` ago makes no warm call, and its warm file is opened by the first call that
+needs it. Whatever needs it, a handle reads the file it opened: after an unlink or a rename
+over its name through the mount, after a write through another handle, and never the
+attributes of a version older than this node's own last close."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import trio
+
+from .conftest import ROOT, core_test, open_core
+
+
+@core_test
+async def test_an_open_after_a_lookup_makes_no_warm_call_until_a_read(tmp_path: Path) -> None:
+    async with open_core(tmp_path) as core:
+        core.warm_path(b"f").write_bytes(b"hello")
+        inode, _ = await core.fs.lookup(ROOT, b"f")
+        calls = core.count_warm_calls()
+        fh, _, _ = await core.fs.open(inode.ino, os.O_RDONLY)
+        await core.fs.flush(fh)
+        assert calls["calls"] == 0
+        assert await core.fs.read(fh, 0, 4096) == b"hello"
+        assert calls["calls"] == 1  # the open and the first read in one call
+        await core.fs.release(fh)
+
+
+@core_test
+async def test_an_open_after_the_attribute_timeout_goes_to_the_warm_tier(tmp_path: Path
+                                                                         ) -> None:
+    async with open_core(tmp_path, attr_timeout=0.2) as core:
+        core.warm_path(b"f").write_bytes(b"old")
+        inode, _ = await core.fs.lookup(ROOT, b"f")
+        core.warm_path(b"f").write_bytes(b"changed by another node")
+        await trio.sleep(0.3)
+        calls = core.count_warm_calls()
+        fh, _, _ = await core.fs.open(inode.ino, os.O_RDONLY)
+        assert calls["calls"] == 1
+        assert (await core.fs.getattr(inode.ino)).size == len(b"changed by another node")
+        assert await core.read_all(fh) == b"changed by another node"
+        await core.fs.release(fh)
+
+
+@core_test
+async def test_a_file_opened_from_memory_reads_to_the_end_after_an_unlink(tmp_path: Path
+                                                                          ) -> None:
+    async with open_core(tmp_path) as core:
+        core.warm_path(b"f").write_bytes(b"still here")
+        inode, _ = await core.fs.lookup(ROOT, b"f")
+        fh, _, _ = await core.fs.open(inode.ino, os.O_RDONLY)
+        await core.fs.unlink(ROOT, b"f")
+        assert not core.warm_path(b"f").exists()
+        assert await core.read_all(fh) == b"still here"
+        await core.fs.release(fh)
+
+
+@core_test
+async def test_a_file_opened_from_memory_reads_to_the_end_after_a_rename_over_it(
+        tmp_path: Path) -> None:
+    async with open_core(tmp_path) as core:
+        core.warm_path(b"f").write_bytes(b"the first")
+        core.warm_path(b"g").write_bytes(b"the second")
+        inode, _ = await core.fs.lookup(ROOT, b"f")
+        await core.fs.lookup(ROOT, b"g")
+        fh, _, _ = await core.fs.open(inode.ino, os.O_RDONLY)
+        await core.fs.rename(ROOT, b"g", ROOT, b"f", 0)
+        assert await core.read_all(fh) == b"the first"
+        await core.fs.release(fh)
+        assert await core.read_file(b"f") == b"the second"
+
+
+@core_test
+async def test_a_writer_sharing_a_state_opened_from_memory_stages_the_file(tmp_path: Path
+                                                                           ) -> None:
+    async with open_core(tmp_path) as core:
+        core.warm_path(b"f").write_bytes(b"0123456789")
+        inode, _ = await core.fs.lookup(ROOT, b"f")
+        reader, _, _ = await core.fs.open(inode.ino, os.O_RDONLY)
+        writer, _, _ = await core.fs.open(inode.ino, os.O_WRONLY)
+        assert await core.fs.write(writer, 2, b"ab") == 2
+        assert await core.read_all(reader) == b"01ab456789"
+        await core.close(writer)
+        await core.fs.release(reader)
+        assert core.warm_path(b"f").read_bytes() == b"01ab456789"
+
+
+@core_test
+async def test_an_open_after_a_close_here_never_answers_from_older_attributes(
+        tmp_path: Path) -> None:
+    async with open_core(tmp_path) as core:
+        core.warm_path(b"f").write_bytes(b"short")
+        inode, _ = await core.fs.lookup(ROOT, b"f")  # the warm file's attributes as read
+        assert await core.read_file(b"f") == b"short"
+        fh, _, _ = await core.fs.open(inode.ino, os.O_WRONLY | os.O_TRUNC)
+        await core.write_all(fh, b"a good deal longer")
+        await core.close(fh)
+        start = time.monotonic()
+        fh, _, _ = await core.fs.open(inode.ino, os.O_RDONLY)  # (no lookup in between)
+        assert time.monotonic() - start < core.fs.config.attr_timeout
+        assert (await core.fs.getattr(inode.ino)).size == len(b"a good deal longer")
+        assert await core.read_all(fh) == b"a good deal longer"
+        await core.fs.release(fh)
+
+
+@core_test
+async def test_an_open_after_a_change_of_names_never_answers_from_older_attributes(
+        tmp_path: Path) -> None:
+    async with open_core(tmp_path) as core:
+        core.warm_path(b"f").write_bytes(b"linked")
+        inode, _ = await core.fs.lookup(ROOT, b"f")
+        await core.fs.link(inode.ino, ROOT, b"h")
+        assert (await core.fs.getattr(inode.ino)).nlink == 2
+        await core.fs.unlink(ROOT, b"f")
+        fh, _, _ = await core.fs.open(inode.ino, os.O_RDONLY)  # (no lookup in between)
+        assert (await core.fs.getattr(inode.ino)).nlink == 1
+        await core.fs.release(fh)
+        await core.fs.getattr(inode.ino)  # (read with no open state: remembered)
+        await trio.sleep(0.01)
+        await core.fs.setxattr(inode.ino, b"user.k", b"v")
+        ctime = core.warm_path(b"h").stat().st_ctime_ns
+        fh, _, _ = await core.fs.open(inode.ino, os.O_RDONLY)
+        assert (await core.fs.getattr(inode.ino)).ctime_ns == ctime
+        await core.fs.release(fh)
+
+
+@core_test
+async def test_a_file_replaced_after_the_lookup_an_open_used_is_stale_never_mixed(
+        tmp_path: Path) -> None:
+    """Another node replaces the file between the lookup and the first read: the open was
+    answered for the old version (the kernel may keep its pages), so the handle's reads fail
+    with ESTALE instead of filling gaps with the new file's bytes; a new open reads it."""
+    import errno
+
+    import pytest
+
+    async with open_core(tmp_path) as core:
+        core.warm_path(b"f").write_bytes(b"old content")
+        inode, _ = await core.fs.lookup(ROOT, b"f")
+        fh, _, _ = await core.fs.open(inode.ino, os.O_RDONLY)
+        new = core.warm_path(b"f.tmp")
+        new.write_bytes(b"new content, longer")
+        os.rename(new, core.warm_path(b"f"))  # as another node publishes
+        with pytest.raises(OSError) as raised:
+            await core.fs.read(fh, 4, 4096)
+        assert raised.value.errno == errno.ESTALE
+        await core.fs.release(fh)
+        inode, _ = await core.fs.lookup(ROOT, b"f")
+        fh, _, _ = await core.fs.open(inode.ino, os.O_RDONLY)
+        assert await core.read_all(fh) == b"new content, longer"
+        await core.fs.release(fh)

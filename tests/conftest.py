@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from nfslike import NfsLike
 from s3proxy import FaultProxy
 from tierfs import mounting
 
@@ -42,8 +43,12 @@ class Mount:
     pids: list[int] = field(default_factory=list)
     #: File systems mounted for this mount (unmounted by force_cleanup).
     own_fs: list[Path] = field(default_factory=list)
+    #: The NFS-like server the warm tier is mounted from (stopped by force_cleanup).
+    nfs: NfsLike | None = None
 
     def start(self) -> None:
+        if self.nfs is not None and self.nfs.sshd is None:
+            self.nfs.start()
         tierfs("mount", str(self.path), "--hot", str(self.hot), "--warm", str(self.warm),
                *self.extra)
         assert os.path.ismount(self.path)
@@ -74,6 +79,8 @@ class Mount:
                     pass
         for path in self.own_fs:
             subprocess.run(["umount", "-l", str(path)], capture_output=True)
+        if self.nfs is not None:
+            self.nfs.stop()
 
     def log(self) -> str:
         log = self.hot / "tierfs.log"
@@ -103,13 +110,19 @@ def running(m: Mount) -> Iterator[Mount]:
     assert "Traceback" not in m.log(), m.log()
 
 
-def make_mount(base: Path, *extra: str, warm_apart: bool = False) -> Mount:
+def make_mount(base: Path, *extra: str, warm_apart: bool = False,
+               warm_nfs: dict[str, object] | None = None) -> Mount:
     """A mount's directories under ``base``: hot and warm share its file system (staging
     files are renamed into place), or, with ``warm_apart``, the warm tier gets a file system
-    of its own (a tmpfs), as an NFS tier would be: published files are copied."""
+    of its own (a tmpfs), as an NFS tier would be: published files are copied. With
+    ``warm_nfs`` (NfsLike's options), the warm tier is an sshfs mount from a server on
+    127.0.0.1 (tests/nfslike.py), started with the mount: slow calls and no xattrs."""
     for d in ("mnt", "hot", "warm"):
         (base / d).mkdir(parents=True, exist_ok=True)
     m = Mount(base / "mnt", base / "hot", base / "warm", list(extra))
+    if warm_nfs is not None:
+        m.nfs = NfsLike(base / "nfs", **warm_nfs)  # type: ignore[arg-type]
+        m.warm = m.nfs.path
     if warm_apart:
         subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2g", "tmpfs", str(m.warm)],
                        check=True)

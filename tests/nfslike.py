@@ -39,7 +39,10 @@ _INIT, _VERSION = 1, 2
 _EXTENDED = 200
 #: requests; in flight now and most at once; the same without CLOSEs (see SharedStats)
 _STATS = struct.Struct("<qqqqq")
-_CLOSE = 4
+#: What the kernel's asynchronous release of a file makes sshfs send, after close() has
+#: returned and with nobody waiting for the reply: the handle's CLOSE, and the REMOVE of a
+#: file libfuse hid (as .fuse_hidden...) because it was renamed over or unlinked while open.
+_RELEASE_TYPES = {4, 13}
 
 
 # -- the relay (runs as sshd's SFTP subsystem, one per connection) ----------------------------
@@ -47,14 +50,20 @@ _CLOSE = 4
 
 class SharedStats:
     """Counters in a small file shared by every relay of one server (one per connection),
-    updated under an exclusive lock, so the most in flight is across all connections. CLOSEs
-    are also counted apart: sshfs sends a file's CLOSE when the kernel releases the file,
-    after close() has returned, and does not wait for its reply, so no caller waits on it."""
+    updated under an exclusive lock, so the most in flight is across all connections. Also
+    counted without CLOSEs and REMOVEs (``_RELEASE_TYPES``): the requests callers wait for,
+    where nothing is unlinked through the mount."""
 
     def __init__(self, path: Path) -> None:
         self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        #: flock excludes other processes only: both of a relay's threads share its lock.
+        self.lock = threading.Lock()
 
     def _update(self, requests: int, in_flight: int, close: bool) -> None:
+        with self.lock:
+            self._update_locked(requests, in_flight, close)
+
+    def _update_locked(self, requests: int, in_flight: int, close: bool) -> None:
         fcntl.flock(self.fd, fcntl.LOCK_EX)
         try:
             raw = os.pread(self.fd, _STATS.size, 0)
@@ -69,10 +78,10 @@ class SharedStats:
             fcntl.flock(self.fd, fcntl.LOCK_UN)
 
     def arrived(self, kind: int) -> None:
-        self._update(1, 1, kind == _CLOSE)
+        self._update(1, 1, kind in _RELEASE_TYPES)
 
     def answered(self, kind: int) -> None:
-        self._update(0, -1, kind == _CLOSE)
+        self._update(0, -1, kind in _RELEASE_TYPES)
 
 
 def _read_exact(fd: int, n: int) -> bytes | None:
@@ -298,7 +307,7 @@ class NfsLike:
 
     def stats(self) -> tuple[int, int, int, int, int]:
         """(requests answered or pending, in flight now, most in flight at once, and the
-        same two without CLOSEs: the requests some caller waits for)."""
+        same two without CLOSEs and REMOVEs: see SharedStats)."""
         raw = self.stats_file.read_bytes()
         return _STATS.unpack(raw[:_STATS.size])
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from nfslike import NfsLike
 from s3proxy import FaultProxy
 from tierfs import mounting
 
@@ -44,8 +45,12 @@ class Mount:
     own_fs: list[Path] = field(default_factory=list)
     #: Named warm roots (NAME to directory); none: ``warm`` is the mount's top level.
     roots: dict[str, Path] = field(default_factory=dict)
+    #: The NFS-like server the warm tier is mounted from (stopped by force_cleanup).
+    nfs: NfsLike | None = None
 
     def start(self) -> None:
+        if self.nfs is not None and self.nfs.sshd is None:
+            self.nfs.start()
         warm = [a for name, path in self.roots.items() for a in ("--warm", f"{name}={path}")]
         tierfs("mount", str(self.path), "--hot", str(self.hot),
                *(warm or ["--warm", str(self.warm)]), *self.extra)
@@ -77,6 +82,8 @@ class Mount:
                     pass
         for path in self.own_fs:
             subprocess.run(["umount", "-l", str(path)], capture_output=True)
+        if self.nfs is not None:
+            self.nfs.stop()
 
     def log(self) -> str:
         log = self.hot / "tierfs.log"
@@ -106,13 +113,19 @@ def running(m: Mount) -> Iterator[Mount]:
     assert "Traceback" not in m.log(), m.log()
 
 
-def make_mount(base: Path, *extra: str, warm_apart: bool = False) -> Mount:
+def make_mount(base: Path, *extra: str, warm_apart: bool = False,
+               warm_nfs: dict[str, object] | None = None) -> Mount:
     """A mount's directories under ``base``: hot and warm share its file system (staging
     files are renamed into place), or, with ``warm_apart``, the warm tier gets a file system
-    of its own (a tmpfs), as an NFS tier would be: published files are copied."""
+    of its own (a tmpfs), as an NFS tier would be: published files are copied. With
+    ``warm_nfs`` (NfsLike's options), the warm tier is an sshfs mount from a server on
+    127.0.0.1 (tests/nfslike.py), started with the mount: slow calls and no xattrs."""
     for d in ("mnt", "hot", "warm"):
         (base / d).mkdir(parents=True, exist_ok=True)
     m = Mount(base / "mnt", base / "hot", base / "warm", list(extra))
+    if warm_nfs is not None:
+        m.nfs = NfsLike(base / "nfs", **warm_nfs)  # type: ignore[arg-type]
+        m.warm = m.nfs.path
     if warm_apart:
         subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2g", "tmpfs", str(m.warm)],
                        check=True)

@@ -66,12 +66,14 @@ def staged(hot: str) -> tuple[int, int]:
 
 def build(snapshot: dict[str, Any], *, live: bool, mountpoint: str | None, hot: str,
           warm: str, bucket: str, pending: tuple[int, int] = (0, 0),
-          rates: dict[str, float] | None = None) -> dict[str, Any]:
+          rates: dict[str, float] | None = None, warm_disk: bool = True) -> dict[str, Any]:
+    """The stats document; ``warm_disk`` False leaves the warm tier's disk figures at zero
+    (a stalled warm tier, whose statvfs would not return)."""
     counters: dict[str, int] = dict(snapshot.get("counters", {}))
     gauges: dict[str, int] = dict(snapshot.get("gauges", {}))
     hits, misses = counters.get("hits", 0), counters.get("misses", 0)
     staged_files, staged_bytes = staged(hot)
-    warm_size, warm_used, _ = _disk(warm)
+    warm_size, warm_used, _ = _disk(warm) if warm_disk else (0, 0, 0)
     hot_free = _disk(hot)[2]
     used, capacity = gauges.get("bytes_cached", 0), gauges.get("capacity", 0)
     return {

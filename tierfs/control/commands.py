@@ -20,6 +20,8 @@ if TYPE_CHECKING:
 
 #: Seconds between progress lines.
 PROGRESS_INTERVAL = 0.2
+#: Seconds the warm tier's disk figures may take before stats answers without them.
+WARM_DISK_TIMEOUT = 1.0
 
 
 def _rel(path: object) -> bytes:
@@ -160,13 +162,17 @@ def make_handlers(fs: FileSystem, mountpoint: str) -> dict[str, Handler]:
 
 async def stats_document(fs: FileSystem, mountpoint: str) -> dict[str, Any]:
     """Counters read on the event loop; the tiers' disks (statvfs of NFS, the staging
-    directory) looked at in a warm-tier thread."""
+    directory) looked at in a thread of its own, not the warm tier's: those may all wait
+    for a stalled server, and stats must answer then too (without the warm disk's figures
+    if its statvfs hangs; the thread is abandoned)."""
     snapshot, pending = fs.counters.snapshot(), fs.pending_uploads()
     rates = stats_rates(list(fs.history))
 
-    def build() -> dict[str, Any]:
+    def build(warm_disk: bool = True) -> dict[str, Any]:
         return build_stats(snapshot, live=True, mountpoint=mountpoint, hot=str(fs.config.hot),
                            warm=str(fs.config.warm), bucket=str(fs.config.bucket),
-                           pending=pending, rates=rates)
+                           pending=pending, rates=rates, warm_disk=warm_disk)
 
-    return await fs.warm.run(build)
+    with trio.move_on_after(WARM_DISK_TIMEOUT):
+        return await trio.to_thread.run_sync(build, abandon_on_cancel=True)
+    return await trio.to_thread.run_sync(build, False)

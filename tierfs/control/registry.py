@@ -13,6 +13,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import stat
 from pathlib import Path
 
@@ -88,14 +89,32 @@ def unregister(mountpoint: str, pid: int) -> None:
         pass
 
 
-def _alive(record: MountRecord) -> bool:
+def _mount_points() -> set[str]:
+    """Mount points from /proc/self/mountinfo (its octal escapes undone)."""
+    try:
+        with open("/proc/self/mountinfo", "rb") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return set()
+    return {os.fsdecode(re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m[1], 8)]),
+                               line.split()[4]))
+            for line in lines if len(line.split()) > 4}
+
+
+def _alive(record: MountRecord, mounted: set[str]) -> bool:
+    """Its daemon runs and its mount point is mounted. Read from the mount table, not by a
+    stat of the mount point: that is a request to the mount, which waits for a stalled warm
+    tier, and status and stats must answer then."""
     try:
         os.kill(record.pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         pass
-    return os.path.ismount(record.mountpoint)
+    mp = record.mountpoint
+    # (The table names it with symlinks resolved: resolve its parent, never itself.)
+    return mp in mounted or os.path.join(os.path.realpath(os.path.dirname(mp)),
+                                         os.path.basename(mp)) in mounted
 
 
 def mounts() -> list[MountRecord]:
@@ -105,12 +124,13 @@ def mounts() -> list[MountRecord]:
     if not directory.is_dir():
         return out
     _check_owned(directory)
+    mounted = _mount_points()
     for path in sorted(directory.glob("*.json")):
         try:
             record = MountRecord(**json.loads(path.read_text()))
         except (OSError, ValueError, TypeError):
             continue
-        if _alive(record):
+        if _alive(record, mounted):
             out.append(record)
         else:
             try:

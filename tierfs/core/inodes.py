@@ -63,6 +63,10 @@ class Inode:
     links: list[tuple[int, bytes]]
     lookups: int = 0
     opens: int = 0
+    #: Names in the table that this directory holds: a directory the kernel forgot stays
+    #: while an inode below it is still live (a file write-back holds after its close), or
+    #: that inode's path could no longer be built.
+    children: int = 0
     #: Data state shared by every handle open on a regular file (staging, dirty flag...).
     data: OpenFile | None = None
     #: For a file whose data is in the bucket: its stub as last read from the warm tier.
@@ -202,7 +206,24 @@ class InodeTable:
     def _add(self, inode: Inode, parent: int, name: bytes) -> None:
         if (parent, name) not in inode.links:
             inode.links.append((parent, name))
+        self._name(parent, name, inode)
+
+    def _name(self, parent: int, name: bytes, inode: Inode) -> None:
+        """Enter a name in ``_by_name``, counting it in its directory's ``children``."""
+        if (parent, name) not in self._by_name:
+            holder = self._by_ino.get(parent)
+            if holder is not None:
+                holder.children += 1
         self._by_name[(parent, name)] = inode
+
+    def _unname(self, parent: int, name: bytes) -> Inode | None:
+        """Take a name out of ``_by_name``; its directory may now leave the table."""
+        inode = self._by_name.pop((parent, name), None)
+        holder = self._by_ino.get(parent)
+        if inode is not None and holder is not None:
+            holder.children -= 1
+            self._maybe_drop(holder)
+        return inode
 
     def add_link(self, inode: Inode, parent: int, name: bytes) -> None:
         self._add(inode, parent, name)
@@ -210,7 +231,7 @@ class InodeTable:
     def remove_link(self, parent: int, name: bytes) -> Inode | None:
         """Forget one name; an inode that loses its last name is unlinked but stays until the
         kernel forgets it and its last handle closes."""
-        inode = self._by_name.pop((parent, name), None)
+        inode = self._unname(parent, name)
         if inode is None:
             return None
         inode.links.remove((parent, name))
@@ -228,19 +249,23 @@ class InodeTable:
         self.remove_link(new_parent, new_name)
         if inode is None:
             return
-        del self._by_name[(parent, name)]
         inode.links[inode.links.index((parent, name))] = (new_parent, new_name)
-        self._by_name[(new_parent, new_name)] = inode
+        self._name(new_parent, new_name, inode)  # (first: the old directory may be dropped)
+        self._unname(parent, name)
 
     def exchange(self, parent: int, name: bytes, new_parent: int, new_name: bytes) -> None:
-        a = self._by_name.pop((parent, name), None)
-        b = self._by_name.pop((new_parent, new_name), None)
+        a = self._by_name.get((parent, name))
+        b = self._by_name.get((new_parent, new_name))
         if a is not None:
             a.links[a.links.index((parent, name))] = (new_parent, new_name)
-            self._by_name[(new_parent, new_name)] = a
         if b is not None:
             b.links[b.links.index((new_parent, new_name))] = (parent, name)
-            self._by_name[(parent, name)] = b
+        for where, inode in (((new_parent, new_name), a), ((parent, name), b)):
+            if inode is not None:
+                self._name(*where, inode)
+        for where, inode in (((parent, name), b), ((new_parent, new_name), a)):
+            if inode is None:
+                self._unname(*where)
 
     @contextlib.contextmanager
     def replacing(self, inode: Inode) -> Iterator[None]:
@@ -290,12 +315,15 @@ class InodeTable:
         self._maybe_drop(inode)
 
     def _maybe_drop(self, inode: Inode) -> None:
-        if inode.lookups > 0 or inode.opens > 0 or inode.ino == ROOT_INODE:
+        if (inode.lookups > 0 or inode.opens > 0 or inode.children > 0
+                or inode.ino == ROOT_INODE or self._by_ino.get(inode.ino) is not inode):
             return
         del self._by_ino[inode.ino]
-        for link in inode.links:
-            self._by_name.pop(link, None)
+        links = list(inode.links)
         inode.links.clear()
+        for parent, name in links:
+            if self._by_name.get((parent, name)) is inode:
+                self._unname(parent, name)
         if self._by_key.get(inode.key) is inode:
             del self._by_key[inode.key]
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import re
 import stat
 import uuid
 from collections.abc import Callable, Iterator
@@ -44,6 +45,18 @@ def split(rel: bytes) -> tuple[bytes, bytes]:
 def is_internal(name: bytes) -> bool:
     """Names tierfs uses for itself inside the namespace; never shown through the mount."""
     return name.startswith(TEMP_PREFIX) and name.endswith(TEMP_SUFFIX)
+
+
+#: A network file system's client keeps a file unlinked while open (tierfs holds the warm
+#: file of an open handle) under a hidden name until the last close: the Linux NFS client's
+#: ".nfs" and 24 hex digits, libfuse's ".fuse_hidden" and 16 (sshfs and other FUSE clients).
+_SILLY_RENAMED = re.compile(rb"\.(nfs[0-9a-f]{24}|fuse_hidden[0-9a-f]{16})\Z")
+
+
+def is_silly_renamed(name: bytes) -> bool:
+    """A name the warm tier's client gave an unlinked file still open: not listed, since
+    the file is gone for every user (it disappears at its last close)."""
+    return _SILLY_RENAMED.match(name) is not None
 
 
 def copy_fd(src: int, dst: int, size: int, src_offset: int = 0, dst_offset: int = 0) -> None:
@@ -200,7 +213,7 @@ class WarmTier(Tier):
             with os.scandir(dfd) as it:
                 for entry in it:
                     name = os.fsencode(entry.name)
-                    if is_internal(name):
+                    if is_internal(name) or is_silly_renamed(name):
                         continue
                     try:
                         st, target = stat_link(
@@ -228,7 +241,11 @@ class WarmTier(Tier):
         tmp = join(split(rel)[0], self._temp_name())
         os.symlink(target, tmp, dir_fd=self.fd)
         try:
-            os.chown(tmp, old.st_uid, old.st_gid, dir_fd=self.fd, follow_symlinks=False)
+            # Only when it differs (as chown_new): an SFTP server (sshfs) cannot change a
+            # symlink's owner, its SETSTAT follows the link, and a stub's target is no path.
+            new = os.stat(tmp, dir_fd=self.fd, follow_symlinks=False)
+            if (new.st_uid, new.st_gid) != (old.st_uid, old.st_gid):
+                os.chown(tmp, old.st_uid, old.st_gid, dir_fd=self.fd, follow_symlinks=False)
             os.rename(tmp, rel, src_dir_fd=self.fd, dst_dir_fd=self.fd)
         except BaseException:
             os.unlink(tmp, dir_fd=self.fd)
@@ -344,8 +361,8 @@ class WarmTier(Tier):
                 raise FileNotFoundError(errno.ENOENT, "another file is there now", rel)
             self.write_in_place(rel, src_fd, size, times, st)
             return None, self.lstat(rel)
-        tmp = self.write_temp(split(rel)[0], src_fd, size, rel, times, mode)
-        return tmp, self.lstat(tmp)
+        # (Its attributes from its descriptor: a rename of its directory meanwhile moved it.)
+        return self.write_temp(split(rel)[0], src_fd, size, rel, times, mode)
 
     def replace(self, tmp: bytes, rel: bytes, again: Reapply | None = None
                 ) -> tuple[os.stat_result, os.stat_result]:
@@ -367,8 +384,10 @@ class WarmTier(Tier):
         return self.lstat(rel), self.lstat(split(rel)[0])
 
     def write_temp(self, parent: bytes, src_fd: int, size: int, like: bytes | None,
-                   times: tuple[int, int] | None, mode: int | None = None) -> bytes:
-        """Copy staged data into a fresh temp file beside its target and fsync it.
+                   times: tuple[int, int] | None, mode: int | None = None
+                   ) -> tuple[bytes, os.stat_result]:
+        """Copy staged data into a fresh temp file beside its target and fsync it; its path
+        and attributes.
 
         The temp file takes the owner, mode and extended attributes of ``like`` (the file it
         will replace) so that publishing by rename changes nothing but the content.
@@ -379,8 +398,7 @@ class WarmTier(Tier):
         except BaseException:
             self.drop_temp(tmp, fd)
             raise
-        self.finish_temp(tmp, fd, size, like, times, mode)
-        return tmp
+        return tmp, self.finish_temp(tmp, fd, size, like, times, mode)
 
     def open_temp(self, parent: bytes) -> tuple[bytes, int]:
         """A new, empty temp file in ``parent``, to be renamed over its target when whole."""
@@ -390,8 +408,13 @@ class WarmTier(Tier):
         return tmp, fd
 
     def drop_temp(self, tmp: bytes, fd: int) -> None:
-        os.close(fd)
-        os.unlink(tmp, dir_fd=self.fd)
+        try:
+            os.unlink(tmp, dir_fd=self.fd)
+        except FileNotFoundError:
+            # Moved with its directory (renamed meanwhile): it is where its descriptor says.
+            os.unlink(os.readlink(_proc_path(fd)))
+        finally:
+            os.close(fd)
 
     def finish_temp(self, tmp: bytes, fd: int, size: int, like: bytes | None,
                     times: tuple[int, int] | None, mode: int | None = None) -> os.stat_result:

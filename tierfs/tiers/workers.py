@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -41,15 +42,28 @@ class Workers:
         self._lock = threading.Lock()
         #: Calls handed over and not yet finished.
         self._pending = 0
+        #: When each call now waiting was handed over, oldest first (dicts keep insertion
+        #: order): a stalled tier shows as an old call, which health checks name without
+        #: queueing behind it. Touched on the event loop only.
+        self._since: dict[object, float] = {}
 
     @property
     def busy(self) -> int:
         """Calls running or waiting for a thread."""
         return self._pending
 
+    def oldest_call_age(self) -> float:
+        """Seconds since the oldest call not yet finished was handed over; 0 if none."""
+        for since in self._since.values():
+            return time.monotonic() - since
+        return 0.0
+
     async def run(self, fn: Callable[..., T], *args: object) -> T:
         """``fn(*args)`` in one of the threads; its result, or its exception raised here."""
-        job = (fn, args, trio.lowlevel.current_trio_token(), trio.lowlevel.current_task())
+        task = trio.lowlevel.current_task()
+        job = (fn, args, trio.lowlevel.current_trio_token(), task)
+        key = object()
+        self._since[key] = time.monotonic()
         with self._lock:
             self._pending += 1
             if self._pending > len(self._threads) and len(self._threads) < self.size:
@@ -58,7 +72,10 @@ class Workers:
                 self._threads.append(thread)
                 thread.start()
         self._queue.put(job)
-        result: T = await trio.lowlevel.wait_task_rescheduled(_not_cancellable)
+        try:
+            result: T = await trio.lowlevel.wait_task_rescheduled(_not_cancellable)
+        finally:
+            del self._since[key]
         return result
 
     def _work(self) -> None:

@@ -6,10 +6,12 @@ health checks of the tiers."""
 from __future__ import annotations
 
 import collections
+import functools
 import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import trio
 
@@ -19,9 +21,24 @@ from tierfs.index import FLUSH_INTERVAL
 from tierfs.objects.base import ObjectStoreError
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 #: Seconds a tier may take to answer a health check.
 HEALTH_TIMEOUT = 10.0
+#: A call to a tier unanswered for this many seconds may be a stall (an NFS server that
+#: stopped answering) or one long call (a large copy): the health check's own probe then
+#: gets STALLED_PROBE_TIMEOUT seconds to tell them apart, so a stall is named promptly.
+STALLED_AFTER = 2.0
+STALLED_PROBE_TIMEOUT = 1.0
+
+
+async def _probe(timeout: float, fn: Callable[..., T], *args: object) -> T:
+    """``fn(*args)`` in a thread of its own, given up after ``timeout``: not one of the
+    tier's threads, which may all be waiting for a stalled server (a health check must not
+    queue behind them), and abandoned if it hangs too."""
+    with trio.fail_after(timeout):
+        return await trio.to_thread.run_sync(functools.partial(fn, *args),
+                                             abandon_on_cancel=True)
 
 
 class Upkeep:
@@ -70,14 +87,22 @@ class Upkeep:
         out: dict[str, dict[str, object]] = {}
         for name, tier, path in (("hot", core.hot, core.config.hot),
                                  ("warm", core.warm, core.config.warm)):
+            waiting, age = tier.workers.busy, tier.workers.oldest_call_age()
+            calls = {"calls_in_flight": waiting, "oldest_call_seconds": round(age, 3)}
+            timeout = STALLED_PROBE_TIMEOUT if age > STALLED_AFTER else HEALTH_TIMEOUT
             try:
-                with trio.fail_after(HEALTH_TIMEOUT):
-                    st = await tier.run(os.statvfs, path)
-                writable = await tier.run(os.access, path, os.W_OK)
-                out[name] = {"ok": writable, "free": st.f_bavail * st.f_frsize,
+                st = await _probe(timeout, os.statvfs, path)
+                writable = await _probe(timeout, os.access, path, os.W_OK)
+                out[name] = {"ok": writable, "free": st.f_bavail * st.f_frsize, **calls,
                              "detail": "ok" if writable else "not writable"}
-            except (OSError, trio.TooSlowError) as e:
-                out[name] = {"ok": False, "free": None, "detail": f"unreachable: {e!r}"}
+            except trio.TooSlowError:
+                detail = (f"stalled: a call unanswered for {age:.1f} s ({waiting} in flight "
+                          f"or queued)" if age > STALLED_AFTER
+                          else f"unreachable: no answer in {timeout:.0f} s")
+                out[name] = {"ok": False, "free": None, **calls, "detail": detail}
+            except OSError as e:
+                out[name] = {"ok": False, "free": None, **calls,
+                             "detail": f"unreachable: {e!r}"}
         try:
             with trio.fail_after(HEALTH_TIMEOUT):
                 await core.cold.run(core.cold.store.check)

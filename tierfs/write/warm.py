@@ -22,7 +22,7 @@ from tierfs.core.attrs import err, mode_override
 from tierfs.core.context import AttrMark, Core
 from tierfs.core.inodes import Inode, key_ids
 from tierfs.core.openfile import OpenFile, warm_id
-from tierfs.tiers.warm import LinkedMeanwhile, Reapply, WarmTier, split
+from tierfs.tiers.warm import LinkedMeanwhile, Reapply, WarmTier, join, split
 from tierfs.transfer.mirror import Mirror
 from tierfs.write.journal import Journal
 
@@ -182,10 +182,24 @@ class WarmPublisher:
             if target is None:
                 await core.warm.run(core.warm.unlink, tmp)
                 return None
-            st, parent_st = await core.warm.run(core.warm.replace, tmp, target,
+            st, parent_st = await core.warm.run(self._replace_moved, tmp, target,
                                                 self._reapply(inode, data, since))
             core.dir_changed(inode, parent_st)
             return st
+
+    def _replace_moved(self, tmp: bytes, target: bytes, again: Reapply | None
+                       ) -> tuple[os.stat_result, os.stat_result]:
+        """``WarmTier.replace``, with the temp file found where a rename of its directory
+        took it: it was made beside the file, and a directory renamed since (while it was
+        copied, a wide window on a slow warm tier) moved both. Blocking."""
+        warm = self.core.warm
+        try:
+            return warm.replace(tmp, target, again)
+        except FileNotFoundError:
+            moved = join(split(target)[0], split(tmp)[1])
+            if moved == tmp:
+                raise
+            return warm.replace(moved, target, again)
 
     def _finish_mirror(self, mirror: Mirror, data: OpenFile, rel: bytes,
                        times: tuple[int, int], mode: int | None) -> bytes | None:

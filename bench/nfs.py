@@ -1,0 +1,217 @@
+"""tierfs over an NFS-like warm tier against the same work done directly on that tier, in one
+run: sshfs from an OpenSSH server on 127.0.0.1 whose SFTP replies wait ``--latency-ms`` after
+each request (tests/nfslike.py; 1 ms by default, as managed NFS), attributes cached 3 s.
+
+    sudo .venv/bin/python bench/nfs.py [--latency-ms 1] [--dl-files 1000] [--ckpt-mib 256]
+
+Columns: direct (the work on the sshfs mount), and tierfs with its warm tier on the same sshfs
+mount and its hot tier on local disk (warm blocks cached on the hot tier, the default for a
+network warm tier). Both trees are written at the server beforehand, so reads start from the
+network. Rows: DataLoader epochs over an image-folder tree and epochs over tar-like shards
+(the page cache dropped before each epoch: the second epoch is served by the tier, not by
+RAM), a checkpoint save (one large file, and many 8 MiB shards; each file fsynced, as
+torch.save callers that want durability do) through tierfs in sync mode (close returns once
+the file is on the warm tier) and write-back mode (once it is staged on the hot tier), small
+creates (with and without an fsync before close: tierfs's sync mode makes every file durable
+on the warm tier at close, so the fsynced row compares like with like), stats of names not
+looked up, and ls -l. Higher is better in every row; the ratio is
+tierfs/direct.
+
+Root is needed (sshd, FUSE mounts, dropping the page cache). The machine is shared and noisy:
+compare ratios within one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+from checkpoint import write_file  # noqa: E402
+from common import MIB, TIERFS, drop_caches  # noqa: E402
+from nfslike import NfsLike  # noqa: E402
+from run import create_files, stat_files, timed  # noqa: E402
+from small import loader_epoch, ls_l, populate  # noqa: E402
+
+KIB = 1024
+
+
+def populate_shards(d: Path, count: int, size: int) -> None:
+    """Tar-like shards: ``count`` files of ``size`` bytes."""
+    d.mkdir(parents=True, exist_ok=True)
+    data = os.urandom(MIB)
+    for i in range(count):
+        with open(d / f"shard-{i:05d}.tar", "wb") as f:
+            for _ in range(size // MIB):
+                f.write(data)
+
+
+def shard_epoch(d: Path) -> Callable[[], int]:
+    """Read every shard front to back in 1 MiB reads, as a WebDataset-style loader does."""
+    def epoch() -> int:
+        total = 0
+        for p in sorted(d.iterdir()):
+            fd = os.open(p, os.O_RDONLY)
+            try:
+                while chunk := os.read(fd, MIB):
+                    total += len(chunk)
+            finally:
+                os.close(fd)
+        return total
+    return epoch
+
+
+def checkpoint(root: Path, name: str, big: int, shards: int, block: bytes) -> tuple[float, float]:
+    """Seconds to save one ``big``-byte file, and ``shards`` files of 8 MiB; each fsynced."""
+    d = root / name
+    d.mkdir()
+    drop_caches()
+    one = timed(lambda: write_file(d / "model.pt", big, block, True))
+    many_dir = d / "shards"
+    many_dir.mkdir()
+    drop_caches()
+    many = timed(lambda: [write_file(many_dir / f"shard-{i:04d}.pt", 8 * MIB, block, True)
+                          for i in range(shards)])
+    return one, many
+
+
+def fill(root: Path, args: argparse.Namespace) -> None:
+    """The trees the read rows use, written at the server (no request over the network)."""
+    populate(root / "dl", args.dl_files, args.dl_kib * KIB, classes=10)
+    populate_shards(root / "shards", args.shards, args.shard_mib * MIB)
+    populate(root / "st", args.files, 0)
+    populate(root / "ls", args.entries, 0)
+
+
+def reads(root: Path, args: argparse.Namespace, out: dict[str, float]) -> None:
+    epoch = loader_epoch(root / "dl", args.dl_files)
+    for n in (1, 2):
+        drop_caches()
+        out[f"DataLoader epoch {n}, {args.dl_files} x {args.dl_kib} KiB (files/s)"] = (
+            args.dl_files / timed(epoch))
+    shards = shard_epoch(root / "shards")
+    total_mb = args.shards * args.shard_mib * MIB / 1e6
+    for n in (1, 2):
+        drop_caches()
+        out[f"shard epoch {n}, {args.shards} x {args.shard_mib} MiB (MB/s)"] = (
+            total_mb / timed(shards))
+    drop_caches()
+    out[f"stat, not looked up, {args.files} (stats/s)"] = args.files / timed(
+        lambda: stat_files(root / "st", args.files))
+    drop_caches()
+    out[f"ls -l of {args.entries} entries (entries/s)"] = args.entries / timed(
+        lambda: ls_l(root / "ls"))
+
+
+def writes(root: Path, args: argparse.Namespace, mode: str, block: bytes,
+           out: dict[str, float]) -> None:
+    """Creates and checkpoint saves; ``mode`` names the rows (direct: both modes' rows)."""
+    modes = ("sync", "writeback") if mode == "direct" else (mode,)
+    drop_caches()
+    rate = args.creates / timed(lambda: create_files(root / f"new-{mode}", args.creates))
+    durable = args.creates / timed(lambda: create_files(root / f"durable-{mode}", args.creates,
+                                                        fsync=True))
+    one, many = checkpoint(root, f"ckpt-{mode}", args.ckpt_mib * MIB, args.ckpt_shards, block)
+    for m in modes:
+        out[f"create+write+close 4 KiB, {m} (files/s)"] = rate
+        out[f"create+write+fsync+close 4 KiB, {m} (files/s)"] = durable
+        out[f"checkpoint {args.ckpt_mib} MiB file, {m} (MB/s)"] = args.ckpt_mib * MIB / 1e6 / one
+        out[f"checkpoint {args.ckpt_shards} x 8 MiB shards, {m} (MB/s)"] = (
+            args.ckpt_shards * 8 * MIB / 1e6 / many)
+
+
+@contextmanager
+def tierfs_mounted(mnt: Path, hot: Path, warm: Path, durability: str) -> Iterator[Path]:
+    mnt.mkdir(exist_ok=True)
+    hot.mkdir(exist_ok=True)
+    subprocess.run([*TIERFS, "mount", str(mnt), "--hot", str(hot), "--warm", str(warm),
+                    "--durability", durability, "--cache-warm", "true"], check=True)
+    try:
+        yield mnt
+    finally:
+        start = time.perf_counter()
+        subprocess.run([*TIERFS, "unmount", str(mnt)], check=False, capture_output=True)
+        if os.path.ismount(mnt):
+            subprocess.run(["fusermount3", "-u", "-z", str(mnt)], capture_output=True)
+        print(f"  (tierfs {durability} unmounted in {time.perf_counter() - start:.1f} s)",
+              flush=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--latency-ms", type=float, default=1.0)
+    parser.add_argument("--max-conns", type=int, default=4,
+                        help="sshfs connections to the server (as NFS nconnect)")
+    parser.add_argument("--dl-files", type=int, default=1000)
+    parser.add_argument("--dl-kib", type=int, default=32)
+    parser.add_argument("--shards", type=int, default=8)
+    parser.add_argument("--shard-mib", type=int, default=8)
+    parser.add_argument("--ckpt-mib", type=int, default=256)
+    parser.add_argument("--ckpt-shards", type=int, default=16)
+    parser.add_argument("--creates", type=int, default=300)
+    parser.add_argument("--files", type=int, default=1000)
+    parser.add_argument("--entries", type=int, default=1000)
+    parser.add_argument("--dir", type=Path, default=None,
+                        help="where the hot tier and the server's files go (a local disk)")
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        print("bench/nfs.py needs root (sshd, FUSE mounts, drop_caches)", file=sys.stderr)
+        return 2
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # cleanup below still runs
+    base = Path(tempfile.mkdtemp(prefix="tierfs-nfs-bench-", dir=args.dir))
+    server = NfsLike(base / "nfs", latency=args.latency_ms / 1000, max_conns=args.max_conns)
+    results: dict[str, dict[str, float]] = {"direct": {}, "tierfs": {}}
+    block = os.urandom(MIB)
+    try:
+        server.start()
+        for tree in ("direct", "warm"):
+            fill(server.export / tree, args)
+        direct, warm = server.path / "direct", server.path / "warm"
+        print(f"NFS-like tier: sshfs, {args.latency_ms:g} ms per reply, {args.max_conns} "
+              f"connections; files under {base}", flush=True)
+        requests: dict[str, int] = {}
+        server.reset_stats()
+        reads(direct, args, results["direct"])
+        requests["direct reads"] = server.stats()[0]
+        server.reset_stats()
+        writes(direct, args, "direct", block, results["direct"])
+        requests["direct writes"] = server.stats()[0]
+        print("  (direct done)", flush=True)
+        for durability in ("sync", "writeback"):
+            with tierfs_mounted(base / "mnt", base / f"hot-{durability}", warm,
+                                durability) as mnt:
+                if durability == "sync":
+                    server.reset_stats()
+                    reads(mnt, args, results["tierfs"])
+                    requests["tierfs reads"] = server.stats()[0]
+                server.reset_stats()
+                writes(mnt, args, durability, block, results["tierfs"])
+                requests[f"tierfs {durability} writes"] = server.stats()[0]
+    finally:
+        server.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+    print(f"\n{'':58} {'direct':>10} {'tierfs':>10} {'ratio':>7}")
+    for row, raw in results["direct"].items():
+        ours = results["tierfs"].get(row)
+        if ours is None:
+            continue
+        print(f"{row:58} {raw:10.1f} {ours:10.1f} {ours / raw:6.2f}x")
+    print("\nSFTP requests: " + ", ".join(f"{k} {v:,}" for k, v in requests.items())
+          + " (tierfs's write-back counts stop at the last save, not when its uploads end)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

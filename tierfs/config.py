@@ -20,19 +20,8 @@ import platformdirs
 
 from tierfs.errors import ConfigError
 from tierfs.objects.base import MIN_PART_SIZE, BucketURI, parse_bucket_uri
-
-#: Anyscale's node-local NVMe and per-user NFS mounts; used when they exist.
-ANYSCALE_HOT = Path("/mnt/local_storage")
-ANYSCALE_WARM = Path("/mnt/user_storage")
-#: Where Anyscale's shared NFS mounts are found ($TIERFS_MOUNTS_BASE overrides it, for tests
-#: and images that mount them elsewhere), and the named warm
-#: roots the zero-config default mounts when all of them are there: NAME, folder under it.
-ANYSCALE_MOUNTS = Path("/mnt")
-ANYSCALE_ROOTS = (("cluster", "cluster_storage"), ("user", "user_storage"),
-                  ("shared", "shared_storage"))
-
-#: Named warm roots, (NAME, DIR) in the order given; empty for the one unnamed root.
-Roots = tuple[tuple[str, Path], ...]
+from tierfs.places import (Roots, default_bucket, default_hot, default_warm_roots, path_value,
+                           warm_value)
 
 Number = TypeVar("Number", int, float)
 
@@ -41,95 +30,6 @@ Number = TypeVar("Number", int, float)
 MAX_SIZE = 1024**6
 #: S3's largest object: a file past the threshold could never be uploaded whole anyway.
 MAX_OBJECT_SIZE = 5 * 1024**4
-#: Most named warm roots a mount takes (their index is kept in a few bits of inode numbers,
-#: see ``vfs.roots``).
-MAX_ROOTS = 63
-
-
-def _default_hot() -> Path:
-    if ANYSCALE_HOT.is_dir():
-        return ANYSCALE_HOT / "tierfs"
-    return Path(platformdirs.user_cache_dir("tierfs")) / "hot"
-
-
-def _default_warm() -> Path:
-    # A subfolder, not the NFS root itself: tierfs keeps temp files in the namespace while it
-    # publishes, and a user's existing files should not be mixed into its tree unasked.
-    if ANYSCALE_WARM.is_dir():
-        return ANYSCALE_WARM / "tierfs"
-    return Path(platformdirs.user_data_dir("tierfs")) / "warm"
-
-
-def _default_roots() -> Roots:
-    """On a node with all of Anyscale's NFS mounts, each is a named root (the same
-    ``tierfs`` subfolder as the single default, for the same reason); elsewhere none."""
-    base = Path(os.environ.get("TIERFS_MOUNTS_BASE") or ANYSCALE_MOUNTS)
-    found = tuple((name, base / folder) for name, folder in ANYSCALE_ROOTS)
-    if all(path.is_dir() for _, path in found):
-        return tuple((name, path / "tierfs") for name, path in found)
-    return ()
-
-
-def _default_warm_roots() -> tuple[Path, Roots]:
-    roots = _default_roots()
-    return (roots[0][1] if roots else _default_warm()), roots
-
-
-def root_name(name: str) -> str:
-    """A named root's name: one path component, shown as the mount's top-level directory."""
-    if not name or "/" in name or "\0" in name or name in (".", ".."):
-        raise ValueError(f"{name!r}: a root's name is one file name (no '/', not '.' or '..')")
-    return name
-
-
-def _is_named(item: str) -> bool:
-    """``NAME=DIR`` rather than a directory: a NAME holds no '/' (so a path with an '=' in
-    it is still a path as long as a '/' comes first, such as ``./a=b``)."""
-    name, sep, _ = item.partition("=")
-    return bool(sep) and "/" not in name and not name.startswith("~")
-
-
-def _warm(value: Any) -> tuple[Path, Roots]:
-    """One directory (the mount's top level), or named roots: ``NAME=DIR`` strings (the flag
-    given several times, or a TOML list) or a TOML table ``{NAME = "DIR"}``. Returns the
-    first directory and the named roots (none for a plain directory)."""
-    if isinstance(value, Mapping):
-        items = [(str(k), v) for k, v in value.items()]
-    else:
-        if isinstance(value, str):
-            value = [value]
-        if not isinstance(value, (list, tuple)) or not value:
-            raise ValueError('expected a directory, or NAME=DIR roots such as '
-                             '["cluster=/mnt/cluster_storage/tierfs"]')
-        if len(value) == 1 and isinstance(value[0], str) and not _is_named(value[0]):
-            return _path(value[0]), ()
-        items = []
-        for item in value:
-            if not isinstance(item, str) or not _is_named(item):
-                raise ValueError(f"{item!r}: with several warm roots each is NAME=DIR")
-            name, _, folder = item.partition("=")
-            items.append((name, folder))
-    roots: list[tuple[str, Path]] = []
-    for name, folder in items:
-        root_name(name)
-        if any(name == seen for seen, _ in roots):
-            raise ValueError(f"{name!r}: two roots of the same name")
-        try:
-            roots.append((name, _path(folder)))
-        except ValueError as e:
-            raise ValueError(f"root {name!r}: {e}") from None
-    if len(roots) > MAX_ROOTS:
-        raise ValueError(f"at most {MAX_ROOTS} roots")
-    return roots[0][1], tuple(roots)
-
-
-def _default_bucket() -> BucketURI:
-    env = os.environ.get("ANYSCALE_ARTIFACT_STORAGE")
-    if env:
-        return parse_bucket_uri(env.rstrip("/") + "/tierfs")
-    return parse_bucket_uri(f"file://{Path(platformdirs.user_data_dir('tierfs')) / 'cold'}")
-
-
 def _bucket(value: Any) -> BucketURI:
     if not isinstance(value, str):
         raise ValueError("expected a URI such as s3://bucket/prefix")
@@ -227,12 +127,6 @@ def _window(value: Any) -> int:
 
 def default_config_file() -> Path:
     return Path(platformdirs.user_config_dir("tierfs")) / "config.toml"
-
-
-def _path(value: Any) -> Path:
-    if not isinstance(value, str) or not value:
-        raise ValueError("expected a non-empty path string")
-    return Path(value).expanduser().absolute()
 
 
 def _bool(value: Any) -> bool:
@@ -390,16 +284,16 @@ class Key:
 
 
 KEYS: tuple[Key, ...] = (
-    Key("hot", _path, _default_hot,
+    Key("hot", path_value, default_hot,
         "Hot tier directory on node-local disk: staging files, the LMDB index, logs."),
-    Key("warm", _warm, _default_warm_roots,
+    Key("warm", warm_value, default_warm_roots,
         "Warm tier directory (NFS): the namespace root; directories and small files live here. "
         "NAME=DIR, given several times, mounts each DIR as the top-level directory NAME.",
         multiple=True),
     Key("allow_other", _bool, lambda: False,
         "Let users other than the one who mounted access the mount (FUSE allow_other).",
         is_flag=True),
-    Key("bucket", _bucket, _default_bucket,
+    Key("bucket", _bucket, default_bucket,
         "Cold tier: s3://bucket/prefix, gs://bucket/prefix or file:///folder. Default: "
         "$ANYSCALE_ARTIFACT_STORAGE/tierfs if set, else a local folder."),
     Key("endpoint_url", _optional_text, lambda: None,

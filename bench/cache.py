@@ -32,7 +32,7 @@ from boto3.s3.transfer import TransferConfig
 from common import MIB, TIERFS, drop_caches, moto_server, mounted, read_all
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from tierfs.cache.blocks import cold_source_id  # noqa: E402
+from tierfs.cache.entries import cold_source_id  # noqa: E402
 from tierfs.cache.counters import load_saved  # noqa: E402
 
 

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import trio
 
-from tierfs.cache.blocks import BlockCache, Source, block_key
+from tierfs.cache.blocks import BlockCache
+from tierfs.cache.entries import Source, block_key
 from tierfs.cache.bysource import BySource
 from tierfs.cache.counters import Counters
 from tierfs.cache.eviction import make_policy

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from tierfs.cache.blocks import ID_BYTES, cold_source_id
+from tierfs.cache.entries import ID_BYTES, cold_source_id
 
 from .conftest import MIB, PART, ROOT, Core, core_test, open_core
 from .test_streaming import SMALL, content, open_short

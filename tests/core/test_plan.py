@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import trio
 
-from tierfs.cache.blocks import Source, block_key
+from tierfs.cache.entries import Source, block_key
 from tierfs.cache.eviction import LRU
 from tierfs.cache.plan import Plan, PlanPolicy
 from tierfs.control.commands import make_handlers

@@ -27,18 +27,17 @@ from __future__ import annotations
 import collections
 import dataclasses
 import errno
-import hashlib
 import logging
 import mmap
 import os
 import struct
-from collections.abc import Awaitable, Callable
 
 import trio
 
 from tierfs.cache.buffers import BufferPool
 from tierfs.cache.bysource import BySource
 from tierfs.cache.counters import Counters
+from tierfs.cache.entries import ID_BYTES, Entry, Source, block_key, block_number
 from tierfs.cache.eviction import Policy
 from tierfs.cache.store import BlockFiles, checksum, is_no_space
 from tierfs.index import Batch, Index
@@ -49,11 +48,6 @@ log = logging.getLogger(__name__)
 DB = "blocks"
 #: Pinned sources: source id -> the path it was pinned by.
 PINS = "pins"
-#: size, checksum (XXH3-64), segment, frequency, access sequence, pinned
-_ENTRY = struct.Struct(">QQBIQB")
-_BLOCK = struct.Struct(">I")
-#: Source ids are this many bytes of a SHA-256; a block key is the id plus a 4-byte number.
-ID_BYTES = 16
 #: A block's bytes: read from a source, or from the hot tier into a reused buffer.
 Block = bytes | mmap.mmap
 #: Blocks written to the hot tier at once; more misses than this are served without caching.
@@ -63,39 +57,6 @@ FREE_BUFFERS = 8
 #: Blocks from the hot tier served whole that stay in memory (for a reader a little behind
 #: another in the same file).
 FINISHED_HOT = 2
-
-
-@dataclasses.dataclass
-class Entry:
-    size: int
-    crc: int
-    segment: int = 0
-    freq: int = 0
-    seq: int = 0
-    pinned: bool = False
-
-    def encode(self) -> bytes:
-        return _ENTRY.pack(self.size, self.crc, self.segment, min(self.freq, 2**32 - 1),
-                           self.seq, self.pinned)
-
-    @classmethod
-    def decode(cls, raw: bytes) -> Entry:
-        size, crc, segment, freq, seq, pinned = _ENTRY.unpack(raw)
-        return cls(size, crc, segment, freq, seq, bool(pinned))
-
-
-def cold_source_id(bucket: str, key: str, etag: str) -> bytes:
-    return hashlib.sha256(f"cold\0{bucket}\0{key}\0{etag}".encode()).digest()[:ID_BYTES]
-
-
-def warm_source_id(warm_root: str, st_ino: int, size: int, mtime_ns: int, ctime_ns: int
-                   ) -> bytes:
-    return hashlib.sha256(f"warm\0{warm_root}\0{st_ino}\0{size}\0{mtime_ns}\0{ctime_ns}"
-                          .encode()).digest()[:ID_BYTES]
-
-
-def block_key(source_id: bytes, block: int) -> bytes:
-    return source_id + _BLOCK.pack(block)
 
 
 @dataclasses.dataclass(eq=False)
@@ -117,19 +78,6 @@ def _shared_error(error: Exception) -> OSError:
     if isinstance(error, OSError) and error.errno is not None:
         return OSError(error.errno, error.strerror or os.strerror(error.errno))
     return OSError(errno.EIO, f"loading the block failed: {error!r}")
-
-
-@dataclasses.dataclass(frozen=True)
-class Source:
-    """Something whose blocks can be cached: its id, size, home tier and how to fetch a range."""
-
-    id: bytes
-    size: int
-    tier: str  # "cold" or "warm"
-    fetch: Callable[[int, int], Awaitable[bytes]]
-
-    def blocks(self, block_size: int) -> int:
-        return (self.size + block_size - 1) // block_size
 
 
 class BlockCache:
@@ -606,7 +554,7 @@ class BlockCache:
         block numbers up to the source's size); none at or past ``nblocks`` should exist, as
         a source's id changes with its size, and any such is left out."""
         return [key for key in self.entries.of_source(source_id)
-                if _BLOCK.unpack(key[ID_BYTES:])[0] < nblocks]
+                if block_number(key) < nblocks]
 
     def cached_bytes(self, source_id: bytes, nblocks: int) -> int:
         return sum(self.entries[key].size for key in self._cached_blocks(source_id, nblocks))

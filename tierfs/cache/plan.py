@@ -43,7 +43,8 @@ from typing import Any
 
 import trio
 
-from tierfs.cache.blocks import BlockCache, Source, block_key
+from tierfs.cache.blocks import BlockCache
+from tierfs.cache.entries import Source, block_key
 from tierfs.cache.eviction import PROBATION, Policy
 
 log = logging.getLogger(__name__)

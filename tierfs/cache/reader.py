@@ -27,7 +27,8 @@ import logging
 
 import trio
 
-from tierfs.cache.blocks import BlockCache, Source, block_key
+from tierfs.cache.blocks import BlockCache
+from tierfs.cache.entries import Source, block_key
 from tierfs.cache.counters import Counters
 
 log = logging.getLogger(__name__)

@@ -31,7 +31,8 @@ from pathlib import Path
 
 import trio
 
-from tierfs.cache.blocks import BlockCache, block_key
+from tierfs.cache.blocks import BlockCache
+from tierfs.cache.entries import block_key
 from tierfs.cache.store import BlockFiles, checksum
 
 log = logging.getLogger(__name__)

@@ -17,7 +17,8 @@ from collections.abc import Awaitable, Callable, Sequence
 import trio
 
 from tierfs.paths import show
-from tierfs.cache.blocks import BlockCache, Source
+from tierfs.cache.blocks import BlockCache
+from tierfs.cache.entries import Source
 from tierfs.cache.counters import Counters
 from tierfs.config import Config
 from tierfs.core.attrs import BLOCK_SIZE, Attrs, SetAttr

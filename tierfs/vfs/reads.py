@@ -13,7 +13,7 @@ import logging
 import os
 from collections.abc import Awaitable, Callable
 
-from tierfs.cache.blocks import Source, cold_source_id, warm_source_id
+from tierfs.cache.entries import Source, cold_source_id, warm_source_id
 from tierfs.cache.reader import CachedReader, Prefetch
 from tierfs.core.attrs import err
 from tierfs.core.context import Core

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from tierfs.cache.blocks import Source, block_key
+from tierfs.cache.entries import Source, block_key
 from tierfs.stubs import StubError, looks_like_stub, parse_stub
 from tierfs.tiers.warm import join
 from tierfs.core.openfile import warm_id

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import os
 
-from tierfs.cache.blocks import cold_source_id, warm_source_id
+from tierfs.cache.entries import cold_source_id, warm_source_id
 from tierfs.cache.written import Taken, drop, keep_written, take
 from tierfs.core.context import Core
 from tierfs.core.openfile import WarmId

@@ -201,7 +201,7 @@ class Roots:
 
     @staticmethod
     def _out(root: Root, attrs: Attrs) -> Attrs:
-        return dataclasses.replace(attrs, ino=outer(root.slot, attrs.ino))
+        return attrs._replace(ino=outer(root.slot, attrs.ino))
 
     def _top_attrs(self) -> Attrs:
         return Attrs(TOP_INODE, stat.S_IFDIR | 0o555, 2 + len(self.roots), os.geteuid(),
@@ -482,9 +482,8 @@ class Roots:
             root = entry.root
             attrs = root.attrs
             if attrs is None:  # (never answered: a directory of the user's, for now)
-                attrs = dataclasses.replace(self._top_attrs(), ino=outer(root.slot,
-                                                                         ROOT_INODE),
-                                            mode=stat.S_IFDIR | 0o755, nlink=2)
+                attrs = self._top_attrs()._replace(ino=outer(root.slot, ROOT_INODE),
+                                                   mode=stat.S_IFDIR | 0o755, nlink=2)
             return Routed(root, root.fs.inodes[ROOT_INODE]), attrs
         root, local = self._root(fh)
         inode, attrs = root.fs.dir_entry(local, entry)  # type: ignore[arg-type]

@@ -1,6 +1,7 @@
 """The warm tier as an NFS server sees it (tests/nfslike.py counts requests at the server):
 ``warm_threads`` bounds what tierfs has in flight there, and a stalled server stalls neither
-reads of hot-cached data, nor ``tierfs stats``, nor ``tierfs status``, which names it."""
+reads of hot-cached data, nor ``tierfs stats``, nor ``tierfs status``, which names it; on a
+mount of named roots, a stalled root stalls neither the other roots nor the mount's top."""
 
 from __future__ import annotations
 

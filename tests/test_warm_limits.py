@@ -1,6 +1,7 @@
 """The warm tier as an NFS server sees it (tests/nfslike.py counts requests at the server):
 ``warm_threads`` bounds what tierfs has in flight there, and a stalled server stalls neither
-reads of hot-cached data, nor ``tierfs stats``, nor ``tierfs status``, which names it."""
+reads of hot-cached data, nor ``tierfs stats``, nor ``tierfs status``, which names it; on a
+mount of named roots, a stalled root stalls neither the other roots nor the mount's top."""
 
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import make_mount, running, tierfs
-from nfslike import missing_tools
+from conftest import make_mount, make_roots_mount, running, tierfs
+from nfslike import NfsLike, missing_tools
 
 if missing_tools():
     pytest.fail(f"{', '.join(missing_tools())} not installed; .ci/run installs them",
@@ -144,3 +145,111 @@ def test_a_stalled_warm_tier_stalls_neither_cached_reads_nor_stats_nor_status(
         status = tierfs("status", "--json", timeout=30)
         mine = [s for s in json.loads(status.stdout) if s["mountpoint"] == str(m.path)]
         assert mine[0]["health"]["warm"]["ok"], mine
+
+
+def test_a_stalled_root_of_named_roots_stalls_only_what_touches_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A mount of named roots, ``far`` (listed first: the root the mount's statfs asked)
+    on the NFS-like server, ``near`` and ``scratch`` plain directories. With the server
+    stalled and ``far``'s warm threads all waiting on it, the other roots' files (a large
+    one cold in the bucket, its blocks hot) read promptly, the mount's top answers, and
+    ``tierfs stats`` and ``tierfs status`` answer, status naming ``warm far`` as stalled."""
+    from click.testing import CliRunner
+
+    from tierfs.cli.inspect import status
+    from tierfs.control import registry
+
+    m = make_roots_mount(tmp_path, (), "--warm-threads", "2", "--large-file-threshold",
+                         "64KiB")
+    m.nfs = NfsLike(tmp_path / "nfs", latency=0.001, max_conns=2)
+    m.roots["far"] = m.nfs.path
+    for name in ("near", "scratch"):
+        m.roots[name] = tmp_path / f"warm-{name}"
+        m.roots[name].mkdir()
+    with running(m):
+        big = os.urandom(1024 * 1024)
+        (m.path / "near" / "big.bin").write_bytes(big)
+        assert os.readlink(m.roots["near"] / "big.bin").startswith("tierfs:")  # cold
+        (m.path / "scratch" / "small").write_bytes(b"s" * 1000)
+        for i in range(8):
+            (m.path / "far" / f"f{i}").write_bytes(b"f" * 1000)
+        # Only this mount answers ``status`` here (the machine's registry may hold others).
+        record = registry.mount_for(str(m.path))[0]  # type: ignore[index]
+        monkeypatch.setattr(registry, "mounts", lambda: [record])
+
+        def status_of(*args: str) -> tuple[float, int, str]:
+            start = time.monotonic()
+            result = CliRunner().invoke(status, list(args))
+            return time.monotonic() - start, result.exit_code, result.output
+
+        usual = max(timed(lambda: tierfs("stats", str(m.path), "--json")),
+                    status_of("--json")[0])
+        fd = os.open(m.path / "near" / "big.bin", os.O_RDONLY)
+        waiting: list[threading.Thread] = []
+        try:
+            assert os.pread(fd, len(big), 0) == big  # its blocks are now on the hot tier
+            m.nfs.stall(30)  # (resumed below, once checked)
+            waiting += [threading.Thread(target=lambda i=i: (m.path / "far" / f"f{i}")
+                                         .read_bytes(), daemon=True) for i in range(8)]
+            for t in waiting:
+                t.start()
+            time.sleep(3)
+            assert any(t.is_alive() for t in waiting), "the server did not stall"
+
+            def prompt(what: str, fn: Callable[[], object], bound: float) -> object:
+                done: list[object] = []
+                worker = threading.Thread(target=lambda: done.append(fn()), daemon=True)
+                worker.start()
+                worker.join(timeout=bound)
+                assert done, f"{what} waited for the stalled root"
+                return done[0]
+
+            def cached_read() -> None:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)  # so tierfs answers it
+                assert os.pread(fd, len(big), 0) == big
+
+            prompt("a hot-cached read in another root", cached_read, 2.0)
+            assert prompt("a read in another root",
+                          lambda: (m.path / "scratch" / "small").read_bytes(), 5.0) == b"s" * 1000
+            prompt("a write in another root",
+                   lambda: (m.path / "scratch" / "new").write_bytes(b"n"), 5.0)
+            prompt("stat of the mount's top", lambda: os.stat(m.path), 5.0)
+            assert prompt("a listing of the mount's top", lambda: sorted(os.listdir(m.path)),
+                          5.0) == ["far", "near", "scratch"]
+            prompt("statfs of the mount", lambda: os.statvfs(m.path), 5.0)
+
+            start = time.monotonic()
+            stats = json.loads(tierfs("stats", str(m.path), "--json", timeout=20).stdout)
+            assert time.monotonic() - start < usual + 5, "stats waited for the stalled root"
+            assert sorted(stats["roots"]) == ["far", "near", "scratch"]
+            start = time.monotonic()
+            shown = tierfs("stats", str(m.path), timeout=20).stdout
+            assert time.monotonic() - start < usual + 5, "stats waited for the stalled root"
+            assert "warm far" in shown
+
+            took, code, out = status_of("--json")
+            assert took < usual + 5, f"status waited {took:.1f} s for the stalled root"
+            health = json.loads(out)[0]["health"]
+            far = health["warm far"]
+            assert not far["ok"] and "stalled" in far["detail"], far
+            assert far["path"] == str(m.roots["far"])
+            for name in ("near", "scratch"):
+                assert health[f"warm {name}"]["ok"], health
+            assert health["hot"]["ok"]
+            took, code, out = status_of()
+            assert took < usual + 5 and code == 1, (took, code, out)
+            assert "warm far PROBLEM" in " ".join(out.split()), out
+            assert f"{m.roots['far']}: stalled" in out, out
+        finally:
+            m.nfs.resume()
+            os.close(fd)
+        for t in waiting:
+            t.join(timeout=30)
+        assert not any(t.is_alive() for t in waiting)
+        assert (m.path / "far" / "f3").read_bytes() == b"f" * 1000
+        (m.path / "far" / "after").write_bytes(b"a")
+        assert (m.nfs.export / "after").read_bytes() == b"a"
+        assert (m.path / "scratch" / "new").read_bytes() == b"n"
+        took, code, out = status_of("--json")
+        assert code == 0 and all(h["ok"] for h in json.loads(out)[0]["health"].values()), out
+        m.stop()

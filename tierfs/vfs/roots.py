@@ -46,7 +46,8 @@ TOP_INODE = ROOT_INODE
 #: Least read memory a root gets (``read_memory``'s own minimum).
 MIN_READ_MEMORY = 16 * 1024 * 1024
 #: Seconds a listing of the top directory waits for a root's attributes before it shows the
-#: ones it last had: a stalled warm tier must not hang ``ls`` of the mount's top.
+#: ones it last had, and statfs for the roots' disk figures: a stalled warm tier must not
+#: hang ``ls`` or ``df`` of the mount's top.
 TOP_ATTRS_WAIT = 1.0
 SLOTS_FILE = "slots.json"
 #: The hot tier's folder holding a folder per root (``roots/NAME``) and the slots file.
@@ -150,6 +151,11 @@ class Root:
     attrs: Attrs | None = None
     #: Set when a read of those attributes under way ends.
     reading: trio.Event | None = None
+    #: Its warm disk's figures as statfs last had them, and the error of its last try.
+    disk: os.statvfs_result | None = None
+    disk_error: OSError | None = None
+    #: Set when a statfs of its warm disk under way ends.
+    statting: trio.Event | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -201,7 +207,7 @@ class Roots:
 
     @staticmethod
     def _out(root: Root, attrs: Attrs) -> Attrs:
-        return dataclasses.replace(attrs, ino=outer(root.slot, attrs.ino))
+        return attrs._replace(ino=outer(root.slot, attrs.ino))
 
     def _top_attrs(self) -> Attrs:
         return Attrs(TOP_INODE, stat.S_IFDIR | 0o555, 2 + len(self.roots), os.geteuid(),
@@ -405,8 +411,40 @@ class Roots:
             await self._by_slot[slot].fs.forget(local_items)
 
     async def statfs(self) -> os.statvfs_result:
-        """The first root's: the kernel asks for one file system's figures, with no inode."""
-        return await self.roots[0].fs.statfs()
+        """The first root's figures (the kernel asks for one file system's, with no inode),
+        asked of every root side by side in each root's own background nursery (a warm call
+        cannot be cancelled). A root that does not answer in time is shown by what it last
+        answered, or, if it never did, the next root's figures are: ``df`` of the mount must
+        not wait for one stalled root. Only when no root ever answered does it wait."""
+        done = []
+        for root in self.roots:
+            if root.statting is None:
+                root.statting = trio.Event()
+                nursery = root.fs.nursery
+                assert nursery is not None
+                nursery.start_soon(self._read_root_disk, root, root.statting)
+            done.append(root.statting)
+        with trio.move_on_after(TOP_ATTRS_WAIT):
+            for event in done:
+                await event.wait()
+        for event in done:
+            known = [r.disk for r in self.roots if r.disk is not None]
+            if known:
+                return known[0]
+            await event.wait()
+        known = [r.disk for r in self.roots if r.disk is not None]
+        if known:
+            return known[0]
+        raise self.roots[0].disk_error or err(errno.EIO)
+
+    async def _read_root_disk(self, root: Root, event: trio.Event) -> None:
+        try:
+            root.disk, root.disk_error = await root.fs.statfs(), None
+        except OSError as e:
+            root.disk_error = e
+        finally:
+            root.statting = None
+            event.set()
 
     async def getxattr(self, ino: int, name: bytes) -> bytes:
         if ino == TOP_INODE:
@@ -482,9 +520,8 @@ class Roots:
             root = entry.root
             attrs = root.attrs
             if attrs is None:  # (never answered: a directory of the user's, for now)
-                attrs = dataclasses.replace(self._top_attrs(), ino=outer(root.slot,
-                                                                         ROOT_INODE),
-                                            mode=stat.S_IFDIR | 0o755, nlink=2)
+                attrs = self._top_attrs()._replace(ino=outer(root.slot, ROOT_INODE),
+                                                   mode=stat.S_IFDIR | 0o755, nlink=2)
             return Routed(root, root.fs.inodes[ROOT_INODE]), attrs
         root, local = self._root(fh)
         inode, attrs = root.fs.dir_entry(local, entry)  # type: ignore[arg-type]

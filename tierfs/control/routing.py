@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import trio
+
 from tierfs.control.commands import make_handlers, stats_document
 from tierfs.control.server import CommandError, Handler, Send
 from tierfs.stats import build as build_stats
@@ -210,7 +212,15 @@ def _plan_status(number: int | None, answers: dict[str, Any]) -> dict[str, Any]:
 async def roots_stats_document(roots: Roots, mountpoint: str) -> dict[str, Any]:
     """The whole mount's figures (the roots' counters summed) with each root's own rows;
     each root's disks are looked at in its own warm-tier threads."""
-    docs = {root.name: await stats_document(root.fs, mountpoint) for root in roots.roots}
+    docs: dict[str, dict[str, Any]] = {}
+
+    async def one(root: Root) -> None:
+        docs[root.name] = await stats_document(root.fs, mountpoint)
+
+    async with trio.open_nursery() as nursery:  # side by side: each stalled root's wait at once
+        for root in roots.roots:
+            nursery.start_soon(one, root)
+    docs = {root.name: docs[root.name] for root in roots.roots}  # in the roots' order
     config = roots.config
     summed = sum_snapshots([root.fs.counters.snapshot() for root in roots.roots])
     rates = [d["rates"] for d in docs.values() if d["rates"]]

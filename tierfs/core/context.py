@@ -201,11 +201,13 @@ class Core:
             finally:
                 data.warm_opening = None
                 opening.set()
-            if st is None or warm_id(st) != data.warm_id:
+            if st is None or data.warm_id is None or st.st_ino != data.warm_id[0]:
                 # Replaced by another node since the lookup this open was answered from: the
                 # kernel may hold that version's pages (the open kept them), and the new
                 # file's bytes must not fill the gaps between them. The handle is stale, as
-                # an NFS handle to a replaced file is; the next open reads the new file.
+                # an NFS handle to a replaced file is; the next open reads the new file. The
+                # same file changed in place (a truncate, a rename changing its ctime) is
+                # read as it is now, as any open file is.
                 if fd >= 0:
                     await warm.run(os.close, fd)
                 inode.seen = None

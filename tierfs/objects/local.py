@@ -48,7 +48,11 @@ def make_folders(path: Path) -> None:
         try:
             os.mkdir(folder, FOLDER_MODE)
         except FileExistsError:
-            if not folder.is_dir() and os.path.lexists(folder):  # (a file in the way)
+            try:  # one look: a folder pruned and made again between two looks is a folder
+                in_the_way = not stat.S_ISDIR(os.lstat(folder).st_mode)
+            except FileNotFoundError:
+                in_the_way = False
+            if in_the_way:  # (a file in the way)
                 raise
             # (gone again, pruned by a delete: the next mkdir or the caller's rename
             # fails with FileNotFoundError, and the caller makes the folders again)

@@ -36,6 +36,9 @@ class Attrs(NamedTuple):
     atime_ns: int
     mtime_ns: int
     ctime_ns: int
+    #: Seconds the kernel may keep these attributes, if less than the mount's timeouts:
+    #: those read from a listing (``vfs.listed``) are already as old as the listing.
+    fresh_for: float | None = None
 
     @property
     def blocks(self) -> int:

@@ -73,6 +73,10 @@ class Core:
         #: Renames, unlinks and rmdirs through the mount (under ``ns_lock``): a listing read
         #: before one may name files by where they were (``vfs.listing``).
         self.name_changes = 0
+        #: Changes made through the mount (every one that calls ``forget_dir_attrs``, and
+        #: the first write of a file): a listing read before one does not answer lookups
+        #: (``vfs.listed``).
+        self.changes = 0
         #: A directory's attributes as read just after tierfs created a file in it (or
         #: published one into it): the kernel drops them at every create and asks again at
         #: the next, to check permissions. Answered from here once, within attr_timeout, and
@@ -235,8 +239,10 @@ class Core:
         return data.base
 
     def forget_dir_attrs(self) -> None:
-        """A change through the mount: no directory's attributes are answered from memory."""
+        """A change through the mount: no directory's attributes are answered from memory,
+        no lookup from a listing read before it."""
         self.dir_attrs.clear()
+        self.changes += 1
 
     def remember_dir(self, ino: int, st: os.stat_result) -> None:
         self.dir_attrs[ino] = (time.monotonic() + self.config.attr_timeout, st)

@@ -39,8 +39,12 @@ class Operations(pyfuse3.Operations):
         entry = pyfuse3.EntryAttributes()
         entry.st_ino = attrs.ino
         entry.generation = 0
-        entry.entry_timeout = self.entry_timeout
-        entry.attr_timeout = self.attr_timeout
+        if attrs.fresh_for is None:
+            entry.entry_timeout = self.entry_timeout
+            entry.attr_timeout = self.attr_timeout
+        else:
+            entry.entry_timeout = min(self.entry_timeout, attrs.fresh_for)
+            entry.attr_timeout = min(self.attr_timeout, attrs.fresh_for)
         entry.st_mode = attrs.mode
         entry.st_nlink = attrs.nlink
         entry.st_uid = attrs.uid

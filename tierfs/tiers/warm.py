@@ -207,11 +207,27 @@ class WarmTier(Tier):
                 ) -> list[tuple[bytes, os.stat_result, frozenset[bytes] | None, bytes | None]]:
         """Names, attributes, extended attribute names (None where they could not be listed)
         and symlink targets of a directory's entries, without tierfs's own temp files."""
+        entries = self._scan(rel, None, xattrs=True)
+        assert entries is not None
+        return entries
+
+    def list_attrs(self, rel: bytes, most: int
+                   ) -> list[tuple[bytes, os.stat_result, bytes | None]] | None:
+        """Names, attributes and symlink targets, as ``listdir`` without extended
+        attributes; None if the directory holds more than ``most`` entries (the listing
+        stops there: its size is anyone's choice on a shared tree)."""
+        entries = self._scan(rel, most, xattrs=False)
+        return None if entries is None else [(n, st, t) for n, st, _, t in entries]
+
+    def _scan(self, rel: bytes, most: int | None, xattrs: bool
+              ) -> list[tuple[bytes, os.stat_result, frozenset[bytes] | None, bytes | None]] | None:
         dfd = os.open(rel, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=self.fd)
         try:
             entries = []
             with os.scandir(dfd) as it:
-                for entry in it:
+                for seen, entry in enumerate(it):
+                    if most is not None and seen >= most:
+                        return None
                     name = os.fsencode(entry.name)
                     if is_internal(name) or is_silly_renamed(name):
                         continue
@@ -221,7 +237,8 @@ class WarmTier(Tier):
                             lambda: os.readlink(name, dir_fd=dfd))
                     except FileNotFoundError:  # removed while we listed
                         continue
-                    entries.append((name, st, self._xattr_names_at(dfd, entry.name), target))
+                    entries.append((name, st, self._xattr_names_at(dfd, entry.name)
+                                    if xattrs else None, target))
             return entries
         finally:
             os.close(dfd)

@@ -25,6 +25,7 @@ from tierfs.core.inodes import ROOT_INODE, Inode, identity
 from tierfs.core.ownership import Owners
 from tierfs.stubs import Stub, looks_like_stub
 from tierfs.tiers.warm import RENAME_EXCHANGE, RENAME_NOREPLACE, is_internal, split
+from tierfs.vfs.listed import Listed
 from tierfs.write.journal import Journal
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,8 @@ class Namespace:
         self.journal = journal
         #: Stubs checked against their objects' recorded owners (``core.ownership``).
         self.owners = Owners(core)
+        #: Recent listings that answer lookups in busy directories.
+        self.listed = Listed(core)
 
     # -- helpers --------------------------------------------------------------------------
 
@@ -141,12 +144,17 @@ class Namespace:
             raise err(errno.ENAMETOOLONG)
         async with core.ns_lock.shared():
             rel = core.inodes.child_path(parent, name)
-            for _ in range(STALE_TRIES):
-                seen = core.inodes.replacements
-                started = time.monotonic()
-                st, target, persisted = await core.warm.run(self.probe, rel)
-                if not self.stale(parent, name, seen):
-                    break
+            # (a listing is only used while nothing changed since it was read: not stale)
+            listed = await self.listed.find(parent, split(rel)[0], name)
+            if listed is not None:
+                started, (st, target, persisted) = listed
+            else:
+                for _ in range(STALE_TRIES):
+                    seen = core.inodes.replacements
+                    started = time.monotonic()
+                    st, target, persisted = await core.warm.run(self.probe, rel)
+                    if not self.stale(parent, name, seen):
+                        break
             stub = core.parse_stub(st, target, rel)
             inode, attrs = self.entry(parent, name, st, persisted, stub)
         if inode.data is not None:
@@ -154,6 +162,9 @@ class Namespace:
                 return inode, attrs_of(inode, inode.data.base)
         else:
             inode.seen = (started, st)
+        if listed is not None:
+            attrs = attrs._replace(fresh_for=max(
+                0.0, core.config.attr_timeout - (time.monotonic() - started)))
         return inode, attrs
 
     async def getattr(self, ino: int) -> Attrs:

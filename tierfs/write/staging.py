@@ -67,6 +67,7 @@ class Staging:
         # What a lookup read of the warm file may soon be out of date: no open is answered
         # from it (``OpenFiles.open``) until the file is looked up again.
         inode.seen = None
+        core.changes += 1  # (nor a lookup from a listing: ``vfs.listed``)
         await core.open_warm(inode, data)
         written = None
         if first is not None and data.created and len(first[0]) <= INLINE_WRITE:

@@ -1,0 +1,156 @@
+"""Lookups answered from a recent listing of their directory (``vfs.listed``): after a few
+lookups in one directory, the rest within ``attr_timeout`` make no warm call; a name the
+listing lacks, a change through the mount, and the end of the attribute timeout each send the
+lookup to the warm tier again, and the kernel keeps a listed answer only for what is left of
+the timeout."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+import trio
+
+from tierfs.vfs import listed
+
+from .conftest import ROOT, core_test, open_core
+
+NAMES = [f"f{i:03d}".encode() for i in range(40)]
+
+
+def fill(core_warm: Path, names: list[bytes] = NAMES) -> None:
+    for i, name in enumerate(names):
+        (core_warm / os.fsdecode(name)).write_bytes(b"x" * i)
+
+
+@core_test
+async def test_lookups_in_a_busy_directory_are_answered_from_one_listing(tmp_path: Path
+                                                                          ) -> None:
+    async with open_core(tmp_path, attr_timeout=30) as core:
+        fill(core.warm)
+        calls = core.count_warm_calls()
+        sizes = [(await core.fs.lookup(ROOT, name))[1].size for name in NAMES]
+        assert sizes == list(range(len(NAMES)))
+        # a probe each until the directory is busy enough, then one listing for the rest
+        assert calls["calls"] == listed.ASKED_BEFORE_LISTING
+        _, attrs = await core.fs.lookup(ROOT, NAMES[7])
+        assert attrs.size == 7
+        assert calls["calls"] == listed.ASKED_BEFORE_LISTING
+
+
+@core_test
+async def test_a_listed_answer_is_kept_by_the_kernel_only_for_what_is_left(tmp_path: Path
+                                                                          ) -> None:
+    async with open_core(tmp_path, attr_timeout=2.0) as core:
+        fill(core.warm)
+        for name in NAMES[:listed.ASKED_BEFORE_LISTING]:
+            _, attrs = await core.fs.lookup(ROOT, name)
+        started = time.monotonic()
+        await trio.sleep(0.5)
+        _, attrs = await core.fs.lookup(ROOT, NAMES[-1])
+        assert attrs.fresh_for is not None
+        assert attrs.fresh_for <= 2.0 - (time.monotonic() - started) + 0.01
+        assert attrs.fresh_for < 1.6
+
+
+@core_test
+async def test_a_name_the_listing_lacks_is_looked_up_on_the_warm_tier(tmp_path: Path) -> None:
+    async with open_core(tmp_path, attr_timeout=30) as core:
+        fill(core.warm)
+        for name in NAMES[:listed.ASKED_BEFORE_LISTING + 1]:
+            await core.fs.lookup(ROOT, name)
+        core.warm_path(b"new").write_bytes(b"made by another node")
+        _, attrs = await core.fs.lookup(ROOT, b"new")
+        assert attrs.size == len(b"made by another node")
+
+
+@core_test
+async def test_another_nodes_change_is_seen_once_the_attribute_timeout_passed(tmp_path: Path
+                                                                              ) -> None:
+    async with open_core(tmp_path, attr_timeout=0.3) as core:
+        fill(core.warm)
+        for name in NAMES[:listed.ASKED_BEFORE_LISTING + 1]:
+            await core.fs.lookup(ROOT, name)
+        core.warm_path(NAMES[-1]).write_bytes(b"rewritten elsewhere")
+        await trio.sleep(0.4)
+        _, attrs = await core.fs.lookup(ROOT, NAMES[-1])
+        assert attrs.size == len(b"rewritten elsewhere")
+
+
+@pytest.mark.parametrize("change", ["chmod", "write", "unlink", "create", "truncate"])
+def test_a_change_through_the_mount_voids_the_listing(tmp_path: Path, change: str) -> None:
+    @core_test
+    async def run(tmp_path: Path) -> None:
+        async with open_core(tmp_path, attr_timeout=30) as core:
+            fill(core.warm)
+            for name in NAMES[:listed.ASKED_BEFORE_LISTING + 1]:
+                await core.fs.lookup(ROOT, name)
+            target = NAMES[-1]
+            inode, _ = await core.fs.lookup(ROOT, target)
+            if change == "chmod":
+                from tierfs.core.attrs import SetAttr
+                await core.fs.setattr(inode.ino, SetAttr(mode=0o600))
+                expect_mode, expect_size = 0o600, len(NAMES) - 1
+            elif change == "truncate":
+                from tierfs.core.attrs import SetAttr
+                await core.fs.setattr(inode.ino, SetAttr(size=3))
+                expect_mode, expect_size = None, 3
+            elif change == "write":
+                fh = await core.open(target, os.O_WRONLY)
+                await core.fs.write(fh, 0, b"y" * 100)
+                await core.close(fh)
+                expect_mode, expect_size = None, 100
+            elif change == "unlink":
+                await core.fs.unlink(ROOT, NAMES[0])
+                expect_mode, expect_size = None, len(NAMES) - 1
+            else:
+                fh = await core.create(b"other")
+                await core.close(fh)
+                expect_mode, expect_size = None, len(NAMES) - 1
+            # Another node's change the listing could still answer for, to tell the answers
+            # apart: after our change, the lookup must read the warm tier.
+            core.warm_path(NAMES[-2]).write_bytes(b"z" * 1000)
+            calls = core.count_warm_calls()
+            _, attrs = await core.fs.lookup(ROOT, NAMES[-2])
+            assert attrs.size == 1000
+            assert calls["calls"] >= 1
+            _, attrs = await core.fs.lookup(ROOT, target)
+            assert attrs.size == expect_size
+            if expect_mode is not None:
+                assert attrs.mode & 0o777 == expect_mode
+
+    run(tmp_path)
+
+
+@core_test
+async def test_a_directory_too_large_is_not_listed(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(listed, "MOST_ENTRIES", 10)
+    async with open_core(tmp_path, attr_timeout=30) as core:
+        fill(core.warm)
+        calls = core.count_warm_calls()
+        for name in NAMES:
+            await core.fs.lookup(ROOT, name)
+        # one probe per name, and the one listing that found the directory too large
+        assert calls["calls"] == len(NAMES) + 1
+        core.warm_path(NAMES[-1]).write_bytes(b"rewritten elsewhere")
+        _, attrs = await core.fs.lookup(ROOT, NAMES[-1])
+        assert attrs.size == len(b"rewritten elsewhere")
+
+
+@core_test
+async def test_a_stub_in_a_listing_is_answered_as_its_cold_file(tmp_path: Path) -> None:
+    async with open_core(tmp_path, attr_timeout=30, large_file_threshold="64KiB") as core:
+        data = os.urandom(200 * 1024)
+        await core.write_file(b"big", data)
+        assert core.stub(b"big") is not None
+        fill(core.warm)
+        for name in NAMES[:listed.ASKED_BEFORE_LISTING + 1]:
+            await core.fs.lookup(ROOT, name)
+        calls = core.count_warm_calls()
+        inode, attrs = await core.fs.lookup(ROOT, b"big")
+        assert calls["calls"] == 0
+        assert attrs.size == len(data)
+        assert await core.read_file(b"big") == data

@@ -35,9 +35,14 @@ import trio
 from tierfs.core.context import Core
 from tierfs.core.inodes import identity
 
-#: Lookups in one directory within ``attr_timeout`` before it is listed: a single lookup (a
-#: program opening one file) stays a single warm call.
+#: Names found in one directory by lookups on the warm tier within ``attr_timeout`` before it
+#: is listed: a single lookup (a program opening one file) stays a single warm call. Lookups of
+#: missing names (those of a create) do not count.
 ASKED_BEFORE_LISTING = 4
+#: A directory listed before is listed again after this fraction of its size in lookups, so
+#: that one whose listings keep being voided by changes through the mount (files rewritten
+#: one after another) spends on listings at most a small multiple of its lookups.
+LISTED_PER_LOOKUP = 64
 #: Names in a directory that is listed to answer lookups; a larger one is not.
 MOST_ENTRIES = 8192
 #: Listings kept at a time (the least recently taken go first).
@@ -65,6 +70,8 @@ class Listed:
         self._listings: collections.OrderedDict[int, Snapshot] = collections.OrderedDict()
         #: Per directory: when its lookups started being counted, and how many.
         self._asked: dict[int, tuple[float, int]] = {}
+        #: Per directory listed: how many entries its last listing held.
+        self._sizes: dict[int, int] = {}
         #: Listings under way, so that lookups arriving meanwhile wait for one listing.
         self._listing: dict[int, trio.Event] = {}
 
@@ -94,21 +101,30 @@ class Listed:
         ``ns_lock`` shared, so ``dir_rel`` names the directory for the whole call."""
         now = time.monotonic()
         snapshot = self._fresh(parent, now)
-        if snapshot is None and self._should_list(parent, now):
+        if snapshot is None and self._due(parent, now):
             snapshot = await self._list(parent, dir_rel)
         if snapshot is None or snapshot.entries is None:
             return None
         found = snapshot.entries.get(name)
         return None if found is None else (snapshot.taken, found)
 
-    def _should_list(self, parent: int, now: float) -> bool:
+    def found(self, parent: int) -> None:
+        """A lookup in ``parent`` found its name on the warm tier."""
+        now = time.monotonic()
         since, count = self._asked.get(parent, (now, 0))
         if now - since > self.core.config.attr_timeout:
             since, count = now, 0
         if len(self._asked) >= MOST_COUNTED and parent not in self._asked:
             self._asked.clear()
+            self._sizes.clear()
         self._asked[parent] = (since, count + 1)
-        return count + 1 >= ASKED_BEFORE_LISTING
+
+    def _due(self, parent: int, now: float) -> bool:
+        since, count = self._asked.get(parent, (now, 0))
+        if now - since > self.core.config.attr_timeout:
+            return False
+        return count >= max(ASKED_BEFORE_LISTING,
+                            self._sizes.get(parent, 0) // LISTED_PER_LOOKUP)
 
     async def _list(self, parent: int, dir_rel: bytes) -> Snapshot | None:
         under_way = self._listing.get(parent)
@@ -124,6 +140,8 @@ class Listed:
             except OSError:
                 return None  # (gone, or not a directory now: the lookup will say)
             snapshot = Snapshot(taken, token, entries)
+            if entries is not None:
+                self._sizes[parent] = len(entries)
             self._listings[parent] = snapshot
             self._listings.move_to_end(parent)
             while len(self._listings) > MOST_LISTINGS:

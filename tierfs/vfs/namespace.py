@@ -155,6 +155,7 @@ class Namespace:
                     st, target, persisted = await core.warm.run(self.probe, rel)
                     if not self.stale(parent, name, seen):
                         break
+                self.listed.found(parent)
             stub = core.parse_stub(st, target, rel)
             inode, attrs = self.entry(parent, name, st, persisted, stub)
         if inode.data is not None:

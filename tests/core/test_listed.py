@@ -15,9 +15,22 @@ import trio
 
 from tierfs.vfs import listed
 
-from .conftest import ROOT, core_test, open_core
+from .conftest import ROOT, Core, core_test, open_core
 
 NAMES = [f"f{i:03d}".encode() for i in range(40)]
+
+
+def count_listings(core: Core) -> dict[str, int]:
+    """From now on, count the listings made to answer lookups (in ``["listings"]``)."""
+    counts = {"listings": 0}
+    inner = core.fs.warm.list_attrs
+
+    def counted(rel: bytes, most: int) -> object:
+        counts["listings"] += 1
+        return inner(rel, most)
+
+    core.fs.warm.list_attrs = counted  # type: ignore[method-assign]
+    return counts
 
 
 def fill(core_warm: Path, names: list[bytes] = NAMES) -> None:
@@ -163,15 +176,7 @@ async def test_creates_do_not_list_their_directory(tmp_path: Path) -> None:
     busy, or every create would list the growing directory again."""
     async with open_core(tmp_path, attr_timeout=30) as core:
         fill(core.warm)
-        listings = 0
-        inner = core.fs.warm.list_attrs
-
-        def counted(rel: bytes, most: int) -> object:
-            nonlocal listings
-            listings += 1
-            return inner(rel, most)
-
-        core.fs.warm.list_attrs = counted  # type: ignore[method-assign]
+        listings = count_listings(core)
         for i in range(50):
             name = f"new{i:03d}".encode()
             try:
@@ -180,7 +185,7 @@ async def test_creates_do_not_list_their_directory(tmp_path: Path) -> None:
                 pass
             fh = await core.create(name)
             await core.close(fh)
-        assert listings == 0
+        assert listings["listings"] == 0
 
 
 @core_test
@@ -191,21 +196,13 @@ async def test_a_directory_changed_between_lookups_is_listed_less_often(
     monkeypatch.setattr(listed, "LISTED_PER_LOOKUP", 4)
     async with open_core(tmp_path, attr_timeout=30) as core:
         fill(core.warm)  # 40 names: listed again after 10 lookups, not 4
-        listings = 0
-        inner = core.fs.warm.list_attrs
-
-        def counted(rel: bytes, most: int) -> object:
-            nonlocal listings
-            listings += 1
-            return inner(rel, most)
-
-        core.fs.warm.list_attrs = counted  # type: ignore[method-assign]
+        listings = count_listings(core)
         for name in NAMES[:listed.ASKED_BEFORE_LISTING + 1]:
             await core.fs.lookup(ROOT, name)
-        assert listings == 1
+        assert listings["listings"] == 1
         for name in NAMES[5:25]:
             inode, _ = await core.fs.lookup(ROOT, name)
             fh, _, _ = await core.fs.open(inode.ino, os.O_WRONLY)
             await core.fs.write(fh, 0, b"w")
             await core.close(fh)
-        assert listings <= 1 + 20 // 10
+        assert listings["listings"] <= 1 + 20 // 10

@@ -20,6 +20,17 @@ from .conftest import ROOT, Core, core_test, open_core
 NAMES = [f"f{i:03d}".encode() for i in range(40)]
 
 
+async def look_up_until_listed(core: Core) -> None:
+    for name in NAMES[:listed.ASKED_BEFORE_LISTING + 1]:
+        await core.fs.lookup(ROOT, name)
+
+
+async def fill_and_list(core: Core) -> None:
+    """The warm root filled with NAMES, and listed by lookups."""
+    fill(core.warm)
+    await look_up_until_listed(core)
+
+
 def count_listings(core: Core) -> dict[str, int]:
     """From now on, count the listings made to answer lookups (in ``["listings"]``)."""
     counts = {"listings": 0}
@@ -72,9 +83,7 @@ async def test_a_listed_answer_is_kept_by_the_kernel_only_for_what_is_left(tmp_p
 @core_test
 async def test_a_name_the_listing_lacks_is_looked_up_on_the_warm_tier(tmp_path: Path) -> None:
     async with open_core(tmp_path, attr_timeout=30) as core:
-        fill(core.warm)
-        for name in NAMES[:listed.ASKED_BEFORE_LISTING + 1]:
-            await core.fs.lookup(ROOT, name)
+        await fill_and_list(core)
         core.warm_path(b"new").write_bytes(b"made by another node")
         _, attrs = await core.fs.lookup(ROOT, b"new")
         assert attrs.size == len(b"made by another node")
@@ -84,9 +93,7 @@ async def test_a_name_the_listing_lacks_is_looked_up_on_the_warm_tier(tmp_path: 
 async def test_another_nodes_change_is_seen_once_the_attribute_timeout_passed(tmp_path: Path
                                                                               ) -> None:
     async with open_core(tmp_path, attr_timeout=0.3) as core:
-        fill(core.warm)
-        for name in NAMES[:listed.ASKED_BEFORE_LISTING + 1]:
-            await core.fs.lookup(ROOT, name)
+        await fill_and_list(core)
         core.warm_path(NAMES[-1]).write_bytes(b"rewritten elsewhere")
         await trio.sleep(0.4)
         _, attrs = await core.fs.lookup(ROOT, NAMES[-1])
@@ -98,9 +105,7 @@ def test_a_change_through_the_mount_voids_the_listing(tmp_path: Path, change: st
     @core_test
     async def run(tmp_path: Path) -> None:
         async with open_core(tmp_path, attr_timeout=30) as core:
-            fill(core.warm)
-            for name in NAMES[:listed.ASKED_BEFORE_LISTING + 1]:
-                await core.fs.lookup(ROOT, name)
+            await fill_and_list(core)
             target = NAMES[-1]
             inode, _ = await core.fs.lookup(ROOT, target)
             if change == "chmod":
@@ -160,9 +165,7 @@ async def test_a_stub_in_a_listing_is_answered_as_its_cold_file(tmp_path: Path) 
         data = os.urandom(200 * 1024)
         await core.write_file(b"big", data)
         assert core.stub(b"big") is not None
-        fill(core.warm)
-        for name in NAMES[:listed.ASKED_BEFORE_LISTING + 1]:
-            await core.fs.lookup(ROOT, name)
+        await fill_and_list(core)
         calls = core.count_warm_calls()
         inode, attrs = await core.fs.lookup(ROOT, b"big")
         assert calls["calls"] == 0
@@ -197,8 +200,7 @@ async def test_a_directory_changed_between_lookups_is_listed_less_often(
     async with open_core(tmp_path, attr_timeout=30) as core:
         fill(core.warm)  # 40 names: listed again after 10 lookups, not 4
         listings = count_listings(core)
-        for name in NAMES[:listed.ASKED_BEFORE_LISTING + 1]:
-            await core.fs.lookup(ROOT, name)
+        await look_up_until_listed(core)
         assert listings["listings"] == 1
         for name in NAMES[5:25]:
             inode, _ = await core.fs.lookup(ROOT, name)

@@ -23,7 +23,7 @@ import logging
 import os
 import stat
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -149,13 +149,11 @@ class Root:
     index: Index
     #: Its attributes as the top directory's listing last showed them.
     attrs: Attrs | None = None
-    #: Set when a read of those attributes under way ends.
-    reading: trio.Event | None = None
     #: Its warm disk's figures as statfs last had them, and the error of its last try.
     disk: os.statvfs_result | None = None
     disk_error: OSError | None = None
-    #: Set when a statfs of its warm disk under way ends.
-    statting: trio.Event | None = None
+    #: Questions under way (``Roots._ask``), each with the event set when it ends.
+    asking: dict[str, trio.Event] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -416,17 +414,7 @@ class Roots:
         cannot be cancelled). A root that does not answer in time is shown by what it last
         answered, or, if it never did, the next root's figures are: ``df`` of the mount must
         not wait for one stalled root. Only when no root ever answered does it wait."""
-        done = []
-        for root in self.roots:
-            if root.statting is None:
-                root.statting = trio.Event()
-                nursery = root.fs.nursery
-                assert nursery is not None
-                nursery.start_soon(self._read_root_disk, root, root.statting)
-            done.append(root.statting)
-        with trio.move_on_after(TOP_ATTRS_WAIT):
-            for event in done:
-                await event.wait()
+        done = await self._ask(self.roots, self._read_root_disk)
         for event in done:
             known = [r.disk for r in self.roots if r.disk is not None]
             if known:
@@ -437,13 +425,42 @@ class Roots:
             return known[0]
         raise self.roots[0].disk_error or err(errno.EIO)
 
-    async def _read_root_disk(self, root: Root, event: trio.Event) -> None:
+    @staticmethod
+    async def _read_root_disk(root: Root) -> None:
         try:
             root.disk, root.disk_error = await root.fs.statfs(), None
         except OSError as e:
             root.disk_error = e
+
+    @staticmethod
+    async def _ask(roots: list[Root], ask: Callable[[Root], Awaitable[None]]
+                   ) -> list[trio.Event]:
+        """Start ``ask`` for each root not being asked it already, each in that root's own
+        background nursery (a warm call cannot be cancelled), and wait for them all, at most
+        ``TOP_ATTRS_WAIT``: what the top shows must not wait for a stalled root. Returns the
+        events set as each ends."""
+        what = ask.__name__
+        done = []
+        for root in roots:
+            event = root.asking.get(what)
+            if event is None:
+                event = root.asking[what] = trio.Event()
+                nursery = root.fs.nursery
+                assert nursery is not None
+                nursery.start_soon(Roots._answer, root, what, ask, event)
+            done.append(event)
+        with trio.move_on_after(TOP_ATTRS_WAIT):
+            for event in done:
+                await event.wait()
+        return done
+
+    @staticmethod
+    async def _answer(root: Root, what: str, ask: Callable[[Root], Awaitable[None]],
+                      event: trio.Event) -> None:
+        try:
+            await ask(root)
         finally:
-            root.statting = None
+            del root.asking[what]
             event.set()
 
     async def getxattr(self, ino: int, name: bytes) -> bytes:
@@ -494,26 +511,13 @@ class Roots:
         does not answer in time keeps those it last had. The reads run in each root's own
         background nursery: a warm call cannot be cancelled, and the listing must not wait
         for a stalled one."""
-        done = []
-        for root in roots:
-            if root.reading is None:
-                root.reading = trio.Event()
-                nursery = root.fs.nursery
-                assert nursery is not None
-                nursery.start_soon(self._read_root_attrs, root, root.reading)
-            done.append(root.reading)
-        with trio.move_on_after(TOP_ATTRS_WAIT):
-            for event in done:
-                await event.wait()
+        await self._ask(roots, self._read_root_attrs)
 
-    async def _read_root_attrs(self, root: Root, event: trio.Event) -> None:
+    async def _read_root_attrs(self, root: Root) -> None:
         try:
             root.attrs = self._out(root, await root.fs.getattr(ROOT_INODE))
         except OSError as e:
             log.warning("could not read the attributes of root %s: %s", root.name, e)
-        finally:
-            root.reading = None
-            event.set()
 
     def dir_entry(self, fh: int, entry: DirEntry | TopEntry) -> tuple[Routed, Attrs]:
         if isinstance(entry, TopEntry):

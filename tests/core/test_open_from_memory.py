@@ -164,6 +164,13 @@ def blocks(n: int, seed: int) -> bytes:
     return random.Random(seed).randbytes(n * BS)
 
 
+def rewrite_in_place(path: Path, data: bytes) -> None:
+    """As another node writing into the file: the same inode, new content and mtime."""
+    with open(path, "r+b") as f:
+        f.write(data)
+    os.utime(path, ns=(0, 10**18))
+
+
 @core_test
 async def test_a_cached_file_opened_from_memory_is_read_without_a_warm_call(tmp_path: Path
                                                                             ) -> None:
@@ -219,9 +226,7 @@ async def test_a_handle_that_served_cached_blocks_is_stale_rather_than_mixed(tmp
         await core.fs.release(fh)
         await core.until(lambda: core.cached_blocks() == 2)
         inode, _ = await core.fs.lookup(ROOT, b"f")
-        with open(core.warm_path(b"f"), "r+b") as f:  # same inode, new content and mtime
-            f.write(two)
-        os.utime(core.warm_path(b"f"), ns=(0, 10**18))
+        rewrite_in_place(core.warm_path(b"f"), two)
         fh, _, _ = await core.fs.open(inode.ino, os.O_RDONLY)
         assert bytes(await core.fs.read(fh, 0, BS)) == one[:BS]
         with pytest.raises(OSError) as info:

@@ -78,9 +78,9 @@ class Reads:
             core.counters.add("bytes_staged", len(out))
             return out
         if data.warm_deferred:
-            out = await self._read_unopened(fh, inode, data, offset, size)
-            if out is not None:
-                return out
+            got = await self._read_unopened(fh, inode, data, offset, size)
+            if got is not None:
+                return got
         reader = self._reader(data)
         if reader is not None:
             return await reader.read(fh, offset, size)

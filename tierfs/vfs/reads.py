@@ -4,6 +4,8 @@ they are punched out for room: ``transfer.streaming``), else through the block c
 
 A file's blocks are named by its *source*: a cold file by its object and ETag, a warm file by
 its version (``openfile.warm_id``), so a changed file never gets another version's blocks.
+An open answered from memory (``OpenFile.warm_deferred``) names the version its lookup read:
+while its blocks are all cached, it is read without opening the warm file at all.
 """
 
 from __future__ import annotations

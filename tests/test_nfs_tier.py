@@ -230,3 +230,52 @@ def test_a_directory_renamed_while_a_file_in_it_is_published(tmp_path: Path) -> 
             time.sleep(0.2)
         assert settled(), {i: os.listdir(m.warm / f"e{i}") for i in range(len(waits))}
         assert "failed" not in m.log(), m.log()
+
+
+def _requests(trace: Path, kind: int) -> int:
+    """Requests of an SFTP type in the relay's trace so far (3: OPEN, 4: CLOSE)."""
+    return sum(1 for line in trace.read_text().splitlines()
+               if line.split()[2:4] == ["+", str(kind)])
+
+
+def _read_uncached(path: Path) -> bytes:
+    """Read a file through a new handle with its page cache dropped first, so every read
+    reaches tierfs (as after ``echo 3 > /proc/sys/vm/drop_caches``, without dropping the
+    whole machine's)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        out = bytearray()
+        while chunk := os.read(fd, 1 << 20):
+            out += chunk
+        return bytes(out)
+    finally:
+        os.close(fd)
+
+
+def test_a_cached_file_is_read_again_without_opening_it_on_the_tier(tmp_path: Path) -> None:
+    """With warm blocks cached, a file read again through a handle opened from a recent
+    lookup is served from the hot tier: no OPEN (nor CLOSE) reaches the NFS-like server."""
+    data = os.urandom(5 * 64 * 1024 + 100)
+    with running(make_mount(tmp_path, "--cache-warm", "true", "--block-size", "64KiB",
+                            warm_nfs={**NFS, "trace": True})) as m:
+        assert m.nfs is not None
+        trace = m.nfs.base / "trace"
+        p = m.path / "f"
+        p.write_bytes(data)
+        assert _read_uncached(p) == data
+
+        def cached() -> int:
+            return sum(1 for f in (m.hot / "cache").rglob("*") if f.is_file())
+
+        deadline = time.monotonic() + 10
+        while cached() < 6 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert cached() >= 6
+        for _ in range(3):
+            time.sleep(1.2)  # past entry_timeout: the open below follows a fresh lookup
+            os.stat(p)
+            opens, closes = _requests(trace, 3), _requests(trace, 4)
+            assert _read_uncached(p) == data
+            time.sleep(0.3)  # (the kernel releases a handle after close returns)
+            assert (_requests(trace, 3), _requests(trace, 4)) == (opens, closes)

@@ -6,10 +6,13 @@ attributes of a version older than this node's own last close."""
 
 from __future__ import annotations
 
+import errno
 import os
+import random
 import time
 from pathlib import Path
 
+import pytest
 import trio
 
 from .conftest import ROOT, core_test, open_core
@@ -151,4 +154,102 @@ async def test_a_file_replaced_after_the_lookup_an_open_used_is_stale_never_mixe
         inode, _ = await core.fs.lookup(ROOT, b"f")
         fh, _, _ = await core.fs.open(inode.ino, os.O_RDONLY)
         assert await core.read_all(fh) == b"new content, longer"
+        await core.fs.release(fh)
+
+
+BS = 64 * 1024  # block_size in the core's configuration (conftest)
+
+
+def blocks(n: int, seed: int) -> bytes:
+    return random.Random(seed).randbytes(n * BS)
+
+
+def rewrite_in_place(path: Path, data: bytes) -> None:
+    """As another node writing into the file: the same inode, new content and mtime."""
+    with open(path, "r+b") as f:
+        f.write(data)
+    os.utime(path, ns=(0, 10**18))
+
+
+@core_test
+async def test_a_cached_file_opened_from_memory_is_read_without_a_warm_call(tmp_path: Path
+                                                                            ) -> None:
+    """With warm caching on, a file whose blocks are all cached for the version its lookup
+    read is served from the hot tier: the warm file is never opened, nor closed."""
+    data = blocks(3, seed=1)
+    async with open_core(tmp_path, cache_warm=True) as core:
+        await core.write_file(b"f", data)
+        assert await core.read_file(b"f") == data
+        await core.until(lambda: core.cached_blocks() == 3)
+        inode, _ = await core.fs.lookup(ROOT, b"f")
+        calls = core.count_warm_calls()
+        fh, _, _ = await core.fs.open(inode.ino, os.O_RDONLY)
+        assert await core.read_all(fh, chunk=BS // 2) == data
+        await core.fs.flush(fh)
+        await core.fs.release(fh)
+        assert calls["calls"] == 0
+
+
+@core_test
+async def test_a_handle_opened_from_memory_reads_the_cached_version_whole(tmp_path: Path
+                                                                         ) -> None:
+    """Another node replaces the file after this node's lookup: a handle opened from that
+    lookup reads the version it names, all of it (its blocks are cached), and an open after
+    attr_timeout reads the new one."""
+    one, two = blocks(2, seed=1), blocks(2, seed=2)
+    async with open_core(tmp_path, cache_warm=True, attr_timeout=0.3) as core:
+        await core.write_file(b"f", one)
+        assert await core.read_file(b"f") == one
+        await core.until(lambda: core.cached_blocks() == 2)
+        inode, _ = await core.fs.lookup(ROOT, b"f")
+        tmp = core.warm_path(b"other-node-temp")
+        tmp.write_bytes(two)
+        os.rename(tmp, core.warm_path(b"f"))
+        fh, _, _ = await core.fs.open(inode.ino, os.O_RDONLY)
+        assert await core.read_all(fh) == one
+        await core.fs.release(fh)
+        await trio.sleep(0.4)
+        assert await core.read_file(b"f") == two
+
+
+@core_test
+async def test_a_handle_that_served_cached_blocks_is_stale_rather_than_mixed(tmp_path: Path
+                                                                            ) -> None:
+    """Only part of the file is cached, and another node rewrites it in place after the
+    lookup: the handle served the cached part of the version it was opened for, so the rest,
+    now another version's, fails with ESTALE instead of being read."""
+    one, two = blocks(4, seed=1), blocks(4, seed=2)
+    async with open_core(tmp_path, cache_warm=True) as core:
+        core.warm_path(b"f").write_bytes(one)
+        fh = await core.open(b"f")
+        assert await core.fs.read(fh, 0, BS) == one[:BS]  # block 1 is read ahead
+        await core.fs.release(fh)
+        await core.until(lambda: core.cached_blocks() == 2)
+        inode, _ = await core.fs.lookup(ROOT, b"f")
+        rewrite_in_place(core.warm_path(b"f"), two)
+        fh, _, _ = await core.fs.open(inode.ino, os.O_RDONLY)
+        assert bytes(await core.fs.read(fh, 0, BS)) == one[:BS]
+        with pytest.raises(OSError) as info:
+            await core.fs.read(fh, 3 * BS, BS)
+        assert info.value.errno == errno.ESTALE
+        await core.fs.release(fh)
+
+
+@core_test
+async def test_a_rename_through_the_mount_keeps_a_partly_cached_handle_reading(
+        tmp_path: Path) -> None:
+    """A rename moves only the file's ctime: the handle reads on, its uncached blocks from
+    the warm file, which is opened then."""
+    one = blocks(4, seed=1)
+    async with open_core(tmp_path, cache_warm=True) as core:
+        core.warm_path(b"f").write_bytes(one)
+        fh = await core.open(b"f")
+        assert await core.fs.read(fh, 0, BS) == one[:BS]
+        await core.fs.release(fh)
+        await core.until(lambda: core.cached_blocks() == 2)
+        inode, _ = await core.fs.lookup(ROOT, b"f")
+        fh, _, _ = await core.fs.open(inode.ino, os.O_RDONLY)
+        assert bytes(await core.fs.read(fh, 0, BS)) == one[:BS]
+        await core.fs.rename(ROOT, b"f", ROOT, b"g", 0)
+        assert await core.read_all(fh) == one
         await core.fs.release(fh)

@@ -172,10 +172,14 @@ class Core:
         return attrs_of(inode, st)
 
     async def open_warm(self, inode: Inode, data: OpenFile,
-                        read: tuple[int, int] | None = None) -> bytes | None:
+                        read: tuple[int, int] | None = None, served: bool = False
+                        ) -> bytes | None:
         """Open the warm file of an open file whose open was answered from memory
         (``OpenFile.warm_deferred``); with ``read`` (offset, size), read that range in the
-        same warm call and return it (None: the file was opened already)."""
+        same warm call and return it (None: the file was opened already). ``served``: the
+        open file has already served bytes of the version it was opened for (from the block
+        cache, ``Reads``), so a file whose content changed in place since (another size or
+        mtime) is stale too: reading on from it would mix two versions."""
         while data.warm_deferred:
             if data.warm_opening is not None:
                 await data.warm_opening.wait()
@@ -205,21 +209,28 @@ class Core:
             finally:
                 data.warm_opening = None
                 opening.set()
-            if st is None or data.warm_id is None or st.st_ino != data.warm_id[0]:
+            if (st is None or data.warm_id is None or st.st_ino != data.warm_id[0]
+                    or (served and warm_id(st)[:3] != data.warm_id[:3])):
                 # Replaced by another node since the lookup this open was answered from: the
                 # kernel may hold that version's pages (the open kept them), and the new
                 # file's bytes must not fill the gaps between them. The handle is stale, as
                 # an NFS handle to a replaced file is; the next open reads the new file. The
                 # same file changed in place (a truncate, a rename changing its ctime) is
-                # read as it is now, as any open file is.
+                # read as it is now, as any open file is, unless bytes of the version opened
+                # were served already from the block cache and its content changed: only its
+                # ctime moving (a rename or chmod through this mount) keeps the bytes.
                 if fd >= 0:
                     await warm.run(os.close, fd)
                 inode.seen = None
                 self.invalidate_attrs(inode.ino)
-                log.info("%s was replaced between its lookup and its first read: ESTALE",
-                         show(rel))
+                log.info("%s was replaced since the lookup its open was answered from: "
+                         "ESTALE", show(rel))
                 raise err(errno.ESTALE)
-            if not data.warm_deferred or data.state is DataState.RETIRED:
+            if data.state is DataState.RETIRED:
+                # Let go while it opened (a read-ahead's open: no handle holds the state).
+                await warm.run(os.close, fd)
+                raise err(errno.EBADF)
+            if not data.warm_deferred:
                 await warm.run(os.close, fd)  # (cannot happen while a caller holds it)
                 continue
             data.warm_fd, data.warm_deferred = fd, False

@@ -4,25 +4,46 @@ they are punched out for room: ``transfer.streaming``), else through the block c
 
 A file's blocks are named by its *source*: a cold file by its object and ETag, a warm file by
 its version (``openfile.warm_id``), so a changed file never gets another version's blocks.
+An open answered from memory (``OpenFile.warm_deferred``) names the version its lookup read:
+while its blocks are all cached, it is read without opening the warm file at all.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import logging
 import os
 from collections.abc import Awaitable, Callable
 
-from tierfs.cache.entries import Source, cold_source_id, warm_source_id
+from tierfs.cache.entries import Source, block_key, cold_source_id, warm_source_id
 from tierfs.cache.reader import CachedReader, Prefetch
 from tierfs.core.attrs import err
 from tierfs.core.context import Core
 from tierfs.core.inodes import Inode
-from tierfs.core.openfile import OpenFile, WarmId
+from tierfs.core.openfile import DataState, OpenFile, WarmId
 from tierfs.stubs import Stub
 from tierfs.write.publish import Publisher
 
 log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class Unopened:
+    """What a reader of an open answered from memory is made for: the version its lookup
+    read, whose blocks it serves from the block cache before the warm file is opened."""
+
+    version: WarmId
+
+
+class VersionChanged(OSError):
+    """A block of an open answered from memory was not cached, and the warm file opened to
+    fetch it is not the version the open was answered for (or the open file was let go): its
+    bytes must not be cached, nor served, as that version's."""
+
+
+async def _no_fetch(start: int, length: int) -> bytes:
+    raise AssertionError("a source made only for its id was fetched from")
 
 
 class Reads:
@@ -59,12 +80,9 @@ class Reads:
             core.counters.add("bytes_staged", len(out))
             return out
         if data.warm_deferred:
-            # Opened from memory: the warm file is opened now, with this read in the same call
-            # when the block cache is not in the way.
-            out = await core.open_warm(inode, data, None if core.cache_warm else (offset, size))
-            if out is not None:
-                core.counters.add("bytes_warm", len(out))
-                return out
+            got = await self._read_unopened(fh, inode, data, offset, size)
+            if got is not None:
+                return got
         reader = self._reader(data)
         if reader is not None:
             return await reader.read(fh, offset, size)
@@ -73,6 +91,74 @@ class Reads:
         out = await core.warm.run(os.pread, data.warm_fd, size, offset)
         core.counters.add("bytes_warm", len(out))
         return out
+
+    async def _read_unopened(self, fh: int, inode: Inode, data: OpenFile, offset: int,
+                             size: int) -> bytes | memoryview | None:
+        """A read of an open answered from memory (``OpenFile.warm_deferred``). With warm
+        caching on, a range whose blocks are all cached for the version the open was answered
+        for (its lookup's attributes) is read from the hot tier, and the warm file stays
+        unopened: a file read again costs the warm tier nothing. Otherwise the warm file is
+        opened now, with this read in the same call when the block cache is not in the way.
+        None: read on from the file as opened."""
+        core = self.core
+        version = data.warm_id
+        if not core.cache_warm or version is None:
+            out = await core.open_warm(inode, data, None if core.cache_warm else (offset, size))
+            if out is not None:
+                core.counters.add("bytes_warm", len(out))
+            return out
+        reader = data.reader
+        served = reader is not None and reader.made_for == Unopened(version)
+        if self._cached(version, offset, size):
+            if reader is None or not served:
+                source = self.warm_source(version, self._fetch_unopened(inode, data, version))
+                reader = self._new_reader(data, source, Unopened(version))
+            assert reader is not None
+            try:
+                return await reader.read(fh, offset, size)
+            except VersionChanged:
+                pass  # a block went meanwhile, and the warm file opened for it had changed
+            served = True
+        await core.open_warm(inode, data, served=served)
+        return None
+
+    def _cached(self, version: WarmId, offset: int, size: int) -> bool:
+        """Whether every block of a range of a warm file's version is in memory (or being
+        loaded) or on the hot tier."""
+        cache = self.core.cache
+        end = min(offset + size, version[1])
+        if offset >= end:
+            return True
+        sid = self.warm_source(version, _no_fetch).id
+        bs = cache.block_size
+        keys = (block_key(sid, b) for b in range(offset // bs, (end - 1) // bs + 1))
+        return all(cache.loaded(key) or cache.on_hot_tier(key) for key in keys)
+
+    def _fetch_unopened(self, inode: Inode, data: OpenFile, version: WarmId
+                        ) -> Callable[[int, int], Awaitable[bytes]]:
+        """How a reader of the version an open from memory was answered for fetches a block
+        that is not cached (evicted since the read found it, or read ahead): the warm file is
+        opened, and read if it is still that version."""
+        core = self.core
+
+        async def fetch(start: int, length: int) -> bytes:
+            if data.state is DataState.RETIRED:
+                raise VersionChanged(errno.ESTALE, "the open file was let go")
+            if data.warm_deferred:
+                await core.open_warm(inode, data, served=True)
+            fd = data.warm_fd
+            if fd is None or data.warm_id != version:
+                raise VersionChanged(errno.ESTALE, "the warm file is another version now")
+            return await core.warm.run(os.pread, fd, length, start)
+
+        return fetch
+
+    def _new_reader(self, data: OpenFile, source: Source, made_for: object) -> CachedReader:
+        core = self.core
+        data.reader = CachedReader(core.cache, source, core.counters, core.nursery,
+                                   self._prefetch, self._window)
+        data.reader.made_for = made_for
+        return data.reader
 
     def _reader(self, data: OpenFile) -> CachedReader | None:
         """The block-cache reader of an unstaged file: always for a cold file, for a warm one
@@ -93,10 +179,7 @@ class Reads:
             made_for = data.warm_id
         else:
             return None
-        data.reader = CachedReader(core.cache, source, core.counters, core.nursery,
-                                   self._prefetch, self._window)
-        data.reader.made_for = made_for
-        return data.reader
+        return self._new_reader(data, source, made_for)
 
     def cold_source(self, stub: Stub) -> Source:
         """A cold file's blocks, named by object and ETag."""

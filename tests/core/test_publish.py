@@ -417,3 +417,78 @@ async def test_file_removed_by_another_node_while_open_is_published_again(
         await core.close(fh)
         assert core.warm_path(b"f").read_bytes() == b"ours"
         assert core.warm_temps() == []
+
+
+def warm_files_held_open(core: Any) -> list[str]:
+    """The warm-tier files this process holds a descriptor of (by the path /proc shows)."""
+    warm = str(core.warm)
+    held = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith(warm + "/"):
+            held.append(target[len(warm) + 1:])
+    return held
+
+
+@core_test
+async def test_a_created_file_is_closed_on_the_warm_tier_before_its_publish(
+        tmp_path: Path) -> None:
+    """A publish by copy renames a new file over the one the create made: that one's
+    descriptor is closed first, so that a network file system's client need not keep it
+    under a hidden name (NFS's silly rename, sshfs's .fuse_hidden) and remove it at close.
+    The open file goes on working from staging."""
+    async with open_core(tmp_path, by_rename=False) as core:
+        fh = await core.create(b"f", mode=0o640)
+        assert warm_files_held_open(core) == ["f"]  # (the test sees the descriptor)
+        await core.write_all(fh, b"abc")
+        await core.fs.fsync(fh)
+        assert core.warm_path(b"f").read_bytes() == b"abc"
+        assert warm_files_held_open(core) == []  # nothing replaced is held: no " (deleted)"
+        await core.write_all(fh, b"defg", offset=3)
+        assert await core.read_all(fh) == b"abcdefg"
+        await core.close(fh)
+        p = core.warm_path(b"f")
+        assert p.read_bytes() == b"abcdefg" and p.stat().st_mode & 0o7777 == 0o640
+        assert core.warm_temps() == [] and core.staged() == []
+
+
+@core_test
+async def test_a_created_file_unlinked_after_its_publish_still_answers(tmp_path: Path) -> None:
+    """Renamed (which makes its attributes stale) and then unlinked while open, after a
+    publish closed its warm file: its handle still reads, writes and stats it, from staging
+    and memory, and nothing is published at close."""
+    async with open_core(tmp_path, by_rename=False) as core:
+        fh = await core.create(b"f", mode=0o604)
+        ino = (await core.lookup_path(b"f")).ino
+        await core.write_all(fh, b"abc")
+        await core.fs.fsync(fh)
+        await core.fs.rename(ROOT, b"f", ROOT, b"g", 0)
+        await core.fs.unlink(ROOT, b"g")
+        attrs = await core.fs.getattr(ino)
+        assert (attrs.size, attrs.nlink, attrs.mode & 0o7777) == (3, 0, 0o604)
+        await core.write_all(fh, b"de", offset=3)
+        assert await core.read_all(fh) == b"abcde"
+        assert (await core.fs.getattr(ino)).size == 5
+        await core.close(fh)
+        assert core.warm_names() == [] and core.warm_temps() == [] and core.staged() == []
+
+
+@core_test
+async def test_a_created_file_unlinked_before_its_publish_still_answers(
+        tmp_path: Path) -> None:
+    """Unlinked before any publish: the create's warm descriptor is kept, as for any file
+    unlinked while open."""
+    async with open_core(tmp_path, by_rename=False) as core:
+        fh = await core.create(b"f", mode=0o600)
+        ino = (await core.lookup_path(b"f")).ino
+        await core.write_all(fh, b"abc")
+        await core.fs.unlink(ROOT, b"f")
+        assert (await core.fs.getattr(ino)).nlink == 0
+        await core.fs.fsync(fh)  # nothing to publish: no name
+        assert await core.read_all(fh) == b"abc"
+        assert (await core.fs.getattr(ino)).size == 3
+        await core.close(fh)
+        assert core.warm_names() == [] and core.warm_temps() == [] and core.staged() == []

@@ -152,8 +152,10 @@ class Core:
         # Unlinked but still open: the warm descriptor still reaches the file.
         fd = None if data is None else data.warm_fd
         if fd is None:
-            if inode.stub is not None and data is not None and data.base is not None:
-                return data.base, None  # an unlinked cold file: its stub is remembered
+            if data is not None and data.base is not None:
+                # An unlinked cold file (its stub is remembered), or a staged one whose
+                # created warm file a publish closed (``WarmPublisher._let_go_of_created``).
+                return data.base, None
             raise err(errno.ENOENT)
         return os.fstat(fd), None
 

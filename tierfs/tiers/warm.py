@@ -59,9 +59,10 @@ def is_silly_renamed(name: bytes) -> bool:
     return _SILLY_RENAMED.match(name) is not None
 
 
-def copy_fd(src: int, dst: int, size: int, src_offset: int = 0, dst_offset: int = 0) -> None:
+def copy_fd(src: int, dst: int, size: int, src_offset: int = 0, dst_offset: int = 0) -> int:
     """Copy ``size`` bytes between files in the kernel (reflink or server-side copy where the
-    file system offers it), falling back to sendfile across file systems."""
+    file system offers it), falling back to sendfile across file systems. Returns the bytes
+    copied (fewer where the source is shorter)."""
     done = 0
     use_cfr = True
     while done < size:
@@ -80,6 +81,7 @@ def copy_fd(src: int, dst: int, size: int, src_offset: int = 0, dst_offset: int 
         if n == 0:  # the source is shorter than expected: the rest stays a hole
             break
         done += n
+    return done
 
 
 def copy_to_new(src: int, dst: int, size: int) -> None:
@@ -96,12 +98,14 @@ def copy_to_new(src: int, dst: int, size: int) -> None:
     holes, since some file systems have answered it wrongly for data not yet written back
     (OpenZFS before 2.2.2, whose bug made ``cp`` write zeros), and a plain copy is right
     whatever they say. ``src``'s file offset moves: its readers use positional reads only.
+    The size is set only where the copy did not reach it (each call is a round trip on a
+    network file system).
     """
     if os.fstat(src).st_blocks * 512 >= size:
-        copy_fd(src, dst, size)
-        os.ftruncate(dst, size)
+        if copy_fd(src, dst, size) < size:
+            os.ftruncate(dst, size)
         return
-    offset = 0
+    offset = reached = 0
     while offset < size:
         try:
             start = os.lseek(src, offset, os.SEEK_DATA)
@@ -116,9 +120,10 @@ def copy_to_new(src: int, dst: int, size: int) -> None:
             if start >= size:
                 break
             end = min(size, os.lseek(src, start, os.SEEK_HOLE))
-        copy_fd(src, dst, end - start, start, start)
+        reached = max(reached, start + copy_fd(src, dst, end - start, start, start))
         offset = end
-    os.ftruncate(dst, size)
+    if reached < size:
+        os.ftruncate(dst, size)
 
 
 def _proc_path(fd: int) -> str:
@@ -177,6 +182,12 @@ class WarmTier(Tier):
         self.fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         #: This node's id (from the hot tier's index), in the names of its temp files.
         self.node = b"0"
+        #: The owner (uid, gid) the tier gave the last file this node made: the owner a new
+        #: one will have, most likely (see ``new_perms``).
+        self._made_as: tuple[int, int] | None = None
+        #: The devices under the root found to have no extended attributes (sshfs): a
+        #: publish does not look for any there (the look costs a round trip).
+        self._no_xattrs: set[int] = set()
 
     def close(self) -> None:
         os.close(self.fd)
@@ -379,7 +390,8 @@ class WarmTier(Tier):
             self.write_in_place(rel, src_fd, size, times, st)
             return None, self.lstat(rel)
         # (Its attributes from its descriptor: a rename of its directory meanwhile moved it.)
-        return self.write_temp(split(rel)[0], src_fd, size, rel, times, mode)
+        return self.write_temp(split(rel)[0], src_fd, size, None if st is None else rel, times,
+                               mode, st)
 
     def replace(self, tmp: bytes, rel: bytes, again: Reapply | None = None
                 ) -> tuple[os.stat_result, os.stat_result]:
@@ -401,26 +413,55 @@ class WarmTier(Tier):
         return self.lstat(rel), self.lstat(split(rel)[0])
 
     def write_temp(self, parent: bytes, src_fd: int, size: int, like: bytes | None,
-                   times: tuple[int, int] | None, mode: int | None = None
-                   ) -> tuple[bytes, os.stat_result]:
+                   times: tuple[int, int] | None, mode: int | None = None,
+                   like_st: os.stat_result | None = None) -> tuple[bytes, os.stat_result]:
         """Copy staged data into a fresh temp file beside its target and fsync it; its path
         and attributes.
 
         The temp file takes the owner, mode and extended attributes of ``like`` (the file it
-        will replace) so that publishing by rename changes nothing but the content.
+        will replace; ``like_st``, its attributes if the caller has just read them) so that
+        publishing by rename changes nothing but the content. Each attribute is set only
+        where the new file lacks it: on a network file system every call is a round trip.
         """
-        tmp, fd = self.open_temp(parent)
+        if like is not None and like_st is None:
+            try:
+                like_st = self.lstat(like)
+            except FileNotFoundError:
+                like = None
+        perms = 0o600
+        if like_st is not None:
+            perms = self.new_perms((like_st.st_uid, like_st.st_gid),
+                                   like_st.st_mode if mode is None else mode)
+        tmp, fd = self.open_temp(parent, perms)
         try:
+            # (From the create's reply: a network file system's client has it at hand.)
+            made = os.fstat(fd)
+            self.made(made)
             copy_to_new(src_fd, fd, size)
         except BaseException:
             self.drop_temp(tmp, fd)
             raise
-        return tmp, self.finish_temp(tmp, fd, size, like, times, mode)
+        return tmp, self.finish_temp(tmp, fd, size, like, times, mode, like_st, made)
 
-    def open_temp(self, parent: bytes) -> tuple[bytes, int]:
-        """A new, empty temp file in ``parent``, to be renamed over its target when whole."""
+    def new_perms(self, owner: tuple[int, int], mode: int) -> int:
+        """The permissions to create a file with that is to have ``owner`` and ``mode``: its
+        final ones where the tier will most likely make it with that owner (as it made the
+        last file, ``made``: then neither a chown nor a chmod is needed), else 0600 until
+        its owner is set, so that it is never open to more users than it will be. Never
+        set-id bits (a chown would clear them; the chmod after it sets them)."""
+        if owner != self._made_as:
+            return 0o600
+        return stat.S_IMODE(mode) & 0o777
+
+    def made(self, st: os.stat_result) -> None:
+        """Note the owner the tier gave a file this node just made (``new_perms``)."""
+        self._made_as = (st.st_uid, st.st_gid)
+
+    def open_temp(self, parent: bytes, perms: int = 0o600) -> tuple[bytes, int]:
+        """A new, empty temp file in ``parent``, to be renamed over its target when whole.
+        (The daemon's umask is 0: ``perms`` are the file's.)"""
         tmp = join(parent, self._temp_name())
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600,
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, perms,
                      dir_fd=self.fd)
         return tmp, fd
 
@@ -434,11 +475,15 @@ class WarmTier(Tier):
             os.close(fd)
 
     def finish_temp(self, tmp: bytes, fd: int, size: int, like: bytes | None,
-                    times: tuple[int, int] | None, mode: int | None = None) -> os.stat_result:
+                    times: tuple[int, int] | None, mode: int | None = None,
+                    like_st: os.stat_result | None = None, made: os.stat_result | None = None
+                    ) -> os.stat_result:
         """Size, owner, mode, xattrs (from ``like``) and times; fsync; close. Returns its
-        attributes. On failure the temp file is removed."""
+        attributes. On failure the temp file is removed. ``made``: the temp file's attributes
+        as made, and its size then already ``size`` (``write_temp``); ``like_st``: those of
+        ``like``, just read."""
         try:
-            self._settle(fd, size, like, times, mode)
+            self._settle(fd, size, like, times, mode, like_st, made)
         except BaseException:
             self.drop_temp(tmp, fd)
             raise
@@ -447,13 +492,16 @@ class WarmTier(Tier):
         return st
 
     def _settle(self, fd: int, size: int, like: bytes | None, times: tuple[int, int] | None,
-                mode: int | None) -> None:
+                mode: int | None, like_st: os.stat_result | None = None,
+                made: os.stat_result | None = None) -> None:
         """Make a finished file ready to be renamed over ``like``: the same size, owner, mode,
-        extended attributes and times it will be published with, and on disk."""
-        os.ftruncate(fd, size)
+        extended attributes and times it will be published with, and on disk. ``made``: the
+        file's attributes as made, its size already ``size``."""
+        if made is None:
+            os.ftruncate(fd, size)
         if like is not None:
-            self._copy_attributes(like, fd)
-        if mode is not None:
+            self._copy_attributes(like, fd, like_st, made, mode)
+        elif mode is not None:
             os.fchmod(fd, stat.S_IMODE(mode))
         if times is not None:
             os.utime(fd, ns=times)
@@ -511,13 +559,28 @@ class WarmTier(Tier):
         finally:
             os.close(fd)
 
-    def _copy_attributes(self, like: bytes, fd: int) -> None:
-        try:
-            st = self.lstat(like)
-        except FileNotFoundError:
+    def _copy_attributes(self, like: bytes, fd: int, st: os.stat_result | None = None,
+                         made: os.stat_result | None = None, mode: int | None = None
+                         ) -> None:
+        """Give ``fd`` the owner, mode (``mode`` if given, else that of ``like``) and extended
+        attributes of ``like`` (``st``: its attributes, if just read). ``made``: ``fd``'s
+        attributes as it was made, known not to have changed since; with it, the owner and
+        mode are set only where they differ."""
+        if st is None:
+            try:
+                st = self.lstat(like)
+            except FileNotFoundError:
+                if mode is not None:
+                    os.fchmod(fd, stat.S_IMODE(mode))
+                return
+        want = stat.S_IMODE(st.st_mode if mode is None else mode)
+        chown = made is None or (made.st_uid, made.st_gid) != (st.st_uid, st.st_gid)
+        if chown:
+            os.fchown(fd, st.st_uid, st.st_gid)
+        if chown or stat.S_IMODE(made.st_mode) != want:  # type: ignore[union-attr]
+            os.fchmod(fd, want)  # after chown, which clears set-id bits
+        if stat.S_ISLNK(st.st_mode) or st.st_dev in self._no_xattrs:
             return
-        os.fchown(fd, st.st_uid, st.st_gid)
-        os.fchmod(fd, stat.S_IMODE(st.st_mode))  # after chown, which clears set-id bits
         with self._path_fd(like) as (src, is_link):
             if is_link:
                 return
@@ -525,6 +588,7 @@ class WarmTier(Tier):
                 names = os.listxattr(_proc_path(src))
             except OSError as e:
                 if e.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
+                    self._no_xattrs.add(st.st_dev)
                     return
                 raise
             for name in names:

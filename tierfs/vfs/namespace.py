@@ -416,10 +416,18 @@ class Namespace:
     async def _open_before_removal(self, inode: Inode | None) -> None:
         """An open file whose warm file was not opened yet (``OpenFile.warm_deferred``) is
         opened before its name goes, so that its handles read it to the end, as those of a
-        file opened the usual way. Caller holds ``ns_lock`` exclusively (no open is answered
-        from memory meanwhile: ``NamespaceLock.quiet``)."""
-        if inode is not None and inode.data is not None and inode.data.warm_deferred:
-            await self.core.open_warm(inode, inode.data)
+        file opened the usual way. A staged file whose created warm file a publish closed
+        (``WarmPublisher._let_go_of_created``) has its attributes read now if a change made
+        them stale: once the name is gone, they are answered from memory. Caller holds
+        ``ns_lock`` exclusively (no open is answered from memory meanwhile:
+        ``NamespaceLock.quiet``)."""
+        if inode is None or (data := inode.data) is None:
+            return
+        if data.warm_deferred:
+            await self.core.open_warm(inode, data)
+        elif (data.base is None and data.warm_fd is None and data.stub is None
+              and len(inode.links) == 1 and (rel := self.core.rel_or_none(inode)) is not None):
+            data.base = await self.core.warm.run(self.core.warm.lstat, rel)
 
     def _rejournal(self, inode: Inode | None) -> bool:
         """Re-point an inode's journal entry at its current path (nothing to publish if it

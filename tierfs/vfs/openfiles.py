@@ -171,12 +171,19 @@ class OpenFiles:
         def make(rel: bytes) -> tuple[int, os.stat_result, int | None, frozenset[bytes] | None,
                                       os.stat_result]:
             pst = core.warm.lstat(split(rel)[0])
+            owner = ns.owner(uid, gid, pst)
             # Read-only is enough: the descriptor only keeps the file reachable once unlinked.
-            fd = core.warm.open(rel, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            # Made with its mode where the tier will give it its owner: no chmod then, a round
+            # trip on a network file system (``WarmTier.new_perms``).
+            fd = core.warm.open(rel, os.O_RDONLY | os.O_CREAT | os.O_EXCL,
+                                core.warm.new_perms(owner, mode))
             try:
-                ns.chown_new(rel, os.fstat(fd), *ns.owner(uid, gid, pst))
-                os.fchmod(fd, stat.S_IMODE(mode))
                 st = os.fstat(fd)
+                core.warm.made(st)
+                st = ns.chown_new(rel, st, *owner)
+                if stat.S_IMODE(st.st_mode) != stat.S_IMODE(mode):
+                    os.fchmod(fd, stat.S_IMODE(mode))  # (after a chown: it clears set-id bits)
+                    st = os.fstat(fd)
                 try:
                     # The kernel asks for security.capability before the first write: known
                     # names answer it without another trip to the warm tier.

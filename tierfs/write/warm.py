@@ -63,6 +63,7 @@ class WarmPublisher:
             done, st = await self._rename_staging(inode, data, times, mode, since)
             if done:
                 return st
+        await self._let_go_of_created(inode, data)
         mirror, data.mirror = data.mirror, None
         if mirror is not None:
             await mirror.wait()
@@ -87,6 +88,26 @@ class WarmPublisher:
             except LinkedMeanwhile:
                 continue  # renamed while it was copied: written in place next time round
         raise err(errno.EAGAIN)
+
+    async def _let_go_of_created(self, inode: Inode, data: OpenFile) -> None:
+        """Close the descriptor of the warm file this open created, before the publish renames
+        a new file over it. It holds no data (all of it is staged: reads go there) and only
+        kept the file reachable once unlinked; replaced while open, a network file system's
+        client would first rename it away to a hidden name and remove it at its last close
+        (NFS's silly rename, libfuse's .fuse_hidden: three more round trips), and it is done
+        early so that the close has reached the server by the rename. Only while the file
+        has its name, under the namespace lock (no unlink or rename over it is half done):
+        once unlinked, the descriptor is kept. What it answered once the name is gone comes
+        from memory (``Namespace.unlink`` reads the attributes if a change forgot them)."""
+        core = self.core
+        fd = data.warm_fd
+        if fd is None or not data.created or data.staging_fd is None:
+            return
+        async with core.ns_lock.shared():
+            if core.rel_or_none(inode) is None or data.warm_fd != fd:
+                return
+            data.warm_fd = None
+            await core.warm.run(os.close, fd)
 
     async def at_path(self, inode: Inode, fn: Callable[..., R], *args: Any) -> R | None:
         """``fn(path, *args)`` in a warm worker, on the inode's path as it is when the call

@@ -161,7 +161,8 @@ class TreeMachine(RuleBasedStateMachine):
         if cold and got in REFUSED_FOR_COLD:
             return got  # refused for a cold file, as documented; the reference is not changed
         ref = outcome(lambda: fn(self.r))
-        assert got == ref, f"mount gave {got}, reference gave {ref}"
+        assert got == ref, (f"mount gave {got}, reference gave {ref}, after:\n"
+                            + "\n".join(self.steps))
         return got
 
     # -- rules --------------------------------------------------------------------------

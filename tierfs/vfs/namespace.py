@@ -198,7 +198,10 @@ class Namespace:
         if rel is not None:
             if inode.stub is not None:
                 mtime_ns = None if staged else changes.mtime_ns
-                etag = await self._keep_object_in_step(inode, rel, changes)
+                # A staged file's next object takes its owner and mode when it is published
+                # (``ownership.settle``); the object behind its stub now may be replaced by
+                # that upload at any moment, and is not touched.
+                etag = None if staged else await self._keep_object_in_step(inode, rel, changes)
                 if changes.mode is not None or mtime_ns is not None or etag is not None:
                     await self._replace_stub(inode, rel, changes.mode, mtime_ns, etag)
                 changes = dataclasses.replace(changes, mode=None)

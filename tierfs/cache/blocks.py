@@ -130,8 +130,8 @@ class BlockCache:
         #: its own read-ahead fetched.
         self.ahead: dict[bytes, str] = {}
         #: Blocks a plan fetched into memory only, for a reader about to use them: not
-        #: written to the hot tier (that would take room the plan counted on for its next
-        #: blocks, for a block it is done with once read).
+        #: written to the hot tier while the plan runs (that would take room the plan
+        #: counted on for its next blocks, for a block it is done with once read).
         self.unstored: set[bytes] = set()
         counters.set_gauge("capacity", capacity)
 

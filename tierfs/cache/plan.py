@@ -337,8 +337,12 @@ class Active:
         self.changed = trio.Event()
         #: Keys being fetched, and keys fetched and not yet read: key -> bytes.
         self.inflight: dict[bytes, int] = {}
-        #: The keys of ``inflight`` fetched into memory only: they take no room on the hot tier.
+        #: The keys of ``inflight`` and ``unread`` fetched into memory only: they take no room
+        #: on the hot tier. And every key fetched so, kept from the hot tier until the plan
+        #: ends (``BlockCache.unstored``): a reader may ask for a block in several requests,
+        #: and each would otherwise try to store it once the first has used it.
         self.in_memory: set[bytes] = set()
+        self.unstored: set[bytes] = set()
         self.unread: dict[bytes, int] = {}
         self.failed: set[bytes] = set()
         self.files = 0
@@ -435,9 +439,7 @@ class Planner:
         active.last_read = time.monotonic()
         if active.unread.pop(key, None) is not None:
             self.cache.ahead.pop(key, None)
-        if key in active.in_memory:
-            active.in_memory.discard(key)
-            self.cache.unstored.discard(key)
+        active.in_memory.discard(key)
         active.wake()
         if active.plan.finished:
             self.stop("finished", active)
@@ -456,7 +458,7 @@ class Planner:
         for key in current.unread:
             self.cache.ahead.pop(key, None)
         current.unread.clear()
-        self.cache.unstored.difference_update(current.in_memory)
+        self.cache.unstored.difference_update(current.unstored)
         self.current = None
         self.last = current
         log.info("plan %d %s at block %d of %d; %d bytes fetched", current.number, reason,
@@ -507,6 +509,7 @@ class Planner:
             active.inflight[key] = step.size
             if not keep:
                 active.in_memory.add(key)
+                active.unstored.add(key)
                 cache.unstored.add(key)
             active.peak_fetches = max(active.peak_fetches, len(active.inflight))
             active.peak_ahead = max(active.peak_ahead, active.ahead)
@@ -555,4 +558,5 @@ class Planner:
             self.cache.ahead[key] = step.source.tier
         elif key in active.in_memory:
             active.in_memory.discard(key)
+            active.unstored.discard(key)
             self.cache.unstored.discard(key)

@@ -15,6 +15,7 @@ from s3proxy import FaultProxy
 from test_cache import cold_mount, publish, read_uncached
 
 import tierfs
+from tierfs.control import registry
 
 MIB = 1024 * 1024
 
@@ -67,7 +68,8 @@ def test_a_plan_makes_a_shuffled_epoch_over_twice_the_cache_hit_more(
 
 
 def test_the_api_finds_mounts_by_path(tmp_path: Path, proxy: FaultProxy, bucket: str,
-                                      s3_server: S3Server) -> None:
+                                      s3_server: S3Server, monkeypatch: pytest.MonkeyPatch
+                                      ) -> None:
     m = cold_mount(tmp_path, proxy, bucket)
     files = {"a.bin": os.urandom(2 * MIB), "b.bin": os.urandom(3 * MIB)}
     publish(m, s3_server, files)
@@ -89,6 +91,14 @@ def test_the_api_finds_mounts_by_path(tmp_path: Path, proxy: FaultProxy, bucket:
             __import__("time").sleep(0.05)
         assert tierfs.where(data / "b.bin")["hot"] == MIB  # only the range asked for
         assert proxy.requests["GET"] == gets + 1
+        # The registry of mounts is read once for a plan, not once per path (an epoch's plan
+        # names every file of the dataset).
+        looks = []
+        real_mounts = registry.mounts
+        monkeypatch.setattr(registry, "mounts", lambda: looks.append(1) or real_mounts())
+        assert tierfs.prefetch([data / "a.bin", data / "b.bin"] * 50)[0]["files"] == 100
+        assert len(looks) == 1
+        monkeypatch.undo()
         assert tierfs.stats(m.path)["mountpoint"] == str(m.path)
         with pytest.raises(tierfs.NotInMount):
             tierfs.where(tmp_path)

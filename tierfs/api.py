@@ -14,6 +14,7 @@ import os
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from tierfs.control import registry
 from tierfs.control.client import ControlError, NotInMount, call, locate
 from tierfs.control.registry import MountRecord
 from tierfs.errors import TierfsError
@@ -29,10 +30,12 @@ PLAN_CHUNK = 256 * 1024
 
 
 def _grouped(paths: Iterable[PathLike]) -> list[tuple[MountRecord, list[tuple[int, str]]]]:
-    """Paths by mount, in first-seen order, each with its place in the input."""
+    """Paths by mount, in first-seen order, each with its place in the input. The live mounts
+    are looked up once for all the paths: an epoch's plan names every file of the dataset."""
     groups: dict[str, tuple[MountRecord, list[tuple[int, str]]]] = {}
+    records = registry.mounts()
     for i, path in enumerate(paths):
-        record, rel = locate(os.fspath(path))
+        record, rel = locate(os.fspath(path), records)
         groups.setdefault(record.mountpoint, (record, []))[1].append((i, rel))
     return list(groups.values())
 

@@ -248,3 +248,50 @@ async def test_a_reader_catching_up_with_the_plan_shares_its_fetch(tmp_path: Pat
         assert len(gets(core)) == before + 2  # one GET per block
         assert core.counter("misses") - misses == 2 and core.counter("hits") == hits
         await core.until(lambda: core.cached_blocks() == 2)
+
+
+@core_test
+async def test_a_plan_starting_in_a_full_cache_fetches_its_next_blocks_into_memory(
+        tmp_path: Path) -> None:
+    # The cache is full of blocks the plan reads: no room that costs no planned block. The
+    # missing blocks of the next URGENT positions are still fetched at once, into memory only,
+    # evicting nothing; the reader gets them from there (misses) without a GET of its own.
+    async with open_plan_core(tmp_path, cache_high_watermark=0.1,
+                              cache_low_watermark=0.1) as core:
+        cache = core.fs.cache
+        count = cache.high // (2 * BS)
+        files = await write_cold(core, count + 2, 2 * BS)
+        names = sorted(files)
+        hot, cold = names[:count], names[count:]
+
+        def source(name: str) -> Source:
+            return core.fs.reads.cold_source(core.stub(name.encode()))
+
+        for name in hot:  # (as ``tierfs warm`` does: reads may serve blocks without caching)
+            for block in range(2):
+                await cache.fill(source(name), block)
+        assert core.cached_blocks() == 2 * count
+        assert cache.high - cache.used < BS
+        evictions = core.counter("evictions")
+        before = len(gets(core))
+        order = [cold[0], hot[0], cold[1], *hot[1:]]  # cold[1] at positions 4 and 5
+        await ask(core, {"paths": order})
+        await core.until(lambda: len(gets(core)) == before + 4)
+        await trio.sleep(0.3)  # nothing else is fetched, nothing evicted
+        assert len(gets(core)) == before + 4
+        assert core.counter("evictions") == evictions
+        assert core.cached_blocks() == 2 * count
+        hits, misses = core.counter("hits"), core.counter("misses")
+        for name in order[:3]:  # in requests smaller than a block, as the kernel's may be
+            fh = await core.open(name.encode())
+            assert await core.read_all(fh, chunk=BS // 4) == files[name]
+            await core.fs.release(fh)
+        assert core.counter("misses") - misses == 4 and core.counter("hits") - hits == 2
+        stubs = {core.cold(n.encode()).key: n for n in names}
+        fetched = [stubs[k] for k, _ in gets(core)[before:]]
+        assert fetched.count(cold[0]) == 2 and fetched.count(cold[1]) == 2
+        # Not written to the hot tier either, over the blocks the plan is done with (hot[0]'s,
+        # read): those are the room its next fetches to the hot tier count on.
+        await trio.sleep(0.3)
+        assert not any(cache.on_hot_tier(key) for name in cold for key in keys_of(source(name)))
+        assert all(cache.on_hot_tier(key) for name in hot[1:] for key in keys_of(source(name)))

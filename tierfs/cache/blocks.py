@@ -129,6 +129,10 @@ class BlockCache:
         #: and the tier they came from: the reader counts them as misses, as it does blocks
         #: its own read-ahead fetched.
         self.ahead: dict[bytes, str] = {}
+        #: Blocks a plan fetched into memory only, for a reader about to use them: not
+        #: written to the hot tier while the plan runs (that would take room the plan
+        #: counted on for its next blocks, for a block it is done with once read).
+        self.unstored: set[bytes] = set()
         counters.set_gauge("capacity", capacity)
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -235,6 +239,11 @@ class BlockCache:
                 self._forget(next(iter(self._finished_hot)))
 
     @property
+    def memory_limit(self) -> int:
+        """Bytes of blocks the memory pool holds at most (``read_memory``)."""
+        return self._memory_limit
+
+    @property
     def unused(self) -> int:
         """Blocks in memory that no reader has used yet: read ahead, waiting for a reader."""
         return len(self._unused)
@@ -335,7 +344,7 @@ class BlockCache:
 
     def _store_soon(self, key: bytes, data: Block) -> None:
         if (self._nursery is None or self._stores >= MAX_STORES or len(data) > self.capacity
-                or key in self._storing):
+                or key in self._storing or key in self.unstored):
             return
         self._storing.add(key)
         self._stores += 1

@@ -8,11 +8,17 @@ future, so both can do better:
 
 * Fetching: blocks of the plan not yet on the hot tier are fetched ahead of the reader, in plan
   order, with at most ``fetches`` GETs at once and at most ``window`` bytes fetched and not yet
-  read. Beyond the next ``URGENT`` blocks, a block is fetched only into room that costs no
-  planned block: free capacity, blocks the plan is done with, blocks it never reads. Evicting
-  a block the plan still needs, to fetch one it needs sooner, loses a hit to save a wait (the
-  fetched block is a miss either way): only the next blocks are worth it, so that a reader whose
-  plan starts with no room still has its next block coming.
+  read. A block is fetched to the hot tier only into room that costs no planned block: free
+  capacity, blocks the plan is done with, blocks it never reads. Evicting a block the plan
+  still needs, to fetch one it needs sooner, loses a hit to save a wait (the fetched block is
+  a miss either way). Without such room, the blocks of the next ``URGENT`` positions are still
+  fetched, into the memory pool only (not written to the hot tier: the plan is done with such
+  a block once its reader has used it, and writing it would take room counted on for the
+  blocks fetched to stay until their reader comes): a plan that starts with
+  the cache full of blocks it will read, as an epoch over a dataset larger than the cache
+  does, would otherwise leave its reader waiting a GET's latency on every block it misses until
+  its reads free room, and ``URGENT`` positions are about a GET's latency of reading blocks
+  from the hot tier.
 * Eviction (``PlanPolicy``, wrapping the mount's policy while the plan runs): first blocks the
   plan has read and will not read again, then blocks outside the plan (least recently used
   first), and only then planned blocks, the one needed last first: with the future known, this
@@ -51,8 +57,12 @@ log = logging.getLogger(__name__)
 
 #: Seconds without any read along the plan after which it is dropped.
 IDLE = 600.0
-#: Blocks right ahead of the reader fetched even when that evicts a planned block.
-URGENT = 2
+#: Positions right ahead of the reader whose blocks are fetched even without room on the hot
+#: tier (into memory only): a GET's latency (tens of milliseconds) covers this many blocks read
+#: from the hot tier, one or a few milliseconds each.
+URGENT = 8
+#: Share of the memory pool (``read_memory``) that blocks fetched into memory only may take.
+MEMORY_SHARE = 4
 #: Seconds between looks at the plan while nothing wakes the fetcher (room freed by an
 #: eviction elsewhere, say).
 POLL = 0.5
@@ -327,6 +337,12 @@ class Active:
         self.changed = trio.Event()
         #: Keys being fetched, and keys fetched and not yet read: key -> bytes.
         self.inflight: dict[bytes, int] = {}
+        #: The keys of ``inflight`` and ``unread`` fetched into memory only: they take no room
+        #: on the hot tier. And every key fetched so, kept from the hot tier until the plan
+        #: ends (``BlockCache.unstored``): a reader may ask for a block in several requests,
+        #: and each would otherwise try to store it once the first has used it.
+        self.in_memory: set[bytes] = set()
+        self.unstored: set[bytes] = set()
         self.unread: dict[bytes, int] = {}
         self.failed: set[bytes] = set()
         self.files = 0
@@ -423,6 +439,7 @@ class Planner:
         active.last_read = time.monotonic()
         if active.unread.pop(key, None) is not None:
             self.cache.ahead.pop(key, None)
+        active.in_memory.discard(key)
         active.wake()
         if active.plan.finished:
             self.stop("finished", active)
@@ -441,6 +458,7 @@ class Planner:
         for key in current.unread:
             self.cache.ahead.pop(key, None)
         current.unread.clear()
+        self.cache.unstored.difference_update(current.unstored)
         self.current = None
         self.last = current
         log.info("plan %d %s at block %d of %d; %d bytes fetched", current.number, reason,
@@ -478,18 +496,32 @@ class Planner:
                     await trio.lowlevel.checkpoint()
                 continue
             # Room for it without a planned block: what is free and what the plan can spare,
-            # less what the fetches under way will take.
+            # less what the fetches under way to the hot tier will take.
             room = (cache.high - cache.used - cache.reserved + active.policy.spare
-                    - sum(active.inflight.values()))
+                    - sum(size for k, size in active.inflight.items()
+                          if k not in active.in_memory))
+            keep = room >= step.size
             if (len(active.inflight) >= fetches or active.ahead + step.size > window
-                    or (position - plan.cursor >= URGENT and room < step.size)):
+                    or (not keep and (position - plan.cursor >= URGENT
+                                      or not self._memory_for(active, step.size)))):
                 await self._wait(active)
                 continue
             active.inflight[key] = step.size
+            if not keep:
+                active.in_memory.add(key)
+                active.unstored.add(key)
+                cache.unstored.add(key)
             active.peak_fetches = max(active.peak_fetches, len(active.inflight))
             active.peak_ahead = max(active.peak_ahead, active.ahead)
-            nursery.start_soon(self._fetch, active, step)
+            nursery.start_soon(self._fetch, active, step, keep)
             position += 1
+
+    def _memory_for(self, active: Active, size: int) -> bool:
+        """Whether a block fetched into memory only fits in the plan's share of the pool, with
+        the blocks fetched so and not yet read."""
+        held = sum(active.inflight[k] for k in active.in_memory if k in active.inflight)
+        held += sum(active.unread[k] for k in active.in_memory if k in active.unread)
+        return held + size <= max(size, self.cache.memory_limit // MEMORY_SHARE)
 
     async def _wait(self, active: Active) -> None:
         with trio.move_on_after(POLL):
@@ -498,11 +530,19 @@ class Planner:
         if time.monotonic() - active.last_read > IDLE:
             self.stop("idle", active)
 
-    async def _fetch(self, active: Active, step: Step) -> None:
+    async def _fetch(self, active: Active, step: Step, keep: bool = True) -> None:
+        """Fetch one block of the plan: to the hot tier (``keep``), or into the memory pool
+        only, where the reader finds it (``BlockCache.get``, whose load a reader arriving
+        meanwhile shares)."""
         key = step.key
-        active.policy.own.add(key)
+        if keep:
+            active.policy.own.add(key)
         try:
-            fetched = await self.cache.fill(step.source, step.block)
+            if keep:
+                fetched = await self.cache.fill(step.source, step.block)
+            else:
+                data, origin = await self.cache.get(step.source, step.block)
+                fetched = 0 if origin == "hot" else len(data)
         except OSError as e:
             active.failed.add(step.source.id)
             log.debug("plan %d: a block of %s was not fetched: %s", active.number, step.path,
@@ -516,3 +556,7 @@ class Planner:
         if fetched and active.ended is None and active.plan.next_use(key) is not None:
             active.unread[key] = step.size  # (a reader that caught up shared the fetch)
             self.cache.ahead[key] = step.source.tier
+        elif key in active.in_memory:
+            active.in_memory.discard(key)
+            active.unstored.discard(key)
+            self.cache.unstored.discard(key)

@@ -21,8 +21,8 @@ class NotInMount(ControlError):
     """The path is not inside a running tierfs mount of this user."""
 
 
-def locate(path: str) -> tuple[MountRecord, str]:
-    found = mount_for(path)
+def locate(path: str, records: list[MountRecord] | None = None) -> tuple[MountRecord, str]:
+    found = mount_for(path, records)
     if found is None:
         raise NotInMount(f"{path} is not inside a running tierfs mount")
     return found

@@ -140,11 +140,14 @@ def mounts() -> list[MountRecord]:
     return out
 
 
-def mount_for(path: str) -> tuple[MountRecord, str] | None:
-    """The live mount holding ``path`` and the path relative to its root."""
+def mount_for(path: str, records: list[MountRecord] | None = None
+              ) -> tuple[MountRecord, str] | None:
+    """The live mount holding ``path`` and the path relative to its root; ``records``: the
+    live mounts, when the caller looked them up once for many paths (each look reads every
+    record and the mount table)."""
     real = os.path.abspath(path)
     best: tuple[MountRecord, str] | None = None
-    for record in mounts():
+    for record in mounts() if records is None else records:
         rel = record.relative(real)
         if rel is not None and (best is None or
                                 len(record.mountpoint) > len(best[0].mountpoint)):

@@ -94,7 +94,8 @@ class OpenFile:
     #: Opened from attributes read within ``attr_timeout`` (``Inode.seen``) without opening
     #: the warm file: ``warm_fd`` is opened by the first call that needs it
     #: (``Core.open_warm``: a read that reaches the daemon, a writer, an unlink of the name).
-    #: With the kernel keeping its cached pages, a file read again never needs it.
+    #: With the kernel keeping its cached pages, a file read again never needs it. Set too
+    #: after a publish by copy (``Publisher._copied_home``): the file opened was replaced.
     warm_deferred: bool = False
     #: Set while ``Core.open_warm`` opens the warm file (other callers wait for it).
     warm_opening: trio.Event | None = None
@@ -130,7 +131,8 @@ class OpenFile:
     #: attributes are answered from memory (close-to-open consistency, as NFS gives), because
     #: the kernel asks for them before every write.
     base: os.stat_result | None = None
-    #: The warm file was created, empty, by this open: staging needs no copy of it.
+    #: The warm file was created, empty, by this open and nothing has been published since:
+    #: staging needs no copy of it. Cleared by the first publish (``Publisher.publish``).
     created: bool = False
     #: Logical size and times while staged; tracked here so writes need no fstat.
     size: int = 0

@@ -334,7 +334,6 @@ class ColdPublisher:
         sid, fd = data.staging_id, data.staging_fd
         data.staging_id = data.staging_fd = None
         data.to(DataState.CLEAN)
-        data.created = False  # staging again starts from the object (or the warm file)
         if st is not None:
             inode.stub = data.stub = stub
             core.inodes.rekey(inode, st)

@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
+
+import trio
 
 from tierfs.core.attrs import err, version
 from tierfs.core.context import Core
@@ -44,6 +47,9 @@ class Publisher:
                 if data.state is DataState.PUBLISHING:
                     data.to(DataState.FAILED)
                 raise
+            # Home now: a change from here on stages what was published, never the empty
+            # file a create made (``Staging.stage``), whichever way it went home.
+            data.created = False
             data.error = None  # (a failed write-back is home now: nothing to report)
             # Staged data an earlier failed publish left under this name is older than what
             # is home now: it must never be published over it (at recovery, say).
@@ -51,6 +57,28 @@ class Publisher:
             if rel is not None and self.journal.superseded(rel, data.staging_id):
                 await self.journal.sync()
         self.core.invalidate_attrs(inode.ino)
+
+    async def _copied_home(self, data: OpenFile, st: os.stat_result) -> None:
+        """Published by copy: the warm file is a temp file renamed over the name, and the
+        descriptor opened before (if any) names the file it replaced. Staging serves reads and
+        writes while it lasts, but it can go without another publish (an upload abandoned or
+        lost: the file keeps what is home), and then reads and the next staging must find the
+        published file, not the replaced one. So the warm file is opened again by the first
+        call that needs it (``Core.open_warm``), as an open answered from memory is; a file
+        written in place (hard-linked) keeps its descriptor."""
+        old = data.warm_fd
+        same = data.warm_id is not None and data.warm_id[0] == st.st_ino
+        data.warm_id = warm_id(st)
+        if old is not None and same:
+            return
+        data.warm_fd, data.warm_deferred = None, True
+        if old is None:
+            return
+        with trio.CancelScope(shield=True):  # (it is no one's any more: never leaked)
+            try:
+                await self.core.warm.run(os.close, old)
+            except OSError as e:  # (the descriptor is freed all the same)
+                log.warning("could not close a warm file a publish replaced: %s", e)
 
     async def _publish(self, inode: Inode, data: OpenFile) -> None:
         core = self.core
@@ -93,3 +121,5 @@ class Publisher:
         # The kernel's pages are what was written through it, unless O_DIRECT bypassed them.
         inode.cached_version = None if data.direct_written else version(st, inode.key)
         data.direct_written = False
+        if data.staged:
+            await self._copied_home(data, st)

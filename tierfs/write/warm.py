@@ -162,7 +162,6 @@ class WarmPublisher:
             st, parent_st = adopted
             # No await from the rename to here: reads find the content under either name.
             data.warm_fd, data.staging_fd, data.staging_id = data.staging_fd, None, None
-            data.created = False  # staging again starts from the published file
             data.warm_id = warm_id(st)
             core.dir_changed(inode, parent_st)
         self.journal.drop(sid)

@@ -3,8 +3,9 @@
 Every call is counted per method and then checked against the faults armed for that method:
 fail the Nth call from now, fail every call until healed, drop the unfinished multipart upload
 just before a call (the store then answers UploadGone by itself), delay, or, after a multipart
-upload completes, report a wrong size from ``head`` for its key. Errors raised are the store
-interface's own (``TransientError`` by default), as the real stores raise them after retries.
+upload completes, report a wrong size from ``head`` for its key, or hold a call's reply after
+it took effect until the test releases it. Errors raised are the store interface's own
+(``TransientError`` by default), as the real stores raise them after retries.
 Calls come from the cold tier's worker threads, so the bookkeeping is under a lock.
 """
 
@@ -22,6 +23,24 @@ from tierfs.objects.base import ObjectInfo, ObjectStore, TransientError
 METHODS = ("check", "head", "get_range", "put", "list_objects", "delete", "create_multipart",
            "upload_part", "complete_multipart", "abort_multipart", "list_multipart",
            "replace_metadata")
+
+
+class Hold:
+    """A call held after it took effect in the store, before its reply goes back: ``reached``
+    is set when it got there, and it goes on when ``release`` is called (or after
+    ``timeout`` seconds, so that a failed test cannot leave a worker thread stuck)."""
+
+    def __init__(self, timeout: float) -> None:
+        self.reached = threading.Event()
+        self._go = threading.Event()
+        self._timeout = timeout
+
+    def release(self) -> None:
+        self._go.set()
+
+    def wait(self) -> None:
+        self.reached.set()
+        self._go.wait(self._timeout)
 
 
 @dataclasses.dataclass
@@ -48,6 +67,7 @@ class FaultStore(ObjectStore):
         #: Keys completed by a multipart upload whose ``head`` lies about the size, by this much.
         self._wrong_size: int = 0
         self._completed: set[str] = set()
+        self._holds: dict[str, tuple[int, Hold]] = {}
         self._lock = threading.Lock()
 
     # -- arming -----------------------------------------------------------------------------
@@ -82,7 +102,13 @@ class FaultStore(ObjectStore):
                 self._rules.clear()
                 self._delays.clear()
                 self._wrong_size = 0
+                for _, hold in self._holds.values():
+                    hold.release()
+                self._holds.clear()
             else:
+                held = self._holds.pop(method, None)
+                if held is not None:
+                    held[1].release()
                 self._rules.pop(method, None)
                 self._delays.pop(method, None)
 
@@ -108,6 +134,15 @@ class FaultStore(ObjectStore):
         with self._lock:
             self._delays[method] = seconds
 
+    def hold_after(self, method: str, n: int = 1, timeout: float = 20.0) -> Hold:
+        """Let the ``n``-th call of ``method`` from now take effect in the store, then hold its
+        reply until ``release`` (a reply slow to come back, with the change already made)."""
+        self._check_name(method)
+        hold = Hold(timeout)
+        with self._lock:
+            self._holds[method] = (self.calls[method] + n, hold)
+        return hold
+
     def wrong_head_size(self, delta: int = 1) -> None:
         """From now on, ``head`` of a key completed by a multipart upload, and the completion
         itself, report its size off by ``delta`` (a store answering from a stale replica, or
@@ -122,9 +157,9 @@ class FaultStore(ObjectStore):
         with self._lock:
             return sum(1 for m, k, o in self.log if m == "get_range" and k == key and o == offset)
 
-    def _enter(self, method: str, args: tuple[Any, ...]) -> _Rule | None:
+    def _enter(self, method: str, args: tuple[Any, ...]) -> tuple[_Rule | None, Hold | None]:
         """Count and log a call; sleep its delay; raise its fault, or return a fault that
-        fires after the call."""
+        fires after the call, and the hold its reply waits on."""
         extra = args[1] if method == "get_range" else args[2] if method == "upload_part" \
             else None
         with self._lock:
@@ -139,23 +174,28 @@ class FaultStore(ObjectStore):
                     break
             if fire is not None and fire.kind != "always":
                 self._rules[method].remove(fire)
+            hold: Hold | None = None
+            if method in self._holds and self._holds[method][0] == number:
+                hold = self._holds.pop(method)[1]
         if delay:
             time.sleep(delay)
         if fire is None or fire.kind == "lose_reply":
-            return fire
+            return fire, hold
         if fire.kind == "drop":
             key, upload_id = args[0], args[1]
             self.inner.abort_multipart(key, upload_id)
-            return None
+            return None, hold
         raise fire.error if fire.error is not None else \
             TransientError(f"injected failure of {method} (call {number})")
 
     def _call(self, method: str, *args: Any) -> Any:
-        after = self._enter(method, args)
+        after, hold = self._enter(method, args)
         result = getattr(self.inner, method)(*args)
         if method == "complete_multipart":
             with self._lock:
                 self._completed.add(args[0])  # (whether its reply arrives or not)
+        if hold is not None:
+            hold.wait()
         if after is not None:
             raise TransientError(f"injected: the reply to {method} was lost")
         return result

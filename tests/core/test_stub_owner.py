@@ -201,3 +201,70 @@ async def test_a_store_that_cannot_change_metadata_refuses_the_chmod(tmp_path: P
             await core.fs.setattr(inode.ino, SetAttr(mode=0o644))
         assert caught.value.errno == errno.EOPNOTSUPP
         assert core.cold(b"f") == before and metadata(core, b"f")["mode"] == "0600"
+
+
+async def published(core: Core, path: bytes) -> None:
+    """Wait until write-back has nothing left to publish and ``path`` is a stub."""
+    await core.until(lambda: core.writeback_pending() == 0 and core.stub(path) is not None)
+
+
+@core_test
+async def test_chmod_while_the_rewrite_is_completed_but_not_yet_published(tmp_path: Path
+                                                                          ) -> None:
+    """A cold file rewritten in write-back mode is uploaded to its own key: once that upload
+    is completed the object behind the stub is the new one, and a chmod arriving before the
+    new stub is in place must not go to the object by the old stub's ETag (it would find it
+    changed and fail). The new object takes the widened mode when its stub is put in place."""
+    first, extra = content(64 * 1024), content(100, seed=4)
+    async with open_core(tmp_path, large_file_threshold="4KiB", durability="writeback"
+                         ) as core:
+        await core.write_file(b"f", first, mode=0o600)
+        await published(core, b"f")
+        before = core.cold(b"f")
+        hold = core.store.hold_after("complete_multipart")
+        try:
+            fh = await core.open(b"f", os.O_WRONLY)
+            await core.write_all(fh, extra, offset=len(first))
+            await core.close(fh)
+            await core.until(hold.reached.is_set)
+            assert core.cold(b"f") == before  # (the old stub, the new object behind it)
+            assert core.store.inner.head(before.key).etag != before.etag
+            inode = await core.lookup_path(b"f")
+            await core.fs.setattr(inode.ino, SetAttr(mode=0o640))
+        finally:
+            hold.release()
+        await published(core, b"f")
+        await core.until(lambda: core.cold(b"f") != before)
+        assert core.cold(b"f").mode == 0o640
+        assert metadata(core, b"f")["mode"] == "0640"
+        assert (await core.fs.getattr(inode.ino)).mode & 0o777 == 0o640
+        assert await core.read_file(b"f") == first + extra
+    async with open_core(tmp_path, large_file_threshold="4KiB") as again:
+        inode = await again.lookup_path(b"f")  # (a new mount checks the object's owner)
+        assert (await again.fs.getattr(inode.ino)).mode & 0o777 == 0o640
+        assert await again.read_file(b"f") == first + extra
+
+
+@core_test
+async def test_chmod_of_a_staged_rewrite_before_its_upload(tmp_path: Path) -> None:
+    """The same chmod while the rewrite is still open for writing, nothing of it uploaded."""
+    first, extra = content(64 * 1024), content(100, seed=4)
+    async with open_core(tmp_path, large_file_threshold="4KiB", durability="writeback"
+                         ) as core:
+        await core.write_file(b"f", first, mode=0o600)
+        await published(core, b"f")
+        fh = await core.open(b"f", os.O_WRONLY)
+        await core.write_all(fh, extra, offset=len(first))
+        inode = await core.lookup_path(b"f")
+        assert inode.data is not None and inode.data.staged and inode.data.upload is None
+        await core.fs.setattr(inode.ino, SetAttr(mode=0o640))
+        await core.close(fh)
+        assert await core.publish_all() == []
+        await published(core, b"f")
+        assert core.cold(b"f").mode == 0o640
+        assert metadata(core, b"f")["mode"] == "0640"
+        assert await core.read_file(b"f") == first + extra
+    async with open_core(tmp_path, large_file_threshold="4KiB") as again:
+        inode = await again.lookup_path(b"f")
+        assert (await again.fs.getattr(inode.ino)).mode & 0o777 == 0o640
+        assert await again.read_file(b"f") == first + extra

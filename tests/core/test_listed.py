@@ -62,6 +62,9 @@ async def test_lookups_in_a_busy_directory_are_answered_from_one_listing(tmp_pat
         _, attrs = await core.fs.lookup(ROOT, NAMES[7])
         assert attrs.size == 7
         assert calls["calls"] == listed.ASKED_BEFORE_LISTING + 1
+        counted = core.fs.counters.values
+        assert counted["listings"] == 1
+        assert counted["lookups_listed"] == len(NAMES) - listed.ASKED_BEFORE_LISTING + 1
 
 
 @core_test

@@ -41,6 +41,8 @@ NAMES = (
     "demotions_discarded",  # demotions whose file changed while it uploaded (object deleted)
     "promotions",      # cold files brought back to the warm tier (``tierfs promote``)
     "bytes_promoted",
+    "listings",        # directories listed to answer lookups in them (``vfs.listed``)
+    "lookups_listed",  # lookups answered from those listings, with no warm call
 )
 
 

@@ -106,7 +106,10 @@ class Listed:
         if snapshot is None or snapshot.entries is None:
             return None
         found = snapshot.entries.get(name)
-        return None if found is None else (snapshot.taken, found)
+        if found is None:
+            return None
+        self.core.counters.add("lookups_listed")
+        return snapshot.taken, found
 
     def found(self, parent: int) -> None:
         """A lookup in ``parent`` found its name on the warm tier."""
@@ -140,6 +143,7 @@ class Listed:
             except OSError:
                 return None  # (gone, or not a directory now: the lookup will say)
             snapshot = Snapshot(taken, token, entries)
+            self.core.counters.add("listings")
             if entries is not None:
                 self._sizes[parent] = len(entries)
             self._listings[parent] = snapshot

@@ -14,11 +14,11 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import Mount, make_mount, running
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import Mount, make_mount, running
-from tierfs.tiers.warm import copy_to_new
+from tierfs.tiers.copying import copy_to_new
 from tierfs.transfer.streaming import punch_hole
 
 MIB = 1024 * 1024

@@ -20,7 +20,8 @@ import os
 
 import trio
 
-from tierfs.tiers.warm import WarmTier, copy_fd
+from tierfs.tiers.copying import copy_fd
+from tierfs.tiers.warm import WarmTier
 
 log = logging.getLogger(__name__)
 

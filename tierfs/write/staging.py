@@ -23,8 +23,8 @@ from tierfs.core.context import Core
 from tierfs.core.inodes import Inode
 from tierfs.core.openfile import DataState, OpenFile
 from tierfs.paths import show
+from tierfs.tiers.copying import copy_to_new
 from tierfs.tiers.hot import INLINE_WRITE
-from tierfs.tiers.warm import copy_to_new
 from tierfs.transfer.streaming import give_back_all
 from tierfs.write.journal import Entry, Journal
 from tierfs.write.keephot import keep_warm, take_staging

@@ -5,11 +5,12 @@ that the lookup after it reads the warm tier again."""
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
-from tierfs.vfs import listed
+import trio
 
-from .conftest import ROOT, core_test, open_core
+from .conftest import ROOT, Core, SetAttr, core_test, open_core
 from .test_listed import NAMES, fill, look_up_until_listed
 
 
@@ -32,3 +33,59 @@ async def test_a_hard_linked_file_published_in_place_voids_the_listing(tmp_path:
         assert attrs.size == 100
         _, attrs = await core.fs.lookup(ROOT, b"other-link")
         assert attrs.size == 100
+
+
+def hold_warm_call(core: Core, method: str) -> tuple[threading.Event, threading.Event]:
+    """The warm tier's ``method`` waits, in its worker, until the second event is set; the
+    first is set when it is called."""
+    called, release = threading.Event(), threading.Event()
+    inner = getattr(core.fs.warm, method)
+
+    def held(*args: object) -> object:
+        called.set()
+        release.wait(10)
+        return inner(*args)
+
+    setattr(core.fs.warm, method, held)
+    return called, release
+
+
+async def listed_while_held(core: Core, called: threading.Event,
+                            release: threading.Event) -> None:
+    """Once the held warm call is reached, the root is listed by lookups; then it goes on."""
+    while not called.is_set():
+        await trio.sleep(0.005)
+    await look_up_until_listed(core)
+    release.set()
+
+
+@core_test
+async def test_a_truncate_under_way_voids_a_listing_taken_meanwhile(tmp_path: Path) -> None:
+    """A truncate of a file with no open state runs on the warm tier under the shared
+    namespace lock: a listing may be taken beside it, after its count of changes."""
+    async with open_core(tmp_path, attr_timeout=30) as core:
+        fill(core.warm)
+        target = NAMES[-1]
+        inode, _ = await core.fs.lookup(ROOT, target)
+        called, release = hold_warm_call(core, "truncate")
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(core.fs.setattr, inode.ino, SetAttr(size=3))
+            await listed_while_held(core, called, release)
+        assert core.warm_path(target).stat().st_size == 3
+        _, attrs = await core.fs.lookup(ROOT, target)
+        assert attrs.size == 3
+
+
+@core_test
+async def test_a_mkdir_under_way_voids_a_listing_taken_meanwhile(tmp_path: Path) -> None:
+    """A new directory is made as tierfs, then given its mode (one worker call under the
+    shared namespace lock): a listing taken in between holds the first mode."""
+    async with open_core(tmp_path, attr_timeout=30) as core:
+        fill(core.warm)
+        called, release = hold_warm_call(core, "chmod")
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(core.fs.mkdir, ROOT, b"made", 0o755, os.getuid(), os.getgid())
+            await listed_while_held(core, called, release)
+        assert core.warm_path(b"made").stat().st_mode & 0o777 == 0o755
+        _, attrs = await core.fs.lookup(ROOT, b"made")
+        assert attrs.mode & 0o777 == 0o755

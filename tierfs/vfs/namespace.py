@@ -278,6 +278,9 @@ class Namespace:
             rel = core.inodes.child_path(parent, name)
             st, persisted = await core.warm.run(self._new_entry, rel, lambda: make(rel), mode,
                                                 uid, gid, inherit_setgid)
+            # (a lookup may have listed the directory meanwhile, before the entry got its
+            # owner and mode: ``vfs.listed``)
+            core.forget_dir_attrs()
             return self.entry(parent, name, st, persisted)
 
     async def mkdir(self, parent: int, name: bytes, mode: int, uid: int, gid: int

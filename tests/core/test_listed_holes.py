@@ -89,3 +89,26 @@ async def test_a_mkdir_under_way_voids_a_listing_taken_meanwhile(tmp_path: Path)
         assert core.warm_path(b"made").stat().st_mode & 0o777 == 0o755
         _, attrs = await core.fs.lookup(ROOT, b"made")
         assert attrs.mode & 0o777 == 0o755
+
+
+@core_test
+async def test_a_link_that_waited_for_its_file_voids_a_listing_taken_meanwhile(
+        tmp_path: Path) -> None:
+    """A hard link to a file with open state waits for the file's lock (a publish holds it
+    throughout); a listing taken meanwhile holds the link count from before."""
+    async with open_core(tmp_path, attr_timeout=30) as core:
+        fill(core.warm)
+        target = NAMES[-1]
+        fh = await core.open(target)
+        inode, _ = await core.fs.lookup(ROOT, target)
+        assert inode.data is not None
+        async with trio.open_nursery() as nursery:
+            async with inode.data.lock:  # (as a publish of the file would)
+                nursery.start_soon(core.fs.link, inode.ino, ROOT, b"second")
+                await trio.sleep(0.05)
+                await look_up_until_listed(core)
+        await core.fs.release(fh)
+        assert inode.data is None
+        assert core.warm_path(target).stat().st_nlink == 2
+        _, attrs = await core.fs.lookup(ROOT, target)
+        assert attrs.nlink == 2

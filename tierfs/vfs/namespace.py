@@ -339,6 +339,9 @@ class Namespace:
             rel = core.inodes.path(inode)
             new_rel = core.inodes.child_path(new_parent, new_name)
             await core.warm.run(core.warm.link, rel, new_rel)
+            # (``link`` may have waited for the file's lock, and a lookup listed the
+            # directory meanwhile: ``vfs.listed``)
+            core.forget_dir_attrs()
             core.inodes.add_link(inode, new_parent, new_name)
             core.inodes.lookup(inode)
             inode.seen = None  # (its link count changed: an open must look again)

@@ -4,11 +4,16 @@ that the lookup after it reads the warm tier again."""
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
+import time
 from pathlib import Path
 
+import pytest
 import trio
+
+from tierfs.vfs import listed
 
 from .conftest import ROOT, Core, SetAttr, core_test, open_core
 from .test_listed import NAMES, fill, look_up_until_listed
@@ -112,3 +117,42 @@ async def test_a_link_that_waited_for_its_file_voids_a_listing_taken_meanwhile(
         assert core.warm_path(target).stat().st_nlink == 2
         _, attrs = await core.fs.lookup(ROOT, target)
         assert attrs.nlink == 2
+
+
+@pytest.mark.parametrize("change", ["chmod", "setxattr", "removexattr"])
+def test_a_change_queued_behind_a_listing_voids_it(tmp_path: Path, change: str) -> None:
+    """A chmod (or an extended attribute's change: the ctime) counts its change, then waits
+    for the namespace lock; a lookup queued for the lock before it (behind a rename or a
+    publish holding it) lists the directory first."""
+    @core_test
+    async def run(tmp_path: Path) -> None:
+        async with open_core(tmp_path, attr_timeout=30) as core:
+            fill(core.warm)
+            target = NAMES[-1]
+            if change == "removexattr":
+                os.setxattr(core.warm_path(target), "user.k", b"v")
+            time.sleep(0.01)  # (a later ctime)
+            inode, _ = await core.fs.lookup(ROOT, target)
+            for name in NAMES[:listed.ASKED_BEFORE_LISTING - 1]:  # (the next lookup lists)
+                await core.fs.lookup(ROOT, name)
+            assert core.fs.counters.values["listings"] == 0
+            if change == "chmod":
+                act = functools.partial(core.fs.setattr, inode.ino, SetAttr(mode=0o600))
+            elif change == "setxattr":
+                act = functools.partial(core.fs.setxattr, inode.ino, b"user.k", b"v")
+            else:
+                act = functools.partial(core.fs.removexattr, inode.ino, b"user.k")
+            async with trio.open_nursery() as nursery:
+                async with core.fs.core.ns_lock:  # (as a rename or a publish would)
+                    nursery.start_soon(core.fs.lookup, ROOT,
+                                       NAMES[listed.ASKED_BEFORE_LISTING])
+                    await trio.sleep(0.05)
+                    nursery.start_soon(act)
+                    await trio.sleep(0.05)
+            assert core.fs.counters.values["listings"] == 1
+            st = core.warm_path(target).stat()
+            _, attrs = await core.fs.lookup(ROOT, target)
+            assert attrs.mode == st.st_mode
+            assert attrs.ctime_ns == st.st_ctime_ns
+
+    run(tmp_path)

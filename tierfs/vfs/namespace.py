@@ -186,6 +186,9 @@ class Namespace:
         if changes.owner_mode_or_times:
             async with core.ns_lock:
                 await self._set_attributes(inode, changes)
+                # (counted again: a lookup queued for the lock before this call may have
+                # listed the directory after the count above: ``vfs.listed``)
+                core.forget_dir_attrs()
         return await core.refresh(inode)
 
     async def _set_attributes(self, inode: Inode, changes: SetAttr) -> None:
@@ -522,6 +525,7 @@ class Namespace:
         inode.xattr_names = None
         async with core.ns_lock:  # see Inode.attr_changes
             await core.warm.run(core.warm.setxattr, core.inodes.path(inode), name, value)
+            core.forget_dir_attrs()  # (again: see ``setattr``)
             inode.attr_changes += 1
             inode.seen = None  # (changed: an open must look again)
 
@@ -540,5 +544,6 @@ class Namespace:
         inode.xattr_names = None
         async with core.ns_lock:  # see Inode.attr_changes
             await core.warm.run(core.warm.removexattr, core.inodes.path(inode), name)
+            core.forget_dir_attrs()  # (again: see ``setattr``)
             inode.attr_changes += 1
             inode.seen = None  # (changed: an open must look again)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import functools
 import os
 import threading
-import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -107,11 +107,11 @@ async def test_a_link_that_waited_for_its_file_voids_a_listing_taken_meanwhile(
         fh = await core.open(target)
         inode, _ = await core.fs.lookup(ROOT, target)
         assert inode.data is not None
-        async with trio.open_nursery() as nursery:
-            async with inode.data.lock:  # (as a publish of the file would)
-                nursery.start_soon(core.fs.link, inode.ino, ROOT, b"second")
-                await trio.sleep(0.05)
-                await look_up_until_listed(core)
+        # (the file's lock held as a publish of the file would)
+        async with trio.open_nursery() as nursery, inode.data.lock:
+            nursery.start_soon(core.fs.link, inode.ino, ROOT, b"second")
+            await trio.sleep(0.05)
+            await look_up_until_listed(core)
         await core.fs.release(fh)
         assert inode.data is None
         assert core.warm_path(target).stat().st_nlink == 2
@@ -131,24 +131,24 @@ def test_a_change_queued_behind_a_listing_voids_it(tmp_path: Path, change: str) 
             target = NAMES[-1]
             if change == "removexattr":
                 os.setxattr(core.warm_path(target), "user.k", b"v")
-            time.sleep(0.01)  # (a later ctime)
+            await trio.sleep(0.01)  # (a later ctime)
             inode, _ = await core.fs.lookup(ROOT, target)
             for name in NAMES[:listed.ASKED_BEFORE_LISTING - 1]:  # (the next lookup lists)
                 await core.fs.lookup(ROOT, name)
             assert core.fs.counters.values["listings"] == 0
+            act: Callable[[], Awaitable[object]]
             if change == "chmod":
                 act = functools.partial(core.fs.setattr, inode.ino, SetAttr(mode=0o600))
             elif change == "setxattr":
                 act = functools.partial(core.fs.setxattr, inode.ino, b"user.k", b"v")
             else:
                 act = functools.partial(core.fs.removexattr, inode.ino, b"user.k")
-            async with trio.open_nursery() as nursery:
-                async with core.fs.core.ns_lock:  # (as a rename or a publish would)
-                    nursery.start_soon(core.fs.lookup, ROOT,
-                                       NAMES[listed.ASKED_BEFORE_LISTING])
-                    await trio.sleep(0.05)
-                    nursery.start_soon(act)
-                    await trio.sleep(0.05)
+            # (the namespace lock held as a rename or a publish would)
+            async with trio.open_nursery() as nursery, core.fs.core.ns_lock:
+                nursery.start_soon(core.fs.lookup, ROOT, NAMES[listed.ASKED_BEFORE_LISTING])
+                await trio.sleep(0.05)
+                nursery.start_soon(act)
+                await trio.sleep(0.05)
             assert core.fs.counters.values["listings"] == 1
             st = core.warm_path(target).stat()
             _, attrs = await core.fs.lookup(ROOT, target)

@@ -16,7 +16,9 @@ What may be answered, and for how long:
   than a lookup answered by the warm tier and then kept by the kernel (docs/semantics.md).
 - Never after a change made through this mount (``Core.changes``: every namespace or
   attribute change, the staging of a write, a publish or stub swap replacing a warm file),
-  since the listing may no longer say what this mount itself did.
+  since the listing may no longer say what this mount itself did. A change that can wait or
+  run beside a listing is counted once it is done too, not only when it starts: a listing
+  started in between may have read the warm tier before the change.
 
 A directory of more than ``MOST_ENTRIES`` names is not listed (the listing stops there, in the
 worker), so neither memory nor the event loop pays in proportion to a directory's size, which

@@ -186,6 +186,9 @@ class Namespace:
         if changes.owner_mode_or_times:
             async with core.ns_lock:
                 await self._set_attributes(inode, changes)
+                # (counted again: a lookup queued for the lock before this call may have
+                # listed the directory after the count above: ``vfs.listed``)
+                core.forget_dir_attrs()
         return await core.refresh(inode)
 
     async def _set_attributes(self, inode: Inode, changes: SetAttr) -> None:
@@ -278,6 +281,9 @@ class Namespace:
             rel = core.inodes.child_path(parent, name)
             st, persisted = await core.warm.run(self._new_entry, rel, lambda: make(rel), mode,
                                                 uid, gid, inherit_setgid)
+            # (a lookup may have listed the directory meanwhile, before the entry got its
+            # owner and mode: ``vfs.listed``)
+            core.forget_dir_attrs()
             return self.entry(parent, name, st, persisted)
 
     async def mkdir(self, parent: int, name: bytes, mode: int, uid: int, gid: int
@@ -336,6 +342,9 @@ class Namespace:
             rel = core.inodes.path(inode)
             new_rel = core.inodes.child_path(new_parent, new_name)
             await core.warm.run(core.warm.link, rel, new_rel)
+            # (``link`` may have waited for the file's lock, and a lookup listed the
+            # directory meanwhile: ``vfs.listed``)
+            core.forget_dir_attrs()
             core.inodes.add_link(inode, new_parent, new_name)
             core.inodes.lookup(inode)
             inode.seen = None  # (its link count changed: an open must look again)
@@ -516,6 +525,7 @@ class Namespace:
         inode.xattr_names = None
         async with core.ns_lock:  # see Inode.attr_changes
             await core.warm.run(core.warm.setxattr, core.inodes.path(inode), name, value)
+            core.forget_dir_attrs()  # (again: see ``setattr``)
             inode.attr_changes += 1
             inode.seen = None  # (changed: an open must look again)
 
@@ -534,5 +544,6 @@ class Namespace:
         inode.xattr_names = None
         async with core.ns_lock:  # see Inode.attr_changes
             await core.warm.run(core.warm.removexattr, core.inodes.path(inode), name)
+            core.forget_dir_attrs()  # (again: see ``setattr``)
             inode.attr_changes += 1
             inode.seen = None  # (changed: an open must look again)

@@ -47,6 +47,10 @@ class Publisher:
                 if data.state is DataState.PUBLISHING:
                     data.to(DataState.FAILED)
                 raise
+            finally:
+                # What is home changed (a hard-linked file is written in place: same inode
+                # number, no ``rekey``): no lookup from a listing taken before (``vfs.listed``).
+                self.core.changes += 1
             # Home now: a change from here on stages what was published, never the empty
             # file a create made (``Staging.stage``), whichever way it went home.
             data.created = False

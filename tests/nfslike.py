@@ -42,7 +42,9 @@ _STATS = struct.Struct("<qqqqq")
 #: What the kernel's asynchronous release of a file makes sshfs send, after close() has
 #: returned and with nobody waiting for the reply: the handle's CLOSE, and the REMOVE of a
 #: file libfuse hid (as .fuse_hidden...) because it was renamed over or unlinked while open.
-_RELEASE_TYPES = {4, 13}
+#: Also left out: READDIR (12), which sshfs keeps several of in flight for one listing
+#: (its asynchronous readdir), within one blocking call of its caller.
+_RELEASE_TYPES = {4, 13, 12}
 
 
 # -- the relay (runs as sshd's SFTP subsystem, one per connection) ----------------------------
@@ -51,8 +53,8 @@ _RELEASE_TYPES = {4, 13}
 class SharedStats:
     """Counters in a small file shared by every relay of one server (one per connection),
     updated under an exclusive lock, so the most in flight is across all connections. Also
-    counted without CLOSEs and REMOVEs (``_RELEASE_TYPES``): the requests callers wait for,
-    where nothing is unlinked through the mount."""
+    counted without CLOSEs, REMOVEs and READDIRs (``_RELEASE_TYPES``): one request or two
+    per blocking call of a caller, where nothing is unlinked through the mount."""
 
     def __init__(self, path: Path) -> None:
         self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)

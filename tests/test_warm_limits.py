@@ -98,8 +98,8 @@ def test_a_stalled_warm_tier_stalls_neither_cached_reads_nor_stats_nor_status(
         assert m.nfs is not None
         data = os.urandom(2 * 1024 * 1024)
         (m.path / "cached").write_bytes(data)
-        for i in range(16):
-            (m.path / f"other{i}").write_bytes(b"o" * 1000)
+        for i in range(16):  # written at the server: not on the hot tier, so read there
+            (m.nfs.export / f"other{i}").write_bytes(b"o" * 1000)
         # How long the commands take with the tier answering (the machine may be busy).
         usual = max(timed(lambda: tierfs("stats", str(m.path), "--json")),
                     timed(lambda: tierfs("status", "--json")))
@@ -171,8 +171,8 @@ def test_a_stalled_root_of_named_roots_stalls_only_what_touches_it(
         (m.path / "near" / "big.bin").write_bytes(big)
         assert os.readlink(m.roots["near"] / "big.bin").startswith("tierfs:")  # cold
         (m.path / "scratch" / "small").write_bytes(b"s" * 1000)
-        for i in range(8):
-            (m.path / "far" / f"f{i}").write_bytes(b"f" * 1000)
+        for i in range(8):  # written at the server: not on the hot tier, so read there
+            (m.nfs.export / f"f{i}").write_bytes(b"f" * 1000)
         # Only this mount answers ``status`` here (the machine's registry may hold others).
         record = registry.mount_for(str(m.path))[0]  # type: ignore[index]
         monkeypatch.setattr(registry, "mounts", lambda: [record])

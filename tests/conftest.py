@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-
 from nfslike import NfsLike
 from s3proxy import FaultProxy
+
 from tierfs import mounting
 
 
@@ -271,3 +271,18 @@ def ray_temp_dir() -> Iterator[str]:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
+
+
+def read_uncached(path: Path) -> bytes:
+    """Read a file through a new handle with its page cache dropped first, so every read
+    reaches tierfs (its block cache, or the warm tier), as after ``echo 3 >
+    /proc/sys/vm/drop_caches`` without dropping the whole machine's."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        out = bytearray()
+        while chunk := os.read(fd, 1 << 20):
+            out += chunk
+        return bytes(out)
+    finally:
+        os.close(fd)

@@ -19,12 +19,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, settings
-from hypothesis.stateful import run_state_machine_as_test
-
 import test_model
 import test_posix
-from conftest import Mount, S3Server, make_mount, running
+from conftest import Mount, S3Server, make_mount, read_uncached, running
+from hypothesis import HealthCheck, settings
+from hypothesis.stateful import run_state_machine_as_test
 from nfslike import missing_tools
 
 if missing_tools():
@@ -238,21 +237,6 @@ def _requests(trace: Path, kind: int) -> int:
                if line.split()[2:4] == ["+", str(kind)])
 
 
-def _read_uncached(path: Path) -> bytes:
-    """Read a file through a new handle with its page cache dropped first, so every read
-    reaches tierfs (as after ``echo 3 > /proc/sys/vm/drop_caches``, without dropping the
-    whole machine's)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        out = bytearray()
-        while chunk := os.read(fd, 1 << 20):
-            out += chunk
-        return bytes(out)
-    finally:
-        os.close(fd)
-
-
 def test_a_cached_file_is_read_again_without_opening_it_on_the_tier(tmp_path: Path) -> None:
     """With warm blocks cached, a file read again through a handle opened from a recent
     lookup is served from the hot tier: no OPEN (nor CLOSE) reaches the NFS-like server."""
@@ -263,7 +247,7 @@ def test_a_cached_file_is_read_again_without_opening_it_on_the_tier(tmp_path: Pa
         trace = m.nfs.base / "trace"
         p = m.path / "f"
         p.write_bytes(data)
-        assert _read_uncached(p) == data
+        assert read_uncached(p) == data
 
         def cached() -> int:
             return sum(1 for f in (m.hot / "cache").rglob("*") if f.is_file())
@@ -276,7 +260,7 @@ def test_a_cached_file_is_read_again_without_opening_it_on_the_tier(tmp_path: Pa
             time.sleep(1.2)  # past entry_timeout: the open below follows a fresh lookup
             os.stat(p)
             opens, closes = _requests(trace, 3), _requests(trace, 4)
-            assert _read_uncached(p) == data
+            assert read_uncached(p) == data
             time.sleep(0.3)  # (the kernel releases a handle after close returns)
             assert (_requests(trace, 3), _requests(trace, 4)) == (opens, closes)
 

@@ -15,8 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-from conftest import Mount, S3Server, make_mount, running, tierfs
+from conftest import Mount, S3Server, make_mount, read_uncached, running, tierfs
 
 #: Past the attribute and entry timeouts (1 s), with a margin.
 SETTLE = 1.5
@@ -101,20 +100,6 @@ def test_blocks_cached_on_the_other_node_are_not_served_after_a_rewrite(
     assert (b.path / "big").read_bytes() == new
 
 
-def _read_uncached(path: Path) -> bytes:
-    """Read through a new handle with the file's page cache dropped first: every read
-    reaches tierfs (its block cache, or the warm tier)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        out = bytearray()
-        while chunk := os.read(fd, 1 << 20):
-            out += chunk
-        return bytes(out)
-    finally:
-        os.close(fd)
-
-
 def test_a_rewrite_shows_whole_on_a_node_serving_its_cached_blocks(
         tmp_path: Path, s3_server: S3Server, bucket: str) -> None:
     """Warm blocks cached on node b, whose opens within attr_timeout of a lookup are served
@@ -130,21 +115,21 @@ def test_a_rewrite_shows_whole_on_a_node_serving_its_cached_blocks(
     with running(a), running(b):
         _write(a.path / "f", old)
         time.sleep(SETTLE)
-        assert _read_uncached(b.path / "f") == old
+        assert read_uncached(b.path / "f") == old
         assert _eventually(lambda: sum(1 for f in (b.hot / "cache").rglob("*")
                                        if f.is_file()) >= 8)
-        assert _read_uncached(b.path / "f") == old  # from b's hot tier
+        assert read_uncached(b.path / "f") == old  # from b's hot tier
         _write(a.path / "f", new)
         rewritten = time.monotonic()
         while time.monotonic() < rewritten + SETTLE:
             try:
-                got = _read_uncached(b.path / "f")
+                got = read_uncached(b.path / "f")
             except OSError as e:
                 assert e.errno == errno.ESTALE
                 continue
             assert got in (old, new), "a mix of two versions"
             time.sleep(0.05)
-        assert _read_uncached(b.path / "f") == new
+        assert read_uncached(b.path / "f") == new
 
 
 def test_namespace_changes_show_on_the_other_node_within_the_timeouts(

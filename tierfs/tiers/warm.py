@@ -152,17 +152,13 @@ class WarmTier(Tier):
                 ) -> list[tuple[bytes, os.stat_result, frozenset[bytes] | None, bytes | None]]:
         """Names, attributes, extended attribute names (None where they could not be listed)
         and symlink targets of a directory's entries, without tierfs's own temp files."""
-        entries = self._scan(rel, None, xattrs=True)
-        assert entries is not None
-        return entries
+        return self._scan(rel, None, xattrs=True) or []  # (None only past a ``most``)
 
     def list_attrs(self, rel: bytes, most: int
-                   ) -> list[tuple[bytes, os.stat_result, bytes | None]] | None:
-        """Names, attributes and symlink targets, as ``listdir`` without extended
-        attributes; None if the directory holds more than ``most`` entries (the listing
-        stops there: its size is anyone's choice on a shared tree)."""
-        entries = self._scan(rel, most, xattrs=False)
-        return None if entries is None else [(n, st, t) for n, st, _, t in entries]
+                   ) -> list[tuple[bytes, os.stat_result, None, bytes | None]] | None:
+        """As ``listdir``, without extended attributes; None past ``most`` entries (the
+        listing stops there: its size is anyone's choice on a shared tree)."""
+        return self._scan(rel, most, xattrs=False)  # type: ignore[return-value]
 
     def _scan(self, rel: bytes, most: int | None, xattrs: bool
               ) -> list[tuple[bytes, os.stat_result, frozenset[bytes] | None, bytes | None]] | None:

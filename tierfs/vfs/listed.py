@@ -162,6 +162,6 @@ class Listed:
         found = self.core.warm.list_attrs(dir_rel, MOST_ENTRIES)
         if found is None:
             return None
-        numbers = self.core.inodes.persisted_numbers([identity(st) for _, st, _ in found])
+        numbers = self.core.inodes.persisted_numbers([identity(st) for _, st, _, _ in found])
         return {name: (st, target, number)
-                for (name, st, target), number in zip(found, numbers)}
+                for (name, st, _, target), number in zip(found, numbers)}

@@ -25,11 +25,8 @@ without an entry are dropped, and the policy is rebuilt in access order.
 from __future__ import annotations
 
 import collections
-import dataclasses
 import errno
 import logging
-import mmap
-import os
 import struct
 
 import trio
@@ -39,6 +36,7 @@ from tierfs.cache.bysource import BySource
 from tierfs.cache.counters import Counters
 from tierfs.cache.entries import ID_BYTES, Entry, Source, block_key, block_number
 from tierfs.cache.eviction import Policy
+from tierfs.cache.flight import Block, Flight, shared_error
 from tierfs.cache.store import BlockFiles, checksum, is_no_space
 from tierfs.index import Batch, Index
 from tierfs.tiers.hot import HotTier
@@ -48,8 +46,6 @@ log = logging.getLogger(__name__)
 DB = "blocks"
 #: Pinned sources: source id -> the path it was pinned by.
 PINS = "pins"
-#: A block's bytes: read from a source, or from the hot tier into a reused buffer.
-Block = bytes | mmap.mmap
 #: Blocks written to the hot tier at once; more misses than this are served without caching.
 MAX_STORES = 8
 #: Free block buffers kept for reads from the hot tier (on top of ``read_memory``).
@@ -57,27 +53,6 @@ FREE_BUFFERS = 8
 #: Blocks from the hot tier served whole that stay in memory (for a reader a little behind
 #: another in the same file).
 FINISHED_HOT = 2
-
-
-@dataclasses.dataclass(eq=False)
-class _Flight:
-    """One load of a block, shared by every reader that wants it meanwhile."""
-
-    done: trio.Event = dataclasses.field(default_factory=trio.Event)
-    data: Block | None = None
-    origin: str = "hot"
-    #: Why the load failed. The readers that shared it get the same answer rather than each
-    #: trying again in turn: with the bucket down, every one of them would otherwise wait
-    #: through a full round of retries after the one before it.
-    error: Exception | None = None
-
-
-def _shared_error(error: Exception) -> OSError:
-    """A failed load's error for one of the readers that shared it (each gets its own
-    exception object: one raised in several tasks would share a traceback)."""
-    if isinstance(error, OSError) and error.errno is not None:
-        return OSError(error.errno, error.strerror or os.strerror(error.errno))
-    return OSError(errno.EIO, f"loading the block failed: {error!r}")
 
 
 class BlockCache:
@@ -111,7 +86,7 @@ class BlockCache:
         self._served: dict[bytes, int] = {}
         self._finished_hot: collections.OrderedDict[bytes, None] = collections.OrderedDict()
         self._buffers = BufferPool(block_size, FREE_BUFFERS)
-        self._loading: dict[bytes, _Flight] = {}
+        self._loading: dict[bytes, Flight] = {}
         self.pins: dict[bytes, bytes] = {}
         #: Blocks being written to the hot tier.
         self._storing: set[bytes] = set()
@@ -280,9 +255,9 @@ class BlockCache:
             if flight.data is not None:
                 return flight.data, flight.origin
             if flight.error is not None:
-                raise _shared_error(flight.error) from flight.error
+                raise shared_error(flight.error) from flight.error
         # No await between looking in ``_loading`` and this: one load per block at a time.
-        flight = self._loading[key] = _Flight()
+        flight = self._loading[key] = Flight()
         try:
             flight.data, flight.origin = await self._load(source, block, key)
             self._remember(key, flight.data, flight.origin)
@@ -528,7 +503,7 @@ class BlockCache:
             # Registered as a load until the block is on the hot tier: a reader arriving
             # meanwhile (a plan's reader catching up with it) shares this fetch instead of
             # making its own.
-            flight = self._loading[key] = _Flight(origin=source.tier)
+            flight = self._loading[key] = Flight(origin=source.tier)
             try:
                 data = await source.fetch(start, length)
                 if len(data) != length:  # a stub claiming more than its object holds, say

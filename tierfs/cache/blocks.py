@@ -294,7 +294,9 @@ class BlockCache:
 
     def _remember(self, key: bytes, data: Block, origin: str) -> None:
         """Keep a loaded block in memory, until the memory is full (least recently used
-        first) or, for a block from the hot tier, soon after it was served whole."""
+        first) or, for a block from the hot tier, soon after it was served whole. Blocks a
+        plan fetched into memory only go last, while their reader has not used them: they
+        are nowhere else, and a plan bounds them to a share of the pool."""
         self._forget(key)
         self._memory[key] = data
         self._memory_bytes += len(data)
@@ -302,7 +304,8 @@ class BlockCache:
         if origin == "hot":
             self._from_hot.add(key)
         while self._memory_bytes > self._memory_limit and len(self._memory) > 1:
-            self._forget(next(iter(self._memory)))
+            self._forget(next((k for k in self._memory if k != key and (
+                k not in self.unstored or k not in self._unused)), next(iter(self._memory))))
 
     def _forget(self, key: bytes) -> None:
         """Drop a block from memory, and its buffer back to the pool if no reader holds it."""

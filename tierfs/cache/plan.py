@@ -61,8 +61,9 @@ IDLE = 600.0
 #: tier (into memory only): a GET's latency (tens of milliseconds) covers this many blocks read
 #: from the hot tier, one or a few milliseconds each.
 URGENT = 8
-#: Share of the memory pool (``read_memory``) that blocks fetched into memory only may take.
-MEMORY_SHARE = 4
+#: Share of the memory pool (``read_memory``) that blocks fetched into memory only may take:
+#: half, the other half for the reader's own blocks (from the hot tier, its read-ahead).
+MEMORY_SHARE = 2
 #: Seconds between looks at the plan while nothing wakes the fetcher (room freed by an
 #: eviction elsewhere, say).
 POLL = 0.5
@@ -140,6 +141,12 @@ class Plan:
     def planned(self, key: Hashable) -> bool:
         return key in self.where
 
+    def reads_again(self, key: bytes, position: int) -> bool:
+        """Whether the plan reads ``key`` at a position after ``position`` (as far as it is
+        known: a part added later may)."""
+        positions = self.where.get(key)
+        return positions is not None and positions[-1] > position
+
     def read(self, key: bytes) -> list[bytes]:
         """The reader used ``key``. Returns the keys the plan no longer needs because of it:
         the key itself (unless it is used again later) and blocks the cursor has passed
@@ -189,8 +196,10 @@ class PlanPolicy(Policy):
         #: Cached keys the plan is done with, and cached keys it never reads (LRU order).
         self.done: collections.OrderedDict[bytes, None] = collections.OrderedDict()
         self.others: collections.OrderedDict[bytes, None] = collections.OrderedDict()
-        #: Bytes of ``done`` and ``others``: room a prefetch may take without a planned block.
+        #: Bytes of ``done`` and ``others``: room a prefetch may take without a planned block;
+        #: and of ``others`` alone.
         self.spare = 0
+        self.others_bytes = 0
         #: Planned cached keys by next use, latest first (entries checked when popped).
         self._far: list[tuple[int, bytes]] = []
         for key, size in cached.items():
@@ -209,10 +218,14 @@ class PlanPolicy(Policy):
         else:
             self.others[key] = None
             self.spare += self.sizes[key]
+            self.others_bytes += self.sizes[key]
 
     def _unplace(self, key: bytes) -> None:
-        if self.done.pop(key, 0) is None or self.others.pop(key, 0) is None:
+        if self.done.pop(key, 0) is None:
             self.spare -= self.sizes[key]
+        elif self.others.pop(key, 0) is None:
+            self.spare -= self.sizes[key]
+            self.others_bytes -= self.sizes[key]
 
     def planned(self, keys: Iterable[bytes]) -> None:
         """Keys were appended to the plan: cached ones it did not plan before now have a
@@ -497,12 +510,20 @@ class Planner:
                 continue
             # Room for it without a planned block: what is free and what the plan can spare,
             # less what the fetches under way to the hot tier will take.
-            room = (cache.high - cache.used - cache.reserved + active.policy.spare
+            free = (cache.high - cache.used - cache.reserved
                     - sum(size for k, size in active.inflight.items()
                           if k not in active.in_memory))
-            keep = room >= step.size
+            if plan.reads_again(key, position):
+                keep = free + active.policy.spare >= step.size
+                streamed = position - plan.cursor < URGENT
+            else:
+                # Read once more, then done with: storing it over a block the plan is done
+                # with too would swap one such block for another, at the cost of a write to
+                # the hot disk and a read back. It is handed to its reader from memory.
+                keep = free + active.policy.others_bytes >= step.size
+                streamed = True
             if (len(active.inflight) >= fetches or active.ahead + step.size > window
-                    or (not keep and (position - plan.cursor >= URGENT
+                    or (not keep and (not streamed
                                       or not self._memory_for(active, step.size)))):
                 await self._wait(active)
                 continue

@@ -141,6 +141,11 @@ class Plan:
     def planned(self, key: Hashable) -> bool:
         return key in self.where
 
+    def uses_left(self, key: Hashable) -> int:
+        """How many more times the plan reads ``key``."""
+        use = self.next_use(key)
+        return 0 if use is None else len(self.where[key]) - self._next[key]  # type: ignore[index]
+
     def reads_again(self, key: bytes, position: int) -> bool:
         """Whether the plan reads ``key`` at a position after ``position`` (as far as it is
         known: a part added later may)."""
@@ -300,7 +305,9 @@ class PlanPolicy(Policy):
 
     def admits(self, candidate: Hashable, victim: Hashable) -> bool:
         if victim in self.done:
-            return True
+            # Not for a block the plan reads at most once more (a reader's own fetch): one
+            # block it is done with for another, as the fetcher never stores (``_feed``).
+            return not self.plan.planned(candidate) or self.plan.uses_left(candidate) > 1
         if victim in self.others:
             return (self.plan.next_use(candidate) is not None
                     or self.inner.admits(candidate, victim))

@@ -11,14 +11,18 @@ future, so both can do better:
   read. A block is fetched to the hot tier only into room that costs no planned block: free
   capacity, blocks the plan is done with, blocks it never reads. Evicting a block the plan
   still needs, to fetch one it needs sooner, loses a hit to save a wait (the fetched block is
-  a miss either way). Without such room, the blocks of the next ``URGENT`` positions are still
-  fetched, into the memory pool only (not written to the hot tier: the plan is done with such
-  a block once its reader has used it, and writing it would take room counted on for the
-  blocks fetched to stay until their reader comes): a plan that starts with
-  the cache full of blocks it will read, as an epoch over a dataset larger than the cache
-  does, would otherwise leave its reader waiting a GET's latency on every block it misses until
-  its reads free room, and ``URGENT`` positions are about a GET's latency of reading blocks
-  from the hot tier.
+  a miss either way). A block the plan reads once more and is then done with is not stored
+  over a block the plan is done with either: that swaps one block read in this plan for
+  another, at the cost of a write to the hot tier and a read back. Such a block is fetched into
+  the memory pool only and handed to its reader there: over a dataset larger than the cache,
+  the cache keeps what it held and the rest is streamed. Without room, the blocks of the next
+  ``URGENT`` positions are still fetched, into the memory pool only (not written to the hot
+  tier: the plan is done with such a block once its reader has used it, and writing it would
+  take room counted on for the blocks fetched to stay until their reader comes): a plan that
+  starts with the cache full of blocks it will read, as an epoch over a dataset larger than
+  the cache does, would otherwise leave its reader waiting a GET's latency on every block it
+  misses until its reads free room, and ``URGENT`` positions are about a GET's latency of
+  reading blocks from the hot tier.
 * Eviction (``PlanPolicy``, wrapping the mount's policy while the plan runs): first blocks the
   plan has read and will not read again, then blocks outside the plan (least recently used
   first), and only then planned blocks, the one needed last first: with the future known, this

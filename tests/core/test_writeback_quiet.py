@@ -9,7 +9,7 @@ from pathlib import Path
 
 import trio
 
-from .conftest import Core, core_test, open_core
+from .conftest import Core, SetAttr, core_test, open_core
 
 DATA = b"x" * 60_000
 
@@ -119,3 +119,15 @@ async def test_unmount_publishes_waiting_files_without_waiting(tmp_path: Path) -
         report = await core.recover()
         assert report.published == 0  # nothing left for recovery
         assert core.staged() == [] and core.journal() == {}
+
+
+@core_test
+async def test_truncating_a_waiting_file_publishes_it_at_once(tmp_path: Path) -> None:
+    async with open_core(tmp_path, durability="writeback") as core:
+        policy(core, quiet=60.0, max_wait=60.0)
+        await core.write_file(b"a", DATA)
+        a = await core.lookup_path(b"a")
+        with trio.fail_after(5.0):
+            await core.fs.setattr(a.ino, SetAttr(size=10))
+            assert await core.publish_all() == []
+        assert home(core, b"a", DATA[:10])

@@ -166,6 +166,7 @@ class OpenFiles:
                      ) -> tuple[int, bool, Inode, Attrs]:
         core = self.core
         self.namespace.check_name(name)
+        self.writeback.busy()  # (write-back publishes wait: this create goes to the warm tier)
         ns = self.namespace
 
         def make(rel: bytes) -> tuple[int, os.stat_result, int | None, frozenset[bytes] | None,
@@ -218,6 +219,7 @@ class OpenFiles:
 
     async def write(self, fh: int, offset: int, buf: bytes) -> int:
         handle = self.handles[fh]
+        self.writeback.busy()
         return await self.writer.write(handle.inode, handle.data, offset, buf,
                                        append=handle.append, direct=handle.direct)
 
@@ -272,6 +274,7 @@ class OpenFiles:
         data = handle.data
         if not handle.writable:
             return
+        self.writeback.busy()
         if data.error is not None and data.writers <= 1:
             error, data.error = data.error, None
             raise error  # a write-back publish failed since the last close: say so once
@@ -361,13 +364,13 @@ class OpenFiles:
         """Publish whatever is still dirty (a handle the kernel never released, write-back
         files not yet home): at unmount. What could not be published, after trying all."""
         failed: list[tuple[Inode, OSError]] = []
-        pending = [(h.inode, h.data) for h in self.handles.values()]
-        pending += list(self.writeback.files.values())
-        for inode, data in pending:
-            if data.dirty:
+        for handle in list(self.handles.values()):
+            if handle.data.dirty:
                 try:
-                    await self.publisher.publish(inode, data)
+                    await self.publisher.publish(handle.inode, handle.data)
                 except OSError as e:
-                    failed.append((inode, e))
+                    failed.append((handle.inode, e))
+        # (Write-back's own call: its files waiting for a quiet moment go now too.)
+        failed += await self.writeback.publish_all()
         return failed
 

@@ -5,6 +5,15 @@ last release hands the file to a task here, which publishes it, retrying with gr
 and only then retires its state. The inode stays in the table (an extra reference) until its
 data is home, so every later open on this node finds the staged content. Unmount and
 ``tierfs flush`` publish what is left.
+
+A background publish gives way to foreground work, as a write-back cache's should: over a
+network warm tier the copy of one file would otherwise share the connection with the next
+file's create, and a save of many files would wait behind its own publishing. So a closed
+file's publish starts once the mount has had no create, write or close for ``QUIET`` seconds,
+or once the file has waited ``MAX_WAIT`` seconds whatever comes, or at once while the bytes of
+files waiting exceed ``MAX_HELD`` (the oldest go first). This is the one place that decides
+it; ``tierfs flush``, unmount, an open for writing or a truncate of a waiting file (which
+publish it themselves) and recovery (which publishes without this class) never wait here.
 """
 
 from __future__ import annotations
@@ -24,6 +33,13 @@ log = logging.getLogger(__name__)
 
 #: Longest wait between two tries of a failing write-back publish.
 WRITEBACK_MAX_DELAY = 15.0
+#: Seconds without a create, write or close on the mount before background publishing starts.
+QUIET = 0.25
+#: Longest a closed file waits for a quiet moment before its publish starts all the same.
+MAX_WAIT = 2.0
+#: Bytes of closed files waiting to start their publish beyond which the oldest start at once
+#: (staged data takes hot disk, and all of it must go home at some point).
+MAX_HELD = 256 * 1024 * 1024
 
 
 class WriteBack:
@@ -35,9 +51,24 @@ class WriteBack:
         self.staging = staging
         #: Files closed but not yet home, each with the task publishing it.
         self.files: dict[int, tuple[Inode, OpenFile]] = {}
+        # The policy above, per instance so that a test can shorten it.
+        self.quiet, self.max_wait, self.max_held = QUIET, MAX_WAIT, MAX_HELD
+        #: When the mount last had a create, write or close (trio's clock).
+        self.last_busy = float("-inf")
+        #: Files waiting for their turn, oldest first: inode number -> bytes; and their sum.
+        self.waiting: dict[int, int] = {}
+        self.held = 0
+        #: Calls that want every waiting file to go now (``publish_all``).
+        self.urgent = 0
+        self._wake = trio.Event()
 
     def holds(self, inode: Inode) -> bool:
         return inode.ino in self.files
+
+    def busy(self) -> None:
+        """Foreground work on the mount (a create, write or close): background publishes not
+        started yet wait for it to pause. One clock read: called on every write."""
+        self.last_busy = trio.current_time()
 
     def start(self, inode: Inode, data: OpenFile) -> None:
         """Publish a closed file in the background, retrying until it is home."""
@@ -46,12 +77,42 @@ class WriteBack:
             return
         self.files[inode.ino] = (inode, data)
         core.inodes.opened(inode)  # the inode stays known until its data is home
-        core.nursery.start_soon(self._run, inode, data)
+        core.nursery.start_soon(self._run, inode, data, trio.current_time())
 
-    async def _run(self, inode: Inode, data: OpenFile) -> None:
+    def _hurry(self) -> None:
+        """Wake every waiting file to look again at whether its turn has come."""
+        self._wake.set()
+        self._wake = trio.Event()
+
+    async def _turn(self, inode: Inode, data: OpenFile, since: float) -> None:
+        """Wait until this file's publish may start (the rule in the module's docstring);
+        at once if it is home already (published by another call) or gone."""
+        ino = inode.ino
+        self.waiting[ino] = size = data.size
+        self.held += size
+        if self.held > self.max_held:
+            self._hurry()  # the oldest goes
+        try:
+            while data.dirty and inode.links and not self.urgent:
+                now = trio.current_time()
+                at = min(since + self.max_wait, self.last_busy + self.quiet)
+                if now >= at or (self.held > self.max_held and next(iter(self.waiting)) == ino):
+                    return
+                with trio.move_on_at(at):
+                    await self._wake.wait()
+        finally:
+            del self.waiting[ino]
+            self.held -= size
+            if self.held > self.max_held:
+                self._hurry()  # the next oldest goes
+
+    async def _run(self, inode: Inode, data: OpenFile, since: float) -> None:
         delay = 1.0
         try:
             while data.dirty and inode.links:
+                await self._turn(inode, data, since)
+                if not (data.dirty and inode.links):
+                    break
                 try:
                     await self.publisher.publish(inode, data)
                     data.error = None
@@ -76,11 +137,18 @@ class WriteBack:
         return len(dirty), sum(d.size for d in dirty)
 
     async def publish_all(self) -> list[tuple[Inode, OSError]]:
-        """Publish every file now (``tierfs flush``, unmount): what failed, after trying all."""
+        """Publish every file now (``tierfs flush``, unmount): what failed, after trying all.
+        Files waiting for their turn go now too (their tasks then find them home, or publish
+        them beside this loop), so that none is left to a quiet moment."""
         failed: list[tuple[Inode, OSError]] = []
-        for inode, data in list(self.files.values()):
-            try:
-                await self.publisher.publish(inode, data)
-            except OSError as e:
-                failed.append((inode, e))
+        self.urgent += 1
+        self._hurry()
+        try:
+            for inode, data in list(self.files.values()):
+                try:
+                    await self.publisher.publish(inode, data)
+                except OSError as e:
+                    failed.append((inode, e))
+        finally:
+            self.urgent -= 1
         return failed

@@ -1,0 +1,133 @@
+"""Write-back publishing gives way to foreground work: a closed file's publish waits for a
+quiet moment on the mount, at most a bounded time, and never when something needs the file
+home now (``tierfs flush``, unmount, an open for writing)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import trio
+
+from .conftest import Core, SetAttr, core_test, open_core
+
+DATA = b"x" * 60_000
+
+
+def policy(core: Core, quiet: float, max_wait: float, max_held: int = 1 << 40) -> None:
+    """Shorter (or longer) than the defaults, so that the tests take a second or two."""
+    wb = core.fs.writeback
+    wb.quiet, wb.max_wait, wb.max_held = quiet, max_wait, max_held
+
+
+def home(core: Core, path: bytes, data: bytes = DATA) -> bool:
+    return core.warm_path(path).read_bytes() == data
+
+
+@core_test
+async def test_publish_waits_while_creates_keep_coming(tmp_path: Path) -> None:
+    async with open_core(tmp_path, durability="writeback") as core:
+        policy(core, quiet=0.5, max_wait=20.0)
+        await core.write_file(b"a", DATA)
+        for i in range(12):  # a save of many small files, a create every 0.1 s
+            await core.write_file(b"s%d" % i, b"shard")
+            assert core.warm_path(b"a").read_bytes() == b""  # named at create, not home
+            await trio.sleep(0.1)
+        start = trio.current_time()
+        await core.until(lambda: home(core, b"a") and home(core, b"s11", b"shard"))
+        assert trio.current_time() - start < 5.0  # went once the creates stopped
+        await core.until(lambda: core.staged() == [])
+
+
+@core_test
+async def test_publish_starts_after_the_longest_wait_under_continuous_writes(
+        tmp_path: Path) -> None:
+    async with open_core(tmp_path, durability="writeback") as core:
+        policy(core, quiet=0.5, max_wait=1.0)
+        await core.write_file(b"a", DATA)
+        closed = trio.current_time()
+        fh = await core.create(b"log")
+        offset = 0
+        published = None
+        with trio.move_on_after(5.0):
+            while published is None:  # a write every 50 ms: never quiet
+                offset += await core.fs.write(fh, offset, b"line\n")
+                if home(core, b"a"):
+                    published = trio.current_time()
+                await trio.sleep(0.05)
+        assert published is not None, "never published under continuous writes"
+        assert 0.9 <= published - closed <= 3.0
+        assert core.warm_path(b"log").read_bytes() == b""  # still open, still staged
+        await core.close(fh)
+
+
+@core_test
+async def test_flush_publishes_waiting_files_at_once(tmp_path: Path) -> None:
+    async with open_core(tmp_path, durability="writeback") as core:
+        policy(core, quiet=60.0, max_wait=60.0)
+        await core.write_file(b"a", DATA)
+        await core.write_file(b"b", DATA[:1000])
+        await trio.sleep(0.2)
+        assert core.warm_path(b"a").read_bytes() == b""
+        with trio.fail_after(5.0):
+            assert await core.publish_all() == []
+        assert home(core, b"a") and home(core, b"b", DATA[:1000])
+        assert core.writeback_pending() == 0
+        await core.until(lambda: core.staged() == [] and core.journal() == {}, timeout=5.0)
+
+
+@core_test
+async def test_open_for_writing_publishes_a_waiting_file_at_once(tmp_path: Path) -> None:
+    async with open_core(tmp_path, durability="writeback") as core:
+        policy(core, quiet=60.0, max_wait=60.0)
+        await core.write_file(b"a", DATA)
+        with trio.fail_after(5.0):
+            fh = await core.open(b"a", os.O_WRONLY)
+        assert home(core, b"a")  # what the close acknowledged is home before new writes
+        await core.fs.write(fh, 0, b"y")
+        await core.close(fh)
+        with trio.fail_after(5.0):
+            assert await core.publish_all() == []
+        assert home(core, b"a", b"y" + DATA[1:])
+
+
+@core_test
+async def test_the_oldest_go_when_waiting_bytes_pass_the_bound(tmp_path: Path) -> None:
+    async with open_core(tmp_path, durability="writeback") as core:
+        policy(core, quiet=60.0, max_wait=60.0, max_held=100_000)
+        await core.write_file(b"a", DATA)
+        await trio.sleep(0.2)
+        assert core.warm_path(b"a").read_bytes() == b""  # 60,000 bytes wait: under the bound
+        await core.write_file(b"b", DATA)  # 120,000 bytes wait: a goes
+        await core.until(lambda: home(core, b"a"), timeout=5.0)
+        await trio.sleep(0.2)
+        assert core.warm_path(b"b").read_bytes() == b""  # 60,000 again: b waits
+        with trio.fail_after(5.0):
+            assert await core.publish_all() == []
+        assert home(core, b"b")
+
+
+@core_test
+async def test_unmount_publishes_waiting_files_without_waiting(tmp_path: Path) -> None:
+    with trio.fail_after(10.0):
+        async with open_core(tmp_path, durability="writeback") as core:
+            policy(core, quiet=60.0, max_wait=60.0)
+            await core.write_file(b"a", DATA)
+            await core.write_file(b"b", DATA[:10])
+    assert home(core, b"a") and home(core, b"b", DATA[:10])
+    async with open_core(tmp_path, durability="writeback") as core:
+        report = await core.recover()
+        assert report.published == 0  # nothing left for recovery
+        assert core.staged() == [] and core.journal() == {}
+
+
+@core_test
+async def test_truncating_a_waiting_file_publishes_it_at_once(tmp_path: Path) -> None:
+    async with open_core(tmp_path, durability="writeback") as core:
+        policy(core, quiet=60.0, max_wait=60.0)
+        await core.write_file(b"a", DATA)
+        a = await core.lookup_path(b"a")
+        with trio.fail_after(5.0):
+            await core.fs.setattr(a.ino, SetAttr(size=10))
+            assert await core.publish_all() == []
+        assert home(core, b"a", DATA[:10])

@@ -119,8 +119,20 @@ class Reads:
             except VersionChanged:
                 pass  # a block went meanwhile, and the warm file opened for it had changed
             served = True
-        await core.open_warm(inode, data, served=served)
-        return None
+        bs = core.cache.block_size
+        if version[1] > bs or offset >= bs:
+            await core.open_warm(inode, data, served=served)
+            return None
+        # A file of one block (as its lookup saw it), not cached: opened and its block read
+        # in one warm call, one hand-off fewer on the path its reader waits on. The block is
+        # then what a fetch through the file as opened reads: named by the version opened.
+        block = await core.open_warm(inode, data, (0, bs), served=served)
+        if block is None:
+            return None  # opened meanwhile by another call: read on from it
+        reader = self._reader(data, block)
+        if reader is None:
+            return None
+        return await reader.read(fh, offset, size)
 
     def _cached(self, version: WarmId, offset: int, size: int) -> bool:
         """Whether every block of a range of a warm file's version is in memory (or being
@@ -160,9 +172,11 @@ class Reads:
         data.reader.made_for = made_for
         return data.reader
 
-    def _reader(self, data: OpenFile) -> CachedReader | None:
+    def _reader(self, data: OpenFile, first: bytes | None = None) -> CachedReader | None:
         """The block-cache reader of an unstaged file: always for a cold file, for a warm one
-        when warm caching is on."""
+        when warm caching is on. ``first``: the warm file's first block, read as it was
+        opened (``_read_unopened``), which the reader's first fetch of that block takes
+        instead of reading it again (once: a later fetch, after an eviction, reads it)."""
         core = self.core
         reader = data.reader
         if data.stub is not None:
@@ -174,8 +188,16 @@ class Reads:
             if reader is not None and reader.made_for is data.warm_id:
                 return reader
             fd = data.warm_fd
-            source = self.warm_source(
-                data.warm_id, lambda start, length: core.warm.run(os.pread, fd, length, start))
+            pending = [first]
+
+            async def fetch(start: int, length: int) -> bytes:
+                if start == 0:
+                    got, pending[0] = pending[0], None
+                    if got is not None and len(got) == length:
+                        return got
+                return await core.warm.run(os.pread, fd, length, start)
+
+            source = self.warm_source(data.warm_id, fetch)
             made_for = data.warm_id
         else:
             return None

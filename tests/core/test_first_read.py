@@ -8,6 +8,7 @@ import errno
 import os
 import random
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -95,3 +96,38 @@ async def test_a_small_file_changed_in_place_after_its_lookup_is_cached_as_opene
         fh, _, _ = await core.fs.open(inode.ino, os.O_RDONLY)
         assert await core.read_all(fh) == old
         await core.fs.release(fh)
+
+
+@core_test
+async def test_a_large_warm_block_is_fetched_in_parts_at_once(tmp_path: Path) -> None:
+    """One pread of a whole block keeps only the warm client's read-ahead window in flight:
+    a block of several parts is read in parts, in warm calls running together, and its bytes
+    come out whole and in order."""
+    from tierfs.vfs.reads import WARM_PART
+
+    size = 4 * WARM_PART
+    data = random.Random(3).randbytes(size)
+    async with open_core(tmp_path, cache_warm=True, block_size=size,
+                         read_memory=4 * size, hot_capacity=8 * size) as core:
+        core.warm_path(b"f").write_bytes(data)
+        warm = core.fs.warm
+        inner = warm.run
+        running = {"now": 0, "most": 0, "preads": 0}
+
+        async def counted(fn: Any, *args: object) -> Any:
+            if fn in (os.pread, os.preadv):
+                running["preads"] += 1
+                running["now"] += 1
+                running["most"] = max(running["most"], running["now"])
+                try:
+                    await trio.sleep(0.01)  # (a network's round trip: the others start)
+                    return await inner(fn, *args)
+                finally:
+                    running["now"] -= 1
+            return await inner(fn, *args)
+
+        warm.run = counted  # type: ignore[method-assign]
+        assert await core.read_file(b"f") == data
+        assert running["most"] >= 2
+        await core.until(lambda: core.cached_blocks() == 1)
+        assert core.counter("fetches_warm") == 1

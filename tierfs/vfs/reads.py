@@ -16,6 +16,8 @@ import logging
 import os
 from collections.abc import Awaitable, Callable
 
+import trio
+
 from tierfs.cache.entries import Source, block_key, cold_source_id, warm_source_id
 from tierfs.cache.reader import CachedReader, Prefetch
 from tierfs.core.attrs import err
@@ -26,6 +28,13 @@ from tierfs.stubs import Stub
 from tierfs.write.publish import Publisher
 
 log = logging.getLogger(__name__)
+
+#: A warm block is fetched in parts of this size read at once, each in its own warm call: one
+#: ``pread`` of a whole block keeps only what the warm tier's client reads ahead in flight
+#: (its kernel read-ahead window, 128 KiB on FUSE clients such as sshfs), and over a network
+#: that window, not the link, bounds a reader waiting for the block. Files of at most one
+#: part are read whole, with their open when that is answered from memory.
+WARM_PART = 2 * 1024 * 1024
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,14 +128,15 @@ class Reads:
             except VersionChanged:
                 pass  # a block went meanwhile, and the warm file opened for it had changed
             served = True
-        bs = core.cache.block_size
+        bs = min(core.cache.block_size, WARM_PART)
         if version[1] > bs or offset >= bs:
             await core.open_warm(inode, data, served=served)
             return None
-        # A file of one block (as its lookup saw it), not cached: opened and its block read
-        # in one warm call, one hand-off fewer on the path its reader waits on. The block is
-        # then what a fetch through the file as opened reads: named by the version opened.
-        block = await core.open_warm(inode, data, (0, bs), served=served)
+        # A small file (one block and one part, as its lookup saw it), not cached: opened and
+        # its block read in one warm call, one hand-off fewer on the path its reader waits on.
+        # The block is then what a fetch through the file as opened reads: named by the
+        # version opened.
+        block = await core.open_warm(inode, data, (0, core.cache.block_size), served=served)
         if block is None:
             return None  # opened meanwhile by another call: read on from it
         reader = self._reader(data, block)
@@ -161,9 +171,37 @@ class Reads:
             fd = data.warm_fd
             if fd is None or data.warm_id != version:
                 raise VersionChanged(errno.ESTALE, "the warm file is another version now")
-            return await core.warm.run(os.pread, fd, length, start)
+            return await self.pread(fd, start, length)
 
         return fetch
+
+    async def pread(self, fd: int, start: int, length: int) -> bytes:
+        """A warm block's bytes, read in parts of at least ``WARM_PART`` at once (all of them
+        if the file ends sooner, as ``os.pread``), in at most half the warm tier's threads
+        counting those busy: the rest stay free for the lookups and opens readers wait on."""
+        warm = self.core.warm
+        count = min(-(-length // WARM_PART), warm.workers.size // 2 - warm.workers.busy)
+        if count < 2:
+            return await warm.run(os.pread, fd, length, start)
+        step = -(-length // count // 4096) * 4096
+        buf = bytearray(length)
+        view = memoryview(buf)
+        got = [0] * count
+
+        async def part(i: int) -> None:
+            got[i] = await warm.run(os.preadv, fd, [view[i * step:(i + 1) * step]],
+                                    start + i * step)
+
+        async with trio.open_nursery() as nursery:
+            for i in range(count):
+                nursery.start_soon(part, i)
+        view.release()
+        done = 0
+        for i, n in enumerate(got):
+            done += n
+            if n < min(step, length - i * step):
+                break  # the file ends here now: what follows was not read
+        return buf if done == length else bytes(buf[:done])
 
     def _new_reader(self, data: OpenFile, source: Source, made_for: object) -> CachedReader:
         core = self.core
@@ -195,7 +233,7 @@ class Reads:
                     got, pending[0] = pending[0], None
                     if got is not None and len(got) == length:
                         return got
-                return await core.warm.run(os.pread, fd, length, start)
+                return await self.pread(fd, start, length)
 
             source = self.warm_source(data.warm_id, fetch)
             made_for = data.warm_id

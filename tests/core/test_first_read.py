@@ -18,6 +18,13 @@ from .conftest import ROOT, core_test, open_core
 BS = 64 * 1024  # block_size in the core's configuration (conftest)
 
 
+def rewrite_in_place(path: Path, data: bytes) -> None:
+    """As another node writing into the file: the same inode, new content and mtime."""
+    with open(path, "r+b") as f:
+        f.write(data)
+    os.utime(path, ns=(0, 10**18))
+
+
 @core_test
 async def test_an_uncached_small_file_is_opened_and_read_in_one_warm_call(tmp_path: Path
                                                                           ) -> None:
@@ -85,9 +92,7 @@ async def test_a_small_file_changed_in_place_after_its_lookup_is_cached_as_opene
         path.write_bytes(old)
         inode, _ = await core.fs.lookup(ROOT, b"f")
         fh, _, _ = await core.fs.open(inode.ino, os.O_RDONLY)
-        with open(path, "r+b") as f:
-            f.write(new)
-        os.utime(path, ns=(0, 10**18))
+        rewrite_in_place(path, new)
         assert await core.read_all(fh) == new
         await core.fs.release(fh)
         await core.until(lambda: core.cached_blocks() == 1)

@@ -15,6 +15,9 @@ import errno
 import logging
 import os
 from collections.abc import Awaitable, Callable
+from typing import cast
+
+import trio
 
 from tierfs.cache.entries import Source, block_key, cold_source_id, warm_source_id
 from tierfs.cache.reader import CachedReader, Prefetch
@@ -26,6 +29,14 @@ from tierfs.stubs import Stub
 from tierfs.write.publish import Publisher
 
 log = logging.getLogger(__name__)
+
+#: A warm block is fetched in parts of this size read at once, each in its own warm call: one
+#: ``pread`` of a whole block keeps only what the warm tier's client reads ahead in flight
+#: (over sshfs, once it has served many files, 8 reads of 32 KiB, what a reader of 1 MiB
+#: reads gets), and over a network that window, not the link, bounds a reader waiting for the
+#: block. Files of at most one part are read whole, with their open when that is answered
+#: from memory.
+WARM_PART = 2 * 1024 * 1024
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,8 +130,21 @@ class Reads:
             except VersionChanged:
                 pass  # a block went meanwhile, and the warm file opened for it had changed
             served = True
-        await core.open_warm(inode, data, served=served)
-        return None
+        bs = min(core.cache.block_size, WARM_PART)
+        if version[1] > bs or offset >= bs:
+            await core.open_warm(inode, data, served=served)
+            return None
+        # A small file (one block and one part, as its lookup saw it), not cached: opened and
+        # its block read in one warm call, one hand-off fewer on the path its reader waits on.
+        # The block is then what a fetch through the file as opened reads: named by the
+        # version opened.
+        block = await core.open_warm(inode, data, (0, core.cache.block_size), served=served)
+        if block is None:
+            return None  # opened meanwhile by another call: read on from it
+        reader = self._reader(data, block)
+        if reader is None:
+            return None
+        return await reader.read(fh, offset, size)
 
     def _cached(self, version: WarmId, offset: int, size: int) -> bool:
         """Whether every block of a range of a warm file's version is in memory (or being
@@ -149,9 +173,41 @@ class Reads:
             fd = data.warm_fd
             if fd is None or data.warm_id != version:
                 raise VersionChanged(errno.ESTALE, "the warm file is another version now")
-            return await core.warm.run(os.pread, fd, length, start)
+            return await self.pread(fd, start, length)
 
         return fetch
+
+    async def pread(self, fd: int, start: int, length: int) -> bytes:
+        """A warm block's bytes, read in parts of at least ``WARM_PART`` at once (all of them
+        if the file ends sooner, as ``os.pread``), in at most half the warm tier's threads
+        counting those busy: the rest stay free for the lookups and opens readers wait on."""
+        warm = self.core.warm
+        count = min(-(-length // WARM_PART), warm.workers.size // 2 - warm.workers.busy)
+        if count < 2:
+            return await warm.run(os.pread, fd, length, start)
+        step = -(-length // count // 4096) * 4096
+        buf = bytearray(length)
+        view = memoryview(buf)
+        got = [0] * count
+
+        async def part(i: int) -> None:
+            got[i] = await warm.run(os.preadv, fd, [view[i * step:(i + 1) * step]],
+                                    start + i * step)
+
+        async with trio.open_nursery() as nursery:
+            for i in range(count):
+                nursery.start_soon(part, i)
+        view.release()
+        done = 0
+        for i, n in enumerate(got):
+            done += n
+            if n < min(step, length - i * step):
+                break  # the file ends here now: what follows was not read
+        if done != length:
+            return bytes(buf[:done])
+        # Served as it is (views, the hot tier's write, the checksum take any buffer): a copy
+        # into bytes would cost the event loop a pass over the whole block.
+        return cast(bytes, buf)
 
     def _new_reader(self, data: OpenFile, source: Source, made_for: object) -> CachedReader:
         core = self.core
@@ -160,9 +216,11 @@ class Reads:
         data.reader.made_for = made_for
         return data.reader
 
-    def _reader(self, data: OpenFile) -> CachedReader | None:
+    def _reader(self, data: OpenFile, first: bytes | None = None) -> CachedReader | None:
         """The block-cache reader of an unstaged file: always for a cold file, for a warm one
-        when warm caching is on."""
+        when warm caching is on. ``first``: the warm file's first block, read as it was
+        opened (``_read_unopened``), which the reader's first fetch of that block takes
+        instead of reading it again (once: a later fetch, after an eviction, reads it)."""
         core = self.core
         reader = data.reader
         if data.stub is not None:
@@ -174,8 +232,16 @@ class Reads:
             if reader is not None and reader.made_for is data.warm_id:
                 return reader
             fd = data.warm_fd
-            source = self.warm_source(
-                data.warm_id, lambda start, length: core.warm.run(os.pread, fd, length, start))
+            pending = [first]
+
+            async def fetch(start: int, length: int) -> bytes:
+                if start == 0:
+                    got, pending[0] = pending[0], None
+                    if got is not None and len(got) == length:
+                        return got
+                return await self.pread(fd, start, length)
+
+            source = self.warm_source(data.warm_id, fetch)
             made_for = data.warm_id
         else:
             return None

@@ -23,12 +23,13 @@ samples. Printed per mode:
   pyfuse3/_pyfuse3.py), then the tierfs functions with the most time under them (inclusive;
   ``Operations.<request>`` per FUSE request, where py-spy sees it);
 - what is left of the wall time once the loop's and the workers' work is taken out: the FUSE
-  round trips in the kernel and the job's own system calls (an estimate: with one file created at a time,
-  the loop and a worker seldom work at once, but write-back's background publishes overlap).
+  round trips in the kernel and the job's own system calls (an estimate: with one file
+  created at a time, the loop and a worker seldom work at once, but write-back's background
+  publishes overlap).
 
-Needs root (FUSE mounts as bench/small.py; py-spy attaches with ptrace) and py-spy beside
-the interpreter (``pip install py-spy`` in the same environment). ``--keep DIR``
-keeps the raw profiles there (``<mode>.txt``, one line per stack with its sample count).
+Needs root (FUSE mounts as bench/small.py; py-spy attaches with ptrace) and py-spy beside the
+interpreter (``pip install py-spy`` in the same environment). ``--keep DIR`` keeps the raw
+profiles there (``<mode>.txt``, one line per stack with its sample count).
 """
 
 from __future__ import annotations

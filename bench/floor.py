@@ -17,7 +17,9 @@ written in 1 MiB writes (plus an fsync: a no-op on the floor), then read back in
 with the page cache dropped (the floor answers with zeros from memory).
 
 ``--serve MOUNTPOINT --backing DIR`` serves a passthrough floor instead: each request makes
-its disk call on a real file in DIR, inline on the event loop (bench/small.py uses it).
+its disk call on a real file in DIR, inline on the event loop (bench/small.py uses it); with
+``--sync-close`` too, the close of a file written since it was opened also makes an
+``fdatasync``, what a close that promises durability has to pay at least.
 """
 
 from __future__ import annotations
@@ -128,13 +130,18 @@ def serve(mountpoint: str) -> None:
     run_until_signalled(pyfuse3, trio, Floor(), mountpoint, "floor")
 
 
-def serve_passthrough(mountpoint: str, backing: str) -> None:
+def serve_passthrough(mountpoint: str, backing: str, sync_close: bool = False) -> None:
     """Run the passthrough floor on ``mountpoint`` over the directory ``backing`` until SIGTERM.
 
     Each request makes the disk call tierfs must make for it (an lstat for a lookup, a real
     open, pread and pwrite on a backing file, a scandir for a listing) directly on the event
     loop, with no hand-off to a worker thread: so its rates are the least that pyfuse3 allows
-    for a file system that keeps its files in a directory, disk work included."""
+    for a file system that keeps its files in a directory, disk work included.
+
+    With ``sync_close``, the flush (each close) or release of a handle written since it was
+    opened or last synced also makes an ``fdatasync`` of the backing file: the least sync a
+    close can make and still promise the data durable, as both of tierfs's durability modes
+    do (sync mode fsyncs the file, write-back commits a journal entry: one fdatasync)."""
     import pyfuse3
     import trio
 
@@ -156,6 +163,13 @@ def serve_passthrough(mountpoint: str, backing: str) -> None:
             self.paths: dict[int, str] = {pyfuse3.ROOT_INODE: backing}
             self.listings: dict[int, tuple[str, list[bytes]]] = {}
             self.next_dir = 0
+            #: Handles written since opened or synced (kept with ``sync_close`` only).
+            self.written: set[int] = set()
+
+        def _settle(self, fh: int) -> None:
+            if fh in self.written:
+                self.written.discard(fh)
+                os.fdatasync(fh)
 
         def _entry(self, path: str) -> pyfuse3.EntryAttributes:
             try:
@@ -211,6 +225,8 @@ def serve_passthrough(mountpoint: str, backing: str) -> None:
                 raise pyfuse3.FUSEError(e.errno) from None
 
         async def write(self, fh: int, off: int, buf: bytes) -> int:
+            if sync_close:
+                self.written.add(fh)
             return os.pwrite(fh, buf, off)
 
         async def read(self, fh: int, off: int, size: int) -> bytes:
@@ -226,12 +242,14 @@ def serve_passthrough(mountpoint: str, backing: str) -> None:
                 raise pyfuse3.FUSEError(e.errno) from None
 
         async def flush(self, fh: int) -> None:
-            pass
+            self._settle(fh)
 
         async def fsync(self, fh: int, datasync: bool) -> None:
+            self.written.discard(fh)
             os.fsync(fh)
 
         async def release(self, fh: int) -> None:
+            self._settle(fh)
             os.close(fh)
 
         async def opendir(self, inode: int, ctx: object) -> int:
@@ -278,10 +296,12 @@ def run_until_signalled(pyfuse3: object, trio: object, ops: object, mountpoint: 
         pyfuse3.close(unmount=True)
 
 
-def start_floor(mnt: Path, backing: Path | None = None) -> subprocess.Popen[bytes]:
+def start_floor(mnt: Path, backing: Path | None = None, sync_close: bool = False
+                ) -> subprocess.Popen[bytes]:
     """The floor in a process of its own: the no-op file system, or with ``backing`` the
-    passthrough one over that directory."""
+    passthrough one over that directory (``sync_close``: with an fdatasync at close)."""
     extra = ["--backing", str(backing)] if backing is not None else []
+    extra += ["--sync-close"] if sync_close else []
     proc = subprocess.Popen([sys.executable, __file__, "--serve", str(mnt), *extra])
     for _ in range(200):
         if os.path.ismount(mnt):
@@ -336,13 +356,14 @@ def main() -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--serve", metavar="MOUNTPOINT", help=argparse.SUPPRESS)
     parser.add_argument("--backing", metavar="DIR", help=argparse.SUPPRESS)
+    parser.add_argument("--sync-close", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--files", type=int, default=2000)
     parser.add_argument("--size-mib", type=int, default=512)
     parser.add_argument("--calls", type=int, default=5000)
     args = parser.parse_args()
     if args.serve:
         if args.backing:
-            serve_passthrough(args.serve, args.backing)
+            serve_passthrough(args.serve, args.backing, args.sync_close)
         else:
             serve(args.serve)
         return 0

@@ -1,7 +1,7 @@
 """Small operations through tierfs against three baselines on the same disk, in one run.
 
     sudo .venv/bin/python bench/small.py [--files 2000] [--entries 10000] [--size-mib 256]
-                                         [--dl-files 2000 | --dl-full]
+                                         [--dl-files 2000 | --dl-full] [--only creates]
 
 Columns: the plain directory; the floor (bench/floor.py's passthrough file system: pyfuse3
 with each disk call made inline on the event loop, so the least a pyfuse3 file system that
@@ -11,6 +11,12 @@ on the same disk, as bench/run.py mounts it). Each gets a directory of its own u
 temporary directory; the files the read, stat, listing and DataLoader jobs use are written
 into the backing directory (tierfs's warm tier) directly, so those rows measure reading, not
 creating. Higher is better in every row; the ratios are tierfs over each baseline.
+
+Below the table, the create job once more on a durable floor: the same passthrough on a
+mount and backing directory of its own, whose close of a file written since open makes an
+``fdatasync`` (``--sync-close``), the least a close that promises durability must pay, as
+both of tierfs's durability modes do; tierfs's creates over it. ``--only creates`` runs the
+create job alone on every system.
 
 Root is needed to drop the page cache. The machine is shared and noisy: compare ratios
 within one run.
@@ -105,15 +111,16 @@ def jobs(root: Path, args: argparse.Namespace, torch_ok: bool, creates_only: boo
         d = root / f"r{size}"
         read_files(d, n)
         out[f"open+read+close {size} KiB, cache warm (files/s)"] = n / timed(
-            lambda: read_files(d, n))
+            lambda d=d: read_files(d, n))
         drop_caches()
         out[f"open+read+close {size} KiB, cache dropped (files/s)"] = n / timed(
-            lambda: read_files(d, n))
+            lambda d=d: read_files(d, n))
     for block in (16, 128):
         drop_caches()
         out[f"seq write {args.size_mib} MiB in {block} KiB writes + fsync (MB/s)"] = (
-            args.size_mib / timed(lambda: seq_write(root / "seq", args.size_mib * MIB,
-                                                    block * KIB)))
+            args.size_mib / timed(lambda block=block: seq_write(root / "seq",
+                                                                args.size_mib * MIB,
+                                                                block * KIB)))
         (root / "seq").unlink()
     drop_caches()
     out["stat, not looked up (stats/s)"] = n / timed(lambda: stat_files(root / "st", n))
@@ -147,8 +154,8 @@ def unmount(mnt: Path) -> None:
 
 
 @contextmanager
-def floor_mounted(mnt: Path, backing: Path) -> Iterator[Path]:
-    proc = start_floor(mnt, backing)
+def floor_mounted(mnt: Path, backing: Path, sync_close: bool = False) -> Iterator[Path]:
+    proc = start_floor(mnt, backing, sync_close)
     try:
         yield mnt
     finally:
@@ -164,7 +171,7 @@ def have_mergerfs() -> str | None:
         return "mergerfs is not installed and there is no apt-get"
     got = subprocess.run(["apt-get", "install", "-y", "-q", "mergerfs"],
                          env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
-                         capture_output=True, text=True)
+                         capture_output=True, text=True, check=False)
     if got.returncode != 0 or not shutil.which("mergerfs"):
         last = (got.stderr or got.stdout).strip().splitlines()[-1:] or ["no output"]
         return f"apt-get install mergerfs failed: {last[0]}"
@@ -207,7 +214,9 @@ def main() -> int:
     parser.add_argument("--dl-files", type=int, default=2000,
                         help="64 KiB files in the DataLoader's tree")
     parser.add_argument("--dl-full", action="store_true", help="the DataLoader over 8,000 files")
+    parser.add_argument("--only", choices=["creates"], help="run the create job alone")
     args = parser.parse_args()
+    creates_only = args.only == "creates"
     if args.dl_full:
         args.dl_files = 8000
     try:
@@ -225,28 +234,31 @@ def main() -> int:
     results: dict[str, dict[str, float]] = {}
     notes: list[str] = []
     try:
-        dirs = {n: base / n for n in ("plain", "floor-back", "floor", "merger-back", "merger",
-                                      "hot", "warm", "mnt")}
+        dirs = {n: base / n for n in ("plain", "floor-back", "floor", "synced-back", "synced",
+                                      "merger-back", "merger", "hot", "warm", "mnt")}
         for d in dirs.values():
             d.mkdir()
         for backing in (dirs["plain"], dirs["floor-back"], dirs["merger-back"], dirs["warm"]):
-            fill(backing, args, torch_ok)
+            if not creates_only:  # the create job makes its own files
+                fill(backing, args, torch_ok)
 
-        results["plain"] = jobs(dirs["plain"], args, torch_ok)
+        results["plain"] = jobs(dirs["plain"], args, torch_ok, creates_only)
         with floor_mounted(dirs["floor"], dirs["floor-back"]) as mnt:
-            results["floor"] = jobs(mnt, args, torch_ok)
+            results["floor"] = jobs(mnt, args, torch_ok, creates_only)
+        with floor_mounted(dirs["synced"], dirs["synced-back"], sync_close=True) as mnt:
+            synced = jobs(mnt, args, torch_ok, creates_only=True)
         why = have_mergerfs()
         if why is None:
             with mergerfs_mounted(dirs["merger"], dirs["merger-back"]) as mnt:
-                results["mergerfs"] = jobs(mnt, args, torch_ok)
+                results["mergerfs"] = jobs(mnt, args, torch_ok, creates_only)
         else:
             notes.append(f"mergerfs: not measured ({why})")
         with tierfs_mounted(dirs["mnt"], dirs["hot"], dirs["warm"], "sync") as mnt:
-            results["tierfs"] = jobs(mnt, args, torch_ok)
+            results["tierfs"] = jobs(mnt, args, torch_ok, creates_only)
         with tierfs_mounted(dirs["mnt"], dirs["hot"], dirs["warm"], "writeback") as mnt:
             wb = jobs(mnt, args, torch_ok, creates_only=True, new="new-writeback")
     finally:
-        for name in ("floor", "merger", "mnt"):
+        for name in ("floor", "synced", "merger", "mnt"):
             unmount(base / name)
         shutil.rmtree(base, ignore_errors=True)
 
@@ -254,7 +266,8 @@ def main() -> int:
         notes.append("DataLoader rows: not measured (torch is not importable)")
     print(f"tierfs small-operations bench: {args.files} files per job, {args.entries}-entry "
           f"directory, {args.size_mib} MiB sequential file, DataLoader over {args.dl_files} "
-          f"files of 64 KiB; tierfs in sync durability unless marked")
+          f"files of 64 KiB; tierfs in sync durability unless marked"
+          f"{'; the create job alone' if creates_only else ''}")
     rows: list[tuple[str, str, dict[str, float]]] = []
     for key in results["plain"]:
         rows.append((key, key, results["tierfs"]))
@@ -270,6 +283,14 @@ def main() -> int:
         ratios = "".join("      n/a" if v is None else f"{mine / v:8.2f}x"
                          for v in (cells[1], cells[2], cells[0]))
         print(f"{label.ljust(width)}{figs}{mine:10.0f}{ratios}")
+    key = next(iter(synced))
+    floor, durable = results["floor"][key], synced[key]
+    print(f"\n{'the floor with fdatasync at close':<{width}}{'floor':>10}{'+fdatasync':>11}"
+          f"{'tierfs':>10}{'t/+fdatasync':>13}")
+    for label, ours in ((key, results["tierfs"]), ("  tierfs in writeback durability", wb)):
+        print(f"{label.ljust(width)}{floor:10.0f}{durable:11.0f}{ours[key]:10.0f}"
+              f"{ours[key] / durable:12.2f}x")
+    print(f"(the floor with fdatasync at close: {durable / floor:.2f}x of the floor)")
     for note in notes:
         print(note)
     return 0

@@ -13,16 +13,9 @@ from typing import Any
 import pytest
 import trio
 
-from .conftest import ROOT, core_test, open_core
+from .conftest import ROOT, core_test, open_core, rewrite_in_place
 
 BS = 64 * 1024  # block_size in the core's configuration (conftest)
-
-
-def rewrite_in_place(path: Path, data: bytes) -> None:
-    """As another node writing into the file: the same inode, new content and mtime."""
-    with open(path, "r+b") as f:
-        f.write(data)
-    os.utime(path, ns=(0, 10**18))
 
 
 @core_test

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from .conftest import ROOT, core_test, open_core
+from .conftest import ROOT, core_test, open_core, rewrite_in_place
 
 
 @core_test
@@ -162,13 +162,6 @@ BS = 64 * 1024  # block_size in the core's configuration (conftest)
 
 def blocks(n: int, seed: int) -> bytes:
     return random.Random(seed).randbytes(n * BS)
-
-
-def rewrite_in_place(path: Path, data: bytes) -> None:
-    """As another node writing into the file: the same inode, new content and mtime."""
-    with open(path, "r+b") as f:
-        f.write(data)
-    os.utime(path, ns=(0, 10**18))
 
 
 @core_test

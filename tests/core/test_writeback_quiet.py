@@ -131,3 +131,22 @@ async def test_truncating_a_waiting_file_publishes_it_at_once(tmp_path: Path) ->
             await core.fs.setattr(a.ino, SetAttr(size=10))
             assert await core.publish_all() == []
         assert home(core, b"a", DATA[:10])
+
+
+@core_test
+async def test_a_waiting_file_reopened_for_writing_is_not_published_mid_write(
+        tmp_path: Path) -> None:
+    # The open publishes what the close acknowledged; the writes after it are the new
+    # writer's, and reach home at its close (or fsync), never half-done while it writes.
+    async with open_core(tmp_path, durability="writeback") as core:
+        policy(core, quiet=0.2, max_wait=60.0)
+        await core.write_file(b"a", DATA)
+        fh = await core.open(b"a", os.O_WRONLY)
+        assert home(core, b"a")
+        await core.fs.write(fh, 0, b"y")
+        await trio.sleep(0.8)  # quiet for longer than QUIET, the writer still holds it
+        assert home(core, b"a"), "a write not yet closed was published"
+        await core.close(fh)
+        with trio.fail_after(5.0):
+            assert await core.publish_all() == []
+        assert home(core, b"a", b"y" + DATA[1:])

@@ -86,14 +86,16 @@ class WriteBack:
 
     async def _turn(self, inode: Inode, data: OpenFile, since: float) -> None:
         """Wait until this file's publish may start (the rule in the module's docstring);
-        at once if it is home already (published by another call) or gone."""
+        at once if it is home already (published by another call), gone, or open for writing
+        again (the open published it; the new writes are that writer's, handed back here by
+        its last close: never published half-done in the meantime)."""
         ino = inode.ino
         self.waiting[ino] = size = data.size
         self.held += size
         if self.held > self.max_held:
             self._hurry()  # the oldest goes
         try:
-            while data.dirty and inode.links and not self.urgent:
+            while data.dirty and inode.links and not data.writers and not self.urgent:
                 now = trio.current_time()
                 at = min(since + self.max_wait, self.last_busy + self.quiet)
                 if now >= at or (self.held > self.max_held and next(iter(self.waiting)) == ino):
@@ -111,7 +113,7 @@ class WriteBack:
         try:
             while data.dirty and inode.links:
                 await self._turn(inode, data, since)
-                if not (data.dirty and inode.links):
+                if not (data.dirty and inode.links) or data.writers:
                     break
                 try:
                     await self.publisher.publish(inode, data)

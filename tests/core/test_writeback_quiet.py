@@ -150,3 +150,22 @@ async def test_a_waiting_file_reopened_for_writing_is_not_published_mid_write(
         with trio.fail_after(5.0):
             assert await core.publish_all() == []
         assert home(core, b"a", b"y" + DATA[1:])
+
+
+@core_test
+async def test_flush_leaves_a_file_reopened_for_writing_to_its_writer(tmp_path: Path) -> None:
+    # ``tierfs flush`` publishes what closes acknowledged; a file opened for writing again
+    # while it waited holds its new writer's writes, which only that writer's close publishes.
+    async with open_core(tmp_path, durability="writeback") as core:
+        policy(core, quiet=60.0, max_wait=60.0)
+        await core.write_file(b"a", DATA)
+        fh = await core.open(b"a", os.O_WRONLY)
+        assert home(core, b"a")
+        await core.fs.write(fh, 0, b"y")
+        with trio.fail_after(5.0):
+            assert await core.publish_all() == []
+        assert home(core, b"a"), "tierfs flush published a write not yet closed"
+        await core.close(fh)
+        with trio.fail_after(5.0):
+            assert await core.publish_all() == []
+        assert home(core, b"a", b"y" + DATA[1:])

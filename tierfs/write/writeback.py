@@ -141,12 +141,16 @@ class WriteBack:
     async def publish_all(self) -> list[tuple[Inode, OSError]]:
         """Publish every file now (``tierfs flush``, unmount): what failed, after trying all.
         Files waiting for their turn go now too (their tasks then find them home, or publish
-        them beside this loop), so that none is left to a quiet moment."""
+        them beside this loop), so that none is left to a quiet moment. A file opened for
+        writing again is left out: its new writes are not acknowledged by any close yet, and
+        unmount publishes open handles' data itself (``OpenFiles.publish_all``)."""
         failed: list[tuple[Inode, OSError]] = []
         self.urgent += 1
         self._hurry()
         try:
             for inode, data in list(self.files.values()):
+                if data.writers:
+                    continue  # open for writing again: its writer's close publishes it
                 try:
                     await self.publisher.publish(inode, data)
                 except OSError as e:

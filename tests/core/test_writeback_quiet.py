@@ -24,6 +24,13 @@ def home(core: Core, path: bytes, data: bytes = DATA) -> bool:
     return core.warm_path(path).read_bytes() == data
 
 
+async def close_and_flush(core: Core, fh: int) -> None:
+    """The writer's close, then ``tierfs flush``: which must publish the file."""
+    await core.close(fh)
+    with trio.fail_after(5.0):
+        assert await core.publish_all() == []
+
+
 @core_test
 async def test_publish_waits_while_creates_keep_coming(tmp_path: Path) -> None:
     async with open_core(tmp_path, durability="writeback") as core:
@@ -85,9 +92,7 @@ async def test_open_for_writing_publishes_a_waiting_file_at_once(tmp_path: Path)
             fh = await core.open(b"a", os.O_WRONLY)
         assert home(core, b"a")  # what the close acknowledged is home before new writes
         await core.fs.write(fh, 0, b"y")
-        await core.close(fh)
-        with trio.fail_after(5.0):
-            assert await core.publish_all() == []
+        await close_and_flush(core, fh)
         assert home(core, b"a", b"y" + DATA[1:])
 
 
@@ -146,9 +151,7 @@ async def test_a_waiting_file_reopened_for_writing_is_not_published_mid_write(
         await core.fs.write(fh, 0, b"y")
         await trio.sleep(0.8)  # quiet for longer than QUIET, the writer still holds it
         assert home(core, b"a"), "a write not yet closed was published"
-        await core.close(fh)
-        with trio.fail_after(5.0):
-            assert await core.publish_all() == []
+        await close_and_flush(core, fh)
         assert home(core, b"a", b"y" + DATA[1:])
 
 
@@ -165,7 +168,5 @@ async def test_flush_leaves_a_file_reopened_for_writing_to_its_writer(tmp_path: 
         with trio.fail_after(5.0):
             assert await core.publish_all() == []
         assert home(core, b"a"), "tierfs flush published a write not yet closed"
-        await core.close(fh)
-        with trio.fail_after(5.0):
-            assert await core.publish_all() == []
+        await close_and_flush(core, fh)
         assert home(core, b"a", b"y" + DATA[1:])

@@ -82,6 +82,12 @@ class Core:
         #: the next, to check permissions. Answered from here once, within attr_timeout, and
         #: forgotten at any other change made through the mount. Deadline and attributes.
         self.dir_attrs: dict[int, tuple[float, os.stat_result]] = {}
+        #: The same attributes, kept past the kernel's getattr and through further creates
+        #: in that directory (any other change through the mount forgets them): the next
+        #: create there takes its file's group from them (a set-group-ID directory's) rather
+        #: than reading them again, a round trip on a network file system. Changed by another
+        #: node meanwhile, they are as stale as attr_timeout lets any attribute be.
+        self.made_in: dict[int, tuple[float, os.stat_result]] = {}
         #: Called with an inode number when tierfs changed attributes behind the kernel's back.
         self.invalidate_attrs: Callable[[int], None] = lambda ino: None
         #: Where background tasks run: part uploads, read-ahead, write-back (set by upkeep).
@@ -251,14 +257,29 @@ class Core:
                             inode.ino, e)
         return data.base
 
-    def forget_dir_attrs(self) -> None:
+    def forget_dir_attrs(self, creating_in: int | None = None) -> None:
         """A change through the mount: no directory's attributes are answered from memory,
-        no lookup from a listing read before it."""
+        no lookup from a listing read before it. ``creating_in``: the change is a create in
+        that directory, whose ``made_in`` attributes it leaves (a create changes neither
+        the directory's group nor its mode)."""
         self.dir_attrs.clear()
+        kept = self.made_in.get(creating_in) if creating_in is not None else None
+        self.made_in.clear()
+        if kept is not None:
+            self.made_in[creating_in] = kept  # type: ignore[index]
         self.changes += 1
 
     def remember_dir(self, ino: int, st: os.stat_result) -> None:
-        self.dir_attrs[ino] = (time.monotonic() + self.config.attr_timeout, st)
+        deadline = time.monotonic() + self.config.attr_timeout
+        self.dir_attrs[ino] = self.made_in[ino] = (deadline, st)
+
+    def made_in_attrs(self, ino: int) -> os.stat_result | None:
+        """A directory's attributes as read after the last create in it, if no other change
+        came through the mount since and attr_timeout has not passed (``made_in``)."""
+        known = self.made_in.get(ino)
+        if known is None or time.monotonic() > known[0]:
+            return None
+        return known[1]
 
     def dir_changed(self, inode: Inode, parent_st: os.stat_result) -> None:
         """A file was published into its directory: keep what getattr answers for that

@@ -169,9 +169,11 @@ class OpenFiles:
         self.writeback.busy()  # (write-back publishes wait: this create goes to the warm tier)
         ns = self.namespace
 
-        def make(rel: bytes) -> tuple[int, os.stat_result, int | None, frozenset[bytes] | None,
-                                      os.stat_result]:
-            pst = core.warm.lstat(split(rel)[0])
+        def make(rel: bytes, pst: os.stat_result | None
+                 ) -> tuple[int, os.stat_result, int | None, frozenset[bytes] | None,
+                            os.stat_result]:
+            if pst is None:
+                pst = core.warm.lstat(split(rel)[0])
             owner = ns.owner(uid, gid, pst)
             # Read-only is enough: the descriptor only keeps the file reachable once unlinked.
             # Made with its mode where the tier will give it its owner: no chmod then, a round
@@ -198,11 +200,14 @@ class OpenFiles:
                 os.close(fd)
                 raise
 
-        core.forget_dir_attrs()  # the directory changes during the call
+        core.forget_dir_attrs(creating_in=parent)  # the directory changes during the call
         async with core.ns_lock.shared():
+            # (Read under the lock: a chmod or chown of the directory is made under it
+            # exclusively, and forgets them.)
+            known = core.made_in_attrs(parent)
             warm_fd, st, persisted, xattrs, parent_st = await core.warm.run(
-                make, core.inodes.child_path(parent, name))
-            core.forget_dir_attrs()  # (another change may have come meanwhile)
+                make, core.inodes.child_path(parent, name), known)
+            core.forget_dir_attrs(creating_in=parent)  # (another change may have come)
             core.remember_dir(parent, parent_st)
             inode, attrs = ns.entry(parent, name, st, persisted)
         if xattrs is not None:

@@ -35,6 +35,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from common import MIB, drop_caches, mounted
 from run import create_files, seq_read, seq_write, timed
@@ -130,7 +131,8 @@ def serve(mountpoint: str) -> None:
     run_until_signalled(pyfuse3, trio, Floor(), mountpoint, "floor")
 
 
-def serve_passthrough(mountpoint: str, backing: str, sync_close: bool = False) -> None:
+def serve_passthrough(mountpoint: str, backing: str, sync_close: bool = False,
+                      threads: int = 0) -> None:
     """Run the passthrough floor on ``mountpoint`` over the directory ``backing`` until SIGTERM.
 
     Each request makes the disk call tierfs must make for it (an lstat for a lookup, a real
@@ -141,9 +143,20 @@ def serve_passthrough(mountpoint: str, backing: str, sync_close: bool = False) -
     With ``sync_close``, the flush (each close) or release of a handle written since it was
     opened or last synced also makes an ``fdatasync`` of the backing file: the least sync a
     close can make and still promise the data durable, as both of tierfs's durability modes
-    do (sync mode fsyncs the file, write-back commits a journal entry: one fdatasync)."""
+    do (sync mode fsyncs the file, write-back commits a journal entry: one fdatasync).
+
+    With ``threads``, each backing call is made in a worker thread instead, at most that many
+    at once (trio.to_thread): the floor over a network file system, where a call made on the
+    event loop would hold every other request behind its round trip. (bench/nfs.py.)"""
     import pyfuse3
     import trio
+
+    limiter = trio.CapacityLimiter(max(1, threads))
+
+    async def call(fn: Any, *args: Any) -> Any:
+        if not threads:
+            return fn(*args)
+        return await trio.to_thread.run_sync(fn, *args, limiter=limiter)
 
     def attrs_of(ino: int, st: os.stat_result) -> pyfuse3.EntryAttributes:
         entry = pyfuse3.EntryAttributes()
@@ -161,7 +174,7 @@ def serve_passthrough(mountpoint: str, backing: str, sync_close: bool = False) -
             super().__init__()
             # The backing file's own inode number names it (the root excepted).
             self.paths: dict[int, str] = {pyfuse3.ROOT_INODE: backing}
-            self.listings: dict[int, tuple[str, list[bytes]]] = {}
+            self.listings: dict[int, tuple[str, list[tuple[bytes, os.stat_result]]]] = {}
             self.next_dir = 0
             #: Handles written since opened or synced (kept with ``sync_close`` only).
             self.written: set[int] = set()
@@ -184,11 +197,11 @@ def serve_passthrough(mountpoint: str, backing: str, sync_close: bool = False) -
 
         async def lookup(self, parent_inode: int, name: bytes, ctx: object = None
                          ) -> pyfuse3.EntryAttributes:
-            return self._entry(self._child(parent_inode, name))
+            return await call(self._entry, self._child(parent_inode, name))
 
         async def getattr(self, inode: int, ctx: object = None) -> pyfuse3.EntryAttributes:
             try:
-                st = os.lstat(self.paths[inode])
+                st = await call(os.lstat, self.paths[inode])
             except OSError as e:
                 raise pyfuse3.FUSEError(e.errno) from None
             return attrs_of(inode, st)
@@ -197,78 +210,89 @@ def serve_passthrough(mountpoint: str, backing: str, sync_close: bool = False) -
                           fields: pyfuse3.SetattrFields, fh: int | None, ctx: object
                           ) -> pyfuse3.EntryAttributes:
             if fields.update_size:
-                os.truncate(self.paths[inode], attr.st_size)
+                await call(os.truncate, self.paths[inode], attr.st_size)
             return await self.getattr(inode)
 
         async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: object
                         ) -> pyfuse3.EntryAttributes:
             path = self._child(parent_inode, name)
             try:
-                os.mkdir(path, mode)
+                await call(os.mkdir, path, mode)
             except OSError as e:
                 raise pyfuse3.FUSEError(e.errno) from None
-            return self._entry(path)
+            return await call(self._entry, path)
 
         async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
                          ctx: object) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
             path = self._child(parent_inode, name)
             try:
-                fd = os.open(path, flags | os.O_CREAT, mode)
+                fd = await call(os.open, path, flags | os.O_CREAT, mode)
             except OSError as e:
                 raise pyfuse3.FUSEError(e.errno) from None
-            return pyfuse3.FileInfo(fh=fd), self._entry(path)
+            return pyfuse3.FileInfo(fh=fd), await call(self._entry, path)
 
         async def open(self, inode: int, flags: int, ctx: object) -> pyfuse3.FileInfo:
             try:
-                return pyfuse3.FileInfo(fh=os.open(self.paths[inode], flags & ~os.O_CREAT))
+                return pyfuse3.FileInfo(fh=await call(os.open, self.paths[inode],
+                                                      flags & ~os.O_CREAT))
             except OSError as e:
                 raise pyfuse3.FUSEError(e.errno) from None
 
         async def write(self, fh: int, off: int, buf: bytes) -> int:
             if sync_close:
                 self.written.add(fh)
-            return os.pwrite(fh, buf, off)
+            return await call(os.pwrite, fh, buf, off)
 
         async def read(self, fh: int, off: int, size: int) -> bytes:
-            return os.pread(fh, size, off)
+            return await call(os.pread, fh, size, off)
 
         async def getxattr(self, inode: int, name: bytes, ctx: object) -> bytes:
             raise pyfuse3.FUSEError(errno.ENODATA)
 
         async def unlink(self, parent_inode: int, name: bytes, ctx: object) -> None:
             try:
-                os.unlink(self._child(parent_inode, name))
+                await call(os.unlink, self._child(parent_inode, name))
             except OSError as e:
                 raise pyfuse3.FUSEError(e.errno) from None
 
         async def flush(self, fh: int) -> None:
-            self._settle(fh)
+            if fh in self.written:
+                await call(self._settle, fh)
 
         async def fsync(self, fh: int, datasync: bool) -> None:
             self.written.discard(fh)
-            os.fsync(fh)
+            await call(os.fsync, fh)
 
         async def release(self, fh: int) -> None:
-            self._settle(fh)
-            os.close(fh)
+            def close() -> None:
+                self._settle(fh)
+                os.close(fh)
+
+            await call(close)
 
         async def opendir(self, inode: int, ctx: object) -> int:
             self.next_dir += 1
             parent = self.paths[inode]
-            self.listings[self.next_dir] = (parent, [os.fsencode(e.name)
-                                                     for e in os.scandir(parent)])
+
+            def listing() -> list[tuple[bytes, os.stat_result]]:
+                entries = []
+                for e in os.scandir(parent):
+                    try:
+                        entries.append((os.fsencode(e.name), e.stat(follow_symlinks=False)))
+                    except FileNotFoundError:
+                        continue
+                return entries
+
+            # Names and attributes in one call (one hand-off, not one per entry).
+            self.listings[self.next_dir] = (parent, await call(listing))
             return self.next_dir
 
         async def readdir(self, fh: int, start_id: int, token: object) -> None:
-            parent, names = self.listings[fh]
-            for i in range(start_id, len(names)):
-                path = os.path.join(parent, os.fsdecode(names[i]))
-                try:
-                    st = os.lstat(path)
-                except FileNotFoundError:
-                    continue
-                self.paths[st.st_ino] = path
-                if not pyfuse3.readdir_reply(token, names[i], attrs_of(st.st_ino, st), i + 1):
+            parent, entries = self.listings[fh]
+            for i in range(start_id, len(entries)):
+                name, st = entries[i]
+                self.paths[st.st_ino] = os.path.join(parent, os.fsdecode(name))
+                if not pyfuse3.readdir_reply(token, name, attrs_of(st.st_ino, st), i + 1):
                     return
 
         async def releasedir(self, fh: int) -> None:
@@ -296,12 +320,14 @@ def run_until_signalled(pyfuse3: object, trio: object, ops: object, mountpoint: 
         pyfuse3.close(unmount=True)
 
 
-def start_floor(mnt: Path, backing: Path | None = None, sync_close: bool = False
-                ) -> subprocess.Popen[bytes]:
+def start_floor(mnt: Path, backing: Path | None = None, sync_close: bool = False,
+                threads: int = 0) -> subprocess.Popen[bytes]:
     """The floor in a process of its own: the no-op file system, or with ``backing`` the
-    passthrough one over that directory (``sync_close``: with an fdatasync at close)."""
+    passthrough one over that directory (``sync_close``: with an fdatasync at close;
+    ``threads``: its calls in worker threads, at most that many at once)."""
     extra = ["--backing", str(backing)] if backing is not None else []
     extra += ["--sync-close"] if sync_close else []
+    extra += ["--threads", str(threads)] if threads else []
     proc = subprocess.Popen([sys.executable, __file__, "--serve", str(mnt), *extra])
     for _ in range(200):
         if os.path.ismount(mnt):
@@ -357,13 +383,14 @@ def main() -> int:
     parser.add_argument("--serve", metavar="MOUNTPOINT", help=argparse.SUPPRESS)
     parser.add_argument("--backing", metavar="DIR", help=argparse.SUPPRESS)
     parser.add_argument("--sync-close", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--threads", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--files", type=int, default=2000)
     parser.add_argument("--size-mib", type=int, default=512)
     parser.add_argument("--calls", type=int, default=5000)
     args = parser.parse_args()
     if args.serve:
         if args.backing:
-            serve_passthrough(args.serve, args.backing, args.sync_close)
+            serve_passthrough(args.serve, args.backing, args.sync_close, args.threads)
         else:
             serve(args.serve)
         return 0

@@ -5,9 +5,14 @@ each request (tests/nfslike.py; 1 ms by default, as managed NFS), attributes cac
     sudo .venv/bin/python bench/nfs.py [--latency-ms 1] [--dl-files 1000] [--ckpt-mib 256]
                                        [--rows REGEX]
 
-Columns: direct (the work on the sshfs mount), and tierfs with its warm tier on the same sshfs
-mount and its hot tier on local disk (warm blocks cached on the hot tier, the default for a
-network warm tier). Both trees are written at the server beforehand, so reads start from the
+Columns: direct (the work on the sshfs mount); the floor (bench/floor.py's passthrough file
+system over the same sshfs mount, each call in one of 16 worker threads, tierfs's default
+``warm_threads``: what a pyfuse3 file system reaches that makes the tier's calls on each
+request's path and keeps nothing, so where tierfs can only pass a request through to the tier,
+as the first epochs' reads, creates and listings must, the floor's ratio to direct bounds
+tierfs's); and tierfs with its warm tier on the same sshfs mount and its hot tier on local disk
+(warm blocks cached on the hot tier, the default for a network warm tier). floor/d is the
+floor's rate over direct's (``--no-floor`` leaves it out). Both trees are written at the server beforehand, so reads start from the
 network. Rows: DataLoader epochs over an image-folder tree and epochs over tar-like shards
 (the page cache dropped before each epoch: the second epoch is served by the tier, not by
 RAM), a checkpoint save (one large file, and many 8 MiB shards; each file fsynced, as
@@ -18,7 +23,8 @@ once the file is staged and journaled) beside the same save without fsync on the
 creates (with and without an fsync before close: tierfs's sync mode makes every file durable
 on the warm tier at close, so the fsynced row compares like with like), stats of names not
 looked up, and ls -l. Higher is better in every row; the ratio is
-tierfs/direct.
+tierfs/direct. Below the table, the floor under sync-mode creates: the steps sync mode
+promises (the name at once, a temp file fsynced and renamed over it at close) done directly.
 
 Root is needed (sshd, FUSE mounts, dropping the page cache). The machine is shared and noisy:
 compare ratios within one run.
@@ -43,6 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from checkpoint import write_file  # noqa: E402
 from common import MIB, TIERFS, drop_caches, read_all  # noqa: E402
+from floor import start_floor, stop_floor  # noqa: E402
 from nfslike import NfsLike  # noqa: E402
 from run import create_files, stat_files, timed  # noqa: E402
 from small import loader_epoch, ls_l, populate  # noqa: E402
@@ -86,6 +93,25 @@ def checkpoint(root: Path, name: str, big: int, shards: int, block: bytes, fsync
     return one, many
 
 
+def create_as_sync_mode(d: Path, count: int) -> None:
+    """The steps tierfs's sync mode promises for each new file, done directly on the tier:
+    the name made at once (other nodes see an empty file from the create on), the data in a
+    temp file beside it, fsynced, and renamed over the name at close (so that no reader ever
+    sees it half-written, and it is durable when close returns). The floor under sync-mode
+    creates on this tier: any tool keeping those promises makes these round trips."""
+    d.mkdir()
+    data = os.urandom(4096)
+    for i in range(count):
+        name = d / f"f{i:05d}"
+        os.close(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+        tmp = d / f".f{i:05d}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        os.write(fd, data)
+        os.fsync(fd)
+        os.close(fd)
+        os.rename(tmp, name)
+
+
 def fill(root: Path, args: argparse.Namespace) -> None:
     """The trees the read rows use, written at the server (no request over the network)."""
     populate(root / "dl", args.dl_files, args.dl_kib * KIB, classes=10)
@@ -122,14 +148,23 @@ def reads(root: Path, args: argparse.Namespace, out: dict[str, float]) -> None:
         out[row] = args.entries / timed(lambda: ls_l(root / "ls"))
 
 
+#: Worker threads of the floor's passthrough: tierfs's default ``warm_threads``.
+FLOOR_THREADS = 16
+#: The direct-only row of ``create_as_sync_mode``, printed below the table.
+SYNC_STEPS = "create+write+close 4 KiB, sync mode's steps done directly (files/s)"
+
+
 def writes(root: Path, args: argparse.Namespace, mode: str, block: bytes,
            out: dict[str, float]) -> None:
     """Creates and checkpoint saves; ``mode`` names the rows (direct: both modes' rows)."""
-    modes = ("sync", "writeback") if mode == "direct" else (mode,)
+    modes = ("sync", "writeback") if mode in ("direct", "floor") else (mode,)
     drop_caches()
     rate = args.creates / timed(lambda: create_files(root / f"new-{mode}", args.creates))
     durable = args.creates / timed(lambda: create_files(root / f"durable-{mode}", args.creates,
                                                         fsync=True))
+    if mode == "direct":
+        out[SYNC_STEPS] = args.creates / timed(
+            lambda: create_as_sync_mode(root / "as-sync-mode", args.creates))
     one, many = checkpoint(root, f"ckpt-{mode}", args.ckpt_mib * MIB, args.ckpt_shards, block)
     for m in modes:
         out[f"create+write+close 4 KiB, {m} (files/s)"] = rate
@@ -137,7 +172,7 @@ def writes(root: Path, args: argparse.Namespace, mode: str, block: bytes,
         out[f"checkpoint {args.ckpt_mib} MiB file, {m} (MB/s)"] = args.ckpt_mib * MIB / 1e6 / one
         out[f"checkpoint {args.ckpt_shards} x 8 MiB shards, {m} (MB/s)"] = (
             args.ckpt_shards * 8 * MIB / 1e6 / many)
-    if mode in ("direct", "writeback"):
+    if mode in ("direct", "floor", "writeback"):
         # Without fsync: write-back's close returns once the file is staged and journaled
         # (durable on the hot tier, home later), beside the same save straight to the tier.
         # Last, so the publishing it leaves in the background slows no other row.
@@ -187,6 +222,8 @@ def main() -> int:
     parser.add_argument("--rows", default=None, metavar="REGEX",
                         help="only the rows whose name this matches (the write rows all or "
                              "none: 'create|checkpoint' runs them), e.g. 'epoch 1'")
+    parser.add_argument("--no-floor", action="store_true",
+                        help="leave out the floor column (bench/floor.py's passthrough)")
     parser.add_argument("--dir", type=Path, default=None,
                         help="where the hot tier and the server's files go (a local disk)")
     args = parser.parse_args()
@@ -196,11 +233,11 @@ def main() -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # cleanup below still runs
     base = Path(tempfile.mkdtemp(prefix="tierfs-nfs-bench-", dir=args.dir))
     server = NfsLike(base / "nfs", latency=args.latency_ms / 1000, max_conns=args.max_conns)
-    results: dict[str, dict[str, float]] = {"direct": {}, "tierfs": {}}
+    results: dict[str, dict[str, float]] = {"direct": {}, "floor": {}, "tierfs": {}}
     block = os.urandom(MIB)
     try:
         server.start()
-        for tree in ("direct", "warm"):
+        for tree in ("direct", "floor-back", "warm"):
             fill(server.export / tree, args)
         direct, warm = server.path / "direct", server.path / "warm"
         print(f"NFS-like tier: sshfs, {args.latency_ms:g} ms per reply, {args.max_conns} "
@@ -215,6 +252,21 @@ def main() -> int:
             writes(direct, args, "direct", block, results["direct"])
             requests["direct writes"] = server.stats()[0]
         print("  (direct done)", flush=True)
+        if not args.no_floor:
+            (base / "floor").mkdir()
+            proc = start_floor(base / "floor", server.path / "floor-back",
+                               threads=FLOOR_THREADS)
+            try:
+                server.reset_stats()
+                reads(base / "floor", args, results["floor"])
+                requests["floor reads"] = server.stats()[0]
+                if do_writes:
+                    server.reset_stats()
+                    writes(base / "floor", args, "floor", block, results["floor"])
+                    requests["floor writes"] = server.stats()[0]
+            finally:
+                stop_floor(proc, base / "floor")
+            print("  (floor done)", flush=True)
         for durability in ("sync", "writeback") if do_writes else ("sync",):
             with tierfs_mounted(base / "mnt", base / f"hot-{durability}", warm,
                                 durability) as mnt:
@@ -230,12 +282,23 @@ def main() -> int:
         server.stop()
         shutil.rmtree(base, ignore_errors=True)
 
-    print(f"\n{'':58} {'direct':>10} {'tierfs':>10} {'ratio':>7}")
+    print(f"\n{'':58} {'direct':>10} {'floor':>10} {'tierfs':>10} {'ratio':>7} "
+          f"{'floor/d':>8}")
     for row, raw in results["direct"].items():
         ours = results["tierfs"].get(row)
         if ours is None:
             continue
-        print(f"{row:58} {raw:10.1f} {ours:10.1f} {ours / raw:6.2f}x")
+        floor = results["floor"].get(row)
+        cells = ("-", "-") if floor is None else (f"{floor:.1f}", f"{floor / raw:.2f}x")
+        print(f"{row:58} {raw:10.1f} {cells[0]:>10} {ours:10.1f} {ours / raw:6.2f}x "
+              f"{cells[1]:>8}")
+    steps = results["direct"].get(SYNC_STEPS)
+    plain = results["direct"].get("create+write+close 4 KiB, sync (files/s)")
+    ours = results["tierfs"].get("create+write+close 4 KiB, sync (files/s)")
+    if steps and plain and ours:
+        print(f"\nSync mode's steps done directly (name at once, temp file fsynced and renamed "
+              f"at close): {steps:.1f} files/s, {steps / plain:.2f}x of direct's plain create; "
+              f"tierfs's sync-mode creates {ours / steps:.2f}x of it")
     print("\nSFTP requests: " + ", ".join(f"{k} {v:,}" for k, v in requests.items())
           + " (tierfs's write-back counts stop at the last save, not when its uploads end)")
     return 0

@@ -492,3 +492,56 @@ async def test_a_created_file_unlinked_before_its_publish_still_answers(
         assert (await core.fs.getattr(ino)).size == 3
         await core.close(fh)
         assert core.warm_names() == [] and core.warm_temps() == [] and core.staged() == []
+
+
+def count_warm_setattrs(core: Any, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """From now on, the fchmod, fchown and ftruncate calls made on warm-tier files (on a
+    network file system, each a round trip or two that a sync close waits for)."""
+    warm = str(core.warm) + "/"
+    calls: list[str] = []
+    for name in ("fchmod", "fchown", "ftruncate"):
+        inner = getattr(os, name)
+
+        def counted(fd: int, *args: Any, _inner: Any = inner, _name: str = name) -> Any:
+            if os.readlink(f"/proc/self/fd/{fd}").startswith(warm):
+                calls.append(_name)
+            return _inner(fd, *args)
+
+        monkeypatch.setattr(os, name, counted)
+    return calls
+
+
+@core_test
+async def test_copy_ahead_leaves_no_mode_or_size_to_set_at_close(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The head-start temp file is made with the file's mode (its owner the tier's, as the
+    last file made), and is of the file's size once the tail is copied: close sets its times
+    and fsyncs it, nothing more."""
+    data = content(600_000)
+    async with open_core(tmp_path, **AHEAD) as core:
+        await core.close(await core.create(b"first", mode=0o640))  # (the tier's owner known)
+        fh = await core.create(b"f", mode=0o640)
+        calls = count_warm_setattrs(core, monkeypatch)
+        for offset in range(0, len(data), 50_000):
+            await core.fs.write(fh, offset, data[offset:offset + 50_000])
+            await trio.sleep(0.01)  # let the copy ahead run
+        await core.close(fh)
+        p = core.warm_path(b"f")
+        assert p.read_bytes() == data and p.stat().st_mode & 0o7777 == 0o640
+        assert calls == []
+
+
+@core_test
+async def test_copy_ahead_of_a_file_cut_short_still_takes_its_size(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = content(600_000)
+    async with open_core(tmp_path, **AHEAD) as core:
+        fh = await core.create(b"f", mode=0o604)
+        for offset in range(0, len(data), 50_000):
+            await core.fs.write(fh, offset, data[offset:offset + 50_000])
+            await trio.sleep(0.01)
+        f = await core.lookup_path(b"f")
+        await core.fs.setattr(f.ino, SetAttr(size=100_000))  # behind what was copied
+        await core.close(fh)
+        p = core.warm_path(b"f")
+        assert p.read_bytes() == data[:100_000] and p.stat().st_mode & 0o7777 == 0o604

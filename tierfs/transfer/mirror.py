@@ -53,10 +53,13 @@ def write_and_start_writeback(fd: int, data: bytes, offset: int, start: int) -> 
 class Mirror:
     """The warm temp file of one staged file, and how much of the staging file it holds."""
 
-    def __init__(self, warm: WarmTier, parent: bytes) -> None:
+    def __init__(self, warm: WarmTier, parent: bytes, perms: int = 0o600) -> None:
         self.warm = warm
         #: The directory the temp file is made in (its target's directory when it started).
         self.parent = parent
+        #: What the temp file is made with (``WarmTier.new_perms``): its final permissions
+        #: where the tier will give it its final owner, so that no chmod is left for close.
+        self.perms = perms
         self.tmp: bytes | None = None
         self.fd: int | None = None
         #: staging[:copied] is in the temp file.
@@ -88,7 +91,8 @@ class Mirror:
     async def _copy(self, staging_fd: int, start: int, upto: int) -> None:
         try:
             if self.fd is None:
-                self.tmp, self.fd = await self.warm.run(self.warm.open_temp, self.parent)
+                self.tmp, self.fd = await self.warm.run(self.warm.open_temp, self.parent,
+                                                        self.perms)
             await self.warm.run(_copy_step, staging_fd, self.fd, start, upto - start)
         except OSError as e:
             log.warning("copying ahead to the warm tier failed (close will copy it all): %s", e)
@@ -111,14 +115,20 @@ class Mirror:
         assert self.fd is not None and self.tmp is not None and not self.busy
         fd, self.fd = self.fd, None
         try:
-            if os.fstat(fd).st_nlink == 0:  # removed under us (its directory was emptied)
+            now = os.fstat(fd)
+            if now.st_nlink == 0:  # removed under us (its directory was emptied)
                 raise FileNotFoundError(self.tmp)
-            if size > self.copied:
-                copy_fd(staging_fd, fd, size - self.copied, self.copied, self.copied)
+            tail = size - self.copied
+            done = copy_fd(staging_fd, fd, tail, self.copied, self.copied) if tail > 0 else 0
         except BaseException:
             self.warm.drop_temp(self.tmp, fd)
             raise
-        st = self.warm.finish_temp(self.tmp, fd, size, like, times, mode)
+        # Its owner and mode are still those it was made with, and when its length is known
+        # to be ``size`` already, no truncate is needed: on a network file system each of
+        # these is a round trip or two that close would wait for.
+        length = max(now.st_size, self.copied + done)
+        st = self.warm.finish_temp(self.tmp, fd, size, like, times, mode,
+                                   made=now if length == size else None)
         return self.tmp, st
 
     @property

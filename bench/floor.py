@@ -145,18 +145,21 @@ def serve_passthrough(mountpoint: str, backing: str, sync_close: bool = False,
     close can make and still promise the data durable, as both of tierfs's durability modes
     do (sync mode fsyncs the file, write-back commits a journal entry: one fdatasync).
 
-    With ``threads``, each backing call is made in a worker thread instead, at most that many
-    at once (trio.to_thread): the floor over a network file system, where a call made on the
-    event loop would hold every other request behind its round trip. (bench/nfs.py.)"""
+    With ``threads``, each backing call is made in one of that many worker threads instead
+    (tierfs's own ``Workers``, its cheapest hand-off), one hand-off per request: the floor over
+    a network file system, where a call made on the event loop would hold every other request
+    behind its round trip. (bench/nfs.py.)"""
     import pyfuse3
     import trio
 
-    limiter = trio.CapacityLimiter(max(1, threads))
+    from tierfs.tiers.workers import Workers
+
+    workers = Workers("floor", threads) if threads else None
 
     async def call(fn: Any, *args: Any) -> Any:
-        if not threads:
+        if workers is None:
             return fn(*args)
-        return await trio.to_thread.run_sync(fn, *args, limiter=limiter)
+        return await workers.run(fn, *args)
 
     def attrs_of(ino: int, st: os.stat_result) -> pyfuse3.EntryAttributes:
         entry = pyfuse3.EntryAttributes()
@@ -216,20 +219,31 @@ def serve_passthrough(mountpoint: str, backing: str, sync_close: bool = False,
         async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: object
                         ) -> pyfuse3.EntryAttributes:
             path = self._child(parent_inode, name)
-            try:
-                await call(os.mkdir, path, mode)
-            except OSError as e:
-                raise pyfuse3.FUSEError(e.errno) from None
-            return await call(self._entry, path)
+
+            def make() -> pyfuse3.EntryAttributes:
+                try:
+                    os.mkdir(path, mode)
+                except OSError as e:
+                    raise pyfuse3.FUSEError(e.errno) from None
+                return self._entry(path)
+
+            return await call(make)
 
         async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
                          ctx: object) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
             path = self._child(parent_inode, name)
-            try:
-                fd = await call(os.open, path, flags | os.O_CREAT, mode)
-            except OSError as e:
-                raise pyfuse3.FUSEError(e.errno) from None
-            return pyfuse3.FileInfo(fh=fd), await call(self._entry, path)
+
+            def make() -> tuple[int, pyfuse3.EntryAttributes]:
+                try:
+                    fd = os.open(path, flags | os.O_CREAT, mode)
+                except OSError as e:
+                    raise pyfuse3.FUSEError(e.errno) from None
+                st = os.fstat(fd)
+                self.paths[st.st_ino] = path
+                return fd, attrs_of(st.st_ino, st)
+
+            fd, entry = await call(make)
+            return pyfuse3.FileInfo(fh=fd), entry
 
         async def open(self, inode: int, flags: int, ctx: object) -> pyfuse3.FileInfo:
             try:

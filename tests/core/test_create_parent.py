@@ -56,13 +56,19 @@ async def test_a_directory_made_set_group_id_between_creates_passes_its_group_on
 
 
 @core_test
-async def test_a_create_in_another_directory_between_keeps_nothing_stale(
-        tmp_path: Path) -> None:
+async def test_creates_in_two_directories_in_turn_read_each_once_each(tmp_path: Path) -> None:
+    """A create changes no directory's group or mode: one in another directory between two
+    in this one leaves what the first read of this one for the second (as a writer of
+    shards into one folder per class does)."""
     async with open_core(tmp_path) as core:
-        await core.mkdirs(b"a")
+        a = await core.mkdirs(b"a")
         b = await core.mkdirs(b"b")
-        await core.close(await core.create(b"b/one"))
-        await core.close(await core.create(b"a/one"))
-        await core.fs.setattr(b, SetAttr(gid=778, mode=0o2775))
-        await core.close(await core.create(b"b/two"))
-        assert os.stat(core.warm / "b" / "two").st_gid == 778
+        await core.close(await core.create(b"a/first"))
+        await core.close(await core.create(b"b/first"))
+        reads = count_parent_reads(core, b"b")
+        for i in range(3):
+            for parent in (a, b):
+                fh, _, _, _ = await core.fs.create(parent, b"f%d" % i, 0o644, os.O_WRONLY,
+                                                   os.getuid(), os.getgid())
+                await core.close(fh)
+        assert reads[0] == 3  # after each of its creates, none before

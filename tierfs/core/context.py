@@ -38,6 +38,9 @@ from tierfs.tiers.warm import WarmTier
 
 log = logging.getLogger(__name__)
 
+#: Directories whose attributes after a create are kept for the next create (``made_in``).
+MOST_MADE_IN = 256
+
 #: (``Inode.attr_changes``, renames through the mount): see ``Core.attr_mark``.
 AttrMark = tuple[int, int]
 #: Bytes of cached blocks evicted when an index commit finds the hot disk full: LMDB needs
@@ -83,10 +86,11 @@ class Core:
         #: forgotten at any other change made through the mount. Deadline and attributes.
         self.dir_attrs: dict[int, tuple[float, os.stat_result]] = {}
         #: The same attributes, kept past the kernel's getattr and through further creates
-        #: in that directory (any other change through the mount forgets them): the next
-        #: create there takes its file's group from them (a set-group-ID directory's) rather
-        #: than reading them again, a round trip on a network file system. Changed by another
-        #: node meanwhile, they are as stale as attr_timeout lets any attribute be.
+        #: (which change no directory's group or mode; any other change through the mount
+        #: forgets them all): the next create in that directory takes its file's group from
+        #: them (a set-group-ID directory's) rather than reading them again, a round trip on
+        #: a network file system. Changed by another node meanwhile, they are as stale as
+        #: attr_timeout lets any attribute be. At most ``MOST_MADE_IN``, the oldest go first.
         self.made_in: dict[int, tuple[float, os.stat_result]] = {}
         #: Called with an inode number when tierfs changed attributes behind the kernel's back.
         self.invalidate_attrs: Callable[[int], None] = lambda ino: None
@@ -257,21 +261,22 @@ class Core:
                             inode.ino, e)
         return data.base
 
-    def forget_dir_attrs(self, creating_in: int | None = None) -> None:
+    def forget_dir_attrs(self, create: bool = False) -> None:
         """A change through the mount: no directory's attributes are answered from memory,
-        no lookup from a listing read before it. ``creating_in``: the change is a create in
-        that directory, whose ``made_in`` attributes it leaves (a create changes neither
-        the directory's group nor its mode)."""
+        no lookup from a listing read before it. ``create``: the change is a create, which
+        leaves ``made_in`` (it changes no directory's group or mode)."""
         self.dir_attrs.clear()
-        kept = self.made_in.get(creating_in) if creating_in is not None else None
-        self.made_in.clear()
-        if kept is not None:
-            self.made_in[creating_in] = kept  # type: ignore[index]
+        if not create:
+            self.made_in.clear()
         self.changes += 1
 
     def remember_dir(self, ino: int, st: os.stat_result) -> None:
         deadline = time.monotonic() + self.config.attr_timeout
-        self.dir_attrs[ino] = self.made_in[ino] = (deadline, st)
+        self.dir_attrs[ino] = (deadline, st)
+        self.made_in.pop(ino, None)  # (to the end: the oldest go first)
+        if len(self.made_in) >= MOST_MADE_IN:
+            del self.made_in[next(iter(self.made_in))]
+        self.made_in[ino] = (deadline, st)
 
     def made_in_attrs(self, ino: int) -> os.stat_result | None:
         """A directory's attributes as read after the last create in it, if no other change

@@ -53,13 +53,10 @@ def write_and_start_writeback(fd: int, data: bytes, offset: int, start: int) -> 
 class Mirror:
     """The warm temp file of one staged file, and how much of the staging file it holds."""
 
-    def __init__(self, warm: WarmTier, parent: bytes, perms: int = 0o600) -> None:
+    def __init__(self, warm: WarmTier, parent: bytes) -> None:
         self.warm = warm
         #: The directory the temp file is made in (its target's directory when it started).
         self.parent = parent
-        #: What the temp file is made with (``WarmTier.new_perms``): its final permissions
-        #: where the tier will give it its final owner, so that no chmod is left for close.
-        self.perms = perms
         self.tmp: bytes | None = None
         self.fd: int | None = None
         #: staging[:copied] is in the temp file.
@@ -91,8 +88,9 @@ class Mirror:
     async def _copy(self, staging_fd: int, start: int, upto: int) -> None:
         try:
             if self.fd is None:
-                self.tmp, self.fd = await self.warm.run(self.warm.open_temp, self.parent,
-                                                        self.perms)
+                # (0600 until close: the file's mode or owner may change meanwhile, and a
+                # set-group-ID directory may give the temp file a group the file lacks.)
+                self.tmp, self.fd = await self.warm.run(self.warm.open_temp, self.parent)
             await self.warm.run(_copy_step, staging_fd, self.fd, start, upto - start)
         except OSError as e:
             log.warning("copying ahead to the warm tier failed (close will copy it all): %s", e)
@@ -123,9 +121,9 @@ class Mirror:
         except BaseException:
             self.warm.drop_temp(self.tmp, fd)
             raise
-        # Its owner and mode are still those it was made with, and when its length is known
-        # to be ``size`` already, no truncate is needed: on a network file system each of
-        # these is a round trip or two that close would wait for.
+        # Its owner and mode are still those it was made with (a chown only where they differ
+        # from the file's), and when its length is known to be ``size`` already, no truncate
+        # is needed: on a network file system each is a round trip or two close waits for.
         length = max(now.st_size, self.copied + done)
         st = self.warm.finish_temp(self.tmp, fd, size, like, times, mode,
                                    made=now if length == size else None)

@@ -200,14 +200,14 @@ class OpenFiles:
                 os.close(fd)
                 raise
 
-        core.forget_dir_attrs(creating_in=parent)  # the directory changes during the call
+        core.forget_dir_attrs(create=True)  # the directory changes during the call
         async with core.ns_lock.shared():
             # (Read under the lock: a chmod or chown of the directory is made under it
             # exclusively, and forgets them.)
             known = core.made_in_attrs(parent)
             warm_fd, st, persisted, xattrs, parent_st = await core.warm.run(
                 make, core.inodes.child_path(parent, name), known)
-            core.forget_dir_attrs(creating_in=parent)  # (another change may have come)
+            core.forget_dir_attrs(create=True)  # (another change may have come)
             core.remember_dir(parent, parent_st)
             inode, attrs = ns.entry(parent, name, st, persisted)
         if xattrs is not None:

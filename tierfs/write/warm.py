@@ -272,12 +272,7 @@ class WarmPublisher:
             rel = core.rel_or_none(inode)
             if rel is None:
                 return
-            perms = 0o600
-            if base is not None:
-                wanted = mode_override(inode)
-                perms = core.warm.new_perms((base.st_uid, base.st_gid),
-                                            base.st_mode if wanted is None else wanted)
-            mirror = data.mirror = Mirror(core.warm, split(rel)[0], perms)
+            mirror = data.mirror = Mirror(core.warm, split(rel)[0])
             log.debug("copying %s ahead to the warm tier", show(rel))
         elif mirror.busy or mirror.broken or data.written - mirror.copied < step:
             return

@@ -5,6 +5,7 @@ is cached, evicting it, pinning it) is in proportion to the blocks cached, never
 from __future__ import annotations
 
 import contextlib
+import os
 import errno
 import signal
 from collections.abc import Awaitable, Callable, Iterator
@@ -213,3 +214,83 @@ def test_warming_a_block_the_source_cannot_fill_caches_nothing(cache: BlockCache
         assert cache.cached_bytes(source.id, 3) == 0 and cache.used == 0
 
     trio.run(main)
+
+
+def small_sources(count: int, size: int) -> list[Source]:
+    """``count`` one-block sources of ``size`` bytes each (files of an image folder)."""
+    def fetch_of(i: int) -> Callable[[int, int], Awaitable[bytes]]:
+        async def fetch(start: int, length: int) -> bytes:
+            return bytes([i]) * length
+        return fetch
+
+    return [Source(bytes([i]) * 16, size, "warm", fetch_of(i)) for i in range(count)]
+
+
+def test_blocks_fetched_together_are_written_in_one_hot_tier_call(cache: BlockCache) -> None:
+    """Small blocks fetched within a moment of each other go to the hot tier in one call, not
+    one call (and one thread hand-off) each; every one of them is cached, with its bytes."""
+    sources = small_sources(8, 4096)
+    calls: list[str] = []
+    run = cache.hot.run
+
+    async def counted(fn: Callable[..., object], *args: object) -> object:
+        calls.append(getattr(fn, "__name__", "?"))
+        return await run(fn, *args)  # type: ignore[arg-type]
+
+    cache.hot.run = counted  # type: ignore[method-assign]
+
+    async def main() -> None:
+        with trio.fail_after(BOUND):
+            async with trio.open_nursery() as nursery:
+                cache.bind(nursery)
+                for source in sources:
+                    data, origin = await cache.get(source, 0)
+                    assert origin == "warm" and bytes(data) == source.id[:1] * 4096
+                await cache.settle()
+                nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    assert [c for c in calls if c.startswith("write")] == ["write_many"]
+    for source in sources:
+        key = block_key(source.id, 0)
+        assert key in cache.entries
+        assert cache.files.path(key).read_bytes() == source.id[:1] * 4096
+    assert cache.used == 8 * 4096 and cache.reserved == 0
+
+
+def test_blocks_beyond_what_may_wait_are_served_but_not_cached(cache: BlockCache) -> None:
+    """Fetched blocks wait in memory to be written, never more than the queue's bound in
+    bytes: a reader beyond it is served, and its block simply not cached."""
+    limit = cache._queue.max_bytes // (BLOCK // 2)
+    sources = small_sources(limit + 3, BLOCK // 2)
+
+    async def main() -> None:
+        with trio.fail_after(BOUND):
+            async with trio.open_nursery() as nursery:
+                cache.bind(nursery)
+                for source in sources:  # (nothing here lets the queue's task run)
+                    data, _ = await cache.get(source, 0)
+                    assert bytes(data) == source.id[:1] * (BLOCK // 2)
+                    assert cache._queue.bytes <= cache._queue.max_bytes
+                await cache.settle()
+                nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    cached = [s for s in sources if block_key(s.id, 0) in cache.entries]
+    assert len(cached) == limit and cache.reserved == 0
+    for source in cached:
+        assert cache.files.path(block_key(source.id, 0)).read_bytes() == \
+            source.id[:1] * (BLOCK // 2)
+
+
+def test_a_block_written_over_a_leftover_file_is_a_new_file(cache: BlockCache) -> None:
+    """A fetched block is written under its own name; a file already there (a store racing
+    the delete of an evicted copy) is replaced, not rewritten: whoever still reads the old
+    file reads what it opened."""
+    key = block_key(b"k" * 16, 0)
+    cache.files.write(key, b"a" * 4096)
+    with open(cache.files.path(key), "rb") as old:
+        cache.files.write(key, b"b" * 100)
+        assert old.read() == b"a" * 4096
+    assert cache.files.path(key).read_bytes() == b"b" * 100
+    assert os.stat(cache.files.path(key)).st_mode & 0o777 == 0o600

@@ -7,9 +7,9 @@ gets a new name, so old blocks are never served for it and simply age out.
 Where a block is looked for, in order: the memory pool (blocks being read, shared by every open
 file, bounded by ``read_memory``), then the block file on the hot tier (checksummed), then the
 source itself. Concurrent readers of one block share one fetch. A fetched block is returned at
-once and written to the hot tier in the background; if the hot tier is full (ENOSPC), the cache
-evicts and tries once more, and otherwise gives up on caching that block: a read never fails
-because the cache is full.
+once and written to the hot tier in the background, several in one hot-tier call
+(``cache.storing``); if the hot tier is full (ENOSPC), the cache evicts and tries once more, and
+otherwise gives up on caching that block: a read never fails because the cache is full.
 
 Capacity: the cache never holds more than ``capacity`` bytes, counting blocks being written.
 Blocks are evicted (by the policy, one victim per block coming in) to stay under the high
@@ -37,7 +37,8 @@ from tierfs.cache.counters import Counters
 from tierfs.cache.entries import ID_BYTES, Entry, Source, block_key, block_number
 from tierfs.cache.eviction import Policy
 from tierfs.cache.flight import Block, Flight, shared_error
-from tierfs.cache.store import BlockFiles, checksum, is_no_space
+from tierfs.cache.store import BlockFiles, is_no_space
+from tierfs.cache.storing import StoreQueue
 from tierfs.index import Batch, Index
 from tierfs.tiers.hot import HotTier
 
@@ -46,7 +47,8 @@ log = logging.getLogger(__name__)
 DB = "blocks"
 #: Pinned sources: source id -> the path it was pinned by.
 PINS = "pins"
-#: Blocks written to the hot tier at once; more misses than this are served without caching.
+#: Fetched blocks waiting to be written to the hot tier or being written, at most, in bytes of
+#: this many whole blocks; misses beyond are served without caching.
 MAX_STORES = 8
 #: Free block buffers kept for reads from the hot tier (on top of ``read_memory``).
 FREE_BUFFERS = 8
@@ -97,7 +99,7 @@ class BlockCache:
         self._unsynced: set[bytes] = set()
         self._syncs: set[trio.Event] = set()
         self._seq = 0
-        self._stores = 0
+        self._queue = StoreQueue(self._store_batch, MAX_STORES * block_size, block_size)
         self._evicting = trio.Lock()
         self._nursery: trio.Nursery | None = None
         #: Blocks fetched to the hot tier ahead of their reader by a plan (``cache.plan``)
@@ -154,6 +156,7 @@ class BlockCache:
         holds, up to the pool's size): made at the first read, each costs a few milliseconds of
         page faults while its reader waits."""
         self._nursery = nursery
+        self._queue.bind(nursery)
         if self.entries:
             nursery.start_soon(self._fill_buffers)
 
@@ -321,43 +324,56 @@ class BlockCache:
     # -- writes and eviction ------------------------------------------------------------
 
     def _store_soon(self, key: bytes, data: Block) -> None:
-        if (self._nursery is None or self._stores >= MAX_STORES or len(data) > self.capacity
-                or key in self._storing or key in self.unstored):
+        if (len(data) > self.capacity or key in self._storing or key in self.unstored
+                or not self._queue.offer(key, data)):
             return
         self._storing.add(key)
-        self._stores += 1
         self.reserved += len(data)
-        self._nursery.start_soon(self._store, key, data)
 
     async def _store(self, key: bytes, data: Block, force: bool = False) -> None:
-        """Write a fetched block to the hot tier if the policy admits it (``force``: always,
-        for explicit prefetching). Called with the block's size already reserved."""
-        size = len(data)
+        await self._store_batch([(key, data)], force)
+
+    async def _store_batch(self, blocks: list[tuple[bytes, Block]], force: bool = False
+                           ) -> None:
+        """Write fetched blocks to the hot tier in one call, those the policy admits
+        (``force``: all, for explicit prefetching). Called with their sizes reserved."""
+        admitted: list[tuple[bytes, Block]] = []
         try:
-            if not await self._make_room(key, force):
-                self.counters.add("rejected")
+            for key, data in blocks:
+                if key in self.entries:  # stored meanwhile (by a fill): the same bytes
+                    continue
+                try:
+                    if not await self._make_room(key, force):
+                        self.counters.add("rejected")
+                        continue
+                except OSError as e:  # full of pinned blocks
+                    self.counters.add("store_failures")
+                    log.debug("block %s not cached: %s", key.hex(), e)
+                    continue
+                admitted.append((key, data))
+            if not admitted:
                 return
-            try:
-                await self.hot.run(self.files.write, key, data)
-            except OSError as e:
-                if not is_no_space(e):
-                    raise
+            written = await self.hot.run(self.files.write_many, admitted)
+            full = [(key, data) for key, data in admitted
+                    if is_no_space(written[key])]
+            if full:
                 # The disk is fuller than our accounting knows (staging files, other users):
                 # come down to the low watermark and more, then try once more.
+                size = sum(len(data) for _, data in full)
                 await self._evict_to(max(0, min(self.low, self.used - 4 * size)))
-                await self.hot.run(self.files.write, key, data)
-        except OSError as e:
-            self.counters.add("store_failures")
-            log.debug("block %s not cached: %s", key.hex(), e)
-            return
+                written.update(await self.hot.run(self.files.write_many, full))
         finally:
-            self._stores -= 1
-            self.reserved -= size
-            self._storing.discard(key)
-        if key in self.entries:  # stored twice (a racing fetch after an eviction): same bytes
-            return
-        self._enter(key, size, checksum(data))
-        self.counters.add("stored")
+            for key, data in blocks:
+                self.reserved -= len(data)
+                self._storing.discard(key)
+        for key, data in admitted:
+            crc = written[key]
+            if isinstance(crc, OSError):
+                self.counters.add("store_failures")
+                log.debug("block %s not cached: %s", key.hex(), crc)
+            elif key not in self.entries:  # (a racing fetch after an eviction: same bytes)
+                self._enter(key, len(data), crc)
+                self.counters.add("stored")
 
     def _enter(self, key: bytes, size: int, crc: int) -> None:
         """A block whose file is in place becomes an entry: a fresh one for the policy."""
@@ -433,7 +449,9 @@ class BlockCache:
             self._nursery.start_soon(run)
 
     async def settle(self) -> None:
-        """Wait for the fsyncs of written blocks under way (before the last index commit)."""
+        """Write the fetched blocks waiting to be, and wait for the fsyncs of written blocks
+        under way (before the last index commit)."""
+        await self._queue.settle()
         for done in list(self._syncs):
             await done.wait()
 
@@ -524,7 +542,6 @@ class BlockCache:
         elif data is None:
             data, _ = await self.get(source, block)  # a reader is loading it: share that
         try:
-            self._stores += 1
             self.reserved += len(data)
             await self._store(key, data, force=True)
         finally:

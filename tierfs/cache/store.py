@@ -2,11 +2,15 @@
 
 Layout (version 1): ``<hot>/cache/v1/<first two hex digits>/<key in hex>``, with temp files in
 ``<hot>/cache/v1/tmp``. A block file holds exactly the block's bytes; its size and checksum live in
-the block's index entry. A fetched block is fsynced before it is renamed into place, so after a
-crash a block file is either whole or absent; one made from written data (``write_range``) is
-fsynced after, and its entry reaches the index only then (``BlockCache.sync_later``). The index
-reconciles the two at mount. Every method blocks: the cache calls them through the hot tier's
-threads.
+the block's index entry. A fetched block is a copy of bytes its source keeps, so it is written
+straight to its name and not fsynced: its entry is made only once the file is whole, and every
+load checks the file's size and checksum, so a file torn by a crash (the daemon killed
+mid-write, or the machine losing what the page cache had not yet written) is dropped and fetched
+again, never served. A temp file, an fsync and a rename per block cost more than twice the CPU
+of the write itself (docs/performance.md). A block made from written data (``write_range``) may
+be the only copy of its bytes for a while: it goes through a temp file, is fsynced after, and
+its entry reaches the index only then (``BlockCache.sync_later``). The index reconciles entries
+and files at mount. Every method blocks: the cache calls them through the hot tier's threads.
 """
 
 from __future__ import annotations
@@ -70,19 +74,47 @@ class BlockFiles:
         return self.root / name[:2] / name
 
     def write(self, key: bytes, data: bytes | mmap.mmap) -> None:
-        tmp = self.temp_path()
-        fd = create_own_file(tmp)
+        """A fetched block's file, written under its own name (removed on failure). A file
+        left there (a store racing the delete of an evicted copy) is replaced by a new one,
+        never rewritten: a reader of the old one keeps reading what it opened."""
+        target = self.path(key)
+        fd = self._create(target)
         try:
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view):]
-            os.fsync(fd)
         except BaseException:
             os.close(fd)
-            os.unlink(tmp)
+            os.unlink(target)
             raise
         os.close(fd)
-        self.install(tmp, key)
+
+    def write_many(self, blocks: list[tuple[bytes, bytes | mmap.mmap]]
+                   ) -> dict[bytes, int | OSError]:
+        """Write several blocks (``write``): each one's checksum, or why it was not written."""
+        out: dict[bytes, int | OSError] = {}
+        for key, data in blocks:
+            try:
+                self.write(key, data)
+            except OSError as e:
+                out[key] = e
+            else:
+                out[key] = checksum(data)
+        return out
+
+    @staticmethod
+    def _create(target: Path) -> int:
+        for _ in range(3):
+            try:
+                return create_own_file(target)
+            except FileNotFoundError:
+                try:  # (in a folder of our own, 0700: nobody else can have put a link here)
+                    os.mkdir(target.parent, FOLDER_MODE)
+                except FileExistsError:
+                    pass
+            except FileExistsError:
+                os.unlink(target)
+        return create_own_file(target)
 
     def install(self, tmp: Path, key: bytes) -> None:
         """Rename a whole file into place as a block's file (removed on failure)."""
@@ -221,5 +253,6 @@ def read_steps(fd: int, buf: mmap.mmap, size: int) -> int:
         view.release()  # the pool reuses the buffer only when nothing refers to it
 
 
-def is_no_space(e: OSError) -> bool:
-    return e.errno in (errno.ENOSPC, errno.EDQUOT)
+def is_no_space(e: object) -> bool:
+    """Whether ``e`` is an OSError saying the disk (or the user's quota) is full."""
+    return isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)

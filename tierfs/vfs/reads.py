@@ -137,8 +137,10 @@ class Reads:
         # A small file (one block and one part, as its lookup saw it), not cached: opened and
         # its block read in one warm call, one hand-off fewer on the path its reader waits on.
         # The block is then what a fetch through the file as opened reads: named by the
-        # version opened.
-        block = await core.open_warm(inode, data, (0, core.cache.block_size), served=served)
+        # version opened. Read as long as the lookup saw the file (a read of a whole block's
+        # length costs an allocation of that length per file): a file grown since gives a
+        # short block, which the reader's fetch reads again.
+        block = await core.open_warm(inode, data, (0, version[1]), served=served)
         if block is None:
             return None  # opened meanwhile by another call: read on from it
         reader = self._reader(data, block)

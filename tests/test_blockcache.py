@@ -5,8 +5,8 @@ is cached, evicting it, pinning it) is in proportion to the blocks cached, never
 from __future__ import annotations
 
 import contextlib
-import os
 import errno
+import os
 import signal
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -294,3 +294,132 @@ def test_a_block_written_over_a_leftover_file_is_a_new_file(cache: BlockCache) -
         assert old.read() == b"a" * 4096
     assert cache.files.path(key).read_bytes() == b"b" * 100
     assert os.stat(cache.files.path(key)).st_mode & 0o777 == 0o600
+
+
+def test_a_fetched_block_is_stored_a_moment_later_without_being_asked(
+        cache: BlockCache) -> None:
+    """A block waits for others only a moment (``storing.GATHER``): with no unmount to
+    settle the queue, it is on the hot tier soon after its read."""
+    from tierfs.cache.storing import GATHER
+
+    source = small_sources(1, 4096)[0]
+
+    async def main() -> None:
+        with trio.fail_after(BOUND):
+            async with trio.open_nursery() as nursery:
+                cache.bind(nursery)
+                await cache.get(source, 0)
+                await trio.sleep(GATHER + 0.25)
+                assert block_key(source.id, 0) in cache.entries
+                nursery.cancel_scope.cancel()
+
+    trio.run(main)
+
+
+def test_blocks_written_together_are_each_weighed_by_the_policy(cache: BlockCache) -> None:
+    """Blocks written in one batch are admitted one by one, as if stored alone: a scan of
+    blocks read once, arriving while a cache full of blocks used three times waits to be
+    written, displaces none of them (the batch as a whole must not make room for all its
+    blocks against the first one's weight)."""
+    size = 16 * 1024
+    residents = small_sources(230, size)  # 230 x 16 KiB: just under the high watermark
+    hot_one = Source(b"used" * 4, size, "warm", residents[0].fetch)
+    scan = [Source(b"scan" + bytes([i]) * 12, size, "warm", residents[0].fetch)
+            for i in range(29)]
+
+    async def main() -> None:
+        with trio.fail_after(BOUND):
+            async with trio.open_nursery() as nursery:
+                cache.bind(nursery)
+                cache._queue._go_bytes = 10**9  # (small files beside large blocks)
+                for i in range(0, len(residents), 25):
+                    for source in residents[i:i + 25]:
+                        await cache.get(source, 0)
+                    await cache.settle()
+                for source in residents:
+                    for _ in range(3):
+                        cache.accessed(block_key(source.id, 0))
+                for _ in range(5):
+                    cache.accessed(block_key(hot_one.id, 0))
+                for source in [hot_one, *scan]:  # one batch
+                    await cache.get(source, 0)
+                    cache.accessed(block_key(source.id, 0))
+                await cache.settle()
+                nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    assert block_key(hot_one.id, 0) in cache.entries
+    assert sum(block_key(s.id, 0) in cache.entries for s in scan) == 0
+    assert sum(block_key(s.id, 0) in cache.entries for s in residents) == 229
+    assert cache.reserved == 0 and not cache._storing
+
+
+def test_a_full_disk_whose_evictions_fail_leaves_the_cache_working(cache: BlockCache
+                                                                    ) -> None:
+    """The hot disk full (ENOSPC) and the evictions meant to make room failing too (EIO):
+    the blocks are not cached, and nothing else happens; later blocks are cached again."""
+    sources = small_sources(6, 4096)
+
+    async def main() -> None:
+        with trio.fail_after(BOUND):
+            async with trio.open_nursery() as nursery:
+                cache.bind(nursery)
+                for source in sources[:3]:
+                    await cache.get(source, 0)
+                await cache.settle()
+                files = cache.files
+                write_many, delete = files.write_many, files.delete
+
+                def full(blocks: list[tuple[bytes, bytes]]) -> dict[bytes, OSError]:
+                    return {key: OSError(errno.ENOSPC, "full") for key, _ in blocks}
+
+                def failing(key: bytes) -> None:
+                    raise OSError(errno.EIO, "unlink failed")
+
+                files.write_many, files.delete = full, failing  # type: ignore[method-assign]
+                await cache.get(sources[3], 0)
+                await cache.settle()
+                assert block_key(sources[3].id, 0) not in cache.entries
+                assert cache.counters.values["store_failures"] >= 1
+                files.write_many, files.delete = write_many, delete  # type: ignore[method-assign]
+                for source in sources[4:]:
+                    await cache.get(source, 0)
+                await cache.settle()
+                nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    assert all(block_key(s.id, 0) in cache.entries for s in sources[4:])
+    assert cache.reserved == 0 and not cache._storing
+
+
+def test_warming_a_block_waiting_to_be_stored_stores_it_once(cache: BlockCache) -> None:
+    """``tierfs warm`` of a block a reader's fetch has queued takes the block back from the
+    queue and stores it itself: one file written, never two writers of one name (the second
+    would replace the first's file while its entry is made)."""
+    source = small_sources(1, 4096)[0]
+    key = block_key(source.id, 0)
+    writes: list[bytes] = []
+    write = cache.files.write
+
+    def counted(k: bytes, data: bytes) -> None:
+        writes.append(k)
+        write(k, data)
+
+    cache.files.write = counted  # type: ignore[method-assign]
+
+    async def main() -> None:
+        with trio.fail_after(BOUND):
+            async with trio.open_nursery() as nursery:
+                cache.bind(nursery)
+                await cache.get(source, 0)  # queued, not yet written
+                assert key not in cache.entries
+                assert await cache.fill(source, 0) == 4096
+                assert key in cache.entries
+                await cache.settle()
+                await trio.sleep(0.2)
+                nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    assert writes == [key]
+    assert cache.files.path(key).read_bytes() == bytes([0]) * 4096
+    assert cache.reserved == 0 and not cache._storing and cache._queue.bytes == 0

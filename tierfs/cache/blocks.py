@@ -19,7 +19,7 @@ Pinned blocks are outside the policy and never evicted.
 Index: every block has an entry in the ``blocks`` database (size, checksum, policy segment,
 frequency, access sequence, pinned). Entries change in memory and reach LMDB in the
 filesystem's batch, at most once per flush interval; at mount, entries without a file and files
-without an entry are dropped, and the policy is rebuilt in access order.
+without an entry are dropped (``cache.reconcile``), and the policy is rebuilt in access order.
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ from __future__ import annotations
 import collections
 import errno
 import logging
-import struct
 
 import trio
 
@@ -37,6 +36,7 @@ from tierfs.cache.counters import Counters
 from tierfs.cache.entries import ID_BYTES, Entry, Source, block_key, block_number
 from tierfs.cache.eviction import Policy
 from tierfs.cache.flight import Block, Flight, shared_error
+from tierfs.cache.reconcile import DB, PINS, reconcile
 from tierfs.cache.store import BlockFiles, is_no_space
 from tierfs.cache.storing import StoreQueue
 from tierfs.index import Batch, Index
@@ -44,9 +44,6 @@ from tierfs.tiers.hot import HotTier
 
 log = logging.getLogger(__name__)
 
-DB = "blocks"
-#: Pinned sources: source id -> the path it was pinned by.
-PINS = "pins"
 #: Fetched blocks waiting to be written to the hot tier or being written, at most, in bytes of
 #: this many whole blocks; misses beyond are served without caching.
 MAX_STORES = 8
@@ -90,8 +87,10 @@ class BlockCache:
         self._buffers = BufferPool(block_size, FREE_BUFFERS)
         self._loading: dict[bytes, Flight] = {}
         self.pins: dict[bytes, bytes] = {}
-        #: Blocks being written to the hot tier.
+        #: Blocks waiting to be written to the hot tier or being written (claimed: no second
+        #: store of one starts meanwhile), and an event set whenever claims end.
         self._storing: set[bytes] = set()
+        self._stored = trio.Event()
         self._dirty: set[bytes] = set()
         #: Blocks made from written data whose files are not fsynced yet: their entries
         #: reach the index only once they are (``synced``), so that no system crash leaves
@@ -117,24 +116,8 @@ class BlockCache:
     def load(self) -> None:
         """Read the index, reconcile it with the block files, rebuild the policy (blocking;
         called once at mount, before any request)."""
-        self.files.prepare()
-        stored: dict[bytes, Entry] = {}
-        for key, raw in self.index.items(DB):
-            try:
-                stored[key] = Entry.decode(raw)
-            except struct.error:
-                stored[key] = Entry(0, 0)  # unreadable: dropped below
-        self.pins = dict(self.index.items(PINS))
-        present = set(self.files.keys())
-        stale = [k for k, e in stored.items() if k not in present or e.size == 0]
-        orphans = present - stored.keys()
-        for key in orphans:
-            self.files.delete(key)
-        for key in stale:
-            self.files.delete(key)
-            del stored[key]
-        self.index.commit({(DB, k): None for k in stale})
-        for key, entry in sorted(stored.items(), key=lambda item: item[1].seq):
+        entries, self.pins = reconcile(self.files, self.index)
+        for key, entry in entries:
             self.entries[key] = entry
             self.used += entry.size
             if not entry.pinned:
@@ -144,9 +127,6 @@ class BlockCache:
         self._update_gauges()
         self.counters.set_gauge("pinned_bytes",
                                 sum(e.size for e in self.entries.values() if e.pinned))
-        if orphans or stale:
-            log.info("block cache: dropped %d files without an entry and %d entries without "
-                     "a file", len(orphans), len(stale))
         log.info("block cache: %d blocks, %d bytes of %d", len(self.entries), self.used,
                  self.capacity)
 
@@ -328,44 +308,55 @@ class BlockCache:
                 or not self._queue.offer(key, data)):
             return
         self._storing.add(key)
-        self.reserved += len(data)
 
     async def _store(self, key: bytes, data: Block, force: bool = False) -> None:
+        self._storing.add(key)
         await self._store_batch([(key, data)], force)
 
     async def _store_batch(self, blocks: list[tuple[bytes, Block]], force: bool = False
                            ) -> None:
         """Write fetched blocks to the hot tier in one call, those the policy admits
-        (``force``: all, for explicit prefetching). Called with their sizes reserved."""
+        (``force``: all, for explicit prefetching), and release their claims in
+        ``_storing``. Each block is weighed alone, with only those admitted before it
+        reserved: a batch makes no more room, and evicts no other victims, than its blocks
+        stored one at a time would."""
         admitted: list[tuple[bytes, Block]] = []
+        written: dict[bytes, int | OSError] = {}
+        held = 0
         try:
             for key, data in blocks:
-                if key in self.entries:  # stored meanwhile (by a fill): the same bytes
+                if key in self.entries:  # stored meanwhile: the same bytes
                     continue
+                self.reserved += len(data)
+                held += len(data)
                 try:
-                    if not await self._make_room(key, force):
-                        self.counters.add("rejected")
-                        continue
+                    room = await self._make_room(key, force)
                 except OSError as e:  # full of pinned blocks
                     self.counters.add("store_failures")
                     log.debug("block %s not cached: %s", key.hex(), e)
+                    room = None
+                if not room:
+                    if room is not None:
+                        self.counters.add("rejected")
+                    self.reserved -= len(data)
+                    held -= len(data)
                     continue
                 admitted.append((key, data))
-            if not admitted:
-                return
-            written = await self.hot.run(self.files.write_many, admitted)
-            full = [(key, data) for key, data in admitted
-                    if is_no_space(written[key])]
-            if full:
-                # The disk is fuller than our accounting knows (staging files, other users):
-                # come down to the low watermark and more, then try once more.
-                size = sum(len(data) for _, data in full)
-                await self._evict_to(max(0, min(self.low, self.used - 4 * size)))
-                written.update(await self.hot.run(self.files.write_many, full))
+            if admitted:
+                written = await self.hot.run(self.files.write_many, admitted)
+                full = [(key, data) for key, data in admitted if is_no_space(written[key])]
+                if full:
+                    # The disk is fuller than our accounting knows (staging files, other
+                    # users): come down to the low watermark and more, then try once more.
+                    size = sum(len(data) for _, data in full)
+                    try:
+                        await self._evict_to(max(0, min(self.low, self.used - 4 * size)))
+                        written.update(await self.hot.run(self.files.write_many, full))
+                    except OSError as e:  # (the full ones stay failures)
+                        log.debug("no room made for %d blocks: %s", len(full), e)
         finally:
-            for key, data in blocks:
-                self.reserved -= len(data)
-                self._storing.discard(key)
+            self.reserved -= held
+            self._release([key for key, _ in blocks])
         for key, data in admitted:
             crc = written[key]
             if isinstance(crc, OSError):
@@ -374,6 +365,12 @@ class BlockCache:
             elif key not in self.entries:  # (a racing fetch after an eviction: same bytes)
                 self._enter(key, len(data), crc)
                 self.counters.add("stored")
+
+    def _release(self, keys: list[bytes]) -> None:
+        """End claims in ``_storing``, waking whoever waits for one (``fill``)."""
+        self._storing.difference_update(keys)
+        self._stored.set()
+        self._stored = trio.Event()
 
     def _enter(self, key: bytes, size: int, crc: int) -> None:
         """A block whose file is in place becomes an entry: a fresh one for the policy."""
@@ -415,7 +412,7 @@ class BlockCache:
         """End a reservation of ``reserve_written``: the block's file is in place with this
         checksum, not yet fsynced (``sync_later``), or (None) it was not made."""
         self.reserved -= size
-        self._storing.discard(key)
+        self._release([key])
         if crc is not None and key not in self.entries:
             self._enter(key, size, crc)
             self._unsynced.add(key)
@@ -542,8 +539,12 @@ class BlockCache:
         elif data is None:
             data, _ = await self.get(source, block)  # a reader is loading it: share that
         try:
-            self.reserved += len(data)
-            await self._store(key, data, force=True)
+            # One store of a block at a time: one waiting in the queue is taken back and
+            # stored here, one being written is waited for.
+            while key in self._storing and not self._queue.withdraw(key):
+                await self._stored.wait()
+            if key not in self.entries:
+                await self._store(key, data, force=True)
         finally:
             if flight is not None and self._loading.get(key) is flight:
                 del self._loading[key]

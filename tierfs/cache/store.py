@@ -1,4 +1,4 @@
-"""Block files on the hot tier: immutable, checksummed, written whole under a temp name.
+"""Block files on the hot tier: immutable, checksummed, checked at every load.
 
 Layout (version 1): ``<hot>/cache/v1/<first two hex digits>/<key in hex>``, with temp files in
 ``<hot>/cache/v1/tmp``. A block file holds exactly the block's bytes; its size and checksum live in

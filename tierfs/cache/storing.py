@@ -15,11 +15,14 @@ before. ``settle`` writes what waits now (unmount commits the index after it).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 
 import trio
 
 from tierfs.cache.flight import Block
+
+log = logging.getLogger(__name__)
 
 #: How long a fetched block waits for others to be written with it.
 GATHER = 0.05
@@ -67,9 +70,15 @@ class StoreQueue:
             self._go.set()
         return True
 
-    def waiting(self, key: bytes) -> Block | None:
-        """A block's bytes while it waits here (a reader asking again meanwhile)."""
-        return self._waiting.get(key)
+    def withdraw(self, key: bytes) -> bool:
+        """Take back a block still waiting (a ``fill`` stores it itself); False if it is
+        not waiting here (being written, or never offered)."""
+        data = self._waiting.pop(key, None)
+        if data is None:
+            return False
+        self._waiting_bytes -= len(data)
+        self._left(len(data), 1)
+        return True
 
     async def settle(self) -> None:
         """Write what waits now, and return once it is written."""
@@ -88,9 +97,14 @@ class StoreQueue:
             self._go = trio.Event()
             try:
                 await self._write(batch)
+            except Exception:  # a bug: that batch is not cached, the next ones still are
+                log.exception("writing %d fetched blocks to the hot tier failed", len(batch))
             finally:
-                self.bytes -= sum(len(data) for _, data in batch)
-                self._count -= len(batch)
+                self._left(sum(len(data) for _, data in batch), len(batch))
                 del batch
-                if not self._count:
-                    self._idle.set()
+
+    def _left(self, nbytes: int, count: int) -> None:
+        self.bytes -= nbytes
+        self._count -= count
+        if not self._count:
+            self._idle.set()

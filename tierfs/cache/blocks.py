@@ -330,14 +330,14 @@ class BlockCache:
                 self.reserved += len(data)
                 held += len(data)
                 try:
-                    room = await self._make_room(key, force)
+                    admit = await self._make_room(key, force)
+                    if not admit:
+                        self.counters.add("rejected")
                 except OSError as e:  # full of pinned blocks
                     self.counters.add("store_failures")
                     log.debug("block %s not cached: %s", key.hex(), e)
-                    room = None
-                if not room:
-                    if room is not None:
-                        self.counters.add("rejected")
+                    admit = False
+                if not admit:
                     self.reserved -= len(data)
                     held -= len(data)
                     continue

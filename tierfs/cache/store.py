@@ -6,10 +6,10 @@ the block's index entry. A fetched block is a copy of bytes its source keeps, so
 straight to its name and not fsynced: its entry is made only once the file is whole, and every
 load checks the file's size and checksum, so a file torn by a crash (the daemon killed
 mid-write, or the machine losing what the page cache had not yet written) is dropped and fetched
-again, never served. A temp file, an fsync and a rename per block cost more than twice the CPU
-of the write itself (docs/performance.md). A block made from written data (``write_range``) may
-be the only copy of its bytes for a while: it goes through a temp file, is fsynced after, and
-its entry reaches the index only then (``BlockCache.sync_later``). The index reconciles entries
+again, never served. A temp file, an fsync and a rename per block cost about twice the CPU of
+the write itself (docs/performance.md). A block made from written data (``write_range``) goes
+through a temp file, is fsynced after, and its entry reaches the index only then
+(``BlockCache.sync_later``). The index reconciles entries
 and files at mount. Every method blocks: the cache calls them through the hot tier's threads.
 """
 
@@ -104,16 +104,12 @@ class BlockFiles:
 
     @staticmethod
     def _create(target: Path) -> int:
-        for _ in range(3):
-            try:
-                return create_own_file(target)
-            except FileNotFoundError:
-                try:  # (in a folder of our own, 0700: nobody else can have put a link here)
-                    os.mkdir(target.parent, FOLDER_MODE)
-                except FileExistsError:
-                    pass
-            except FileExistsError:
-                os.unlink(target)
+        try:
+            return create_own_file(target)
+        except FileNotFoundError:
+            _make_folder(target)
+        except FileExistsError:
+            os.unlink(target)
         return create_own_file(target)
 
     def install(self, tmp: Path, key: bytes) -> None:
@@ -122,10 +118,7 @@ class BlockFiles:
         try:
             os.rename(tmp, target)
         except FileNotFoundError:
-            try:  # (in a folder of our own, 0700: nobody else can have put a link here)
-                os.mkdir(target.parent, FOLDER_MODE)
-            except FileExistsError:
-                pass
+            _make_folder(target)
             try:
                 os.rename(tmp, target)
             except BaseException:
@@ -251,6 +244,15 @@ def read_steps(fd: int, buf: mmap.mmap, size: int) -> int:
         return done
     finally:
         view.release()  # the pool reuses the buffer only when nothing refers to it
+
+
+def _make_folder(target: Path) -> None:
+    """The folder of a block's file, made if missing (in a folder of our own, 0700: nobody
+    else can have put a link there)."""
+    try:
+        os.mkdir(target.parent, FOLDER_MODE)
+    except FileExistsError:
+        pass
 
 
 def is_no_space(e: object) -> bool:

@@ -58,6 +58,14 @@ def read_uncached(path: Path) -> bytes:
         os.close(fd)
 
 
+def served_once(served: int, size: int) -> bool:
+    """Whether a counter of bytes served to readers matches one read of ``size`` bytes. The
+    kernel may ask for a range twice (pages it read ahead reclaimed before the reader copied
+    them, as seen once on a loaded CI machine: 96 KiB more in a 10 MiB read), so up to one
+    readahead window more is one read; counting a block twice is not."""
+    return size <= served <= size + MIB
+
+
 def counters(m: Mount) -> dict[str, int]:
     saved = load_saved(m.hot)
     assert saved is not None
@@ -82,7 +90,7 @@ def test_second_read_and_remount_are_served_hot(tmp_path: Path, proxy: FaultProx
         assert proxy.requests["GET"] == gets  # not one request: memory and the hot tier
         m.stop()
         first = counters(m)
-        assert first["misses"] == 13 and first["bytes_cold"] == len(data)
+        assert first["misses"] == 13 and served_once(first["bytes_cold"], len(data))
         assert first["blocks_cached"] == 13 and first["bytes_cached"] == len(data)
         m.start()  # a new process: nothing in memory, the blocks are on the hot tier
         assert read_uncached(path) == data
@@ -90,7 +98,7 @@ def test_second_read_and_remount_are_served_hot(tmp_path: Path, proxy: FaultProx
         m.stop()
         second = diff(counters(m), first)
         assert second["hits"] == 13 and second["misses"] == 0
-        assert second["bytes_hot"] == len(data) and second["bytes_cold"] == 0
+        assert served_once(second["bytes_hot"], len(data)) and second["bytes_cold"] == 0
         m.start()
 
 
@@ -167,7 +175,7 @@ def test_use_stays_within_capacity_over_three_times_its_size(
         m.stop()
         saved = counters(m)
         assert saved["evictions"] > 0 and saved["rejected"] > 0
-        assert saved["bytes_cold"] + saved["bytes_hot"] == 15 * 16 * MIB  # every byte, once
+        assert served_once(saved["bytes_cold"] + saved["bytes_hot"], 15 * 16 * MIB)
         assert saved["bytes_cached"] <= capacity
         assert saved["bytes_cached"] == cache_bytes(m.hot)
         m.start()
@@ -247,8 +255,8 @@ def test_a_changed_warm_file_is_read_fresh(tmp_path: Path) -> None:
         assert read_uncached(m.path / "w.bin") == old
         m.stop()
         saved = counters(m)
-        assert saved["misses"] == 5 and saved["bytes_warm"] == len(old)
-        assert saved["hits"] == 5 and saved["bytes_hot"] == len(old)
+        assert saved["misses"] == 5 and served_once(saved["bytes_warm"], len(old))
+        assert saved["hits"] == 5 and served_once(saved["bytes_hot"], len(old))
         m.start()
         with (m.warm / "w.bin").open("r+b") as f:  # rewritten in place on the NFS side
             f.write(new)

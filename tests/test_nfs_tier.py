@@ -34,6 +34,7 @@ if missing_tools():
 #: connection: sshfs 3.7.3 with max_conns above 1 dies when a directory holding an open file
 #: is renamed (tests/test_warm_limits.py drives several connections without that).
 NFS = {"latency": 0.001, "max_conns": 1}
+MIB = 1024 * 1024
 
 #: POSIX tests that do not apply to this tier, and why: what sshfs lacks where NFS has it
 #: (tierfs passes the warm tier's answers through), xattrs (tested below as refused), and
@@ -311,3 +312,26 @@ def test_a_small_file_costs_few_requests(tmp_path: Path) -> None:
             assert (st.st_size, st.st_mode & 0o7777) == (4096, 0o640 if i % 2 else 0o644)
             assert (m.path / "d" / f"f{i}").read_bytes() == data
         assert sorted(os.listdir(m.warm / "d")) == sorted(["first"] + [f"f{i}" for i in range(n)])
+
+
+def test_the_head_start_copy_catches_up_after_the_last_write(tmp_path: Path) -> None:
+    """A checkpoint is staged at disk speed, far faster than the tier takes it: the writer has
+    often written its last byte before the first step of its head-start copy is done, and the
+    copy goes on to what was written meanwhile by itself (no later write comes to start it),
+    so close finds only the tail left and the network is not idle until then."""
+    data = os.urandom(12 * MIB)
+    slow = {**NFS, "latency": 0.005}
+    with running(make_mount(tmp_path, "--publish-ahead", "1MiB", warm_nfs=slow)) as m:
+        fd = os.open(m.path / "ckpt.pt", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            os.write(fd, data)
+            deadline = time.monotonic() + 30
+            while True:
+                temps = [p for p in m.warm.iterdir() if p.name.startswith(".tierfs-")]
+                if temps and temps[0].stat().st_size == len(data):
+                    break
+                assert time.monotonic() < deadline, [p.stat().st_size for p in temps]
+                time.sleep(0.05)
+        finally:
+            os.close(fd)
+        assert (m.warm / "ckpt.pt").read_bytes() == data

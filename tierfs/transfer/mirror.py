@@ -17,6 +17,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+from collections.abc import Callable
 
 import trio
 
@@ -26,6 +27,8 @@ from tierfs.tiers.warm import WarmTier
 log = logging.getLogger(__name__)
 
 SYNC_FILE_RANGE_WRITE = 2
+#: The most one worker call copies: a mirror told to stop (``halt``) stops within this much.
+MOST_PER_CALL = 64 * 1024 * 1024
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _sync_file_range = getattr(_libc, "sync_file_range", None)
@@ -76,30 +79,46 @@ class Mirror:
         if self.busy:
             self._low = offset if self._low is None else min(self._low, offset)
 
-    def start(self, nursery: trio.Nursery, staging_fd: int, upto: int) -> None:
-        """Copy staging[copied:upto] into the temp file (made at the first copy) in a task of
-        ``nursery``. Busy from this call on, so that ``wait`` also covers a copy whose task has
-        not run yet. The caller keeps ``staging_fd`` open until ``wait`` returns."""
-        if self.busy or self.broken or upto <= self.copied:
+    def start(self, nursery: trio.Nursery, staging_fd: int, written: Callable[[], int],
+              step: int) -> None:
+        """Copy staging[copied:written()] into the temp file (made at the first copy) in a
+        task of ``nursery``, and go on while another ``step`` has been written meanwhile: a
+        writer much faster than the warm tier (a checkpoint staged at disk speed) has often
+        written its last byte before the first step is copied, and no later write would
+        start the next one, leaving the network idle until close. Busy from this call on, so
+        that ``wait`` also covers a copy whose task has not run yet. The caller keeps
+        ``staging_fd`` open until ``wait`` returns."""
+        if self.busy or self.broken or written() <= self.copied:
             return
         self.busy, self._low, self._idle = True, None, trio.Event()
-        nursery.start_soon(self._copy, staging_fd, self.copied, upto)
+        nursery.start_soon(self._copy, staging_fd, written, step)
 
-    async def _copy(self, staging_fd: int, start: int, upto: int) -> None:
+    async def _copy(self, staging_fd: int, written: Callable[[], int], step: int) -> None:
         try:
             if self.fd is None:
                 # (0600 until close: the file's mode or owner may change meanwhile, and a
                 # set-group-ID directory may give the temp file a group the file lacks.)
                 self.tmp, self.fd = await self.warm.run(self.warm.open_temp, self.parent)
-            await self.warm.run(_copy_step, staging_fd, self.fd, start, upto - start)
+            while not self.broken:
+                self._low, start = None, self.copied
+                upto = min(written(), start + MOST_PER_CALL)
+                if upto <= start:
+                    break  # cut short meanwhile
+                await self.warm.run(_copy_step, staging_fd, self.fd, start, upto - start)
+                self.copied = upto if self._low is None else min(upto, self._low)
+                if written() - self.copied < step:
+                    break  # the tail is close's to copy
         except OSError as e:
             log.warning("copying ahead to the warm tier failed (close will copy it all): %s", e)
             self.broken = True
-        else:
-            self.copied = upto if self._low is None else min(upto, self._low)
         finally:
             self.busy = False
             self._idle.set()
+
+    def halt(self) -> None:
+        """No more steps: the mirror is being dropped (its copy is no use now), and whoever
+        drops it waits for the step under way only, not for the copy to catch up."""
+        self.broken = True
 
     async def wait(self) -> None:
         """Until no copy runs."""

@@ -39,6 +39,7 @@ async def drop_mirror(warm: WarmTier, data: OpenFile) -> None:
     mirror, data.mirror = data.mirror, None
     if mirror is None:
         return
+    mirror.halt()
     await mirror.wait()
     try:
         await warm.run(mirror.drop)
@@ -276,4 +277,4 @@ class WarmPublisher:
             log.debug("copying %s ahead to the warm tier", show(rel))
         elif mirror.busy or mirror.broken or data.written - mirror.copied < step:
             return
-        mirror.start(core.nursery, data.staging_fd, data.written)
+        mirror.start(core.nursery, data.staging_fd, lambda: data.written, step)

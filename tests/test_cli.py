@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Mount, S3Server, make_mount, running, tierfs, wait_for_exit
+from conftest import Mount, S3Server, make_mount, running, tierfs, tmpfs, wait_for_exit
 from tierfs import __version__, mounting
 
 
@@ -91,6 +91,22 @@ def test_unmount_leaves_other_file_systems_alone(tmp_path: Path) -> None:
         assert os.path.ismount(other)
     finally:
         subprocess.run(["umount", str(other)], check=False)
+
+
+def test_the_daemon_keeps_no_directory_of_its_callers_busy(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A mount started from a directory runs in "/", as a daemon should: it held the caller's
+    directory, whose file system then could not be unmounted while tierfs ran."""
+    m = make_mount(tmp_path)
+    with tmpfs(tmp_path / "elsewhere", "1m") as elsewhere:
+        monkeypatch.chdir(elsewhere)
+        with running(m):
+            monkeypatch.chdir(tmp_path)
+            assert [os.readlink(f"/proc/{pid}/cwd") for pid in m.pids] == ["/"] * len(m.pids)
+            subprocess.run(["umount", str(elsewhere)], check=True)  # not busy
+            assert not os.path.ismount(elsewhere)
+            (m.path / "f").write_bytes(b"still served")
+            assert (m.warm / "f").read_bytes() == b"still served"
 
 
 def test_mount_refuses_a_read_only_tier(tmp_path: Path) -> None:

@@ -145,8 +145,12 @@ def start_daemon(config: Config, mountpoint: str, nonempty: bool = False) -> int
     """Start the mount in the background and wait until it is live; returns the daemon's pid."""
     cmd = [sys.executable, "-m", "tierfs", "mount", "--foreground", "--daemon-child",
            *(["--nonempty"] if nonempty else []), *config.to_args(), mountpoint]
+    # In "/", as a daemon should be: it would otherwise hold the caller's directory busy (its
+    # file system could not be unmounted while tierfs runs), and ``-m`` would import a tierfs
+    # found there (a checkout) instead of the one this command runs.
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, start_new_session=True, close_fds=True)
+                            stderr=subprocess.PIPE, start_new_session=True, close_fds=True,
+                            cwd="/")
     assert proc.stderr is not None
     # The child closes its end of the pipe once it is mounted (or exits on failure).
     output = proc.stderr.read().decode(errors="replace")

@@ -13,13 +13,13 @@ import os
 import re
 import stat
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
 from tierfs.tiers.base import Tier
 from tierfs.tiers.copying import copy_fd, copy_to_new
+from tierfs.tiers.xattrs import XattrCalls, proc_path
 
 ROOT = b"."
 
@@ -58,10 +58,6 @@ def is_silly_renamed(name: bytes) -> bool:
     """A name the warm tier's client gave an unlinked file still open: not listed, since
     the file is gone for every user (it disappears at its last close)."""
     return _SILLY_RENAMED.match(name) is not None
-
-
-def _proc_path(fd: int) -> str:
-    return f"/proc/self/fd/{fd}"
 
 
 def stat_link(lstat: Callable[[], os.stat_result], readlink: Callable[[], bytes]
@@ -107,7 +103,7 @@ class Reapply(NamedTuple):
 NO_NAMES: frozenset[bytes] = frozenset()
 
 
-class WarmTier(Tier):
+class WarmTier(XattrCalls, Tier):
     name = "warm"
 
     def __init__(self, root: Path, threads: int) -> None:
@@ -400,7 +396,7 @@ class WarmTier(Tier):
             os.unlink(tmp, dir_fd=self.fd)
         except FileNotFoundError:
             # Moved with its directory (renamed meanwhile): it is where its descriptor says.
-            os.unlink(os.readlink(_proc_path(fd)))
+            os.unlink(os.readlink(proc_path(fd)))
         finally:
             os.close(fd)
 
@@ -515,15 +511,15 @@ class WarmTier(Tier):
             if is_link:
                 return
             try:
-                names = os.listxattr(_proc_path(src))
+                names = os.listxattr(proc_path(src))
             except OSError as e:
-                if e.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
-                    self._no_xattrs.add(st.st_dev)
+                self.note_xattrs_failed(st.st_dev, e)
+                if self.lacks_xattrs(st.st_dev):
                     return
                 raise
             for name in names:
                 try:
-                    os.setxattr(fd, name, os.getxattr(_proc_path(src), name))
+                    os.setxattr(fd, name, os.getxattr(proc_path(src), name))
                 except OSError as e:
                     if e.errno not in (errno.ENODATA, errno.ENOTSUP, errno.EOPNOTSUPP):
                         raise
@@ -564,37 +560,3 @@ class WarmTier(Tier):
             os.fsync(fd)
         finally:
             os.close(fd)
-
-    # -- extended attributes ----------------------------------------------------------------
-
-    @contextmanager
-    def _path_fd(self, rel: bytes) -> Iterator[tuple[int, bool]]:
-        fd = os.open(rel, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.fd)
-        try:
-            yield fd, stat.S_ISLNK(os.fstat(fd).st_mode)
-        finally:
-            os.close(fd)
-
-    def getxattr(self, rel: bytes, name: bytes) -> bytes:
-        with self._path_fd(rel) as (fd, is_link):
-            if is_link:
-                raise OSError(errno.ENODATA, os.strerror(errno.ENODATA))
-            return os.getxattr(_proc_path(fd), name)
-
-    def setxattr(self, rel: bytes, name: bytes, value: bytes) -> None:
-        with self._path_fd(rel) as (fd, is_link):
-            if is_link:
-                raise OSError(errno.EPERM, os.strerror(errno.EPERM))
-            os.setxattr(_proc_path(fd), name, value)
-
-    def listxattr(self, rel: bytes) -> list[bytes]:
-        with self._path_fd(rel) as (fd, is_link):
-            if is_link:
-                return []
-            return [os.fsencode(n) for n in os.listxattr(_proc_path(fd))]
-
-    def removexattr(self, rel: bytes, name: bytes) -> None:
-        with self._path_fd(rel) as (fd, is_link):
-            if is_link:
-                raise OSError(errno.ENODATA, os.strerror(errno.ENODATA))
-            os.removexattr(_proc_path(fd), name)

@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 
 from tierfs.core.attrs import Attrs, SetAttr, attrs_of, err, forget_base, stage_times
 from tierfs.core.context import Core
-from tierfs.core.inodes import ROOT_INODE, Inode, identity
+from tierfs.core.inodes import ROOT_INODE, Inode, identity, key_ids
 from tierfs.core.ownership import Owners
 from tierfs.stubs import Stub, looks_like_stub
 from tierfs.tiers.warm import RENAME_EXCHANGE, RENAME_NOREPLACE, is_internal, split
@@ -499,12 +499,18 @@ class Namespace:
             return inode.xattr_names
         return None
 
+    def _check_xattrs(self, inode: Inode) -> None:
+        """EOPNOTSUPP without a warm call where the tier has been found to lack xattrs."""
+        if self.core.warm.lacks_xattrs(key_ids(inode.key)[0]):
+            raise err(errno.EOPNOTSUPP)
+
     async def getxattr(self, ino: int, name: bytes) -> bytes:
         core = self.core
         inode = core.inodes[ino]
         known = self._known_xattrs(inode)
         if known is not None and name not in known:
             raise err(errno.ENODATA)
+        self._check_xattrs(inode)
 
         def get(rel: bytes) -> tuple[bytes | None, list[bytes]]:
             # List too: one more syscall now saves a request per later absent name.
@@ -532,6 +538,7 @@ class Namespace:
     async def listxattr(self, ino: int) -> list[bytes]:
         core = self.core
         inode = core.inodes[ino]
+        self._check_xattrs(inode)
         async with core.ns_lock.shared():
             names = await core.warm.run(core.warm.listxattr, core.inodes.path(inode))
         self.remember_xattrs(inode, frozenset(names))

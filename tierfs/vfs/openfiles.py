@@ -191,7 +191,8 @@ class OpenFiles:
                     # The kernel asks for security.capability before the first write: known
                     # names answer it without another trip to the warm tier.
                     xattrs = frozenset(os.fsencode(n) for n in os.listxattr(fd))
-                except OSError:
+                except OSError as e:
+                    core.warm.note_xattrs_failed(st.st_dev, e)  # (and so does a tier without)
                     xattrs = None
                 # The kernel asks for the directory's attributes before the next create.
                 after = core.warm.lstat(split(rel)[0])

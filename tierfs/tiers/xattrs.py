@@ -1,0 +1,70 @@
+"""Extended attributes of warm files, reached through an ``O_PATH`` descriptor (a symlink has
+none to give: a stub's are refused), and what tierfs has learnt of a tier that has none."""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+
+def proc_path(fd: int) -> str:
+    return f"/proc/self/fd/{fd}"
+
+
+class XattrCalls:
+    """The xattr calls of ``WarmTier`` (blocking, as all of its methods)."""
+
+    #: The tier's root directory, which every path is relative to.
+    fd: int
+    #: The devices under the root found to have no extended attributes (sshfs): a
+    #: publish does not look for any there (the look costs a round trip).
+    _no_xattrs: set[int]
+
+    @contextmanager
+    def _path_fd(self, rel: bytes) -> Iterator[tuple[int, bool]]:
+        fd = os.open(rel, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.fd)
+        try:
+            yield fd, stat.S_ISLNK(os.fstat(fd).st_mode)
+        finally:
+            os.close(fd)
+
+    def getxattr(self, rel: bytes, name: bytes) -> bytes:
+        with self._path_fd(rel) as (fd, is_link):
+            if is_link:
+                raise OSError(errno.ENODATA, os.strerror(errno.ENODATA))
+            return os.getxattr(proc_path(fd), name)
+
+    def setxattr(self, rel: bytes, name: bytes, value: bytes) -> None:
+        with self._path_fd(rel) as (fd, is_link):
+            if is_link:
+                raise OSError(errno.EPERM, os.strerror(errno.EPERM))
+            os.setxattr(proc_path(fd), name, value)
+
+    def listxattr(self, rel: bytes) -> list[bytes]:
+        with self._path_fd(rel) as (fd, is_link):
+            if is_link:
+                return []
+            try:
+                return [os.fsencode(n) for n in os.listxattr(proc_path(fd))]
+            except OSError as e:
+                self.note_xattrs_failed(os.fstat(fd).st_dev, e)
+                raise
+
+    def lacks_xattrs(self, dev: int) -> bool:
+        """Whether files on this device were found to have no extended attributes: the
+        kernel asks for one (security.capability) before the first write to each file, and
+        each look would be a round trip on a network file system."""
+        return dev in self._no_xattrs
+
+    def note_xattrs_failed(self, dev: int, e: OSError) -> None:
+        if e.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
+            self._no_xattrs.add(dev)
+
+    def removexattr(self, rel: bytes, name: bytes) -> None:
+        with self._path_fd(rel) as (fd, is_link):
+            if is_link:
+                raise OSError(errno.ENODATA, os.strerror(errno.ENODATA))
+            os.removexattr(proc_path(fd), name)

@@ -423,3 +423,117 @@ def test_warming_a_block_waiting_to_be_stored_stores_it_once(cache: BlockCache) 
     assert writes == [key]
     assert cache.files.path(key).read_bytes() == bytes([0]) * 4096
     assert cache.reserved == 0 and not cache._storing and cache._queue.bytes == 0
+
+
+def open_cache(tmp_path: Path, block: int = BLOCK) -> tuple[BlockCache, Index]:
+    """A cache over the hot tier under ``tmp_path`` (made or found there): the next mount's."""
+    hot = HotTier(tmp_path / "hot", 2)
+    hot.root.mkdir(exist_ok=True)
+    hot.prepare()
+    index = Index(hot.index_dir)
+    capacity = 64 * BLOCK
+    cache = BlockCache(hot, index, Batch(index), make_policy("tinylfu", capacity), block,
+                       capacity, 0.9, 0.7, 16 * BLOCK, Counters())
+    cache.load()
+    return cache, index
+
+
+def counting_source(tag: bytes, size: int, delay: float = 0.0) -> Source:
+    """A source whose every byte says where it is (a block read at the wrong offset shows)."""
+    async def fetch(start: int, length: int) -> bytes:
+        await trio.sleep(delay)
+        return bytes((start + i) % 251 for i in range(length))
+    return Source(tag * (16 // len(tag)), size, "warm", fetch)
+
+
+def test_blocks_cut_with_another_block_size_are_never_served(tmp_path: Path) -> None:
+    """A block is named by its source and number: after a remount with another block size,
+    block 1 of the old size (its entry and file still agreeing) was served as block 1 of the
+    new one, other bytes."""
+    source = counting_source(b"S", 4 * BLOCK)
+    cache, index = open_cache(tmp_path, BLOCK)
+
+    async def first() -> None:
+        async with trio.open_nursery() as nursery:
+            cache.bind(nursery)
+            await cache.fill(source, 1)
+            cache.persist()
+            await cache.batch.flush(cache.hot.run)
+            nursery.cancel_scope.cancel()
+
+    try:
+        trio.run(first)
+    finally:
+        index.close()
+    cache, index = open_cache(tmp_path, 2 * BLOCK)
+
+    async def second() -> None:
+        data, origin = await cache.get(source, 1)
+        assert bytes(data) == await source.fetch(2 * BLOCK, 2 * BLOCK)
+        assert origin == "warm"
+
+    try:
+        assert not cache.entries  # dropped at load, files too
+        assert not list(cache.files.keys())
+        trio.run(second)
+    finally:
+        index.close()
+
+
+def test_a_pinned_block_torn_by_a_crash_is_pinned_again(cache: BlockCache) -> None:
+    """Blocks are stored without an fsync, pinned ones too: one a crash tore is dropped at its
+    first load and fetched again, and must be cached again whatever the admission policy
+    thinks of it next to blocks read more often."""
+    pinned = counting_source(b"P", BLOCK, delay=0.2)
+    key = block_key(pinned.id, 0)
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            cache.bind(nursery)
+            cache.set_pinned(pinned.id, 1, True, b"/pinned")
+            assert await cache.fill(pinned, 0) == BLOCK
+            for i in range(60):  # a full cache of blocks read three times each
+                other = counting_source(bytes([i + 1]) * 4, BLOCK)
+                for _ in range(3):
+                    cache.accessed(block_key(other.id, 0))
+                await cache.get(other, 0)
+                await cache.settle()
+            cache.files.path(key).write_bytes(b"\0" * BLOCK)  # torn: its size, not its bytes
+            cache._forget(key)  # (not in memory: the next read loads the file)
+            newcomer = counting_source(b"N", BLOCK)
+            for _ in range(5):
+                cache.accessed(block_key(newcomer.id, 0))
+            async with trio.open_nursery() as readers:
+                readers.start_soon(cache.get, pinned, 0)
+                await trio.sleep(0.05)
+                assert key not in cache.entries  # dropped; fetched again from its source
+                await cache.get(newcomer, 0)  # another miss takes the room meanwhile
+                await cache.settle()
+            await cache.settle()
+            assert key in cache.entries and cache.entries[key].pinned
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+
+
+def test_evicting_a_source_takes_back_its_blocks_waiting_to_be_stored(cache: BlockCache
+                                                                      ) -> None:
+    """``tierfs evict`` right after a read: the block still waiting in the store queue came
+    back a moment after the eviction."""
+    source = counting_source(b"E", BLOCK // 2)
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            cache.bind(nursery)
+            await cache.get(source, 0)  # waiting to be stored
+            await cache.evict_source(source.id, 1)
+            await cache.settle()
+            assert block_key(source.id, 0) not in cache.entries
+            assert not list(cache.files.keys())
+            # And a read after it caches the block as any read does.
+            await cache.get(source, 0)
+            await cache.settle()
+            assert block_key(source.id, 0) in cache.entries
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)

@@ -116,7 +116,7 @@ class BlockCache:
     def load(self) -> None:
         """Read the index, reconcile it with the block files, rebuild the policy (blocking;
         called once at mount, before any request)."""
-        entries, self.pins = reconcile(self.files, self.index)
+        entries, self.pins = reconcile(self.files, self.index, self.block_size)
         for key, entry in entries:
             self.entries[key] = entry
             self.used += entry.size
@@ -330,7 +330,8 @@ class BlockCache:
                 self.reserved += len(data)
                 held += len(data)
                 try:
-                    admit = await self._make_room(key, force)
+                    # (A pinned source's block is fetched again after a crash tore it.)
+                    admit = await self._make_room(key, force or key[:ID_BYTES] in self.pins)
                     if not admit:
                         self.counters.add("rejected")
                 except OSError as e:  # full of pinned blocks
@@ -575,6 +576,9 @@ class BlockCache:
                 await self._drop(key)
         for key in [key for key in self._memory if key[:ID_BYTES] == source_id]:
             self._forget(key)
+        # Those waiting to be written would come back a moment later.
+        self._release([key for key in list(self._storing)
+                       if key[:ID_BYTES] == source_id and self._queue.withdraw(key)])
         return freed
 
     def set_pinned(self, source_id: bytes, nblocks: int, pinned: bool, label: bytes = b"") -> None:

@@ -21,11 +21,17 @@ log = logging.getLogger(__name__)
 #: was pinned by.
 DB = "blocks"
 PINS = "pins"
+#: The block size the cached blocks were cut with, in the index's ``meta``.
+META = "meta"
+BLOCK_SIZE = b"block_size"
 
 
-def reconcile(files: BlockFiles, index: Index
+def reconcile(files: BlockFiles, index: Index, block_size: int
               ) -> tuple[list[tuple[bytes, Entry]], dict[bytes, bytes]]:
-    """The entries whose files are present, oldest access first, and the pins (blocking)."""
+    """The entries whose files are present, oldest access first, and the pins (blocking).
+    All of them dropped if they were cached with another block size (or one not recorded):
+    a block is named by its source and number, and block 1 of one size is other bytes than
+    block 1 of another, sometimes of the same length."""
     files.prepare()
     stored: dict[bytes, Entry] = {}
     for key, raw in index.items(DB):
@@ -35,6 +41,14 @@ def reconcile(files: BlockFiles, index: Index
             stored[key] = Entry(0, 0)  # unreadable: dropped below
     pins = dict(index.items(PINS))
     present = set(files.keys())
+    size = struct.pack(">Q", block_size)
+    recorded = index.get(META, BLOCK_SIZE)
+    if recorded != size:
+        if stored:
+            log.info("block cache: %d blocks cut with another block size dropped",
+                     len(stored))
+        stored = {k: Entry(0, 0) for k in stored}  # all dropped below
+        index.commit({(META, BLOCK_SIZE): size})
     stale = [k for k, e in stored.items() if k not in present or e.size == 0]
     orphans = present - stored.keys()
     for key in orphans:

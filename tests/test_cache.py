@@ -102,6 +102,23 @@ def test_second_read_and_remount_are_served_hot(tmp_path: Path, proxy: FaultProx
         m.start()
 
 
+def test_a_remount_with_another_block_size_reads_the_right_bytes(
+        tmp_path: Path, proxy: FaultProxy, bucket: str, s3_server: S3Server) -> None:
+    """Blocks are named by source and number: those cached in 1 MiB blocks were served as the
+    2 MiB blocks of the same numbers after a remount that changed the block size."""
+    m = cold_mount(tmp_path, proxy, bucket)
+    data = os.urandom(5 * MIB + 123)
+    publish(m, s3_server, {"b.bin": data})
+    path = m.path / "data" / "b.bin"
+    with running(m):
+        assert read_uncached(path) == data
+        m.stop()
+        m.extra += ["--block-size", "2MiB"]
+        m.start()
+        assert read_uncached(path) == data
+        assert read_uncached(path) == data  # (now from its 2 MiB blocks)
+
+
 def test_a_corrupt_block_is_fetched_again(tmp_path: Path, proxy: FaultProxy, bucket: str,
                                           s3_server: S3Server) -> None:
     """A block file changed, or torn as a crash leaves one (fetched blocks are not fsynced:

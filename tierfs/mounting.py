@@ -148,9 +148,12 @@ def start_daemon(config: Config, mountpoint: str, nonempty: bool = False) -> int
     # In "/", as a daemon should be: it would otherwise hold the caller's directory busy (its
     # file system could not be unmounted while tierfs runs), and ``-m`` would import a tierfs
     # found there (a checkout) instead of the one this command runs.
+    env = dict(os.environ)
+    if env.get("TIERFS_CONFIG"):  # (the daemon reads it too: from "/", a relative one is not found)
+        env["TIERFS_CONFIG"] = os.path.abspath(env["TIERFS_CONFIG"])
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, start_new_session=True, close_fds=True,
-                            cwd="/")
+                            cwd="/", env=env)
     assert proc.stderr is not None
     # The child closes its end of the pipe once it is mounted (or exits on failure).
     output = proc.stderr.read().decode(errors="replace")

@@ -141,6 +141,13 @@ def preflight(config: Config, mountpoint: str, nonempty: bool = False) -> None:
     open_checked_store(config)
 
 
+#: Environment variables naming files, which the daemon reads as this command does.
+PATH_VARIABLES = frozenset({
+    "TIERFS_CONFIG", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE", "AWS_CA_BUNDLE",
+    "AWS_WEB_IDENTITY_TOKEN_FILE", "REQUESTS_CA_BUNDLE", "SSL_CERT_FILE",
+    "GOOGLE_APPLICATION_CREDENTIALS"})
+
+
 def start_daemon(config: Config, mountpoint: str, nonempty: bool = False) -> int:
     """Start the mount in the background and wait until it is live; returns the daemon's pid."""
     cmd = [sys.executable, "-m", "tierfs", "mount", "--foreground", "--daemon-child",
@@ -148,9 +155,9 @@ def start_daemon(config: Config, mountpoint: str, nonempty: bool = False) -> int
     # In "/", as a daemon should be: it would otherwise hold the caller's directory busy (its
     # file system could not be unmounted while tierfs runs), and ``-m`` would import a tierfs
     # found there (a checkout) instead of the one this command runs.
-    env = dict(os.environ)
-    if env.get("TIERFS_CONFIG"):  # (the daemon reads it too: from "/", a relative one is not found)
-        env["TIERFS_CONFIG"] = os.path.abspath(env["TIERFS_CONFIG"])
+    # The daemon reads these too: from "/", a relative one would not be found.
+    env = {name: os.path.abspath(value) if name in PATH_VARIABLES and value else value
+           for name, value in os.environ.items()}
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, start_new_session=True, close_fds=True,
                             cwd="/", env=env)

@@ -260,13 +260,17 @@ def require(tool: str) -> None:
 
 
 @pytest.fixture
-def ray_temp_dir() -> Iterator[str]:
+def ray_temp_dir(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """A Ray temp directory of the test's own: a cluster started in the default one is
     recorded there as the machine's current cluster, which any ray.init() on this machine
-    would then join. Short, as Ray's socket paths under it must be."""
+    would then join. Short, as Ray's socket paths under it must be. Ray's default one is
+    pointed there too (RAY_TMPDIR): ``cluster_utils`` records the address of its cluster in
+    ``<default>/ray`` whatever the nodes' own, and fails where that folder does not exist."""
     import tempfile
 
     path = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
+    os.mkdir(os.path.join(path, "ray"))
+    monkeypatch.setenv("RAY_TMPDIR", path)
     try:
         yield path
     finally:

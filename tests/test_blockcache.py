@@ -16,6 +16,7 @@ import trio
 
 from tierfs.cache.blocks import BlockCache
 from tierfs.cache.entries import Source, block_key
+from tierfs.cache.store import BlockFiles
 from tierfs.cache.bysource import BySource
 from tierfs.cache.counters import Counters
 from tierfs.cache.eviction import make_policy
@@ -537,3 +538,60 @@ def test_evicting_a_source_takes_back_its_blocks_waiting_to_be_stored(cache: Blo
             nursery.cancel_scope.cancel()
 
     trio.run(main)
+
+
+def test_a_crash_while_blocks_of_another_size_are_dropped_leaves_none_to_serve(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The new block size is recorded only with the old blocks gone: recorded first, a crash
+    half-way through the drop left old blocks that the next mount then served."""
+    source = counting_source(b"S", 4 * BLOCK)
+    cache, index = open_cache(tmp_path, BLOCK)
+
+    async def first() -> None:
+        async with trio.open_nursery() as nursery:
+            cache.bind(nursery)
+            for block in range(4):
+                await cache.fill(source, block)
+            cache.persist()
+            await cache.batch.flush(cache.hot.run)
+            nursery.cancel_scope.cancel()
+
+    try:
+        trio.run(first)
+    finally:
+        index.close()
+
+    class Crash(Exception):
+        pass
+
+    deleted: list[bytes] = []
+
+    def delete_then_crash(self: BlockFiles, key: bytes) -> None:
+        if deleted:
+            raise Crash
+        deleted.append(key)
+        os.unlink(self.path(key))
+
+    monkeypatch.setattr(BlockFiles, "delete", delete_then_crash)
+    hot = HotTier(tmp_path / "hot", 2)
+    index = Index(hot.index_dir)
+    try:
+        crashing = BlockCache(hot, index, Batch(index), make_policy("tinylfu", 64 * BLOCK),
+                              2 * BLOCK, 64 * BLOCK, 0.9, 0.7, 16 * BLOCK, Counters())
+        with pytest.raises(Crash):
+            crashing.load()
+    finally:
+        index.close()
+    monkeypatch.undo()
+    assert len(deleted) == 1
+    cache, index = open_cache(tmp_path, 2 * BLOCK)
+
+    async def second() -> None:
+        data, origin = await cache.get(source, 1)
+        assert bytes(data) == await source.fetch(2 * BLOCK, 2 * BLOCK)
+
+    try:
+        assert not cache.entries
+        trio.run(second)
+    finally:
+        index.close()

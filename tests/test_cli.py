@@ -109,7 +109,6 @@ def test_the_daemon_keeps_no_directory_of_its_callers_busy(
             assert (m.warm / "f").read_bytes() == b"still served"
 
 
-
 def test_a_config_file_named_relative_to_the_callers_directory(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """TIERFS_CONFIG is read by the daemon too, which runs in "/"."""
@@ -117,10 +116,15 @@ def test_a_config_file_named_relative_to_the_callers_directory(
     (tmp_path / "tierfs.toml").write_text('durability = "writeback"\n')
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("TIERFS_CONFIG", "tierfs.toml")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "~/.aws/credentials")  # (botocore's ~)
     with running(m):
         (m.path / "f").write_bytes(b"x")
         args = Path(f"/proc/{m.pids[0]}/cmdline").read_bytes().split(b"\0")
         assert args[args.index(b"--durability") + 1] == b"writeback"
+        env = dict(v.split(b"=", 1) for v in
+                   Path(f"/proc/{m.pids[0]}/environ").read_bytes().split(b"\0") if b"=" in v)
+        assert env[b"AWS_SHARED_CREDENTIALS_FILE"] == os.fsencode(
+            os.path.expanduser("~/.aws/credentials"))
 
 
 def test_mount_refuses_a_read_only_tier(tmp_path: Path) -> None:

@@ -156,7 +156,8 @@ def start_daemon(config: Config, mountpoint: str, nonempty: bool = False) -> int
     # file system could not be unmounted while tierfs runs), and ``-m`` would import a tierfs
     # found there (a checkout) instead of the one this command runs.
     # The daemon reads these too: from "/", a relative one would not be found.
-    env = {name: os.path.abspath(value) if name in PATH_VARIABLES and value else value
+    env = {name: os.path.abspath(os.path.expanduser(value))
+           if name in PATH_VARIABLES and value and "$" not in value else value
            for name, value in os.environ.items()}
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, start_new_session=True, close_fds=True,

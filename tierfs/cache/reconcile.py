@@ -48,7 +48,6 @@ def reconcile(files: BlockFiles, index: Index, block_size: int
             log.info("block cache: %d blocks cut with another block size dropped",
                      len(stored))
         stored = {k: Entry(0, 0) for k in stored}  # all dropped below
-        index.commit({(META, BLOCK_SIZE): size})
     stale = [k for k, e in stored.items() if k not in present or e.size == 0]
     orphans = present - stored.keys()
     for key in orphans:
@@ -56,7 +55,11 @@ def reconcile(files: BlockFiles, index: Index, block_size: int
     for key in stale:
         files.delete(key)
         del stored[key]
-    index.commit({(DB, k): None for k in stale})
+    # The new size only with the old blocks gone: a crash before leaves them to drop next time.
+    changes: dict[tuple[str, bytes], bytes | None] = {(DB, k): None for k in stale}
+    if recorded != size:
+        changes[(META, BLOCK_SIZE)] = size
+    index.commit(changes)
     if orphans or stale:
         log.info("block cache: dropped %d files without an entry and %d entries without a "
                  "file", len(orphans), len(stale))

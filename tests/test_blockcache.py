@@ -28,6 +28,13 @@ BLOCK = 64 * 1024
 BOUND = 10
 
 
+def make_cache(hot: HotTier, index: Index, block: int = BLOCK) -> BlockCache:
+    """A cache of 64 blocks of ``BLOCK`` over ``hot`` and ``index``, not loaded yet."""
+    capacity = 64 * BLOCK
+    return BlockCache(hot, index, Batch(index), make_policy("tinylfu", capacity), block,
+                      capacity, 0.9, 0.7, 16 * BLOCK, Counters())
+
+
 @pytest.fixture
 def cache(tmp_path: Path) -> Iterator[BlockCache]:
     hot = HotTier(tmp_path / "hot", 2)
@@ -35,9 +42,7 @@ def cache(tmp_path: Path) -> Iterator[BlockCache]:
     hot.prepare()
     index = Index(hot.index_dir)
     try:
-        capacity = 64 * BLOCK
-        cache = BlockCache(hot, index, Batch(index), make_policy("tinylfu", capacity), BLOCK,
-                           capacity, 0.9, 0.7, 16 * BLOCK, Counters())
+        cache = make_cache(hot, index)
         cache.load()
         yield cache
     finally:
@@ -432,10 +437,12 @@ def open_cache(tmp_path: Path, block: int = BLOCK) -> tuple[BlockCache, Index]:
     hot.root.mkdir(exist_ok=True)
     hot.prepare()
     index = Index(hot.index_dir)
-    capacity = 64 * BLOCK
-    cache = BlockCache(hot, index, Batch(index), make_policy("tinylfu", capacity), block,
-                       capacity, 0.9, 0.7, 16 * BLOCK, Counters())
-    cache.load()
+    try:
+        cache = make_cache(hot, index, block)
+        cache.load()
+    except BaseException:
+        index.close()
+        raise
     return cache, index
 
 
@@ -447,28 +454,31 @@ def counting_source(tag: bytes, size: int, delay: float = 0.0) -> Source:
     return Source(tag * (16 // len(tag)), size, "warm", fetch)
 
 
-def test_blocks_cut_with_another_block_size_are_never_served(tmp_path: Path) -> None:
-    """A block is named by its source and number: after a remount with another block size,
-    block 1 of the old size (its entry and file still agreeing) was served as block 1 of the
-    new one, other bytes."""
-    source = counting_source(b"S", 4 * BLOCK)
+def cache_and_unmount(tmp_path: Path, source: Source, blocks: range) -> None:
+    """A mount with blocks of ``BLOCK`` that caches these blocks of ``source`` and ends."""
     cache, index = open_cache(tmp_path, BLOCK)
 
-    async def first() -> None:
+    async def fill() -> None:
         async with trio.open_nursery() as nursery:
             cache.bind(nursery)
-            await cache.fill(source, 1)
+            for block in blocks:
+                await cache.fill(source, block)
             cache.persist()
             await cache.batch.flush(cache.hot.run)
             nursery.cancel_scope.cancel()
 
     try:
-        trio.run(first)
+        trio.run(fill)
     finally:
         index.close()
+
+
+def check_twice_the_block_size(tmp_path: Path, source: Source) -> None:
+    """The next mount, with blocks of twice ``BLOCK``: none of the old ones left, and block 1
+    read is block 1 of the new size, from the source."""
     cache, index = open_cache(tmp_path, 2 * BLOCK)
 
-    async def second() -> None:
+    async def read() -> None:
         data, origin = await cache.get(source, 1)
         assert bytes(data) == await source.fetch(2 * BLOCK, 2 * BLOCK)
         assert origin == "warm"
@@ -476,9 +486,18 @@ def test_blocks_cut_with_another_block_size_are_never_served(tmp_path: Path) -> 
     try:
         assert not cache.entries  # dropped at load, files too
         assert not list(cache.files.keys())
-        trio.run(second)
+        trio.run(read)
     finally:
         index.close()
+
+
+def test_blocks_cut_with_another_block_size_are_never_served(tmp_path: Path) -> None:
+    """A block is named by its source and number: after a remount with another block size,
+    block 1 of the old size (its entry and file still agreeing) was served as block 1 of the
+    new one, other bytes."""
+    source = counting_source(b"S", 4 * BLOCK)
+    cache_and_unmount(tmp_path, source, range(1, 2))
+    check_twice_the_block_size(tmp_path, source)
 
 
 def test_a_pinned_block_torn_by_a_crash_is_pinned_again(cache: BlockCache) -> None:
@@ -546,21 +565,7 @@ def test_a_crash_while_blocks_of_another_size_are_dropped_leaves_none_to_serve(
     """The new block size is recorded only with the old blocks gone: recorded first, a crash
     half-way through the drop left old blocks that the next mount then served."""
     source = counting_source(b"S", 4 * BLOCK)
-    cache, index = open_cache(tmp_path, BLOCK)
-
-    async def first() -> None:
-        async with trio.open_nursery() as nursery:
-            cache.bind(nursery)
-            for block in range(4):
-                await cache.fill(source, block)
-            cache.persist()
-            await cache.batch.flush(cache.hot.run)
-            nursery.cancel_scope.cancel()
-
-    try:
-        trio.run(first)
-    finally:
-        index.close()
+    cache_and_unmount(tmp_path, source, range(4))
 
     class Crash(Exception):
         pass
@@ -574,25 +579,8 @@ def test_a_crash_while_blocks_of_another_size_are_dropped_leaves_none_to_serve(
         os.unlink(self.path(key))
 
     monkeypatch.setattr(BlockFiles, "delete", delete_then_crash)
-    hot = HotTier(tmp_path / "hot", 2)
-    index = Index(hot.index_dir)
-    try:
-        crashing = BlockCache(hot, index, Batch(index), make_policy("tinylfu", 64 * BLOCK),
-                              2 * BLOCK, 64 * BLOCK, 0.9, 0.7, 16 * BLOCK, Counters())
-        with pytest.raises(Crash):
-            crashing.load()
-    finally:
-        index.close()
+    with pytest.raises(Crash):
+        open_cache(tmp_path, 2 * BLOCK)
     monkeypatch.undo()
     assert len(deleted) == 1
-    cache, index = open_cache(tmp_path, 2 * BLOCK)
-
-    async def second() -> None:
-        data, origin = await cache.get(source, 1)
-        assert bytes(data) == await source.fetch(2 * BLOCK, 2 * BLOCK)
-
-    try:
-        assert not cache.entries
-        trio.run(second)
-    finally:
-        index.close()
+    check_twice_the_block_size(tmp_path, source)

@@ -309,17 +309,13 @@ class BlockCache:
             return
         self._storing.add(key)
 
-    async def _store(self, key: bytes, data: Block, force: bool = False) -> None:
-        self._storing.add(key)
-        await self._store_batch([(key, data)], force)
-
     async def _store_batch(self, blocks: list[tuple[bytes, Block]], force: bool = False
                            ) -> None:
         """Write fetched blocks to the hot tier in one call, those the policy admits
-        (``force``: all, for explicit prefetching), and release their claims in
-        ``_storing``. Each block is weighed alone, with only those admitted before it
-        reserved: a batch makes no more room, and evicts no other victims, than its blocks
-        stored one at a time would."""
+        (``force``: all, for explicit prefetching; a pinned source's always, as after a
+        crash tore one), and release their claims in ``_storing``. Each block is weighed
+        alone, with only those admitted before it reserved: a batch makes no more room, and
+        evicts no other victims, than its blocks stored one at a time would."""
         admitted: list[tuple[bytes, Block]] = []
         written: dict[bytes, int | OSError] = {}
         held = 0
@@ -330,7 +326,6 @@ class BlockCache:
                 self.reserved += len(data)
                 held += len(data)
                 try:
-                    # (A pinned source's block is fetched again after a crash tore it.)
                     admit = await self._make_room(key, force or key[:ID_BYTES] in self.pins)
                     if not admit:
                         self.counters.add("rejected")
@@ -545,7 +540,8 @@ class BlockCache:
             while key in self._storing and not self._queue.withdraw(key):
                 await self._stored.wait()
             if key not in self.entries:
-                await self._store(key, data, force=True)
+                self._storing.add(key)
+                await self._store_batch([(key, data)], force=True)
         finally:
             if flight is not None and self._loading.get(key) is flight:
                 del self._loading[key]
@@ -566,8 +562,8 @@ class BlockCache:
         return sum(self.entries[key].size for key in self._cached_blocks(source_id, nblocks))
 
     async def evict_source(self, source_id: bytes, nblocks: int) -> int:
-        """Drop every cached block of a source (pinned ones too), and its blocks in memory;
-        returns the bytes freed."""
+        """Drop every cached block of a source (pinned ones too), and its blocks in memory or
+        waiting to be stored (they would come back a moment later); returns the bytes freed."""
         freed = 0
         for key in self._cached_blocks(source_id, nblocks):
             entry = self.entries.get(key)
@@ -576,7 +572,6 @@ class BlockCache:
                 await self._drop(key)
         for key in [key for key in self._memory if key[:ID_BYTES] == source_id]:
             self._forget(key)
-        # Those waiting to be written would come back a moment later.
         self._release([key for key in list(self._storing)
                        if key[:ID_BYTES] == source_id and self._queue.withdraw(key)])
         return freed

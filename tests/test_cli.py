@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -13,6 +15,7 @@ import pytest
 
 from conftest import Mount, S3Server, make_mount, running, tierfs, tmpfs, wait_for_exit
 from tierfs import __version__, mounting
+from tierfs.control import registry
 
 
 def test_help_and_version() -> None:
@@ -117,6 +120,7 @@ def test_a_config_file_named_relative_to_the_callers_directory(
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("TIERFS_CONFIG", "tierfs.toml")
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "~/.aws/credentials")  # (botocore's ~)
+    monkeypatch.setenv("SSL_CERT_DIR", "certs")  # (a folder: OpenSSL's)
     with running(m):
         (m.path / "f").write_bytes(b"x")
         args = Path(f"/proc/{m.pids[0]}/cmdline").read_bytes().split(b"\0")
@@ -125,6 +129,48 @@ def test_a_config_file_named_relative_to_the_callers_directory(
                    Path(f"/proc/{m.pids[0]}/environ").read_bytes().split(b"\0") if b"=" in v)
         assert env[b"AWS_SHARED_CREDENTIALS_FILE"] == os.fsencode(
             os.path.expanduser("~/.aws/credentials"))
+        assert env[b"SSL_CERT_DIR"] == os.fsencode(tmp_path / "certs")
+
+
+def test_the_daemon_runs_the_tierfs_its_command_runs(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``python -m tierfs mount`` in a checkout runs that checkout's tierfs, and so must the
+    daemon it starts (in "/", it imported another one, or none at all)."""
+    checkout = tmp_path / "checkout"
+    shutil.copytree(Path(mounting.__file__).parent, checkout / "tierfs",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    with open(checkout / "tierfs" / "__init__.py", "a") as f:
+        f.write("\nimport os as _os\n"
+                "with open(_os.environ['IMPORTED_BY'], 'a') as _f:\n"
+                "    _f.write(f'{_os.getpid()} {__file__}\\n')\n")
+    imported = tmp_path / "imported"
+    monkeypatch.setenv("IMPORTED_BY", str(imported))
+    m = make_mount(tmp_path / "m")
+    try:
+        subprocess.run([sys.executable, "-m", "tierfs", "mount", str(m.path), "--hot",
+                        str(m.hot), "--warm", str(m.warm)], cwd=checkout, check=True,
+                       timeout=60, stdin=subprocess.DEVNULL)
+        m.pids = mounting.daemon_pids(str(m.path))
+        (m.path / "f").write_bytes(b"served")
+        assert (m.warm / "f").read_bytes() == b"served"
+        lines = [line.split() for line in imported.read_text().splitlines()]
+        pids = {int(pid) for pid, _ in lines}
+        assert len(pids) == 2 and set(m.pids) < pids  # the command and its daemon
+        assert {path for _, path in lines} == {str(checkout / "tierfs" / "__init__.py")}
+    finally:
+        m.force_cleanup()
+
+
+def test_a_relative_runtime_directory_is_ignored(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The commands and the daemon (in "/") would look for mounts in different places."""
+    (tmp_path / "run").mkdir()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", "run")
+    monkeypatch.setattr(os, "geteuid", lambda: 4321)
+    assert registry.runtime_dir() == Path("/tmp/tierfs-4321")
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "run"))
+    assert registry.runtime_dir() == tmp_path / "run" / "tierfs"
 
 
 def test_mount_refuses_a_read_only_tier(tmp_path: Path) -> None:

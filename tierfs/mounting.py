@@ -144,17 +144,27 @@ def preflight(config: Config, mountpoint: str, nonempty: bool = False) -> None:
 #: Environment variables naming files, which the daemon reads as this command does.
 PATH_VARIABLES = frozenset({
     "TIERFS_CONFIG", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE", "AWS_CA_BUNDLE",
-    "AWS_WEB_IDENTITY_TOKEN_FILE", "REQUESTS_CA_BUNDLE", "SSL_CERT_FILE",
+    "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
+    "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "SSL_CERT_FILE", "SSL_CERT_DIR",
     "GOOGLE_APPLICATION_CREDENTIALS"})
+
+
+#: The daemon runs the tierfs this command runs, wherever that was found (an installed one,
+#: or a checkout the command was started in): the package is imported from its own folder,
+#: which is then taken off the path again (its modules load through the package, and nothing
+#: else in that folder shadows what the daemon imports later).
+DAEMON_BOOT = ("import sys; sys.path.insert(0, sys.argv.pop(1)); import tierfs; "
+               "del sys.path[0]; sys.argv[0] = 'tierfs'; from tierfs.cli import main; main()")
+PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def start_daemon(config: Config, mountpoint: str, nonempty: bool = False) -> int:
     """Start the mount in the background and wait until it is live; returns the daemon's pid."""
-    cmd = [sys.executable, "-m", "tierfs", "mount", "--foreground", "--daemon-child",
-           *(["--nonempty"] if nonempty else []), *config.to_args(), mountpoint]
+    cmd = [sys.executable, "-c", DAEMON_BOOT, PACKAGE_ROOT, "mount", "--foreground",
+           "--daemon-child", *(["--nonempty"] if nonempty else []), *config.to_args(),
+           mountpoint]
     # In "/", as a daemon should be: it would otherwise hold the caller's directory busy (its
-    # file system could not be unmounted while tierfs runs), and ``-m`` would import a tierfs
-    # found there (a checkout) instead of the one this command runs.
+    # file system could not be unmounted while tierfs runs).
     # The daemon reads these too: from "/", a relative one would not be found.
     env = {name: os.path.abspath(os.path.expanduser(value))
            if name in PATH_VARIABLES and value and "$" not in value else value

@@ -41,7 +41,9 @@ def runtime_dir() -> Path:
     if os.geteuid() == 0:
         return Path("/run/tierfs")
     xdg = os.environ.get("XDG_RUNTIME_DIR")
-    if xdg and os.path.isdir(xdg):
+    # (A relative one is ignored, as the XDG spec says: the daemon runs in "/", and the
+    # commands in any folder, so they would look in different places.)
+    if xdg and os.path.isabs(xdg) and os.path.isdir(xdg):
         return Path(xdg) / "tierfs"
     return Path(f"/tmp/tierfs-{os.geteuid()}")
 

@@ -4,11 +4,16 @@ crash at each step of a demotion, which loses nothing."""
 
 from __future__ import annotations
 
+import errno
+import json
 import os
+import stat
 from pathlib import Path
 
 import pytest
 import trio
+
+from tierfs.index import Index
 
 from .conftest import PART, core_test, open_core
 
@@ -342,3 +347,136 @@ async def test_recovery_tries_again_while_the_bucket_cannot_be_reached(tmp_path:
         assert c.warm_path(b"big.bin").read_bytes() == DATA
         await c.fs.save_index()
         assert not [k for k, _ in c.fs.index.items("meta") if k.startswith(b"demoting/")]
+
+
+@core_test
+async def test_two_nodes_demoting_one_file_at_once_lose_nothing(tmp_path: Path) -> None:
+    """Both nodes upload the file; the first swaps in its stub, the second finds the file
+    changed and deletes its own object: never the one the stub names (both used the path's
+    key, and the second upload replaced the first's object before it was deleted)."""
+    put_warm(tmp_path, "big.bin", DATA)
+    (tmp_path / "hot-b").mkdir(mode=0o700)
+    async with open_core(tmp_path) as a, open_core(tmp_path, hot=str(tmp_path / "hot-b")) as b:
+        b_recorded, go_b, b_done = trio.Event(), trio.Event(), trio.Event()
+        outcomes = {}
+
+        async def b_waits(step: str) -> None:
+            if step == "recorded":  # B chose its key and recorded it, and waits
+                b_recorded.set()
+                await go_b.wait()
+
+        async def run_b() -> None:
+            outcomes["b"] = await b.fs.demoter.demote(b"big.bin")
+            b_done.set()
+
+        b.fs.demoter.at_step = b_waits
+        b.nursery.start_soon(run_b)
+        await b_recorded.wait()
+        outcomes["a"] = await a.fs.demoter.demote(b"big.bin")
+        go_b.set()
+        await b_done.wait()
+        assert outcomes["a"].done and not outcomes["b"].done
+        stub = a.cold(b"big.bin")
+        assert a.objects() == {stub.key: DATA}
+        assert await a.read_file(b"big.bin") == DATA
+        assert await b.read_file(b"big.bin") == DATA
+
+
+@core_test
+async def test_an_error_after_the_swaps_rename_keeps_the_object(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The stub is in place but the stat after the rename failed (the stub renamed away at
+    once, a lost reply on NFS): the object it names is kept, not taken for an undone
+    demotion's."""
+    put_warm(tmp_path, "big.bin", DATA)
+    real_stat = os.stat
+    failed: list[bool] = []
+
+    def stat_fails_once_on_the_stub(path, *args, **kwargs):  # type: ignore[no-untyped-def]
+        st = real_stat(path, *args, **kwargs)
+        if path == b"big.bin" and stat.S_ISLNK(st.st_mode) and not failed:
+            failed.append(True)
+            raise OSError(errno.EIO, "no reply")
+        return st
+
+    async with open_core(tmp_path) as c:
+        monkeypatch.setattr(os, "stat", stat_fails_once_on_the_stub)
+        outcome = await c.fs.demoter.demote(b"big.bin")
+        monkeypatch.undo()
+        assert failed
+        stub = c.cold(b"big.bin")
+        assert outcome.done
+        assert c.objects() == {stub.key: DATA}
+        assert await c.read_file(b"big.bin") == DATA
+        await c.fs.save_index()
+        assert not [k for k, _ in c.fs.index.items("meta") if k.startswith(b"demoting/")]
+
+
+@core_test
+async def test_a_hard_linked_stub_is_not_promoted(tmp_path: Path) -> None:
+    """Its object would be deleted under the other name."""
+    put_warm(tmp_path, "big.bin", DATA)
+    async with open_core(tmp_path, large_file_threshold="1GiB") as c:
+        assert (await c.fs.demoter.demote(b"big.bin")).done
+        os.link(tmp_path / "warm" / "big.bin", tmp_path / "warm" / "other.bin",
+                follow_symlinks=False)
+        outcome = await c.fs.demoter.promote(b"big.bin")
+        assert not outcome.done and "hard-linked" in outcome.why
+        assert await c.read_file(b"other.bin") == DATA
+        assert await c.read_file(b"big.bin") == DATA
+
+
+@core_test
+async def test_a_silly_renamed_file_is_not_demoted(tmp_path: Path) -> None:
+    """Another node's client keeps an unlinked file open under a hidden name and removes it
+    at its last close: a stub there would leave its object behind for good."""
+    hidden = ".nfs" + "0123456789abcdef01234567"
+    put_warm(tmp_path, hidden, DATA, age=5000)
+    put_warm(tmp_path, "old.bin", DATA, age=3000)
+    async with open_core(tmp_path, warm_quota=1, demote_min_size="1MiB",
+                         demote_interval=3600) as c:
+        assert await c.fs.demoter.enforce_quota() == len(DATA)  # old.bin only
+        assert c.stub(b"old.bin") is not None and c.stub(hidden.encode()) is None
+        outcome = await c.fs.demoter.demote(hidden.encode())
+        assert not outcome.done and "remove" in outcome.why
+        assert len(c.objects()) == 1
+
+
+@core_test
+async def test_recovery_keeps_the_object_of_a_stub_moved_for_a_file_with_its_number(
+        tmp_path: Path) -> None:
+    """A crash after the swap; another node moves the stub and writes a new file at the path,
+    which gets the freed inode number (file systems reuse them at once): not the file that
+    was uploaded, so the object, which the moved stub names, stays."""
+    old = put_warm(tmp_path, "big.bin", DATA)
+    mtime = old.stat().st_mtime_ns
+    async with open_core(tmp_path) as c:
+        reached = trio.Event()
+
+        async def stop(name: str) -> None:
+            if name == "swapped":
+                reached.set()
+                await trio.sleep_forever()
+
+        c.fs.demoter.at_step = stop
+        c.nursery.start_soon(c.fs.demoter.demote, b"big.bin")
+        await reached.wait()
+        c.crash()
+    os.rename(old, tmp_path / "warm" / "moved.bin")
+    put_warm(tmp_path, "big.bin", DATA)  # (same size, and its mtime set as cp -p would)
+    os.utime(old, ns=(mtime, mtime))
+    new = old.stat()
+    index = Index(tmp_path / "hot" / "index")
+    try:  # the record as if the new file had the uploaded one's number
+        with index.env.begin(db=index.dbs["meta"], write=True) as txn:
+            for key, value in list(txn.cursor()):
+                if key.startswith(b"demoting/"):
+                    record = json.loads(value)
+                    record.update(dev=new.st_dev, ino=new.st_ino)
+                    txn.put(key, json.dumps(record).encode())
+    finally:
+        index.close()
+    async with open_core(tmp_path, store=c.store) as c:
+        await c.recover()
+        assert await c.read_file(b"moved.bin") == DATA
+        assert await c.read_file(b"big.bin") == DATA

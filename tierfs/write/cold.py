@@ -203,14 +203,19 @@ class ColdPublisher:
             await self.journal.sync()
         return chosen
 
-    async def pick_key(self, rel: bytes, own: str | None, sid: str | None = None) -> str:
+    async def pick_key(self, rel: bytes, own: str | None, sid: str | None = None,
+                       unique: bool = False) -> str:
         """The key a new object for ``rel`` gets (``objects.keys.free_key``): ``own`` is the
-        file's own previous object, ``sid`` the staging id whose upload asks. The caller
-        records it (journal, or ``held``) before any await that could let another upload
-        choose it."""
+        file's own previous object, ``sid`` the staging id whose upload asks; ``unique``:
+        with a suffix even where the path is free (a demotion: nodes sharing the warm tree
+        may demote one file at once, and the one whose swap loses deletes its object). The
+        caller records it (journal, or ``held``) before any await that could let another
+        upload choose it."""
         core = self.core
         store = core.cold.store
         key = store.fit_key(core.config.bucket.key(key_text(rel)))
+        if unique:
+            key = store.fit_key(unique_key(key))
         while True:
             held = self._held_keys(sid)
             chosen = await core.cold.run(free_key, store, key, own, held)

@@ -59,6 +59,7 @@ from tierfs.objects.base import NoSuchObject, ObjectStoreError
 from tierfs.paths import show
 from tierfs.stubs import MAX_SIZE, Stub
 from tierfs.transfer.streaming import UPLOAD_TOKEN
+from tierfs.tiers.warm import is_internal, is_silly_renamed, split
 from tierfs.write import warmswap
 from tierfs.write.cold import ColdPublisher
 from tierfs.write.journal import Journal
@@ -85,6 +86,17 @@ class Record:
     dev: int
     ino: int
     size: int
+    #: The file's times when it was opened (None in records of an older tierfs).
+    mtime_ns: int | None = None
+    ctime_ns: int | None = None
+
+    def is_file(self, st: os.stat_result) -> bool:
+        """Whether ``st`` is the very file this demotion uploaded, unchanged. Not device and
+        inode number alone: a file made after the swap may reuse the number."""
+        return (stat.S_ISREG(st.st_mode) and (st.st_dev, st.st_ino, st.st_size)
+                == (self.dev, self.ino, self.size)
+                and self.mtime_ns in (None, st.st_mtime_ns)
+                and self.ctime_ns in (None, st.st_ctime_ns))
 
     def encode(self) -> bytes:
         return json.dumps({**dataclasses.asdict(self), "path": os.fsdecode(self.path)}
@@ -142,6 +154,8 @@ class Demoter:
             return "not a plain file on the warm tier"
         if st.st_nlink != 1:
             return "hard-linked (a stub cannot stand for one of several names)"
+        if is_silly_renamed(split(rel)[1]) or is_internal(split(rel)[1]):
+            return "a file a client or tierfs is about to remove or rename"
         if st.st_size == 0:
             return "empty"
         if st.st_size > MAX_SIZE:
@@ -180,7 +194,7 @@ class Demoter:
             if why is not None:
                 return Outcome(rel, f.st.st_size, False, why)
             try:
-                key = await self.cold.pick_key(rel, None)
+                key = await self.cold.pick_key(rel, None, unique=True)
             except ObjectStoreError as e:
                 return Outcome(rel, f.st.st_size, False, f"the bucket: {e}")
             self.cold.held.add(key)
@@ -196,7 +210,7 @@ class Demoter:
         core = self.core
         fd, st = f.fd, f.st
         record = Record(rel, key, secrets.token_hex(8), "upload", st.st_dev, st.st_ino,
-                        st.st_size)
+                        st.st_size, st.st_mtime_ns, st.st_ctime_ns)
         await self._save(record)
         await self._step("recorded")
         metadata = {"mode": f"{stat.S_IMODE(st.st_mode) & 0o777:04o}",
@@ -225,6 +239,12 @@ class Demoter:
         stub = Stub(info.key, info.size, info.etag, stat.S_IMODE(st.st_mode), st.st_mtime_ns)
         try:
             why = await self._swap(rel, f, stub)
+        except warmswap.SwapUnsure as e:
+            log.error("demoting %s: %s", show(rel), e)
+            self.core.forget_dir_attrs()
+            if await self._settle_swap(record):
+                return Outcome(rel, st.st_size, True)
+            return Outcome(rel, st.st_size, False, str(e))
         except OSError as e:  # (the warm tier refused the stub: nothing was swapped)
             log.error("demoting %s: the stub could not be put in place: %s", show(rel), e)
             why = f"the stub could not be put in place: {e.strerror or e}"
@@ -234,11 +254,15 @@ class Demoter:
             await self._undo(record)
             return Outcome(rel, st.st_size, False, why)
         await self._step("swapped")
+        self._done(record)
+        return Outcome(rel, st.st_size, True)
+
+    def _done(self, record: Record) -> None:
+        core = self.core
         core.batch.delete("meta", RECORD_PREFIX + record.token.encode())
         core.counters.add("demotions")
-        core.counters.add("bytes_demoted", st.st_size)
-        log.info("demoted %s to %s (%d bytes)", show(rel), key, st.st_size)
-        return Outcome(rel, st.st_size, True)
+        core.counters.add("bytes_demoted", record.size)
+        log.info("demoted %s to %s (%d bytes)", show(record.path), record.key, record.size)
 
     async def _swap(self, rel: bytes, f: warmswap.Opened, stub: Stub) -> str | None:
         """Put the stub in place of the file if it is still the file uploaded, unchanged;
@@ -332,33 +356,42 @@ class Demoter:
         return len(records)
 
     async def _recover_one(self, record: Record) -> None:
-        core = self.core
         if record.phase == "swap":
-            try:
-                st, target = await core.warm.run(core.warm.lstat_link, record.path)
-            except OSError:
-                st, target = None, None
-            if target is not None:
-                try:
-                    stub = core.parse_stub(st, target, record.path)  # type: ignore[arg-type]
-                except OSError:
-                    stub = None
-                if stub is not None and stub.key == record.key:
-                    core.counters.add("demotions")
-                    core.counters.add("bytes_demoted", record.size)
-                    log.info("recovery: the demotion of %s had finished",
-                             show(record.path))
-                    core.batch.delete("meta", RECORD_PREFIX + record.token.encode())
-                    return
-            if st is None or not (stat.S_ISREG(st.st_mode) and st.st_dev == record.dev
-                                  and st.st_ino == record.ino):
-                log.warning("recovery: %s changed during its demotion; its object %s is kept "
-                            "and may be garbage", show(record.path), record.key)
-                core.batch.delete("meta", RECORD_PREFIX + record.token.encode())
-                return
+            await self._settle_swap(record, crashed=True)
+            return
         log.info("recovery: the demotion of %s did not finish; the file stays on the warm "
                  "tier", show(record.path))
         await self._undo(record, crashed=True)
+
+    async def _settle_swap(self, record: Record, crashed: bool = False) -> bool:
+        """Whether a demotion whose swap may or may not have happened (a crash, or an error
+        at or after its rename) did; its record is dropped, or kept while its object could
+        not be deleted. The path holds a stub naming its key: done. It holds the very file
+        uploaded: undone, the object deleted. Anything else (the stub moved at once, the
+        path replaced, the warm tier not answering) keeps the object, which another name
+        may need: at worst garbage."""
+        core = self.core
+        try:
+            st, target = await core.warm.run(core.warm.lstat_link, record.path)
+        except OSError:
+            st, target = None, None
+        if st is not None and target is not None:
+            try:
+                stub = core.parse_stub(st, target, record.path)
+            except OSError:
+                stub = None
+            if stub is not None and stub.key == record.key:
+                self._done(record)
+                return True
+        if st is None or not record.is_file(st):
+            log.warning("%s changed during its demotion; its object %s is kept and may be "
+                        "garbage", show(record.path), record.key)
+            core.batch.delete("meta", RECORD_PREFIX + record.token.encode())
+            return False
+        log.info("the demotion of %s did not finish; the file stays on the warm tier",
+                 show(record.path))
+        await self._undo(record, crashed)
+        return False
 
     # -- promotion --------------------------------------------------------------------------
 
@@ -405,6 +438,8 @@ class Demoter:
                            "or a rule)")
         if self._in_use(rel, st) is not None:
             return Outcome(rel, stub.size, False, "open through this mount")
+        if st.st_nlink != 1:  # (the object would be deleted under the other names)
+            return Outcome(rel, stub.size, False, "hard-linked")
         await self.owners.check(stub, st, rel)  # (EACCES: not the object's owner's stub)
         fd = await core.warm.run(warmswap.new_temp, core.warm, found)
         part = core.config.part_size

@@ -22,7 +22,7 @@ import heapq
 import os
 import stat
 
-from tierfs.tiers.warm import ROOT, WarmTier, is_internal, join
+from tierfs.tiers.warm import ROOT, WarmTier, is_internal, is_silly_renamed, join
 from tierfs.write.warmswap import open_dir
 
 #: Files a walk hands back at most (the oldest large ones).
@@ -95,7 +95,10 @@ def walk(warm: WarmTier, min_size: int, root: bytes = ROOT, keep: int = KEEP,
                     elif stat.S_ISREG(st.st_mode):
                         out.files += 1
                         out.bytes += st.st_size
-                        if not links and st.st_size >= min_size:
+                        # (A client's silly-renamed file is open somewhere, unlinked,
+                        # and goes at its last close: its space counts, it is not moved.)
+                        if (not links and st.st_size >= min_size
+                                and not is_silly_renamed(name)):
                             _offer(out, heap, rel, st, keep)
                     elif links and stat.S_ISLNK(st.st_mode):
                         _offer(out, heap, rel, st, keep)

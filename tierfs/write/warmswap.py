@@ -83,6 +83,11 @@ def open_plain(warm: WarmTier, rel: bytes) -> Opened:
         raise
 
 
+class SwapUnsure(OSError):
+    """A swap failed at or after its rename: whether the stub replaced the file is not
+    known."""
+
+
 def same(a: os.stat_result, b: os.stat_result) -> bool:
     """The same file, unchanged: what a demotion checks just before its swap."""
     return (a.st_dev, a.st_ino, a.st_size, a.st_mtime_ns, a.st_ctime_ns, a.st_nlink) == \
@@ -103,11 +108,22 @@ def swap_in_stub(warm: WarmTier, f: Opened, target: bytes) -> os.stat_result | N
     os.symlink(target, tmp, dir_fd=f.dir_fd)
     try:
         os.chown(tmp, f.st.st_uid, f.st.st_gid, dir_fd=f.dir_fd, follow_symlinks=False)
-        os.rename(tmp, f.name, src_dir_fd=f.dir_fd, dst_dir_fd=f.dir_fd)
     except BaseException:
         os.unlink(tmp, dir_fd=f.dir_fd)
         raise
-    return os.stat(f.name, dir_fd=f.dir_fd, follow_symlinks=False)
+    try:
+        os.rename(tmp, f.name, src_dir_fd=f.dir_fd, dst_dir_fd=f.dir_fd)
+        return os.stat(f.name, dir_fd=f.dir_fd, follow_symlinks=False)
+    except OSError as e:
+        # The stub may be in place all the same: the stat after it failed (the stub renamed
+        # away at once, say), or a network file system's client retried a rename whose reply
+        # it lost and was told ENOENT. Whoever settles it looks at the name.
+        try:
+            os.unlink(tmp, dir_fd=f.dir_fd)
+        except OSError:
+            pass  # (renamed: gone from there)
+        raise SwapUnsure(e.errno, f"the stub may or may not be in place: {e.strerror}",
+                         f.name) from e
 
 
 @dataclasses.dataclass
@@ -178,7 +194,8 @@ def unstub(s: StubAt) -> os.stat_result | None:
         now = os.readlink(s.name, dir_fd=s.dir_fd) if stat.S_ISLNK(there.st_mode) else None
     except FileNotFoundError:
         return None
-    if now != s.target or (there.st_dev, there.st_ino) != (s.st.st_dev, s.st.st_ino):
+    if (now != s.target or (there.st_dev, there.st_ino) != (s.st.st_dev, s.st.st_ino)
+            or there.st_nlink != 1):  # (linked meanwhile: the other name needs the object)
         return None
     assert s.tmp is not None
     os.rename(s.tmp, s.name, src_dir_fd=s.dir_fd, dst_dir_fd=s.dir_fd)

@@ -148,3 +148,26 @@ def test_one_dataset_imported_twice_or_after_a_rename_keeps_one_stub_per_object(
     os.unlink(m.path / "moved.bin")
     os.unlink(m.path / "one" / "sub" / "b.bin")
     assert not (cold / "a.bin").exists() and not (cold / "sub" / "b.bin").exists()
+
+
+def test_importing_again_keeps_what_a_stub_says_of_its_file(
+        s3_mount: Mount, s3_server: S3Server) -> None:
+    """A stub of an unchanged object is left as it is (the mode narrowed through the mount,
+    the mtime of the file's write); one whose object changed follows it and keeps the file's
+    mode. Rebuilt from the object's metadata, the stub was opened to others again."""
+    m = s3_mount
+    bucket = m.bucket  # type: ignore[attr-defined]
+    (m.path / "ds").mkdir()
+    data = os.urandom(100_000)
+    (m.path / "ds" / "a.bin").write_bytes(data)  # streamed to the bucket
+    os.chmod(m.path / "ds" / "a.bin", 0o600)
+    before = os.readlink(m.warm / "ds" / "a.bin")
+    out = tierfs("import", f"s3://{bucket}/{PREFIX}/ds", str(m.path / "ds")).stdout
+    assert "0 updated" in out and "1 unchanged" in out, out
+    assert os.readlink(m.warm / "ds" / "a.bin") == before
+    assert (m.path / "ds" / "a.bin").stat().st_mode & 0o777 == 0o600
+    s3_server.client().put_object(Bucket=bucket, Key=f"{PREFIX}/ds/a.bin", Body=b"changed")
+    out = tierfs("import", f"s3://{bucket}/{PREFIX}/ds", str(m.path / "ds")).stdout
+    assert "1 updated" in out, out
+    assert (m.path / "ds" / "a.bin").read_bytes() == b"changed"
+    assert (m.path / "ds" / "a.bin").stat().st_mode & 0o777 == 0o600

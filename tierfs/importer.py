@@ -350,24 +350,46 @@ def _place(dir_fd: int, name: str, path: Path, stub: Stub, bucket: BucketURI, ow
             return
         result.created += 1
         return
-    if not _names(current, stub.key, bucket):
+    was = _stub_naming(current, stub.key, bucket)
+    if was is None:
         # A user's own symlink, or a live file: the stub of another object (a checkpoint
         # written where a renamed one was, whose key was taken) or one tierfs cannot read.
         result.conflicts.append(str(path))
         return
-    # The same object, changed in the bucket since the stub was written: the stub follows it.
+    if (was.etag, was.size) == (stub.etag, stub.size):
+        # The object it names, as it is: what the stub says beyond it (a mode narrowed
+        # through the mount, the mtime of the file's last write) is the file's own.
+        result.unchanged += 1
+        return
+    st = os.lstat(os.fsencode(name), dir_fd=dir_fd)
+    if st.st_uid != os.geteuid() and os.geteuid() != 0:
+        result.conflicts.append(str(path))  # another user's file: theirs to bring up to date
+        return
+    # The same object, changed in the bucket since the stub was written: the stub follows it,
+    # keeping the file's mode and owner.
+    target = dataclasses.replace(stub, mode=was.mode).encode(bucket)
     tmp = TEMP_PREFIX + uuid.uuid4().hex.encode() + TEMP_SUFFIX
     os.symlink(target, tmp, dir_fd=dir_fd)
-    # atomic: a reader sees the old stub or the new one
-    os.rename(tmp, os.fsencode(name), src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    try:
+        if st.st_uid != os.geteuid():
+            os.chown(tmp, st.st_uid, st.st_gid, dir_fd=dir_fd, follow_symlinks=False)
+        # atomic: a reader sees the old stub or the new one
+        os.rename(tmp, os.fsencode(name), src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except BaseException:
+        try:
+            os.unlink(tmp, dir_fd=dir_fd)
+        except OSError:
+            pass  # (renamed after all)
+        raise
     result.updated += 1
 
 
-def _names(target: bytes, key: str, bucket: BucketURI) -> bool:
-    """Whether the symlink ``target`` is a stub tierfs reads that names ``key``."""
+def _stub_naming(target: bytes, key: str, bucket: BucketURI) -> Stub | None:
+    """The stub the symlink ``target`` is, if tierfs reads it and it names ``key``."""
     if not looks_like_stub(target):
-        return False
+        return None
     try:
-        return parse_stub(target, bucket).key == key
+        found = parse_stub(target, bucket)
     except StubError:
-        return False
+        return None
+    return found if found.key == key else None

@@ -361,7 +361,13 @@ def _place(dir_fd: int, name: str, path: Path, stub: Stub, bucket: BucketURI, ow
         # through the mount, the mtime of the file's last write) is the file's own.
         result.unchanged += 1
         return
-    st = os.lstat(os.fsencode(name), dir_fd=dir_fd)
+    try:
+        st = os.lstat(os.fsencode(name), dir_fd=dir_fd)
+    except FileNotFoundError:
+        st = None
+    if st is None or not stat.S_ISLNK(st.st_mode):  # (changed since the readlink)
+        result.conflicts.append(str(path))
+        return
     if st.st_uid != os.geteuid() and os.geteuid() != 0:
         result.conflicts.append(str(path))  # another user's file: theirs to bring up to date
         return
@@ -371,7 +377,8 @@ def _place(dir_fd: int, name: str, path: Path, stub: Stub, bucket: BucketURI, ow
     tmp = TEMP_PREFIX + uuid.uuid4().hex.encode() + TEMP_SUFFIX
     os.symlink(target, tmp, dir_fd=dir_fd)
     try:
-        if st.st_uid != os.geteuid():
+        made = os.lstat(tmp, dir_fd=dir_fd)
+        if (made.st_uid, made.st_gid) != (st.st_uid, st.st_gid):
             os.chown(tmp, st.st_uid, st.st_gid, dir_fd=dir_fd, follow_symlinks=False)
         # atomic: a reader sees the old stub or the new one
         os.rename(tmp, os.fsencode(name), src_dir_fd=dir_fd, dst_dir_fd=dir_fd)

@@ -9,6 +9,7 @@ refusing the mount, say) still reaches the user as one line.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import shutil
 import subprocess
@@ -150,17 +151,16 @@ PATH_VARIABLES = frozenset({
 
 
 #: The daemon runs the tierfs this command runs, wherever that was found (an installed one,
-#: or a checkout the command was started in): the package is imported from its own folder,
-#: which is then taken off the path again (its modules load through the package, and nothing
-#: else in that folder shadows what the daemon imports later).
-DAEMON_BOOT = ("import sys; sys.path.insert(0, sys.argv.pop(1)); import tierfs; "
-               "del sys.path[0]; sys.argv[0] = 'tierfs'; from tierfs.cli import main; main()")
-PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+#: a checkout the command was started in, a folder a wrapper put on the path): it imports
+#: with this command's import path, made absolute (it runs in "/").
+DAEMON_BOOT = ("import json, sys; sys.path[:] = json.loads(sys.argv.pop(1)); "
+               "sys.argv[0] = 'tierfs'; from tierfs.cli import main; main()")
 
 
 def start_daemon(config: Config, mountpoint: str, nonempty: bool = False) -> int:
     """Start the mount in the background and wait until it is live; returns the daemon's pid."""
-    cmd = [sys.executable, "-c", DAEMON_BOOT, PACKAGE_ROOT, "mount", "--foreground",
+    path = json.dumps([os.path.abspath(p) for p in sys.path])  # ("" is the current folder)
+    cmd = [sys.executable, "-c", DAEMON_BOOT, path, "mount", "--foreground",
            "--daemon-child", *(["--nonempty"] if nonempty else []), *config.to_args(),
            mountpoint]
     # In "/", as a daemon should be: it would otherwise hold the caller's directory busy (its

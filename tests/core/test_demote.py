@@ -400,12 +400,14 @@ async def test_an_error_after_the_swaps_rename_keeps_the_object(
         return st
 
     async with open_core(tmp_path) as c:
+        ino = (await c.lookup_path(b"big.bin")).ino
         monkeypatch.setattr(os, "stat", stat_fails_once_on_the_stub)
         outcome = await c.fs.demoter.demote(b"big.bin")
         monkeypatch.undo()
         assert failed
         stub = c.cold(b"big.bin")
         assert outcome.done
+        assert (await c.lookup_path(b"big.bin")).ino == ino  # (the same file, as after a swap)
         assert c.objects() == {stub.key: DATA}
         assert await c.read_file(b"big.bin") == DATA
         await c.fs.save_index()

@@ -242,9 +242,16 @@ class Demoter:
         except warmswap.SwapUnsure as e:
             log.error("demoting %s: %s", show(rel), e)
             self.core.forget_dir_attrs()
-            if await self._settle_swap(record):
-                return Outcome(rel, st.st_size, True)
-            return Outcome(rel, st.st_size, False, str(e))
+            swapped = await self._settle_swap(record)
+            if swapped is None:
+                return Outcome(rel, st.st_size, False, str(e))
+            async with core.ns_lock:  # (what _swap does once the stub is in place)
+                inode = core.inodes.known(identity(st))
+                if inode is None:
+                    await self._carry_number(st, swapped)
+                else:
+                    self._replaced(inode, swapped, stub)
+            return Outcome(rel, st.st_size, True)
         except OSError as e:  # (the warm tier refused the stub: nothing was swapped)
             log.error("demoting %s: the stub could not be put in place: %s", show(rel), e)
             why = f"the stub could not be put in place: {e.strerror or e}"
@@ -363,18 +370,23 @@ class Demoter:
                  "tier", show(record.path))
         await self._undo(record, crashed=True)
 
-    async def _settle_swap(self, record: Record, crashed: bool = False) -> bool:
+    async def _settle_swap(self, record: Record, crashed: bool = False
+                           ) -> os.stat_result | None:
         """Whether a demotion whose swap may or may not have happened (a crash, or an error
-        at or after its rename) did; its record is dropped, or kept while its object could
-        not be deleted. The path holds a stub naming its key: done. It holds the very file
-        uploaded: undone, the object deleted. Anything else (the stub moved at once, the
-        path replaced, the warm tier not answering) keeps the object, which another name
-        may need: at worst garbage."""
+        at or after its rename) did: the stub's attributes if so, else None. The path holds
+        a stub naming its key: done. It holds the very file uploaded: undone, the object
+        deleted. Anything else (the stub moved at once, the path replaced) keeps the object,
+        which another name may need: at worst garbage. The record is dropped, or kept for the
+        next mount while the warm tier cannot say or the object could not be deleted."""
         core = self.core
         try:
             st, target = await core.warm.run(core.warm.lstat_link, record.path)
-        except OSError:
+        except (FileNotFoundError, NotADirectoryError):
             st, target = None, None
+        except OSError as e:
+            log.error("the demotion of %s is settled at the next mount (the warm tier: %s)",
+                      show(record.path), e)
+            return None
         if st is not None and target is not None:
             try:
                 stub = core.parse_stub(st, target, record.path)
@@ -382,16 +394,18 @@ class Demoter:
                 stub = None
             if stub is not None and stub.key == record.key:
                 self._done(record)
-                return True
+                return st
         if st is None or not record.is_file(st):
             log.warning("%s changed during its demotion; its object %s is kept and may be "
                         "garbage", show(record.path), record.key)
             core.batch.delete("meta", RECORD_PREFIX + record.token.encode())
-            return False
+            return None
         log.info("the demotion of %s did not finish; the file stays on the warm tier",
                  show(record.path))
+        if not crashed:
+            core.counters.add("demotions_discarded")
         await self._undo(record, crashed)
-        return False
+        return None
 
     # -- promotion --------------------------------------------------------------------------
 

@@ -1,0 +1,54 @@
+"""Two nodes uploading to one key: a large file rewritten on both at once (every rank of a
+job saving the same checkpoint path). Each upload goes to the file's own key, so the later
+completion replaces the earlier one's object; the stubs must end up naming what the bucket
+holds, whichever order the two stubs are put in place."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import trio
+
+from .conftest import core_test, open_core
+
+
+def content(n: int, seed: int) -> bytes:
+    return random.Random(seed).randbytes(n)
+
+
+@core_test
+async def test_a_stub_put_in_place_after_a_later_completion_follows_the_object(
+        tmp_path: Path) -> None:
+    first, from_a, from_b = (content(256 * 1024, seed) for seed in (1, 2, 3))
+    (tmp_path / "hot-b").mkdir(mode=0o700)
+    async with open_core(tmp_path, large_file_threshold="64KiB") as a, \
+            open_core(tmp_path, hot=str(tmp_path / "hot-b"),
+                      large_file_threshold="64KiB") as b:
+        await a.write_file(b"ckpt", first)
+        key = a.cold(b"ckpt").key
+        # A completes its rewrite, and its reply is slow to come back; meanwhile B rewrites
+        # the file to the same key and puts its stub in place; then A's stub goes in.
+        hold = a.store.hold_after("complete_multipart")
+        done = trio.Event()
+
+        async def rewrite_on_a() -> None:
+            try:
+                await a.write_file(b"ckpt", from_a)
+            finally:
+                done.set()
+
+        a.nursery.start_soon(rewrite_on_a)
+        try:
+            await a.until(hold.reached.is_set)
+            await b.write_file(b"ckpt", from_b)
+            assert b.cold(b"ckpt").key == key  # (both uploads went to the file's own key)
+        finally:
+            hold.release()
+        await done.wait()
+        assert a.objects() == {key: from_b}  # B's completion came last
+        for node in (a, b):
+            assert await node.read_file(b"ckpt") == from_b
+    async with open_core(tmp_path, large_file_threshold="64KiB") as again:
+        assert await again.read_file(b"ckpt") == from_b

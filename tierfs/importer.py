@@ -25,7 +25,7 @@ from tierfs.config import Config
 from tierfs.errors import ConfigError
 from tierfs.objects.base import BucketURI, ObjectInfo, ObjectStore, parse_bucket_uri
 from tierfs.paths import show
-from tierfs.stubs import Stub, StubError, looks_like_stub, parse_stub
+from tierfs.stubs import Stub, StubError, looks_like_stub, parse_stub, stub_for
 from tierfs.tiers.warm import TEMP_PREFIX, TEMP_SUFFIX, is_internal
 
 
@@ -44,19 +44,6 @@ class ImportResult:
     #: Directories of the warm tier the search for stubs could not read: a stub in one of them
     #: was not seen.
     unread: list[str] = dataclasses.field(default_factory=list)
-
-
-def stub_for(info: ObjectInfo) -> Stub:
-    """A stub for an object, taking mode and mtime from tierfs's metadata when present."""
-    try:
-        mode = int(info.metadata.get("mode", "644"), 8) & 0o7777
-    except ValueError:
-        mode = 0o644
-    try:
-        mtime_ns = int(info.metadata.get("mtime-ns", info.mtime_ns))
-    except ValueError:
-        mtime_ns = info.mtime_ns
-    return Stub(info.key, info.size, info.etag, mode, mtime_ns)
 
 
 def source_prefix(config: Config, uri_text: str) -> str:

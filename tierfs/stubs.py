@@ -18,7 +18,7 @@ import dataclasses
 import re
 from urllib.parse import unquote_plus, urlencode
 
-from tierfs.objects.base import MAX_KEY_BYTES, BucketURI
+from tierfs.objects.base import MAX_KEY_BYTES, BucketURI, ObjectInfo
 
 PREFIX = b"tierfs:"
 VERSION_PREFIX = b"tierfs:v1?"
@@ -116,3 +116,16 @@ def parse_stub(target: bytes, bucket: BucketURI) -> Stub:
     if stub.encode(bucket) != target:  # another quoting of the same fields
         raise StubError("stub is not in the form tierfs writes")
     return stub
+
+
+def stub_for(info: ObjectInfo) -> Stub:
+    """A stub for an object, taking mode and mtime from tierfs's metadata when present."""
+    try:
+        mode = int(info.metadata.get("mode", "644"), 8) & 0o7777
+    except ValueError:
+        mode = 0o644
+    try:
+        mtime_ns = int(info.metadata.get("mtime-ns", info.mtime_ns))
+    except ValueError:
+        mtime_ns = info.mtime_ns
+    return Stub(info.key, info.size, info.etag, mode, mtime_ns)

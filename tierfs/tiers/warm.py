@@ -206,6 +206,21 @@ class WarmTier(XattrCalls, Tier):
             raise
         return self.lstat(rel)
 
+    def retarget_symlink(self, rel: bytes, expect: bytes, target: bytes
+                         ) -> os.stat_result | None:
+        """``replace_symlink`` if ``rel`` is still the symlink to ``expect``; None (nothing
+        done) otherwise."""
+        try:
+            if os.readlink(rel, dir_fd=self.fd) != expect:
+                return None
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            if e.errno == errno.EINVAL:  # not a symlink
+                return None
+            raise
+        return self.replace_symlink(rel, target)
+
     def purge_temps(self, rel: bytes) -> None:
         """Remove tierfs temp files from a directory (left behind by an interrupted publish)."""
         dfd = os.open(rel, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=self.fd)

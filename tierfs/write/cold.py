@@ -27,9 +27,10 @@ from tierfs.core.context import AttrMark, Core
 from tierfs.core.inodes import Inode
 from tierfs.core.openfile import DataState, OpenFile, warm_id
 from tierfs.core.ownership import owner_metadata, settle
-from tierfs.objects.base import ObjectInfo, ObjectStoreError, UploadGone, key_text
+from tierfs.objects.base import (NoSuchObject, ObjectInfo, ObjectStoreError, UploadGone,
+                                 key_text)
 from tierfs.objects.keys import free_key, unique_key
-from tierfs.stubs import Stub
+from tierfs.stubs import Stub, stub_for
 from tierfs.tiers.base import Tier
 from tierfs.tiers.warm import split
 from tierfs.transfer.streaming import UPLOAD_TOKEN, PartGone, StreamingUpload
@@ -304,6 +305,7 @@ class ColdPublisher:
         stub: Stub | None = Stub(info.key, info.size, info.etag, file_mode(inode, data),
                                  data.mtime_ns)
         fresh: int | None = None  # a descriptor on the warm file, if it comes back there
+        followed = False
         old: int | None = None
         assert stub is not None
         if not self.placement.belongs_cold(self.rule(inode, data), info.size):
@@ -315,12 +317,12 @@ class ColdPublisher:
                 async with core.ns_lock.shared():
                     fresh = await core.warm.run(core.warm.open, core.inodes.path(inode),
                                                 os.O_RDONLY)
-            await core.delete_object(info.key)
+            await self._delete_own(info, upload.token)
         else:
             async with core.ns_lock:
                 rel = core.rel_or_none(inode)
                 if rel is None:  # unlinked while we completed it
-                    await core.delete_object(info.key)
+                    await self._delete_own(info, upload.token)
                     st = None
                 else:
                     if core.attr_mark(inode) != since:  # (chmod, utime, rename meanwhile)
@@ -333,6 +335,10 @@ class ColdPublisher:
                     st = await core.warm.run(core.warm.replace_symlink, rel,
                                              stub.encode(core.config.bucket))
                     core.forget_dir_attrs()
+            if st is not None:
+                ours = stub
+                stub, st = await self._follow_later_upload(inode, stub, st, upload.token)
+                followed = stub is not ours  # (then staging is not the object: not kept hot)
         # One step, no await: a getattr in between would see neither the staged size nor the
         # stub, and the kernel would cache what it saw.
         data.upload = None
@@ -350,7 +356,8 @@ class ColdPublisher:
         replaced, data.replaces_object = data.replaces_object, None
         core.invalidate_attrs(inode.ino)
         # Written files stay hot: with the stub in place, staging becomes its cached blocks.
-        taken = await take_staging(core, sid, fd, info.size, stub is not None and st is not None)
+        taken = await take_staging(core, sid, fd, info.size,
+                                   stub is not None and st is not None and not followed)
         if old is not None:
             await core.warm.run(os.close, old)
         if sid is not None:
@@ -359,6 +366,58 @@ class ColdPublisher:
             await core.delete_object(replaced)
         if taken is not None and stub is not None:
             await keep_object(core, taken, stub, upload.missing())
+
+    async def _delete_own(self, info: ObjectInfo, token: str) -> None:
+        """Delete the object this upload (``token``) completed, unless another upload to the
+        same key (another node writing the file at once) has replaced it since: that one is
+        the other file's content, even where its bytes, and so its ETag, are the same."""
+        core = self.core
+        try:
+            now = await core.cold.run(core.cold.store.head, info.key)
+        except NoSuchObject:
+            return
+        except ObjectStoreError as e:
+            log.error("could not check %s before deleting it (kept: at worst garbage): %s",
+                      info.key, e)
+            return
+        if now.metadata.get(UPLOAD_TOKEN) == token:
+            await core.delete_object(info.key)
+
+    async def _follow_later_upload(self, inode: Inode, stub: Stub, st: os.stat_result,
+                                   token: str) -> tuple[Stub, os.stat_result]:
+        """The stub just put in place, or the one of the object that replaced ours meanwhile.
+
+        Another node may rewrite the file at the same moment, to the same key (the file's
+        own, or a path both found free): the later completion holds the key, and whichever
+        stub went in last names what the file is. If ours went in last after the other
+        upload's completion, it names an object that is gone, and every node but this one
+        (which still has the bytes cached) would get EIO. So once ours is in place the
+        bucket is asked whose object the key holds; if it is another upload's, the name is
+        pointed at that object, unless a newer stub took it meanwhile. Either way the file
+        ends as the later completion wrote it."""
+        core = self.core
+        bucket = core.config.bucket
+        try:
+            info = await core.cold.run(core.cold.store.head, stub.key)
+        except ObjectStoreError as e:  # (gone: deleted by a later write's publish)
+            log.warning("could not check %s after its upload: %s", stub.key, e)
+            return stub, st
+        if info.etag == stub.etag or info.metadata.get(UPLOAD_TOKEN) == token:
+            return stub, st
+        later = stub_for(info)
+        async with core.ns_lock:
+            rel = core.rel_or_none(inode)
+            if rel is None:
+                return stub, st
+            moved = await core.warm.run(core.warm.retarget_symlink, rel, stub.encode(bucket),
+                                        later.encode(bucket))
+            core.forget_dir_attrs()
+        if moved is None:
+            return stub, st  # (the name changed meanwhile: the next lookup finds it)
+        log.warning("%s: another upload to %s completed after this one (another node "
+                    "writing the file at the same time): the file is that one's",
+                    show(rel), stub.key)
+        return later, moved
 
     async def lose_upload(self, inode: Inode, data: OpenFile) -> None:
         """The bucket dropped an unfinished upload after some of its parts had left staging

@@ -37,3 +37,16 @@ def test_each_root_gets_its_prefix_and_a_share_of_the_cache() -> None:
     c = root_config(sized, "c", Path("/z"))
     assert int(c.hot_capacity) == 1024**3
     assert c.bucket.key("f") == "c/f" and str(c.bucket) == "file:///srv/cold/c"
+
+
+def test_slots_of_roots_no_longer_mounted_are_given_away_when_all_were_used(
+        tmp_path: Path) -> None:
+    """Each name ever mounted kept its slot for good: the name after the last free slot was
+    used failed the mount (StopIteration)."""
+    for i in range(TOP_SLOT):
+        assert assign_slots(tmp_path, [f"r{i}"]) == {f"r{i}": i}
+    slots = assign_slots(tmp_path, ["r5", "new", "r7"])
+    assert slots["r5"] == 5 and slots["r7"] == 7
+    assert slots["new"] not in (5, 7) and 0 <= slots["new"] < TOP_SLOT
+    again = assign_slots(tmp_path, ["new", "other"])
+    assert again["new"] == slots["new"] and again["other"] != again["new"]

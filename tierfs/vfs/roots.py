@@ -122,11 +122,17 @@ def assign_slots(folder: Path, names: Sequence[str]) -> dict[str, int]:
         with os.fdopen(fd, "rb") as f:
             loaded = json.loads(f.read() or b"{}")
         known = {str(k): int(v) for k, v in loaded.items()} if isinstance(loaded, dict) else {}
-    taken = set(known.values())
-    free = (s for s in range(TOP_SLOT) if s not in taken)
     for name in names:
-        if name not in known:
-            known[name] = next(free)
+        if name in known:
+            continue
+        used = set(known.values())
+        if len(used) >= TOP_SLOT:
+            # Every slot has been some root's: one of a root not mounted now is given away
+            # (its files get new numbers if it comes back). There is one: at most TOP_SLOT
+            # roots are mounted at once (``places.MAX_ROOTS``).
+            del known[next(n for n in known if n not in names)]
+            used = set(known.values())
+        known[name] = min(s for s in range(TOP_SLOT) if s not in used)
     tmp = folder / f"{SLOTS_FILE}.new"
     try:
         os.unlink(tmp)

@@ -52,3 +52,33 @@ async def test_a_stub_put_in_place_after_a_later_completion_follows_the_object(
             assert await node.read_file(b"ckpt") == from_b
     async with open_core(tmp_path, large_file_threshold="64KiB") as again:
         assert await again.read_file(b"ckpt") == from_b
+
+
+@core_test
+async def test_recovery_aborts_only_its_own_upload_of_a_shared_key(tmp_path: Path) -> None:
+    """A node killed while streaming a file that another node streams too (same key) aborts
+    only its own upload at recovery: its upload id is committed to the journal before any
+    part goes up. It had been left to the next batch, and recovery then aborted every upload
+    of the key, the other node's too (whose close then failed, its parts gone)."""
+    from .conftest import PART
+
+    (tmp_path / "hot-b").mkdir(mode=0o700)
+    from_b = content(PART + 1000, 5)
+    async with open_core(tmp_path, hot=str(tmp_path / "hot-b"),
+                         large_file_threshold="64KiB") as b:
+        fb = await b.create(b"ckpt")
+        await b.write_all(fb, from_b)
+        await b.until(lambda: len(b.uploads()) == 1)
+        async with open_core(tmp_path, large_file_threshold="64KiB") as a:
+            a.store.fail_always("upload_part")  # (nothing of A's recorded by a part)
+            fa = await a.open(b"ckpt", os.O_WRONLY)
+            await a.write_all(fa, content(PART + 1000, 6))
+            await a.until(lambda: a.store.calls["upload_part"] > 0)
+            store = a.store
+            a.crash()
+        store.heal()
+        async with open_core(tmp_path, store, large_file_threshold="64KiB") as again:
+            await again.recover()
+        assert len(b.uploads()) == 1  # B's, still there
+        await b.close(fb)
+        assert await b.read_file(b"ckpt") == from_b

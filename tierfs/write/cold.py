@@ -115,6 +115,9 @@ class ColdPublisher:
             assert entry.upload is not None
             entry.upload.upload_id = upload_id
             self.journal.update(data.staging_id, entry)
+            # Committed before any part goes up: without its id, recovery after a crash could
+            # only abort every upload of the key, another node's writing the same file too.
+            await self.journal.sync()
         await drop_mirror(core.warm, data)  # bound for the bucket, not the warm tier
         assert core.nursery is not None
         data.upload = StreamingUpload(core.cold, core.hot, core.nursery, data.staging_fd,

@@ -82,3 +82,20 @@ async def test_recovery_aborts_only_its_own_upload_of_a_shared_key(tmp_path: Pat
         assert len(b.uploads()) == 1  # B's, still there
         await b.close(fb)
         assert await b.read_file(b"ckpt") == from_b
+
+
+@core_test
+async def test_a_name_removed_by_another_node_before_the_stub_swap_leaves_nothing(
+        tmp_path: Path) -> None:
+    """The file is gone for everyone: its close succeeds as after an unlink here, and its
+    object is deleted (it had been left in the bucket, named by nothing, and the close
+    failed with ENOENT)."""
+    from .conftest import PART
+
+    async with open_core(tmp_path, large_file_threshold="64KiB") as core:
+        fh = await core.create(b"f")
+        await core.write_all(fh, content(PART + 1000, 1))
+        os.unlink(core.warm_path(b"f"))  # another node's rm
+        await core.close(fh)
+        assert core.objects() == {} and core.uploads() == []
+        assert core.journal() == {}

@@ -335,9 +335,16 @@ class ColdPublisher:
                                                    mtime_ns=data.mtime_ns)
                     if data.base is not None:  # (its owner or mode changed while uploading)
                         stub = await settle(core, stub, data.base, info, rel)
-                    st = await core.warm.run(core.warm.replace_symlink, rel,
-                                             stub.encode(core.config.bucket))
+                    try:
+                        st = await core.warm.run(core.warm.replace_symlink, rel,
+                                                 stub.encode(core.config.bucket))
+                    except FileNotFoundError:
+                        # Removed by another node meanwhile (or its folder): as for an unlink
+                        # here, the content is no file's any more.
+                        st = None
                     core.forget_dir_attrs()
+            if st is None and rel is not None:
+                await self._delete_own(info, upload.token)
             if st is not None:
                 ours = stub
                 stub, st = await self._follow_later_upload(inode, stub, st, upload.token)

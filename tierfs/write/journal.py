@@ -10,7 +10,10 @@ Entries change in memory and normally reach LMDB with the index batch. Where los
 in a crash would lose or misplace data, the filesystem waits for a group commit (``sync``)
 before going on: before a write-back close returns, before a part's bytes may be punched out
 of staging, before staged bytes of a part the journal names as completed change, before a
-multipart upload is created (so that a crash never leaves an upload nobody knows of), and when a file with data still to publish is renamed or unlinked.
+multipart upload is created (so that a crash never leaves an upload nobody knows of) and
+again with its id before any part goes up (so that recovery aborts that upload alone, not
+every upload of the key: another node may be writing the same file), and when a file with
+data still to publish is renamed or unlinked.
 
 Every change to an entry that follows from what happens to an open file (the writer closed
 it, wrote again, the data was published or must be kept) is a method here, called from every

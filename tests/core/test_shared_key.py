@@ -99,3 +99,29 @@ async def test_a_name_removed_by_another_node_before_the_stub_swap_leaves_nothin
         await core.close(fh)
         assert core.objects() == {} and core.uploads() == []
         assert core.journal() == {}
+
+
+@core_test
+async def test_a_crash_between_an_fsyncs_completion_and_its_stub_keeps_the_fsynced_content(
+        tmp_path: Path) -> None:
+    """A cold file rewritten under its own key and fsynced while still open: the completion
+    replaces the object the old stub names. Killed before the new stub went in, recovery
+    discarded the unclosed entry, and the file read EIO for good; it now publishes what the
+    fsync flushed."""
+    from .conftest import PART
+
+    old = content(PART + 1000, 1)
+    async with open_core(tmp_path, large_file_threshold="64KiB") as core:
+        await core.write_file(b"f", old)
+        fh = await core.open(b"f", os.O_RDWR)
+        await core.fs.write(fh, 0, b"NEW")
+        hold = core.store.hold_after("complete_multipart")
+        core.nursery.start_soon(core.fs.fsync, fh)
+        await core.until(hold.reached.is_set)
+        store = core.store
+        core.crash()
+        hold.release()  # (the crashed mount's worker goes on, and nothing of it is kept)
+    store.heal()
+    async with open_core(tmp_path, store, large_file_threshold="64KiB") as again:
+        await again.recover()
+        assert await again.read_file(b"f") == b"NEW" + old[3:]

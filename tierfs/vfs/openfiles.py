@@ -311,13 +311,8 @@ class OpenFiles:
             # closes, or at recovery after a crash (the journal keeps the fsynced size). With
             # no writer left (closed, write-back), fsync completes the object below.
             await data.upload.wait_idle()
-            entry = self.journal.entry_of(data)
-            if entry is not None and data.staging_fd is not None:
-                # The tail not yet cut into parts is on the hot disk only: flush it first.
-                await self.core.hot.run(os.fdatasync, data.staging_fd)
-                entry.synced = data.size
-                self.journal.update(data.staging_id, entry)
-                await self.journal.sync(durable=True)  # fsync's promise: past a power loss
+            # The tail not yet cut into parts is on the hot disk only: flushed first.
+            await self.journal.flushed(data)
         elif data.dirty:
             await self.publisher.publish(handle.inode, data)
 

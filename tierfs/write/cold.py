@@ -273,7 +273,11 @@ class ColdPublisher:
         # Completing the upload may replace the object the file's stub names (a cold file
         # rewritten under its own key): from then on only the new stub makes the file
         # readable, so a crash before it must find the entry closed, for recovery to finish
-        # what it started.
+        # what it started; or, published while writers keep it open (an fsync), flushed at
+        # this size, which recovery publishes too.
+        entry = self.journal.entry_of(data)
+        if entry is not None and not entry.closed and entry.synced != data.size:
+            await self.journal.flushed(data)
         await self.journal.sync()
         if upload.abandoned is not None:
             await self._drop_abandoned(inode, data)

@@ -250,6 +250,19 @@ class Journal:
         self.update(data.staging_id, entry)
         await self.sync(durable=True)
 
+    async def flushed(self, data: OpenFile) -> None:
+        """The staged data as it is now is on the hot disk, and the journal says so, durably:
+        recovery publishes a file streaming to the bucket up to here even if no writer closed
+        it (an fsync's promise; and a publish made while writers keep the file open, whose
+        completion may replace the object the file's stub names)."""
+        entry = self.entry_of(data)
+        if entry is None or data.staging_fd is None:
+            return
+        await self._run(os.fdatasync, data.staging_fd)
+        entry.synced = data.size
+        self.update(data.staging_id, entry)
+        await self.sync(durable=True)
+
     def part_recorder(self, sid: str) -> Callable[[dict[int, str | None]], Awaitable[None]]:
         """Make parts durable in the journal: a completed part (number -> receipt) before its
         bytes may leave staging, and a part whose staged bytes are about to change (number ->

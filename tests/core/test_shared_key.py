@@ -125,3 +125,35 @@ async def test_a_crash_between_an_fsyncs_completion_and_its_stub_keeps_the_fsync
     async with open_core(tmp_path, store, large_file_threshold="64KiB") as again:
         await again.recover()
         assert await again.read_file(b"f") == b"NEW" + old[3:]
+
+
+@core_test
+async def test_a_crash_after_an_fsync_inside_a_part_and_that_part_uploaded(
+        tmp_path: Path) -> None:
+    """fsync at 7 MiB (5 MiB parts), writes on until part 2 (5 to 10 MiB) is uploaded and
+    recorded, then a crash: recovery published the fsynced 7 MiB with part 2 whole, the
+    object came out 10 MiB, and the file was set aside instead. It is now published to the
+    end of part 2, which holds the fsynced bytes and some written after."""
+    from .conftest import PART
+
+    first = content(PART + 2 * 1024 * 1024, 1)
+    more = content(PART, 2)
+    async with open_core(tmp_path, large_file_threshold="64KiB") as core:
+        await core.write_file(b"f", b"previous")
+        fh = await core.open(b"f", os.O_WRONLY | os.O_TRUNC)
+        await core.write_all(fh, first)
+        await core.fs.fsync(fh)
+        await core.write_all(fh, more, offset=len(first))
+
+        def part_2_recorded() -> bool:
+            entries = list(core.stored_journal().values())
+            return bool(entries) and entries[0].upload is not None and \
+                2 in entries[0].upload.parts
+
+        await core.until(part_2_recorded)
+        store = core.store
+        core.crash()
+    async with open_core(tmp_path, store, large_file_threshold="64KiB") as again:
+        await again.recover()
+        assert again.lost_found() == []
+        assert await again.read_file(b"f") == (first + more)[:2 * PART]

@@ -47,7 +47,7 @@ from tierfs.core.inodes import ROOT_INODE, Inode, identity
 from tierfs.core.openfile import DataState, OpenFile
 from tierfs.objects.base import ObjectStoreError
 from tierfs.tiers.warm import is_internal, join
-from tierfs.transfer.streaming import StreamingUpload
+from tierfs.transfer.streaming import StreamingUpload, part_size
 from tierfs.write import journal
 from tierfs.write.publish import Publisher
 from tierfs.write.staging import Staging
@@ -99,6 +99,8 @@ class Recovery:
         for sid, entry in sorted(entries.items()):
             try:
                 size = publishable(entry, rebooted)
+                if size is not None and sid in staged and not entry.closed:
+                    size = await self._past_parts(sid, entry, size)
                 if size is not None and sid in staged:
                     entry.size = size
                     self.journal.record(sid, entry)
@@ -124,6 +126,26 @@ class Recovery:
         if any(dataclasses.astuple(report)):
             log.warning("recovery: %s", report)
         return report
+
+    async def _past_parts(self, sid: str, entry: journal.Entry, size: int) -> int:
+        """The size to publish an fsynced, unclosed streaming file at: the fsynced size, or
+        the end of the last part the journal records as uploaded if that is further (written
+        after the fsync): that part is stored whole, and its bytes may have left staging,
+        so the object cannot end inside it. Bytes written after an fsync may be there after
+        a crash, as on any file system; only where staging held them all."""
+        upload = entry.upload
+        if upload is None or not upload.parts:
+            return size
+        last = max(upload.parts)
+        end = sum(part_size(upload.first_part, n) for n in range(1, last + 1))
+        if end <= size:
+            return size
+        try:
+            staged = await self.core.hot.run(
+                lambda: os.stat(self.core.hot.staging_dir / sid).st_size)
+        except OSError:
+            return size
+        return end if staged >= end else size
 
     async def _publish(self, sid: str, entry: journal.Entry, report: Report) -> None:
         """Publish one closed (or fsynced) entry as a live close would."""

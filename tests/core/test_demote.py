@@ -16,6 +16,7 @@ import trio
 from tierfs.index import Index
 
 from .conftest import PART, core_test, open_core
+from .faults import FaultStore
 
 DATA = bytes(range(256)) * (3 * PART // 256 + 17)  # a little over three parts
 
@@ -199,12 +200,9 @@ async def test_the_quota_demotes_the_least_recently_used_large_files(tmp_path: P
 STEPS = ["recorded", "uploaded", "swap", "swapped"]
 
 
-@pytest.mark.parametrize("step", STEPS)
-@core_test
-async def test_a_crash_at_each_step_of_a_demotion_loses_nothing(tmp_path: Path,
-                                                                step: str) -> None:
-    put_warm(tmp_path, "big.bin", DATA)
-    async with open_core(tmp_path) as c:
+async def crash_at(root: Path, step: str, path: bytes) -> FaultStore:
+    """Demote ``path`` and crash the mount once the demotion reaches ``step``; its store."""
+    async with open_core(root) as c:
         reached = trio.Event()
 
         async def stop(name: str) -> None:
@@ -213,10 +211,19 @@ async def test_a_crash_at_each_step_of_a_demotion_loses_nothing(tmp_path: Path,
                 await trio.sleep_forever()
 
         c.fs.demoter.at_step = stop
-        c.nursery.start_soon(c.fs.demoter.demote, b"big.bin")
+        c.nursery.start_soon(c.fs.demoter.demote, path)
         await reached.wait()
         c.crash()
-    async with open_core(tmp_path, store=c.store) as c:
+    return c.store
+
+
+@pytest.mark.parametrize("step", STEPS)
+@core_test
+async def test_a_crash_at_each_step_of_a_demotion_loses_nothing(tmp_path: Path,
+                                                                step: str) -> None:
+    put_warm(tmp_path, "big.bin", DATA)
+    store = await crash_at(tmp_path, step, b"big.bin")
+    async with open_core(tmp_path, store=store) as c:
         await c.recover()
         await c.purge_temps()
         stub = c.stub(b"big.bin")
@@ -238,20 +245,9 @@ async def test_a_crash_after_the_swap_keeps_a_stub_moved_by_another_node(
     """The swap happened and another node renamed the stub before recovery: its object is
     kept (it is the file's data), not taken for the garbage of an undone demotion."""
     put_warm(tmp_path, "big.bin", DATA)
-    async with open_core(tmp_path) as c:
-        reached = trio.Event()
-
-        async def stop(name: str) -> None:
-            if name == "swapped":
-                reached.set()
-                await trio.sleep_forever()
-
-        c.fs.demoter.at_step = stop
-        c.nursery.start_soon(c.fs.demoter.demote, b"big.bin")
-        await reached.wait()
-        c.crash()
+    store = await crash_at(tmp_path, "swapped", b"big.bin")
     os.rename(tmp_path / "warm" / "big.bin", tmp_path / "warm" / "moved.bin")
-    async with open_core(tmp_path, store=c.store) as c:
+    async with open_core(tmp_path, store=store) as c:
         await c.recover()
         assert await c.read_file(b"moved.bin") == DATA
 
@@ -452,18 +448,7 @@ async def test_recovery_keeps_the_object_of_a_stub_moved_for_a_file_with_its_num
     was uploaded, so the object, which the moved stub names, stays."""
     old = put_warm(tmp_path, "big.bin", DATA)
     mtime = old.stat().st_mtime_ns
-    async with open_core(tmp_path) as c:
-        reached = trio.Event()
-
-        async def stop(name: str) -> None:
-            if name == "swapped":
-                reached.set()
-                await trio.sleep_forever()
-
-        c.fs.demoter.at_step = stop
-        c.nursery.start_soon(c.fs.demoter.demote, b"big.bin")
-        await reached.wait()
-        c.crash()
+    store = await crash_at(tmp_path, "swapped", b"big.bin")
     os.rename(old, tmp_path / "warm" / "moved.bin")
     put_warm(tmp_path, "big.bin", DATA)  # (same size, and its mtime set as cp -p would)
     os.utime(old, ns=(mtime, mtime))
@@ -478,7 +463,7 @@ async def test_recovery_keeps_the_object_of_a_stub_moved_for_a_file_with_its_num
                     txn.put(key, json.dumps(record).encode())
     finally:
         index.close()
-    async with open_core(tmp_path, store=c.store) as c:
+    async with open_core(tmp_path, store=store) as c:
         await c.recover()
         assert await c.read_file(b"moved.bin") == DATA
         assert await c.read_file(b"big.bin") == DATA

@@ -9,6 +9,7 @@ import os
 import random
 from pathlib import Path
 
+import pytest
 import trio
 
 from .conftest import core_test, open_core
@@ -127,9 +128,10 @@ async def test_a_crash_between_an_fsyncs_completion_and_its_stub_keeps_the_fsync
         assert await again.read_file(b"f") == b"NEW" + old[3:]
 
 
+@pytest.mark.parametrize("rebooted", [False, True])
 @core_test
 async def test_a_crash_after_an_fsync_inside_a_part_and_that_part_uploaded(
-        tmp_path: Path) -> None:
+        tmp_path: Path, rebooted: bool) -> None:
     """fsync at 7 MiB (5 MiB parts), writes on until part 2 (5 to 10 MiB) is uploaded and
     recorded, then a crash: recovery published the fsynced 7 MiB with part 2 whole, the
     object came out 10 MiB, and the file was set aside instead. It is now published to the
@@ -154,6 +156,29 @@ async def test_a_crash_after_an_fsync_inside_a_part_and_that_part_uploaded(
         store = core.store
         core.crash()
     async with open_core(tmp_path, store, large_file_threshold="64KiB") as again:
-        await again.recover()
+        await again.recover(rebooted=rebooted)  # (part 2 holds the fsynced size: stored)
         assert again.lost_found() == []
         assert await again.read_file(b"f") == (first + more)[:2 * PART]
+
+
+@core_test
+async def test_a_file_moved_by_another_node_during_its_rewrite_keeps_its_object(
+        tmp_path: Path) -> None:
+    """Another node moved the file (its stub, naming the old object) while this node
+    rewrote it under a new key: the rewrite has no name left, and the old object is the moved
+    file's. It had been deleted as the replaced object (the moved file then read EIO)."""
+    from .conftest import PART
+
+    old, new = content(PART + 1000, 1), content(PART + 1000, 2)
+    async with open_core(tmp_path, large_file_threshold="64KiB") as core:
+        await core.write_file(b"f", old)
+        await core.fs.rename(*await core.parent_and_name(b"f"),
+                             *await core.parent_and_name(b"g"), 0)  # (key stays "f")
+        fh = await core.open(b"g", os.O_WRONLY | os.O_TRUNC)
+        await core.write_all(fh, new)  # streams to key "g"
+        os.rename(core.warm_path(b"g"), core.warm_path(b"moved"))  # another node's mv
+        await core.close(fh)
+        store = core.store
+    async with open_core(tmp_path, store, large_file_threshold="64KiB") as again:
+        assert await again.read_file(b"moved") == old
+        assert set(again.objects()) == {"f"}

@@ -206,6 +206,16 @@ class WarmTier(XattrCalls, Tier):
             raise
         return self.lstat(rel)
 
+    def stub_over(self, rel: bytes, target: bytes) -> os.stat_result | None:
+        """``replace_symlink`` of what is at ``rel``; None (nothing done) if nothing is there
+        any more (removed by another node). A name missing only after the swap (renamed away
+        at once) raises: the stub is somewhere."""
+        try:
+            self.lstat(rel)
+        except FileNotFoundError:
+            return None
+        return self.replace_symlink(rel, target)
+
     def retarget_symlink(self, rel: bytes, expect: bytes, target: bytes
                          ) -> os.stat_result | None:
         """``replace_symlink`` if ``rel`` is still the symlink to ``expect``; None (nothing

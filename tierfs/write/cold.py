@@ -276,7 +276,8 @@ class ColdPublisher:
         # what it started; or, published while writers keep it open (an fsync), flushed at
         # this size, which recovery publishes too.
         entry = self.journal.entry_of(data)
-        if entry is not None and not entry.closed and entry.synced != data.size:
+        if (entry is not None and not entry.closed and entry.synced != data.size
+                and upload.key == data.replaces_object):
             await self.journal.flushed(data)
         await self.journal.sync()
         if upload.abandoned is not None:
@@ -339,15 +340,14 @@ class ColdPublisher:
                                                    mtime_ns=data.mtime_ns)
                     if data.base is not None:  # (its owner or mode changed while uploading)
                         stub = await settle(core, stub, data.base, info, rel)
-                    try:
-                        st = await core.warm.run(core.warm.replace_symlink, rel,
-                                                 stub.encode(core.config.bucket))
-                    except FileNotFoundError:
-                        # Removed by another node meanwhile (or its folder): as for an unlink
-                        # here, the content is no file's any more.
-                        st = None
+                    st = await core.warm.run(core.warm.stub_over, rel,
+                                             stub.encode(core.config.bucket))
                     core.forget_dir_attrs()
             if st is None and rel is not None:
+                # Removed by another node meanwhile: the new content is no file's, and the old
+                # object is not this node's to delete (the file may have moved with its
+                # stub; an unlink on that node dealt with it).
+                data.replaces_object = None
                 await self._delete_own(info, upload.token)
             if st is not None:
                 ours = stub

@@ -99,8 +99,8 @@ class Recovery:
         for sid, entry in sorted(entries.items()):
             try:
                 size = publishable(entry, rebooted)
-                if size is not None and sid in staged and not entry.closed:
-                    size = await self._past_parts(sid, entry, size)
+                if size is not None and sid in staged and size == entry.synced:
+                    size = await self._past_parts(sid, entry, size, rebooted)
                 if size is not None and sid in staged:
                     entry.size = size
                     self.journal.record(sid, entry)
@@ -127,19 +127,33 @@ class Recovery:
             log.warning("recovery: %s", report)
         return report
 
-    async def _past_parts(self, sid: str, entry: journal.Entry, size: int) -> int:
-        """The size to publish an fsynced, unclosed streaming file at: the fsynced size, or
-        the end of the last part the journal records as uploaded if that is further (written
-        after the fsync): that part is stored whole, and its bytes may have left staging,
-        so the object cannot end inside it. Bytes written after an fsync may be there after
-        a crash, as on any file system; only where staging held them all."""
+    async def _past_parts(self, sid: str, entry: journal.Entry, size: int, rebooted: bool
+                          ) -> int:
+        """The size to publish a streaming file at whose fsynced size ``size`` recovery
+        publishes: that, or the end of the last part the journal records as uploaded if that
+        is further (written after the fsync): that part is stored whole, and its bytes may
+        have left staging, so the object cannot end inside it. Bytes written after an fsync
+        may be there after a crash, as on any file system; only where staging held them all,
+        and after a restart of the system only across recorded parts from the one holding
+        ``size`` on (staged bytes past an fsync may not have reached the disk)."""
         upload = entry.upload
         if upload is None or not upload.parts:
             return size
-        last = max(upload.parts)
-        end = sum(part_size(upload.first_part, n) for n in range(1, last + 1))
+        ends, at = [], 0
+        for n in range(1, max(upload.parts) + 1):
+            at += part_size(upload.first_part, n)
+            ends.append(at)
+        end = ends[-1]
         if end <= size:
             return size
+        if rebooted:
+            n = next(i for i, e in enumerate(ends, 1) if e > size)  # (the part holding it)
+            end = size
+            while n in upload.parts:
+                end = ends[n - 1]
+                n += 1
+            if end == size:
+                return size
         try:
             staged = await self.core.hot.run(
                 lambda: os.stat(self.core.hot.staging_dir / sid).st_size)

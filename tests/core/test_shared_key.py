@@ -182,3 +182,35 @@ async def test_a_file_moved_by_another_node_during_its_rewrite_keeps_its_object(
     async with open_core(tmp_path, store, large_file_threshold="64KiB") as again:
         assert await again.read_file(b"moved") == old
         assert set(again.objects()) == {"f"}
+
+
+@core_test
+async def test_a_completion_described_by_a_head_another_completion_overtook(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """S3 describes a completed object by a HEAD after the completion; another node's
+    completion to the same key may land in between. The stub then named the other object
+    while this node kept its own bytes cached under it: this node read its bytes, every other
+    node the other's. The file is now the other's everywhere."""
+    from tierfs.objects.local import LocalStore
+    from tierfs.transfer.streaming import UPLOAD_TOKEN
+
+    from .conftest import PART
+
+    mine, theirs = content(PART + 1000, 1), content(PART + 1000, 2)
+    complete = LocalStore.complete_multipart
+
+    def overtaken(self, key, upload_id, parts):  # type: ignore[no-untyped-def]
+        complete(self, key, upload_id, parts)
+        self.put(key, theirs, {UPLOAD_TOKEN: "another-node", "mode": "0644",
+                               "mtime-ns": "1700000000000000000"})
+        return self.head(key)  # (as S3Store.complete_multipart does)
+
+    (tmp_path / "hot-b").mkdir(mode=0o700)
+    async with open_core(tmp_path, large_file_threshold="64KiB") as a:
+        monkeypatch.setattr(LocalStore, "complete_multipart", overtaken)
+        await a.write_file(b"ckpt", mine)
+        monkeypatch.undo()
+        assert await a.read_file(b"ckpt") == theirs
+    async with open_core(tmp_path, hot=str(tmp_path / "hot-b"),
+                         large_file_threshold="64KiB") as b:
+        assert await b.read_file(b"ckpt") == theirs

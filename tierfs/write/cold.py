@@ -304,19 +304,23 @@ class ColdPublisher:
                 raise  # the upload was lost (lose_upload said why)
             log.error("completing the upload of %s failed; staged data kept: %s", upload.key, e)
             raise err(errno.EIO) from None
-        if info.size != data.size:
+        # The store's answer may already be another upload's to the same key (another node
+        # writing the file at once), completed after ours and before the HEAD that describes
+        # it: the file is that one's then, as if its stub had gone in after ours.
+        theirs = info.metadata.get(UPLOAD_TOKEN) not in (None, upload.token)
+        if info.size != data.size and not theirs:
             # What the store says it holds is not what was written: never the stub of a file
             # of another size (nor a "small" file brought back short and its object deleted).
             log.error("the bucket reports %d bytes for %s after its upload of %d bytes "
                       "completed; staged data kept", info.size, upload.key, data.size)
             raise err(errno.EIO)
-        stub: Stub | None = Stub(info.key, info.size, info.etag, file_mode(inode, data),
-                                 data.mtime_ns)
+        stub: Stub | None = stub_for(info) if theirs else Stub(
+            info.key, info.size, info.etag, file_mode(inode, data), data.mtime_ns)
         fresh: int | None = None  # a descriptor on the warm file, if it comes back there
-        followed = False
+        followed = theirs  # (then staging is not the object: not kept hot)
         old: int | None = None
         assert stub is not None
-        if not self.placement.belongs_cold(self.rule(inode, data), info.size):
+        if not theirs and not self.placement.belongs_cold(self.rule(inode, data), info.size):
             # Streamed early (stream_after) but small in the end: it belongs on the warm tier.
             st = await self._bring_back(inode, data, stub, since)
             stub = None
@@ -333,12 +337,13 @@ class ColdPublisher:
                     await self._delete_own(info, upload.token)
                     st = None
                 else:
-                    if core.attr_mark(inode) != since:  # (chmod, utime, rename meanwhile)
+                    # (Another's object keeps the mode and owner its writer gave it.)
+                    if not theirs and core.attr_mark(inode) != since:  # (chmod, utime, rename)
                         data.base = None
                         await core.fresh_base(inode, data)
                         stub = dataclasses.replace(stub, mode=file_mode(inode, data),
                                                    mtime_ns=data.mtime_ns)
-                    if data.base is not None:  # (its owner or mode changed while uploading)
+                    if not theirs and data.base is not None:  # (owner or mode changed)
                         stub = await settle(core, stub, data.base, info, rel)
                     st = await core.warm.run(core.warm.stub_over, rel,
                                              stub.encode(core.config.bucket))
@@ -352,7 +357,7 @@ class ColdPublisher:
             if st is not None:
                 ours = stub
                 stub, st = await self._follow_later_upload(inode, stub, st, upload.token)
-                followed = stub is not ours  # (then staging is not the object: not kept hot)
+                followed = followed or stub is not ours  # (staging is not the object then)
         # One step, no await: a getattr in between would see neither the staged size nor the
         # stub, and the kernel would cache what it saw.
         data.upload = None

@@ -191,7 +191,12 @@ class WarmTier(XattrCalls, Tier):
     def replace_symlink(self, rel: bytes, target: bytes) -> os.stat_result:
         """Swap a symlink's target atomically (a stub's mode or mtime changed), keeping its
         owner."""
-        old = self.lstat(rel)
+        return self._swap_in_symlink(rel, target, self.lstat(rel))
+
+    def _swap_in_symlink(self, rel: bytes, target: bytes, old: os.stat_result
+                         ) -> os.stat_result:
+        """A symlink to ``target`` renamed over ``rel`` (``old``: its attributes), with their
+        owner."""
         tmp = join(split(rel)[0], self._temp_name())
         os.symlink(target, tmp, dir_fd=self.fd)
         try:
@@ -211,10 +216,10 @@ class WarmTier(XattrCalls, Tier):
         any more (removed by another node). A name missing only after the swap (renamed away
         at once) raises: the stub is somewhere."""
         try:
-            self.lstat(rel)
+            old = self.lstat(rel)
         except FileNotFoundError:
             return None
-        return self.replace_symlink(rel, target)
+        return self._swap_in_symlink(rel, target, old)
 
     def retarget_symlink(self, rel: bytes, expect: bytes, target: bytes
                          ) -> os.stat_result | None:

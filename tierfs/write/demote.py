@@ -245,12 +245,8 @@ class Demoter:
             swapped = await self._settle_swap(record)
             if swapped is None:
                 return Outcome(rel, st.st_size, False, str(e))
-            async with core.ns_lock:  # (what _swap does once the stub is in place)
-                inode = core.inodes.known(identity(st))
-                if inode is None:
-                    await self._carry_number(st, swapped)
-                else:
-                    self._replaced(inode, swapped, stub)
+            async with core.ns_lock:
+                await self._keep_number(core.inodes.known(identity(st)), st, swapped, stub)
             return Outcome(rel, st.st_size, True)
         except OSError as e:  # (the warm tier refused the stub: nothing was swapped)
             log.error("demoting %s: the stub could not be put in place: %s", show(rel), e)
@@ -285,16 +281,26 @@ class Demoter:
             if inode is None:
                 new = await core.warm.run(warmswap.swap_in_stub, core.warm, f, target)
                 if new is not None:
-                    await self._carry_number(st, new)
+                    await self._keep_number(None, st, new, stub)
             else:
                 with core.inodes.replacing(inode):
                     new = await core.warm.run(warmswap.swap_in_stub, core.warm, f, target)
                     if new is not None:
-                        self._replaced(inode, new, stub)
+                        await self._keep_number(inode, st, new, stub)
             core.forget_dir_attrs()
         if new is None:
             return "the file changed while it was uploaded"
         return None
+
+    async def _keep_number(self, inode: Inode | None, old: os.stat_result,
+                           new: os.stat_result, stub: Stub | None) -> None:
+        """What replaced a file (its stub, or the file its stub) is the same file to the
+        kernel: the inode in memory (``inode``) rekeyed to it, or, for one not in memory,
+        the number an earlier lookup gave it carried over."""
+        if inode is None:
+            await self._carry_number(old, new)
+        else:
+            self._replaced(inode, new, stub)
 
     def _replaced(self, inode: Inode, st: os.stat_result, stub: Stub | None) -> None:
         core = self.core
@@ -469,12 +475,12 @@ class Demoter:
             elif inode is None:
                 new = await core.warm.run(warmswap.unstub, found)
                 if new is not None:
-                    await self._carry_number(st, new)
+                    await self._keep_number(None, st, new, None)
             else:
                 with core.inodes.replacing(inode):
                     new = await core.warm.run(warmswap.unstub, found)
                     if new is not None:
-                        self._replaced(inode, new, None)
+                        await self._keep_number(inode, st, new, None)
             core.forget_dir_attrs()
         if new is None:
             return Outcome(rel, stub.size, False, "the stub changed while it was downloaded")

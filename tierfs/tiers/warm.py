@@ -148,37 +148,55 @@ class WarmTier(XattrCalls, Tier):
                 ) -> list[tuple[bytes, os.stat_result, frozenset[bytes] | None, bytes | None]]:
         """Names, attributes, extended attribute names (None where they could not be listed)
         and symlink targets of a directory's entries, without tierfs's own temp files."""
-        return self._scan(rel, None, xattrs=True) or []  # (None only past a ``most``)
+        return self.read_entries(rel, self.list_names(rel) or [])
 
     def list_attrs(self, rel: bytes, most: int
                    ) -> list[tuple[bytes, os.stat_result, None, bytes | None]] | None:
         """As ``listdir``, without extended attributes; None past ``most`` entries (the
         listing stops there: its size is anyone's choice on a shared tree)."""
-        return self._scan(rel, most, xattrs=False)  # type: ignore[return-value]
+        names = self.list_names(rel, most)
+        return None if names is None else self.read_entries(  # type: ignore[return-value]
+            rel, names, xattrs=False)
 
-    def _scan(self, rel: bytes, most: int | None, xattrs: bool
-              ) -> list[tuple[bytes, os.stat_result, frozenset[bytes] | None, bytes | None]] | None:
+    def list_names(self, rel: bytes, most: int | None = None) -> list[bytes] | None:
+        """A directory's names, without tierfs's own temp files; None past ``most``. Apart
+        from their attributes (``read_entries``), so that a long listing can be handed out
+        while the rest of its attributes are read."""
         dfd = os.open(rel, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=self.fd)
         try:
-            entries = []
+            names = []
             with os.scandir(dfd) as it:
-                for seen, entry in enumerate(it):
-                    if most is not None and seen >= most:
-                        return None
+                for entry in it:
                     name = os.fsencode(entry.name)
-                    if is_internal(name) or is_silly_renamed(name):
-                        continue
-                    try:
-                        st, target = stat_link(
-                            lambda: os.stat(name, dir_fd=dfd, follow_symlinks=False),
-                            lambda: os.readlink(name, dir_fd=dfd))
-                    except FileNotFoundError:  # removed while we listed
-                        continue
-                    entries.append((name, st, self._xattr_names_at(dfd, entry.name)
-                                    if xattrs else None, target))
-            return entries
+                    if not (is_internal(name) or is_silly_renamed(name)):
+                        names.append(name)
+                        if most is not None and len(names) > most:
+                            return None
+            return names
         finally:
             os.close(dfd)
+
+    def read_entries(self, rel: bytes, names: list[bytes], xattrs: bool = True
+                     ) -> list[tuple[bytes, os.stat_result, frozenset[bytes] | None, bytes | None]]:
+        """``listdir``'s tuple for each of ``names`` still in the directory (one gone since
+        is left out)."""
+        dfd = os.open(rel, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=self.fd)
+        try:
+            return [e for name in names for e in self._entry_at(dfd, name, xattrs)]
+        finally:
+            os.close(dfd)
+
+    def _entry_at(self, dfd: int, name: bytes, xattrs: bool
+                  ) -> tuple[tuple[bytes, os.stat_result, frozenset[bytes] | None,
+                                   bytes | None], ...]:
+        """One entry's tuple, or none if it is gone (removed while we listed)."""
+        try:
+            st, target = stat_link(lambda: os.stat(name, dir_fd=dfd, follow_symlinks=False),
+                                   lambda: os.readlink(name, dir_fd=dfd))
+        except FileNotFoundError:
+            return ()
+        return ((name, st, self._xattr_names_at(dfd, os.fsdecode(name)) if xattrs else None,
+                 target),)
 
     @staticmethod
     def _xattr_names_at(dfd: int, name: str) -> frozenset[bytes] | None:

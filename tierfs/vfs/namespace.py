@@ -384,7 +384,7 @@ class Namespace:
             if e.errno != errno.ENOTEMPTY:
                 raise
             # Temp files left by a crashed publish must not keep an empty directory alive.
-            if warm.listdir(rel):
+            if warm.list_names(rel):
                 raise
             warm.purge_temps(rel)
             warm.rmdir(rel)

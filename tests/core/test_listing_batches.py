@@ -1,0 +1,116 @@
+"""A long listing read a batch at a time (``vfs.listing``): the first reply waits for one
+batch of attributes, the rest are read in the background, and whatever happens to the
+directory meanwhile, every name is handed out once, with its own file's attributes."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import trio
+
+from tierfs.vfs import listing
+
+from .conftest import ROOT, Core, core_test, open_core
+
+BATCH = listing.READ_BATCH
+NAMES = [f"f{i:04d}".encode() for i in range(4 * BATCH + 7)]
+
+
+def fill(d: Path, names: list[bytes] = NAMES) -> None:
+    d.mkdir(exist_ok=True)
+    for i, name in enumerate(names):
+        (d / os.fsdecode(name)).write_bytes(b"x" * i)
+
+
+async def read_all(core: Core, dh: int, start: int, chunk: int = 30
+                   ) -> list[tuple[int, bytes, int]]:
+    """(offset, name, size) of the rest of a listing, taken ``chunk`` entries a call from
+    ``start``, as the kernel takes a page of entries and asks again from the last offset."""
+    got = []
+    while True:
+        out = (await core.fs.readdir(dh, start))[:chunk]
+        if not out:
+            return got
+        got += [(offset, entry.name, entry.st.st_size) for offset, entry in out]
+        start = out[-1][0]
+
+
+@core_test
+async def test_the_first_reply_waits_for_one_batch_and_the_rest_comes_whole(tmp_path: Path
+                                                                           ) -> None:
+    async with open_core(tmp_path) as core:
+        fill(core.warm / "d")
+        d = await core.lookup_path(b"d")
+        read = []
+        inner = core.fs.warm.read_entries
+
+        def counted(rel: bytes, names: list[bytes], xattrs: bool = True) -> object:
+            read.append(len(names))
+            return inner(rel, names, xattrs)
+
+        core.fs.warm.read_entries = counted  # type: ignore[method-assign]
+        dh = await core.fs.opendir(d.ino)
+        first = await core.fs.readdir(dh, 0)
+        assert read == [BATCH]  # the reply came before the other names' attributes
+        assert first and len(first) <= BATCH
+        rest = await read_all(core, dh, first[-1][0])
+        await core.fs.releasedir(dh)
+        got = [(o, e.name, e.st.st_size) for o, e in first] + rest
+        assert sorted(name for _, name, _ in got) == sorted(NAMES)
+        assert all(size == NAMES.index(name) for _, name, size in got)
+        assert [o for o, _, _ in got] == sorted({o for o, _, _ in got})  # offsets go forward
+        assert sum(read) == len(NAMES)
+
+
+@core_test
+async def test_names_removed_before_their_batch_is_read_are_left_out(tmp_path: Path) -> None:
+    async with open_core(tmp_path) as core:
+        fill(core.warm / "d")
+        d = await core.lookup_path(b"d")
+        dh = await core.fs.opendir(d.ino)
+        first = await core.fs.readdir(dh, 0)
+        # Behind the mount's back (another node), before the background read reaches them
+        # (no checkpoint since the reply: the reading task has not run yet).
+        listed = {e.name for _, e in first}
+        gone = [name for name in NAMES if name not in listed][BATCH:BATCH + 10]
+        for name in gone:
+            (core.warm / "d" / os.fsdecode(name)).unlink()
+        rest = await read_all(core, dh, first[-1][0])
+        await core.fs.releasedir(dh)
+        names = [e.name for _, e in first] + [name for _, name, _ in rest]
+        assert sorted(names) == sorted(set(NAMES) - set(gone))
+        assert all(size == NAMES.index(name) for _, name, size in rest)
+
+
+@core_test
+async def test_a_directory_removed_while_it_is_listed_ends_the_listing(tmp_path: Path
+                                                                      ) -> None:
+    async with open_core(tmp_path) as core:
+        fill(core.warm / "d")
+        d = await core.lookup_path(b"d")
+        dh = await core.fs.opendir(d.ino)
+        first = await core.fs.readdir(dh, 0)
+        shutil.rmtree(core.warm / "d")  # (another node)
+        rest = await read_all(core, dh, first[-1][0])
+        await core.fs.releasedir(dh)
+        assert {name for _, name, _ in rest} <= set(NAMES) - {e.name for _, e in first}
+
+
+@core_test
+async def test_a_listing_released_or_read_again_midway_stops_its_reading(tmp_path: Path
+                                                                        ) -> None:
+    async with open_core(tmp_path) as core:
+        fill(core.warm / "d")
+        d = await core.lookup_path(b"d")
+        dh = await core.fs.opendir(d.ino)
+        await core.fs.readdir(dh, 0)
+        again = await read_all(core, dh, 0)  # rewound: a new snapshot, read whole
+        assert sorted(name for _, name, _ in again) == sorted(NAMES)
+        await core.fs.readdir(dh, 0)
+        await core.fs.releasedir(dh)
+        await trio.sleep(0.2)  # the reading stops; nothing fails in the background
+        dh = await core.fs.opendir(ROOT)
+        assert [e.name for _, e in await core.fs.readdir(dh, 0)] == [b"d"]
+        await core.fs.releasedir(dh)

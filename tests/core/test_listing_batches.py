@@ -37,6 +37,14 @@ async def read_all(core: Core, dh: int, start: int, chunk: int = 30
         start = out[-1][0]
 
 
+async def first_reply(core: Core) -> tuple[int, list[tuple[int, listing.DirEntry]]]:
+    """A handle on the directory ``d`` of NAMES, and its first readdir's reply."""
+    fill(core.warm / "d")
+    d = await core.lookup_path(b"d")
+    dh = await core.fs.opendir(d.ino)
+    return dh, await core.fs.readdir(dh, 0)
+
+
 @core_test
 async def test_the_first_reply_waits_for_one_batch_and_the_rest_comes_whole(tmp_path: Path
                                                                            ) -> None:
@@ -67,10 +75,7 @@ async def test_the_first_reply_waits_for_one_batch_and_the_rest_comes_whole(tmp_
 @core_test
 async def test_names_removed_before_their_batch_is_read_are_left_out(tmp_path: Path) -> None:
     async with open_core(tmp_path) as core:
-        fill(core.warm / "d")
-        d = await core.lookup_path(b"d")
-        dh = await core.fs.opendir(d.ino)
-        first = await core.fs.readdir(dh, 0)
+        dh, first = await first_reply(core)
         # Behind the mount's back (another node), before the background read reaches them
         # (no checkpoint since the reply: the reading task has not run yet).
         listed = {e.name for _, e in first}
@@ -88,10 +93,7 @@ async def test_names_removed_before_their_batch_is_read_are_left_out(tmp_path: P
 async def test_a_directory_removed_while_it_is_listed_ends_the_listing(tmp_path: Path
                                                                       ) -> None:
     async with open_core(tmp_path) as core:
-        fill(core.warm / "d")
-        d = await core.lookup_path(b"d")
-        dh = await core.fs.opendir(d.ino)
-        first = await core.fs.readdir(dh, 0)
+        dh, first = await first_reply(core)
         shutil.rmtree(core.warm / "d")  # (another node)
         rest = await read_all(core, dh, first[-1][0])
         await core.fs.releasedir(dh)
@@ -102,10 +104,7 @@ async def test_a_directory_removed_while_it_is_listed_ends_the_listing(tmp_path:
 async def test_a_listing_released_or_read_again_midway_stops_its_reading(tmp_path: Path
                                                                         ) -> None:
     async with open_core(tmp_path) as core:
-        fill(core.warm / "d")
-        d = await core.lookup_path(b"d")
-        dh = await core.fs.opendir(d.ino)
-        await core.fs.readdir(dh, 0)
+        dh, _ = await first_reply(core)
         again = await read_all(core, dh, 0)  # rewound: a new snapshot, read whole
         assert sorted(name for _, name, _ in again) == sorted(NAMES)
         await core.fs.readdir(dh, 0)

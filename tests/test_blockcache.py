@@ -118,8 +118,14 @@ def test_readers_sharing_a_failed_load_all_get_an_answer(cache: BlockCache) -> N
         # answer too; once the bucket is back they get the bytes.
         answers = await gather(24, lambda: cache.get(source, 0), stagger=0.004)
         assert all(a == errno.EIO or a == bytes([0]) * BLOCK for a in answers), answers
-        assert answers[-1] == bytes([0]) * BLOCK
         assert not cache._loading  # no load left behind
+        # How many of them found the bucket back depends on the machine's pace: readers after
+        # them get the bytes once the failures are used up (each read now loads once).
+        for _ in range(4 - calls.count(0)):
+            with pytest.raises(OSError):
+                await cache.get(source, 0)
+        data, _ = await cache.get(source, 0)
+        assert bytes(data) == bytes([0]) * BLOCK
 
     trio.run(main)
 

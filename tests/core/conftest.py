@@ -30,7 +30,8 @@ from tierfs.objects.local import WORK_DIR, LocalStore
 from tierfs.stubs import Stub, looks_like_stub, parse_stub
 from tierfs.tiers.cold import ColdTier
 from tierfs.tiers.hot import HotTier
-from tierfs.tiers.warm import WarmTier, is_internal
+from tierfs.tiers.scan import is_internal
+from tierfs.tiers.warm import WarmTier
 from tierfs.write import journal as journal_module
 from tierfs.vfs.filesystem import FileSystem, SetAttr
 from tierfs.vfs.residency import Residency

@@ -10,22 +10,18 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-import re
 import stat
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
 from tierfs.tiers.base import Tier
 from tierfs.tiers.copying import copy_fd, copy_to_new
+from tierfs.tiers.scan import (TEMP_PREFIX, TEMP_SUFFIX, Entry, entries_at, is_internal,
+                               names_at, stat_link)
 from tierfs.tiers.xattrs import XattrCalls, proc_path
 
 ROOT = b"."
-
-#: Temp files are named independently of the user's name, so a 255-byte name still has room.
-TEMP_PREFIX = b".tierfs-"
-TEMP_SUFFIX = b".tmp"
 
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
@@ -41,40 +37,6 @@ def join(parent: bytes, name: bytes) -> bytes:
 def split(rel: bytes) -> tuple[bytes, bytes]:
     parent, _, name = rel.rpartition(b"/")
     return (parent or ROOT), name
-
-
-def is_internal(name: bytes) -> bool:
-    """Names tierfs uses for itself inside the namespace; never shown through the mount."""
-    return name.startswith(TEMP_PREFIX) and name.endswith(TEMP_SUFFIX)
-
-
-#: A network file system's client keeps a file unlinked while open (tierfs holds the warm
-#: file of an open handle) under a hidden name until the last close: the Linux NFS client's
-#: ".nfs" and 24 hex digits, libfuse's ".fuse_hidden" and 16 (sshfs and other FUSE clients).
-_SILLY_RENAMED = re.compile(rb"\.(nfs[0-9a-f]{24}|fuse_hidden[0-9a-f]{16})\Z")
-
-
-def is_silly_renamed(name: bytes) -> bool:
-    """A name the warm tier's client gave an unlinked file still open: not listed, since
-    the file is gone for every user (it disappears at its last close)."""
-    return _SILLY_RENAMED.match(name) is not None
-
-
-def stat_link(lstat: Callable[[], os.stat_result], readlink: Callable[[], bytes]
-              ) -> tuple[os.stat_result, bytes | None]:
-    """An entry's attributes and, for a symlink, its target. A stub can be replaced by a
-    plain file between the two calls (a publish renames the file over it): readlink then
-    fails with EINVAL, and the entry is looked at again."""
-    for _ in range(8):
-        st = lstat()
-        if not stat.S_ISLNK(st.st_mode):
-            return st, None
-        try:
-            return st, readlink()
-        except OSError as e:
-            if e.errno != errno.EINVAL:
-                raise
-    raise OSError(errno.EAGAIN, "the entry keeps changing type")
 
 
 class LinkedMeanwhile(OSError):
@@ -97,10 +59,6 @@ class Reapply(NamedTuple):
 
     mode: int | None
     times: tuple[int, int]
-
-
-#: What most files' extended attribute names are.
-NO_NAMES: frozenset[bytes] = frozenset()
 
 
 class WarmTier(XattrCalls, Tier):
@@ -144,67 +102,36 @@ class WarmTier(XattrCalls, Tier):
         """Attributes, and the target if it is a symlink (it may be a stub)."""
         return stat_link(lambda: self.lstat(rel), lambda: self.readlink(rel))
 
-    def listdir(self, rel: bytes
-                ) -> list[tuple[bytes, os.stat_result, frozenset[bytes] | None, bytes | None]]:
+    def listdir(self, rel: bytes) -> list[Entry]:
         """Names, attributes, extended attribute names (None where they could not be listed)
         and symlink targets of a directory's entries, without tierfs's own temp files."""
-        return self.read_entries(rel, self.list_names(rel) or [])
+        dfd = self.open_dir(rel)
+        try:
+            return entries_at(dfd, names_at(dfd) or [])
+        finally:
+            os.close(dfd)
 
-    def list_attrs(self, rel: bytes, most: int
-                   ) -> list[tuple[bytes, os.stat_result, None, bytes | None]] | None:
+    def list_attrs(self, rel: bytes, most: int) -> list[Entry] | None:
         """As ``listdir``, without extended attributes; None past ``most`` entries (the
         listing stops there: its size is anyone's choice on a shared tree)."""
-        names = self.list_names(rel, most)
-        return None if names is None else self.read_entries(  # type: ignore[return-value]
-            rel, names, xattrs=False)
-
-    def list_names(self, rel: bytes, most: int | None = None) -> list[bytes] | None:
-        """A directory's names, without tierfs's own temp files; None past ``most``. Apart
-        from their attributes (``read_entries``), so that a long listing can be handed out
-        while the rest of its attributes are read."""
-        dfd = os.open(rel, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=self.fd)
+        dfd = self.open_dir(rel)
         try:
-            names = []
-            with os.scandir(dfd) as it:
-                for entry in it:
-                    name = os.fsencode(entry.name)
-                    if not (is_internal(name) or is_silly_renamed(name)):
-                        names.append(name)
-                        if most is not None and len(names) > most:
-                            return None
-            return names
+            names = names_at(dfd, most)
+            return None if names is None else entries_at(dfd, names, xattrs=False)
         finally:
             os.close(dfd)
 
-    def read_entries(self, rel: bytes, names: list[bytes], xattrs: bool = True
-                     ) -> list[tuple[bytes, os.stat_result, frozenset[bytes] | None, bytes | None]]:
-        """``listdir``'s tuple for each of ``names`` still in the directory (one gone since
-        is left out)."""
-        dfd = os.open(rel, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=self.fd)
+    def names(self, rel: bytes) -> list[bytes]:
+        """A directory's names, without tierfs's own temp files."""
+        dfd = self.open_dir(rel)
         try:
-            return [e for name in names for e in self._entry_at(dfd, name, xattrs)]
+            return names_at(dfd) or []
         finally:
             os.close(dfd)
 
-    def _entry_at(self, dfd: int, name: bytes, xattrs: bool
-                  ) -> tuple[tuple[bytes, os.stat_result, frozenset[bytes] | None,
-                                   bytes | None], ...]:
-        """One entry's tuple, or none if it is gone (removed while we listed)."""
-        try:
-            st, target = stat_link(lambda: os.stat(name, dir_fd=dfd, follow_symlinks=False),
-                                   lambda: os.readlink(name, dir_fd=dfd))
-        except FileNotFoundError:
-            return ()
-        return ((name, st, self._xattr_names_at(dfd, os.fsdecode(name)) if xattrs else None,
-                 target),)
-
-    @staticmethod
-    def _xattr_names_at(dfd: int, name: str) -> frozenset[bytes] | None:
-        try:
-            names = os.listxattr(f"/proc/self/fd/{dfd}/{name}", follow_symlinks=False)
-        except OSError:
-            return None
-        return frozenset(os.fsencode(n) for n in names) if names else NO_NAMES
+    def open_dir(self, rel: bytes) -> int:
+        """A descriptor of a directory, to read its entries by (``tiers.scan``)."""
+        return os.open(rel, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=self.fd)
 
     def replace_symlink(self, rel: bytes, target: bytes) -> os.stat_result:
         """Swap a symlink's target atomically (a stub's mode or mtime changed), keeping its

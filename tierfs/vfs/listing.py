@@ -3,27 +3,27 @@ and kept true while names change under them.
 
 A listing is a snapshot of the directory's names taken when it is read from the start, so
 offsets stay valid while entries come and go. The names come first, in one call; their
-attributes then a batch at a time in the background, so the first reply waits for one batch
-and the rest are read while the kernel takes the batches before (an `ls -l` of a large
-directory on a network file system waited for every entry's attributes before its first
-entry). Entries read before a rename or unlink through the mount (or before tierfs replaced
-the warm file behind a name) are read again before they are handed out.
+attributes then a batch at a time, as the kernel's calls reach them: the first reply waits for
+one batch, not for every entry's attributes (an `ls` of a large directory on a network file
+system showed nothing until all were read), and no step of the event loop costs in proportion
+to the directory's size, which anyone sharing the tree decides. (Read ahead in a background
+task instead, the batches took the GIL from the replies: more CPU, no sooner done.) Entries
+read before a rename or unlink through the mount (or before tierfs replaced the warm file
+behind a name) are read again before they are handed out.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import errno
-import logging
 import os
 from typing import NamedTuple
-
-import trio
 
 from tierfs.core.attrs import Attrs, attrs_of
 from tierfs.core.context import Core
 from tierfs.core.inodes import Inode, identity
 from tierfs.stubs import Stub
+from tierfs.tiers.scan import entries_at, names_at
 from tierfs.tiers.warm import join
 from tierfs.vfs.namespace import STALE_TRIES, Namespace
 
@@ -33,11 +33,12 @@ FRESH_BATCH = 64
 #: attributes) and asks again from where it stopped, so offering the whole rest of a long
 #: listing each time would make reading it quadratic.
 OFFERED = 128
-#: Entries whose attributes one warm call reads (and the event loop then takes in): a
-#: listing's first reply waits for one batch, whatever the directory's size.
+#: Entries whose attributes the first warm call of a listing reads: its first reply waits
+#: for this many, whatever the directory's size. Each batch after it is twice the one before
+#: (fewer hand-offs for a long listing), up to ``MOST_BATCH``, which bounds what one step of
+#: the event loop takes in.
 READ_BATCH = 128
-
-log = logging.getLogger(__name__)
+MOST_BATCH = 4096
 
 
 class DirEntry(NamedTuple):
@@ -61,14 +62,15 @@ class DirEntry(NamedTuple):
 
 @dataclasses.dataclass(eq=False)
 class Reading:
-    """The attributes of a listing's names still being read, a batch at a time."""
+    """A listing's names whose attributes are still to be read, a batch at a time."""
 
     names: list[bytes]
-    #: Where in ``names`` the next batch starts.
-    next: int = 0
-    #: Set when a batch has been added or the reading ended (then replaced).
-    landed: trio.Event = dataclasses.field(default_factory=trio.Event)
-    cancel: trio.CancelScope = dataclasses.field(default_factory=trio.CancelScope)
+    #: The directory's descriptor the names were read from (``tiers.scan``), held until the
+    #: last batch is read or the handle is released or read again from the start.
+    dfd: int
+    #: Where in ``names`` the next batch starts, and its size.
+    next: int = READ_BATCH
+    size: int = 2 * READ_BATCH
 
 
 @dataclasses.dataclass(eq=False)
@@ -79,10 +81,8 @@ class DirHandle:
     #: (``Core.name_changes``, ``InodeTable.replacements``, index): the entries from
     #: the index on are known to be current as of those counts.
     checked: tuple[int, int, int] = (0, 0, 0)
-    #: The rest of the listing being read; None once it is all in ``entries``.
+    #: The names still to be read; None once the listing is all in ``entries``.
     reading: Reading | None = None
-    #: Why the reading ended before the last name, handed to the readdir that reaches there.
-    failed: OSError | None = None
 
 
 class Listing:
@@ -98,29 +98,39 @@ class Listing:
         self.core.inodes.opened(inode)
         return fh
 
-    def _read_blocking(self, rel: bytes, names: list[bytes], as_of: tuple[int, int]
+    def _read_blocking(self, dfd: int, names: list[bytes], as_of: tuple[int, int]
                        ) -> list[DirEntry]:
-        found = self.core.warm.read_entries(rel, names)
+        found = entries_at(dfd, names)
         numbers = self.core.inodes.persisted_numbers([identity(st) for _, st, _, _ in found])
         return [DirEntry(name, st, number, xattrs, target, None, as_of)
                 for (name, st, xattrs, target), number in zip(found, numbers)]
 
     def _first_blocking(self, rel: bytes, as_of: tuple[int, int]
-                        ) -> tuple[list[bytes], list[DirEntry]]:
-        names = self.core.warm.list_names(rel) or []
-        return names, self._read_blocking(rel, names[:READ_BATCH], as_of)
+                        ) -> tuple[list[DirEntry], Reading | None]:
+        dfd = self.core.warm.open_dir(rel)
+        try:
+            names = names_at(dfd) or []
+            first = self._read_blocking(dfd, names[:READ_BATCH], as_of)
+        except BaseException:
+            os.close(dfd)
+            raise
+        if len(names) > READ_BATCH:
+            return first, Reading(names, dfd)
+        os.close(dfd)
+        return first, None
 
     async def readdir(self, fh: int, start: int) -> list[tuple[int, DirEntry]]:
         """The directory's entries from offset ``start``, each with its offset; a listing is
         a snapshot taken when it is read from the start, so offsets stay valid while entries
-        come and go."""
+        come and go. (The kernel sends one readdir of a handle at a time.)"""
         handle = self.handles[fh]
         if handle.entries is None or start == 0:
             await self._start(handle)
+        entries = handle.entries
+        assert entries is not None
         while True:
-            await self._until(handle, start)
-            entries = handle.entries
-            assert entries is not None
+            while handle.reading is not None and len(entries) <= start:
+                await self._read_batch(handle, handle.reading)
             stop = await self._fresh_entries(handle, start)
             end = min(stop, start + OFFERED)
             out = [(i + 1, entry) for i, entry in enumerate(entries[start:end], start)
@@ -130,24 +140,46 @@ class Listing:
             start = end
 
     async def _start(self, handle: DirHandle) -> None:
-        """Read the names and the first batch's attributes, and start reading the rest."""
-        self._stop_reading(handle)
+        """Read the names, and the first batch's attributes in the same call."""
+        await self._end_reading(handle)
         core = self.core
         # (a replacement during the call makes the entries stale)
         replacements = core.inodes.replacements
         async with core.ns_lock.shared():
             as_of = (core.name_changes, replacements)
             rel = core.inodes.path(handle.inode)
-            names, first = await core.warm.run(self._first_blocking, rel, as_of)
-        handle.entries, handle.failed = [], None
+            first, handle.reading = await core.warm.run(self._first_blocking, rel, as_of)
+        handle.entries = []
         self._add(handle, rel, first)
         handle.checked = (*as_of, 0)
-        if len(names) > READ_BATCH:
-            reading = handle.reading = Reading(names, next=READ_BATCH)
-            if core.nursery is not None:
-                core.nursery.start_soon(self._read_rest, handle, reading)
-            else:  # (no background: read it all now)
-                await self._read_rest(handle, reading)
+
+    async def _read_batch(self, handle: DirHandle, reading: Reading) -> None:
+        core = self.core
+        batch = reading.names[reading.next:reading.next + reading.size]
+        replacements = core.inodes.replacements
+        try:
+            async with core.ns_lock.shared():
+                as_of = (core.name_changes, replacements)
+                rel = core.inodes.path(handle.inode)
+                entries = await core.warm.run(self._read_blocking, reading.dfd, batch, as_of)
+        except OSError as e:
+            if e.errno not in (errno.ENOENT, errno.ENOTDIR, errno.ESTALE):
+                raise
+            await self._end_reading(handle)  # the directory is gone, and the rest with it
+            return
+        self._add(handle, rel, entries)
+        reading.next += len(batch)
+        reading.size = min(2 * reading.size, MOST_BATCH)
+        if reading.next >= len(reading.names):
+            await self._end_reading(handle)
+
+    async def _end_reading(self, handle: DirHandle) -> None:
+        reading, handle.reading = handle.reading, None
+        if reading is not None:
+            try:
+                await self.core.warm.run(os.close, reading.dfd)
+            except OSError:
+                pass  # (freed all the same)
 
     def _add(self, handle: DirHandle, rel: bytes, entries: list[DirEntry]) -> None:
         assert handle.entries is not None
@@ -160,49 +192,6 @@ class Listing:
                 if stub is not None:
                     entry = entry._replace(stub=stub)
             handle.entries.append(entry)
-
-    async def _read_rest(self, handle: DirHandle, reading: Reading) -> None:
-        core = self.core
-        try:
-            with reading.cancel:
-                while reading.next < len(reading.names):
-                    batch = reading.names[reading.next:reading.next + READ_BATCH]
-                    replacements = core.inodes.replacements
-                    async with core.ns_lock.shared():
-                        as_of = (core.name_changes, replacements)
-                        rel = core.inodes.path(handle.inode)
-                        entries = await core.warm.run(self._read_blocking, rel, batch, as_of)
-                    if handle.reading is not reading:
-                        return  # (read again from the start, or released, meanwhile)
-                    self._add(handle, rel, entries)
-                    reading.next += len(batch)
-                    reading.landed.set()
-                    reading.landed = trio.Event()
-        except OSError as e:
-            if e.errno not in (errno.ENOENT, errno.ENOTDIR, errno.ESTALE):  # (removed: ends)
-                handle.failed = e
-        except Exception:
-            log.exception("reading the rest of a directory listing failed")
-            handle.failed = OSError(errno.EIO, "reading the directory failed")
-        finally:
-            if handle.reading is reading:
-                handle.reading = None
-            reading.landed.set()
-
-    async def _until(self, handle: DirHandle, start: int) -> None:
-        """Wait until the listing holds entries past ``start`` or has been read whole."""
-        while ((reading := handle.reading) is not None and handle.entries is not None
-               and len(handle.entries) <= start):
-            await reading.landed.wait()
-        if handle.failed is not None and handle.entries is not None \
-                and len(handle.entries) <= start:
-            raise handle.failed
-
-    def _stop_reading(self, handle: DirHandle) -> None:
-        if handle.reading is not None:
-            handle.reading.cancel.cancel()
-            handle.reading.landed.set()
-            handle.reading = None
 
     async def _fresh_entries(self, handle: DirHandle, start: int) -> int:
         """Read again the entries from ``start`` that may name another file than when the
@@ -294,7 +283,7 @@ class Listing:
 
     async def releasedir(self, fh: int) -> None:
         handle = self.handles.pop(fh)
-        self._stop_reading(handle)
+        await self._end_reading(handle)
         self.core.inodes.closed(handle.inode)
 
     async def fsyncdir(self, fh: int) -> None:

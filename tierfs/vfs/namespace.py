@@ -24,7 +24,8 @@ from tierfs.core.context import Core
 from tierfs.core.inodes import ROOT_INODE, Inode, identity, key_ids
 from tierfs.core.ownership import Owners
 from tierfs.stubs import Stub, looks_like_stub
-from tierfs.tiers.warm import RENAME_EXCHANGE, RENAME_NOREPLACE, is_internal, split
+from tierfs.tiers.scan import is_internal
+from tierfs.tiers.warm import RENAME_EXCHANGE, RENAME_NOREPLACE, split
 from tierfs.vfs.listed import Listed
 from tierfs.write.journal import Journal
 
@@ -384,7 +385,7 @@ class Namespace:
             if e.errno != errno.ENOTEMPTY:
                 raise
             # Temp files left by a crashed publish must not keep an empty directory alive.
-            if warm.list_names(rel):
+            if warm.names(rel):
                 raise
             warm.purge_temps(rel)
             warm.rmdir(rel)

@@ -22,7 +22,8 @@ import heapq
 import os
 import stat
 
-from tierfs.tiers.warm import ROOT, WarmTier, is_internal, is_silly_renamed, join
+from tierfs.tiers.scan import is_internal, is_silly_renamed
+from tierfs.tiers.warm import ROOT, WarmTier, join
 from tierfs.write.warmswap import open_dir
 
 #: Files a walk hands back at most (the oldest large ones).

@@ -12,6 +12,8 @@ from typing import Any
 import pytest
 import trio
 
+from tierfs.core.attrs import SetAttr
+
 from .conftest import PART, ROOT, core_test, open_core
 
 SMALL = "64KiB"
@@ -473,3 +475,31 @@ async def test_closed_entry_whose_staging_is_gone_is_dropped(tmp_path: Path) -> 
         assert report.discarded == 1 and report.published == 0
         assert again.warm_path(b"f").read_bytes() == b"before"
         assert again.stored_journal() == {}
+
+
+@core_test
+async def test_after_a_reboot_writes_past_a_cut_below_the_fsync_are_not_taken_as_flushed(
+        tmp_path: Path) -> None:
+    """A file streaming to the bucket, fsynced, cut below the fsynced size, written again up
+    to less than that, closed (write-back), and the node loses power: the blocks written after
+    the cut were never flushed and may come back as zeros. Recovery after the reboot used to
+    take the whole file for flushed (the fsynced size was past its end) and published the
+    zeros as its content; it publishes what is known to be on disk, the part before the cut."""
+    first = content(PART + 100_000)
+    async with open_core(tmp_path, large_file_threshold=SMALL, durability="writeback") as core:
+        fh = await core.create(b"big", flags=os.O_RDWR)
+        await core.write_all(fh, first)
+        await core.fs.fsync(fh)
+        f = await core.lookup_path(b"big")
+        await core.fs.setattr(f.ino, SetAttr(size=1000))
+        await core.write_all(fh, b"n" * 5000, offset=1000)
+        await core.close(fh)  # staged and journaled; the crash comes before write-back ran
+        (sid,) = core.staged()
+        store = core.store
+        core.crash()
+    with open(core.staging_path(sid), "r+b") as staged:  # the power loss
+        staged.seek(1000)
+        staged.write(bytes(5000))
+    async with open_core(tmp_path, store, large_file_threshold=SMALL) as again:
+        await again.recover(rebooted=True)
+        assert await again.read_file(b"big") == first[:1000]

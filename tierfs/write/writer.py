@@ -87,6 +87,7 @@ class Writer:
         self.journal.reopened(data)
         assert data.staging_fd is not None
         await self.core.hot.run(os.ftruncate, data.staging_fd, size)
+        self.journal.cut(data, size)
         data.size = size
         data.written = min(data.written, size)
         data.mtime_ns = time.time_ns()

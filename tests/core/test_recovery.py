@@ -503,3 +503,19 @@ async def test_after_a_reboot_writes_past_a_cut_below_the_fsync_are_not_taken_as
     async with open_core(tmp_path, store, large_file_threshold=SMALL) as again:
         await again.recover(rebooted=True)
         assert await again.read_file(b"big") == first[:1000]
+
+
+@core_test
+async def test_a_cut_below_the_fsynced_size_is_in_the_stored_journal_when_it_returns(
+        tmp_path: Path) -> None:
+    """The lowered flushed size is committed (durably) before the cut, not left for the next
+    batch: a completion that trusts it, or a power loss a moment later, must find it there."""
+    async with open_core(tmp_path, large_file_threshold=SMALL) as core:
+        fh = await core.create(b"big", flags=os.O_RDWR)
+        await core.write_all(fh, content(PART + 100_000))
+        await core.fs.fsync(fh)
+        assert only(core.stored_journal()).synced == PART + 100_000
+        f = await core.lookup_path(b"big")
+        await core.fs.setattr(f.ino, SetAttr(size=1000))
+        assert only(core.stored_journal()).synced == 1000
+        await core.close(fh)

@@ -215,15 +215,18 @@ class Journal:
                 entry.synced = None  # what was on disk is being changed
             self.update(data.staging_id, entry)
 
-    def cut(self, data: OpenFile, size: int) -> None:
-        """The staged data was cut to ``size``. A flushed size past it no longer says what
-        is on the hot disk: blocks written there again are new, and after a power loss may
-        come back as zeros, so recovery after a reboot must not take them for flushed (the
-        rest of the file up to the cut was, and stays so)."""
+    async def cut(self, data: OpenFile, size: int) -> None:
+        """The staged data is about to be cut to ``size``. A flushed size past it would no
+        longer say what is on the hot disk: blocks written there again are new, and after a
+        power loss may come back as zeros, so recovery after a reboot must not take them for
+        flushed (the rest of the file up to the cut was, and stays so). Lowered durably before
+        the cut, as ``flushed`` raised it: a completion that trusts it (``cold.publish``) must
+        find the journal saying so after a power loss too."""
         entry = self.entry_of(data)
         if entry is not None and entry.synced is not None and size < entry.synced:
             entry.synced = size
             self.update(data.staging_id, entry)
+            await self.sync(durable=True)
 
     def mark_published(self, data: OpenFile) -> None:
         """The staged content is home: recovery has nothing to publish for it."""

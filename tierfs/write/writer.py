@@ -86,8 +86,8 @@ class Writer:
         await self.staging.stage(inode, data, keep=size)
         self.journal.reopened(data)
         assert data.staging_fd is not None
+        await self.journal.cut(data, size)
         await self.core.hot.run(os.ftruncate, data.staging_fd, size)
-        self.journal.cut(data, size)
         data.size = size
         data.written = min(data.written, size)
         data.mtime_ns = time.time_ns()

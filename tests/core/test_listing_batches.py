@@ -126,3 +126,43 @@ async def test_a_listing_read_again_from_the_start_midway_is_a_new_snapshot(tmp_
         again = await read_all(core, dh, 0)
         await core.fs.releasedir(dh)
         assert sorted(name for _, name, _ in again) == sorted([*NAMES, b"late"])
+
+
+@core_test
+async def test_a_directory_renamed_elsewhere_and_looked_up_anew_is_listed_whole(
+        tmp_path: Path) -> None:
+    """As above, and a lookup through the mount then finds the new directory under the old
+    name, so the listed one has no path any more: the rest is still read (its descriptor)."""
+    async with open_core(tmp_path) as core:
+        dh, first = await first_reply(core)
+        os.rename(core.warm / "d", core.warm / "moved")  # (another node)
+        (core.warm / "d").mkdir()
+        await core.lookup_path(b"d")
+        rest = await read_all(core, dh, first[-1][0])
+        await core.fs.releasedir(dh)
+        names = [e.name for _, e in first] + [name for _, name, _ in rest]
+        assert sorted(names) == sorted(NAMES)
+
+
+@core_test
+async def test_listings_past_the_held_ones_read_their_directory_by_path(tmp_path: Path
+                                                                         ) -> None:
+    held = listing.MOST_HELD
+    listing.MOST_HELD = 1
+    try:
+        async with open_core(tmp_path) as core:
+            fill(core.warm / "d")
+            fill(core.warm / "e", NAMES[::-1])
+            handles = []
+            for name in (b"d", b"e"):
+                dh = await core.fs.opendir((await core.lookup_path(name)).ino)
+                handles.append((dh, await core.fs.readdir(dh, 0)))
+            assert core.fs.listing.held == 1  # the second reads by path
+            for (dh, first), names in zip(handles, (NAMES, NAMES[::-1])):
+                rest = await read_all(core, dh, first[-1][0])
+                await core.fs.releasedir(dh)
+                got = [(e.name, e.st.st_size) for _, e in first] + [(n, s) for _, n, s in rest]
+                assert sorted(got) == sorted((n, i) for i, n in enumerate(names))
+            assert core.fs.listing.held == 0
+    finally:
+        listing.MOST_HELD = held

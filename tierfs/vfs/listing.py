@@ -39,6 +39,10 @@ OFFERED = 128
 #: the event loop takes in.
 READ_BATCH = 128
 MOST_BATCH = 4096
+#: Listings that hold their directory's descriptor at a time; those started past it open the
+#: directory again for each batch (a program keeping many directory streams half read must
+#: not use up the daemon's descriptors).
+MOST_HELD = 64
 
 
 class DirEntry(NamedTuple):
@@ -65,9 +69,13 @@ class Reading:
     """A listing's names whose attributes are still to be read, a batch at a time."""
 
     names: list[bytes]
+    #: The directory's path when the names were read: for the stubs' paths if its inode has
+    #: none now (another node renamed it, and a lookup found another directory there).
+    rel: bytes
     #: The directory's descriptor the names were read from (``tiers.scan``), held until the
-    #: last batch is read or the handle is released or read again from the start.
-    dfd: int
+    #: last batch is read or the handle is released or read again from the start; None past
+    #: ``MOST_HELD``: each batch opens the directory at its path.
+    dfd: int | None
     #: Where in ``names`` the next batch starts, and its size.
     next: int = READ_BATCH
     size: int = 2 * READ_BATCH
@@ -90,6 +98,8 @@ class Listing:
         self.core = core
         self.namespace = namespace
         self.handles: dict[int, DirHandle] = {}
+        #: Listings holding their directory's descriptor (``MOST_HELD``).
+        self.held = 0
 
     async def opendir(self, ino: int) -> int:
         inode = self.core.inodes[ino]
@@ -105,7 +115,7 @@ class Listing:
         return [DirEntry(name, st, number, xattrs, target, None, as_of)
                 for (name, st, xattrs, target), number in zip(found, numbers)]
 
-    def _first_blocking(self, rel: bytes, as_of: tuple[int, int]
+    def _first_blocking(self, rel: bytes, as_of: tuple[int, int], hold: bool
                         ) -> tuple[list[DirEntry], Reading | None]:
         dfd = self.core.warm.open_dir(rel)
         try:
@@ -114,10 +124,20 @@ class Listing:
         except BaseException:
             os.close(dfd)
             raise
-        if len(names) > READ_BATCH:
-            return first, Reading(names, dfd)
+        if len(names) > READ_BATCH and hold:
+            return first, Reading(names, rel, dfd)
         os.close(dfd)
-        return first, None
+        return first, Reading(names, rel, None) if len(names) > READ_BATCH else None
+
+    def _batch_blocking(self, reading: Reading, rel: bytes, names: list[bytes],
+                        as_of: tuple[int, int]) -> list[DirEntry]:
+        if reading.dfd is not None:
+            return self._read_blocking(reading.dfd, names, as_of)
+        dfd = self.core.warm.open_dir(rel)
+        try:
+            return self._read_blocking(dfd, names, as_of)
+        finally:
+            os.close(dfd)
 
     async def readdir(self, fh: int, start: int) -> list[tuple[int, DirEntry]]:
         """The directory's entries from offset ``start``, each with its offset; a listing is
@@ -142,13 +162,20 @@ class Listing:
     async def _start(self, handle: DirHandle) -> None:
         """Read the names, and the first batch's attributes in the same call."""
         await self._end_reading(handle)
+        handle.entries = None  # (until read again: no offset into the old snapshot is valid)
         core = self.core
         # (a replacement during the call makes the entries stale)
         replacements = core.inodes.replacements
-        async with core.ns_lock.shared():
-            as_of = (core.name_changes, replacements)
-            rel = core.inodes.path(handle.inode)
-            first, handle.reading = await core.warm.run(self._first_blocking, rel, as_of)
+        self.held += 1  # (counted before the call: another may start meanwhile)
+        try:
+            async with core.ns_lock.shared():
+                as_of = (core.name_changes, replacements)
+                rel = core.inodes.path(handle.inode)
+                first, handle.reading = await core.warm.run(
+                    self._first_blocking, rel, as_of, self.held <= MOST_HELD)
+        finally:
+            if handle.reading is None or handle.reading.dfd is None:
+                self.held -= 1
         handle.entries = []
         self._add(handle, rel, first)
         handle.checked = (*as_of, 0)
@@ -157,14 +184,19 @@ class Listing:
         core = self.core
         batch = reading.names[reading.next:reading.next + reading.size]
         replacements = core.inodes.replacements
-        try:
-            async with core.ns_lock.shared():
-                as_of = (core.name_changes, replacements)
+        async with core.ns_lock.shared():
+            as_of = (core.name_changes, replacements)
+            try:
                 rel = core.inodes.path(handle.inode)
-                entries = await core.warm.run(self._read_blocking, reading.dfd, batch, as_of)
-        except OSError as e:
-            if e.errno not in (errno.ENOENT, errno.ENOTDIR, errno.ESTALE):
-                raise
+            except OSError:
+                rel = reading.rel  # (no path now: what it was is the best there is)
+            try:
+                entries = await core.warm.run(self._batch_blocking, reading, rel, batch, as_of)
+            except OSError as e:
+                if e.errno not in (errno.ENOENT, errno.ENOTDIR, errno.ESTALE):
+                    raise
+                entries = None
+        if entries is None:
             await self._end_reading(handle)  # the directory is gone, and the rest with it
             return
         self._add(handle, rel, entries)
@@ -175,7 +207,8 @@ class Listing:
 
     async def _end_reading(self, handle: DirHandle) -> None:
         reading, handle.reading = handle.reading, None
-        if reading is not None:
+        if reading is not None and reading.dfd is not None:
+            self.held -= 1
             try:
                 await self.core.warm.run(os.close, reading.dfd)
             except OSError:

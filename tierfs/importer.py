@@ -23,7 +23,7 @@ from pathlib import Path
 
 from tierfs.config import Config
 from tierfs.errors import ConfigError
-from tierfs.objects.base import BucketURI, ObjectInfo, ObjectStore, parse_bucket_uri
+from tierfs.objects.base import BucketURI, ObjectStore, parse_bucket_uri
 from tierfs.paths import show
 from tierfs.stubs import Stub, StubError, looks_like_stub, parse_stub, stub_for
 from tierfs.tiers.scan import TEMP_PREFIX, TEMP_SUFFIX, is_internal

@@ -13,7 +13,8 @@ import os
 import stat
 import uuid
 from pathlib import Path
-from typing import NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple, TypeVar
 
 from tierfs.tiers.base import Tier
 from tierfs.tiers.copying import copy_fd, copy_to_new
@@ -22,6 +23,8 @@ from tierfs.tiers.scan import (TEMP_PREFIX, TEMP_SUFFIX, Entry, entries_at, is_i
 from tierfs.tiers.xattrs import XattrCalls, proc_path
 
 ROOT = b"."
+
+T = TypeVar("T")
 
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
@@ -105,33 +108,31 @@ class WarmTier(XattrCalls, Tier):
     def listdir(self, rel: bytes) -> list[Entry]:
         """Names, attributes, extended attribute names (None where they could not be listed)
         and symlink targets of a directory's entries, without tierfs's own temp files."""
-        dfd = self.open_dir(rel)
-        try:
-            return entries_at(dfd, names_at(dfd) or [])
-        finally:
-            os.close(dfd)
+        return self.in_dir(rel, lambda dfd: entries_at(dfd, names_at(dfd) or []))
 
     def list_attrs(self, rel: bytes, most: int) -> list[Entry] | None:
         """As ``listdir``, without extended attributes; None past ``most`` entries (the
         listing stops there: its size is anyone's choice on a shared tree)."""
-        dfd = self.open_dir(rel)
-        try:
+        def read(dfd: int) -> list[Entry] | None:
             names = names_at(dfd, most)
             return None if names is None else entries_at(dfd, names, xattrs=False)
-        finally:
-            os.close(dfd)
+        return self.in_dir(rel, read)
 
     def names(self, rel: bytes) -> list[bytes]:
         """A directory's names, without tierfs's own temp files."""
-        dfd = self.open_dir(rel)
-        try:
-            return names_at(dfd) or []
-        finally:
-            os.close(dfd)
+        return self.in_dir(rel, lambda dfd: names_at(dfd) or [])
 
     def open_dir(self, rel: bytes) -> int:
         """A descriptor of a directory, to read its entries by (``tiers.scan``)."""
         return os.open(rel, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=self.fd)
+
+    def in_dir(self, rel: bytes, read: Callable[[int], T]) -> T:
+        """``read`` of a descriptor of the directory ``rel``, closed after."""
+        dfd = self.open_dir(rel)
+        try:
+            return read(dfd)
+        finally:
+            os.close(dfd)
 
     def replace_symlink(self, rel: bytes, target: bytes) -> os.stat_result:
         """Swap a symlink's target atomically (a stub's mode or mtime changed), keeping its

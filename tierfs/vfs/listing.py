@@ -124,20 +124,17 @@ class Listing:
         except BaseException:
             os.close(dfd)
             raise
-        if len(names) > READ_BATCH and hold:
-            return first, Reading(names, rel, dfd)
-        os.close(dfd)
-        return first, Reading(names, rel, None) if len(names) > READ_BATCH else None
+        if len(names) <= READ_BATCH or not hold:
+            os.close(dfd)
+        if len(names) <= READ_BATCH:
+            return first, None
+        return first, Reading(names, rel, dfd if hold else None)
 
     def _batch_blocking(self, reading: Reading, rel: bytes, names: list[bytes],
                         as_of: tuple[int, int]) -> list[DirEntry]:
         if reading.dfd is not None:
             return self._read_blocking(reading.dfd, names, as_of)
-        dfd = self.core.warm.open_dir(rel)
-        try:
-            return self._read_blocking(dfd, names, as_of)
-        finally:
-            os.close(dfd)
+        return self.core.warm.in_dir(rel, lambda dfd: self._read_blocking(dfd, names, as_of))
 
     async def readdir(self, fh: int, start: int) -> list[tuple[int, DirEntry]]:
         """The directory's entries from offset ``start``, each with its offset; a listing is

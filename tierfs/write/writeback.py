@@ -61,6 +61,8 @@ class WriteBack:
         #: Calls that want every waiting file to go now (``publish_all``).
         self.urgent = 0
         self._wake = trio.Event()
+        #: Whether ``_quiet_watch`` runs.
+        self._watching = False
 
     def holds(self, inode: Inode) -> bool:
         return inode.ino in self.files
@@ -94,19 +96,44 @@ class WriteBack:
         self.held += size
         if self.held > self.max_held:
             self._hurry()  # the oldest goes
+        self._watch_quiet()
         try:
             while data.dirty and inode.links and not data.writers and not self.urgent:
                 now = trio.current_time()
-                at = min(since + self.max_wait, self.last_busy + self.quiet)
-                if now >= at or (self.held > self.max_held and next(iter(self.waiting)) == ino):
+                if (now >= since + self.max_wait or now >= self.last_busy + self.quiet
+                        or (self.held > self.max_held and next(iter(self.waiting)) == ino)):
                     return
-                with trio.move_on_at(at):
+                # Woken by its own deadline or by ``_hurry`` (a quiet moment, a bound passed,
+                # a call that wants every file now), never by each create or write: a save
+                # of many files keeps as many waiting.
+                with trio.move_on_at(since + self.max_wait):
                     await self._wake.wait()
         finally:
             del self.waiting[ino]
             self.held -= size
             if self.held > self.max_held:
                 self._hurry()  # the next oldest goes
+
+    def _watch_quiet(self) -> None:
+        """Start the one task that watches for a quiet moment, unless it runs."""
+        if not self._watching and self.core.nursery is not None:
+            self._watching = True
+            self.core.nursery.start_soon(self._quiet_watch)
+
+    async def _quiet_watch(self) -> None:
+        """Wake the waiting files when the mount has been quiet for ``quiet`` seconds; one
+        timer for all of them (each file's own would fire every ``quiet`` seconds while the
+        mount is busy, a cost that grows with the files waiting)."""
+        try:
+            while self.waiting:
+                at = self.last_busy + self.quiet
+                if trio.current_time() < at:
+                    await trio.sleep_until(at)
+                    continue
+                self._hurry()
+                await trio.sleep(self.quiet)  # (they go; a busy moment meanwhile holds more)
+        finally:
+            self._watching = False
 
     async def _run(self, inode: Inode, data: OpenFile, since: float) -> None:
         delay = 1.0

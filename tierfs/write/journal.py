@@ -104,10 +104,15 @@ class Journal:
         self._run = run_in_thread
         #: Entries as they are now (the batch holds their serialised form until commit).
         self.entries: dict[str, Entry] = {}
+        #: The entries at each path, and each entry's path as last recorded: every publish
+        #: asks for those at its path, and a save of many files keeps many entries.
+        self._at_path: dict[bytes, set[str]] = {}
+        self._path_of: dict[str, bytes] = {}
 
     def record(self, sid: str, entry: Entry) -> None:
         """Queue an entry's current state (call again after every change to it)."""
         self.entries[sid] = entry
+        self._index_path(sid, entry.path)
         self.batch.put(DB, sid.encode(), entry)  # encoded when the batch commits
 
     def update(self, sid: str | None, entry: Entry) -> None:
@@ -119,7 +124,22 @@ class Journal:
 
     def drop(self, sid: str) -> None:
         self.entries.pop(sid, None)
+        self._index_path(sid, None)
         self.batch.delete(DB, sid.encode())
+
+    def _index_path(self, sid: str, path: bytes | None) -> None:
+        old = self._path_of.get(sid)
+        if old == path:
+            return
+        if old is not None:
+            sids = self._at_path[old]
+            sids.discard(sid)
+            if not sids:
+                del self._at_path[old]
+            del self._path_of[sid]
+        if path is not None:
+            self._path_of[sid] = path
+            self._at_path.setdefault(path, set()).add(sid)
 
     async def sync(self, durable: bool = False) -> None:
         """Commit every change queued so far (shared with concurrent callers): it survives a
@@ -153,9 +173,8 @@ class Journal:
         it (an open file's entry is re-pointed first, ``repoint``) must never come back there
         at recovery. Returns whether an entry whose data may be published changed."""
         changed = False
-        for sid, entry in self.entries.items():
-            if entry.path == rel:
-                changed = self._lost_name(sid, entry) or changed
+        for sid in list(self._at_path.get(rel, ())):
+            changed = self._lost_name(sid, self.entries[sid]) or changed
         return changed
 
     def superseded(self, rel: bytes, current: str | None) -> bool:
@@ -163,9 +182,9 @@ class Journal:
         that failed is older, and must never be published over it. Returns whether any
         entry changed (then the caller syncs)."""
         changed = False
-        for sid, entry in self.entries.items():
-            if sid != current and entry.path == rel:
-                self._lost_name(sid, entry)
+        for sid in list(self._at_path.get(rel, ())):
+            if sid != current:
+                self._lost_name(sid, self.entries[sid])
                 changed = True
         return changed
 

@@ -170,3 +170,38 @@ async def test_flush_leaves_a_file_reopened_for_writing_to_its_writer(tmp_path: 
         assert home(core, b"a"), "tierfs flush published a write not yet closed"
         await close_and_flush(core, fh)
         assert home(core, b"a", b"y" + DATA[1:])
+
+
+@core_test
+async def test_files_past_their_wait_go_one_at_a_time_while_the_mount_is_busy(
+        tmp_path: Path) -> None:
+    # Over a network warm tier every publish shares the connections with the foreground's
+    # creates: while the mount stays busy, only one publish forced by the longest wait runs.
+    async with open_core(tmp_path, durability="writeback") as core:
+        policy(core, quiet=60.0, max_wait=0.2)
+        wb = core.fs.writeback
+        running, most = 0, 0
+        publish = wb.publisher.publish
+
+        async def counted(inode: object, data: object) -> None:
+            nonlocal running, most
+            running += 1
+            most = max(most, running)
+            try:
+                await trio.sleep(0.05)  # (a slow tier)
+                await publish(inode, data)  # type: ignore[arg-type]
+            finally:
+                running -= 1
+
+        wb.publisher.publish = counted  # type: ignore[method-assign]
+        for i in range(4):
+            await core.write_file(b"f%d" % i, DATA)
+        fh = await core.create(b"log")
+        offset = 0
+        with trio.move_on_after(5.0):
+            while not all(home(core, b"f%d" % i) for i in range(4)):
+                offset += await core.fs.write(fh, offset, b"line\n")  # never quiet
+                await trio.sleep(0.02)
+        assert all(home(core, b"f%d" % i) for i in range(4)), "not all published while busy"
+        assert most == 1
+        await close_and_flush(core, fh)

@@ -10,8 +10,10 @@ A background publish gives way to foreground work, as a write-back cache's shoul
 network warm tier the copy of one file would otherwise share the connection with the next
 file's create, and a save of many files would wait behind its own publishing. So a closed
 file's publish starts once the mount has had no create, write or close for ``QUIET`` seconds,
-or once the file has waited ``MAX_WAIT`` seconds whatever comes, or at once while the bytes of
-files waiting exceed ``MAX_HELD`` (the oldest go first). This is the one place that decides
+or once the file has waited ``MAX_WAIT`` seconds and no other file that waited as long is being
+published (while the mount stays busy they go one at a time, oldest first: each publish by copy
+over a network tier makes several times the requests of a create), or at once while the bytes
+of files waiting exceed ``MAX_HELD`` (the oldest go first). This is the one place that decides
 it; ``tierfs flush``, unmount, an open for writing or a truncate of a waiting file (which
 publish it themselves) and recovery (which publishes without this class) never wait here.
 """
@@ -19,6 +21,7 @@ publish it themselves) and recovery (which publishes without this class) never w
 from __future__ import annotations
 
 import logging
+import math
 
 import trio
 
@@ -60,7 +63,11 @@ class WriteBack:
         self.held = 0
         #: Calls that want every waiting file to go now (``publish_all``).
         self.urgent = 0
-        self._wake = trio.Event()
+        #: What each waiting file waits on, by inode number (set to wake it).
+        self._bells: dict[int, trio.Event] = {}
+        #: The one file whose publish started past its longest wait while the mount was
+        #: busy, until that publish ends (the next such file waits for it).
+        self._overdue: int | None = None
         #: Whether ``_quiet_watch`` runs.
         self._watching = False
 
@@ -83,14 +90,16 @@ class WriteBack:
 
     def _hurry(self) -> None:
         """Wake every waiting file to look again at whether its turn has come."""
-        self._wake.set()
-        self._wake = trio.Event()
+        for bell in self._bells.values():
+            bell.set()
 
-    async def _turn(self, inode: Inode, data: OpenFile, since: float) -> None:
+    async def _turn(self, inode: Inode, data: OpenFile, since: float) -> bool:
         """Wait until this file's publish may start (the rule in the module's docstring);
         at once if it is home already (published by another call), gone, or open for writing
         again (the open published it; the new writes are that writer's, handed back here by
-        its last close: never published half-done in the meantime)."""
+        its last close: never published half-done in the meantime). True if it starts as the
+        one file published while the mount is busy (``_overdue``): the caller gives the turn
+        on when its publish ends."""
         ino = inode.ino
         self.waiting[ino] = size = data.size
         self.held += size
@@ -100,19 +109,37 @@ class WriteBack:
         try:
             while data.dirty and inode.links and not data.writers and not self.urgent:
                 now = trio.current_time()
-                if (now >= since + self.max_wait or now >= self.last_busy + self.quiet
+                if (now >= self.last_busy + self.quiet
                         or (self.held > self.max_held and next(iter(self.waiting)) == ino)):
-                    return
-                # Woken by its own deadline or by ``_hurry`` (a quiet moment, a bound passed,
-                # a call that wants every file now), never by each create or write: a save
-                # of many files keeps as many waiting.
-                with trio.move_on_at(since + self.max_wait):
-                    await self._wake.wait()
+                    return False
+                due = now >= since + self.max_wait
+                if due and self._overdue is None and next(iter(self.waiting)) == ino:
+                    self._overdue = ino
+                    return True
+                # Woken by its own deadline, by ``_hurry`` (a quiet moment, a bound passed, a
+                # call that wants every file now) or, once due, when the turn of the files
+                # past their wait comes to it: never by each create or write, nor all of
+                # them by each publish (a save of many files keeps as many waiting).
+                bell = self._bells[ino] = trio.Event()
+                with trio.move_on_at(math.inf if due else since + self.max_wait):
+                    await bell.wait()
         finally:
             del self.waiting[ino]
+            self._bells.pop(ino, None)
             self.held -= size
             if self.held > self.max_held:
                 self._hurry()  # the next oldest goes
+            elif self._overdue is None:
+                self._ring_first()  # (the file after it may be due)
+        return False
+
+    def _ring_first(self) -> None:
+        """Wake the oldest waiting file: the one whose turn comes next while the mount is
+        busy."""
+        if self.waiting:
+            bell = self._bells.get(next(iter(self.waiting)))
+            if bell is not None:
+                bell.set()
 
     def _watch_quiet(self) -> None:
         """Start the one task that watches for a quiet moment, unless it runs."""
@@ -139,17 +166,24 @@ class WriteBack:
         delay = 1.0
         try:
             while data.dirty and inode.links:
-                await self._turn(inode, data, since)
-                if not (data.dirty and inode.links) or data.writers:
-                    break
+                overdue = await self._turn(inode, data, since)
+                failed = None
                 try:
+                    if not (data.dirty and inode.links) or data.writers:
+                        break
                     await self.publisher.publish(inode, data)
                     data.error = None
                 except OSError as e:
+                    failed = e
+                finally:
+                    if overdue:
+                        self._overdue = None
+                        self._ring_first()
+                if failed is not None:
                     self.core.counters.add("upload_errors")
-                    data.error = e
+                    data.error = failed
                     log.error("write-back of inode %d failed, retrying in %.0f s: %s",
-                              inode.ino, delay, e)
+                              inode.ino, delay, failed)
                     await self.journal.keep_staged(data)
                     await trio.sleep(delay)
                     delay = min(delay * 2, WRITEBACK_MAX_DELAY)

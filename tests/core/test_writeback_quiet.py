@@ -205,3 +205,38 @@ async def test_files_past_their_wait_go_one_at_a_time_while_the_mount_is_busy(
         assert all(home(core, b"f%d" % i) for i in range(4)), "not all published while busy"
         assert most == 1
         await close_and_flush(core, fh)
+
+
+@core_test
+async def test_a_second_writer_never_publishes_the_first_writers_unclosed_writes(
+        tmp_path: Path) -> None:
+    # b waits for its turn behind a's slow publish; reopened for writing, its acknowledged
+    # content goes home at that open. What the reopening writer then writes is half-written
+    # until its close: neither another writable open nor a truncate publishes it.
+    async with open_core(tmp_path, durability="writeback") as core:
+        policy(core, quiet=60.0, max_wait=0.1)
+        wb = core.fs.writeback
+        publish = wb.publisher.publish
+        await core.write_file(b"a", DATA)
+        a = await core.lookup_path(b"a")
+
+        async def slow_for_a(inode: object, data: object) -> None:
+            if inode is a:
+                await trio.sleep(3.0)
+            await publish(inode, data)  # type: ignore[arg-type]
+
+        wb.publisher.publish = slow_for_a  # type: ignore[method-assign]
+        await core.write_file(b"b", DATA)
+        await trio.sleep(0.3)  # both past their wait; a holds the turn
+        with trio.fail_after(5.0):
+            first = await core.open(b"b", os.O_WRONLY)
+        assert home(core, b"b")  # acknowledged content home before the new writes
+        await core.fs.write(first, 0, b"half")
+        with trio.fail_after(5.0):
+            second = await core.open(b"b", os.O_WRONLY)
+            b = await core.lookup_path(b"b")
+            await core.fs.setattr(b.ino, SetAttr(size=len(DATA) + 1))
+        assert home(core, b"b"), "a writer's unclosed writes were published"
+        await core.close(second)
+        await close_and_flush(core, first)
+        assert home(core, b"b", b"half" + DATA[4:] + b"\0")

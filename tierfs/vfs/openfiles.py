@@ -83,7 +83,7 @@ class OpenFiles:
                 inode.data = data
             else:
                 cached = inode.cached_version
-                if writable and self.writeback.holds(inode) and data.dirty:
+                if writable and self.writeback.acknowledged(inode, data):
                     # What the last close acknowledged must reach home before new writes
                     # change the staging file under it (a crash would otherwise lose both).
                     await self.publisher.publish(inode, data)
@@ -252,9 +252,9 @@ class OpenFiles:
         assert changes.size is not None
         # As for an open for writing: what the last close acknowledged reaches home before a
         # truncate changes it (and a file that went to the bucket is cold then).
-        while ((data := inode.data) is not None and self.writeback.holds(inode)
-               and data.dirty):
+        while (data := inode.data) is not None and self.writeback.acknowledged(inode, data):
             await self.publisher.publish(inode, data)
+        self.writeback.poke(inode)
         rest = dataclasses.replace(changes, size=None)
         if inode.stub is not None and not (inode.data is not None and inode.data.staged):
             # A new size for a cold file: staged, cut there and published at the last let-go
@@ -327,6 +327,8 @@ class OpenFiles:
         that stages a change without one (a truncate by path) until ``let_go``."""
         data.handles += 1
         data.writers += writable
+        if writable:
+            self.writeback.poke(inode)  # (its write-back, if any, ends: the writer's now)
         self.core.inodes.opened(inode)
 
     async def let_go(self, inode: Inode, data: OpenFile, writable: bool = False) -> None:

@@ -74,6 +74,20 @@ class WriteBack:
     def holds(self, inode: Inode) -> bool:
         return inode.ino in self.files
 
+    def acknowledged(self, inode: Inode, data: OpenFile) -> bool:
+        """Whether the file's staged data is what a close acknowledged, not home yet: to be
+        published before anything changes it. Not while a writer has it open again: what it
+        holds then is that writer's, half-written until its close (the open that let the
+        writer in published what was acknowledged)."""
+        return inode.ino in self.files and data.dirty and not data.writers
+
+    def poke(self, inode: Inode) -> None:
+        """The file changed hands (opened for writing, published by another call): its
+        waiting task, if any, looks again now rather than at its turn."""
+        bell = self._bells.get(inode.ino)
+        if bell is not None:
+            bell.set()
+
     def busy(self) -> None:
         """Foreground work on the mount (a create, write or close): background publishes not
         started yet wait for it to pause. One clock read: called on every write."""

@@ -519,3 +519,30 @@ async def test_a_cut_below_the_fsynced_size_is_in_the_stored_journal_when_it_ret
         await core.fs.setattr(f.ino, SetAttr(size=1000))
         assert only(core.stored_journal()).synced == 1000
         await core.close(fh)
+
+
+@core_test
+async def test_of_two_closed_entries_at_one_path_the_newer_is_published_last(
+        tmp_path: Path) -> None:
+    # Staged data an earlier publish failed to send home (kept for a later try) and newer
+    # data closed at the same path before a crash: whatever order their staging ids sort in,
+    # the file ends with the newer content.
+    from tierfs.write.journal import Entry
+    new = content(50_000, seed=5)
+    async with open_core(tmp_path, durability="writeback") as core:
+        await core.write_file(b"f", new)
+        core.crash()
+    async with open_core(tmp_path, durability="writeback") as again:
+        newer = only(again.stored_journal())
+        assert newer.closed and newer.closed_ns > 0
+        old = content(30_000, seed=9)
+        sid = "f" * 32  # sorts after any other id
+        again.staging_path(sid).write_bytes(old)
+        os.chmod(again.staging_path(sid), 0o600)
+        older = Entry(b"f", closed=True, size=len(old), closed_ns=newer.closed_ns - 10**9)
+        again.fs.index.commit({("journal", sid.encode()): older.encode()})
+        report = await again.recover()
+        assert report.published >= 1
+        assert again.warm_path(b"f").read_bytes() == new
+        assert await again.read_file(b"f") == new
+        assert again.staged() == [] and again.stored_journal() == {}

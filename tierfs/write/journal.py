@@ -28,6 +28,7 @@ import json
 import logging
 import os
 import secrets
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -73,12 +74,16 @@ class Entry:
     #: A file streaming to the bucket was fsynced at this size: recovery completes its
     #: upload up to there even if it was not closed.
     synced: int | None = None
+    #: When its writer last closed it (the wall clock, ns; 0: never, or journaled by an
+    #: older tierfs): recovery publishes entries in this order, so that of two at one path
+    #: (an earlier publish that failed, and newer data closed before a crash) the newer wins.
+    closed_ns: int = 0
 
     def encode(self) -> bytes:
         data: dict[str, Any] = {
             "path": os.fsdecode(self.path), "closed": self.closed, "size": self.size,
             "atime_ns": self.atime_ns, "mtime_ns": self.mtime_ns, "replaces": self.replaces,
-            "synced": self.synced, "upload": None}
+            "synced": self.synced, "closed_ns": self.closed_ns, "upload": None}
         if self.upload is not None:
             u = self.upload
             data["upload"] = {"key": u.key, "since": u.since, "first_part": u.first_part,
@@ -91,7 +96,9 @@ class Entry:
     def decode(cls, raw: bytes) -> Entry:
         data = json.loads(raw)
         upload = data.pop("upload", None)
-        entry = cls(**{**data, "path": os.fsencode(data["path"])})
+        known = {f.name for f in dataclasses.fields(cls)}
+        entry = cls(**{**{k: v for k, v in data.items() if k in known},
+                       "path": os.fsencode(data["path"])})
         if upload is not None:
             upload["parts"] = {int(n): e for n, e in upload["parts"].items()}
             entry.upload = Upload(**upload)
@@ -222,6 +229,7 @@ class Journal:
             return
         entry.closed = True
         entry.size, entry.atime_ns, entry.mtime_ns = data.size, data.atime_ns, data.mtime_ns
+        entry.closed_ns = time.time_ns()
         self.update(data.staging_id, entry)
 
     def reopened(self, data: OpenFile) -> None:

@@ -23,7 +23,11 @@ import trio
 
 from tierfs.errors import MountError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: Formats this tierfs reads; an older one is upgraded in place by the first mount. 2: journal
+#: entries may carry fields format 1 readers do not know (``acked_ns``), so a tierfs reading
+#: only format 1 must refuse the index rather than misread its journal.
+READS_FORMATS = (1, 2)
 #: The mode of the index's files.
 FILE_MODE = 0o600
 #: Seconds between batch commits. Losing one interval's worth of inode numbers in a crash only
@@ -102,9 +106,11 @@ class Index:
             found = txn.get(b"format")
             if found is None and not readonly:
                 txn.put(b"format", pack_u64(FORMAT_VERSION))
-            elif found is not None and unpack_u64(found) != FORMAT_VERSION:
+            elif found is not None and unpack_u64(found) not in READS_FORMATS:
                 raise MountError(f"the index at {path} has format {unpack_u64(found)}, this "
                                  f"tierfs reads format {FORMAT_VERSION}")
+            elif found is not None and unpack_u64(found) != FORMAT_VERSION and not readonly:
+                txn.put(b"format", pack_u64(FORMAT_VERSION))
 
     def node_id(self) -> bytes:
         """A random id for this hot tier (this node), made once and kept."""

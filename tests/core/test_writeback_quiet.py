@@ -212,7 +212,8 @@ async def test_a_second_writer_never_publishes_the_first_writers_unclosed_writes
         tmp_path: Path) -> None:
     # b waits for its turn behind a's slow publish; reopened for writing, its acknowledged
     # content goes home at that open. What the reopening writer then writes is half-written
-    # until its close: neither another writable open nor a truncate publishes it.
+    # until its close: neither another writable open nor a truncate publishes it (another
+    # writer's close does: its promise covers the file as staged).
     async with open_core(tmp_path, durability="writeback") as core:
         policy(core, quiet=60.0, max_wait=0.1)
         wb = core.fs.writeback
@@ -240,3 +241,24 @@ async def test_a_second_writer_never_publishes_the_first_writers_unclosed_writes
         await core.close(second)
         await close_and_flush(core, first)
         assert home(core, b"b", b"half" + DATA[4:] + b"\0")
+
+
+@core_test
+async def test_an_open_for_writing_between_a_close_and_its_release_publishes_it_first(
+        tmp_path: Path) -> None:
+    # A write-back close acknowledges at its flush; the release (which hands the file to
+    # write-back) may come later (a descriptor shared after fork or dup). A new writer in
+    # between must find the acknowledged content home before its writes take the journal's
+    # "closed" back.
+    async with open_core(tmp_path, durability="writeback") as core:
+        policy(core, quiet=60.0, max_wait=60.0)
+        first = await core.create(b"f")
+        await core.write_all(first, DATA)
+        await core.fs.flush(first)  # close(2) returned: acknowledged
+        with trio.fail_after(5.0):
+            second = await core.open(b"f", os.O_WRONLY)
+        assert home(core, b"f"), "acknowledged content not home before a new writer"
+        await core.fs.write(second, 0, b"y")
+        await core.fs.release(first)
+        await close_and_flush(core, second)
+        assert home(core, b"f", b"y" + DATA[1:])

@@ -74,16 +74,17 @@ class Entry:
     #: A file streaming to the bucket was fsynced at this size: recovery completes its
     #: upload up to there even if it was not closed.
     synced: int | None = None
-    #: When its writer last closed it (the wall clock, ns; 0: never, or journaled by an
-    #: older tierfs): recovery publishes entries in this order, so that of two at one path
-    #: (an earlier publish that failed, and newer data closed before a crash) the newer wins.
-    closed_ns: int = 0
+    #: When a close or an fsync last acknowledged its data (the wall clock, ns, never going
+    #: back within a run; 0: never, or journaled by format 1): recovery publishes entries
+    #: in this order, so that of two at one path (staged data an earlier publish failed to
+    #: send home, and newer data closed or fsynced before a crash) the newer wins.
+    acked_ns: int = 0
 
     def encode(self) -> bytes:
         data: dict[str, Any] = {
             "path": os.fsdecode(self.path), "closed": self.closed, "size": self.size,
             "atime_ns": self.atime_ns, "mtime_ns": self.mtime_ns, "replaces": self.replaces,
-            "synced": self.synced, "closed_ns": self.closed_ns, "upload": None}
+            "synced": self.synced, "acked_ns": self.acked_ns, "upload": None}
         if self.upload is not None:
             u = self.upload
             data["upload"] = {"key": u.key, "since": u.since, "first_part": u.first_part,
@@ -115,6 +116,13 @@ class Journal:
         #: asks for those at its path, and a save of many files keeps many entries.
         self._at_path: dict[bytes, set[str]] = {}
         self._path_of: dict[str, bytes] = {}
+        self._last_stamp = 0
+
+    def _stamp(self) -> int:
+        """A time for ``Entry.acked_ns``: the wall clock (it must order entries across
+        restarts), never behind the last stamp of this run."""
+        self._last_stamp = max(time.time_ns(), self._last_stamp + 1)
+        return self._last_stamp
 
     def record(self, sid: str, entry: Entry) -> None:
         """Queue an entry's current state (call again after every change to it)."""
@@ -229,7 +237,7 @@ class Journal:
             return
         entry.closed = True
         entry.size, entry.atime_ns, entry.mtime_ns = data.size, data.atime_ns, data.mtime_ns
-        entry.closed_ns = time.time_ns()
+        entry.acked_ns = self._stamp()
         self.update(data.staging_id, entry)
 
     def reopened(self, data: OpenFile) -> None:
@@ -300,6 +308,7 @@ class Journal:
             return
         await self._run(os.fdatasync, data.staging_fd)
         entry.synced = data.size
+        entry.acked_ns = self._stamp()
         self.update(data.staging_id, entry)
         await self.sync(durable=True)
 

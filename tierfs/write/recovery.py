@@ -97,9 +97,9 @@ class Recovery:
         for sid in sorted(staged - entries.keys()):
             await core.hot.run(core.hot.remove_staging, sid)
             report.orphans += 1
-        # Oldest close first: a later publish at the same path supersedes an earlier one
-        # (``Journal.superseded``), never the other way round.
-        for sid, entry in sorted(entries.items(), key=lambda item: (item[1].closed_ns, item[0])):
+        # Oldest acknowledgement first: a later publish at the same path supersedes an earlier
+        # one (``Journal.superseded``), never the other way round.
+        for sid, entry in sorted(entries.items(), key=lambda item: (item[1].acked_ns, item[0])):
             try:
                 size = publishable(entry, rebooted)
                 if size is not None and sid in staged and size == entry.synced:

@@ -75,11 +75,14 @@ class WriteBack:
         return inode.ino in self.files
 
     def acknowledged(self, inode: Inode, data: OpenFile) -> bool:
-        """Whether the file's staged data is what a close acknowledged, not home yet: to be
-        published before anything changes it. Not while a writer has it open again: what it
-        holds then is that writer's, half-written until its close (the open that let the
-        writer in published what was acknowledged)."""
-        return inode.ino in self.files and data.dirty and not data.writers
+        """Whether the file's staged data is what a write-back close acknowledged, not home
+        yet: to be published before anything changes it (a write after it would otherwise
+        take back the journal's "closed", and a crash would lose both). From the close's
+        flush on, before its release too; not once a writer has written again: what is staged
+        then is that writer's, half-written until its close."""
+        entry = self.journal.entry_of(data)
+        return (self.core.config.durability == "writeback" and data.dirty
+                and entry is not None and entry.closed)
 
     def poke(self, inode: Inode) -> None:
         """The file changed hands (opened for writing, published by another call): its

@@ -221,8 +221,11 @@ async def test_a_second_writer_never_publishes_the_first_writers_unclosed_writes
         await core.write_file(b"a", DATA)
         a = await core.lookup_path(b"a")
 
+        slowed = []
+
         async def slow_for_a(inode: object, data: object) -> None:
-            if inode is a:
+            if inode is a and not slowed:  # (its first publish: the one holding the turn)
+                slowed.append(inode)
                 await trio.sleep(3.0)
             await publish(inode, data)  # type: ignore[arg-type]
 

@@ -104,13 +104,12 @@ class Index:
     def _check_format(self, path: Path, readonly: bool) -> None:
         with self.env.begin(db=self.dbs["meta"], write=not readonly) as txn:
             found = txn.get(b"format")
-            if found is None and not readonly:
-                txn.put(b"format", pack_u64(FORMAT_VERSION))
-            elif found is not None and unpack_u64(found) not in READS_FORMATS:
-                raise MountError(f"the index at {path} has format {unpack_u64(found)}, this "
+            version = None if found is None else unpack_u64(found)
+            if version is not None and version not in READS_FORMATS:
+                raise MountError(f"the index at {path} has format {version}, this "
                                  f"tierfs reads format {FORMAT_VERSION}")
-            elif found is not None and unpack_u64(found) != FORMAT_VERSION and not readonly:
-                txn.put(b"format", pack_u64(FORMAT_VERSION))
+            if version != FORMAT_VERSION and not readonly:
+                txn.put(b"format", pack_u64(FORMAT_VERSION))  # (new, or upgraded)
 
     def node_id(self) -> bytes:
         """A random id for this hot tier (this node), made once and kept."""

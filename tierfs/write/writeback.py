@@ -87,7 +87,10 @@ class WriteBack:
     def poke(self, inode: Inode) -> None:
         """The file changed hands (opened for writing, published by another call): its
         waiting task, if any, looks again now rather than at its turn."""
-        bell = self._bells.get(inode.ino)
+        self._ring(inode.ino)
+
+    def _ring(self, ino: int) -> None:
+        bell = self._bells.get(ino)
         if bell is not None:
             bell.set()
 
@@ -154,9 +157,7 @@ class WriteBack:
         """Wake the oldest waiting file: the one whose turn comes next while the mount is
         busy."""
         if self.waiting:
-            bell = self._bells.get(next(iter(self.waiting)))
-            if bell is not None:
-                bell.set()
+            self._ring(next(iter(self.waiting)))
 
     def _watch_quiet(self) -> None:
         """Start the one task that watches for a quiet moment, unless it runs."""

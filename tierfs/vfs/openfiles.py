@@ -226,6 +226,11 @@ class OpenFiles:
     async def write(self, fh: int, offset: int, buf: bytes) -> int:
         handle = self.handles[fh]
         self.writeback.busy()
+        # A close of a descriptor sharing this one (after dup or fork) acknowledged what is
+        # staged, and this handle writes on: as for a new writer, that content reaches home
+        # before the write changes the staging file under it.
+        while self.writeback.acknowledged(handle.inode, handle.data):
+            await self.publisher.publish(handle.inode, handle.data)
         return await self.writer.write(handle.inode, handle.data, offset, buf,
                                        append=handle.append, direct=handle.direct)
 

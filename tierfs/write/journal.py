@@ -12,8 +12,10 @@ before going on: before a write-back close returns, before a part's bytes may be
 of staging, before staged bytes of a part the journal names as completed change, before a
 multipart upload is created (so that a crash never leaves an upload nobody knows of) and
 again with its id before any part goes up (so that recovery aborts that upload alone, not
-every upload of the key: another node may be writing the same file), and when a file with
-data still to publish is renamed or unlinked.
+every upload of the key: another node may be writing the same file), when a file with
+data still to publish is renamed or unlinked, and before staged bytes change whose entry the
+index may still hold as closed (published since, or written again after a close of a shared
+descriptor), so that recovery never publishes them half-written.
 
 Every change to an entry that follows from what happens to an open file (the writer closed
 it, wrote again, the data was published or must be kept) is a method here, called from every
@@ -117,6 +119,12 @@ class Journal:
         self._at_path: dict[bytes, set[str]] = {}
         self._path_of: dict[str, bytes] = {}
         self._last_stamp = 0
+        #: Entries recorded closed that the index may still hold as closed, and of those
+        #: recorded not closed since, the count of records when that was (``_records``): a
+        #: commit queued after it takes the index's "closed" back (``reopened``).
+        self._maybe_closed: set[str] = set()
+        self._unclosed_at: dict[str, int] = {}
+        self._records = 0
 
     def _stamp(self) -> int:
         """A time for ``Entry.acked_ns``: the wall clock (it must order entries across
@@ -128,6 +136,12 @@ class Journal:
         """Queue an entry's current state (call again after every change to it)."""
         self.entries[sid] = entry
         self._index_path(sid, entry.path)
+        self._records += 1
+        if entry.closed:
+            self._maybe_closed.add(sid)
+            self._unclosed_at.pop(sid, None)
+        elif sid in self._maybe_closed and sid not in self._unclosed_at:
+            self._unclosed_at[sid] = self._records
         self.batch.put(DB, sid.encode(), entry)  # encoded when the batch commits
 
     def update(self, sid: str | None, entry: Entry) -> None:
@@ -140,6 +154,8 @@ class Journal:
     def drop(self, sid: str) -> None:
         self.entries.pop(sid, None)
         self._index_path(sid, None)
+        self._maybe_closed.discard(sid)
+        self._unclosed_at.pop(sid, None)
         self.batch.delete(DB, sid.encode())
 
     def _index_path(self, sid: str, path: bytes | None) -> None:
@@ -160,7 +176,12 @@ class Journal:
         """Commit every change queued so far (shared with concurrent callers): it survives a
         crash of tierfs; ``durable`` also flushes the index to disk, so that it survives a
         crash of the system."""
+        upto = self._records
         await self.batch.sync(self._run, durable)
+        for sid, at in list(self._unclosed_at.items()):
+            if at <= upto:  # the index says not closed now
+                del self._unclosed_at[sid]
+                self._maybe_closed.discard(sid)
 
     def moved(self, old: bytes, new: bytes, exchange: bool = False) -> bool:
         """A path (file or directory) was renamed through the mount: re-point entries at or
@@ -240,15 +261,21 @@ class Journal:
         entry.acked_ns = self._stamp()
         self.update(data.staging_id, entry)
 
-    def reopened(self, data: OpenFile) -> None:
-        """New writes to staged content that a close had released: it may not be published
-        as it is any more (it would be half-written)."""
+    async def reopened(self, data: OpenFile) -> None:
+        """Staged content is about to change: content a close had released may not be
+        published as it is any more (it would be half-written). Returns once the index no
+        longer says so either: an entry that was closed (published since, or taken back
+        here) would otherwise be published by recovery with the new writes in it."""
         entry = self.entry_of(data)
-        if entry is not None and entry.closed:
+        if entry is None:
+            return
+        if entry.closed:
             entry.closed = False
             if entry.upload is None:
                 entry.synced = None  # what was on disk is being changed
             self.update(data.staging_id, entry)
+        if data.staging_id in self._maybe_closed:
+            await self.sync()
 
     async def cut(self, data: OpenFile, size: int) -> None:
         """The staged data is about to be cut to ``size``. A flushed size past it would no

@@ -1,0 +1,59 @@
+"""What a write-back close acknowledged outlives a crash of tierfs, whatever a descriptor that
+shares the closed one's open file (after ``dup`` or ``fork``) writes afterwards: each close(2)
+of such a descriptor is a FUSE flush, and acknowledges the content as it is then."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from .conftest import SetAttr, core_test, open_core
+
+DATA = b"x" * 60_000
+
+
+@pytest.mark.parametrize("committed", [False, True], ids=["before-commit", "after-commit"])
+@pytest.mark.parametrize("change", ["write", "truncate"])
+@pytest.mark.parametrize("by_rename", [True, False], ids=["rename", "copy"])
+@core_test
+async def test_a_write_after_a_shared_descriptors_close_keeps_what_it_acknowledged(
+        tmp_path: Path, committed: bool, change: str, by_rename: bool) -> None:
+    async with open_core(tmp_path, durability="writeback", by_rename=by_rename) as core:
+        core.fs.writeback.quiet = core.fs.writeback.max_wait = 60.0  # no publish on its own
+        fh = await core.create(b"f")
+        await core.write_all(fh, DATA)
+        await core.fs.flush(fh)  # close(2) of a dup returned: DATA acknowledged
+        # The descriptor still open changes the file and keeps it open.
+        if change == "write":
+            await core.fs.write(fh, 0, b"half")
+        else:
+            inode = await core.lookup_path(b"f")
+            await core.fs.setattr(inode.ino, SetAttr(size=10))
+        if committed:
+            await core.sync_journal()  # the index caught up with the change
+        core.crash()
+    async with open_core(tmp_path, durability="writeback", by_rename=by_rename) as again:
+        await again.recover()
+        assert again.warm_path(b"f").read_bytes() == DATA, (
+            "a crash lost what a close acknowledged, or published unclosed writes")
+
+
+@core_test
+async def test_the_writer_sees_its_own_writes_after_the_acknowledged_content_went_home(
+        tmp_path: Path) -> None:
+    async with open_core(tmp_path, durability="writeback") as core:
+        core.fs.writeback.quiet = core.fs.writeback.max_wait = 60.0
+        fh = await core.create(b"f")
+        await core.write_all(fh, DATA)
+        await core.fs.flush(fh)
+        await core.fs.write(fh, 0, b"half")
+        assert core.warm_path(b"f").read_bytes() == DATA  # home before the write changed it
+        reader = await core.open(b"f")
+        assert await core.read_all(reader) == b"half" + DATA[4:]
+        await core.close(reader)
+        await core.close(fh)
+        assert await core.publish_all() == []
+        assert core.warm_path(b"f").read_bytes() == b"half" + DATA[4:]
+        assert os.path.getsize(core.warm_path(b"f")) == len(DATA)

@@ -214,6 +214,9 @@ class Namespace:
             await self.core.warm.run(self._setattr_blocking, inode, rel, changes)
         if data is not None and staged:
             stage_times(data, changes)
+            # Times set after a write-back close (cp -p, tar, rsync) are published with the
+            # data it acknowledged, by recovery too.
+            await self.journal.times_changed(data)
         inode.attr_changes += 1
         inode.seen = None  # (changed: an open must look again)
 

@@ -91,6 +91,8 @@ class OpenFiles:
                         continue  # that write-back ended meanwhile and retired the state
             break
         keep_cache = cached is not None and cached == inode.cached_version
+        if keep_cache and data.warm_deferred:
+            data.kept_pages = True
         inode.cached_version = cached
         handle = self._new_handle(inode, data, flags)
         if flags & os.O_TRUNC and handle.writable:
@@ -247,6 +249,12 @@ class OpenFiles:
             async with data.lock:
                 await self.writer.truncate(inode, data, size)
                 stage_times(data, changes)  # before the let-go may publish
+                if data.writers == 0:
+                    # No writer to close it: the truncate is acknowledged as a close is, and
+                    # recovery publishes it (write-back; sync mode if its publish fails).
+                    self.journal.mark_closed(data)
+                    if self.core.config.durability == "writeback":
+                        await self.journal.sync()
         finally:
             await self.let_go(inode, data)
 

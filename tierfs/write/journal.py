@@ -82,6 +82,11 @@ class Entry:
     #: send home, and newer data closed or fsynced before a crash) the newer wins.
     acked_ns: int = 0
 
+    def may_be_published(self) -> bool:
+        """Whether recovery would publish this data under ``path`` (after a crash of tierfs;
+        ``recovery.publishable``): closed, or streaming to the bucket and fsynced."""
+        return self.closed or (self.upload is not None and self.synced is not None)
+
     def encode(self) -> bytes:
         data: dict[str, Any] = {
             "path": os.fsdecode(self.path), "closed": self.closed, "size": self.size,
@@ -201,13 +206,14 @@ class Journal:
             else:
                 continue
             self.record(sid, entry)
-            changed = changed or entry.closed
+            changed = changed or entry.may_be_published()
         return changed
 
     def unlinked(self, rel: bytes) -> bool:
         """The name ``rel`` was removed through the mount: staged data still journaled under
         it (an open file's entry is re-pointed first, ``repoint``) must never come back there
-        at recovery. Returns whether an entry whose data may be published changed."""
+        at recovery. Returns whether an entry whose data may be published changed
+        (``Entry.may_be_published``)."""
         changed = False
         for sid in list(self._at_path.get(rel, ())):
             changed = self._lost_name(sid, self.entries[sid]) or changed
@@ -225,11 +231,11 @@ class Journal:
         return changed
 
     def _lost_name(self, sid: str, entry: Entry) -> bool:
-        was_closed = entry.closed
+        could = entry.may_be_published()
         entry.path = b""
         entry.closed = False
         self.record(sid, entry)
-        return was_closed
+        return could
 
     def repoint(self, sid: str, rel: bytes | None) -> bool:
         """An entry's file is now at ``rel`` (None: it has no name left, and its data must
@@ -237,12 +243,12 @@ class Journal:
         entry = self.entries.get(sid)
         if entry is None:
             return False
-        was_closed = entry.closed
+        could = entry.may_be_published()
         entry.path = rel if rel is not None else b""
         if rel is None:
             entry.closed = False
         self.record(sid, entry)
-        return was_closed
+        return could
 
     # -- what happens to an open file's staged data ---------------------------------------
 
@@ -260,6 +266,14 @@ class Journal:
         entry.size, entry.atime_ns, entry.mtime_ns = data.size, data.atime_ns, data.mtime_ns
         entry.acked_ns = self._stamp()
         self.update(data.staging_id, entry)
+
+    async def times_changed(self, data: OpenFile) -> None:
+        """Times were set on staged data: if a close acknowledged it, they go with it."""
+        entry = self.entry_of(data)
+        if entry is not None and entry.closed:
+            entry.atime_ns, entry.mtime_ns = data.atime_ns, data.mtime_ns
+            self.update(data.staging_id, entry)
+            await self.sync()
 
     async def reopened(self, data: OpenFile) -> None:
         """Staged content is about to change: content a close had released may not be

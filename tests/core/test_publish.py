@@ -546,3 +546,21 @@ async def test_copy_ahead_of_a_file_cut_short_still_takes_its_size(
         await core.close(fh)
         p = core.warm_path(b"f")
         assert p.read_bytes() == data[:100_000] and p.stat().st_mode & 0o7777 == 0o604
+
+
+@core_test
+async def test_the_purge_after_a_crash_spares_the_temp_files_of_the_mount_it_runs_in(
+        tmp_path: Path) -> None:
+    # The purge runs in the background while the mount serves: a publish by copy it started
+    # meanwhile writes a temp file of the same node, which must not vanish under it.
+    async with open_core(tmp_path) as core:
+        old = core.warm / os.fsdecode(core.fs.warm.temp_name())
+        old.write_bytes(b"left by the run that crashed")
+        core.crash()
+    async with open_core(tmp_path) as again:
+        await again.recover()
+        mine = again.warm / os.fsdecode(again.fs.warm.temp_name())
+        mine.write_bytes(b"a publish of this mount, under way")
+        assert await again.purge_temps() == 1
+        assert not old.exists() and mine.exists()
+        mine.unlink()

@@ -73,6 +73,8 @@ class WarmTier(XattrCalls, Tier):
         self.fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         #: This node's id (from the hot tier's index), in the names of its temp files.
         self.node = b"0"
+        #: This run's own mark in its temp file names (``of_this_run``).
+        self.run_mark = uuid.uuid4().hex[:8].encode()
         #: The owner (uid, gid) the tier gave the last file this node made: the owner a new
         #: one will have, most likely (see ``new_perms``).
         self._made_as: tuple[int, int] | None = None
@@ -87,8 +89,10 @@ class WarmTier(XattrCalls, Tier):
 
     def _temp_name(self) -> bytes:
         # The node's id first: after a crash, a node removes its own temp files and never
-        # those of another node publishing into the same tree.
-        return TEMP_PREFIX + self.node + b"-" + uuid.uuid4().hex.encode() + TEMP_SUFFIX
+        # those of another node publishing into the same tree; then this run's, so that the
+        # removal (in the background while the mount serves) spares the run's own.
+        return (TEMP_PREFIX + self.node + b"-" + self.run_mark + uuid.uuid4().hex.encode()
+                + TEMP_SUFFIX)
 
     def temp_name(self) -> bytes:
         """A fresh temp file name of this node (for calls made relative to a directory fd)."""
@@ -97,6 +101,10 @@ class WarmTier(XattrCalls, Tier):
     def is_ours(self, name: bytes) -> bool:
         """Whether a temp file name was made by this node."""
         return name.startswith(TEMP_PREFIX + self.node + b"-")
+
+    def of_this_run(self, name: bytes) -> bool:
+        """Whether a temp file name was made by this run of this node (this mount)."""
+        return name.startswith(TEMP_PREFIX + self.node + b"-" + self.run_mark)
 
     def lstat(self, rel: bytes) -> os.stat_result:
         return os.stat(rel, dir_fd=self.fd, follow_symlinks=False)
@@ -295,11 +303,12 @@ class WarmTier(XattrCalls, Tier):
         return self.write_temp(split(rel)[0], src_fd, size, None if st is None else rel, times,
                                mode, st)
 
-    def replace(self, tmp: bytes, rel: bytes, again: Reapply | None = None
-                ) -> tuple[os.stat_result, os.stat_result]:
+    def replace(self, tmp: bytes, rel: bytes, made: os.stat_result,
+                again: Reapply | None = None) -> tuple[os.stat_result, os.stat_result]:
         """The renaming half of publishing; returns the attributes of the published file and
-        of its directory. ``again``: see ``Reapply``; with it, LinkedMeanwhile (and the temp
-        file removed) if ``rel`` is hard-linked."""
+        of its directory. ``made``: the temp file's, as it was finished. ``again``: see
+        ``Reapply``; with it, LinkedMeanwhile (and the temp file removed) if ``rel`` is
+        hard-linked."""
         if again is not None:
             try:
                 self._refuse_hard_linked(rel)
@@ -312,7 +321,13 @@ class WarmTier(XattrCalls, Tier):
             finally:
                 os.close(fd)
         os.rename(tmp, rel, src_dir_fd=self.fd, dst_dir_fd=self.fd)
-        return self.lstat(rel), self.lstat(split(rel)[0])
+        st = self.lstat(rel)
+        if st.st_ino != made.st_ino:
+            # Another node's file took the name just after: this publish's version is not
+            # there to be read, and its attributes must not become the other file's (whose
+            # bytes would then be taken for these). The next look at the name finds it new.
+            st = made
+        return st, self.lstat(split(rel)[0])
 
     def write_temp(self, parent: bytes, src_fd: int, size: int, like: bytes | None,
                    times: tuple[int, int] | None, mode: int | None = None,
@@ -423,22 +438,21 @@ class WarmTier(XattrCalls, Tier):
         self._settle(fd, size, rel, times, mode)
         return True
 
-    def adopt(self, src: Path, rel: bytes, retire: int | None,
-              again: tuple[int, Reapply] | None = None
-              ) -> tuple[os.stat_result, os.stat_result]:
-        """Rename a file from outside the tree (a staging file, on the same file system) over
-        ``rel``, then close ``retire`` (the descriptor of the file it replaced); returns the
-        attributes of the published file and of its directory. EXDEV if it is on another
-        file system (nothing is closed then). ``again``: the file's descriptor and what to
-        take from ``rel`` again (``Reapply``); with it, LinkedMeanwhile if ``rel`` is
-        hard-linked."""
+    def adopt(self, src: Path, fd: int, rel: bytes, retire: int | None,
+              again: Reapply | None = None) -> tuple[os.stat_result, os.stat_result]:
+        """Rename a file from outside the tree (a staging file, on the same file system; ``fd``
+        open on it) over ``rel``, then close ``retire`` (the descriptor of the file it
+        replaced); returns the attributes of the published file (from ``fd``: another node
+        may have put its own file at ``rel`` just after) and of its directory. EXDEV if it
+        is on another file system (nothing is closed then). ``again``: what to take from
+        ``rel`` again (``Reapply``); with it, LinkedMeanwhile if ``rel`` is hard-linked."""
         if again is not None:
             self._refuse_hard_linked(rel)
-            self._reapply(again[0], rel, again[1])
+            self._reapply(fd, rel, again)
         os.rename(src, rel, dst_dir_fd=self.fd)
         if retire is not None:
             os.close(retire)
-        return self.lstat(rel), self.lstat(split(rel)[0])
+        return os.fstat(fd), self.lstat(split(rel)[0])
 
     def write_in_place(self, rel: bytes, src_fd: int, size: int,
                        times: tuple[int, int] | None, expect: os.stat_result | None = None

@@ -487,9 +487,9 @@ class ColdPublisher:
         except BaseException:
             await core.warm.run(core.warm.drop_temp, tmp, fd)
             raise
-        await core.warm.run(core.warm.finish_temp, tmp, fd, stub.size, rel,
-                            (data.atime_ns, data.mtime_ns), mode_override(inode))
-        return await self.warm.rename_into_place(inode, data, tmp, since)
+        made = await core.warm.run(core.warm.finish_temp, tmp, fd, stub.size, rel,
+                                   (data.atime_ns, data.mtime_ns), mode_override(inode))
+        return await self.warm.rename_into_place(inode, data, tmp, made, since)
 
     async def drop_upload(self, data: OpenFile) -> None:
         """Abort a file's multipart upload; its data stays staged."""

@@ -287,7 +287,8 @@ def _open_staging(core: Core, sid: str) -> int:
 
 
 def purge_temps(core: Core) -> int:
-    """Remove this node's temp files from the whole namespace (blocking; after a crash)."""
+    """Remove this node's temp files from the whole namespace (blocking; after a crash),
+    but for those of this run: publishes made since the mount started write them."""
     removed = 0
     pending = [b"."]
     while pending:
@@ -298,7 +299,8 @@ def purge_temps(core: Core) -> int:
             continue
         for name in names:
             child = join(here, name)
-            if is_internal(name) and core.warm.is_ours(name):
+            if (is_internal(name) and core.warm.is_ours(name)
+                    and not core.warm.of_this_run(name)):
                 try:
                     core.warm.unlink(child)
                     removed += 1

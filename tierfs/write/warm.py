@@ -68,10 +68,10 @@ class WarmPublisher:
         mirror, data.mirror = data.mirror, None
         if mirror is not None:
             await mirror.wait()
-            tmp = await core.warm.run(self._finish_mirror, mirror, data, rel, times, mode)
-            if tmp is not None:
+            finished = await core.warm.run(self._finish_mirror, mirror, data, rel, times, mode)
+            if finished is not None:
                 try:
-                    return await self.rename_into_place(inode, data, tmp, since)
+                    return await self.rename_into_place(inode, data, *finished, since)
                 except LinkedMeanwhile:
                     pass  # the copy below writes it in place
                 except FileNotFoundError:
@@ -85,7 +85,7 @@ class WarmPublisher:
             if tmp is None:
                 return st  # hard-linked: written in place
             try:
-                return await self.rename_into_place(inode, data, tmp, since)
+                return await self.rename_into_place(inode, data, tmp, st, since)
             except LinkedMeanwhile:
                 continue  # renamed while it was copied: written in place next time round
         raise err(errno.EAGAIN)
@@ -153,9 +153,8 @@ class WarmPublisher:
             # reader asks for any more.
             again = self._reapply(inode, data, since)
             try:
-                adopted = await self.adopt_staging(
-                    sid, target, data.warm_fd,
-                    None if again is None else (data.staging_fd, again))
+                adopted = await self.adopt_staging(sid, data.staging_fd, target, data.warm_fd,
+                                                   again)
             except LinkedMeanwhile:
                 return False, None  # the copy writes it in place
             if adopted is None:
@@ -175,16 +174,16 @@ class WarmPublisher:
             return None
         return Reapply(mode_override(inode), (data.atime_ns, data.mtime_ns))
 
-    async def adopt_staging(self, sid: str, target: bytes, retire: int | None,
-                            again: tuple[int, Reapply] | None = None
+    async def adopt_staging(self, sid: str, fd: int, target: bytes, retire: int | None,
+                            again: Reapply | None = None
                             ) -> tuple[os.stat_result, os.stat_result] | None:
         """Rename a settled staging file over ``target`` (``WarmTier.adopt``): the attributes
         of the file and of its directory, or None if the tiers turn out to be on different
         mounts (EXDEV), which turns publishing by rename off for good."""
         core = self.core
         try:
-            return await core.warm.run(core.warm.adopt, core.hot.staging_dir / sid, target,
-                                       retire, again)
+            return await core.warm.run(core.warm.adopt, core.hot.staging_dir / sid, fd,
+                                       target, retire, again)
         except OSError as e:
             if e.errno != errno.EXDEV:
                 raise
@@ -193,39 +192,43 @@ class WarmPublisher:
         return None
 
     async def rename_into_place(self, inode: Inode, data: OpenFile, tmp: bytes,
-                                since: AttrMark) -> os.stat_result | None:
-        """Rename a finished temp file over the file's current name, under the namespace lock
-        (None, and the temp file removed, if the file was unlinked meanwhile). ``since``:
-        ``attr_mark`` before the temp file took the attributes of the old one."""
+                                made: os.stat_result, since: AttrMark
+                                ) -> os.stat_result | None:
+        """Rename a finished temp file (``made``: its attributes as finished) over the file's
+        current name, under the namespace lock (None, and the temp file removed, if the file
+        was unlinked meanwhile). ``since``: ``attr_mark`` before the temp file took the
+        attributes of the old one."""
         core = self.core
         async with core.ns_lock:
             target = core.rel_or_none(inode)
             if target is None:
                 await core.warm.run(core.warm.unlink, tmp)
                 return None
-            st, parent_st = await core.warm.run(self._replace_moved, tmp, target,
+            st, parent_st = await core.warm.run(self._replace_moved, tmp, target, made,
                                                 self._reapply(inode, data, since))
             core.dir_changed(inode, parent_st)
             return st
 
-    def _replace_moved(self, tmp: bytes, target: bytes, again: Reapply | None
-                       ) -> tuple[os.stat_result, os.stat_result]:
+    def _replace_moved(self, tmp: bytes, target: bytes, made: os.stat_result,
+                       again: Reapply | None) -> tuple[os.stat_result, os.stat_result]:
         """``WarmTier.replace``, with the temp file found where a rename of its directory
         took it: it was made beside the file, and a directory renamed since (while it was
         copied, a wide window on a slow warm tier) moved both. Blocking."""
         warm = self.core.warm
         try:
-            return warm.replace(tmp, target, again)
+            return warm.replace(tmp, target, made, again)
         except FileNotFoundError:
             moved = join(split(target)[0], split(tmp)[1])
             if moved == tmp:
                 raise
-            return warm.replace(moved, target, again)
+            return warm.replace(moved, target, made, again)
 
     def _finish_mirror(self, mirror: Mirror, data: OpenFile, rel: bytes,
-                       times: tuple[int, int], mode: int | None) -> bytes | None:
-        """The head-start temp file made whole and fsynced, or None when it cannot serve
-        (then it is removed and the caller copies everything). Blocking."""
+                       times: tuple[int, int], mode: int | None
+                       ) -> tuple[bytes, os.stat_result] | None:
+        """The head-start temp file made whole and fsynced, with its attributes, or None
+        when it cannot serve (then it is removed and the caller copies everything).
+        Blocking."""
         try:
             st = self.core.warm.lstat(rel)
         except FileNotFoundError:
@@ -235,7 +238,7 @@ class WarmPublisher:
             return None
         assert data.staging_fd is not None
         try:
-            return mirror.finish(data.staging_fd, data.size, rel, times, mode)[0]
+            return mirror.finish(data.staging_fd, data.size, rel, times, mode)
         except OSError as e:
             log.warning("finishing the head-start copy of %s failed, copying it all: %s",
                         show(rel), e)

@@ -246,3 +246,54 @@ async def test_a_rename_through_the_mount_keeps_a_partly_cached_handle_reading(
         await core.fs.rename(ROOT, b"f", ROOT, b"g", 0)
         assert await core.read_all(fh) == one
         await core.fs.release(fh)
+
+
+@core_test
+async def test_a_handle_that_kept_the_kernels_pages_is_stale_rather_than_mixed(
+        tmp_path: Path) -> None:
+    """An open answered from memory that let the kernel keep its pages of the version read
+    before: the pages hold that version, so the handle's first read that reaches the daemon
+    must not fill their gaps with another content under the same inode number (a new file
+    that got the freed number, or the file rewritten in place, as here)."""
+    async with open_core(tmp_path) as core:
+        core.warm_path(b"f").write_bytes(b"A" * 10_000)
+        assert await core.read_file(b"f") == b"A" * 10_000  # (the kernel keeps the pages)
+        inode, _ = await core.fs.lookup(ROOT, b"f")
+        fh, keep, _ = await core.fs.open(inode.ino, os.O_RDONLY)
+        assert keep
+        rewrite_in_place(core.warm_path(b"f"), b"B" * 10_000)  # another node, same inode
+        with pytest.raises(OSError) as raised:
+            await core.fs.read(fh, 4096, 4096)  # a page the kernel did not keep
+        assert raised.value.errno == errno.ESTALE
+        await core.fs.release(fh)
+        assert await core.read_file(b"f") == b"B" * 10_000
+
+
+def rewrite_keeping_times(path: Path, data: bytes) -> None:
+    """As ``cp -p`` over the file on another node: the same inode, size and mtime (put back);
+    only the ctime tells."""
+    st = os.stat(path)
+    with open(path, "r+b") as f:
+        f.write(data)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+@core_test
+async def test_warming_never_caches_a_rewrite_under_the_version_it_walked(tmp_path: Path
+                                                                          ) -> None:
+    """``tierfs warm`` walks the files, then fetches their blocks: a file rewritten between
+    the two with its old size and times must not have its new bytes cached as the old
+    version's (an open answered from memory would then read them as that version)."""
+    from tierfs.vfs.residency import Residency
+
+    async with open_core(tmp_path, cache_warm=True) as core:
+        one, two = blocks(4, 1), blocks(4, 2)
+        core.warm_path(b"f").write_bytes(one)
+        time.sleep(0.01)  # (the ctime moves on at the rewrite)
+        residency = Residency(core.fs)
+        states = await residency.files(b"f")
+        rewrite_keeping_times(core.warm_path(b"f"), two)
+        with pytest.raises(OSError) as raised:
+            await residency.warm(states, lambda n: None)
+        assert raised.value.errno == errno.ESTALE
+        assert core.cached_blocks() == 0

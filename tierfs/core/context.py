@@ -191,7 +191,8 @@ class Core:
         same warm call and return it (None: the file was opened already). ``served``: the
         open file has already served bytes of the version it was opened for (from the block
         cache, ``Reads``), so a file whose content changed in place since (another size or
-        mtime) is stale too: reading on from it would mix two versions."""
+        mtime) is stale too: reading on from it would mix two versions. So is it when an open
+        kept the kernel's pages of that version (``OpenFile.kept_pages``)."""
         while data.warm_deferred:
             if data.warm_opening is not None:
                 await data.warm_opening.wait()
@@ -222,15 +223,18 @@ class Core:
                 data.warm_opening = None
                 opening.set()
             if (st is None or data.warm_id is None or st.st_ino != data.warm_id[0]
-                    or (served and warm_id(st)[:3] != data.warm_id[:3])):
+                    or ((served or data.kept_pages)
+                        and warm_id(st)[:3] != data.warm_id[:3])):
                 # Replaced by another node since the lookup this open was answered from: the
                 # kernel may hold that version's pages (the open kept them), and the new
                 # file's bytes must not fill the gaps between them. The handle is stale, as
                 # an NFS handle to a replaced file is; the next open reads the new file. The
                 # same file changed in place (a truncate, a rename changing its ctime) is
                 # read as it is now, as any open file is, unless bytes of the version opened
-                # were served already from the block cache and its content changed: only its
-                # ctime moving (a rename or chmod through this mount) keeps the bytes.
+                # were served already (from the block cache, or the kernel's pages an open
+                # kept) and its content changed: only its ctime moving (a rename or chmod
+                # through this mount) keeps the bytes. (A new file that got the freed inode
+                # number, as local file systems give it at once, has another mtime.)
                 if fd >= 0:
                     await warm.run(os.close, fd)
                 inode.seen = None

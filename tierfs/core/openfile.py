@@ -97,6 +97,9 @@ class OpenFile:
     #: With the kernel keeping its cached pages, a file read again never needs it. Set too
     #: after a publish by copy (``Publisher._copied_home``): the file opened was replaced.
     warm_deferred: bool = False
+    #: An open of this deferred state let the kernel keep its cached pages of the version it
+    #: was opened for: bytes of that version may be read from them (``Core.open_warm``).
+    kept_pages: bool = False
     #: Set while ``Core.open_warm`` opens the warm file (other callers wait for it).
     warm_opening: trio.Event | None = None
     #: Reads through the block cache (created at the first read of an unstaged file).

@@ -116,13 +116,16 @@ class Residency:
     def _warm_fetch(self, rel: bytes, st: os.stat_result
                     ) -> Callable[[int, int], Awaitable[bytes]]:
         warm = self.fs.warm
-        expected = (st.st_ino, st.st_size, st.st_mtime_ns)
+        # The whole version the blocks are named by, ctime included: a rewrite in place that
+        # puts size and mtime back (``cp -p``) must not have its bytes cached under the old
+        # version's name. (A change through the mount meanwhile only costs this fetch.)
+        expected = warm_id(st)
 
         def read(start: int, length: int) -> bytes:
             fd = warm.open(rel, os.O_RDONLY)
             try:
                 now = os.fstat(fd)
-                if (now.st_ino, now.st_size, now.st_mtime_ns) != expected:
+                if warm_id(now) != expected:
                     raise OSError(errno.ESTALE, "the file changed while it was being fetched")
                 return os.pread(fd, length, start)
             finally:

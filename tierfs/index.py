@@ -211,6 +211,15 @@ class Batch:
         self._pending[(db, key)] = None
         self._queued += 1
 
+    @property
+    def position(self) -> int:
+        """How many changes were queued so far: ``covers`` takes such a number."""
+        return self._queued
+
+    def covers(self, position: int) -> bool:
+        """Whether every change queued before ``position`` was reached is committed."""
+        return self._committed >= position
+
     def pending(self, db: str, key: bytes) -> tuple[bool, bytes | None]:
         """Whether the key has a queued change, and its queued value."""
         if (db, key) in self._pending:

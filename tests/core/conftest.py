@@ -295,7 +295,8 @@ class Core:
 
     def stored_journal(self) -> dict[str, Any]:
         """The journal as committed to the index (what a crash leaves)."""
-        return journal_module.load(self.fs.index)
+        acks = self.fs.journal.acks
+        return journal_module.load(self.fs.index, None if acks is None else acks.path)
 
     async def sync_journal(self) -> None:
         await self.fs.journal.sync()
@@ -384,6 +385,7 @@ async def open_core(root: Path, store: FaultStore | None = None, *,
                     await fs.shutdown()
             finally:
                 nursery.cancel_scope.cancel()
+        fs.journal.close()
     finally:
         index.close()
         warm.close()

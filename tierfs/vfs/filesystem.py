@@ -37,6 +37,7 @@ from tierfs.vfs.reads import Reads
 from tierfs.vfs.upkeep import Upkeep
 from tierfs.write.cold import ColdPublisher
 from tierfs.write.demote import Demoter
+from tierfs.write.acklog import NAME as ACKS, AckLog, committed_seq
 from tierfs.write.journal import Journal
 from tierfs.write.publish import Publisher
 from tierfs.write.recovery import Recovery, Report, publishable
@@ -54,7 +55,8 @@ class FileSystem:
     def __init__(self, config: Config, hot: HotTier, warm: WarmTier, cold: ColdTier,
                  index: Index, cache_warm: bool = False) -> None:
         self.core = core = Core.open(config, hot, warm, cold, index, cache_warm)
-        self.journal = Journal(core.batch, hot.run)
+        self.journal = Journal(core.batch, hot.run,
+                               AckLog(hot.index_dir / ACKS, committed_seq(index)))
         self.staging = Staging(core, self.journal)
         self.warm_publisher = WarmPublisher(core, self.journal)
         self.cold_publisher = ColdPublisher(core, self.journal, self.warm_publisher)

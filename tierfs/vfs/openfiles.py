@@ -252,9 +252,10 @@ class OpenFiles:
                 if data.writers == 0:
                     # No writer to close it: the truncate is acknowledged as a close is, and
                     # recovery publishes it (write-back; sync mode if its publish fails).
-                    self.journal.mark_closed(data)
                     if self.core.config.durability == "writeback":
-                        await self.journal.sync()
+                        await self.journal.acknowledge(data)
+                    else:
+                        self.journal.mark_closed(data)
         finally:
             await self.let_go(inode, data)
 
@@ -303,11 +304,11 @@ class OpenFiles:
             await data.upload.wait_idle()  # another writer goes on: the object is not done
             return
         if data.writers <= 1:
-            self.journal.mark_closed(data)
             if self.core.config.durability == "writeback":
                 # Staged and journaled is enough: the last release hands it to write-back.
-                await self.journal.sync()
+                await self.journal.acknowledge(data)
                 return
+            self.journal.mark_closed(data)
         try:
             await self.publisher.publish(handle.inode, data)
         except OSError:

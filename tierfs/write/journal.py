@@ -32,10 +32,12 @@ import os
 import secrets
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 from tierfs.core.openfile import OpenFile
-from tierfs.index import Batch, Index
+from tierfs.index import Batch, Index, pack_u64
+from tierfs.write import acklog
 
 log = logging.getLogger(__name__)
 
@@ -114,9 +116,15 @@ class Entry:
 
 
 class Journal:
-    def __init__(self, batch: Batch, run_in_thread: Callable[..., Awaitable[Any]]) -> None:
+    def __init__(self, batch: Batch, run_in_thread: Callable[..., Awaitable[Any]],
+                 acks: acklog.AckLog | None = None) -> None:
         self.batch = batch
         self._run = run_in_thread
+        #: Where write-back closes are acknowledged (None: by a commit each).
+        self.acks = acks
+        #: The batch position after the last record's number was queued, once recovery
+        #: has applied what an earlier run left in the log (None until then: not emptied).
+        self._acks_queued: int | None = None
         #: Entries as they are now (the batch holds their serialised form until commit).
         self.entries: dict[str, Entry] = {}
         #: The entries at each path, and each entry's path as last recorded: every publish
@@ -267,6 +275,54 @@ class Journal:
         entry.acked_ns = self._stamp()
         self.update(data.staging_id, entry)
 
+    async def acknowledge(self, data: OpenFile) -> None:
+        """A write-back close (or a truncate no writer will close): ``mark_closed``, and
+        return once that survives a crash of tierfs, logged (``acklog``) rather than committed:
+        a commit is an fdatasync, and a crash of the system loses such data anyway."""
+        self.mark_closed(data)
+        entry = self.entry_of(data)
+        acks = self.acks
+        if entry is None or acks is None:
+            await self.sync()
+            return
+        assert data.staging_id is not None
+        if self._acks_queued is not None and acks.size:
+            if acks.size > acklog.LIMIT and not self.batch.covers(self._acks_queued):
+                await self.sync()  # a steady stream of closes: the log must not grow for ever
+            if self.batch.covers(self._acks_queued):
+                acks.empty()
+        try:
+            seq = acks.append(data.staging_id, entry.encode())
+        except OSError as e:
+            log.error("the acknowledgement log failed, committing instead: %s", e)
+            await self.sync()
+            if self._acks_queued is None:
+                self.acks = None  # (its records are not recovered yet: never emptied)
+                return
+            try:
+                acks.empty()  # every record is committed now, the one cut short too
+            except OSError:
+                self.acks = None
+            return
+        self.batch.put("meta", acklog.META_KEY, pack_u64(seq))
+        if self._acks_queued is not None:
+            self._acks_queued = self.batch.position
+
+    def close(self) -> None:
+        if self.acks is not None:
+            self.acks.close()
+
+    async def recovered(self) -> None:
+        """Recovery has applied the log's records: commit the result with the number of the
+        last of them (no later mount applies them again) and empty the log, which from now
+        on is emptied whenever a commit covers it."""
+        if self.acks is not None:
+            self.batch.put("meta", acklog.META_KEY, pack_u64(self.acks.seq))
+        await self.sync()
+        self._acks_queued = self.batch.position
+        if self.acks is not None:
+            await self._run(self.acks.empty)
+
     async def times_changed(self, data: OpenFile) -> None:
         """Times were set on staged data: if a close acknowledged it, they go with it."""
         entry = self.entry_of(data)
@@ -379,12 +435,22 @@ def _at(path: bytes, rel: bytes) -> bool:
     return path == rel or path.startswith(rel + b"/")
 
 
-def load(index: Index) -> dict[str, Entry]:
-    """Every entry in the index (blocking; recovery at mount)."""
+def load(index: Index, acks: Path | None = None) -> dict[str, Entry]:
+    """Every entry in the index, with the acknowledgements logged at ``acks`` that it does
+    not hold yet applied over them (blocking; recovery at mount)."""
     out = {}
     for key, raw in index.items(DB):
-        try:
-            out[key.decode()] = Entry.decode(raw)
-        except (ValueError, KeyError, TypeError):
-            out[key.decode()] = Entry(b"")  # unreadable: recovery discards it
+        out[key.decode()] = _decoded(raw)
+    if acks is not None:
+        committed = acklog.committed_seq(index)
+        for seq, sid, raw in acklog.records(acks):
+            if seq > committed:
+                out[sid] = _decoded(raw)
     return out
+
+
+def _decoded(raw: bytes) -> Entry:
+    try:
+        return Entry.decode(raw)
+    except (ValueError, KeyError, TypeError):
+        return Entry(b"")  # unreadable: recovery discards it

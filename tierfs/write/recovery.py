@@ -92,7 +92,9 @@ class Recovery:
     async def run(self, rebooted: bool = False) -> Report:
         core = self.core
         report = Report()
-        entries = await core.hot.run(journal.load, core.index)
+        acks = self.journal.acks
+        entries = await core.hot.run(journal.load, core.index,
+                                     None if acks is None else acks.path)
         staged = set(await core.hot.run(core.hot.staged_ids))
         for sid in sorted(staged - entries.keys()):
             await core.hot.run(core.hot.remove_staging, sid)
@@ -125,7 +127,7 @@ class Recovery:
                 report.failed += 1
                 continue
             self.journal.drop(sid)
-        await self.journal.sync()
+        await self.journal.recovered()  # (commits)
         if any(dataclasses.astuple(report)):
             log.warning("recovery: %s", report)
         return report

@@ -36,7 +36,10 @@ def run_fs(tmp_path: Path, body: Callable[[FileSystem], Awaitable[None]]) -> Non
     index = Index(hot.index_dir)
     try:
         fs = FileSystem(config, hot, warm, ColdTier(open_checked_store(config), 2), index)
-        trio.run(body, fs)
+        try:
+            trio.run(body, fs)
+        finally:
+            fs.journal.close()
     finally:
         index.close()
         warm.close()

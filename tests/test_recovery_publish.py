@@ -82,6 +82,7 @@ def mount_core(tmp_path: Path, body: Callable[[FileSystem], Awaitable[None]]) ->
                 await body(fs)
                 await fs.shutdown()
             nursery.cancel_scope.cancel()
+        fs.journal.close()
 
     try:
         trio.run(main)

@@ -4,12 +4,15 @@ not, a record cut short ends the log, and the log is emptied once a commit cover
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+import trio
 
 from tierfs.index import Index
 from tierfs.write import acklog
@@ -104,3 +107,79 @@ async def test_a_record_cut_short_ends_the_log(tmp_path: Path) -> None:
         report = await again.recover()
         assert report.published == 1 and report.failed == 0
         assert again.warm_path(b"a").read_bytes() == DATA
+
+
+def slow_commits(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every commit takes 0.3 s (an fdatasync on a slow disk): other calls come meanwhile."""
+    real = Index.commit
+
+    def commit(self: Index, changes: Any) -> None:
+        time.sleep(0.3)
+        real(self, changes)
+
+    monkeypatch.setattr(Index, "commit", commit)
+
+
+@core_test
+async def test_a_failed_append_never_erases_a_record_another_close_made_meanwhile(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # a's record cannot be written (disk full): its close waits for a commit instead. b's
+    # close comes while that commit runs, and its record is in no commit yet.
+    async with open_core(tmp_path, durability="writeback") as core:
+        await core.recover()
+        core.fs.writeback.quiet = core.fs.writeback.max_wait = 60.0
+        fa = await core.create(b"a")
+        await core.write_all(fa, DATA)
+        fb = await core.create(b"b")
+        await core.write_all(fb, DATA)
+        real_append = acklog.AckLog.append
+        failed = [False]
+
+        def append(self: acklog.AckLog, sid: str, encoded: bytes) -> int:
+            if not failed[0]:
+                failed[0] = True
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return real_append(self, sid, encoded)
+
+        monkeypatch.setattr(acklog.AckLog, "append", append)
+        slow_commits(monkeypatch)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(core.close, fa)
+            await trio.sleep(0.1)
+            await core.close(fb)
+        core.crash()
+    monkeypatch.undo()
+    async with open_core(tmp_path, durability="writeback") as again:
+        await again.recover()
+        assert again.warm_path(b"a").read_bytes() == DATA
+        assert again.warm_path(b"b").read_bytes() == DATA, "b's acknowledged close was lost"
+
+
+@pytest.mark.parametrize("meanwhile", ["write", "fsync"])
+@core_test
+async def test_a_close_waiting_for_room_in_the_log_acknowledges_the_file_as_it_is_then(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, meanwhile: str) -> None:
+    # Past the log's limit, a close waits for a commit first. A descriptor sharing the file
+    # (dup) writes or fsyncs meanwhile: what the close acknowledges is the file after that,
+    # under its staging file then (an fsync published it by rename: a new one or none).
+    async with open_core(tmp_path, durability="writeback", by_rename=True) as core:
+        await core.recover()
+        core.fs.writeback.quiet = core.fs.writeback.max_wait = 60.0
+        monkeypatch.setattr(acklog, "LIMIT", 0)  # (stands for a log past 4 MiB)
+        await core.write_file(b"z", DATA)  # a record no commit covers yet
+        fh = await core.create(b"f")
+        await core.write_all(fh, DATA)
+        slow_commits(monkeypatch)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(core.fs.flush, fh)
+            await trio.sleep(0.1)
+            if meanwhile == "write":
+                await core.fs.write(fh, 0, b"half")
+            else:
+                await core.fs.fsync(fh)
+        core.crash()
+    monkeypatch.undo()
+    async with open_core(tmp_path, durability="writeback", by_rename=True) as again:
+        await again.recover()
+        expected = b"half" + DATA[4:] if meanwhile == "write" else DATA
+        assert again.warm_path(b"f").read_bytes() == expected

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import SetAttr, core_test, open_core
+from .conftest import ROOT, SetAttr, core_test, open_core
 
 DATA = b"x" * 60_000
 
@@ -101,3 +101,26 @@ async def test_a_truncate_by_path_of_a_file_with_open_state_outlives_a_crash(
     async with open_core(tmp_path, durability=durability, by_rename=by_rename) as again:
         await again.recover()
         assert again.warm_path(b"f").read_bytes() == DATA[:10], "the truncate was lost"
+
+
+@core_test
+async def test_a_rename_after_a_publish_by_copy_commits_what_the_log_still_says(
+        tmp_path: Path) -> None:
+    # The log (or the index) holds f closed; an open for writing published it by copy, and
+    # only memory says it is home. Renamed away, and another file renamed to f: recovery must
+    # not put the old staged bytes back under f.
+    async with open_core(tmp_path, durability="writeback", by_rename=False) as core:
+        await core.recover()
+        core.fs.writeback.quiet = core.fs.writeback.max_wait = 60.0
+        await core.write_file(b"f", DATA)
+        fh = await core.open(b"f", os.O_WRONLY)
+        assert core.warm_path(b"f").read_bytes() == DATA
+        await core.fs.rename(ROOT, b"f", ROOT, b"g", 0)
+        core.warm_path(b"c").write_bytes(b"another file")
+        await core.fs.lookup(ROOT, b"c")
+        await core.fs.rename(ROOT, b"c", ROOT, b"f", 0)
+        core.crash()
+    async with open_core(tmp_path, durability="writeback", by_rename=False) as again:
+        await again.recover()
+        assert again.warm_path(b"g").read_bytes() == DATA
+        assert again.warm_path(b"f").read_bytes() == b"another file"

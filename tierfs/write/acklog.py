@@ -21,6 +21,7 @@ The file is in the index's directory (mode 0700) and is the mount user's alone (
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 from collections.abc import Iterator
@@ -72,15 +73,29 @@ class AckLog:
         self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
                           | os.O_CLOEXEC, 0o600)
         self.size = os.fstat(self.fd).st_size
+        #: A record was cut short and could not be taken back (``append``).
+        self.torn = False
 
     def append(self, sid: str, encoded: bytes) -> int:
-        """Write one record; its sequence number."""
+        """Write one record; its sequence number. On failure the log is cut back to where it
+        ended, or, if even that fails, refuses records until it is emptied: the records
+        after one cut short would never be read."""
+        if self.torn:
+            raise OSError(errno.EIO, "acknowledgement log: a record was cut short")
         seq = self.seq + 1
         record = b"%d %s %s\n" % (seq, sid.encode(), encoded)
-        written = os.write(self.fd, record)
+        try:
+            written = os.write(self.fd, record)
+            if written != len(record):  # (a full disk mid-record)
+                raise OSError(errno.ENOSPC, f"acknowledgement log: {written} of "
+                              f"{len(record)} bytes written")
+        except OSError:
+            try:
+                os.ftruncate(self.fd, self.size)
+            except OSError:
+                self.torn = True
+            raise
         self.size += written
-        if written != len(record):  # (a full disk mid-record: the log ends before it)
-            raise OSError(f"acknowledgement log: {written} of {len(record)} bytes written")
         self.seq = seq
         return seq
 
@@ -88,6 +103,7 @@ class AckLog:
         """Every record is in LMDB: start over."""
         os.ftruncate(self.fd, 0)
         self.size = 0
+        self.torn = False
 
     def close(self) -> None:
         os.close(self.fd)

@@ -25,6 +25,7 @@ finishes it through the same publishing code as a live close.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -204,6 +205,7 @@ class Journal:
         be published changed (then the caller syncs)."""
         changed = False
         for sid, entry in self.entries.items():
+            could = self._may_be_published(sid, entry)
             if _at(entry.path, old):
                 entry.path = new + entry.path[len(old):]
             elif _at(entry.path, new):
@@ -214,7 +216,7 @@ class Journal:
             else:
                 continue
             self.record(sid, entry)
-            changed = changed or entry.may_be_published()
+            changed = changed or could
         return changed
 
     def unlinked(self, rel: bytes) -> bool:
@@ -238,8 +240,13 @@ class Journal:
                 changed = True
         return changed
 
+    def _may_be_published(self, sid: str, entry: Entry) -> bool:
+        """Whether recovery may publish an entry as the index or the log may hold it: as it
+        is now, or closed as it was recorded before a publish took that back in memory."""
+        return entry.may_be_published() or sid in self._maybe_closed
+
     def _lost_name(self, sid: str, entry: Entry) -> bool:
-        could = entry.may_be_published()
+        could = self._may_be_published(sid, entry)
         entry.path = b""
         entry.closed = False
         self.record(sid, entry)
@@ -251,7 +258,7 @@ class Journal:
         entry = self.entries.get(sid)
         if entry is None:
             return False
-        could = entry.may_be_published()
+        could = self._may_be_published(sid, entry)
         entry.path = rel if rel is not None else b""
         if rel is None:
             entry.closed = False
@@ -279,30 +286,28 @@ class Journal:
         """A write-back close (or a truncate no writer will close): ``mark_closed``, and
         return once that survives a crash of tierfs, logged (``acklog``) rather than committed:
         a commit is an fdatasync, and a crash of the system loses such data anyway."""
+        acks = self.acks
+        if (acks is not None and self._acks_queued is not None and acks.size > acklog.LIMIT
+                and not self.batch.covers(self._acks_queued)):
+            await self.sync()  # a steady stream of closes: the log must not grow for ever
+        # No await from here to the record: it is the state acknowledged, under the file's
+        # staging id as it is now.
         self.mark_closed(data)
         entry = self.entry_of(data)
-        acks = self.acks
         if entry is None or acks is None:
             await self.sync()
             return
         assert data.staging_id is not None
-        if self._acks_queued is not None and acks.size:
-            if acks.size > acklog.LIMIT and not self.batch.covers(self._acks_queued):
-                await self.sync()  # a steady stream of closes: the log must not grow for ever
-            if self.batch.covers(self._acks_queued):
-                acks.empty()
+        if self._acks_queued is not None and acks.size and self.batch.covers(self._acks_queued):
+            acks.empty()
         try:
             seq = acks.append(data.staging_id, entry.encode())
         except OSError as e:
             log.error("the acknowledgement log failed, committing instead: %s", e)
             await self.sync()
-            if self._acks_queued is None:
-                self.acks = None  # (its records are not recovered yet: never emptied)
-                return
-            try:
-                acks.empty()  # every record is committed now, the one cut short too
-            except OSError:
-                self.acks = None
+            if self._acks_queued is not None and self.batch.covers(self._acks_queued):
+                with contextlib.suppress(OSError):
+                    acks.empty()  # (only when no other close's record is still needed)
             return
         self.batch.put("meta", acklog.META_KEY, pack_u64(seq))
         if self._acks_queued is not None:

@@ -125,6 +125,7 @@ class Recovery:
                 log.error("recovery of %s (staged as %s) failed, kept for the next mount: %s",
                           show(entry.path), sid, e)
                 report.failed += 1
+                self.journal.record(sid, entry)  # (it may have come from the log alone)
                 continue
             self.journal.drop(sid)
         await self.journal.recovered()  # (commits)

@@ -28,27 +28,35 @@ def log_path(core: Core) -> Path:
     return acks.path
 
 
-def count_commits(core: Core, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+def watch_commits(monkeypatch: pytest.MonkeyPatch, delay: float = 0.0) -> list[int]:
+    """Count the index's commits from now on; each takes ``delay`` seconds more (a slow
+    disk's fdatasync: other calls come meanwhile)."""
     calls = [0]
     real = Index.commit
 
     def commit(self: Index, changes: Any) -> None:
         calls[0] += 1
+        time.sleep(delay)
         real(self, changes)
 
     monkeypatch.setattr(Index, "commit", commit)
     return calls
 
 
+async def writeback_core_ready(core: Core) -> None:
+    """Recovered (the log is emptied from now on) and publishing only when told."""
+    await core.recover()
+    core.fs.writeback.quiet = core.fs.writeback.max_wait = 60.0
+
+
 @core_test
 async def test_a_writeback_close_commits_nothing_and_outlives_a_crash(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     async with open_core(tmp_path, durability="writeback") as core:
-        await core.recover()
-        core.fs.writeback.quiet = core.fs.writeback.max_wait = 60.0
+        await writeback_core_ready(core)
         fh = await core.create(b"f")
         await core.write_all(fh, DATA)
-        commits = count_commits(core, monkeypatch)
+        commits = watch_commits(monkeypatch)
         await core.close(fh)
         assert commits[0] == 0
         assert stat.S_IMODE(os.stat(log_path(core)).st_mode) == 0o600
@@ -63,8 +71,7 @@ async def test_a_writeback_close_commits_nothing_and_outlives_a_crash(
 @core_test
 async def test_the_log_is_emptied_once_a_commit_covers_it(tmp_path: Path) -> None:
     async with open_core(tmp_path, durability="writeback") as core:
-        await core.recover()
-        core.fs.writeback.quiet = core.fs.writeback.max_wait = 60.0
+        await writeback_core_ready(core)
         for name in (b"a", b"b", b"c"):
             await core.write_file(name, DATA)
         assert len(list(acklog.records(log_path(core)))) == 3
@@ -79,8 +86,7 @@ async def test_records_the_index_holds_are_not_applied_again(tmp_path: Path) -> 
     # Acknowledged, then renamed (the rename commits): the record, older than the commit,
     # must not put the entry back under its first name.
     async with open_core(tmp_path, durability="writeback") as core:
-        await core.recover()
-        core.fs.writeback.quiet = core.fs.writeback.max_wait = 60.0
+        await writeback_core_ready(core)
         await core.write_file(b"a", DATA)
         await core.fs.rename(ROOT, b"a", ROOT, b"b", 0)
         core.crash()
@@ -95,8 +101,7 @@ async def test_records_the_index_holds_are_not_applied_again(tmp_path: Path) -> 
 @core_test
 async def test_a_record_cut_short_ends_the_log(tmp_path: Path) -> None:
     async with open_core(tmp_path, durability="writeback") as core:
-        await core.recover()
-        core.fs.writeback.quiet = core.fs.writeback.max_wait = 60.0
+        await writeback_core_ready(core)
         await core.write_file(b"a", DATA)
         path = log_path(core)
         core.crash()
@@ -109,25 +114,13 @@ async def test_a_record_cut_short_ends_the_log(tmp_path: Path) -> None:
         assert again.warm_path(b"a").read_bytes() == DATA
 
 
-def slow_commits(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every commit takes 0.3 s (an fdatasync on a slow disk): other calls come meanwhile."""
-    real = Index.commit
-
-    def commit(self: Index, changes: Any) -> None:
-        time.sleep(0.3)
-        real(self, changes)
-
-    monkeypatch.setattr(Index, "commit", commit)
-
-
 @core_test
 async def test_a_failed_append_never_erases_a_record_another_close_made_meanwhile(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # a's record cannot be written (disk full): its close waits for a commit instead. b's
     # close comes while that commit runs, and its record is in no commit yet.
     async with open_core(tmp_path, durability="writeback") as core:
-        await core.recover()
-        core.fs.writeback.quiet = core.fs.writeback.max_wait = 60.0
+        await writeback_core_ready(core)
         fa = await core.create(b"a")
         await core.write_all(fa, DATA)
         fb = await core.create(b"b")
@@ -142,7 +135,7 @@ async def test_a_failed_append_never_erases_a_record_another_close_made_meanwhil
             return real_append(self, sid, encoded)
 
         monkeypatch.setattr(acklog.AckLog, "append", append)
-        slow_commits(monkeypatch)
+        watch_commits(monkeypatch, delay=0.3)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(core.close, fa)
             await trio.sleep(0.1)
@@ -163,13 +156,12 @@ async def test_a_close_waiting_for_room_in_the_log_acknowledges_the_file_as_it_i
     # (dup) writes or fsyncs meanwhile: what the close acknowledges is the file after that,
     # under its staging file then (an fsync published it by rename: a new one or none).
     async with open_core(tmp_path, durability="writeback", by_rename=True) as core:
-        await core.recover()
-        core.fs.writeback.quiet = core.fs.writeback.max_wait = 60.0
+        await writeback_core_ready(core)
         monkeypatch.setattr(acklog, "LIMIT", 0)  # (stands for a log past 4 MiB)
         await core.write_file(b"z", DATA)  # a record no commit covers yet
         fh = await core.create(b"f")
         await core.write_all(fh, DATA)
-        slow_commits(monkeypatch)
+        watch_commits(monkeypatch, delay=0.3)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(core.fs.flush, fh)
             await trio.sleep(0.1)

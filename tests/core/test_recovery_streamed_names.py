@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .conftest import PART, ROOT, core_test, open_core
+from .conftest import PART, ROOT, Core, core_test, open_core
 
 SMALL = "64KiB"
 
@@ -20,13 +20,18 @@ def content(n: int, seed: int = 3) -> bytes:
 DATA = content(PART + 100_000)
 
 
+async def fsynced_stream(core: Core, name: bytes) -> None:
+    """A file past the threshold, streaming to the bucket, fsynced and left open."""
+    fh = await core.create(name)
+    await core.write_all(fh, DATA)
+    await core.fs.fsync(fh)
+
+
 @core_test
 async def test_a_renamed_fsynced_stream_is_published_under_its_new_name(tmp_path: Path
                                                                       ) -> None:
     async with open_core(tmp_path, large_file_threshold=SMALL) as core:
-        fh = await core.create(b"big")
-        await core.write_all(fh, DATA)
-        await core.fs.fsync(fh)
+        await fsynced_stream(core, b"big")
         await core.fs.rename(ROOT, b"big", ROOT, b"moved", 0)
         core.crash()
         store = core.store
@@ -41,9 +46,7 @@ async def test_a_renamed_fsynced_stream_is_published_under_its_new_name(tmp_path
 async def test_an_unlinked_fsynced_stream_never_replaces_a_new_file_of_its_name(
         tmp_path: Path) -> None:
     async with open_core(tmp_path, large_file_threshold=SMALL) as core:
-        fh = await core.create(b"big")
-        await core.write_all(fh, DATA)
-        await core.fs.fsync(fh)
+        await fsynced_stream(core, b"big")
         await core.fs.unlink(ROOT, b"big")
         await core.write_file(b"big", b"new small file")  # sync mode: home at its close
         core.crash()
@@ -58,9 +61,7 @@ async def test_an_unlinked_fsynced_stream_never_replaces_a_new_file_of_its_name(
 async def test_a_file_renamed_over_an_fsynced_stream_keeps_its_content(tmp_path: Path
                                                                       ) -> None:
     async with open_core(tmp_path, large_file_threshold=SMALL) as core:
-        fh = await core.create(b"big")
-        await core.write_all(fh, DATA)
-        await core.fs.fsync(fh)
+        await fsynced_stream(core, b"big")
         await core.write_file(b"tmp", b"atomic save")
         await core.fs.rename(ROOT, b"tmp", ROOT, b"big", 0)  # the usual atomic save
         core.crash()

@@ -23,11 +23,13 @@ import trio
 
 from tierfs.errors import MountError
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 #: Formats this tierfs reads; an older one is upgraded in place by the first mount. 2: journal
 #: entries may carry fields format 1 readers do not know (``acked_ns``), so a tierfs reading
-#: only format 1 must refuse the index rather than misread its journal.
-READS_FORMATS = (1, 2)
+#: only format 1 must refuse the index rather than misread its journal. 3: write-back closes
+#: may be in the acknowledgement log beside the index (``write/acklog.py``) and not in it
+#: yet, so an older tierfs must refuse it rather than discard their staged data as orphans.
+READS_FORMATS = (1, 2, 3)
 #: The mode of the index's files.
 FILE_MODE = 0o600
 #: Seconds between batch commits. Losing one interval's worth of inode numbers in a crash only

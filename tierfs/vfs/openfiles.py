@@ -228,11 +228,10 @@ class OpenFiles:
     async def write(self, fh: int, offset: int, buf: bytes) -> int:
         handle = self.handles[fh]
         self.writeback.busy()
-        # A close of a descriptor sharing this one (after dup or fork) acknowledged what is
-        # staged, and this handle writes on: as for a new writer, that content reaches home
-        # before the write changes the staging file under it.
-        while self.writeback.acknowledged(handle.inode, handle.data):
-            await self.publisher.publish(handle.inode, handle.data)
+        # (A close of a descriptor sharing this one, after dup or fork, may have acknowledged
+        # what is staged: this write takes that back, durably, before it changes the staging
+        # file, ``Journal.reopened``. Publishing it first instead made every child's exit
+        # cost the next write a publish of the whole file, for a shell's redirected log.)
         return await self.writer.write(handle.inode, handle.data, offset, buf,
                                        append=handle.append, direct=handle.direct)
 

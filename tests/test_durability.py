@@ -33,7 +33,7 @@ from tierfs.index import Index
 from tierfs.objects.base import parse_bucket_uri
 from tierfs.stubs import parse_stub
 from tierfs.tiers.warm import RENAME_EXCHANGE
-from tierfs.write import journal
+from tierfs.write import acklog, journal
 from tierfs.cache.counters import load_saved
 
 MIB = 1024 * 1024
@@ -536,7 +536,7 @@ def immutable() -> Iterator[list[Path]]:
 def journal_entries(hot: Path) -> dict[str, journal.Entry]:
     index = Index(hot / "index", readonly=True)
     try:
-        return journal.load(index)
+        return journal.load(index, hot / "index" / acklog.NAME)  # (what a crash leaves)
     finally:
         index.close()
 

@@ -1,8 +1,9 @@
 """What a write-back close acknowledged outlives a crash of tierfs, and recovery never
 publishes writes no close acknowledged. Each close(2) of one of several descriptors sharing an
 open file (after ``dup`` or ``fork``) is a FUSE flush, and acknowledges the content as it is
-then; a write through a descriptor left open takes that back (durably, before the staged
-bytes change), and a truncate publishes it first."""
+then; a write through a descriptor left open into that content takes it back (durably, before
+the staged bytes change), one past its end leaves it for recovery to publish (a log written on
+after a child's exit), and a truncate publishes it first."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ DATA = b"x" * 60_000
 
 
 @pytest.mark.parametrize("committed", [False, True], ids=["before-commit", "after-commit"])
-@pytest.mark.parametrize("change", ["write", "truncate"])
+@pytest.mark.parametrize("change", ["write", "append", "truncate"])
 @pytest.mark.parametrize("by_rename", [True, False], ids=["rename", "copy"])
 @core_test
 async def test_a_change_after_a_shared_descriptors_close_is_never_published_half_done(
@@ -30,6 +31,8 @@ async def test_a_change_after_a_shared_descriptors_close_is_never_published_half
         # The descriptor still open changes the file and keeps it open.
         if change == "write":
             await core.fs.write(fh, 0, b"half")
+        elif change == "append":
+            await core.fs.write(fh, len(DATA), b"more, not closed")
         else:
             inode = await core.lookup_path(b"f")
             await core.fs.setattr(inode.ino, SetAttr(size=10))
@@ -38,8 +41,9 @@ async def test_a_change_after_a_shared_descriptors_close_is_never_published_half
         core.crash()
     async with open_core(tmp_path, durability="writeback", by_rename=by_rename) as again:
         await again.recover()
-        # A truncate published what the close acknowledged first; a write took it back, and
-        # the file is as the create left it. Never the unclosed write.
+        # A truncate published what the close acknowledged first; an append left it as it
+        # was (recovery publishes that much); a write into it took it back, and the file is
+        # as the create left it. Never the unclosed write.
         expected = b"" if change == "write" else DATA
         assert again.warm_path(b"f").read_bytes() == expected
 
@@ -130,3 +134,39 @@ async def test_a_rename_after_a_publish_by_copy_commits_what_the_log_still_says(
         await again.recover()
         assert again.warm_path(b"g").read_bytes() == DATA
         assert again.warm_path(b"f").read_bytes() == b"another file"
+
+
+@core_test
+async def test_a_rewrite_after_appends_takes_back_what_a_close_acknowledged(tmp_path: Path
+                                                                           ) -> None:
+    # Acknowledged, appended to (kept for recovery), then a write into the acknowledged
+    # bytes: they are no longer what the close acknowledged, and nothing of it is published.
+    async with open_core(tmp_path, durability="writeback") as core:
+        core.fs.writeback.quiet = core.fs.writeback.max_wait = 60.0
+        fh = await core.create(b"f")
+        await core.write_all(fh, DATA)
+        await core.fs.flush(fh)
+        await core.fs.write(fh, len(DATA), b"more")
+        await core.sync_journal()  # the index holds the acknowledged prefix
+        await core.fs.write(fh, 0, b"half")
+        core.crash()
+    async with open_core(tmp_path, durability="writeback") as again:
+        await again.recover()
+        assert again.warm_path(b"f").read_bytes() == b""
+
+
+@core_test
+async def test_an_appended_file_after_a_restart_of_the_system_is_set_aside(tmp_path: Path
+                                                                          ) -> None:
+    async with open_core(tmp_path, durability="writeback") as core:
+        core.fs.writeback.quiet = core.fs.writeback.max_wait = 60.0
+        fh = await core.create(b"f")
+        await core.write_all(fh, DATA)
+        await core.fs.flush(fh)
+        await core.fs.write(fh, len(DATA), b"more")
+        await core.sync_journal()
+        core.crash()
+    async with open_core(tmp_path, durability="writeback") as again:
+        report = await again.recover(rebooted=True)
+        assert report.set_aside == 1 and report.published == 0
+        assert again.warm_path(b"f").read_bytes() == b""

@@ -84,17 +84,23 @@ class Entry:
     #: in this order, so that of two at one path (staged data an earlier publish failed to
     #: send home, and newer data closed or fsynced before a crash) the newer wins.
     acked_ns: int = 0
+    #: A close acknowledged the first ``acked`` bytes, and writes since only appended to them
+    #: (a log written on after a child's exit closed its copy of the descriptor): recovery
+    #: publishes that much, though the entry is open again. None: nothing so.
+    acked: int | None = None
 
     def may_be_published(self) -> bool:
         """Whether recovery would publish this data under ``path`` (after a crash of tierfs;
         ``recovery.publishable``): closed, or streaming to the bucket and fsynced."""
-        return self.closed or (self.upload is not None and self.synced is not None)
+        return (self.closed or self.acked is not None
+                or (self.upload is not None and self.synced is not None))
 
     def encode(self) -> bytes:
         data: dict[str, Any] = {
             "path": os.fsdecode(self.path), "closed": self.closed, "size": self.size,
             "atime_ns": self.atime_ns, "mtime_ns": self.mtime_ns, "replaces": self.replaces,
-            "synced": self.synced, "acked_ns": self.acked_ns, "upload": None}
+            "synced": self.synced, "acked_ns": self.acked_ns, "acked": self.acked,
+            "upload": None}
         if self.upload is not None:
             u = self.upload
             data["upload"] = {"key": u.key, "since": u.since, "first_part": u.first_part,
@@ -151,7 +157,7 @@ class Journal:
         self.entries[sid] = entry
         self._index_path(sid, entry.path)
         self._records += 1
-        if entry.closed:
+        if entry.may_be_published():
             self._maybe_closed.add(sid)
             self._unclosed_at.pop(sid, None)
         elif sid in self._maybe_closed and sid not in self._unclosed_at:
@@ -277,7 +283,7 @@ class Journal:
         entry = self.entry_of(data)
         if entry is None:
             return
-        entry.closed = True
+        entry.closed, entry.acked = True, None
         entry.size, entry.atime_ns, entry.mtime_ns = data.size, data.atime_ns, data.mtime_ns
         entry.acked_ns = self._stamp()
         self.update(data.staging_id, entry)
@@ -336,11 +342,13 @@ class Journal:
             self.update(data.staging_id, entry)
             await self.sync()
 
-    async def reopened(self, data: OpenFile) -> None:
-        """Staged content is about to change: content a close had released may not be
-        published as it is any more (it would be half-written). Returns once the index no
-        longer says so either: an entry that was closed (published since, or taken back
-        here) would otherwise be published by recovery with the new writes in it."""
+    async def reopened(self, data: OpenFile, offset: int) -> None:
+        """Staged content is about to change from ``offset`` on (a write there, or a cut to
+        it): content a close had released may not be published as it is any more (it would
+        be half-written), but for what it acknowledged below ``offset`` when only appended
+        to (``Entry.acked``). Returns once the index no longer says otherwise: an entry that
+        was closed (published since, or taken back here) would otherwise be published by
+        recovery with the new writes in it."""
         entry = self.entry_of(data)
         if entry is None:
             return
@@ -348,8 +356,13 @@ class Journal:
             entry.closed = False
             if entry.upload is None:
                 entry.synced = None  # what was on disk is being changed
+                if offset >= entry.size:
+                    entry.acked = entry.size  # (the bytes a recovery would publish stay)
             self.update(data.staging_id, entry)
-        if data.staging_id in self._maybe_closed:
+        elif entry.acked is not None and offset < entry.acked:
+            entry.acked = None
+            self.update(data.staging_id, entry)
+        if data.staging_id in self._maybe_closed and not entry.may_be_published():
             await self.sync()
 
     async def cut(self, data: OpenFile, size: int) -> None:
@@ -368,8 +381,8 @@ class Journal:
     def mark_published(self, data: OpenFile) -> None:
         """The staged content is home: recovery has nothing to publish for it."""
         entry = self.entry_of(data)
-        if entry is not None and entry.closed:
-            entry.closed = False
+        if entry is not None and (entry.closed or entry.acked is not None):
+            entry.closed, entry.acked = False, None
             entry.replaces = None
             self.update(data.staging_id, entry)
 

@@ -75,7 +75,9 @@ def publishable(entry: journal.Entry, rebooted: bool) -> int | None:
         return None
     streamed = entry.upload is not None and entry.synced is not None
     if not rebooted:
-        return entry.size if entry.closed else entry.synced if streamed else None
+        if entry.closed:
+            return entry.size
+        return entry.acked if entry.acked is not None else entry.synced if streamed else None
     if entry.closed and entry.synced is not None and entry.synced >= entry.size:
         return entry.size
     return entry.synced if streamed else None
@@ -113,7 +115,8 @@ class Recovery:
                     continue
                 if entry.upload is not None:
                     report.aborted += await self._abort(entry.upload)
-                if rebooted and entry.closed and entry.path and sid in staged:
+                if (rebooted and (entry.closed or entry.acked is not None) and entry.path
+                        and sid in staged):
                     await self._set_aside(sid, entry, "the system restarted before the closed "
                                           "data of %s was home or flushed to disk")
                     report.set_aside += 1

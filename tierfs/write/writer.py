@@ -42,7 +42,7 @@ class Writer:
                 offset = data.size
             # Parts already uploaded go up again; EIO if one has left the hot tier.
             await self.cold.changing(inode, data, offset, offset + len(buf))
-            await self.journal.reopened(data)
+            await self.journal.reopened(data, offset)
             if done is not None:
                 written = done
             else:
@@ -84,7 +84,7 @@ class Writer:
         ``data.lock``."""
         await self.cold.truncating(inode, data, size)  # as for a write
         await self.staging.stage(inode, data, keep=size)
-        await self.journal.reopened(data)
+        await self.journal.reopened(data, size)
         assert data.staging_fd is not None
         await self.journal.cut(data, size)
         await self.core.hot.run(os.ftruncate, data.staging_fd, size)

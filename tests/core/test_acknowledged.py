@@ -170,3 +170,35 @@ async def test_an_appended_file_after_a_restart_of_the_system_is_set_aside(tmp_p
         report = await again.recover(rebooted=True)
         assert report.set_aside == 1 and report.published == 0
         assert again.warm_path(b"f").read_bytes() == b""
+
+
+@pytest.mark.parametrize("by_rename", [True, False], ids=["rename", "copy"])
+@core_test
+async def test_an_fsync_after_appends_outlives_a_crash(tmp_path: Path, by_rename: bool
+                                                      ) -> None:
+    # Acknowledged, appended to (the index holds the prefix), then fsynced: published whole.
+    # A publish by copy keeps the staging file, and recovery must not put the prefix back.
+    async with open_core(tmp_path, durability="writeback", by_rename=by_rename) as core:
+        core.fs.writeback.quiet = core.fs.writeback.max_wait = 60.0
+        fh = await core.create(b"f")
+        await core.write_all(fh, DATA)
+        await core.fs.flush(fh)
+        await core.fs.write(fh, len(DATA), b"more")
+        await core.fs.fsync(fh)
+        core.crash()
+    async with open_core(tmp_path, durability="writeback", by_rename=by_rename) as again:
+        await again.recover()
+        assert again.warm_path(b"f").read_bytes() == DATA + b"more"
+
+
+def test_an_acknowledged_prefix_is_never_published_for_a_file_streaming_to_the_bucket() -> None:
+    # The prefix is kept only for a file not streaming: one whose upload started after it
+    # would complete an object of parts holding bytes no close acknowledged.
+    from tierfs.write.journal import Entry, Upload
+    from tierfs.write.recovery import publishable
+
+    plain = Entry(path=b"f", size=10, acked=10)
+    streaming = Entry(path=b"f", size=10, acked=10,
+                      upload=Upload(key="f", since=0.0, first_part=5 << 20, upload_id="u"))
+    assert publishable(plain, rebooted=False) == 10
+    assert publishable(streaming, rebooted=False) is None

@@ -254,7 +254,7 @@ class Journal:
     def _lost_name(self, sid: str, entry: Entry) -> bool:
         could = self._may_be_published(sid, entry)
         entry.path = b""
-        entry.closed = False
+        entry.closed, entry.acked = False, None
         self.record(sid, entry)
         return could
 
@@ -267,7 +267,7 @@ class Journal:
         could = self._may_be_published(sid, entry)
         entry.path = rel if rel is not None else b""
         if rel is None:
-            entry.closed = False
+            entry.closed, entry.acked = False, None
         self.record(sid, entry)
         return could
 
@@ -378,13 +378,19 @@ class Journal:
             self.update(data.staging_id, entry)
             await self.sync(durable=True)
 
-    def mark_published(self, data: OpenFile) -> None:
-        """The staged content is home: recovery has nothing to publish for it."""
+    def mark_published(self, data: OpenFile) -> bool:
+        """The staged content is home: recovery has nothing to publish for it. Returns
+        whether the caller must wait for a commit before it acknowledges the publish: the
+        index may hold a prefix of it as acknowledged (``Entry.acked``), which recovery would
+        publish over it from the staging file a publish by copy keeps."""
         entry = self.entry_of(data)
-        if entry is not None and (entry.closed or entry.acked is not None):
-            entry.closed, entry.acked = False, None
-            entry.replaces = None
-            self.update(data.staging_id, entry)
+        if entry is None or not (entry.closed or entry.acked is not None):
+            return False
+        had_prefix = entry.acked is not None
+        entry.closed, entry.acked = False, None
+        entry.replaces = None
+        self.update(data.staging_id, entry)
+        return had_prefix
 
     def forget_upload(self, data: OpenFile) -> None:
         """A file's multipart upload was aborted; its data is still staged."""

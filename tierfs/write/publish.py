@@ -117,7 +117,8 @@ class Publisher:
         data.to(DataState.STAGED if data.staged else DataState.CLEAN)
         if data.staged and core.cache_warm:  # published by copy: staging is this version
             data.published_as = warm_id(st)
-        self.journal.mark_published(data)
+        if self.journal.mark_published(data):
+            await self.journal.sync()
         inode.stub = data.stub = None  # it is a warm file now
         if data.replaces_object is not None:
             await core.delete_object(data.replaces_object)

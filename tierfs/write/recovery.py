@@ -77,7 +77,9 @@ def publishable(entry: journal.Entry, rebooted: bool) -> int | None:
     if not rebooted:
         if entry.closed:
             return entry.size
-        return entry.acked if entry.acked is not None else entry.synced if streamed else None
+        if entry.acked is not None and entry.upload is None:  # (never kept for a stream)
+            return entry.acked
+        return entry.synced if streamed else None
     if entry.closed and entry.synced is not None and entry.synced >= entry.size:
         return entry.size
     return entry.synced if streamed else None

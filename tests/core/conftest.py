@@ -295,8 +295,7 @@ class Core:
 
     def stored_journal(self) -> dict[str, Any]:
         """The journal as committed to the index (what a crash leaves)."""
-        acks = self.fs.journal.acks
-        return journal_module.load(self.fs.index, None if acks is None else acks.path)
+        return journal_module.load(self.fs.index, self.fs.journal.acks.path)
 
     async def sync_journal(self) -> None:
         await self.fs.journal.sync()

@@ -23,9 +23,7 @@ DATA = b"w" * 30_000
 
 
 def log_path(core: Core) -> Path:
-    acks = core.fs.journal.acks
-    assert acks is not None
-    return acks.path
+    return core.fs.journal.acks.path
 
 
 def watch_commits(monkeypatch: pytest.MonkeyPatch, delay: float = 0.0) -> list[int]:

@@ -12,9 +12,19 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import ROOT, SetAttr, core_test, open_core
+from .conftest import ROOT, Core, SetAttr, core_test, open_core
 
 DATA = b"x" * 60_000
+
+
+async def acknowledged(core: Core) -> int:
+    """``f`` written with DATA and acknowledged by the close(2) of a dup (a FUSE flush), its
+    handle still open; the mount publishes nothing on its own. The handle."""
+    core.fs.writeback.quiet = core.fs.writeback.max_wait = 60.0
+    fh = await core.create(b"f")
+    await core.write_all(fh, DATA)
+    await core.fs.flush(fh)
+    return fh
 
 
 @pytest.mark.parametrize("committed", [False, True], ids=["before-commit", "after-commit"])
@@ -24,10 +34,7 @@ DATA = b"x" * 60_000
 async def test_a_change_after_a_shared_descriptors_close_is_never_published_half_done(
         tmp_path: Path, committed: bool, change: str, by_rename: bool) -> None:
     async with open_core(tmp_path, durability="writeback", by_rename=by_rename) as core:
-        core.fs.writeback.quiet = core.fs.writeback.max_wait = 60.0  # no publish on its own
-        fh = await core.create(b"f")
-        await core.write_all(fh, DATA)
-        await core.fs.flush(fh)  # close(2) of a dup returned: DATA acknowledged
+        fh = await acknowledged(core)
         # The descriptor still open changes the file and keeps it open.
         if change == "write":
             await core.fs.write(fh, 0, b"half")
@@ -142,10 +149,7 @@ async def test_a_rewrite_after_appends_takes_back_what_a_close_acknowledged(tmp_
     # Acknowledged, appended to (kept for recovery), then a write into the acknowledged
     # bytes: they are no longer what the close acknowledged, and nothing of it is published.
     async with open_core(tmp_path, durability="writeback") as core:
-        core.fs.writeback.quiet = core.fs.writeback.max_wait = 60.0
-        fh = await core.create(b"f")
-        await core.write_all(fh, DATA)
-        await core.fs.flush(fh)
+        fh = await acknowledged(core)
         await core.fs.write(fh, len(DATA), b"more")
         await core.sync_journal()  # the index holds the acknowledged prefix
         await core.fs.write(fh, 0, b"half")
@@ -159,10 +163,7 @@ async def test_a_rewrite_after_appends_takes_back_what_a_close_acknowledged(tmp_
 async def test_an_appended_file_after_a_restart_of_the_system_is_set_aside(tmp_path: Path
                                                                           ) -> None:
     async with open_core(tmp_path, durability="writeback") as core:
-        core.fs.writeback.quiet = core.fs.writeback.max_wait = 60.0
-        fh = await core.create(b"f")
-        await core.write_all(fh, DATA)
-        await core.fs.flush(fh)
+        fh = await acknowledged(core)
         await core.fs.write(fh, len(DATA), b"more")
         await core.sync_journal()
         core.crash()
@@ -179,10 +180,7 @@ async def test_an_fsync_after_appends_outlives_a_crash(tmp_path: Path, by_rename
     # Acknowledged, appended to (the index holds the prefix), then fsynced: published whole.
     # A publish by copy keeps the staging file, and recovery must not put the prefix back.
     async with open_core(tmp_path, durability="writeback", by_rename=by_rename) as core:
-        core.fs.writeback.quiet = core.fs.writeback.max_wait = 60.0
-        fh = await core.create(b"f")
-        await core.write_all(fh, DATA)
-        await core.fs.flush(fh)
+        fh = await acknowledged(core)
         await core.fs.write(fh, len(DATA), b"more")
         await core.fs.fsync(fh)
         core.crash()

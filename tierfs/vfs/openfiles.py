@@ -229,9 +229,9 @@ class OpenFiles:
         handle = self.handles[fh]
         self.writeback.busy()
         # (A close of a descriptor sharing this one, after dup or fork, may have acknowledged
-        # what is staged: this write takes that back, durably, before it changes the staging
-        # file, ``Journal.reopened``. Publishing it first instead made every child's exit
-        # cost the next write a publish of the whole file, for a shell's redirected log.)
+        # what is staged: ``Journal.reopened`` keeps it under an append and takes it back,
+        # committed, before a write into it. Not a publish first: for a shell's redirected
+        # log, every child's exit would cost the next write a publish of the whole file.)
         return await self.writer.write(handle.inode, handle.data, offset, buf,
                                        append=handle.append, direct=handle.direct)
 

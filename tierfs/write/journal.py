@@ -6,9 +6,10 @@ closed data may ever appear under the file's name), and, for a file streaming to
 its multipart upload: the key, the upload id once known, the first part size, the checksum it
 was created with and the parts completed with their receipts (ETag, and checksum).
 
-Entries change in memory and normally reach LMDB with the index batch. Where losing a change
-in a crash would lose or misplace data, the filesystem waits for a group commit (``sync``)
-before going on: before a write-back close returns, before a part's bytes may be punched out
+Entries change in memory and normally reach LMDB with the index batch. A write-back close is
+acknowledged in the acknowledgement log instead (``acknowledge``, write/acklog.py). Where
+losing a change in a crash would lose or misplace data, the filesystem waits for a group
+commit (``sync``) before going on: before a part's bytes may be punched out
 of staging, before staged bytes of a part the journal names as completed change, before a
 multipart upload is created (so that a crash never leaves an upload nobody knows of) and
 again with its id before any part goes up (so that recovery aborts that upload alone, not
@@ -91,7 +92,8 @@ class Entry:
 
     def may_be_published(self) -> bool:
         """Whether recovery would publish this data under ``path`` (after a crash of tierfs;
-        ``recovery.publishable``): closed, or streaming to the bucket and fsynced."""
+        ``recovery.publishable``): closed, a prefix acknowledged (``acked``), or streaming to
+        the bucket and fsynced."""
         return (self.closed or self.acked is not None
                 or (self.upload is not None and self.synced is not None))
 
@@ -124,10 +126,10 @@ class Entry:
 
 class Journal:
     def __init__(self, batch: Batch, run_in_thread: Callable[..., Awaitable[Any]],
-                 acks: acklog.AckLog | None = None) -> None:
+                 acks: acklog.AckLog) -> None:
         self.batch = batch
         self._run = run_in_thread
-        #: Where write-back closes are acknowledged (None: by a commit each).
+        #: Where write-back closes are acknowledged.
         self.acks = acks
         #: The batch position after the last record's number was queued, once recovery
         #: has applied what an earlier run left in the log (None until then: not emptied).
@@ -139,9 +141,10 @@ class Journal:
         self._at_path: dict[bytes, set[str]] = {}
         self._path_of: dict[str, bytes] = {}
         self._last_stamp = 0
-        #: Entries recorded closed that the index may still hold as closed, and of those
-        #: recorded not closed since, the count of records when that was (``_records``): a
-        #: commit queued after it takes the index's "closed" back (``reopened``).
+        #: Entries recorded as recovery would publish them (``Entry.may_be_published``)
+        #: that the index or the log may still hold so, and of those recorded otherwise
+        #: since, the count of records when that was (``_records``): a commit queued after
+        #: it takes that back (``reopened``).
         self._maybe_closed: set[str] = set()
         self._unclosed_at: dict[str, int] = {}
         self._records = 0
@@ -293,14 +296,14 @@ class Journal:
         return once that survives a crash of tierfs, logged (``acklog``) rather than committed:
         a commit is an fdatasync, and a crash of the system loses such data anyway."""
         acks = self.acks
-        if (acks is not None and self._acks_queued is not None and acks.size > acklog.LIMIT
+        if (self._acks_queued is not None and acks.size > acklog.LIMIT
                 and not self.batch.covers(self._acks_queued)):
             await self.sync()  # a steady stream of closes: the log must not grow for ever
         # No await from here to the record: it is the state acknowledged, under the file's
         # staging id as it is now.
         self.mark_closed(data)
         entry = self.entry_of(data)
-        if entry is None or acks is None:
+        if entry is None:
             await self.sync()
             return
         assert data.staging_id is not None
@@ -320,19 +323,16 @@ class Journal:
             self._acks_queued = self.batch.position
 
     def close(self) -> None:
-        if self.acks is not None:
-            self.acks.close()
+        self.acks.close()
 
     async def recovered(self) -> None:
         """Recovery has applied the log's records: commit the result with the number of the
         last of them (no later mount applies them again) and empty the log, which from now
         on is emptied whenever a commit covers it."""
-        if self.acks is not None:
-            self.batch.put("meta", acklog.META_KEY, pack_u64(self.acks.seq))
+        self.batch.put("meta", acklog.META_KEY, pack_u64(self.acks.seq))
         await self.sync()
         self._acks_queued = self.batch.position
-        if self.acks is not None:
-            await self._run(self.acks.empty)
+        await self._run(self.acks.empty)
 
     async def times_changed(self, data: OpenFile) -> None:
         """Times were set on staged data: if a close acknowledged it, they go with it."""

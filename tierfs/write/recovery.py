@@ -96,9 +96,7 @@ class Recovery:
     async def run(self, rebooted: bool = False) -> Report:
         core = self.core
         report = Report()
-        acks = self.journal.acks
-        entries = await core.hot.run(journal.load, core.index,
-                                     None if acks is None else acks.path)
+        entries = await core.hot.run(journal.load, core.index, self.journal.acks.path)
         staged = set(await core.hot.run(core.hot.staged_ids))
         for sid in sorted(staged - entries.keys()):
             await core.hot.run(core.hot.remove_staging, sid)

@@ -133,6 +133,12 @@ class Core:
             return None
         return self.inodes.path(inode)
 
+    @staticmethod
+    def has_home(inode: Inode) -> bool:
+        """Whether staged data of the inode has somewhere to be published: a name this mount
+        knows, or names only the warm file knows (``OpenFile.linked_elsewhere``)."""
+        return bool(inode.links) or (inode.data is not None and inode.data.linked_elsewhere)
+
     def parse_stub(self, st: os.stat_result, target: bytes | None, where: bytes
                    ) -> Stub | None:
         """The stub a warm entry stands for, if any; a bad one is refused, never followed."""

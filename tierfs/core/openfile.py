@@ -134,6 +134,10 @@ class OpenFile:
     #: attributes are answered from memory (close-to-open consistency, as NFS gives), because
     #: the kernel asks for them before every write.
     base: os.stat_result | None = None
+    #: The last name this mount knew of the file went (unlink, rename over it) while the
+    #: warm file had other names, hard links made elsewhere: its staged data is not lost with
+    #: the name but published in place through ``warm_fd`` (``WarmPublisher.publish_unnamed``).
+    linked_elsewhere: bool = False
     #: The warm file was created, empty, by this open and nothing has been published since:
     #: staging needs no copy of it. Cleared by the first publish (``Publisher.publish``).
     created: bool = False

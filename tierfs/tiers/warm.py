@@ -467,13 +467,29 @@ class WarmTier(XattrCalls, Tier):
                 now = os.fstat(fd)
                 if (now.st_dev, now.st_ino) != (expect.st_dev, expect.st_ino):
                     raise FileNotFoundError(errno.ENOENT, "renamed meanwhile", rel)
-            copy_fd(src_fd, fd, size)
-            os.ftruncate(fd, size)
-            if times is not None:
-                os.utime(fd, ns=times)
-            os.fsync(fd)
+            self._fill(fd, src_fd, size, times)
         finally:
             os.close(fd)
+
+    def write_through(self, fd: int, src_fd: int, size: int, times: tuple[int, int]
+                      ) -> os.stat_result:
+        """``write_in_place`` into the file a descriptor holds open, which has no name this
+        mount knows any more (its other names were made elsewhere): opened again for
+        writing through ``/proc``, which reaches the file itself, not a path."""
+        wfd = os.open(proc_path(fd), os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            self._fill(wfd, src_fd, size, times)
+            return os.fstat(wfd)
+        finally:
+            os.close(wfd)
+
+    @staticmethod
+    def _fill(fd: int, src_fd: int, size: int, times: tuple[int, int] | None) -> None:
+        copy_fd(src_fd, fd, size)
+        os.ftruncate(fd, size)
+        if times is not None:
+            os.utime(fd, ns=times)
+        os.fsync(fd)
 
     def _copy_attributes(self, like: bytes, fd: int, st: os.stat_result | None = None,
                          made: os.stat_result | None = None, mode: int | None = None

@@ -232,14 +232,18 @@ class FileSystem:
         return await self.namespace.link(ino, new_parent, new_name)
 
     async def unlink(self, parent: int, name: bytes) -> None:
+        going = self.core.inodes.child(parent, name)
         await self.namespace.unlink(parent, name)
+        await self.files.lost_name(going)
 
     async def rmdir(self, parent: int, name: bytes) -> None:
         await self.namespace.rmdir(parent, name)
 
     async def rename(self, parent: int, name: bytes, new_parent: int, new_name: bytes,
                      flags: int) -> None:
+        replaced = self.core.inodes.child(new_parent, new_name)
         await self.namespace.rename(parent, name, new_parent, new_name, flags)
+        await self.files.lost_name(replaced)
 
     async def forget(self, items: Sequence[tuple[int, int]]) -> None:
         await self.namespace.forget(items)

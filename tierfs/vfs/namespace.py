@@ -361,10 +361,12 @@ class Namespace:
         async with core.ns_lock:
             rel = core.inodes.child_path(parent, name)
             core.name_changes += 1
-            await self._open_before_removal(core.inodes.child(parent, name))
+            going = core.inodes.child(parent, name)
+            await self._open_before_removal(going)
             gone = await core.warm.run(self._unlink_blocking, rel,
-                                       is_cold(core.inodes.child(parent, name)))
+                                       is_cold(going) or self._last_name_of_open(going))
             removed = core.inodes.remove_link(parent, name)
+            self._note_other_names(removed, gone)
             forget_base(removed)
             changed = self._rejournal(removed)
             if self.journal.unlinked(rel) or changed:
@@ -405,11 +407,11 @@ class Namespace:
             rel = core.inodes.child_path(parent, name)
             new_rel = core.inodes.child_path(new_parent, new_name)
             core.name_changes += 1
-            if not exchange:
-                await self._open_before_removal(core.inodes.child(new_parent, new_name))
+            target = None if exchange else core.inodes.child(new_parent, new_name)
+            await self._open_before_removal(target)
             gone = await core.warm.run(
                 self._rename_blocking, rel, new_rel, flags,
-                not exchange and is_cold(core.inodes.child(new_parent, new_name)))
+                is_cold(target) or self._last_name_of_open(target))
             core.renames += 1
             moved = core.inodes.child(parent, name)
             replaced = core.inodes.child(new_parent, new_name)
@@ -419,6 +421,7 @@ class Namespace:
                 replaced = None
             else:
                 core.inodes.move(parent, name, new_parent, new_name)
+                self._note_other_names(replaced, gone)
                 forget_base(replaced)  # (after the move: it may have lost its last name)
             forget_base(moved)
             # Staged data must be published under the new names after a crash too; a file
@@ -445,6 +448,24 @@ class Namespace:
               and len(inode.links) == 1 and (rel := self.core.rel_or_none(inode)) is not None):
             data.base = await self.core.warm.run(self.core.warm.lstat, rel)
 
+    @staticmethod
+    def _last_name_of_open(inode: Inode | None) -> bool:
+        """Whether a name about to go is the last this mount knows of a warm file with open
+        state: the file's attributes are read just before (``_note_other_names``)."""
+        return (inode is not None and inode.data is not None and inode.stub is None
+                and not inode.is_dir and len(inode.links) == 1)
+
+    @staticmethod
+    def _note_other_names(inode: Inode | None, st: os.stat_result | None) -> None:
+        """An open file lost its last name here (``st``: its warm file's attributes just
+        before): if that file has more names, hard links made elsewhere, what it stages still
+        has somewhere to go (``OpenFile.linked_elsewhere``)."""
+        if (inode is None or inode.links or inode.data is None or inode.stub is not None
+                or st is None):
+            return
+        if stat.S_ISREG(st.st_mode) and st.st_nlink > 1 and identity(st) == inode.key:
+            inode.data.linked_elsewhere = True
+
     def _rejournal(self, inode: Inode | None) -> bool:
         """Re-point an inode's journal entry at its current path (nothing to publish if it
         has none left); True if the entry said its data may be published."""
@@ -452,19 +473,21 @@ class Namespace:
             return False
         return self.journal.repoint(inode.data.staging_id, self.core.rel_or_none(inode))
 
-    def _unlink_blocking(self, rel: bytes, cold: bool) -> os.stat_result | None:
-        """Unlink; for a cold file, its link's attributes first (``_drop_unreferenced``)."""
+    def _unlink_blocking(self, rel: bytes, look: bool) -> os.stat_result | None:
+        """Unlink; if ``look``, the link's attributes first (``_drop_unreferenced`` for a
+        cold file, ``_note_other_names`` for an open one)."""
         warm = self.core.warm
-        st = warm.lstat(rel) if cold else None
+        st = warm.lstat(rel) if look else None
         warm.unlink(rel)
         return st
 
-    def _rename_blocking(self, rel: bytes, new_rel: bytes, flags: int, cold: bool
+    def _rename_blocking(self, rel: bytes, new_rel: bytes, flags: int, look: bool
                          ) -> os.stat_result | None:
-        """Rename; for a cold file it replaces, that file's link's attributes first."""
+        """Rename; if ``look``, the attributes of the link it replaces first (as for
+        ``_unlink_blocking``)."""
         warm = self.core.warm
         st = None
-        if cold:
+        if look:
             try:
                 st = warm.lstat(new_rel)
             except FileNotFoundError:

@@ -303,8 +303,10 @@ class OpenFiles:
             await data.upload.wait_idle()  # another writer goes on: the object is not done
             return
         if data.writers <= 1:
-            if self.core.config.durability == "writeback":
+            if self.core.config.durability == "writeback" and handle.inode.links:
                 # Staged and journaled is enough: the last release hands it to write-back.
+                # (A file with no name left is published now, if anywhere: its journal entry
+                # can find no file at recovery.)
                 await self.journal.acknowledge(data)
                 return
             self.journal.mark_closed(data)
@@ -351,7 +353,7 @@ class OpenFiles:
         data.writers -= writable
         try:
             if data.handles == 0:
-                if (data.dirty and inode.links
+                if (data.dirty and self.core.has_home(inode)
                         and self.core.config.durability == "writeback"):
                     self.writeback.start(inode, data)
                     return
@@ -368,6 +370,20 @@ class OpenFiles:
                     await self.staging.retire(inode, data)
         finally:
             self.core.inodes.closed(inode)
+
+    async def lost_name(self, inode: Inode | None) -> None:
+        """After an unlink or a rename over a name: a file whose staged data no writer will
+        close again (write-back waits to publish it) and whose names left are all made
+        elsewhere (``OpenFile.linked_elsewhere``) is published now. Its journal entry lost
+        its path with the name, so a crash before the background publish would lose it. A
+        failure is logged: write-back tries again."""
+        if (inode is None or inode.links or (data := inode.data) is None
+                or not data.linked_elsewhere or data.writers or not data.dirty):
+            return
+        try:
+            await self.publisher.publish(inode, data)
+        except OSError as e:
+            log.error("publishing inode %d through its other names failed: %s", inode.ino, e)
 
     def attrs(self, inode: Inode) -> Attrs | None:
         """An open file's attributes from memory (None: not open, or not known)."""

@@ -87,10 +87,36 @@ class Publisher:
     async def _publish(self, inode: Inode, data: OpenFile) -> None:
         core = self.core
         rel = core.rel_or_none(inode)
-        if rel is None:  # unlinked: nothing to publish, nobody can see it
-            await drop_mirror(core.warm, data)
-            data.to(DataState.STAGED)
-            return
+        if rel is None:
+            st = await self.warm.publish_unnamed(data, (data.atime_ns, data.mtime_ns))
+            if st is None:  # unlinked: nothing to publish, nobody can see it
+                data.to(DataState.STAGED)
+                return
+        else:
+            st = await self._publish_named(inode, data, rel)
+            if st is None:
+                return  # in the bucket, or unlinked meanwhile
+        data.base = st
+        data.to(DataState.STAGED if data.staged else DataState.CLEAN)
+        if data.staged and core.cache_warm:  # published by copy: staging is this version
+            data.published_as = warm_id(st)
+        if self.journal.mark_published(data):
+            await self.journal.sync()
+        inode.stub = data.stub = None  # it is a warm file now
+        if data.replaces_object is not None:
+            await core.delete_object(data.replaces_object)
+            data.replaces_object = None
+        # The kernel's pages are what was written through it, unless O_DIRECT bypassed them.
+        inode.cached_version = None if data.direct_written else version(st, inode.key)
+        data.direct_written = False
+        if data.staged:
+            await self._copied_home(data, st)
+
+    async def _publish_named(self, inode: Inode, data: OpenFile, rel: bytes
+                             ) -> os.stat_result | None:
+        """To the bucket (None) or the warm tier (the published file's attributes; None if
+        the file was unlinked meanwhile)."""
+        core = self.core
         cold = self.cold
         if data.upload is None:
             # A file past the threshold whose upload could not start while it was written
@@ -107,24 +133,10 @@ class Publisher:
         with core.inodes.replacing(inode):
             if data.upload is not None:
                 await cold.publish(inode, data)
-                return
+                return None
             st = await self.warm.publish(inode, data, rel, (data.atime_ns, data.mtime_ns))
             if st is None:  # unlinked meanwhile
                 data.to(DataState.STAGED if data.staged else DataState.CLEAN)
-                return
+                return None
             core.inodes.rekey(inode, st)
-        data.base = st
-        data.to(DataState.STAGED if data.staged else DataState.CLEAN)
-        if data.staged and core.cache_warm:  # published by copy: staging is this version
-            data.published_as = warm_id(st)
-        if self.journal.mark_published(data):
-            await self.journal.sync()
-        inode.stub = data.stub = None  # it is a warm file now
-        if data.replaces_object is not None:
-            await core.delete_object(data.replaces_object)
-            data.replaces_object = None
-        # The kernel's pages are what was written through it, unless O_DIRECT bypassed them.
-        inode.cached_version = None if data.direct_written else version(st, inode.key)
-        data.direct_written = False
-        if data.staged:
-            await self._copied_home(data, st)
+        return st

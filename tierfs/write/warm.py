@@ -90,6 +90,20 @@ class WarmPublisher:
                 continue  # renamed while it was copied: written in place next time round
         raise err(errno.EAGAIN)
 
+    async def publish_unnamed(self, data: OpenFile, times: tuple[int, int]
+                              ) -> os.stat_result | None:
+        """The publish of a file with no name this mount knows: nobody can see its staged
+        data (None, nothing written), unless the warm file has names made elsewhere
+        (``OpenFile.linked_elsewhere``): then it is written in place through its descriptor,
+        as a hard-linked file always is; the file's attributes after."""
+        core = self.core
+        await drop_mirror(core.warm, data)
+        if not data.linked_elsewhere or data.warm_fd is None or data.upload is not None:
+            return None
+        assert data.staging_fd is not None
+        return await core.warm.run(core.warm.write_through, data.warm_fd, data.staging_fd,
+                                   data.size, times)
+
     async def _let_go_of_created(self, inode: Inode, data: OpenFile) -> None:
         """Close the descriptor of the warm file this open created, before the publish renames
         a new file over it. It holds no data (all of it is staged: reads go there) and only

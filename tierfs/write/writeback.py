@@ -127,7 +127,7 @@ class WriteBack:
             self._hurry()  # the oldest goes
         self._watch_quiet()
         try:
-            while data.dirty and inode.links and not data.writers and not self.urgent:
+            while data.dirty and self.core.has_home(inode) and not data.writers and not self.urgent:
                 now = trio.current_time()
                 if (now >= self.last_busy + self.quiet
                         or (self.held > self.max_held and next(iter(self.waiting)) == ino)):
@@ -183,11 +183,11 @@ class WriteBack:
     async def _run(self, inode: Inode, data: OpenFile, since: float) -> None:
         delay = 1.0
         try:
-            while data.dirty and inode.links:
+            while data.dirty and self.core.has_home(inode):
                 overdue = await self._turn(inode, data, since)
                 failed = None
                 try:
-                    if not (data.dirty and inode.links) or data.writers:
+                    if not (data.dirty and self.core.has_home(inode)) or data.writers:
                         break
                     await self.publisher.publish(inode, data)
                     data.error = None

@@ -1,0 +1,91 @@
+"""A hard-linked file whose other names this mount does not know (linked by another node, or
+before the mount) keeps what was written to it when the name it was written under goes: the
+staged data is published in place, through the file's descriptor, to the names that remain."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from .conftest import ROOT, Core, core_test, open_core
+
+MODES = pytest.mark.parametrize("durability", ["sync", "writeback"])
+BOTH = pytest.mark.parametrize("by_rename", [True, False], ids=["rename", "copy"])
+
+
+def linked_elsewhere(core: Core, content: bytes = b"old content") -> None:
+    """``a`` with a second name ``b`` made on the warm tier, as another node would."""
+    core.warm_path(b"a").write_bytes(content)
+    os.link(core.warm_path(b"a"), core.warm_path(b"b"))
+
+
+@MODES
+@BOTH
+@core_test
+async def test_writes_after_the_unlink_reach_the_other_name(
+        tmp_path: Path, durability: str, by_rename: bool) -> None:
+    """A writer that goes on after its name was unlinked writes into the file that ``b``
+    still names, as on any POSIX file system."""
+    async with open_core(tmp_path, by_rename=by_rename, durability=durability) as core:
+        linked_elsewhere(core)
+        fh = await core.open(b"a", os.O_WRONLY | os.O_TRUNC)
+        await core.write_all(fh, b"new data")
+        await core.fs.unlink(ROOT, b"a")
+        await core.write_all(fh, b"!", offset=8)
+        await core.close(fh)
+        await core.publish_all()
+        assert core.warm_path(b"b").read_bytes() == b"new data!"
+        assert not core.warm_path(b"a").exists()
+        assert core.warm_temps() == []
+        assert await core.read_file(b"b") == b"new data!"
+
+
+@BOTH
+@core_test
+async def test_a_write_back_close_then_unlink_reaches_the_other_name(
+        tmp_path: Path, by_rename: bool) -> None:
+    """Closed in write-back mode and unlinked before the background publish: ``b`` gets the
+    content, before the unlink returns (nothing is left that a crash could lose)."""
+    async with open_core(tmp_path, by_rename=by_rename, durability="writeback") as core:
+        linked_elsewhere(core)
+        await core.write_file(b"a", b"written then unlinked")
+        assert core.warm_path(b"b").read_bytes() == b"old content"  # (still waiting)
+        await core.fs.unlink(ROOT, b"a")
+        assert core.warm_path(b"b").read_bytes() == b"written then unlinked"
+        assert core.warm_temps() == []
+    async with open_core(tmp_path, durability="writeback") as again:
+        assert await again.read_file(b"b") == b"written then unlinked"
+        assert again.staged() == []
+
+
+@MODES
+@core_test
+async def test_a_rename_over_the_name_keeps_it_for_the_other_name(
+        tmp_path: Path, durability: str) -> None:
+    async with open_core(tmp_path, durability=durability) as core:
+        linked_elsewhere(core)
+        await core.write_file(b"a", b"first version")
+        await core.write_file(b"c", b"replacement")
+        await core.fs.rename(ROOT, b"c", ROOT, b"a", 0)
+        await core.publish_all()
+        assert core.warm_path(b"a").read_bytes() == b"replacement"
+        assert core.warm_path(b"b").read_bytes() == b"first version"
+
+
+@MODES
+@core_test
+async def test_a_file_with_no_other_name_is_not_written_anywhere(
+        tmp_path: Path, durability: str) -> None:
+    """An unlinked open file (a temporary file, say) is not published: nothing names it."""
+    async with open_core(tmp_path, durability=durability) as core:
+        core.warm_path(b"a").write_bytes(b"old content")
+        fh = await core.open(b"a", os.O_WRONLY | os.O_TRUNC)
+        await core.write_all(fh, b"scratch")
+        await core.fs.unlink(ROOT, b"a")
+        calls = core.count_warm_calls()
+        await core.close(fh)
+        await core.publish_all()
+        assert core.warm_names() == [] and core.staged() == []
+        assert calls["calls"] <= 1  # (closing the warm descriptor; no copy)

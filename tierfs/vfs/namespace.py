@@ -35,6 +35,10 @@ log = logging.getLogger(__name__)
 STALE_TRIES = 4
 
 
+#: What a name held just before tierfs removed it: its attributes and a symlink's target.
+Link = tuple[os.stat_result, bytes | None]
+
+
 def is_cold(inode: Inode | None) -> bool:
     """Whether a name's inode is a known cold file: removing it may delete its object."""
     return inode is not None and inode.stub is not None
@@ -456,13 +460,14 @@ class Namespace:
                 and not inode.is_dir and len(inode.links) == 1)
 
     @staticmethod
-    def _note_other_names(inode: Inode | None, st: os.stat_result | None) -> None:
-        """An open file lost its last name here (``st``: its warm file's attributes just
-        before): if that file has more names, hard links made elsewhere, what it stages still
-        has somewhere to go (``OpenFile.linked_elsewhere``)."""
+    def _note_other_names(inode: Inode | None, link: Link | None) -> None:
+        """An open file lost its last name here (``link``: what the name held just before):
+        if that file has more names, hard links made elsewhere, what it stages still has
+        somewhere to go (``OpenFile.linked_elsewhere``)."""
         if (inode is None or inode.links or inode.data is None or inode.stub is not None
-                or st is None):
+                or link is None):
             return
+        st = link[0]
         if stat.S_ISREG(st.st_mode) and st.st_nlink > 1 and identity(st) == inode.key:
             inode.data.linked_elsewhere = True
 
@@ -473,37 +478,52 @@ class Namespace:
             return False
         return self.journal.repoint(inode.data.staging_id, self.core.rel_or_none(inode))
 
-    def _unlink_blocking(self, rel: bytes, look: bool) -> os.stat_result | None:
-        """Unlink; if ``look``, the link's attributes first (``_drop_unreferenced`` for a
-        cold file, ``_note_other_names`` for an open one)."""
+    def _look(self, rel: bytes) -> Link | None:
+        """What a name about to go holds: its attributes, and a symlink's target."""
         warm = self.core.warm
-        st = warm.lstat(rel) if look else None
-        warm.unlink(rel)
-        return st
+        try:
+            st = warm.lstat(rel)
+        except FileNotFoundError:
+            return None
+        return st, warm.readlink(rel) if stat.S_ISLNK(st.st_mode) else None
+
+    def _unlink_blocking(self, rel: bytes, look: bool) -> Link | None:
+        """Unlink; if ``look``, what the link held first (``_drop_unreferenced`` for a cold
+        file, ``_note_other_names`` for an open one)."""
+        link = self._look(rel) if look else None
+        self.core.warm.unlink(rel)
+        return link
 
     def _rename_blocking(self, rel: bytes, new_rel: bytes, flags: int, look: bool
-                         ) -> os.stat_result | None:
-        """Rename; if ``look``, the attributes of the link it replaces first (as for
+                         ) -> Link | None:
+        """Rename; if ``look``, what the link it replaces held first (as for
         ``_unlink_blocking``)."""
-        warm = self.core.warm
-        st = None
-        if look:
-            try:
-                st = warm.lstat(new_rel)
-            except FileNotFoundError:
-                pass
-        warm.rename(rel, new_rel, flags)
-        return st
+        link = self._look(new_rel) if look else None
+        self.core.warm.rename(rel, new_rel, flags)
+        return link
 
-    async def _drop_unreferenced(self, inode: Inode | None, link: os.stat_result | None,
+    async def _drop_unreferenced(self, inode: Inode | None, link: Link | None,
                                  rel: bytes) -> None:
-        """A cold file that lost its last name: its object goes now, or when the last handle
-        closes (an open file keeps its data, as on any POSIX file system). Not if the object
-        records an owner other than the removed link's: that link was a copy of someone
-        else's stub (``core.ownership``)."""
-        if inode is None or inode.links or inode.stub is None or inode.data is not None:
+        """A cold file that lost its last name through this mount: its object goes now, or
+        when the last handle closes (``OpenFile.drop_object``: an open file keeps its data,
+        as on any POSIX file system). Only if the name removed held that very stub, and
+        alone: not a stub hard-linked to other names (``ln``, ``cp -al`` on the warm tree:
+        they need the object), not a name another node had given to another file since this
+        mount last looked (the stub moved elsewhere keeps its object), and not a stub whose
+        object records an owner other than the removed link's (a copy of someone else's
+        stub, ``core.ownership``)."""
+        if inode is None or inode.links or inode.stub is None or link is None:
             return
-        if link is not None and not await self.owners.may_delete(inode.stub, link.st_uid, rel):
+        st, target = link
+        if not stat.S_ISLNK(st.st_mode) or st.st_nlink != 1:
+            return
+        held = self.core.parse_stub(st, target, rel)
+        if held is None or held.key != inode.stub.key:
+            return
+        if not await self.owners.may_delete(inode.stub, st.st_uid, rel):
+            return
+        if inode.data is not None:
+            inode.data.drop_object = True
             return
         await self.core.delete_object(inode.stub.key)
 

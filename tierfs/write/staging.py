@@ -203,7 +203,7 @@ class Staging:
             else:
                 log.error("upload %s of %s left unfinished for recovery", data.upload.upload_id,
                           data.upload.key)
-        if not inode.links and inode.stub is not None:
+        if data.drop_object and inode.stub is not None:
             await core.delete_object(inode.stub.key)  # unlinked while open
         await drop_mirror(core.warm, data)  # before staging_fd closes: a copy may read it
         sid = data.staging_id

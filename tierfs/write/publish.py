@@ -125,10 +125,12 @@ class Publisher:
             await cold.route(inode, data)
             if data.route_after:
                 raise err(errno.EIO)
-        if (data.upload is not None and data.upload.cut == 0
+        if (data.upload is not None and data.upload.cut == 0 and not data.upload.punched
                 and not cold.placement.belongs_cold(cold.rule(inode, data), data.size)):
             # Past the threshold once, small in the end (truncated), and none of it has
-            # left staging: no object for it, it goes to the warm tier from staging.
+            # left staging: no object for it, it goes to the warm tier from staging. (An
+            # upload resumed by recovery starts with nothing cut, but its recorded parts
+            # may be punched out of staging: they exist in the upload alone.)
             await cold.drop_upload(data)
         with core.inodes.replacing(inode):
             if data.upload is not None:

@@ -558,6 +558,9 @@ class BlockCache:
         return [key for key in self.entries.of_source(source_id)
                 if block_number(key) < nblocks]
 
+    def cached_count(self, source_id: bytes, nblocks: int) -> int:
+        return len(self._cached_blocks(source_id, nblocks))
+
     def cached_bytes(self, source_id: bytes, nblocks: int) -> int:
         return sum(self.entries[key].size for key in self._cached_blocks(source_id, nblocks))
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from tierfs.cache.entries import Source, block_key
+from tierfs.cache.entries import Source
 from tierfs.stubs import StubError, looks_like_stub, parse_stub
 from tierfs.tiers.warm import join
 from tierfs.core.openfile import warm_id
@@ -183,8 +183,8 @@ class Residency:
         for state in states:
             if state.source is not None:
                 nblocks = state.source.blocks(cache.block_size)
-                cached = sum(block_key(state.source.id, b) in cache.entries
-                             for b in range(nblocks))
+                # (Counted from what the cache holds: a stub's size is anyone's to claim.)
+                cached = cache.cached_count(state.source.id, nblocks)
                 nbytes = await cache.evict_source(state.source.id, nblocks)
                 self.fs.counters.evicted(cached, nbytes)
                 freed += nbytes

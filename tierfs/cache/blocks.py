@@ -33,7 +33,7 @@ import trio
 from tierfs.cache.buffers import BufferPool
 from tierfs.cache.bysource import BySource
 from tierfs.cache.counters import Counters
-from tierfs.cache.entries import ID_BYTES, Entry, Source, block_key, block_number
+from tierfs.cache.entries import ID_BYTES, Entry, Source, Unkept, block_key, block_number
 from tierfs.cache.eviction import Policy
 from tierfs.cache.flight import Block, Flight, shared_error
 from tierfs.cache.reconcile import DB, PINS, reconcile
@@ -243,7 +243,8 @@ class BlockCache:
         flight = self._loading[key] = Flight()
         try:
             flight.data, flight.origin = await self._load(source, block, key)
-            self._remember(key, flight.data, flight.origin)
+            if not isinstance(flight.data, Unkept):
+                self._remember(key, flight.data, flight.origin)
             return flight.data, flight.origin
         except Exception as e:
             flight.error = e
@@ -272,7 +273,8 @@ class BlockCache:
         if len(data) != length:
             raise OSError(errno.EIO, f"short read of block {block}: {len(data)} of {length}")
         self.counters.add("fetches_" + source.tier)
-        self._store_soon(key, data)
+        if not isinstance(data, Unkept):
+            self._store_soon(key, data)
         return data, source.tier
 
     def _remember(self, key: bytes, data: Block, origin: str) -> None:
@@ -523,6 +525,8 @@ class BlockCache:
                 if len(data) != length:  # a stub claiming more than its object holds, say
                     raise OSError(errno.EIO,
                                   f"short read of block {block}: {len(data)} of {length}")
+                if isinstance(data, Unkept):  # (this call is for keeping it)
+                    raise OSError(errno.ESTALE, "the source changed while it was read")
             except BaseException as e:
                 flight.error = e if isinstance(e, Exception) else None
                 if self._loading.get(key) is flight:

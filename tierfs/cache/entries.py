@@ -34,6 +34,13 @@ class Entry:
         return cls(size, crc, segment, freq, seq, bool(pinned))
 
 
+class Unkept(bytearray):
+    """A fetched block's bytes that are served to the readers waiting for them but never
+    kept, in memory or on the hot tier: the source changed while they were read (another node
+    rewrote the warm file in place), so they are not the bytes of the version the source
+    names."""
+
+
 def cold_source_id(bucket: str, key: str, etag: str) -> bytes:
     return hashlib.sha256(f"cold\0{bucket}\0{key}\0{etag}".encode()).digest()[:ID_BYTES]
 

@@ -209,7 +209,15 @@ class Core:
             def open_and_read(rel: bytes) -> tuple[int, os.stat_result, bytes | None]:
                 fd, st = warm.open_read(rel)
                 try:
-                    return fd, st, None if read is None else os.pread(fd, read[1], read[0])
+                    if read is None:
+                        return fd, st, None
+                    out = os.pread(fd, read[1], read[0])
+                    if warm_id(os.fstat(fd))[1:3] != warm_id(st)[1:3]:
+                        # Changed in place while it was read (another node): the bytes are
+                        # not the version opened, and the caller would name them so. The
+                        # read is made again from the file as opened.
+                        return fd, st, None
+                    return fd, st, out
                 except BaseException:
                     os.close(fd)
                     raise

@@ -19,7 +19,7 @@ from typing import cast
 
 import trio
 
-from tierfs.cache.entries import Source, block_key, cold_source_id, warm_source_id
+from tierfs.cache.entries import Source, Unkept, block_key, cold_source_id, warm_source_id
 from tierfs.cache.reader import CachedReader, Prefetch
 from tierfs.core.attrs import err
 from tierfs.core.context import Core
@@ -51,6 +51,20 @@ class VersionChanged(OSError):
     """A block of an open answered from memory was not cached, and the warm file opened to
     fetch it is not the version the open was answered for (or the open file was let go): its
     bytes must not be cached, nor served, as that version's."""
+
+
+def _read_of(fd: int, view: memoryview, offset: int, version: WarmId) -> tuple[int, bool]:
+    """``preadv`` into ``view``; then whether the descriptor's file changed from ``version``
+    (size or mtime; a ctime moved by a chmod or rename keeps the bytes). A block is cached
+    under its version's name, and two things would put other bytes there: another node
+    rewriting the file in place (the bytes are served, as any open file's, never kept:
+    ``Unkept``), and the descriptor closed while the read waited for a thread (a let-go, a
+    publish) and its number given to another file (``VersionChanged``). Blocking."""
+    n = os.preadv(fd, [view], offset)
+    st = os.fstat(fd)
+    if st.st_ino != version[0]:
+        raise VersionChanged(errno.ESTALE, "the descriptor names another file now")
+    return n, (st.st_size, st.st_mtime_ns) != version[1:3]
 
 
 async def _no_fetch(start: int, length: int) -> bytes:
@@ -142,7 +156,7 @@ class Reads:
         # short block, which the reader's fetch reads again.
         block = await core.open_warm(inode, data, (0, version[1]), served=served)
         if block is None:
-            return None  # opened meanwhile by another call: read on from it
+            return None  # opened meanwhile by another call, or changed as it was read
         reader = self._reader(data, block)
         if reader is None:
             return None
@@ -175,36 +189,46 @@ class Reads:
             fd = data.warm_fd
             if fd is None or data.warm_id != version:
                 raise VersionChanged(errno.ESTALE, "the warm file is another version now")
-            return await self.pread(fd, start, length)
+            got = await self.pread(fd, start, length, version)
+            if isinstance(got, Unkept):  # (the version this open was answered for is gone)
+                raise VersionChanged(errno.ESTALE, "the warm file changed in place")
+            return got
 
         return fetch
 
-    async def pread(self, fd: int, start: int, length: int) -> bytes:
-        """A warm block's bytes, read in parts of at least ``WARM_PART`` at once (all of them
-        if the file ends sooner, as ``os.pread``), in at most half the warm tier's threads
-        counting those busy: the rest stay free for the lookups and opens readers wait on."""
+    async def pread(self, fd: int, start: int, length: int, version: WarmId) -> bytes:
+        """A block of ``version`` of a warm file (``_read_of``), read in parts of at least
+        ``WARM_PART`` at once (all of them if the file ends sooner, as ``os.pread``), in at
+        most half the warm tier's threads counting those busy: the rest stay free for the
+        lookups and opens readers wait on."""
         warm = self.core.warm
-        count = min(-(-length // WARM_PART), warm.workers.size // 2 - warm.workers.busy)
-        if count < 2:
-            return await warm.run(os.pread, fd, length, start)
+        count = max(1, min(-(-length // WARM_PART), warm.workers.size // 2 - warm.workers.busy))
         step = -(-length // count // 4096) * 4096
         buf = bytearray(length)
         view = memoryview(buf)
         got = [0] * count
+        changed = False
 
         async def part(i: int) -> None:
-            got[i] = await warm.run(os.preadv, fd, [view[i * step:(i + 1) * step]],
-                                    start + i * step)
+            nonlocal changed
+            got[i], moved = await warm.run(_read_of, fd, view[i * step:(i + 1) * step],
+                                           start + i * step, version)
+            changed = changed or moved
 
-        async with trio.open_nursery() as nursery:
-            for i in range(count):
-                nursery.start_soon(part, i)
+        if count == 1:
+            await part(0)
+        else:
+            async with trio.open_nursery() as nursery:
+                for i in range(count):
+                    nursery.start_soon(part, i)
         view.release()
         done = 0
         for i, n in enumerate(got):
             done += n
             if n < min(step, length - i * step):
                 break  # the file ends here now: what follows was not read
+        if changed:
+            return Unkept(buf[:done])
         if done != length:
             return bytes(buf[:done])
         # Served as it is (views, the hot tier's write, the checksum take any buffer): a copy
@@ -233,7 +257,7 @@ class Reads:
         elif core.cache_warm and data.warm_fd is not None and data.warm_id is not None:
             if reader is not None and reader.made_for is data.warm_id:
                 return reader
-            fd = data.warm_fd
+            fd, version = data.warm_fd, data.warm_id
             pending = [first]
 
             async def fetch(start: int, length: int) -> bytes:
@@ -241,7 +265,7 @@ class Reads:
                     got, pending[0] = pending[0], None
                     if got is not None and len(got) == length:
                         return got
-                return await self.pread(fd, start, length)
+                return await self.pread(fd, start, length, version)
 
             source = self.warm_source(data.warm_id, fetch)
             made_for = data.warm_id

@@ -394,9 +394,22 @@ class StreamingUpload:
 
     async def wait_idle(self) -> None:
         """Wait for the parts in flight (fsync: what was cut is then stored in the bucket,
-        or, for parts changed since, staged and out of the journal's record)."""
+        or, for parts changed since, staged and out of the journal's record). Parts that
+        failed before are tried again first, as ``finish`` does: their bytes are still
+        staged, and an fsync after the bucket came back must not fail for them."""
         await self._idle.wait()
+        await self._retry_failed()
         self._check()
+
+    async def _retry_failed(self) -> None:
+        """Upload again the parts whose upload failed (those changed since go with the
+        changed parts)."""
+        if self.abandoned is not None:
+            return
+        retry, self.failed, self.error = self.failed, [], None
+        for number, offset, length in retry:
+            if number not in self.changed:
+                await self._run_inline(number, offset, length)
 
     async def _run_inline(self, number: int, offset: int, size: int) -> None:
         await self._claim()
@@ -411,10 +424,7 @@ class StreamingUpload:
         if self.abandoned is not None:
             self._check()
         await self._idle.wait()
-        retry, self.failed, self.error = self.failed, [], None
-        for number, offset, length in retry:
-            if number not in self.changed:
-                await self._run_inline(number, offset, length)
+        await self._retry_failed()
         self._check(gone=True)
         try:
             await self.feed(size)

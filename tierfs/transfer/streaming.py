@@ -148,6 +148,8 @@ class StreamingUpload:
         #: (their receipts name bytes staging no longer has).
         self._flying: dict[int, trio.Event] = {}
         self._stale: set[int] = set()
+        #: Punches under way in a hot-tier thread (``give_back``), each set when it ends.
+        self._punching: set[trio.Event] = set()
         self._aborted = False
         if self.punchable:
             _live.add(self)
@@ -314,10 +316,15 @@ class StreamingUpload:
         self.kept.clear()
         self.gone.update(numbers)
         ranges = [self._span(n) for n in numbers]
+        done = trio.Event()
+        self._punching.add(done)
         try:
             await self.hot.run(punch_ranges, self.fd, ranges)
         except OSError as e:
             log.warning("punching uploaded parts of %s out of staging failed: %s", self.key, e)
+        finally:
+            self._punching.discard(done)
+            done.set()
         return sum(length for _, length in ranges)
 
     # -- changes to bytes already cut ---------------------------------------------------------
@@ -362,6 +369,12 @@ class StreamingUpload:
             await self._uncut(last)
 
     async def _uncut(self, number: int) -> None:
+        # A punch decided before is still running in its thread: the bytes about to be
+        # written where it punches (the parts are no longer gone after this) must come after.
+        for punch in list(self._punching):
+            await punch.wait()
+        if number > len(self.starts):
+            return  # (cut back to before it meanwhile)
         numbers = range(number, self.next_part)
         known = [n for n in numbers if n in self.parts or n in self._flying]
         for n in numbers:

@@ -17,6 +17,7 @@ import errno
 import logging
 import os
 import secrets
+import stat
 import time
 
 import trio
@@ -283,6 +284,10 @@ class ColdPublisher:
         if upload.abandoned is not None:
             await self._drop_abandoned(inode, data)
             raise err(errno.EIO)  # (``abandon`` said why)
+        if upload.key == data.replaces_object and not upload.punched:
+            await self._off_a_moved_object(inode, data)
+            upload = data.upload
+            assert upload is not None
         try:
             try:
                 info = await upload.finish(data.size)
@@ -385,6 +390,39 @@ class ColdPublisher:
             await core.delete_object(replaced)
         if taken is not None and stub is not None:
             await keep_object(core, taken, stub, upload.missing())
+
+    async def _off_a_moved_object(self, inode: Inode, data: OpenFile) -> None:
+        """A cold file rewritten under its own key would complete onto the object its stub
+        names. If another node moved that stub to another name (or removed it) meanwhile, the
+        object is the moved file's now: the upload goes to a key of its own instead, as any
+        new file's, its parts sent again from staging, and the old object is left alone. (A
+        move between this look and the completion still overwrites it: one warm call apart.)"""
+        core = self.core
+        async with core.ns_lock.shared():
+            rel = core.rel_or_none(inode)
+            if rel is None:
+                return
+            st, target = await core.warm.run(self._link_at, rel)
+        held = None if st is None else core.parse_stub(st, target, rel)
+        if held is not None and held.key == data.replaces_object:
+            return
+        log.info("%s no longer names the object %s it is rewritten over (moved by another "
+                 "node?): the new content gets a key of its own", show(rel),
+                 data.replaces_object)
+        data.replaces_object = None
+        await self.drop_upload(data)
+        data.route_after = 0.0
+        await self.route(inode, data)
+        if data.upload is None:
+            raise err(errno.EIO)
+
+    def _link_at(self, rel: bytes) -> tuple[os.stat_result | None, bytes | None]:
+        warm = self.core.warm
+        try:
+            st = warm.lstat(rel)
+        except FileNotFoundError:
+            return None, None
+        return st, warm.readlink(rel) if stat.S_ISLNK(st.st_mode) else None
 
     async def _delete_own(self, info: ObjectInfo, token: str) -> None:
         """Delete the object this upload (``token``) completed, unless another upload to the

@@ -49,8 +49,8 @@ DB = "journal"
 @dataclasses.dataclass
 class Upload:
     key: str
-    #: Seconds since the epoch just before the upload was created: recovery aborts uploads of
-    #: ``key`` started since then when the id itself was never recorded.
+    #: Seconds since the epoch just before the upload was created (for a person reading the
+    #: journal: recovery aborts an upload by its recorded id alone).
     since: float
     first_part: int
     upload_id: str | None = None

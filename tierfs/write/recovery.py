@@ -24,10 +24,11 @@ to the bucket. Other closed data is set aside in ``<hot>/lost+found`` with a not
 keeps what it had, and the log says so: write-back data not yet home is lost with the node, as
 docs/semantics.md says, but never published torn.
 
-Then staging files that no entry names are removed. Multipart uploads are aborted only where
-the journal says they are this node's: its upload ids, and, for an upload whose creation was
-journaled but whose id was not (a crash in between), every upload of that key. Other nodes may
-be writing to the same bucket, so uploads of keys this node never wrote are left alone.
+Then staging files that no entry names are removed. Multipart uploads are aborted only by the
+ids the journal records. An upload whose creation was journaled but whose id was not (a crash
+in between, or a lost reply) holds no part (its id is committed before any part goes up), and
+another node may be writing the same file to the same key: it is left for the bucket's
+lifecycle rule, never looked for among the key's uploads.
 
 Recovery runs on the event loop before the mount serves requests, so nobody sees a file
 half-recovered. Temp files left on the warm tier by a crash are removed afterwards, in the
@@ -277,15 +278,15 @@ class Recovery:
                   "copy (perhaps incomplete) is kept as %s", show(entry.path), kept)
 
     async def _abort(self, upload: journal.Upload) -> int:
-        """Abort an unfinished upload of this node; returns how many were aborted."""
+        """Abort an unfinished upload of this node; returns how many were aborted (none
+        without its id: see the module's docstring)."""
+        if not upload.upload_id:
+            log.info("recovery: an upload of %s whose id was never recorded (it holds no "
+                     "part) is left to the bucket's lifecycle rule", upload.key)
+            return 0
         cold = self.core.cold
-        store = cold.store
-        ids = [upload.upload_id] if upload.upload_id else [
-            uid for key, uid in await cold.run(store.list_multipart, upload.key)
-            if key == upload.key]
-        for uid in ids:
-            await cold.run(store.abort_multipart, upload.key, uid)  # (gone already: no error)
-        return len(ids)
+        await cold.run(cold.store.abort_multipart, upload.key, upload.upload_id)  # (gone: fine)
+        return 1
 
 
 def _open_staging(core: Core, sid: str) -> int:

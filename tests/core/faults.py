@@ -22,7 +22,7 @@ from tierfs.objects.base import ObjectInfo, ObjectStore, TransientError
 
 METHODS = ("check", "head", "get_range", "put", "list_objects", "delete", "create_multipart",
            "upload_part", "complete_multipart", "abort_multipart", "list_multipart",
-           "replace_metadata")
+           "has_parts", "replace_metadata")
 
 
 class Hold:
@@ -252,4 +252,7 @@ class FaultStore(ObjectStore):
     def list_multipart(self, prefix: str) -> list[tuple[str, str]]:
         found: list[tuple[str, str]] = self._call("list_multipart", prefix)
         return found
+
+    def has_parts(self, key: str, upload_id: str) -> bool:
+        return bool(self._call("has_parts", key, upload_id))
 

@@ -1,6 +1,7 @@
 """A node killed after its multipart upload was created and before the upload's id reached the
-journal (a lost reply, then a crash) leaves, at recovery, every upload of the key alone:
-another node may be streaming the same path, and its own upload holds no part (docs/stubs.md:
+journal (a lost reply, then a crash) aborts, at recovery, only the key's uploads that hold
+no part (its own holds none): another node streaming the same path keeps its upload
+(docs/stubs.md:
 "its recovery after a crash aborts that upload alone, never another node's of the same
 key")."""
 
@@ -27,6 +28,9 @@ async def test_recovery_without_an_upload_id_leaves_another_nodes_upload(
         fb = await b.create(b"ckpt")
         await b.write_all(fb, from_b)
         await b.until(lambda: len(b.uploads()) == 1)
+        # (its first part stored: B's upload holds a part when A's recovery looks)
+        await b.until(lambda: any(1 in e.upload.parts for e in b.journal().values()
+                                  if e.upload is not None))
         ((_, b_upload),) = b.uploads()
         async with open_core(tmp_path, large_file_threshold="64KiB") as a:
             # A's upload is created, its reply lost (A's write fails), and A is killed
@@ -45,6 +49,6 @@ async def test_recovery_without_an_upload_id_leaves_another_nodes_upload(
         store.heal()
         async with open_core(tmp_path, store, large_file_threshold="64KiB") as again:
             await again.recover()
-        assert b_upload in [u for _, u in b.uploads()]  # B's, still there
+        assert [u for _, u in b.uploads()] == [b_upload]  # B's, still there; A's gone
         await b.close(fb)
         assert await b.read_file(b"ckpt") == from_b

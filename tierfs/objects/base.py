@@ -232,6 +232,11 @@ class ObjectStore(abc.ABC):
     def list_multipart(self, prefix: str) -> list[tuple[str, str]]:
         """(key, upload id) of unfinished multipart uploads under ``prefix``."""
 
+    @abc.abstractmethod
+    def has_parts(self, key: str, upload_id: str) -> bool:
+        """Whether an unfinished upload holds any part (False for one the store no longer
+        knows)."""
+
 
 def _cut(text: str, size: int) -> str:
     """``text`` cut to at most ``size`` bytes of UTF-8, at a character's end."""

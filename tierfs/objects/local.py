@@ -285,6 +285,12 @@ class LocalStore(ObjectStore):
     def abort_multipart(self, key: str, upload_id: str) -> None:
         shutil.rmtree(self._upload_dir(upload_id), ignore_errors=True)
 
+    def has_parts(self, key: str, upload_id: str) -> bool:
+        try:
+            return any(n.startswith("part-") for n in os.listdir(self._upload_dir(upload_id)))
+        except FileNotFoundError:
+            return False
+
     def list_multipart(self, prefix: str) -> list[tuple[str, str]]:
         found: list[tuple[str, str]] = []
         if not self.work.is_dir():

@@ -232,6 +232,17 @@ class S3Store(ObjectStore):
                 raise
 
     @retry_transient(classify)
+    def has_parts(self, key: str, upload_id: str) -> bool:
+        try:
+            page = self.client.list_parts(Bucket=self.bucket, Key=key, UploadId=upload_id,
+                                          MaxParts=1)
+        except botocore.exceptions.ClientError as e:
+            if e.response.get("Error", {}).get("Code") != "NoSuchUpload":
+                raise
+            return False
+        return bool(page.get("Parts"))
+
+    @retry_transient(classify)
     def list_multipart(self, prefix: str) -> list[tuple[str, str]]:
         found: list[tuple[str, str]] = []
         args = {"Bucket": self.bucket, "Prefix": prefix}

@@ -50,7 +50,7 @@ DB = "journal"
 class Upload:
     key: str
     #: Seconds since the epoch just before the upload was created (for a person reading the
-    #: journal: recovery aborts an upload by its recorded id alone).
+    #: journal: without the id, recovery aborts the key's uploads that hold no part).
     since: float
     first_part: int
     upload_id: str | None = None

@@ -24,11 +24,12 @@ to the bucket. Other closed data is set aside in ``<hot>/lost+found`` with a not
 keeps what it had, and the log says so: write-back data not yet home is lost with the node, as
 docs/semantics.md says, but never published torn.
 
-Then staging files that no entry names are removed. Multipart uploads are aborted only by the
-ids the journal records. An upload whose creation was journaled but whose id was not (a crash
-in between, or a lost reply) holds no part (its id is committed before any part goes up), and
-another node may be writing the same file to the same key: it is left for the bucket's
-lifecycle rule, never looked for among the key's uploads.
+Then staging files that no entry names are removed. Multipart uploads are aborted only where
+the journal says they are this node's: its upload ids, and, for an upload whose creation was
+journaled but whose id was not (a crash in between, or a lost reply), the uploads of that key
+that hold no part, since its id is committed before any part goes up. Another node may be
+writing the same file to the same key: an upload of its with parts is left alone, and one
+without loses nothing (its writer starts another when its first part finds it gone).
 
 Recovery runs on the event loop before the mount serves requests, so nobody sees a file
 half-recovered. Temp files left on the warm tier by a crash are removed afterwards, in the
@@ -278,15 +279,16 @@ class Recovery:
                   "copy (perhaps incomplete) is kept as %s", show(entry.path), kept)
 
     async def _abort(self, upload: journal.Upload) -> int:
-        """Abort an unfinished upload of this node; returns how many were aborted (none
-        without its id: see the module's docstring)."""
-        if not upload.upload_id:
-            log.info("recovery: an upload of %s whose id was never recorded (it holds no "
-                     "part) is left to the bucket's lifecycle rule", upload.key)
-            return 0
+        """Abort an unfinished upload of this node; returns how many were aborted. Without
+        its id, the key's uploads that hold no part (see the module's docstring)."""
         cold = self.core.cold
-        await cold.run(cold.store.abort_multipart, upload.key, upload.upload_id)  # (gone: fine)
-        return 1
+        store = cold.store
+        ids = [upload.upload_id] if upload.upload_id else [
+            uid for key, uid in await cold.run(store.list_multipart, upload.key)
+            if key == upload.key and not await cold.run(store.has_parts, key, uid)]
+        for uid in ids:
+            await cold.run(store.abort_multipart, upload.key, uid)  # (gone already: no error)
+        return len(ids)
 
 
 def _open_staging(core: Core, sid: str) -> int:

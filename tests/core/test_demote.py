@@ -467,3 +467,31 @@ async def test_recovery_keeps_the_object_of_a_stub_moved_for_a_file_with_its_num
         await c.recover()
         assert await c.read_file(b"moved.bin") == DATA
         assert await c.read_file(b"big.bin") == DATA
+
+
+@core_test
+async def test_a_crash_after_the_swap_keeps_the_inode_number(tmp_path: Path) -> None:
+    """The number carried to the stub at the swap was in the batch the crash lost: recovery,
+    finding the stub in place, carries it again."""
+    (tmp_path / "warm").mkdir(parents=True, exist_ok=True)
+    (tmp_path / "warm" / "big.bin").write_bytes(DATA)
+    async with open_core(tmp_path) as c:
+        ino = (await c.lookup_path(b"big.bin")).ino
+    store = c.store
+    async with open_core(tmp_path, store=store) as c:
+        reached = trio.Event()
+
+        async def stop(name: str) -> None:
+            if name == "swapped":
+                reached.set()
+                await trio.sleep_forever()
+
+        c.fs.demoter.at_step = stop
+        c.nursery.start_soon(c.fs.demoter.demote, b"big.bin")
+        await reached.wait()
+        c.crash()
+    async with open_core(tmp_path, store=store) as c:
+        await c.recover()
+        assert c.stub(b"big.bin") is not None
+        assert await c.read_file(b"big.bin") == DATA
+        assert (await c.lookup_path(b"big.bin")).ino == ino

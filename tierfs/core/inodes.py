@@ -36,7 +36,11 @@ _KEY = struct.Struct(">QQ")
 
 def identity(st: os.stat_result) -> bytes:
     """What names one warm file: its device and inode number."""
-    return _KEY.pack(st.st_dev, st.st_ino)
+    return identity_of(st.st_dev, st.st_ino)
+
+
+def identity_of(dev: int, ino: int) -> bytes:
+    return _KEY.pack(dev, ino)
 
 
 #: What the kernel's cached pages of a file hold: (size, mtime_ns, ctime_ns, identity key) of

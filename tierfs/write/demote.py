@@ -52,7 +52,7 @@ from collections.abc import Awaitable, Callable
 import trio
 
 from tierfs.core.context import Core
-from tierfs.core.inodes import Inode, identity
+from tierfs.core.inodes import Inode, identity, identity_of
 from tierfs.core.ownership import Owners, owner_metadata
 from tierfs.index import pack_u64
 from tierfs.objects.base import NoSuchObject, ObjectStoreError
@@ -299,7 +299,7 @@ class Demoter:
         kernel: the inode in memory (``inode``) rekeyed to it, or, for one not in memory,
         the number an earlier lookup gave it carried over."""
         if inode is None:
-            await self._carry_number(old, new)
+            await self._carry_number(identity(old), identity(new))
         else:
             self._replaced(inode, new, stub)
 
@@ -310,15 +310,15 @@ class Demoter:
         inode.cached_version = None
         core.invalidate_attrs(inode.ino)
 
-    async def _carry_number(self, old: os.stat_result, new: os.stat_result) -> None:
-        """A file not in memory was replaced (by its stub, or its stub by it): the number an
-        earlier lookup gave it goes to what replaced it, so tools that cache inode numbers
-        (git, rsync) see the same file."""
+    async def _carry_number(self, old: bytes, new: bytes) -> None:
+        """A file not in memory was replaced (by its stub, or its stub by it; ``old`` and
+        ``new``: their identities): the number an earlier lookup gave it goes to what
+        replaced it, so tools that cache inode numbers (git, rsync) see the same file."""
         core = self.core
-        number = await core.hot.run(core.inodes.persisted_number, identity(old))
+        number = await core.hot.run(core.inodes.persisted_number, old)
         if number is not None:
-            core.batch.delete("inodes", identity(old))
-            core.batch.put("inodes", identity(new), pack_u64(number))
+            core.batch.delete("inodes", old)
+            core.batch.put("inodes", new, pack_u64(number))
 
     async def _save(self, record: Record) -> None:
         core = self.core
@@ -400,6 +400,11 @@ class Demoter:
             except OSError:
                 stub = None
             if stub is not None and stub.key == record.key:
+                if crashed:
+                    # The number the file had, carried to its stub at the swap, was in the
+                    # batch the crash lost: carried again (none if it reached the index).
+                    await self._carry_number(identity_of(record.dev, record.ino),
+                                             identity(st))
                 self._done(record)
                 return st
         if st is None or not record.is_file(st):
@@ -485,6 +490,9 @@ class Demoter:
             core.forget_dir_attrs()
         if new is None:
             return Outcome(rel, stub.size, False, "the stub changed while it was downloaded")
+        # A promotion leaves no record for recovery: the number carried to the file is
+        # committed now, not with the next batch a crash could lose.
+        await self.journal.sync()
         if await self.owners.may_delete(stub, st.st_uid, rel):
             await core.delete_object(stub.key)
         core.counters.add("promotions")

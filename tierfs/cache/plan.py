@@ -71,6 +71,13 @@ MEMORY_SHARE = 2
 #: Seconds between looks at the plan while nothing wakes the fetcher (room freed by an
 #: eviction elsewhere, say).
 POLL = 0.5
+#: A plan holds at most this many times the blocks the cache can hold: past that it could not
+#: keep them anyway, and a size read from the shared warm tree (a stub's, anyone's to write)
+#: must not make the event loop build millions of steps. What is past it is left out (logged,
+#: and counted in the plan's status).
+MAX_PLAN_CACHES = 8
+#: ...and at least this many blocks, however small the cache.
+MIN_PLAN_BLOCKS = 4096
 
 
 @dataclasses.dataclass(frozen=True)
@@ -377,6 +384,8 @@ class Active:
         self.peak_ahead = 0
         self.last_read = time.monotonic()
         self.ended: str | None = None
+        #: Blocks left out of the plan: past its bound (``MAX_PLAN_CACHES``).
+        self.left_out = 0
 
     def wake(self) -> None:
         self.changed.set()
@@ -392,7 +401,8 @@ class Active:
                 "hot_at_start": self.hot_at_start, "position": plan.cursor,
                 "fetched": self.fetched, "fetching": len(self.inflight),
                 "ahead": self.ahead, "peak_fetches": self.peak_fetches,
-                "peak_ahead": self.peak_ahead, "complete": plan.complete}
+                "peak_ahead": self.peak_ahead, "complete": plan.complete,
+                "left_out": self.left_out}
 
 
 class Planner:
@@ -442,13 +452,21 @@ class Planner:
     def add(self, active: Active, entries: list[Entry], complete: bool) -> None:
         """Append entries to a running plan."""
         bs = self.cache.block_size
+        bound = max(MIN_PLAN_BLOCKS, MAX_PLAN_CACHES * (self.cache.capacity // bs))
+        left_out = active.left_out
         for entry in entries:
             size = entry.source.size
             end = size if entry.length is None else min(size, entry.offset + entry.length)
             if end <= entry.offset:
                 continue
-            keys = active.plan.add(entry.source, entry.offset // bs, (end - 1) // bs, bs,
-                                   entry.path)
+            first, last = entry.offset // bs, (end - 1) // bs
+            room = bound - len(active.plan.steps)
+            if last - first + 1 > room:
+                active.left_out += last - first + 1 - max(0, room)
+                if room <= 0:
+                    continue
+                last = first + room - 1
+            keys = active.plan.add(entry.source, first, last, bs, entry.path)
             active.policy.planned(keys)
             active.files += 1
             for key in keys:
@@ -456,6 +474,10 @@ class Planner:
                 step = active.plan.steps[active.plan.where[key][-1]]
                 active.bytes += step.size
                 active.hot_at_start += hot.size if hot is not None else 0
+        if active.left_out > left_out:
+            log.warning("plan %d: %d blocks left out, past the %d a plan holds (%d times the "
+                        "cache)", active.number, active.left_out - left_out, bound,
+                        MAX_PLAN_CACHES)
         active.plan.complete = complete
         active.wake()
 

@@ -538,6 +538,8 @@ class BlockCache:
             self.counters.add("fetches_" + source.tier)
         elif data is None:
             data, _ = await self.get(source, block)  # a reader is loading it: share that
+            if isinstance(data, Unkept):
+                raise OSError(errno.ESTALE, "the source changed while it was read")
         try:
             # One store of a block at a time: one waiting in the queue is taken back and
             # stored here, one being written is waited for.

@@ -350,31 +350,44 @@ class StreamingUpload:
         grows. Raises ``PartGone`` if bytes before ``size`` were punched in that part."""
         self._check(strict=False)
         await self._reopen_tail()
-        if size >= self.cut:
-            return
-        number = bisect.bisect_right(self.starts, size)
-        if size > self.starts[number - 1] and number in self.gone:
-            raise PartGone(number)
+        while True:
+            if size >= self.cut:
+                return
+            number = bisect.bisect_right(self.starts, size)
+            if size > self.starts[number - 1] and number in self.gone:
+                raise PartGone(number)
+            if not self._punching:
+                break
+            await self._punch_ended()
         await self._uncut(number)
 
     async def _reopen_tail(self) -> None:
         """A short last part (cut by a ``finish`` that did not complete) is cut again once
         the file changes: parts after it must start where their numbers say."""
-        if not self.starts:
-            return
-        last = len(self.starts)
-        if self._span(last)[1] < part_size(self.first_part, last):
+        while True:
+            if not self.starts:
+                return
+            last = len(self.starts)
+            if self._span(last)[1] >= part_size(self.first_part, last):
+                return
             if last in self.gone:
                 raise PartGone(last)
-            await self._uncut(last)
+            if not self._punching:
+                break
+            await self._punch_ended()
+        await self._uncut(last)
+
+    async def _punch_ended(self) -> None:
+        """Wait for a punch running in its thread (``give_back``). An un-cut waits until
+        none runs, its check for punched parts made again each time: the parts it un-cuts are
+        no longer gone, and the bytes written there next must come after any punch, which
+        could have started meanwhile on a part that finished uploading."""
+        await next(iter(self._punching)).wait()
 
     async def _uncut(self, number: int) -> None:
-        # A punch decided before is still running in its thread: the bytes about to be
-        # written where it punches (the parts are no longer gone after this) must come after.
-        for punch in list(self._punching):
-            await punch.wait()
-        if number > len(self.starts):
-            return  # (cut back to before it meanwhile)
+        """Parts from ``number`` on are cut no more. Caller: no punch runs (``_punch_ended``),
+        and no await since it looked."""
+        assert not self._punching
         numbers = range(number, self.next_part)
         known = [n for n in numbers if n in self.parts or n in self._flying]
         for n in numbers:
@@ -421,7 +434,10 @@ class StreamingUpload:
             return
         retry, self.failed, self.error = self.failed, [], None
         for number, offset, length in retry:
-            if number not in self.changed:
+            # (Still cut as it was, and not sent again or changed since.)
+            if (number < self.next_part and self._span(number) == (offset, length)
+                    and number not in self.changed and number not in self.parts
+                    and number not in self._flying):
                 await self._run_inline(number, offset, length)
 
     async def _run_inline(self, number: int, offset: int, size: int) -> None:

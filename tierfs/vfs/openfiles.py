@@ -305,7 +305,7 @@ class OpenFiles:
         if not data.dirty:
             return
         if data.upload is not None and data.writers > 1:
-            await data.upload.wait_idle()  # another writer goes on: the object is not done
+            await self._upload_idle(data)  # another writer goes on: the object is not done
             return
         if data.writers <= 1:
             if self.core.config.durability == "writeback" and handle.inode.links:
@@ -330,11 +330,20 @@ class OpenFiles:
             # What was cut into parts is stored; the object appears when the last writer
             # closes, or at recovery after a crash (the journal keeps the fsynced size). With
             # no writer left (closed, write-back), fsync completes the object below.
-            await data.upload.wait_idle()
+            await self._upload_idle(data)
             # The tail not yet cut into parts is on the hot disk only: flushed first.
             await self.journal.flushed(data)
         elif data.dirty:
             await self.publisher.publish(handle.inode, data)
+
+    @staticmethod
+    async def _upload_idle(data: OpenFile) -> None:
+        """The parts cut so far stored (``StreamingUpload.wait_idle``, which tries failed
+        ones again), under the file's lock: a write or truncate meanwhile would change the
+        parts it sends."""
+        async with data.lock:
+            if data.upload is not None:
+                await data.upload.wait_idle()
 
     async def release(self, fh: int) -> None:
         handle = self.handles.pop(fh)

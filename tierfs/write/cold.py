@@ -403,9 +403,9 @@ class ColdPublisher:
             if rel is None:
                 return
             st, target = await core.warm.run(self._link_at, rel)
-        held = None if st is None else core.parse_stub(st, target, rel)
+        held = None if st is None or st.st_nlink != 1 else core.parse_stub(st, target, rel)
         if held is not None and held.key == data.replaces_object:
-            return
+            return  # (hard-linked meanwhile: the other names need the object too)
         log.info("%s no longer names the object %s it is rewritten over (moved by another "
                  "node?): the new content gets a key of its own", show(rel),
                  data.replaces_object)

@@ -92,6 +92,9 @@ class Publisher:
             if st is None:  # unlinked: nothing to publish, nobody can see it
                 data.to(DataState.STAGED)
                 return
+            # Written in place through the only descriptor that reaches it: kept (the
+            # version it names now), never closed as a publish by copy's replaced file is.
+            data.warm_id = warm_id(st)
         else:
             st = await self._publish_named(inode, data, rel)
             if st is None:
@@ -118,6 +121,12 @@ class Publisher:
         the file was unlinked meanwhile)."""
         core = self.core
         cold = self.cold
+        if data.replaces_object is not None:
+            base = await core.fresh_base(inode, data)
+            if base is not None and base.st_nlink > 1:
+                # A stub hard-linked on the warm tree (``ln``, ``cp -al``): this name gets the
+                # new content, and the object stays for the others, which still name it.
+                data.replaces_object = None
         if data.upload is None:
             # A file past the threshold whose upload could not start while it was written
             # (or was dropped by the bucket) must not end up on the warm tier: start it now.

@@ -284,10 +284,6 @@ class ColdPublisher:
         if upload.abandoned is not None:
             await self._drop_abandoned(inode, data)
             raise err(errno.EIO)  # (``abandon`` said why)
-        if upload.key == data.replaces_object and not upload.punched:
-            await self._off_a_moved_object(inode, data)
-            upload = data.upload
-            assert upload is not None
         try:
             try:
                 info = await upload.finish(data.size)
@@ -391,12 +387,21 @@ class ColdPublisher:
         if taken is not None and stub is not None:
             await keep_object(core, taken, stub, upload.missing())
 
-    async def _off_a_moved_object(self, inode: Inode, data: OpenFile) -> None:
-        """A cold file rewritten under its own key would complete onto the object its stub
-        names. If another node moved that stub to another name (or removed it) meanwhile, the
-        object is the moved file's now: the upload goes to a key of its own instead, as any
-        new file's, its parts sent again from staging, and the old object is left alone. (A
-        move between this look and the completion still overwrites it: one warm call apart.)"""
+    async def settle_replaced(self, inode: Inode, data: OpenFile) -> None:
+        """Before a publish replaces a cold file's stub: the object it names
+        (``replaces_object``) is deleted once the new content is home, or overwritten by the
+        completion of an upload to the same key. Only while the name still holds that stub,
+        alone: a stub hard-linked on the warm tree (``ln``, ``cp -al``: the other names need
+        the object) or moved to another name by another node meanwhile keeps its object, and
+        an upload to its key goes to a key of its own instead, its parts sent again from
+        staging. (Not one whose parts left staging: it completes where it is.) A link or a
+        move between this look and the swap still loses: one warm call apart for a warm
+        publish, the upload's completion for a cold one."""
+        old = data.replaces_object
+        upload = data.upload
+        own = upload is not None and upload.key == old
+        if old is None or (own and upload is not None and upload.punched):
+            return
         core = self.core
         async with core.ns_lock.shared():
             rel = core.rel_or_none(inode)
@@ -404,12 +409,13 @@ class ColdPublisher:
                 return
             st, target = await core.warm.run(self._link_at, rel)
         held = None if st is None or st.st_nlink != 1 else core.parse_stub(st, target, rel)
-        if held is not None and held.key == data.replaces_object:
-            return  # (hard-linked meanwhile: the other names need the object too)
-        log.info("%s no longer names the object %s it is rewritten over (moved by another "
-                 "node?): the new content gets a key of its own", show(rel),
-                 data.replaces_object)
+        if held is not None and held.key == old:
+            return
+        log.info("%s no longer names the object %s alone (hard-linked, or moved by another "
+                 "node): the object is left to its other names", show(rel), old)
         data.replaces_object = None
+        if not own:
+            return
         await self.drop_upload(data)
         data.route_after = 0.0
         await self.route(inode, data)

@@ -88,6 +88,13 @@ class Publisher:
         core = self.core
         rel = core.rel_or_none(inode)
         if rel is None:
+            if data.linked_elsewhere and data.upload is not None:
+                # Bound for the bucket, but its names left are made elsewhere: written
+                # through its descriptor instead (a stub cannot be hard-linked), unless parts
+                # of it left staging and are in the upload alone.
+                if data.upload.punched:
+                    raise err(errno.EIO)
+                await self.cold.drop_upload(data)
             st = await self.warm.publish_unnamed(data, (data.atime_ns, data.mtime_ns))
             if st is None:  # unlinked: nothing to publish, nobody can see it
                 data.to(DataState.STAGED)
@@ -121,12 +128,7 @@ class Publisher:
         the file was unlinked meanwhile)."""
         core = self.core
         cold = self.cold
-        if data.replaces_object is not None:
-            base = await core.fresh_base(inode, data)
-            if base is not None and base.st_nlink > 1:
-                # A stub hard-linked on the warm tree (``ln``, ``cp -al``): this name gets the
-                # new content, and the object stays for the others, which still name it.
-                data.replaces_object = None
+        await cold.settle_replaced(inode, data)
         if data.upload is None:
             # A file past the threshold whose upload could not start while it was written
             # (or was dropped by the bucket) must not end up on the warm tier: start it now.

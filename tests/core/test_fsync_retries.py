@@ -8,6 +8,7 @@ import errno
 from pathlib import Path
 
 import pytest
+import trio
 
 from .conftest import PART, core_test, open_core
 
@@ -39,6 +40,38 @@ async def test_the_next_fsync_tries_a_failed_part_again(tmp_path: Path, durabili
         await core.fs.fsync(fh)  # tried again: stored now
         (entry,) = core.stored_journal().values()
         assert 1 in entry.upload.parts and entry.synced == len(data)
+        await core.close(fh)
+        await core.publish_all()
+        assert core.objects()[core.cold(b"f").key] == data
+
+
+@core_test
+async def test_an_fsync_cancelled_while_it_tries_parts_again_keeps_the_rest_failed(
+        tmp_path: Path) -> None:
+    """An fsync cancelled (an interrupted call, an unmount) while it sends failed parts again:
+    the parts it had not reached stay failed, and the next fsync sends them."""
+    data = content(2 * PART + 1000)
+    async with open_core(tmp_path, large_file_threshold="64KiB",
+                         durability="writeback") as core:
+        core.store.fail_always("upload_part")
+        fh = await core.create(b"f")
+        await core.write_all(fh, data)
+        upload = (await core.lookup_path(b"f")).data.upload
+        await core.until(lambda: not upload._running and len(upload.failed) == 2)
+        core.store.heal()
+        hold = core.store.hold_after("upload_part", 1)
+
+        async def reply_later() -> None:
+            await trio.sleep(0.6)
+            hold.release()
+
+        core.nursery.start_soon(reply_later)
+        with trio.move_on_after(0.3):
+            await core.fs.fsync(fh)  # cancelled while its first part's reply is held
+        await core.until(lambda: not upload._running)
+        await core.fs.fsync(fh)
+        (entry,) = core.stored_journal().values()
+        assert sorted(entry.upload.parts) == [1, 2]
         await core.close(fh)
         await core.publish_all()
         assert core.objects()[core.cold(b"f").key] == data

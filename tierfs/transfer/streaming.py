@@ -433,16 +433,26 @@ class StreamingUpload:
         if self.abandoned is not None:
             return
         retry, self.failed, self.error = self.failed, [], None
-        for number, offset, length in retry:
+        for i, (number, offset, length) in enumerate(retry):
             # (Still cut as it was, and not sent again or changed since.)
             if (number < self.next_part and self._span(number) == (offset, length)
                     and number not in self.changed and number not in self.parts
                     and number not in self._flying):
-                await self._run_inline(number, offset, length)
+                try:
+                    await self._run_inline(number, offset, length)
+                except BaseException:
+                    # Cancelled (an unmount): the parts not tried again stay failed, for
+                    # the next fsync, close or mount. (``_upload`` keeps its own part.)
+                    self.failed += [f for f in retry[i:] if f not in self.failed]
+                    raise
 
     async def _run_inline(self, number: int, offset: int, size: int) -> None:
         await self._claim()
-        await self._settled(number)
+        try:
+            await self._settled(number)
+        except BaseException:
+            self._release()  # (cancelled: the slot is not left taken, nor the idle unset)
+            raise
         self._flying[number] = trio.Event()
         await self._upload(number, offset, size)
 

@@ -5,6 +5,7 @@ retries) stays staged, and the next ``fsync`` tries it again, as ``close`` does
 from __future__ import annotations
 
 import errno
+import os
 from pathlib import Path
 
 import pytest
@@ -75,3 +76,34 @@ async def test_an_fsync_cancelled_while_it_tries_parts_again_keeps_the_rest_fail
         await core.close(fh)
         await core.publish_all()
         assert core.objects()[core.cold(b"f").key] == data
+
+
+@core_test
+async def test_an_fsync_records_the_size_it_flushed_not_a_later_writes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A write that comes while an fsync's fdatasync runs may not be on the disk: the journal's
+    fsynced size (what recovery after a power loss publishes) is the size before it."""
+    import time
+
+    first, more = content(PART + 1000), content(PART, 9)
+    real = os.fdatasync
+
+    def slow_fdatasync(fd: int) -> None:
+        time.sleep(0.3)
+        real(fd)
+
+    async with open_core(tmp_path, large_file_threshold="64KiB") as core:
+        fh = await core.create(b"f")
+        await core.write_all(fh, first)
+        monkeypatch.setattr(os, "fdatasync", slow_fdatasync)
+
+        async def write_meanwhile() -> None:
+            await trio.sleep(0.1)
+            await core.write_all(fh, more, offset=len(first))
+
+        core.nursery.start_soon(write_meanwhile)
+        await core.fs.fsync(fh)
+        monkeypatch.undo()
+        (entry,) = core.stored_journal().values()
+        assert entry.synced == len(first)
+        await core.close(fh)

@@ -427,8 +427,11 @@ class Journal:
         entry = self.entry_of(data)
         if entry is None or data.staging_fd is None:
             return
+        # The size before the fdatasync: a write meanwhile (another thread of the writer)
+        # may not have reached the disk; a truncate meanwhile only shortens what is synced.
+        size = data.size
         await self._run(os.fdatasync, data.staging_fd)
-        entry.synced = data.size
+        entry.synced = min(size, data.size)
         entry.acked_ns = self._stamp()
         self.update(data.staging_id, entry)
         await self.sync(durable=True)

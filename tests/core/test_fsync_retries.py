@@ -97,13 +97,17 @@ async def test_an_fsync_records_the_size_it_flushed_not_a_later_writes(
         await core.write_all(fh, first)
         monkeypatch.setattr(os, "fdatasync", slow_fdatasync)
 
+        written = trio.Event()
+
         async def write_meanwhile() -> None:
             await trio.sleep(0.1)
             await core.write_all(fh, more, offset=len(first))
+            written.set()
 
         core.nursery.start_soon(write_meanwhile)
         await core.fs.fsync(fh)
-        monkeypatch.undo()
         (entry,) = core.stored_journal().values()
         assert entry.synced == len(first)
+        await written.wait()
+        monkeypatch.undo()
         await core.close(fh)

@@ -330,9 +330,12 @@ class OpenFiles:
             # What was cut into parts is stored; the object appears when the last writer
             # closes, or at recovery after a crash (the journal keeps the fsynced size). With
             # no writer left (closed, write-back), fsync completes the object below.
-            await self._upload_idle(data)
-            # The tail not yet cut into parts is on the hot disk only: flushed first.
-            await self.journal.flushed(data)
+            # The tail not yet cut into parts is on the hot disk only: flushed first, under
+            # the lock too, so that the size recorded is what the fdatasync covered.
+            async with data.lock:
+                if data.upload is not None:
+                    await data.upload.wait_idle()
+                await self.journal.flushed(data)
         elif data.dirty:
             await self.publisher.publish(handle.inode, data)
 

@@ -394,13 +394,12 @@ class ColdPublisher:
         alone: a stub hard-linked on the warm tree (``ln``, ``cp -al``: the other names need
         the object) or moved to another name by another node meanwhile keeps its object, and
         an upload to its key goes to a key of its own instead, its parts sent again from
-        staging. (Not one whose parts left staging: it completes where it is.) A link or a
-        move between this look and the swap still loses: one warm call apart for a warm
-        publish, the upload's completion for a cold one."""
+        staging. One whose parts left staging cannot: rather than complete over the object
+        the other names need, it is given up (``lose_upload``: what is staged set aside, EIO).
+        A link or a move between this look and the swap still loses: one warm call apart for
+        a warm publish, the upload's completion for a cold one."""
         old = data.replaces_object
-        upload = data.upload
-        own = upload is not None and upload.key == old
-        if old is None or (own and upload is not None and upload.punched):
+        if old is None:
             return
         core = self.core
         async with core.ns_lock.shared():
@@ -414,13 +413,17 @@ class ColdPublisher:
         log.info("%s no longer names the object %s alone (hard-linked, or moved by another "
                  "node): the object is left to its other names", show(rel), old)
         data.replaces_object = None
-        if not own:
+        upload = data.upload
+        if upload is None or upload.key != old:
             return
+        if upload.punched:
+            await upload.abort()
+            await self.lose_upload(inode, data, f"the object {old} has other names now, and "
+                                   "its rewrite cannot complete over it")
+            raise err(errno.EIO)
         await self.drop_upload(data)
         data.route_after = 0.0
-        await self.route(inode, data)
-        if data.upload is None:
-            raise err(errno.EIO)
+        await self.route(inode, data)  # (declined, hard-linked now: to the warm tier)
 
     def _link_at(self, rel: bytes) -> tuple[os.stat_result | None, bytes | None]:
         warm = self.core.warm
@@ -482,13 +485,14 @@ class ColdPublisher:
                     show(rel), stub.key)
         return later, moved
 
-    async def lose_upload(self, inode: Inode, data: OpenFile) -> None:
+    async def lose_upload(self, inode: Inode, data: OpenFile,
+                          why: str = "the bucket dropped the unfinished upload") -> None:
         """The bucket dropped an unfinished upload after some of its parts had left staging
-        (a lifecycle rule that aborts old incomplete uploads, or another client): those bytes
-        exist nowhere any more. Trying again could never succeed, and write-back and unmount
-        would wait for it for ever; so the file keeps what it had before this write, what is
-        still staged is set aside for a person (as recovery does), and the writer gets EIO.
-        Caller holds ``data.lock``."""
+        (a lifecycle rule that aborts old incomplete uploads, or another client), or it cannot
+        be completed (``settle_replaced``): those bytes exist nowhere else. Trying again could
+        never succeed, and write-back and unmount would wait for it for ever; so the file
+        keeps what it had before this write, what is still staged is set aside for a person
+        (as recovery does), and the writer gets EIO. Caller holds ``data.lock``."""
         core = self.core
         upload, data.upload = data.upload, None
         entry = self.journal.entry_of(data)
@@ -507,10 +511,9 @@ class ColdPublisher:
         inode.cached_version = None
         core.invalidate_attrs(inode.ino)
         rel = core.rel_or_none(inode)
-        log.error("the bucket dropped the unfinished upload of %s (%s) after parts of it had "
-                  "left the hot tier: that content is lost, the file keeps its previous "
-                  "content; what was still staged is kept as %s",
-                  show(rel) if rel is not None else "an unlinked file",
+        log.error("%s of %s (%s) after parts of it had left the hot tier: that content is "
+                  "lost, the file keeps its previous content; what was still staged is kept "
+                  "as %s", why, show(rel) if rel is not None else "an unlinked file",
                   upload.key if upload is not None else "?", kept)
 
     async def _bring_back(self, inode: Inode, data: OpenFile, stub: Stub, since: AttrMark

@@ -150,6 +150,15 @@ class Core:
             log.warning("refusing stub %s: %s", show(where), e)
             raise err(errno.EIO) from None
 
+    @staticmethod
+    def seen_mark(inode: Inode) -> tuple[bytes, OpenFile | None, int]:
+        """What must not change while attributes are read to be remembered (``Inode.seen``,
+        ``OpenFile.base``): the warm file behind the inode (a publish by rename rekeys it),
+        its open state, and its attributes changed through the mount (a truncate, a chmod).
+        Attributes read across such a change may be the old file's, and an open answered
+        from them would find another version: ESTALE for a reader of a change made here."""
+        return inode.key, inode.data, inode.attr_changes
+
     def attr_mark(self, inode: Inode) -> AttrMark:
         """Taken by a publish before it copies the attributes of the file it will replace:
         if the mark differs at its rename, it takes them again (``Reapply``). An attribute
@@ -178,13 +187,17 @@ class Core:
     async def refresh(self, inode: Inode) -> Attrs:
         """Attributes read from the tiers; remembered while the file is open."""
         started = time.monotonic()
+        mark = self.seen_mark(inode)
+        data = inode.data
         async with self.ns_lock.shared():
             rel = self.rel_or_none(inode)
             st, target = await self.warm.run(self._stat_inode_blocking, inode, rel)
         if target is not None:
             inode.stub = self.parse_stub(st, target, rel or b"")
-        if inode.data is not None:
-            inode.data.base = st
+        if self.seen_mark(inode) != mark:
+            return attrs_of(inode, st)  # (answered, not remembered: see ``seen_mark``)
+        if data is not None:
+            data.base = st
         else:
             inode.seen = (started, st)
         return attrs_of(inode, st)

@@ -147,6 +147,8 @@ class Namespace:
             raise err(errno.ENOENT)
         if len(name) > core.namemax:
             raise err(errno.ENAMETOOLONG)
+        known = core.inodes.child(parent, name)
+        mark = None if known is None else core.seen_mark(known)
         async with core.ns_lock.shared():
             rel = core.inodes.child_path(parent, name)
             # (a listing is only used while nothing changed since it was read: not stale)
@@ -166,7 +168,7 @@ class Namespace:
         if inode.data is not None:
             if inode.data.base is not None:
                 return inode, attrs_of(inode, inode.data.base)
-        else:
+        elif known is not inode or core.seen_mark(inode) == mark:
             inode.seen = (started, st)
         if listed is not None:
             attrs = attrs._replace(fresh_for=max(

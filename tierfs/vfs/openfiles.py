@@ -283,12 +283,20 @@ class OpenFiles:
             return rest
         if inode.is_dir:
             raise err(errno.EISDIR)
-        if inode.data is not None:
-            await self.truncate(inode, changes, changes.size)
-        else:
-            async with core.ns_lock.shared():
-                if (rel := core.rel_or_none(inode)) is not None:
-                    await core.warm.run(core.warm.truncate, rel, changes.size)
+        if inode.data is None:
+            # Held exclusively, as for any attribute change: no open is answered from memory
+            # meanwhile (``NamespaceLock.quiet``), from attributes the truncate is changing,
+            # nor made from a stat of the file before it.
+            async with core.ns_lock:
+                if inode.data is None:  # (an open that was under way: staged with it below)
+                    if (rel := core.rel_or_none(inode)) is not None:
+                        await core.warm.run(core.warm.truncate, rel, changes.size)
+                        # Changed here: an open must look again, and attributes a stat read
+                        # across the change are not remembered (``Core.seen_mark``).
+                        inode.attr_changes += 1
+                        inode.seen = None
+                    return rest
+        await self.truncate(inode, changes, changes.size)
         return rest
 
     # -- close ----------------------------------------------------------------------------

@@ -113,6 +113,13 @@ class WarmTier(XattrCalls, Tier):
         """Attributes, and the target if it is a symlink (it may be a stub)."""
         return stat_link(lambda: self.lstat(rel), lambda: self.readlink(rel))
 
+    def lstat_link_if_any(self, rel: bytes) -> tuple[os.stat_result, bytes | None] | None:
+        """``lstat_link``; None if nothing is at ``rel``."""
+        try:
+            return self.lstat_link(rel)
+        except FileNotFoundError:
+            return None
+
     def listdir(self, rel: bytes) -> list[Entry]:
         """Names, attributes, extended attribute names (None where they could not be listed)
         and symlink targets of a directory's entries, without tierfs's own temp files."""

@@ -480,19 +480,10 @@ class Namespace:
             return False
         return self.journal.repoint(inode.data.staging_id, self.core.rel_or_none(inode))
 
-    def _look(self, rel: bytes) -> Link | None:
-        """What a name about to go holds: its attributes, and a symlink's target."""
-        warm = self.core.warm
-        try:
-            st = warm.lstat(rel)
-        except FileNotFoundError:
-            return None
-        return st, warm.readlink(rel) if stat.S_ISLNK(st.st_mode) else None
-
     def _unlink_blocking(self, rel: bytes, look: bool) -> Link | None:
         """Unlink; if ``look``, what the link held first (``_drop_unreferenced`` for a cold
         file, ``_note_other_names`` for an open one)."""
-        link = self._look(rel) if look else None
+        link = self.core.warm.lstat_link_if_any(rel) if look else None
         self.core.warm.unlink(rel)
         return link
 
@@ -500,7 +491,7 @@ class Namespace:
                          ) -> Link | None:
         """Rename; if ``look``, what the link it replaces held first (as for
         ``_unlink_blocking``)."""
-        link = self._look(new_rel) if look else None
+        link = self.core.warm.lstat_link_if_any(new_rel) if look else None
         self.core.warm.rename(rel, new_rel, flags)
         return link
 

@@ -17,7 +17,6 @@ import errno
 import logging
 import os
 import secrets
-import stat
 import time
 
 import trio
@@ -406,8 +405,8 @@ class ColdPublisher:
             rel = core.rel_or_none(inode)
             if rel is None:
                 return
-            st, target = await core.warm.run(self._link_at, rel)
-        held = None if st is None or st.st_nlink != 1 else core.parse_stub(st, target, rel)
+            link = await core.warm.run(core.warm.lstat_link_if_any, rel)
+        held = None if link is None or link[0].st_nlink != 1 else core.parse_stub(*link, rel)
         if held is not None and held.key == old:
             return
         log.info("%s no longer names the object %s alone (hard-linked, or moved by another "
@@ -424,14 +423,6 @@ class ColdPublisher:
         await self.drop_upload(data)
         data.route_after = 0.0
         await self.route(inode, data)  # (declined, hard-linked now: to the warm tier)
-
-    def _link_at(self, rel: bytes) -> tuple[os.stat_result | None, bytes | None]:
-        warm = self.core.warm
-        try:
-            st = warm.lstat(rel)
-        except FileNotFoundError:
-            return None, None
-        return st, warm.readlink(rel) if stat.S_ISLNK(st.st_mode) else None
 
     async def _delete_own(self, info: ObjectInfo, token: str) -> None:
         """Delete the object this upload (``token``) completed, unless another upload to the

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import itertools
 import os
 import stat
 import struct
@@ -32,6 +33,8 @@ if TYPE_CHECKING:
 
 ROOT_INODE = pyfuse3.ROOT_INODE
 _KEY = struct.Struct(">QQ")
+#: Names below a directory checked to tell it renamed from a new one with its number.
+MAX_WITNESSES = 4
 
 
 def identity(st: os.stat_result) -> bytes:
@@ -67,10 +70,12 @@ class Inode:
     links: list[tuple[int, bytes]]
     lookups: int = 0
     opens: int = 0
-    #: Names in the table that this directory holds: a directory the kernel forgot stays
-    #: while an inode below it is still live (a file write-back holds after its close), or
-    #: that inode's path could no longer be built.
-    children: int = 0
+    #: Names in the table that this directory holds, and their inodes: a directory the
+    #: kernel forgot stays while an inode below it is still live (a file write-back holds
+    #: after its close), or that inode's path could no longer be built. They are also what
+    #: tells this directory renamed elsewhere from a new one that got its freed number
+    #: (``InodeTable.witnesses``).
+    below: dict[bytes, Inode] = dataclasses.field(default_factory=dict)
     #: Data state shared by every handle open on a regular file (staging, dirty flag...).
     data: OpenFile | None = None
     #: For a file whose data is in the bucket: its stub as last read from the warm tier.
@@ -162,10 +167,36 @@ class InodeTable:
             out.append(unpack_u64(value) if value else None)
         return out
 
+    def witnesses(self, parent: int, name: bytes, st: os.stat_result
+                  ) -> list[tuple[bytes, bytes]]:
+        """For a directory found at (``parent``, ``name``) with the identity of a directory
+        this table knows under another name, some names it holds here and their identities
+        (up to ``MAX_WITNESSES``): the found directory is that one, renamed elsewhere, only if
+        one of them is in it with the same identity (``resolve``'s ``confirmed``). A file
+        system gives a removed directory's number to the next new one at once, and a new
+        directory taken for a known one would get the files open below the known one
+        published into it. Empty when there is nothing to check (an unknown directory, or a
+        known one holding no names: nothing of it can land in the wrong place)."""
+        if not stat.S_ISDIR(st.st_mode):
+            return []
+        inode = self._by_key.get(identity(st))
+        if (inode is None or not inode.is_dir or inode.ino == ROOT_INODE
+                or (parent, name) in inode.links):
+            return []
+        out: list[tuple[bytes, bytes]] = []
+        for child_name, child in itertools.islice(inode.below.items(), 16 * MAX_WITNESSES):
+            if not child.replacing:  # (its warm file is being swapped: no telling)
+                out.append((child_name, child.key))
+                if len(out) == MAX_WITNESSES:
+                    break
+        return out
+
     def resolve(self, parent: int, name: bytes, st: os.stat_result,
-                persisted: int | None, kind: int | None = None) -> Inode:
+                persisted: int | None, kind: int | None = None,
+                confirmed: bytes | None = None) -> Inode:
         """The inode for a name just looked up on the warm tier, created if new. ``kind``
         overrides the warm file's type (a stub is a symlink there, a file here).
+        ``confirmed`` is the identity of a directory whose ``witnesses`` were found in it.
 
         Does not count a lookup; the caller does that once the kernel is sure to get the entry.
         """
@@ -185,11 +216,15 @@ class InodeTable:
             if kind != stat.S_IFDIR and st.st_nlink > 1:
                 self._add(inode, parent, name)  # another hard link to a file we know
                 return inode
-            if kind == stat.S_IFDIR:  # its only name: it was renamed elsewhere
+            if kind == stat.S_IFDIR and (not inode.below or confirmed == key):
+                # its only name: it was renamed elsewhere (and the names it holds here are in
+                # it, or it holds none)
                 for link in list(inode.links):
                     self.remove_link(*link)
                 self._add(inode, parent, name)
                 return inode
+            # Otherwise a new directory that got a removed one's number: the known one keeps
+            # its names (whose paths are gone) and the number goes to the new one (below).
         queued, value = self.batch.pending("inodes", key)
         number = unpack_u64(value) if queued and value else persisted
         if number is None or number in self._by_ino or number == ROOT_INODE:
@@ -213,11 +248,10 @@ class InodeTable:
         self._name(parent, name, inode)
 
     def _name(self, parent: int, name: bytes, inode: Inode) -> None:
-        """Enter a name in ``_by_name``, counting it in its directory's ``children``."""
-        if (parent, name) not in self._by_name:
-            holder = self._by_ino.get(parent)
-            if holder is not None:
-                holder.children += 1
+        """Enter a name in ``_by_name`` and in its directory's ``below``."""
+        holder = self._by_ino.get(parent)
+        if holder is not None:
+            holder.below[name] = inode
         self._by_name[(parent, name)] = inode
 
     def _unname(self, parent: int, name: bytes) -> Inode | None:
@@ -225,7 +259,7 @@ class InodeTable:
         inode = self._by_name.pop((parent, name), None)
         holder = self._by_ino.get(parent)
         if inode is not None and holder is not None:
-            holder.children -= 1
+            holder.below.pop(name, None)
             self._maybe_drop(holder)
         return inode
 
@@ -319,7 +353,7 @@ class InodeTable:
         self._maybe_drop(inode)
 
     def _maybe_drop(self, inode: Inode) -> None:
-        if (inode.lookups > 0 or inode.opens > 0 or inode.children > 0
+        if (inode.lookups > 0 or inode.opens > 0 or inode.below
                 or inode.ino == ROOT_INODE or self._by_ino.get(inode.ino) is not inode):
             return
         del self._by_ino[inode.ino]

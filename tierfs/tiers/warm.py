@@ -120,6 +120,18 @@ class WarmTier(XattrCalls, Tier):
         except FileNotFoundError:
             return None
 
+    def holds_any(self, rel: bytes, files: list[tuple[bytes, int, int]]) -> bool:
+        """Whether one of ``files`` (name, device, inode number) is in the directory at
+        ``rel`` as that very file."""
+        for name, dev, ino in files:
+            try:
+                st = self.lstat(join(rel, name))
+            except OSError:
+                continue
+            if (st.st_dev, st.st_ino) == (dev, ino):
+                return True
+        return False
+
     def listdir(self, rel: bytes) -> list[Entry]:
         """Names, attributes, extended attribute names (None where they could not be listed)
         and symlink targets of a directory's entries, without tierfs's own temp files."""

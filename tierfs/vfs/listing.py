@@ -21,7 +21,7 @@ from typing import NamedTuple
 
 from tierfs.core.attrs import Attrs, attrs_of
 from tierfs.core.context import Core
-from tierfs.core.inodes import Inode, identity
+from tierfs.core.inodes import Inode, identity, key_ids
 from tierfs.stubs import Stub
 from tierfs.tiers.scan import entries_at, names_at
 from tierfs.tiers.warm import join
@@ -62,6 +62,9 @@ class DirEntry(NamedTuple):
     as_of: tuple[int, int] = (0, 0)
     #: No longer under this name (renamed or unlinked since): not handed to the kernel.
     gone: bool = False
+    #: Its identity, if it is a directory known under another name whose names were found
+    #: in it (``InodeTable.witnesses``): that directory, renamed elsewhere.
+    confirmed: bytes | None = None
 
 
 @dataclasses.dataclass(eq=False)
@@ -153,8 +156,28 @@ class Listing:
             out = [(i + 1, entry) for i, entry in enumerate(entries[start:end], start)
                    if not entry.gone]
             if out or (end >= len(entries) and handle.reading is None):
-                return out  # (an empty reply would end the listing)
+                return await self._confirm_moved(handle, out)  # (none: the end)
             start = end
+
+    async def _confirm_moved(self, handle: DirHandle, out: list[tuple[int, DirEntry]]
+                             ) -> list[tuple[int, DirEntry]]:
+        """Entries that are directories known under another name are checked for the names
+        held below them (``InodeTable.witnesses``), as a lookup does, just before the kernel
+        gets them."""
+        parent = handle.inode.ino
+        checks = [(k, witnesses) for k, (_, entry) in enumerate(out)
+                  if (witnesses := self.core.inodes.witnesses(parent, entry.name, entry.st))]
+        if not checks:
+            return out
+        async with self.core.ns_lock.shared():
+            rel = self.core.inodes.path(handle.inode)
+            for k, witnesses in checks:
+                offset, entry = out[k]
+                files = [(name, *key_ids(key)) for name, key in witnesses]
+                if await self.core.warm.run(self.core.warm.holds_any, join(rel, entry.name),
+                                            files):
+                    out[k] = (offset, entry._replace(confirmed=identity(entry.st)))
+        return out
 
     async def _start(self, handle: DirHandle) -> None:
         """Read the names, and the first batch's attributes in the same call."""
@@ -298,7 +321,8 @@ class Listing:
     def dir_entry(self, fh: int, entry: DirEntry) -> tuple[Inode, Attrs]:
         """Register one readdirplus entry (no lookup counted yet: see ``count_lookup``)."""
         parent = self.handles[fh].inode.ino
-        inode = self.namespace.register(parent, entry.name, entry.st, entry.persisted, entry.stub)
+        inode = self.namespace.register(parent, entry.name, entry.st, entry.persisted, entry.stub,
+                                        entry.confirmed)
         if entry.xattrs is not None:
             self.namespace.remember_xattrs(inode, entry.xattrs)
         if inode.data is not None and inode.data.base is not None:

@@ -113,9 +113,9 @@ class Namespace:
         return inode is not None and inode.rekeyed > seen
 
     def register(self, parent: int, name: bytes, st: os.stat_result, persisted: int | None,
-                 stub: Stub | None) -> Inode:
+                 stub: Stub | None, confirmed: bytes | None = None) -> Inode:
         inode = self.core.inodes.resolve(parent, name, st, persisted,
-                                         stat.S_IFREG if stub is not None else None)
+                                         stat.S_IFREG if stub is not None else None, confirmed)
         if inode.data is None:
             # An open file's state knows better than a listing, which may be older than the
             # publish that just turned it into a stub or back (a symlink's attributes without
@@ -124,10 +124,10 @@ class Namespace:
         return inode
 
     def entry(self, parent: int, name: bytes, st: os.stat_result, persisted: int | None,
-              stub: Stub | None = None) -> tuple[Inode, Attrs]:
+              stub: Stub | None = None, confirmed: bytes | None = None) -> tuple[Inode, Attrs]:
         """Register a name just created or found, count the kernel's lookup, give attributes.
         ``persisted`` comes from the same worker call that found the entry."""
-        inode = self.register(parent, name, st, persisted, stub)
+        inode = self.register(parent, name, st, persisted, stub, confirmed)
         self.core.inodes.lookup(inode)
         return inode, attrs_of(inode, st, stub)
 
@@ -164,7 +164,11 @@ class Namespace:
                         break
                 self.listed.found(parent)
             stub = core.parse_stub(st, target, rel)
-            inode, attrs = self.entry(parent, name, st, persisted, stub)
+            witnesses = [(n, *key_ids(key)) for n, key in core.inodes.witnesses(parent, name, st)]
+            confirmed = None
+            if witnesses and await core.warm.run(core.warm.holds_any, rel, witnesses):
+                confirmed = identity(st)
+            inode, attrs = self.entry(parent, name, st, persisted, stub, confirmed)
         if inode.data is not None:
             if inode.data.base is not None:
                 return inode, attrs_of(inode, inode.data.base)

@@ -1,0 +1,134 @@
+"""A directory found under a new name with the (device, inode number) of a directory this mount
+knows: renamed by another node, or a new directory that got a removed one's freed number
+(ext4, xfs and tmpfs give it to the next new file at once). Only the first may take the known
+directory's place: the files open below the known one are published into the found one."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from .conftest import ROOT, Core, core_test, open_core
+
+
+def reuse_number(warm: Path, gone: int, name: str) -> None:
+    """Another node makes directories until ``warm/name`` is one that got number ``gone``."""
+    for i in range(200):
+        os.mkdir(warm / name)
+        if (warm / name).stat().st_ino == gone:
+            return
+        os.rename(warm / name, warm / f"other{i}")
+    pytest.skip("the file system did not reuse the inode number")
+
+
+@core_test
+async def test_a_new_directory_with_a_removed_ones_number_is_not_that_directory(
+        tmp_path: Path) -> None:
+    warm = tmp_path / "warm"
+    async with open_core(tmp_path) as c:
+        await c.mkdirs(b"D")
+        fh = await c.create(b"D/f")
+        await c.write_all(fh, b"written on this node under D")
+        d_ino = (warm / "D").stat().st_ino
+        # another node: mv D/f kept; rmdir D; mkdir E (a new directory: it gets D's number)
+        os.rename(warm / "D" / "f", warm / "kept")
+        os.rmdir(warm / "D")
+        reuse_number(warm, d_ino, "E")
+        await c.fs.lookup(ROOT, b"E")  # ls on this node
+        try:
+            await c.close(fh)
+        except OSError:
+            pass  # (failing is fine: its directory is gone)
+        assert sorted(os.listdir(warm / "E")) == [], \
+            "a file of the removed directory D was published into the new directory E"
+
+
+@core_test
+async def test_a_directory_renamed_by_another_node_takes_its_open_files_along(
+        tmp_path: Path) -> None:
+    warm = tmp_path / "warm"
+    async with open_core(tmp_path) as c:
+        d_ino = await c.mkdirs(b"D")
+        fh = await c.create(b"D/f")
+        await c.write_all(fh, b"written on this node under D")
+        os.rename(warm / "D", warm / "E")  # another node: mv D E
+        e, _ = await c.fs.lookup(ROOT, b"E")
+        assert e.ino == d_ino, "the renamed directory was not taken for the known one"
+        await c.close(fh)
+        assert (warm / "E" / "f").read_bytes() == b"written on this node under D"
+
+
+@core_test
+async def test_a_directory_made_through_the_mount_with_a_removed_ones_number_is_new(
+        tmp_path: Path) -> None:
+    warm = tmp_path / "warm"
+    async with open_core(tmp_path) as c:
+        await c.mkdirs(b"D")
+        fh = await c.create(b"D/f")
+        await c.write_all(fh, b"written on this node under D")
+        d_ino = (warm / "D").stat().st_ino
+        os.rename(warm / "D" / "f", warm / "kept")  # another node: mv D/f kept; rmdir D
+        os.rmdir(warm / "D")
+        for i in range(200):  # this node makes directories; one gets D's number
+            await c.mkdirs(b"E%d" % i)
+            if (warm / f"E{i}").stat().st_ino == d_ino:
+                break
+        else:
+            pytest.skip("the file system did not reuse the inode number")
+        try:
+            await c.close(fh)
+        except OSError:
+            pass
+        assert os.listdir(warm / f"E{i}") == [], \
+            "a file of the removed directory D was published into a directory made here"
+
+
+async def list_root(c: Core, name: bytes) -> int:
+    """A listing of the mount's root as readdirplus hands it to the kernel; the inode number
+    the entry ``name`` gets."""
+    dh = await c.fs.opendir(ROOT)
+    try:
+        for _, entry in await c.fs.readdir(dh, 0):
+            inode, _ = c.fs.dir_entry(dh, entry)
+            c.fs.count_lookup(inode, True)
+            if entry.name == name:
+                return inode.ino
+    finally:
+        await c.fs.releasedir(dh)
+    raise AssertionError(f"{name!r} not listed")
+
+
+@core_test
+async def test_a_listing_takes_a_directory_renamed_by_another_node_for_the_known_one(
+        tmp_path: Path) -> None:
+    warm = tmp_path / "warm"
+    async with open_core(tmp_path) as c:
+        d_ino = await c.mkdirs(b"D")
+        fh = await c.create(b"D/f")
+        await c.write_all(fh, b"written on this node under D")
+        os.rename(warm / "D", warm / "E")  # another node: mv D E
+        assert await list_root(c, b"E") == d_ino
+        await c.close(fh)
+        assert (warm / "E" / "f").read_bytes() == b"written on this node under D"
+
+
+@core_test
+async def test_a_listing_takes_a_new_directory_with_a_removed_ones_number_for_a_new_one(
+        tmp_path: Path) -> None:
+    warm = tmp_path / "warm"
+    async with open_core(tmp_path) as c:
+        d_ino = await c.mkdirs(b"D")
+        fh = await c.create(b"D/f")
+        await c.write_all(fh, b"written on this node under D")
+        number = (warm / "D").stat().st_ino
+        os.rename(warm / "D" / "f", warm / "kept")
+        os.rmdir(warm / "D")
+        reuse_number(warm, number, "E")
+        assert await list_root(c, b"E") != d_ino
+        try:
+            await c.close(fh)
+        except OSError:
+            pass
+        assert os.listdir(warm / "E") == []

@@ -89,3 +89,29 @@ async def test_a_file_with_no_other_name_is_not_written_anywhere(
         await core.publish_all()
         assert core.warm_names() == [] and core.staged() == []
         assert calls["calls"] <= 1  # (closing the warm descriptor; no copy)
+
+
+@core_test
+async def test_a_failed_publish_through_the_other_names_sets_the_data_aside(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sync mode: the last close of a file whose only names left are made elsewhere publishes
+    it in place; when that fails, the written data has nowhere to be published later (its
+    journal entry has no path), so it is kept in lost+found rather than dropped."""
+    async with open_core(tmp_path) as core:
+        linked_elsewhere(core)
+        fh = await core.open(b"a", os.O_WRONLY | os.O_TRUNC)
+        await core.write_all(fh, b"written, then its name unlinked")
+        await core.fs.unlink(ROOT, b"a")
+
+        def broken(*args: object) -> None:
+            raise OSError(5, "the warm tier failed")
+
+        monkeypatch.setattr(core.fs.core.warm, "write_through", broken)
+        try:
+            await core.close(fh)
+        except OSError:
+            pass
+        kept = [name for name in core.lost_found() if not name.endswith(".txt")]
+        assert [core.lost_path(name).read_bytes() for name in kept] == [
+            b"written, then its name unlinked"]
+        assert core.staged() == []

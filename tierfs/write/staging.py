@@ -14,6 +14,7 @@ import errno
 import logging
 import os
 import weakref
+from pathlib import Path
 
 import trio
 
@@ -194,6 +195,9 @@ class Staging:
     async def _free(self, inode: Inode, data: OpenFile) -> None:
         core = self.core
         keep = data.dirty and bool(inode.links)
+        # Not home, and its names left are made elsewhere: its journal entry has no path for
+        # a later try to publish at, so the data is kept for a person instead of dropped.
+        stranded = data.dirty and not inode.links and data.linked_elsewhere
         # Published by copy and unchanged since: staging becomes the warm file's cached blocks.
         published = data.published_as if inode.links else None
         data.to(DataState.RETIRED)
@@ -211,14 +215,22 @@ class Staging:
         kept_fd = None
         if published is not None and remove is not None:
             kept_fd, data.staging_fd, remove = data.staging_fd, None, None
+        entry = self.journal.entry_of(data)
+        note = entry.encode() if entry is not None else b""
 
-        def close() -> None:
+        def close() -> Path | None:
             data.close_fds()
+            if remove is not None and stranded:
+                return core.hot.set_aside(remove, note)
             if remove is not None:
                 core.hot.remove_staging(remove)
+            return None
 
         if data.warm_fd is not None or data.staging_fd is not None or remove is not None:
-            await core.hot.run(close)
+            kept = await core.hot.run(close)
+            if kept is not None:
+                log.error("the data written to inode %d could not be published through its "
+                          "names made elsewhere; kept as %s", inode.ino, kept)
         if kept_fd is not None and published is not None:
             taken = await take_staging(core, sid, kept_fd, data.size, True)
             if sid is not None:

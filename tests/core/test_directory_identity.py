@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
+import trio
+import trio.testing
 
 from .conftest import ROOT, Core, core_test, open_core
 
@@ -132,3 +135,124 @@ async def test_a_listing_takes_a_new_directory_with_a_removed_ones_number_for_a_
         except OSError:
             pass
         assert os.listdir(warm / "E") == []
+
+
+@core_test
+async def test_a_renamed_directory_whose_first_names_went_still_carries_its_open_file(
+        tmp_path: Path) -> None:
+    warm = tmp_path / "warm"
+    async with open_core(tmp_path) as c:
+        d_ino = await c.mkdirs(b"D")
+        for n in range(4):  # listed / looked up on this node (the kernel keeps them)
+            await c.write_file(b"D/old%d" % n, b"old")
+        fh = await c.create(b"D/f")
+        await c.write_all(fh, b"written on this node under D")
+        # another node: rewrites D/old* (tierfs publishes by rename: new inode numbers)
+        for n in range(4):
+            p = warm / "D" / f"old{n}"
+            (warm / "D" / f"tmp{n}").write_bytes(b"new")
+            os.rename(warm / "D" / f"tmp{n}", p)
+        os.rename(warm / "D", warm / "E")  # ... then mv D E
+        e, _ = await c.fs.lookup(ROOT, b"E")
+        assert e.ino == d_ino, "the directory renamed by another node was taken for a new one"
+        await c.close(fh)
+        assert (warm / "E" / "f").read_bytes() == b"written on this node under D"
+
+
+@core_test
+async def test_a_rename_through_the_mount_during_a_listing_check_is_not_missed(
+        tmp_path: Path) -> None:
+    warm = tmp_path / "warm"
+    async with open_core(tmp_path) as c:
+        await c.mkdirs(b"D")
+        fh_d = await c.create(b"D/f")  # D holds a name: a move of D is checked
+        await c.write_all(fh_d, b"under D")
+        await c.write_file(b"b", b"old b")
+        await c.lookup_path(b"b")
+        fh = await c.create(b"a")
+        await c.write_all(fh, b"written to a, renamed over b")
+        a_ino = (await c.lookup_path(b"a")).ino
+        os.rename(warm / "D", warm / "E")  # another node: mv D E
+
+        # hold the listing's read of the root (made under the lock, shared) until the rename
+        # below is waiting for the lock
+        read, go_on = trio.Event(), trio.Event()
+        warm_tier = c.fs.core.warm
+        inner = warm_tier.run
+
+        async def run(fn: Any, *args: Any) -> Any:
+            out = await inner(fn, *args)
+            if getattr(fn, "__name__", "") == "_first_blocking":
+                read.set()
+                await go_on.wait()
+            return out
+
+        warm_tier.run = run  # type: ignore[method-assign]
+        dh = await c.fs.opendir(ROOT)
+        handed: list[bytes] = []
+
+        async def listing() -> None:
+            for _, entry in await c.fs.readdir(dh, 0):  # as the FUSE layer hands them over
+                inode, _ = c.fs.dir_entry(dh, entry)
+                c.fs.count_lookup(inode, True)
+                handed.append(entry.name)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(listing)
+            await read.wait()
+            nursery.start_soon(c.fs.rename, ROOT, b"a", ROOT, b"b", 0)  # mv a b (here)
+            await trio.testing.wait_all_tasks_blocked()
+            go_on.set()
+        warm_tier.run = inner  # type: ignore[method-assign]
+        await c.fs.releasedir(dh)
+        b = c.fs.core.inodes.child(ROOT, b"b")
+        b_ino = None if b is None else b.ino
+        await c.close(fh)
+        assert (warm / "b").read_bytes() == b"written to a, renamed over b", \
+            f"written data lost: the listing ({handed}) moved b off the file (ino {b_ino} " \
+            f"for b, was {a_ino})"
+        await c.close(fh_d)
+
+
+@core_test
+async def test_a_directory_renamed_while_its_file_is_published_is_still_that_directory(
+        tmp_path: Path) -> None:
+    warm = tmp_path / "warm"
+    async with open_core(tmp_path) as c:
+        d_ino = await c.mkdirs(b"D")
+        fh = await c.create(b"D/f")
+        await c.write_all(fh, b"written on this node under D")
+
+        settling, go_on = trio.Event(), trio.Event()
+        warm_tier = c.fs.core.warm
+        inner = warm_tier.run
+
+        async def run(fn: Any, *args: Any) -> Any:  # hold the publish in its first step
+            out = await inner(fn, *args)
+            if getattr(fn, "__name__", "") in ("settle_staged", "publish_copy"):
+                settling.set()
+                await go_on.wait()
+            return out
+
+        warm_tier.run = run  # type: ignore[method-assign]
+        e_ino = None
+        closed: list[BaseException | None] = []
+
+        async def close() -> None:
+            try:
+                await c.close(fh)
+                closed.append(None)
+            except OSError as e:
+                closed.append(e)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(close)
+            await settling.wait()
+            os.rename(warm / "D", warm / "E")  # another node: mv D E
+            e, _ = await c.fs.lookup(ROOT, b"E")  # ls on this node
+            e_ino = e.ino
+            go_on.set()
+        warm_tier.run = inner  # type: ignore[method-assign]
+        assert e_ino == d_ino, "the directory renamed by another node was taken for a new one"
+        assert closed == [None]
+        assert (warm / "E" / "f").read_bytes() == b"written on this node under D"

@@ -33,8 +33,10 @@ if TYPE_CHECKING:
 
 ROOT_INODE = pyfuse3.ROOT_INODE
 _KEY = struct.Struct(">QQ")
+#: A name below a directory and its file's (device, inode number), if known.
+Witness = tuple[bytes, int | None, int | None]
 #: Names below a directory checked to tell it renamed from a new one with its number.
-MAX_WITNESSES = 4
+MAX_WITNESSES = 8
 
 
 def identity(st: os.stat_result) -> bytes:
@@ -167,29 +169,28 @@ class InodeTable:
             out.append(unpack_u64(value) if value else None)
         return out
 
-    def witnesses(self, parent: int, name: bytes, st: os.stat_result
-                  ) -> list[tuple[bytes, bytes]]:
+    def witnesses(self, parent: int, name: bytes, st: os.stat_result) -> list[Witness]:
         """For a directory found at (``parent``, ``name``) with the identity of a directory
-        this table knows under another name, some names it holds here and their identities
-        (up to ``MAX_WITNESSES``): the found directory is that one, renamed elsewhere, only if
-        one of them is in it with the same identity (``resolve``'s ``confirmed``). A file
-        system gives a removed directory's number to the next new one at once, and a new
-        directory taken for a known one would get the files open below the known one
-        published into it. Empty when there is nothing to check (an unknown directory, or a
-        known one holding no names: nothing of it can land in the wrong place)."""
+        this table knows under another name, some names it holds here and their files'
+        (device, inode number) (None, None: being replaced by tierfs, either will do): the found
+        directory is that one, renamed elsewhere, only if one of them is in it
+        (``WarmTier.holds_any``; ``resolve``'s ``confirmed``). A file system gives a removed
+        directory's number to the next new one at once, and a new directory taken for a
+        known one would get the files open below the known one published into it. Open
+        files come first (they are what must not land in the wrong place, and their names
+        are on the tier while open), then the names entered last (the first ones are the
+        likeliest to have been changed by another node since). Empty when there is nothing
+        to check: an unknown directory, or a known one holding no names."""
         if not stat.S_ISDIR(st.st_mode):
             return []
         inode = self._by_key.get(identity(st))
         if (inode is None or not inode.is_dir or inode.ino == ROOT_INODE
-                or (parent, name) in inode.links):
+                or (parent, name) in inode.links or not inode.below):
             return []
-        out: list[tuple[bytes, bytes]] = []
-        for child_name, child in itertools.islice(inode.below.items(), 16 * MAX_WITNESSES):
-            if not child.replacing:  # (its warm file is being swapped: no telling)
-                out.append((child_name, child.key))
-                if len(out) == MAX_WITNESSES:
-                    break
-        return out
+        recent = list(itertools.islice(reversed(inode.below.items()), 8 * MAX_WITNESSES))
+        recent.sort(key=lambda item: item[1].data is None)  # (stable: open files first)
+        return [(child_name, None, None) if child.replacing else (child_name, *key_ids(child.key))
+                for child_name, child in recent[:MAX_WITNESSES]]
 
     def resolve(self, parent: int, name: bytes, st: os.stat_result,
                 persisted: int | None, kind: int | None = None,

@@ -120,15 +120,23 @@ class WarmTier(XattrCalls, Tier):
         except FileNotFoundError:
             return None
 
-    def holds_any(self, rel: bytes, files: list[tuple[bytes, int, int]]) -> bool:
-        """Whether one of ``files`` (name, device, inode number) is in the directory at
-        ``rel`` as that very file."""
-        for name, dev, ino in files:
+    def holds_any(self, rel: bytes, dev: int, ino: int,
+                  files: list[tuple[bytes, int | None, int | None]]) -> bool:
+        """Whether the directory at ``rel`` is still (``dev``, ``ino``) and one of ``files``
+        (name, device, inode number) is in it as that very file; a name without numbers
+        counts if it names a file or a symlink (a stub)."""
+        st = self.lstat(rel)
+        if (st.st_dev, st.st_ino) != (dev, ino):
+            return False
+        for name, file_dev, file_ino in files:
             try:
                 st = self.lstat(join(rel, name))
             except OSError:
                 continue
-            if (st.st_dev, st.st_ino) == (dev, ino):
+            if file_dev is None:
+                if stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode):
+                    return True
+            elif (st.st_dev, st.st_ino) == (file_dev, file_ino):
                 return True
         return False
 

@@ -21,7 +21,7 @@ from typing import NamedTuple
 
 from tierfs.core.attrs import Attrs, attrs_of
 from tierfs.core.context import Core
-from tierfs.core.inodes import Inode, identity, key_ids
+from tierfs.core.inodes import Inode, identity
 from tierfs.stubs import Stub
 from tierfs.tiers.scan import entries_at, names_at
 from tierfs.tiers.warm import join
@@ -148,6 +148,7 @@ class Listing:
             await self._start(handle)
         entries = handle.entries
         assert entries is not None
+        tries = 0
         while True:
             while handle.reading is not None and len(entries) <= start:
                 await self._read_batch(handle, handle.reading)
@@ -156,7 +157,13 @@ class Listing:
             out = [(i + 1, entry) for i, entry in enumerate(entries[start:end], start)
                    if not entry.gone]
             if out or (end >= len(entries) and handle.reading is None):
-                return await self._confirm_moved(handle, out)  # (none: the end)
+                as_of = (self.core.name_changes, self.core.inodes.replacements)
+                out = await self._confirm_moved(handle, out)
+                if (as_of != (self.core.name_changes, self.core.inodes.replacements)
+                        and tries < STALE_TRIES):
+                    tries += 1
+                    continue  # (checked while names changed: the entries are looked at again)
+                return out  # (none: the end)
             start = end
 
     async def _confirm_moved(self, handle: DirHandle, out: list[tuple[int, DirEntry]]
@@ -169,13 +176,21 @@ class Listing:
                   if (witnesses := self.core.inodes.witnesses(parent, entry.name, entry.st))]
         if not checks:
             return out
+        out = list(out)
         async with self.core.ns_lock.shared():
-            rel = self.core.inodes.path(handle.inode)
+            try:
+                rel = self.core.inodes.path(handle.inode)
+            except OSError:
+                return out  # (no path now: nothing to look in; taken for new directories)
             for k, witnesses in checks:
                 offset, entry = out[k]
-                files = [(name, *key_ids(key)) for name, key in witnesses]
-                if await self.core.warm.run(self.core.warm.holds_any, join(rel, entry.name),
-                                            files):
+                try:
+                    found = await self.core.warm.run(
+                        self.core.warm.holds_any, join(rel, entry.name), entry.st.st_dev,
+                        entry.st.st_ino, witnesses)
+                except OSError:
+                    continue
+                if found:
                     out[k] = (offset, entry._replace(confirmed=identity(entry.st)))
         return out
 

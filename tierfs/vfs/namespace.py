@@ -11,6 +11,7 @@ count (and the count of renames) at its rename (``Core.attr_mark``).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import logging
@@ -164,10 +165,12 @@ class Namespace:
                         break
                 self.listed.found(parent)
             stub = core.parse_stub(st, target, rel)
-            witnesses = [(n, *key_ids(key)) for n, key in core.inodes.witnesses(parent, name, st)]
+            witnesses = core.inodes.witnesses(parent, name, st)
             confirmed = None
-            if witnesses and await core.warm.run(core.warm.holds_any, rel, witnesses):
-                confirmed = identity(st)
+            with contextlib.suppress(OSError):  # (gone meanwhile: not confirmed)
+                if witnesses and await core.warm.run(core.warm.holds_any, rel, st.st_dev,
+                                                     st.st_ino, witnesses):
+                    confirmed = identity(st)
             inode, attrs = self.entry(parent, name, st, persisted, stub, confirmed)
         if inode.data is not None:
             if inode.data.base is not None:

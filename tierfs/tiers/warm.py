@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import NamedTuple, TypeVar
 
 from tierfs.tiers.base import Tier
+from tierfs.tiers.beneath import parent_of
 from tierfs.tiers.copying import copy_fd, copy_to_new
 from tierfs.tiers.scan import (TEMP_PREFIX, TEMP_SUFFIX, Entry, entries_at, is_internal,
                                names_at, stat_link)
@@ -107,7 +108,8 @@ class WarmTier(XattrCalls, Tier):
         return name.startswith(TEMP_PREFIX + self.node + b"-" + self.run_mark)
 
     def lstat(self, rel: bytes) -> os.stat_result:
-        return os.stat(rel, dir_fd=self.fd, follow_symlinks=False)
+        with parent_of(self.fd, rel) as (dfd, name):
+            return os.stat(name, dir_fd=dfd, follow_symlinks=False)
 
     def lstat_link(self, rel: bytes) -> tuple[os.stat_result, bytes | None]:
         """Attributes, and the target if it is a symlink (it may be a stub)."""
@@ -159,7 +161,7 @@ class WarmTier(XattrCalls, Tier):
 
     def open_dir(self, rel: bytes) -> int:
         """A descriptor of a directory, to read its entries by (``tiers.scan``)."""
-        return os.open(rel, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=self.fd)
+        return self.open(rel, os.O_RDONLY | os.O_DIRECTORY)
 
     def in_dir(self, rel: bytes, read: Callable[[int], T]) -> T:
         """``read`` of a descriptor of the directory ``rel``, closed after."""
@@ -178,19 +180,20 @@ class WarmTier(XattrCalls, Tier):
                          ) -> os.stat_result:
         """A symlink to ``target`` renamed over ``rel`` (``old``: its attributes), with their
         owner."""
-        tmp = join(split(rel)[0], self._temp_name())
-        os.symlink(target, tmp, dir_fd=self.fd)
-        try:
-            # Only when it differs (as chown_new): an SFTP server (sshfs) cannot change a
-            # symlink's owner, its SETSTAT follows the link, and a stub's target is no path.
-            new = os.stat(tmp, dir_fd=self.fd, follow_symlinks=False)
-            if (new.st_uid, new.st_gid) != (old.st_uid, old.st_gid):
-                os.chown(tmp, old.st_uid, old.st_gid, dir_fd=self.fd, follow_symlinks=False)
-            os.rename(tmp, rel, src_dir_fd=self.fd, dst_dir_fd=self.fd)
-        except BaseException:
-            os.unlink(tmp, dir_fd=self.fd)
-            raise
-        return self.lstat(rel)
+        tmp = self._temp_name()
+        with parent_of(self.fd, rel) as (dfd, name):
+            os.symlink(target, tmp, dir_fd=dfd)
+            try:
+                # Only when it differs (as chown_new): an SFTP server (sshfs) cannot change a
+                # symlink's owner, its SETSTAT follows the link, and a stub's target is no path.
+                new = os.stat(tmp, dir_fd=dfd, follow_symlinks=False)
+                if (new.st_uid, new.st_gid) != (old.st_uid, old.st_gid):
+                    os.chown(tmp, old.st_uid, old.st_gid, dir_fd=dfd, follow_symlinks=False)
+                os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+            except BaseException:
+                os.unlink(tmp, dir_fd=dfd)
+                raise
+            return os.stat(name, dir_fd=dfd, follow_symlinks=False)
 
     def stub_over(self, rel: bytes, target: bytes) -> os.stat_result | None:
         """``replace_symlink`` of what is at ``rel``; None (nothing done) if nothing is there
@@ -207,7 +210,7 @@ class WarmTier(XattrCalls, Tier):
         """``replace_symlink`` if ``rel`` is still the symlink to ``expect``; None (nothing
         done) otherwise."""
         try:
-            if os.readlink(rel, dir_fd=self.fd) != expect:
+            if self.readlink(rel) != expect:
                 return None
         except FileNotFoundError:
             return None
@@ -219,7 +222,7 @@ class WarmTier(XattrCalls, Tier):
 
     def purge_temps(self, rel: bytes) -> None:
         """Remove tierfs temp files from a directory (left behind by an interrupted publish)."""
-        dfd = os.open(rel, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=self.fd)
+        dfd = self.open_dir(rel)
         try:
             for name in os.listdir(dfd):
                 if is_internal(os.fsencode(name)):
@@ -228,20 +231,31 @@ class WarmTier(XattrCalls, Tier):
             os.close(dfd)
 
     def chmod(self, rel: bytes, mode: int) -> None:
-        os.chmod(rel, stat.S_IMODE(mode), dir_fd=self.fd)
+        """The mode of the file at ``rel`` itself: a symlink put there meanwhile is refused
+        (ELOOP), never followed (Linux has no chmod of a symlink, and ``chmod`` by path
+        follows one)."""
+        fd = self.open(rel, os.O_PATH)
+        try:
+            if stat.S_ISLNK(os.fstat(fd).st_mode):
+                raise OSError(errno.ELOOP, "a symlink: its mode is not changed", rel)
+            os.chmod(proc_path(fd), stat.S_IMODE(mode))
+        finally:
+            os.close(fd)
 
     def chown(self, rel: bytes, uid: int, gid: int) -> None:
-        os.chown(rel, uid, gid, dir_fd=self.fd, follow_symlinks=False)
+        with parent_of(self.fd, rel) as (dfd, name):
+            os.chown(name, uid, gid, dir_fd=dfd, follow_symlinks=False)
 
     def utime(self, rel: bytes, atime_ns: int | None, mtime_ns: int | None) -> None:
         if atime_ns is None or mtime_ns is None:
             st = self.lstat(rel)
             atime_ns = st.st_atime_ns if atime_ns is None else atime_ns
             mtime_ns = st.st_mtime_ns if mtime_ns is None else mtime_ns
-        os.utime(rel, ns=(atime_ns, mtime_ns), dir_fd=self.fd, follow_symlinks=False)
+        with parent_of(self.fd, rel) as (dfd, name):
+            os.utime(name, ns=(atime_ns, mtime_ns), dir_fd=dfd, follow_symlinks=False)
 
     def truncate(self, rel: bytes, size: int) -> None:
-        fd = os.open(rel, os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW, dir_fd=self.fd)
+        fd = self.open(rel, os.O_WRONLY)
         try:
             os.ftruncate(fd, size)
         finally:
@@ -253,32 +267,45 @@ class WarmTier(XattrCalls, Tier):
     # -- names ----------------------------------------------------------------------------
 
     def mkdir(self, rel: bytes, mode: int) -> None:
-        os.mkdir(rel, mode, dir_fd=self.fd)
+        with parent_of(self.fd, rel) as (dfd, name):
+            os.mkdir(name, mode, dir_fd=dfd)
 
     def rmdir(self, rel: bytes) -> None:
-        os.rmdir(rel, dir_fd=self.fd)
+        with parent_of(self.fd, rel) as (dfd, name):
+            os.rmdir(name, dir_fd=dfd)
 
     def unlink(self, rel: bytes) -> None:
-        os.unlink(rel, dir_fd=self.fd)
+        with parent_of(self.fd, rel) as (dfd, name):
+            os.unlink(name, dir_fd=dfd)
 
     def symlink(self, target: bytes, rel: bytes) -> None:
-        os.symlink(target, rel, dir_fd=self.fd)
+        with parent_of(self.fd, rel) as (dfd, name):
+            os.symlink(target, name, dir_fd=dfd)
 
     def readlink(self, rel: bytes) -> bytes:
-        return os.readlink(rel, dir_fd=self.fd)
+        with parent_of(self.fd, rel) as (dfd, name):
+            return os.readlink(name, dir_fd=dfd)
 
     def link(self, rel: bytes, new_rel: bytes) -> None:
-        os.link(rel, new_rel, src_dir_fd=self.fd, dst_dir_fd=self.fd, follow_symlinks=False)
+        with parent_of(self.fd, rel) as (sfd, name), \
+                parent_of(self.fd, new_rel) as (dfd, new_name):
+            os.link(name, new_name, src_dir_fd=sfd, dst_dir_fd=dfd, follow_symlinks=False)
 
     def mknod(self, rel: bytes, mode: int, rdev: int) -> None:
-        os.mknod(rel, mode, rdev, dir_fd=self.fd)
+        with parent_of(self.fd, rel) as (dfd, name):
+            os.mknod(name, mode, rdev, dir_fd=dfd)
 
     def rename(self, rel: bytes, new_rel: bytes, flags: int = 0) -> None:
+        with parent_of(self.fd, rel) as (sfd, name), \
+                parent_of(self.fd, new_rel) as (dfd, new_name):
+            self._rename_at(sfd, name, dfd, new_name, flags)
+
+    def _rename_at(self, sfd: int, rel: bytes, dfd: int, new_rel: bytes, flags: int) -> None:
         if flags == 0:
-            os.rename(rel, new_rel, src_dir_fd=self.fd, dst_dir_fd=self.fd)
+            os.rename(rel, new_rel, src_dir_fd=sfd, dst_dir_fd=dfd)
             return
         if _renameat2 is not None:
-            if _renameat2(self.fd, rel, self.fd, new_rel, flags) == 0:
+            if _renameat2(sfd, rel, dfd, new_rel, flags) == 0:
                 return
             err = ctypes.get_errno()
             if not (err in (errno.EINVAL, errno.ENOSYS) and flags == RENAME_NOREPLACE):
@@ -288,16 +315,34 @@ class WarmTier(XattrCalls, Tier):
         # The warm file system (NFS, say) has no RENAME_NOREPLACE: emulate it. The caller holds
         # the namespace lock, so only another node can race between the check and the rename.
         try:
-            self.lstat(new_rel)
+            os.stat(new_rel, dir_fd=dfd, follow_symlinks=False)
         except FileNotFoundError:
-            os.rename(rel, new_rel, src_dir_fd=self.fd, dst_dir_fd=self.fd)
+            os.rename(rel, new_rel, src_dir_fd=sfd, dst_dir_fd=dfd)
         else:
             raise OSError(errno.EEXIST, os.strerror(errno.EEXIST))
 
     # -- data -----------------------------------------------------------------------------
 
     def open(self, rel: bytes, flags: int, mode: int = 0o600) -> int:
-        return os.open(rel, flags | os.O_CLOEXEC | os.O_NOFOLLOW, mode, dir_fd=self.fd)
+        """A descriptor of the regular file (or, with ``O_DIRECTORY``, directory) at ``rel``.
+        Anyone may put a FIFO or a device in its place on the shared tree, whose open would
+        wait for a writer for ever (holding a worker and the namespace lock): opened without
+        waiting, and refused (ESTALE) if it is not what was asked for."""
+        with parent_of(self.fd, rel) as (dfd, name):
+            fd = os.open(name, flags | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK, mode,
+                         dir_fd=dfd)
+        if flags & os.O_PATH:
+            return fd
+        try:
+            kind = stat.S_IFMT(os.fstat(fd).st_mode)
+            if kind != (stat.S_IFDIR if flags & os.O_DIRECTORY else stat.S_IFREG):
+                raise OSError(errno.ESTALE, "not a regular file or directory any more", rel)
+            if not flags & os.O_NONBLOCK:
+                os.set_blocking(fd, True)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
 
     def open_read(self, rel: bytes) -> tuple[int, os.stat_result]:
         """A read-only descriptor of a file and its attributes, in one call."""
@@ -340,14 +385,14 @@ class WarmTier(XattrCalls, Tier):
             try:
                 self._refuse_hard_linked(rel)
             except LinkedMeanwhile:
-                os.unlink(tmp, dir_fd=self.fd)
+                self.unlink(tmp)
                 raise
-            fd = os.open(tmp, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.fd)
+            fd = self.open(tmp, os.O_RDONLY)
             try:
                 self._reapply(fd, rel, again)
             finally:
                 os.close(fd)
-        os.rename(tmp, rel, src_dir_fd=self.fd, dst_dir_fd=self.fd)
+        self.rename(tmp, rel)
         st = self.lstat(rel)
         if st.st_ino != made.st_ino:
             # Another node's file took the name just after: this publish's version is not
@@ -405,13 +450,11 @@ class WarmTier(XattrCalls, Tier):
         """A new, empty temp file in ``parent``, to be renamed over its target when whole.
         (The daemon's umask is 0: ``perms`` are the file's.)"""
         tmp = join(parent, self._temp_name())
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, perms,
-                     dir_fd=self.fd)
-        return tmp, fd
+        return tmp, self.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, perms)
 
     def drop_temp(self, tmp: bytes, fd: int) -> None:
         try:
-            os.unlink(tmp, dir_fd=self.fd)
+            self.unlink(tmp)
         except FileNotFoundError:
             # Moved with its directory (renamed meanwhile): it is where its descriptor says.
             os.unlink(os.readlink(proc_path(fd)))
@@ -476,7 +519,8 @@ class WarmTier(XattrCalls, Tier):
         if again is not None:
             self._refuse_hard_linked(rel)
             self._reapply(fd, rel, again)
-        os.rename(src, rel, dst_dir_fd=self.fd)
+        with parent_of(self.fd, rel) as (dfd, name):
+            os.rename(src, name, dst_dir_fd=dfd)
         if retire is not None:
             os.close(retire)
         return os.fstat(fd), self.lstat(split(rel)[0])
@@ -588,7 +632,7 @@ class WarmTier(XattrCalls, Tier):
         os.utime(fd, ns=again.times)
 
     def fsync_dir(self, rel: bytes) -> None:
-        fd = os.open(rel, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=self.fd)
+        fd = self.open_dir(rel)
         try:
             os.fsync(fd)
         finally:

@@ -9,6 +9,8 @@ import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from tierfs.tiers.beneath import parent_of
+
 
 def proc_path(fd: int) -> str:
     return f"/proc/self/fd/{fd}"
@@ -25,7 +27,8 @@ class XattrCalls:
 
     @contextmanager
     def _path_fd(self, rel: bytes) -> Iterator[tuple[int, bool]]:
-        fd = os.open(rel, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.fd)
+        with parent_of(self.fd, rel) as (dfd, name):
+            fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
         try:
             yield fd, stat.S_ISLNK(os.fstat(fd).st_mode)
         finally:

@@ -325,7 +325,7 @@ def purge_temps(core: Core) -> int:
 
 
 def _list(core: Core, rel: bytes) -> list[bytes]:
-    fd = os.open(rel, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=core.warm.fd)
+    fd = core.warm.open_dir(rel)
     try:
         return [os.fsencode(n) for n in os.listdir(fd)]
     finally:

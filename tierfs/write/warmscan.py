@@ -24,7 +24,6 @@ import stat
 
 from tierfs.tiers.scan import is_internal, is_silly_renamed
 from tierfs.tiers.warm import ROOT, WarmTier, join
-from tierfs.write.warmswap import open_dir
 
 #: Files a walk hands back at most (the oldest large ones).
 KEEP = 1000
@@ -68,11 +67,7 @@ def walk(warm: WarmTier, min_size: int, root: bytes = ROOT, keep: int = KEEP,
     while pending:
         here, seen_as = pending.pop()
         try:
-            if seen_as is None:
-                dfd = open_dir(warm, here)
-            else:
-                dfd = os.open(here, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
-                              | os.O_CLOEXEC, dir_fd=warm.fd)
+            dfd = warm.open_dir(here)
         except OSError:
             out.unreadable += 1
             continue

@@ -16,30 +16,10 @@ import errno
 import os
 import stat
 
-from tierfs.tiers.warm import ROOT, WarmTier, split
+from tierfs.tiers.warm import WarmTier, split
 
 #: Extended attributes that do not stop a demotion (set by the system on every file).
 IGNORED_XATTRS = ("security.selinux",)
-
-
-def open_dir(warm: WarmTier, rel: bytes) -> int:
-    """A descriptor on the warm directory ``rel``, reached without following a symbolic link
-    (ELOOP, or ENOTDIR, if one is on the way)."""
-    fd = os.open(ROOT, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=warm.fd)
-    if rel == ROOT:
-        return fd
-    try:
-        for name in rel.split(b"/"):
-            if name in (b"", b".", b".."):
-                raise OSError(errno.EINVAL, "not a plain path beneath the warm root")
-            inner = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
-                            dir_fd=fd)
-            os.close(fd)
-            fd = inner
-        return fd
-    except BaseException:
-        os.close(fd)
-        raise
 
 
 @dataclasses.dataclass
@@ -62,7 +42,7 @@ def open_plain(warm: WarmTier, rel: bytes) -> Opened:
     """Open a warm file read-only (ELOOP if it, or a directory on the way, is a symbolic
     link: a stub is one)."""
     parent, name = split(rel)
-    dfd = open_dir(warm, parent)
+    dfd = warm.open_dir(parent)
     try:
         fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
     except BaseException:
@@ -155,7 +135,7 @@ def stub_at(warm: WarmTier, rel: bytes) -> StubAt:
     """What is at ``rel`` (a symbolic link's target read too), reached without following a
     symbolic link on the way."""
     parent, name = split(rel)
-    dfd = open_dir(warm, parent)
+    dfd = warm.open_dir(parent)
     try:
         st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
         target = os.readlink(name, dir_fd=dfd) if stat.S_ISLNK(st.st_mode) else None

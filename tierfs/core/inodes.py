@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 import pyfuse3
 
 from tierfs.index import Batch, pack_u64, unpack_u64
-from tierfs.tiers.warm import ROOT, join
+from tierfs.tiers.beneath import ROOT, join
 
 if TYPE_CHECKING:
     from tierfs.stubs import Stub

@@ -25,6 +25,8 @@ _libc = ctypes.CDLL(None, use_errno=True)
 _SYS_OPENAT2 = {"x86_64": 437, "aarch64": 437}.get(os.uname().machine)
 _RESOLVE_NO_SYMLINKS = 0x04
 _RESOLVE_BENEATH = 0x08
+#: The warm root itself, as a path relative to its descriptor.
+ROOT = b"."
 #: Directories are opened for their path alone: no open reaches the file system's server.
 _DIR_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
 
@@ -95,3 +97,12 @@ def parent_of(root_fd: int, rel: bytes) -> Iterator[tuple[int, bytes]]:
         yield fd, name
     finally:
         os.close(fd)
+
+
+def join(parent: bytes, name: bytes) -> bytes:
+    return name if parent == ROOT else parent + b"/" + name
+
+
+def split(rel: bytes) -> tuple[bytes, bytes]:
+    parent, _, name = rel.rpartition(b"/")
+    return (parent or ROOT), name

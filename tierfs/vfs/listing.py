@@ -24,7 +24,7 @@ from tierfs.core.context import Core
 from tierfs.core.inodes import Inode, identity
 from tierfs.stubs import Stub
 from tierfs.tiers.scan import entries_at, names_at
-from tierfs.tiers.warm import join
+from tierfs.tiers.beneath import join
 from tierfs.vfs.namespace import STALE_TRIES, Namespace
 
 #: Entries of a listing read again per readdir call after a rename (see ``_fresh_entries``).

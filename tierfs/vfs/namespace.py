@@ -26,7 +26,8 @@ from tierfs.core.inodes import ROOT_INODE, Inode, identity, key_ids
 from tierfs.core.ownership import Owners
 from tierfs.stubs import Stub, looks_like_stub
 from tierfs.tiers.scan import is_internal
-from tierfs.tiers.warm import RENAME_EXCHANGE, RENAME_NOREPLACE, split
+from tierfs.tiers.beneath import split
+from tierfs.tiers.warm import RENAME_EXCHANGE, RENAME_NOREPLACE
 from tierfs.vfs.listed import Listed
 from tierfs.write.journal import Journal
 

@@ -21,7 +21,7 @@ from tierfs.core.attrs import Attrs, SetAttr, attrs_of, err, stage_times, versio
 from tierfs.core.context import Core
 from tierfs.core.inodes import Inode, PageVersion, identity
 from tierfs.core.openfile import OpenFile, warm_id
-from tierfs.tiers.warm import split
+from tierfs.tiers.beneath import split
 from tierfs.vfs.namespace import Namespace
 from tierfs.write.journal import Journal
 from tierfs.write.publish import Publisher

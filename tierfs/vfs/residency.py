@@ -20,7 +20,7 @@ import trio
 
 from tierfs.cache.entries import Source
 from tierfs.stubs import StubError, looks_like_stub, parse_stub
-from tierfs.tiers.warm import join
+from tierfs.tiers.beneath import join
 from tierfs.core.openfile import warm_id
 
 if TYPE_CHECKING:

@@ -32,7 +32,7 @@ from tierfs.objects.base import (NoSuchObject, ObjectInfo, ObjectStoreError, Upl
 from tierfs.objects.keys import free_key, unique_key
 from tierfs.stubs import Stub, stub_for
 from tierfs.tiers.base import Tier
-from tierfs.tiers.warm import split
+from tierfs.tiers.beneath import split
 from tierfs.transfer.streaming import UPLOAD_TOKEN, PartGone, StreamingUpload
 from tierfs.write.journal import Entry, Journal, Upload
 from tierfs.write.keephot import keep_object, take_staging

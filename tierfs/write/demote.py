@@ -60,7 +60,7 @@ from tierfs.paths import show
 from tierfs.stubs import MAX_SIZE, Stub
 from tierfs.transfer.streaming import UPLOAD_TOKEN
 from tierfs.tiers.scan import is_internal, is_silly_renamed
-from tierfs.tiers.warm import split
+from tierfs.tiers.beneath import split
 from tierfs.write import warmswap
 from tierfs.write.cold import ColdPublisher
 from tierfs.write.journal import Journal

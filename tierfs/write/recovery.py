@@ -49,7 +49,7 @@ from tierfs.core.inodes import ROOT_INODE, Inode, identity
 from tierfs.core.openfile import DataState, OpenFile
 from tierfs.objects.base import ObjectStoreError
 from tierfs.tiers.scan import is_internal
-from tierfs.tiers.warm import join
+from tierfs.tiers.beneath import join
 from tierfs.transfer.streaming import StreamingUpload, part_size
 from tierfs.write import journal
 from tierfs.write.publish import Publisher

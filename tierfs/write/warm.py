@@ -22,7 +22,9 @@ from tierfs.core.attrs import err, mode_override
 from tierfs.core.context import AttrMark, Core
 from tierfs.core.inodes import Inode, key_ids
 from tierfs.core.openfile import OpenFile, warm_id
-from tierfs.tiers.warm import LinkedMeanwhile, Reapply, WarmTier, join, split
+from tierfs.tiers.beneath import join, split
+from tierfs.tiers.warm import WarmTier
+from tierfs.tiers.warmcopy import LinkedMeanwhile, Reapply
 from tierfs.transfer.mirror import Mirror
 from tierfs.write.journal import Journal
 

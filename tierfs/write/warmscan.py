@@ -23,7 +23,8 @@ import os
 import stat
 
 from tierfs.tiers.scan import is_internal, is_silly_renamed
-from tierfs.tiers.warm import ROOT, WarmTier, join
+from tierfs.tiers.beneath import ROOT, join
+from tierfs.tiers.warm import WarmTier
 
 #: Files a walk hands back at most (the oldest large ones).
 KEEP = 1000

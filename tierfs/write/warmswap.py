@@ -16,7 +16,8 @@ import errno
 import os
 import stat
 
-from tierfs.tiers.warm import WarmTier, split
+from tierfs.tiers.beneath import split
+from tierfs.tiers.warm import WarmTier
 
 #: Extended attributes that do not stop a demotion (set by the system on every file).
 IGNORED_XATTRS = ("security.selinux",)

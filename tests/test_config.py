@@ -44,7 +44,12 @@ def test_unknown_key_is_named(tmp_path: Path) -> None:
 @pytest.mark.parametrize("key, value", [
     ("attr_timeout", "soon"), ("warm_threads", 0), ("read_ahead", "lots"),
     ("allow_other", "maybe"), ("log_level", "loud"), ("hot", 3),
-    ("rules", ["ckpt/**=tape"]), ("rules", "ckpt=cold"), ("large_file_threshold", "1KiB")])
+    ("rules", ["ckpt/**=tape"]), ("rules", "ckpt=cold"), ("large_file_threshold", "1KiB"),
+    # What TOML gives readily and once crashed the parsing, naming no key:
+    ("warm_threads", float("inf")), ("hot_threads", float("-inf")), ("warm_threads", 1.5),
+    ("upload_window", float("inf")), ("prometheus_port", float("inf")),
+    ("eviction", []), ("eviction", {"policy": "lru"}), ("hot", "/tmp/a\0b"),
+    ("warm", "/tmp/a\0b"), ("warm", {})])
 def test_bad_value_names_the_key(key: str, value: object) -> None:
     with pytest.raises(ConfigError, match=f"'{key}'"):
         build_config({key: value}, {})

@@ -140,11 +140,12 @@ def _bool(value: Any) -> bool:
 def _number(value: Any, kind: Callable[[Any], Number], expected: str) -> Number:
     """``kind(value)``, with ``expected`` as the error; booleans are refused, though TOML and
     Python would both let ``true`` pass for 1."""
-    if isinstance(value, bool):
-        raise ValueError(expected)
+    if isinstance(value, bool) or (kind is int and isinstance(value, float)
+                                   and not value.is_integer()):
+        raise ValueError(expected)  # (nor is 1.5 threads taken for 1)
     try:
         return kind(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # (OverflowError: int of an infinity)
         raise ValueError(expected) from None
 
 
@@ -230,7 +231,7 @@ def _share(value: Any) -> float:
 def _eviction(value: Any) -> str:
     from tierfs.cache.eviction import POLICIES
 
-    if value not in POLICIES:
+    if not isinstance(value, str) or value not in POLICIES:
         raise ValueError(f"expected one of {', '.join(POLICIES)}")
     return str(value)
 

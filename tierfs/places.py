@@ -80,6 +80,9 @@ def warm_value(value: Any) -> tuple[Path, Roots]:
     first directory and the named roots (none for a plain directory)."""
     if isinstance(value, Mapping):
         items = [(str(k), v) for k, v in value.items()]
+        if not items:
+            raise ValueError('expected a directory, or NAME=DIR roots such as '
+                             '["cluster=/mnt/cluster_storage/tierfs"]')
     else:
         if isinstance(value, str):
             value = [value]
@@ -118,4 +121,6 @@ def default_bucket() -> BucketURI:
 def path_value(value: Any) -> Path:
     if not isinstance(value, str) or not value:
         raise ValueError("expected a non-empty path string")
+    if "\0" in value:
+        raise ValueError("a path cannot hold a NUL character")
     return Path(value).expanduser().absolute()

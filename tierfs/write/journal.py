@@ -124,6 +124,11 @@ class Entry:
         return entry
 
 
+#: What ``Journal.reopened`` took back from an entry: (closed, synced, acked) before; None for
+#: nothing.
+Reopened = tuple[bool, int | None, int | None] | None
+
+
 class Journal:
     def __init__(self, batch: Batch, run_in_thread: Callable[..., Awaitable[Any]],
                  acks: acklog.AckLog) -> None:
@@ -342,16 +347,17 @@ class Journal:
             self.update(data.staging_id, entry)
             await self.sync()
 
-    async def reopened(self, data: OpenFile, offset: int) -> None:
+    async def reopened(self, data: OpenFile, offset: int) -> Reopened:
         """Staged content is about to change from ``offset`` on (a write there, or a cut to
         it): content a close had released may not be published as it is any more (it would
         be half-written), but for what it acknowledged below ``offset`` when only appended
         to (``Entry.acked``). Returns once the index no longer says otherwise: an entry that
         was closed (published since, or taken back here) would otherwise be published by
-        recovery with the new writes in it."""
+        recovery with the new writes in it. Returns what it took back, for ``unreopened``."""
         entry = self.entry_of(data)
         if entry is None:
-            return
+            return None
+        before = (entry.closed, entry.synced, entry.acked)
         if entry.closed:
             entry.closed = False
             if entry.upload is None:
@@ -364,6 +370,18 @@ class Journal:
             self.update(data.staging_id, entry)
         if data.staging_id in self._maybe_closed and not entry.may_be_published():
             await self.sync()
+        return before if before != (entry.closed, entry.synced, entry.acked) else None
+
+    async def unreopened(self, data: OpenFile, before: Reopened) -> None:
+        """The change ``reopened`` announced did not happen (the write failed, staging is as
+        it was): what it took back is acknowledged again, as the index said before it, or a
+        crash now would lose what a close acknowledged to a write that changed nothing."""
+        entry = self.entry_of(data)
+        if before is None or entry is None:
+            return
+        entry.closed, entry.synced, entry.acked = before
+        self.update(data.staging_id, entry)
+        await self.sync()
 
     async def cut(self, data: OpenFile, size: int) -> None:
         """The staged data is about to be cut to ``size``. A flushed size past it would no

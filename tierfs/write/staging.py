@@ -92,7 +92,7 @@ class Staging:
                 data.atime_ns, data.mtime_ns = st.st_atime_ns, st.st_mtime_ns
                 size = st.st_size if keep is None else min(st.st_size, keep)
                 if size:
-                    await core.warm.run(copy_to_new, data.warm_fd, fd, size)
+                    await self._copy_in(data.warm_fd, fd, size)
         except BaseException:
             os.close(fd)
             await core.hot.run(core.hot.remove_staging, sid)
@@ -109,6 +109,19 @@ class Staging:
                                            mtime_ns=data.mtime_ns,
                                            replaces=data.replaces_object))
         return written
+
+    async def _copy_in(self, warm_fd: int, fd: int, size: int) -> None:
+        """Copy a warm file's first ``size`` bytes into a new staging file; a hot disk found
+        full makes room as a write into staging does (``make_room``), and the copy is made
+        again from the start."""
+        try:
+            await self.core.warm.run(copy_to_new, warm_fd, fd, size)
+        except OSError as e:
+            if not is_no_space(e):
+                raise
+            await self.make_room(size)
+            await self.core.hot.run(os.ftruncate, fd, 0)
+            await self.core.warm.run(copy_to_new, warm_fd, fd, size)
 
     async def _room_for(self, inode: Inode, data: OpenFile, size: int) -> None:
         """Make sure the hot disk can take a cold file's ``size`` bytes and still keep a

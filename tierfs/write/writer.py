@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 import time
 
+import trio
+
 from tierfs.cache.store import is_no_space
 from tierfs.core.context import Core
 from tierfs.core.inodes import Inode
@@ -33,7 +35,6 @@ class Writer:
 
     async def write(self, inode: Inode, data: OpenFile, offset: int, buf: bytes,
                     append: bool = False, direct: bool = False) -> int:
-        core = self.core
         async with data.lock:
             # A file created empty by this open has no data to copy in: its first write goes
             # with the staging file's creation (it lands at 0 with O_APPEND, the size being 0).
@@ -42,26 +43,16 @@ class Writer:
                 offset = data.size
             # Parts already uploaded go up again; EIO if one has left the hot tier.
             await self.cold.changing(inode, data, offset, offset + len(buf))
-            await self.journal.reopened(data, offset)
+            before = await self.journal.reopened(data, offset)
             if done is not None:
                 written = done
             else:
-                assert data.staging_fd is not None
                 try:
-                    ahead = self.warm.flush_ahead_from(data, offset, len(buf))
-                    if ahead is None and len(buf) <= INLINE_WRITE:
-                        written = os.pwrite(data.staging_fd, buf, offset)  # (local disk)
-                    elif ahead is None:
-                        written = await core.hot.run(os.pwrite, data.staging_fd, buf, offset)
-                    else:
-                        written = await core.hot.run(write_and_start_writeback,
-                                                     data.staging_fd, buf, offset, ahead)
-                        data.flushed_ahead = offset + written
-                except OSError as e:
-                    if not is_no_space(e):
-                        raise
-                    await self.staging.make_room(len(buf))
-                    written = await core.hot.run(os.pwrite, data.staging_fd, buf, offset)
+                    written = await self._pwrite(data, offset, buf)
+                except BaseException:
+                    with trio.CancelScope(shield=True):
+                        await self.journal.unreopened(data, before)
+                    raise
             data.size = max(data.size, offset + written)
             grew = offset <= data.written < offset + written
             if grew:
@@ -78,6 +69,26 @@ class Writer:
                 # database's pages) each copy would be undone by the next write.
                 self.warm.copy_ahead(inode, data)
         return written
+
+    async def _pwrite(self, data: OpenFile, offset: int, buf: bytes) -> int:
+        """Write into staging; a hot disk found full makes room once (``make_room``)."""
+        core = self.core
+        assert data.staging_fd is not None
+        try:
+            ahead = self.warm.flush_ahead_from(data, offset, len(buf))
+            if ahead is None and len(buf) <= INLINE_WRITE:
+                return os.pwrite(data.staging_fd, buf, offset)  # (local disk)
+            if ahead is None:
+                return await core.hot.run(os.pwrite, data.staging_fd, buf, offset)
+            written = await core.hot.run(write_and_start_writeback, data.staging_fd, buf,
+                                         offset, ahead)
+            data.flushed_ahead = offset + written
+            return written
+        except OSError as e:
+            if not is_no_space(e):
+                raise
+            await self.staging.make_room(len(buf))
+            return await core.hot.run(os.pwrite, data.staging_fd, buf, offset)
 
     async def truncate(self, inode: Inode, data: OpenFile, size: int) -> None:
         """Cut or extend a file's staged data (staged first if need be). Caller holds

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from tierfs.tiers.base import Tier
-from tierfs.tiers.beneath import join, parent_of
+from tierfs.tiers.beneath import done, join, parent_fd, parent_of
 from tierfs.tiers.scan import (TEMP_PREFIX, TEMP_SUFFIX, Entry, entries_at, is_internal,
                                names_at, stat_link)
 from tierfs.tiers.warmcopy import PublishCalls
@@ -78,8 +78,11 @@ class WarmTier(PublishCalls, Tier):
         return name.startswith(TEMP_PREFIX + self.node + b"-" + self.run_mark)
 
     def lstat(self, rel: bytes) -> os.stat_result:
-        with parent_of(self.fd, rel) as (dfd, name):
+        dfd, name = parent_fd(self.fd, rel)
+        try:
             return os.stat(name, dir_fd=dfd, follow_symlinks=False)
+        finally:
+            done(self.fd, dfd)
 
     def lstat_link(self, rel: bytes) -> tuple[os.stat_result, bytes | None]:
         """Attributes, and the target if it is a symlink (it may be a stub)."""
@@ -253,8 +256,11 @@ class WarmTier(PublishCalls, Tier):
             os.symlink(target, name, dir_fd=dfd)
 
     def readlink(self, rel: bytes) -> bytes:
-        with parent_of(self.fd, rel) as (dfd, name):
+        dfd, name = parent_fd(self.fd, rel)
+        try:
             return os.readlink(name, dir_fd=dfd)
+        finally:
+            done(self.fd, dfd)
 
     def link(self, rel: bytes, new_rel: bytes) -> None:
         with parent_of(self.fd, rel) as (sfd, name), \
@@ -298,9 +304,12 @@ class WarmTier(PublishCalls, Tier):
         Anyone may put a FIFO or a device in its place on the shared tree, whose open would
         wait for a writer for ever (holding a worker and the namespace lock): opened without
         waiting, and refused (ESTALE) if it is not what was asked for."""
-        with parent_of(self.fd, rel) as (dfd, name):
+        dfd, name = parent_fd(self.fd, rel)
+        try:
             fd = os.open(name, flags | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK, mode,
                          dir_fd=dfd)
+        finally:
+            done(self.fd, dfd)
         if flags & os.O_PATH:
             return fd
         try:

@@ -22,7 +22,7 @@ from tierfs.core.inodes import Inode
 from tierfs.core.openfile import DataState, OpenFile, warm_id
 from tierfs.write.cold import ColdPublisher
 from tierfs.write.journal import Journal
-from tierfs.write.warm import WarmPublisher, drop_mirror
+from tierfs.write.warm import WarmPublisher
 
 log = logging.getLogger(__name__)
 

@@ -256,3 +256,72 @@ async def test_a_directory_renamed_while_its_file_is_published_is_still_that_dir
         assert e_ino == d_ino, "the directory renamed by another node was taken for a new one"
         assert closed == [None]
         assert (warm / "E" / "f").read_bytes() == b"written on this node under D"
+
+
+@core_test
+async def test_a_new_directory_holding_a_same_named_file_is_not_taken_for_the_removed_one(
+        tmp_path: Path) -> None:
+    warm = tmp_path / "warm"
+    async with open_core(tmp_path) as c:
+        d_ino = await c.mkdirs(b"D")
+        fh = await c.create(b"D/f")
+        await c.write_all(fh, b"written on this node under D")
+        number = (warm / "D").stat().st_ino
+
+        publishing, go_on = trio.Event(), trio.Event()
+        warm_tier = c.fs.core.warm
+        inner = warm_tier.run
+
+        async def run(fn: Any, *args: Any) -> Any:  # hold the publish in its first step
+            out = await inner(fn, *args)
+            if getattr(fn, "__name__", "") in ("settle_staged", "publish_copy"):
+                publishing.set()
+                await go_on.wait()
+            return out
+
+        warm_tier.run = run  # type: ignore[method-assign]
+        e_ino = None
+
+        async def close() -> None:
+            try:
+                await c.close(fh)
+            except OSError:
+                pass  # (failing is fine: its directory is gone)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(close)
+            await publishing.wait()
+            # another node: mv D/* elsewhere; rmdir D; mkdir E (gets D's number); echo theirs > E/f
+            for i, name in enumerate(os.listdir(warm / "D")):
+                os.rename(warm / "D" / name, warm / f"kept{i}")
+            os.rmdir(warm / "D")
+            reuse_number(warm, number, "E")
+            (warm / "E" / "f").write_bytes(b"the other node's own E/f")
+            e, _ = await c.fs.lookup(ROOT, b"E")  # ls on this node
+            e_ino = e.ino
+            go_on.set()
+        warm_tier.run = inner  # type: ignore[method-assign]
+        assert (warm / "E" / "f").read_bytes() == b"the other node's own E/f", \
+            "D's file was published over a file of the new directory E"
+        assert e_ino != d_ino, "a new directory was taken for the removed D"
+
+
+@core_test
+async def test_an_open_file_entered_first_is_still_a_witness(tmp_path: Path) -> None:
+    warm = tmp_path / "warm"
+    async with open_core(tmp_path) as c:
+        d_ino = await c.mkdirs(b"D")
+        fh = await c.create(b"D/f")
+        await c.write_all(fh, b"written on this node under D")
+        for i in range(64):
+            (warm / "D" / f"g{i}").write_bytes(b"x")
+            await c.fs.lookup(d_ino, f"g{i}".encode())
+        # another node: mv D E; rm E/g*
+        os.rename(warm / "D", warm / "E")
+        for i in range(64):
+            os.unlink(warm / "E" / f"g{i}")
+        e, _ = await c.fs.lookup(ROOT, b"E")
+        assert e.ino == d_ino, \
+            "the directory renamed by another node, holding the open file, was taken for a new one"
+        await c.close(fh)
+        assert (warm / "E" / "f").read_bytes() == b"written on this node under D"

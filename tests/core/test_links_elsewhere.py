@@ -4,6 +4,7 @@ staged data is published in place, through the file's descriptor, to the names t
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
@@ -114,4 +115,29 @@ async def test_a_failed_publish_through_the_other_names_sets_the_data_aside(
         kept = [name for name in core.lost_found() if not name.endswith(".txt")]
         assert [core.lost_path(name).read_bytes() for name in kept] == [
             b"written, then its name unlinked"]
+        assert core.staged() == []
+
+
+@core_test
+async def test_a_file_unlinked_everywhere_is_not_set_aside(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    async with open_core(tmp_path) as core:
+        linked_elsewhere(core)
+        fh = await core.open(b"a", os.O_WRONLY | os.O_TRUNC)
+        await core.write_all(fh, b"written, then unlinked everywhere")
+        await core.fs.unlink(ROOT, b"a")
+        os.unlink(core.warm_path(b"b"))  # another node removes the other name
+
+        def gone(fd: int, *args: object) -> None:
+            # As over NFS: the file removed on the server is stale for this client.
+            assert os.fstat(fd).st_nlink == 0
+            raise OSError(errno.ESTALE, "Stale file handle")
+
+        monkeypatch.setattr(core.fs.core.warm, "write_through", gone)
+        try:
+            await core.close(fh)
+        except OSError:
+            pass
+        assert core.lost_found() == [], \
+            "the data of a file with no name anywhere was set aside in lost+found"
         assert core.staged() == []

@@ -33,8 +33,8 @@ if TYPE_CHECKING:
 
 ROOT_INODE = pyfuse3.ROOT_INODE
 _KEY = struct.Struct(">QQ")
-#: A name below a directory and its file's (device, inode number), if known.
-Witness = tuple[bytes, int | None, int | None]
+#: A name below a directory and its file's (device, inode number).
+Witness = tuple[bytes, int, int]
 #: Names below a directory checked to tell it renamed from a new one with its number.
 MAX_WITNESSES = 8
 
@@ -119,6 +119,9 @@ class InodeTable:
         self._by_ino: dict[int, Inode] = {ROOT_INODE: root}
         self._by_name: dict[tuple[int, bytes], Inode] = {}
         self._by_key: dict[bytes, Inode] = {root.key: root}
+        #: Inodes held open (``opened``): files with handles or open state, directories
+        #: being listed (``witnesses`` looks at them first).
+        self._open: set[Inode] = set()
         #: How many times tierfs has replaced a warm file behind an inode (``rekey``).
         self.replacements = 0
 
@@ -172,25 +175,33 @@ class InodeTable:
     def witnesses(self, parent: int, name: bytes, st: os.stat_result) -> list[Witness]:
         """For a directory found at (``parent``, ``name``) with the identity of a directory
         this table knows under another name, some names it holds here and their files'
-        (device, inode number) (None, None: being replaced by tierfs, either will do): the found
-        directory is that one, renamed elsewhere, only if one of them is in it
-        (``WarmTier.holds_any``; ``resolve``'s ``confirmed``). A file system gives a removed
-        directory's number to the next new one at once, and a new directory taken for a
-        known one would get the files open below the known one published into it. Open
-        files come first (they are what must not land in the wrong place, and their names
-        are on the tier while open), then the names entered last (the first ones are the
-        likeliest to have been changed by another node since). Empty when there is nothing
-        to check: an unknown directory, or a known one holding no names."""
+        (device, inode number): the found directory is that one, renamed elsewhere, only if
+        one of them is in it as that file (``WarmTier.holds_any``; ``resolve``'s
+        ``confirmed``). A file system gives a removed directory's number to the next new one
+        at once, and a new directory taken for a known one would get the files open below
+        the known one published into it. Open files come first, however many names came
+        after them (they are what must not land in the wrong place, and their names are on
+        the tier while open), then the names entered last (the first ones are the likeliest
+        to have been changed by another node since). A file tierfs is replacing counts as the
+        file it had: the new one may not be there yet, and a name alone would take another
+        node's file of that name in a new directory for it. Empty when there is nothing to
+        check: an unknown directory, or a known one holding no names."""
         if not stat.S_ISDIR(st.st_mode):
             return []
         inode = self._by_key.get(identity(st))
         if (inode is None or not inode.is_dir or inode.ino == ROOT_INODE
                 or (parent, name) in inode.links or not inode.below):
             return []
-        recent = list(itertools.islice(reversed(inode.below.items()), 8 * MAX_WITNESSES))
-        recent.sort(key=lambda item: item[1].data is None)  # (stable: open files first)
-        return [(child_name, None, None) if child.replacing else (child_name, *key_ids(child.key))
-                for child_name, child in recent[:MAX_WITNESSES]]
+        chosen: dict[bytes, Inode] = {}
+        for child in self._open:  # (the files open on this node: a handful to thousands)
+            for at, child_name in child.links:
+                if at == inode.ino and len(chosen) < MAX_WITNESSES:
+                    chosen[child_name] = child
+        for child_name, child in itertools.islice(reversed(inode.below.items()),
+                                                  MAX_WITNESSES):
+            if len(chosen) < MAX_WITNESSES:
+                chosen.setdefault(child_name, child)
+        return [(child_name, *key_ids(child.key)) for child_name, child in chosen.items()]
 
     def resolve(self, parent: int, name: bytes, st: os.stat_result,
                 persisted: int | None, kind: int | None = None,
@@ -348,9 +359,13 @@ class InodeTable:
 
     def opened(self, inode: Inode) -> None:
         inode.opens += 1
+        if inode.opens == 1:
+            self._open.add(inode)
 
     def closed(self, inode: Inode) -> None:
         inode.opens -= 1
+        if inode.opens == 0:
+            self._open.discard(inode)
         self._maybe_drop(inode)
 
     def _maybe_drop(self, inode: Inode) -> None:

@@ -95,11 +95,10 @@ class WarmTier(PublishCalls, Tier):
         except FileNotFoundError:
             return None
 
-    def holds_any(self, rel: bytes, dev: int, ino: int,
-                  files: list[tuple[bytes, int | None, int | None]]) -> bool:
+    def holds_any(self, rel: bytes, dev: int, ino: int, files: list[tuple[bytes, int, int]]
+                  ) -> bool:
         """Whether the directory at ``rel`` is still (``dev``, ``ino``) and one of ``files``
-        (name, device, inode number) is in it as that very file; a name without numbers
-        counts if it names a file or a symlink (a stub)."""
+        (name, device, inode number) is in it as that very file."""
         st = self.lstat(rel)
         if (st.st_dev, st.st_ino) != (dev, ino):
             return False
@@ -108,10 +107,7 @@ class WarmTier(PublishCalls, Tier):
                 st = self.lstat(join(rel, name))
             except OSError:
                 continue
-            if file_dev is None:
-                if stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode):
-                    return True
-            elif (st.st_dev, st.st_ino) == (file_dev, file_ino):
+            if (st.st_dev, st.st_ino) == (file_dev, file_ino):
                 return True
         return False
 

@@ -124,9 +124,11 @@ class Entry:
         return entry
 
 
-#: What ``Journal.reopened`` took back from an entry: (closed, synced, acked) before; None for
-#: nothing.
-Reopened = tuple[bool, int | None, int | None] | None
+#: What ``Journal.reopened`` took back from an entry: its state before, and as it left it;
+#: None for nothing.
+Reopened = tuple["State", "State"] | None
+#: (closed, synced, acked) of an entry.
+State = tuple[bool, int | None, int | None]
 
 
 class Journal:
@@ -370,14 +372,28 @@ class Journal:
             self.update(data.staging_id, entry)
         if data.staging_id in self._maybe_closed and not entry.may_be_published():
             await self.sync()
-        return before if before != (entry.closed, entry.synced, entry.acked) else None
+        after = (entry.closed, entry.synced, entry.acked)
+        return (before, after) if before != after else None
 
-    async def unreopened(self, data: OpenFile, before: Reopened) -> None:
+    def as_now(self, data: OpenFile, taken: Reopened) -> Reopened:
+        """``taken`` with the entry's state as it is now: what the caller changed since
+        ``reopened`` (a ``cut``) is undone too."""
+        entry = self.entry_of(data)
+        if taken is None or entry is None:
+            return taken
+        return taken[0], (entry.closed, entry.synced, entry.acked)
+
+    async def unreopened(self, data: OpenFile, taken: Reopened) -> None:
         """The change ``reopened`` announced did not happen (the write failed, staging is as
         it was): what it took back is acknowledged again, as the index said before it, or a
-        crash now would lose what a close acknowledged to a write that changed nothing."""
+        crash now would lose what a close acknowledged to a write that changed nothing. Only
+        if nothing changed the entry meanwhile: a close acknowledged while the write waited
+        (it takes no lock) stands."""
         entry = self.entry_of(data)
-        if before is None or entry is None:
+        if taken is None or entry is None:
+            return
+        before, after = taken
+        if (entry.closed, entry.synced, entry.acked) != after:
             return
         entry.closed, entry.synced, entry.acked = before
         self.update(data.staging_id, entry)

@@ -231,9 +231,12 @@ class Staging:
         entry = self.journal.entry_of(data)
         note = entry.encode() if entry is not None else b""
 
+        aside = remove is not None and stranded and await core.warm.run(_still_named,
+                                                                         data.warm_fd)
+
         def close() -> Path | None:
             data.close_fds()
-            if remove is not None and stranded:
+            if remove is not None and aside:
                 return core.hot.set_aside(remove, note)
             if remove is not None:
                 core.hot.remove_staging(remove)
@@ -252,3 +255,15 @@ class Staging:
                 await keep_warm(core, taken, published)
         elif remove is not None:
             self.journal.drop(remove)
+
+
+def _still_named(fd: int | None) -> bool:
+    """Whether the warm file a descriptor holds has a name left anywhere (blocking): its
+    other names may have gone since (another node), and then nobody could ever read what a
+    publish would have put there. Not known without a descriptor: taken as named."""
+    if fd is None:
+        return True
+    try:
+        return os.fstat(fd).st_nlink > 0
+    except OSError:  # (ESTALE: removed on the server)
+        return False

@@ -43,7 +43,7 @@ class Writer:
                 offset = data.size
             # Parts already uploaded go up again; EIO if one has left the hot tier.
             await self.cold.changing(inode, data, offset, offset + len(buf))
-            before = await self.journal.reopened(data, offset)
+            taken = await self.journal.reopened(data, offset)
             if done is not None:
                 written = done
             else:
@@ -51,7 +51,7 @@ class Writer:
                     written = await self._pwrite(data, offset, buf)
                 except BaseException:
                     with trio.CancelScope(shield=True):
-                        await self.journal.unreopened(data, before)
+                        await self.journal.unreopened(data, taken)
                     raise
             data.size = max(data.size, offset + written)
             grew = offset <= data.written < offset + written
@@ -95,10 +95,16 @@ class Writer:
         ``data.lock``."""
         await self.cold.truncating(inode, data, size)  # as for a write
         await self.staging.stage(inode, data, keep=size)
-        await self.journal.reopened(data, size)
+        taken = await self.journal.reopened(data, size)
         assert data.staging_fd is not None
-        await self.journal.cut(data, size)
-        await self.core.hot.run(os.ftruncate, data.staging_fd, size)
+        try:
+            await self.journal.cut(data, size)
+            taken = self.journal.as_now(data, taken)
+            await self.core.hot.run(os.ftruncate, data.staging_fd, size)
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await self.journal.unreopened(data, taken)
+            raise
         data.size = size
         data.written = min(data.written, size)
         data.mtime_ns = time.time_ns()

@@ -351,3 +351,20 @@ def test_stats_count_the_blocks_tierfs_evict_drops(cold: Mount, s3_server: S3Ser
     table = tierfs("stats", str(cold.path)).stdout
     row = next(line for line in table.splitlines() if line.strip().startswith("evictions"))
     assert row.split()[1] == str(after["evictions"]) and after["evictions"] >= 3
+
+
+#: (No "/" can be in a name: U+2215 DIVISION SLASH looks the same on a terminal.)
+FORGED = "\u2215mnt\u2215data\u2215ckpt.pt: cold, 1 GiB, 100% hot, pinned"
+
+
+def test_where_does_not_print_hostile_names_raw(mount: Mount) -> None:
+    shared = mount.warm / "shared"
+    shared.mkdir()
+    # Made straight on the warm tree, as another user of the cluster can.
+    (shared / f"a\n{FORGED}").write_bytes(b"x")
+    (shared / "b\x1b]2;owned\x07").write_bytes(b"y")
+    out = tierfs("where", str(mount.path / "shared")).stdout
+    lines = out.splitlines()
+    assert len(lines) == 2, f"two files, {len(lines)} lines:\n{out}"
+    assert FORGED not in lines, f"a forged line in the report:\n{out}"
+    assert "\x1b" not in out, f"a raw escape sequence reaches the terminal: {out!r}"

@@ -13,6 +13,7 @@ import click
 from tierfs.cli.common import by_mount, config_options, fail, size, table
 from tierfs.config import Config, load_config
 from tierfs.errors import TierfsError
+from tierfs.paths import show
 
 
 def _capacity_row(hot: dict[str, Any]) -> tuple[str, str]:
@@ -209,7 +210,8 @@ def where(paths: tuple[str, ...], as_json: bool) -> None:
     for f in files:
         share = 100.0 if f["size"] == 0 else 100.0 * f["hot"] / f["size"]
         pinned = ", pinned" if f["pinned"] else ""
-        click.echo(f"{f['path']}: {f['tier']}, {size(f['size'])}, {share:.0f}% hot{pinned}"
+        # (Names as anyone on the shared tree made them: one line each, nothing raw.)
+        click.echo(f"{show(f['path'])}: {f['tier']}, {size(f['size'])}, {share:.0f}% hot{pinned}"
                    + (f", {f['uri']}" if f["uri"] else ""))
 
 

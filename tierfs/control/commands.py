@@ -49,6 +49,12 @@ def summary(path: str, states: list[FileState]) -> dict[str, Any]:
     }
 
 
+async def summaries(found: list[tuple[str, list[FileState]]]) -> list[dict[str, Any]]:
+    """``summary`` of each path, in a thread (a path may hold millions of files)."""
+    return await trio.to_thread.run_sync(lambda: [summary(path, states)
+                                                  for path, states in found])
+
+
 def make_handlers(fs: FileSystem, mountpoint: str) -> dict[str, Handler]:
     residency = Residency(fs)
 
@@ -94,28 +100,30 @@ def make_handlers(fs: FileSystem, mountpoint: str) -> dict[str, Handler]:
         if not request.get("check"):
             await fetch([s for _, states in found for s in states], send)
             found = await states_of(request)
-        return [summary(path, states) for path, states in found]
+        return await summaries(found)
 
     async def where(request: dict[str, Any], send: Send) -> Any:
-        return [{**summary(path, states), "entries": [s.to_json() for s in states]}
-                for path, states in await states_of(request)]
+        found = await states_of(request)
+        # (Made in a thread: one entry per file, as many as the directory holds.)
+        return await trio.to_thread.run_sync(lambda: [
+            {**summary(path, states), "entries": [s.to_json() for s in states]}
+            for path, states in found])
 
     async def pin(request: dict[str, Any], send: Send) -> Any:
         found = await states_of(request)
         pinned = request.get("pin", True)
         everything = [s for _, states in found for s in states]
-        residency.pin(everything, pinned)
+        await residency.pin(everything, pinned)
         if pinned:  # pinned data is fetched now and kept
             await fetch(everything, send)
         await fs.save_index()
-        return [summary(path, states) for path, states in await states_of(request)]
+        return await summaries(await states_of(request))
 
     async def evict(request: dict[str, Any], send: Send) -> Any:
         found = await states_of(request)
         freed = await residency.evict([s for _, states in found for s in states])
         await fs.save_index()
-        return {"freed": freed,
-                "paths": [summary(path, states) for path, states in await states_of(request)]}
+        return {"freed": freed, "paths": await summaries(await states_of(request))}
 
     async def flush(request: dict[str, Any], send: Send) -> Any:
         start_count, start_bytes = fs.pending_uploads()

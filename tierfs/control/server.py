@@ -82,6 +82,11 @@ async def _connection(stream: trio.SocketStream, handlers: dict[str, Handler]) -
     async def send(message: dict[str, Any]) -> None:
         await stream.send_all(json.dumps(message).encode() + b"\n")
 
+    async def reply(message: dict[str, Any]) -> None:
+        """The answer, encoded in a thread: it may list every file of a directory."""
+        await stream.send_all(await trio.to_thread.run_sync(
+            lambda: json.dumps(message).encode() + b"\n"))
+
     try:
         uid = peer_uid(stream.socket)
         if uid not in (0, os.geteuid()):
@@ -112,7 +117,7 @@ async def _connection(stream: trio.SocketStream, handlers: dict[str, Handler]) -
         except OSError as e:
             await send({"ok": False, "error": f"{e.strerror or e}"})
             return
-        await send({"ok": True, "result": result})
+        await reply({"ok": True, "result": result})
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         pass  # the client went away
     except Exception:

@@ -27,6 +27,9 @@ if TYPE_CHECKING:
     from tierfs.vfs.filesystem import FileSystem
 
 
+#: Files whose state is read between two chances for the mount to serve (``Residency``).
+BATCH = 256
+
 @dataclasses.dataclass
 class FileState:
     path: str  # relative to the mount's root
@@ -70,7 +73,20 @@ class Residency:
         """Every file at or under ``rel`` with what of it is hot; symlinks that are not stubs
         and refused stubs are left out."""
         found = await self.fs.warm.run(self._walk, rel)
-        return [s for s in (self._state(*f) for f in found) if s is not None]
+        return await self._states(found)
+
+    async def _states(self, found: list[tuple[bytes, os.stat_result, bytes | None]]
+                      ) -> list[FileState]:
+        """``_state`` of each file found, a batch at a time: a directory on the shared tree
+        holds as many files as anyone put there, and the mount serves between batches."""
+        out = []
+        for i, f in enumerate(found):
+            if i % BATCH == BATCH - 1:
+                await trio.lowlevel.checkpoint()
+            state = self._state(*f)
+            if state is not None:
+                out.append(state)
+        return out
 
     async def resolve(self, rels: list[bytes]) -> list[list[FileState] | None]:
         """``files`` of many paths in one warm-tier call (a plan names thousands): for each,
@@ -85,9 +101,7 @@ class Residency:
             return out
 
         walked = await self.fs.warm.run(walk_all)
-        return [None if found is None else
-                [s for s in (self._state(*f) for f in found) if s is not None]
-                for found in walked]
+        return [None if found is None else await self._states(found) for found in walked]
 
     def _state(self, path: bytes, st: os.stat_result, target: bytes | None
                ) -> FileState | None:
@@ -180,7 +194,9 @@ class Residency:
         cache counts only its policy's)."""
         cache = self.fs.cache
         freed = 0
-        for state in states:
+        for i, state in enumerate(states):
+            if i % BATCH == BATCH - 1:
+                await trio.lowlevel.checkpoint()
             if state.source is not None:
                 nblocks = state.source.blocks(cache.block_size)
                 # (Counted from what the cache holds: a stub's size is anyone's to claim.)
@@ -190,9 +206,11 @@ class Residency:
                 freed += nbytes
         return freed
 
-    def pin(self, states: list[FileState], pinned: bool) -> None:
+    async def pin(self, states: list[FileState], pinned: bool) -> None:
         cache = self.fs.cache
-        for state in states:
+        for i, state in enumerate(states):
+            if i % BATCH == BATCH - 1:
+                await trio.lowlevel.checkpoint()
             if state.source is not None:
                 cache.set_pinned(state.source.id, state.source.blocks(cache.block_size), pinned,
                                  state.path.encode())

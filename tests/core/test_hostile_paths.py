@@ -2,19 +2,31 @@
 swapped for a symlink to elsewhere must not take tierfs's own calls out of the warm tree (the
 kernel follows a symlink in every component of a path but the last), a file swapped for a
 symlink must not have a chmod applied to the link's target, and a file swapped for a FIFO must
-not hang the open (and the namespace lock it holds)."""
+not hang the open (and the namespace lock it holds) nor a demotion. And what was there before
+these checks keeps working: a temp file whose directory was renamed (and a symlink put in its
+place) is still removed, a path through a symlinked directory is one missing path (not a
+refused plan, a kept record, or a failed listing), and an open waits for a lease's break."""
 
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
+import signal
 import stat
 from pathlib import Path
 
+import pytest
 import trio
 
-from .conftest import ROOT, SetAttr, core_test, open_core
+from tierfs.tiers import beneath
+from tierfs.tiers.scan import is_internal
+from tierfs.tiers.warm import WarmTier
+from tierfs.vfs import listing
+from tierfs.vfs.residency import Residency
 
+from .conftest import PART, ROOT, SetAttr, core_test, open_core
+from .faults import FaultStore
 
 
 @core_test
@@ -171,3 +183,223 @@ def test_directories_are_reached_beneath_the_root_without_a_symlink(tmp_path: Pa
                     assert e.value.errno in (errno.ELOOP, errno.ENOTDIR, errno.EXDEV)
     finally:
         os.close(root)
+
+
+@core_test
+async def test_demoting_a_file_replaced_by_a_fifo_does_not_hang(tmp_path: Path) -> None:
+    (tmp_path / "warm").mkdir(parents=True, exist_ok=True)
+    (tmp_path / "warm" / "big.bin").write_bytes(b"x" * 100_000)
+    async with open_core(tmp_path) as c:
+        # Another user, on the warm tier directly: the file becomes a FIFO.
+        fifo = c.warm / "big.bin"
+        os.unlink(fifo)
+        os.mkfifo(fifo)
+        done = trio.Event()
+        outcome: list[object] = []
+
+        async def demote() -> None:
+            outcome.append(await c.fs.demoter.demote(b"big.bin"))
+            done.set()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(demote)
+            with trio.move_on_after(3):
+                await done.wait()
+            hung = not done.is_set()
+            await trio.to_thread.run_sync(_release, fifo)  # (so that the test ends)
+        assert not hung, ("the demotion of a file replaced by a FIFO hung in open(2) "
+                          "(warmswap.open_plain opens without O_NONBLOCK)")
+
+
+def test_a_temp_file_is_dropped_after_its_directory_was_renamed_and_linked(
+        tmp_path: Path) -> None:
+    root = tmp_path / "warm"
+    (root / "d").mkdir(parents=True)
+    warm = WarmTier(root, 1)
+    try:
+        tmp, fd = warm.open_temp(b"d")
+        os.write(fd, b"a whole copy of the file")
+        # Another user: the directory renamed, a symlink left at its old name.
+        os.rename(root / "d", root / "d2")
+        os.symlink("d2", root / "d")
+        err = None
+        try:
+            warm.drop_temp(tmp, fd)  # (as write_temp or Mirror.drop do on a failure)
+        except OSError as e:
+            err = e
+        left = [n for n in os.listdir(root / "d2") if is_internal(os.fsencode(n))]
+        assert left == [], (f"the temp file was left behind ({left}); drop_temp raised {err!r}")
+        assert err is None, f"drop_temp raised {err!r}"
+    finally:
+        warm.close()
+
+
+@core_test
+async def test_a_truncate_waits_for_a_read_lease_to_be_given_back(tmp_path: Path) -> None:
+    (tmp_path / "warm").mkdir(parents=True, exist_ok=True)
+    path = tmp_path / "warm" / "f"
+    path.write_bytes(b"some data")
+    async with open_core(tmp_path) as c:
+        inode = await c.lookup_path(b"f")
+        # Another holder of the file (a delegation, an oplock): a read lease, given back as
+        # soon as it is asked to break (SIGIO), as any lease holder does.
+        lfd = os.open(path, os.O_RDONLY)
+        breaks: list[int] = []
+
+        def give_back(signum: int, frame: object) -> None:
+            breaks.append(signum)
+            fcntl.fcntl(lfd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+
+        old = signal.signal(signal.SIGIO, give_back)
+        try:
+            fcntl.fcntl(lfd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
+            err = None
+            try:
+                await c.fs.setattr(inode.ino, SetAttr(size=4))
+            except OSError as e:
+                err = e
+        finally:
+            signal.signal(signal.SIGIO, old)
+            os.close(lfd)
+        assert err is None, (f"a truncate of a file someone holds a read lease on failed "
+                             f"({err!r}) instead of waiting for the lease to be given back "
+                             f"(WarmTier.open opens with O_NONBLOCK)")
+        assert path.read_bytes() == b"some"
+
+
+@pytest.mark.parametrize("openat2", [True, False], ids=["openat2", "walk"])
+def test_a_plan_naming_a_path_through_a_symlinked_directory_is_not_refused_whole(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, openat2: bool) -> None:
+    monkeypatch.setattr(beneath, "_have_openat2", openat2 and beneath._have_openat2)
+
+    @core_test
+    async def body(tmp_path: Path) -> None:
+        (tmp_path / "warm" / "d2").mkdir(parents=True)
+        (tmp_path / "warm" / "d2" / "f").write_bytes(b"data")
+        (tmp_path / "warm" / "g").write_bytes(b"other")
+        os.symlink("d2", tmp_path / "warm" / "d")  # (mv d d2; ln -s d2 d)
+        async with open_core(tmp_path) as c:
+            try:
+                resolved = await Residency(c.fs).resolve([b"g", b"d/f"])
+            except OSError as e:
+                pytest.fail(f"the whole plan was refused ({e!r}) for one path through a "
+                            f"symlinked directory; under the other resolver it is "
+                            f"{'ENOTDIR (answered missing)' if openat2 else 'ELOOP'}")
+            assert resolved[0] is not None and [s.path for s in resolved[0]] == ["g"]
+
+    body(tmp_path)
+
+
+DATA = bytes(range(256)) * (3 * PART // 256 + 17)
+
+
+async def crash_at(root: Path, step: str, path: bytes) -> FaultStore:
+    async with open_core(root) as c:
+        reached = trio.Event()
+
+        async def stop(name: str) -> None:
+            if name == step:
+                reached.set()
+                await trio.sleep_forever()
+
+        c.fs.demoter.at_step = stop
+        c.nursery.start_soon(c.fs.demoter.demote, path)
+        await reached.wait()
+        c.crash()
+    return c.store
+
+
+@pytest.mark.parametrize("openat2", [True, False], ids=["openat2", "walk"])
+def test_a_crashed_demotion_under_a_directory_renamed_and_linked_is_settled(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, openat2: bool) -> None:
+    monkeypatch.setattr(beneath, "_have_openat2", openat2 and beneath._have_openat2)
+
+    @core_test
+    async def body(tmp_path: Path) -> None:
+        (tmp_path / "warm" / "d").mkdir(parents=True)
+        (tmp_path / "warm" / "d" / "big.bin").write_bytes(DATA)
+        store = await crash_at(tmp_path, "swap", b"d/big.bin")
+        os.rename(tmp_path / "warm" / "d", tmp_path / "warm" / "d2")
+        os.symlink("d2", tmp_path / "warm" / "d")
+        for _ in range(2):  # two mounts: the record would be retried at each
+            async with open_core(tmp_path, store=store) as c:
+                await c.recover()
+                await c.fs.save_index()
+                left = [k for k, _ in c.fs.index.items("meta") if k.startswith(b"demoting/")]
+        assert left == [], ("the record of a crashed demotion is kept for ever: its path's "
+                            "directory became a symlink, and ELOOP is not taken for 'gone'")
+
+    body(tmp_path)
+
+
+def test_dropping_a_moved_temp_file_does_not_follow_a_symlink_out_of_the_tree(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = tmp_path / "warm"
+    (root / "d").mkdir(parents=True)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    warm = WarmTier(root, 1)
+    try:
+        tmp, fd = warm.open_temp(b"d")
+        name = os.fsdecode(tmp.rpartition(b"/")[2])
+        (outside / name).write_bytes(b"not tierfs's")
+        os.rename(root / "d", root / "d2")  # (renamed while the temp was written)
+        real_readlink = os.readlink
+
+        def racing_readlink(path, *args, **kwargs):  # type: ignore[no-untyped-def]
+            out = real_readlink(path, *args, **kwargs)
+            if str(path).startswith("/proc/self/fd/"):
+                # Another user, right then: the directory becomes a symlink out of the tree.
+                os.rename(root / "d2", root / "d3")
+                os.symlink(outside, root / "d2")
+            return out
+
+        monkeypatch.setattr(os, "readlink", racing_readlink)
+        try:
+            warm.drop_temp(tmp, fd)
+        except OSError:
+            pass
+        finally:
+            monkeypatch.setattr(os, "readlink", real_readlink)
+        assert (outside / name).exists(), (
+            "drop_temp removed a file outside the warm tree, through a symlink in the "
+            "absolute path it read from /proc/self/fd")
+    finally:
+        warm.close()
+
+
+@pytest.mark.parametrize("openat2", [True, False], ids=["openat2", "walk"])
+def test_a_long_listing_whose_parent_became_a_symlink_does_not_fail_with_eloop(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, openat2: bool) -> None:
+    monkeypatch.setattr(beneath, "_have_openat2", openat2 and beneath._have_openat2)
+    monkeypatch.setattr(listing, "MOST_HELD", 0)  # (as with 64 other listings under way)
+
+    @core_test
+    async def body(tmp_path: Path) -> None:
+        d = tmp_path / "warm" / "p" / "d"
+        d.mkdir(parents=True)
+        for i in range(3 * listing.READ_BATCH):
+            (d / f"f{i:04}").write_bytes(b"")
+        async with open_core(tmp_path) as c:
+            inode = await c.lookup_path(b"p/d")
+            fh = await c.fs.opendir(inode.ino)
+            got = await c.fs.readdir(fh, 0)
+            assert got
+            os.rename(tmp_path / "warm" / "p", tmp_path / "warm" / "p2")
+            os.symlink("p2", tmp_path / "warm" / "p")
+            start = got[-1][0]
+            try:
+                while True:
+                    more = await c.fs.readdir(fh, start)
+                    if not more:
+                        break
+                    start = more[-1][0]
+            except OSError as e:
+                assert e.errno != errno.ELOOP, (
+                    "readdir failed with ELOOP: a parent directory swapped for a symlink is "
+                    "not taken for a directory gone (ENOTDIR, under the fallback walk)")
+                raise
+            finally:
+                await c.fs.releasedir(fh)
+
+    body(tmp_path)

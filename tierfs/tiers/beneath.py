@@ -52,6 +52,8 @@ def _openat2(dirfd: int, path: bytes) -> int:
     fd = _syscall(_SYS_OPENAT2 or -1, dirfd, path, _HOW_AT, _HOW_SIZE)
     if fd < 0:
         e = ctypes.get_errno()
+        if e == errno.ELOOP:  # a symlink on the way: not a directory, as the walk says
+            e = errno.ENOTDIR
         raise OSError(e, os.strerror(e), path)
     return fd
 
@@ -85,10 +87,30 @@ def open_dir_beneath(root_fd: int, rel: bytes) -> int:
         try:
             return _openat2(root_fd, rel)
         except OSError as e:
-            if e.errno not in (errno.ENOSYS, errno.EPERM):  # (EPERM: a seccomp filter)
+            if e.errno not in (errno.ENOSYS, errno.EPERM):
                 raise
+            if e.errno == errno.ENOSYS:
+                _have_openat2 = False
+                return _walk(root_fd, rel)
+            # EPERM: a seccomp filter refusing the call, or the file system refusing a
+            # lookup (sshfs says EPERM for any failure): the walk tells which.
+            fd = _walk(root_fd, rel)
             _have_openat2 = False
+            return fd
     return _walk(root_fd, rel)
+
+
+def open_without_waiting(dfd: int, name: bytes, flags: int, mode: int = 0o600) -> int:
+    """``os.open`` of ``name`` in ``dfd``, with ``O_NONBLOCK`` where it cannot wait for ever:
+    anyone may put a FIFO in a file's place on the shared tree, whose open waits for a
+    writer. A regular file under a lease being broken (an NFS server's delegation) says
+    EWOULDBLOCK then, and is opened again, waiting for the lease as a plain open does (a
+    FIFO never says so). The caller clears ``O_NONBLOCK`` once it knows the file's type."""
+    flags |= os.O_CLOEXEC | os.O_NOFOLLOW
+    try:
+        return os.open(name, flags | os.O_NONBLOCK, mode, dir_fd=dfd)
+    except BlockingIOError:
+        return os.open(name, flags, mode, dir_fd=dfd)
 
 
 def parent_fd(root_fd: int, rel: bytes) -> tuple[int, bytes]:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from tierfs.tiers.base import Tier
-from tierfs.tiers.beneath import done, join, parent_fd, parent_of
+from tierfs.tiers.beneath import done, join, open_without_waiting, parent_fd, parent_of
 from tierfs.tiers.scan import (TEMP_PREFIX, TEMP_SUFFIX, Entry, entries_at, is_internal,
                                names_at, stat_link)
 from tierfs.tiers.warmcopy import PublishCalls
@@ -302,8 +302,7 @@ class WarmTier(PublishCalls, Tier):
         waiting, and refused (ESTALE) if it is not what was asked for."""
         dfd, name = parent_fd(self.fd, rel)
         try:
-            fd = os.open(name, flags | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK, mode,
-                         dir_fd=dfd)
+            fd = open_without_waiting(dfd, name, flags, mode)
         finally:
             done(self.fd, dfd)
         if flags & os.O_PATH:

@@ -153,11 +153,30 @@ class PublishCalls(XattrCalls):
     def drop_temp(self, tmp: bytes, fd: int) -> None:
         try:
             self.unlink(tmp)
-        except FileNotFoundError:
-            # Moved with its directory (renamed meanwhile): it is where its descriptor says.
-            os.unlink(os.readlink(proc_path(fd)))
+        except OSError as e:
+            if e.errno not in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+                raise
+            # Moved with its directory (renamed meanwhile): it is where its descriptor
+            # says, reached beneath the root as any path (a symlink is not followed), and
+            # removed if it is still that file there. Otherwise left to the purge of this
+            # node's temp files at its next mount.
+            self._unlink_moved(tmp, fd)
         finally:
             os.close(fd)
+
+    def _unlink_moved(self, tmp: bytes, fd: int) -> None:
+        root = os.fsencode(os.readlink(proc_path(self.fd))) + b"/"
+        where = os.fsencode(os.readlink(proc_path(fd)))
+        if not where.startswith(root) or split(where)[1] != split(tmp)[1]:
+            return  # (outside the root, or deleted: "<path> (deleted)")
+        rel = where[len(root):]
+        st = os.fstat(fd)
+        try:
+            there = self.lstat(rel)
+            if (there.st_dev, there.st_ino) == (st.st_dev, st.st_ino):
+                self.unlink(rel)
+        except OSError:
+            pass
 
     def finish_temp(self, tmp: bytes, fd: int, size: int, like: bytes | None,
                     times: tuple[int, int] | None, mode: int | None = None,

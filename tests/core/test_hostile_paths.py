@@ -9,11 +9,14 @@ refused plan, a kept record, or a failed listing), and an open waits for a lease
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import fcntl
 import os
 import signal
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -403,3 +406,211 @@ def test_a_long_listing_whose_parent_became_a_symlink_does_not_fail_with_eloop(
                 await c.fs.releasedir(fh)
 
     body(tmp_path)
+
+
+@core_test
+async def test_a_fifo_swapped_in_at_a_lease_break_does_not_hang_the_open(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "warm").mkdir(parents=True, exist_ok=True)
+    path = tmp_path / "warm" / "f"
+    path.write_bytes(b"some data")
+    fifo_src = tmp_path / "fifo"
+    os.mkfifo(fifo_src)
+    async with open_core(tmp_path, attr_timeout=0.0) as c:
+        inode = await c.lookup_path(b"f")
+        # The hostile: a write lease on its own file (no one else has it open).
+        lfd = os.open(path, os.O_RDWR)
+
+        def give_back(signum: int, frame: object) -> None:
+            try:  # (the swap itself is made below, where the race is won)
+                fcntl.fcntl(lfd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+            except OSError:
+                pass
+
+        old = signal.signal(signal.SIGIO, give_back)
+        fcntl.fcntl(lfd, fcntl.F_SETLEASE, fcntl.F_WRLCK)
+        real_open = os.open
+        swapped: list[bool] = []
+
+        def racing_open(name, flags, *args, **kwargs):  # type: ignore[no-untyped-def]
+            try:
+                return real_open(name, flags, *args, **kwargs)
+            except BlockingIOError:
+                if name == b"f" and not swapped:
+                    # The lease holder's SIGIO handler, right then: a FIFO in the file's
+                    # place, and the lease given up.
+                    swapped.append(True)
+                    os.rename(fifo_src, path)
+                    fcntl.fcntl(lfd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+                raise
+
+        monkeypatch.setattr(os, "open", racing_open)
+        result: list[object] = []
+        finished = trio.Event()
+
+        async def opener() -> None:
+            try:
+                result.append(await c.fs.open(inode.ino, os.O_RDONLY))
+            except OSError as e:
+                result.append(e)
+            finished.set()
+
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(opener)
+                with trio.move_on_after(3):
+                    await finished.wait()
+                hung = not finished.is_set()
+                renamed = False
+                with trio.move_on_after(2):
+                    await c.write_file(b"g", b"x")
+                    await c.fs.rename(ROOT, b"g", ROOT, b"h", 0)
+                    renamed = True
+                await trio.to_thread.run_sync(_release, path)  # (so that the test ends)
+        finally:
+            monkeypatch.setattr(os, "open", real_open)
+            os.close(lfd)
+            signal.signal(signal.SIGIO, old)
+        assert not hung, ("an open that met a lease being broken was made again without "
+                          "O_NONBLOCK on whatever the name held then (a FIFO): it blocked "
+                          f"in open(2); a rename through the mount {'went' if renamed else 'hung too (namespace lock held)'}")
+
+
+@core_test
+async def test_first_read_of_an_open_from_memory_whose_directory_became_a_symlink_is_stale(
+        tmp_path: Path) -> None:
+    (tmp_path / "warm" / "d").mkdir(parents=True)
+    (tmp_path / "warm" / "d" / "f").write_bytes(b"data")
+    async with open_core(tmp_path, attr_timeout=60.0) as c:
+        inode = await c.lookup_path(b"d/f")
+        # Another user, on the warm tier directly.
+        os.rename(tmp_path / "warm" / "d", tmp_path / "warm" / "d2")
+        os.symlink("d2", tmp_path / "warm" / "d")
+        fh, _, _ = await c.fs.open(inode.ino, os.O_RDONLY)  # (from memory: no warm call)
+        try:
+            await c.read_all(fh)
+        except OSError as e:
+            assert e.errno == errno.ESTALE, (
+                f"the first read of a file whose directory became a symlink failed with "
+                f"{errno.errorcode.get(e.errno, e.errno)}, not ESTALE as before 95bf2cc: "
+                f"Core.open_warm takes only ELOOP for 'replaced', and a symlink on the way "
+                f"is ENOTDIR now")
+        finally:
+            await c.close(fh)
+
+
+def test_dropping_a_moved_temp_file_deep_in_the_tree_does_not_raise(tmp_path: Path) -> None:
+    root = tmp_path / "warm"
+    root.mkdir()
+    # Directories 4000 bytes deep below the root (a path that fits under a mount point).
+    parts, length = [], 0
+    while length + 201 < 4000:
+        parts.append("p" * 200)
+        length += 201
+    parts.append("q" * (4000 - length - 1))
+    rel = "/".join(parts)
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for part in parts:  # (made one at a time: the whole is past what a path call takes)
+            os.mkdir(part, dir_fd=fd)
+            nfd = os.open(part, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = nfd
+    finally:
+        os.close(fd)
+    warm = WarmTier(root, 1)
+    try:
+        tmp, tfd = warm.open_temp(rel.encode())
+        os.write(tfd, b"a whole copy of the file")
+        # Another user renames the deepest directory while the copy is made.
+        pfd = os.open("/".join(parts[:-1]), os.O_RDONLY | os.O_DIRECTORY, dir_fd=warm.fd)
+        try:
+            os.rename(parts[-1], "r" * len(parts[-1]), src_dir_fd=pfd, dst_dir_fd=pfd)
+        finally:
+            os.close(pfd)
+        err = None
+        try:
+            warm.drop_temp(tmp, tfd)  # (as write_temp does when the copy failed)
+        except OSError as e:
+            err = e
+        assert err is None, (
+            f"drop_temp raised {errno.errorcode.get(err.errno, err.errno)} ({err!r}): the "
+            f"readlink of /proc/self/fd in _unlink_moved fails past PATH_MAX and is not "
+            f"guarded, so it replaces the error the caller was cleaning up after")
+    finally:
+        warm.close()
+
+
+_IN_OPEN = 0x20
+
+
+def _mknod_or_skip(path: Path, rdev: int) -> None:
+    try:
+        os.mknod(path, 0o666 | stat.S_IFCHR, rdev)
+    except PermissionError:
+        pytest.skip("making a device node needs CAP_MKNOD")
+
+
+def test_a_device_in_a_files_place_is_not_opened(tmp_path: Path) -> None:
+    root = tmp_path / "warm"
+    root.mkdir()
+    _mknod_or_skip(root / "f", os.makedev(1, 3))  # (/dev/null: harmless to open here)
+    libc = ctypes.CDLL(None, use_errno=True)
+    ifd = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+    assert ifd >= 0
+    warm = WarmTier(root, 1)
+    try:
+        assert libc.inotify_add_watch(ifd, os.fsencode(root / "f"), _IN_OPEN) >= 0
+        with pytest.raises(OSError):
+            os.close(warm.open(b"f", os.O_RDONLY))
+        try:
+            events = os.read(ifd, 4096)
+        except BlockingIOError:
+            events = b""
+        assert not events, ("WarmTier.open ran open(2) on a device node put in a file's "
+                            "place (refused only after: the driver's open ran)")
+    finally:
+        warm.close()
+        os.close(ifd)
+
+
+_CHILD = r"""
+import os, sys
+sys.path.insert(0, sys.argv[1])
+from pathlib import Path
+from tierfs.tiers.warm import WarmTier
+assert os.getsid(0) == os.getpid()
+warm = WarmTier(Path(sys.argv[2]), 1)
+try:
+    os.close(warm.open(b"f", os.O_RDONLY))
+except OSError:
+    pass
+print(open("/proc/self/stat").read().rsplit(")", 1)[1].split()[4])
+"""
+
+
+def test_a_tty_in_a_files_place_does_not_become_the_daemons_controlling_terminal(
+        tmp_path: Path) -> None:
+    tty = next((f"/dev/tty{n}" for n in range(2, 12) if os.path.exists(f"/dev/tty{n}")), None)
+    if tty is None:
+        pytest.skip("no virtual console here")
+    try:
+        held = os.open(tty, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)  # (anyone else's use)
+    except OSError as e:
+        pytest.skip(f"{tty}: {e}")
+    try:
+        root = tmp_path / "warm"
+        root.mkdir()
+        _mknod_or_skip(root / "f", os.stat(tty).st_rdev)
+        repo = str(Path(__file__).resolve().parents[2])
+        out = subprocess.run([sys.executable, "-c", _CHILD, repo, str(root)],
+                             start_new_session=True, capture_output=True, text=True,
+                             timeout=20)
+        assert out.returncode == 0, out.stderr
+        tty_nr = int(out.stdout.split()[-1])
+        assert tty_nr == 0, (
+            f"a session leader (as the daemon is) that opened a warm file replaced by a tty "
+            f"node has {tty} (tty_nr {tty_nr}) as its controlling terminal after the refused "
+            f"open: WarmTier.open opens the node itself, without O_NOCTTY")
+    finally:
+        os.close(held)

@@ -243,9 +243,11 @@ class Core:
                     try:
                         fd, st, out = await warm.run(open_and_read, rel)
                     except OSError as e:
-                        if e.errno != errno.ELOOP:
+                        if e.errno not in (errno.ELOOP, errno.ENOTDIR, errno.ESTALE):
                             raise
-                        fd, st, out = -1, None, None  # now a stub or a link: replaced
+                        # now a stub, a link or another kind of file, or a directory on its
+                        # way is a link: replaced
+                        fd, st, out = -1, None, None
             finally:
                 data.warm_opening = None
                 opening.set()

@@ -19,6 +19,7 @@ import contextlib
 import ctypes
 import errno
 import os
+import stat
 from collections.abc import Iterator
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -100,17 +101,32 @@ def open_dir_beneath(root_fd: int, rel: bytes) -> int:
     return _walk(root_fd, rel)
 
 
-def open_without_waiting(dfd: int, name: bytes, flags: int, mode: int = 0o600) -> int:
-    """``os.open`` of ``name`` in ``dfd``, with ``O_NONBLOCK`` where it cannot wait for ever:
-    anyone may put a FIFO in a file's place on the shared tree, whose open waits for a
-    writer. A regular file under a lease being broken (an NFS server's delegation) says
-    EWOULDBLOCK then, and is opened again, waiting for the lease as a plain open does (a
-    FIFO never says so). The caller clears ``O_NONBLOCK`` once it knows the file's type."""
-    flags |= os.O_CLOEXEC | os.O_NOFOLLOW
-    try:
-        return os.open(name, flags | os.O_NONBLOCK, mode, dir_fd=dfd)
-    except BlockingIOError:
+def open_file(dfd: int, name: bytes, flags: int, mode: int = 0o600) -> int:
+    """``os.open`` of ``name`` in ``dfd`` (never following a symlink: ELOOP), refusing
+    (ESTALE) what is not a regular file, or with ``O_DIRECTORY`` a directory, before it is
+    opened at all: anyone may put a FIFO in a file's place on the shared tree, whose open
+    waits for a writer for ever, or a device node, which on NFS opens this node's device
+    (a tty would become the daemon's controlling terminal). So an existing file is first
+    reached by its path alone (``O_PATH`` opens nothing), its type checked, and that very
+    file opened through ``/proc`` (no swap in between can change which); a lease on it is
+    waited for as by any open. A new file (``O_CREAT | O_EXCL``) and a directory
+    (``O_DIRECTORY`` is checked before anything is opened) need none of it."""
+    flags |= os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NOCTTY
+    if flags & os.O_PATH or flags & os.O_DIRECTORY or (flags & os.O_CREAT
+                                                        and flags & os.O_EXCL):
         return os.open(name, flags, mode, dir_fd=dfd)
+    if flags & os.O_CREAT:
+        raise ValueError("a warm file is created with O_EXCL")
+    path_fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+    try:
+        kind = stat.S_IFMT(os.fstat(path_fd).st_mode)
+        if kind == stat.S_IFLNK:
+            raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), name)
+        if kind != stat.S_IFREG:
+            raise OSError(errno.ESTALE, "not a regular file any more", name)
+        return os.open(f"/proc/self/fd/{path_fd}", flags & ~os.O_NOFOLLOW)
+    finally:
+        os.close(path_fd)
 
 
 def parent_fd(root_fd: int, rel: bytes) -> tuple[int, bytes]:

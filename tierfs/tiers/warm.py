@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from tierfs.tiers.base import Tier
-from tierfs.tiers.beneath import done, join, open_without_waiting, parent_fd, parent_of
+from tierfs.tiers.beneath import done, join, open_file, parent_fd, parent_of
 from tierfs.tiers.scan import (TEMP_PREFIX, TEMP_SUFFIX, Entry, entries_at, is_internal,
                                names_at, stat_link)
 from tierfs.tiers.warmcopy import PublishCalls
@@ -296,27 +296,13 @@ class WarmTier(PublishCalls, Tier):
     # -- data -----------------------------------------------------------------------------
 
     def open(self, rel: bytes, flags: int, mode: int = 0o600) -> int:
-        """A descriptor of the regular file (or, with ``O_DIRECTORY``, directory) at ``rel``.
-        Anyone may put a FIFO or a device in its place on the shared tree, whose open would
-        wait for a writer for ever (holding a worker and the namespace lock): opened without
-        waiting, and refused (ESTALE) if it is not what was asked for."""
+        """A descriptor of the regular file (or, with ``O_DIRECTORY``, directory) at ``rel``;
+        anything else put there is refused before it is opened (``beneath.open_file``)."""
         dfd, name = parent_fd(self.fd, rel)
         try:
-            fd = open_without_waiting(dfd, name, flags, mode)
+            return open_file(dfd, name, flags, mode)
         finally:
             done(self.fd, dfd)
-        if flags & os.O_PATH:
-            return fd
-        try:
-            kind = stat.S_IFMT(os.fstat(fd).st_mode)
-            if kind != (stat.S_IFDIR if flags & os.O_DIRECTORY else stat.S_IFREG):
-                raise OSError(errno.ESTALE, "not a regular file or directory any more", rel)
-            if not flags & os.O_NONBLOCK:
-                os.set_blocking(fd, True)
-        except BaseException:
-            os.close(fd)
-            raise
-        return fd
 
     def open_read(self, rel: bytes) -> tuple[int, os.stat_result]:
         """A read-only descriptor of a file and its attributes, in one call."""

@@ -165,8 +165,11 @@ class PublishCalls(XattrCalls):
             os.close(fd)
 
     def _unlink_moved(self, tmp: bytes, fd: int) -> None:
-        root = os.fsencode(os.readlink(proc_path(self.fd))) + b"/"
-        where = os.fsencode(os.readlink(proc_path(fd)))
+        try:
+            root = os.fsencode(os.readlink(proc_path(self.fd))).rstrip(b"/") + b"/"
+            where = os.fsencode(os.readlink(proc_path(fd)))
+        except OSError:  # (ENAMETOOLONG: a path past PATH_MAX from /)
+            return
         if not where.startswith(root) or split(where)[1] != split(tmp)[1]:
             return  # (outside the root, or deleted: "<path> (deleted)")
         rel = where[len(root):]

@@ -16,7 +16,7 @@ import errno
 import os
 import stat
 
-from tierfs.tiers.beneath import open_without_waiting, split
+from tierfs.tiers.beneath import open_file, split
 from tierfs.tiers.warm import WarmTier
 
 #: Extended attributes that do not stop a demotion (set by the system on every file).
@@ -45,14 +45,12 @@ def open_plain(warm: WarmTier, rel: bytes) -> Opened:
     parent, name = split(rel)
     dfd = warm.open_dir(parent)
     try:
-        fd = open_without_waiting(dfd, name, os.O_RDONLY)
+        fd = open_file(dfd, name, os.O_RDONLY)
     except BaseException:
         os.close(dfd)
         raise
     try:
         st = os.fstat(fd)
-        if stat.S_ISREG(st.st_mode):
-            os.set_blocking(fd, True)
         try:
             names = os.listxattr(fd) if stat.S_ISREG(st.st_mode) else []
         except OSError as e:

@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import errno
 import os
+import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
+import trio
 
 from .conftest import ROOT, Core, core_test, open_core
 
@@ -141,3 +144,82 @@ async def test_a_file_unlinked_everywhere_is_not_set_aside(
         assert core.lost_found() == [], \
             "the data of a file with no name anywhere was set aside in lost+found"
         assert core.staged() == []
+
+
+UNLINKED_DURING = b"n" * 70_000
+
+
+@pytest.mark.parametrize("durability", ["writeback", "sync"])
+@pytest.mark.parametrize("created", [True, False], ids=["created", "existing"])
+@pytest.mark.parametrize("by_rename", [True, False], ids=["rename", "copy"])
+@core_test
+async def test_an_unlink_during_the_publish_keeps_the_data_for_the_other_name(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, by_rename: bool, created: bool,
+        durability: str) -> None:
+    async with open_core(tmp_path, durability=durability, by_rename=by_rename) as core:
+        await core.recover()
+        core.fs.writeback.quiet = core.fs.writeback.max_wait = 60.0
+        if created:
+            fh = await core.create(b"a")
+        else:
+            core.warm_path(b"a").write_bytes(b"old content")
+            fh = await core.open(b"a", os.O_WRONLY | os.O_TRUNC)
+        os.link(core.warm_path(b"a"), core.warm_path(b"b"))  # another node: ln a b
+        await core.write_all(fh, UNLINKED_DURING)
+
+        # The warm tier is slow: the publish's first warm call (the link-count look and the
+        # in-place write) starts only after the unlink below went through.
+        warm_cls = type(core.fs.warm)
+        real = warm_cls.publish_copy
+        entered, go = threading.Event(), threading.Event()
+
+        def publish_copy(self: Any, *args: Any, **kwargs: Any) -> Any:
+            entered.set()
+            go.wait(10)
+            return real(self, *args, **kwargs)
+
+        monkeypatch.setattr(warm_cls, "publish_copy", publish_copy)
+        async with trio.open_nursery() as nursery:
+            if durability == "sync":
+                nursery.start_soon(core.close, fh)  # the close's publish
+            else:
+                await core.close(fh)  # acknowledged; published in the background
+                nursery.start_soon(core.publish_all)
+            while not entered.is_set():
+                await trio.sleep(0.01)
+            nursery.start_soon(core.fs.unlink, ROOT, b"a")
+            await trio.sleep(0.2)
+            go.set()
+        await core.publish_all()
+        assert not core.warm_path(b"a").exists()
+        assert core.warm_path(b"b").read_bytes() == UNLINKED_DURING
+
+
+AFTER_FAILED = b"c" * 70_000
+
+
+@pytest.mark.parametrize("by_rename", [True, False], ids=["rename", "copy"])
+@core_test
+async def test_a_failed_publish_then_an_unlink_keeps_the_data_for_the_other_name(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, by_rename: bool) -> None:
+    async with open_core(tmp_path, durability="writeback", by_rename=by_rename) as core:
+        await core.recover()
+        core.fs.writeback.quiet = core.fs.writeback.max_wait = 60.0
+        fh = await core.create(b"a")
+        os.link(core.warm_path(b"a"), core.warm_path(b"b"))  # another node: ln a b
+        await core.write_all(fh, AFTER_FAILED)
+        await core.close(fh)  # acknowledged
+
+        # The warm tier refuses the in-place write by path (an NFS hiccup, for a while).
+        warm_cls = type(core.fs.warm)
+
+        def write_in_place(self: Any, *args: Any, **kwargs: Any) -> Any:
+            raise OSError(errno.EIO, "the warm tier did not answer")
+
+        monkeypatch.setattr(warm_cls, "write_in_place", write_in_place)
+        assert await core.publish_all() != []
+        # The background task's own try fails too; it waits a second before the next.
+        await core.until(lambda: core.counter("upload_errors") >= 1)
+        await core.fs.unlink(ROOT, b"a")  # published through b before it returns
+        assert await core.publish_all() == []
+        assert core.warm_path(b"b").read_bytes() == AFTER_FAILED

@@ -4,6 +4,7 @@ name is at the time (or nowhere, once it has none)."""
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 from typing import Any
@@ -564,3 +565,37 @@ async def test_the_purge_after_a_crash_spares_the_temp_files_of_the_mount_it_run
         assert await again.purge_temps() == 1
         assert not old.exists() and mine.exists()
         mine.unlink()
+
+
+RENAME_FAILS = b"t" * 70_000
+
+
+@pytest.mark.parametrize("durability", ["writeback", "sync"])
+@core_test
+async def test_a_failed_rename_leaves_no_temp_file_behind(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, durability: str) -> None:
+    async with open_core(tmp_path, durability=durability, by_rename=False) as core:
+        await core.recover()
+        core.fs.writeback.quiet = core.fs.writeback.max_wait = 60.0
+        await core.write_file(b"f", b"before")
+        assert await core.publish_all() == []
+        warm_cls = type(core.fs.warm)
+        real = warm_cls.rename
+
+        def rename(self: Any, rel: bytes, new_rel: bytes, flags: int = 0) -> None:
+            if new_rel == b"f":
+                raise OSError(errno.EIO, "the warm tier did not answer")
+            real(self, rel, new_rel, flags)
+
+        monkeypatch.setattr(warm_cls, "rename", rename)
+        fh = await core.open(b"f", os.O_WRONLY | os.O_TRUNC)
+        await core.write_all(fh, RENAME_FAILS)
+        if durability == "sync":
+            with pytest.raises(OSError):
+                await core.close(fh)  # its publish fails, and the release's try too
+        else:
+            await core.close(fh)
+            for _ in range(3):  # the background retries (tierfs flush here)
+                assert await core.publish_all() != []
+        assert core.warm_temps() == [], "a whole copy left on the warm tier per failed try"
+        monkeypatch.setattr(warm_cls, "rename", real)

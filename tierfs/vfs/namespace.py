@@ -29,16 +29,13 @@ from tierfs.tiers.scan import is_internal
 from tierfs.tiers.beneath import split
 from tierfs.tiers.warm import RENAME_EXCHANGE, RENAME_NOREPLACE
 from tierfs.vfs.listed import Listed
+from tierfs.vfs.removal import Link, last_name_of_open, note_other_names, open_before_removal
 from tierfs.write.journal import Journal
 
 log = logging.getLogger(__name__)
 
 #: Times a lookup is read again when tierfs replaced the file meanwhile.
 STALE_TRIES = 4
-
-
-#: What a name held just before tierfs removed it: its attributes and a symlink's target.
-Link = tuple[os.stat_result, bytes | None]
 
 
 def is_cold(inode: Inode | None) -> bool:
@@ -376,11 +373,11 @@ class Namespace:
             rel = core.inodes.child_path(parent, name)
             core.name_changes += 1
             going = core.inodes.child(parent, name)
-            await self._open_before_removal(going)
+            await open_before_removal(self.core, going)
             gone = await core.warm.run(self._unlink_blocking, rel,
-                                       is_cold(going) or self._last_name_of_open(going))
+                                       is_cold(going) or last_name_of_open(going))
             removed = core.inodes.remove_link(parent, name)
-            self._note_other_names(removed, gone)
+            note_other_names(removed, gone)
             forget_base(removed)
             changed = self._rejournal(removed)
             if self.journal.unlinked(rel) or changed:
@@ -422,10 +419,10 @@ class Namespace:
             new_rel = core.inodes.child_path(new_parent, new_name)
             core.name_changes += 1
             target = None if exchange else core.inodes.child(new_parent, new_name)
-            await self._open_before_removal(target)
+            await open_before_removal(self.core, target)
             gone = await core.warm.run(
                 self._rename_blocking, rel, new_rel, flags,
-                is_cold(target) or self._last_name_of_open(target))
+                is_cold(target) or last_name_of_open(target))
             core.renames += 1
             moved = core.inodes.child(parent, name)
             replaced = core.inodes.child(new_parent, new_name)
@@ -435,7 +432,7 @@ class Namespace:
                 replaced = None
             else:
                 core.inodes.move(parent, name, new_parent, new_name)
-                self._note_other_names(replaced, gone)
+                note_other_names(replaced, gone)
                 forget_base(replaced)  # (after the move: it may have lost its last name)
             forget_base(moved)
             # Staged data must be published under the new names after a crash too; a file
@@ -446,41 +443,6 @@ class Namespace:
                 await self.journal.sync()
         await self._drop_unreferenced(replaced, gone, new_rel)
 
-    async def _open_before_removal(self, inode: Inode | None) -> None:
-        """An open file whose warm file was not opened yet (``OpenFile.warm_deferred``) is
-        opened before its name goes, so that its handles read it to the end, as those of a
-        file opened the usual way. A staged file whose created warm file a publish closed
-        (``WarmPublisher._let_go_of_created``) has its attributes read now if a change made
-        them stale: once the name is gone, they are answered from memory. Caller holds
-        ``ns_lock`` exclusively (no open is answered from memory meanwhile:
-        ``NamespaceLock.quiet``)."""
-        if inode is None or (data := inode.data) is None:
-            return
-        if data.warm_deferred:
-            await self.core.open_warm(inode, data)
-        elif (data.base is None and data.warm_fd is None and data.stub is None
-              and len(inode.links) == 1 and (rel := self.core.rel_or_none(inode)) is not None):
-            data.base = await self.core.warm.run(self.core.warm.lstat, rel)
-
-    @staticmethod
-    def _last_name_of_open(inode: Inode | None) -> bool:
-        """Whether a name about to go is the last this mount knows of a warm file with open
-        state: the file's attributes are read just before (``_note_other_names``)."""
-        return (inode is not None and inode.data is not None and inode.stub is None
-                and not inode.is_dir and len(inode.links) == 1)
-
-    @staticmethod
-    def _note_other_names(inode: Inode | None, link: Link | None) -> None:
-        """An open file lost its last name here (``link``: what the name held just before):
-        if that file has more names, hard links made elsewhere, what it stages still has
-        somewhere to go (``OpenFile.linked_elsewhere``)."""
-        if (inode is None or inode.links or inode.data is None or inode.stub is not None
-                or link is None):
-            return
-        st = link[0]
-        if stat.S_ISREG(st.st_mode) and st.st_nlink > 1 and identity(st) == inode.key:
-            inode.data.linked_elsewhere = True
-
     def _rejournal(self, inode: Inode | None) -> bool:
         """Re-point an inode's journal entry at its current path (nothing to publish if it
         has none left); True if the entry said its data may be published."""
@@ -490,7 +452,7 @@ class Namespace:
 
     def _unlink_blocking(self, rel: bytes, look: bool) -> Link | None:
         """Unlink; if ``look``, what the link held first (``_drop_unreferenced`` for a cold
-        file, ``_note_other_names`` for an open one)."""
+        file, ``removal.note_other_names`` for an open one)."""
         link = self.core.warm.lstat_link_if_any(rel) if look else None
         self.core.warm.unlink(rel)
         return link

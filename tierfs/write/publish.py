@@ -27,6 +27,11 @@ from tierfs.write.warm import WarmPublisher
 log = logging.getLogger(__name__)
 
 
+class LostItsName(Exception):
+    """The name a publish went to was unlinked meanwhile, and the file has other names made
+    elsewhere (``OpenFile.linked_elsewhere``): the data goes to them instead."""
+
+
 class Publisher:
     def __init__(self, core: Core, journal: Journal, warm: WarmPublisher,
                  cold: ColdPublisher) -> None:
@@ -87,6 +92,15 @@ class Publisher:
     async def _publish(self, inode: Inode, data: OpenFile) -> None:
         core = self.core
         rel = core.rel_or_none(inode)
+        st: os.stat_result | None = None
+        if rel is not None:
+            try:
+                st = await self._publish_named(inode, data, rel)
+            except LostItsName:
+                rel = None  # (its other names, made elsewhere, are where it goes now)
+            else:
+                if st is None:
+                    return  # in the bucket, or unlinked meanwhile
         if rel is None:
             if data.linked_elsewhere and data.upload is not None:
                 # Bound for the bucket, but its names left are made elsewhere: written
@@ -102,10 +116,7 @@ class Publisher:
             # Written in place through the only descriptor that reaches it: kept (the
             # version it names now), never closed as a publish by copy's replaced file is.
             data.warm_id = warm_id(st)
-        else:
-            st = await self._publish_named(inode, data, rel)
-            if st is None:
-                return  # in the bucket, or unlinked meanwhile
+        assert st is not None
         data.base = st
         data.to(DataState.STAGED if data.staged else DataState.CLEAN)
         if data.staged and core.cache_warm:  # published by copy: staging is this version
@@ -149,6 +160,8 @@ class Publisher:
                 return None
             st = await self.warm.publish(inode, data, rel, (data.atime_ns, data.mtime_ns))
             if st is None:  # unlinked meanwhile
+                if data.linked_elsewhere:
+                    raise LostItsName()
                 data.to(DataState.STAGED if data.staged else DataState.CLEAN)
                 return None
             core.inodes.rekey(inode, st)

@@ -11,6 +11,7 @@ all; attributes changed meanwhile are taken again in the same call (``Reapply``)
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -100,8 +101,10 @@ class WarmPublisher:
         as a hard-linked file always is; the file's attributes after."""
         core = self.core
         await drop_mirror(core.warm, data)
-        if not data.linked_elsewhere or data.warm_fd is None or data.upload is not None:
+        if not data.linked_elsewhere or data.upload is not None:
             return None
+        if data.warm_fd is None:  # (nothing reaches the file: kept, never dropped as unseen)
+            raise OSError(errno.EIO, "no descriptor left on a file whose names are elsewhere")
         assert data.staging_fd is not None
         return await core.warm.run(core.warm.write_through, data.warm_fd, data.staging_fd,
                                    data.size, times)
@@ -232,12 +235,19 @@ class WarmPublisher:
         copied, a wide window on a slow warm tier) moved both. Blocking."""
         warm = self.core.warm
         try:
-            return warm.replace(tmp, target, made, again)
-        except FileNotFoundError:
-            moved = join(split(target)[0], split(tmp)[1])
-            if moved == tmp:
-                raise
-            return warm.replace(moved, target, made, again)
+            try:
+                return warm.replace(tmp, target, made, again)
+            except FileNotFoundError:
+                moved = join(split(target)[0], split(tmp)[1])
+                if moved == tmp:
+                    raise
+                tmp = moved
+                return warm.replace(moved, target, made, again)
+        except OSError:
+            # A whole copy of the file: not left on the shared tier for each failed try.
+            with contextlib.suppress(OSError):
+                warm.unlink(tmp)
+            raise
 
     def _finish_mirror(self, mirror: Mirror, data: OpenFile, rel: bytes,
                        times: tuple[int, int], mode: int | None

@@ -5,7 +5,9 @@ directory's place: the files open below the known one are published into the fou
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,14 +28,52 @@ def reuse_number(warm: Path, gone: int, name: str) -> None:
     pytest.skip("the file system did not reuse the inode number")
 
 
+async def writing_under_d(c: Core) -> tuple[int, int]:
+    """A directory ``D`` and a file ``D/f`` open on this node with data not yet published:
+    ``D``'s inode number and the handle."""
+    d_ino = await c.mkdirs(b"D")
+    fh = await c.create(b"D/f")
+    await c.write_all(fh, b"written on this node under D")
+    return d_ino, fh
+
+
+@contextlib.contextmanager
+def publish_held(c: Core) -> Iterator[tuple[trio.Event, trio.Event]]:
+    """Hold a publish in its first warm step (``settle_staged`` or ``publish_copy``): the
+    first event is set when it is held, and it goes on once the second is set."""
+    held, go_on = trio.Event(), trio.Event()
+    warm_tier = c.fs.core.warm
+    inner = warm_tier.run
+
+    async def run(fn: Any, *args: Any) -> Any:
+        out = await inner(fn, *args)
+        if getattr(fn, "__name__", "") in ("settle_staged", "publish_copy"):
+            held.set()
+            await go_on.wait()
+        return out
+
+    warm_tier.run = run  # type: ignore[method-assign]
+    try:
+        yield held, go_on
+    finally:
+        warm_tier.run = inner  # type: ignore[method-assign]
+
+
+async def close_into(c: Core, fh: int, closed: list[OSError | None]) -> None:
+    """Close ``fh``, noting how it went."""
+    try:
+        await c.close(fh)
+        closed.append(None)
+    except OSError as e:
+        closed.append(e)
+
+
 @core_test
 async def test_a_new_directory_with_a_removed_ones_number_is_not_that_directory(
         tmp_path: Path) -> None:
     warm = tmp_path / "warm"
     async with open_core(tmp_path) as c:
-        await c.mkdirs(b"D")
-        fh = await c.create(b"D/f")
-        await c.write_all(fh, b"written on this node under D")
+        _, fh = await writing_under_d(c)
         d_ino = (warm / "D").stat().st_ino
         # another node: mv D/f kept; rmdir D; mkdir E (a new directory: it gets D's number)
         os.rename(warm / "D" / "f", warm / "kept")
@@ -53,9 +93,7 @@ async def test_a_directory_renamed_by_another_node_takes_its_open_files_along(
         tmp_path: Path) -> None:
     warm = tmp_path / "warm"
     async with open_core(tmp_path) as c:
-        d_ino = await c.mkdirs(b"D")
-        fh = await c.create(b"D/f")
-        await c.write_all(fh, b"written on this node under D")
+        d_ino, fh = await writing_under_d(c)
         os.rename(warm / "D", warm / "E")  # another node: mv D E
         e, _ = await c.fs.lookup(ROOT, b"E")
         assert e.ino == d_ino, "the renamed directory was not taken for the known one"
@@ -68,9 +106,7 @@ async def test_a_directory_made_through_the_mount_with_a_removed_ones_number_is_
         tmp_path: Path) -> None:
     warm = tmp_path / "warm"
     async with open_core(tmp_path) as c:
-        await c.mkdirs(b"D")
-        fh = await c.create(b"D/f")
-        await c.write_all(fh, b"written on this node under D")
+        _, fh = await writing_under_d(c)
         d_ino = (warm / "D").stat().st_ino
         os.rename(warm / "D" / "f", warm / "kept")  # another node: mv D/f kept; rmdir D
         os.rmdir(warm / "D")
@@ -108,9 +144,7 @@ async def test_a_listing_takes_a_directory_renamed_by_another_node_for_the_known
         tmp_path: Path) -> None:
     warm = tmp_path / "warm"
     async with open_core(tmp_path) as c:
-        d_ino = await c.mkdirs(b"D")
-        fh = await c.create(b"D/f")
-        await c.write_all(fh, b"written on this node under D")
+        d_ino, fh = await writing_under_d(c)
         os.rename(warm / "D", warm / "E")  # another node: mv D E
         assert await list_root(c, b"E") == d_ino
         await c.close(fh)
@@ -122,9 +156,7 @@ async def test_a_listing_takes_a_new_directory_with_a_removed_ones_number_for_a_
         tmp_path: Path) -> None:
     warm = tmp_path / "warm"
     async with open_core(tmp_path) as c:
-        d_ino = await c.mkdirs(b"D")
-        fh = await c.create(b"D/f")
-        await c.write_all(fh, b"written on this node under D")
+        d_ino, fh = await writing_under_d(c)
         number = (warm / "D").stat().st_ino
         os.rename(warm / "D" / "f", warm / "kept")
         os.rmdir(warm / "D")
@@ -219,40 +251,17 @@ async def test_a_directory_renamed_while_its_file_is_published_is_still_that_dir
         tmp_path: Path) -> None:
     warm = tmp_path / "warm"
     async with open_core(tmp_path) as c:
-        d_ino = await c.mkdirs(b"D")
-        fh = await c.create(b"D/f")
-        await c.write_all(fh, b"written on this node under D")
+        d_ino, fh = await writing_under_d(c)
 
-        settling, go_on = trio.Event(), trio.Event()
-        warm_tier = c.fs.core.warm
-        inner = warm_tier.run
-
-        async def run(fn: Any, *args: Any) -> Any:  # hold the publish in its first step
-            out = await inner(fn, *args)
-            if getattr(fn, "__name__", "") in ("settle_staged", "publish_copy"):
-                settling.set()
-                await go_on.wait()
-            return out
-
-        warm_tier.run = run  # type: ignore[method-assign]
-        e_ino = None
-        closed: list[BaseException | None] = []
-
-        async def close() -> None:
-            try:
-                await c.close(fh)
-                closed.append(None)
-            except OSError as e:
-                closed.append(e)
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(close)
-            await settling.wait()
-            os.rename(warm / "D", warm / "E")  # another node: mv D E
-            e, _ = await c.fs.lookup(ROOT, b"E")  # ls on this node
-            e_ino = e.ino
-            go_on.set()
-        warm_tier.run = inner  # type: ignore[method-assign]
+        closed: list[OSError | None] = []
+        with publish_held(c) as (settling, go_on):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(close_into, c, fh, closed)
+                await settling.wait()
+                os.rename(warm / "D", warm / "E")  # another node: mv D E
+                e, _ = await c.fs.lookup(ROOT, b"E")  # ls on this node
+                e_ino = e.ino
+                go_on.set()
         assert e_ino == d_ino, "the directory renamed by another node was taken for a new one"
         assert closed == [None]
         assert (warm / "E" / "f").read_bytes() == b"written on this node under D"
@@ -263,44 +272,24 @@ async def test_a_new_directory_holding_a_same_named_file_is_not_taken_for_the_re
         tmp_path: Path) -> None:
     warm = tmp_path / "warm"
     async with open_core(tmp_path) as c:
-        d_ino = await c.mkdirs(b"D")
-        fh = await c.create(b"D/f")
-        await c.write_all(fh, b"written on this node under D")
+        d_ino, fh = await writing_under_d(c)
         number = (warm / "D").stat().st_ino
 
-        publishing, go_on = trio.Event(), trio.Event()
-        warm_tier = c.fs.core.warm
-        inner = warm_tier.run
-
-        async def run(fn: Any, *args: Any) -> Any:  # hold the publish in its first step
-            out = await inner(fn, *args)
-            if getattr(fn, "__name__", "") in ("settle_staged", "publish_copy"):
-                publishing.set()
-                await go_on.wait()
-            return out
-
-        warm_tier.run = run  # type: ignore[method-assign]
-        e_ino = None
-
-        async def close() -> None:
-            try:
-                await c.close(fh)
-            except OSError:
-                pass  # (failing is fine: its directory is gone)
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(close)
-            await publishing.wait()
-            # another node: mv D/* elsewhere; rmdir D; mkdir E (gets D's number); echo theirs > E/f
-            for i, name in enumerate(os.listdir(warm / "D")):
-                os.rename(warm / "D" / name, warm / f"kept{i}")
-            os.rmdir(warm / "D")
-            reuse_number(warm, number, "E")
-            (warm / "E" / "f").write_bytes(b"the other node's own E/f")
-            e, _ = await c.fs.lookup(ROOT, b"E")  # ls on this node
-            e_ino = e.ino
-            go_on.set()
-        warm_tier.run = inner  # type: ignore[method-assign]
+        closed: list[OSError | None] = []  # (failing is fine: its directory is gone)
+        with publish_held(c) as (publishing, go_on):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(close_into, c, fh, closed)
+                await publishing.wait()
+                # another node: mv D/* elsewhere; rmdir D; mkdir E (gets D's number);
+                # echo theirs > E/f
+                for i, name in enumerate(os.listdir(warm / "D")):
+                    os.rename(warm / "D" / name, warm / f"kept{i}")
+                os.rmdir(warm / "D")
+                reuse_number(warm, number, "E")
+                (warm / "E" / "f").write_bytes(b"the other node's own E/f")
+                e, _ = await c.fs.lookup(ROOT, b"E")  # ls on this node
+                e_ino = e.ino
+                go_on.set()
         assert (warm / "E" / "f").read_bytes() == b"the other node's own E/f", \
             "D's file was published over a file of the new directory E"
         assert e_ino != d_ino, "a new directory was taken for the removed D"
@@ -310,9 +299,7 @@ async def test_a_new_directory_holding_a_same_named_file_is_not_taken_for_the_re
 async def test_an_open_file_entered_first_is_still_a_witness(tmp_path: Path) -> None:
     warm = tmp_path / "warm"
     async with open_core(tmp_path) as c:
-        d_ino = await c.mkdirs(b"D")
-        fh = await c.create(b"D/f")
-        await c.write_all(fh, b"written on this node under D")
+        d_ino, fh = await writing_under_d(c)
         for i in range(64):
             (warm / "D" / f"g{i}").write_bytes(b"x")
             await c.fs.lookup(d_ino, f"g{i}".encode())

@@ -18,6 +18,7 @@ import stat
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -614,3 +615,70 @@ def test_a_tty_in_a_files_place_does_not_become_the_daemons_controlling_terminal
             f"open: WarmTier.open opens the node itself, without O_NOCTTY")
     finally:
         os.close(held)
+
+
+DIRTY = b"d" * 70_000
+
+
+async def _dirty_without_descriptor(core: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``a`` created and written through the mount, its publish failed after it let go of
+    the created file's descriptor (the warm tier refused the copy: an NFS hiccup)."""
+    await core.recover()
+    core.fs.writeback.quiet = core.fs.writeback.max_wait = 60.0
+    fh = await core.create(b"a")
+    await core.write_all(fh, DIRTY)
+    await core.close(fh)  # acknowledged (write-back)
+    warm_cls = type(core.fs.warm)
+
+    def publish_copy(self: Any, *args: Any, **kwargs: Any) -> Any:
+        raise OSError(errno.EIO, "the warm tier did not answer")
+
+    monkeypatch.setattr(warm_cls, "publish_copy", publish_copy)
+    assert await core.publish_all() != []
+    inode = await core.lookup_path(b"a")
+    data = inode.data
+    assert data is not None and data.dirty and data.warm_fd is None \
+        and not data.warm_deferred, "setup: not a dirty file without a warm descriptor"
+
+
+@pytest.mark.parametrize("swap", ["symlink", "fifo"])
+@core_test
+async def test_an_unlink_of_a_name_replaced_elsewhere_goes_through(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, swap: str) -> None:
+    async with open_core(tmp_path, durability="writeback", by_rename=False) as core:
+        await _dirty_without_descriptor(core, monkeypatch)
+        # Another node replaces the name: mv elsewhere-made-thing a
+        path = core.warm_path(b"a")
+        path.unlink()
+        if swap == "symlink":
+            os.symlink("somewhere", path)
+        else:
+            os.mkfifo(path)
+        try:
+            await core.fs.unlink(ROOT, b"a")
+        except OSError as e:
+            pytest.fail(f"rm a failed with {errno.errorcode.get(e.errno, e.errno)} "
+                        f"({e}): the name now holds another node's {swap}, which the "
+                        "removal tried to open first (vfs/removal.py open_before_removal)")
+        finally:
+            monkeypatch.undo()
+        assert not os.path.lexists(path)
+
+
+@core_test
+async def test_a_rename_over_a_name_removed_elsewhere_goes_through(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    async with open_core(tmp_path, durability="writeback", by_rename=False) as core:
+        await _dirty_without_descriptor(core, monkeypatch)
+        core.warm_path(b"x").write_bytes(b"new content")
+        await core.lookup_path(b"x")
+        core.warm_path(b"a").unlink()  # another node: rm a
+        try:
+            await core.fs.rename(ROOT, b"x", ROOT, b"a", 0)
+        except OSError as e:
+            pytest.fail(f"mv x a failed with {errno.errorcode.get(e.errno, e.errno)} ({e}): "
+                        "a was removed by another node, and the rename first opened the "
+                        "file it would replace (vfs/removal.py open_before_removal)")
+        finally:
+            monkeypatch.undo()
+        assert core.warm_path(b"a").read_bytes() == b"new content"

@@ -35,10 +35,13 @@ async def open_before_removal(core: Core, inode: Inode | None) -> None:
             if data.base is None:
                 data.base = await warm.run(warm.lstat, rel)
             return
-        fd, st = await warm.run(warm.open_read, rel)
-        if identity(st) == inode.key and data.warm_fd is None:
+        try:
+            fd, st = await warm.run(warm.open_read, rel)
+        except OSError:
+            return  # (not this file any more, or not to be opened: the removal goes ahead)
+        if identity(st) == inode.key and data.warm_fd is None and inode.data is data:
             data.warm_fd, fd = fd, -1
-        data.base = data.base or st
+            data.base = data.base or st
         if fd >= 0:
             await warm.run(os.close, fd)
 

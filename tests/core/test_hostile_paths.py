@@ -682,3 +682,59 @@ async def test_a_rename_over_a_name_removed_elsewhere_goes_through(
         finally:
             monkeypatch.undo()
         assert core.warm_path(b"a").read_bytes() == b"new content"
+
+
+@pytest.mark.parametrize("swap", ["file", "symlink", "fifo"])
+@core_test
+async def test_unlink_of_a_replaced_name_with_a_deferred_reader_goes_through(
+        tmp_path: Path, swap: str) -> None:
+    async with open_core(tmp_path) as core:
+        await core.recover()
+        core.warm_path(b"a").write_bytes(b"old content")
+        inode = await core.lookup_path(b"a")
+        fh, _, _ = await core.fs.open(inode.ino, os.O_RDONLY)  # answered from memory
+        assert inode.data is not None and inode.data.warm_deferred, "setup: not deferred"
+        # Another node replaces the name: mv its-thing a
+        path = core.warm_path(b"a")
+        other = core.warm_path(b"elsewhere")
+        if swap == "file":
+            other.write_bytes(b"another node's file")
+        elif swap == "symlink":
+            os.symlink("somewhere", other)
+        else:
+            os.mkfifo(other)
+        os.rename(other, path)
+        try:
+            await core.fs.unlink(ROOT, b"a")
+        except OSError as e:
+            pytest.fail(f"rm a failed with {errno.errorcode.get(e.errno, e.errno)} ({e}): "
+                        "a reader's open answered from memory made the removal open the "
+                        f"replaced name ({swap}) first (removal.open_before_removal -> "
+                        "Core.open_warm)")
+        finally:
+            await core.fs.release(fh)
+        assert not os.path.lexists(path)
+
+
+@core_test
+async def test_rename_over_a_name_removed_elsewhere_with_a_deferred_reader_goes_through(
+        tmp_path: Path) -> None:
+    async with open_core(tmp_path) as core:
+        await core.recover()
+        core.warm_path(b"a").write_bytes(b"old content")
+        core.warm_path(b"x").write_bytes(b"new content")
+        await core.lookup_path(b"x")
+        inode = await core.lookup_path(b"a")
+        fh, _, _ = await core.fs.open(inode.ino, os.O_RDONLY)  # answered from memory
+        assert inode.data is not None and inode.data.warm_deferred, "setup: not deferred"
+        core.warm_path(b"a").unlink()  # another node: rm a
+        try:
+            await core.fs.rename(ROOT, b"x", ROOT, b"a", 0)
+        except OSError as e:
+            pytest.fail(f"mv x a failed with {errno.errorcode.get(e.errno, e.errno)} ({e}): "
+                        "a was removed by another node while a reader had it open from "
+                        "memory; the rename first opened it (open_before_removal -> "
+                        "Core.open_warm)")
+        finally:
+            await core.fs.release(fh)
+        assert core.warm_path(b"a").read_bytes() == b"new content"

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from tierfs.tiers.base import Tier
-from tierfs.tiers.beneath import done, join, open_file, parent_fd, parent_of
+from tierfs.tiers.beneath import done, open_file, parent_fd, parent_of
 from tierfs.tiers.scan import (TEMP_PREFIX, TEMP_SUFFIX, Entry, entries_at, is_internal,
                                names_at, stat_link)
 from tierfs.tiers.warmcopy import PublishCalls
@@ -98,18 +98,23 @@ class WarmTier(PublishCalls, Tier):
     def holds_any(self, rel: bytes, dev: int, ino: int, files: list[tuple[bytes, int, int]]
                   ) -> bool:
         """Whether the directory at ``rel`` is still (``dev``, ``ino``) and one of ``files``
-        (name, device, inode number) is in it as that very file."""
-        st = self.lstat(rel)
-        if (st.st_dev, st.st_ino) != (dev, ino):
+        (name, device, inode number) is in it as that very file: the names are looked up in
+        the directory that was checked, through its descriptor."""
+        dfd = self.open_dir(rel)
+        try:
+            st = os.fstat(dfd)
+            if (st.st_dev, st.st_ino) != (dev, ino):
+                return False
+            for name, file_dev, file_ino in files:
+                try:
+                    st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+                except OSError:
+                    continue
+                if (st.st_dev, st.st_ino) == (file_dev, file_ino):
+                    return True
             return False
-        for name, file_dev, file_ino in files:
-            try:
-                st = self.lstat(join(rel, name))
-            except OSError:
-                continue
-            if (st.st_dev, st.st_ino) == (file_dev, file_ino):
-                return True
-        return False
+        finally:
+            os.close(dfd)
 
     def listdir(self, rel: bytes) -> list[Entry]:
         """Names, attributes, extended attribute names (None where they could not be listed)

@@ -3,12 +3,18 @@ node: its warm file reached before the name goes, and whether it still has names
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 
 from tierfs.core.context import Core
 from tierfs.core.inodes import Inode, identity
 
+#: What an open of the name made before its removal may meet when another node replaced or
+#: removed it (or made it unreadable): the removal goes ahead. Anything else (EIO, EMFILE)
+#: fails it, rather than remove the name of a file whose descriptor could not be had.
+NOT_THERE = frozenset({errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.ESTALE, errno.EACCES,
+                       errno.EPERM})
 #: What a name held just before tierfs removed it: its attributes and a symlink's target.
 Link = tuple[os.stat_result, bytes | None]
 
@@ -27,7 +33,12 @@ async def open_before_removal(core: Core, inode: Inode | None) -> None:
     if inode is None or (data := inode.data) is None:
         return
     if data.warm_deferred:
-        await core.open_warm(inode, data)
+        try:
+            await core.open_warm(inode, data)
+        except OSError as e:
+            if e.errno not in NOT_THERE:
+                raise
+            return  # (another file there now, or none: its handles find it stale)
     elif (data.warm_fd is None and data.stub is None and len(inode.links) == 1
           and (rel := core.rel_or_none(inode)) is not None):
         warm = core.warm
@@ -37,7 +48,9 @@ async def open_before_removal(core: Core, inode: Inode | None) -> None:
             return
         try:
             fd, st = await warm.run(warm.open_read, rel)
-        except OSError:
+        except OSError as e:
+            if e.errno not in NOT_THERE:
+                raise
             return  # (not this file any more, or not to be opened: the removal goes ahead)
         if identity(st) == inode.key and data.warm_fd is None and inode.data is data:
             data.warm_fd, fd = fd, -1

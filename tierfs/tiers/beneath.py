@@ -4,8 +4,9 @@ The warm tree is shared, and anyone on the cluster may replace a directory this 
 looked up by a symlink to anywhere. A call made with a path of several components relative to
 the root's descriptor (``d/name``) would follow that symlink: ``O_NOFOLLOW`` and
 ``follow_symlinks=False`` only cover the last component. So every call on the tree resolves the
-directory part here, refusing any symlink (ELOOP) and any way out of the root, and makes its
-own call on the last name, relative to that directory's descriptor. tierfs never needs to
+directory part here, refusing any symlink (ENOTDIR, as for a directory gone, whichever way it
+was resolved) and any way out of the root, and makes its own call on the last name, relative
+to that directory's descriptor. tierfs never needs to
 follow a symlink itself: its paths are built from the directories it looked up, and the symlinks
 the tree holds (a user's, or a stub) are only ever the last component.
 

@@ -29,8 +29,8 @@ from tierfs.tiers.warm import WarmTier
 from tierfs.vfs import listing
 from tierfs.vfs.residency import Residency
 
-from .conftest import PART, ROOT, SetAttr, core_test, open_core
-from .faults import FaultStore
+from .conftest import ROOT, SetAttr, core_test, open_core
+from .test_demote import DATA, crash_at
 
 
 @core_test
@@ -292,25 +292,6 @@ def test_a_plan_naming_a_path_through_a_symlinked_directory_is_not_refused_whole
             assert resolved[0] is not None and [s.path for s in resolved[0]] == ["g"]
 
     body(tmp_path)
-
-
-DATA = bytes(range(256)) * (3 * PART // 256 + 17)
-
-
-async def crash_at(root: Path, step: str, path: bytes) -> FaultStore:
-    async with open_core(root) as c:
-        reached = trio.Event()
-
-        async def stop(name: str) -> None:
-            if name == step:
-                reached.set()
-                await trio.sleep_forever()
-
-        c.fs.demoter.at_step = stop
-        c.nursery.start_soon(c.fs.demoter.demote, path)
-        await reached.wait()
-        c.crash()
-    return c.store
 
 
 @pytest.mark.parametrize("openat2", [True, False], ids=["openat2", "walk"])

@@ -8,28 +8,16 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import subprocess
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 import trio
 
+from conftest import tmpfs  # (tests/conftest.py)
 from tierfs.write import writer as writer_module
 
-from .conftest import MIB, SetAttr, core_test, open_core
-
-
-@contextlib.contextmanager
-def small_hot(root: Path, size: str) -> Iterator[Path]:
-    hot = root / "hot"
-    hot.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(hot)],
-                   check=True)
-    try:
-        yield hot
-    finally:
-        subprocess.run(["umount", "-l", str(hot)], check=False)
+from .conftest import MIB, Core, SetAttr, core_test, open_core
 
 
 def fill(path: Path) -> None:
@@ -46,11 +34,12 @@ def fill(path: Path) -> None:
         os.close(fd)
 
 
-@core_test
-async def test_staging_an_existing_file_on_a_disk_full_of_cached_blocks(tmp_path: Path) -> None:
+@contextlib.asynccontextmanager
+async def full_of_cached_blocks(tmp_path: Path, small: bytes) -> AsyncIterator[Core]:
+    """A 10 MiB hot tier holding 6 MiB of cached blocks, the rest of it filled, and the warm
+    file ``f`` holding ``small``."""
     big = os.urandom(6 * MIB)
-    small = os.urandom(1 * MIB)
-    with small_hot(tmp_path, "10m") as hot:
+    with tmpfs(tmp_path / "hot", "10m") as hot:
         (tmp_path / "warm").mkdir()
         (tmp_path / "warm" / "big").write_bytes(big)
         (tmp_path / "warm" / "f").write_bytes(small)
@@ -60,34 +49,29 @@ async def test_staging_an_existing_file_on_a_disk_full_of_cached_blocks(tmp_path
             await core.fs.cache.settle()
             assert core.fs.cache.used >= 4 * MIB  # the disk holds the cached blocks
             fill(hot / "filler")
-            fh = await core.open(b"f", os.O_RDWR)
-            # Cached blocks can make the room: this write must not fail.
-            await core.fs.write(fh, 0, b"x")
-            await core.close(fh)
-            assert (tmp_path / "warm" / "f").read_bytes() == b"x" + small[1:]
+            yield core
+
+
+@core_test
+async def test_staging_an_existing_file_on_a_disk_full_of_cached_blocks(tmp_path: Path) -> None:
+    small = os.urandom(1 * MIB)
+    async with full_of_cached_blocks(tmp_path, small) as core:
+        fh = await core.open(b"f", os.O_RDWR)
+        # Cached blocks can make the room: this write must not fail.
+        await core.fs.write(fh, 0, b"x")
+        await core.close(fh)
+        assert (tmp_path / "warm" / "f").read_bytes() == b"x" + small[1:]
 
 
 @core_test
 async def test_truncating_an_open_file_on_a_disk_full_of_cached_blocks(tmp_path: Path) -> None:
-    from .conftest import SetAttr
-
-    big = os.urandom(6 * MIB)
     small = os.urandom(1 * MIB)
-    with small_hot(tmp_path, "10m") as hot:
-        (tmp_path / "warm").mkdir()
-        (tmp_path / "warm" / "big").write_bytes(big)
-        (tmp_path / "warm" / "f").write_bytes(small)
-        async with open_core(tmp_path, cache_warm=True, hot_capacity="1GiB",
-                             by_rename=False) as core:
-            assert await core.read_file(b"big") == big
-            await core.fs.cache.settle()
-            assert core.fs.cache.used >= 4 * MIB
-            fill(hot / "filler")
-            fh = await core.open(b"f", os.O_RDWR)
-            inode = await core.lookup_path(b"f")
-            await core.fs.setattr(inode.ino, SetAttr(size=MIB // 2))  # ftruncate(2)
-            await core.close(fh)
-            assert (tmp_path / "warm" / "f").read_bytes() == small[: MIB // 2]
+    async with full_of_cached_blocks(tmp_path, small) as core:
+        fh = await core.open(b"f", os.O_RDWR)
+        inode = await core.lookup_path(b"f")
+        await core.fs.setattr(inode.ino, SetAttr(size=MIB // 2))  # ftruncate(2)
+        await core.close(fh)
+        assert (tmp_path / "warm" / "f").read_bytes() == small[: MIB // 2]
 
 
 OLD = b"o" * 20_000

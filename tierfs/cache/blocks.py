@@ -1,7 +1,7 @@
 """The block cache: blocks of cold objects and warm files kept on the hot tier.
 
 A block is named by its source and its number. A cold source is the object's URI and ETag, a
-warm source the file's (inode, size, mtime, ctime) (``vfs.files.warm_id``): a changed source
+warm source the file's (inode, size, mtime, ctime) (``core.openfile.warm_id``): a changed source
 gets a new name, so old blocks are never served for it and simply age out.
 
 Where a block is looked for, in order: the memory pool (blocks being read, shared by every open

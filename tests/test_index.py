@@ -1,6 +1,7 @@
 """The LMDB index when the hot disk is full: a commit that finds no room asks for room (the
 block cache evicts) and tries again, and otherwise fails with ENOSPC keeping every queued
-change for the next try."""
+change for the next try. A disk with a little room left makes LMDB's write come up short,
+which it reports as EIO: that too is a full disk."""
 
 from __future__ import annotations
 
@@ -17,8 +18,8 @@ from tierfs.index import Batch, Index
 MIB = 1024 * 1024
 
 
-def fill(path: Path) -> None:
-    """Fill the file system holding ``path`` with one file at ``path``."""
+def fill(path: Path, leave: int = 0) -> None:
+    """Fill the file system holding ``path`` with one file at ``path``, but ``leave`` bytes."""
     chunk = b"\0" * MIB
     with open(path, "wb") as f:
         try:
@@ -27,6 +28,8 @@ def fill(path: Path) -> None:
                 f.flush()
         except OSError as e:
             assert e.errno == errno.ENOSPC
+    if leave:
+        os.truncate(path, os.stat(path).st_size - leave)
 
 
 async def run_in_thread(fn, *args):  # type: ignore[no-untyped-def]
@@ -39,10 +42,11 @@ def small_disk(tmp_path: Path):  # type: ignore[no-untyped-def]
         yield disk
 
 
-def test_a_full_disk_makes_room_and_commits(small_disk: Path) -> None:
+@pytest.mark.parametrize("leave", [0, 64 * 1024], ids=["full", "nearly-full"])
+def test_a_full_disk_makes_room_and_commits(small_disk: Path, leave: int) -> None:
     index = Index(small_disk / "index")
     batch = Batch(index)
-    fill(small_disk / "filler")
+    fill(small_disk / "filler", leave)
     asked = []
 
     async def make_room() -> None:
@@ -64,10 +68,11 @@ def test_a_full_disk_makes_room_and_commits(small_disk: Path) -> None:
     index.close()
 
 
-def test_without_room_the_changes_stay_queued(small_disk: Path) -> None:
+@pytest.mark.parametrize("leave", [0, 64 * 1024], ids=["full", "nearly-full"])
+def test_without_room_the_changes_stay_queued(small_disk: Path, leave: int) -> None:
     index = Index(small_disk / "index")
     batch = Batch(index)
-    fill(small_disk / "filler")
+    fill(small_disk / "filler", leave)
     values = {f"k{i}".encode(): os.urandom(2000) for i in range(2000)}
 
     async def main() -> None:

@@ -164,8 +164,11 @@ class Index:
                     else:
                         txn.put(key, value, db=self.dbs[db])
         except lmdb.Error as e:
-            if os.strerror(errno.ENOSPC) in str(e):  # the hot disk is full: callers make room
-                raise OSError(errno.ENOSPC, f"committing the index: {e}") from None
+            # The hot disk is full: callers make room. LMDB reports a write that the disk cut
+            # short (room for some of the pages, not all) as EIO, not ENOSPC.
+            for code in (errno.ENOSPC, errno.EIO):
+                if os.strerror(code) in str(e):
+                    raise OSError(errno.ENOSPC, f"committing the index: {e}") from None
             raise
 
     def close(self) -> None:

@@ -340,6 +340,7 @@ class InodeTable:
             del self._by_key[inode.key]
             self.batch.delete("inodes", inode.key)
         inode.key = key
+        inode.seen = None  # (the file replaced: an open answered from it would find another)
         self._by_key[key] = inode
         self.batch.put("inodes", key, pack_u64(inode.ino))
 

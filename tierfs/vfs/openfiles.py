@@ -137,11 +137,15 @@ class OpenFiles:
             # Before any of the object's data is served: the link's owner and the stub's mode
             # are whoever made the link's (docs/stubs.md, "Owners").
             await self.namespace.owners.check(stub, st, rel)
-            if inode.stub != stub or core.rel_or_none(inode) is None:
-                # The check waited on the bucket, and an unlink or a promotion through this
-                # mount came meanwhile: it saw no open state, so the object may be gone (an
-                # unlink deletes it at once, a promotion after bringing the file back).
-                raise err(errno.ESTALE)
+            # Under the lock: a promotion swaps the file in under it, having seen no open
+            # state, and this waits for its end instead of passing it midway.
+            async with core.ns_lock.shared():
+                if inode.stub != stub or core.rel_or_none(inode) is None:
+                    # The check waited on the bucket, and an unlink or a promotion through
+                    # this mount came meanwhile: it saw no open state, so the object may be
+                    # gone (an unlink deletes it at once, a promotion after bringing the
+                    # file back). The caller makes the state its own before another await.
+                    raise err(errno.ESTALE)
             return (OpenFile(stub=stub, base=st),
                     (stub.size, stub.mtime_ns, 0, stub.etag.encode()))
         return OpenFile(warm_fd=fd, base=st, warm_id=warm_id(st)), version(st, inode.key)

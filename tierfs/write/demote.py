@@ -327,8 +327,13 @@ class Demoter:
 
     async def _undo(self, record: Record, crashed: bool = False) -> None:
         """The demotion will not happen: its object (if any) goes, then its record. While
-        the bucket cannot be reached the record stays, for the next mount to try again."""
+        the bucket cannot be reached the record stays, for the next mount to try again, and
+        says first that the swap is known not to have happened: a file changed at the path
+        by then must not make the next mount keep the object for it."""
         with trio.CancelScope(shield=True):
+            if record.phase == "swap":
+                record.phase = "upload"
+                await self._save(record)
             if await self._delete_own(record, crashed):
                 self.core.batch.delete("meta", RECORD_PREFIX + record.token.encode())
 
@@ -494,7 +499,7 @@ class Demoter:
         # committed now, not with the next batch a crash could lose.
         await self.journal.sync()
         if await self.owners.may_delete(stub, st.st_uid, rel):
-            await core.delete_object(stub.key)
+            await core.delete_object(stub.key, stub.etag)
         core.counters.add("promotions")
         core.counters.add("bytes_promoted", stub.size)
         log.info("promoted %s from %s (%d bytes)", show(rel), stub.key, stub.size)

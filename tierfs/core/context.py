@@ -30,7 +30,7 @@ from tierfs.core.inodes import ROOT_INODE, Inode, InodeTable
 from tierfs.core.nslock import NamespaceLock
 from tierfs.core.openfile import DataState, OpenFile, warm_id
 from tierfs.index import Batch, Index
-from tierfs.objects.base import ObjectStoreError
+from tierfs.objects.base import NoSuchObject, ObjectStoreError
 from tierfs.stubs import Stub, StubError, looks_like_stub, parse_stub
 from tierfs.tiers.cold import ColdTier
 from tierfs.tiers.hot import HotTier
@@ -338,12 +338,26 @@ class Core:
             log.error("reading %s at %d: %s", stub.key, offset, e)
             raise err(errno.EIO) from None
 
-    async def delete_object(self, key: str) -> None:
-        """Delete an object nothing refers to any more; a failure only leaves garbage."""
+    async def delete_object(self, key: str, etag: str | None = None) -> None:
+        """Delete an object nothing refers to any more; a failure only leaves garbage.
+        ``etag``: the version a stub named. Another node may have rewritten the file under
+        the same key since, its stub on its way: its object is not this one's to delete."""
         try:
-            await self.cold.run(self.cold.store.delete, key)
+            await self.cold.run(self._delete_version, key, etag)
         except ObjectStoreError as e:
             log.error("could not delete unreferenced object %s: %s", key, e)
+
+    def _delete_version(self, key: str, etag: str | None) -> None:
+        store = self.cold.store
+        if etag is not None:
+            try:
+                found = store.head(key).etag
+            except NoSuchObject:
+                return
+            if found != etag:
+                log.info("%s holds another version than the one to delete: kept", key)
+                return
+        store.delete(key)
 
 
 def _same_file_system(a: Path, b: Path) -> bool:

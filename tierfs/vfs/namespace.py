@@ -488,7 +488,7 @@ class Namespace:
         if inode.data is not None:
             inode.data.drop_object = True
             return
-        await self.core.delete_object(inode.stub.key)
+        await self.core.delete_object(inode.stub.key, inode.stub.etag)
 
     async def forget(self, items: Sequence[tuple[int, int]]) -> None:
         for ino, count in items:

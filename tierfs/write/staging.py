@@ -221,7 +221,7 @@ class Staging:
                 log.error("upload %s of %s left unfinished for recovery", data.upload.upload_id,
                           data.upload.key)
         if data.drop_object and inode.stub is not None:
-            await core.delete_object(inode.stub.key)  # unlinked while open
+            await core.delete_object(inode.stub.key, inode.stub.etag)  # unlinked while open
         await drop_mirror(core.warm, data)  # before staging_fd closes: a copy may read it
         sid = data.staging_id
         remove = None if keep else sid

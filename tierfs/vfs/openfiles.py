@@ -391,8 +391,15 @@ class OpenFiles:
                         await self.publisher.publish(inode, data)
                     except OSError as e:
                         log.error("publishing inode %d failed at release; staged data kept "
-                                  "as %s: %s", inode.ino, data.staging_id, e)
+                                  "as %s, tried again in the background: %s",
+                                  inode.ino, data.staging_id, e)
                         await self.journal.keep_staged(data)
+                        # Its close said EIO; the data goes on as a write-back's would: read
+                        # here as written, and home once the tier answers (not at the next
+                        # mount only, with the old content read here until then). Not with
+                        # names made elsewhere alone: no path for recovery, it is set aside.
+                        if inode.links:
+                            self.writeback.start(inode, data)
                 # (Something that took hold of the state during that publish retires it.)
                 if (not self.writeback.holds(inode) and data.handles == 0
                         and inode.data is data):

@@ -39,7 +39,8 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
-from tierfs.objects.base import MAX_PART_SIZE, ObjectInfo, ObjectStoreError, UploadGone
+from tierfs.objects.base import (MAX_PART_SIZE, NoSuchObject, ObjectInfo, ObjectStoreError,
+                                  UploadGone)
 from tierfs.tiers.base import Tier
 from tierfs.tiers.cold import ColdTier
 from tierfs.tiers.hot import HotTier
@@ -503,10 +504,12 @@ class StreamingUpload:
 
     async def completed_before(self, size: int) -> ObjectInfo | None:
         """The object this upload made, if it was completed already (before a crash, or by a
-        completion whose reply was lost); None if the upload was dropped unfinished."""
+        completion whose reply was lost); None if the upload was dropped unfinished. A store
+        that cannot say (its HEAD failed) raises: taken for "dropped", the staged data would
+        be set aside or uploaded again while the bucket may hold the whole object."""
         try:
             info = await self.cold.run(self.cold.store.head, self.key)
-        except ObjectStoreError:
+        except NoSuchObject:
             return None
         if info.metadata.get(UPLOAD_TOKEN) != self.token or info.size != size:
             return None

@@ -93,6 +93,12 @@ class Reads:
                 # Closed, its upload still going (write-back): the bytes are readable once
                 # the object is complete, so finish it now rather than fail the read.
                 await self.publisher.publish(inode, data)
+                if data.upload is not None and data.upload.unreadable(offset, size):
+                    # Not completed: unlinked, its upload kept for open handles, no name to
+                    # complete it at. Asking again would find the same.
+                    log.warning("read of a range of %s already freed from the hot tier: the "
+                                "file has no name to complete its upload at", data.upload.key)
+                    raise err(errno.EIO)
             if not data.staged:
                 break
             sid = data.staging_id

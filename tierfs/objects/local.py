@@ -12,11 +12,13 @@ objects in them: deleting an object removes the folders it leaves empty.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
 import shutil
 import stat
+import time
 import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -34,6 +36,10 @@ FILE_MODE = 0o600
 FOLDER_MODE = 0o700
 #: Times a put makes its key's folders again when a delete pruned them under it.
 FOLDER_RACES = 8
+#: Temp files of object writes in the work folder are named with this prefix.
+PUT_PREFIX = "put-"
+#: Age in seconds past which such a temp file is taken for one a crash left.
+STALE_PUT = 24 * 3600
 
 
 def make_folders(path: Path) -> None:
@@ -98,7 +104,20 @@ class LocalStore(ObjectStore):
         make_folders(self.work)
         if stat.S_IMODE(self.work.stat().st_mode) != FOLDER_MODE:  # (made by an older tierfs)
             os.chmod(self.work, FOLDER_MODE)
+        self._purge_old_puts()
         self._check_metadata()
+
+    def _purge_old_puts(self) -> None:
+        """Remove the temp files of writes a crash cut short. Only old ones: another mount
+        sharing the folder may be writing its own now."""
+        limit = time.time() - STALE_PUT
+        with os.scandir(self.work) as it:
+            for entry in it:
+                if not entry.name.startswith(PUT_PREFIX):
+                    continue
+                with contextlib.suppress(OSError):
+                    if entry.stat(follow_symlinks=False).st_mtime < limit:
+                        os.unlink(entry.path)
 
     def _check_metadata(self) -> None:
         """Objects keep their metadata (mode, mtime, the upload's token) in an extended
@@ -154,21 +173,28 @@ class LocalStore(ObjectStore):
                    metadata: Mapping[str, str] | None) -> ObjectInfo:
         path = self._path(key)
         make_folders(self.work)
-        tmp = self.work / f"put-{uuid.uuid4().hex}"
-        with _new_file(tmp) as f:
-            for chunk in chunks:
-                f.write(chunk)
-            f.flush()
-            os.setxattr(f.fileno(), METADATA_XATTR, json.dumps(dict(metadata or {})).encode())
-            os.fsync(f.fileno())
-        for attempt in range(FOLDER_RACES):
-            try:  # (a delete may prune the folder as soon as it is made: make it again)
-                make_folders(path.parent)
-                os.rename(tmp, path)
-                break
-            except FileNotFoundError:
-                if attempt == FOLDER_RACES - 1:
-                    raise
+        tmp = self.work / f"{PUT_PREFIX}{uuid.uuid4().hex}"
+        try:
+            with _new_file(tmp) as f:
+                for chunk in chunks:
+                    f.write(chunk)
+                f.flush()
+                os.setxattr(f.fileno(), METADATA_XATTR,
+                            json.dumps(dict(metadata or {})).encode())
+                os.fsync(f.fileno())
+            for attempt in range(FOLDER_RACES):
+                try:  # (a delete may prune the folder as soon as it is made: make it again)
+                    make_folders(path.parent)
+                    os.rename(tmp, path)
+                    break
+                except FileNotFoundError:
+                    if attempt == FOLDER_RACES - 1:
+                        raise
+        except BaseException:
+            # (A full folder, say: each try of the caller's would leave a whole copy.)
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
         return self.head(key)
 
     def put(self, key: str, data: bytes, metadata: Mapping[str, str] | None = None

@@ -17,18 +17,16 @@ from tierfs.errors import TierfsError
 
 def _move(paths: tuple[str, ...], cmd: str, as_json: bool) -> None:
     results: list[dict[str, Any]] = []
-    left = 0
     try:
         for record, rels in by_mount(paths).items():
             result = with_progress(record, {"cmd": cmd, "paths": rels},
                                    f"{cmd} {record.mountpoint}")
-            left += result["left"]
             results += [{**f, "path": os.path.join(record.mountpoint, f["path"])}
                         for f in result["files"]]
     except TierfsError as e:
         fail(str(e))
     if as_json:
-        click.echo(json.dumps({"files": results, "left": left}, indent=2))
+        click.echo(json.dumps({"files": results}, indent=2))
     else:
         verb = {"demote": "demoted", "promote": "promoted"}[cmd]
         for f in results:
@@ -38,8 +36,6 @@ def _move(paths: tuple[str, ...], cmd: str, as_json: bool) -> None:
                 click.echo(f"left {f['path']}: {f['why']}")
         done = [f for f in results if f["done"]]
         click.echo(f"{len(done)} file(s), {size(sum(f['size'] for f in done))} {verb}")
-        if left:
-            click.echo(f"{left} more file(s) under these directories: run it again")
     if results and not any(f["done"] for f in results):
         sys.exit(1)  # (nothing could be moved: say so in the status too)
 

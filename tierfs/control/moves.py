@@ -1,14 +1,15 @@
 """What the control socket serves for moving files between the warm tier and the bucket:
 ``demote``, ``promote`` and ``scan`` (``write.demote``, ``write.warmscan``).
 
-A directory stands for the files under it, found by one walk of the warm tree in a warm-tier
-thread, which hands back at most ``warmscan.KEEP`` of them: a larger directory is done in
-part, and the answer says how many files are left (run the command again).
+A directory stands for the files under it, found by walks of the warm tree in a warm-tier
+thread, each handing back at most ``warmscan.KEEP`` of them, oldest first: a larger directory
+is done a page at a time, each walk starting past the last file of the page before.
 """
 
 from __future__ import annotations
 
 import stat
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 from tierfs.control.server import CommandError, Handler, Send
@@ -24,34 +25,48 @@ def make_handlers(fs: FileSystem, rel_of: Any) -> dict[str, Handler]:
     """``rel_of``: a request's path to a warm path (``commands._rel``)."""
     demoter = fs.demoter
 
-    async def targets(rel: bytes, links: bool, min_size: int = 1) -> tuple[list[bytes], int]:
-        """The path itself, or the files under a directory (regular files, or symbolic
-        links for ``links``); and how many more there were than were handed back."""
+    async def pages(rel: bytes, links: bool) -> AsyncIterator[tuple[list[bytes], int]]:
+        """The path itself, or the files under a directory (regular files, or symbolic links
+        for ``links``) a page of at most ``KEEP`` at a time, oldest first; each page with
+        how many are left after it."""
         try:
             st = await fs.warm.run(fs.warm.lstat, rel)
         except FileNotFoundError:
             raise CommandError(f"{show(rel)}: no such file or directory") from None
         if not stat.S_ISDIR(st.st_mode):
-            return [rel], 0
-        seen: Walk = await fs.warm.run(walk, fs.warm, min_size, rel, KEEP, links)
-        found = [f.rel for f in seen.oldest]
-        return found, max(0, seen.large - len(found))
+            yield [rel], 0
+            return
+        after = None
+        while True:
+            seen: Walk = await fs.warm.run(walk, fs.warm, 1, rel, KEEP, links, after)
+            if not seen.oldest:
+                return
+            yield [f.rel for f in seen.oldest], seen.offered - len(seen.oldest)
+            if seen.offered <= len(seen.oldest):
+                return
+            after = seen.oldest[-1].cursor
 
     async def move(request: dict[str, Any], send: Send, promote: bool) -> Any:
         paths = request.get("paths")
         if not isinstance(paths, list) or not paths:
             raise CommandError("no paths given")
         outcomes: list[Outcome] = []
-        left = 0
+        # A file moved on by the move itself (a stub's access time, read for a refusal) is
+        # found again on a later page: tried once only.
+        tried: set[bytes] = set()
         for path in paths:
-            found, more = await targets(rel_of(path), links=promote)
-            left += more
-            for i, rel in enumerate(found):
-                await send({"progress": i, "total": len(found)})
-                outcomes.append(await (demoter.promote(rel) if promote
-                                       else demoter.demote(rel)))
+            before = 0  # (files of the pages before: the progress runs on across pages)
+            async for found, left in pages(rel_of(path), links=promote):
+                for i, rel in enumerate(found):
+                    await send({"progress": before + i, "total": before + len(found) + left})
+                    if rel in tried:
+                        continue
+                    tried.add(rel)
+                    outcomes.append(await (demoter.promote(rel) if promote
+                                           else demoter.demote(rel)))
+                before += len(found)
         await fs.save_index()
-        return {"files": [o.to_json() for o in outcomes], "left": left}
+        return {"files": [o.to_json() for o in outcomes]}
 
     async def demote(request: dict[str, Any], send: Send) -> Any:
         return await move(request, send, promote=False)

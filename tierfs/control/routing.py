@@ -109,14 +109,13 @@ def make_root_handlers(roots: Roots, mountpoint: str) -> dict[str, Handler]:
     def move(cmd: str) -> Handler:
         """demote and promote: each path's files moved by its root."""
         async def handler(request: dict[str, Any], send: Send) -> Any:
-            files, left = [], 0
+            files = []
             for path in paths_of(request):
                 for root, sub in targets(path):
                     result = await ask(root, cmd, request, sub, path, send)
                     files += [{**f, "path": _join(root.name, f["path"])}
                               for f in result["files"]]
-                    left += result["left"]
-            return {"files": files, "left": left}
+            return {"files": files}
         return handler
 
     async def scan(request: dict[str, Any], send: Send) -> Any:

@@ -39,6 +39,11 @@ class Found:
     #: The later of its access and modification times (nanoseconds).
     used_ns: int
 
+    @property
+    def cursor(self) -> tuple[int, bytes]:
+        """Where the next page of a walk starts (``walk``'s ``after``)."""
+        return self.used_ns, self.rel
+
 
 @dataclasses.dataclass
 class Walk:
@@ -50,16 +55,22 @@ class Walk:
     large_bytes: int = 0
     #: The least recently used of them, oldest first (at most ``keep``).
     oldest: list[Found] = dataclasses.field(default_factory=list)
+    #: Of those, how many could be offered (not hard-linked, past ``after``): ``oldest``
+    #: holds the first ``keep``.
+    offered: int = 0
     #: Directories that could not be read.
     unreadable: int = 0
 
 
 def walk(warm: WarmTier, min_size: int, root: bytes = ROOT, keep: int = KEEP,
-         links: bool = False) -> Walk:
+         links: bool = False, after: tuple[int, bytes] | None = None) -> Walk:
     """Walk the warm tree under ``root`` (blocking: a warm-tier thread). Hard-linked files
     are counted but never offered (a stub cannot stand for one of several names). With
     ``links``, the symbolic links (stubs, perhaps: ``tierfs promote`` of a directory) are
-    offered instead of the large files, and counted as ``large``."""
+    offered instead of the large files, and counted as ``large``. ``after`` pages through a
+    tree larger than ``keep``: only files past it (the last file of the page before,
+    ``Found.cursor``) are offered, so that files refused on one page (their times
+    unchanged) are not the oldest again on the next."""
     out = Walk()
     heap: list[tuple[int, bytes, int]] = []  # (-used_ns, rel, size): the newest on top
     # Each directory with the identity it had when listed: one swapped for a symbolic link
@@ -96,9 +107,9 @@ def walk(warm: WarmTier, min_size: int, root: bytes = ROOT, keep: int = KEEP,
                         # and goes at its last close: its space counts, it is not moved.)
                         if (not links and st.st_size >= min_size
                                 and not is_silly_renamed(name)):
-                            _offer(out, heap, rel, st, keep)
+                            _offer(out, heap, rel, st, keep, after)
                     elif links and stat.S_ISLNK(st.st_mode):
-                        _offer(out, heap, rel, st, keep)
+                        _offer(out, heap, rel, st, keep, after)
         except OSError:
             out.unreadable += 1
         finally:
@@ -108,12 +119,17 @@ def walk(warm: WarmTier, min_size: int, root: bytes = ROOT, keep: int = KEEP,
 
 
 def _offer(out: Walk, heap: list[tuple[int, bytes, int]], rel: bytes, st: os.stat_result,
-           keep: int) -> None:
+           keep: int, after: tuple[int, bytes] | None) -> None:
     out.large += 1
     out.large_bytes += st.st_size
     if st.st_nlink != 1:
         return
-    item = (-max(st.st_atime_ns, st.st_mtime_ns), rel, st.st_size)
+    used = max(st.st_atime_ns, st.st_mtime_ns)
+    # (Page order is the order of ``oldest``: used first, then the path from last to first.)
+    if after is not None and (used < after[0] or (used == after[0] and rel >= after[1])):
+        return
+    out.offered += 1
+    item = (-used, rel, st.st_size)
     if len(heap) < keep:
         heapq.heappush(heap, item)
     elif heap and item > heap[0]:  # older than the newest kept

@@ -26,11 +26,12 @@ from tierfs.cache.counters import Counters
 from tierfs.cache.eviction import make_policy
 from tierfs.config import Config, resolve_capacity
 from tierfs.core.attrs import Attrs, attrs_of, err
+from tierfs.core.garbage import Garbage
 from tierfs.core.inodes import ROOT_INODE, Inode, InodeTable
 from tierfs.core.nslock import NamespaceLock
 from tierfs.core.openfile import DataState, OpenFile, warm_id
 from tierfs.index import Batch, Index
-from tierfs.objects.base import NoSuchObject, ObjectStoreError
+from tierfs.objects.base import ObjectStoreError
 from tierfs.stubs import Stub, StubError, looks_like_stub, parse_stub
 from tierfs.tiers.cold import ColdTier
 from tierfs.tiers.hot import HotTier
@@ -71,6 +72,9 @@ class Core:
         self.namemax = namemax
         self.as_root = os.geteuid() == 0
         self.ns_lock = NamespaceLock()
+        #: Deletes and aborts the bucket failed, tried again until done.
+        self.garbage = Garbage(cold, batch)
+        cold.abort_upload = self.garbage.abort
         #: Renames through the mount (under ``ns_lock``): see ``attr_mark``.
         self.renames = 0
         #: Renames, unlinks and rmdirs through the mount (under ``ns_lock``): a listing read
@@ -339,25 +343,10 @@ class Core:
             raise err(errno.EIO) from None
 
     async def delete_object(self, key: str, etag: str | None = None) -> None:
-        """Delete an object nothing refers to any more; a failure only leaves garbage.
+        """Delete an object nothing refers to any more; a failure is owed (``garbage``).
         ``etag``: the version a stub named. Another node may have rewritten the file under
         the same key since, its stub on its way: its object is not this one's to delete."""
-        try:
-            await self.cold.run(self._delete_version, key, etag)
-        except ObjectStoreError as e:
-            log.error("could not delete unreferenced object %s: %s", key, e)
-
-    def _delete_version(self, key: str, etag: str | None) -> None:
-        store = self.cold.store
-        if etag is not None:
-            try:
-                found = store.head(key).etag
-            except NoSuchObject:
-                return
-            if found != etag:
-                log.info("%s holds another version than the one to delete: kept", key)
-                return
-        store.delete(key)
+        await self.garbage.delete(key, etag)
 
 
 def _same_file_system(a: Path, b: Path) -> bool:

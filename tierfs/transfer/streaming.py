@@ -523,7 +523,7 @@ class StreamingUpload:
             return
         self._aborted = True
         try:
-            await self.cold.run(self.cold.store.abort_multipart, self.key, self.upload_id)
+            await self.cold.abort_upload(self.key, self.upload_id)
         except ObjectStoreError as e:
             log.error("could not abort the upload of %s (%s): %s", self.key, self.upload_id, e)
 

@@ -73,6 +73,7 @@ class FileSystem:
         self.upkeep = Upkeep(core)
         self.demoter = Demoter(core, self.journal, self.cold_publisher)
         self.upkeep.jobs.append(self.demoter.run_quota)
+        self.upkeep.jobs.append(core.garbage.run)
 
     # -- what the mount, the control socket and the tests look at --------------------------
 
@@ -155,6 +156,13 @@ class FileSystem:
         report = await Recovery(self.core, self.journal, self.publisher, self.staging
                                 ).run(rebooted)
         await self.demoter.recover()
+        garbage = self.core.garbage
+        await self.core.hot.run(garbage.load, self.core.index)
+        if garbage.owed:
+            owed = len(garbage.owed)
+            left = await garbage.retry()
+            log.info("recovery: %d cleanup(s) of the bucket were owed, %d done", owed,
+                     owed - left)
         return report
 
     async def shutdown(self) -> list[str]:

@@ -7,6 +7,7 @@ request) would wait for the command. Checked by counting how many files' states 
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,10 @@ class Turns:
     async def tick(self, done: trio.Event) -> None:
         while not done.is_set():
             self.turn += 1
+            # Runnable at every checkpoint of the others, but letting go of the GIL a moment
+            # each turn: spinning, it starved the warm thread listing the directory (each of
+            # its calls waited for the interpreter's switch interval), which took minutes.
+            time.sleep(0.00005)
             await trio.lowlevel.checkpoint()
 
 

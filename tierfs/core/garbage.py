@@ -6,7 +6,8 @@ for ever: nothing else knows of them once the stub or the journal entry that nam
 gone. So each failed cleanup is kept as a record in the index (committed with the next
 batch), tried again every ``RETRY_INTERVAL`` seconds while the mount runs, and at the next
 mount's recovery. A delete keeps the ETag it was meant for: another node may have written a
-new object at the key meanwhile, which is not this one's to delete.
+new object at the key meanwhile, which is not this one's to delete; a delete with no version
+to hold it to is tried once only.
 
 The records are this node's own (the hot tier's index), never read from the shared tree.
 """
@@ -29,6 +30,8 @@ log = logging.getLogger(__name__)
 PREFIX = b"garbage/"
 #: Seconds between tries of the cleanups still owed.
 RETRY_INTERVAL = 300.0
+#: Cleanups tried at mount, before serving (the rest wait for the first retry).
+AT_MOUNT = 32
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,7 +44,8 @@ class Owed:
 
     @property
     def record(self) -> bytes:
-        return PREFIX + json.dumps([self.key, self.upload_id]).encode()
+        """Each version its own record: two owed deletes of one key are two cleanups."""
+        return PREFIX + json.dumps([self.key, self.upload_id, self.etag]).encode()
 
     def encode(self) -> bytes:
         return json.dumps(dataclasses.asdict(self)).encode()
@@ -74,27 +78,35 @@ class Garbage:
         """Abort an upload given up on; if the store fails, the abort is owed."""
         await self._settle(Owed(key, upload_id))
 
-    async def retry(self) -> int:
-        """Try each cleanup still owed once: how many are left."""
-        for owed in list(self.owed.values()):
+    async def retry(self, most: int | None = None) -> int:
+        """Try each cleanup still owed once (``most``: at most that many): how many are
+        left."""
+        for owed in list(self.owed.values())[:most]:
             await self._settle(owed, again=True)
         return len(self.owed)
 
     async def run(self) -> None:
-        """Retry what is owed now and then, while the mount runs (an ``Upkeep`` job)."""
+        """Retry what is owed now and then, while the mount runs (an ``Upkeep`` job, whose
+        end would end the mount's background work: nothing but cancellation ends it)."""
         while True:
             await trio.sleep(RETRY_INTERVAL)
             if self.owed:
-                await self.retry()
+                try:
+                    await self.retry()
+                except Exception:
+                    log.exception("retrying the cleanups owed to the bucket failed")
 
     async def _settle(self, owed: Owed, again: bool = False) -> None:
         try:
             await self.cold.run(self._clean, owed)
-        except ObjectStoreError as e:
+        except (ObjectStoreError, OSError) as e:  # (OSError: a local folder's)
+            what = "abort the upload of" if owed.upload_id else "delete the object"
+            if owed.upload_id is None and owed.etag is None:
+                # No version to hold a later try to: the key may name a new object by then.
+                log.error("could not %s %s (kept: at worst garbage): %s", what, owed.key, e)
+                return
             if not again:
-                log.error("could not %s %s (tried again later): %s",
-                          "abort the upload of" if owed.upload_id else "delete the object",
-                          owed.key, e)
+                log.error("could not %s %s (tried again later): %s", what, owed.key, e)
             if owed.record not in self.owed:
                 self.owed[owed.record] = owed
                 self.batch.put("meta", owed.record, owed.encode())

@@ -438,7 +438,7 @@ class ColdPublisher:
                       info.key, e)
             return
         if now.metadata.get(UPLOAD_TOKEN) == token:
-            await core.delete_object(info.key)
+            await core.delete_object(info.key, now.etag)
 
     async def _follow_later_upload(self, inode: Inode, stub: Stub, st: os.stat_result,
                                    token: str) -> tuple[Stub, os.stat_result]:

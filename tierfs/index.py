@@ -37,6 +37,9 @@ FILE_MODE = 0o600
 FLUSH_INTERVAL = 1.0
 #: A sparse upper bound for the memory map, not space used: LMDB grows its file as needed.
 MAP_SIZE = 1 << 34
+#: Free bytes under which the hot disk counts as full when LMDB reports a commit's write as
+#: an I/O error (what a write cut short by the disk gives).
+NEARLY_FULL = 64 * 1024 * 1024
 
 #: Named databases: ``meta`` (format, counters), ``inodes`` (warm file identity -> tierfs inode
 #: number, so numbers stay stable across remounts for tools that cache st_ino, such as git),
@@ -84,6 +87,7 @@ def _tighten(path: Path) -> None:
 
 class Index:
     def __init__(self, path: Path, readonly: bool = False) -> None:
+        self.path = path
         if not readonly:  # (LMDB would make it with the files' mode, 0600: unusable)
             with contextlib.suppress(OSError):  # (LMDB says why if it cannot be made)
                 os.mkdir(path, 0o700)
@@ -165,11 +169,21 @@ class Index:
                         txn.put(key, value, db=self.dbs[db])
         except lmdb.Error as e:
             # The hot disk is full: callers make room. LMDB reports a write that the disk cut
-            # short (room for some of the pages, not all) as EIO, not ENOSPC.
-            for code in (errno.ENOSPC, errno.EIO):
-                if os.strerror(code) in str(e):
-                    raise OSError(errno.ENOSPC, f"committing the index: {e}") from None
+            # short (room for some of the pages, not all) as EIO, not ENOSPC: an EIO is
+            # taken for a full disk only where the disk is nearly full.
+            if os.strerror(errno.ENOSPC) in str(e) or (
+                    os.strerror(errno.EIO) in str(e) and self._nearly_full()):
+                raise OSError(errno.ENOSPC, f"committing the index: {e}") from None
+            if os.strerror(errno.EIO) in str(e):
+                raise OSError(errno.EIO, f"committing the index: {e}") from None
             raise
+
+    def _nearly_full(self) -> bool:
+        try:
+            st = os.statvfs(self.path)
+        except OSError:
+            return False
+        return st.f_bavail * st.f_frsize < NEARLY_FULL
 
     def close(self) -> None:
         self.env.close()

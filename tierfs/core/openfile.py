@@ -138,9 +138,9 @@ class OpenFile:
     #: warm file had other names, hard links made elsewhere: its staged data is not lost with
     #: the name but published in place through ``warm_fd`` (``WarmPublisher.publish_unnamed``).
     linked_elsewhere: bool = False
-    #: The last name of this cold file went through the mount and held its stub alone: the
+    #: The last name of this cold file went through the mount and held this stub alone: its
     #: object goes at the last close (``Namespace._drop_unreferenced``).
-    drop_object: bool = False
+    drop_object: Stub | None = None
     #: The warm file was created, empty, by this open and nothing has been published since:
     #: staging needs no copy of it. Cleared by the first publish (``Publisher.publish``).
     created: bool = False

@@ -420,10 +420,12 @@ class Namespace:
             core.name_changes += 1
             target = None if exchange else core.inodes.child(new_parent, new_name)
             await open_before_removal(self.core, target)
+            # Counted before the warm call: a call on a path the rename takes away (made
+            # without the lock) fails before the rename returns, and must see it counted.
+            core.renames += 1
             gone = await core.warm.run(
                 self._rename_blocking, rel, new_rel, flags,
                 is_cold(target) or last_name_of_open(target))
-            core.renames += 1
             moved = core.inodes.child(parent, name)
             replaced = core.inodes.child(new_parent, new_name)
             if exchange:
@@ -486,9 +488,11 @@ class Namespace:
         if not await self.owners.may_delete(inode.stub, st.st_uid, rel):
             return
         if inode.data is not None:
-            inode.data.drop_object = True
+            inode.data.drop_object = held
             return
-        await self.core.delete_object(inode.stub.key, inode.stub.etag)
+        # (The version the removed name held: another node may have rewritten the file
+        # under the same key since this mount last parsed its stub.)
+        await self.core.delete_object(held.key, held.etag)
 
     async def forget(self, items: Sequence[tuple[int, int]]) -> None:
         for ino, count in items:

@@ -220,8 +220,8 @@ class Staging:
             else:
                 log.error("upload %s of %s left unfinished for recovery", data.upload.upload_id,
                           data.upload.key)
-        if data.drop_object and inode.stub is not None:
-            await core.delete_object(inode.stub.key, inode.stub.etag)  # unlinked while open
+        if data.drop_object is not None:  # unlinked while open
+            await core.delete_object(data.drop_object.key, data.drop_object.etag)
         await drop_mirror(core.warm, data)  # before staging_fd closes: a copy may read it
         sid = data.staging_id
         remove = None if keep else sid

@@ -333,7 +333,11 @@ class Demoter:
         with trio.CancelScope(shield=True):
             if record.phase == "swap":
                 record.phase = "upload"
-                await self._save(record)
+                try:
+                    await self._save(record)
+                except OSError as e:  # (a full hot disk: the delete is tried all the same)
+                    log.warning("could not record that the demotion of %s is undone: %s",
+                                show(record.path), e)
             if await self._delete_own(record, crashed):
                 self.core.batch.delete("meta", RECORD_PREFIX + record.token.encode())
 

@@ -199,7 +199,10 @@ class WriteBack:
                         self._ring_first()
                 if failed is not None:
                     self.core.counters.add("upload_errors")
-                    data.error = failed
+                    if self.core.config.durability == "writeback":
+                        # Told by the file's next close or fsync. (In sync mode the close
+                        # that handed it here said EIO already.)
+                        data.error = failed
                     log.error("write-back of inode %d failed, retrying in %.0f s: %s",
                               inode.ino, delay, failed)
                     await self.journal.keep_staged(data)

@@ -23,6 +23,7 @@ from tierfs.cache.counters import Counters
 from tierfs.config import Config
 from tierfs.core.attrs import BLOCK_SIZE, Attrs, SetAttr
 from tierfs.core.context import Core
+from tierfs.core.garbage import AT_MOUNT
 from tierfs.core.inodes import Inode, InodeTable
 from tierfs.core.openfile import WarmId
 from tierfs.index import Index
@@ -160,9 +161,8 @@ class FileSystem:
         await self.core.hot.run(garbage.load, self.core.index)
         if garbage.owed:
             owed = len(garbage.owed)
-            left = await garbage.retry()
-            log.info("recovery: %d cleanup(s) of the bucket were owed, %d done", owed,
-                     owed - left)
+            left = await garbage.retry(AT_MOUNT)
+            log.info("recovery: %d cleanup(s) of the bucket were owed, %d left", owed, left)
         return report
 
     async def shutdown(self) -> list[str]:

@@ -17,6 +17,8 @@ import os
 import stat
 import time
 
+import trio
+
 from tierfs.core.attrs import Attrs, SetAttr, attrs_of, err, stage_times, version
 from tierfs.core.context import Core
 from tierfs.core.inodes import Inode, PageVersion, identity
@@ -95,9 +97,19 @@ class OpenFiles:
             data.kept_pages = True
         inode.cached_version = cached
         handle = self._new_handle(inode, data, flags)
-        if flags & os.O_TRUNC and handle.writable:
-            async with data.lock:
-                await self.writer.truncate(inode, data, 0)
+        if flags & os.O_TRUNC:
+            try:
+                if handle.writable:
+                    async with data.lock:
+                        await self.writer.truncate(inode, data, 0)
+                else:
+                    # O_RDONLY | O_TRUNC truncates on Linux (the kernel checked write
+                    # permission): a truncate with no writer, published at the last let-go.
+                    await self.truncate(inode, SetAttr(), 0)
+            except BaseException:
+                with trio.CancelScope(shield=True):
+                    await self.release(handle.fh)  # (the open fails: nobody will close it)
+                raise
             keep_cache = False
         return handle.fh, keep_cache, handle.direct
 

@@ -132,15 +132,17 @@ class WarmPublisher:
     async def at_path(self, inode: Inode, fn: Callable[..., R], *args: Any) -> R | None:
         """``fn(path, *args)`` in a warm worker, on the inode's path as it is when the call
         starts: a rename through the mount meanwhile makes that path vanish under the call
-        (FileNotFoundError), and it runs again on the new one. None once unlinked."""
+        (FileNotFoundError), and it runs again on the new one; so do renames that moved
+        it away and back (``Core.renames``). None once unlinked."""
         for _ in range(STALE_TRIES):
             rel = self.core.rel_or_none(inode)
             if rel is None:
                 return None
+            renames = self.core.renames
             try:
                 return await self.core.warm.run(fn, rel, *args)
             except FileNotFoundError:
-                if self.core.rel_or_none(inode) == rel:
+                if self.core.rel_or_none(inode) == rel and self.core.renames == renames:
                     raise  # not renamed: gone behind tierfs's back
         raise err(errno.EAGAIN)
 

@@ -21,8 +21,9 @@ import logging
 import trio
 
 from tierfs.index import Batch, Index
-from tierfs.objects.base import NoSuchObject, ObjectStoreError
+from tierfs.objects.base import NoSuchObject, ObjectInfo, ObjectStoreError
 from tierfs.tiers.cold import ColdTier
+from tierfs.transfer.streaming import UPLOAD_TOKEN
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,11 @@ class Owed:
     upload_id: str | None = None
     #: The version to delete (None: whatever is there).
     etag: str | None = None
+    #: That version as a HEAD before the failed delete saw it: its upload's token (each
+    #: upload its own; a rewrite of the same bytes has the same ETag on S3), or, for an
+    #: object without one, when it was written.
+    token: str | None = None
+    modified: int | None = None
 
     @property
     def record(self) -> bytes:
@@ -64,10 +70,16 @@ class Garbage:
                 try:
                     owed = Owed(**json.loads(raw))
                 except (ValueError, TypeError):
-                    log.warning("a cleanup record of the index is unreadable; dropped")
+                    owed = None
+                if owed is None or (owed.upload_id is None and owed.etag is None):
+                    log.warning("a cleanup record of the index is unreadable or names no "
+                                "version; dropped")
                     self.batch.delete("meta", record)
                     continue
-                self.owed[record] = owed
+                if record != owed.record:  # (named otherwise by an earlier tierfs)
+                    self.batch.delete("meta", record)
+                    self.batch.put("meta", owed.record, owed.encode())
+                self.owed[owed.record] = owed
 
     async def delete(self, key: str, etag: str | None = None) -> None:
         """Delete an object nothing refers to any more (``etag``: only that version); if the
@@ -97,9 +109,13 @@ class Garbage:
                     log.exception("retrying the cleanups owed to the bucket failed")
 
     async def _settle(self, owed: Owed, again: bool = False) -> None:
+        seen: list[ObjectInfo] = []
         try:
-            await self.cold.run(self._clean, owed)
+            await self.cold.run(self._clean, owed, seen)
         except (ObjectStoreError, OSError) as e:  # (OSError: a local folder's)
+            if seen and owed.token is None and owed.modified is None:
+                owed = dataclasses.replace(owed, token=seen[0].metadata.get(UPLOAD_TOKEN),
+                                           modified=seen[0].mtime_ns)
             what = "abort the upload of" if owed.upload_id else "delete the object"
             if owed.upload_id is None and owed.etag is None:
                 # No version to hold a later try to: the key may name a new object by then.
@@ -114,17 +130,24 @@ class Garbage:
         if self.owed.pop(owed.record, None) is not None:
             self.batch.delete("meta", owed.record)
 
-    def _clean(self, owed: Owed) -> None:
+    def _clean(self, owed: Owed, seen: list[ObjectInfo]) -> None:
         store = self.cold.store
         if owed.upload_id is not None:
             store.abort_multipart(owed.key, owed.upload_id)
             return
         if owed.etag is not None:
             try:
-                found = store.head(owed.key).etag
+                found = store.head(owed.key)
             except NoSuchObject:
                 return
-            if found != owed.etag:
+            if found.etag != owed.etag or not _same_version(owed, found):
                 log.info("%s holds another version than the one to delete: kept", owed.key)
                 return
+            seen.append(found)
         store.delete(owed.key)
+
+
+def _same_version(owed: Owed, found: ObjectInfo) -> bool:
+    if owed.token is not None:
+        return found.metadata.get(UPLOAD_TOKEN) == owed.token
+    return owed.modified in (None, found.mtime_ns)

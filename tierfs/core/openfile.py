@@ -107,6 +107,9 @@ class OpenFile:
     #: The object this file's stub pointed to before it was rewritten here; deleted once the
     #: new content is published, since nothing refers to it any more.
     replaces_object: str | None = None
+    #: The ETag of that object's version, when known (not after a crash): a delete that
+    #: fails is then owed, and tried again (``core.garbage``).
+    replaces_etag: str | None = None
     #: Staged whole from its object (a cold file opened without ``O_TRUNC``): while a writer
     #: changes it, it does not stream (``Placement.streams``, ``rewriting``).
     rewrite: bool = False

@@ -373,6 +373,7 @@ class ColdPublisher:
                 data.warm_id = warm_id(st)
         inode.cached_version = None
         replaced, data.replaces_object = data.replaces_object, None
+        replaced_etag = data.replaces_etag
         core.invalidate_attrs(inode.ino)
         # Written files stay hot: with the stub in place, staging becomes its cached blocks.
         taken = await take_staging(core, sid, fd, info.size,
@@ -382,7 +383,7 @@ class ColdPublisher:
         if sid is not None:
             self.journal.drop(sid)
         if replaced not in (None, info.key):
-            await core.delete_object(replaced)
+            await core.delete_object(replaced, replaced_etag)
         if taken is not None and stub is not None:
             await keep_object(core, taken, stub, upload.missing())
 

@@ -125,7 +125,7 @@ class Publisher:
             await self.journal.sync()
         inode.stub = data.stub = None  # it is a warm file now
         if data.replaces_object is not None:
-            await core.delete_object(data.replaces_object)
+            await core.delete_object(data.replaces_object, data.replaces_etag)
             data.replaces_object = None
         # The kernel's pages are what was written through it, unless O_DIRECT bypassed them.
         inode.cached_version = None if data.direct_written else version(st, inode.key)

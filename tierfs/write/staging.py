@@ -86,7 +86,7 @@ class Staging:
                 await self._room_for(inode, data, size)
                 data.atime_ns = data.mtime_ns = data.stub.mtime_ns
                 await self._download(inode, data, fd, size)
-                data.replaces_object = data.stub.key
+                data.replaces_object, data.replaces_etag = data.stub.key, data.stub.etag
             elif data.warm_fd is not None:
                 st = await core.warm.run(os.fstat, data.warm_fd)
                 data.atime_ns, data.mtime_ns = st.st_atime_ns, st.st_mtime_ns

@@ -142,6 +142,11 @@ class WarmPublisher:
             try:
                 return await self.core.warm.run(fn, rel, *args)
             except FileNotFoundError:
+                # A rename under way has taken the path on the tier before it moves the name
+                # here: its end is waited for. (Never called under the lock: a publish takes
+                # it exclusively later on.)
+                async with self.core.ns_lock.shared():
+                    pass
                 if self.core.rel_or_none(inode) == rel and self.core.renames == renames:
                     raise  # not renamed: gone behind tierfs's back
         raise err(errno.EAGAIN)

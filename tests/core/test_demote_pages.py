@@ -11,13 +11,29 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tierfs.control import moves
 from tierfs.control.commands import make_handlers
 
-from .conftest import core_test, open_core
+from .conftest import Core, core_test, open_core
+
+
+async def demote_in_pages_of_three(c: Core, path: str) -> dict[str, Any]:
+    """``tierfs demote PATH`` as the control socket serves it, walking three files a time."""
+    handlers = make_handlers(c.fs, "/mnt")
+
+    async def send(message: object) -> None:
+        pass
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(moves, "KEEP", 3)
+    try:
+        return await handlers["demote"]({"paths": [path]}, send)  # type: ignore[no-any-return]
+    finally:
+        mp.undo()
 
 
 @core_test
@@ -36,17 +52,7 @@ async def test_demote_of_a_large_directory_reaches_every_file_when_run_again(
         os.utime(p, ns=(t, t))
     (d / "plain").write_bytes(b"p" * 5000)  # a newer plain file
     async with open_core(tmp_path) as c:
-        handlers = make_handlers(c.fs, "/mnt")
-
-        async def send(message: object) -> None:
-            pass
-
-        mp = pytest.MonkeyPatch()
-        mp.setattr(moves, "KEEP", 3)
-        try:
-            result = await handlers["demote"]({"paths": ["d"]}, send)
-        finally:
-            mp.undo()
+        result = await demote_in_pages_of_three(c, "d")
         assert c.stub(b"d/plain") is not None, (
             f"the plain file was never demoted; tried={[f['path'] for f in result['files']]}")
         assert sorted(f["path"] for f in result["files"]) == [
@@ -65,17 +71,7 @@ async def test_pages_of_files_with_the_same_times_reach_each_file_once(tmp_path:
         p.write_bytes(bytes([i]) * 5000)
         os.utime(p, ns=(t, t))
     async with open_core(tmp_path) as c:
-        handlers = make_handlers(c.fs, "/mnt")
-
-        async def send(message: object) -> None:
-            pass
-
-        mp = pytest.MonkeyPatch()
-        mp.setattr(moves, "KEEP", 3)
-        try:
-            result = await handlers["demote"]({"paths": ["d"]}, send)
-        finally:
-            mp.undo()
+        result = await demote_in_pages_of_three(c, "d")
         assert sorted(f["path"] for f in result["files"]) == [f"d/f{i}" for i in range(8)]
         assert all(f["done"] for f in result["files"])
         for i in range(8):

@@ -13,8 +13,19 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import core_test, open_core
+from .conftest import Core, core_test, open_core
 from .test_streaming import SMALL, content
+
+
+async def close_failing(core: Core, path: bytes, data: bytes) -> OSError:
+    """Write a file bound for the bucket while the bucket refuses to complete uploads: the
+    error of its (last) close."""
+    core.store.fail_always("complete_multipart")
+    fh = await core.create(path)
+    await core.write_all(fh, data)
+    with pytest.raises(OSError) as failed:
+        await core.close(fh)
+    return failed.value
 
 
 @core_test
@@ -22,12 +33,8 @@ async def test_a_failed_last_close_is_read_as_written_and_published_later(
         tmp_path: Path) -> None:
     data = content(300_000)
     async with open_core(tmp_path, large_file_threshold=SMALL) as core:
-        core.store.fail_always("complete_multipart")
-        fh = await core.create(b"f")
-        await core.write_all(fh, data)
-        with pytest.raises(OSError) as failed:
-            await core.close(fh)
-        assert failed.value.errno == errno.EIO
+        failed = await close_failing(core, b"f", data)
+        assert failed.errno == errno.EIO
         assert await core.read_file(b"f") == data  # (was: b"", the old content)
         core.store.heal()
         await core.until(lambda: core.stub(b"f") is not None)
@@ -41,12 +48,8 @@ async def test_a_new_writer_close_is_not_failed_by_the_background_retry(
         tmp_path: Path) -> None:
     data = content(300_000)
     async with open_core(tmp_path, large_file_threshold=SMALL) as core:
-        core.store.fail_always("complete_multipart")
-        fh = await core.create(b"f")
-        await core.write_all(fh, data)
-        with pytest.raises(OSError) as failed:
-            await core.close(fh)
-        assert failed.value.errno == errno.EIO  # reported once, here
+        failed = await close_failing(core, b"f", data)
+        assert failed.errno == errno.EIO  # reported once, here
         # The background retry fails too (the bucket still away).
         await core.until(lambda: core.counter("upload_errors") >= 1)
         core.store.heal()

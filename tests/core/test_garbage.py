@@ -120,3 +120,19 @@ async def test_an_odd_error_of_an_owed_delete_does_not_stop_the_mount(
         await trio.sleep(0.5)  # a few rounds of the job
         await core.write_file(b"g", b"still serving")
         assert await core.read_file(b"g") == b"still serving"
+
+
+@core_test
+async def test_an_odd_error_of_an_owed_delete_at_mount_does_not_fail_the_mount(
+        tmp_path: Path) -> None:
+    async with open_core(tmp_path, large_file_threshold=SMALL) as core:
+        await core.write_file(b"f", content(300_000))
+        core.store.fail_nth("delete", 1)
+        await core.fs.unlink(ROOT, b"f")
+        assert len(core.fs.core.garbage.owed) == 1
+    core.store.fail_always("delete", ValueError("a bug of the store's"))
+    async with open_core(tmp_path, store=core.store, large_file_threshold=SMALL) as again:
+        await again.recover()  # (raised: the mount failed)
+        assert len(again.fs.core.garbage.owed) == 1
+        await again.write_file(b"g", b"serving")
+        assert await again.read_file(b"g") == b"serving"

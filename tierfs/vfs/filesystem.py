@@ -161,8 +161,13 @@ class FileSystem:
         await self.core.hot.run(garbage.load, self.core.index)
         if garbage.owed:
             owed = len(garbage.owed)
-            left = await garbage.retry(AT_MOUNT)
-            log.info("recovery: %d cleanup(s) of the bucket were owed, %d left", owed, left)
+            try:
+                left = await garbage.retry(AT_MOUNT)
+            except Exception:  # (what is owed waits for the running mount's retries)
+                log.exception("recovery: retrying the cleanups owed to the bucket failed")
+            else:
+                log.info("recovery: %d cleanup(s) of the bucket were owed, %d left", owed,
+                         left)
         return report
 
     async def shutdown(self) -> list[str]:

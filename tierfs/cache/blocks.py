@@ -1,25 +1,19 @@
 """The block cache: blocks of cold objects and warm files kept on the hot tier.
 
-A block is named by its source and its number. A cold source is the object's URI and ETag, a
-warm source the file's (inode, size, mtime, ctime) (``core.openfile.warm_id``): a changed source
-gets a new name, so old blocks are never served for it and simply age out.
+A block is named by its source and number: a cold source is the object's URI and ETag, a warm
+one the file's ``core.openfile.warm_id``; a changed source gets a new name, so its old blocks
+are never served and age out. A block is looked for in the memory pool (shared by every open
+file, bounded by ``read_memory``), then its checksummed file on the hot tier, then the source.
+Concurrent readers of one block share one fetch; a fetched block is returned at once and
+stored in the background, several per hot-tier call (``cache.storing``). A full hot tier
+(ENOSPC) makes the cache evict and try once more, else skip caching: a read never fails for it.
 
-Where a block is looked for, in order: the memory pool (blocks being read, shared by every open
-file, bounded by ``read_memory``), then the block file on the hot tier (checksummed), then the
-source itself. Concurrent readers of one block share one fetch. A fetched block is returned at
-once and written to the hot tier in the background, several in one hot-tier call
-(``cache.storing``); if the hot tier is full (ENOSPC), the cache evicts and tries once more, and
-otherwise gives up on caching that block: a read never fails because the cache is full.
-
-Capacity: the cache never holds more than ``capacity`` bytes, counting blocks being written.
-Blocks are evicted (by the policy, one victim per block coming in) to stay under the high
-watermark; when the hot disk itself runs out of space, down to the low watermark at once.
-Pinned blocks are outside the policy and never evicted.
-
-Index: every block has an entry in the ``blocks`` database (size, checksum, policy segment,
-frequency, access sequence, pinned). Entries change in memory and reach LMDB in the
-filesystem's batch, at most once per flush interval; at mount, entries without a file and files
-without an entry are dropped (``cache.reconcile``), and the policy is rebuilt in access order.
+The cache holds at most ``capacity`` bytes, blocks being written included: the policy evicts
+one victim per incoming block above the high watermark, and a full hot disk evicts down to the
+low watermark at once. Pinned blocks are outside the policy. Every block has an entry in the
+``blocks`` database, changed in memory and committed with the filesystem's batch; at mount,
+entries without a file and files without an entry are dropped (``cache.reconcile``), and the
+policy is rebuilt in access order.
 """
 
 from __future__ import annotations

@@ -19,7 +19,11 @@ with the page cache dropped (the floor answers with zeros from memory).
 ``--serve MOUNTPOINT --backing DIR`` serves a passthrough floor instead: each request makes
 its disk call on a real file in DIR, inline on the event loop (bench/small.py uses it); with
 ``--sync-close`` too, the close of a file written since it was opened also makes an
-``fdatasync``, what a close that promises durability has to pay at least.
+``fdatasync``, what a close that promises durability has to pay at least; with
+``--publish-close``, a file it creates is written to a temp file beside its name, which its
+first close fdatasyncs and renames over the (empty) file made at create: what a close in
+tierfs's sync mode promises (the name made on the tier at once, the data put in place
+whole and durable), done as cheaply as pyfuse3 allows.
 """
 
 from __future__ import annotations
@@ -132,7 +136,7 @@ def serve(mountpoint: str) -> None:
 
 
 def serve_passthrough(mountpoint: str, backing: str, sync_close: bool = False,
-                      threads: int = 0) -> None:
+                      threads: int = 0, publish_close: bool = False) -> None:
     """Run the passthrough floor on ``mountpoint`` over the directory ``backing`` until SIGTERM.
 
     Each request makes the disk call tierfs must make for it (an lstat for a lookup, a real
@@ -145,6 +149,11 @@ def serve_passthrough(mountpoint: str, backing: str, sync_close: bool = False,
     close can make and still promise the data durable, as both of tierfs's durability modes
     do (sync mode fsyncs the file, write-back commits a journal entry: one fdatasync).
 
+    With ``publish_close`` (which implies ``sync_close``), a create makes the file at its name
+    (``O_EXCL``, closed at once) and a temp file beside it, whose descriptor is the handle;
+    the handle's first flush or its release fdatasyncs the temp file and renames it over the
+    name. Sync mode's promise at close, without tierfs's hot-tier staging or its hand-offs.
+
     With ``threads``, each backing call is made in one of that many worker threads instead
     (tierfs's own ``Workers``, its cheapest hand-off), one hand-off per request: the floor over
     a network file system, where a call made on the event loop would hold every other request
@@ -155,6 +164,7 @@ def serve_passthrough(mountpoint: str, backing: str, sync_close: bool = False,
     from tierfs.tiers.workers import Workers
 
     workers = Workers("floor", threads) if threads else None
+    sync_close = sync_close or publish_close
 
     async def call(fn: Any, *args: Any) -> Any:
         if workers is None:
@@ -181,11 +191,16 @@ def serve_passthrough(mountpoint: str, backing: str, sync_close: bool = False,
             self.next_dir = 0
             #: Handles written since opened or synced (kept with ``sync_close`` only).
             self.written: set[int] = set()
+            #: Created handles not published yet (``publish_close``): (temp path, name).
+            self.unpublished: dict[int, tuple[str, str]] = {}
 
         def _settle(self, fh: int) -> None:
             if fh in self.written:
                 self.written.discard(fh)
                 os.fdatasync(fh)
+            if fh in self.unpublished:
+                temp, path = self.unpublished.pop(fh)
+                os.rename(temp, path)
 
         def _entry(self, path: str) -> pyfuse3.EntryAttributes:
             try:
@@ -238,6 +253,15 @@ def serve_passthrough(mountpoint: str, backing: str, sync_close: bool = False,
                     fd = os.open(path, flags | os.O_CREAT, mode)
                 except OSError as e:
                     raise pyfuse3.FUSEError(e.errno) from None
+                if publish_close:
+                    # The kernel knows the file by the temp file's number, the one its name
+                    # will have (the empty file's is freed at the rename, and reused).
+                    os.close(fd)
+                    temp = os.path.join(os.path.dirname(path),
+                                        f".floor~{os.path.basename(path)}")
+                    fd = os.open(temp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, mode)
+                    self.unpublished[fd] = (temp, path)
+                    self.written.add(fd)
                 st = os.fstat(fd)
                 self.paths[st.st_ino] = path
                 return fd, attrs_of(st.st_ino, st)
@@ -270,7 +294,7 @@ def serve_passthrough(mountpoint: str, backing: str, sync_close: bool = False,
                 raise pyfuse3.FUSEError(e.errno) from None
 
         async def flush(self, fh: int) -> None:
-            if fh in self.written:
+            if fh in self.written or fh in self.unpublished:
                 await call(self._settle, fh)
 
         async def fsync(self, fh: int, datasync: bool) -> None:
@@ -335,12 +359,14 @@ def run_until_signalled(pyfuse3: object, trio: object, ops: object, mountpoint: 
 
 
 def start_floor(mnt: Path, backing: Path | None = None, sync_close: bool = False,
-                threads: int = 0) -> subprocess.Popen[bytes]:
+                threads: int = 0, publish_close: bool = False) -> subprocess.Popen[bytes]:
     """The floor in a process of its own: the no-op file system, or with ``backing`` the
     passthrough one over that directory (``sync_close``: with an fdatasync at close;
-    ``threads``: its calls in worker threads, at most that many at once)."""
+    ``publish_close``: new files published at close as sync mode does; ``threads``: its
+    calls in worker threads, at most that many at once)."""
     extra = ["--backing", str(backing)] if backing is not None else []
     extra += ["--sync-close"] if sync_close else []
+    extra += ["--publish-close"] if publish_close else []
     extra += ["--threads", str(threads)] if threads else []
     proc = subprocess.Popen([sys.executable, __file__, "--serve", str(mnt), *extra])
     for _ in range(200):
@@ -397,6 +423,7 @@ def main() -> int:
     parser.add_argument("--serve", metavar="MOUNTPOINT", help=argparse.SUPPRESS)
     parser.add_argument("--backing", metavar="DIR", help=argparse.SUPPRESS)
     parser.add_argument("--sync-close", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--publish-close", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--threads", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--files", type=int, default=2000)
     parser.add_argument("--size-mib", type=int, default=512)
@@ -404,7 +431,8 @@ def main() -> int:
     args = parser.parse_args()
     if args.serve:
         if args.backing:
-            serve_passthrough(args.serve, args.backing, args.sync_close, args.threads)
+            serve_passthrough(args.serve, args.backing, args.sync_close, args.threads,
+                              args.publish_close)
         else:
             serve(args.serve)
         return 0

@@ -15,8 +15,10 @@ creating. Higher is better in every row; the ratios are tierfs over each baselin
 Below the table, the create job once more on a durable floor: the same passthrough on a
 mount and backing directory of its own, whose close of a file written since open makes an
 ``fdatasync`` (``--sync-close``), the least a close that promises durability must pay, as
-both of tierfs's durability modes do; tierfs's creates over it. ``--only creates`` runs the
-create job alone on every system.
+both of tierfs's durability modes do; and on a floor that also publishes as sync mode
+promises (``--publish-close``: the name made at create, the data written to a temp file
+beside it, fdatasynced and renamed over the name at close). tierfs's creates over both.
+``--only creates`` runs the create job alone on every system.
 
 Root is needed to drop the page cache. The machine is shared and noisy: compare ratios
 within one run.
@@ -154,8 +156,9 @@ def unmount(mnt: Path) -> None:
 
 
 @contextmanager
-def floor_mounted(mnt: Path, backing: Path, sync_close: bool = False) -> Iterator[Path]:
-    proc = start_floor(mnt, backing, sync_close)
+def floor_mounted(mnt: Path, backing: Path, sync_close: bool = False,
+                  publish_close: bool = False) -> Iterator[Path]:
+    proc = start_floor(mnt, backing, sync_close, publish_close=publish_close)
     try:
         yield mnt
     finally:
@@ -235,7 +238,8 @@ def main() -> int:
     notes: list[str] = []
     try:
         dirs = {n: base / n for n in ("plain", "floor-back", "floor", "synced-back", "synced",
-                                      "merger-back", "merger", "hot", "warm", "mnt")}
+                                      "published-back", "published", "merger-back", "merger",
+                                      "hot", "warm", "mnt")}
         for d in dirs.values():
             d.mkdir()
         for backing in (dirs["plain"], dirs["floor-back"], dirs["merger-back"], dirs["warm"]):
@@ -247,6 +251,9 @@ def main() -> int:
             results["floor"] = jobs(mnt, args, torch_ok, creates_only)
         with floor_mounted(dirs["synced"], dirs["synced-back"], sync_close=True) as mnt:
             synced = jobs(mnt, args, torch_ok, creates_only=True)
+        with floor_mounted(dirs["published"], dirs["published-back"],
+                           publish_close=True) as mnt:
+            published = jobs(mnt, args, torch_ok, creates_only=True)
         why = have_mergerfs()
         if why is None:
             with mergerfs_mounted(dirs["merger"], dirs["merger-back"]) as mnt:
@@ -258,7 +265,7 @@ def main() -> int:
         with tierfs_mounted(dirs["mnt"], dirs["hot"], dirs["warm"], "writeback") as mnt:
             wb = jobs(mnt, args, torch_ok, creates_only=True, new="new-writeback")
     finally:
-        for name in ("floor", "synced", "merger", "mnt"):
+        for name in ("floor", "synced", "published", "merger", "mnt"):
             unmount(base / name)
         shutil.rmtree(base, ignore_errors=True)
 
@@ -284,13 +291,14 @@ def main() -> int:
                          for v in (cells[1], cells[2], cells[0]))
         print(f"{label.ljust(width)}{figs}{mine:10.0f}{ratios}")
     key = next(iter(synced))
-    floor, durable = results["floor"][key], synced[key]
-    print(f"\n{'the floor with fdatasync at close':<{width}}{'floor':>10}{'+fdatasync':>11}"
-          f"{'tierfs':>10}{'t/+fdatasync':>13}")
+    floor, durable, put = results["floor"][key], synced[key], published[key]
+    print(f"\n{'durable floors (creates, files/s)':<{width}}{'floor':>10}{'+fdatasync':>11}"
+          f"{'+publish':>10}{'tierfs':>10}{'t/+fdatasync':>13}{'t/+publish':>11}")
     for label, ours in ((key, results["tierfs"]), ("  tierfs in writeback durability", wb)):
-        print(f"{label.ljust(width)}{floor:10.0f}{durable:11.0f}{ours[key]:10.0f}"
-              f"{ours[key] / durable:12.2f}x")
-    print(f"(the floor with fdatasync at close: {durable / floor:.2f}x of the floor)")
+        print(f"{label.ljust(width)}{floor:10.0f}{durable:11.0f}{put:10.0f}{ours[key]:10.0f}"
+              f"{ours[key] / durable:12.2f}x{ours[key] / put:10.2f}x")
+    print(f"(of the floor: with fdatasync at close {durable / floor:.2f}x, with sync mode's "
+          f"publish at close {put / floor:.2f}x)")
     for note in notes:
         print(note)
     return 0

@@ -22,6 +22,7 @@ import logging
 import os
 from collections.abc import Mapping
 
+from tierfs.cache.entries import cold_source_id
 from tierfs.core.attrs import err
 from tierfs.core.context import Core
 from tierfs.objects.base import (MetadataFixed, NoSuchObject, ObjectChanged, ObjectInfo,
@@ -35,6 +36,8 @@ log = logging.getLogger(__name__)
 UID, GID, MODE = "uid", "gid", "mode"
 #: Stubs remembered as verified (a few hundred bytes each).
 VERIFIED_ENTRIES = 4096
+#: Past any block number: every cached block of a source.
+ALL_BLOCKS = 1 << 62
 
 
 def owner_metadata(st: os.stat_result) -> dict[str, str]:
@@ -105,10 +108,20 @@ class Owners:
         try:
             info = await core.cold.run(core.cold.store.head, stub.key)
         except NoSuchObject:
-            return  # nothing to serve: reads fail as for any object gone
+            info = None
         except ObjectStoreError as e:
             log.error("cannot check the owner of %s (object %s): %s", show(rel), stub.key, e)
             raise err(errno.EIO) from None
+        if info is None or info.etag != stub.etag:
+            # The stub's version is not the bucket's any more, so its owner cannot be checked:
+            # its blocks are not served from the cache (named by key and ETag, they outlive
+            # the object), where a link copied from its old stub would otherwise find them.
+            # Its reads then fail, as reads of any version the bucket no longer has do; an
+            # open that will not read it (a rewrite) goes on.
+            source = cold_source_id(str(core.config.bucket), stub.key, stub.etag)
+            await core.cache.evict_source(source, ALL_BLOCKS)
+            if info is None:
+                return
         try:
             rec = recorded(info.metadata)
         except ValueError as e:
@@ -119,7 +132,7 @@ class Owners:
             log.error("refused %s: its stub does not match its object %s: %s",
                       show(rel), stub.key, why)
             raise err(errno.EACCES)
-        if info.etag == stub.etag:  # (another version: its reads fail, nothing to remember)
+        if info.etag == stub.etag:
             self.remember(stub, st.st_uid)
 
     async def may_delete(self, stub: Stub, owner: int, rel: bytes) -> bool:

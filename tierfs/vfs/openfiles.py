@@ -164,17 +164,21 @@ class OpenFiles:
 
     async def _check_stub(self, inode: Inode) -> None:
         """Refuse a cold file whose stub does not match its object's recorded owner and mode
-        (``core.ownership``), as at open."""
+        (``core.ownership``), as at open. The stub checked is the one read here, and it
+        becomes the inode's: what is staged after is that stub's object, never one the
+        inode remembered from before (the link may have been swapped since, by its owner)."""
         core = self.core
         async with core.ns_lock.shared():
             rel = core.rel_or_none(inode)
             if rel is None:
                 return  # unlinked: only an open handle reaches it, checked at its open
             st, target = await core.warm.run(core.warm.lstat_link, rel)
-        stub = core.parse_stub(st, target, rel)
+        inode.stub = stub = core.parse_stub(st, target, rel)
         if stub is None:
             raise err(errno.ESTALE)
         await self.namespace.owners.check(stub, st, rel)
+        if inode.stub != stub or core.rel_or_none(inode) is None:
+            raise err(errno.ESTALE)  # (changed while the bucket was asked: look again)
 
     def _new_handle(self, inode: Inode, data: OpenFile, flags: int) -> Handle:
         accmode = flags & os.O_ACCMODE

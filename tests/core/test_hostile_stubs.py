@@ -71,3 +71,23 @@ async def test_a_deleted_objects_cached_blocks_are_not_served_to_a_copied_stub(
             await core.read_file(b"h")
         assert failed.value.errno == errno.EIO
         assert core.cached_blocks() == 0
+
+
+@pytest.mark.parametrize("claimed", [3 * 1024 * 1024, 100], ids=["more", "less"])
+@core_test
+async def test_a_stub_whose_size_is_not_its_objects_is_not_promoted(
+        tmp_path: Path, claimed: int) -> None:
+    """A promotion takes the stub's size only if the object has it: it used to download that
+    many bytes (zeros past the object's end, or the object cut short) and delete the object,
+    the only whole copy, after."""
+    real = b"real content " * 100
+    async with open_core(tmp_path) as core:
+        info = core.store.inner.put(
+            "obj.bin", real, {"uid": str(os.getuid()), "gid": str(os.getgid()),
+                              "mode": "0644"})
+        stub = Stub("obj.bin", claimed, info.etag, 0o644, 1)
+        core.put_stub(b"f", stub)
+        outcome = await core.fs.demoter.promote(b"f")
+        assert not outcome.done and "does not match its object" in outcome.why
+        assert core.objects() == {"obj.bin": real}
+        assert core.warm_path(b"f").is_symlink()

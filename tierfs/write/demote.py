@@ -51,6 +51,7 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
+from tierfs.core.attrs import err
 from tierfs.core.context import Core
 from tierfs.core.inodes import Inode, identity, identity_of
 from tierfs.core.ownership import Owners, owner_metadata
@@ -476,10 +477,26 @@ class Demoter:
         if st.st_nlink != 1:  # (the object would be deleted under the other names)
             return Outcome(rel, stub.size, False, "hard-linked")
         await self.owners.check(stub, st, rel)  # (EACCES: not the object's owner's stub)
+        # The stub is anyone's to write: its size is taken only if the object has it, and the
+        # object is deleted after only if every byte of it came.
+        try:
+            info = await core.cold.run(core.cold.store.head, stub.key)
+        except NoSuchObject:
+            return Outcome(rel, stub.size, False, "its object is gone")
+        except ObjectStoreError as e:
+            raise err(errno.EIO) from e
+        if (info.size, info.etag) != (stub.size, stub.etag):
+            return Outcome(rel, stub.size, False, "its stub does not match its object (size "
+                           f"{stub.size}, the object's {info.size})")
         fd = await core.warm.run(warmswap.new_temp, core.warm, found)
         part = core.config.part_size
         for offset in range(0, stub.size, part):
             block = await core.get_object(stub, offset, part)
+            if len(block) != min(part, stub.size - offset):
+                log.error("promoting %s: %d bytes of %s at %d, where its stub says %d",
+                          show(rel), len(block), stub.key, offset,
+                          min(part, stub.size - offset))
+                raise err(errno.EIO)
             await core.warm.run(os.pwrite, fd, block, offset)
         await core.warm.run(warmswap.settle_temp, found, stub.size, stub.mode, stub.mtime_ns)
         await self._step("downloaded")

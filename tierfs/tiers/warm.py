@@ -145,10 +145,16 @@ class WarmTier(PublishCalls, Tier):
         finally:
             os.close(dfd)
 
-    def replace_symlink(self, rel: bytes, target: bytes) -> os.stat_result:
+    def replace_symlink(self, rel: bytes, target: bytes,
+                        expect: tuple[int, int] | None = None) -> os.stat_result:
         """Swap a symlink's target atomically (a stub's mode or mtime changed), keeping its
-        owner."""
-        return self._swap_in_symlink(rel, target, self.lstat(rel))
+        owner. ``expect``: the (device, inode) the symlink must have; ESTALE if another file
+        holds the name now (the change came for an inode, and the tree is anyone's)."""
+        old = self.lstat(rel)
+        if expect is not None and ((old.st_dev, old.st_ino) != expect
+                                   or not stat.S_ISLNK(old.st_mode)):
+            raise OSError(errno.ESTALE, "another file at its name now", rel)
+        return self._swap_in_symlink(rel, target, old)
 
     def _swap_in_symlink(self, rel: bytes, target: bytes, old: os.stat_result
                          ) -> os.stat_result:
@@ -227,6 +233,42 @@ class WarmTier(PublishCalls, Tier):
             mtime_ns = st.st_mtime_ns if mtime_ns is None else mtime_ns
         with parent_of(self.fd, rel) as (dfd, name):
             os.utime(name, ns=(atime_ns, mtime_ns), dir_fd=dfd, follow_symlinks=False)
+
+    def set_attrs(self, rel: bytes, expect: tuple[int, int], uid: int, gid: int,
+                  mode: int | None, times: tuple[int | None, int | None] | None) -> None:
+        """Owner (-1: unchanged), mode and times of the file at ``rel``, only if it is the file
+        ``expect`` (device, inode) names: ESTALE otherwise. An attribute change comes for an
+        inode (``fchmod`` of a descriptor needs no lookup), and another file may hold its
+        name by now, on a tree anyone may write; it must not get the change. The file is held
+        by an ``O_PATH`` descriptor from the check on, and changed through it, but for a
+        symlink's owner and times (Linux changes those by path only)."""
+        fd = self.open(rel, os.O_PATH)
+        try:
+            st = os.fstat(fd)
+            if (st.st_dev, st.st_ino) != expect:
+                raise OSError(errno.ESTALE, "another file at its name now", rel)
+            link = stat.S_ISLNK(st.st_mode)
+            if mode is not None and link:
+                raise OSError(errno.EOPNOTSUPP, "a symlink: its mode is not changed", rel)
+            if times is not None:
+                atime_ns, mtime_ns = times
+                times = (st.st_atime_ns if atime_ns is None else atime_ns,
+                         st.st_mtime_ns if mtime_ns is None else mtime_ns)
+            if not link:
+                if uid != -1 or gid != -1:
+                    os.chown(proc_path(fd), uid, gid)
+                if mode is not None:
+                    os.chmod(proc_path(fd), stat.S_IMODE(mode))
+                if times is not None:
+                    os.utime(proc_path(fd), ns=times)
+                return
+            with parent_of(self.fd, rel) as (dfd, name):
+                if uid != -1 or gid != -1:
+                    os.chown(name, uid, gid, dir_fd=dfd, follow_symlinks=False)
+                if times is not None:
+                    os.utime(name, ns=times, dir_fd=dfd, follow_symlinks=False)
+        finally:
+            os.close(fd)
 
     def truncate(self, rel: bytes, size: int) -> None:
         fd = self.open(rel, os.O_WRONLY)

@@ -260,23 +260,23 @@ class Namespace:
             etag=stub.etag if etag is None else etag)
         with core.inodes.replacing(inode):
             st = await core.warm.run(core.warm.replace_symlink, rel,
-                                     new.encode(core.config.bucket))
+                                     new.encode(core.config.bucket), key_ids(inode.key))
             inode.stub = new
             core.inodes.rekey(inode, st)
         if inode.data is not None:
             inode.data.stub, inode.data.base = new, st
 
     def _setattr_blocking(self, inode: Inode, rel: bytes, changes: SetAttr) -> None:
-        warm = self.core.warm
-        if changes.uid is not None or changes.gid is not None:
-            warm.chown(rel, -1 if changes.uid is None else changes.uid,
-                       -1 if changes.gid is None else changes.gid)
-        if changes.mode is not None:
-            if inode.kind == stat.S_IFLNK:
-                raise err(errno.EOPNOTSUPP)
-            warm.chmod(rel, changes.mode)
-        if changes.atime_ns is not None or changes.mtime_ns is not None:
-            warm.utime(rel, changes.atime_ns, changes.mtime_ns)
+        if changes.mode is not None and inode.kind == stat.S_IFLNK:
+            raise err(errno.EOPNOTSUPP)
+        timed = changes.atime_ns is not None or changes.mtime_ns is not None
+        if (changes.uid is None and changes.gid is None and changes.mode is None
+                and not timed):
+            return
+        self.core.warm.set_attrs(
+            rel, key_ids(inode.key), -1 if changes.uid is None else changes.uid,
+            -1 if changes.gid is None else changes.gid, changes.mode,
+            (changes.atime_ns, changes.mtime_ns) if timed else None)
 
     async def readlink(self, ino: int) -> bytes:
         core = self.core

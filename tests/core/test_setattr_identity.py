@@ -5,7 +5,7 @@ group-writable directory: its owner removed the file there and another user's to
 the change fails with ESTALE and the other file is not touched. It used to be made on
 whatever the path held: through a mount running as root, a user's chmod of their own removed
 file opened another user's private file, and a ``touch`` of a removed stub renamed a new stub
-over another user's file, its data gone."""
+over another user's file, its data gone; a truncate emptied it."""
 
 from __future__ import annotations
 
@@ -45,6 +45,23 @@ async def test_a_chmod_through_an_old_inode_does_not_reach_the_file_now_at_its_p
             await core.fs.release(fh)
         st = os.lstat(mine)
         assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (VICTIM, 0o600)
+
+
+@core_test
+async def test_a_truncate_through_an_old_inode_does_not_reach_the_file_now_at_its_path(
+        tmp_path: Path) -> None:
+    """A truncate of a file with no open state goes to the warm file by its path (``truncate
+    -s 0`` within the kernel's entry timeout, its lookup cached): the same check."""
+    async with open_core(tmp_path) as core:
+        mine = core.warm_path(b"x")
+        mine.write_bytes(b"the hostile's own file")
+        inode = await core.lookup_path(b"x")
+        os.rename(mine, core.warm_path(b"moved"))
+        mine.write_bytes(b"the victim's data")
+        with pytest.raises(OSError) as refused:
+            await core.fs.setattr(inode.ino, SetAttr(size=0))
+        assert refused.value.errno == errno.ESTALE
+        assert mine.read_bytes() == b"the victim's data"
 
 
 @core_test

@@ -226,14 +226,6 @@ class WarmTier(PublishCalls, Tier):
         with parent_of(self.fd, rel) as (dfd, name):
             os.chown(name, uid, gid, dir_fd=dfd, follow_symlinks=False)
 
-    def utime(self, rel: bytes, atime_ns: int | None, mtime_ns: int | None) -> None:
-        if atime_ns is None or mtime_ns is None:
-            st = self.lstat(rel)
-            atime_ns = st.st_atime_ns if atime_ns is None else atime_ns
-            mtime_ns = st.st_mtime_ns if mtime_ns is None else mtime_ns
-        with parent_of(self.fd, rel) as (dfd, name):
-            os.utime(name, ns=(atime_ns, mtime_ns), dir_fd=dfd, follow_symlinks=False)
-
     def set_attrs(self, rel: bytes, expect: tuple[int, int], uid: int, gid: int,
                   mode: int | None, times: tuple[int | None, int | None] | None) -> None:
         """Owner (-1: unchanged), mode and times of the file at ``rel``, only if it is the file
@@ -270,9 +262,14 @@ class WarmTier(PublishCalls, Tier):
         finally:
             os.close(fd)
 
-    def truncate(self, rel: bytes, size: int) -> None:
+    def truncate(self, rel: bytes, size: int, expect: tuple[int, int]) -> None:
+        """A new size for the file at ``rel``, only if it is the file ``expect`` (device,
+        inode) names: ESTALE otherwise (as ``set_attrs``)."""
         fd = self.open(rel, os.O_WRONLY)
         try:
+            st = os.fstat(fd)
+            if (st.st_dev, st.st_ino) != expect:
+                raise OSError(errno.ESTALE, "another file at its name now", rel)
             os.ftruncate(fd, size)
         finally:
             os.close(fd)

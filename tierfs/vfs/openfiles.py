@@ -21,7 +21,7 @@ import trio
 
 from tierfs.core.attrs import Attrs, SetAttr, attrs_of, err, stage_times, version
 from tierfs.core.context import Core
-from tierfs.core.inodes import Inode, PageVersion, identity
+from tierfs.core.inodes import Inode, PageVersion, identity, key_ids
 from tierfs.core.openfile import OpenFile, warm_id
 from tierfs.tiers.beneath import split
 from tierfs.vfs.namespace import Namespace
@@ -310,7 +310,8 @@ class OpenFiles:
             async with core.ns_lock:
                 if inode.data is None:  # (an open that was under way: staged with it below)
                     if (rel := core.rel_or_none(inode)) is not None:
-                        await core.warm.run(core.warm.truncate, rel, changes.size)
+                        await core.warm.run(core.warm.truncate, rel, changes.size,
+                                            key_ids(inode.key))
                         # Changed here: an open must look again, and attributes a stat read
                         # across the change are not remembered (``Core.seen_mark``).
                         inode.attr_changes += 1

@@ -416,15 +416,18 @@ class Journal:
         """The staged content is home: recovery has nothing to publish for it. Returns
         whether the caller must wait for a commit before it acknowledges the publish: the
         index may hold a prefix of it as acknowledged (``Entry.acked``), which recovery would
-        publish over it from the staging file a publish by copy keeps."""
+        publish over it from the staging file a publish by copy keeps; or it says the data
+        closed and that staging file is kept past the publish (by copy: a handle may keep it
+        for long, a reader or a writer that reopened it): a crash before the next batch
+        would have recovery publish it again, over whatever another node put there since."""
         entry = self.entry_of(data)
         if entry is None or not (entry.closed or entry.acked is not None):
             return False
-        had_prefix = entry.acked is not None
+        must_commit = entry.acked is not None or data.staged
         entry.closed, entry.acked = False, None
         entry.replaces = None
         self.update(data.staging_id, entry)
-        return had_prefix
+        return must_commit
 
     def forget_upload(self, data: OpenFile) -> None:
         """A file's multipart upload was aborted; its data is still staged."""

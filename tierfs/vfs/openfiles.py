@@ -421,6 +421,11 @@ class OpenFiles:
                 if (not self.writeback.holds(inode) and data.handles == 0
                         and inode.data is data):
                     await self.staging.retire(inode, data)
+            elif (writable and data.writers == 0 and self.core.has_home(inode)
+                    and self.writeback.acknowledged(inode, data)):
+                # The last writer's close, readers still holding it: published as after any
+                # last close, not when the last reader goes (which may be never).
+                self.writeback.start(inode, data)
         finally:
             self.core.inodes.closed(inode)
 

@@ -312,6 +312,11 @@ class OpenFiles:
                     if (rel := core.rel_or_none(inode)) is not None:
                         await core.warm.run(core.warm.truncate, rel, changes.size,
                                             key_ids(inode.key))
+                        # Staged data kept at this path for a later try (its publish failed,
+                        # at recovery or unmount) is older than this change: never published
+                        # over it.
+                        if self.journal.superseded(rel, None):
+                            await self.journal.sync()
                         # Changed here: an open must look again, and attributes a stat read
                         # across the change are not remembered (``Core.seen_mark``).
                         inode.attr_changes += 1

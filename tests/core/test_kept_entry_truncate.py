@@ -1,0 +1,46 @@
+"""Staged data whose recovery failed stays journaled for the next mount; a truncate by path
+made through the mount meanwhile (no open state: straight to the warm file) supersedes it, as
+a publish of new content does, so the next mount does not publish the older data over it.
+It used to."""
+
+from __future__ import annotations
+
+import errno
+from pathlib import Path
+
+import pytest
+
+from tierfs.write.warm import WarmPublisher
+
+from .conftest import SetAttr, core_test, open_core
+
+V1 = b"1" * 50_000
+BEFORE = b"0" * 20_000
+
+
+@core_test
+async def test_a_truncate_after_a_failed_recovery_is_not_undone_at_the_next_mount(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    async with open_core(tmp_path, durability="writeback") as core:
+        await core.recover()
+        await core.write_file(b"f", BEFORE)
+        assert await core.publish_all() == []
+        core.fs.writeback.quiet = core.fs.writeback.max_wait = 60.0
+        await core.write_file(b"f", V1)  # acknowledged, not home yet
+        core.crash()
+    async with open_core(tmp_path, durability="writeback") as again:
+        real = WarmPublisher.publish
+
+        async def failing(*args: object, **kwargs: object) -> None:
+            raise OSError(errno.EIO, "warm tier away")
+
+        monkeypatch.setattr(WarmPublisher, "publish", failing)
+        report = await again.recover()
+        assert report.failed == 1  # kept for the next mount
+        monkeypatch.setattr(WarmPublisher, "publish", real)
+        f = await again.lookup_path(b"f")
+        await again.fs.setattr(f.ino, SetAttr(size=3))  # truncate -s 3 f
+        assert again.warm_path(b"f").read_bytes() == BEFORE[:3]
+    async with open_core(tmp_path, durability="writeback") as third:
+        report = await third.recover()
+        assert third.warm_path(b"f").read_bytes() == BEFORE[:3], report

@@ -91,3 +91,25 @@ async def test_a_stub_whose_size_is_not_its_objects_is_not_promoted(
         assert not outcome.done and "does not match its object" in outcome.why
         assert core.objects() == {"obj.bin": real}
         assert core.warm_path(b"f").is_symlink()
+
+
+@core_test
+async def test_an_object_shorter_than_its_stub_is_an_error_not_zeros(tmp_path: Path) -> None:
+    """A cold file's bytes come from its object only as its stub says: a read past the
+    object's end, or a write-open that copies it into staging, fails with EIO. The read
+    used to give a short block (zeros once cached) and the copy a file padded with zeros."""
+    real = b"real content " * 10_000  # (130,000 bytes: two blocks of 64 KiB and a bit)
+    async with open_core(tmp_path, large_file_threshold="64KiB") as core:
+        info = core.store.inner.put(
+            "obj.bin", real, {"uid": str(os.getuid()), "gid": str(os.getgid()),
+                              "mode": "0644"})
+        core.put_stub(b"f", Stub("obj.bin", len(real) + 100_000, info.etag, 0o644, 1))
+        with pytest.raises(OSError) as failed:
+            await core.read_file(b"f")
+        assert failed.value.errno == errno.EIO
+        fh = await core.open(b"f", os.O_RDWR)
+        with pytest.raises(OSError) as failed:
+            await core.fs.write(fh, 0, b"x")  # (the object copied into staging first)
+        assert failed.value.errno == errno.EIO
+        await core.fs.release(fh)
+        assert core.objects() == {"obj.bin": real} and core.staged() == []

@@ -333,14 +333,20 @@ class Core:
 
     async def get_object(self, stub: Stub, offset: int, size: int) -> bytes:
         """A ranged GET pinned to the stub's ETag: a changed object is an error, never a mix of
-        old and new bytes."""
+        old and new bytes; so is an object shorter than its stub says (a stub is anyone's to
+        write), never bytes cut short or padded."""
         size = max(0, min(size, stub.size - offset))
         try:
-            return await self.cold.run(self.cold.store.get_range, stub.key, offset, size,
-                                       stub.etag)
+            out = await self.cold.run(self.cold.store.get_range, stub.key, offset, size,
+                                      stub.etag)
         except ObjectStoreError as e:
             log.error("reading %s at %d: %s", stub.key, offset, e)
             raise err(errno.EIO) from None
+        if len(out) != size:
+            log.error("reading %s at %d: %d bytes, where its stub says %d", stub.key, offset,
+                      len(out), size)
+            raise err(errno.EIO)
+        return out
 
     async def delete_object(self, key: str, etag: str | None = None) -> None:
         """Delete an object nothing refers to any more; a failure is owed (``garbage``).

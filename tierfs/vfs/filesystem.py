@@ -154,7 +154,8 @@ class FileSystem:
     async def recover(self, rebooted: bool = False) -> Report:
         """Finish or undo what the journal says was in flight when tierfs last stopped (at
         mount, before serving; see ``write.recovery``)."""
-        report = await Recovery(self.core, self.journal, self.publisher, self.staging
+        report = await Recovery(self.core, self.journal, self.publisher, self.staging,
+                                self.writeback
                                 ).run(rebooted)
         await self.demoter.recover()
         garbage = self.core.garbage

@@ -54,6 +54,7 @@ from tierfs.transfer.streaming import StreamingUpload, part_size
 from tierfs.write import journal
 from tierfs.write.publish import Publisher
 from tierfs.write.staging import Staging
+from tierfs.write.writeback import WriteBack
 
 log = logging.getLogger(__name__)
 
@@ -89,11 +90,12 @@ def publishable(entry: journal.Entry, rebooted: bool) -> int | None:
 
 class Recovery:
     def __init__(self, core: Core, journal_: journal.Journal, publisher: Publisher,
-                 staging: Staging) -> None:
+                 staging: Staging, writeback: WriteBack) -> None:
         self.core = core
         self.journal = journal_
         self.publisher = publisher
         self.staging = staging
+        self.writeback = writeback
 
     async def run(self, rebooted: bool = False) -> Report:
         core = self.core
@@ -126,8 +128,9 @@ class Recovery:
                     await core.hot.run(core.hot.remove_staging, sid)
                     report.discarded += 1
             except (OSError, ObjectStoreError) as e:
-                # Kept for the next mount to try again; the mount itself goes on.
-                log.error("recovery of %s (staged as %s) failed, kept for the next mount: %s",
+                # Kept for another try (in the background if its publish failed, else at the
+                # next mount); the mount itself goes on.
+                log.error("recovery of %s (staged as %s) failed, kept for another try: %s",
                           show(entry.path), sid, e)
                 report.failed += 1
                 self.journal.record(sid, entry)  # (it may have come from the log alone)
@@ -211,15 +214,23 @@ class Recovery:
         data.changed()
         inode.data = data
         core.inodes.opened(inode)
+        retried = False
         try:
             await self.publisher.publish(inode, data)
         except OSError:
             if sid not in self.journal.entries:
                 report.lost += 1  # the bucket dropped the upload after parts left staging
                 return
+            # Acknowledged data: read here as written from now on, and published by the
+            # write-back task once the tier answers, as after a live close whose publish
+            # failed. Left to the next mount alone, the file read as before all along, and a
+            # change made to that through the mount superseded it.
+            retried = True
+            self.writeback.start(inode, data)
             raise
         finally:
-            await self.staging.retire(inode, data)
+            if not retried:
+                await self.staging.retire(inode, data)
             for held in reversed(chain):
                 core.inodes.closed(held)
         if data.stub is not None:  # (now a stub: it went to the bucket)

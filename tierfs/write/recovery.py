@@ -197,25 +197,26 @@ class Recovery:
                         size=entry.size, written=entry.size, atime_ns=entry.atime_ns,
                         mtime_ns=entry.mtime_ns, replaces_object=entry.replaces)
         data.to(DataState.STAGED)
-        upload = entry.upload
-        if upload is not None:
-            if upload.upload_id is None:
-                # Created (perhaps) but never recorded: start afresh, as a live writer would.
-                await self._abort(upload)
-                entry.upload = None
-                self.journal.record(sid, entry)
-            else:
-                assert core.nursery is not None
-                data.upload = StreamingUpload(
-                    core.cold, core.hot, core.nursery, fd, upload.key, upload.upload_id,
-                    upload.first_part, core.config.upload_window,
-                    self.journal.part_recorder(sid), upload.token, done=upload.parts,
-                    checksum=upload.checksum)
         data.changed()
         inode.data = data
         core.inodes.opened(inode)
         retried = False
         try:
+            upload = entry.upload
+            if upload is not None:
+                if upload.upload_id is None:
+                    # Created (perhaps) but never recorded: start afresh, as a live writer
+                    # would.
+                    await self._abort(upload)
+                    entry.upload = None
+                    self.journal.record(sid, entry)
+                else:
+                    assert core.nursery is not None
+                    data.upload = StreamingUpload(
+                        core.cold, core.hot, core.nursery, fd, upload.key, upload.upload_id,
+                        upload.first_part, core.config.upload_window,
+                        self.journal.part_recorder(sid), upload.token, done=upload.parts,
+                        checksum=upload.checksum)
             await self.publisher.publish(inode, data)
         except OSError:
             if sid not in self.journal.entries:

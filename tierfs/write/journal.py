@@ -314,20 +314,27 @@ class Journal:
             await self.sync()
             return
         assert data.staging_id is not None
-        if self._acks_queued is not None and acks.size and self.batch.covers(self._acks_queued):
-            acks.empty()
-        try:
-            seq = acks.append(data.staging_id, entry.encode())
-        except OSError as e:
-            log.error("the acknowledgement log failed, committing instead: %s", e)
+        if not self._log(data.staging_id, entry):
             await self.sync()
             if self._acks_queued is not None and self.batch.covers(self._acks_queued):
                 with contextlib.suppress(OSError):
                     acks.empty()  # (only when no other close's record is still needed)
-            return
+
+    def _log(self, sid: str, entry: Entry) -> bool:
+        """Append an entry's state to the log, to be applied over the index's at recovery if
+        no commit covers it by then; False if the log failed (the caller commits)."""
+        acks = self.acks
+        if self._acks_queued is not None and acks.size and self.batch.covers(self._acks_queued):
+            acks.empty()
+        try:
+            seq = acks.append(sid, entry.encode())
+        except OSError as e:
+            log.error("the acknowledgement log failed, committing instead: %s", e)
+            return False
         self.batch.put("meta", acklog.META_KEY, pack_u64(seq))
         if self._acks_queued is not None:
             self._acks_queued = self.batch.position
+        return True
 
     def close(self) -> None:
         self.acks.close()
@@ -416,18 +423,23 @@ class Journal:
         """The staged content is home: recovery has nothing to publish for it. Returns
         whether the caller must wait for a commit before it acknowledges the publish: the
         index may hold a prefix of it as acknowledged (``Entry.acked``), which recovery would
-        publish over it from the staging file a publish by copy keeps; or it says the data
-        closed and that staging file is kept past the publish (by copy: a handle may keep it
-        for long, a reader or a writer that reopened it): a crash before the next batch
-        would have recovery publish it again, over whatever another node put there since."""
+        publish over it from the staging file a publish by copy keeps. Where the index or the
+        log may say the data closed and that staging file stays (by copy: a handle may keep
+        it past the publish, a reader or a writer that reopened it), the change is logged
+        (``acklog``): a crash before the next batch would otherwise have recovery publish it
+        again, over whatever another node put there since."""
         entry = self.entry_of(data)
         if entry is None or not (entry.closed or entry.acked is not None):
             return False
-        must_commit = entry.acked is not None or data.staged
+        had_prefix = entry.acked is not None
         entry.closed, entry.acked = False, None
         entry.replaces = None
         self.update(data.staging_id, entry)
-        return must_commit
+        sid = data.staging_id
+        if (not had_prefix and data.staged and sid in self._maybe_closed
+                and self.entries.get(sid) is entry):
+            return not self._log(sid, entry)
+        return had_prefix
 
     def forget_upload(self, data: OpenFile) -> None:
         """A file's multipart upload was aborted; its data is still staged."""

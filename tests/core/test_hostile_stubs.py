@@ -3,8 +3,9 @@ is the object of the stub it checked against its object's recorded owner (docs/s
 "Owners"), never another.
 
 - A truncate of a cold file stages the object of the stub it read again and checked, which
-  becomes the inode's; it used to stage the one the inode remembered from its lookup, so a
-  link swapped in between (its owner's own) had another user's object copied into it.
+  becomes the inode's, and only if that link is still the inode's (another link at the name
+  is ESTALE); it used to stage the one the inode remembered from its lookup, so a link
+  swapped in between (its owner's own) had another user's object copied into it.
 - A stub whose version the bucket no longer has (the object deleted, or another version at
   its key) cannot be checked: its cached blocks, named by key and ETag, are dropped, so a link
   copied from a deleted file's old stub is not served that file's data from the cache (the
@@ -44,9 +45,16 @@ async def test_a_truncate_stages_the_object_of_the_stub_it_checked(tmp_path: Pat
         # 2. The link swapped, on the warm tier, for a stub naming the hostile's own object
         #    (the kernel still holds the inode from the lookup), then a truncate through it.
         core.put_stub(b"f", Stub("mine.bin", 10, mine.etag, 0o644, 1))
-        await core.fs.setattr(inode.ino, SetAttr(size=len(SECRET) + 1))
+        with pytest.raises(OSError) as refused:  # (another link than the inode's now)
+            await core.fs.setattr(inode.ino, SetAttr(size=len(SECRET) + 1))
+        assert refused.value.errno == errno.ESTALE
         await core.fs.save_index()
         # (Was: the victim's object, whose check had refused it, staged and published.)
+        assert core.warm_path(b"f").is_symlink() and core.staged() == []
+        # Looked up again, the link is the hostile's own object's: cut as asked.
+        inode = await core.lookup_path(b"f")
+        await core.fs.setattr(inode.ino, SetAttr(size=len(SECRET) + 1))
+        await core.fs.save_index()
         assert core.warm_path(b"f").read_bytes() == b"x" * 10 + bytes(len(SECRET) - 9)
 
 

@@ -5,7 +5,9 @@ group-writable directory: its owner removed the file there and another user's to
 the change fails with ESTALE and the other file is not touched. It used to be made on
 whatever the path held: through a mount running as root, a user's chmod of their own removed
 file opened another user's private file, and a ``touch`` of a removed stub renamed a new stub
-over another user's file, its data gone; a truncate emptied it."""
+over another user's file, its data gone; a truncate emptied it, and a truncate of a cold file
+staged, cut and published the cold file that took the name (a first fix checked warm files
+only)."""
 
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from .conftest import SetAttr, Stub, core_test, open_core
 
 HOSTILE = 1111
 VICTIM = 2222
+VICTIM_DATA = b"v" * 5000
 
 
 @core_test
@@ -104,3 +107,27 @@ async def test_attribute_changes_reach_the_file_through_its_own_descriptor(
                 VICTIM, VICTIM, 3 * 10**18, 2 * 10**18), name
             if not link:
                 assert stat.S_IMODE(st.st_mode) == 0o640, name
+
+
+@core_test
+async def test_a_cold_truncate_through_an_old_inode_does_not_cut_the_file_now_at_its_path(
+        tmp_path: Path) -> None:
+    async with open_core(tmp_path) as core:
+        own = {"gid": str(HOSTILE), "mode": "0644"}
+        info = core.store.inner.put("h.bin", b"hostile", {"uid": str(HOSTILE), **own})
+        core.put_stub(b"x", Stub("h.bin", 7, info.etag, 0o644, 1))
+        os.lchown(core.warm_path(b"x"), HOSTILE, HOSTILE)
+        inode = await core.lookup_path(b"x")  # the hostile's, cached by the kernel
+        # On the warm tier: the hostile's stub goes; the victim's cold file takes the name.
+        os.rename(core.warm_path(b"x"), core.warm_path(b"moved"))
+        vinfo = core.store.inner.put(
+            "v.bin", VICTIM_DATA, {"uid": str(VICTIM), "gid": str(VICTIM), "mode": "0600"})
+        core.put_stub(b"x", Stub("v.bin", len(VICTIM_DATA), vinfo.etag, 0o600, 1))
+        os.lchown(core.warm_path(b"x"), VICTIM, VICTIM)
+        # truncate -s 3 through the hostile's inode (no open state: by path)
+        with pytest.raises(OSError) as refused:
+            await core.fs.setattr(inode.ino, SetAttr(size=3))
+        assert refused.value.errno == errno.ESTALE
+        stub = core.stub(b"x")
+        assert stub is not None and stub.key == "v.bin", "the victim's file was replaced"
+        assert core.objects()["v.bin"] == VICTIM_DATA

@@ -173,6 +173,8 @@ class OpenFiles:
             if rel is None:
                 return  # unlinked: only an open handle reaches it, checked at its open
             st, target = await core.warm.run(core.warm.lstat_link, rel)
+        if identity(st) != inode.key:
+            raise err(errno.ESTALE)  # (another file holds its name now: not this one's)
         inode.stub = stub = core.parse_stub(st, target, rel)
         if stub is None:
             raise err(errno.ESTALE)
@@ -426,10 +428,11 @@ class OpenFiles:
                 if (not self.writeback.holds(inode) and data.handles == 0
                         and inode.data is data):
                     await self.staging.retire(inode, data)
-            elif (writable and data.writers == 0 and self.core.has_home(inode)
+            elif (data.writers == 0 and self.core.has_home(inode)
                     and self.writeback.acknowledged(inode, data)):
-                # The last writer's close, readers still holding it: published as after any
-                # last close, not when the last reader goes (which may be never).
+                # The last writer's close (or a truncate no writer will close), readers still
+                # holding it: published as after any last close, not when the last reader
+                # goes (which may be never).
                 self.writeback.start(inode, data)
         finally:
             self.core.inodes.closed(inode)

@@ -196,12 +196,26 @@ class Namespace:
         core = self.core
         core.forget_dir_attrs()
         if changes.owner_mode_or_times:
-            async with core.ns_lock:
-                await self._set_attributes(inode, changes)
-                # (counted again: a lookup queued for the lock before this call may have
-                # listed the directory after the count above: ``vfs.listed``)
-                core.forget_dir_attrs()
+            while (data := inode.data) is not None:
+                # Not while a publish of the file is under way (it holds the file's lock
+                # throughout): it puts another file at the name before the inode is rekeyed
+                # to it, and a change checked against the old one would find it gone.
+                async with data.lock:
+                    if inode.data is not data:
+                        continue  # retired while we waited
+                    await self._set_attributes_locked(inode, changes)
+                    break
+            else:
+                await self._set_attributes_locked(inode, changes)
         return await core.refresh(inode)
+
+    async def _set_attributes_locked(self, inode: Inode, changes: SetAttr) -> None:
+        core = self.core
+        async with core.ns_lock:
+            await self._set_attributes(inode, changes)
+            # (counted again: a lookup queued for the lock before this call may have listed
+            # the directory after the count above: ``vfs.listed``)
+            core.forget_dir_attrs()
 
     async def _set_attributes(self, inode: Inode, changes: SetAttr) -> None:
         """Owner, mode and times, wherever the file is now: a cold file's mode and mtime are

@@ -1,0 +1,55 @@
+"""A change of owner, mode or times while the file's publish is under way waits for the
+publish, as a link does: a cold publish puts the stub at the name and asks the bucket (a
+HEAD) before the inode is rekeyed to it, and a ``touch`` in between, checked against the
+file the inode stood for (``WarmTier.set_attrs``), failed with ESTALE, again at the kernel's
+retry. It now lands on the stub once the publish is done."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import trio
+
+from tierfs.write.cold import ColdPublisher
+
+from .conftest import SetAttr, core_test, open_core
+
+DATA = b"z" * 300_000
+MTIME = 10**18
+
+
+@core_test
+async def test_a_touch_while_a_cold_publish_asks_the_bucket_waits_for_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    reached, go = trio.Event(), trio.Event()
+    real = ColdPublisher._follow_later_upload
+
+    async def slow_head(self: ColdPublisher, *args: object) -> object:
+        reached.set()  # the stub is at the name; the inode not rekeyed yet
+        await go.wait()
+        return await real(self, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ColdPublisher, "_follow_later_upload", slow_head)
+    async with open_core(tmp_path, large_file_threshold="64KiB") as core:
+        await core.recover()
+        fh = await core.create(b"big")
+        await core.write_all(fh, DATA)
+        inode = await core.lookup_path(b"big")
+        touched = trio.Event()
+
+        async def touch() -> None:
+            await core.fs.setattr(inode.ino, SetAttr(atime_ns=MTIME, mtime_ns=MTIME))
+            touched.set()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(core.close, fh)  # sync mode: the close publishes
+            await reached.wait()
+            assert core.warm_path(b"big").is_symlink()
+            nursery.start_soon(touch)
+            await trio.sleep(0.2)
+            assert not touched.is_set()  # (waiting for the publish)
+            go.set()
+        stub = core.cold(b"big")
+        assert stub.size == len(DATA) and stub.mtime_ns == MTIME
+        assert await core.read_file(b"big") == DATA

@@ -1,8 +1,9 @@
-"""A change of owner, mode or times while the file's publish is under way waits for the
-publish, as a link does: a cold publish puts the stub at the name and asks the bucket (a
-HEAD) before the inode is rekeyed to it, and a ``touch`` in between, checked against the
-file the inode stood for (``WarmTier.set_attrs``), failed with ESTALE, again at the kernel's
-retry. It now lands on the stub once the publish is done."""
+"""A change of owner, mode or times waits while a cold publish has put the stub at the name
+and not yet rekeyed the inode to it (it asks the bucket, a HEAD, in between): a ``touch``
+there, checked against the file the inode stood for (``WarmTier.set_attrs``), failed with
+ESTALE, again at the kernel's retry. It now lands on the stub once the swap is done. It waits
+for that alone, not for the whole publish (a first fix waited for the file's lock, which a
+publish holds while its upload completes)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import trio
 
 from tierfs.write.cold import ColdPublisher
 
-from .conftest import SetAttr, core_test, open_core
+from .conftest import MIB, SetAttr, core_test, open_core
 
 DATA = b"z" * 300_000
 MTIME = 10**18
@@ -53,3 +54,24 @@ async def test_a_touch_while_a_cold_publish_asks_the_bucket_waits_for_it(
         stub = core.cold(b"big")
         assert stub.size == len(DATA) and stub.mtime_ns == MTIME
         assert await core.read_file(b"big") == DATA
+
+
+BIG = b"z" * (6 * MIB)
+
+
+@core_test
+async def test_a_touch_does_not_wait_for_a_whole_upload(tmp_path: Path) -> None:
+    async with open_core(tmp_path, large_file_threshold="64KiB") as core:
+        await core.recover()
+        fh = await core.create(b"big")
+        await core.write_all(fh, BIG)
+        inode = await core.lookup_path(b"big")
+        core.store.delay("complete_multipart", 4.0)  # a slow bucket
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(core.close, fh)  # sync mode: the close publishes
+            await trio.sleep(0.3)  # (completing the upload now, the file's lock held)
+            started = trio.current_time()
+            await core.fs.setattr(inode.ino, SetAttr(atime_ns=MTIME, mtime_ns=MTIME))
+            took = trio.current_time() - started
+        assert took < 1.0, f"touch took {took:.1f} s behind the upload"
+        assert core.cold(b"big").mtime_ns == MTIME

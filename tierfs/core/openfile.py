@@ -102,6 +102,9 @@ class OpenFile:
     kept_pages: bool = False
     #: Set while ``Core.open_warm`` opens the warm file (other callers wait for it).
     warm_opening: trio.Event | None = None
+    #: Set while a cold publish has put the new file at the name and not yet rekeyed the
+    #: inode to it (``ColdPublisher.publish``): attribute changes wait for it.
+    swapping: trio.Event | None = None
     #: Reads through the block cache (created at the first read of an unstaged file).
     reader: CachedReader | None = None
     #: The object this file's stub pointed to before it was rewritten here; deleted once the

@@ -195,27 +195,22 @@ class Namespace:
         """Owner, mode and times (a new size is the open files' business, done first)."""
         core = self.core
         core.forget_dir_attrs()
-        if changes.owner_mode_or_times:
-            while (data := inode.data) is not None:
-                # Not while a publish of the file is under way (it holds the file's lock
-                # throughout): it puts another file at the name before the inode is rekeyed
-                # to it, and a change checked against the old one would find it gone.
-                async with data.lock:
-                    if inode.data is not data:
-                        continue  # retired while we waited
-                    await self._set_attributes_locked(inode, changes)
-                    break
-            else:
-                await self._set_attributes_locked(inode, changes)
+        while changes.owner_mode_or_times:
+            # Not while a cold publish has put the new file at the name and not yet rekeyed
+            # the inode to it (``OpenFile.swapping``): checked against the old file, the
+            # change would find it gone (ESTALE).
+            if (data := inode.data) is not None and data.swapping is not None:
+                await data.swapping.wait()
+                continue
+            async with core.ns_lock:
+                if (data := inode.data) is not None and data.swapping is not None:
+                    continue
+                await self._set_attributes(inode, changes)
+                # (counted again: a lookup queued for the lock before this call may have
+                # listed the directory after the count above: ``vfs.listed``)
+                core.forget_dir_attrs()
+            break
         return await core.refresh(inode)
-
-    async def _set_attributes_locked(self, inode: Inode, changes: SetAttr) -> None:
-        core = self.core
-        async with core.ns_lock:
-            await self._set_attributes(inode, changes)
-            # (counted again: a lookup queued for the lock before this call may have listed
-            # the directory after the count above: ``vfs.listed``)
-            core.forget_dir_attrs()
 
     async def _set_attributes(self, inode: Inode, changes: SetAttr) -> None:
         """Owner, mode and times, wherever the file is now: a cold file's mode and mtime are

@@ -320,57 +320,65 @@ class ColdPublisher:
         followed = theirs  # (then staging is not the object: not kept hot)
         old: int | None = None
         assert stub is not None
-        if not theirs and not self.placement.belongs_cold(self.rule(inode, data), info.size):
-            # Streamed early (stream_after) but small in the end: it belongs on the warm tier.
-            st = await self._bring_back(inode, data, stub, since)
-            stub = None
-            if st is not None and inode.links:
-                # Opened now, while reads still go to staging: the switch below has no await.
-                async with core.ns_lock.shared():
-                    fresh = await core.warm.run(core.warm.open, core.inodes.path(inode),
-                                                os.O_RDONLY)
-            await self._delete_own(info, upload.token)
-        else:
-            async with core.ns_lock:
-                rel = core.rel_or_none(inode)
-                if rel is None:  # unlinked while we completed it
-                    await self._delete_own(info, upload.token)
-                    st = None
-                else:
-                    # (Another's object keeps the mode and owner its writer gave it.)
-                    if not theirs and core.attr_mark(inode) != since:  # (chmod, utime, rename)
-                        data.base = None
-                        await core.fresh_base(inode, data)
-                        stub = dataclasses.replace(stub, mode=file_mode(inode, data),
-                                                   mtime_ns=data.mtime_ns)
-                    if not theirs and data.base is not None:  # (owner or mode changed)
-                        stub = await settle(core, stub, data.base, info, rel)
-                    st = await core.warm.run(core.warm.stub_over, rel,
-                                             stub.encode(core.config.bucket))
-                    core.forget_dir_attrs()
-            if st is None and rel is not None:
-                # Removed by another node meanwhile: the new content is no file's, and the old
-                # object is not this node's to delete (the file may have moved with its
-                # stub; an unlink on that node dealt with it).
-                data.replaces_object = None
+        # From the swap to the rekey the name holds the new file and the inode the old one:
+        # an attribute change waits meanwhile (``Namespace.setattr``).
+        swapping = data.swapping = trio.Event()
+        try:
+            if not theirs and not self.placement.belongs_cold(self.rule(inode, data), info.size):
+                # Streamed early (stream_after) but small in the end: it belongs on the warm tier.
+                st = await self._bring_back(inode, data, stub, since)
+                stub = None
+                if st is not None and inode.links:
+                    # Opened now, while reads still go to staging: the switch below has no await.
+                    async with core.ns_lock.shared():
+                        fresh = await core.warm.run(core.warm.open, core.inodes.path(inode),
+                                                    os.O_RDONLY)
                 await self._delete_own(info, upload.token)
+            else:
+                async with core.ns_lock:
+                    rel = core.rel_or_none(inode)
+                    if rel is None:  # unlinked while we completed it
+                        await self._delete_own(info, upload.token)
+                        st = None
+                    else:
+                        # (Another's object keeps the mode and owner its writer gave it.)
+                        if not theirs and core.attr_mark(inode) != since:  # (chmod, utime, rename)
+                            data.base = None
+                            await core.fresh_base(inode, data)
+                            stub = dataclasses.replace(stub, mode=file_mode(inode, data),
+                                                       mtime_ns=data.mtime_ns)
+                        if not theirs and data.base is not None:  # (owner or mode changed)
+                            stub = await settle(core, stub, data.base, info, rel)
+                        st = await core.warm.run(core.warm.stub_over, rel,
+                                                 stub.encode(core.config.bucket))
+                        core.forget_dir_attrs()
+                if st is None and rel is not None:
+                    # Removed by another node meanwhile: the new content is no file's, and the old
+                    # object is not this node's to delete (the file may have moved with its
+                    # stub; an unlink on that node dealt with it).
+                    data.replaces_object = None
+                    await self._delete_own(info, upload.token)
+                if st is not None:
+                    ours = stub
+                    stub, st = await self._follow_later_upload(inode, stub, st, upload.token)
+                    followed = followed or stub is not ours  # (staging is not the object then)
+            # One step, no await: a getattr in between would see neither the staged size nor the
+            # stub, and the kernel would cache what it saw.
+            data.upload = None
+            sid, fd = data.staging_id, data.staging_fd
+            data.staging_id = data.staging_fd = None
+            data.to(DataState.CLEAN)
             if st is not None:
-                ours = stub
-                stub, st = await self._follow_later_upload(inode, stub, st, upload.token)
-                followed = followed or stub is not ours  # (staging is not the object then)
-        # One step, no await: a getattr in between would see neither the staged size nor the
-        # stub, and the kernel would cache what it saw.
-        data.upload = None
-        sid, fd = data.staging_id, data.staging_fd
-        data.staging_id = data.staging_fd = None
-        data.to(DataState.CLEAN)
-        if st is not None:
-            inode.stub = data.stub = stub
-            core.inodes.rekey(inode, st)
-            data.base = st
-            if fresh is not None:  # back on the warm tier: read it there from now on
-                old, data.warm_fd = data.warm_fd, fresh
-                data.warm_id = warm_id(st)
+                inode.stub = data.stub = stub
+                core.inodes.rekey(inode, st)
+                data.base = st
+                if fresh is not None:  # back on the warm tier: read it there from now on
+                    old, data.warm_fd = data.warm_fd, fresh
+                    data.warm_id = warm_id(st)
+        finally:
+            if data.swapping is swapping:
+                data.swapping = None
+            swapping.set()
         inode.cached_version = None
         replaced, data.replaces_object = data.replaces_object, None
         replaced_etag = data.replaces_etag

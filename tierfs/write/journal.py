@@ -139,7 +139,8 @@ class Journal:
         #: Where write-back closes are acknowledged.
         self.acks = acks
         #: The batch position after the last record's number was queued, once recovery
-        #: has applied what an earlier run left in the log (None until then: not emptied).
+        #: has applied what an earlier run left in the log (None until then: the log is
+        #: neither emptied nor appended to).
         self._acks_queued: int | None = None
         #: Entries as they are now (the batch holds their serialised form until commit).
         self.entries: dict[str, Entry] = {}
@@ -322,7 +323,12 @@ class Journal:
 
     def _log(self, sid: str, entry: Entry) -> bool:
         """Append an entry's state to the log, to be applied over the index's at recovery if
-        no commit covers it by then; False if the log failed (the caller commits)."""
+        no commit covers it by then; False if the log failed (the caller commits). Never
+        before ``recovered``: until then the log holds the last run's records, which a
+        commit of a newer number would mark as held by the index before recovery has
+        recorded them."""
+        if self._acks_queued is None:
+            return False
         acks = self.acks
         if self._acks_queued is not None and acks.size and self.batch.covers(self._acks_queued):
             acks.empty()
@@ -345,8 +351,9 @@ class Journal:
         on is emptied whenever a commit covers it."""
         self.batch.put("meta", acklog.META_KEY, pack_u64(self.acks.seq))
         await self.sync()
-        self._acks_queued = self.batch.position
         await self._run(self.acks.empty)
+        # Only now: a record appended while the log was emptied would be lost with it.
+        self._acks_queued = self.batch.position
 
     async def times_changed(self, data: OpenFile) -> None:
         """Times were set on staged data: if a close acknowledged it, they go with it."""

@@ -96,6 +96,8 @@ class Recovery:
         self.publisher = publisher
         self.staging = staging
         self.writeback = writeback
+        #: Each path's newest entry recovery publishes (only its state may live on).
+        self._newest: dict[bytes, str] = {}
 
     async def run(self, rebooted: bool = False) -> Report:
         core = self.core
@@ -107,7 +109,10 @@ class Recovery:
             report.orphans += 1
         # Oldest acknowledgement first: a later publish at the same path supersedes an earlier
         # one (``Journal.superseded``), never the other way round.
-        for sid, entry in sorted(entries.items(), key=lambda item: (item[1].acked_ns, item[0])):
+        ordered = sorted(entries.items(), key=lambda item: (item[1].acked_ns, item[0]))
+        self._newest = {entry.path: sid for sid, entry in ordered
+                        if sid in staged and publishable(entry, rebooted) is not None}
+        for sid, entry in ordered:
             try:
                 size = publishable(entry, rebooted)
                 if size is not None and sid in staged and size == entry.synced:
@@ -225,9 +230,11 @@ class Recovery:
             # Acknowledged data: read here as written from now on, and published by the
             # write-back task once the tier answers, as after a live close whose publish
             # failed. Left to the next mount alone, the file read as before all along, and a
-            # change made to that through the mount superseded it.
-            retried = True
-            self.writeback.start(inode, data)
+            # change made to that through the mount superseded it. Not if a newer entry at
+            # its path follows: that one's publish supersedes it.
+            if self._newest.get(entry.path) == sid:
+                retried = True
+                self.writeback.start(inode, data)
             raise
         finally:
             if not retried:

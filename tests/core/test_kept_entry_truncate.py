@@ -13,21 +13,12 @@ import pytest
 from tierfs.write.recovery import Recovery
 
 from .conftest import SetAttr, core_test, open_core
-
-V1 = b"1" * 50_000
-BEFORE = b"0" * 20_000
-
+from .test_recovery_retried import BEFORE, crash_with_acknowledged
 
 @core_test
 async def test_a_truncate_after_a_failed_recovery_is_not_undone_at_the_next_mount(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    async with open_core(tmp_path, durability="writeback") as core:
-        await core.recover()
-        await core.write_file(b"f", BEFORE)
-        assert await core.publish_all() == []
-        core.fs.writeback.quiet = core.fs.writeback.max_wait = 60.0
-        await core.write_file(b"f", V1)  # acknowledged, not home yet
-        core.crash()
+    await crash_with_acknowledged(tmp_path)
     async with open_core(tmp_path, durability="writeback") as again:
         real = Recovery._resolve
 

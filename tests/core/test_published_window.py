@@ -29,6 +29,14 @@ def other_node_writes(path: Path, data: bytes) -> None:
     os.rename(tmp, path)
 
 
+async def recovery_keeps_the_other_nodes_file(tmp_path: Path) -> None:
+    async with open_core(tmp_path, durability="writeback", by_rename=False) as again:
+        report = await again.recover()
+        assert again.warm_path(b"f").read_bytes() == V2, (
+            f"recovery published the old, already-published data again over another "
+            f"node's later file ({report})")
+
+
 @core_test
 async def test_a_published_write_back_file_is_not_republished_over_another_nodes_file(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -46,11 +54,7 @@ async def test_a_published_write_back_file_is_not_republished_over_another_nodes
         other_node_writes(core.warm_path(b"f"), V2)
         core.crash()
         del w2
-    async with open_core(tmp_path, durability="writeback", by_rename=False) as again:
-        report = await again.recover()
-        assert again.warm_path(b"f").read_bytes() == V2, (
-            f"recovery published the old, already-published data again over another "
-            f"node's later file ({report})")
+    await recovery_keeps_the_other_nodes_file(tmp_path)
 
 
 @core_test
@@ -71,11 +75,7 @@ async def test_a_background_publish_while_a_reader_holds_the_file_is_not_repeate
         other_node_writes(core.warm_path(b"f"), V2)
         core.crash()
         del reader
-    async with open_core(tmp_path, durability="writeback", by_rename=False) as again:
-        report = await again.recover()
-        assert again.warm_path(b"f").read_bytes() == V2, (
-            f"recovery published the old, already-published data again over another "
-            f"node's later file ({report})")
+    await recovery_keeps_the_other_nodes_file(tmp_path)
 
 
 FILES = 20

@@ -19,9 +19,9 @@ V1 = b"1" * 50_000
 BEFORE = b"0" * 20_000
 
 
-@core_test
-async def test_data_recovery_failed_to_publish_is_read_and_published_later(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+async def crash_with_acknowledged(tmp_path: Path) -> None:
+    """A write-back mount where ``f`` holds BEFORE on the warm tier and V1 acknowledged
+    (logged, not home yet) when tierfs crashes."""
     async with open_core(tmp_path, durability="writeback") as core:
         await core.recover()
         await core.write_file(b"f", BEFORE)
@@ -29,6 +29,12 @@ async def test_data_recovery_failed_to_publish_is_read_and_published_later(
         core.fs.writeback.quiet = core.fs.writeback.max_wait = 60.0
         await core.write_file(b"f", V1)  # acknowledged, not home yet
         core.crash()
+
+
+@core_test
+async def test_data_recovery_failed_to_publish_is_read_and_published_later(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    await crash_with_acknowledged(tmp_path)
     async with open_core(tmp_path, durability="writeback") as again:
         real = WarmPublisher.publish
         away = True

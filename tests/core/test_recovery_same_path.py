@@ -16,22 +16,15 @@ from tierfs.write.recovery import Recovery
 from tierfs.write.warm import WarmPublisher
 
 from .conftest import core_test, open_core
+from .test_recovery_retried import crash_with_acknowledged
 
-BEFORE = b"0" * 20_000
-V1 = b"1" * 50_000
 V2 = b"2" * 30_000
 
 
 @core_test
 async def test_older_entry_failing_at_recovery_does_not_break_the_newer_one(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    async with open_core(tmp_path, durability="writeback") as core:
-        await core.recover()
-        await core.write_file(b"f", BEFORE)
-        assert await core.publish_all() == []
-        core.fs.writeback.quiet = core.fs.writeback.max_wait = 60.0
-        await core.write_file(b"f", V1)  # acknowledged, not home: entry A
-        core.crash()
+    await crash_with_acknowledged(tmp_path)  # V1 acknowledged, not home: entry A
     async with open_core(tmp_path, durability="writeback") as again:
         real_resolve = Recovery._resolve
 

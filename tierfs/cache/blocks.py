@@ -12,8 +12,7 @@ The cache holds at most ``capacity`` bytes, blocks being written included: the p
 one victim per incoming block above the high watermark, and a full hot disk evicts down to the
 low watermark at once. Pinned blocks are outside the policy. Every block has an entry in the
 ``blocks`` database, changed in memory and committed with the filesystem's batch; at mount,
-entries without a file and files without an entry are dropped (``cache.reconcile``), and the
-policy is rebuilt in access order.
+an entry or a file without the other is dropped (``cache.reconcile``), the policy rebuilt.
 """
 
 from __future__ import annotations

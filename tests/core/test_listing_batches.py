@@ -4,6 +4,7 @@ to the directory meanwhile, every name is handed out once, with its own file's a
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 from pathlib import Path
@@ -158,3 +159,53 @@ async def test_listings_past_the_held_ones_read_their_directory_by_path(tmp_path
             assert core.fs.listing.held == 0
     finally:
         listing.MOST_HELD = held
+
+
+@pytest.mark.parametrize("fault", [errno.EINVAL, errno.EIO], ids=["flipping", "server-error"])
+@core_test
+async def test_an_entry_that_cannot_be_read_is_left_out_alone(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fault: int) -> None:
+    """One entry of a shared tree that keeps changing between a symlink and a file (its
+    readlink finds a file each time its lstat found a symlink), or that the server fails on,
+    is not listed; the rest of the directory is. Both used to fail the whole listing."""
+    names = NAMES[:2 * BATCH]
+    async with open_core(tmp_path) as core:
+        fill(core.warm / "d", names)
+        os.symlink("anything", core.warm / "d" / "bad")
+        d = await core.lookup_path(b"d")
+        readlink = os.readlink
+
+        def failing(path: object, *args: object, **kwargs: object) -> object:
+            if path == b"bad":
+                raise OSError(fault, os.strerror(fault))
+            return readlink(path, *args, **kwargs)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(os, "readlink", failing)
+        dh = await core.fs.opendir(d.ino)
+        got = await read_all(core, dh, 0)
+        await core.fs.releasedir(dh)
+        assert sorted(name for _, name, _ in got) == sorted(names)
+
+
+@core_test
+async def test_a_batch_none_of_whose_entries_can_be_read_fails_the_listing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server failing every entry is the directory failing: the listing says so, rather
+    than showing it empty."""
+    async with open_core(tmp_path) as core:
+        fill(core.warm / "d", NAMES[:3])
+        d = await core.lookup_path(b"d")
+        stat = os.stat
+
+        def failing(path: object, *args: object, **kwargs: object) -> object:
+            if kwargs.get("dir_fd") is not None:
+                raise OSError(errno.EIO, os.strerror(errno.EIO))
+            return stat(path, *args, **kwargs)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(os, "stat", failing)
+        dh = await core.fs.opendir(d.ino)
+        with pytest.raises(OSError) as raised:
+            await core.fs.readdir(dh, 0)
+        monkeypatch.undo()
+        await core.fs.releasedir(dh)
+        assert raised.value.errno == errno.EIO

@@ -78,16 +78,26 @@ def names_at(dfd: int, most: int | None = None) -> list[bytes] | None:
 
 def entries_at(dfd: int, names: list[bytes], xattrs: bool = True) -> list[Entry]:
     """The entry of each of ``names`` still in the directory ``dfd`` (one gone since is left
-    out)."""
+    out). An entry that cannot be read is left out alone: one that anyone sharing the tree
+    keeps flipping between a symlink and a file, or one the server fails on, must not take
+    the others' listing with it. A batch none of whose entries could be read raises the
+    first error: that is the directory failing (the server gone), not one entry."""
     out = []
+    failed: OSError | None = None
     for name in names:
         try:
             st, target = stat_link(lambda: os.stat(name, dir_fd=dfd, follow_symlinks=False),
                                    lambda: os.readlink(name, dir_fd=dfd))
         except FileNotFoundError:  # removed while we listed
             continue
+        except OSError as e:
+            if e.errno != errno.EAGAIN:  # (changing type all the time: that entry alone)
+                failed = failed or e
+            continue
         out.append((name, st, xattr_names_at(dfd, os.fsdecode(name)) if xattrs else None,
                     target))
+    if failed is not None and not out:
+        raise failed
     return out
 
 

@@ -7,6 +7,8 @@ publish holds while its upload completes)."""
 
 from __future__ import annotations
 
+import errno
+import os
 from pathlib import Path
 
 import pytest
@@ -14,7 +16,7 @@ import trio
 
 from tierfs.write.cold import ColdPublisher
 
-from .conftest import MIB, SetAttr, core_test, open_core
+from .conftest import MIB, PART, SetAttr, core_test, open_core
 
 DATA = b"z" * 300_000
 MTIME = 10**18
@@ -75,3 +77,54 @@ async def test_a_touch_does_not_wait_for_a_whole_upload(tmp_path: Path) -> None:
             took = trio.current_time() - started
         assert took < 1.0, f"touch took {took:.1f} s behind the upload"
         assert core.cold(b"big").mtime_ns == MTIME
+
+
+@core_test
+async def test_a_touch_does_not_wait_for_a_file_brought_back_from_the_bucket(
+        tmp_path: Path) -> None:
+    """A file streamed early (``stream_after``) that ends under the threshold is copied back
+    from the bucket to the warm tier at its close: an attribute change waits for the rename
+    into place alone, not for that copy (it used to wait for all of it)."""
+    data = b"q" * (PART + MIB)
+    async with open_core(tmp_path, large_file_threshold="16MiB", stream_after="64KiB") as core:
+        await core.recover()
+        fh = await core.create(b"f")
+        await core.write_all(fh, data)
+        await core.until(lambda: core.store.calls["upload_part"] >= 1)
+        inode = await core.lookup_path(b"f")
+        copying = core.store.hold_after("get_range")
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(core.close, fh)  # sync mode: the close publishes
+            assert await trio.to_thread.run_sync(copying.reached.wait, 10)
+            try:
+                with trio.fail_after(5):
+                    await core.fs.setattr(inode.ino, SetAttr(atime_ns=MTIME, mtime_ns=MTIME))
+            finally:
+                copying.release()
+        p = core.warm_path(b"f")
+        assert not p.is_symlink() and p.read_bytes() == data
+        assert p.stat().st_mtime_ns == MTIME
+        assert (await core.fs.getattr(inode.ino)).mtime_ns == MTIME
+
+
+@core_test
+async def test_a_chmod_after_a_publish_whose_last_check_failed_lands(tmp_path: Path) -> None:
+    """Once its stub is in place, a cold publish asks the bucket whether a later upload took
+    the key. That HEAD failing with an error of the system (a local-folder bucket's stat
+    refused) used to skip the switch of the inode to the stub: every chmod then failed with
+    ESTALE, and the publish was tried again, uploading the file anew. It is logged now, and
+    the stub stands."""
+    async with open_core(tmp_path, large_file_threshold="64KiB",
+                         durability="writeback") as core:
+        fh = await core.create(b"big", flags=os.O_RDWR)
+        await core.write_all(fh, DATA)
+        inode = await core.lookup_path(b"big")  # (the kernel's inode, as a chmod by fd uses)
+        core.store.fail_always("head", error=PermissionError(errno.EACCES, "head refused"))
+        await core.close(fh)
+        await core.until(lambda: core.stub(b"big") is not None and core.writeback_pending() == 0)
+        await core.fs.setattr(inode.ino, SetAttr(mode=0o600))
+        core.store.heal()
+        assert core.cold(b"big").mode & 0o777 == 0o600
+        assert core.counter("upload_errors") == 0
+        assert core.store.calls["complete_multipart"] == 1
+        assert await core.read_file(b"big") == DATA

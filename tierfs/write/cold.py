@@ -321,19 +321,20 @@ class ColdPublisher:
         old: int | None = None
         assert stub is not None
         # From the swap to the rekey the name holds the new file and the inode the old one:
-        # an attribute change waits meanwhile (``Namespace.setattr``).
-        swapping = data.swapping = trio.Event()
+        # an attribute change waits meanwhile (``Namespace.setattr``), for that alone.
+        swapping = trio.Event()
+        brought_back = False
         try:
             if not theirs and not self.placement.belongs_cold(self.rule(inode, data), info.size):
                 # Streamed early (stream_after) but small in the end: it belongs on the warm tier.
-                st = await self._bring_back(inode, data, stub, since)
+                st = await self._bring_back(inode, data, stub, since, swapping)
                 stub = None
+                brought_back = True
                 if st is not None and inode.links:
                     # Opened now, while reads still go to staging: the switch below has no await.
                     async with core.ns_lock.shared():
                         fresh = await core.warm.run(core.warm.open, core.inodes.path(inode),
                                                     os.O_RDONLY)
-                await self._delete_own(info, upload.token)
             else:
                 async with core.ns_lock:
                     rel = core.rel_or_none(inode)
@@ -349,6 +350,7 @@ class ColdPublisher:
                                                        mtime_ns=data.mtime_ns)
                         if not theirs and data.base is not None:  # (owner or mode changed)
                             stub = await settle(core, stub, data.base, info, rel)
+                        data.swapping = swapping
                         st = await core.warm.run(core.warm.stub_over, rel,
                                                  stub.encode(core.config.bucket))
                         core.forget_dir_attrs()
@@ -379,6 +381,8 @@ class ColdPublisher:
             if data.swapping is swapping:
                 data.swapping = None
             swapping.set()
+        if brought_back:
+            await self._delete_own(info, upload.token)
         inode.cached_version = None
         replaced, data.replaces_object = data.replaces_object, None
         replaced_etag = data.replaces_etag
@@ -460,12 +464,16 @@ class ColdPublisher:
         (which still has the bytes cached) would get EIO. So once ours is in place the
         bucket is asked whose object the key holds; if it is another upload's, the name is
         pointed at that object, unless a newer stub took it meanwhile. Either way the file
-        ends as the later completion wrote it."""
+        ends as the later completion wrote it.
+
+        Ours is in place when this is called, so a failure here is logged and leaves ours:
+        raised, it would skip the switch of the inode to the stub, and every attribute
+        change would then find another file at the name (ESTALE) until the next publish."""
         core = self.core
         bucket = core.config.bucket
         try:
             info = await core.cold.run(core.cold.store.head, stub.key)
-        except ObjectStoreError as e:  # (gone: deleted by a later write's publish)
+        except (ObjectStoreError, OSError) as e:  # (gone: deleted by a later write's publish)
             log.warning("could not check %s after its upload: %s", stub.key, e)
             return stub, st
         if info.etag == stub.etag or info.metadata.get(UPLOAD_TOKEN) == token:
@@ -475,8 +483,13 @@ class ColdPublisher:
             rel = core.rel_or_none(inode)
             if rel is None:
                 return stub, st
-            moved = await core.warm.run(core.warm.retarget_symlink, rel, stub.encode(bucket),
-                                        later.encode(bucket))
+            try:
+                moved = await core.warm.run(core.warm.retarget_symlink, rel,
+                                            stub.encode(bucket), later.encode(bucket))
+            except OSError as e:
+                log.warning("%s: could not point it at the later upload to %s: %s", show(rel),
+                            stub.key, e)
+                return stub, st
             core.forget_dir_attrs()
         if moved is None:
             return stub, st  # (the name changed meanwhile: the next lookup finds it)
@@ -516,11 +529,13 @@ class ColdPublisher:
                   "as %s", why, show(rel) if rel is not None else "an unlinked file",
                   upload.key if upload is not None else "?", kept)
 
-    async def _bring_back(self, inode: Inode, data: OpenFile, stub: Stub, since: AttrMark
-                          ) -> os.stat_result | None:
+    async def _bring_back(self, inode: Inode, data: OpenFile, stub: Stub, since: AttrMark,
+                          swapping: trio.Event) -> os.stat_result | None:
         """Copy a completed object into a temp file beside its warm target and rename it into
         place (the bytes pass through memory only, never the hot tier). It takes the
-        attributes of the file it replaces, and ``stub``'s mode if that is a stub."""
+        attributes of the file it replaces, and ``stub``'s mode if that is a stub; one
+        changed during the copy is applied again at the rename, so only the rename is
+        ``swapping``."""
         core = self.core
         rel = core.rel_or_none(inode)
         if rel is None:
@@ -536,6 +551,7 @@ class ColdPublisher:
             raise
         made = await core.warm.run(core.warm.finish_temp, tmp, fd, stub.size, rel,
                                    (data.atime_ns, data.mtime_ns), mode_override(inode))
+        data.swapping = swapping
         return await self.warm.rename_into_place(inode, data, tmp, made, since)
 
     async def drop_upload(self, data: OpenFile) -> None:

@@ -118,7 +118,10 @@ class Recovery:
                 if size is not None and sid in staged and size == entry.synced:
                     size = await self._past_parts(sid, entry, size, rebooted)
                 if size is not None and sid in staged:
-                    entry.size = size
+                    # What recovery publishes is the file's content now (its writer is
+                    # gone), promised as a close's: should this publish fail, a new writer
+                    # or truncate publishes it first (``WriteBack.acknowledged``).
+                    entry.size, entry.closed = size, True
                     self.journal.record(sid, entry)
                     await self._publish(sid, entry, report)
                     continue

@@ -79,10 +79,11 @@ class WriteBack:
         yet: to be published before anything changes it (a write after it would otherwise
         take back the journal's "closed", and a crash would lose both). From the close's
         flush on, before its release too; not once a writer has written again: what is staged
-        then is that writer's, half-written until its close."""
+        then is that writer's, half-written until its close. In sync mode too for a file held
+        here (a close's or recovery's publish failed): its data was promised all the same."""
         entry = self.journal.entry_of(data)
-        return (self.core.config.durability == "writeback" and data.dirty
-                and entry is not None and entry.closed)
+        return ((self.core.config.durability == "writeback" or self.holds(inode))
+                and data.dirty and entry is not None and entry.closed)
 
     def poke(self, inode: Inode) -> None:
         """The file changed hands (opened for writing, published by another call): its

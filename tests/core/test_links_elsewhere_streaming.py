@@ -1,11 +1,17 @@
 """A created file streaming to the bucket, hard-linked by another node on the warm tree, then
 unlinked here: its writes are published in place to the name that remains (the upload is
-dropped: a stub cannot be hard-linked), never dropped with a successful close."""
+dropped: a stub cannot be hard-linked), never dropped with a successful close. Also when the
+unlink (or a rename over it) comes while the close completes the upload: the object is
+deleted and the data written in place from staging (both were dropped, and the close said
+it succeeded)."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+
+import pytest
+import trio
 
 from .conftest import PART, ROOT, core_test, open_core
 
@@ -31,3 +37,36 @@ async def test_streaming_file_linked_elsewhere_then_unlinked_keeps_its_writes(
         b = core.warm_path(b"b")
         got = b.read_bytes() if not b.is_symlink() else await core.read_file(b"b")
         assert got == DATA, f"b holds {len(got)} bytes, the writes went nowhere"
+
+
+@pytest.mark.parametrize("durability,remove", [("sync", "unlink"), ("writeback", "unlink"),
+                                               ("sync", "rename")])
+@core_test
+async def test_a_name_removed_while_the_upload_completes_leaves_the_data_to_the_others(
+        tmp_path: Path, durability: str, remove: str) -> None:
+    async with open_core(tmp_path, large_file_threshold="64KiB",
+                         durability=durability) as core:
+        fh = await core.create(b"a", flags=os.O_RDWR)
+        await core.write_all(fh, DATA)
+        assert (await core.lookup_path(b"a")).data.upload is not None  # streaming
+        os.link(core.warm_path(b"a"), core.warm_path(b"b"))  # another node: ln a b
+        if remove == "rename":
+            await core.write_file(b"c", b"other")
+        completing = core.store.hold_after("complete_multipart")
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(core.close, fh)
+            if durability == "writeback":
+                nursery.start_soon(core.publish_all)
+            assert await trio.to_thread.run_sync(completing.reached.wait, 10)
+            # Done in the bucket, its reply on its way: the name goes meanwhile.
+            if remove == "rename":
+                nursery.start_soon(core.fs.rename, ROOT, b"c", ROOT, b"a", 0)
+            else:
+                nursery.start_soon(core.fs.unlink, ROOT, b"a")
+            await core.until(lambda: not core.warm_path(b"a").exists()
+                             or core.warm_path(b"a").read_bytes() == b"other")
+            completing.release()
+        await core.publish_all()
+        assert core.warm_path(b"b").read_bytes() == DATA
+        assert core.objects() == {} and core.uploads() == [] and core.lost_found() == []
+        await core.until(lambda: core.staged() == [])

@@ -37,7 +37,7 @@ from tierfs.transfer.streaming import UPLOAD_TOKEN, PartGone, StreamingUpload
 from tierfs.write.journal import Entry, Journal, Upload
 from tierfs.write.keephot import keep_object, take_staging
 from tierfs.write.placement import Placement
-from tierfs.write.warm import WarmPublisher, drop_mirror
+from tierfs.write.warm import LostItsName, WarmPublisher, drop_mirror
 
 log = logging.getLogger(__name__)
 
@@ -364,6 +364,16 @@ class ColdPublisher:
                     ours = stub
                     stub, st = await self._follow_later_upload(inode, stub, st, upload.token)
                     followed = followed or stub is not ours  # (staging is not the object then)
+            if (st is None and data.linked_elsewhere and not upload.punched
+                    and core.rel_or_none(inode) is None):
+                # Unlinked meanwhile, and the names left were made elsewhere: the data goes
+                # to them in place from staging (``Publisher``), not with the object.
+                if brought_back:
+                    brought_back = False
+                    await self._delete_own(info, upload.token)
+                data.upload = None
+                self.journal.forget_upload(data)
+                raise LostItsName()
             # One step, no await: a getattr in between would see neither the staged size nor the
             # stub, and the kernel would cache what it saw.
             data.upload = None

@@ -22,14 +22,9 @@ from tierfs.core.inodes import Inode
 from tierfs.core.openfile import DataState, OpenFile, warm_id
 from tierfs.write.cold import ColdPublisher
 from tierfs.write.journal import Journal
-from tierfs.write.warm import WarmPublisher
+from tierfs.write.warm import LostItsName, WarmPublisher
 
 log = logging.getLogger(__name__)
-
-
-class LostItsName(Exception):
-    """The name a publish went to was unlinked meanwhile, and the file has other names made
-    elsewhere (``OpenFile.linked_elsewhere``): the data goes to them instead."""
 
 
 class Publisher:

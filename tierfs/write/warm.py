@@ -31,6 +31,12 @@ from tierfs.write.journal import Journal
 
 log = logging.getLogger(__name__)
 
+
+class LostItsName(Exception):
+    """The name a publish went to was unlinked meanwhile, and the file has other names made
+    elsewhere (``OpenFile.linked_elsewhere``): the data goes to them instead."""
+
+
 R = TypeVar("R")
 
 #: Times a publish's warm call is made again when the file was renamed under it.

@@ -152,6 +152,40 @@ async def test_promote_brings_a_small_cold_file_back(tmp_path: Path) -> None:
 
 
 @core_test
+async def test_a_warm_disk_filling_during_a_promotion_loses_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A write of the download that comes back short (the warm disk filling part way; the
+    next one fails) fails the promotion: the stub and its object stay. The count was not
+    looked at, the file's final truncate filled the rest with zeros, the file was renamed
+    over the stub, and the object deleted."""
+    put_warm(tmp_path, "big.bin", DATA)
+    async with open_core(tmp_path, large_file_threshold="1GiB") as c:
+        assert (await c.fs.demoter.demote(b"big.bin")).done
+        key = c.cold(b"big.bin").key
+        real, full = os.pwrite, []
+
+        def filling(fd: int, data: bytes, offset: int) -> int:
+            if full:
+                raise OSError(errno.ENOSPC, "full")
+            if offset + len(data) == len(DATA):  # the last block: half of it fits
+                full.append(True)
+                return real(fd, data[:len(data) // 2], offset)
+            return real(fd, data, offset)
+
+        monkeypatch.setattr(os, "pwrite", filling)
+        try:
+            outcome = await c.fs.demoter.promote(b"big.bin")
+        except OSError as e:
+            assert e.errno in (errno.ENOSPC, errno.EIO)
+        else:
+            assert not outcome.done
+        monkeypatch.undo()
+        assert full and c.stub(b"big.bin") is not None and c.objects()[key] == DATA
+        assert await c.read_file(b"big.bin") == DATA
+        assert c.warm_temps() == []
+
+
+@core_test
 async def test_promote_leaves_a_file_that_belongs_in_the_bucket(tmp_path: Path) -> None:
     put_warm(tmp_path, "big.bin", DATA)
     async with open_core(tmp_path, large_file_threshold="1MiB") as c:

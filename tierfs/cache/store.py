@@ -26,6 +26,7 @@ import xxhash
 
 from tierfs.cache.buffers import BufferPool
 from tierfs.errors import MountError
+from tierfs.tiers.base import pwrite_all
 from tierfs.tiers.hot import FOLDER_MODE, create_own_file, own_folder
 
 LAYOUT = "v1"
@@ -150,9 +151,7 @@ class BlockFiles:
                     raise
             if done != len(data):
                 os.ftruncate(fd, 0)
-                view = data
-                while view:
-                    view = view[os.pwrite(fd, view, len(data) - len(view)):]
+                pwrite_all(fd, data, 0)
         except BaseException:
             os.close(fd)
             os.unlink(tmp)

@@ -31,7 +31,7 @@ from tierfs.objects.base import (NoSuchObject, ObjectInfo, ObjectStoreError, Upl
                                  key_text)
 from tierfs.objects.keys import free_key, unique_key
 from tierfs.stubs import Stub, stub_for
-from tierfs.tiers.base import Tier
+from tierfs.tiers.base import Tier, pwrite_all
 from tierfs.tiers.beneath import split
 from tierfs.transfer.streaming import UPLOAD_TOKEN, PartGone, StreamingUpload
 from tierfs.write.journal import Entry, Journal, Upload
@@ -555,7 +555,7 @@ class ColdPublisher:
         try:
             for offset in range(0, stub.size, part):
                 block = await core.get_object(stub, offset, part)
-                await core.warm.run(os.pwrite, fd, block, offset)
+                await core.warm.run(pwrite_all, fd, block, offset)
         except BaseException:
             await core.warm.run(core.warm.drop_temp, tmp, fd)
             raise

@@ -60,6 +60,7 @@ from tierfs.objects.base import NoSuchObject, ObjectStoreError
 from tierfs.paths import show
 from tierfs.stubs import MAX_SIZE, Stub
 from tierfs.transfer.streaming import UPLOAD_TOKEN
+from tierfs.tiers.base import pwrite_all
 from tierfs.tiers.scan import is_internal, is_silly_renamed
 from tierfs.tiers.beneath import split
 from tierfs.write import warmswap
@@ -492,7 +493,7 @@ class Demoter:
         part = core.config.part_size
         for offset in range(0, stub.size, part):
             block = await core.get_object(stub, offset, part)  # (EIO: short of the stub's)
-            await core.warm.run(os.pwrite, fd, block, offset)
+            await core.warm.run(pwrite_all, fd, block, offset)
         await core.warm.run(warmswap.settle_temp, found, stub.size, stub.mode, stub.mtime_ns)
         await self._step("downloaded")
         async with core.ns_lock:

@@ -24,6 +24,7 @@ from tierfs.core.context import Core
 from tierfs.core.inodes import Inode
 from tierfs.core.openfile import DataState, OpenFile
 from tierfs.paths import show
+from tierfs.tiers.base import pwrite_all
 from tierfs.tiers.copying import copy_to_new
 from tierfs.tiers.hot import INLINE_WRITE
 from tierfs.transfer.streaming import give_back_all
@@ -170,7 +171,7 @@ class Staging:
                     return
                 try:
                     block = await core.get_object(stub, start, min(chunk, size - start))
-                    await core.hot.run(os.pwrite, fd, block, start)
+                    await core.hot.run(pwrite_all, fd, block, start)
                 except OSError as e:
                     failures.append(e)
                     return

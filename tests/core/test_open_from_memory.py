@@ -217,7 +217,7 @@ async def test_a_handle_that_served_cached_blocks_is_stale_rather_than_mixed(tmp
         fh = await core.open(b"f")
         assert await core.fs.read(fh, 0, BS) == one[:BS]  # block 1 is read ahead
         await core.fs.release(fh)
-        await core.until(lambda: core.cached_blocks() == 2)
+        await core.until(lambda: 1 <= core.cached_blocks() < 4)  # (as below)
         inode, _ = await core.fs.lookup(ROOT, b"f")
         rewrite_in_place(core.warm_path(b"f"), two)
         fh, _, _ = await core.fs.open(inode.ino, os.O_RDONLY)
@@ -239,7 +239,9 @@ async def test_a_rename_through_the_mount_keeps_a_partly_cached_handle_reading(
         fh = await core.open(b"f")
         assert await core.fs.read(fh, 0, BS) == one[:BS]
         await core.fs.release(fh)
-        await core.until(lambda: core.cached_blocks() == 2)
+        # (how many blocks read ahead get stored depends on the pace: at least the one read
+        # is; waiting for exactly two failed once under load)
+        await core.until(lambda: 1 <= core.cached_blocks() < 4)
         inode, _ = await core.fs.lookup(ROOT, b"f")
         fh, _, _ = await core.fs.open(inode.ino, os.O_RDONLY)
         assert bytes(await core.fs.read(fh, 0, BS)) == one[:BS]

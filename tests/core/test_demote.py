@@ -32,6 +32,11 @@ def put_warm(root: Path, name: str, data: bytes, age: int = 0) -> Path:
     return path
 
 
+def space(path: Path, name: str | None = None) -> int:
+    """The space a file takes (what the quota counts, and what demoting it frees)."""
+    return (path / "warm" / name if name else path).stat().st_blocks * 512
+
+
 @core_test
 async def test_a_demoted_file_is_a_stub_and_reads_the_same_bytes(tmp_path: Path) -> None:
     put_warm(tmp_path, "d/big.bin", DATA)
@@ -220,7 +225,8 @@ async def test_the_quota_demotes_the_least_recently_used_large_files(tmp_path: P
     put_warm(tmp_path, "older.bin", DATA, age=5000)
     put_warm(tmp_path, "new.bin", DATA, age=10)
     put_warm(tmp_path, "small.txt", b"x" * 1000, age=9000)
-    async with open_core(tmp_path, warm_quota=2 * len(DATA) + 5000,
+    # (the quota counts the space files take: what two of the three and small.txt take)
+    async with open_core(tmp_path, warm_quota=2 * space(tmp_path, "old.bin") + 5000,
                          demote_min_size="1MiB", demote_interval=0.1) as c:
         await c.until(lambda: c.counter("demotions") >= 1)
         await trio.sleep(0.3)  # (a second pass finds the quota kept)
@@ -333,7 +339,7 @@ async def test_nothing_outside_the_warm_tree_is_demoted_through_a_symbolic_link(
     outside = tmp_path / "outside"
     outside.mkdir()
     (outside / "secret").write_bytes(DATA)
-    put_warm(tmp_path, "d/inside.bin", DATA)
+    inside = space(put_warm(tmp_path, "d/inside.bin", DATA))
     os.symlink(outside, tmp_path / "warm" / "evil")
     os.symlink(outside, tmp_path / "warm" / "d" / "evil")
     async with open_core(tmp_path, warm_quota=1, demote_min_size="1MiB",
@@ -342,7 +348,7 @@ async def test_nothing_outside_the_warm_tree_is_demoted_through_a_symbolic_link(
             outcome = await c.fs.demoter.demote(path)
             assert not outcome.done and "symbolic link" in outcome.why
         assert not (await c.fs.demoter.promote(b"evil/secret")).done
-        assert await c.fs.demoter.enforce_quota() == len(DATA)  # d/inside.bin only
+        assert await c.fs.demoter.enforce_quota() == inside  # d/inside.bin only
         assert not (outside / "secret").is_symlink()
         assert (outside / "secret").read_bytes() == DATA
         assert c.stub(b"d/inside.bin") is not None
@@ -464,10 +470,10 @@ async def test_a_silly_renamed_file_is_not_demoted(tmp_path: Path) -> None:
     at its last close: a stub there would leave its object behind for good."""
     hidden = ".nfs" + "0123456789abcdef01234567"
     put_warm(tmp_path, hidden, DATA, age=5000)
-    put_warm(tmp_path, "old.bin", DATA, age=3000)
+    old = space(put_warm(tmp_path, "old.bin", DATA, age=3000))
     async with open_core(tmp_path, warm_quota=1, demote_min_size="1MiB",
                          demote_interval=3600) as c:
-        assert await c.fs.demoter.enforce_quota() == len(DATA)  # old.bin only
+        assert await c.fs.demoter.enforce_quota() == old  # old.bin only
         assert c.stub(b"old.bin") is not None and c.stub(hidden.encode()) is None
         outcome = await c.fs.demoter.demote(hidden.encode())
         assert not outcome.done and "remove" in outcome.why

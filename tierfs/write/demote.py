@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import functools
 import json
 import logging
 import os
@@ -67,7 +68,7 @@ from tierfs.write import warmswap
 from tierfs.write.cold import ColdPublisher
 from tierfs.write.journal import Journal
 from tierfs.write.placement import WARM
-from tierfs.write.warmscan import walk
+from tierfs.write.warmscan import Offer, walk
 
 log = logging.getLogger(__name__)
 
@@ -543,7 +544,9 @@ class Demoter:
         quota = core.config.warm_quota
         if quota is None:
             return 0
-        seen = await core.warm.run(walk, core.warm, core.config.demote_min_size)
+        min_size = core.config.demote_min_size
+        offer = Offer(min_size, None if core.as_root else os.geteuid())
+        seen = await core.warm.run(functools.partial(walk, core.warm, min_size, offer=offer))
         core.counters.set_gauge("warm_usage", seen.bytes)
         excess = seen.bytes - quota
         freed = 0
@@ -552,7 +555,7 @@ class Demoter:
                 break
             outcome = await self.demote(found.rel)
             if outcome.done:
-                freed += outcome.size
+                freed += found.space
         if excess > 0 and freed < excess:
             log.warning("the warm tier holds %d bytes of plain files, over its quota of %d; "
                         "%d bytes were demoted, no more could be", seen.bytes, quota, freed)

@@ -7,7 +7,12 @@ sizes, times, how many files) is untrusted input: the walk runs in a worker thre
 no symbolic link (nor enters a directory that was swapped for one since it was listed), and
 hands back a bounded answer (totals, and at most ``keep`` files), so
 nothing on the event loop costs in proportion to what it found. Stubs count for nothing
-(their data is in the bucket), and tierfs's own temp files are left out.
+(their data is in the bucket), and tierfs's own temp files are left out. Usage is the
+space files take (allocated blocks, a hard-linked file once): counted by apparent size, a
+sparse file of another user's, or one file under many names, would make the quota demote
+the mount owner's files to free space nobody uses. For the same reason the quota is offered
+only files it may demote (``Offer``) that take most of their size: a sparse file's demotion
+uploads its holes as zeros and frees little.
 
 "Least recently used" is the later of a file's access and modification times on the warm
 tier: reads served from the hot tier's cache do not reach the warm file, and NFS servers
@@ -38,6 +43,8 @@ class Found:
     size: int
     #: The later of its access and modification times (nanoseconds).
     used_ns: int
+    #: The space it takes (allocated blocks): what demoting it frees.
+    space: int = 0
 
     @property
     def cursor(self) -> tuple[int, bytes]:
@@ -45,9 +52,24 @@ class Found:
         return self.used_ns, self.rel
 
 
+@dataclasses.dataclass(frozen=True)
+class Offer:
+    """Which large files the quota is offered: at least ``min_space`` allocated and at least
+    half of their size, and with ``owner``, that user's alone (a mount not run as root may
+    demote no other's: the places of a bounded answer must not go to files it would refuse)."""
+
+    min_space: int
+    owner: int | None = None
+
+    def takes(self, st: os.stat_result) -> bool:
+        space = st.st_blocks * 512
+        return (space >= self.min_space and 2 * space >= st.st_size
+                and (self.owner is None or st.st_uid == self.owner))
+
+
 @dataclasses.dataclass
 class Walk:
-    #: Plain files and their bytes: the warm tier's usage through tierfs.
+    #: Plain files and the space they take: the warm tier's usage through tierfs.
     files: int = 0
     bytes: int = 0
     #: Plain files of at least the size asked for, and their bytes.
@@ -62,17 +84,21 @@ class Walk:
     unreadable: int = 0
 
 
-def walk(warm: WarmTier, min_size: int, root: bytes = ROOT, keep: int = KEEP,
-         links: bool = False, after: tuple[int, bytes] | None = None) -> Walk:
+def walk(warm: WarmTier, min_size: int, root: bytes = ROOT, keep: int | None = None,
+         links: bool = False, after: tuple[int, bytes] | None = None,
+         offer: Offer | None = None) -> Walk:
     """Walk the warm tree under ``root`` (blocking: a warm-tier thread). Hard-linked files
     are counted but never offered (a stub cannot stand for one of several names). With
     ``links``, the symbolic links (stubs, perhaps: ``tierfs promote`` of a directory) are
     offered instead of the large files, and counted as ``large``. ``after`` pages through a
     tree larger than ``keep``: only files past it (the last file of the page before,
     ``Found.cursor``) are offered, so that files refused on one page (their times
-    unchanged) are not the oldest again on the next."""
+    unchanged) are not the oldest again on the next. ``offer``: those of the large files
+    offered (the quota's)."""
+    keep = KEEP if keep is None else keep
     out = Walk()
-    heap: list[tuple[int, bytes, int]] = []  # (-used_ns, rel, size): the newest on top
+    heap: list[tuple[int, bytes, int, int]] = []  # (-used_ns, rel, size, space): newest on top
+    linked: set[tuple[int, int]] = set()  # (hard-linked files already counted)
     # Each directory with the identity it had when listed: one swapped for a symbolic link
     # to elsewhere since (a directory on its path, say) is not entered.
     pending: list[tuple[bytes, tuple[int, int] | None]] = [(root, None)]
@@ -101,12 +127,17 @@ def walk(warm: WarmTier, min_size: int, root: bytes = ROOT, keep: int = KEEP,
                     if stat.S_ISDIR(st.st_mode):
                         pending.append((rel, (st.st_dev, st.st_ino)))
                     elif stat.S_ISREG(st.st_mode):
+                        if st.st_nlink > 1:
+                            if (st.st_dev, st.st_ino) in linked:
+                                continue
+                            linked.add((st.st_dev, st.st_ino))
                         out.files += 1
-                        out.bytes += st.st_size
+                        out.bytes += st.st_blocks * 512
                         # (A client's silly-renamed file is open somewhere, unlinked,
                         # and goes at its last close: its space counts, it is not moved.)
                         if (not links and st.st_size >= min_size
-                                and not is_silly_renamed(name)):
+                                and not is_silly_renamed(name)
+                                and (offer is None or offer.takes(st))):
                             _offer(out, heap, rel, st, keep, after)
                     elif links and stat.S_ISLNK(st.st_mode):
                         _offer(out, heap, rel, st, keep, after)
@@ -114,11 +145,12 @@ def walk(warm: WarmTier, min_size: int, root: bytes = ROOT, keep: int = KEEP,
             out.unreadable += 1
         finally:
             os.close(dfd)
-    out.oldest = [Found(rel, size, -neg) for neg, rel, size in sorted(heap, reverse=True)]
+    out.oldest = [Found(rel, size, -neg, space)
+                  for neg, rel, size, space in sorted(heap, reverse=True)]
     return out
 
 
-def _offer(out: Walk, heap: list[tuple[int, bytes, int]], rel: bytes, st: os.stat_result,
+def _offer(out: Walk, heap: list[tuple[int, bytes, int, int]], rel: bytes, st: os.stat_result,
            keep: int, after: tuple[int, bytes] | None) -> None:
     out.large += 1
     out.large_bytes += st.st_size
@@ -129,7 +161,7 @@ def _offer(out: Walk, heap: list[tuple[int, bytes, int]], rel: bytes, st: os.sta
     if after is not None and (used < after[0] or (used == after[0] and rel >= after[1])):
         return
     out.offered += 1
-    item = (-used, rel, st.st_size)
+    item = (-used, rel, st.st_size, st.st_blocks * 512)
     if len(heap) < keep:
         heapq.heappush(heap, item)
     elif heap and item > heap[0]:  # older than the newest kept

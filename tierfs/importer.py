@@ -26,6 +26,7 @@ from tierfs.errors import ConfigError
 from tierfs.objects.base import BucketURI, ObjectStore, parse_bucket_uri
 from tierfs.paths import show
 from tierfs.stubs import Stub, StubError, looks_like_stub, parse_stub, stub_for
+from tierfs.tiers.beneath import new_symlink, placed
 from tierfs.tiers.scan import TEMP_PREFIX, TEMP_SUFFIX, is_internal
 
 
@@ -362,13 +363,11 @@ def _place(dir_fd: int, name: str, path: Path, stub: Stub, bucket: BucketURI, ow
     # keeping the file's mode and owner.
     target = dataclasses.replace(stub, mode=was.mode).encode(bucket)
     tmp = TEMP_PREFIX + uuid.uuid4().hex.encode() + TEMP_SUFFIX
-    os.symlink(target, tmp, dir_fd=dir_fd)
     try:
-        made = os.lstat(tmp, dir_fd=dir_fd)
-        if (made.st_uid, made.st_gid) != (st.st_uid, st.st_gid):
-            os.chown(tmp, st.st_uid, st.st_gid, dir_fd=dir_fd, follow_symlinks=False)
+        made = new_symlink(dir_fd, tmp, target, (st.st_uid, st.st_gid))
         # atomic: a reader sees the old stub or the new one
         os.rename(tmp, os.fsencode(name), src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        placed(dir_fd, os.fsencode(name), made)
     except BaseException:
         try:
             os.unlink(tmp, dir_fd=dir_fd)

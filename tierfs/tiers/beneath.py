@@ -164,3 +164,39 @@ def join(parent: bytes, name: bytes) -> bytes:
 def split(rel: bytes) -> tuple[bytes, bytes]:
     parent, _, name = rel.rpartition(b"/")
     return (parent or ROOT), name
+
+
+_AT_EMPTY_PATH = 0x1000
+
+
+def new_symlink(dfd: int, tmp: bytes, target: bytes, owner: tuple[int, int] | None
+                ) -> os.stat_result:
+    """A symlink to ``target`` made at the temp name ``tmp`` in ``dfd``, given ``owner``
+    (uid, gid) where that differs from what it was made with; its attributes. The owner is
+    changed through a descriptor of the symlink itself, never by name: in a shared directory
+    anyone who may write there can rename a file of theirs onto the temp name, and a chown by
+    name would give their file that owner (on a mount run as root, another user's) for a
+    rename to put in its place. So does a rename by name afterwards: ``placed`` checks it."""
+    os.symlink(target, tmp, dir_fd=dfd)
+    fd = os.open(tmp, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+    try:
+        made = os.fstat(fd)
+        if not stat.S_ISLNK(made.st_mode) or os.readlink(b"", dir_fd=fd) != target:
+            raise OSError(errno.ESTALE, "another file took the temp name", tmp)
+        if owner is not None and (made.st_uid, made.st_gid) != owner:
+            if _libc.fchownat(fd, b"", owner[0], owner[1], _AT_EMPTY_PATH) != 0:
+                e = ctypes.get_errno()
+                raise OSError(e, os.strerror(e), tmp)
+            made = os.fstat(fd)
+        return made
+    finally:
+        os.close(fd)
+
+
+def placed(dfd: int, name: bytes, made: os.stat_result) -> os.stat_result:
+    """The attributes of ``name`` in ``dfd`` once a rename put the file ``made`` there; ESTALE
+    if another file is there (one renamed onto the temp name before the rename)."""
+    st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+    if (st.st_dev, st.st_ino) != (made.st_dev, made.st_ino):
+        raise OSError(errno.ESTALE, "another file went in place of the new symlink", name)
+    return st

@@ -10,6 +10,7 @@ through ``WarmTier.run``.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import os
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from tierfs.tiers.base import Tier
-from tierfs.tiers.beneath import done, open_file, parent_fd, parent_of
+from tierfs.tiers.beneath import done, new_symlink, open_file, parent_fd, parent_of, placed
 from tierfs.tiers.scan import (TEMP_PREFIX, TEMP_SUFFIX, Entry, entries_at, is_internal,
                                names_at, stat_link)
 from tierfs.tiers.warmcopy import PublishCalls
@@ -162,18 +163,17 @@ class WarmTier(PublishCalls, Tier):
         owner."""
         tmp = self._temp_name()
         with parent_of(self.fd, rel) as (dfd, name):
-            os.symlink(target, tmp, dir_fd=dfd)
             try:
-                # Only when it differs (as chown_new): an SFTP server (sshfs) cannot change a
-                # symlink's owner, its SETSTAT follows the link, and a stub's target is no path.
-                new = os.stat(tmp, dir_fd=dfd, follow_symlinks=False)
-                if (new.st_uid, new.st_gid) != (old.st_uid, old.st_gid):
-                    os.chown(tmp, old.st_uid, old.st_gid, dir_fd=dfd, follow_symlinks=False)
+                # (Its owner changed only where it differs, as chown_new: an SFTP server
+                # (sshfs) cannot change a symlink's owner, its SETSTAT follows the link, and
+                # a stub's target is no path.)
+                made = new_symlink(dfd, tmp, target, (old.st_uid, old.st_gid))
                 os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
             except BaseException:
-                os.unlink(tmp, dir_fd=dfd)
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp, dir_fd=dfd)
                 raise
-            return os.stat(name, dir_fd=dfd, follow_symlinks=False)
+            return placed(dfd, name, made)
 
     def stub_over(self, rel: bytes, target: bytes) -> os.stat_result | None:
         """``replace_symlink`` of what is at ``rel``; None (nothing done) if nothing is there

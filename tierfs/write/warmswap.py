@@ -11,12 +11,13 @@ promotion write a file there. So the file's directory is opened one name at a ti
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import os
 import stat
 
-from tierfs.tiers.beneath import open_file, split
+from tierfs.tiers.beneath import new_symlink, open_file, placed, split
 from tierfs.tiers.warm import WarmTier
 
 #: Extended attributes that do not stop a demotion (set by the system on every file).
@@ -86,19 +87,20 @@ def swap_in_stub(warm: WarmTier, f: Opened, target: bytes) -> os.stat_result | N
     if not (same(f.st, os.fstat(f.fd)) and same(f.st, there)):
         return None
     tmp = warm.temp_name()
-    os.symlink(target, tmp, dir_fd=f.dir_fd)
     try:
-        os.chown(tmp, f.st.st_uid, f.st.st_gid, dir_fd=f.dir_fd, follow_symlinks=False)
+        made = new_symlink(f.dir_fd, tmp, target, (f.st.st_uid, f.st.st_gid))
     except BaseException:
-        os.unlink(tmp, dir_fd=f.dir_fd)
+        with contextlib.suppress(OSError):
+            os.unlink(tmp, dir_fd=f.dir_fd)
         raise
     try:
         os.rename(tmp, f.name, src_dir_fd=f.dir_fd, dst_dir_fd=f.dir_fd)
-        return os.stat(f.name, dir_fd=f.dir_fd, follow_symlinks=False)
+        return placed(f.dir_fd, f.name, made)
     except OSError as e:
         # The stub may be in place all the same: the stat after it failed (the stub renamed
         # away at once, say), or a network file system's client retried a rename whose reply
-        # it lost and was told ENOENT. Whoever settles it looks at the name.
+        # it lost and was told ENOENT; or another file went in its place (renamed onto the
+        # temp name first). Whoever settles it looks at the name.
         try:
             os.unlink(tmp, dir_fd=f.dir_fd)
         except OSError:

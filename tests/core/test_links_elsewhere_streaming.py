@@ -3,10 +3,12 @@ unlinked here: its writes are published in place to the name that remains (the u
 dropped: a stub cannot be hard-linked), never dropped with a successful close. Also when the
 unlink (or a rename over it) comes while the close completes the upload: the object is
 deleted and the data written in place from staging (both were dropped, and the close said
-it succeeded)."""
+it succeeded). If parts of it had already left staging, the object alone holds the data: it
+is kept and the close fails (it was deleted, and the close succeeded)."""
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
@@ -14,6 +16,7 @@ import pytest
 import trio
 
 from .conftest import PART, ROOT, core_test, open_core
+from .test_streaming import SMALL, open_short
 
 DATA = bytes(range(256)) * (2 * PART // 256 + 9)
 
@@ -70,3 +73,31 @@ async def test_a_name_removed_while_the_upload_completes_leaves_the_data_to_the_
         assert core.warm_path(b"b").read_bytes() == DATA
         assert core.objects() == {} and core.uploads() == [] and core.lost_found() == []
         await core.until(lambda: core.staged() == [])
+
+
+@core_test
+async def test_a_name_removed_while_the_upload_of_a_punched_file_completes_keeps_the_object(
+        tmp_path: Path) -> None:
+    async with open_short(tmp_path, "12m", large_file_threshold=SMALL, upload_window=2) as core:
+        fh = await core.create(b"a", flags=os.O_RDWR)
+        await core.write_all(fh, DATA)
+        inode = await core.lookup_path(b"a")
+        await core.until(lambda: inode.data.upload is not None and inode.data.upload.punched)
+        os.link(core.warm_path(b"a"), core.warm_path(b"b"))  # another node: ln a b
+        completing = core.store.hold_after("complete_multipart")
+        failed: list[OSError] = []
+
+        async def close() -> None:
+            try:
+                await core.close(fh)
+            except OSError as e:
+                failed.append(e)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(close)
+            assert await trio.to_thread.run_sync(completing.reached.wait, 10)
+            nursery.start_soon(core.fs.unlink, ROOT, b"a")
+            await core.until(lambda: not core.warm_path(b"a").exists())
+            completing.release()
+        assert [e.errno for e in failed] == [errno.EIO]
+        assert list(core.objects().values()) == [DATA]

@@ -194,3 +194,29 @@ async def test_checkpoint_renamed_over_the_last_one_leaves_one_object(tmp_path: 
             assert list(core.objects().values()) == [b"step %d" % step]
             assert await core.read_file(b"ckpt") == b"step %d" % step
         assert core.warm_names() == ["ckpt"]
+
+
+@core_test
+async def test_a_file_brought_back_whose_object_cannot_be_checked_is_done_with(
+        tmp_path: Path) -> None:
+    """A file streamed early and small in the end is home on the warm tier before its object
+    is deleted (a HEAD first): that HEAD failing with an error of the system (a local-folder
+    bucket's stat refused) left the staged copy and its journal entry behind after the swap
+    was done, and the next mount published that old copy over what another node wrote since.
+    The object is kept (at worst garbage) and the publish is done with."""
+    data = content(PART + MIB)
+    async with open_core(tmp_path, large_file_threshold="16MiB", stream_after="64KiB") as core:
+        await core.recover()
+        fh = await core.create(b"f", flags=os.O_RDWR)
+        await core.write_all(fh, data)
+        await core.until(lambda: core.store.calls["upload_part"] >= 1)
+        core.store.fail_always("head", error=PermissionError(errno.EACCES, "head refused"))
+        await core.close(fh)
+        core.store.heal()
+        assert core.warm_path(b"f").read_bytes() == data
+        assert core.staged() == [] and core.journal() == {}
+    core.warm_path(b"f").write_bytes(b"another node's")  # while unmounted here
+    async with open_core(tmp_path, core.store, large_file_threshold="16MiB",
+                         stream_after="64KiB") as again:
+        await again.recover()
+        assert await again.read_file(b"f") == b"another node's"

@@ -339,8 +339,9 @@ class ColdPublisher:
                 async with core.ns_lock:
                     rel = core.rel_or_none(inode)
                     if rel is None:  # unlinked while we completed it
-                        await self._delete_own(info, upload.token)
                         st = None
+                        if not data.linked_elsewhere:  # (else: see below)
+                            await self._delete_own(info, upload.token)
                     else:
                         # (Another's object keeps the mode and owner its writer gave it.)
                         if not theirs and core.attr_mark(inode) != since:  # (chmod, utime, rename)
@@ -364,13 +365,18 @@ class ColdPublisher:
                     ours = stub
                     stub, st = await self._follow_later_upload(inode, stub, st, upload.token)
                     followed = followed or stub is not ours  # (staging is not the object then)
-            if (st is None and data.linked_elsewhere and not upload.punched
-                    and core.rel_or_none(inode) is None):
+            if st is None and data.linked_elsewhere and core.rel_or_none(inode) is None:
                 # Unlinked meanwhile, and the names left were made elsewhere: the data goes
-                # to them in place from staging (``Publisher``), not with the object.
-                if brought_back:
-                    brought_back = False
-                    await self._delete_own(info, upload.token)
+                # to them in place from staging (``Publisher``), not with the object; unless
+                # parts of it left staging: then the object alone holds it, and is kept.
+                if upload.punched:
+                    log.error("the last name here of the file uploaded as %s went while its "
+                              "upload completed, and parts of it had left the hot tier: its "
+                              "other names (made elsewhere) keep their content; this one is "
+                              "kept as that object", info.key)
+                    raise err(errno.EIO)
+                brought_back = False
+                await self._delete_own(info, upload.token)
                 data.upload = None
                 self.journal.forget_upload(data)
                 raise LostItsName()
@@ -456,7 +462,7 @@ class ColdPublisher:
             now = await core.cold.run(core.cold.store.head, info.key)
         except NoSuchObject:
             return
-        except ObjectStoreError as e:
+        except (ObjectStoreError, OSError) as e:
             log.error("could not check %s before deleting it (kept: at worst garbage): %s",
                       info.key, e)
             return

@@ -23,6 +23,13 @@ TEMP_SUFFIX = b".tmp"
 #: What most files' extended attribute names are.
 NO_NAMES: frozenset[bytes] = frozenset()
 
+#: Errors of one entry alone (one that keeps changing type, a name the server will not
+#: resolve): that entry is left out of a listing. Any other error (EIO, a timeout, a stale
+#: handle) may be the server's or the directory's, and fails the listing: a listing cut
+#: short without an error would have ``ls``, ``cp -r`` or ``rsync`` leave files out.
+ENTRY_ERRORS = frozenset({errno.EAGAIN, errno.EINVAL, errno.ELOOP, errno.ENAMETOOLONG,
+                          errno.EOVERFLOW})
+
 #: One entry: name, attributes, extended attribute names (None where they could not be
 #: listed, or were not asked for) and symlink target.
 Entry = tuple[bytes, os.stat_result, frozenset[bytes] | None, bytes | None]
@@ -78,12 +85,10 @@ def names_at(dfd: int, most: int | None = None) -> list[bytes] | None:
 
 def entries_at(dfd: int, names: list[bytes], xattrs: bool = True) -> list[Entry]:
     """The entry of each of ``names`` still in the directory ``dfd`` (one gone since is left
-    out). An entry that cannot be read is left out alone: one that anyone sharing the tree
-    keeps flipping between a symlink and a file, or one the server fails on, must not take
-    the others' listing with it. A batch none of whose entries could be read raises the
-    first error: that is the directory failing (the server gone), not one entry."""
+    out). An entry that cannot be read for a reason of its own (``ENTRY_ERRORS``) is left out
+    alone: one that anyone sharing the tree keeps flipping between a symlink and a file must
+    not take the others' listing with it."""
     out = []
-    failed: OSError | None = None
     for name in names:
         try:
             st, target = stat_link(lambda: os.stat(name, dir_fd=dfd, follow_symlinks=False),
@@ -91,13 +96,11 @@ def entries_at(dfd: int, names: list[bytes], xattrs: bool = True) -> list[Entry]
         except FileNotFoundError:  # removed while we listed
             continue
         except OSError as e:
-            if e.errno != errno.EAGAIN:  # (changing type all the time: that entry alone)
-                failed = failed or e
+            if e.errno not in ENTRY_ERRORS:
+                raise
             continue
         out.append((name, st, xattr_names_at(dfd, os.fsdecode(name)) if xattrs else None,
                     target))
-    if failed is not None and not out:
-        raise failed
     return out
 
 

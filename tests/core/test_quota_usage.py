@@ -4,12 +4,14 @@ their size. It used to add up apparent sizes and every name of a file, so anothe
 sparse file, or one file linked under many names, made it demote the mount owner's files; a
 sparse file was uploaded whole, its holes as zeros, to free nothing; and on a mount not run as
 root, another user's old files filled every place of the walk's bounded answer, were refused
-one by one, and the owner's files were never reached."""
+one by one, and the owner's files were never reached. A file allocated well under its size is
+looked at for holes: on a compressing file system it has none, and is demoted."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -96,3 +98,45 @@ async def test_files_a_mount_may_not_demote_take_no_place_in_the_walk(
         c.fs.core.as_root = False  # (a mount run by its user: the other's files are not its)
         await c.fs.demoter.enforce_quota()
         assert c.stub(b"mine.bin") is not None
+
+
+class _Compressed:
+    """A directory entry of a file system that compresses 3x: the space a file takes is a
+    third of its size, as ``st_blocks`` says on ZFS or btrfs with compression."""
+
+    def __init__(self, entry: Any) -> None:
+        self._entry, self.name = entry, entry.name
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._entry, name)
+
+    def stat(self, follow_symlinks: bool = True) -> Any:
+        st = self._entry.stat(follow_symlinks=follow_symlinks)
+        fields = list(st)
+        blocks = st.st_size // 3 // 512
+        return type("St", (), {**{f: getattr(st, f) for f in dir(st) if f.startswith("st_")},
+                               "st_blocks": blocks, "__iter__": lambda _: iter(fields)})()
+
+
+@core_test
+async def test_files_of_a_compressing_file_system_are_demoted(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for i in range(4):
+        put_warm(tmp_path, f"log{i}.csv", DATA, age=1000 + i)
+    scandir = os.scandir
+
+    class Scan:
+        def __init__(self, fd: int) -> None:
+            self._it = scandir(fd)
+
+        def __enter__(self) -> Any:
+            return (_Compressed(e) for e in self._it.__enter__())
+
+        def __exit__(self, *exc: Any) -> Any:
+            return self._it.__exit__(*exc)
+
+    async with open_core(tmp_path, warm_quota="2MiB", **QUOTA) as c:
+        monkeypatch.setattr(os, "scandir", Scan)
+        freed = await c.fs.demoter.enforce_quota()
+        monkeypatch.undo()
+        assert freed > 0 and c.stub(b"log3.csv") is not None  # (the oldest first)

@@ -11,8 +11,8 @@ nothing on the event loop costs in proportion to what it found. Stubs count for 
 space files take (allocated blocks, a hard-linked file once): counted by apparent size, a
 sparse file of another user's, or one file under many names, would make the quota demote
 the mount owner's files to free space nobody uses. For the same reason the quota is offered
-only files it may demote (``Offer``) that take most of their size: a sparse file's demotion
-uploads its holes as zeros and frees little.
+only files it may demote that are not sparse (``Offer``): a sparse file's demotion uploads
+its holes as zeros and frees little.
 
 "Least recently used" is the later of a file's access and modification times on the warm
 tier: reads served from the hot tier's cache do not reach the warm file, and NFS servers
@@ -28,7 +28,7 @@ import os
 import stat
 
 from tierfs.tiers.scan import is_internal, is_silly_renamed
-from tierfs.tiers.beneath import ROOT, join
+from tierfs.tiers.beneath import ROOT, join, open_file
 from tierfs.tiers.warm import WarmTier
 
 #: Files a walk hands back at most (the oldest large ones).
@@ -54,17 +54,35 @@ class Found:
 
 @dataclasses.dataclass(frozen=True)
 class Offer:
-    """Which large files the quota is offered: at least ``min_space`` allocated and at least
-    half of their size, and with ``owner``, that user's alone (a mount not run as root may
-    demote no other's: the places of a bounded answer must not go to files it would refuse)."""
+    """Which large files the quota is offered: at least ``min_space`` allocated, not sparse,
+    and with ``owner``, that user's alone (a mount not run as root may demote no other's: the
+    places of a bounded answer must not go to files it would refuse). A file taking less than
+    half its size is looked at for holes (``SEEK_HOLE``): a compressing file system (ZFS,
+    btrfs) allocates less than the size too, and such a file is offered."""
 
     min_space: int
     owner: int | None = None
 
-    def takes(self, st: os.stat_result) -> bool:
+    def takes(self, dfd: int, name: bytes, st: os.stat_result) -> bool:
         space = st.st_blocks * 512
-        return (space >= self.min_space and 2 * space >= st.st_size
-                and (self.owner is None or st.st_uid == self.owner))
+        if space < self.min_space or (self.owner is not None and st.st_uid != self.owner):
+            return False
+        return 2 * space >= st.st_size or not _has_hole(dfd, name, st.st_size)
+
+
+def _has_hole(dfd: int, name: bytes, size: int) -> bool:
+    """Whether the file has a hole before its end (a file system without ``SEEK_HOLE``
+    reports none); True if it cannot be looked at (then it is not offered)."""
+    try:
+        fd = open_file(dfd, name, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError:
+        return True
+    try:
+        return os.lseek(fd, 0, os.SEEK_HOLE) < size
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
 
 
 @dataclasses.dataclass
@@ -137,7 +155,7 @@ def walk(warm: WarmTier, min_size: int, root: bytes = ROOT, keep: int | None = N
                         # and goes at its last close: its space counts, it is not moved.)
                         if (not links and st.st_size >= min_size
                                 and not is_silly_renamed(name)
-                                and (offer is None or offer.takes(st))):
+                                and (offer is None or offer.takes(dfd, name, st))):
                             _offer(out, heap, rel, st, keep, after)
                     elif links and stat.S_ISLNK(st.st_mode):
                         _offer(out, heap, rel, st, keep, after)

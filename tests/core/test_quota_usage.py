@@ -17,20 +17,17 @@ import pytest
 
 from tierfs.write import warmscan
 
-from .conftest import MIB, PART, core_test, open_core
+from .conftest import MIB, core_test, open_core
+from .test_demote import DATA
+from .test_demote import put_warm as demote_put_warm
 
-DATA = bytes(range(256)) * (3 * PART // 256 + 17)  # a little over three parts
 OTHER = 4242
 QUOTA = {"demote_min_size": "1MiB", "demote_interval": 86400}
 
 
 def put_warm(root: Path, name: str, data: bytes, age: int = 0, uid: int | None = None) -> Path:
-    path = root / "warm" / name
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
-    if age:
-        t = path.stat().st_mtime_ns - age * 10**9
-        os.utime(path, ns=(t, t))
+    """``test_demote.put_warm``, owned by ``uid`` if given."""
+    path = demote_put_warm(root, name, data, age)
     if uid is not None:
         os.chown(path, uid, uid)
     return path

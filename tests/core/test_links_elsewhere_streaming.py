@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from .conftest import PART, ROOT, core_test, open_core
+from .conftest import PART, ROOT, Core, core_test, open_core
 from .test_streaming import SMALL, open_short
 
 DATA = bytes(range(256)) * (2 * PART // 256 + 9)
@@ -75,10 +75,12 @@ async def test_a_name_removed_while_the_upload_completes_leaves_the_data_to_the_
         await core.until(lambda: core.staged() == [])
 
 
+@pytest.mark.parametrize("durability", ["sync", "writeback"])
 @core_test
 async def test_a_name_removed_while_the_upload_of_a_punched_file_completes_keeps_the_object(
-        tmp_path: Path) -> None:
-    async with open_short(tmp_path, "12m", large_file_threshold=SMALL, upload_window=2) as core:
+        tmp_path: Path, durability: str) -> None:
+    async with open_short(tmp_path, "12m", large_file_threshold=SMALL, upload_window=2,
+                          durability=durability) as core:
         fh = await core.create(b"a", flags=os.O_RDWR)
         await core.write_all(fh, DATA)
         inode = await core.lookup_path(b"a")
@@ -90,6 +92,8 @@ async def test_a_name_removed_while_the_upload_of_a_punched_file_completes_keeps
         async def close() -> None:
             try:
                 await core.close(fh)
+                if durability == "writeback":
+                    await core.publish_all()
             except OSError as e:
                 failed.append(e)
 
@@ -99,5 +103,40 @@ async def test_a_name_removed_while_the_upload_of_a_punched_file_completes_keeps
             nursery.start_soon(core.fs.unlink, ROOT, b"a")
             await core.until(lambda: not core.warm_path(b"a").exists())
             completing.release()
-        assert [e.errno for e in failed] == [errno.EIO]
         assert list(core.objects().values()) == [DATA]
+        await settled_hopeless(core, failed, durability)
+
+
+async def settled_hopeless(core: Core, failed: list[OSError], durability: str) -> None:
+    """A publish that cannot succeed (parts of the file are in the bucket alone, and no name
+    here is left to put them at) fails once, sets what was staged aside, and is not tried
+    again (write-back retried it for ever, logging an error each time)."""
+    if durability == "sync":
+        assert [e.errno for e in failed] == [errno.EIO]
+    errors = core.counter("upload_errors")
+    await trio.sleep(1.5)  # (write-back's first retry comes after 1 s)
+    assert core.counter("upload_errors") == errors and core.writeback_pending() == 0
+    assert core.staged() == [] and len(core.lost_found()) >= 1
+
+
+@pytest.mark.parametrize("durability", ["sync", "writeback"])
+@core_test
+async def test_a_punched_file_unlinked_before_its_close_is_not_retried_for_ever(
+        tmp_path: Path, durability: str) -> None:
+    async with open_short(tmp_path, "12m", large_file_threshold=SMALL, upload_window=2,
+                          durability=durability) as core:
+        fh = await core.create(b"a", flags=os.O_RDWR)
+        await core.write_all(fh, DATA)
+        inode = await core.lookup_path(b"a")
+        await core.until(lambda: inode.data.upload is not None and inode.data.upload.punched)
+        os.link(core.warm_path(b"a"), core.warm_path(b"b"))  # another node: ln a b
+        await core.fs.unlink(ROOT, b"a")
+        failed: list[OSError] = []
+        try:
+            await core.close(fh)
+            if durability == "writeback":
+                await core.publish_all()
+        except OSError as e:
+            failed.append(e)
+        await settled_hopeless(core, failed, durability)
+        assert core.uploads() == []  # (its parts aborted: nobody can read them)

@@ -369,11 +369,10 @@ class ColdPublisher:
                 # Unlinked meanwhile, and the names left were made elsewhere: the data goes
                 # to them in place from staging (``Publisher``), not with the object; unless
                 # parts of it left staging: then the object alone holds it, and is kept.
-                if upload.punched:
-                    log.error("the last name here of the file uploaded as %s went while its "
-                              "upload completed, and parts of it had left the hot tier: its "
-                              "other names (made elsewhere) keep their content; this one is "
-                              "kept as that object", info.key)
+                if upload.punched:  # (never tried again: it cannot succeed)
+                    await self.lose_upload(
+                        inode, data, "its last name here went (names made elsewhere remain) "
+                        "while the upload completed", f"that content is the object {info.key}")
                     raise err(errno.EIO)
                 brought_back = False
                 await self._delete_own(info, upload.token)
@@ -515,7 +514,8 @@ class ColdPublisher:
         return later, moved
 
     async def lose_upload(self, inode: Inode, data: OpenFile,
-                          why: str = "the bucket dropped the unfinished upload") -> None:
+                          why: str = "the bucket dropped the unfinished upload",
+                          fate: str = "that content is lost") -> None:
         """The bucket dropped an unfinished upload after some of its parts had left staging
         (a lifecycle rule that aborts old incomplete uploads, or another client), or it cannot
         be completed (``settle_replaced``): those bytes exist nowhere else. Trying again could
@@ -540,10 +540,10 @@ class ColdPublisher:
         inode.cached_version = None
         core.invalidate_attrs(inode.ino)
         rel = core.rel_or_none(inode)
-        log.error("%s of %s (%s) after parts of it had left the hot tier: that content is "
-                  "lost, the file keeps its previous content; what was still staged is kept "
-                  "as %s", why, show(rel) if rel is not None else "an unlinked file",
-                  upload.key if upload is not None else "?", kept)
+        log.error("%s of %s (%s) after parts of it had left the hot tier: %s, the file keeps "
+                  "its previous content; what was still staged is kept as %s", why,
+                  show(rel) if rel is not None else "an unlinked file",
+                  upload.key if upload is not None else "?", fate, kept)
 
     async def _bring_back(self, inode: Inode, data: OpenFile, stub: Stub, since: AttrMark,
                           swapping: trio.Event) -> os.stat_result | None:

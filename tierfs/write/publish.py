@@ -101,7 +101,11 @@ class Publisher:
                 # Bound for the bucket, but its names left are made elsewhere: written
                 # through its descriptor instead (a stub cannot be hard-linked), unless parts
                 # of it left staging and are in the upload alone.
-                if data.upload.punched:
+                if data.upload.punched:  # (never tried again: it cannot succeed)
+                    upload = data.upload
+                    await self.cold.lose_upload(inode, data, "its last name here went (names "
+                                                "made elsewhere remain) while it streamed")
+                    await upload.abort()
                     raise err(errno.EIO)
                 await self.cold.drop_upload(data)
             st = await self.warm.publish_unnamed(data, (data.atime_ns, data.mtime_ns))

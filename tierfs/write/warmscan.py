@@ -23,9 +23,11 @@ an estimate, at worst "least recently written".
 from __future__ import annotations
 
 import dataclasses
+import functools
 import heapq
 import os
 import stat
+from collections.abc import Callable
 
 from tierfs.tiers.scan import is_internal, is_silly_renamed
 from tierfs.tiers.beneath import ROOT, join, open_file
@@ -58,16 +60,21 @@ class Offer:
     and with ``owner``, that user's alone (a mount not run as root may demote no other's: the
     places of a bounded answer must not go to files it would refuse). A file taking less than
     half its size is looked at for holes (``SEEK_HOLE``): a compressing file system (ZFS,
-    btrfs) allocates less than the size too, and such a file is offered."""
+    btrfs) allocates less than the size too, and such a file is offered. Only a file that
+    would make the cut is opened for it (``_offer``'s ``check``)."""
 
     min_space: int
     owner: int | None = None
 
-    def takes(self, dfd: int, name: bytes, st: os.stat_result) -> bool:
-        space = st.st_blocks * 512
-        if space < self.min_space or (self.owner is not None and st.st_uid != self.owner):
-            return False
-        return 2 * space >= st.st_size or not _has_hole(dfd, name, st.st_size)
+    def may_take(self, st: os.stat_result) -> bool:
+        """What the attributes alone say."""
+        return (st.st_blocks * 512 >= self.min_space
+                and (self.owner is None or st.st_uid == self.owner))
+
+    @staticmethod
+    def dense(dfd: int, name: bytes, st: os.stat_result) -> bool:
+        """Not sparse (looked at only where the attributes leave it open)."""
+        return 2 * st.st_blocks * 512 >= st.st_size or not _has_hole(dfd, name, st.st_size)
 
 
 def _has_hole(dfd: int, name: bytes, size: int) -> bool:
@@ -155,8 +162,10 @@ def walk(warm: WarmTier, min_size: int, root: bytes = ROOT, keep: int | None = N
                         # and goes at its last close: its space counts, it is not moved.)
                         if (not links and st.st_size >= min_size
                                 and not is_silly_renamed(name)
-                                and (offer is None or offer.takes(dfd, name, st))):
-                            _offer(out, heap, rel, st, keep, after)
+                                and (offer is None or offer.may_take(st))):
+                            _offer(out, heap, rel, st, keep, after,
+                                   None if offer is None else functools.partial(
+                                       offer.dense, dfd, name, st))
                     elif links and stat.S_ISLNK(st.st_mode):
                         _offer(out, heap, rel, st, keep, after)
         except OSError:
@@ -169,7 +178,10 @@ def walk(warm: WarmTier, min_size: int, root: bytes = ROOT, keep: int | None = N
 
 
 def _offer(out: Walk, heap: list[tuple[int, bytes, int, int]], rel: bytes, st: os.stat_result,
-           keep: int, after: tuple[int, bytes] | None) -> None:
+           keep: int, after: tuple[int, bytes] | None,
+           check: Callable[[], bool] | None = None) -> None:
+    """Count a large file and keep it among the ``keep`` oldest offered, if it makes the cut
+    and ``check`` (called only then) passes."""
     out.large += 1
     out.large_bytes += st.st_size
     if st.st_nlink != 1:
@@ -178,9 +190,14 @@ def _offer(out: Walk, heap: list[tuple[int, bytes, int, int]], rel: bytes, st: o
     # (Page order is the order of ``oldest``: used first, then the path from last to first.)
     if after is not None and (used < after[0] or (used == after[0] and rel >= after[1])):
         return
-    out.offered += 1
     item = (-used, rel, st.st_size, st.st_blocks * 512)
+    makes_it = len(heap) < keep or (bool(heap) and item > heap[0])  # (older than the newest)
+    if makes_it and check is not None and not check():
+        return
+    out.offered += 1
+    if not makes_it:
+        return
     if len(heap) < keep:
         heapq.heappush(heap, item)
-    elif heap and item > heap[0]:  # older than the newest kept
+    else:
         heapq.heapreplace(heap, item)

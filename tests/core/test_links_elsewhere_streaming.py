@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 import trio
 
+from tierfs.transfer import streaming
+
 from .conftest import PART, ROOT, Core, core_test, open_core
 from .test_streaming import SMALL, open_short
 
@@ -140,3 +142,47 @@ async def test_a_punched_file_unlinked_before_its_close_is_not_retried_for_ever(
             failed.append(e)
         await settled_hopeless(core, failed, durability)
         assert core.uploads() == []  # (its parts aborted: nobody can read them)
+
+
+@core_test
+async def test_a_part_in_flight_never_punches_a_staging_descriptor_given_up(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The case above with a part still uploading at the close: the upload is aborted (which
+    waits for that part) before the staging file is closed and set aside. The other way
+    round, the part's end punched its range out of whatever file got the closed descriptor's
+    number next (another file's staging)."""
+    punched: list[str] = []
+    punch = streaming.punch_ranges
+
+    def recording(fd: int, ranges: list[tuple[int, int]]) -> None:
+        try:
+            punched.append(os.readlink(f"/proc/self/fd/{fd}"))
+        except OSError as e:
+            punched.append(f"a closed descriptor ({e.strerror})")
+        punch(fd, ranges)
+
+    monkeypatch.setattr(streaming, "punch_ranges", recording)
+    async with open_short(tmp_path, "12m", large_file_threshold=SMALL, upload_window=2) as core:
+        second = core.store.hold_after("upload_part", 2)
+        fh = await core.create(b"a", flags=os.O_RDWR)
+        await core.write_all(fh, DATA)
+        upload = (await core.lookup_path(b"a")).data.upload
+        assert await trio.to_thread.run_sync(second.reached.wait, 10)
+        await core.until(lambda: upload.punched)  # part 1 left staging; part 2 in flight
+        os.link(core.warm_path(b"a"), core.warm_path(b"b"))  # another node: ln a b
+        await core.fs.unlink(ROOT, b"a")
+        failed: list[OSError] = []
+
+        async def close() -> None:
+            try:
+                await core.close(fh)
+            except OSError as e:
+                failed.append(e)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(close)
+            await trio.sleep(0.3)  # (the close on its way, the part still held)
+            second.release()
+        assert [e.errno for e in failed] == [errno.EIO]
+        assert punched and all("/staging/" in p for p in punched), punched
+        assert core.uploads() == [] and core.lost_found()

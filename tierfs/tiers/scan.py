@@ -24,11 +24,11 @@ TEMP_SUFFIX = b".tmp"
 NO_NAMES: frozenset[bytes] = frozenset()
 
 #: Errors of one entry alone (one that keeps changing type, a name the server will not
-#: resolve; sshfs says EPERM): that entry is left out of a listing. Any other error (EIO, a timeout, a stale
+#: resolve): that entry is left out of a listing. Any other error (EIO, a timeout, a stale
 #: handle) may be the server's or the directory's, and fails the listing: a listing cut
 #: short without an error would have ``ls``, ``cp -r`` or ``rsync`` leave files out.
 ENTRY_ERRORS = frozenset({errno.EAGAIN, errno.EINVAL, errno.ELOOP, errno.ENAMETOOLONG,
-                          errno.EOVERFLOW, errno.EPERM})
+                          errno.EOVERFLOW})
 
 #: One entry: name, attributes, extended attribute names (None where they could not be
 #: listed, or were not asked for) and symlink target.

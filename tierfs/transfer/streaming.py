@@ -516,6 +516,16 @@ class StreamingUpload:
         log.info("the upload of %s had been completed already", self.key)
         return info
 
+    async def release(self) -> None:
+        """Stop using the staging descriptor, which its owner is about to close: out of the
+        uploads a full hot tier takes parts back from (``give_back_all``), once no part is in
+        flight and no punch runs. A part ending later would punch its range out of whatever
+        file got the descriptor's number next."""
+        _live.discard(self)
+        await self._idle.wait()
+        while self._punching:
+            await self._punch_ended()
+
     async def abort(self) -> None:
         _live.discard(self)
         await self._idle.wait()

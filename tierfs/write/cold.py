@@ -524,6 +524,8 @@ class ColdPublisher:
         (as recovery does), and the writer gets EIO. Caller holds ``data.lock``."""
         core = self.core
         upload, data.upload = data.upload, None
+        if upload is not None:
+            await upload.release()  # (before its descriptor is closed)
         entry = self.journal.entry_of(data)
         sid, fd = data.staging_id, data.staging_fd
         data.staging_id = data.staging_fd = None

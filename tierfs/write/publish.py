@@ -102,10 +102,11 @@ class Publisher:
                 # through its descriptor instead (a stub cannot be hard-linked), unless parts
                 # of it left staging and are in the upload alone.
                 if data.upload.punched:  # (never tried again: it cannot succeed)
-                    upload = data.upload
+                    # Aborted first: that waits for parts in flight, which must not punch
+                    # holes through a staging descriptor closed and given to another file.
+                    await data.upload.abort()
                     await self.cold.lose_upload(inode, data, "its last name here went (names "
                                                 "made elsewhere remain) while it streamed")
-                    await upload.abort()
                     raise err(errno.EIO)
                 await self.cold.drop_upload(data)
             st = await self.warm.publish_unnamed(data, (data.atime_ns, data.mtime_ns))

@@ -102,7 +102,8 @@ class Walk:
     large_bytes: int = 0
     #: The least recently used of them, oldest first (at most ``keep``).
     oldest: list[Found] = dataclasses.field(default_factory=list)
-    #: Of those, how many could be offered (not hard-linked, past ``after``): ``oldest``
+    #: Of those, how many could be offered (not hard-linked, past ``after``; with an
+    #: ``Offer``, those it may take, a sparse one counted unless it made the cut): ``oldest``
     #: holds the first ``keep``.
     offered: int = 0
     #: Directories that could not be read.

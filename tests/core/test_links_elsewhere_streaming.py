@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -186,3 +187,43 @@ async def test_a_part_in_flight_never_punches_a_staging_descriptor_given_up(
         assert [e.errno for e in failed] == [errno.EIO]
         assert punched and all("/staging/" in p for p in punched), punched
         assert core.uploads() == [] and core.lost_found()
+
+
+@core_test
+async def test_a_full_hot_tier_never_punches_an_upload_dropped_meanwhile(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A write finding the hot tier full takes uploaded parts back from every upload it
+    found (``give_back_all``), one at a time. One of them dropped meanwhile (its file's last
+    name went, other names made elsewhere: written to them from staging) used to be punched
+    all the same, through a descriptor its file had closed since."""
+    gate, reached = threading.Event(), threading.Event()
+    punch, punched, first = streaming.punch_ranges, [], []
+
+    def recording(fd: int, ranges: list[tuple[int, int]]) -> None:
+        if first and fd == first[0]:  # (the first upload's punch waits: the rest after it)
+            reached.set()
+            gate.wait(20)
+        punched.append(fd)
+        punch(fd, ranges)
+
+    monkeypatch.setattr(streaming, "punch_ranges", recording)
+    async with open_core(tmp_path, large_file_threshold=SMALL, upload_window=4) as core:
+        fhs = {}
+        for name in (b"x", b"y"):
+            fhs[name] = await core.create(name, flags=os.O_RDWR)
+            await core.write_all(fhs[name], DATA[:PART + 10])
+        ups = {n: (await core.lookup_path(n)).data.upload for n in (b"x", b"y")}
+        await core.until(lambda: all(u.kept == {1} for u in ups.values()))
+        order = [u for u in list(streaming._live) if u in ups.values()]
+        first.append(order[0].fd)
+        dropped = order[-1]
+        name = next(n for n, u in ups.items() if u is dropped)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(streaming.give_back_all, core.fs.hot, 1 << 40)
+            assert await trio.to_thread.run_sync(reached.wait, 10)
+            os.link(core.warm_path(name), core.warm_path(b"b"))  # another node: ln
+            await core.fs.unlink(ROOT, name)
+            await core.close(fhs[name])  # written in place from staging; upload dropped
+            assert core.warm_path(b"b").read_bytes() == DATA[:PART + 10]
+            gate.set()
+        assert dropped.fd not in punched

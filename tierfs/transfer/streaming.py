@@ -312,7 +312,9 @@ class StreamingUpload:
         returns the bytes freed. They are marked gone before the thread punches them, so a
         change arriving meanwhile fails rather than being lost."""
         numbers = sorted(self.kept)
-        if not numbers or self.abandoned is not None:
+        # (Not once released, aborted or completed: ``give_back_all`` may hold an upload
+        # taken from ``_live`` before that, and its descriptor may be another file's now.)
+        if not numbers or self.abandoned is not None or self not in _live:
             return 0
         self.kept.clear()
         self.gone.update(numbers)

@@ -523,9 +523,9 @@ class ColdPublisher:
         keeps what it had before this write, what is still staged is set aside for a person
         (as recovery does), and the writer gets EIO. Caller holds ``data.lock``."""
         core = self.core
+        if data.upload is not None:
+            await data.upload.release()  # (before its descriptor is closed)
         upload, data.upload = data.upload, None
-        if upload is not None:
-            await upload.release()  # (before its descriptor is closed)
         entry = self.journal.entry_of(data)
         sid, fd = data.staging_id, data.staging_fd
         data.staging_id = data.staging_fd = None

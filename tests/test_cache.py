@@ -294,7 +294,9 @@ def test_a_warm_file_replaced_under_its_inode_number_is_read_fresh(tmp_path: Pat
     read = read_uncached if cached == "blocks" else Path.read_bytes
     with running(m):
         reused = 0
-        for i in range(20):
+        for i in range(100):
+            if reused >= 3:
+                break
             old, new = os.urandom(2 * MIB), os.urandom(2 * MIB)
             (m.warm / "w.bin").write_bytes(old)
             os.utime(m.warm / "w.bin", ns=(10**18, 10**18))
@@ -305,7 +307,8 @@ def test_a_warm_file_replaced_under_its_inode_number_is_read_fresh(tmp_path: Pat
             os.utime(m.warm / "w.bin", ns=(10**18, 10**18))
             reused += (m.warm / "w.bin").stat().st_ino == ino
             assert read(m.path / "w.bin") == new, f"round {i}"
-        assert reused, "the warm file system never gave the inode number again"
+        if not reused:  # (a busy ext4 may not: then the case never arose, and says so)
+            pytest.skip("the warm file system never gave the inode number again")
 
 
 def test_warm_prefetches_and_check_reports(tmp_path: Path, proxy: FaultProxy, bucket: str,

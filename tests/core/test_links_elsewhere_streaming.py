@@ -78,17 +78,24 @@ async def test_a_name_removed_while_the_upload_completes_leaves_the_data_to_the_
         await core.until(lambda: core.staged() == [])
 
 
+async def punched_and_linked(core: Core) -> int:
+    """``a`` written with DATA, streaming, some of its parts already punched out of staging,
+    and hard-linked as ``b`` by another node; its handle."""
+    fh = await core.create(b"a", flags=os.O_RDWR)
+    await core.write_all(fh, DATA)
+    inode = await core.lookup_path(b"a")
+    await core.until(lambda: inode.data.upload is not None and inode.data.upload.punched)
+    os.link(core.warm_path(b"a"), core.warm_path(b"b"))  # another node: ln a b
+    return fh
+
+
 @pytest.mark.parametrize("durability", ["sync", "writeback"])
 @core_test
 async def test_a_name_removed_while_the_upload_of_a_punched_file_completes_keeps_the_object(
         tmp_path: Path, durability: str) -> None:
     async with open_short(tmp_path, "12m", large_file_threshold=SMALL, upload_window=2,
                           durability=durability) as core:
-        fh = await core.create(b"a", flags=os.O_RDWR)
-        await core.write_all(fh, DATA)
-        inode = await core.lookup_path(b"a")
-        await core.until(lambda: inode.data.upload is not None and inode.data.upload.punched)
-        os.link(core.warm_path(b"a"), core.warm_path(b"b"))  # another node: ln a b
+        fh = await punched_and_linked(core)
         completing = core.store.hold_after("complete_multipart")
         failed: list[OSError] = []
 
@@ -128,11 +135,7 @@ async def test_a_punched_file_unlinked_before_its_close_is_not_retried_for_ever(
         tmp_path: Path, durability: str) -> None:
     async with open_short(tmp_path, "12m", large_file_threshold=SMALL, upload_window=2,
                           durability=durability) as core:
-        fh = await core.create(b"a", flags=os.O_RDWR)
-        await core.write_all(fh, DATA)
-        inode = await core.lookup_path(b"a")
-        await core.until(lambda: inode.data.upload is not None and inode.data.upload.punched)
-        os.link(core.warm_path(b"a"), core.warm_path(b"b"))  # another node: ln a b
+        fh = await punched_and_linked(core)
         await core.fs.unlink(ROOT, b"a")
         failed: list[OSError] = []
         try:

@@ -230,3 +230,40 @@ async def test_a_full_hot_tier_never_punches_an_upload_dropped_meanwhile(
             assert core.warm_path(b"b").read_bytes() == DATA[:PART + 10]
             gate.set()
         assert dropped.fd not in punched
+
+
+@core_test
+async def test_an_unlinked_upload_aborted_during_a_punch_never_punches_another_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A streaming file's last name goes and its last handle closes while a full hot tier
+    is punching its uploaded parts out of staging: the close aborts the upload, then closes
+    the staging descriptor. The abort waited for parts in flight but not for the punch, so
+    the descriptor was closed (and its number free for any file) before the punch used it."""
+    gate, reached = threading.Event(), threading.Event()
+    punch, seen = streaming.punch_ranges, []
+
+    def gated(fd: int, ranges: list[tuple[int, int]]) -> None:
+        reached.set()
+        gate.wait(20)
+        try:
+            seen.append(os.readlink(f"/proc/self/fd/{fd}"))
+        except OSError as e:
+            seen.append(f"a closed descriptor ({e.strerror})")
+        punch(fd, ranges)
+
+    monkeypatch.setattr(streaming, "punch_ranges", gated)
+    async with open_core(tmp_path, large_file_threshold=SMALL, upload_window=4) as core:
+        fh = await core.create(b"a", flags=os.O_RDWR)
+        await core.write_all(fh, DATA[:PART + 10])
+        upload = (await core.lookup_path(b"a")).data.upload
+        staging = os.readlink(f"/proc/self/fd/{upload.fd}")
+        await core.until(lambda: upload.kept == {1})
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(streaming.give_back_all, core.fs.hot, 1 << 40)
+            assert await trio.to_thread.run_sync(reached.wait, 10)
+            await core.fs.unlink(ROOT, b"a")
+            nursery.start_soon(core.close, fh)
+            await trio.sleep(0.3)  # (the close on its way, the punch held)
+            gate.set()
+        assert seen == [staging]
+        assert core.uploads() == [] and core.staged() == []

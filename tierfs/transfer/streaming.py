@@ -529,8 +529,9 @@ class StreamingUpload:
             await self._punch_ended()
 
     async def abort(self) -> None:
-        _live.discard(self)
-        await self._idle.wait()
+        """Drop the upload in the bucket; its caller may close the staging descriptor next,
+        so this first lets go of it as ``release`` does."""
+        await self.release()
         if self._aborted:
             return
         self._aborted = True

@@ -253,3 +253,14 @@ def test_a_stalled_root_of_named_roots_stalls_only_what_touches_it(
         took, code, out = status_of("--json")
         assert code == 0 and all(h["ok"] for h in json.loads(out)[0]["health"].values()), out
         m.stop()
+
+
+def test_the_nfs_like_tier_opens_all_its_connections_at_start(tmp_path: Path) -> None:
+    """As an NFS client given ``nconnect`` does at mount: sshfs alone opens them as work
+    finds the others busy, and the request that opens one waits for its ssh handshake."""
+    server = NfsLike(tmp_path / "nfs", latency=0.001, max_conns=3)
+    server.start()
+    try:
+        assert server.connections() == 3
+    finally:
+        server.stop()

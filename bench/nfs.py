@@ -158,8 +158,14 @@ def writes(root: Path, args: argparse.Namespace, mode: str, block: bytes,
            out: dict[str, float]) -> None:
     """Creates and checkpoint saves; ``mode`` names the rows (direct: both modes' rows)."""
     modes = ("sync", "writeback") if mode in ("direct", "floor") else (mode,)
+    # Write-back leaves publishing in the background: done, untimed, before the next row,
+    # which would otherwise share the tier with it and be slowed by another row's work.
+    settle = (lambda: subprocess.run([*TIERFS, "flush", str(root)], check=True,
+                                     capture_output=True)) if mode == "writeback" else (
+        lambda: None)
     drop_caches()
     rate = args.creates / timed(lambda: create_files(root / f"new-{mode}", args.creates))
+    settle()
     durable = args.creates / timed(lambda: create_files(root / f"durable-{mode}", args.creates,
                                                         fsync=True))
     one, many = checkpoint(root, f"ckpt-{mode}", args.ckpt_mib * MIB, args.ckpt_shards, block)
@@ -173,9 +179,6 @@ def writes(root: Path, args: argparse.Namespace, mode: str, block: bytes,
         # Without fsync: write-back's close returns once the file is staged and journaled
         # (durable on the hot tier, home later), beside the same save straight to the tier.
         # Last, so the publishing it leaves in the background slows no other row.
-        settle = (lambda: subprocess.run([*TIERFS, "flush", str(root)], check=True,
-                                         capture_output=True)) if mode == "writeback" else (
-            lambda: None)
         one, many = checkpoint(root, f"ckpt-{mode}-nofsync", args.ckpt_mib * MIB,
                                args.ckpt_shards, block, fsync=False, settle=settle)
         out[f"checkpoint {args.ckpt_mib} MiB file, no fsync, writeback (MB/s)"] = (

@@ -232,13 +232,15 @@ async def test_a_full_hot_tier_never_punches_an_upload_dropped_meanwhile(
         assert dropped.fd not in punched
 
 
+@pytest.mark.parametrize("unlinked", [True, False])
 @core_test
-async def test_an_unlinked_upload_aborted_during_a_punch_never_punches_another_file(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A streaming file's last name goes and its last handle closes while a full hot tier
-    is punching its uploaded parts out of staging: the close aborts the upload, then closes
-    the staging descriptor. The abort waited for parts in flight but not for the punch, so
-    the descriptor was closed (and its number free for any file) before the punch used it."""
+async def test_a_punch_under_way_at_the_last_close_never_punches_another_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, unlinked: bool) -> None:
+    """A full hot tier is punching a streaming file's uploaded parts out of staging when its
+    last handle closes. Unlinked, the close aborts the upload; named, it completes it; either
+    way it then closes (or takes) the staging descriptor. Neither the abort nor the
+    completion waited for the punch, so the descriptor was closed, and its number free for
+    any file, before the punch used it: holes punched in whatever file got the number."""
     gate, reached = threading.Event(), threading.Event()
     punch, seen = streaming.punch_ranges, []
 
@@ -261,9 +263,12 @@ async def test_an_unlinked_upload_aborted_during_a_punch_never_punches_another_f
         async with trio.open_nursery() as nursery:
             nursery.start_soon(streaming.give_back_all, core.fs.hot, 1 << 40)
             assert await trio.to_thread.run_sync(reached.wait, 10)
-            await core.fs.unlink(ROOT, b"a")
+            if unlinked:
+                await core.fs.unlink(ROOT, b"a")
             nursery.start_soon(core.close, fh)
             await trio.sleep(0.3)  # (the close on its way, the punch held)
             gate.set()
         assert seen == [staging]
         assert core.uploads() == [] and core.staged() == []
+        if not unlinked:
+            assert list(core.objects().values()) == [DATA[:PART + 10]]

@@ -501,7 +501,10 @@ class StreamingUpload:
             if found is None:
                 raise
             info = found
-        _live.discard(self)
+        # Its caller closes or takes the staging descriptor next: a punch a full hot tier
+        # started meanwhile must end first (shielded: the object is complete either way).
+        with trio.CancelScope(shield=True):
+            await self.release()
         return info
 
     async def completed_before(self, size: int) -> ObjectInfo | None:

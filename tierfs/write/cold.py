@@ -183,13 +183,15 @@ class ColdPublisher:
         what it had before this writer."""
         core = self.core
         sid, fd = data.staging_id, data.staging_fd
-        data.upload = None
+        upload, data.upload = data.upload, None
         data.staging_id = data.staging_fd = None
         data.to(DataState.CLEAN)
         data.size = data.written = 0
         data.replaces_object = None  # (the file's stub, if any, still names it)
         inode.cached_version = None
         core.invalidate_attrs(inode.ino)
+        if upload is not None:  # (its abort may have been cancelled before it was done)
+            await upload.abort()
         await core.hot.run(_close_and_remove, core, sid, fd)
         if sid is not None:
             self.journal.drop(sid)

@@ -221,6 +221,7 @@ class Staging:
             else:
                 log.error("upload %s of %s left unfinished for recovery", data.upload.upload_id,
                           data.upload.key)
+                await data.upload.release()  # (its staging descriptor is closed below)
         if data.drop_object is not None:  # unlinked while open
             await core.delete_object(data.drop_object.key, data.drop_object.etag)
         await drop_mirror(core.warm, data)  # before staging_fd closes: a copy may read it

@@ -193,6 +193,21 @@ def new_symlink(dfd: int, tmp: bytes, target: bytes, owner: tuple[int, int] | No
         os.close(fd)
 
 
+class SwapUnsure(OSError):
+    """A swap failed at or after its rename: whether the symlink replaced the file is not
+    known. ``made``: the symlink's attributes as it was made (it may be in place, or moved on
+    to another name by another node, and must then be taken as published)."""
+
+    made: os.stat_result | None = None
+
+
+def unsure(e: OSError, name: bytes, made: os.stat_result | None) -> SwapUnsure:
+    """``SwapUnsure`` for a failure at or after a swap's rename (``e``)."""
+    failed = SwapUnsure(e.errno, f"the stub may or may not be in place: {e.strerror}", name)
+    failed.made = made
+    return failed
+
+
 def placed(dfd: int, name: bytes, made: os.stat_result) -> os.stat_result:
     """The attributes of ``name`` in ``dfd`` once a rename put the file ``made`` there; ESTALE
     if another file is there (one renamed onto the temp name before the rename)."""

@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import TypeVar
 
 from tierfs.tiers.base import Tier
-from tierfs.tiers.beneath import done, new_symlink, open_file, parent_fd, parent_of, placed
+from tierfs.tiers.beneath import (done, new_symlink, open_file, parent_fd, parent_of, placed,
+                                  unsure)
 from tierfs.tiers.scan import (TEMP_PREFIX, TEMP_SUFFIX, Entry, entries_at, is_internal,
                                names_at, stat_link)
 from tierfs.tiers.warmcopy import PublishCalls
@@ -173,7 +174,10 @@ class WarmTier(PublishCalls, Tier):
                 with contextlib.suppress(OSError):
                     os.unlink(tmp, dir_fd=dfd)
                 raise
-            return placed(dfd, name, made)
+            try:
+                return placed(dfd, name, made)
+            except OSError as e:  # renamed away by another node at once, or another file there
+                raise unsure(e, name, made) from e
 
     def stub_over(self, rel: bytes, target: bytes) -> os.stat_result | None:
         """``replace_symlink`` of what is at ``rel``; None (nothing done) if nothing is there

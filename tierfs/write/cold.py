@@ -32,7 +32,7 @@ from tierfs.objects.base import (NoSuchObject, ObjectInfo, ObjectStoreError, Upl
 from tierfs.objects.keys import free_key, unique_key
 from tierfs.stubs import Stub, stub_for
 from tierfs.tiers.base import Tier, pwrite_all
-from tierfs.tiers.beneath import split
+from tierfs.tiers.beneath import SwapUnsure, split
 from tierfs.transfer.streaming import UPLOAD_TOKEN, PartGone, StreamingUpload
 from tierfs.write.journal import Entry, Journal, Upload
 from tierfs.write.keephot import keep_object, take_staging
@@ -354,15 +354,25 @@ class ColdPublisher:
                         if not theirs and data.base is not None:  # (owner or mode changed)
                             stub = await settle(core, stub, data.base, info, rel)
                         data.swapping = swapping
-                        st = await core.warm.run(core.warm.stub_over, rel,
-                                                 stub.encode(core.config.bucket))
+                        try:
+                            st = await core.warm.run(core.warm.stub_over, rel,
+                                                     stub.encode(core.config.bucket))
+                        except SwapUnsure as e:  # renamed in, then not there: moved on
+                            assert e.made is not None  # (published: never tried again)
+                            log.warning("%s: its stub went in and is no longer there (%s); "
+                                        "%s is kept for it", show(rel), e.strerror, info.key)
+                            st = e.made
                         core.forget_dir_attrs()
                 if st is None and rel is not None:
                     # Removed by another node meanwhile: the new content is no file's, and the old
                     # object is not this node's to delete (the file may have moved with its
-                    # stub; an unlink on that node dealt with it).
-                    data.replaces_object = None
-                    await self._delete_own(info, upload.token)
+                    # stub; an unlink on that node dealt with it). Nor is the new one, if it
+                    # was completed over the old (its own key): a moved stub names it.
+                    rewritten, data.replaces_object = data.replaces_object == info.key, None
+                    if rewritten:
+                        log.warning("%s gone; %s kept for its moved stub", show(rel), info.key)
+                    else:
+                        await self._delete_own(info, upload.token)
                 if st is not None:
                     ours = stub
                     stub, st = await self._follow_later_upload(inode, stub, st, upload.token)
@@ -425,8 +435,9 @@ class ColdPublisher:
         an upload to its key goes to a key of its own instead, its parts sent again from
         staging. One whose parts left staging cannot: rather than complete over the object
         the other names need, it is given up (``lose_upload``: what is staged set aside, EIO).
-        A link or a move between this look and the swap still loses: one warm call apart for
-        a warm publish, the upload's completion for a cold one."""
+        A link or a move between this look and the swap still loses the old content: one warm
+        call apart for a warm publish, the upload's completion for a cold one (a moved stub
+        then names the new content, which is kept)."""
         old = data.replaces_object
         if old is None:
             return

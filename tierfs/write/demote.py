@@ -63,7 +63,7 @@ from tierfs.stubs import MAX_SIZE, Stub
 from tierfs.transfer.streaming import UPLOAD_TOKEN
 from tierfs.tiers.base import pwrite_all
 from tierfs.tiers.scan import is_internal, is_silly_renamed
-from tierfs.tiers.beneath import split
+from tierfs.tiers.beneath import SwapUnsure, split
 from tierfs.write import warmswap
 from tierfs.write.cold import ColdPublisher
 from tierfs.write.journal import Journal
@@ -243,7 +243,7 @@ class Demoter:
         stub = Stub(info.key, info.size, info.etag, stat.S_IMODE(st.st_mode), st.st_mtime_ns)
         try:
             why = await self._swap(rel, f, stub)
-        except warmswap.SwapUnsure as e:
+        except SwapUnsure as e:
             log.error("demoting %s: %s", show(rel), e)
             self.core.forget_dir_attrs()
             swapped = await self._settle_swap(record)
@@ -500,23 +500,26 @@ class Demoter:
         async with core.ns_lock:
             inode = core.inodes.known(identity(st))
             if self._in_use(rel, st) is not None:
-                new = None
+                swapped = None
             elif inode is None:
-                new = await core.warm.run(warmswap.unstub, found)
-                if new is not None:
-                    await self._keep_number(None, st, new, None)
+                swapped = await core.warm.run(warmswap.unstub, found)
+                if swapped is not None:
+                    await self._keep_number(None, st, swapped[0], None)
             else:
                 with core.inodes.replacing(inode):
-                    new = await core.warm.run(warmswap.unstub, found)
-                    if new is not None:
-                        await self._keep_number(inode, st, new, None)
+                    swapped = await core.warm.run(warmswap.unstub, found)
+                    if swapped is not None:
+                        await self._keep_number(inode, st, swapped[0], None)
             core.forget_dir_attrs()
-        if new is None:
+        if swapped is None:
             return Outcome(rel, stub.size, False, "the stub changed while it was downloaded")
         # A promotion leaves no record for recovery: the number carried to the file is
         # committed now, not with the next batch a crash could lose.
         await self.journal.sync()
-        if await self.owners.may_delete(stub, st.st_uid, rel):
+        if not swapped[1]:
+            log.info("%s: its stub was linked or moved meanwhile; %s kept for it", show(rel),
+                     stub.key)
+        elif await self.owners.may_delete(stub, st.st_uid, rel):
             await core.delete_object(stub.key, stub.etag)
         core.counters.add("promotions")
         core.counters.add("bytes_promoted", stub.size)

@@ -29,7 +29,7 @@ from tierfs.core.attrs import Attrs, attrs_of, err
 from tierfs.core.garbage import Garbage
 from tierfs.core.inodes import ROOT_INODE, Inode, InodeTable
 from tierfs.core.nslock import NamespaceLock
-from tierfs.core.openfile import DataState, OpenFile, warm_id
+from tierfs.core.openfile import DataState, HeldFd, OpenFile, warm_id
 from tierfs.index import Batch, Index
 from tierfs.objects.base import ObjectStoreError
 from tierfs.stubs import Stub, StubError, looks_like_stub, parse_stub
@@ -130,6 +130,47 @@ class Core:
                    by_rename, warm.statvfs().f_namemax)
 
     # -- names and stubs ------------------------------------------------------------------
+
+    def drop_reader_fd(self, data: OpenFile) -> None:
+        """The warm reader's descriptor (``OpenFile.reader_fd``) takes no new fetch: closed
+        once those under way end (its reader replaced)."""
+        fd = self.let_go_reader_fd(data)
+        if fd is not None:
+            self.close_held(HeldFd(fd))
+
+    def let_go_reader_fd(self, data: OpenFile) -> int | None:
+        """``drop_reader_fd``, for a caller about to close the file's descriptors in a thread
+        anyway (the file let go): the descriptor it closes with them, if no fetch uses it;
+        else the last fetch closes it."""
+        held, data.reader_fd = data.reader_fd, None
+        if held is None:
+            return None
+        held.dropped = True
+        if not held.idle_after_drop():
+            return None
+        fd, held.fd = held.fd, -1
+        return fd if fd >= 0 else None
+
+    def close_held(self, held: HeldFd) -> None:
+        """Close a reader's descriptor in a warm thread (a network file system's close may
+        wait on the server), once."""
+        fd, held.fd = held.fd, -1
+        if fd < 0:
+            return
+
+        async def close() -> None:
+            try:
+                await self.warm.run(os.close, fd)
+            except OSError as e:
+                log.warning("closing a warm reader's descriptor: %s", e)
+
+        if self.nursery is None:
+            os.close(fd)
+            return
+        try:
+            self.nursery.start_soon(close)
+        except RuntimeError:  # (unmounting: no thread to hand it to)
+            os.close(fd)
 
     def rel_or_none(self, inode: Inode) -> bytes | None:
         """An inode's warm path, or None once it has no name left."""

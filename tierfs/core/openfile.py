@@ -81,6 +81,23 @@ def warm_id(st: os.stat_result) -> WarmId:
     return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
+class HeldFd:
+    """A descriptor a reader's fetches use from worker threads, closed only once none does
+    (``users``) and its reader is done with it (``dropped``): a fetch given a number another
+    task has closed reads whatever file was opened next with it, and a file system that hands
+    a freed inode number to the next file made (ext4) gives a check after the read nothing
+    to tell."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.users = 0
+        self.dropped = False
+
+    def idle_after_drop(self) -> bool:
+        """Whether it is to be closed now: dropped, and no fetch using it."""
+        return self.dropped and self.users == 0
+
+
 @dataclasses.dataclass(eq=False)
 class OpenFile:
     #: Where the file's data is in its life (see ``TRANSITIONS``); changed by ``to`` only.
@@ -107,6 +124,8 @@ class OpenFile:
     swapping: trio.Event | None = None
     #: Reads through the block cache (created at the first read of an unstaged file).
     reader: CachedReader | None = None
+    #: The warm reader's own descriptor of the file (``vfs.reads``), apart from ``warm_fd``.
+    reader_fd: HeldFd | None = None
     #: The object this file's stub pointed to before it was rewritten here; deleted once the
     #: new content is published, since nothing refers to it any more.
     replaces_object: str | None = None

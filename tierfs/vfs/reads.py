@@ -24,7 +24,7 @@ from tierfs.cache.reader import CachedReader, Prefetch
 from tierfs.core.attrs import err
 from tierfs.core.context import Core
 from tierfs.core.inodes import Inode
-from tierfs.core.openfile import DataState, OpenFile, WarmId
+from tierfs.core.openfile import DataState, HeldFd, OpenFile, WarmId
 from tierfs.stubs import Stub
 from tierfs.write.publish import Publisher
 
@@ -263,7 +263,13 @@ class Reads:
         elif core.cache_warm and data.warm_fd is not None and data.warm_id is not None:
             if reader is not None and reader.made_for is data.warm_id:
                 return reader
-            fd, version = data.warm_fd, data.warm_id
+            # Its own descriptor: a publish or a let-go closes ``warm_fd`` while fetches may
+            # still wait for a thread. (``dup`` reaches no file system: made inline. Nothing
+            # closes ``warm_fd`` meanwhile: it is closed in threads only while the file is
+            # staged or let go, and then no reader is made.)
+            core.drop_reader_fd(data)
+            held = data.reader_fd = HeldFd(os.dup(data.warm_fd))
+            version = data.warm_id
             pending = [first]
 
             async def fetch(start: int, length: int) -> bytes:
@@ -271,7 +277,15 @@ class Reads:
                     got, pending[0] = pending[0], None
                     if got is not None and len(got) == length:
                         return got
-                return await self.pread(fd, start, length, version)
+                if held.fd < 0:  # (a read-ahead of a reader replaced since)
+                    raise VersionChanged(errno.ESTALE, "the reader was let go")
+                held.users += 1
+                try:
+                    return await self.pread(held.fd, start, length, version)
+                finally:
+                    held.users -= 1
+                    if held.idle_after_drop():
+                        core.close_held(held)
 
             source = self.warm_source(data.warm_id, fetch)
             made_for = data.warm_id

@@ -236,15 +236,20 @@ class Staging:
         aside = remove is not None and stranded and await core.warm.run(_still_named,
                                                                          data.warm_fd)
 
+        reader_fd = core.let_go_reader_fd(data)  # (closed with the others, if not in use)
+
         def close() -> Path | None:
             data.close_fds()
+            if reader_fd is not None:
+                os.close(reader_fd)
             if remove is not None and aside:
                 return core.hot.set_aside(remove, note)
             if remove is not None:
                 core.hot.remove_staging(remove)
             return None
 
-        if data.warm_fd is not None or data.staging_fd is not None or remove is not None:
+        if (data.warm_fd is not None or data.staging_fd is not None or remove is not None
+                or reader_fd is not None):
             kept = await core.hot.run(close)
             if kept is not None:
                 log.error("the data written to inode %d could not be published through its "

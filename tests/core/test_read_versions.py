@@ -141,3 +141,36 @@ async def test_a_block_fetch_waiting_for_a_thread_reads_the_file_a_publish_close
         assert got == [old]
         await core.close(w)
         await core.close(r)
+
+
+def deleted_files_open(under: Path) -> list[str]:
+    """Files under ``under`` this process holds open though their names are gone."""
+    out = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith(str(under)) and target.endswith("(deleted)"):
+            out.append(target)
+    return out
+
+
+@pytest.mark.parametrize("by_rename", [True, False])
+@core_test
+async def test_a_publish_lets_go_of_the_readers_descriptor_of_the_file_it_replaced(
+        tmp_path: Path, by_rename: bool) -> None:
+    """The warm reader's own descriptor (above) was dropped only by the next reader or the
+    last close: the file a publish replaced stayed open while the handle did, its blocks
+    kept, and on a network file system a hidden name left in the shared tree."""
+    old = blocks(4, 3)
+    async with open_core(tmp_path, cache_warm=True, by_rename=by_rename) as core:
+        await core.write_file(b"f", old)
+        await core.evict(b"f")
+        fh = await core.open(b"f", os.O_RDWR)
+        assert bytes(await core.fs.read(fh, 0, 1000)) == old[:1000]
+        await core.fs.write(fh, 0, b"NEW")
+        await core.fs.fsync(fh)
+        await core.until(lambda: deleted_files_open(tmp_path / "warm") == [])
+        assert bytes(await core.fs.read(fh, 0, 1000)) == b"NEW" + old[3:1000]
+        await core.close(fh)

@@ -1,6 +1,6 @@
-"""Another node moves or links a file's stub while this node swaps it: a cold publish putting
-it in place, or a promotion replacing it by the file. The stub, wherever it went, names its
-object: that object is never deleted while a name may hold the stub."""
+"""Another node moves a file's stub while this node's cold publish puts it in place. The
+stub, wherever it went, names the object this publish completed: that object is never
+deleted for want of a name here."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ import tierfs.tiers.warm as warm_module
 from tierfs.write.cold import ColdPublisher
 
 from .conftest import PART, core_test, open_core
-from .test_demote import put_warm
 
 DATA = os.urandom(300_000)
 
@@ -67,48 +66,3 @@ async def test_a_rewrite_completed_over_its_own_key_keeps_it_when_the_name_moved
         await core.close(fh)
         monkeypatch.undo()
         assert core.objects().get(core.cold(b"f.bak").key) == new
-
-
-@pytest.mark.parametrize("how", ["link", "move"])
-@core_test
-async def test_a_promotion_keeps_the_object_of_a_stub_linked_or_moved_at_its_rename(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str) -> None:
-    """``ln`` or ``mv`` of the stub on another node between the promotion's look at it and
-    its rename of the downloaded file over it: the object was deleted, and the other name
-    named nothing."""
-    data = os.urandom(200_000)
-    put_warm(tmp_path, "d/x.bin", data)
-    async with open_core(tmp_path) as core:
-        assert (await core.fs.demoter.demote(b"d/x.bin")).done
-        key = core.cold(b"d/x.bin").key
-        real, fired = os.rename, []
-
-        def racing(src: object, dst: object, *args: object, **kwargs: object) -> None:
-            if isinstance(src, bytes) and src.startswith(b".tierfs-") and dst == b"x.bin" \
-                    and not fired:
-                fired.append(how)  # another node, just before the rename
-                stub, other = core.warm_path(b"d/x.bin"), core.warm_path(b"d/x.bak")
-                if how == "link":
-                    os.link(stub, other, follow_symlinks=False)
-                else:
-                    real(stub, other)
-            real(src, dst, *args, **kwargs)  # type: ignore[arg-type]
-
-        monkeypatch.setattr(os, "rename", racing)
-        outcome = await core.fs.demoter.promote(b"d/x.bin")
-        monkeypatch.undo()
-        assert fired and outcome.done
-        assert core.warm_path(b"d/x.bin").read_bytes() == data
-        assert core.cold(b"d/x.bak").key == key and core.objects().get(key) == data
-
-
-@core_test
-async def test_a_promotion_deletes_the_object_of_a_stub_gone_everywhere(tmp_path: Path
-                                                                        ) -> None:
-    data = os.urandom(200_000)
-    put_warm(tmp_path, "d/x.bin", data)
-    async with open_core(tmp_path) as core:
-        assert (await core.fs.demoter.demote(b"d/x.bin")).done
-        assert len(core.objects()) == 1
-        assert (await core.fs.demoter.promote(b"d/x.bin")).done
-        assert core.warm_path(b"d/x.bin").read_bytes() == data and core.objects() == {}

@@ -260,6 +260,7 @@ class Reads:
                 return reader
             source = self.cold_source(data.stub)
             made_for: object = data.stub
+            core.drop_reader_fd(data)  # (a warm reader's, from before the file went cold)
         elif core.cache_warm and data.warm_fd is not None and data.warm_id is not None:
             if reader is not None and reader.made_for is data.warm_id:
                 return reader

@@ -500,26 +500,26 @@ class Demoter:
         async with core.ns_lock:
             inode = core.inodes.known(identity(st))
             if self._in_use(rel, st) is not None:
-                swapped = None
+                new = None
             elif inode is None:
-                swapped = await core.warm.run(warmswap.unstub, found)
-                if swapped is not None:
-                    await self._keep_number(None, st, swapped[0], None)
+                new = await core.warm.run(warmswap.unstub, found)
+                if new is not None:
+                    await self._keep_number(None, st, new, None)
             else:
                 with core.inodes.replacing(inode):
-                    swapped = await core.warm.run(warmswap.unstub, found)
-                    if swapped is not None:
-                        await self._keep_number(inode, st, swapped[0], None)
+                    new = await core.warm.run(warmswap.unstub, found)
+                    if new is not None:
+                        await self._keep_number(inode, st, new, None)
             core.forget_dir_attrs()
-        if swapped is None:
+        if new is None:
             return Outcome(rel, stub.size, False, "the stub changed while it was downloaded")
         # A promotion leaves no record for recovery: the number carried to the file is
         # committed now, not with the next batch a crash could lose.
         await self.journal.sync()
-        if not swapped[1]:
-            log.info("%s: its stub was linked or moved meanwhile; %s kept for it", show(rel),
-                     stub.key)
-        elif await self.owners.may_delete(stub, st.st_uid, rel):
+        # (Another node linking or moving the stub between unstub's look and its rename
+        # loses the object: docs/semantics.md. Held across the rename to tell, the stub would
+        # be silly-renamed by an NFS client and look linked after every promotion.)
+        if await self.owners.may_delete(stub, st.st_uid, rel):
             await core.delete_object(stub.key, stub.etag)
         core.counters.add("promotions")
         core.counters.add("bytes_promoted", stub.size)

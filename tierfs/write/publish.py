@@ -51,6 +51,9 @@ class Publisher:
                 # What is home changed (a hard-linked file is written in place: same inode
                 # number, no ``rekey``): no lookup from a listing taken before (``vfs.listed``).
                 self.core.changes += 1
+                # Nor is the warm reader's descriptor of the file replaced needed: held on, it
+                # kept that file (its blocks; on NFS a hidden name in the shared tree).
+                self.core.drop_reader_fd(data)
             # Home now: a change from here on stages what was published, never the empty
             # file a create made (``Staging.stage``), whichever way it went home.
             data.created = False

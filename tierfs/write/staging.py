@@ -239,9 +239,9 @@ class Staging:
         reader_fd = core.let_go_reader_fd(data)  # (closed with the others, if not in use)
 
         def close() -> Path | None:
-            data.close_fds()
             if reader_fd is not None:
-                os.close(reader_fd)
+                os.close(reader_fd)  # (first: a failed close below would leak it)
+            data.close_fds()
             if remove is not None and aside:
                 return core.hot.set_aside(remove, note)
             if remove is not None:

@@ -163,36 +163,18 @@ def settle_temp(s: StubAt, size: int, mode: int, mtime_ns: int) -> None:
     os.fsync(fd)
 
 
-def unstub(s: StubAt) -> tuple[os.stat_result, bool] | None:
+def unstub(s: StubAt) -> os.stat_result | None:
     """Rename the temp file over the stub if it is still that stub (identity and target);
-    None (the temp file left for ``close`` to remove) otherwise. With the file's attributes,
-    whether the stub is gone everywhere: another node may link or move it between the look
-    and the rename, and its other name then needs the object. The stub is held (``O_PATH``)
-    across the rename to tell; a warm tier that answers for it by path (sshfs) cannot, and
-    the look before the rename alone guards there."""
+    None (the temp file left for ``close`` to remove) otherwise."""
     try:
         there = os.stat(s.name, dir_fd=s.dir_fd, follow_symlinks=False)
         now = os.readlink(s.name, dir_fd=s.dir_fd) if stat.S_ISLNK(there.st_mode) else None
-        held = os.open(s.name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=s.dir_fd)
     except FileNotFoundError:
         return None
-    try:
-        ident = (s.st.st_dev, s.st.st_ino)
-        holds = os.fstat(held)
-        if (now != s.target or (there.st_dev, there.st_ino) != ident or there.st_nlink != 1
-                or (holds.st_dev, holds.st_ino) != ident):
-            return None  # (linked meanwhile: the other name needs the object)
-        assert s.tmp is not None
-        os.rename(s.tmp, s.name, src_dir_fd=s.dir_fd, dst_dir_fd=s.dir_fd)
-        s.tmp = None
-        new = os.stat(s.name, dir_fd=s.dir_fd, follow_symlinks=False)
-        try:
-            after = os.fstat(held)
-        except OSError as e:
-            # (NFS: the stub's last name went.) Else unknown: kept, at worst garbage.
-            return new, e.errno in (errno.ENOENT, errno.ESTALE)
-        if (after.st_dev, after.st_ino) != ident:
-            return new, True  # answered by path: the new file's attributes
-        return new, after.st_nlink == 0
-    finally:
-        os.close(held)
+    if (now != s.target or (there.st_dev, there.st_ino) != (s.st.st_dev, s.st.st_ino)
+            or there.st_nlink != 1):  # (linked meanwhile: the other name needs the object)
+        return None
+    assert s.tmp is not None
+    os.rename(s.tmp, s.name, src_dir_fd=s.dir_fd, dst_dir_fd=s.dir_fd)
+    s.tmp = None
+    return os.stat(s.name, dir_fd=s.dir_fd, follow_symlinks=False)

@@ -136,7 +136,18 @@ class Core:
         once those under way end (its reader replaced)."""
         fd = self.let_go_reader_fd(data)
         if fd is not None:
-            self.close_held(HeldFd(fd))
+            self.close_held(HeldFd(fd, None))
+
+    def ensure_reader_fd(self, data: OpenFile) -> HeldFd:
+        """The readers' own descriptor of the warm file's current version (``vfs.reads``),
+        made (a ``dup``) if the one held is of another version. Caller: the file is not
+        staged and ``warm_fd`` is open."""
+        held = data.reader_fd
+        if held is None or held.version != data.warm_id:
+            assert data.warm_fd is not None and not data.staged
+            self.drop_reader_fd(data)
+            held = data.reader_fd = HeldFd(os.dup(data.warm_fd), data.warm_id)
+        return held
 
     def let_go_reader_fd(self, data: OpenFile) -> int | None:
         """``drop_reader_fd``, for a caller about to close the file's descriptors in a thread

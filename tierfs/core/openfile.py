@@ -88,8 +88,10 @@ class HeldFd:
     a freed inode number to the next file made (ext4) gives a check after the read nothing
     to tell."""
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int, version: WarmId | None) -> None:
         self.fd = fd
+        #: The warm file's version (``warm_id``) it was made for.
+        self.version = version
         self.users = 0
         self.dropped = False
 

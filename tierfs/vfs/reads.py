@@ -114,6 +114,8 @@ class Reads:
             got = await self._read_unopened(fh, inode, data, offset, size)
             if got is not None:
                 return got
+            if data.staged:  # (a writer staged it meanwhile: read there)
+                return await self.read(fh, inode, data, offset, size)
         reader = self._reader(data)
         if reader is not None:
             return await reader.read(fh, offset, size)
@@ -161,8 +163,8 @@ class Reads:
         # length costs an allocation of that length per file): a file grown since gives a
         # short block, which the reader's fetch reads again.
         block = await core.open_warm(inode, data, (0, version[1]), served=served)
-        if block is None:
-            return None  # opened meanwhile by another call, or changed as it was read
+        if block is None or data.staged:
+            return None  # opened meanwhile by another call, changed as it was read, or staged
         reader = self._reader(data, block)
         if reader is None:
             return None
@@ -192,15 +194,34 @@ class Reads:
                 raise VersionChanged(errno.ESTALE, "the open file was let go")
             if data.warm_deferred:
                 await core.open_warm(inode, data, served=True)
-            fd = data.warm_fd
-            if fd is None or data.warm_id != version:
+            if data.warm_fd is None or data.warm_id != version or data.staged:
                 raise VersionChanged(errno.ESTALE, "the warm file is another version now")
-            got = await self.pread(fd, start, length, version)
+            got = await self.pread_held(self.held(data), start, length, version)
             if isinstance(got, Unkept):  # (the version this open was answered for is gone)
                 raise VersionChanged(errno.ESTALE, "the warm file changed in place")
             return got
 
         return fetch
+
+    def held(self, data: OpenFile) -> HeldFd:
+        """The warm readers' own descriptor of the file as it is now: a publish or a let-go
+        closes ``warm_fd`` while fetches may still wait for a thread. Only while the file is
+        not staged (a publish closes ``warm_fd`` in a thread only then, or once it is let go),
+        so that the ``dup``, made inline (it reaches no file system), is of the file."""
+        return self.core.ensure_reader_fd(data)
+
+    async def pread_held(self, held: HeldFd, start: int, length: int, version: WarmId
+                         ) -> bytes:
+        """``pread`` through a reader's descriptor, counted as in use meanwhile."""
+        if held.fd < 0:  # (a read-ahead of a reader let go since)
+            raise VersionChanged(errno.ESTALE, "the reader was let go")
+        held.users += 1
+        try:
+            return await self.pread(held.fd, start, length, version)
+        finally:
+            held.users -= 1
+            if held.idle_after_drop():
+                self.core.close_held(held)
 
     async def pread(self, fd: int, start: int, length: int, version: WarmId) -> bytes:
         """A block of ``version`` of a warm file (``_read_of``), read in parts of at least
@@ -264,12 +285,7 @@ class Reads:
         elif core.cache_warm and data.warm_fd is not None and data.warm_id is not None:
             if reader is not None and reader.made_for is data.warm_id:
                 return reader
-            # Its own descriptor: a publish or a let-go closes ``warm_fd`` while fetches may
-            # still wait for a thread. (``dup`` reaches no file system: made inline. Nothing
-            # closes ``warm_fd`` meanwhile: it is closed in threads only while the file is
-            # staged or let go, and then no reader is made.)
-            core.drop_reader_fd(data)
-            held = data.reader_fd = HeldFd(os.dup(data.warm_fd))
+            held = self.held(data)
             version = data.warm_id
             pending = [first]
 
@@ -278,15 +294,7 @@ class Reads:
                     got, pending[0] = pending[0], None
                     if got is not None and len(got) == length:
                         return got
-                if held.fd < 0:  # (a read-ahead of a reader replaced since)
-                    raise VersionChanged(errno.ESTALE, "the reader was let go")
-                held.users += 1
-                try:
-                    return await self.pread(held.fd, start, length, version)
-                finally:
-                    held.users -= 1
-                    if held.idle_after_drop():
-                        core.close_held(held)
+                return await self.pread_held(held, start, length, version)
 
             source = self.warm_source(data.warm_id, fetch)
             made_for = data.warm_id

@@ -174,3 +174,107 @@ async def test_a_publish_lets_go_of_the_readers_descriptor_of_the_file_it_replac
         await core.until(lambda: deleted_files_open(tmp_path / "warm") == [])
         assert bytes(await core.fs.read(fh, 0, 1000)) == b"NEW" + old[3:1000]
         await core.close(fh)
+
+
+@core_test
+async def test_a_reader_made_while_its_publish_ends_reads_on(tmp_path: Path) -> None:
+    """A cold file rewritten small goes warm; its publish then deletes the replaced object
+    (an await after the rename). A read meanwhile made the warm reader and its descriptor,
+    which the publish's end let go of as the replaced file's: every later fetch of that
+    reader failed with ESTALE (the first fix of the descriptor left open)."""
+    async with open_core(tmp_path, cache_warm=True, by_rename=True,
+                         large_file_threshold="256KiB") as core:
+        await core.write_file(b"f", blocks(8, 1))
+        await core.until(lambda: core.stub(b"f") is not None)
+        new = blocks(3, 2)
+        inode = await core.lookup_path(b"f")
+        r = await core.open(b"f", os.O_RDONLY)
+        w, _, _ = await core.fs.open(inode.ino, os.O_RDWR | os.O_TRUNC)
+        await core.write_all(w, new)
+        hold = core.store.hold_after("delete")
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(core.fs.fsync, w)
+            assert await trio.to_thread.run_sync(hold.reached.wait, 10)
+            assert core.stub(b"f") is None  # warm now, the old object being deleted
+            assert bytes(await core.fs.read(r, 0, 100)) == new[:100]
+            hold.release()
+        await trio.sleep(0.2)
+        await core.evict(b"f")
+        for _ in range(2):
+            assert bytes(await core.fs.read(r, 2 * BS, BS)) == new[2 * BS:]
+        await core.close(w)
+        await core.close(r)
+
+
+def open_under(path: Path) -> int:
+    """Descriptors of this process on ``path``."""
+    n = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            n += os.readlink(f"/proc/self/fd/{fd}").startswith(str(path))
+        except OSError:
+            pass
+    return n
+
+
+@core_test
+async def test_a_fetch_resuming_after_the_last_close_makes_no_descriptor(tmp_path: Path
+                                                                         ) -> None:
+    """Two read-ahead fetches of an open answered from memory: one opens the warm file, the
+    other waits for that open, and resumes after the handle's last close has let the file
+    go, its descriptors being closed in a thread. It made a reader's descriptor from the
+    number being closed (another file's by then, or EBADF), and that descriptor was never
+    closed. (Sixteen files: the order of the waiting tasks varies.)"""
+    outcomes: list[str] = []
+    async with open_core(tmp_path, cache_warm=True, attr_timeout=5) as core:
+        warm = core.fs.warm
+        inner = warm.run
+        state: dict[str, Any] = {}
+
+        async def gated(fn: Any, *args: Any) -> Any:
+            if getattr(fn, "__name__", "") == "open_and_read" and "open_gate" in state:
+                await state["open_gate"].wait()
+            if fn is reads._read_of and "read_gate" in state:
+                if not state.get("released"):
+                    state["released"] = True
+                    state["nursery"].start_soon(core.fs.release, state["fh"])
+                await state["read_gate"].wait()
+            return await inner(fn, *args)
+
+        warm.run = gated  # type: ignore[method-assign]
+        for i in range(16):
+            name = f"f{i}".encode()
+            core.warm_path(name).write_bytes(blocks(4, i))
+            inode, _ = await core.fs.lookup(ROOT, name)
+            fh, _, _ = await core.fs.open(inode.ino, 0)
+            data = inode.data
+            assert data is not None and data.warm_deferred and data.warm_id is not None
+            fetch = core.fs.reads._fetch_unopened(inode, data, data.warm_id)
+            state.clear()
+            state.update(open_gate=trio.Event(), read_gate=trio.Event(), fh=fh)
+            results: list[str] = []
+
+            async def one(start: int) -> None:
+                try:
+                    await fetch(start, BS)
+                    results.append("ok")
+                except OSError as e:
+                    results.append(f"{type(e).__name__}:{e.errno}")
+
+            async with trio.open_nursery() as nursery:
+                state["nursery"] = nursery
+                nursery.start_soon(one, BS)
+                await trio.sleep(0.02)
+                nursery.start_soon(one, 2 * BS)
+                await trio.sleep(0.02)
+                state["open_gate"].set()
+                with trio.fail_after(5):
+                    while inode.data is not None or not state.get("released"):
+                        await trio.sleep(0.01)
+                await trio.sleep(0.1)
+                state["read_gate"].set()
+            await trio.sleep(0.1)
+            outcomes.append(f"{name!r}: {results}, {open_under(core.warm_path(name))} left "
+                            f"open, reader's descriptor {data.reader_fd}")
+            assert not [r for r in results if r.endswith(f":{errno.EBADF}")], outcomes
+    assert all(" 0 left open" in o and "descriptor None" in o for o in outcomes), outcomes

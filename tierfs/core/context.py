@@ -145,6 +145,7 @@ class Core:
         held = data.reader_fd
         if held is None or held.version != data.warm_id:
             assert data.warm_fd is not None and not data.staged
+            assert data.state is not DataState.RETIRED
             self.drop_reader_fd(data)
             held = data.reader_fd = HeldFd(os.dup(data.warm_fd), data.warm_id)
         return held

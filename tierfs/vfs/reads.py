@@ -194,20 +194,25 @@ class Reads:
                 raise VersionChanged(errno.ESTALE, "the open file was let go")
             if data.warm_deferred:
                 await core.open_warm(inode, data, served=True)
-            if data.warm_fd is None or data.warm_id != version or data.staged:
-                raise VersionChanged(errno.ESTALE, "the warm file is another version now")
-            got = await self.pread_held(self.held(data), start, length, version)
+            got = await self.pread_held(self.held(data, version), start, length, version)
             if isinstance(got, Unkept):  # (the version this open was answered for is gone)
                 raise VersionChanged(errno.ESTALE, "the warm file changed in place")
             return got
 
         return fetch
 
-    def held(self, data: OpenFile) -> HeldFd:
-        """The warm readers' own descriptor of the file as it is now: a publish or a let-go
-        closes ``warm_fd`` while fetches may still wait for a thread. Only while the file is
-        not staged (a publish closes ``warm_fd`` in a thread only then, or once it is let go),
-        so that the ``dup``, made inline (it reaches no file system), is of the file."""
+    def held(self, data: OpenFile, version: WarmId) -> HeldFd:
+        """The warm readers' own descriptor of ``version`` of the file: a publish or a let-go
+        closes ``warm_fd`` while fetches may still wait for a thread. Made (a ``dup``, inline:
+        it reaches no file system) only while the file is that version, not staged and not
+        let go: a publish or a let-go closes ``warm_fd`` in a thread only then.
+        VersionChanged when the file is no longer that version."""
+        held = data.reader_fd
+        if held is not None and held.version == version and held.fd >= 0:
+            return held
+        if (data.warm_fd is None or data.warm_id != version or data.staged
+                or data.state is DataState.RETIRED):
+            raise VersionChanged(errno.ESTALE, "the warm file is another version now")
         return self.core.ensure_reader_fd(data)
 
     async def pread_held(self, held: HeldFd, start: int, length: int, version: WarmId
@@ -285,8 +290,8 @@ class Reads:
         elif core.cache_warm and data.warm_fd is not None and data.warm_id is not None:
             if reader is not None and reader.made_for is data.warm_id:
                 return reader
-            held = self.held(data)
             version = data.warm_id
+            self.held(data, version)  # (made now, while the file is surely that version)
             pending = [first]
 
             async def fetch(start: int, length: int) -> bytes:
@@ -294,6 +299,7 @@ class Reads:
                     got, pending[0] = pending[0], None
                     if got is not None and len(got) == length:
                         return got
+                held = self.held(data, version)  # (again if a publish dropped it)
                 return await self.pread_held(held, start, length, version)
 
             source = self.warm_source(data.warm_id, fetch)

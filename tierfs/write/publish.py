@@ -51,9 +51,12 @@ class Publisher:
                 # What is home changed (a hard-linked file is written in place: same inode
                 # number, no ``rekey``): no lookup from a listing taken before (``vfs.listed``).
                 self.core.changes += 1
-                # Nor is the warm reader's descriptor of the file replaced needed: held on, it
-                # kept that file (its blocks; on NFS a hidden name in the shared tree).
-                self.core.drop_reader_fd(data)
+                # Nor is the warm readers' descriptor of the file replaced needed: held on, it
+                # kept that file (its blocks; on NFS a hidden name in the shared tree). (One
+                # made meanwhile, for the file as published, stays.)
+                held = data.reader_fd
+                if held is not None and (data.stub is not None or held.version != data.warm_id):
+                    self.core.drop_reader_fd(data)
             # Home now: a change from here on stages what was published, never the empty
             # file a create made (``Staging.stage``), whichever way it went home.
             data.created = False

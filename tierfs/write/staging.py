@@ -236,20 +236,28 @@ class Staging:
         aside = remove is not None and stranded and await core.warm.run(_still_named,
                                                                          data.warm_fd)
 
-        reader_fd = core.let_go_reader_fd(data)  # (closed with the others, if not in use)
+        # Out of ``data`` before the thread closes them: a task still holding the file (a
+        # read-ahead) finds no number there that may be another file's by then.
+        fds = [fd for fd in (core.let_go_reader_fd(data), data.warm_fd, data.staging_fd)
+               if fd is not None]
+        data.warm_fd = data.staging_fd = None
 
         def close() -> Path | None:
-            if reader_fd is not None:
-                os.close(reader_fd)  # (first: a failed close below would leak it)
-            data.close_fds()
+            failed: OSError | None = None
+            for fd in fds:  # (each closed once, even after one failed)
+                try:
+                    os.close(fd)
+                except OSError as e:
+                    failed = failed or e
+            if failed is not None:
+                raise failed
             if remove is not None and aside:
                 return core.hot.set_aside(remove, note)
             if remove is not None:
                 core.hot.remove_staging(remove)
             return None
 
-        if (data.warm_fd is not None or data.staging_fd is not None or remove is not None
-                or reader_fd is not None):
+        if fds or remove is not None:
             kept = await core.hot.run(close)
             if kept is not None:
                 log.error("the data written to inode %d could not be published through its "

@@ -204,14 +204,14 @@ class Reads:
     def held(self, data: OpenFile, version: WarmId) -> HeldFd:
         """The warm readers' own descriptor of ``version`` of the file: a publish or a let-go
         closes ``warm_fd`` while fetches may still wait for a thread. Made (a ``dup``, inline:
-        it reaches no file system) only while the file is that version, not staged and not
-        let go: a publish or a let-go closes ``warm_fd`` in a thread only then.
+        it reaches no file system) only while the file is that version, not staged, not cold
+        and not let go: a publish or a let-go closes ``warm_fd`` in a thread only then.
         VersionChanged when the file is no longer that version."""
         held = data.reader_fd
         if held is not None and held.version == version and held.fd >= 0:
             return held
         if (data.warm_fd is None or data.warm_id != version or data.staged
-                or data.state is DataState.RETIRED):
+                or data.stub is not None or data.state is DataState.RETIRED):
             raise VersionChanged(errno.ESTALE, "the warm file is another version now")
         return self.core.ensure_reader_fd(data)
 

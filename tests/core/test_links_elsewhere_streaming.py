@@ -78,6 +78,14 @@ async def test_a_name_removed_while_the_upload_completes_leaves_the_data_to_the_
         await core.until(lambda: core.staged() == [])
 
 
+def named(fd: int) -> str:
+    """The file a descriptor of this process names now, or that it is closed."""
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError as e:
+        return f"a closed descriptor ({e.strerror})"
+
+
 async def punched_and_linked(core: Core) -> int:
     """``a`` written with DATA, streaming, some of its parts already punched out of staging,
     and hard-linked as ``b`` by another node; its handle."""
@@ -159,10 +167,7 @@ async def test_a_part_in_flight_never_punches_a_staging_descriptor_given_up(
     punch = streaming.punch_ranges
 
     def recording(fd: int, ranges: list[tuple[int, int]]) -> None:
-        try:
-            punched.append(os.readlink(f"/proc/self/fd/{fd}"))
-        except OSError as e:
-            punched.append(f"a closed descriptor ({e.strerror})")
+        punched.append(named(fd))
         punch(fd, ranges)
 
     monkeypatch.setattr(streaming, "punch_ranges", recording)
@@ -247,10 +252,7 @@ async def test_a_punch_under_way_at_the_last_close_never_punches_another_file(
     def gated(fd: int, ranges: list[tuple[int, int]]) -> None:
         reached.set()
         gate.wait(20)
-        try:
-            seen.append(os.readlink(f"/proc/self/fd/{fd}"))
-        except OSError as e:
-            seen.append(f"a closed descriptor ({e.strerror})")
+        seen.append(named(fd))
         punch(fd, ranges)
 
     monkeypatch.setattr(streaming, "punch_ranges", gated)

@@ -132,23 +132,11 @@ class Core:
     # -- names and stubs ------------------------------------------------------------------
 
     def drop_reader_fd(self, data: OpenFile) -> None:
-        """The warm reader's descriptor (``OpenFile.reader_fd``) takes no new fetch: closed
-        once those under way end (its reader replaced)."""
+        """The warm readers' descriptor (``OpenFile.reader_fd``) takes no new fetch: closed
+        once those under way end (its reader replaced, the file it reads replaced)."""
         fd = self.let_go_reader_fd(data)
         if fd is not None:
-            self.close_held(HeldFd(fd, None))
-
-    def ensure_reader_fd(self, data: OpenFile) -> HeldFd:
-        """The readers' own descriptor of the warm file's current version (``vfs.reads``),
-        made (a ``dup``) if the one held is of another version. Caller: the file is not
-        staged and ``warm_fd`` is open."""
-        held = data.reader_fd
-        if held is None or held.version != data.warm_id:
-            assert data.warm_fd is not None and not data.staged
-            assert data.state is not DataState.RETIRED
-            self.drop_reader_fd(data)
-            held = data.reader_fd = HeldFd(os.dup(data.warm_fd), data.warm_id)
-        return held
+            self._close_in_thread(fd)
 
     def let_go_reader_fd(self, data: OpenFile) -> int | None:
         """``drop_reader_fd``, for a caller about to close the file's descriptors in a thread
@@ -164,12 +152,13 @@ class Core:
         return fd if fd >= 0 else None
 
     def close_held(self, held: HeldFd) -> None:
-        """Close a reader's descriptor in a warm thread (a network file system's close may
-        wait on the server), once."""
+        """Close a reader's descriptor, once."""
         fd, held.fd = held.fd, -1
-        if fd < 0:
-            return
+        if fd >= 0:
+            self._close_in_thread(fd)
 
+    def _close_in_thread(self, fd: int) -> None:
+        """In a warm thread: a network file system's close may wait on the server."""
         async def close() -> None:
             try:
                 await self.warm.run(os.close, fd)

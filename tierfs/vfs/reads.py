@@ -213,7 +213,9 @@ class Reads:
         if (data.warm_fd is None or data.warm_id != version or data.staged
                 or data.stub is not None or data.state is DataState.RETIRED):
             raise VersionChanged(errno.ESTALE, "the warm file is another version now")
-        return self.core.ensure_reader_fd(data)
+        self.core.drop_reader_fd(data)  # (of another version)
+        held = data.reader_fd = HeldFd(os.dup(data.warm_fd), version)
+        return held
 
     async def pread_held(self, held: HeldFd, start: int, length: int, version: WarmId
                          ) -> bytes:

@@ -369,9 +369,7 @@ class ColdPublisher:
                     # stub; an unlink on that node dealt with it). Nor is the new one, if it
                     # was completed over the old (its own key): a moved stub names it.
                     rewritten, data.replaces_object = data.replaces_object == info.key, None
-                    if rewritten:
-                        log.warning("%s gone; %s kept for its moved stub", show(rel), info.key)
-                    else:
+                    if not rewritten:
                         await self._delete_own(info, upload.token)
                 if st is not None:
                     ours = stub
@@ -435,9 +433,8 @@ class ColdPublisher:
         an upload to its key goes to a key of its own instead, its parts sent again from
         staging. One whose parts left staging cannot: rather than complete over the object
         the other names need, it is given up (``lose_upload``: what is staged set aside, EIO).
-        A link or a move between this look and the swap still loses the old content: one warm
-        call apart for a warm publish, the upload's completion for a cold one (a moved stub
-        then names the new content, which is kept)."""
+        A link or a move between this look and the swap still loses the old content (one warm
+        call apart for a warm publish, the upload's completion for a cold one)."""
         old = data.replaces_object
         if old is None:
             return

@@ -278,3 +278,55 @@ async def test_a_fetch_resuming_after_the_last_close_makes_no_descriptor(tmp_pat
                             f"open, reader's descriptor {data.reader_fd}")
             assert not [r for r in results if r.endswith(f":{errno.EBADF}")], outcomes
     assert all(" 0 left open" in o and "descriptor None" in o for o in outcomes), outcomes
+
+
+@pytest.mark.parametrize("by_rename", [True, False])
+@core_test
+async def test_a_plain_warm_read_waiting_for_a_thread_never_reads_the_file_a_publish_closed(
+        tmp_path: Path, by_rename: bool) -> None:
+    """The same, with warm caching off (the default over a local warm tier): a read's
+    ``pread`` was handed ``warm_fd`` itself, and a publish by another handle closed it while
+    the read waited for a thread, so the read went to whatever file got the number next."""
+    old, other = b"o" * 50_000, b"G" * 50_000
+    async with open_core(tmp_path, cache_warm=False, by_rename=by_rename) as core:
+        await core.write_file(b"f", old)
+        w = await core.open(b"f", os.O_RDWR)  # (opens the warm file: reads go to warm_fd)
+        r = await core.open(b"f", os.O_RDONLY)
+        warm = core.fs.warm
+        inner = warm.run
+        gate, reached = trio.Event(), trio.Event()
+        seen: list[str] = []
+
+        async def slow(fn: Any, *args: Any) -> Any:
+            # The warm tier's threads are busy (a slow NFS server): the read waits for one.
+            if fn is os.pread and not gate.is_set():
+                reached.set()
+                await gate.wait()
+                try:
+                    seen.append(os.readlink(f"/proc/self/fd/{args[0]}"))
+                except OSError as e:
+                    seen.append(str(e))
+            return await inner(fn, *args)
+
+        warm.run = slow  # type: ignore[method-assign]
+        got: list[object] = []
+
+        async def read() -> None:
+            try:
+                got.append(bytes(await core.fs.read(r, 0, len(old))))
+            except OSError as e:
+                got.append(e)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read)
+            await reached.wait()
+            await core.fs.write(w, 0, b"NEW")
+            await core.fs.fsync(w)  # published: the old warm file's descriptor closed
+            g = os.open(tmp_path / "warm" / "g", os.O_CREAT | os.O_RDWR, 0o644)
+            os.write(g, other)
+            gate.set()
+        os.close(g)
+        assert seen and seen[0].startswith(str(core.warm_path(b"f"))), seen
+        assert got in ([old], [b"NEW" + old[3:]]), got[0] if got else got
+        await core.close(w)
+        await core.close(r)

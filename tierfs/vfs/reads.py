@@ -121,7 +121,21 @@ class Reads:
             return await reader.read(fh, offset, size)
         if data.warm_fd is None:
             return b""
-        out = await core.warm.run(os.pread, data.warm_fd, size, offset)
+        try:
+            # Through the readers' own descriptor, as a block fetch: a publish or a let-go
+            # may close ``warm_fd`` while this read waits for a thread.
+            held = self.held(data, data.warm_id)
+        except VersionChanged:
+            if data.staged or data.stub is not None:
+                return await self.read(fh, inode, data, offset, size)  # (read there now)
+            raise err(errno.ESTALE) from None
+        held.users += 1
+        try:
+            out = await core.warm.run(os.pread, held.fd, size, offset)
+        finally:
+            held.users -= 1
+            if held.idle_after_drop():
+                core.close_held(held)
         core.counters.add("bytes_warm", len(out))
         return out
 

@@ -330,3 +330,63 @@ async def test_a_plain_warm_read_waiting_for_a_thread_never_reads_the_file_a_pub
         assert got in ([old], [b"NEW" + old[3:]]), got[0] if got else got
         await core.close(w)
         await core.close(r)
+
+
+@pytest.mark.parametrize("reuse", [False, True])
+@core_test
+async def test_a_staged_read_waiting_for_a_thread_never_reads_a_closed_staging_descriptor(
+        tmp_path: Path, reuse: bool) -> None:
+    """A read of a staged file handed ``staging_fd`` itself to a hot thread. While it waited,
+    the writer's fsync published by rename (staging became the warm file) and the next one
+    replaced that file, closing the number: the read failed with EBADF, or read the file that
+    got the number next (thrown away by the check after it, unless that file was a pipe)."""
+    old, other = b"o" * 50_000, b"G" * 50_000
+    async with open_core(tmp_path, by_rename=True) as core:
+        await core.write_file(b"f", old)
+        w = await core.open(b"f", os.O_RDWR)
+        await core.fs.write(w, 0, b"AAA")  # staged: reads go to staging
+        r = await core.open(b"f", os.O_RDONLY)
+        hot = core.fs.hot
+        inner = hot.run
+        gate, reached = trio.Event(), trio.Event()
+        seen: list[str] = []
+
+        async def slow(fn: Any, *args: Any) -> Any:
+            # The hot tier's threads are busy: the staged read waits for one.
+            if fn in (os.pread, getattr(reads, "_pread_own", None)) and not gate.is_set():
+                reached.set()
+                await gate.wait()
+                try:
+                    seen.append(os.readlink(f"/proc/self/fd/{args[0]}"))
+                except OSError as e:
+                    seen.append(str(e))
+            return await inner(fn, *args)
+
+        hot.run = slow  # type: ignore[method-assign]
+        got: list[object] = []
+
+        async def read() -> None:
+            try:
+                got.append(bytes(await core.fs.read(r, 0, len(old))))
+            except OSError as e:
+                got.append(e)
+
+        g = None
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read)
+            await reached.wait()
+            await core.fs.fsync(w)  # by rename: staging becomes the warm file
+            await core.fs.write(w, 0, b"BBB")  # staged again
+            await core.fs.fsync(w)  # by rename again: the first staging file's number closed
+            if reuse:
+                g = os.open(tmp_path / "warm" / "g", os.O_CREAT | os.O_RDWR, 0o644)
+                os.write(g, other)
+            gate.set()
+        if g is not None:
+            os.close(g)
+        hot.run = inner  # type: ignore[method-assign]
+        assert seen and "Bad file descriptor" not in seen[0], seen
+        assert not seen[0].startswith(str(core.warm_path(b"g"))), seen
+        assert got in ([b"AAA" + old[3:]], [b"BBB" + old[3:]]), got
+        await core.close(w)
+        await core.close(r)

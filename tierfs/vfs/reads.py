@@ -67,6 +67,14 @@ def _read_of(fd: int, view: memoryview, offset: int, version: WarmId) -> tuple[i
     return n, (st.st_size, st.st_mtime_ns) != version[1:3]
 
 
+def _pread_own(fd: int, size: int, offset: int) -> bytes:
+    """``pread`` through a descriptor made for this read alone, closed after. Blocking."""
+    try:
+        return os.pread(fd, size, offset)
+    finally:
+        os.close(fd)
+
+
 async def _no_fetch(start: int, length: int) -> bytes:
     raise AssertionError("a source made only for its id was fetched from")
 
@@ -102,11 +110,14 @@ class Reads:
             if not data.staged:
                 break
             sid = data.staging_id
-            out = await core.hot.run(os.pread, data.staging_fd, size, offset)
+            # Through a descriptor of the read's own: a publish by another handle may close
+            # staging's (renamed home, then replaced) while the read waits for a thread.
+            assert data.staging_fd is not None
+            out = await core.hot.run(_pread_own, os.dup(data.staging_fd), size, offset)
             if data.staging_id != sid or (data.upload is not None
                                           and data.upload.unreadable(offset, size)):
                 # Published, or punched out for room, while the thread read: the range may
-                # read as zeros or the descriptor have been closed and reused. Read again.
+                # read as zeros. Read again.
                 continue
             core.counters.add("bytes_staged", len(out))
             return out

@@ -599,3 +599,81 @@ async def test_a_failed_rename_leaves_no_temp_file_behind(
                 assert await core.publish_all() != []
         assert core.warm_temps() == [], "a whole copy left on the warm tier per failed try"
         monkeypatch.setattr(warm_cls, "rename", real)
+
+
+@core_test
+async def test_a_publish_by_rename_whose_directory_goes_after_its_rename_keeps_no_closed_fd(
+        tmp_path: Path) -> None:
+    """The rename over the name was made, then the directory's attributes could not be read
+    (another node renamed it): the publish failed with the replaced file's descriptor closed
+    and its number still the open file's ``warm_fd``, which the next open in the process got,
+    and the last close then closed that other file's descriptor. Renamed is published now."""
+    old = b"o" * 50_000
+    async with open_core(tmp_path, by_rename=True) as core:
+        d = await core.mkdirs(b"d")
+        await core.write_file(b"d/f", old)
+        w = await core.open(b"d/f", os.O_RDWR)  # the warm file opened: warm_fd
+        await core.fs.write(w, 0, b"NEW")  # staged
+        inode = await core.lookup_path(b"d/f")
+        data = inode.data
+        warm_fd = data.warm_fd
+        assert warm_fd is not None
+        warm = core.fs.warm
+        real_adopt, real_lstat = warm.adopt, warm.lstat
+        armed: list[bool] = []
+
+        def adopt(*args: Any) -> Any:
+            armed.append(True)
+            try:
+                return real_adopt(*args)
+            finally:
+                armed.clear()
+
+        def lstat(rel: bytes) -> os.stat_result:
+            if armed and rel == b"d":
+                # Another node renames the directory just as the rename into it is done.
+                os.rename(tmp_path / "warm" / "d", tmp_path / "warm" / "d2")
+            return real_lstat(rel)
+
+        warm.adopt = adopt  # type: ignore[method-assign]
+        warm.lstat = lstat  # type: ignore[method-assign]
+        try:
+            await core.fs.fsync(w)  # (renamed: published, though the directory went)
+        finally:
+            warm.adopt = real_adopt  # type: ignore[method-assign]
+            warm.lstat = real_lstat  # type: ignore[method-assign]
+        os.rename(tmp_path / "warm" / "d2", tmp_path / "warm" / "d")  # (and back again)
+
+        # Another open in the process (a reader's, the cache's, the index's) takes the
+        # number adopt closed (opened until one does: lower numbers may be free too).
+        g_path = tmp_path / "hot" / "someone-elses-file"
+        held = data.warm_fd
+        spare: list[int] = []
+        g = os.open(g_path, os.O_CREAT | os.O_RDWR, 0o600)
+        while held is not None and g < held:
+            spare.append(g)
+            g = os.open(g_path, os.O_RDWR)
+        for fd in spare:
+            os.close(fd)
+        try:
+            named = os.readlink(f"/proc/self/fd/{held}") if held is not None else None
+        finally:
+            # The name goes, then the last close retires the state, which closes warm_fd:
+            # here that is g, which tierfs does not own.
+            await core.fs.unlink(d, b"f")
+            try:
+                await core.close(w)
+            except OSError:
+                pass
+            try:
+                os.fstat(g)
+                g_open = True
+            except OSError:
+                g_open = False
+            if g_open:
+                os.close(g)
+        # The open file must not hold a number that is another file's now, and its retire
+        # must not close a descriptor that is not its own.
+        assert (named, g_open) == (None, True) or (named != str(g_path) and g_open), (
+            f"data.warm_fd={held} (was {warm_fd}) named {named} after the failed publish; "
+            f"g still open after the retire: {g_open}")

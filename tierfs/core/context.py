@@ -365,11 +365,16 @@ class Core:
             return None
         return known[1]
 
-    def dir_changed(self, inode: Inode, parent_st: os.stat_result) -> None:
+    def dir_changed(self, inode: Inode, parent_st: os.stat_result | None) -> None:
         """A file was published into its directory: keep what getattr answers for that
-        directory current (only where a create put it)."""
+        directory current (only where a create put it); ``parent_st`` None: they could not be
+        read, and are read again when asked."""
         if len(inode.links) == 1 and inode.links[0][0] in self.dir_attrs:
-            self.remember_dir(inode.links[0][0], parent_st)
+            if parent_st is None:
+                self.dir_attrs.pop(inode.links[0][0], None)
+                self.made_in.pop(inode.links[0][0], None)
+            else:
+                self.remember_dir(inode.links[0][0], parent_st)
 
     # -- objects --------------------------------------------------------------------------
 

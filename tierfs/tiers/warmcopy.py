@@ -229,21 +229,29 @@ class PublishCalls(XattrCalls):
         return True
 
     def adopt(self, src: Path, fd: int, rel: bytes, retire: int | None,
-              again: Reapply | None = None) -> tuple[os.stat_result, os.stat_result]:
+              again: Reapply | None = None) -> tuple[os.stat_result, os.stat_result | None]:
         """Rename a file from outside the tree (a staging file, on the same file system; ``fd``
         open on it) over ``rel``, then close ``retire`` (the descriptor of the file it
         replaced); returns the attributes of the published file (from ``fd``: another node
-        may have put its own file at ``rel`` just after) and of its directory. EXDEV if it
-        is on another file system (nothing is closed then). ``again``: what to take from
-        ``rel`` again (``Reapply``); with it, LinkedMeanwhile if ``rel`` is hard-linked."""
+        may have put its own file at ``rel`` just after) and of its directory (None if they
+        could not be read: the directory renamed or removed by another node meanwhile). EXDEV
+        if it is on another file system (nothing is closed then). ``again``: what to take
+        from ``rel`` again (``Reapply``); with it, LinkedMeanwhile if ``rel`` is hard-linked.
+        Once renamed, the file is published: ``retire`` is closed only after the last call
+        that could fail first (the caller keeps it while this raises), and the directory's
+        attributes failing fails nothing."""
         if again is not None:
             self._refuse_hard_linked(rel)
             self._reapply(fd, rel, again)
         with parent_of(self.fd, rel) as (dfd, name):
             os.rename(src, name, dst_dir_fd=dfd)
+        st = os.fstat(fd)
         if retire is not None:
             os.close(retire)
-        return os.fstat(fd), self.lstat(split(rel)[0])
+        try:
+            return st, self.lstat(split(rel)[0])
+        except OSError:
+            return st, None
 
     def write_in_place(self, rel: bytes, src_fd: int, size: int,
                        times: tuple[int, int] | None, expect: os.stat_result | None = None

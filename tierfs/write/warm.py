@@ -208,7 +208,7 @@ class WarmPublisher:
 
     async def adopt_staging(self, sid: str, fd: int, target: bytes, retire: int | None,
                             again: Reapply | None = None
-                            ) -> tuple[os.stat_result, os.stat_result] | None:
+                            ) -> tuple[os.stat_result, os.stat_result | None] | None:
         """Rename a settled staging file over ``target`` (``WarmTier.adopt``): the attributes
         of the file and of its directory, or None if the tiers turn out to be on different
         mounts (EXDEV), which turns publishing by rename off for good."""

@@ -20,6 +20,7 @@ from tierfs.vfs import reads
 from tierfs.vfs.reads import _read_of
 
 from .conftest import ROOT, core_test, open_core, rewrite_in_place
+from .test_publish import warm_files_held_open
 
 BS = 64 * 1024
 
@@ -299,7 +300,7 @@ async def test_a_plain_warm_read_waiting_for_a_thread_never_reads_the_file_a_pub
 
         async def slow(fn: Any, *args: Any) -> Any:
             # The warm tier's threads are busy (a slow NFS server): the read waits for one.
-            if fn is os.pread and not gate.is_set():
+            if fn in (os.pread, getattr(reads, "_pread_own", None)) and not gate.is_set():
                 reached.set()
                 await gate.wait()
                 try:
@@ -390,3 +391,33 @@ async def test_a_staged_read_waiting_for_a_thread_never_reads_a_closed_staging_d
         assert got in ([b"AAA" + old[3:]], [b"BBB" + old[3:]]), got
         await core.close(w)
         await core.close(r)
+
+
+@pytest.mark.parametrize("cache_warm", [False, True])
+@core_test
+async def test_a_read_created_file_is_not_held_open_on_the_warm_tier_at_its_publish(
+        tmp_path: Path, cache_warm: bool) -> None:
+    """A read of a file this open created (O_DIRECT, or a stale size) made the readers' own
+    descriptor of it, which the close of the created file before a publish by copy renames
+    over it (``WarmPublisher._let_go_of_created``: no NFS silly rename) left open: the file
+    was held across the rename. A plain read keeps no descriptor now."""
+    async with open_core(tmp_path, by_rename=False, cache_warm=cache_warm) as core:
+        fh = await core.create(b"f", mode=0o640, flags=os.O_RDWR)
+        assert bytes(await core.fs.read(fh, 0, 4096)) == b""
+        await core.write_all(fh, b"abc")
+        warm = core.fs.warm
+        real = warm.replace
+        at_rename: list[list[str]] = []
+
+        def replace(*args: Any) -> Any:
+            at_rename.append(warm_files_held_open(core))
+            return real(*args)
+
+        warm.replace = replace  # type: ignore[method-assign]
+        try:
+            await core.fs.fsync(fh)
+        finally:
+            warm.replace = real  # type: ignore[method-assign]
+        assert core.warm_path(b"f").read_bytes() == b"abc"
+        assert at_rename == [[]], f"held open as the publish renamed over it: {at_rename}"
+        await core.close(fh)

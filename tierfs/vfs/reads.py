@@ -132,21 +132,12 @@ class Reads:
             return await reader.read(fh, offset, size)
         if data.warm_fd is None:
             return b""
-        try:
-            # Through the readers' own descriptor, as a block fetch: a publish or a let-go
-            # may close ``warm_fd`` while this read waits for a thread.
-            held = self.held(data, data.warm_id)
-        except VersionChanged:
-            if data.staged or data.stub is not None:
-                return await self.read(fh, inode, data, offset, size)  # (read there now)
-            raise err(errno.ESTALE) from None
-        held.users += 1
-        try:
-            out = await core.warm.run(os.pread, held.fd, size, offset)
-        finally:
-            held.users -= 1
-            if held.idle_after_drop():
-                core.close_held(held)
+        # Through a descriptor of the read's own, closed after it (none kept: an open file
+        # holds no more descriptors, and a file a publish replaces is not held open, which on
+        # NFS leaves a hidden name): a publish or a let-go may close ``warm_fd`` while the read
+        # waits for a thread. Made here only while the file is not staged, so no thread can be
+        # closing ``warm_fd`` now (``Reads.held``).
+        out = await core.warm.run(_pread_own, os.dup(data.warm_fd), size, offset)
         core.counters.add("bytes_warm", len(out))
         return out
 

@@ -281,6 +281,38 @@ async def test_a_fetch_resuming_after_the_last_close_makes_no_descriptor(tmp_pat
     assert all(" 0 left open" in o and "descriptor None" in o for o in outcomes), outcomes
 
 
+class GatedRead:
+    """A read of an open file whose ``pread`` waits, as for a thread of a busy tier, until
+    ``gate`` is set; ``seen``: what its descriptor named when it went on, ``got``: what the
+    read returned (or raised)."""
+
+    def __init__(self, core: Any, tier: Any, fh: int, size: int) -> None:
+        self.core, self.tier, self.fh, self.size = core, tier, fh, size
+        self.gate, self.reached = trio.Event(), trio.Event()
+        self.seen: list[str] = []
+        self.got: list[object] = []
+        self.inner = tier.run
+        tier.run = self._slow
+
+    async def _slow(self, fn: Any, *args: Any) -> Any:
+        if fn in (os.pread, getattr(reads, "_pread_own", None)) and not self.gate.is_set():
+            self.reached.set()
+            await self.gate.wait()
+            try:
+                self.seen.append(os.readlink(f"/proc/self/fd/{args[0]}"))
+            except OSError as e:
+                self.seen.append(str(e))
+        return await self.inner(fn, *args)
+
+    async def read(self) -> None:
+        try:
+            self.got.append(bytes(await self.core.fs.read(self.fh, 0, self.size)))
+        except OSError as e:
+            self.got.append(e)
+        finally:
+            self.tier.run = self.inner
+
+
 @pytest.mark.parametrize("by_rename", [True, False])
 @core_test
 async def test_a_plain_warm_read_waiting_for_a_thread_never_reads_the_file_a_publish_closed(
@@ -293,40 +325,17 @@ async def test_a_plain_warm_read_waiting_for_a_thread_never_reads_the_file_a_pub
         await core.write_file(b"f", old)
         w = await core.open(b"f", os.O_RDWR)  # (opens the warm file: reads go to warm_fd)
         r = await core.open(b"f", os.O_RDONLY)
-        warm = core.fs.warm
-        inner = warm.run
-        gate, reached = trio.Event(), trio.Event()
-        seen: list[str] = []
-
-        async def slow(fn: Any, *args: Any) -> Any:
-            # The warm tier's threads are busy (a slow NFS server): the read waits for one.
-            if fn in (os.pread, getattr(reads, "_pread_own", None)) and not gate.is_set():
-                reached.set()
-                await gate.wait()
-                try:
-                    seen.append(os.readlink(f"/proc/self/fd/{args[0]}"))
-                except OSError as e:
-                    seen.append(str(e))
-            return await inner(fn, *args)
-
-        warm.run = slow  # type: ignore[method-assign]
-        got: list[object] = []
-
-        async def read() -> None:
-            try:
-                got.append(bytes(await core.fs.read(r, 0, len(old))))
-            except OSError as e:
-                got.append(e)
-
+        gated = GatedRead(core, core.fs.warm, r, len(old))  # (a slow NFS server)
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(read)
-            await reached.wait()
+            nursery.start_soon(gated.read)
+            await gated.reached.wait()
             await core.fs.write(w, 0, b"NEW")
             await core.fs.fsync(w)  # published: the old warm file's descriptor closed
             g = os.open(tmp_path / "warm" / "g", os.O_CREAT | os.O_RDWR, 0o644)
             os.write(g, other)
-            gate.set()
+            gated.gate.set()
         os.close(g)
+        seen, got = gated.seen, gated.got
         assert seen and seen[0].startswith(str(core.warm_path(b"f"))), seen
         assert got in ([old], [b"NEW" + old[3:]]), got[0] if got else got
         await core.close(w)
@@ -347,45 +356,21 @@ async def test_a_staged_read_waiting_for_a_thread_never_reads_a_closed_staging_d
         w = await core.open(b"f", os.O_RDWR)
         await core.fs.write(w, 0, b"AAA")  # staged: reads go to staging
         r = await core.open(b"f", os.O_RDONLY)
-        hot = core.fs.hot
-        inner = hot.run
-        gate, reached = trio.Event(), trio.Event()
-        seen: list[str] = []
-
-        async def slow(fn: Any, *args: Any) -> Any:
-            # The hot tier's threads are busy: the staged read waits for one.
-            if fn in (os.pread, getattr(reads, "_pread_own", None)) and not gate.is_set():
-                reached.set()
-                await gate.wait()
-                try:
-                    seen.append(os.readlink(f"/proc/self/fd/{args[0]}"))
-                except OSError as e:
-                    seen.append(str(e))
-            return await inner(fn, *args)
-
-        hot.run = slow  # type: ignore[method-assign]
-        got: list[object] = []
-
-        async def read() -> None:
-            try:
-                got.append(bytes(await core.fs.read(r, 0, len(old))))
-            except OSError as e:
-                got.append(e)
-
+        gated = GatedRead(core, core.fs.hot, r, len(old))
         g = None
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(read)
-            await reached.wait()
+            nursery.start_soon(gated.read)
+            await gated.reached.wait()
             await core.fs.fsync(w)  # by rename: staging becomes the warm file
             await core.fs.write(w, 0, b"BBB")  # staged again
             await core.fs.fsync(w)  # by rename again: the first staging file's number closed
             if reuse:
                 g = os.open(tmp_path / "warm" / "g", os.O_CREAT | os.O_RDWR, 0o644)
                 os.write(g, other)
-            gate.set()
+            gated.gate.set()
         if g is not None:
             os.close(g)
-        hot.run = inner  # type: ignore[method-assign]
+        seen, got = gated.seen, gated.got
         assert seen and "Bad file descriptor" not in seen[0], seen
         assert not seen[0].startswith(str(core.warm_path(b"g"))), seen
         assert got in ([b"AAA" + old[3:]], [b"BBB" + old[3:]]), got

@@ -127,13 +127,17 @@ def wanted(args: argparse.Namespace, row: str) -> bool:
     return args.rows is None or re.search(args.rows, row) is not None
 
 
+def loader_row(args: argparse.Namespace, epoch: int) -> str:
+    return f"DataLoader epoch {epoch}, {args.dl_files} x {args.dl_kib} KiB (files/s)"
+
+
 def reads(root: Path, args: argparse.Namespace, out: dict[str, float]) -> None:
     epoch = loader_epoch(root / "dl", args.dl_files)
-    row = f"DataLoader epoch %d, {args.dl_files} x {args.dl_kib} KiB (files/s)"
     # A second epoch is measured only after its first (which fills the cache it reads).
-    for n in (1, 2) if wanted(args, row % 2) else (1,) if wanted(args, row % 1) else ():
+    for n in ((1, 2) if wanted(args, loader_row(args, 2))
+              else (1,) if wanted(args, loader_row(args, 1)) else ()):
         drop_caches()
-        out[row % n] = args.dl_files / timed(epoch)
+        out[loader_row(args, n)] = args.dl_files / timed(epoch)
     shards = shard_epoch(root / "shards")
     total_mb = args.shards * args.shard_mib * MIB / 1e6
     row = f"shard epoch %d, {args.shards} x {args.shard_mib} MiB (MB/s)"
@@ -295,8 +299,7 @@ def main() -> int:
             finally:
                 stop_floor(proc, base / "floor")
             print("  (floor done)", flush=True)
-        dl2 = f"DataLoader epoch 2, {args.dl_files} x {args.dl_kib} KiB (files/s)"
-        if not args.no_floor and wanted(args, dl2):
+        if not args.no_floor and wanted(args, loader_row(args, 2)):
             results["direct"][CACHED_FLOOR] = cached_floor(base, args)
         for durability in ("sync", "writeback") if do_writes else ("sync",):
             with tierfs_mounted(base / "mnt", base / f"hot-{durability}", warm,
@@ -331,8 +334,8 @@ def main() -> int:
               f"at close): {steps:.1f} files/s, {steps / plain:.2f}x of direct's plain create; "
               f"tierfs's sync-mode creates {ours / steps:.2f}x of it")
     cached = results["direct"].get(CACHED_FLOOR)
-    dl2 = f"DataLoader epoch 2, {args.dl_files} x {args.dl_kib} KiB (files/s)"
-    plain, ours = results["direct"].get(dl2), results["tierfs"].get(dl2)
+    plain = results["direct"].get(loader_row(args, 2))
+    ours = results["tierfs"].get(loader_row(args, 2))
     if cached and plain and ours:
         print(f"\nSecond DataLoader epoch's floor (the passthrough over a copy on the local "
               f"disk, calls inline): {cached:.1f} files/s, {cached / plain:.2f}x of direct's "

@@ -132,3 +132,46 @@ def test_a_thread_keeps_nothing_of_a_finished_call() -> None:
         assert passed() is None, "the thread still holds the last arguments"
     finally:
         workers.close()
+
+
+def test_a_thread_that_cannot_start_leaves_no_call_counted_and_runs_it_on_another(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A process out of threads: a call that would have started a second thread waits for
+    the first and runs (its arguments may own a descriptor only the call closes); with no
+    thread at all, the call fails, and nothing stays counted as busy."""
+    workers = Workers("test", 2)
+    real_start = threading.Thread.start
+    refuse = threading.Event()
+
+    def start(thread: threading.Thread) -> None:
+        if refuse.is_set():
+            raise RuntimeError("can't start new thread")
+        real_start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", start)
+
+    async def main() -> list[str]:
+        out: list[str] = []
+
+        async def one(word: str) -> None:
+            out.append(await workers.run(lambda: (time.sleep(0.1), word)[1]))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(one, "first")
+            await trio.sleep(0.02)
+            refuse.set()  # (the second call would start a second thread)
+            nursery.start_soon(one, "second")
+        return out
+
+    assert trio.run(main) == ["first", "second"]
+    assert workers.busy == 0
+    workers.close()
+
+    empty = Workers("test", 2)
+
+    async def refused() -> None:
+        with pytest.raises(RuntimeError):
+            await empty.run(str.upper, "never")
+
+    trio.run(refused)
+    assert empty.busy == 0 and empty.oldest_call_age() == 0.0

@@ -62,21 +62,35 @@ class Workers:
         """``fn(*args)`` in one of the threads; its result, or its exception raised here."""
         task = trio.lowlevel.current_task()
         job = (fn, args, trio.lowlevel.current_trio_token(), task)
-        key = object()
-        self._since[key] = time.monotonic()
         with self._lock:
             self._pending += 1
             if self._pending > len(self._threads) and len(self._threads) < self.size:
-                thread = threading.Thread(target=self._work, daemon=True,
-                                          name=f"tierfs-{self.name}-{len(self._threads)}")
-                self._threads.append(thread)
-                thread.start()
+                self._start_thread()
+        key = object()
+        self._since[key] = time.monotonic()
         self._queue.put(job)
         try:
             result: T = await trio.lowlevel.wait_task_rescheduled(_not_cancellable)
         finally:
             del self._since[key]
         return result
+
+    def _start_thread(self) -> None:
+        """One more thread, under ``_lock``. If none can be started (the process is out of
+        threads), the call waits for one already running; with none at all it fails here,
+        not counted as pending, so that ``busy`` and health checks see no call that is not
+        there (a call whose arguments own a descriptor, ``reads._pread_own``, is better
+        run late than refused: only a call that runs closes it)."""
+        thread = threading.Thread(target=self._work, daemon=True,
+                                  name=f"tierfs-{self.name}-{len(self._threads)}")
+        try:
+            thread.start()
+        except RuntimeError:
+            if self._threads:
+                return
+            self._pending -= 1
+            raise
+        self._threads.append(thread)
 
     def _work(self) -> None:
         while True:

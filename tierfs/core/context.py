@@ -214,21 +214,34 @@ class Core:
 
     # -- attributes -----------------------------------------------------------------------
 
-    def _stat_inode_blocking(self, inode: Inode, rel: bytes | None
+    def _stat_inode_blocking(self, rel: bytes | None, own_fd: int | None,
+                             base: os.stat_result | None
                              ) -> tuple[os.stat_result, bytes | None]:
-        """Attributes and, for a symlink, its target (which may make it a stub)."""
-        data = inode.data
+        """Attributes and, for a symlink, its target (which may make it a stub). ``own_fd``:
+        a descriptor made for this call alone (``_own_warm_fd``), closed here."""
         if rel is not None:
             return self.warm.lstat_link(rel)
-        # Unlinked but still open: the warm descriptor still reaches the file.
-        fd = None if data is None else data.warm_fd
-        if fd is None:
-            if data is not None and data.base is not None:
-                # An unlinked cold file (its stub is remembered), or a staged one whose
-                # created warm file a publish closed (``WarmPublisher._let_go_of_created``).
-                return data.base, None
-            raise err(errno.ENOENT)
-        return os.fstat(fd), None
+        if own_fd is not None:  # unlinked but still open: the descriptor still reaches it
+            try:
+                return os.fstat(own_fd), None
+            finally:
+                os.close(own_fd)
+        if base is not None:
+            # An unlinked cold file (its stub is remembered), or a staged one whose created
+            # warm file a publish closed (``WarmPublisher._let_go_of_created``).
+            return base, None
+        raise err(errno.ENOENT)
+
+    @staticmethod
+    def _own_warm_fd(data: OpenFile | None) -> int | None:
+        """A ``dup`` of an unlinked open file's warm descriptor, made on the event loop (no
+        file system is reached): a close of the last handle may close ``warm_fd`` in another
+        thread while the attributes' thread waits, and the number, given to the next file
+        opened, would answer that file's attributes. Every closer takes the number out of
+        ``OpenFile`` before its thread closes it, so a number read here is open."""
+        if data is None or data.warm_fd is None:
+            return None
+        return os.dup(data.warm_fd)
 
     async def refresh(self, inode: Inode) -> Attrs:
         """Attributes read from the tiers; remembered while the file is open."""
@@ -237,7 +250,9 @@ class Core:
         data = inode.data
         async with self.ns_lock.shared():
             rel = self.rel_or_none(inode)
-            st, target = await self.warm.run(self._stat_inode_blocking, inode, rel)
+            own = None if rel is not None else self._own_warm_fd(data)
+            base = None if data is None else data.base
+            st, target = await self.warm.run(self._stat_inode_blocking, rel, own, base)
         if target is not None:
             inode.stub = self.parse_stub(st, target, rel or b"")
         if self.seen_mark(inode) != mark:

@@ -12,7 +12,10 @@ from urllib.parse import unquote_plus
 
 import pytest
 
+import tierfs.importer as importer
 from conftest import Mount, S3Server, make_mount, running, tierfs
+from tierfs.config import load_config
+from tierfs.mounting import open_checked_store
 
 PREFIX = "tierfs"
 
@@ -171,3 +174,43 @@ def test_importing_again_keeps_what_a_stub_says_of_its_file(
     assert "1 updated" in out, out
     assert (m.path / "ds" / "a.bin").read_bytes() == b"changed"
     assert (m.path / "ds" / "a.bin").stat().st_mode & 0o777 == 0o600
+
+
+def test_a_file_put_in_place_of_a_stub_being_updated_is_in_the_way_and_the_import_goes_on(
+        s3_mount: Mount, s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another node renames a new file onto a stub just as the import renames the stub's
+    update over it: the swap's check finds another file at the name (ESTALE). That file is
+    a live one, left as it is and counted in the way; the other stubs are still brought up
+    to date. The import stopped at that file, leaving the stubs after it stale."""
+    m = s3_mount
+    bucket = m.bucket  # type: ignore[attr-defined]
+    names = ("a.bin", "b.bin", "c.bin")
+    for name in names:
+        s3_server.client().put_object(Bucket=bucket, Key=f"{PREFIX}/ds/{name}", Body=b"old")
+    assert "3 new" in tierfs("import", f"s3://{bucket}/{PREFIX}/ds", str(m.path / "ds")).stdout
+    for name in names:
+        s3_server.client().put_object(Bucket=bucket, Key=f"{PREFIX}/ds/{name}",
+                                      Body=f"new {name}".encode())
+    written = os.urandom(50_000)
+    real, raced = importer.placed, []
+
+    def racing(dfd: int, name: bytes, made: os.stat_result) -> os.stat_result:
+        if name == b"b.bin" and not raced:  # another node: mv new b.bin, after the rename
+            raced.append(name)
+            (m.warm / "ds" / "new").write_bytes(written)
+            os.rename(m.warm / "ds" / "new", m.warm / "ds" / "b.bin")
+        return real(dfd, name, made)
+
+    monkeypatch.setattr(importer, "placed", racing)
+    config = load_config(None, {"hot": str(m.hot), "warm": str(m.warm),
+                                "bucket": f"s3://{bucket}/{PREFIX}",
+                                "endpoint_url": s3_server.endpoint, "addressing_style": "path"})
+    result = importer.import_objects(config, open_checked_store(config), f"{PREFIX}/ds", ["ds"])
+    monkeypatch.undo()
+    assert raced
+    assert (result.updated, result.conflicts) == (2, [str(m.warm / "ds" / "b.bin")]), result
+    assert sorted(os.listdir(m.warm / "ds")) == list(names)  # (no temp name left behind)
+    assert not (m.warm / "ds" / "b.bin").is_symlink()
+    assert (m.path / "ds" / "b.bin").read_bytes() == written
+    for name in ("a.bin", "c.bin"):
+        assert (m.path / "ds" / name).read_bytes() == f"new {name}".encode()

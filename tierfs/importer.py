@@ -362,19 +362,33 @@ def _place(dir_fd: int, name: str, path: Path, stub: Stub, bucket: BucketURI, ow
     # The same object, changed in the bucket since the stub was written: the stub follows it,
     # keeping the file's mode and owner.
     target = dataclasses.replace(stub, mode=was.mode).encode(bucket)
+    if not _swap(dir_fd, os.fsencode(name), target, (st.st_uid, st.st_gid)):
+        result.conflicts.append(str(path))
+        return
+    result.updated += 1
+
+
+def _swap(dir_fd: int, name: bytes, target: bytes, owner: tuple[int, int]) -> bool:
+    """Rename a new stub (given ``owner``) over the one at ``name``: atomic, so a reader sees
+    the old stub or the new one. False if the swap's check found another file there (ESTALE:
+    another node renamed a file onto the name, or onto the temp name, meanwhile) or none
+    (ENOENT: the name moved or removed meanwhile): what is there is another node's doing,
+    left alone and counted as in the way like any other, and the import goes on; one file's
+    race is no reason to leave the stubs after it out of date."""
     tmp = TEMP_PREFIX + uuid.uuid4().hex.encode() + TEMP_SUFFIX
     try:
-        made = new_symlink(dir_fd, tmp, target, (st.st_uid, st.st_gid))
-        # atomic: a reader sees the old stub or the new one
-        os.rename(tmp, os.fsencode(name), src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-        placed(dir_fd, os.fsencode(name), made)
-    except BaseException:
+        made = new_symlink(dir_fd, tmp, target, owner)
+        os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        placed(dir_fd, name, made)
+    except BaseException as e:
         try:
             os.unlink(tmp, dir_fd=dir_fd)
         except OSError:
             pass  # (renamed after all)
+        if isinstance(e, OSError) and e.errno in (errno.ESTALE, errno.ENOENT):
+            return False
         raise
-    result.updated += 1
+    return True
 
 
 def _stub_naming(target: bytes, key: str, bucket: BucketURI) -> Stub | None:

@@ -25,8 +25,10 @@ on the warm tier at close, so the fsynced row compares like with like), stats of
 looked up, and ls -l. Higher is better in every row; the ratio is
 tierfs/direct. Below the table, the floor under sync-mode creates: the steps sync mode
 promises (the name at once, a temp file fsynced and renamed over it at close) done directly;
-and the floor under the second DataLoader epoch, which tierfs serves from the hot tier's disk:
-the same epoch through the passthrough over a copy of the tree on the local disk.
+the floor under the second DataLoader epoch, which tierfs serves from the hot tier's disk:
+the same epoch through the passthrough over a copy of the tree on the local disk; and the
+floor under the write-back saves without fsync, which tierfs stages on the hot tier's disk:
+the same saves through the passthrough over a directory on the local disk.
 
 Root is needed (sshd, FUSE mounts, dropping the page cache). The machine is shared and noisy:
 compare ratios within one run.
@@ -179,6 +181,36 @@ def cached_floor(base: Path, args: argparse.Namespace) -> float:
         stop_floor(proc, mnt)
 
 
+#: The floors of the write-back saves without fsync (``staged_floor``), printed below the table.
+STAGED_FLOORS = ("one file, no fsync, through the passthrough over the local disk (MB/s)",
+                 "shards, no fsync, through the passthrough over the local disk (MB/s)")
+
+
+def nofsync_rows(args: argparse.Namespace) -> tuple[str, str]:
+    """The names of the write-back save rows without fsync (one file; the shards)."""
+    return (f"checkpoint {args.ckpt_mib} MiB file, no fsync, writeback (MB/s)",
+            f"checkpoint {args.ckpt_shards} x 8 MiB shards, no fsync, writeback (MB/s)")
+
+
+def staged_floor(base: Path, args: argparse.Namespace, block: bytes) -> dict[str, float]:
+    """The most a write-back save can reach through pyfuse3 on this machine: the same saves
+    without fsync through bench/floor.py's passthrough (calls inline, its fastest) over a
+    directory on the local disk, where write-back stages them; it makes no name and sends no
+    byte to the tier, which tierfs's saves do (each name is made on the tier at its create)."""
+    local, mnt = base / "local-saves", base / "floor-saves"
+    local.mkdir()
+    mnt.mkdir()
+    proc = start_floor(mnt, local)
+    try:
+        one, many = checkpoint(mnt, "ckpt", args.ckpt_mib * MIB, args.ckpt_shards, block,
+                               fsync=False)
+    finally:
+        stop_floor(proc, mnt)
+        shutil.rmtree(local, ignore_errors=True)
+    return {STAGED_FLOORS[0]: args.ckpt_mib * MIB / 1e6 / one,
+            STAGED_FLOORS[1]: args.ckpt_shards * 8 * MIB / 1e6 / many}
+
+
 #: The direct-only row of ``create_as_sync_mode``, printed below the table.
 SYNC_STEPS = "create+write+close 4 KiB, sync mode's steps done directly (files/s)"
 
@@ -210,10 +242,9 @@ def writes(root: Path, args: argparse.Namespace, mode: str, block: bytes,
         # Last, so the publishing it leaves in the background slows no other row.
         one, many = checkpoint(root, f"ckpt-{mode}-nofsync", args.ckpt_mib * MIB,
                                args.ckpt_shards, block, fsync=False, settle=settle)
-        out[f"checkpoint {args.ckpt_mib} MiB file, no fsync, writeback (MB/s)"] = (
-            args.ckpt_mib * MIB / 1e6 / one)
-        out[f"checkpoint {args.ckpt_shards} x 8 MiB shards, no fsync, writeback (MB/s)"] = (
-            args.ckpt_shards * 8 * MIB / 1e6 / many)
+        one_row, many_row = nofsync_rows(args)
+        out[one_row] = args.ckpt_mib * MIB / 1e6 / one
+        out[many_row] = args.ckpt_shards * 8 * MIB / 1e6 / many
 
 
 @contextmanager
@@ -301,6 +332,8 @@ def main() -> int:
             print("  (floor done)", flush=True)
         if not args.no_floor and wanted(args, loader_row(args, 2)):
             results["direct"][CACHED_FLOOR] = cached_floor(base, args)
+        if not args.no_floor and do_writes:
+            results["direct"].update(staged_floor(base, args, block))
         for durability in ("sync", "writeback") if do_writes else ("sync",):
             with tierfs_mounted(base / "mnt", base / f"hot-{durability}", warm,
                                 durability) as mnt:
@@ -340,6 +373,14 @@ def main() -> int:
         print(f"\nSecond DataLoader epoch's floor (the passthrough over a copy on the local "
               f"disk, calls inline): {cached:.1f} files/s, {cached / plain:.2f}x of direct's "
               f"second epoch; tierfs's second epoch {ours / cached:.2f}x of it")
+    for floor_row, row in zip(STAGED_FLOORS, nofsync_rows(args)):
+        floor, plain, ours = (results["direct"].get(floor_row), results["direct"].get(row),
+                              results["tierfs"].get(row))
+        if floor and plain and ours:
+            print(f"\nFloor of the write-back save ({row.split(',')[0]}, no fsync): "
+                  f"{floor:.1f} MB/s through the passthrough over the local disk (calls "
+                  f"inline), {floor / plain:.2f}x of direct's save; tierfs's {ours / floor:.2f}x "
+                  f"of it")
     print("\nSFTP requests: " + ", ".join(f"{k} {v:,}" for k, v in requests.items())
           + " (tierfs's write-back counts stop at the last save, not when its uploads end)")
     return 0

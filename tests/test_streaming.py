@@ -504,6 +504,25 @@ def test_a_completion_whose_answer_was_lost_is_found_done(
     assert abort_uploads(proxy, bucket) == 0
 
 
+def test_an_upload_created_twice_for_a_lost_answer_leaves_no_upload_behind(
+        big_mount: Mount, proxy: FaultProxy, s3_server: S3Server) -> None:
+    """The bucket created the upload, but its answer never came: the create is asked again and
+    makes a second upload, the one used. The first, never completed nor aborted, would stay in
+    the bucket for ever (S3 bills an incomplete upload's parts until it is aborted)."""
+    m = big_mount
+    bucket = m.bucket  # type: ignore[attr-defined]
+    data = os.urandom(12 * MIB)
+    proxy.fail("POST", "lose", 1)  # the first POST is the upload's creation
+    with open(m.path / "ckpt.bin", "wb") as f:
+        f.write(data)
+    assert proxy.faults_served == 1
+    assert object_digest(s3_server, bucket, "tierfs/ckpt.bin") == \
+        (hashlib.sha256(data).hexdigest(), len(data))
+    assert (m.warm / "ckpt.bin").is_symlink()
+    assert abort_uploads(proxy, bucket) == 0  # (1 before the fix: the first create's)
+    assert "made by a create whose answer was lost" in m.log()
+
+
 @pytest.mark.parametrize("durability", ["sync", "writeback"])
 def test_an_upload_dropped_after_parts_left_staging_fails_once_and_keeps_the_rest(
         tmp_path: Path, proxy: FaultProxy, bucket: str, s3_server: S3Server,

@@ -4,7 +4,6 @@ over HTTP, through boto3), plus URI parsing, retries and mount-time checks."""
 from __future__ import annotations
 
 import base64
-import datetime
 import functools
 import os
 import re
@@ -29,7 +28,7 @@ from tierfs.objects.base import (MAX_KEY_BYTES, MAX_PARTS, MIN_PART_SIZE, KeyInT
                                  NoSuchObject, ObjectChanged, ObjectStore, ObjectStoreError,
                                  TransientError, UploadGone, parse_bucket_uri, part_size_for)
 from tierfs.objects.retry import retry_transient
-from tierfs.objects.s3 import CREATE_CLOCK_SLACK, classify, lost_creates
+from tierfs.objects.s3 import classify
 from tierfs.mounting import open_checked_store
 
 
@@ -199,45 +198,6 @@ def test_s3_no_such_upload_is_upload_gone(proxy: FaultProxy, bucket: str) -> Non
     store = open_store(parse_bucket_uri(f"s3://{bucket}/data"), endpoint_url=proxy.endpoint,
                        region="us-east-1", addressing_style="path")
     _unknown_uploads_are_gone(store, proxy.gone_uploads.add)
-
-
-@pytest.mark.parametrize("lost", [1, 3])
-def test_s3_uploads_made_by_a_create_whose_answer_was_lost_are_aborted(
-        proxy: FaultProxy, bucket: str, s3_server: S3Server, lost: int) -> None:
-    """The server made the upload but its answer was lost (once: botocore sends the create
-    again; three times: botocore gives up and tierfs's own retry sends it): only the upload
-    whose id came back is left. Another writer's upload of the key that holds a part, and an
-    upload of another key, are left alone."""
-    store = open_store(parse_bucket_uri(f"s3://{bucket}/data"), endpoint_url=proxy.endpoint,
-                       region="us-east-1", addressing_style="path")
-    key = store.uri.key("big.bin")
-    theirs = store.create_multipart(key)
-    store.upload_part(key, theirs, 1, b"theirs")
-    elsewhere = store.create_multipart(store.uri.key("big.bin~other"))
-    proxy.fail("POST", "lose", lost)
-    upload = store.create_multipart(key)
-    assert proxy.faults_served == lost
-    listed = s3_server.client().list_multipart_uploads(Bucket=bucket).get("Uploads", [])
-    assert sorted(u["UploadId"] for u in listed) == sorted([theirs, elsewhere, upload])
-    receipt = store.upload_part(key, upload, 1, b"abc")
-    assert store.complete_multipart(key, upload, [(1, receipt)]).size == 3
-
-
-def test_lost_creates_are_told_by_the_server_clock_of_the_upload_in_use() -> None:
-    """S3 stamps each upload's creation (moto stamps them all alike): an upload of the key
-    stamped before the create began, or well after its answer, is not one of its requests'."""
-    used = datetime.datetime(2030, 1, 1, 12, 0, 0, tzinfo=datetime.timezone.utc)
-
-    def at(uid: str, seconds: float) -> dict[str, object]:
-        return {"Key": "k", "UploadId": uid,
-                "Initiated": used + datetime.timedelta(seconds=seconds)}
-
-    slack = CREATE_CLOCK_SLACK
-    uploads = [at("old", -10 - slack - 0.5), at("lost1", -9), at("lost2", -0.001),
-               at("used", 0), at("late", slack + 0.5), at("same", 0)]
-    assert lost_creates(uploads, "used", 10.0) == ["lost1", "lost2", "same"]
-    assert lost_creates(uploads, "unknown", 10.0) == []
-    assert lost_creates([at("used", 0)], "used", 10.0) == []
 
 
 def test_missing_bucket_fails_the_check(s3_server: S3Server, tmp_path: Path) -> None:

@@ -7,12 +7,9 @@ instance roles); for gs:// that means GCS HMAC keys in the same places.
 
 from __future__ import annotations
 
-import datetime
 import errno
-import logging
 import socket
-import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import boto3
@@ -25,14 +22,7 @@ from tierfs.objects.base import (MAX_COPY_SIZE, BucketURI, MetadataFixed, NoSuch
                                  TransientError, UploadGone)
 from tierfs.objects.retry import retry_transient
 
-log = logging.getLogger(__name__)
-
 GCS_ENDPOINT = "https://storage.googleapis.com"
-
-#: Seconds of leeway on the server's clock when telling which uploads a retried create made:
-#: some S3-compatible stores stamp an upload's creation to the second (S3 itself to the
-#: millisecond), and a bucket's front ends may not share one clock to the millisecond.
-CREATE_CLOCK_SLACK = 1.0
 
 _TRANSIENT_CODES = {"500", "502", "503", "504", "InternalError", "ServiceUnavailable",
                     "SlowDown", "RequestTimeout", "RequestTimeTooSkewed", "Throttling"}
@@ -77,24 +67,6 @@ def classify(error: BaseException) -> BaseException | None:
     if isinstance(error, botocore.exceptions.BotoCoreError):
         return ObjectStoreError(str(error))
     return None
-
-
-def lost_creates(uploads: Sequence[Mapping[str, Any]], upload_id: str, elapsed: float
-                 ) -> list[str]:
-    """The ids of the uploads in ``uploads`` (as ListMultipartUploads lists them, all of one
-    key) that the requests of a create lasting ``elapsed`` seconds, and answered with
-    ``upload_id``, may have made: those the server stamped from ``elapsed`` seconds before
-    ``upload_id`` to just after it. Measured on the server's clock from the upload in use,
-    since the client's may be off; an upload of the key made outside that window by anyone
-    is not taken. Empty without ``upload_id`` in the list: no clock to tell by."""
-    used = next((u["Initiated"] for u in uploads if u["UploadId"] == upload_id), None)
-    if not isinstance(used, datetime.datetime):
-        return []
-    earliest = used - datetime.timedelta(seconds=elapsed + CREATE_CLOCK_SLACK)
-    latest = used + datetime.timedelta(seconds=CREATE_CLOCK_SLACK)
-    return [u["UploadId"] for u in uploads
-            if u["UploadId"] != upload_id and isinstance(u.get("Initiated"), datetime.datetime)
-            and earliest <= u["Initiated"] <= latest]
 
 
 def _etag(value: str) -> str:
@@ -216,53 +188,13 @@ class S3Store(ObjectStore):
     def delete(self, key: str) -> None:
         self.client.delete_object(Bucket=self.bucket, Key=key)
 
+    @retry_transient(classify)
     def create_multipart(self, key: str, metadata: Mapping[str, str] | None = None,
                          checksum: str | None = None) -> str:
-        # A create is not idempotent: one the server did but whose answer was lost (a reset,
-        # a timeout) is sent again, by botocore or by ``retry_transient``, and makes a second
-        # upload. Nobody knows the first one's id: it would never be completed nor aborted,
-        # and would stay in the bucket for ever (S3 bills an incomplete upload's parts). So a
-        # create that took more than one request aborts what the others may have made.
-        started = time.monotonic()
-        requests = [0]
-        response = self._create(key, dict(metadata or {}), checksum, requests)
-        upload_id = str(response["UploadId"])
-        if requests[0] > 1 or response.get("ResponseMetadata", {}).get("RetryAttempts", 0):
-            self._abort_lost_creates(key, upload_id, time.monotonic() - started)
-        return upload_id
-
-    @retry_transient(classify)
-    def _create(self, key: str, metadata: dict[str, str], checksum: str | None,
-                requests: list[int]) -> dict[str, Any]:
-        requests[0] += 1  # (botocore's own retries are in the answer: RetryAttempts)
         extra = {"ChecksumAlgorithm": checksum} if checksum else {}
-        return self.client.create_multipart_upload(Bucket=self.bucket, Key=key,
-                                                   Metadata=metadata, **extra)
-
-    def _abort_lost_creates(self, key: str, upload_id: str, elapsed: float) -> None:
-        """After a create of ``key`` that was sent more than once, abort the uploads of the
-        key its requests may have made besides ``upload_id``, the one in use: stamped by the
-        server while the create lasted (``lost_creates``) and holding no part (nobody could
-        upload one to an upload whose id never came back). Keys are not unique per upload
-        (a file's object is at its path: two nodes writing one file share it), so another
-        writer's upload of the key may match only if it was created in that same window and
-        has no part yet; aborting it costs that writer a fresh upload, not data (its first
-        part finds the upload gone; nothing leaves staging before a part is in), but for a
-        part of its landing between the look and the abort. Done at once, not when the
-        upload in use ends: nothing is to be remembered, and a crash cannot lose it. A
-        failure here is only logged: the create itself succeeded."""
-        try:
-            listed = [u for u in self._list_uploads(key) if u["Key"] == key]
-            for other in lost_creates(listed, upload_id, elapsed):
-                if self.has_parts(key, other):
-                    continue
-                log.warning("aborting upload %s of %s: made by a create whose answer was "
-                            "lost (the upload in use is %s)", other, key, upload_id)
-                self.abort_multipart(key, other)
-        except ObjectStoreError as e:
-            log.warning("could not look for uploads of %s left by a create whose answer was "
-                        "lost (an extra one may stay until a bucket lifecycle rule aborts "
-                        "it): %s", key, e)
+        response = self.client.create_multipart_upload(Bucket=self.bucket, Key=key,
+                                                       Metadata=dict(metadata or {}), **extra)
+        return str(response["UploadId"])
 
     @retry_transient(classify)
     def upload_part(self, key: str, upload_id: str, number: int, data: bytes,
@@ -310,17 +242,13 @@ class S3Store(ObjectStore):
             return False
         return bool(page.get("Parts"))
 
-    def list_multipart(self, prefix: str) -> list[tuple[str, str]]:
-        return [(u["Key"], u["UploadId"]) for u in self._list_uploads(prefix)]
-
     @retry_transient(classify)
-    def _list_uploads(self, prefix: str) -> list[dict[str, Any]]:
-        """Unfinished uploads under ``prefix`` as S3 lists them (with ``Initiated``)."""
-        found: list[dict[str, Any]] = []
+    def list_multipart(self, prefix: str) -> list[tuple[str, str]]:
+        found: list[tuple[str, str]] = []
         args = {"Bucket": self.bucket, "Prefix": prefix}
         while True:
             page = self.client.list_multipart_uploads(**args)
-            found += page.get("Uploads", [])
+            found += [(u["Key"], u["UploadId"]) for u in page.get("Uploads", [])]
             if not page.get("IsTruncated"):
                 return found
             args["KeyMarker"] = page["NextKeyMarker"]

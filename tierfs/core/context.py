@@ -237,8 +237,10 @@ class Core:
         """A ``dup`` of an unlinked open file's warm descriptor, made on the event loop (no
         file system is reached): a close of the last handle may close ``warm_fd`` in another
         thread while the attributes' thread waits, and the number, given to the next file
-        opened, would answer that file's attributes. Every closer takes the number out of
-        ``OpenFile`` before its thread closes it, so a number read here is open."""
+        opened, would answer that file's attributes. A number read here is open: every
+        closer takes it out of ``OpenFile`` before its thread closes it, but
+        ``WarmTier.adopt``, which runs under the exclusive namespace lock on a file that has
+        a name (this is read under the shared lock, for one that has none)."""
         if data is None or data.warm_fd is None:
             return None
         return os.dup(data.warm_fd)

@@ -77,10 +77,11 @@ class Workers:
 
     def _start_thread(self) -> None:
         """One more thread, under ``_lock``. If none can be started (the process is out of
-        threads), the call waits for one already running; with none at all it fails here,
-        not counted as pending, so that ``busy`` and health checks see no call that is not
-        there (a call whose arguments own a descriptor, ``reads._pread_own``, is better
-        run late than refused: only a call that runs closes it)."""
+        threads), the call waits for one already running: a call whose arguments own a
+        descriptor (``reads._pread_own``) closes it only if it runs. With no thread at all
+        it fails here, not counted as pending, so that ``busy`` and health checks see no call
+        that is not there (such a descriptor then stays open: a tier that could never start
+        a thread serves nothing anyway)."""
         thread = threading.Thread(target=self._work, daemon=True,
                                   name=f"tierfs-{self.name}-{len(self._threads)}")
         try:

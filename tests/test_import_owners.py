@@ -6,7 +6,7 @@ or a local folder."""
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import unquote_plus
 
@@ -176,29 +176,26 @@ def test_importing_again_keeps_what_a_stub_says_of_its_file(
     assert (m.path / "ds" / "a.bin").stat().st_mode & 0o777 == 0o600
 
 
-def test_a_file_put_in_place_of_a_stub_being_updated_is_in_the_way_and_the_import_goes_on(
-        s3_mount: Mount, s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Another node renames a new file onto a stub just as the import renames the stub's
-    update over it: the swap's check finds another file at the name (ESTALE). That file is
-    a live one, left as it is and counted in the way; the other stubs are still brought up
-    to date. The import stopped at that file, leaving the stubs after it stale."""
-    m = s3_mount
+NAMES = ("a.bin", "b.bin", "c.bin")
+
+
+def _import_racing(m: Mount, s3_server: S3Server, monkeypatch: pytest.MonkeyPatch,
+                   race: Callable[[], None]) -> importer.ImportResult:
+    """Import a.bin, b.bin and c.bin, change all three in the bucket, and import again with
+    ``race`` (another node's doing) run just after the rename of b.bin's updated stub."""
     bucket = m.bucket  # type: ignore[attr-defined]
-    names = ("a.bin", "b.bin", "c.bin")
-    for name in names:
+    for name in NAMES:
         s3_server.client().put_object(Bucket=bucket, Key=f"{PREFIX}/ds/{name}", Body=b"old")
     assert "3 new" in tierfs("import", f"s3://{bucket}/{PREFIX}/ds", str(m.path / "ds")).stdout
-    for name in names:
+    for name in NAMES:
         s3_server.client().put_object(Bucket=bucket, Key=f"{PREFIX}/ds/{name}",
                                       Body=f"new {name}".encode())
-    written = os.urandom(50_000)
     real, raced = importer.placed, []
 
     def racing(dfd: int, name: bytes, made: os.stat_result) -> os.stat_result:
-        if name == b"b.bin" and not raced:  # another node: mv new b.bin, after the rename
+        if name == b"b.bin" and not raced:
             raced.append(name)
-            (m.warm / "ds" / "new").write_bytes(written)
-            os.rename(m.warm / "ds" / "new", m.warm / "ds" / "b.bin")
+            race()
         return real(dfd, name, made)
 
     monkeypatch.setattr(importer, "placed", racing)
@@ -208,9 +205,45 @@ def test_a_file_put_in_place_of_a_stub_being_updated_is_in_the_way_and_the_impor
     result = importer.import_objects(config, open_checked_store(config), f"{PREFIX}/ds", ["ds"])
     monkeypatch.undo()
     assert raced
+    return result
+
+
+def test_a_file_put_in_place_of_a_stub_being_updated_is_in_the_way_and_the_import_goes_on(
+        s3_mount: Mount, s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another node renames a new file onto a stub just as the import renames the stub's
+    update over it: the swap's check finds another file at the name (ESTALE). That file is
+    a live one, left as it is and counted in the way; the other stubs are still brought up
+    to date. The import stopped at that file, leaving the stubs after it stale."""
+    m = s3_mount
+    names = NAMES
+    written = os.urandom(50_000)
+
+    def put_in_place() -> None:  # another node: mv new b.bin, after the rename
+        (m.warm / "ds" / "new").write_bytes(written)
+        os.rename(m.warm / "ds" / "new", m.warm / "ds" / "b.bin")
+
+    result = _import_racing(m, s3_server, monkeypatch, put_in_place)
     assert (result.updated, result.conflicts) == (2, [str(m.warm / "ds" / "b.bin")]), result
     assert sorted(os.listdir(m.warm / "ds")) == list(names)  # (no temp name left behind)
     assert not (m.warm / "ds" / "b.bin").is_symlink()
     assert (m.path / "ds" / "b.bin").read_bytes() == written
+    for name in ("a.bin", "c.bin"):
+        assert (m.path / "ds" / name).read_bytes() == f"new {name}".encode()
+
+
+def test_a_stub_moved_away_as_it_is_updated_is_in_the_way_and_the_import_goes_on(
+        s3_mount: Mount, s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another node moves the stub elsewhere just after the import renamed its update into
+    place: the swap's check finds no file at the name (ENOENT). Counted in the way, and the
+    import goes on to the stubs after it; it stopped there."""
+    m = s3_mount
+
+    def move_away() -> None:  # another node: mv b.bin moved.bin, after the rename
+        os.rename(m.warm / "ds" / "b.bin", m.warm / "ds" / "moved.bin")
+
+    result = _import_racing(m, s3_server, monkeypatch, move_away)
+    assert (result.updated, result.conflicts) == (2, [str(m.warm / "ds" / "b.bin")]), result
+    assert sorted(os.listdir(m.warm / "ds")) == ["a.bin", "c.bin", "moved.bin"]
+    assert (m.path / "ds" / "moved.bin").read_bytes() == b"new b.bin"  # (the update moved)
     for name in ("a.bin", "c.bin"):
         assert (m.path / "ds" / name).read_bytes() == f"new {name}".encode()

@@ -371,8 +371,9 @@ def _place(dir_fd: int, name: str, path: Path, stub: Stub, bucket: BucketURI, ow
 def _swap(dir_fd: int, name: bytes, target: bytes, owner: tuple[int, int]) -> bool:
     """Rename a new stub (given ``owner``) over the one at ``name``: atomic, so a reader sees
     the old stub or the new one. False if the swap's check found another file there (ESTALE:
-    another node renamed a file onto the name, or onto the temp name, meanwhile), or the temp
-    name or the directory went meanwhile (ENOENT): another node's doing, left alone and
+    another node renamed a file onto the name, or onto the temp name, meanwhile), or none
+    (ENOENT: the new stub moved away just after the rename, or the temp name or the directory
+    went meanwhile): another node's doing, left alone and
     counted as in the way like any other, and the import goes on; one file's race is no
     reason to leave the stubs after it out of date."""
     tmp = TEMP_PREFIX + uuid.uuid4().hex.encode() + TEMP_SUFFIX

@@ -23,7 +23,11 @@ its disk call on a real file in DIR, inline on the event loop (bench/small.py us
 ``--publish-close``, a file it creates is written to a temp file beside its name, which its
 first close fdatasyncs and renames over the (empty) file made at create: what a close in
 tierfs's sync mode promises (the name made on the tier at once, the data put in place
-whole and durable), done as cheaply as pyfuse3 allows.
+whole and durable), done as cheaply as pyfuse3 allows; with ``--stage DIR``, a file it
+creates gets its name in the backing directory at once (as the caller's flags ask, closed
+again at once) and its data in a file in DIR, which its writes go to and its close leaves
+there: what a write-back create must do at least where names are made on the tier at create
+and data staged on a local disk (bench/nfs.py).
 """
 
 from __future__ import annotations
@@ -136,7 +140,8 @@ def serve(mountpoint: str) -> None:
 
 
 def serve_passthrough(mountpoint: str, backing: str, sync_close: bool = False,
-                      threads: int = 0, publish_close: bool = False) -> None:
+                      threads: int = 0, publish_close: bool = False,
+                      stage: str | None = None) -> None:
     """Run the passthrough floor on ``mountpoint`` over the directory ``backing`` until SIGTERM.
 
     Each request makes the disk call tierfs must make for it (an lstat for a lookup, a real
@@ -157,7 +162,15 @@ def serve_passthrough(mountpoint: str, backing: str, sync_close: bool = False,
     With ``threads``, each backing call is made in one of that many worker threads instead
     (tierfs's own ``Workers``, its cheapest hand-off), one hand-off per request: the floor over
     a network file system, where a call made on the event loop would hold every other request
-    behind its round trip. (bench/nfs.py.)"""
+    behind its round trip. (bench/nfs.py.)
+
+    With ``stage``, a create makes the name in ``backing`` (in a worker thread, as the
+    caller's flags ask: ``O_EXCL`` fails on a name that is there) and closes it, and the handle
+    is a new file in the local directory ``stage``, written and closed inline (the local disk
+    is not worth a hand-off), with no sync at close: the least a write-back create costs
+    where its name is made on the tier at once and its data staged locally. A create's
+    attributes and a getattr of a file staged so are the staging file's (the name on the
+    tier is empty). Nothing is ever copied to ``backing``: it bounds the rate from above."""
     import pyfuse3
     import trio
 
@@ -193,6 +206,9 @@ def serve_passthrough(mountpoint: str, backing: str, sync_close: bool = False,
             self.written: set[int] = set()
             #: Created handles not published yet (``publish_close``): (temp path, name).
             self.unpublished: dict[int, tuple[str, str]] = {}
+            #: With ``stage``: the handles of staged files, and each staged inode's file.
+            self.staged_fds: set[int] = set()
+            self.staged: dict[int, str] = {}
 
         def _settle(self, fh: int) -> None:
             if fh in self.written:
@@ -218,6 +234,8 @@ def serve_passthrough(mountpoint: str, backing: str, sync_close: bool = False,
             return await call(self._entry, self._child(parent_inode, name))
 
         async def getattr(self, inode: int, ctx: object = None) -> pyfuse3.EntryAttributes:
+            if inode in self.staged:
+                return attrs_of(inode, os.lstat(self.staged[inode]))
             try:
                 st = await call(os.lstat, self.paths[inode])
             except OSError as e:
@@ -247,6 +265,8 @@ def serve_passthrough(mountpoint: str, backing: str, sync_close: bool = False,
         async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
                          ctx: object) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
             path = self._child(parent_inode, name)
+            if stage is not None:
+                return await self._create_staged(path, mode, flags)
 
             def make() -> tuple[int, pyfuse3.EntryAttributes]:
                 try:
@@ -269,6 +289,26 @@ def serve_passthrough(mountpoint: str, backing: str, sync_close: bool = False,
             fd, entry = await call(make)
             return pyfuse3.FileInfo(fh=fd), entry
 
+        async def _create_staged(self, path: str, mode: int, flags: int
+                                 ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+            def name() -> int:
+                try:
+                    fd = os.open(path, (flags & ~os.O_ACCMODE) | os.O_WRONLY | os.O_CREAT,
+                                 mode)
+                except OSError as e:
+                    raise pyfuse3.FUSEError(e.errno) from None
+                try:
+                    return os.fstat(fd).st_ino
+                finally:
+                    os.close(fd)
+
+            ino = await call(name)
+            self.paths[ino] = path
+            self.staged[ino] = os.path.join(stage, str(ino))
+            fd = os.open(self.staged[ino], os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+            self.staged_fds.add(fd)
+            return pyfuse3.FileInfo(fh=fd), attrs_of(ino, os.fstat(fd))
+
         async def open(self, inode: int, flags: int, ctx: object) -> pyfuse3.FileInfo:
             try:
                 return pyfuse3.FileInfo(fh=await call(os.open, self.paths[inode],
@@ -277,6 +317,8 @@ def serve_passthrough(mountpoint: str, backing: str, sync_close: bool = False,
                 raise pyfuse3.FUSEError(e.errno) from None
 
         async def write(self, fh: int, off: int, buf: bytes) -> int:
+            if fh in self.staged_fds:
+                return os.pwrite(fh, buf, off)
             if sync_close:
                 self.written.add(fh)
             return await call(os.pwrite, fh, buf, off)
@@ -302,6 +344,11 @@ def serve_passthrough(mountpoint: str, backing: str, sync_close: bool = False,
             await call(os.fsync, fh)
 
         async def release(self, fh: int) -> None:
+            if fh in self.staged_fds:
+                self.staged_fds.discard(fh)
+                os.close(fh)
+                return
+
             def close() -> None:
                 self._settle(fh)
                 os.close(fh)
@@ -359,15 +406,18 @@ def run_until_signalled(pyfuse3: object, trio: object, ops: object, mountpoint: 
 
 
 def start_floor(mnt: Path, backing: Path | None = None, sync_close: bool = False,
-                threads: int = 0, publish_close: bool = False) -> subprocess.Popen[bytes]:
+                threads: int = 0, publish_close: bool = False,
+                stage: Path | None = None) -> subprocess.Popen[bytes]:
     """The floor in a process of its own: the no-op file system, or with ``backing`` the
     passthrough one over that directory (``sync_close``: with an fdatasync at close;
     ``publish_close``: new files published at close as sync mode does; ``threads``: its
-    calls in worker threads, at most that many at once)."""
+    calls in worker threads, at most that many at once; ``stage``: new files named in
+    ``backing`` and their data staged in that local directory)."""
     extra = ["--backing", str(backing)] if backing is not None else []
     extra += ["--sync-close"] if sync_close else []
     extra += ["--publish-close"] if publish_close else []
     extra += ["--threads", str(threads)] if threads else []
+    extra += ["--stage", str(stage)] if stage is not None else []
     proc = subprocess.Popen([sys.executable, __file__, "--serve", str(mnt), *extra])
     for _ in range(200):
         if os.path.ismount(mnt):
@@ -425,6 +475,7 @@ def main() -> int:
     parser.add_argument("--sync-close", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--publish-close", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--threads", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--stage", metavar="DIR", help=argparse.SUPPRESS)
     parser.add_argument("--files", type=int, default=2000)
     parser.add_argument("--size-mib", type=int, default=512)
     parser.add_argument("--calls", type=int, default=5000)
@@ -432,7 +483,7 @@ def main() -> int:
     if args.serve:
         if args.backing:
             serve_passthrough(args.serve, args.backing, args.sync_close, args.threads,
-                              args.publish_close)
+                              args.publish_close, args.stage)
         else:
             serve(args.serve)
         return 0

@@ -28,7 +28,11 @@ promises (the name at once, a temp file fsynced and renamed over it at close) do
 the floor under the second DataLoader epoch, which tierfs serves from the hot tier's disk:
 the same epoch through the passthrough over a copy of the tree on the local disk; and the
 floor under the write-back saves without fsync, which tierfs stages on the hot tier's disk:
-the same saves through the passthrough over a directory on the local disk.
+the same saves through the passthrough over a directory on the local disk; the floor under
+write-back creates and those saves where each new name is made on the tier at its create, as
+tierfs makes it: the passthrough naming files on the tier and staging their data locally; and
+the floor under the fsynced saves: each file saved directly in the steps an fsync through
+tierfs promises (the name at once, a temp file fsynced and renamed over it).
 
 Root is needed (sshd, FUSE mounts, dropping the page cache). The machine is shared and noisy:
 compare ratios within one run.
@@ -79,19 +83,21 @@ def shard_epoch(d: Path) -> Callable[[], int]:
 
 
 def checkpoint(root: Path, name: str, big: int, shards: int, block: bytes, fsync: bool = True,
-               settle: Callable[[], object] = lambda: None) -> tuple[float, float]:
+               settle: Callable[[], object] = lambda: None,
+               write: Callable[[Path, int, bytes, bool], None] = write_file
+               ) -> tuple[float, float]:
     """Seconds to save one ``big``-byte file, and ``shards`` files of 8 MiB; each fsynced
     unless ``fsync`` is false. ``settle`` runs after each save, untimed (for write-back: its
-    publishing in the background must not slow the next save down)."""
+    publishing in the background must not slow the next save down); ``write`` saves a file."""
     d = root / name
     d.mkdir()
     drop_caches()
-    one = timed(lambda: write_file(d / "model.pt", big, block, fsync))
+    one = timed(lambda: write(d / "model.pt", big, block, fsync))
     settle()
     many_dir = d / "shards"
     many_dir.mkdir()
     drop_caches()
-    many = timed(lambda: [write_file(many_dir / f"shard-{i:04d}.pt", 8 * MIB, block, fsync)
+    many = timed(lambda: [write(many_dir / f"shard-{i:04d}.pt", 8 * MIB, block, fsync)
                           for i in range(shards)])
     settle()
     return one, many
@@ -114,6 +120,24 @@ def create_as_sync_mode(d: Path, count: int) -> None:
         os.fsync(fd)
         os.close(fd)
         os.rename(tmp, name)
+
+
+def save_as_sync_mode(path: Path, size: int, block: bytes, fsync: bool) -> None:
+    """One file saved (``fsync`` must be true) in the steps an fsync through tierfs promises,
+    in either mode, done directly on the tier: the name made at once, the data written to a
+    temp file beside it, fsynced, and renamed over the name (no reader sees it half-written).
+    The floor under the fsynced saves for any file system keeping those promises."""
+    assert fsync
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644))
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        for _ in range(size // len(block)):
+            os.write(fd, block)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.rename(tmp, path)
 
 
 def fill(root: Path, args: argparse.Namespace) -> None:
@@ -209,6 +233,45 @@ def staged_floor(base: Path, args: argparse.Namespace, block: bytes) -> dict[str
         shutil.rmtree(local, ignore_errors=True)
     return {STAGED_FLOORS[0]: args.ckpt_mib * MIB / 1e6 / one,
             STAGED_FLOORS[1]: args.ckpt_shards * 8 * MIB / 1e6 / many}
+
+
+#: The rows of ``named_floor``, printed below the table: the write-back create row and the two
+#: saves without fsync.
+NAMED_FLOORS = ("creates through the passthrough naming on the tier, staging locally (files/s)",
+                "one file, no fsync, through the passthrough naming on the tier (MB/s)",
+                "shards, no fsync, through the passthrough naming on the tier (MB/s)")
+
+
+def named_floor(base: Path, tier: Path, args: argparse.Namespace, block: bytes
+                ) -> dict[str, float]:
+    """The most a write-back create and save reach through pyfuse3 here while each new name
+    is made on the tier at its create, as tierfs makes it (other nodes see the name at once,
+    and ``O_EXCL`` fails there on a name another node made): bench/floor.py's passthrough
+    over the tier (its calls in worker threads, as tierfs's) whose creates make the name on
+    the tier and stage the data in a local directory, never sent to the tier; its lookups and
+    getattrs ask the tier (a name another node made is found at once, and times are the
+    tier's)."""
+    stage, mnt = base / "named-stage", base / "floor-named"
+    tier.mkdir()
+    stage.mkdir()
+    mnt.mkdir()
+    proc = start_floor(mnt, tier, threads=FLOOR_THREADS, stage=stage)
+    try:
+        drop_caches()
+        creates = args.creates / timed(lambda: create_files(mnt / "new", args.creates))
+        one, many = checkpoint(mnt, "ckpt", args.ckpt_mib * MIB, args.ckpt_shards, block,
+                               fsync=False)
+    finally:
+        stop_floor(proc, mnt)
+        shutil.rmtree(stage, ignore_errors=True)
+    return {NAMED_FLOORS[0]: creates,
+            NAMED_FLOORS[1]: args.ckpt_mib * MIB / 1e6 / one,
+            NAMED_FLOORS[2]: args.ckpt_shards * 8 * MIB / 1e6 / many}
+
+
+#: The direct-only rows of the fsynced saves in sync mode's steps, printed below the table.
+SYNC_SAVES = ("one file saved in sync mode's steps, directly (MB/s)",
+              "shards saved in sync mode's steps, directly (MB/s)")
 
 
 #: The direct-only row of ``create_as_sync_mode``, printed below the table.
@@ -314,6 +377,10 @@ def main() -> int:
             # (Not in the request count above, which compares the same work on each side.)
             results["direct"][SYNC_STEPS] = args.creates / timed(
                 lambda: create_as_sync_mode(direct / "as-sync-mode", args.creates))
+            one, many = checkpoint(direct, "ckpt-as-sync-mode", args.ckpt_mib * MIB,
+                                   args.ckpt_shards, block, write=save_as_sync_mode)
+            results["direct"][SYNC_SAVES[0]] = args.ckpt_mib * MIB / 1e6 / one
+            results["direct"][SYNC_SAVES[1]] = args.ckpt_shards * 8 * MIB / 1e6 / many
         print("  (direct done)", flush=True)
         if not args.no_floor:
             (base / "floor").mkdir()
@@ -334,6 +401,8 @@ def main() -> int:
             results["direct"][CACHED_FLOOR] = cached_floor(base, args)
         if not args.no_floor and do_writes:
             results["direct"].update(staged_floor(base, args, block))
+            results["direct"].update(named_floor(base, server.path / "floor-named", args,
+                                                 block))
         for durability in ("sync", "writeback") if do_writes else ("sync",):
             with tierfs_mounted(base / "mnt", base / f"hot-{durability}", warm,
                                 durability) as mnt:
@@ -381,6 +450,32 @@ def main() -> int:
                   f"{floor:.1f} MB/s through the passthrough over the local disk (calls "
                   f"inline), {floor / plain:.2f}x of direct's save; tierfs's {ours / floor:.2f}x "
                   f"of it")
+    plain = results["direct"].get("create+write+close 4 KiB, writeback (files/s)")
+    ours = results["tierfs"].get("create+write+close 4 KiB, writeback (files/s)")
+    named = results["direct"].get(NAMED_FLOORS[0])
+    if named and plain and ours:
+        print(f"\nFloor of write-back creates that make the name on the tier at once (the "
+              f"passthrough naming on the tier, data staged locally): {named:.1f} files/s, "
+              f"{named / plain:.2f}x of direct's create; tierfs's {ours / named:.2f}x of it")
+    for floor_row, row in zip(NAMED_FLOORS[1:], nofsync_rows(args)):
+        floor, plain, ours = (results["direct"].get(floor_row), results["direct"].get(row),
+                              results["tierfs"].get(row))
+        if floor and plain and ours:
+            print(f"Floor of the write-back save ({row.split(',')[0]}, no fsync) with each "
+                  f"name made on the tier at once: {floor:.1f} MB/s, {floor / plain:.2f}x of "
+                  f"direct's save; tierfs's {ours / floor:.2f}x of it")
+    for steps_row, what in zip(SYNC_SAVES, ("file", "shards")):
+        steps = results["direct"].get(steps_row)
+        row = (f"checkpoint {args.ckpt_mib} MiB file, %s (MB/s)" if what == "file" else
+               f"checkpoint {args.ckpt_shards} x 8 MiB shards, %s (MB/s)")
+        plain = results["direct"].get(row % "sync")
+        if steps and plain:
+            ours = [results["tierfs"].get(row % m) for m in ("sync", "writeback")]
+            mine = " / ".join(f"{o / steps:.2f}x" for o in ours if o)
+            print(f"Fsynced save ({row.split(',')[0]}) in sync mode's steps done "
+                  f"directly (name at once, temp file fsynced and renamed): {steps:.1f} MB/s, "
+                  f"{steps / plain:.2f}x of direct's fsynced save; tierfs's (sync / "
+                  f"write-back) {mine} of it")
     print("\nSFTP requests: " + ", ".join(f"{k} {v:,}" for k, v in requests.items())
           + " (tierfs's write-back counts stop at the last save, not when its uploads end)")
     return 0

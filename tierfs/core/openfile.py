@@ -157,6 +157,9 @@ class OpenFile:
     rule: str | None = None
     staging_id: str | None = None
     staging_fd: int | None = None
+    #: Times the file was staged: a read that waited for a block can tell that this node
+    #: changed the file meanwhile (``Reads.read``), even once that change is published.
+    stagings: int = 0
     #: The warm file's attributes as of open, publish or setattr: while a file is open its
     #: attributes are answered from memory (close-to-open consistency, as NFS gives), because
     #: the kernel asks for them before every write.

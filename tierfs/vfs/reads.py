@@ -121,15 +121,25 @@ class Reads:
                 continue
             core.counters.add("bytes_staged", len(out))
             return out
-        if data.warm_deferred:
-            got = await self._read_unopened(fh, inode, data, offset, size)
-            if got is not None:
-                return got
-            if data.staged:  # (a writer staged it meanwhile: read there)
-                return await self.read(fh, inode, data, offset, size)
-        reader = self._reader(data)
-        if reader is not None:
-            return await reader.read(fh, offset, size)
+        stagings = data.stagings
+        try:
+            if data.warm_deferred:
+                got = await self._read_unopened(fh, inode, data, offset, size)
+                if got is not None:
+                    return got
+                if data.staged:  # (a writer staged it meanwhile: read there)
+                    return await self.read(fh, inode, data, offset, size)
+            reader = self._reader(data)
+            if reader is not None:
+                return await reader.read(fh, offset, size)
+        except VersionChanged:
+            if not data.staged and data.stagings == stagings:
+                raise  # (another node's change: the handle is stale, docs/semantics.md)
+            # Changed through this node while the read waited for a block (a write or a
+            # truncate by another handle, and its close publishing another version): read
+            # again, from what the file is now, as a read racing a write on a local disk
+            # gets one version's bytes, not an error.
+            return await self.read(fh, inode, data, offset, size)
         if data.warm_fd is None:
             return b""
         # Through a descriptor of the read's own, closed after it (none kept: an open file
@@ -302,7 +312,7 @@ class Reads:
         if data.stub is not None:
             if reader is not None and reader.made_for is data.stub:
                 return reader
-            source = self.cold_source(data.stub)
+            source = self.cold_source(data.stub, data)
             made_for: object = data.stub
             core.drop_reader_fd(data)  # (a warm reader's, from before the file went cold)
         elif core.cache_warm and data.warm_fd is not None and data.warm_id is not None:
@@ -326,11 +336,22 @@ class Reads:
             return None
         return self._new_reader(data, source, made_for)
 
-    def cold_source(self, stub: Stub) -> Source:
-        """A cold file's blocks, named by object and ETag."""
+    def cold_source(self, stub: Stub, data: OpenFile | None = None) -> Source:
+        """A cold file's blocks, named by object and ETag. ``data``: the open file reading
+        them, whose rewrite through this node deletes the object: a fetch that fails after
+        it raises VersionChanged, for the read to be made again from what the file is now."""
+        stagings = None if data is None else data.stagings
+
+        async def fetch(start: int, length: int) -> bytes:
+            try:
+                return await self.core.get_object(stub, start, length)
+            except OSError:
+                if data is not None and (data.staged or data.stagings != stagings):
+                    raise VersionChanged(errno.ESTALE, "the file was rewritten") from None
+                raise
+
         return Source(cold_source_id(str(self.core.config.bucket), stub.key, stub.etag),
-                      stub.size, "cold",
-                      lambda start, length: self.core.get_object(stub, start, length))
+                      stub.size, "cold", fetch)
 
     def warm_source(self, version: WarmId, fetch: Callable[[int, int], Awaitable[bytes]]
                     ) -> Source:

@@ -99,6 +99,7 @@ class Staging:
             await core.hot.run(core.hot.remove_staging, sid)
             raise
         data.staging_id, data.staging_fd, data.size = sid, fd, size
+        data.stagings += 1
         data.written = size
         # An object's content, any byte of which the writer may change: whole until it is done.
         data.rewrite = data.stub is not None and size > 0

@@ -40,6 +40,7 @@ removes) or the file (and an object that is then garbage).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import functools
@@ -47,6 +48,7 @@ import json
 import logging
 import os
 import secrets
+import signal
 import stat
 from collections.abc import Awaitable, Callable
 
@@ -139,6 +141,10 @@ class Demoter:
         #: ("recorded", "uploaded", "swap", "swapped", "downloaded"): where the crash tests
         #: stop one. None in a mount.
         self.at_step: Callable[[str], Awaitable[None]] | None = None
+        # A demotion holds a lease on the warm file (``warmswap.read_lease``); the kernel
+        # tells of its break by SIGIO, whose default action would end the daemon.
+        with contextlib.suppress(ValueError):  # (not the main thread: a test's own loop)
+            signal.signal(signal.SIGIO, signal.SIG_IGN)
 
     # -- demotion ---------------------------------------------------------------------------
 
@@ -153,7 +159,8 @@ class Demoter:
         finally:
             self.busy.discard(rel)
 
-    def _refusal(self, rel: bytes, st: os.stat_result, xattrs: list[str]) -> str | None:
+    def _refusal(self, rel: bytes, st: os.stat_result, xattrs: list[str],
+                 written_here: bool = False) -> str | None:
         if not stat.S_ISREG(st.st_mode):
             return "not a plain file on the warm tier"
         if st.st_nlink != 1:
@@ -168,6 +175,8 @@ class Demoter:
             return "another user's (only a mount run as root can give its stub that owner)"
         if xattrs:
             return "has extended attributes (a stub cannot keep them)"
+        if written_here:
+            return "open for writing on this node, outside the mount"
         if self.cold.placement.rule_for(rel) == WARM:
             return "a rule keeps it on the warm tier"
         return self._in_use(rel, st)
@@ -194,7 +203,7 @@ class Demoter:
                                "or one on the way")
             return Outcome(rel, 0, False, e.strerror or str(e))
         try:
-            why = self._refusal(rel, f.st, f.xattrs)
+            why = self._refusal(rel, f.st, f.xattrs, f.written_here)
             if why is not None:
                 return Outcome(rel, f.st.st_size, False, why)
             try:

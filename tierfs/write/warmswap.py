@@ -12,8 +12,10 @@ promotion write a file there. So the file's directory is opened one name at a ti
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import dataclasses
 import errno
+import fcntl
 import os
 import stat
 
@@ -34,6 +36,8 @@ class Opened:
     st: os.stat_result
     #: Extended attribute names other than ``IGNORED_XATTRS``.
     xattrs: list[str]
+    #: Open for writing (or writably mapped) by a process on this node, outside the mount.
+    written_here: bool = False
 
     def close(self) -> None:
         os.close(self.fd)
@@ -58,11 +62,57 @@ def open_plain(warm: WarmTier, rel: bytes) -> Opened:
             if e.errno not in (errno.ENOTSUP, errno.EOPNOTSUPP):
                 raise
             names = []
-        return Opened(dfd, name, fd, st, [n for n in names if n not in IGNORED_XATTRS])
+        leased = read_lease(fd)
+        if leased:
+            fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+        return Opened(dfd, name, fd, st, [n for n in names if n not in IGNORED_XATTRS],
+                      written_here=leased is False)
     except BaseException:
         os.close(fd)
         os.close(dfd)
         raise
+
+
+class _StatFs(ctypes.Structure):
+    _fields_ = [("f_type", ctypes.c_long), ("rest", ctypes.c_byte * 112)]
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.fstatfs.argtypes = (ctypes.c_int, ctypes.POINTER(_StatFs))
+
+#: File systems whose leases are the kernel's own (``generic_setlease``): a read lease is
+#: refused there only for an open for writing on this node. ext2/3/4, XFS, Btrfs, tmpfs,
+#: FUSE, ZFS, F2FS. An NFSv4 or SMB client refuses one also when the server gave it no
+#: delegation or oplock, which says nothing about writers: there the attributes alone decide.
+GENERIC_LEASES = {0xEF53, 0x58465342, 0x9123683E, 0x01021994, 0x65735546, 0x2FC12FC1,
+                  0xF2F52010}
+
+
+def _fs_magic(fd: int) -> int | None:
+    buf = _StatFs()
+    if _libc.fstatfs(fd, ctypes.byref(buf)) != 0:
+        return None
+    return buf.f_type & 0xFFFFFFFF
+
+
+def read_lease(fd: int) -> bool | None:
+    """Take a read lease on a read-only descriptor: False if a process on this node has the
+    file open for writing or writably mapped (the kernel refuses the lease then), None if
+    leases cannot tell here (a network file system's, a file not the daemon's own).
+
+    Why: the attributes a demotion checks miss two writers on the warm tier. A ``write(2)``
+    stamps the file's times before it copies its bytes, so one under way when the file is
+    first looked at changes nothing the check sees afterwards; and stores through a
+    writable shared mapping into a page already dirty stamp nothing. A lease sees both on
+    this node. While it is held, another open for writing waits for it (its break is
+    notified by SIGIO, which the daemon ignores: ``Demoter``)."""
+    if _fs_magic(fd) not in GENERIC_LEASES:
+        return None
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
+    except OSError as e:
+        return False if e.errno == errno.EAGAIN else None
+    return True
 
 
 def same(a: os.stat_result, b: os.stat_result) -> bool:
@@ -74,7 +124,21 @@ def same(a: os.stat_result, b: os.stat_result) -> bool:
 def swap_in_stub(warm: WarmTier, f: Opened, target: bytes) -> os.stat_result | None:
     """Rename a stub (owned by the file's owner) over the file, if both the descriptor and
     the name still are the file ``f.st`` describes, unchanged; None (nothing done)
-    otherwise. Returns the stub's attributes."""
+    otherwise. Returns the stub's attributes. A lease held from the check to the rename
+    (``read_lease``) makes a writer on this node that has the file open now lose the swap,
+    and one opening it meanwhile wait for the rename."""
+    leased = read_lease(f.fd)
+    if leased is False:
+        return None
+    try:
+        return _swap_checked(warm, f, target)
+    finally:
+        if leased:
+            with contextlib.suppress(OSError):
+                fcntl.fcntl(f.fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+
+
+def _swap_checked(warm: WarmTier, f: Opened, target: bytes) -> os.stat_result | None:
     try:
         there = os.stat(f.name, dir_fd=f.dir_fd, follow_symlinks=False)
     except FileNotFoundError:

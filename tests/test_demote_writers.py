@@ -9,9 +9,11 @@ stub replaced. A read lease (``write.warmswap.read_lease``) sees all three on th
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import mmap
 import os
 import select
+import signal
 import struct
 import subprocess
 import sys
@@ -25,6 +27,8 @@ from conftest import S3Server, running
 from s3proxy import FaultProxy
 from test_demote import is_stub, local_mount
 from test_durability import s3_mount
+from tierfs.tiers.warm import WarmTier
+from tierfs.write import warmswap
 
 MIB = 1024 * 1024
 PAGE = mmap.PAGESIZE
@@ -196,3 +200,55 @@ def test_a_file_opened_for_writing_during_the_upload_keeps_what_is_written_after
             f"demoted while open for writing ({out.strip()!r}): the mount reads "
             f"{through[:4]!r}..., the writer wrote b'WXYZ'")
         assert "changed while it was uploaded" in out
+
+
+def test_an_open_for_writing_during_the_leased_swap_is_not_lost(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A writer opens the file between the swap's check and its rename, with the lease held:
+    its open waits for the lease, which is being broken. The swap must be given up (it went
+    ahead, and the open then got the file the stub had replaced)."""
+    signal.signal(signal.SIGIO, signal.SIG_IGN)  # (as the daemon's Demoter does)
+    root = tmp_path / "warm"
+    root.mkdir()
+    target = root / "f"
+    target.write_bytes(b"o" * 4096)
+    warm = WarmTier(root, 1)
+    f = warmswap.open_plain(warm, b"f")
+    if warmswap.read_lease(f.fd) is None:
+        pytest.skip("no leases on this file system")
+    fcntl.fcntl(f.fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+    assert not f.written_here
+
+    opened: dict[str, float] = {}
+    lease_seen: list[int] = []
+    real = warmswap.new_symlink
+
+    def writer() -> None:
+        fd = os.open(target, os.O_WRONLY)  # waits for the demotion's lease
+        opened["at"] = time.monotonic()
+        os.pwrite(fd, b"WXYZ", 0)
+        os.close(fd)
+
+    thread = threading.Thread(target=writer)
+
+    def slow_symlink(*args: object) -> os.stat_result:
+        # Between the check and the rename, with the lease held: a writer opens the file.
+        thread.start()
+        time.sleep(0.5)
+        lease_seen.append(fcntl.fcntl(f.fd, fcntl.F_GETLEASE))
+        return real(*args)
+
+    monkeypatch.setattr(warmswap, "new_symlink", slow_symlink)
+    new = warmswap.swap_in_stub(warm, f, b"stub-target")
+    swapped_at = time.monotonic()
+    thread.join(10)
+    f.close()
+    warm.close()
+    assert "at" in opened
+    assert opened["at"] >= swapped_at - 0.01, "(the open did not wait for the lease)"
+    assert lease_seen == [fcntl.F_UNLCK], "(the lease was not being broken)"
+    assert new is None, (
+        "the stub replaced the file although a writer had opened it while the lease was held "
+        f"(the lease was broken: F_GETLEASE={lease_seen}); the writer's open waited, then "
+        f"wrote into the replaced file: the path is now "
+        f"{'a symlink' if target.is_symlink() else 'a file'}, the writer's b'WXYZ' is lost")

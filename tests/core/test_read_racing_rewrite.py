@@ -129,3 +129,52 @@ async def test_a_read_of_a_cold_file_waiting_for_a_block_as_it_is_rewritten_gets
             f"the read failed with {result['error']!r} because another handle rewrote the "
             "file while it read")
         assert result["got"] == data[4 * BS:]
+
+
+@core_test
+async def test_a_read_waiting_on_a_read_ahead_of_a_cold_file_being_rewritten_gets_bytes(
+        tmp_path: Path) -> None:
+    """The read shares a read-ahead's load of its block (``BlockCache.get``), which fails
+    with VersionChanged: the error that reaches the read must still be one, not a plain
+    OSError (``cache.flight.shared_error`` rebuilt it so, and the read failed with ESTALE)."""
+    data = random.Random(3).randbytes(8 * BS)
+    async with open_core(tmp_path, large_file_threshold="64KiB") as core:
+        await core.write_file(b"f", data)
+        assert core.stub(b"f") is not None
+        await core.evict(b"f")
+        c = core.fs.core
+        inner = c.get_object
+        in_block_1 = trio.Event()
+        gate = trio.Event()
+
+        async def slow(stub: Any, offset: int, size: int) -> bytes:
+            # A slow bucket: the read-ahead's GET of block 1 takes a while.
+            if offset == BS and size == BS and not gate.is_set():
+                in_block_1.set()
+                await gate.wait()
+            return await inner(stub, offset, size)
+
+        c.get_object = slow  # type: ignore[method-assign]
+        fh_r = await core.open(b"f")
+        # Block 0, and a read-ahead of block 1 (a read from the start: sequential).
+        assert bytes(await core.fs.read(fh_r, 0, 10)) == data[:10]
+        await in_block_1.wait()  # (the read-ahead's GET is under way)
+        result: dict[str, Any] = {}
+
+        async def reader() -> None:
+            try:
+                result["got"] = bytes(await core.fs.read(fh_r, BS, BS))
+            except OSError as e:
+                result["error"] = e
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(reader)  # waits for the read-ahead's load of block 1
+            await trio.sleep(0.05)
+            fh_w = await core.open(b"f", os.O_RDWR)
+            assert await core.fs.write(fh_w, 0, b"X") == 1  # downloads and stages it
+            await core.close(fh_w)  # publishes a new object, deletes the old one
+            gate.set()
+        await core.fs.release(fh_r)
+        assert "error" not in result, (
+            f"the read failed with {result['error']!r} ({type(result['error']).__name__})")
+        assert result["got"] == data[BS:2 * BS]

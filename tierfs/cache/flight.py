@@ -29,7 +29,12 @@ class Flight:
 
 def shared_error(error: Exception) -> OSError:
     """A failed load's error for one of the readers that shared it (each gets its own
-    exception object: one raised in several tasks would share a traceback)."""
+    exception object: one raised in several tasks would share a traceback), of the same
+    class: a reader may tell one from another (``vfs.reads.VersionChanged``: read again)."""
     if isinstance(error, OSError) and error.errno is not None:
-        return OSError(error.errno, error.strerror or os.strerror(error.errno))
+        text = error.strerror or os.strerror(error.errno)
+        try:
+            return type(error)(error.errno, text)
+        except TypeError:  # (a class made otherwise)
+            return OSError(error.errno, text)
     return OSError(errno.EIO, f"loading the block failed: {error!r}")

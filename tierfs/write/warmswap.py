@@ -125,20 +125,22 @@ def swap_in_stub(warm: WarmTier, f: Opened, target: bytes) -> os.stat_result | N
     """Rename a stub (owned by the file's owner) over the file, if both the descriptor and
     the name still are the file ``f.st`` describes, unchanged; None (nothing done)
     otherwise. Returns the stub's attributes. A lease held from the check to the rename
-    (``read_lease``) makes a writer on this node that has the file open now lose the swap,
-    and one opening it meanwhile wait for the rename."""
+    (``read_lease``) makes a writer on this node that has the file open lose the swap, and
+    so does one whose open comes before the rename: that open waits for the lease, and the
+    lease, looked at last just before the rename, is being broken."""
     leased = read_lease(f.fd)
     if leased is False:
         return None
     try:
-        return _swap_checked(warm, f, target)
+        return _swap_checked(warm, f, target, bool(leased))
     finally:
         if leased:
             with contextlib.suppress(OSError):
                 fcntl.fcntl(f.fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
 
 
-def _swap_checked(warm: WarmTier, f: Opened, target: bytes) -> os.stat_result | None:
+def _swap_checked(warm: WarmTier, f: Opened, target: bytes, leased: bool
+                  ) -> os.stat_result | None:
     try:
         there = os.stat(f.name, dir_fd=f.dir_fd, follow_symlinks=False)
     except FileNotFoundError:
@@ -152,6 +154,10 @@ def _swap_checked(warm: WarmTier, f: Opened, target: bytes) -> os.stat_result | 
         with contextlib.suppress(OSError):
             os.unlink(tmp, dir_fd=f.dir_fd)
         raise
+    if leased and fcntl.fcntl(f.fd, fcntl.F_GETLEASE) != fcntl.F_RDLCK:
+        # An open for writing came since the check and waits: the writer wins.
+        os.unlink(tmp, dir_fd=f.dir_fd)
+        return None
     try:
         os.rename(tmp, f.name, src_dir_fd=f.dir_fd, dst_dir_fd=f.dir_fd)
         return placed(f.dir_fd, f.name, made)

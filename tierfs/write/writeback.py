@@ -211,9 +211,17 @@ class WriteBack:
                     delay = min(delay * 2, WRITEBACK_MAX_DELAY)
         finally:
             del self.files[inode.ino]
-            if data.handles == 0 and inode.data is data:
-                await self.staging.retire(inode, data)
-            self.core.inodes.closed(inode)
+            try:
+                if data.handles == 0 and inode.data is data:
+                    # Under the file's lock: another caller's publish (an open for writing,
+                    # a truncate, flush, unmount) may be under way, which this one stopped
+                    # for (the name went meanwhile), and must end before the state goes.
+                    async with data.lock:
+                        if (data.handles == 0 and inode.data is data
+                                and not self.holds(inode)):
+                            await self.staging.retire(inode, data)
+            finally:
+                self.core.inodes.closed(inode)
 
     def pending(self) -> tuple[int, int]:
         """Files not yet home: (count, bytes). Also called from the Prometheus thread: list()

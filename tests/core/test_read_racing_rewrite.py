@@ -84,51 +84,68 @@ async def test_a_read_waiting_for_a_block_as_another_handle_truncates_and_closes
     await _race(tmp_path, "truncate")
 
 
-@core_test
-async def test_a_read_of_a_cold_file_waiting_for_a_block_as_it_is_rewritten_gets_bytes(
-        tmp_path: Path) -> None:
-    """The same with a cold file: the read's next block is a GET of the object the rewrite's
-    publish has just deleted (its stub replaced), which failed with EIO."""
-    data = random.Random(2).randbytes(8 * BS)
+async def _cold_race(tmp_path: Path, seed: int, held: int, length: int,
+                     read_ahead: bool) -> None:
+    """A read of blocks ``held``.. (``length`` bytes) of a cold file waits for the GET of
+    block ``held``, its own (or, ``read_ahead``, one a read-ahead started), while another
+    handle rewrites the file and closes it: the publish deletes the object the GET reads."""
+    data = random.Random(seed).randbytes(8 * BS)
     async with open_core(tmp_path, large_file_threshold="64KiB") as core:
         await core.write_file(b"f", data)
         assert core.stub(b"f") is not None, "not cold: the test would test nothing"
         await core.evict(b"f")  # (its written bytes were kept as cached blocks)
-        fh_r = await core.open(b"f")
-        assert bytes(await core.fs.read(fh_r, 0, 10)) == data[:10]
-        await trio.sleep(0.2)
         c = core.fs.core
         inner = c.get_object
-        in_block_4 = trio.Event()
+        in_held = trio.Event()
         gate = trio.Event()
 
         async def slow(stub: Any, offset: int, size: int) -> bytes:
-            if offset == 4 * BS and not gate.is_set():
-                in_block_4.set()
+            # A slow bucket: the GET of the block held takes a while.
+            if offset == held * BS and not gate.is_set():
+                in_held.set()
                 await gate.wait()
             return await inner(stub, offset, size)
 
+        fh_r = await core.open(b"f")
+        if not read_ahead:
+            assert bytes(await core.fs.read(fh_r, 0, 10)) == data[:10]
+            await trio.sleep(0.2)  # (its read-ahead is done)
         c.get_object = slow  # type: ignore[method-assign]
+        if read_ahead:
+            # Block 0, and a read-ahead of block 1 (a read from the start: sequential).
+            assert bytes(await core.fs.read(fh_r, 0, 10)) == data[:10]
+            await in_held.wait()  # (the read-ahead's GET is under way)
         result: dict[str, Any] = {}
 
         async def reader() -> None:
             try:
-                result["got"] = bytes(await core.fs.read(fh_r, 4 * BS, 4 * BS))
+                result["got"] = bytes(await core.fs.read(fh_r, held * BS, length))
             except OSError as e:
                 result["error"] = e
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(reader)
-            await in_block_4.wait()
+            if read_ahead:
+                await trio.sleep(0.05)  # (the read waits for the read-ahead's load)
+            else:
+                await in_held.wait()
             fh_w = await core.open(b"f", os.O_RDWR)
             assert await core.fs.write(fh_w, 0, b"X") == 1  # downloads and stages it
             await core.close(fh_w)  # publishes a new object, deletes the old one
             gate.set()
         await core.fs.release(fh_r)
         assert "error" not in result, (
-            f"the read failed with {result['error']!r} because another handle rewrote the "
-            "file while it read")
-        assert result["got"] == data[4 * BS:]
+            f"the read failed with {result['error']!r} ({type(result['error']).__name__}) "
+            "because another handle rewrote the file while it read")
+        assert result["got"] == data[held * BS:held * BS + length]
+
+
+@core_test
+async def test_a_read_of_a_cold_file_waiting_for_a_block_as_it_is_rewritten_gets_bytes(
+        tmp_path: Path) -> None:
+    """The same with a cold file: the read's next block is a GET of the object the rewrite's
+    publish has just deleted (its stub replaced), which failed with EIO."""
+    await _cold_race(tmp_path, 2, held=4, length=4 * BS, read_ahead=False)
 
 
 @core_test
@@ -137,44 +154,4 @@ async def test_a_read_waiting_on_a_read_ahead_of_a_cold_file_being_rewritten_get
     """The read shares a read-ahead's load of its block (``BlockCache.get``), which fails
     with VersionChanged: the error that reaches the read must still be one, not a plain
     OSError (``cache.flight.shared_error`` rebuilt it so, and the read failed with ESTALE)."""
-    data = random.Random(3).randbytes(8 * BS)
-    async with open_core(tmp_path, large_file_threshold="64KiB") as core:
-        await core.write_file(b"f", data)
-        assert core.stub(b"f") is not None
-        await core.evict(b"f")
-        c = core.fs.core
-        inner = c.get_object
-        in_block_1 = trio.Event()
-        gate = trio.Event()
-
-        async def slow(stub: Any, offset: int, size: int) -> bytes:
-            # A slow bucket: the read-ahead's GET of block 1 takes a while.
-            if offset == BS and size == BS and not gate.is_set():
-                in_block_1.set()
-                await gate.wait()
-            return await inner(stub, offset, size)
-
-        c.get_object = slow  # type: ignore[method-assign]
-        fh_r = await core.open(b"f")
-        # Block 0, and a read-ahead of block 1 (a read from the start: sequential).
-        assert bytes(await core.fs.read(fh_r, 0, 10)) == data[:10]
-        await in_block_1.wait()  # (the read-ahead's GET is under way)
-        result: dict[str, Any] = {}
-
-        async def reader() -> None:
-            try:
-                result["got"] = bytes(await core.fs.read(fh_r, BS, BS))
-            except OSError as e:
-                result["error"] = e
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(reader)  # waits for the read-ahead's load of block 1
-            await trio.sleep(0.05)
-            fh_w = await core.open(b"f", os.O_RDWR)
-            assert await core.fs.write(fh_w, 0, b"X") == 1  # downloads and stages it
-            await core.close(fh_w)  # publishes a new object, deletes the old one
-            gate.set()
-        await core.fs.release(fh_r)
-        assert "error" not in result, (
-            f"the read failed with {result['error']!r} ({type(result['error']).__name__})")
-        assert result["got"] == data[BS:2 * BS]
+    await _cold_race(tmp_path, 3, held=1, length=BS, read_ahead=True)

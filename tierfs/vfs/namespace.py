@@ -472,8 +472,18 @@ class Namespace:
                          ) -> Link | None:
         """Rename; if ``look``, what the link it replaces held first (as for
         ``_unlink_blocking``)."""
-        link = self.core.warm.lstat_link_if_any(new_rel) if look else None
-        self.core.warm.rename(rel, new_rel, flags)
+        warm = self.core.warm
+        link = warm.lstat_link_if_any(new_rel) if look else None
+        try:
+            warm.rename(rel, new_rel, flags)
+        except OSError as e:
+            # A directory renamed over one that lists empty but holds temp files (of a publish
+            # interrupted, or whose file moved away while its directory was renamed): they
+            # do not keep it alive, as for rmdir.
+            if e.errno not in (errno.ENOTEMPTY, errno.EEXIST) or flags or warm.names(new_rel):
+                raise
+            warm.purge_temps(new_rel)
+            warm.rename(rel, new_rel, flags)
         return link
 
     async def _drop_unreferenced(self, inode: Inode | None, link: Link | None,

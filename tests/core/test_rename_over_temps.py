@@ -1,0 +1,60 @@
+"""A directory that lists empty but holds tierfs temp files (a publish interrupted by a crash;
+or the head-start copy of a file moved out of it before the directory was renamed, which the
+close then cannot find and copies again) can be replaced by a rename through the mount, as
+it can be removed (``rmdir`` purges them): the rename failed with ENOTEMPTY."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import trio
+
+from .conftest import ROOT, core_test, open_core
+
+
+@core_test
+async def test_a_directory_holding_only_a_temp_file_is_replaced_by_a_rename(
+        tmp_path: Path) -> None:
+    async with open_core(tmp_path) as core:
+        await core.mkdirs(b"d")
+        x = await core.mkdirs(b"x")
+        await core.write_file(b"x/kept", b"k")
+        left = core.warm_path(b"d") / os.fsdecode(core.fs.core.warm.temp_name())
+        left.write_bytes(b"a publish interrupted")
+        await core.fs.rename(ROOT, b"x", ROOT, b"d", 0)  # mv -T x d
+        assert core.warm_temps() == []
+        assert await core.read_file(b"d/kept") == b"k"
+        assert x == (await core.lookup_path(b"d")).ino
+
+
+AHEAD = {"by_rename": False, "publish_ahead": "64KiB"}
+DATA = os.urandom(800_000)
+
+
+@core_test
+async def test_a_directory_left_a_head_start_temp_file_by_a_move_is_replaced_by_a_rename(
+        tmp_path: Path) -> None:
+    """Sync mode, publishing by copy, copy-ahead on: the file being written moves out of
+    ``d``, then ``d`` is renamed ``d2``; the head-start temp file went with ``d2`` (not fixed:
+    left there, a whole copy, until a rename over ``d2``, its ``rmdir`` or the next mount)."""
+    async with open_core(tmp_path, **AHEAD) as core:
+        d = await core.mkdirs(b"d")
+        e = await core.mkdirs(b"e")
+        fh = await core.create(b"d/a")
+        for offset in range(0, 400_000, 50_000):
+            await core.fs.write(fh, offset, DATA[offset:offset + 50_000])
+            await trio.sleep(0.01)  # let the copy ahead run
+        assert core.warm_temps() != []  # the head-start temp file, in d
+        await core.fs.rename(d, b"a", e, b"a", 0)  # mv d/a e/a
+        await core.fs.rename(ROOT, b"d", ROOT, b"d2", 0)  # mv d d2
+        await core.write_all(fh, DATA[400_000:], offset=400_000)
+        await core.close(fh)
+        assert core.warm_path(b"e/a").read_bytes() == DATA  # (the content is right)
+        d2 = await core.lookup_path(b"d2")
+        dh = await core.fs.opendir(d2.ino)
+        assert await core.fs.readdir(dh, 0) == []  # d2 lists empty...
+        await core.fs.releasedir(dh)
+        await core.mkdirs(b"x")
+        await core.fs.rename(ROOT, b"x", ROOT, b"d2", 0)  # ...so mv -T x d2 must work
+        assert core.warm_temps() == []

@@ -232,12 +232,3 @@ class OpenFile:
             if fd is not None:
                 os.close(fd)
         self.warm_fd = self.staging_fd = None
-
-    def linked_identity(self) -> list[int] | None:
-        """[device, inode number] of the warm file if it has other names (hard links) as of
-        its open or last publish (``base``): such a file is published in place, so its
-        journal entries are known by it as well as by path (``Journal.superseded``)."""
-        base = self.base
-        if base is None or self.stub is not None or base.st_nlink < 2:
-            return None
-        return [base.st_dev, base.st_ino]

@@ -89,10 +89,6 @@ class Entry:
     #: (a log written on after a child's exit closed its copy of the descriptor): recovery
     #: publishes that much, though the entry is open again. None: nothing so.
     acked: int | None = None
-    #: [device, inode number] of the warm file when it had other names (hard links) as it
-    #: was staged: it is published in place, so a publish through another of its names
-    #: supersedes this data as one through this name does (``Journal.superseded``).
-    linked: list[int] | None = None
 
     def may_be_published(self) -> bool:
         """Whether recovery would publish this data under ``path`` (after a crash of tierfs;
@@ -106,7 +102,7 @@ class Entry:
             "path": os.fsdecode(self.path), "closed": self.closed, "size": self.size,
             "atime_ns": self.atime_ns, "mtime_ns": self.mtime_ns, "replaces": self.replaces,
             "synced": self.synced, "acked_ns": self.acked_ns, "acked": self.acked,
-            "linked": self.linked, "upload": None}
+            "upload": None}
         if self.upload is not None:
             u = self.upload
             data["upload"] = {"key": u.key, "since": u.since, "first_part": u.first_part,
@@ -250,19 +246,12 @@ class Journal:
             changed = self._lost_name(sid, self.entries[sid]) or changed
         return changed
 
-    def superseded(self, rel: bytes, current: str | None, linked: list[int] | None = None
-                   ) -> bool:
+    def superseded(self, rel: bytes, current: str | None) -> bool:
         """New content was published at ``rel``: staged data left there by an earlier publish
-        that failed is older, and must never be published over it; with ``linked`` (the
-        file is hard-linked, published in place: ``Entry.linked``), neither is such data
-        left under another of its names. Returns whether any entry changed (then the caller
-        syncs)."""
+        that failed is older, and must never be published over it. Returns whether any
+        entry changed (then the caller syncs)."""
         changed = False
-        sids = set(self._at_path.get(rel, ()))
-        if linked is not None:  # (a hard-linked file's publish only: rare)
-            sids.update(sid for sid, entry in self.entries.items()
-                        if entry.linked == linked and entry.path)
-        for sid in sids:
+        for sid in list(self._at_path.get(rel, ())):
             if sid != current:
                 self._lost_name(sid, self.entries[sid])
                 changed = True

@@ -63,10 +63,8 @@ class Publisher:
             data.error = None  # (a failed write-back is home now: nothing to report)
             # Staged data an earlier failed publish left under this name is older than what
             # is home now: it must never be published over it (at recovery, say).
-            # Nor under another name of a hard-linked file, published in place.
             rel = self.core.rel_or_none(inode)
-            if rel is not None and self.journal.superseded(rel, data.staging_id,
-                                                           data.linked_identity()):
+            if rel is not None and self.journal.superseded(rel, data.staging_id):
                 await self.journal.sync()
         self.core.invalidate_attrs(inode.ino)
 

@@ -109,8 +109,7 @@ class Staging:
         if rel is not None:
             self.journal.record(sid, Entry(rel, size=size, atime_ns=data.atime_ns,
                                            mtime_ns=data.mtime_ns,
-                                           replaces=data.replaces_object,
-                                           linked=data.linked_identity()))
+                                           replaces=data.replaces_object))
         return written
 
     async def _copy_in(self, warm_fd: int, fd: int, size: int) -> None:

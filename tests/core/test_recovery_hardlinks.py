@@ -4,7 +4,8 @@
 written and published through that other name, the kept entry still names the first path,
 is not superseded, and the next mount publishes the older data over the newer. A fix needs
 the file's identity in the journal's entries (a hard-linked file is published in place, its
-inode number kept)."""
+inode number kept), kept true at every publish: one taken at staging goes stale once the
+file, its other names gone, is published by copy, and another file reuses the number."""
 
 from __future__ import annotations
 

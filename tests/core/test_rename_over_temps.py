@@ -6,7 +6,9 @@ it can be removed (``rmdir`` purges them): the rename failed with ENOTEMPTY."""
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
+from typing import Any
 
 import trio
 
@@ -58,3 +60,48 @@ async def test_a_directory_left_a_head_start_temp_file_by_a_move_is_replaced_by_
         await core.mkdirs(b"x")
         await core.fs.rename(ROOT, b"x", ROOT, b"d2", 0)  # ...so mv -T x d2 must work
         assert core.warm_temps() == []
+
+
+@core_test
+async def test_rename_over_a_directory_does_not_fail_a_publish_under_way(
+        tmp_path: Path) -> None:
+    """The rename purges the temp file of a publish by copy under way (its file moved out of
+    the directory while it was copied): the publish copies again, and the close succeeds (it
+    failed with ENOENT, though nothing was wrong with the file)."""
+    async with open_core(tmp_path, by_rename=False) as core:
+        d = await core.mkdirs(b"d")
+        e = await core.mkdirs(b"e")
+        fh = await core.create(b"d/a")
+        await core.write_all(fh, DATA[:100_000])
+        warm = core.fs.core.warm
+        real = warm.publish_copy
+        copied, release = threading.Event(), threading.Event()
+
+        def slow(*args: Any, **kwargs: Any) -> Any:  # a slow copy (NFS), temp file made
+            out = real(*args, **kwargs)
+            copied.set()
+            release.wait(10)
+            return out
+
+        warm.publish_copy = slow
+        closed: list[BaseException | None] = []
+
+        async def close() -> None:
+            try:
+                await core.close(fh)
+            except OSError as ex:
+                closed.append(ex)
+            else:
+                closed.append(None)
+
+        async with trio.open_nursery() as n:
+            n.start_soon(close)
+            await core.until(copied.is_set)
+            assert core.warm_temps() != []  # the publish's temp file, in d
+            await core.fs.rename(d, b"a", e, b"a", 0)  # mv d/a e/a
+            await core.mkdirs(b"x")
+            await core.fs.rename(ROOT, b"x", ROOT, b"d", 0)  # mv -T x d: the temp goes
+            release.set()
+        warm.publish_copy = real
+        assert core.warm_path(b"e/a").read_bytes() == DATA[:100_000]  # (home all the same: no loss)
+        assert closed == [None], f"the close failed: {closed}"

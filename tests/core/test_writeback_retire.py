@@ -93,3 +93,33 @@ async def test_unlink_during_a_flushs_publish_does_not_retire_under_it(tmp_path:
             release.set()
         warm.publish = real  # type: ignore[method-assign]
         assert flushed == [[]]
+
+
+@core_test
+async def test_unmount_retires_a_file_published_by_publish_all(tmp_path: Path) -> None:
+    """At unmount the nursery is cancelled right after its publishing: a task sleeping after
+    a failed try wakes cancelled, and its retire must still run (it waited for the file's
+    lock, a checkpoint, and left the staging file of data that is home on the hot tier)."""
+    async with open_core(tmp_path, durability="writeback", by_rename=False) as core:
+        wb = core.fs.writeback
+        wb.quiet = wb.max_wait = 0.05
+        warm = core.fs.publisher.warm
+        real = warm.publish
+        tries = [0]
+
+        async def once_away(*args: Any, **kwargs: Any) -> Any:
+            tries[0] += 1
+            if tries[0] == 1:
+                raise OSError(5, "warm tier away")
+            return await real(*args, **kwargs)
+
+        warm.publish = once_away  # type: ignore[method-assign]
+        await core.write_file(b"f", DATA)
+        await core.until(lambda: tries[0] == 1)  # failed once: the task sleeps 1 s
+        inode = await core.lookup_path(b"f")
+        data = inode.data
+        # a clean unmount follows: shutdown publishes it, then the nursery is cancelled
+    assert core.warm_path(b"f").read_bytes() == DATA
+    assert core.staged() == [], "staging of data that is home left on the hot tier"
+    assert data.staging_fd is None and data.warm_fd is None, "descriptors left open"
+    assert inode.data is None, "the open state was never retired"

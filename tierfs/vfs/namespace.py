@@ -480,9 +480,14 @@ class Namespace:
             # A directory renamed over one that lists empty but holds temp files (of a publish
             # interrupted, or whose file moved away while its directory was renamed): they
             # do not keep it alive, as for rmdir.
-            if e.errno not in (errno.ENOTEMPTY, errno.EEXIST) or flags or warm.names(new_rel):
+            if e.errno not in (errno.ENOTEMPTY, errno.EEXIST) or flags:
                 raise
-            warm.purge_temps(new_rel)
+            try:
+                if warm.names(new_rel):
+                    raise e from None
+                warm.purge_temps(new_rel)
+            except OSError:
+                raise e from None  # (the rename's own answer, not the listing's)
             warm.rename(rel, new_rel, flags)
         return link
 

@@ -97,6 +97,10 @@ class WarmPublisher:
                 return await self.rename_into_place(inode, data, tmp, st, since)
             except LinkedMeanwhile:
                 continue  # renamed while it was copied: written in place next time round
+            except FileNotFoundError:
+                # The temp file went with the directory it was made in: the file moved out
+                # and an rmdir, or a rename over that directory, removed it. Copied again.
+                continue
         raise err(errno.EAGAIN)
 
     async def publish_unnamed(self, data: OpenFile, times: tuple[int, int]

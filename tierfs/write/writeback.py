@@ -216,10 +216,13 @@ class WriteBack:
                     # Under the file's lock: another caller's publish (an open for writing,
                     # a truncate, flush, unmount) may be under way, which this one stopped
                     # for (the name went meanwhile), and must end before the state goes.
-                    async with data.lock:
-                        if (data.handles == 0 and inode.data is data
-                                and not self.holds(inode)):
-                            await self.staging.retire(inode, data)
+                    # Shielded: at unmount the task is cancelled, and the retire must still
+                    # run (a holder being cancelled lets go of the lock as it unwinds).
+                    with trio.CancelScope(shield=True):
+                        async with data.lock:
+                            if (data.handles == 0 and inode.data is data
+                                    and not self.holds(inode)):
+                                await self.staging.retire(inode, data)
             finally:
                 self.core.inodes.closed(inode)
 

@@ -210,10 +210,20 @@ STAGED_FLOORS = ("one file, no fsync, through the passthrough over the local dis
                  "shards, no fsync, through the passthrough over the local disk (MB/s)")
 
 
+def save_rows(args: argparse.Namespace, kind: str) -> tuple[str, str]:
+    """The names of the checkpoint save rows of one kind (one file; the shards)."""
+    return (f"checkpoint {args.ckpt_mib} MiB file, {kind} (MB/s)",
+            f"checkpoint {args.ckpt_shards} x 8 MiB shards, {kind} (MB/s)")
+
+
 def nofsync_rows(args: argparse.Namespace) -> tuple[str, str]:
     """The names of the write-back save rows without fsync (one file; the shards)."""
-    return (f"checkpoint {args.ckpt_mib} MiB file, no fsync, writeback (MB/s)",
-            f"checkpoint {args.ckpt_shards} x 8 MiB shards, no fsync, writeback (MB/s)")
+    return save_rows(args, "no fsync, writeback")
+
+
+def save_rates(args: argparse.Namespace, one: float, many: float) -> tuple[float, float]:
+    """MB/s of ``checkpoint``'s two saves, from their seconds."""
+    return args.ckpt_mib * MIB / 1e6 / one, args.ckpt_shards * 8 * MIB / 1e6 / many
 
 
 def staged_floor(base: Path, args: argparse.Namespace, block: bytes) -> dict[str, float]:
@@ -231,8 +241,7 @@ def staged_floor(base: Path, args: argparse.Namespace, block: bytes) -> dict[str
     finally:
         stop_floor(proc, mnt)
         shutil.rmtree(local, ignore_errors=True)
-    return {STAGED_FLOORS[0]: args.ckpt_mib * MIB / 1e6 / one,
-            STAGED_FLOORS[1]: args.ckpt_shards * 8 * MIB / 1e6 / many}
+    return dict(zip(STAGED_FLOORS, save_rates(args, one, many)))
 
 
 #: The rows of ``named_floor``, printed below the table: the write-back create row and the two
@@ -264,9 +273,7 @@ def named_floor(base: Path, tier: Path, args: argparse.Namespace, block: bytes
     finally:
         stop_floor(proc, mnt)
         shutil.rmtree(stage, ignore_errors=True)
-    return {NAMED_FLOORS[0]: creates,
-            NAMED_FLOORS[1]: args.ckpt_mib * MIB / 1e6 / one,
-            NAMED_FLOORS[2]: args.ckpt_shards * 8 * MIB / 1e6 / many}
+    return dict(zip(NAMED_FLOORS, (creates, *save_rates(args, one, many))))
 
 
 #: The direct-only rows of the fsynced saves in sync mode's steps, printed below the table.
@@ -296,18 +303,14 @@ def writes(root: Path, args: argparse.Namespace, mode: str, block: bytes,
     for m in modes:
         out[f"create+write+close 4 KiB, {m} (files/s)"] = rate
         out[f"create+write+fsync+close 4 KiB, {m} (files/s)"] = durable
-        out[f"checkpoint {args.ckpt_mib} MiB file, {m} (MB/s)"] = args.ckpt_mib * MIB / 1e6 / one
-        out[f"checkpoint {args.ckpt_shards} x 8 MiB shards, {m} (MB/s)"] = (
-            args.ckpt_shards * 8 * MIB / 1e6 / many)
+        out.update(zip(save_rows(args, m), save_rates(args, one, many)))
     if mode in ("direct", "floor", "writeback"):
         # Without fsync: write-back's close returns once the file is staged and journaled
         # (durable on the hot tier, home later), beside the same save straight to the tier.
         # Last, so the publishing it leaves in the background slows no other row.
         one, many = checkpoint(root, f"ckpt-{mode}-nofsync", args.ckpt_mib * MIB,
                                args.ckpt_shards, block, fsync=False, settle=settle)
-        one_row, many_row = nofsync_rows(args)
-        out[one_row] = args.ckpt_mib * MIB / 1e6 / one
-        out[many_row] = args.ckpt_shards * 8 * MIB / 1e6 / many
+        out.update(zip(nofsync_rows(args), save_rates(args, one, many)))
 
 
 @contextmanager
@@ -379,8 +382,7 @@ def main() -> int:
                 lambda: create_as_sync_mode(direct / "as-sync-mode", args.creates))
             one, many = checkpoint(direct, "ckpt-as-sync-mode", args.ckpt_mib * MIB,
                                    args.ckpt_shards, block, write=save_as_sync_mode)
-            results["direct"][SYNC_SAVES[0]] = args.ckpt_mib * MIB / 1e6 / one
-            results["direct"][SYNC_SAVES[1]] = args.ckpt_shards * 8 * MIB / 1e6 / many
+            results["direct"].update(zip(SYNC_SAVES, save_rates(args, one, many)))
         print("  (direct done)", flush=True)
         if not args.no_floor:
             (base / "floor").mkdir()
@@ -464,15 +466,13 @@ def main() -> int:
             print(f"Floor of the write-back save ({row.split(',')[0]}, no fsync) with each "
                   f"name made on the tier at once: {floor:.1f} MB/s, {floor / plain:.2f}x of "
                   f"direct's save; tierfs's {ours / floor:.2f}x of it")
-    for steps_row, what in zip(SYNC_SAVES, ("file", "shards")):
-        steps = results["direct"].get(steps_row)
-        row = (f"checkpoint {args.ckpt_mib} MiB file, %s (MB/s)" if what == "file" else
-               f"checkpoint {args.ckpt_shards} x 8 MiB shards, %s (MB/s)")
-        plain = results["direct"].get(row % "sync")
+    for steps_row, sync_row, wb_row in zip(SYNC_SAVES, save_rows(args, "sync"),
+                                           save_rows(args, "writeback")):
+        steps, plain = results["direct"].get(steps_row), results["direct"].get(sync_row)
         if steps and plain:
-            ours = [results["tierfs"].get(row % m) for m in ("sync", "writeback")]
+            ours = [results["tierfs"].get(r) for r in (sync_row, wb_row)]
             mine = " / ".join(f"{o / steps:.2f}x" for o in ours if o)
-            print(f"Fsynced save ({row.split(',')[0]}) in sync mode's steps done "
+            print(f"Fsynced save ({sync_row.split(',')[0]}) in sync mode's steps done "
                   f"directly (name at once, temp file fsynced and renamed): {steps:.1f} MB/s, "
                   f"{steps / plain:.2f}x of direct's fsynced save; tierfs's (sync / "
                   f"write-back) {mine} of it")

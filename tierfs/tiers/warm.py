@@ -204,6 +204,16 @@ class WarmTier(PublishCalls, Tier):
             raise
         return self.replace_symlink(rel, target)
 
+    def clear_temps(self, rel: bytes) -> bool:
+        """Remove tierfs temp files from a directory that holds nothing else: left by a crashed
+        publish, or by one whose file moved out before the directory was renamed, they must
+        not keep an empty directory alive (rmdir, a rename over it). False, nothing removed,
+        if it holds other names."""
+        if self.names(rel):
+            return False
+        self.purge_temps(rel)
+        return True
+
     def purge_temps(self, rel: bytes) -> None:
         """Remove tierfs temp files from a directory (left behind by an interrupted publish)."""
         dfd = self.open_dir(rel)

@@ -407,12 +407,8 @@ class Namespace:
         try:
             warm.rmdir(rel)
         except OSError as e:
-            if e.errno != errno.ENOTEMPTY:
+            if e.errno != errno.ENOTEMPTY or not warm.clear_temps(rel):
                 raise
-            # Temp files left by a crashed publish must not keep an empty directory alive.
-            if warm.names(rel):
-                raise
-            warm.purge_temps(rel)
             warm.rmdir(rel)
 
     async def rename(self, parent: int, name: bytes, new_parent: int, new_name: bytes,
@@ -477,17 +473,15 @@ class Namespace:
         try:
             warm.rename(rel, new_rel, flags)
         except OSError as e:
-            # A directory renamed over one that lists empty but holds temp files (of a publish
-            # interrupted, or whose file moved away while its directory was renamed): they
-            # do not keep it alive, as for rmdir.
+            # A directory renamed over one that holds only temp files, as for rmdir.
             if e.errno not in (errno.ENOTEMPTY, errno.EEXIST) or flags:
                 raise
             try:
-                if warm.names(new_rel):
-                    raise e from None
-                warm.purge_temps(new_rel)
+                cleared = warm.clear_temps(new_rel)
             except OSError:
-                raise e from None  # (the rename's own answer, not the listing's)
+                cleared = False  # (the rename's own answer, not the listing's)
+            if not cleared:
+                raise e
             warm.rename(rel, new_rel, flags)
         return link
 

@@ -160,7 +160,7 @@ class Demoter:
             self.busy.discard(rel)
 
     def _refusal(self, rel: bytes, st: os.stat_result, xattrs: list[str],
-                 written_here: bool = False) -> str | None:
+                 written_here: bool) -> str | None:
         if not stat.S_ISREG(st.st_mode):
             return "not a plain file on the warm tier"
         if st.st_nlink != 1:

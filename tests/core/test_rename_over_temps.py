@@ -1,7 +1,7 @@
 """A directory that lists empty but holds tierfs temp files (a publish interrupted by a crash;
-or the head-start copy of a file moved out of it before the directory was renamed, which the
-close then cannot find and copies again) can be replaced by a rename through the mount, as
-it can be removed (``rmdir`` purges them): the rename failed with ENOTEMPTY."""
+or, while it copies, the temp file of a publish whose file moved out of the directory before
+the directory was renamed) can be replaced by a rename through the mount, as it can be removed
+(``rmdir`` purges them): the rename failed with ENOTEMPTY."""
 
 from __future__ import annotations
 
@@ -38,8 +38,10 @@ DATA = os.urandom(800_000)
 async def test_a_directory_left_a_head_start_temp_file_by_a_move_is_replaced_by_a_rename(
         tmp_path: Path) -> None:
     """Sync mode, publishing by copy, copy-ahead on: the file being written moves out of
-    ``d``, then ``d`` is renamed ``d2``; the head-start temp file went with ``d2`` (not fixed:
-    left there, a whole copy, until a rename over ``d2``, its ``rmdir`` or the next mount)."""
+    ``d``, then ``d`` is renamed ``d2``; the head-start temp file went with ``d2``. It was left
+    there, a whole copy, until a rename over ``d2``, its ``rmdir`` or the next mount; the
+    close now finds it through its directory's descriptor (test_mirror_moved_dir.py), and
+    ``d2`` must be replaceable either way."""
     async with open_core(tmp_path, **AHEAD) as core:
         d = await core.mkdirs(b"d")
         e = await core.mkdirs(b"e")

@@ -11,7 +11,7 @@ import stat
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
-from tierfs.tiers.beneath import join, parent_of, split
+from tierfs.tiers.beneath import join, open_dir_beneath, open_file, parent_of, split
 from tierfs.tiers.copying import copy_fd, copy_to_new
 from tierfs.tiers.xattrs import XattrCalls, proc_path
 
@@ -74,23 +74,33 @@ class PublishCalls(XattrCalls):
                                mode, st)
 
     def replace(self, tmp: bytes, rel: bytes, made: os.stat_result,
-                again: Reapply | None = None) -> tuple[os.stat_result, os.stat_result]:
+                again: Reapply | None = None, tmp_dir: int | None = None
+                ) -> tuple[os.stat_result, os.stat_result]:
         """The renaming half of publishing; returns the attributes of the published file and
         of its directory. ``made``: the temp file's, as it was finished. ``again``: see
         ``Reapply``; with it, LinkedMeanwhile (and the temp file removed) if ``rel`` is
-        hard-linked."""
+        hard-linked. ``tmp_dir``: the descriptor of the directory the temp file was made in
+        (``open_temp_in``), ``tmp`` its name there: renamed from wherever that directory is
+        now, which its path made then may no longer reach."""
         if again is not None:
             try:
                 self._refuse_hard_linked(rel)
             except LinkedMeanwhile:
-                self.unlink(tmp)
+                self._unlink_temp(tmp, tmp_dir)
                 raise
-            fd = self.open(tmp, os.O_RDONLY)
+            if tmp_dir is None:
+                fd = self.open(tmp, os.O_RDONLY)
+            else:
+                fd = open_file(tmp_dir, tmp, os.O_RDONLY)
             try:
                 self._reapply(fd, rel, again)
             finally:
                 os.close(fd)
-        self.rename(tmp, rel)
+        if tmp_dir is None:
+            self.rename(tmp, rel)
+        else:
+            with parent_of(self.fd, rel) as (dfd, name):
+                os.rename(tmp, name, src_dir_fd=tmp_dir, dst_dir_fd=dfd)
         st = self.lstat(rel)
         if st.st_ino != made.st_ino:
             # Another node's file took the name just after: this publish's version is not
@@ -150,7 +160,39 @@ class PublishCalls(XattrCalls):
         tmp = join(parent, self._temp_name())
         return tmp, self.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, perms)
 
-    def drop_temp(self, tmp: bytes, fd: int) -> None:
+    def open_temp_in(self, parent: bytes) -> tuple[int, bytes, int]:
+        """``open_temp`` (0600) for a temp file that lives long (a head start, filled while
+        its file is written): with a descriptor of ``parent``, reached as every path is
+        (beneath the root, no symlink followed), which the caller keeps and closes. Whoever
+        moves the directory meanwhile, the temp file is still in the directory it holds, and
+        can be renamed into place or removed from there (``tmp_dir``): by its path, once the
+        directory was renamed, it could not even be found. (directory, name, file)."""
+        dfd = open_dir_beneath(self.fd, parent)
+        try:
+            tmp = self._temp_name()
+            return dfd, tmp, open_file(dfd, tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+        except BaseException:
+            os.close(dfd)
+            raise
+
+    def _unlink_temp(self, tmp: bytes, tmp_dir: int | None) -> None:
+        if tmp_dir is None:
+            self.unlink(tmp)
+        else:
+            os.unlink(tmp, dir_fd=tmp_dir)
+
+    def drop_temp(self, tmp: bytes, fd: int, tmp_dir: int | None = None) -> None:
+        """Remove a temp file and close it. ``tmp_dir``: as for ``replace``; a temp file gone
+        from there already (its directory emptied by an rmdir or a rename over it) is no
+        error."""
+        if tmp_dir is not None:
+            try:
+                os.unlink(tmp, dir_fd=tmp_dir)
+            except FileNotFoundError:
+                pass
+            finally:
+                os.close(fd)
+            return
         try:
             self.unlink(tmp)
         except OSError as e:
@@ -183,16 +225,16 @@ class PublishCalls(XattrCalls):
 
     def finish_temp(self, tmp: bytes, fd: int, size: int, like: bytes | None,
                     times: tuple[int, int] | None, mode: int | None = None,
-                    like_st: os.stat_result | None = None, made: os.stat_result | None = None
-                    ) -> os.stat_result:
+                    like_st: os.stat_result | None = None, made: os.stat_result | None = None,
+                    tmp_dir: int | None = None) -> os.stat_result:
         """Size, owner, mode, xattrs (from ``like``) and times; fsync; close. Returns its
         attributes. On failure the temp file is removed. ``made``: the temp file's attributes
         as made, and its size then already ``size`` (``write_temp``); ``like_st``: those of
-        ``like``, just read."""
+        ``like``, just read; ``tmp_dir``: as for ``replace``."""
         try:
             self._settle(fd, size, like, times, mode, like_st, made)
         except BaseException:
-            self.drop_temp(tmp, fd)
+            self.drop_temp(tmp, fd, tmp_dir)
             raise
         st = os.fstat(fd)
         os.close(fd)

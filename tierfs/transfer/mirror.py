@@ -10,10 +10,17 @@ left to copy or to flush.
 The staging file stays the truth; the mirror is only a head start. A write or a truncation
 inside the copied range moves the copied mark back, and any failure drops the mirror, the
 publish then copying the whole file as it would without one.
+
+The temp file lives as long as the writer writes, and the file may be renamed away meanwhile
+and its old directory renamed too: the temp file goes with that directory, where the path it
+was made at no longer reaches it. So the mirror holds the directory by a descriptor from the
+temp file's creation to its end (renamed into place or removed), and reaches the temp file
+only through it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import os
@@ -23,6 +30,7 @@ import trio
 
 from tierfs.tiers.copying import copy_fd
 from tierfs.tiers.warm import WarmTier
+from tierfs.tiers.warmcopy import Reapply
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +68,9 @@ class Mirror:
         self.warm = warm
         #: The directory the temp file is made in (its target's directory when it started).
         self.parent = parent
+        #: That directory, held from the temp file's creation on (wherever it is moved), and
+        #: the temp file's name in it.
+        self.dfd: int | None = None
         self.tmp: bytes | None = None
         self.fd: int | None = None
         #: staging[:copied] is in the temp file.
@@ -71,6 +82,8 @@ class Mirror:
         self._idle.set()
         #: A copy failed or the mirror was dropped: it is no use any more.
         self.broken = False
+        #: Whoever ended the mirror was cancelled while a copy ran: the copy task drops it.
+        self._drop_when_idle = False
 
     def changed(self, offset: int) -> None:
         """Staged bytes from ``offset`` on have changed (a write or truncation that has
@@ -98,7 +111,8 @@ class Mirror:
             if self.fd is None:
                 # (0600 until close: the file's mode or owner may change meanwhile, and a
                 # set-group-ID directory may give the temp file a group the file lacks.)
-                self.tmp, self.fd = await self.warm.run(self.warm.open_temp, self.parent)
+                self.dfd, self.tmp, self.fd = await self.warm.run(self.warm.open_temp_in,
+                                                                  self.parent)
             while not self.broken:
                 self._low, start = None, self.copied
                 upto = min(written(), start + MOST_PER_CALL)
@@ -114,6 +128,8 @@ class Mirror:
         finally:
             self.busy = False
             self._idle.set()
+            if self._drop_when_idle:
+                await self._drop_logged()
 
     def halt(self) -> None:
         """No more steps: the mirror is being dropped (its copy is no use now), and whoever
@@ -124,44 +140,110 @@ class Mirror:
         """Until no copy runs."""
         await self._idle.wait()
 
+    async def discard(self) -> None:
+        """End the mirror, its copy no use now: no more steps, and once the step under way is
+        done, the temp file removed and its descriptors closed (``drop``). If the wait is
+        cancelled, the copy task drops it at the step's end: its worker call still uses the
+        temp file's descriptor, and nobody else holds the mirror any more."""
+        self.halt()
+        try:
+            if self.busy:  # (else no checkpoint: a publish just done is not lost to a cancel)
+                await self.wait()
+        finally:
+            # (The copy task's end runs on the event loop too: it cannot come between the
+            # look at ``busy`` and the flag, so exactly one of the two drops the mirror.)
+            if self.busy:
+                self._drop_when_idle = True
+            elif self.holds_any:
+                await self._drop_logged()  # (a worker call runs to its end even if cancelled)
+
+    async def _drop_logged(self) -> None:
+        try:
+            await self.warm.run(self.drop)
+        except OSError as e:
+            log.warning("could not remove a warm temp file: %s", e)
+
     def finish(self, staging_fd: int, size: int, like: bytes,
                times: tuple[int, int], mode: int | None) -> tuple[bytes, os.stat_result]:
-        """Copy the rest, take size, owner, mode and times, fsync and close: the temp file to
-        rename into place, and its attributes (blocking; after ``wait``). On failure the temp
-        file is removed."""
+        """Copy the rest, take size, owner, mode and times, fsync and close: the temp file's
+        name in its directory, for ``replace``, and its attributes (blocking; after
+        ``wait``). On failure the temp file is removed and the mirror ended."""
         assert self.fd is not None and self.tmp is not None and not self.busy
         fd, self.fd = self.fd, None
         try:
-            now = os.fstat(fd)
-            if now.st_nlink == 0:  # removed under us (its directory was emptied)
-                raise FileNotFoundError(self.tmp)
-            tail = size - self.copied
-            done = copy_fd(staging_fd, fd, tail, self.copied, self.copied) if tail > 0 else 0
+            try:
+                now = os.fstat(fd)
+                if now.st_nlink == 0:  # removed under us (its directory was emptied)
+                    raise FileNotFoundError(self.tmp)
+                tail, done = size - self.copied, 0
+                if tail > 0:
+                    done = copy_fd(staging_fd, fd, tail, self.copied, self.copied)
+            except BaseException:
+                self.warm.drop_temp(self.tmp, fd, self.dfd)
+                raise
+            # Its owner and mode are still those it was made with (a chown only where they
+            # differ from the file's), and when its length is known to be ``size`` already, no
+            # truncate is needed: on a network file system each is a round trip or two close
+            # waits for.
+            length = max(now.st_size, self.copied + done)
+            st = self.warm.finish_temp(self.tmp, fd, size, like, times, mode,
+                                       made=now if length == size else None, tmp_dir=self.dfd)
         except BaseException:
-            self.warm.drop_temp(self.tmp, fd)
+            self.broken = True
+            self._let_go_of_dir()
             raise
-        # Its owner and mode are still those it was made with (a chown only where they differ
-        # from the file's), and when its length is known to be ``size`` already, no truncate
-        # is needed: on a network file system each is a round trip or two close waits for.
-        length = max(now.st_size, self.copied + done)
-        st = self.warm.finish_temp(self.tmp, fd, size, like, times, mode,
-                                   made=now if length == size else None)
         return self.tmp, st
+
+    def replace(self, target: bytes, made: os.stat_result, again: Reapply | None
+                ) -> tuple[os.stat_result, os.stat_result]:
+        """Rename the finished temp file (``made``: its attributes) over ``target`` from the
+        directory it was made in, wherever that is now: the file may have been renamed to
+        another directory and its old one renamed after it. ``WarmTier.replace``'s result.
+        On failure the temp file is removed: a whole copy of the file, not to be left on the
+        shared tier. The mirror is over either way (blocking; after ``finish``)."""
+        assert self.tmp is not None and self.dfd is not None and self.fd is None
+        self.broken = True
+        try:
+            return self.warm.replace(self.tmp, target, made, again, tmp_dir=self.dfd)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.unlink(self.tmp, dir_fd=self.dfd)
+            raise
+        finally:
+            self._let_go_of_dir()
 
     @property
     def usable(self) -> bool:
         return not self.broken and self.fd is not None
 
+    @property
+    def holds_any(self) -> bool:
+        """Whether a descriptor (the temp file's, its directory's) is still open: ``drop``
+        ends it."""
+        return self.fd is not None or self.dfd is not None
+
     def drop(self) -> None:
-        """Remove the temp file (blocking; after ``wait``)."""
+        """Remove the temp file, if it is still there, and close what the mirror holds
+        (blocking; after ``wait``, or after ``finish``: a temp file finished but not renamed
+        into place)."""
         self.broken = True
         fd, self.fd = self.fd, None
-        if fd is None or self.tmp is None:
-            return
+        if self.dfd is None:
+            return  # never made, or over already (the temp file, its directory: made at once)
+        assert self.tmp is not None
         try:
-            self.warm.drop_temp(self.tmp, fd)
-        except FileNotFoundError:
-            pass
+            if fd is not None:
+                self.warm.drop_temp(self.tmp, fd, self.dfd)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.tmp, dir_fd=self.dfd)
+        finally:
+            self._let_go_of_dir()
+
+    def _let_go_of_dir(self) -> None:
+        dfd, self.dfd = self.dfd, None
+        if dfd is not None:
+            os.close(dfd)
 
 
 def _copy_step(src: int, dst: int, offset: int, size: int) -> None:

@@ -44,16 +44,11 @@ STALE_TRIES = 4
 
 
 async def drop_mirror(warm: WarmTier, data: OpenFile) -> None:
-    """Remove a file's head-start temp file (it will not be published from)."""
+    """Remove a file's head-start temp file (it will not be published from). (``warm``: the
+    tier it is on, which the mirror knows itself.)"""
     mirror, data.mirror = data.mirror, None
-    if mirror is None:
-        return
-    mirror.halt()
-    await mirror.wait()
-    try:
-        await warm.run(mirror.drop)
-    except OSError as e:
-        log.warning("could not remove a warm temp file: %s", e)
+    if mirror is not None:
+        await mirror.discard()
 
 
 class WarmPublisher:
@@ -76,15 +71,22 @@ class WarmPublisher:
         await self._let_go_of_created(inode, data)
         mirror, data.mirror = data.mirror, None
         if mirror is not None:
-            await mirror.wait()
-            finished = await core.warm.run(self._finish_mirror, mirror, data, rel, times, mode)
-            if finished is not None:
-                try:
-                    return await self.rename_into_place(inode, data, *finished, since)
-                except LinkedMeanwhile:
-                    pass  # the copy below writes it in place
-                except FileNotFoundError:
-                    pass  # the temp file went with its emptied directory: copy it all
+            try:
+                await mirror.wait()
+                finished = await core.warm.run(self._finish_mirror, mirror, data, rel, times,
+                                               mode)
+                if finished is not None:
+                    try:
+                        return await self.rename_into_place(inode, data, *finished, since,
+                                                            mirror=mirror)
+                    except LinkedMeanwhile:
+                        pass  # the copy below writes it in place
+                    except FileNotFoundError:
+                        pass  # the temp file went with its emptied directory: copy it all
+            finally:
+                # Left by a failure or a cancellation between the finish and the rename: a
+                # whole copy of the file on the shared tier, and its directory's descriptor.
+                await mirror.discard()
         for _ in range(STALE_TRIES):
             copied = await self.at_path(inode, core.warm.publish_copy, data.staging_fd,
                                         data.size, times, mode, key_ids(inode.key))
@@ -228,20 +230,29 @@ class WarmPublisher:
         return None
 
     async def rename_into_place(self, inode: Inode, data: OpenFile, tmp: bytes,
-                                made: os.stat_result, since: AttrMark
-                                ) -> os.stat_result | None:
+                                made: os.stat_result, since: AttrMark,
+                                mirror: Mirror | None = None) -> os.stat_result | None:
         """Rename a finished temp file (``made``: its attributes as finished) over the file's
         current name, under the namespace lock (None, and the temp file removed, if the file
         was unlinked meanwhile). ``since``: ``attr_mark`` before the temp file took the
-        attributes of the old one."""
+        attributes of the old one. ``mirror``: the head start ``tmp`` was finished from, which
+        reaches it through its directory's descriptor wherever that directory went (``tmp``
+        is then only its name there)."""
         core = self.core
         async with core.ns_lock:
             target = core.rel_or_none(inode)
             if target is None:
-                await core.warm.run(core.warm.unlink, tmp)
+                if mirror is None:
+                    await core.warm.run(core.warm.unlink, tmp)
+                else:
+                    await core.warm.run(mirror.drop)
                 return None
-            st, parent_st = await core.warm.run(self._replace_moved, tmp, target, made,
-                                                self._reapply(inode, data, since))
+            again = self._reapply(inode, data, since)
+            if mirror is None:
+                st, parent_st = await core.warm.run(self._replace_moved, tmp, target, made,
+                                                    again)
+            else:
+                st, parent_st = await core.warm.run(mirror.replace, target, made, again)
             core.dir_changed(inode, parent_st)
             return st
 

@@ -340,6 +340,27 @@ def test_a_local_object_in_the_way_of_a_folder_is_named(tmp_path: Path) -> None:
         store.head("run/ckpt~1/shard/model.pt")
 
 
+def test_a_local_upload_whose_key_is_blocked_completes_at_another_key(tmp_path: Path) -> None:
+    """An object (or a folder of objects) made at a key's folder (or at the key) after its
+    upload was created: the completion says which object is in the way, as a HEAD does,
+    rather than the OS's FileExistsError; and a local upload is not bound to its key, so it
+    completes at another one, whole."""
+    (tmp_path / "bucket").mkdir()
+    store = open_store(parse_bucket_uri(f"file://{tmp_path}/bucket"))
+    for key, taken, at in [("d/f", "d", "d"), ("g", "g/x", "g")]:
+        upload = store.create_multipart(key, {"mode": "0600"})
+        parts = [(1, store.upload_part(key, upload, 1, b"the data"))]
+        store.put(taken, b"another file")
+        with pytest.raises(KeyInTheWay) as caught:
+            store.complete_multipart(key, upload, parts)
+        assert caught.value.at == at
+        info = store.complete_multipart(f"{at}~1{key[len(at):]}", upload, parts)
+        assert store.get_range(info.key, 0, 100) == b"the data"
+        assert info.metadata == {"mode": "0600"} and store.head(taken).size == 12
+    assert store.list_multipart("") == []
+    assert os.listdir(store.work) == []  # (no temp file left by the failed tries)
+
+
 def test_the_store_layer_does_not_import_the_fuse_library() -> None:
     """The stores, the index and the block cache work without pyfuse3 (tools that only read a
     bucket or an index should not need the FUSE library)."""

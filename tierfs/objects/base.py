@@ -50,10 +50,20 @@ class UploadGone(ObjectStoreError):
 
 class KeyInTheWay(ObjectStoreError):
     """(A local folder, where a key is a path.) An object's key, ``at``, is a folder that
-    ``key`` needs: S3 can hold both, a folder cannot."""
+    ``key`` needs, or (``at == key``) ``key`` is a folder of other objects: S3 can hold both,
+    a folder cannot. Either way a key past ``at`` (``objects.keys``) is free of it.
+
+    ``head`` raises it for a key chosen now; ``put`` and ``complete_multipart`` for one chosen
+    before an object took the name of one of its folders, or objects made it a folder (a
+    directory renamed while a file in it streamed, and a file written under the directory's
+    old name; or the other way round). The upload is left whole, and a local folder's is not
+    bound to its key: it completes at another one (``transfer.streaming``). An S3 upload is
+    bound to its key, but S3 never raises this."""
 
     def __init__(self, key: str, at: str) -> None:
-        super().__init__(f"{key}: the object {at} is where a folder would have to be")
+        why = ("it is a folder of other objects" if at == key
+               else f"the object {at} is where a folder would have to be")
+        super().__init__(f"{key}: {why}")
         self.key, self.at = key, at
 
 
@@ -221,7 +231,8 @@ class ObjectStore(abc.ABC):
                            ) -> ObjectInfo:
         """Make the object from ``parts``: (number, receipt) in order. Raises UploadGone
         for an upload the store does not know (completed already, perhaps: the caller may
-        find its object by the upload's token)."""
+        find its object by the upload's token), and KeyInTheWay where a local folder can no
+        longer make ``key``: then ``key`` may be another than the upload was created with."""
 
     @abc.abstractmethod
     def abort_multipart(self, key: str, upload_id: str) -> None:

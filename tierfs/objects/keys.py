@@ -7,6 +7,9 @@ the key gets a suffix, ``<path>~<12 hex digits>``. In a local folder, where an o
 also be a folder, an object in the way of the key's folders (``KeyInTheWay``) gets the suffix
 in the key's folder instead (``ckpt~<hex>/model.pt``). A key the store would refuse for its
 length is cut to fit (``ObjectStore.fit_key``). A file's own previous object is overwritten.
+A key free when its upload started may be blocked when it completes (an object took the name
+of one of its folders meanwhile, or objects made it a folder): the upload then completes at a
+key chosen by the same rule (``completion_key``).
 
 The store's quirks (the HEAD probe, a folder in the way) stay here, next to the stores; the
 caller only learns the key.
@@ -55,3 +58,14 @@ def free_key(store: ObjectStore, key: str, own: str | None, held: Collection[str
             continue  # (that folder may be taken too: look again)
         log.info("%s already holds another file's object: this one gets a key of its own", key)
         return store.fit_key(unique_key(key))
+
+
+def completion_key(store: ObjectStore, key: str) -> str:
+    """The key an upload completes at whose own, ``key``, the store could no longer make
+    (``KeyInTheWay``: an object took the name of one of its folders since the key was
+    chosen, or objects made it a folder). Rather than fail every try for as long as that
+    object stays, the upload moves past it as a new object's key would. No other upload
+    holds what comes back, so no ``held``: past an object in the way the key gets a new
+    random suffix, and where that object has gone meanwhile ``key`` itself comes back, held
+    by this very upload. Nor is any file's own object overwritten there. Blocking."""
+    return free_key(store, key, None, ())

@@ -6,8 +6,10 @@ object never appears half-written. Metadata lives in one extended attribute. The
 version of the file (inode, mtime, size), and every put makes a new inode, so it changes
 whenever the object does. A key is a path here: a name longer than the folder's NAME_MAX
 cannot be one (``fit_key`` cuts it), and an object cannot also be a folder of other objects
-(``head`` then says which object is in the way, ``KeyInTheWay``). Folders exist only for the
-objects in them: deleting an object removes the folders it leaves empty.
+(``head``, a put or a completion then says which object is in the way, ``KeyInTheWay``, or
+that the key is a folder; an unfinished upload is not bound to its key, so it can still
+complete at another one). Folders exist only for the objects in them: deleting an object
+removes the folders it leaves empty.
 """
 
 from __future__ import annotations
@@ -190,6 +192,13 @@ class LocalStore(ObjectStore):
                 except FileNotFoundError:
                     if attempt == FOLDER_RACES - 1:
                         raise
+                except (FileExistsError, NotADirectoryError):
+                    # An object took the name of one of the key's folders since the key was
+                    # chosen (free when an upload started, say): callers catch this, never
+                    # the OS's error, and choose another key (``objects.keys``).
+                    raise KeyInTheWay(key, self._object_above(key)) from None
+                except IsADirectoryError:  # (objects made the key a folder meanwhile)
+                    raise KeyInTheWay(key, key) from None
         except BaseException:
             # (A full folder, say: each try of the caller's would leave a whole copy.)
             with contextlib.suppress(OSError):

@@ -39,8 +39,9 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
-from tierfs.objects.base import (MAX_PART_SIZE, NoSuchObject, ObjectInfo, ObjectStoreError,
-                                  UploadGone)
+from tierfs.objects.base import (MAX_PART_SIZE, KeyInTheWay, NoSuchObject, ObjectInfo,
+                                  ObjectStoreError, UploadGone)
+from tierfs.objects.keys import MAX_KEY_MOVES, completion_key
 from tierfs.tiers.base import Tier
 from tierfs.tiers.cold import ColdTier
 from tierfs.tiers.hot import HotTier
@@ -101,7 +102,8 @@ class StreamingUpload:
                  key: str, upload_id: str, first_part: int, window: int,
                  on_part: Callable[[dict[int, str | None]], Awaitable[None]],
                  token: str, done: dict[int, str] | None = None, patient: bool = False,
-                 checksum: str | None = None, source: Tier | None = None) -> None:
+                 checksum: str | None = None, source: Tier | None = None,
+                 on_key: Callable[[str], Awaitable[None]] | None = None) -> None:
         self.cold, self.hot, self.nursery = cold, hot, nursery
         self.fd = staging_fd
         #: Whose threads read ``fd``: the hot tier's for a staging file (the default), or the
@@ -117,6 +119,10 @@ class StreamingUpload:
         #: the journal makes it durable, so a crash never loses bytes that are in no completed
         #: part, nor resumes from a part that no longer matches the file.
         self.on_part = on_part
+        #: Called with a new key before the upload completes there (``_complete``): the
+        #: journal makes it durable, since recovery finds a completed upload's object by its
+        #: key. None: the upload fails instead (a demotion, which starts again later).
+        self.on_key = on_key
         #: The checksum the upload was created with (each part is sent with its own).
         self.checksum = checksum
         #: Completed parts whose bytes are unchanged since (number -> receipt); a resumed
@@ -494,8 +500,7 @@ class StreamingUpload:
         # fsynced at, and a gap among them would shift everything after it.
         parts = sorted((n, e) for n, e in self.parts.items() if n < self.next_part)
         try:
-            info = await self.cold.run(self.cold.store.complete_multipart, self.key,
-                                       self.upload_id, parts)
+            info = await self._complete(parts)
         except UploadGone:
             found = await self.completed_before(size)
             if found is None:
@@ -507,6 +512,29 @@ class StreamingUpload:
             await self.release()
         return info
 
+    async def _complete(self, parts: list[tuple[int, str]]) -> ObjectInfo:
+        """Complete the upload at its key or, where a local folder can no longer make that
+        key (``KeyInTheWay``: a directory renamed while the file in it streamed, and a file
+        written under the directory's old name; or the other way round), at another one
+        (``objects.keys``), recorded first (``on_key``). Failing instead would fail every later try the same way, and the
+        file would never be published. Its parts stay: a local folder's upload is not bound
+        to its key (S3's is, but S3 never raises KeyInTheWay), so nothing is sent again,
+        even where parts of the file have left staging."""
+        store = self.cold.store
+        moves = 0
+        while True:
+            try:
+                return await self.cold.run(store.complete_multipart, self.key,
+                                           self.upload_id, parts)
+            except KeyInTheWay as e:
+                moves += 1
+                if self.on_key is None or moves > MAX_KEY_MOVES:
+                    raise
+                key = await self.cold.run(completion_key, store, self.key)
+                log.warning("%s: the upload of %s completes at %s instead", e, self.key, key)
+                await self.on_key(key)
+                self.key = key
+
     async def completed_before(self, size: int) -> ObjectInfo | None:
         """The object this upload made, if it was completed already (before a crash, or by a
         completion whose reply was lost); None if the upload was dropped unfinished. A store
@@ -514,7 +542,7 @@ class StreamingUpload:
         be set aside or uploaded again while the bucket may hold the whole object."""
         try:
             info = await self.cold.run(self.cold.store.head, self.key)
-        except NoSuchObject:
+        except (NoSuchObject, KeyInTheWay):  # (in the way: no object can be at the key)
             return None
         if info.metadata.get(UPLOAD_TOKEN) != self.token or info.size != size:
             return None

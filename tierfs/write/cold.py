@@ -124,7 +124,8 @@ class ColdPublisher:
                                       key, upload_id, config.part_size, config.upload_window,
                                       self.journal.part_recorder(data.staging_id), token,
                                       patient=config.durability == "writeback",
-                                      checksum=core.cold.store.part_checksum)
+                                      checksum=core.cold.store.part_checksum,
+                                      on_key=self.journal.key_recorder(data.staging_id))
         data.streaming()
         log.info("streaming %s to %s (upload %s)", show(rel), key, upload_id)
 

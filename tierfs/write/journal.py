@@ -512,6 +512,22 @@ class Journal:
 
         return record
 
+    def key_recorder(self, sid: str) -> Callable[[str], Awaitable[None]]:
+        """Make an upload's new key durable before the upload completes there (a local folder
+        that could no longer make its key: ``StreamingUpload._complete``): a crash after the
+        completion leaves recovery to find the object by its key and the upload's token; and
+        the key, held by the entry, is no other upload's (``ColdPublisher.pick_key``)."""
+
+        async def record(key: str) -> None:
+            entry = self.entries.get(sid)
+            if entry is None or entry.upload is None:
+                return
+            entry.upload.key = key
+            self.record(sid, entry)
+            await self.sync(durable=True)
+
+        return record
+
 
 def _at(path: bytes, rel: bytes) -> bool:
     """Whether ``path`` is ``rel`` or below it."""

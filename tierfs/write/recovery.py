@@ -224,7 +224,7 @@ class Recovery:
                         core.cold, core.hot, core.nursery, fd, upload.key, upload.upload_id,
                         upload.first_part, core.config.upload_window,
                         self.journal.part_recorder(sid), upload.token, done=upload.parts,
-                        checksum=upload.checksum)
+                        checksum=upload.checksum, on_key=self.journal.key_recorder(sid))
             await self.publisher.publish(inode, data)
         except OSError:
             if sid not in self.journal.entries:

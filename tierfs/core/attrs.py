@@ -125,17 +125,3 @@ def forget_base(inode: Inode | None) -> None:
         return
     if inode.links or inode.data.warm_fd is not None:
         inode.data.base = None
-
-
-def may_open(attrs: Attrs, flags: int, uid: int, gid: int) -> bool:
-    """Whether the mode bits let ``uid`` open the file with ``flags``, as the kernel's
-    ``default_permissions`` check would, for the one open it did not check: a create that
-    found the name made meanwhile. The caller's supplementary groups are unknown here, so a
-    grant through one of them is missed (the caller then gets EEXIST, as before)."""
-    if uid == 0:
-        return True
-    access = flags & os.O_ACCMODE
-    want = (4 if access in (os.O_RDONLY, os.O_RDWR) else 0) | (
-        2 if access in (os.O_WRONLY, os.O_RDWR) or flags & os.O_TRUNC else 0)
-    shift = 6 if uid == attrs.uid else 3 if gid == attrs.gid else 0
-    return (attrs.mode >> shift) & want == want

@@ -19,7 +19,7 @@ import time
 
 import trio
 
-from tierfs.core.attrs import Attrs, SetAttr, attrs_of, err, may_open, stage_times, version
+from tierfs.core.attrs import Attrs, SetAttr, attrs_of, err, stage_times, version
 from tierfs.core.context import Core
 from tierfs.core.inodes import Inode, PageVersion, identity, key_ids
 from tierfs.core.openfile import OpenFile, warm_id
@@ -193,36 +193,18 @@ class OpenFiles:
 
     async def create(self, parent: int, name: bytes, mode: int, flags: int, uid: int, gid: int
                      ) -> tuple[int, bool, Inode, Attrs]:
-        for _ in range(3):
-            try:
-                return await self._create_new(parent, name, mode, flags, uid, gid)
-            except FileExistsError:
-                if flags & os.O_EXCL:
-                    raise
+        try:
+            return await self._create_new(parent, name, mode, flags, uid, gid)
+        except FileExistsError:
+            if flags & os.O_EXCL:
+                raise
             # The kernel sends a create only for a name its lookup just found absent, and
-            # another node made it in between: without O_EXCL, the open(2) opens what is
-            # there, as on any other file system, rather than fail with EEXIST.
-            try:
-                inode, attrs = await self.namespace.lookup(parent, name)
-            except FileNotFoundError:
-                continue  # (and gone again: create it after all)
-            try:
-                if inode.is_dir:
-                    raise err(errno.EISDIR)
-                if not stat.S_ISREG(attrs.mode) or not may_open(attrs, flags, uid, gid):
-                    raise err(errno.EEXIST)
-                fh, _, direct = await self.open(inode.ino, flags)
-            except BaseException:
-                self.core.inodes.forget(inode.ino, 1)  # (the kernel gets no entry to forget)
-                raise
-            try:
-                return fh, direct, inode, await self.namespace.getattr(inode.ino)
-            except BaseException:
-                with trio.CancelScope(shield=True):
-                    await self.release(fh)
-                self.core.inodes.forget(inode.ino, 1)
-                raise
-        raise err(errno.EEXIST)  # made and removed by others at every try
+            # another node made it in between. Without O_EXCL, open(2) must open what is
+            # there: ESTALE makes the kernel walk the path again, look the name up afresh
+            # and open the file as any open, with its own checks (permissions through every
+            # group, symlinks, protected files), none of which this call could make alike.
+            # It does so once: a name made and removed again at each step fails with ESTALE.
+            raise err(errno.ESTALE) from None
 
     async def _create_new(self, parent: int, name: bytes, mode: int, flags: int, uid: int,
                           gid: int) -> tuple[int, bool, Inode, Attrs]:

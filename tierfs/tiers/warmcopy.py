@@ -5,6 +5,7 @@ as all of its methods)."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import stat
@@ -36,6 +37,17 @@ class Reapply(NamedTuple):
 
     mode: int | None
     times: tuple[int, int]
+
+
+def unlink_held(dfd: int, name: bytes) -> None:
+    """Remove a temp file from a directory held by a descriptor. Gone already is no error:
+    its directory emptied by an rmdir or a rename over it here (ENOENT), or removed by
+    another NFS client, whose handle of it is stale then (ESTALE)."""
+    try:
+        os.unlink(name, dir_fd=dfd)
+    except OSError as e:
+        if e.errno not in (errno.ENOENT, errno.ESTALE):
+            raise
 
 
 class PublishCalls(XattrCalls):
@@ -179,7 +191,7 @@ class PublishCalls(XattrCalls):
         if tmp_dir is None:
             self.unlink(tmp)
         else:
-            os.unlink(tmp, dir_fd=tmp_dir)
+            unlink_held(tmp_dir, tmp)
 
     def drop_temp(self, tmp: bytes, fd: int, tmp_dir: int | None = None) -> None:
         """Remove a temp file and close it. ``tmp_dir``: as for ``replace``; a temp file gone
@@ -187,9 +199,7 @@ class PublishCalls(XattrCalls):
         error."""
         if tmp_dir is not None:
             try:
-                os.unlink(tmp, dir_fd=tmp_dir)
-            except FileNotFoundError:
-                pass
+                unlink_held(tmp_dir, tmp)
             finally:
                 os.close(fd)
             return
@@ -233,11 +243,16 @@ class PublishCalls(XattrCalls):
         ``like``, just read; ``tmp_dir``: as for ``replace``."""
         try:
             self._settle(fd, size, like, times, mode, like_st, made)
+            st = os.fstat(fd)
         except BaseException:
             self.drop_temp(tmp, fd, tmp_dir)
             raise
-        st = os.fstat(fd)
-        os.close(fd)
+        try:
+            os.close(fd)  # (where a network file system reports write errors)
+        except OSError:
+            with contextlib.suppress(OSError):
+                self._unlink_temp(tmp, tmp_dir)
+            raise
         return st
 
     def _settle(self, fd: int, size: int, like: bytes | None, times: tuple[int, int] | None,

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import logging
 import os
 from collections.abc import Callable
@@ -30,7 +31,7 @@ import trio
 
 from tierfs.tiers.copying import copy_fd
 from tierfs.tiers.warm import WarmTier
-from tierfs.tiers.warmcopy import Reapply
+from tierfs.tiers.warmcopy import Reapply, unlink_held
 
 log = logging.getLogger(__name__)
 
@@ -189,7 +190,11 @@ class Mirror:
             st = self.warm.finish_temp(self.tmp, fd, size, like, times, mode,
                                        made=now if length == size else None, tmp_dir=self.dfd)
         except BaseException:
+            # (A failure after the temp file was settled, at its fstat or its close, where a
+            # network file system reports write errors, left it there: a whole copy.)
             self.broken = True
+            with contextlib.suppress(OSError):
+                unlink_held(self.dfd, self.tmp)
             self._let_go_of_dir()
             raise
         return self.tmp, st
@@ -205,9 +210,15 @@ class Mirror:
         self.broken = True
         try:
             return self.warm.replace(self.tmp, target, made, again, tmp_dir=self.dfd)
-        except OSError:
+        except OSError as e:
             with contextlib.suppress(OSError):
-                os.unlink(self.tmp, dir_fd=self.dfd)
+                unlink_held(self.dfd, self.tmp)
+            if e.errno == errno.ESTALE:
+                # The directory was removed by another NFS client (its handle is stale, where
+                # a path would say ENOENT): the temp file went with it, so the file is
+                # copied whole, as for a temp file found gone.
+                raise FileNotFoundError(errno.ENOENT, "the head start's directory is gone",
+                                        self.tmp) from e
             raise
         finally:
             self._let_go_of_dir()
@@ -235,8 +246,7 @@ class Mirror:
             if fd is not None:
                 self.warm.drop_temp(self.tmp, fd, self.dfd)
             else:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(self.tmp, dir_fd=self.dfd)
+                unlink_held(self.dfd, self.tmp)
         finally:
             self._let_go_of_dir()
 

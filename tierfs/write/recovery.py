@@ -98,6 +98,10 @@ class Recovery:
         self.writeback = writeback
         #: Each path's newest entry recovery publishes (only its state may live on).
         self._newest: dict[bytes, str] = {}
+        #: Acknowledged data whose publish failed here, by inode number: (staging id, inode,
+        #: state), held on the inode until every entry is done, then handed to the write-back
+        #: task (``_publish``), unless a newer entry of the same file supersedes it first.
+        self._held: dict[int, tuple[str, Inode, OpenFile]] = {}
 
     async def run(self, rebooted: bool = False) -> Report:
         core = self.core
@@ -112,6 +116,22 @@ class Recovery:
         ordered = sorted(entries.items(), key=lambda item: (item[1].acked_ns, item[0]))
         self._newest = {entry.path: sid for sid, entry in ordered
                         if sid in staged and publishable(entry, rebooted) is not None}
+        try:
+            await self._each(ordered, staged, rebooted, report)
+        finally:
+            for _, inode, data in self._held.values():
+                self.writeback.start(inode, data)
+                self.core.inodes.closed(inode)
+            self._held.clear()
+        await self.journal.recovered()  # (commits)
+        if any(dataclasses.astuple(report)):
+            log.warning("recovery: %s", report)
+        return report
+
+    async def _each(self, ordered: list[tuple[str, journal.Entry]], staged: set[str],
+                    rebooted: bool, report: Report) -> None:
+        """Publish, keep or discard each entry, in ``ordered``'s order (``run``)."""
+        core = self.core
         for sid, entry in ordered:
             try:
                 size = publishable(entry, rebooted)
@@ -144,10 +164,6 @@ class Recovery:
                 self.journal.record(sid, entry)  # (it may have come from the log alone)
                 continue
             self.journal.drop(sid)
-        await self.journal.recovered()  # (commits)
-        if any(dataclasses.astuple(report)):
-            log.warning("recovery: %s", report)
-        return report
 
     async def _past_parts(self, sid: str, entry: journal.Entry, size: int, rebooted: bool
                           ) -> int:
@@ -194,8 +210,11 @@ class Recovery:
             return
         chain, st = found
         inode = chain[-1]
-        assert inode.data is None  # (before the mount serves: nothing is open)
         try:
+            older = self._held.pop(inode.ino, None)
+            if older is not None:
+                await self._superseded(*older)
+            assert inode.data is None  # (before the mount serves: nothing is open)
             fd = await core.hot.run(_open_staging, core, sid)
         except BaseException:
             for held in reversed(chain):
@@ -234,10 +253,15 @@ class Recovery:
             # write-back task once the tier answers, as after a live close whose publish
             # failed. Left to the next mount alone, the file read as before all along, and a
             # change made to that through the mount superseded it. Not if a newer entry at
-            # its path follows: that one's publish supersedes it.
+            # its path follows: that one's publish supersedes it. Handed over once every
+            # entry is done: a newer entry of this file may follow at another of its names (a
+            # hard link), and must find the inode free and supersede this one
+            # (``_superseded``); started now, the write-back task could publish this data
+            # over the newer meanwhile, or still hold the inode when that entry comes.
             if self._newest.get(entry.path) == sid:
                 retried = True
-                self.writeback.start(inode, data)
+                self._held[inode.ino] = (sid, inode, data)
+                core.inodes.opened(inode)  # (kept in the table, as ``WriteBack.start`` does)
             raise
         finally:
             if not retried:
@@ -249,6 +273,19 @@ class Recovery:
         else:
             report.published += 1
         log.info("recovery: published %s", show(entry.path))
+
+    async def _superseded(self, sid: str, inode: Inode, data: OpenFile) -> None:
+        """A newer entry of a file whose older entry failed to publish here follows at another
+        of its names (a hard link: resolved to the same inode): that data, the whole file
+        acknowledged later, is what the file must read, so the older is never published, now
+        or at a later mount, as a publish at its path would have superseded it
+        (``Journal.superseded``, which looks at one name only). Its staging file goes at the
+        next mount."""
+        self.journal.repoint(sid, None)
+        try:
+            await self.staging.retire(inode, data)
+        finally:
+            self.core.inodes.closed(inode)
 
     async def _resolve(self, rel: bytes) -> tuple[list[Inode], os.stat_result] | None:
         """The inodes of a path's components, held (``opened``) in the inode table as a

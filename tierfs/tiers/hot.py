@@ -29,10 +29,12 @@ UNPUBLISHED = "unpublished.json"
 
 #: Writes into a staging file up to this size are made on the event loop, not in a worker
 #: thread: the hot tier is a local disk (never NFS: ``tierfs mount`` refuses one), and a small
-#: ``pwrite`` there only copies into the page cache, in a few microseconds, against about 80
-#: for the trip to a worker thread and back (``bench/floor.py``). Larger writes, fsyncs and
-#: copies still go to the threads, since they take long enough to stall every other request.
-INLINE_WRITE = 64 * 1024
+#: ``pwrite`` there only copies into the page cache, in less time than the trip to a worker
+#: thread and back adds (``bench/handoff.py``: 128 KiB in about 30 microseconds, the trip 35
+#: to 80 more; from 256 KiB on, the copy takes about as long as the trip or longer, 200
+#: microseconds for 1 MiB). Larger writes, fsyncs and copies still go to the threads, since
+#: they take long enough to stall every other request.
+INLINE_WRITE = 128 * 1024
 
 #: Modes of what tierfs makes on the hot tier.
 FOLDER_MODE = 0o700

@@ -5,7 +5,6 @@ as all of its methods)."""
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import stat
@@ -87,9 +86,11 @@ class PublishCalls(XattrCalls):
 
     def replace(self, tmp: bytes, rel: bytes, made: os.stat_result,
                 again: Reapply | None = None, tmp_dir: int | None = None
-                ) -> tuple[os.stat_result, os.stat_result]:
+                ) -> tuple[os.stat_result, os.stat_result | None]:
         """The renaming half of publishing; returns the attributes of the published file and
-        of its directory. ``made``: the temp file's, as it was finished. ``again``: see
+        of its directory (None if they could not be read). Once the rename is made it does
+        not fail: an error would make the caller publish again, and bring back a name another
+        node removed just after. ``made``: the temp file's, as it was finished. ``again``: see
         ``Reapply``; with it, LinkedMeanwhile (and the temp file removed) if ``rel`` is
         hard-linked. ``tmp_dir``: the descriptor of the directory the temp file was made in
         (``open_temp_in``), ``tmp`` its name there: renamed from wherever that directory is
@@ -113,13 +114,19 @@ class PublishCalls(XattrCalls):
         else:
             with parent_of(self.fd, rel) as (dfd, name):
                 os.rename(tmp, name, src_dir_fd=tmp_dir, dst_dir_fd=dfd)
-        st = self.lstat(rel)
+        try:
+            st = self.lstat(rel)
+        except OSError:
+            return made, None  # (removed just after, say: the next look at the name tells)
         if st.st_ino != made.st_ino:
             # Another node's file took the name just after: this publish's version is not
             # there to be read, and its attributes must not become the other file's (whose
             # bytes would then be taken for these). The next look at the name finds it new.
             st = made
-        return st, self.lstat(split(rel)[0])
+        try:
+            return st, self.lstat(split(rel)[0])
+        except OSError:
+            return st, None
 
     def write_temp(self, parent: bytes, src_fd: int, size: int, like: bytes | None,
                    times: tuple[int, int] | None, mode: int | None = None,
@@ -244,15 +251,19 @@ class PublishCalls(XattrCalls):
         try:
             self._settle(fd, size, like, times, mode, like_st, made)
             st = os.fstat(fd)
+            # The close is where a network file system reports write errors; after it, the
+            # temp file is found only by its path, which a rename of its directory meanwhile
+            # has made wrong: a copy of the descriptor finds it where it is (``drop_temp``).
+            spare = os.dup(fd)
         except BaseException:
             self.drop_temp(tmp, fd, tmp_dir)
             raise
         try:
-            os.close(fd)  # (where a network file system reports write errors)
-        except OSError:
-            with contextlib.suppress(OSError):
-                self._unlink_temp(tmp, tmp_dir)
+            os.close(fd)
+        except BaseException:
+            self.drop_temp(tmp, spare, tmp_dir)
             raise
+        os.close(spare)
         return st
 
     def _settle(self, fd: int, size: int, like: bytes | None, times: tuple[int, int] | None,

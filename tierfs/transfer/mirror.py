@@ -200,7 +200,7 @@ class Mirror:
         return self.tmp, st
 
     def replace(self, target: bytes, made: os.stat_result, again: Reapply | None
-                ) -> tuple[os.stat_result, os.stat_result]:
+                ) -> tuple[os.stat_result, os.stat_result | None]:
         """Rename the finished temp file (``made``: its attributes) over ``target`` from the
         directory it was made in, wherever that is now: the file may have been renamed to
         another directory and its old one renamed after it. ``WarmTier.replace``'s result.

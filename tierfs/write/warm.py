@@ -257,7 +257,7 @@ class WarmPublisher:
             return st
 
     def _replace_moved(self, tmp: bytes, target: bytes, made: os.stat_result,
-                       again: Reapply | None) -> tuple[os.stat_result, os.stat_result]:
+                       again: Reapply | None) -> tuple[os.stat_result, os.stat_result | None]:
         """``WarmTier.replace``, with the temp file found where a rename of its directory
         took it: it was made beside the file, and a directory renamed since (while it was
         copied, a wide window on a slow warm tier) moved both. Blocking."""

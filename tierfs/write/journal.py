@@ -345,6 +345,20 @@ class Journal:
     def close(self) -> None:
         self.acks.close()
 
+    async def taken_over(self, entries: dict[str, Entry]) -> None:
+        """Recovery starts from ``entries`` (the index's, with the log's records applied over
+        them, ``load``): commit them as they are, with the log's last number, before recovery
+        records anything. A commit of recovery's (an upload's parts, a key moved at its
+        completion) then holds the log's records; without this, a mount after a recovery
+        killed midway applied them again over it: the parts forgotten, though punched from
+        staging (their holes uploaded again, as zeros), the moved key forgotten. Into the
+        index only: the entries join ``entries`` as recovery records each one, in its order
+        (a publish supersedes only older entries at its path, ``superseded``)."""
+        for sid, entry in entries.items():
+            self.batch.put(DB, sid.encode(), entry)
+        self.batch.put("meta", acklog.META_KEY, pack_u64(self.acks.seq))
+        await self.sync()
+
     async def recovered(self) -> None:
         """Recovery has applied the log's records: commit the result with the number of the
         last of them (no later mount applies them again) and empty the log, which from now

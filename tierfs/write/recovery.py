@@ -107,6 +107,7 @@ class Recovery:
         core = self.core
         report = Report()
         entries = await core.hot.run(journal.load, core.index, self.journal.acks.path)
+        await self.journal.taken_over(entries)
         staged = set(await core.hot.run(core.hot.staged_ids))
         for sid in sorted(staged - entries.keys()):
             await core.hot.run(core.hot.remove_staging, sid)
@@ -225,8 +226,7 @@ class Recovery:
                         mtime_ns=entry.mtime_ns, replaces_object=entry.replaces)
         data.to(DataState.STAGED)
         data.changed()
-        inode.data = data
-        core.inodes.opened(inode)
+        inode.data = data  # (the inode is held in the table by ``chain`` meanwhile)
         retried = False
         try:
             upload = entry.upload

@@ -68,6 +68,12 @@ class RunStart:
     rebooted: bool
 
 
+#: Meta key set while a recovery after a restart of the system has not ended: a mount after
+#: one killed midway runs under the new boot id, yet must still treat what the old boot left
+#: unflushed as the restart made it (``Journal.recovered`` clears it).
+REBOOT_PENDING = b"reboot-recovery"
+
+
 def boot_id() -> bytes:
     """The kernel's id of this boot (a new random one at every start of the system)."""
     try:
@@ -132,10 +138,14 @@ class Index:
         with self.env.begin(db=self.dbs["meta"], write=True) as txn:
             clean = txn.get(b"clean") in (None, b"1")
             previous = txn.get(b"boot")
+            rebooted = ((previous is not None and bytes(previous) != boot)
+                        or txn.get(REBOOT_PENDING) is not None)
             txn.put(b"clean", b"0")
             txn.put(b"boot", boot)
+            if rebooted:
+                txn.put(REBOOT_PENDING, b"1")
         self.env.sync(True)
-        return RunStart(clean=clean, rebooted=previous is not None and bytes(previous) != boot)
+        return RunStart(clean=clean, rebooted=rebooted)
 
     def end_run(self) -> None:
         with self.env.begin(db=self.dbs["meta"], write=True) as txn:

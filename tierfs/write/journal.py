@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from tierfs.core.openfile import OpenFile
-from tierfs.index import Batch, Index, pack_u64
+from tierfs.index import REBOOT_PENDING, Batch, Index, pack_u64
 from tierfs.write import acklog
 
 log = logging.getLogger(__name__)
@@ -364,6 +364,7 @@ class Journal:
         last of them (no later mount applies them again) and empty the log, which from now
         on is emptied whenever a commit covers it."""
         self.batch.put("meta", acklog.META_KEY, pack_u64(self.acks.seq))
+        self.batch.delete("meta", REBOOT_PENDING)  # (what a restart left is dealt with)
         await self.sync()
         await self._run(self.acks.empty)
         # Only now: a record appended while the log was emptied would be lost with it.

@@ -205,9 +205,15 @@ class Recovery:
         core = self.core
         found = await self._resolve(entry.path)
         if found is None:
+            # (As for any entry not published: its upload aborted, the entry dropped; kept,
+            # it stayed in the journal, closed, for the life of the mount, and its upload
+            # in the bucket until the next.)
+            if entry.upload is not None:
+                report.aborted += await self._abort(entry.upload)
             await self._set_aside(sid, entry, "the name %s is gone from the warm tier (or is "
                                   "not a file any more): its staged data is not published")
             report.set_aside += 1
+            self.journal.drop(sid)
             return
         chain, st = found
         inode = chain[-1]

@@ -68,10 +68,13 @@ class RunStart:
     rebooted: bool
 
 
-#: Meta key set while a recovery after a restart of the system has not ended: a mount after
-#: one killed midway runs under the new boot id, yet must still treat what the old boot left
-#: unflushed as the restart made it (``Journal.recovered`` clears it).
+#: Meta key naming the journal entries staged before a restart of the system that no recovery
+#: has dealt with yet (``REBOOT_ALL``: every entry): a mount after a recovery killed midway, or
+#: one that kept an entry it could not publish nor set aside, runs under the new boot id, yet
+#: must still treat what the old boot left unflushed as the restart made it
+#: (``Journal.taken_over`` and ``Journal.recovered`` keep it to those entries).
 REBOOT_PENDING = b"reboot-recovery"
+REBOOT_ALL = b"*"
 
 
 def boot_id() -> bytes:
@@ -142,8 +145,8 @@ class Index:
                         or txn.get(REBOOT_PENDING) is not None)
             txn.put(b"clean", b"0")
             txn.put(b"boot", boot)
-            if rebooted:
-                txn.put(REBOOT_PENDING, b"1")
+            if previous is not None and bytes(previous) != boot:
+                txn.put(REBOOT_PENDING, REBOOT_ALL)
         self.env.sync(True)
         return RunStart(clean=clean, rebooted=rebooted)
 

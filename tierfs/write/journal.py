@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from tierfs.core.openfile import OpenFile
-from tierfs.index import REBOOT_PENDING, Batch, Index, pack_u64
+from tierfs.index import REBOOT_ALL, REBOOT_PENDING, Batch, Index, pack_u64
 from tierfs.write import acklog
 
 log = logging.getLogger(__name__)
@@ -156,6 +156,8 @@ class Journal:
         self._maybe_closed: set[str] = set()
         self._unclosed_at: dict[str, int] = {}
         self._records = 0
+        #: Entries staged before a restart of the system, at recovery (``taken_over``).
+        self._untrusted: set[str] = set()
 
     def _stamp(self) -> int:
         """A time for ``Entry.acked_ns``: the wall clock (it must order entries across
@@ -345,7 +347,7 @@ class Journal:
     def close(self) -> None:
         self.acks.close()
 
-    async def taken_over(self, entries: dict[str, Entry]) -> None:
+    async def taken_over(self, entries: dict[str, Entry], untrusted: set[str]) -> None:
         """Recovery starts from ``entries`` (the index's, with the log's records applied over
         them, ``load``): commit them as they are, with the log's last number, before recovery
         records anything. A commit of recovery's (an upload's parts, a key moved at its
@@ -353,18 +355,30 @@ class Journal:
         killed midway applied them again over it: the parts forgotten, though punched from
         staging (their holes uploaded again, as zeros), the moved key forgotten. Into the
         index only: the entries join ``entries`` as recovery records each one, in its order
-        (a publish supersedes only older entries at its path, ``superseded``)."""
+        (a publish supersedes only older entries at its path, ``superseded``). ``untrusted``:
+        the entries staged before a restart of the system, kept so until recovery is done
+        (``REBOOT_PENDING``)."""
         for sid, entry in entries.items():
             self.batch.put(DB, sid.encode(), entry)
         self.batch.put("meta", acklog.META_KEY, pack_u64(self.acks.seq))
+        self._untrusted = untrusted & entries.keys()
+        self._mark_untrusted(self._untrusted)
         await self.sync()
+
+    def _mark_untrusted(self, sids: set[str]) -> None:
+        if sids:
+            self.batch.put("meta", REBOOT_PENDING, "\n".join(sorted(sids)).encode())
+        else:
+            self.batch.delete("meta", REBOOT_PENDING)
 
     async def recovered(self) -> None:
         """Recovery has applied the log's records: commit the result with the number of the
         last of them (no later mount applies them again) and empty the log, which from now
         on is emptied whenever a commit covers it."""
         self.batch.put("meta", acklog.META_KEY, pack_u64(self.acks.seq))
-        self.batch.delete("meta", REBOOT_PENDING)  # (what a restart left is dealt with)
+        # What a restart left and recovery kept (neither published nor set aside: a failure)
+        # is still untrusted at the next mount.
+        self._mark_untrusted(self._untrusted & self.entries.keys())
         await self.sync()
         await self._run(self.acks.empty)
         # Only now: a record appended while the log was emptied would be lost with it.
@@ -561,6 +575,18 @@ def load(index: Index, acks: Path | None = None) -> dict[str, Entry]:
             if seq > committed:
                 out[sid] = _decoded(raw)
     return out
+
+
+def untrusted(index: Index, entries: dict[str, Entry], rebooted: bool) -> set[str]:
+    """The entries staged before a restart of the system that no recovery has dealt with
+    (``REBOOT_PENDING``; all of them after a restart no recovery has seen yet, or when the
+    caller says the system restarted and the index has no mark). Blocking."""
+    if not rebooted:
+        return set()
+    mark = index.get("meta", REBOOT_PENDING)
+    if mark is None or bytes(mark) == REBOOT_ALL:
+        return set(entries)
+    return set(bytes(mark).decode().split("\n")) & entries.keys()
 
 
 def _decoded(raw: bytes) -> Entry:

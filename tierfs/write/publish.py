@@ -42,6 +42,7 @@ class Publisher:
                 return
             data.to(DataState.PUBLISHING)
             try:
+                await self._supersede(inode, data)
                 await self._publish(inode, data)
             except BaseException:
                 if data.state is DataState.PUBLISHING:
@@ -61,12 +62,20 @@ class Publisher:
             # file a create made (``Staging.stage``), whichever way it went home.
             data.created = False
             data.error = None  # (a failed write-back is home now: nothing to report)
-            # Staged data an earlier failed publish left under this name is older than what
-            # is home now: it must never be published over it (at recovery, say).
-            rel = self.core.rel_or_none(inode)
-            if rel is not None and self.journal.superseded(rel, data.staging_id):
-                await self.journal.sync()
+            await self._supersede(inode, data)  # (entries recorded there meanwhile)
         self.core.invalidate_attrs(inode.ino)
+
+    async def _supersede(self, inode: Inode, data: OpenFile) -> None:
+        """Staged data an earlier failed publish left under this name is older than what goes
+        home now: it must never be published over it (at recovery, say). Taken back, and
+        committed, before the publish: once this data is home, a crash before that commit left
+        the older entry closed at the name, and the next recovery published it over the newer
+        (whose own entry then said published, or whose staging file had been renamed home).
+        Taken back early loses nothing: until this data is home, its own entry, newer, is
+        what recovery publishes."""
+        rel = self.core.rel_or_none(inode)
+        if rel is not None and self.journal.superseded(rel, data.staging_id):
+            await self.journal.sync()
 
     async def _copied_home(self, data: OpenFile, st: os.stat_result) -> None:
         """Published by copy: the warm file is a temp file renamed over the name, and the

@@ -107,7 +107,8 @@ class Recovery:
         core = self.core
         report = Report()
         entries = await core.hot.run(journal.load, core.index, self.journal.acks.path)
-        await self.journal.taken_over(entries)
+        untrusted = await core.hot.run(journal.untrusted, core.index, entries, rebooted)
+        await self.journal.taken_over(entries, untrusted)
         staged = set(await core.hot.run(core.hot.staged_ids))
         for sid in sorted(staged - entries.keys()):
             await core.hot.run(core.hot.remove_staging, sid)
@@ -116,9 +117,9 @@ class Recovery:
         # one (``Journal.superseded``), never the other way round.
         ordered = sorted(entries.items(), key=lambda item: (item[1].acked_ns, item[0]))
         self._newest = {entry.path: sid for sid, entry in ordered
-                        if sid in staged and publishable(entry, rebooted) is not None}
+                        if sid in staged and publishable(entry, sid in untrusted) is not None}
         try:
-            await self._each(ordered, staged, rebooted, report)
+            await self._each(ordered, staged, untrusted, report)
         finally:
             for _, inode, data in self._held.values():
                 self.writeback.start(inode, data)
@@ -130,10 +131,11 @@ class Recovery:
         return report
 
     async def _each(self, ordered: list[tuple[str, journal.Entry]], staged: set[str],
-                    rebooted: bool, report: Report) -> None:
+                    untrusted: set[str], report: Report) -> None:
         """Publish, keep or discard each entry, in ``ordered``'s order (``run``)."""
         core = self.core
         for sid, entry in ordered:
+            rebooted = sid in untrusted  # (staged before a restart of the system)
             try:
                 size = publishable(entry, rebooted)
                 if size is not None and sid in staged and size == entry.synced:
@@ -205,14 +207,20 @@ class Recovery:
         core = self.core
         found = await self._resolve(entry.path)
         if found is None:
+            await self._set_aside(sid, entry, "the name %s is gone from the warm tier (or is "
+                                  "not a file any more): its staged data is not published")
+            report.set_aside += 1
             # (As for any entry not published: its upload aborted, the entry dropped; kept,
             # it stayed in the journal, closed, for the life of the mount, and its upload
             # in the bucket until the next.)
             if entry.upload is not None:
-                report.aborted += await self._abort(entry.upload)
-            await self._set_aside(sid, entry, "the name %s is gone from the warm tier (or is "
-                                  "not a file any more): its staged data is not published")
-            report.set_aside += 1
+                try:
+                    report.aborted += await self._abort(entry.upload)
+                except BaseException:
+                    # Kept for the abort alone: nameless, so that no mount publishes it
+                    # where another node may make a new file of that name.
+                    self.journal.repoint(sid, None)
+                    raise
             self.journal.drop(sid)
             return
         chain, st = found

@@ -402,6 +402,12 @@ class Journal:
         entry = self.entry_of(data)
         if entry is None:
             return None
+        if data.staging_id in self._untrusted:
+            # Staged data of the boot before a restart changes in this one: what the next
+            # close acknowledges is this boot's, to be trusted as such at the next mount.
+            self._untrusted.discard(data.staging_id)
+            self._mark_untrusted(self._untrusted & self.entries.keys())
+            await self.sync()
         before = (entry.closed, entry.synced, entry.acked)
         if entry.closed:
             entry.closed = False

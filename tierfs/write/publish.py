@@ -42,7 +42,12 @@ class Publisher:
                 return
             data.to(DataState.PUBLISHING)
             try:
-                await self._supersede(inode, data)
+                own = self.journal.entry_of(data)
+                if own is not None and own.may_be_published():
+                    # (Only for data recovery would publish in place of the older: not an
+                    # fsync's or an unmount's of a file still open, whose failure must leave
+                    # the older acknowledged data publishable.)
+                    await self._supersede(inode, data)
                 await self._publish(inode, data)
             except BaseException:
                 if data.state is DataState.PUBLISHING:
@@ -71,8 +76,8 @@ class Publisher:
         committed, before the publish: once this data is home, a crash before that commit left
         the older entry closed at the name, and the next recovery published it over the newer
         (whose own entry then said published, or whose staging file had been renamed home).
-        Taken back early loses nothing: until this data is home, its own entry, newer, is
-        what recovery publishes."""
+        Taken back early loses nothing where the file's own entry is one recovery publishes
+        (closed, or acknowledged): until this data is home, that newer entry is."""
         rel = self.core.rel_or_none(inode)
         if rel is not None and self.journal.superseded(rel, data.staging_id):
             await self.journal.sync()

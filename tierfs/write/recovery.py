@@ -207,8 +207,16 @@ class Recovery:
         core = self.core
         found = await self._resolve(entry.path)
         if found is None:
-            await self._set_aside(sid, entry, "the name %s is gone from the warm tier (or is "
-                                  "not a file any more): its staged data is not published")
+            try:
+                await self._set_aside(sid, entry, "the name %s is gone from the warm tier (or "
+                                      "is not a file any more): its staged data is not "
+                                      "published")
+            except BaseException:
+                # Never published where another node may make a new file of that name: kept
+                # nameless, it is discarded at the next mount, as the removal of its name
+                # through the mount would have made it.
+                self.journal.repoint(sid, None)
+                raise
             report.set_aside += 1
             # (As for any entry not published: its upload aborted, the entry dropped; kept,
             # it stayed in the journal, closed, for the life of the mount, and its upload

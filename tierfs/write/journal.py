@@ -365,6 +365,12 @@ class Journal:
         self._mark_untrusted(self._untrusted)
         await self.sync()
 
+    def would_publish(self, data: OpenFile) -> bool:
+        """Whether recovery would publish the file's staged data as its entry says now."""
+        entry = self.entry_of(data)
+        return entry is not None and publishable(entry, data.staging_id in self._untrusted
+                                                 ) is not None
+
     def _mark_untrusted(self, sids: set[str]) -> None:
         if sids:
             self.batch.put("meta", REBOOT_PENDING, "\n".join(sorted(sids)).encode())
@@ -419,7 +425,17 @@ class Journal:
         elif entry.acked is not None and offset < entry.acked:
             entry.acked = None
             self.update(data.staging_id, entry)
-        if data.staging_id in self._maybe_closed and not entry.may_be_published():
+        lowered = (entry.upload is None and entry.synced is not None
+                   and offset < entry.synced)
+        if lowered:
+            # Flushed below ``offset`` only, as ``cut`` says for a cut: kept staging (after a
+            # publish by copy) rewritten in place, then closed, must not be taken for flushed
+            # after a power loss. Lowered durably before the write, as ``cut`` does.
+            entry.synced = offset
+            self.update(data.staging_id, entry)
+        if lowered:
+            await self.sync(durable=True)
+        elif data.staging_id in self._maybe_closed and not entry.may_be_published():
             await self.sync()
         after = (entry.closed, entry.synced, entry.acked)
         return (before, after) if before != after else None
@@ -581,6 +597,23 @@ def load(index: Index, acks: Path | None = None) -> dict[str, Entry]:
             if seq > committed:
                 out[sid] = _decoded(raw)
     return out
+
+
+def publishable(entry: Entry, rebooted: bool) -> int | None:
+    """How many bytes of an entry's staged data recovery puts in place; None: none.
+    ``rebooted``: the data was staged before a restart of the system (``Journal.untrusted``)."""
+    if not entry.path:
+        return None
+    streamed = entry.upload is not None and entry.synced is not None
+    if not rebooted:
+        if entry.closed:
+            return entry.size
+        if entry.acked is not None and entry.upload is None:  # (never kept for a stream)
+            return entry.acked
+        return entry.synced if streamed else None
+    if entry.closed and entry.synced is not None and entry.synced >= entry.size:
+        return entry.size
+    return entry.synced if streamed else None
 
 
 def untrusted(index: Index, entries: dict[str, Entry], rebooted: bool) -> set[str]:

@@ -42,8 +42,7 @@ class Publisher:
                 return
             data.to(DataState.PUBLISHING)
             try:
-                own = self.journal.entry_of(data)
-                if own is not None and own.may_be_published():
+                if self.journal.would_publish(data):
                     # (Only for data recovery would publish in place of the older: not an
                     # fsync's or an unmount's of a file still open, whose failure must leave
                     # the older acknowledged data publishable.)
@@ -76,8 +75,8 @@ class Publisher:
         committed, before the publish: once this data is home, a crash before that commit left
         the older entry closed at the name, and the next recovery published it over the newer
         (whose own entry then said published, or whose staging file had been renamed home).
-        Taken back early loses nothing where the file's own entry is one recovery publishes
-        (closed, or acknowledged): until this data is home, that newer entry is."""
+        Taken back early loses nothing where recovery would publish the file's own entry
+        (``Journal.would_publish``): until this data is home, that newer entry is."""
         rel = self.core.rel_or_none(inode)
         if rel is not None and self.journal.superseded(rel, data.staging_id):
             await self.journal.sync()

@@ -52,6 +52,7 @@ from tierfs.tiers.scan import is_internal
 from tierfs.tiers.beneath import join
 from tierfs.transfer.streaming import StreamingUpload, part_size
 from tierfs.write import journal
+from tierfs.write.journal import publishable
 from tierfs.write.publish import Publisher
 from tierfs.write.staging import Staging
 from tierfs.write.writeback import WriteBack
@@ -70,22 +71,6 @@ class Report:
     #: Uploads the bucket dropped unfinished after some of their bytes had left staging.
     lost: int = 0
     failed: int = 0
-
-
-def publishable(entry: journal.Entry, rebooted: bool) -> int | None:
-    """How many bytes of an entry's staged data recovery puts in place; None: none."""
-    if not entry.path:
-        return None
-    streamed = entry.upload is not None and entry.synced is not None
-    if not rebooted:
-        if entry.closed:
-            return entry.size
-        if entry.acked is not None and entry.upload is None:  # (never kept for a stream)
-            return entry.acked
-        return entry.synced if streamed else None
-    if entry.closed and entry.synced is not None and entry.synced >= entry.size:
-        return entry.size
-    return entry.synced if streamed else None
 
 
 class Recovery:

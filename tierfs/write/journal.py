@@ -398,7 +398,7 @@ class Journal:
             self.update(data.staging_id, entry)
             await self.sync()
 
-    async def reopened(self, data: OpenFile, offset: int) -> Reopened:
+    async def reopened(self, data: OpenFile, offset: int, cutting: bool = False) -> Reopened:
         """Staged content is about to change from ``offset`` on (a write there, or a cut to
         it): content a close had released may not be published as it is any more (it would
         be half-written), but for what it acknowledged below ``offset`` when only appended
@@ -415,6 +415,13 @@ class Journal:
             self._mark_untrusted(self._untrusted & self.entries.keys())
             await self.sync()
         before = (entry.closed, entry.synced, entry.acked)
+        # Not streaming, ``synced`` says only "closed data flushed at its size" (a failed
+        # publish flushed it, ``keep_staged``), and it may outlive the close (kept staging
+        # after a publish by copy): a change below it makes that untrue, and is recorded
+        # durably first, or after a power loss recovery would take the bytes rewritten since
+        # for flushed. Once, since it goes with it; a cut of data not closed lowers it itself.
+        flushed_below = (entry.upload is None and entry.synced is not None
+                         and offset < entry.synced)
         if entry.closed:
             entry.closed = False
             if entry.upload is None:
@@ -425,15 +432,12 @@ class Journal:
         elif entry.acked is not None and offset < entry.acked:
             entry.acked = None
             self.update(data.staging_id, entry)
-        lowered = (entry.upload is None and entry.synced is not None
-                   and offset < entry.synced)
-        if lowered:
-            # Flushed below ``offset`` only, as ``cut`` says for a cut: kept staging (after a
-            # publish by copy) rewritten in place, then closed, must not be taken for flushed
-            # after a power loss. Lowered durably before the write, as ``cut`` does.
-            entry.synced = offset
+        if cutting and not before[0]:
+            flushed_below = False  # (``cut`` lowers it, durably)
+        elif flushed_below and entry.synced is not None:
+            entry.synced = None  # (not a stream: only "closed data flushed at its size")
             self.update(data.staging_id, entry)
-        if lowered:
+        if flushed_below:
             await self.sync(durable=True)
         elif data.staging_id in self._maybe_closed and not entry.may_be_published():
             await self.sync()
@@ -462,7 +466,8 @@ class Journal:
             return
         entry.closed, entry.synced, entry.acked = before
         self.update(data.staging_id, entry)
-        await self.sync()
+        # A flushed size taken back durably comes back durably (staging is as it was).
+        await self.sync(durable=before[1] is not None and before[1] != after[1])
 
     async def cut(self, data: OpenFile, size: int) -> None:
         """The staged data is about to be cut to ``size``. A flushed size past it would no

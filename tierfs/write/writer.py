@@ -95,7 +95,7 @@ class Writer:
         ``data.lock``."""
         await self.cold.truncating(inode, data, size)  # as for a write
         await self.staging.stage(inode, data, keep=size)
-        taken = await self.journal.reopened(data, size)
+        taken = await self.journal.reopened(data, size, cutting=True)
         assert data.staging_fd is not None
         try:
             await self.journal.cut(data, size)

@@ -33,7 +33,8 @@ from tierfs.index import Index
 from tierfs.objects.base import parse_bucket_uri
 from tierfs.stubs import parse_stub
 from tierfs.tiers.warm import RENAME_EXCHANGE
-from tierfs.write import acklog, journal
+from tierfs.write import acklog
+from tierfs.write import entries as journal
 from tierfs.cache.counters import load_saved
 
 MIB = 1024 * 1024

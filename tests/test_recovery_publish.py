@@ -24,7 +24,7 @@ from tierfs.tiers.hot import HotTier
 from tierfs.tiers.warm import WarmTier
 from tierfs.transfer.streaming import UPLOAD_TOKEN
 from tierfs.vfs.filesystem import FileSystem
-from tierfs.write.journal import Entry, Upload
+from tierfs.write.entries import Entry, Upload
 
 MiB = 1024 * 1024
 THRESHOLD = 4 * MiB

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tierfs.write.journal import Entry, Upload
+from tierfs.write.entries import Entry, Upload
 from tierfs.write.recovery import publishable
 
 

@@ -43,7 +43,7 @@ NEARLY_FULL = 64 * 1024 * 1024
 
 #: Named databases: ``meta`` (format, counters), ``inodes`` (warm file identity -> tierfs inode
 #: number, so numbers stay stable across remounts for tools that cache st_ino, such as git),
-#: ``journal`` (staging id -> its entry: target path, state, upload; see vfs/journal.py),
+#: ``journal`` (staging id -> its entry: target path, state, upload; see write/entries.py),
 #: ``blocks`` (block-cache entries and their eviction state; see tierfs/cache/blocks.py),
 #: ``pins`` (pinned sources).
 DATABASES = (b"meta", b"inodes", b"journal", b"blocks", b"pins")

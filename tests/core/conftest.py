@@ -32,7 +32,7 @@ from tierfs.tiers.cold import ColdTier
 from tierfs.tiers.hot import HotTier
 from tierfs.tiers.scan import is_internal
 from tierfs.tiers.warm import WarmTier
-from tierfs.write import journal as journal_module
+from tierfs.write import entries as journal_module
 from tierfs.vfs.filesystem import FileSystem, SetAttr
 from tierfs.vfs.residency import Residency
 from tierfs.core.inodes import ROOT_INODE

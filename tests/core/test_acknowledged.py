@@ -192,7 +192,7 @@ async def test_an_fsync_after_appends_outlives_a_crash(tmp_path: Path, by_rename
 def test_an_acknowledged_prefix_is_never_published_for_a_file_streaming_to_the_bucket() -> None:
     # The prefix is kept only for a file not streaming: one whose upload started after it
     # would complete an object of parts holding bytes no close acknowledged.
-    from tierfs.write.journal import Entry, Upload
+    from tierfs.write.entries import Entry, Upload
     from tierfs.write.recovery import publishable
 
     plain = Entry(path=b"f", size=10, acked=10)

@@ -529,7 +529,7 @@ async def test_of_two_closed_entries_at_one_path_the_newer_is_published_last(
     # Staged data an earlier publish failed to send home (kept for a later try) and newer
     # data closed at the same path before a crash: whatever order their staging ids sort in,
     # the file ends with the newer content.
-    from tierfs.write.journal import Entry
+    from tierfs.write.entries import Entry
     new = content(50_000, seed=5)
     async with open_core(tmp_path, durability="writeback") as core:
         await core.write_file(b"f", new)

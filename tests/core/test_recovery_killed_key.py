@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tierfs.index import Index
-from tierfs.write import journal as journal_module
+from tierfs.write import entries as journal_module
 
 from .conftest import MIB, PART, ROOT, core_test, open_core
 from .test_streaming import SMALL, content

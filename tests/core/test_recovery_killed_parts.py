@@ -13,7 +13,7 @@ import pytest
 
 from tierfs.index import Index
 from tierfs.transfer import streaming
-from tierfs.write import journal as journal_module
+from tierfs.write import entries as journal_module
 
 from .conftest import MIB, PART, core_test, open_core
 from .test_streaming import SMALL, content

@@ -32,7 +32,7 @@ from tierfs.tiers.hot import HotTier, own_folder
 from tierfs.tiers.warm import WarmTier
 from tierfs.vfs.filesystem import FileSystem
 from tierfs.vfs.roots import ROOTS_DIR, Root, Roots, assign_slots, root_config
-from tierfs.write import acklog, journal, recovery
+from tierfs.write import acklog, entries, recovery
 
 log = logging.getLogger(__name__)
 
@@ -211,7 +211,7 @@ def _journaled(index_dir: Path) -> int:
         return 0
     index = Index(index_dir, readonly=True)
     try:
-        return len(journal.load(index, index_dir / acklog.NAME))
+        return len(entries.load(index, index_dir / acklog.NAME))
     finally:
         index.close()
 

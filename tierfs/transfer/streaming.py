@@ -53,7 +53,7 @@ _FALLOC_FL_PUNCH_HOLE = 0x02
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
 
-#: Object metadata naming the upload that made the object (journal.Upload.token).
+#: Object metadata naming the upload that made the object (entries.Upload.token).
 UPLOAD_TOKEN = "tierfs-upload"
 
 #: Parts per size step: part sizes double every 1,000 parts, so 10,000 parts starting at 16 MiB

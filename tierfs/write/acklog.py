@@ -12,7 +12,7 @@ Each record carries a sequence number that never goes back, and the batch carrie
 of the last record queued with it (the ``meta`` key ``acks``), committed in the same
 transaction as the entries. At the next mount, the records past the committed number are
 exactly the acknowledged changes LMDB does not hold, and they are applied over its entries
-in order (``journal.load``); any change made to an entry after its record and committed since would
+in order (``entries.load``); any change made to an entry after its record and committed since would
 have committed that number too. The log is emptied once a commit covers all of it, and a
 commit is forced when it grows past ``LIMIT`` under a steady stream of closes.
 

@@ -34,7 +34,8 @@ from tierfs.stubs import Stub, stub_for
 from tierfs.tiers.base import Tier, pwrite_all
 from tierfs.tiers.beneath import SwapUnsure, split
 from tierfs.transfer.streaming import UPLOAD_TOKEN, PartGone, StreamingUpload
-from tierfs.write.journal import Entry, Journal, Upload
+from tierfs.write.entries import Entry, Upload
+from tierfs.write.journal import Journal
 from tierfs.write.keephot import keep_object, take_staging
 from tierfs.write.placement import Placement
 from tierfs.write.warm import LostItsName, WarmPublisher, drop_mirror

@@ -51,8 +51,8 @@ from tierfs.objects.base import ObjectStoreError
 from tierfs.tiers.scan import is_internal
 from tierfs.tiers.beneath import join
 from tierfs.transfer.streaming import StreamingUpload, part_size
-from tierfs.write import journal
-from tierfs.write.journal import publishable
+from tierfs.write.entries import Entry, Upload, load, publishable, untrusted_of
+from tierfs.write.journal import Journal
 from tierfs.write.publish import Publisher
 from tierfs.write.staging import Staging
 from tierfs.write.writeback import WriteBack
@@ -74,7 +74,7 @@ class Report:
 
 
 class Recovery:
-    def __init__(self, core: Core, journal_: journal.Journal, publisher: Publisher,
+    def __init__(self, core: Core, journal_: Journal, publisher: Publisher,
                  staging: Staging, writeback: WriteBack) -> None:
         self.core = core
         self.journal = journal_
@@ -91,8 +91,8 @@ class Recovery:
     async def run(self, rebooted: bool = False) -> Report:
         core = self.core
         report = Report()
-        entries = await core.hot.run(journal.load, core.index, self.journal.acks.path)
-        untrusted = await core.hot.run(journal.untrusted, core.index, entries, rebooted)
+        entries = await core.hot.run(load, core.index, self.journal.acks.path)
+        untrusted = await core.hot.run(untrusted_of, core.index, entries, rebooted)
         await self.journal.taken_over(entries, untrusted)
         staged = set(await core.hot.run(core.hot.staged_ids))
         for sid in sorted(staged - entries.keys()):
@@ -115,7 +115,7 @@ class Recovery:
             log.warning("recovery: %s", report)
         return report
 
-    async def _each(self, ordered: list[tuple[str, journal.Entry]], staged: set[str],
+    async def _each(self, ordered: list[tuple[str, Entry]], staged: set[str],
                     untrusted: set[str], report: Report) -> None:
         """Publish, keep or discard each entry, in ``ordered``'s order (``run``)."""
         core = self.core
@@ -153,7 +153,7 @@ class Recovery:
                 continue
             self.journal.drop(sid)
 
-    async def _past_parts(self, sid: str, entry: journal.Entry, size: int, rebooted: bool
+    async def _past_parts(self, sid: str, entry: Entry, size: int, rebooted: bool
                           ) -> int:
         """The size to publish a streaming file at whose fsynced size ``size`` recovery
         publishes: that, or the end of the last part the journal records as uploaded if that
@@ -187,7 +187,7 @@ class Recovery:
             return size
         return end if staged >= end else size
 
-    async def _publish(self, sid: str, entry: journal.Entry, report: Report) -> None:
+    async def _publish(self, sid: str, entry: Entry, report: Report) -> None:
         """Publish one closed (or fsynced) entry as a live close would."""
         core = self.core
         found = await self._resolve(entry.path)
@@ -336,7 +336,7 @@ class Recovery:
         st, target = self.core.warm.lstat_link(rel)
         return st, target, self.core.inodes.persisted_number(identity(st))
 
-    async def _set_aside(self, sid: str, entry: journal.Entry, why: str) -> None:
+    async def _set_aside(self, sid: str, entry: Entry, why: str) -> None:
         """Keep staged data that must not be published in lost+found, with its journal entry
         as a note, for a person; the file keeps its previous content. ``why`` names the path
         (%s)."""
@@ -344,7 +344,7 @@ class Recovery:
         log.error("recovery: " + why + "; the file keeps its previous content, the staged "
                   "copy (perhaps incomplete) is kept as %s", show(entry.path), kept)
 
-    async def _abort(self, upload: journal.Upload) -> int:
+    async def _abort(self, upload: Upload) -> int:
         """Abort an unfinished upload of this node; returns how many were aborted. Without
         its id, the key's uploads that hold no part (see the module's docstring)."""
         cold = self.core.cold

@@ -28,7 +28,8 @@ from tierfs.tiers.base import pwrite_all
 from tierfs.tiers.copying import copy_to_new
 from tierfs.tiers.hot import INLINE_WRITE
 from tierfs.transfer.streaming import give_back_all
-from tierfs.write.journal import Entry, Journal
+from tierfs.write.entries import Entry
+from tierfs.write.journal import Journal
 from tierfs.write.keephot import keep_warm, take_staging
 from tierfs.write.warm import drop_mirror
 

@@ -340,10 +340,10 @@ class Journal:
                          and offset < entry.synced)
         if entry.closed:
             entry.closed = False
-            if entry.upload is None:
-                entry.synced = None  # what was on disk is being changed
-                if offset >= entry.size:
-                    entry.acked = entry.size  # (the bytes a recovery would publish stay)
+            # (A flushed size stays true below ``offset``: taken back below, durably, if the
+            # change is below it, whether the entry was closed or not.)
+            if entry.upload is None and offset >= entry.size:
+                entry.acked = entry.size  # (the bytes a recovery would publish stay)
             self.update(data.staging_id, entry)
         elif entry.acked is not None and offset < entry.acked:
             entry.acked = None
@@ -358,7 +358,8 @@ class Journal:
         elif data.staging_id in self._maybe_closed and not entry.may_be_published():
             await self.sync()
         after = (entry.closed, entry.synced, entry.acked)
-        return (before, after) if before != after else None
+        # (A cut: what ``cut`` changes next is taken back too, ``as_now``.)
+        return (before, after) if before != after or cutting else None
 
     def as_now(self, data: OpenFile, taken: Reopened) -> Reopened:
         """``taken`` with the entry's state as it is now: what the caller changed since

@@ -129,6 +129,11 @@ def publishable(entry: Entry, rebooted: bool) -> int | None:
         return entry.synced if streamed else None
     if entry.closed and entry.synced is not None and entry.synced >= entry.size:
         return entry.size
+    if (entry.upload is None and entry.acked is not None and entry.synced is not None
+            and entry.acked <= entry.synced):
+        # A prefix a close acknowledged, flushed and only appended to since (a change below
+        # the flushed size takes it back first, durably: ``Journal.reopened``).
+        return entry.acked
     return entry.synced if streamed else None
 
 

@@ -12,42 +12,23 @@ from pathlib import Path
 
 import pytest
 
-from tierfs.index import Batch
 from tierfs.vfs.filesystem import SetAttr
-from tierfs.write.journal import Entry
+from tierfs.index import Index
+from tierfs.write.entries import Entry, load
 
 from .conftest import core_test, open_core
-from .test_recovery_linked_entries import failing_publishes
-
-S = b"S" * 30_000
+from .kept import S, durable_commits, kept_closed, kept_then_copied
 
 
-def _durable(monkeypatch: pytest.MonkeyPatch, index_dir: Path, keep: Path) -> list[int]:
-    calls = [0]
-    real = Batch.sync
-
-    async def sync(self: Batch, run: object, durable: bool = False) -> None:
-        await real(self, run, durable)  # type: ignore[arg-type]
-        if durable:
-            calls[0] += 1
-            shutil.copyfile(index_dir / "data.mdb", keep)
-
-    monkeypatch.setattr(Batch, "sync", sync)
-    return calls
 
 
 def _durable_entry(tmp_path: Path, keep: Path) -> Entry:
-    from tierfs.index import Index
-    from tierfs.write import journal
     d = tmp_path / "snap"
     shutil.rmtree(d, ignore_errors=True)
     d.mkdir()
     shutil.copyfile(keep, d / "data.mdb")
     idx = Index(d, readonly=True)
     try:
-        load = getattr(journal, "load", None)
-        if load is None:
-            from tierfs.write.entries import load
         (entry,) = load(idx).values()
     finally:
         idx.env.close()
@@ -60,29 +41,6 @@ def _failing_ftruncate(m: pytest.MonkeyPatch) -> None:
     m.setattr(os, "ftruncate", eio)
 
 
-async def _kept_closed(core, monkeypatch):  # type: ignore[no-untyped-def]
-    await core.recover()
-    await core.write_file(b"p", b"old")
-    fh = await core.open(b"p", os.O_WRONLY | os.O_TRUNC)
-    await core.write_all(fh, S)
-    with monkeypatch.context() as m:
-        failing_publishes(m, None)
-        with pytest.raises(OSError):
-            await core.fs.flush(fh)
-    return fh
-
-
-async def _kept_then_copied(core, monkeypatch):  # type: ignore[no-untyped-def]
-    await core.recover()
-    await core.write_file(b"p", b"old")
-    assert await core.publish_all() == []
-    core.fs.writeback.quiet = 0.0
-    with monkeypatch.context() as m:
-        failing_publishes(m, None)
-        await core.write_file(b"p", S)
-        await core.until(lambda: any(e.synced for e in core.journal().values()))
-    core.fs.writeback.quiet = core.fs.writeback.max_wait = 60.0
-    return await core.open(b"p", os.O_WRONLY)
 
 
 @pytest.mark.parametrize("closed", [False, True])
@@ -92,27 +50,23 @@ async def test_failed_cut_below_flushed_size_restores_it_durably(
     keep = tmp_path / "durable.mdb"
     opts = {} if closed else dict(durability="writeback", by_rename=False)
     async with open_core(tmp_path, **opts) as core:
-        fh = await (_kept_closed if closed else _kept_then_copied)(core, monkeypatch)
-        _durable(monkeypatch, core.hot / "index", keep)
+        fh = await (kept_closed if closed else kept_then_copied)(core, monkeypatch)
+        durable_commits(monkeypatch, core.hot / "index", keep)
         inode = core.fs.files.handles[fh].inode
         before = dict(vars(core.fs.files.handles[fh].data.__class__ and
                            core.fs.journal.entry_of(core.fs.files.handles[fh].data)))
-        print("before:", before)
         with monkeypatch.context() as m:
             _failing_ftruncate(m)
             with pytest.raises(OSError):
                 await core.fs.files.truncate(inode, SetAttr(), 1_000)
         entry = core.fs.journal.entry_of(core.fs.files.handles[fh].data)
-        print("after:", entry)
         assert (entry.closed, entry.synced, entry.acked) == (
             before["closed"], before["synced"], before["acked"])
         d = _durable_entry(tmp_path, keep)
-        print("durable:", d)
         assert d.synced == len(S)
         # and a cut that works lowers it durably (not closed) or clears it (closed)
         await core.fs.files.truncate(inode, SetAttr(), 1_000)
         d = _durable_entry(tmp_path, keep)
-        print("durable after the cut:", d, core.fs.journal.entry_of(core.fs.files.handles[fh].data))
         assert not d.closed or d.synced is None or d.synced >= d.size and d.size == 1_000
         assert d.synced in (None, 1_000)
         await core.close(fh)
@@ -128,7 +82,7 @@ async def test_durable_commits_per_write(tmp_path: Path, monkeypatch: pytest.Mon
     async with open_core(tmp_path, **opts) as core:
         await core.recover()
         if pattern == "sync_kept":
-            fh = await _kept_closed(core, monkeypatch)
+            fh = await kept_closed(core, monkeypatch)
         else:
             await core.write_file(b"p", S)
             if pattern.startswith("writeback"):
@@ -136,14 +90,13 @@ async def test_durable_commits_per_write(tmp_path: Path, monkeypatch: pytest.Mon
                 if pattern == "writeback_reopen":
                     await core.write_file(b"p", S)  # acknowledged, not home
             fh = await core.open(b"p", os.O_WRONLY)
-        calls = _durable(monkeypatch, core.hot / "index", keep)
+        calls = durable_commits(monkeypatch, core.hot / "index", keep)
         n = 30
         for i in range(n):
             await core.write_all(fh, b"x" * 1_000, offset=(n - 1 - i) * 1_000)
         await core.write_all(fh, b"y" * 1_000, offset=len(S))
         for i in range(n):
             await core.write_all(fh, b"x" * 1_000, offset=i * 1_000)
-        print(pattern, "durable commits for", 2 * n + 1, "writes:", calls[0])
         assert calls[0] <= 1, calls[0]
         with monkeypatch.context():
             pass

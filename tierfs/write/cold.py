@@ -57,8 +57,7 @@ class ColdPublisher:
         self.held: set[str] = set()
 
     def rule(self, inode: Inode, data: OpenFile) -> str:
-        """The path rule for this file, decided once, from the path it had when writing
-        started."""
+        """The path rule for this file, decided once, from its path when writing started."""
         if data.rule is None:
             data.rule = self.placement.rule_for(self.core.rel_or_none(inode))
         return data.rule

@@ -52,8 +52,7 @@ class ColdPublisher:
         self.journal = journal
         self.warm = warm
         self.placement = Placement.of(core.config)
-        #: Keys of objects being made outside the journal (demotions): no other upload
-        #: takes them meanwhile.
+        #: Keys of objects being made outside the journal (demotions): taken by no upload.
         self.held: set[str] = set()
 
     def rule(self, inode: Inode, data: OpenFile) -> str:
@@ -93,6 +92,7 @@ class ColdPublisher:
         metadata = {"mode": f"{file_mode(inode, data):04o}", "mtime-ns": str(data.mtime_ns)}
         if data.base is not None:  # (fresh: route took it) its stub must name this owner
             metadata.update(owner_metadata(data.base))
+        await self.journal.streaming(data)  # (before its entry says it streams)
         entry = self.journal.entries.get(data.staging_id)
         try:
             key = await self.object_key(rel, data, entry)

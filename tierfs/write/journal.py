@@ -465,6 +465,14 @@ class Journal:
         self.update(data.staging_id, entry)
         await self.sync(durable=True)
 
+    async def streaming(self, data: OpenFile) -> None:
+        """A file is about to stream to the bucket. Recovery publishes a stream only up to its
+        flushed size, never a prefix a close acknowledged (``Entry.acked``, kept for a file
+        with no upload): such a prefix is made a flushed size first, or a crash would lose it."""
+        entry = self.entry_of(data)
+        if entry is not None and entry.acked is not None and (entry.synced or 0) < entry.acked:
+            await self.flushed(data)
+
     def part_recorder(self, sid: str) -> Callable[[dict[int, str | None]], Awaitable[None]]:
         """Make parts durable in the journal: a completed part (number -> receipt) before its
         bytes may leave staging, and a part whose staged bytes are about to change (number ->

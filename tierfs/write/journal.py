@@ -74,6 +74,10 @@ class Journal:
         self._records = 0
         #: Entries staged before a restart of the system, at recovery (``taken_over``).
         self._untrusted: set[str] = set()
+        #: Entries recovery left for a later mount before it found their file: no open file
+        #: holds them, so a publish through another name of the file (a hard link) must
+        #: find them by the file's identity (``left_elsewhere``).
+        self._left: set[str] = set()
 
     def _stamp(self) -> int:
         """A time for ``Entry.acked_ns``: the wall clock (it must order entries across
@@ -101,6 +105,7 @@ class Journal:
             self.record(sid, entry)
 
     def drop(self, sid: str) -> None:
+        self._left.discard(sid)
         self.entries.pop(sid, None)
         self._index_path(sid, None)
         self._maybe_closed.discard(sid)
@@ -174,6 +179,23 @@ class Journal:
                 self._lost_name(sid, self.entries[sid])
                 changed = True
         return changed
+
+    def left(self, sid: str) -> None:
+        """Recovery kept this entry for a later mount, no open file holding it."""
+        self._left.add(sid)
+
+    def left_elsewhere(self, rel: bytes) -> dict[str, bytes]:
+        """The entries recovery left that would publish at a path other than ``rel``: staging
+        id -> path. Empty but after a failed recovery."""
+        return {sid: e.path for sid in self._left
+                if (e := self.entries.get(sid)) is not None and e.path and e.path != rel
+                and self._may_be_published(sid, e)}
+
+    def supersede(self, sid: str) -> None:
+        """Newer content of the file an entry belongs to went home through another of its
+        names: the entry must never be published (then the caller syncs)."""
+        if (entry := self.entries.get(sid)) is not None:
+            self._lost_name(sid, entry)
 
     def _may_be_published(self, sid: str, entry: Entry) -> bool:
         """Whether recovery may publish an entry as the index or the log may hold it: as it

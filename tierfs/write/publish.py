@@ -13,12 +13,13 @@ from __future__ import annotations
 import errno
 import logging
 import os
+from collections.abc import Callable
 
 import trio
 
 from tierfs.core.attrs import err, version
 from tierfs.core.context import Core
-from tierfs.core.inodes import Inode
+from tierfs.core.inodes import Inode, identity
 from tierfs.core.openfile import DataState, OpenFile, warm_id
 from tierfs.write.cold import ColdPublisher
 from tierfs.write.journal import Journal
@@ -78,8 +79,21 @@ class Publisher:
         Taken back early loses nothing where recovery would publish the file's own entry
         (``Journal.would_publish``): until this data is home, that newer entry is."""
         rel = self.core.rel_or_none(inode)
-        if rel is not None and self.journal.superseded(rel, data.staging_id):
+        if rel is not None and (self.journal.superseded(rel, data.staging_id)
+                                | await self.supersede_links(rel)):
             await self.journal.sync()
+
+    async def supersede_links(self, rel: bytes) -> bool:
+        """``Journal.superseded`` for the other names of a hard-linked file: entries recovery
+        left at a path that now names the same warm file as ``rel``. Returns whether any
+        changed (then the caller syncs). No warm call unless a recovery left entries."""
+        left = self.journal.left_elsewhere(rel)
+        if not left:
+            return False
+        same = await self.core.warm.run(_same_file, self.core.warm.lstat, rel, left)
+        for sid in same:
+            self.journal.supersede(sid)
+        return bool(same)
 
     async def _copied_home(self, data: OpenFile, st: os.stat_result) -> None:
         """Published by copy: the warm file is a temp file renamed over the name, and the
@@ -185,3 +199,21 @@ class Publisher:
                 return None
             core.inodes.rekey(inode, st)
         return st
+
+
+def _same_file(lstat: Callable[[bytes], os.stat_result], rel: bytes,
+               paths: dict[str, bytes]) -> list[str]:
+    """Of ``paths`` (staging id -> path), those naming the file at ``rel`` while it has other
+    names (blocking)."""
+    st = lstat(rel)
+    if st.st_nlink < 2:
+        return []
+    out = []
+    for sid, path in paths.items():
+        try:
+            other = lstat(path)
+        except OSError:
+            continue
+        if identity(other) == identity(st):
+            out.append(sid)
+    return out

@@ -150,6 +150,8 @@ class Recovery:
                           show(entry.path), sid, e)
                 report.failed += 1
                 self.journal.record(sid, entry)  # (it may have come from the log alone)
+                if all(held[0] != sid for held in self._held.values()):
+                    self.journal.left(sid)
                 continue
             self.journal.drop(sid)
 

@@ -459,12 +459,18 @@ class Journal:
                 or data.staging_fd is None):
             await self.sync()
             return
+        # Not under the file's lock: a write meanwhile reopens the entry (and a close then
+        # stamps it anew), and may have landed after the fdatasync began.
+        closed_at = entry.acked_ns
         try:
             await self._run(os.fdatasync, data.staging_fd)
         except OSError as e:
             log.error("flushing the staged data of %s to the hot disk failed: %s",
                       data.staging_id, e)
             await self.sync()
+            return
+        if self.entry_of(data) is not entry or not entry.closed or entry.acked_ns != closed_at:
+            await self.sync()  # (the next failed publish flushes it again)
             return
         entry.synced = entry.size
         self.update(data.staging_id, entry)

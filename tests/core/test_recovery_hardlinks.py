@@ -3,7 +3,10 @@
 the same file (a hard link): a publish or a truncate by that name supersedes it, by the file's
 identity as the warm tier gives it then (``Publisher.supersede_links``), as one by its own
 path does (``Journal.superseded``). Superseded by path only, the next mount published the
-older data over the newer. An entry at a path naming another file keeps its data."""
+older data over the newer. An entry at a path naming another file keeps its data, and so does
+one at another name of a linked stub (published by a rename, at one name only); older data
+recovery publishes late supersedes only older entries; the supersede is committed before the
+data goes home even when the entry is renamed meanwhile."""
 
 from __future__ import annotations
 
@@ -16,8 +19,11 @@ from pathlib import Path
 import pytest
 
 from tierfs.write.recovery import Recovery
+from tierfs.write import publish as publish_module
+from tierfs.write.warm import WarmPublisher
 
 from .conftest import ROOT, Core, SetAttr, core_test, open_core
+from .test_recovery_linked_entries import crash_with_two_entries, failing_publishes
 
 OLD = b"0" * 10_000
 A = b"A" * 40_000
@@ -81,3 +87,106 @@ async def test_a_truncate_through_a_hard_link_supersedes_kept_data_of_that_file(
     async with open_core(tmp_path, durability="writeback") as third:
         await third.recover()
         assert third.warm_path(b"p2").read_bytes() == OLD[:10], "older kept data came back"
+
+
+@core_test
+async def test_a_removed_name_of_a_linked_file_is_published_as_removed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    async with kept_at_p(tmp_path, monkeypatch) as again:
+        fh = await again.open(b"q", os.O_WRONLY)
+        await again.write_all(fh, b"new")
+        os.unlink(again.warm_path(b"q"))  # another node removes q meanwhile
+        await again.close(fh)
+        assert await again.publish_all() == []  # (the look at q's other names found none)
+
+
+@core_test
+async def test_a_rename_of_the_kept_path_meanwhile_is_superseded_before_the_data_goes_home(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    async with kept_at_p(tmp_path, monkeypatch) as again:
+        inner = again.fs.warm.run
+        renamed: list[bool] = []
+
+        async def rename_while_looking(fn: object, *args: object) -> object:
+            if fn is publish_module._same_file and not renamed:
+                renamed.append(True)
+                await again.fs.rename(ROOT, b"p", ROOT, b"r", 0)  # while the thread looks
+            return await inner(fn, *args)  # type: ignore[operator]
+
+        again.fs.warm.run = rename_while_looking  # type: ignore[method-assign]
+        real = WarmPublisher.publish
+        at_publish: list[object] = []
+
+        async def publish(*args: object, **kwargs: object) -> object:
+            at_publish.append({e.path for e in again.stored_journal().values()
+                               if e.closed or e.acked})
+            return await real(*args, **kwargs)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(WarmPublisher, "publish", publish)
+        fh = await again.open(b"p2", os.O_WRONLY | os.O_TRUNC)
+        await again.write_all(fh, B)
+        await again.close(fh)
+        assert await again.publish_all() == []
+        assert renamed and at_publish
+        # A crash as B goes home must find A at r superseded already.
+        assert b"r" not in at_publish[0], at_publish
+    async with open_core(tmp_path, durability="writeback") as third:
+        await third.recover()
+        assert third.warm_path(b"r").read_bytes() == B
+
+
+@core_test
+async def test_older_data_recovery_publishes_late_keeps_a_newer_entry_left_at_a_link(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    await crash_with_two_entries(tmp_path, monkeypatch, True)  # A at p (older), B at p2
+    async with open_core(tmp_path, durability="writeback") as third:
+        third.fs.writeback.quiet = third.fs.writeback.max_wait = 60.0
+        third.fs.writeback.busy()
+        real = Recovery._resolve
+
+        async def p2_away(self: Recovery, rel: bytes) -> object:
+            if rel == b"p2":
+                raise OSError(errno.EIO, "warm tier away")
+            return await real(self, rel)
+
+        with monkeypatch.context() as m:
+            m.setattr(Recovery, "_resolve", p2_away)
+            failing_publishes(m, 1)  # A's publish fails: held, then handed to write-back
+            assert (await third.recover()).failed == 2
+        assert await third.publish_all() == []  # write-back publishes the older A, via p
+    async with open_core(tmp_path, durability="writeback") as fourth:
+        await fourth.recover()
+        assert fourth.warm_path(b"p").read_bytes() == B, "the newer B was superseded"
+
+
+STUB_OPTS = dict(durability="writeback", large_file_threshold="64KiB")
+COLD = bytes(range(256)) * 400  # 102,400 bytes: cold, a stub
+
+
+@core_test
+async def test_a_publish_through_a_linked_stub_keeps_the_other_names_kept_data(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    async with open_core(tmp_path, **STUB_OPTS) as core:
+        await core.recover()
+        await core.write_file(b"p", COLD)
+        assert await core.publish_all() == []
+        assert core.stub(b"p") is not None
+        os.link(core.warm_path(b"p"), core.warm_path(b"p2"), follow_symlinks=False)  # elsewhere
+        core.fs.writeback.quiet = core.fs.writeback.max_wait = 60.0
+        await core.write_file(b"p", A)  # acknowledged, not home
+        core.crash()
+    async with open_core(tmp_path, **STUB_OPTS) as again:
+        real = Recovery._resolve
+
+        async def away(*args: object, **kwargs: object) -> None:
+            raise OSError(errno.EIO, "warm tier away")
+
+        monkeypatch.setattr(Recovery, "_resolve", away)
+        assert (await again.recover()).failed == 1  # A kept for the next mount, at p
+        monkeypatch.setattr(Recovery, "_resolve", real)
+        await again.write_file(b"p2", B)  # p2 alone gets B (a rename over p2)
+        assert await again.publish_all() == []
+    async with open_core(tmp_path, **STUB_OPTS) as third:
+        await third.recover()
+        assert await third.read_file(b"p2") == B
+        assert await third.read_file(b"p") == A, "A, kept at p, was lost"

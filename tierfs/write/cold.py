@@ -92,7 +92,9 @@ class ColdPublisher:
         metadata = {"mode": f"{file_mode(inode, data):04o}", "mtime-ns": str(data.mtime_ns)}
         if data.base is not None:  # (fresh: route took it) its stub must name this owner
             metadata.update(owner_metadata(data.base))
-        await self.journal.streaming(data)  # (before its entry says it streams)
+        if not await self.journal.streaming(data):  # (before its entry says it streams)
+            data.route_after = time.monotonic() + ROUTE_RETRY
+            return
         entry = self.journal.entries.get(data.staging_id)
         try:
             key = await self.object_key(rel, data, entry)
@@ -144,8 +146,7 @@ class ColdPublisher:
             raise err(errno.EIO) from None
 
     async def truncating(self, inode: Inode, data: OpenFile, size: int) -> None:
-        """A file's staged data is about to be cut (or extended) to ``size``: as ``changing``.
-        """
+        """A file's staged data is about to be cut (or extended) to ``size``: as ``changing``."""
         upload = data.upload
         if upload is None:
             return
@@ -262,11 +263,9 @@ class ColdPublisher:
             raise
 
     async def publish(self, inode: Inode, data: OpenFile) -> None:
-        """Complete a streaming upload and put its stub in place of the warm file.
-
-        On failure the writer gets EIO and everything stays (staging, the multipart upload
-        and its parts) so that the next close or fsync tries again.
-        """
+        """Complete a streaming upload and put its stub in place of the warm file. On failure
+        the writer gets EIO and everything stays (staging, the multipart upload and its parts)
+        so that the next close or fsync tries again."""
         core = self.core
         upload = data.upload
         assert upload is not None

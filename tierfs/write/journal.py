@@ -65,6 +65,8 @@ class Journal:
         self._at_path: dict[bytes, set[str]] = {}
         self._path_of: dict[str, bytes] = {}
         self._last_stamp = 0
+        #: No stamp of this run is earlier (``older_than``).
+        self._run_started = time.time_ns()
         #: Entries recorded as recovery would publish them (``Entry.may_be_published``)
         #: that the index or the log may still hold so, and of those recorded otherwise
         #: since, the count of records when that was (``_records``): a commit queued after
@@ -184,12 +186,25 @@ class Journal:
         """Recovery kept this entry for a later mount, no open file holding it."""
         self._left.add(sid)
 
-    def left_elsewhere(self, rel: bytes) -> dict[str, bytes]:
-        """The entries recovery left that would publish at a path other than ``rel``: staging
-        id -> path. Empty but after a failed recovery."""
+    def left_elsewhere(self, rel: bytes, older_than: int | None = None) -> dict[str, bytes]:
+        """The entries recovery left that would publish at a path other than ``rel`` (and
+        were acknowledged before ``older_than``, if given): staging id -> path. Empty but
+        after a failed recovery."""
         return {sid: e.path for sid in self._left
                 if (e := self.entries.get(sid)) is not None and e.path and e.path != rel
-                and self._may_be_published(sid, e)}
+                and self._may_be_published(sid, e)
+                and (older_than is None or e.acked_ns < older_than)}
+
+    def older_than(self, data: OpenFile) -> int | None:
+        """What a publish of this file's data supersedes at its other names: entries
+        acknowledged before its own, for data acknowledged before this run (recovery's,
+        published late: a newer entry of the file that recovery left must stay); None, all of
+        them, for data of this run, newer than anything a recovery left (stamps of an earlier
+        run are not compared with this run's: the clock may have been set back between)."""
+        entry = self.entry_of(data)
+        if entry is None or entry.acked_ns >= self._run_started:
+            return None
+        return entry.acked_ns
 
     def supersede(self, sid: str) -> None:
         """Newer content of the file an entry belongs to went home through another of its
@@ -360,6 +375,7 @@ class Journal:
         # for flushed. Once, since it goes with it; a cut of data not closed lowers it itself.
         flushed_below = (entry.upload is None and entry.synced is not None
                          and offset < entry.synced)
+        prefix_flushed = False
         if entry.closed:
             entry.closed = False
             # (A flushed size stays true below ``offset``: taken back below, durably, if the
@@ -368,6 +384,11 @@ class Journal:
                 entry.acked = entry.size  # (the bytes a recovery would publish stay)
             self.update(data.staging_id, entry)
         elif entry.acked is not None and offset < entry.acked:
+            if entry.upload is not None and entry.synced == entry.acked:
+                # A stream's flushed size that is the prefix (``streaming``) goes with it,
+                # durably, as a flushed size below a change does for a file not streaming.
+                entry.synced = None
+                prefix_flushed = True
             entry.acked = None
             self.update(data.staging_id, entry)
         if cutting and not before[0]:
@@ -375,7 +396,7 @@ class Journal:
         elif flushed_below and entry.synced is not None:
             entry.synced = None  # (not a stream: only "closed data flushed at its size")
             self.update(data.staging_id, entry)
-        if flushed_below:
+        if flushed_below or prefix_flushed:
             await self.sync(durable=True)
         elif data.staging_id in self._maybe_closed and not entry.may_be_published():
             await self.sync()
@@ -493,13 +514,26 @@ class Journal:
         self.update(data.staging_id, entry)
         await self.sync(durable=True)
 
-    async def streaming(self, data: OpenFile) -> None:
+    async def streaming(self, data: OpenFile) -> bool:
         """A file is about to stream to the bucket. Recovery publishes a stream only up to its
         flushed size, never a prefix a close acknowledged (``Entry.acked``, kept for a file
-        with no upload): such a prefix is made a flushed size first, or a crash would lose it."""
+        with no upload): such a prefix is made the flushed size first (and goes with it if a
+        write reaches into it, ``reopened``), or a crash would lose it. Caller holds
+        ``data.lock``. Returns False if the flush failed: the file must not stream yet."""
         entry = self.entry_of(data)
-        if entry is not None and entry.acked is not None and (entry.synced or 0) < entry.acked:
-            await self.flushed(data)
+        if (entry is None or entry.acked is None or (entry.synced or 0) >= entry.acked
+                or data.staging_fd is None):
+            return True
+        try:
+            await self._run(os.fdatasync, data.staging_fd)
+        except OSError as e:
+            log.error("flushing the staged data of %s to the hot disk failed: %s",
+                      data.staging_id, e)
+            return False
+        entry.synced = entry.acked
+        self.update(data.staging_id, entry)
+        await self.sync(durable=True)
+        return True
 
     def part_recorder(self, sid: str) -> Callable[[dict[int, str | None]], Awaitable[None]]:
         """Make parts durable in the journal: a completed part (number -> receipt) before its

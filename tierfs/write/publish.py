@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import stat
 from collections.abc import Callable
 
 import trio
@@ -26,6 +27,10 @@ from tierfs.write.journal import Journal
 from tierfs.write.warm import LostItsName, WarmPublisher
 
 log = logging.getLogger(__name__)
+
+#: Looks at the entries recovery left elsewhere, for a publish through a hard link: again for
+#: those renamed through the mount during the look before.
+LOOKS = 3
 
 
 class Publisher:
@@ -79,21 +84,33 @@ class Publisher:
         Taken back early loses nothing where recovery would publish the file's own entry
         (``Journal.would_publish``): until this data is home, that newer entry is."""
         rel = self.core.rel_or_none(inode)
-        if rel is not None and (self.journal.superseded(rel, data.staging_id)
-                                | await self.supersede_links(rel)):
+        if rel is None:
+            return
+        if self.journal.superseded(rel, data.staging_id):
+            await self.journal.sync()
+        if data.base is not None and data.base.st_nlink < 2:
+            return  # (not hard-linked when last seen)
+        if await self.supersede_links(rel, self.journal.older_than(data)):
             await self.journal.sync()
 
-    async def supersede_links(self, rel: bytes) -> bool:
-        """``Journal.superseded`` for the other names of a hard-linked file: entries recovery
-        left at a path that now names the same warm file as ``rel``. Returns whether any
-        changed (then the caller syncs). No warm call unless a recovery left entries."""
-        left = self.journal.left_elsewhere(rel)
-        if not left:
-            return False
-        same = await self.core.warm.run(_same_file, self.core.warm.lstat, rel, left)
-        for sid in same:
-            self.journal.supersede(sid)
-        return bool(same)
+    async def supersede_links(self, rel: bytes, older_than: int | None = None) -> bool:
+        """``Journal.superseded`` for the other names of a hard-linked regular file: entries
+        recovery left at a path that now names the same warm file as ``rel`` (acknowledged
+        before ``older_than``, if given). Returns whether any changed (then the caller
+        syncs). No warm call unless a recovery left entries. An entry renamed through the
+        mount while its old path was looked at is looked at again at its new one."""
+        left = self.journal.left_elsewhere(rel, older_than)
+        changed = False
+        for _ in range(LOOKS):
+            if not left:
+                break
+            same = await self.core.warm.run(_same_file, self.core.warm.lstat, rel, left)
+            for sid in same:
+                self.journal.supersede(sid)
+            changed = changed or bool(same)
+            now = self.journal.left_elsewhere(rel, older_than)
+            left = {sid: path for sid, path in now.items() if sid in left and path != left[sid]}
+        return changed
 
     async def _copied_home(self, data: OpenFile, st: os.stat_result) -> None:
         """Published by copy: the warm file is a temp file renamed over the name, and the
@@ -205,8 +222,13 @@ def _same_file(lstat: Callable[[bytes], os.stat_result], rel: bytes,
                paths: dict[str, bytes]) -> list[str]:
     """Of ``paths`` (staging id -> path), those naming the file at ``rel`` while it has other
     names (blocking)."""
-    st = lstat(rel)
-    if st.st_nlink < 2:
+    try:
+        st = lstat(rel)
+    except OSError:
+        return []  # (gone: a publish finds out)
+    # Only a regular file is written in place and so keeps its other names (a stub linked on
+    # the warm tree is replaced by a rename, at ``rel`` alone).
+    if st.st_nlink < 2 or not stat.S_ISREG(st.st_mode):
         return []
     out = []
     for sid, path in paths.items():

@@ -189,9 +189,12 @@ async def test_an_fsync_after_appends_outlives_a_crash(tmp_path: Path, by_rename
         assert again.warm_path(b"f").read_bytes() == DATA + b"more"
 
 
-def test_an_acknowledged_prefix_is_never_published_for_a_file_streaming_to_the_bucket() -> None:
-    # The prefix is kept only for a file not streaming: one whose upload started after it
-    # would complete an object of parts holding bytes no close acknowledged.
+def test_an_acknowledged_prefix_of_a_file_streaming_to_the_bucket_outlives_a_crash_of_tierfs(
+        ) -> None:
+    # Kept for a file streaming too (its object may hold bytes appended after the prefix, up
+    # to the end of a part already stored, as after an fsync: tests/core/
+    # test_acked_prefix_streaming.py); after a restart of the system only what an fsync
+    # flushed, as for any write-back data.
     from tierfs.write.entries import Entry, Upload
     from tierfs.write.recovery import publishable
 
@@ -199,7 +202,10 @@ def test_an_acknowledged_prefix_is_never_published_for_a_file_streaming_to_the_b
     streaming = Entry(path=b"f", size=10, acked=10,
                       upload=Upload(key="f", since=0.0, first_part=5 << 20, upload_id="u"))
     assert publishable(plain, rebooted=False) == 10
-    assert publishable(streaming, rebooted=False) is None
+    assert publishable(streaming, rebooted=False) == 10
+    assert publishable(streaming, rebooted=True) is None
+    streaming.synced = 20  # an fsync after the close: the later promise
+    assert publishable(streaming, rebooted=False) == 20
 
 
 @pytest.mark.parametrize("change,durability", [("write", "writeback"), ("truncate", "writeback"),

@@ -4,9 +4,9 @@ the same file (a hard link): a publish or a truncate by that name supersedes it,
 identity as the warm tier gives it then (``Publisher.supersede_links``), as one by its own
 path does (``Journal.superseded``). Superseded by path only, the next mount published the
 older data over the newer. An entry at a path naming another file keeps its data, and so does
-one at another name of a linked stub (published by a rename, at one name only); older data
-recovery publishes late supersedes only older entries; the supersede is committed before the
-data goes home even when the entry is renamed meanwhile."""
+one at another name of a linked stub (published by a rename, at one name only); the supersede
+is committed before the data goes home even when the entry is renamed meanwhile. Which data is
+newer: tests/core/test_recovery_hardlinks_order.py."""
 
 from __future__ import annotations
 
@@ -23,7 +23,6 @@ from tierfs.write import publish as publish_module
 from tierfs.write.warm import WarmPublisher
 
 from .conftest import ROOT, Core, SetAttr, core_test, open_core
-from .test_recovery_linked_entries import crash_with_two_entries, failing_publishes
 
 OLD = b"0" * 10_000
 A = b"A" * 40_000
@@ -133,30 +132,6 @@ async def test_a_rename_of_the_kept_path_meanwhile_is_superseded_before_the_data
     async with open_core(tmp_path, durability="writeback") as third:
         await third.recover()
         assert third.warm_path(b"r").read_bytes() == B
-
-
-@core_test
-async def test_older_data_recovery_publishes_late_keeps_a_newer_entry_left_at_a_link(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    await crash_with_two_entries(tmp_path, monkeypatch, True)  # A at p (older), B at p2
-    async with open_core(tmp_path, durability="writeback") as third:
-        third.fs.writeback.quiet = third.fs.writeback.max_wait = 60.0
-        third.fs.writeback.busy()
-        real = Recovery._resolve
-
-        async def p2_away(self: Recovery, rel: bytes) -> object:
-            if rel == b"p2":
-                raise OSError(errno.EIO, "warm tier away")
-            return await real(self, rel)
-
-        with monkeypatch.context() as m:
-            m.setattr(Recovery, "_resolve", p2_away)
-            failing_publishes(m, 1)  # A's publish fails: held, then handed to write-back
-            assert (await third.recover()).failed == 2
-        assert await third.publish_all() == []  # write-back publishes the older A, via p
-    async with open_core(tmp_path, durability="writeback") as fourth:
-        await fourth.recover()
-        assert fourth.warm_path(b"p").read_bytes() == B, "the newer B was superseded"
 
 
 STUB_OPTS = dict(durability="writeback", large_file_threshold="64KiB")

@@ -92,9 +92,6 @@ class ColdPublisher:
         metadata = {"mode": f"{file_mode(inode, data):04o}", "mtime-ns": str(data.mtime_ns)}
         if data.base is not None:  # (fresh: route took it) its stub must name this owner
             metadata.update(owner_metadata(data.base))
-        if not await self.journal.streaming(data):  # (before its entry says it streams)
-            data.route_after = time.monotonic() + ROUTE_RETRY
-            return
         entry = self.journal.entries.get(data.staging_id)
         try:
             key = await self.object_key(rel, data, entry)

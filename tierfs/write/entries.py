@@ -124,8 +124,9 @@ def publishable(entry: Entry, rebooted: bool) -> int | None:
     if not rebooted:
         if entry.closed:
             return entry.size
-        if entry.acked is not None and entry.upload is None:  # (never kept for a stream)
-            return entry.acked
+        if entry.acked is not None:
+            # (Of a stream, the later promise of a close's and an fsync's.)
+            return max(entry.acked, entry.synced or 0) if streamed else entry.acked
         return entry.synced if streamed else None
     if entry.closed and entry.synced is not None and entry.synced >= entry.size:
         return entry.size

@@ -65,8 +65,9 @@ class Journal:
         self._at_path: dict[bytes, set[str]] = {}
         self._path_of: dict[str, bytes] = {}
         self._last_stamp = 0
-        #: No stamp of this run is earlier (``older_than``).
-        self._run_started = time.time_ns()
+        #: Entries taken over from an earlier run (at recovery) and not acknowledged or
+        #: changed in this one since (``older_than``).
+        self._earlier: set[str] = set()
         #: Entries recorded as recovery would publish them (``Entry.may_be_published``)
         #: that the index or the log may still hold so, and of those recorded otherwise
         #: since, the count of records when that was (``_records``): a commit queued after
@@ -108,6 +109,7 @@ class Journal:
 
     def drop(self, sid: str) -> None:
         self._left.discard(sid)
+        self._earlier.discard(sid)
         self.entries.pop(sid, None)
         self._index_path(sid, None)
         self._maybe_closed.discard(sid)
@@ -196,13 +198,12 @@ class Journal:
                 and (older_than is None or e.acked_ns < older_than)}
 
     def older_than(self, data: OpenFile) -> int | None:
-        """What a publish of this file's data supersedes at its other names: entries
-        acknowledged before its own, for data acknowledged before this run (recovery's,
-        published late: a newer entry of the file that recovery left must stay); None, all of
-        them, for data of this run, newer than anything a recovery left (stamps of an earlier
-        run are not compared with this run's: the clock may have been set back between)."""
+        """What a publish of this file's data supersedes at its other names: for data an
+        earlier run acknowledged (recovery's, published late), the entries acknowledged before
+        it (a newer entry of the file that recovery left must stay); None, all of them, for
+        data acknowledged or changed in this run, newer than anything a recovery left."""
         entry = self.entry_of(data)
-        if entry is None or entry.acked_ns >= self._run_started:
+        if entry is None or data.staging_id not in self._earlier:
             return None
         return entry.acked_ns
 
@@ -252,6 +253,7 @@ class Journal:
         entry.closed, entry.acked = True, None
         entry.size, entry.atime_ns, entry.mtime_ns = data.size, data.atime_ns, data.mtime_ns
         entry.acked_ns = self._stamp()
+        self._earlier.discard(data.staging_id)  # (this run's data now)
         self.update(data.staging_id, entry)
 
     async def acknowledge(self, data: OpenFile) -> None:
@@ -315,6 +317,7 @@ class Journal:
             self.batch.put(DB, sid.encode(), entry)
         self.batch.put("meta", acklog.META_KEY, pack_u64(self.acks.seq))
         self._untrusted = untrusted & entries.keys()
+        self._earlier = set(entries)
         self._mark_untrusted(self._untrusted)
         await self.sync()
 
@@ -361,6 +364,7 @@ class Journal:
         entry = self.entry_of(data)
         if entry is None:
             return None
+        self._earlier.discard(data.staging_id)  # (changed in this run)
         if data.staging_id in self._untrusted:
             # Staged data of the boot before a restart changes in this one: what the next
             # close acknowledges is this boot's, to be trusted as such at the next mount.
@@ -375,20 +379,14 @@ class Journal:
         # for flushed. Once, since it goes with it; a cut of data not closed lowers it itself.
         flushed_below = (entry.upload is None and entry.synced is not None
                          and offset < entry.synced)
-        prefix_flushed = False
         if entry.closed:
             entry.closed = False
             # (A flushed size stays true below ``offset``: taken back below, durably, if the
             # change is below it, whether the entry was closed or not.)
-            if entry.upload is None and offset >= entry.size:
+            if offset >= entry.size:
                 entry.acked = entry.size  # (the bytes a recovery would publish stay)
             self.update(data.staging_id, entry)
         elif entry.acked is not None and offset < entry.acked:
-            if entry.upload is not None and entry.synced == entry.acked:
-                # A stream's flushed size that is the prefix (``streaming``) goes with it,
-                # durably, as a flushed size below a change does for a file not streaming.
-                entry.synced = None
-                prefix_flushed = True
             entry.acked = None
             self.update(data.staging_id, entry)
         if cutting and not before[0]:
@@ -396,7 +394,7 @@ class Journal:
         elif flushed_below and entry.synced is not None:
             entry.synced = None  # (not a stream: only "closed data flushed at its size")
             self.update(data.staging_id, entry)
-        if flushed_below or prefix_flushed:
+        if flushed_below:
             await self.sync(durable=True)
         elif data.staging_id in self._maybe_closed and not entry.may_be_published():
             await self.sync()
@@ -511,29 +509,9 @@ class Journal:
         await self._run(os.fdatasync, data.staging_fd)
         entry.synced = min(size, data.size)
         entry.acked_ns = self._stamp()
+        self._earlier.discard(data.staging_id)
         self.update(data.staging_id, entry)
         await self.sync(durable=True)
-
-    async def streaming(self, data: OpenFile) -> bool:
-        """A file is about to stream to the bucket. Recovery publishes a stream only up to its
-        flushed size, never a prefix a close acknowledged (``Entry.acked``, kept for a file
-        with no upload): such a prefix is made the flushed size first (and goes with it if a
-        write reaches into it, ``reopened``), or a crash would lose it. Caller holds
-        ``data.lock``. Returns False if the flush failed: the file must not stream yet."""
-        entry = self.entry_of(data)
-        if (entry is None or entry.acked is None or (entry.synced or 0) >= entry.acked
-                or data.staging_fd is None):
-            return True
-        try:
-            await self._run(os.fdatasync, data.staging_fd)
-        except OSError as e:
-            log.error("flushing the staged data of %s to the hot disk failed: %s",
-                      data.staging_id, e)
-            return False
-        entry.synced = entry.acked
-        self.update(data.staging_id, entry)
-        await self.sync(durable=True)
-        return True
 
     def part_recorder(self, sid: str) -> Callable[[dict[int, str | None]], Awaitable[None]]:
         """Make parts durable in the journal: a completed part (number -> receipt) before its

@@ -224,8 +224,8 @@ def _same_file(lstat: Callable[[bytes], os.stat_result], rel: bytes,
     names (blocking)."""
     try:
         st = lstat(rel)
-    except OSError:
-        return []  # (gone: a publish finds out)
+    except (FileNotFoundError, NotADirectoryError):
+        return []  # (gone: the publish finds out; another error fails it, tried again)
     # Only a regular file is written in place and so keeps its other names (a stub linked on
     # the warm tree is replaced by a rename, at ``rel`` alone).
     if st.st_nlink < 2 or not stat.S_ISREG(st.st_mode):
@@ -234,7 +234,7 @@ def _same_file(lstat: Callable[[bytes], os.stat_result], rel: bytes,
     for sid, path in paths.items():
         try:
             other = lstat(path)
-        except OSError:
+        except (FileNotFoundError, NotADirectoryError):
             continue
         if identity(other) == identity(st):
             out.append(sid)

@@ -123,7 +123,8 @@ class Recovery:
             rebooted = sid in untrusted  # (staged before a restart of the system)
             try:
                 size = publishable(entry, rebooted)
-                if size is not None and sid in staged and size == entry.synced:
+                if size is not None and sid in staged and entry.upload is not None and (
+                        size in (entry.synced, entry.acked)):
                     size = await self._past_parts(sid, entry, size, rebooted)
                 if size is not None and sid in staged:
                     # What recovery publishes is the file's content now (its writer is
@@ -157,9 +158,9 @@ class Recovery:
 
     async def _past_parts(self, sid: str, entry: Entry, size: int, rebooted: bool
                           ) -> int:
-        """The size to publish a streaming file at whose fsynced size ``size`` recovery
-        publishes: that, or the end of the last part the journal records as uploaded if that
-        is further (written after the fsync): that part is stored whole, and its bytes may
+        """The size to publish a streaming file at whose fsynced (or acknowledged) size
+        ``size`` recovery publishes: that, or the end of the last part the journal records as
+        uploaded if that is further (written after it): that part is stored whole, and its bytes may
         have left staging, so the object cannot end inside it. Bytes written after an fsync
         may be there after a crash, as on any file system; only where staging held them all,
         and after a restart of the system only across recorded parts from the one holding

@@ -1,9 +1,11 @@
-"""Kept staging, for the tests of its flushed size: data whose publish failed stays staged and
-is flushed first (``Journal.keep_staged``: synced == size, durably), and a power loss is
-modelled by putting back the index as its last durable commit left it."""
+"""Kept staging, for the tests of what recovery and a failed publish keep: publishes that
+fail, a recovery that finds no entry's file, data whose publish failed kept and flushed
+(``Journal.keep_staged``: synced == size, durably), and a power loss modelled by putting back
+the index as its last durable commit left it."""
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 from pathlib import Path
@@ -12,10 +14,36 @@ from typing import Any
 import pytest
 
 from tierfs.index import Batch
-
-from .test_recovery_linked_entries import failing_publishes
+from tierfs.write.recovery import Recovery
+from tierfs.write.warm import WarmPublisher
 
 S = b"S" * 30_000
+
+
+def failing_publishes(monkeypatch: pytest.MonkeyPatch, count: int | None) -> dict[str, int]:
+    """The warm tier fails the first ``count`` publishes (None: all, until ``left`` is 0)."""
+    real = WarmPublisher.publish
+    state = {"left": -1 if count is None else count}
+
+    async def flaky(*args: object, **kwargs: object) -> object:
+        if state["left"] != 0:
+            state["left"] -= 1
+            raise OSError(errno.EIO, "warm tier away")
+        return await real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(WarmPublisher, "publish", flaky)
+    return state
+
+
+async def recover_unresolved(core: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """A recovery that fails for every entry before it finds the entry's file (the warm tier
+    away): each is left for the next mount (``Journal.left``). Its report."""
+    async def away(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.EIO, "warm tier away")
+
+    with monkeypatch.context() as m:
+        m.setattr(Recovery, "_resolve", away)
+        return await core.recover()
 
 
 def durable_commits(monkeypatch: pytest.MonkeyPatch, index_dir: Path | None = None,

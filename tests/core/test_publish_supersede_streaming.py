@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from tierfs.write.cold import ColdPublisher
-from tierfs.write.recovery import Recovery
 
 from .conftest import core_test, open_core
+from .kept import recover_unresolved
 
 OLD = b"0" * 10_000
 A = b"A" * 40_000
@@ -37,14 +37,7 @@ async def test_acked_prefix_then_streaming(tmp_path: Path, monkeypatch: pytest.M
         await core.write_file(b"p", A)  # acknowledged by its close, not home
         core.crash()
     async with open_core(tmp_path, **opts) as again:
-        real = Recovery._resolve
-
-        async def away(*args: object, **kwargs: object) -> None:
-            raise OSError(errno.EIO, "warm tier away")
-
-        monkeypatch.setattr(Recovery, "_resolve", away)
-        assert (await again.recover()).failed == 1  # A kept for another try
-        monkeypatch.setattr(Recovery, "_resolve", real)
+        assert (await recover_unresolved(again, monkeypatch)).failed == 1  # A kept for another try
         again.fs.writeback.quiet = again.fs.writeback.max_wait = 60.0
         fh = await again.open(b"p", os.O_WRONLY | os.O_TRUNC)
         await again.write_all(fh, B)

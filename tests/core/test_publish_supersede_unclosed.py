@@ -6,15 +6,13 @@ the content from before both."""
 
 from __future__ import annotations
 
-import errno
 import os
 from pathlib import Path
 
 import pytest
 
-from tierfs.write.recovery import Recovery
-
 from .conftest import core_test, open_core
+from .kept import recover_unresolved
 from .test_recovery_linked_entries import failing_publishes
 
 OLD = b"0" * 10_000
@@ -35,14 +33,7 @@ async def test_failed_fsync_publish_does_not_lose_older_acknowledged_data(
         await core.write_file(b"p", A)  # acknowledged by its close, not home
         core.crash()
     async with open_core(tmp_path, **opts) as again:
-        real = Recovery._resolve
-
-        async def away(*args: object, **kwargs: object) -> None:
-            raise OSError(errno.EIO, "warm tier away")
-
-        monkeypatch.setattr(Recovery, "_resolve", away)
-        assert (await again.recover()).failed == 1  # A kept for another try
-        monkeypatch.setattr(Recovery, "_resolve", real)
+        assert (await recover_unresolved(again, monkeypatch)).failed == 1  # A kept for another try
         fh = await again.open(b"p", os.O_WRONLY | os.O_TRUNC)
         await again.write_all(fh, B)
         failing_publishes(monkeypatch, None)

@@ -10,7 +10,6 @@ newer: tests/core/test_recovery_hardlinks_order.py."""
 
 from __future__ import annotations
 
-import errno
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -18,11 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from tierfs.write.recovery import Recovery
 from tierfs.write import publish as publish_module
 from tierfs.write.warm import WarmPublisher
 
 from .conftest import ROOT, Core, SetAttr, core_test, open_core
+from .kept import recover_unresolved
 
 OLD = b"0" * 10_000
 A = b"A" * 40_000
@@ -46,14 +45,8 @@ async def kept_at_p(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIte
         await core.write_file(b"p", A)  # acknowledged, not home
         core.crash()
     async with open_core(tmp_path, durability="writeback") as again:
-        real = Recovery._resolve
-
-        async def away(*args: object, **kwargs: object) -> None:
-            raise OSError(errno.EIO, "warm tier away")
-
-        monkeypatch.setattr(Recovery, "_resolve", away)
-        assert (await again.recover()).failed == 1  # A kept for the next mount, at p
-        monkeypatch.setattr(Recovery, "_resolve", real)
+        # A kept for the next mount, at p
+        assert (await recover_unresolved(again, monkeypatch)).failed == 1
         yield again
 
 
@@ -151,14 +144,8 @@ async def test_a_publish_through_a_linked_stub_keeps_the_other_names_kept_data(
         await core.write_file(b"p", A)  # acknowledged, not home
         core.crash()
     async with open_core(tmp_path, **STUB_OPTS) as again:
-        real = Recovery._resolve
-
-        async def away(*args: object, **kwargs: object) -> None:
-            raise OSError(errno.EIO, "warm tier away")
-
-        monkeypatch.setattr(Recovery, "_resolve", away)
-        assert (await again.recover()).failed == 1  # A kept for the next mount, at p
-        monkeypatch.setattr(Recovery, "_resolve", real)
+        # A kept for the next mount, at p
+        assert (await recover_unresolved(again, monkeypatch)).failed == 1
         await again.write_file(b"p2", B)  # p2 alone gets B (a rename over p2)
         assert await again.publish_all() == []
     async with open_core(tmp_path, **STUB_OPTS) as third:

@@ -6,7 +6,6 @@ committed later still). ``A`` now loses its name, committed, before ``B``'s publ
 
 from __future__ import annotations
 
-import errno
 from pathlib import Path
 
 import pytest
@@ -15,6 +14,7 @@ from tierfs.write.journal import Journal
 from tierfs.write.recovery import Recovery
 
 from .conftest import core_test, open_core
+from .kept import recover_unresolved
 from .test_recovery_linked_entries import failing_publishes
 
 OLD = b"0" * 10_000
@@ -36,14 +36,8 @@ async def two_entries_at_p(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         await core.write_file(b"p", A)  # acknowledged, not home
         core.crash()
     async with open_core(tmp_path, durability="writeback", by_rename=by_rename) as again:
-        real = Recovery._resolve
-
-        async def away(*args: object, **kwargs: object) -> None:
-            raise OSError(errno.EIO, "warm tier away")
-
-        monkeypatch.setattr(Recovery, "_resolve", away)
-        assert (await again.recover()).failed == 1  # A kept for the next mount
-        monkeypatch.setattr(Recovery, "_resolve", real)
+        # A kept for the next mount
+        assert (await recover_unresolved(again, monkeypatch)).failed == 1
         again.fs.writeback.quiet = again.fs.writeback.max_wait = 60.0
         await again.write_file(b"p", B)  # acknowledged, not home
         entries = sorted((e.path, e.closed, e.size) for e in again.journal().values())

@@ -11,16 +11,13 @@ the next mount; ``A``'s entry loses its name, as a publish at its path would hav
 
 from __future__ import annotations
 
-import errno
 import os
 from pathlib import Path
 
 import pytest
 
-from tierfs.write.recovery import Recovery
-from tierfs.write.warm import WarmPublisher
-
 from .conftest import ROOT, Core, core_test, open_core
+from .kept import failing_publishes, recover_unresolved
 
 OLD = b"0" * 10_000
 A = b"A" * 40_000
@@ -40,14 +37,8 @@ async def crash_with_two_entries(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
         await core.write_file(b"p", A)  # acknowledged, not home
         core.crash()
     async with open_core(tmp_path, durability="writeback", by_rename=by_rename) as again:
-        real = Recovery._resolve
-
-        async def away(*args: object, **kwargs: object) -> None:
-            raise OSError(errno.EIO, "warm tier away")
-
-        monkeypatch.setattr(Recovery, "_resolve", away)
-        assert (await again.recover()).failed == 1  # A kept for the next mount, at p
-        monkeypatch.setattr(Recovery, "_resolve", real)
+        # A kept for the next mount, at p
+        assert (await recover_unresolved(again, monkeypatch)).failed == 1
         again.fs.writeback.quiet = again.fs.writeback.max_wait = 60.0
         fh = await again.open(b"p2", os.O_WRONLY | os.O_TRUNC)
         await again.write_all(fh, B)
@@ -55,21 +46,6 @@ async def crash_with_two_entries(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
         entries = again.journal().values()
         assert sorted((e.path, e.closed) for e in entries) == [(b"p", True), (b"p2", True)]
         again.crash()
-
-
-def failing_publishes(monkeypatch: pytest.MonkeyPatch, count: int | None) -> dict[str, int]:
-    """The warm tier fails the first ``count`` publishes (None: all, until ``left`` is 0)."""
-    real = WarmPublisher.publish
-    state = {"left": -1 if count is None else count}
-
-    async def flaky(*args: object, **kwargs: object) -> object:
-        if state["left"] != 0:
-            state["left"] -= 1
-            raise OSError(errno.EIO, "warm tier away")
-        return await real(*args, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(WarmPublisher, "publish", flaky)
-    return state
 
 
 async def reads_b(core: Core) -> None:

@@ -269,14 +269,12 @@ class ColdPublisher:
         await drop_mirror(core.warm, data)
         since = core.attr_mark(inode)  # a change from here on is taken again below
         await core.fresh_base(inode, data)  # the stub takes the file's mode
-        # Completing the upload may replace the object the file's stub names (a cold file
-        # rewritten under its own key): from then on only the new stub makes the file
-        # readable, so a crash before it must find the entry closed, for recovery to finish
-        # what it started; or, published while writers keep it open (an fsync), flushed at
-        # this size, which recovery publishes too.
+        # Completing the upload records the tail as a part cut at this size, and may replace
+        # the object the file's stub names (a cold file rewritten under its own key): a crash
+        # after must find the entry closed, or, published while writers keep it open (an
+        # fsync, unmount), flushed at this size, which recovery then completes it at.
         entry = self.journal.entry_of(data)
-        if (entry is not None and not entry.closed and entry.synced != data.size
-                and upload.key == data.replaces_object):
+        if entry is not None and not entry.closed and entry.synced != data.size:
             await self.journal.flushed(data)
         await self.journal.sync()
         if upload.abandoned is not None:

@@ -27,6 +27,7 @@ finishes it through the same publishing code as a live close.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import time
@@ -396,7 +397,11 @@ class Journal:
             self.update(data.staging_id, entry)
         if flushed_below:
             await self.sync(durable=True)
-        elif data.staging_id in self._maybe_closed and not entry.may_be_published():
+        elif data.staging_id in self._maybe_closed and (
+                not entry.may_be_published()
+                or publishable(entry, False) != _publishable_as(entry, before)):
+            # (Still publishable as a stream's fsynced size, but no longer at the size the
+            # index may say: that too is committed before staging changes.)
             await self.sync()
         after = (entry.closed, entry.synced, entry.acked)
         # (A cut: what ``cut`` changes next is taken back too, ``as_now``.)
@@ -450,8 +455,12 @@ class Journal:
         (``acklog``): a crash before the next batch would otherwise have recovery publish it
         again, over whatever another node put there since."""
         entry = self.entry_of(data)
-        if entry is None or not (entry.closed or entry.acked is not None):
+        if entry is None:
             return False
+        if not (entry.closed or entry.acked is not None):
+            # (A stream's fsynced size whose upload was dropped: the index may still say so.)
+            sid = data.staging_id
+            return sid in self._maybe_closed and sid in self._unclosed_at
         had_prefix = entry.acked is not None
         entry.closed, entry.acked = False, None
         entry.replaces = None
@@ -553,3 +562,10 @@ class Journal:
 def _at(path: bytes, rel: bytes) -> bool:
     """Whether ``path`` is ``rel`` or below it."""
     return path == rel or path.startswith(rel + b"/")
+
+
+def _publishable_as(entry: Entry, state: State) -> int | None:
+    """What recovery would publish of ``entry`` had it ``state`` (after a crash of tierfs)."""
+    closed, synced, acked = state
+    return publishable(dataclasses.replace(entry, closed=closed, synced=synced, acked=acked),
+                       False)

@@ -124,7 +124,7 @@ class Recovery:
             try:
                 size = publishable(entry, rebooted)
                 if size is not None and sid in staged and entry.upload is not None and (
-                        size in (entry.synced, entry.acked)):
+                        not entry.closed and size in (entry.synced, entry.acked)):
                     size = await self._past_parts(sid, entry, size, rebooted)
                 if size is not None and sid in staged:
                     # What recovery publishes is the file's content now (its writer is

@@ -4,7 +4,8 @@ write or truncate that takes a close's promise back is committed before staging 
 where an fsync's flushed size keeps the entry publishable; a completion of a stream still open
 (unmount) that fails leaves recovery able to complete it at the promised size; a prefix
 recovery published is not grown at the next crash; a stream published small by copy is not
-rolled back. And one known bug (strict xfail)."""
+rolled back; a closed stream fsynced inside a stored part is published after a power loss at
+that part's end. And one known bug (strict xfail)."""
 
 from __future__ import annotations
 
@@ -196,3 +197,30 @@ async def test_a_recovered_prefix_survives_a_second_crash(tmp_path: Path) -> Non
         got = await third.read_file(b"log")
         assert got[:len(BIG)] == BIG and len(got) >= len(BIG), (
             f"the acknowledged prefix was lost ({len(got)} bytes): {report}")
+
+
+@core_test
+async def test_a_closed_stream_fsynced_inside_a_stored_part_outlives_a_power_loss(
+        tmp_path: Path) -> None:
+    """After a restart of the system recovery publishes a stream's fsynced size, which may lie
+    inside a part stored whole (and perhaps punched from staging): the object must end at that
+    part's end, even for an entry a close marked closed at a larger size."""
+    head = b"h" * 200_000
+    async with open_core(tmp_path, **OPTS) as core:
+        await core.recover()
+        core.fs.writeback.quiet = core.fs.writeback.max_wait = 60.0
+        fh = await core.create(b"log")
+        await core.write_all(fh, head)
+        data = core.fs.files.handles[fh].data
+        assert data.upload is not None, "did not stream"
+        await core.fs.fsync(fh)  # synced = 200,000, durably
+        await core.write_all(fh, LONG, offset=len(head))  # part 1 (5 MiB) cut and stored
+        await data.upload.wait_idle()
+        await core.fs.flush(fh)  # a write-back close: closed at the full size
+        await core.sync_journal()
+        core.crash()
+    async with open_core(tmp_path, **OPTS) as again:
+        report = await again.recover(rebooted=True)
+        await again.until(lambda: not again.fs.writeback.files, timeout=10)
+        got = await again.read_file(b"log")
+        assert got[:len(head)] == head, f"the fsynced prefix was lost ({len(got)} bytes): {report}"

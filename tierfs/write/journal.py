@@ -399,7 +399,8 @@ class Journal:
             await self.sync(durable=True)
         elif data.staging_id in self._maybe_closed and (
                 not entry.may_be_published()
-                or publishable(entry, False) != _publishable_as(entry, before)):
+                or (before != (entry.closed, entry.synced, entry.acked)
+                    and publishable(entry, False) != _publishable_as(entry, before))):
             # (Still publishable as a stream's fsynced size, but no longer at the size the
             # index may say: that too is committed before staging changes.)
             await self.sync()

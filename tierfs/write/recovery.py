@@ -124,8 +124,12 @@ class Recovery:
             try:
                 size = publishable(entry, rebooted)
                 if size is not None and sid in staged and entry.upload is not None and (
-                        not entry.closed and size in (entry.synced, entry.acked)):
-                    size = await self._past_parts(sid, entry, size, rebooted)
+                        size in (entry.synced, entry.acked)
+                        and (not entry.closed or size < entry.size)):
+                    # (A closed entry never past its size: its last recorded part may be a
+                    # short tail ending there, which ``_past_parts`` takes for a whole one.)
+                    grown = await self._past_parts(sid, entry, size, rebooted)
+                    size = min(grown, entry.size) if entry.closed else grown
                 if size is not None and sid in staged:
                     # What recovery publishes is the file's content now (its writer is
                     # gone), promised as a close's: should this publish fail, a new writer

@@ -332,8 +332,9 @@ class OpenFiles:
                         # Staged data kept at this path for a later try (its publish failed,
                         # at recovery or unmount) is older than this change: never published
                         # over it.
-                        if (self.journal.superseded(rel, None)
-                                | await self.publisher.supersede_links(rel)):
+                        if self.journal.superseded(rel, None):
+                            await self.journal.sync()
+                        if await self.publisher.supersede_links(rel):  # (its other names)
                             await self.journal.sync()
                         # Changed here: an open must look again, and attributes a stat read
                         # across the change are not remembered (``Core.seen_mark``).

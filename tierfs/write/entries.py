@@ -68,8 +68,8 @@ class Entry:
 
     def may_be_published(self) -> bool:
         """Whether recovery may publish this data under ``path`` (after a crash of tierfs; a
-        superset of ``publishable``'s answer, for the journal's bookkeeping): closed, a prefix acknowledged (``acked``), or streaming to
-        the bucket and fsynced."""
+        superset of ``publishable``'s answer, for the journal's bookkeeping): closed, a prefix
+        acknowledged (``acked``), or streaming to the bucket and fsynced."""
         return (self.closed or self.acked is not None
                 or (self.upload is not None and self.synced is not None))
 

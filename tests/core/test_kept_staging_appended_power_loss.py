@@ -15,7 +15,6 @@ from .conftest import core_test, open_core
 from .kept import S, kept_closed, lose_power
 
 
-
 @core_test
 async def test_kept_entry_appended_then_durable_commit_then_power_loss(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -10,6 +10,7 @@ newer: tests/core/test_recovery_hardlinks_order.py."""
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -22,6 +23,7 @@ from tierfs.write.warm import WarmPublisher
 
 from .conftest import ROOT, Core, SetAttr, core_test, open_core
 from .kept import recover_unresolved
+from .test_recovery_linked_entries import crash_with_two_entries
 
 OLD = b"0" * 10_000
 A = b"A" * 40_000
@@ -152,3 +154,27 @@ async def test_a_publish_through_a_linked_stub_keeps_the_other_names_kept_data(
         await third.recover()
         assert await third.read_file(b"p2") == B
         assert await third.read_file(b"p") == A, "A, kept at p, was lost"
+
+
+@core_test
+async def test_a_truncate_commits_its_paths_supersede_though_the_look_at_the_links_fails(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    await crash_with_two_entries(tmp_path, monkeypatch, True)  # A at p, B at p2: one file
+    async with open_core(tmp_path, durability="writeback") as again:
+        assert (await recover_unresolved(again, monkeypatch)).failed == 2  # both left
+        inner = again.fs.warm.run
+
+        async def failing_look(fn: object, *args: object) -> object:
+            if fn is publish_module._same_file:
+                raise OSError(errno.EIO, "the tier hiccups")
+            return await inner(fn, *args)  # type: ignore[operator]
+
+        again.fs.warm.run = failing_look  # type: ignore[method-assign]
+        p2 = await again.lookup_path(b"p2")
+        with pytest.raises(OSError):
+            await again.fs.setattr(p2.ino, SetAttr(size=10))  # truncated on the tier, then EIO
+        again.fs.warm.run = inner  # type: ignore[method-assign]
+        # A crash now must not find B closed at p2 (older than the truncate) in the index.
+        stale = [e for e in again.stored_journal().values() if e.path == b"p2" and e.closed]
+        assert not stale, stale
+        again.crash()

@@ -54,6 +54,7 @@ def make_handlers(fs: FileSystem, rel_of: Any) -> dict[str, Handler]:
         # A file moved on by the move itself (a stub's access time, read for a refusal) is
         # found again on a later page: tried once only.
         tried: set[bytes] = set()
+        await fs.settle_names()  # (a file just created is on the warm tier once named)
         for path in paths:
             before = 0  # (files of the pages before: the progress runs on across pages)
             async for found, left in pages(rel_of(path), links=promote):

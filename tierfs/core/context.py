@@ -28,6 +28,7 @@ from tierfs.config import Config, resolve_capacity
 from tierfs.core.attrs import Attrs, attrs_of, err
 from tierfs.core.garbage import Garbage
 from tierfs.core.inodes import ROOT_INODE, Inode, InodeTable
+from tierfs.core.naming import Namings
 from tierfs.core.nslock import NamespaceLock
 from tierfs.core.openfile import DataState, HeldFd, OpenFile, warm_id
 from tierfs.index import Batch, Index
@@ -72,6 +73,8 @@ class Core:
         self.namemax = namemax
         self.as_root = os.geteuid() == 0
         self.ns_lock = NamespaceLock()
+        #: New files whose names are still being made on the warm tier (``core.naming``).
+        self.namings = Namings()
         #: Deletes and aborts the bucket failed, tried again until done.
         self.garbage = Garbage(cold, batch)
         cold.abort_upload = self.garbage.abort

@@ -10,6 +10,7 @@ Nothing here decides anything; see docs/architecture.md for the read and write p
 from __future__ import annotations
 
 import collections
+import errno
 import logging
 import os
 from collections.abc import Awaitable, Callable, Sequence
@@ -21,7 +22,7 @@ from tierfs.cache.blocks import BlockCache
 from tierfs.cache.entries import Source
 from tierfs.cache.counters import Counters
 from tierfs.config import Config
-from tierfs.core.attrs import BLOCK_SIZE, Attrs, SetAttr
+from tierfs.core.attrs import BLOCK_SIZE, Attrs, SetAttr, err
 from tierfs.core.context import Core
 from tierfs.core.garbage import AT_MOUNT
 from tierfs.core.inodes import Inode, InodeTable
@@ -50,6 +51,9 @@ from tierfs.write.writer import Writer
 __all__ = ["BLOCK_SIZE", "Attrs", "DirEntry", "FileSystem", "SetAttr"]
 
 log = logging.getLogger(__name__)
+
+#: Asked by the kernel before every write to a file (to clear it): see ``getxattr``.
+CAPABILITY = b"security.capability"
 
 
 class FileSystem:
@@ -175,6 +179,7 @@ class FileSystem:
         """Publish whatever is still dirty and commit. What could not be published stays
         journaled (and staged) for the next mount: its paths are returned, and written on the
         hot tier for ``tierfs unmount`` to report."""
+        await self.settle_names()
         failed = await self.files.publish_all()
         for inode, e in failed:
             data = inode.data
@@ -209,19 +214,31 @@ class FileSystem:
     async def flush_all(self) -> list[tuple[str, str]]:
         """Publish every write-back file now (``tierfs flush``): what failed, (path, why),
         after trying them all."""
+        await self.settle_names()
         failed = await self.writeback.publish_all()
         return [(show(self.core.rel_or_none(inode) or b"(unlinked)"), e.strerror or str(e))
                 for inode, e in failed]
 
+    async def settle_names(self) -> None:
+        """Until no new file's name is still being made on the warm tier (``core.naming``):
+        what reads or changes the namespace but a lookup, and what acts on a file but its own
+        handle, waits for that first, and finds every name made."""
+        await self.core.namings.settle()
+
     # -- namespace ------------------------------------------------------------------------
 
     async def lookup(self, parent: int, name: bytes) -> tuple[Inode, Attrs]:
+        pending = self.core.namings.child(parent, name)
+        if pending is not None:  # (its name is being made: the inode is the one it names)
+            self.core.inodes.lookup(pending)
+            return pending, await self.namespace.getattr(pending.ino)
         return await self.namespace.lookup(parent, name)
 
     async def getattr(self, ino: int) -> Attrs:
         return await self.namespace.getattr(ino)
 
     async def setattr(self, ino: int, changes: SetAttr) -> Attrs:
+        await self.settle_names()
         inode = self.core.inodes[ino]
         if changes.size is not None:
             changes = await self.files.resize(inode, changes)
@@ -232,29 +249,36 @@ class FileSystem:
 
     async def mkdir(self, parent: int, name: bytes, mode: int, uid: int, gid: int
                     ) -> tuple[Inode, Attrs]:
+        await self.settle_names()
         return await self.namespace.mkdir(parent, name, mode, uid, gid)
 
     async def mknod(self, parent: int, name: bytes, mode: int, rdev: int, uid: int, gid: int
                     ) -> tuple[Inode, Attrs]:
+        await self.settle_names()
         return await self.namespace.mknod(parent, name, mode, rdev, uid, gid)
 
     async def symlink(self, parent: int, name: bytes, target: bytes, uid: int, gid: int
                       ) -> tuple[Inode, Attrs]:
+        await self.settle_names()
         return await self.namespace.symlink(parent, name, target, uid, gid)
 
     async def link(self, ino: int, new_parent: int, new_name: bytes) -> tuple[Inode, Attrs]:
+        await self.settle_names()
         return await self.namespace.link(ino, new_parent, new_name)
 
     async def unlink(self, parent: int, name: bytes) -> None:
+        await self.settle_names()
         going = self.core.inodes.child(parent, name)
         await self.namespace.unlink(parent, name)
         await self.files.lost_name(going)
 
     async def rmdir(self, parent: int, name: bytes) -> None:
+        await self.settle_names()
         await self.namespace.rmdir(parent, name)
 
     async def rename(self, parent: int, name: bytes, new_parent: int, new_name: bytes,
                      flags: int) -> None:
+        await self.settle_names()
         replaced = self.core.inodes.child(new_parent, new_name)
         await self.namespace.rename(parent, name, new_parent, new_name, flags)
         await self.files.lost_name(replaced)
@@ -266,23 +290,33 @@ class FileSystem:
         return await self.namespace.statfs()
 
     async def getxattr(self, ino: int, name: bytes) -> bytes:
+        inode = self.core.inodes[ino]
+        if name == CAPABILITY and self.core.namings.pending(inode):
+            # (asked before every write: a file just made has none, and waits for nothing)
+            raise err(errno.ENODATA)
+        await self.core.namings.wait(inode)
         return await self.namespace.getxattr(ino, name)
 
     async def setxattr(self, ino: int, name: bytes, value: bytes) -> None:
+        await self.settle_names()
         await self.namespace.setxattr(ino, name, value)
 
     async def listxattr(self, ino: int) -> list[bytes]:
+        await self.core.namings.wait(self.core.inodes[ino])
         return await self.namespace.listxattr(ino)
 
     async def removexattr(self, ino: int, name: bytes) -> None:
+        await self.settle_names()
         await self.namespace.removexattr(ino, name)
 
     # -- directories ----------------------------------------------------------------------
 
     async def opendir(self, ino: int) -> int:
+        await self.settle_names()
         return await self.listing.opendir(ino)
 
     async def readdir(self, fh: int, start: int) -> list[tuple[int, DirEntry]]:
+        await self.settle_names()
         return await self.listing.readdir(fh, start)
 
     def dir_entry(self, fh: int, entry: DirEntry) -> tuple[Inode, Attrs]:
@@ -300,6 +334,7 @@ class FileSystem:
     # -- files ----------------------------------------------------------------------------
 
     async def open(self, ino: int, flags: int) -> tuple[int, bool, bool]:
+        await self.core.namings.wait(self.core.inodes[ino])
         return await self.files.open(ino, flags)
 
     async def create(self, parent: int, name: bytes, mode: int, flags: int, uid: int, gid: int
@@ -308,6 +343,7 @@ class FileSystem:
 
     async def read(self, fh: int, offset: int, size: int) -> bytes | memoryview:
         handle = self.files.handles[fh]
+        await self.core.namings.wait(handle.inode)
         return await self.reads.read(fh, handle.inode, handle.data, offset, size)
 
     async def write(self, fh: int, offset: int, buf: bytes) -> int:

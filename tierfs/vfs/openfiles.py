@@ -23,7 +23,7 @@ from tierfs.core.attrs import Attrs, SetAttr, attrs_of, err, stage_times, versio
 from tierfs.core.context import Core
 from tierfs.core.inodes import Inode, PageVersion, identity, key_ids
 from tierfs.core.openfile import OpenFile, warm_id
-from tierfs.tiers.beneath import split
+from tierfs.vfs.names import Names
 from tierfs.vfs.namespace import Namespace
 from tierfs.write.journal import Journal
 from tierfs.write.publish import Publisher
@@ -55,6 +55,7 @@ class OpenFiles:
         self.publisher = publisher
         self.writeback = writeback
         self.handles: dict[int, Handle] = {}
+        self.names = Names(core, journal, namespace)
 
     # -- open and create ------------------------------------------------------------------
 
@@ -210,48 +211,22 @@ class OpenFiles:
                           gid: int) -> tuple[int, bool, Inode, Attrs]:
         core = self.core
         self.namespace.check_name(name)
+        if core.namings.child(parent, name) is not None:
+            await core.namings.settle()  # (found absent before its create: made again here)
         self.writeback.busy()  # (write-back publishes wait: this create goes to the warm tier)
         ns = self.namespace
-
-        def make(rel: bytes, pst: os.stat_result | None
-                 ) -> tuple[int, os.stat_result, int | None, frozenset[bytes] | None,
-                            os.stat_result]:
-            if pst is None:
-                pst = core.warm.lstat(split(rel)[0])
-            owner = ns.owner(uid, gid, pst)
-            # Read-only is enough: the descriptor only keeps the file reachable once unlinked.
-            # Made with its mode where the tier will give it its owner: no chmod then, a round
-            # trip on a network file system (``WarmTier.new_perms``).
-            fd = core.warm.open(rel, os.O_RDONLY | os.O_CREAT | os.O_EXCL,
-                                core.warm.new_perms(owner, mode))
-            try:
-                st = os.fstat(fd)
-                core.warm.made(st)
-                st = ns.chown_new(rel, st, *owner)
-                if stat.S_IMODE(st.st_mode) != stat.S_IMODE(mode):
-                    os.fchmod(fd, stat.S_IMODE(mode))  # (after a chown: it clears set-id bits)
-                    st = os.fstat(fd)
-                try:
-                    # The kernel asks for security.capability before the first write: known
-                    # names answer it without another trip to the warm tier.
-                    xattrs = frozenset(os.fsencode(n) for n in os.listxattr(fd))
-                except OSError as e:
-                    core.warm.note_xattrs_failed(st.st_dev, e)  # (and so does a tier without)
-                    xattrs = None
-                # The kernel asks for the directory's attributes before the next create.
-                after = core.warm.lstat(split(rel)[0])
-                return fd, st, core.inodes.persisted_number(identity(st)), xattrs, after
-            except BaseException:
-                os.close(fd)
-                raise
-
         core.forget_dir_attrs(create=True)  # the directory changes during the call
         async with core.ns_lock.shared():
             # (Read under the lock: a chmod or chown of the directory is made under it
             # exclusively, and forgets them.)
             known = core.made_in_attrs(parent)
+            if known is not None and self.names.later(flags):
+                inode, attrs, data = self.names.pending(parent, name, mode, uid, gid, known)
+                handle = self._new_handle(inode, data, flags)
+                return handle.fh, handle.direct, inode, attrs
             warm_fd, st, persisted, xattrs, parent_st = await core.warm.run(
-                make, core.inodes.child_path(parent, name), known)
+                self.names.make, core.inodes.child_path(parent, name), known, mode, uid, gid,
+                False)
             core.forget_dir_attrs(create=True)  # (another change may have come)
             core.remember_dir(parent, parent_st)
             inode, attrs = ns.entry(parent, name, st, persisted)
@@ -346,8 +321,18 @@ class OpenFiles:
 
     # -- close ----------------------------------------------------------------------------
 
+    async def named(self, inode: Inode) -> None:
+        """Until a new file's name is made on the warm tier (``core.naming``); if it could
+        not be, the error, once (a close or fsync that says so)."""
+        namings = self.core.namings
+        await namings.wait(inode)
+        failure = namings.failure(inode)
+        if failure is not None:
+            raise failure
+
     async def flush(self, fh: int) -> None:
         handle = self.handles[fh]
+        await self.named(handle.inode)  # (another node sees the name once close returns)
         data = handle.data
         if not handle.writable:
             return
@@ -378,6 +363,7 @@ class OpenFiles:
 
     async def fsync(self, fh: int) -> None:
         handle = self.handles[fh]
+        await self.named(handle.inode)
         data = handle.data
         if data.upload is not None and data.writers:
             # What was cut into parts is stored; the object appears when the last writer
@@ -402,7 +388,10 @@ class OpenFiles:
                 await data.upload.wait_idle()
 
     async def release(self, fh: int) -> None:
+        await self.core.namings.wait(self.handles[fh].inode)
         handle = self.handles.pop(fh)
+        if handle.data.handles <= 1:
+            self.core.namings.forget(handle.inode)  # (a failed name no close heard: logged)
         if handle.data.reader is not None:
             handle.data.reader.closed(fh)
         await self.let_go(handle.inode, handle.data, handle.writable)

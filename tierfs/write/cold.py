@@ -72,6 +72,7 @@ class ColdPublisher:
                                            rewriting=writing and data.rewrite)
                     or core.nursery is None):
                 return
+            await core.namings.wait(inode)  # (its name is made first: ``core.naming``)
             rel = core.rel_or_none(inode)
             if rel is None:
                 return  # unlinked: stays staged

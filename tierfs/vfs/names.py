@@ -1,0 +1,160 @@
+"""Making a new file's name on the warm tier: at its create, or just after it returned
+(``core.naming`` says when, and what a user may tell apart).
+
+``OpenFiles.create`` asks here; the handle and open-file state are its own.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import stat
+
+import trio
+
+from tierfs.core.attrs import Attrs, err
+from tierfs.core.context import Core
+from tierfs.core.inodes import Inode, identity
+from tierfs.core.naming import Naming, NamingState, stand_in
+from tierfs.core.openfile import OpenFile
+from tierfs.paths import show
+from tierfs.tiers.beneath import split
+from tierfs.vfs.namespace import Namespace
+from tierfs.write.journal import Journal
+
+log = logging.getLogger(__name__)
+
+#: Names made after their create returned (``core.naming``) at most waiting at once.
+MOST_PENDING = 64
+
+
+class Names:
+    def __init__(self, core: Core, journal: Journal, namespace: Namespace) -> None:
+        self.core = core
+        self.journal = journal
+        self.namespace = namespace
+
+    def make(self, rel: bytes, pst: os.stat_result | None, mode: int, uid: int, gid: int,
+             adopt: bool) -> tuple[int, os.stat_result, int | None, frozenset[bytes] | None,
+                                   os.stat_result]:
+        """Make a new file's name on the warm tier (blocking): its descriptor and attributes,
+        the inode number an earlier mount gave it, its extended attribute names and its
+        directory's attributes after. ``adopt``: a regular file another node made at the name
+        meanwhile is opened instead, as open(2) without O_EXCL would (a name made after its
+        create returned, ``core.naming``)."""
+        core, ns = self.core, self.namespace
+        if pst is None:
+            pst = core.warm.lstat(split(rel)[0])
+        owner = ns.owner(uid, gid, pst)
+        made = True
+        try:
+            # Read-only is enough: the descriptor only keeps the file reachable once
+            # unlinked. Made with its mode where the tier will give it its owner: no chmod
+            # then, a round trip on a network file system (``WarmTier.new_perms``).
+            fd = core.warm.open(rel, os.O_RDONLY | os.O_CREAT | os.O_EXCL,
+                                core.warm.new_perms(owner, mode))
+        except FileExistsError:
+            if not adopt:
+                raise
+            fd, made = core.warm.open(rel, os.O_RDONLY), False
+        try:
+            st = os.fstat(fd)
+            if made:
+                core.warm.made(st)
+                st = ns.chown_new(rel, st, *owner)
+                if stat.S_IMODE(st.st_mode) != stat.S_IMODE(mode):
+                    os.fchmod(fd, stat.S_IMODE(mode))  # (after a chown: it clears set-id bits)
+                    st = os.fstat(fd)
+            try:
+                # The kernel asks for security.capability before the first write: known
+                # names answer it without another trip to the warm tier.
+                xattrs = frozenset(os.fsencode(n) for n in os.listxattr(fd))
+            except OSError as e:
+                core.warm.note_xattrs_failed(st.st_dev, e)  # (and so does a tier without)
+                xattrs = None
+            # The kernel asks for the directory's attributes before the next create.
+            after = core.warm.lstat(split(rel)[0])
+            return fd, st, core.inodes.persisted_number(identity(st)), xattrs, after
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def later(self, flags: int) -> bool:
+        """Whether a create's name is made after it returns (``core.naming``): in write-back,
+        for an open that truncates and does not ask for O_EXCL (so a file another node makes
+        at the name meanwhile is the one opened, and its content is replaced), in a directory
+        where a create just succeeded (``made_in_attrs``: a create that cannot succeed there
+        fails at once), while fewer than ``MOST_PENDING`` names wait."""
+        core = self.core
+        return (core.config.durability == "writeback" and bool(flags & os.O_TRUNC)
+                and not flags & os.O_EXCL and core.nursery is not None
+                and len(core.namings) < MOST_PENDING)
+
+    def pending(self, parent: int, name: bytes, mode: int, uid: int, gid: int,
+                known: os.stat_result) -> tuple[Inode, Attrs, OpenFile]:
+        """A create answered before its name is made: stand-in attributes, the name made by a
+        background task (``_name``). Caller holds ``ns_lock`` shared."""
+        core = self.core
+        assert core.nursery is not None
+        st = stand_in(mode, *self.namespace.owner(uid, gid, known))
+        inode, attrs = self.namespace.entry(parent, name, st, None)
+        data = OpenFile(base=st, atime_ns=st.st_atime_ns, mtime_ns=st.st_mtime_ns,
+                        created=True)
+        inode.data = data
+        inode.cached_version = None
+        naming = Naming(inode, parent, name)
+        core.namings.add(naming)
+        core.remember_dir(parent, known)  # (the kernel asks for them before the next create)
+        core.nursery.start_soon(self._name, naming, data, mode, uid, gid)
+        return inode, attrs, data
+
+    async def _name(self, naming: Naming, data: OpenFile, mode: int, uid: int, gid: int
+                    ) -> None:
+        """Make a pending name on the warm tier and key its inode to the file made (or, if it
+        cannot be made, take the name away and keep the error for the file's close)."""
+        core = self.core
+        inode = naming.inode
+        with trio.CancelScope(shield=True):  # (an unmount waits for it: ``settle``)
+            try:
+                async with core.ns_lock.shared():
+                    # (Its path now: a directory above may have been renamed meanwhile.)
+                    rel = core.rel_or_none(inode)
+                    if rel is None:
+                        raise err(errno.ENOENT)
+                    fd, st, _, xattrs, after = await core.warm.run(
+                        self.make, rel, core.made_in_attrs(naming.parent), mode, uid, gid,
+                        True)
+                    other = core.inodes.known(identity(st))
+                    if other is not None and other is not inode and st.st_nlink > 1:
+                        # (another name of this node's holds the file another node made)
+                        log.error("%s: another file of this mount was made at the name of a "
+                                  "new file (inode %d)", show(rel), other.ino)
+                        await core.warm.run(os.close, fd)
+                        raise err(errno.EEXIST)
+                    core.inodes.rekey(inode, st)
+                    data.warm_fd, data.base = fd, st
+                    if not data.staged:
+                        data.atime_ns, data.mtime_ns = st.st_atime_ns, st.st_mtime_ns
+                    core.forget_dir_attrs(create=True)
+                    core.remember_dir(naming.parent, after)
+                    if xattrs is not None:
+                        self.namespace.remember_xattrs(inode, xattrs)
+                    core.namings.finish(naming, NamingState.NAMED)
+            except Exception as e:
+                failure = e if isinstance(e, OSError) else err(errno.EIO)
+                log.error("could not make the name of a new file (inode %d) on the warm "
+                          "tier; its close fails: %s", inode.ino, failure)
+                self._unname(naming, data)
+                core.namings.finish(naming, NamingState.FAILED, failure)
+        core.invalidate_attrs(inode.ino)  # (the stand-in's times, owner and mode)
+        core.invalidate_attrs(naming.parent)
+
+    def _unname(self, naming: Naming, data: OpenFile) -> None:
+        """A name that could not be made is taken away, as if another node had removed it:
+        what is staged for it is never published there."""
+        core = self.core
+        core.inodes.remove_link(naming.parent, naming.name)
+        if data.staging_id is not None:
+            self.journal.repoint(data.staging_id, None)
+        core.forget_dir_attrs(create=True)

@@ -22,14 +22,16 @@ DATA = b"shard " * 5000
 
 
 def gate_names(core: Core) -> trio.Event:
-    """Hold back the warm calls that make a pending name until the event is set."""
+    """Hold back the warm calls that make a pending name until the event is set (10 s at
+    most)."""
     gate = trio.Event()
     warm = core.fs.warm
     inner = warm.run
 
     async def run(fn: Callable[..., Any], *args: object) -> Any:
         if getattr(fn, "__name__", "") == "make" and args[-1] is True:
-            await gate.wait()
+            with trio.move_on_after(10):  # (a test failing before it opens the gate ends)
+                await gate.wait()
         return await inner(fn, *args)
 
     warm.run = run  # type: ignore[method-assign]
@@ -237,3 +239,21 @@ async def test_unmount_makes_pending_names(tmp_path: Any) -> None:
         core.nursery.start_soon(open_gate)
         # (left open: the unmount waits for the name, then publishes what the file holds)
     assert (tmp_path / "warm" / "d" / "late").read_bytes() == DATA
+
+
+@core_test
+async def test_a_directory_another_node_made_at_the_name_fails_the_close(tmp_path: Any
+                                                                         ) -> None:
+    async with open_core(tmp_path, durability="writeback") as core:
+        await first_file(core)
+        gate = gate_names(core)
+        fh = await core.create(b"d/taken", flags=SAVE)
+        await core.write_all(fh, DATA)
+        os.mkdir(core.warm_path(b"d/taken"))
+        gate.set()
+        with pytest.raises(OSError) as failed:
+            await core.close(fh)
+        assert failed.value.errno == errno.EEXIST
+        assert await core.publish_all() == []
+        assert core.warm_path(b"d/taken").is_dir()
+        assert core.staged() == []

@@ -62,6 +62,7 @@ def make_handlers(fs: FileSystem, mountpoint: str) -> dict[str, Handler]:
         paths = request.get("paths")
         if not isinstance(paths, list) or not paths:
             raise CommandError("no paths given")
+        await fs.settle_names()  # (a file just created is on the warm tier once named)
         out = []
         for path in paths:
             try:

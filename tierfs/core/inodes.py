@@ -37,6 +37,9 @@ _KEY = struct.Struct(">QQ")
 Witness = tuple[bytes, int, int]
 #: Names below a directory checked to tell it renamed from a new one with its number.
 MAX_WITNESSES = 8
+#: The device number of a file's stand-in attributes while its name is still being made
+#: (``core.naming``): no mounted file system has it, so no warm file has its identity.
+PENDING_DEVICE = 0
 
 
 def identity(st: os.stat_result) -> bytes:
@@ -195,11 +198,12 @@ class InodeTable:
         chosen: dict[bytes, Inode] = {}
         for child in self._open:  # (the files open on this node: a handful to thousands)
             for at, child_name in child.links:
-                if at == inode.ino and len(chosen) < MAX_WITNESSES:
+                if (at == inode.ino and len(chosen) < MAX_WITNESSES
+                        and key_ids(child.key)[0] != PENDING_DEVICE):
                     chosen[child_name] = child
         for child_name, child in itertools.islice(reversed(inode.below.items()),
                                                   MAX_WITNESSES):
-            if len(chosen) < MAX_WITNESSES:
+            if len(chosen) < MAX_WITNESSES and key_ids(child.key)[0] != PENDING_DEVICE:
                 chosen.setdefault(child_name, child)
         return [(child_name, *key_ids(child.key)) for child_name, child in chosen.items()]
 

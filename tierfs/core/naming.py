@@ -15,8 +15,9 @@ What a user can tell apart from a create that named at once is kept out of reach
   attribute changes, another open) waits until no name is pending (``FileSystem``);
 - a lookup of a pending name answers with its inode.
 
-A name that cannot be made (the directory gone, the tier full) fails the file's next close,
-which returns that error, and the file loses its name as if another node had removed it.
+A name that cannot be made (the directory gone, the tier full) fails the file's closes and
+fsyncs, which return that error, and the file loses its name as if another node had removed
+it; an open of it finds it stale (the kernel looks the name up again).
 """
 
 from __future__ import annotations
@@ -31,11 +32,8 @@ import time
 import trio
 
 from tierfs.core.attrs import BLOCK_SIZE
-from tierfs.core.inodes import Inode
+from tierfs.core.inodes import PENDING_DEVICE, Inode, key_ids
 
-#: The device number of a pending file's stand-in attributes: no mounted file system has it,
-#: so the identity made from it (``inodes.identity``) never names a warm file.
-PENDING_DEVICE = 0
 _numbers = itertools.count(1 << 62)
 
 
@@ -73,6 +71,12 @@ def stand_in(mode: int, uid: int, gid: int) -> os.stat_result:
     return os.stat_result((stat.S_IFREG | stat.S_IMODE(mode), next(_numbers), PENDING_DEVICE,
                            1, uid, gid, 0, whole, whole, whole,  # (the tuple's fields)
                            secs, secs, secs, now, now, now, BLOCK_SIZE, 0, 0))
+
+
+def never_named(inode: Inode) -> bool:
+    """Whether an inode still has a stand-in's identity once its naming ended: its name
+    could not be made."""
+    return key_ids(inode.key)[0] == PENDING_DEVICE
 
 
 class Namings:
@@ -113,15 +117,18 @@ class Namings:
             await naming.done.wait()
 
     def failure(self, inode: Inode) -> OSError | None:
-        """The error of a name that failed, once: the close that hears it."""
-        naming = self._failed.pop(inode.ino, None)
+        """The error of a name that failed: every close and fsync of a writer of the file
+        hears it, until the file is let go (``forget``)."""
+        naming = self._failed.get(inode.ino)
         return None if naming is None else naming.error
 
     def forget(self, inode: Inode) -> None:
-        """The file is let go: a failure no close heard is dropped (it was logged)."""
+        """The file is let go (its last handle released)."""
         self._failed.pop(inode.ino, None)
 
     async def settle(self) -> None:
-        """Until no name is pending (those started meanwhile too)."""
-        while self._by_ino:
-            await next(iter(self._by_ino.values())).done.wait()
+        """Until every name pending now is made or has failed: a create that returned before
+        the caller's request came. (Not those started meanwhile: saves going on would hold
+        back every listing for as long as they last.)"""
+        for naming in list(self._by_ino.values()):
+            await naming.done.wait()

@@ -26,6 +26,7 @@ from tierfs.core.attrs import BLOCK_SIZE, Attrs, SetAttr, err
 from tierfs.core.context import Core
 from tierfs.core.garbage import AT_MOUNT
 from tierfs.core.inodes import Inode, InodeTable
+from tierfs.core.naming import never_named
 from tierfs.core.openfile import WarmId
 from tierfs.index import Index
 from tierfs.stubs import Stub
@@ -329,12 +330,18 @@ class FileSystem:
         await self.listing.releasedir(fh)
 
     async def fsyncdir(self, fh: int) -> None:
+        await self.settle_names()
         await self.listing.fsyncdir(fh)
 
     # -- files ----------------------------------------------------------------------------
 
     async def open(self, ino: int, flags: int) -> tuple[int, bool, bool]:
-        await self.core.namings.wait(self.core.inodes[ino])
+        inode = self.core.inodes[ino]
+        await self.core.namings.wait(inode)
+        if never_named(inode):
+            # (its name could not be made: the kernel looks the name up again, and finds
+            # what is there, or nothing; a create then makes it anew)
+            raise err(errno.ESTALE)
         return await self.files.open(ino, flags)
 
     async def create(self, parent: int, name: bytes, mode: int, flags: int, uid: int, gid: int

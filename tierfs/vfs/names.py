@@ -57,7 +57,7 @@ class Names:
         except FileExistsError:
             if not adopt:
                 raise
-            fd, made = core.warm.open(rel, os.O_RDONLY), False
+            fd, made = self._adopt(rel, uid), False
         try:
             st = os.fstat(fd)
             if made:
@@ -76,6 +76,32 @@ class Names:
             # The kernel asks for the directory's attributes before the next create.
             after = core.warm.lstat(split(rel)[0])
             return fd, st, core.inodes.persisted_number(identity(st)), xattrs, after
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def _adopt(self, rel: bytes, uid: int) -> int:
+        """A regular file another node made at a name being made: opened and truncated, as
+        open(2) with O_TRUNC would have, only where the caller owns it and may write it. The
+        kernel checked permissions at the create, on no file; the rest of what open(2)
+        would allow (through a group, to root) is refused here rather than judged again."""
+        try:
+            fd = self.core.warm.open(rel, os.O_RDONLY)
+        except OSError as e:
+            if e.errno in (errno.ESTALE, errno.ELOOP):  # (a directory, a link, a stub)
+                raise err(errno.EEXIST) from e
+            raise
+        try:
+            st = os.fstat(fd)
+            if st.st_uid != uid or not st.st_mode & stat.S_IWUSR:
+                raise err(errno.EACCES)
+            # (that very file, opened again to write: no other can have taken its name)
+            wfd = os.open(f"/proc/self/fd/{fd}", os.O_WRONLY | os.O_CLOEXEC)
+            try:
+                os.ftruncate(wfd, 0)
+            finally:
+                os.close(wfd)
+            return fd
         except BaseException:
             os.close(fd)
             raise
@@ -104,9 +130,9 @@ class Names:
         inode.data = data
         inode.cached_version = None
         naming = Naming(inode, parent, name)
-        core.namings.add(naming)
         core.remember_dir(parent, known)  # (the kernel asks for them before the next create)
         core.nursery.start_soon(self._name, naming, data, mode, uid, gid)
+        core.namings.add(naming)  # (after: were the nursery closed, nothing would wait)
         return inode, attrs, data
 
     async def _name(self, naming: Naming, data: OpenFile, mode: int, uid: int, gid: int
@@ -115,6 +141,7 @@ class Names:
         cannot be made, take the name away and keep the error for the file's close)."""
         core = self.core
         inode = naming.inode
+        state, failure = NamingState.FAILED, None
         with trio.CancelScope(shield=True):  # (an unmount waits for it: ``settle``)
             try:
                 async with core.ns_lock.shared():
@@ -136,19 +163,30 @@ class Names:
                     data.warm_fd, data.base = fd, st
                     if not data.staged:
                         data.atime_ns, data.mtime_ns = st.st_atime_ns, st.st_mtime_ns
-                    core.forget_dir_attrs(create=True)
-                    core.remember_dir(naming.parent, after)
+                    self._dir_changed(naming.parent, after)
                     if xattrs is not None:
                         self.namespace.remember_xattrs(inode, xattrs)
-                    core.namings.finish(naming, NamingState.NAMED)
+                    state = NamingState.NAMED
             except Exception as e:
                 failure = e if isinstance(e, OSError) else err(errno.EIO)
                 log.error("could not make the name of a new file (inode %d) on the warm "
                           "tier; its close fails: %s", inode.ino, failure)
                 self._unname(naming, data)
-                core.namings.finish(naming, NamingState.FAILED, failure)
+            finally:
+                core.namings.finish(naming, state, failure)  # (whatever failed: none waits on)
         core.invalidate_attrs(inode.ino)  # (the stand-in's times, owner and mode)
         core.invalidate_attrs(naming.parent)
+
+    def _dir_changed(self, parent: int, after: os.stat_result) -> None:
+        """The directory's attributes as read after a name was made: names made side by side
+        finish in any order, so the latest change read is kept, not the last read."""
+        core = self.core
+        known = core.made_in_attrs(parent)
+        core.forget_dir_attrs(create=True)
+        if known is not None and ((known.st_ctime_ns, known.st_mtime_ns)
+                                  > (after.st_ctime_ns, after.st_mtime_ns)):
+            after = known
+        core.remember_dir(parent, after)
 
     def _unname(self, naming: Naming, data: OpenFile) -> None:
         """A name that could not be made is taken away, as if another node had removed it:

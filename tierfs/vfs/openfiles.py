@@ -321,18 +321,18 @@ class OpenFiles:
 
     # -- close ----------------------------------------------------------------------------
 
-    async def named(self, inode: Inode) -> None:
+    async def named(self, handle: Handle) -> None:
         """Until a new file's name is made on the warm tier (``core.naming``); if it could
-        not be, the error, once (a close or fsync that says so)."""
+        not be, the error, for a writer (its data has nowhere to go)."""
         namings = self.core.namings
-        await namings.wait(inode)
-        failure = namings.failure(inode)
-        if failure is not None:
+        await namings.wait(handle.inode)
+        failure = namings.failure(handle.inode)
+        if failure is not None and handle.writable:
             raise failure
 
     async def flush(self, fh: int) -> None:
         handle = self.handles[fh]
-        await self.named(handle.inode)  # (another node sees the name once close returns)
+        await self.named(handle)  # (another node sees the name once close returns)
         data = handle.data
         if not handle.writable:
             return
@@ -363,7 +363,7 @@ class OpenFiles:
 
     async def fsync(self, fh: int) -> None:
         handle = self.handles[fh]
-        await self.named(handle.inode)
+        await self.named(handle)
         data = handle.data
         if data.upload is not None and data.writers:
             # What was cut into parts is stored; the object appears when the last writer

@@ -1,0 +1,195 @@
+"""A create named later (``core.naming``) at its edges: another node's file at the name (its
+owner and content), a directory fsynced, a failed name heard by every close of its writer and
+retried, listings while saves go on, and the directory's attributes after names made side by
+side. Each compares with what a create named at once gives."""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import trio
+
+from .conftest import Core, core_test, open_core
+from .test_named_later import DATA, SAVE, first_file, gate_names, pending
+
+OTHER = b"the other node's bytes " * 1000
+
+
+def slow_names(core: Core, before: Callable[[int], float], after: Callable[[int], float]
+               ) -> None:
+    """The warm call that makes the n-th pending name (0, 1, ...) waits ``before(n)``
+    seconds before it and ``after(n)`` after it."""
+    warm = core.fs.warm
+    inner = warm.run
+    count = [0]
+
+    async def run(fn: Callable[..., Any], *args: object) -> Any:
+        if getattr(fn, "__name__", "") == "make" and args[-1] is True:
+            n = count[0]
+            count[0] += 1
+            await trio.sleep(before(n))
+            out = await inner(fn, *args)
+            await trio.sleep(after(n))
+            return out
+        return await inner(fn, *args)
+
+    warm.run = run  # type: ignore[method-assign]
+
+
+@core_test
+async def test_a_file_another_node_made_at_the_name_is_truncated(tmp_path: Any) -> None:
+    """As open(O_CREAT | O_TRUNC): empty, even with nothing written, and read so."""
+    async with open_core(tmp_path, durability="writeback") as core:
+        d = await first_file(core)
+        gate = gate_names(core)
+        empty = await core.create(b"d/empty", flags=SAVE)
+        fh, _, inode, attrs = await core.fs.create(d, b"read", 0o644,
+                                                   os.O_RDWR | os.O_CREAT | os.O_TRUNC,
+                                                   os.getuid(), os.getgid())
+        assert attrs.size == 0
+        core.warm_path(b"d/empty").write_bytes(OTHER)  # another node, meanwhile
+        core.warm_path(b"d/read").write_bytes(OTHER)
+        gate.set()
+        await core.close(empty)  # (an empty save: open(path, "wb").close())
+        assert await core.fs.read(fh, 0, 4096) == b""
+        assert (await core.fs.getattr(inode.ino)).size == 0
+        await core.close(fh)
+        assert await core.publish_all() == []
+        for name in (b"d/empty", b"d/read"):
+            assert await core.size_of(name) == 0
+            assert core.warm_path(name).read_bytes() == b""
+
+
+@core_test
+async def test_a_file_of_another_user_at_the_name_is_left_alone(tmp_path: Any) -> None:
+    """Another user's read-only file made at the name meanwhile: open(2) would have refused
+    it; the save's close says so and the file keeps its bytes."""
+    async with open_core(tmp_path, durability="writeback") as core:
+        await first_file(core)
+        os.chmod(core.warm_path(b"d"), 0o777)  # (anyone may create there)
+        gate = gate_names(core)
+        d = (await core.lookup_path(b"d")).ino
+        fh, _, _, _ = await core.fs.create(d, b"theirs", 0o644, SAVE, 4242, 4242)
+        theirs = core.warm_path(b"d/theirs")
+        theirs.write_bytes(OTHER)
+        os.chown(theirs, 4343, 4343)
+        os.chmod(theirs, 0o444)
+        gate.set()
+        await core.fs.write(fh, 0, b"mine")
+        with pytest.raises(OSError) as failed:
+            await core.close(fh)
+        assert failed.value.errno == errno.EACCES
+        assert await core.publish_all() == []
+        assert theirs.read_bytes() == OTHER
+
+
+@core_test
+async def test_fsync_of_the_directory_makes_pending_names(tmp_path: Any) -> None:
+    async with open_core(tmp_path, durability="writeback") as core:
+        d = await first_file(core)
+        dh = await core.fs.opendir(d)  # (held open, as a database holds its directory)
+        gate = gate_names(core)
+        fh = await core.create(b"d/new", flags=SAVE)
+        await core.write_all(fh, DATA)
+
+        async def open_gate() -> None:
+            await trio.sleep(0.1)
+            gate.set()
+
+        core.nursery.start_soon(open_gate)
+        await core.fs.fsyncdir(dh)
+        assert core.warm_path(b"d/new").exists()
+        assert pending(core) == 0
+        await core.close(fh)
+        await core.fs.releasedir(dh)
+
+
+@core_test
+async def test_a_failed_name_fails_every_close_and_a_retry_makes_it(tmp_path: Any) -> None:
+    """Every flush of the writer's handle (a dup's close too) hears the failure; an open of
+    the inode after it is stale, so the kernel looks the name up again, finds nothing and
+    creates the file anew."""
+    async with open_core(tmp_path, durability="writeback") as core:
+        d = await first_file(core)
+        warm = core.fs.warm
+        inner = warm.run
+        fail = [True]
+
+        async def run(fn: Callable[..., Any], *args: object) -> Any:
+            if getattr(fn, "__name__", "") == "make" and args[-1] is True and fail[0]:
+                fail[0] = False
+                raise OSError(errno.EDQUOT, "quota")
+            return await inner(fn, *args)
+
+        warm.run = run  # type: ignore[method-assign]
+        fh, _, inode, _ = await core.fs.create(d, b"x", 0o644, SAVE, os.getuid(), os.getgid())
+        await core.write_all(fh, DATA)
+        for _ in range(2):  # (the dup's close, then the file's)
+            with pytest.raises(OSError) as failed:
+                await core.fs.flush(fh)
+            assert failed.value.errno == errno.EDQUOT
+        await core.fs.release(fh)
+        with pytest.raises(OSError) as stale:
+            await core.fs.open(inode.ino, os.O_WRONLY | os.O_TRUNC)
+        assert stale.value.errno == errno.ESTALE
+        with pytest.raises(FileNotFoundError):
+            await core.fs.lookup(d, b"x")
+        fh, _, _, _ = await core.fs.create(d, b"x", 0o644, SAVE, os.getuid(), os.getgid())
+        await core.write_all(fh, DATA)
+        await core.close(fh)
+        assert await core.publish_all() == []
+        assert core.warm_path(b"d/x").read_bytes() == DATA
+
+
+@core_test
+async def test_a_listing_waits_only_for_names_pending_when_it_came(tmp_path: Any) -> None:
+    """Writers saving file after file: an ls of another directory is not held back for as
+    long as they go on."""
+    async with open_core(tmp_path, durability="writeback") as core:
+        core.fs.writeback.quiet = core.fs.writeback.max_wait = 60.0
+        d = await first_file(core)
+        other = await core.mkdirs(b"other")
+        slow_names(core, lambda n: 0.01 + (n % 7) * 0.005, lambda n: 0.0)
+        stop = trio.Event()
+
+        async def writer(i: int) -> None:
+            n = 0
+            while not stop.is_set():
+                fh, _, _, _ = await core.fs.create(d, b"w%d-%d" % (i, n), 0o644, SAVE,
+                                                   os.getuid(), os.getgid())
+                await core.write_all(fh, b"x" * 100)
+                await core.close(fh)
+                n += 1
+
+        async with trio.open_nursery() as nursery:
+            for i in range(8):
+                nursery.start_soon(writer, i)
+            await trio.sleep(0.2)
+            started = trio.current_time()
+            with trio.move_on_after(3.0):
+                dh = await core.fs.opendir(other)
+                await core.fs.releasedir(dh)
+            waited = trio.current_time() - started
+            stop.set()
+        assert waited < 1.0
+
+
+@core_test
+async def test_the_directory_after_names_made_side_by_side(tmp_path: Any) -> None:
+    """The name that finishes last read the directory before the other's create: the later
+    attributes are kept."""
+    async with open_core(tmp_path, durability="writeback", attr_timeout=5.0) as core:
+        core.fs.writeback.quiet = core.fs.writeback.max_wait = 60.0
+        d = await first_file(core)
+        slow_names(core, lambda n: 0.0 if n == 0 else 0.05, lambda n: 0.3 if n == 0 else 0.0)
+        a = await core.create(b"d/a", flags=SAVE)
+        b = await core.create(b"d/b", flags=SAVE)
+        assert pending(core) == 2
+        await core.close(a)
+        await core.close(b)
+        attrs = await core.fs.getattr(d)
+        assert attrs.mtime_ns == os.stat(core.warm_path(b"d")).st_mtime_ns

@@ -257,3 +257,30 @@ async def test_a_directory_another_node_made_at_the_name_fails_the_close(tmp_pat
         assert await core.publish_all() == []
         assert core.warm_path(b"d/taken").is_dir()
         assert core.staged() == []
+
+
+@core_test
+async def test_a_save_growing_past_the_threshold_streams_once_named(tmp_path: Any) -> None:
+    """Its upload starts after the name is made (the stub goes there); an fsync then holds
+    through a crash."""
+    big = bytes(range(256)) * 1024
+    async with open_core(tmp_path, large_file_threshold="64KiB",
+                         durability="writeback") as core:
+        await first_file(core)
+        gate = gate_names(core)
+        fh = await core.create(b"d/big", flags=SAVE)
+        assert pending(core) == 1
+
+        async def open_gate() -> None:
+            await trio.sleep(0.1)
+            gate.set()
+
+        core.nursery.start_soon(open_gate)
+        await core.write_all(fh, big, chunk=32 * 1024)
+        assert pending(core) == 0
+        await core.fs.fsync(fh)
+        core.crash()
+    async with open_core(tmp_path, large_file_threshold="64KiB",
+                         durability="writeback") as core:
+        await core.recover()
+        assert await core.read_file(b"d/big") == big

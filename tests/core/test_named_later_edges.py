@@ -193,3 +193,56 @@ async def test_the_directory_after_names_made_side_by_side(tmp_path: Any) -> Non
         await core.close(b)
         attrs = await core.fs.getattr(d)
         assert attrs.mtime_ns == os.stat(core.warm_path(b"d")).st_mtime_ns
+
+
+@core_test
+async def test_a_file_of_this_mount_linked_at_the_name_is_left_alone(tmp_path: Any) -> None:
+    """Another node links, at the name being made, a file this mount knows under another
+    name: the save's close fails (two inodes would name one file) and that file keeps its
+    bytes."""
+    async with open_core(tmp_path, durability="writeback") as core:
+        await first_file(core)
+        await core.write_file(b"d/mine", b"precious " * 1000)
+        assert await core.publish_all() == []
+        await core.lookup_path(b"d/mine")
+        gate = gate_names(core)
+        fh = await core.create(b"d/x", flags=SAVE)
+        await core.write_all(fh, DATA)
+        os.link(core.warm_path(b"d/mine"), core.warm_path(b"d/x"))
+        gate.set()
+        with pytest.raises(OSError) as failed:
+            await core.close(fh)
+        assert failed.value.errno == errno.EEXIST
+        assert core.warm_path(b"d/mine").read_bytes() == b"precious " * 1000
+
+
+@core_test
+async def test_after_a_failed_name_the_next_create_there_fails_at_once(tmp_path: Any
+                                                                       ) -> None:
+    async with open_core(tmp_path, durability="writeback", attr_timeout=5.0) as core:
+        d = await first_file(core)
+        gate = gate_names(core)
+        fh = await core.create(b"d/one", flags=SAVE)
+        await core.write_all(fh, DATA)
+        os.remove(core.warm_path(b"d/first"))  # another node removes the directory
+        os.rmdir(core.warm_path(b"d"))
+        gate.set()
+        with pytest.raises(OSError) as failed:
+            await core.close(fh)
+        assert failed.value.errno == errno.ENOENT
+        with pytest.raises(OSError) as again:
+            await core.fs.create(d, b"two", 0o644, SAVE, os.getuid(), os.getgid())
+        assert again.value.errno == errno.ENOENT
+        assert pending(core) == 0
+
+
+@core_test
+async def test_a_create_that_cannot_write_is_named_at_once(tmp_path: Any) -> None:
+    """O_RDONLY | O_CREAT | O_TRUNC: no close of it would hear a name that failed."""
+    async with open_core(tmp_path, durability="writeback") as core:
+        await first_file(core)
+        gate_names(core)  # (never set)
+        fh = await core.create(b"d/r", flags=os.O_RDONLY | os.O_CREAT | os.O_TRUNC)
+        assert pending(core) == 0
+        assert core.warm_path(b"d/r").exists()
+        await core.close(fh)

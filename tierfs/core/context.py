@@ -369,9 +369,13 @@ class Core:
             self.made_in.clear()
         self.changes += 1
 
-    def remember_dir(self, ino: int, st: os.stat_result) -> None:
+    def remember_dir(self, ino: int, st: os.stat_result, made_in: bool = True) -> None:
+        """``made_in`` False: for the kernel's next getattr only, not for the next create
+        (attributes read before the last create: ``Names.pending``)."""
         deadline = time.monotonic() + self.config.attr_timeout
         self.dir_attrs[ino] = (deadline, st)
+        if not made_in:
+            return
         self.made_in.pop(ino, None)  # (to the end: the oldest go first)
         if len(self.made_in) >= MOST_MADE_IN:
             del self.made_in[next(iter(self.made_in))]

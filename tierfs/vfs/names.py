@@ -29,6 +29,17 @@ log = logging.getLogger(__name__)
 MOST_PENDING = 64
 
 
+def truncate_through(fd: int) -> os.stat_result:
+    """Empty the very file ``fd`` holds (opened again to write: no other file can have
+    taken its name meanwhile), and its attributes after (blocking)."""
+    wfd = os.open(f"/proc/self/fd/{fd}", os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.ftruncate(wfd, 0)
+    finally:
+        os.close(wfd)
+    return os.fstat(fd)
+
+
 class Names:
     def __init__(self, core: Core, journal: Journal, namespace: Namespace) -> None:
         self.core = core
@@ -81,10 +92,11 @@ class Names:
             raise
 
     def _adopt(self, rel: bytes, uid: int) -> int:
-        """A regular file another node made at a name being made: opened and truncated, as
-        open(2) with O_TRUNC would have, only where the caller owns it and may write it. The
-        kernel checked permissions at the create, on no file; the rest of what open(2)
-        would allow (through a group, to root) is refused here rather than judged again."""
+        """A regular file another node made at a name being made: opened, to be emptied as
+        open(2) with O_TRUNC would have (by ``_name``, once it is known to be no file of
+        this mount's), only where the caller owns it and may write it. The kernel checked
+        permissions at the create, on no file; the rest of what open(2) would allow (through
+        a group, to root) is refused here rather than judged again."""
         try:
             fd = self.core.warm.open(rel, os.O_RDONLY)
         except OSError as e:
@@ -95,12 +107,6 @@ class Names:
             st = os.fstat(fd)
             if st.st_uid != uid or not st.st_mode & stat.S_IWUSR:
                 raise err(errno.EACCES)
-            # (that very file, opened again to write: no other can have taken its name)
-            wfd = os.open(f"/proc/self/fd/{fd}", os.O_WRONLY | os.O_CLOEXEC)
-            try:
-                os.ftruncate(wfd, 0)
-            finally:
-                os.close(wfd)
             return fd
         except BaseException:
             os.close(fd)
@@ -111,9 +117,11 @@ class Names:
         for an open that truncates and does not ask for O_EXCL (so a file another node makes
         at the name meanwhile is the one opened, and its content is replaced), in a directory
         where a create just succeeded (``made_in_attrs``: a create that cannot succeed there
-        fails at once), while fewer than ``MOST_PENDING`` names wait."""
+        fails at once), by a writer (whose close can say that the name failed), while fewer
+        than ``MOST_PENDING`` names wait."""
         core = self.core
         return (core.config.durability == "writeback" and bool(flags & os.O_TRUNC)
+                and flags & os.O_ACCMODE in (os.O_WRONLY, os.O_RDWR)
                 and not flags & os.O_EXCL and core.nursery is not None
                 and len(core.namings) < MOST_PENDING)
 
@@ -130,7 +138,9 @@ class Names:
         inode.data = data
         inode.cached_version = None
         naming = Naming(inode, parent, name)
-        core.remember_dir(parent, known)  # (the kernel asks for them before the next create)
+        # (The kernel asks for them before the next create; whether that one is named
+        # later is still up to when this name is made, not renewed here.)
+        core.remember_dir(parent, known, made_in=False)
         core.nursery.start_soon(self._name, naming, data, mode, uid, gid)
         core.namings.add(naming)  # (after: were the nursery closed, nothing would wait)
         return inode, attrs, data
@@ -153,12 +163,19 @@ class Names:
                         self.make, rel, core.made_in_attrs(naming.parent), mode, uid, gid,
                         True)
                     other = core.inodes.known(identity(st))
-                    if other is not None and other is not inode and st.st_nlink > 1:
-                        # (another name of this node's holds the file another node made)
-                        log.error("%s: another file of this mount was made at the name of a "
-                                  "new file (inode %d)", show(rel), other.ino)
+                    if other is not None and other is not inode:
+                        # (a file this mount knows, linked or moved there by another node:
+                        # neither emptied nor given a second inode)
+                        log.error("%s: another node put a file this mount knows (inode %d) "
+                                  "at the name of a new file", show(rel), other.ino)
                         await core.warm.run(os.close, fd)
                         raise err(errno.EEXIST)
+                    if st.st_size:  # (adopted: emptied now, as open(2) with O_TRUNC does)
+                        try:
+                            st = await core.warm.run(truncate_through, fd)
+                        except BaseException:
+                            await core.warm.run(os.close, fd)
+                            raise
                     core.inodes.rekey(inode, st)
                     data.warm_fd, data.base = fd, st
                     if not data.staged:
@@ -195,4 +212,6 @@ class Names:
         core.inodes.remove_link(naming.parent, naming.name)
         if data.staging_id is not None:
             self.journal.repoint(data.staging_id, None)
-        core.forget_dir_attrs(create=True)
+        # (and no create is named later in the directory until one succeeds there at once:
+        # the next ones may fail alike, and should at their create)
+        core.forget_dir_attrs()

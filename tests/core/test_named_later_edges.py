@@ -246,3 +246,28 @@ async def test_a_create_that_cannot_write_is_named_at_once(tmp_path: Any) -> Non
         assert pending(core) == 0
         assert core.warm_path(b"d/r").exists()
         await core.close(fh)
+
+
+@core_test
+async def test_a_save_may_get_the_number_of_a_file_removed_elsewhere(tmp_path: Any) -> None:
+    """The warm file system gives a freed inode number to the next file at once: a file
+    this mount still knows (a kernel lookup held), removed by another node, lends it to the
+    save's new file, which is a new file here too, as for a create named at once
+    (``InodeTable.resolve``)."""
+    async with open_core(tmp_path, durability="writeback") as core:
+        await first_file(core)
+        await core.write_file(b"d/old", b"old shard")
+        assert await core.publish_all() == []
+        old = await core.lookup_path(b"d/old")
+        old_number = core.warm_path(b"d/old").stat().st_ino
+        os.unlink(core.warm_path(b"d/old"))  # another node removes the old checkpoint
+        fh = await core.create(b"d/new", flags=SAVE)
+        assert pending(core) == 1
+        await core.write_all(fh, DATA)
+        await core.close(fh)
+        assert await core.publish_all() == []
+        assert core.warm_path(b"d/new").read_bytes() == DATA
+        new = await core.lookup_path(b"d/new")
+        assert new.ino != old.ino
+        if core.warm_path(b"d/new").stat().st_ino != old_number:
+            pytest.skip("the warm file system gave the new file another number")

@@ -12,7 +12,7 @@ What a user can tell apart from a create that named at once is kept out of reach
   sees the name once the close returns (close-to-open) and the journal never acknowledges
   data that has no name;
 - every operation that reads or changes the namespace otherwise (listings, renames, unlinks,
-  attribute changes, another open) waits until no name is pending (``FileSystem``);
+  attribute changes) waits for the names pending when it came (``FileSystem``);
 - a lookup of a pending name answers with its inode.
 
 A name that cannot be made (the directory gone, the tier full) fails the file's closes and

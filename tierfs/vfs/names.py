@@ -48,12 +48,12 @@ class Names:
 
     def make(self, rel: bytes, pst: os.stat_result | None, mode: int, uid: int, gid: int,
              adopt: bool) -> tuple[int, os.stat_result, int | None, frozenset[bytes] | None,
-                                   os.stat_result]:
+                                   os.stat_result, bool]:
         """Make a new file's name on the warm tier (blocking): its descriptor and attributes,
         the inode number an earlier mount gave it, its extended attribute names and its
-        directory's attributes after. ``adopt``: a regular file another node made at the name
-        meanwhile is opened instead, as open(2) without O_EXCL would (a name made after its
-        create returned, ``core.naming``)."""
+        directory's attributes after, and whether it made the file. ``adopt``: a regular
+        file another node made at the name meanwhile is opened instead, as open(2) without
+        O_EXCL would (a name made after its create returned, ``core.naming``)."""
         core, ns = self.core, self.namespace
         if pst is None:
             pst = core.warm.lstat(split(rel)[0])
@@ -86,7 +86,7 @@ class Names:
                 xattrs = None
             # The kernel asks for the directory's attributes before the next create.
             after = core.warm.lstat(split(rel)[0])
-            return fd, st, core.inodes.persisted_number(identity(st)), xattrs, after
+            return fd, st, core.inodes.persisted_number(identity(st)), xattrs, after, made
         except BaseException:
             os.close(fd)
             raise
@@ -159,14 +159,15 @@ class Names:
                     rel = core.rel_or_none(inode)
                     if rel is None:
                         raise err(errno.ENOENT)
-                    fd, st, _, xattrs, after = await core.warm.run(
+                    fd, st, _, xattrs, after, made = await core.warm.run(
                         self.make, rel, core.made_in_attrs(naming.parent), mode, uid, gid,
                         True)
-                    other = core.inodes.known(identity(st))
-                    if other is not None and other is not inode:
-                        # (a file this mount knows, linked or moved there by another node:
-                        # neither emptied nor given a second inode)
-                        log.error("%s: another node put a file this mount knows (inode %d) "
+                    other = None if made else core.inodes.known(identity(st))
+                    if other is not None and other is not inode and st.st_nlink > 1:
+                        # (a file this mount knows, linked there by another node: neither
+                        # emptied nor given a second inode; with one link, the number of a
+                        # file removed meanwhile, given to a new one, as ``resolve`` takes it)
+                        log.error("%s: another node linked a file this mount knows (inode %d) "
                                   "at the name of a new file", show(rel), other.ino)
                         await core.warm.run(os.close, fd)
                         raise err(errno.EEXIST)

@@ -224,7 +224,7 @@ class OpenFiles:
                 inode, attrs, data = self.names.pending(parent, name, mode, uid, gid, known)
                 handle = self._new_handle(inode, data, flags)
                 return handle.fh, handle.direct, inode, attrs
-            warm_fd, st, persisted, xattrs, parent_st = await core.warm.run(
+            warm_fd, st, persisted, xattrs, parent_st, _ = await core.warm.run(
                 self.names.make, core.inodes.child_path(parent, name), known, mode, uid, gid,
                 False)
             core.forget_dir_attrs(create=True)  # (another change may have come)

@@ -38,6 +38,15 @@ def gate_names(core: Core) -> trio.Event:
     return gate
 
 
+def open_soon(core: Core, gate: trio.Event, delay: float) -> None:
+    """Open the gate after ``delay`` seconds, while the test goes on."""
+    async def opener() -> None:
+        await trio.sleep(delay)
+        gate.set()
+
+    core.nursery.start_soon(opener)
+
+
 async def first_file(core: Core) -> int:
     """A directory ``d`` with one file made (a create there succeeded): its inode number."""
     d = await core.mkdirs(b"d")
@@ -87,12 +96,7 @@ async def test_a_listing_waits_for_pending_names(tmp_path: Any) -> None:
         gate = gate_names(core)
         fhs = [await core.create(b"d/s%d" % i, flags=SAVE) for i in range(3)]
         assert pending(core) == 3
-
-        async def open_gate() -> None:
-            await trio.sleep(0.05)
-            gate.set()
-
-        core.nursery.start_soon(open_gate)
+        open_soon(core, gate, 0.05)
         dh = await core.fs.opendir(d)
         names = {e.name for _, e in await core.fs.readdir(dh, 0)}
         await core.fs.releasedir(dh)
@@ -110,12 +114,7 @@ async def test_a_rename_and_an_unlink_right_after_the_create(tmp_path: Any) -> N
         b = await core.create(b"d/b", flags=SAVE)
         await core.write_all(a, b"A" * 1000)
         await core.write_all(b, b"B" * 1000)
-
-        async def open_gate() -> None:
-            await trio.sleep(0.05)
-            gate.set()
-
-        core.nursery.start_soon(open_gate)
+        open_soon(core, gate, 0.05)
         await core.fs.rename(d, b"a", d, b"renamed", 0)
         await core.fs.unlink(d, b"b")
         await core.close(a)
@@ -134,12 +133,7 @@ async def test_a_renamed_directory_gets_the_name(tmp_path: Any) -> None:
         gate = gate_names(core)
         fh = await core.create(b"d/x", flags=SAVE)
         await core.write_all(fh, DATA)
-
-        async def open_gate() -> None:
-            await trio.sleep(0.05)
-            gate.set()
-
-        core.nursery.start_soon(open_gate)
+        open_soon(core, gate, 0.05)
         await core.fs.rename(ROOT, b"d", ROOT, b"e", 0)
         await core.close(fh)
         assert await core.publish_all() == []
@@ -231,12 +225,7 @@ async def test_unmount_makes_pending_names(tmp_path: Any) -> None:
         gate = gate_names(core)
         fh = await core.create(b"d/late", flags=SAVE)
         await core.write_all(fh, DATA)
-
-        async def open_gate() -> None:
-            await trio.sleep(0.05)
-            gate.set()
-
-        core.nursery.start_soon(open_gate)
+        open_soon(core, gate, 0.05)
         # (left open: the unmount waits for the name, then publishes what the file holds)
     assert (tmp_path / "warm" / "d" / "late").read_bytes() == DATA
 
@@ -270,12 +259,7 @@ async def test_a_save_growing_past_the_threshold_streams_once_named(tmp_path: An
         gate = gate_names(core)
         fh = await core.create(b"d/big", flags=SAVE)
         assert pending(core) == 1
-
-        async def open_gate() -> None:
-            await trio.sleep(0.1)
-            gate.set()
-
-        core.nursery.start_soon(open_gate)
+        open_soon(core, gate, 0.1)
         await core.write_all(fh, big, chunk=32 * 1024)
         assert pending(core) == 0
         await core.fs.fsync(fh)

@@ -14,7 +14,7 @@ import pytest
 import trio
 
 from .conftest import Core, core_test, open_core
-from .test_named_later import DATA, SAVE, first_file, gate_names, pending
+from .test_named_later import DATA, SAVE, first_file, gate_names, open_soon, pending
 
 OTHER = b"the other node's bytes " * 1000
 
@@ -95,12 +95,7 @@ async def test_fsync_of_the_directory_makes_pending_names(tmp_path: Any) -> None
         gate = gate_names(core)
         fh = await core.create(b"d/new", flags=SAVE)
         await core.write_all(fh, DATA)
-
-        async def open_gate() -> None:
-            await trio.sleep(0.1)
-            gate.set()
-
-        core.nursery.start_soon(open_gate)
+        open_soon(core, gate, 0.1)
         await core.fs.fsyncdir(dh)
         assert core.warm_path(b"d/new").exists()
         assert pending(core) == 0

@@ -221,9 +221,10 @@ class FileSystem:
                 for inode, e in failed]
 
     async def settle_names(self) -> None:
-        """Until no new file's name is still being made on the warm tier (``core.naming``):
-        what reads or changes the namespace but a lookup, and what acts on a file but its own
-        handle, waits for that first, and finds every name made."""
+        """Until every new file's name being made on the warm tier when the call came is
+        made, or has failed (``core.naming``): what reads or changes the namespace but a
+        lookup, and what acts on a file but through its own handle, waits for that first,
+        and finds every name of a create that returned before it."""
         await self.core.namings.settle()
 
     # -- namespace ------------------------------------------------------------------------

@@ -115,7 +115,7 @@ class Names:
     def later(self, flags: int) -> bool:
         """Whether a create's name is made after it returns (``core.naming``): in write-back,
         for an open that truncates and does not ask for O_EXCL (so a file another node makes
-        at the name meanwhile is the one opened, and its content is replaced), in a directory
+        at the name meanwhile may be the one opened, and emptied, ``_adopt``), in a directory
         where a create just succeeded (``made_in_attrs``: a create that cannot succeed there
         fails at once), by a writer (whose close can say that the name failed), while fewer
         than ``MOST_PENDING`` names wait."""

@@ -42,6 +42,11 @@ MAX_WITNESSES = 8
 PENDING_DEVICE = 0
 
 
+def stands_in(key: bytes) -> bool:
+    """Whether an identity key comes from stand-in attributes (``PENDING_DEVICE``)."""
+    return key_ids(key)[0] == PENDING_DEVICE
+
+
 def identity(st: os.stat_result) -> bytes:
     """What names one warm file: its device and inode number."""
     return identity_of(st.st_dev, st.st_ino)
@@ -199,11 +204,11 @@ class InodeTable:
         for child in self._open:  # (the files open on this node: a handful to thousands)
             for at, child_name in child.links:
                 if (at == inode.ino and len(chosen) < MAX_WITNESSES
-                        and key_ids(child.key)[0] != PENDING_DEVICE):
+                        and not stands_in(child.key)):
                     chosen[child_name] = child
         for child_name, child in itertools.islice(reversed(inode.below.items()),
                                                   MAX_WITNESSES):
-            if len(chosen) < MAX_WITNESSES and key_ids(child.key)[0] != PENDING_DEVICE:
+            if len(chosen) < MAX_WITNESSES and not stands_in(child.key):
                 chosen.setdefault(child_name, child)
         return [(child_name, *key_ids(child.key)) for child_name, child in chosen.items()]
 

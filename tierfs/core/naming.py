@@ -32,7 +32,7 @@ import time
 import trio
 
 from tierfs.core.attrs import BLOCK_SIZE
-from tierfs.core.inodes import PENDING_DEVICE, Inode, key_ids
+from tierfs.core.inodes import PENDING_DEVICE, Inode, stands_in
 
 _numbers = itertools.count(1 << 62)
 
@@ -42,7 +42,7 @@ class NamingState(enum.Enum):
     PENDING = "pending"
     #: The name is on the warm tier, and the inode keyed to the file there.
     NAMED = "named"
-    #: The name could not be made: the error waits for the file's next close.
+    #: The name could not be made: every close and fsync of a writer returns the error.
     FAILED = "failed"
 
 
@@ -53,7 +53,7 @@ class Naming:
     name: bytes
     done: trio.Event = dataclasses.field(default_factory=trio.Event)
     state: NamingState = NamingState.PENDING
-    #: FAILED: why, until a close has said so.
+    #: FAILED: why.
     error: OSError | None = None
 
     def end(self, state: NamingState, error: OSError | None = None) -> None:
@@ -76,7 +76,7 @@ def stand_in(mode: int, uid: int, gid: int) -> os.stat_result:
 def never_named(inode: Inode) -> bool:
     """Whether an inode still has a stand-in's identity once its naming ended: its name
     could not be made."""
-    return key_ids(inode.key)[0] == PENDING_DEVICE
+    return stands_in(inode.key)
 
 
 class Namings:
@@ -85,7 +85,7 @@ class Namings:
     def __init__(self) -> None:
         self._by_ino: dict[int, Naming] = {}
         self._by_name: dict[tuple[int, bytes], Naming] = {}
-        #: Names that failed whose close has not said so yet, by inode number.
+        #: Names that failed, by inode number, until their file is let go (``forget``).
         self._failed: dict[int, Naming] = {}
 
     def __len__(self) -> int:

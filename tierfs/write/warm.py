@@ -143,25 +143,32 @@ class WarmPublisher:
 
     async def at_path(self, inode: Inode, fn: Callable[..., R], *args: Any) -> R | None:
         """``fn(path, *args)`` in a warm worker, on the inode's path as it is when the call
-        starts: a rename through the mount meanwhile makes that path vanish under the call
-        (FileNotFoundError), and it runs again on the new one; so do renames that moved
-        it away and back (``Core.renames``). None once unlinked."""
-        for _ in range(STALE_TRIES):
-            rel = self.core.rel_or_none(inode)
+        starts. It runs without the lock, so that renames need not wait for a copy: a rename
+        through the mount meanwhile makes that path vanish under the call (FileNotFoundError),
+        and it runs again on the new one; so do renames that moved it away and back
+        (``Core.renames``). The last try holds the lock shared, or a renamer in a loop could
+        fail every one. None once unlinked."""
+        core = self.core
+        for _ in range(STALE_TRIES - 1):
+            rel = core.rel_or_none(inode)
             if rel is None:
                 return None
-            renames = self.core.renames
+            renames = core.renames
             try:
-                return await self.core.warm.run(fn, rel, *args)
+                return await core.warm.run(fn, rel, *args)
             except FileNotFoundError:
                 # A rename under way has taken the path on the tier before it moves the name
                 # here: its end is waited for. (Never called under the lock: a publish takes
                 # it exclusively later on.)
-                async with self.core.ns_lock.shared():
+                async with core.ns_lock.shared():
                     pass
-                if self.core.rel_or_none(inode) == rel and self.core.renames == renames:
+                if core.rel_or_none(inode) == rel and core.renames == renames:
                     raise  # not renamed: gone behind tierfs's back
-        raise err(errno.EAGAIN)
+        async with core.ns_lock.shared():
+            rel = core.rel_or_none(inode)
+            if rel is None:
+                return None
+            return await core.warm.run(fn, rel, *args)
 
     async def _rename_staging(self, inode: Inode, data: OpenFile, times: tuple[int, int],
                               mode: int | None, since: AttrMark

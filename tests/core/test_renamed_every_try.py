@@ -1,0 +1,69 @@
+"""fsync of a file whose directory another process renames away and back (``mv d e; mv e d``)
+in a loop, so fast that every warm call the publish makes by path without the namespace lock
+(``WarmPublisher.at_path``) finds the path gone. ``at_path`` tried four times and then failed
+the fsync with EAGAIN, for a file under its name the whole time (seen in CI, once in some
+thousand fsyncs, by tests/test_rename_back.py). Here the renamer moves the directory around
+each such call, as long as it can take the namespace lock within 0.3 s: the last try now
+holds the lock shared, so that renames wait for it.
+
+Publishing by copy failed so before the fix. Publishing by rename takes a file missing at its
+path as gone and fails only where the path vanishes between two calls of one try (rarer, as
+in CI); here it checks that the published file keeps its owner, mode and extended attributes
+(its rename takes them again after any rename meanwhile: ``Reapply``)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from .conftest import ROOT, SetAttr, core_test, open_core
+
+#: The warm calls a publish makes by path, outside the namespace lock.
+BY_PATH = {"settle_staged", "publish_copy"}
+
+
+@pytest.mark.parametrize("by_rename", [True, False])
+@core_test
+async def test_fsync_while_every_try_finds_the_directory_renamed_away(
+        tmp_path: Path, by_rename: bool) -> None:
+    async with open_core(tmp_path, by_rename=by_rename) as core:
+        await core.mkdirs(b"d")
+        fh = await core.create(b"d/f", flags=os.O_RDWR)
+        ino = (await core.lookup_path(b"d/f")).ino
+        await core.fs.setattr(ino, SetAttr(uid=4321, gid=4321, mode=0o640))
+        await core.fs.setxattr(ino, b"user.origin", b"node-a")
+        warm = core.fs.warm
+        inner = warm.run
+        moved_around: list[str] = []
+
+        async def run(fn: Any, *args: Any) -> Any:
+            if getattr(fn, "__name__", "") not in BY_PATH:
+                return await inner(fn, *args)
+            with trio.move_on_after(0.3) as waited:
+                await core.fs.rename(ROOT, b"d", ROOT, b"e", 0)
+            if waited.cancelled_caught:  # renames are held off: the call runs in peace
+                return await inner(fn, *args)
+            try:
+                return await inner(fn, *args)
+            finally:
+                await core.fs.rename(ROOT, b"e", ROOT, b"d", 0)
+                moved_around.append(fn.__name__)
+
+        warm.run = run  # type: ignore[method-assign]
+        try:
+            for i in range(3):
+                await core.write_all(fh, bytes([65 + i]) * 1000, offset=i * 1000)
+                await core.fs.fsync(fh)
+        finally:
+            warm.run = inner  # type: ignore[method-assign]
+        assert moved_around, "the renamer never ran: nothing was tried"
+        published = core.warm_path(b"d/f")
+        st = published.stat()
+        assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (4321, 4321, 0o640)
+        assert os.getxattr(published, b"user.origin") == b"node-a"
+        await core.close(fh)
+        assert await core.read_file(b"d/f") == b"A" * 1000 + b"B" * 1000 + b"C" * 1000

@@ -85,11 +85,6 @@ class BlockCache:
         self._storing: set[bytes] = set()
         self._stored = trio.Event()
         self._dirty: set[bytes] = set()
-        #: Blocks made from written data whose files are not fsynced yet: their entries
-        #: reach the index only once they are (``synced``), so that no system crash leaves
-        #: an entry naming a torn file. And the tasks fsyncing them (``settle``).
-        self._unsynced: set[bytes] = set()
-        self._syncs: set[trio.Event] = set()
         self._seq = 0
         self._queue = StoreQueue(self._store_batch, MAX_STORES * block_size, block_size)
         self._evicting = trio.Lock()
@@ -145,19 +140,16 @@ class BlockCache:
         if self._dirty:
             self.counters.set_gauge("pinned_bytes",
                                     sum(e.size for e in self.entries.values() if e.pinned))
-        held = set()
         for key in self._dirty:
             entry = self.entries.get(key)
             if entry is None:
                 self.batch.delete(DB, key)
-            elif key in self._unsynced:
-                held.add(key)  # its file is not durable yet: next time
             else:
                 if key in self.policy:
                     entry.segment = self.policy.segment(key)
                     entry.freq = self.policy.frequency(key)
                 self.batch.put(DB, key, entry.encode())
-        self._dirty = held
+        self._dirty = set()
 
     def _update_gauges(self) -> None:
         self.counters.set_gauge("bytes_cached", self.used)
@@ -401,47 +393,17 @@ class BlockCache:
 
     def end_written(self, key: bytes, size: int, crc: int | None) -> None:
         """End a reservation of ``reserve_written``: the block's file is in place with this
-        checksum, not yet fsynced (``sync_later``), or (None) it was not made."""
+        checksum, or (None) it was not made. Its file is not fsynced, as a fetched block's is
+        not: it is a copy of bytes its source keeps (the publish put them home first), and
+        a file a crash tore fails its first load and is fetched again."""
         self.reserved -= size
         self._release([key])
         if crc is not None and key not in self.entries:
             self._enter(key, size, crc)
-            self._unsynced.add(key)
-
-    async def sync_later(self, keys: list[bytes]) -> None:
-        """Fsync the files of blocks made from written data in the background (at once when
-        the cache has no nursery), then let their entries reach the index. Readers use them
-        meanwhile (the page cache holds them); a crash before leaves files without entries,
-        dropped at mount."""
-        done = trio.Event()
-        self._syncs.add(done)
-
-        async def run() -> None:
-            try:
-                with trio.CancelScope(shield=True):  # (the next mount would drop them)
-                    await self.hot.run(self.files.fsync, keys)
-            except OSError as e:  # never durable: dropped at the next mount
-                log.warning("could not fsync blocks made from written data: %s", e)
-            else:
-                for key in keys:
-                    if key in self._unsynced:
-                        self._unsynced.discard(key)
-                        self._dirty.add(key)
-            finally:
-                self._syncs.discard(done)
-                done.set()
-
-        if self._nursery is None:
-            await run()
-        else:
-            self._nursery.start_soon(run)
 
     async def settle(self) -> None:
-        """Write the fetched blocks waiting to be, and wait for the fsyncs of written blocks
-        under way (before the last index commit)."""
+        """Write the fetched blocks waiting to be (before the last index commit)."""
         await self._queue.settle()
-        for done in list(self._syncs):
-            await done.wait()
 
     async def _make_room(self, key: bytes, force: bool) -> bool:
         """Evict, one victim at a time, until the reserved blocks fit under the high

@@ -8,9 +8,9 @@ load checks the file's size and checksum, so a file torn by a crash (the daemon 
 mid-write, or the machine losing what the page cache had not yet written) is dropped and fetched
 again, never served. A temp file, an fsync and a rename per block cost about twice the CPU of
 the write itself (docs/performance.md). A block made from written data (``write_range``) goes
-through a temp file, is fsynced after, and its entry reaches the index only then
-(``BlockCache.sync_later``). The index reconciles entries
-and files at mount. Every method blocks: the cache calls them through the hot tier's threads.
+through a temp file, renamed into place once whole; it is not fsynced either, being a copy of
+bytes already home. The index reconciles entries and files at mount. Every method blocks: the
+cache calls them through the hot tier's threads.
 """
 
 from __future__ import annotations
@@ -134,8 +134,8 @@ class BlockFiles:
         """Write a block whose bytes are ``data``, also found at ``offset`` in the file
         ``src``: copied in the kernel from there (``copy_file_range``: shared extents where
         the file system can reflink, no trip through this process otherwise), or written from
-        ``data`` where the kernel cannot copy between the two. Not fsynced: the caller does
-        (``fsync``) before the block's entry may reach the index."""
+        ``data`` where the kernel cannot copy between the two. Not fsynced (see the module's
+        docstring)."""
         tmp = self.temp_path()
         fd = create_own_file(tmp)
         try:
@@ -198,18 +198,6 @@ class BlockFiles:
             pool.give(buf)
             return None
         return buf
-
-    def fsync(self, keys: list[bytes]) -> None:
-        """Flush block files to disk (those evicted meanwhile are gone: nothing to do)."""
-        for key in keys:
-            try:
-                fd = os.open(self.path(key), os.O_RDONLY | os.O_CLOEXEC)
-            except FileNotFoundError:
-                continue
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
 
     def delete(self, key: bytes) -> None:
         try:

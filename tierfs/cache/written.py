@@ -15,11 +15,12 @@ Each block is reserved first (``BlockCache.reserve_written``): it enters as any 
 would, within ``hot_capacity`` and weighed by the eviction policy, first block first; the first
 block turned away ends the list, so a file larger than the room left keeps its beginning. A
 block gets its entry only once its file is in place, with the checksum of the bytes it holds,
-and readers use it at once; its files are fsynced afterwards, in the background
-(``BlockCache.sync_later``: a publish does not wait for the hot disk), and only then may the
-entries reach the index. So the index never names a block file a crash could have left torn:
-after a crash, a block file without an entry is dropped at mount, as for any cached block. A
-block touching a range not in the staging file (punched out once uploaded) is not kept.
+and readers use it at once. Its file is not fsynced, as a fetched block's is not: the publish
+put the bytes home before they are kept, so a block is a copy of bytes its source keeps, and a
+file a crash tore fails its size or checksum at its first load and is fetched again
+(``cache.store``); an fsync would only make the hot disk write the whole file again at once,
+beside whatever is written next. A block touching a range not in the staging file (punched
+out once uploaded) is not kept.
 """
 
 from __future__ import annotations
@@ -113,7 +114,6 @@ async def keep_written(cache: BlockCache, source_id: bytes, taken: Taken,
     file is gone afterwards, whatever happens."""
     block_size = cache.block_size
     plan: list[tuple[bytes, int, int]] = []
-    made: list[bytes] = []
     kept = 0
     try:
         for start in range(0, taken.size, block_size):
@@ -139,7 +139,6 @@ async def keep_written(cache: BlockCache, source_id: bytes, taken: Taken,
                 break
             plan.pop()
             cache.end_written(key, length, crc)
-            made.append(key)
             kept += length
             cache.counters.add("kept_written")
             cache.counters.add("bytes_kept_written", length)
@@ -148,7 +147,4 @@ async def keep_written(cache: BlockCache, source_id: bytes, taken: Taken,
             cache.end_written(key, length, None)
         with trio.CancelScope(shield=True):
             await cache.hot.run(drop, taken)
-        if made:
-            with trio.CancelScope(shield=True):
-                await cache.sync_later(made)
     return kept

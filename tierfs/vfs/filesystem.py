@@ -187,7 +187,7 @@ class FileSystem:
             log.error("could not publish %s at shutdown, staged data kept as %s: %s",
                       show(self.core.rel_or_none(inode) or b"(unlinked)"),
                       data.staging_id if data is not None else "?", e)
-        await self.core.cache.settle()  # blocks kept from written files: durable, indexed
+        await self.core.cache.settle()  # fetched blocks waiting to be stored, then indexed
         await self.save_index()
         unpublished = await self._unpublished()
         await self.core.hot.run(self.core.hot.write_unpublished, unpublished)

@@ -266,3 +266,35 @@ async def test_a_save_may_get_the_number_of_a_file_removed_elsewhere(tmp_path: A
         assert new.ino != old.ino
         if core.warm_path(b"d/new").stat().st_ino != old_number:
             pytest.skip("the warm file system gave the new file another number")
+
+
+@core_test
+async def test_a_file_another_node_removes_before_it_is_adopted_is_made_again(
+        tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another node makes a file at the name (the create with O_EXCL finds it) and removes it
+    before it is opened to be adopted: open(2) without O_EXCL would have made the file, and
+    so does the name. It failed with ENOENT, and the save's close said so."""
+    async with open_core(tmp_path, durability="writeback") as core:
+        await first_file(core)
+        warm = core.fs.warm
+        real_open = warm.open
+        path = core.warm_path(b"d/ckpt")
+        steps: list[str] = []
+
+        def other_node_open(rel: bytes, flags: int, mode: int = 0o600) -> int:
+            if rel == b"d/ckpt" and flags & os.O_EXCL and not steps:
+                path.write_bytes(OTHER)  # made just before our create
+                steps.append("made")
+            elif rel == b"d/ckpt" and not flags & os.O_CREAT and steps == ["made"]:
+                path.unlink()  # removed just before our open of it
+                steps.append("removed")
+            return real_open(rel, flags, mode)
+
+        monkeypatch.setattr(warm, "open", other_node_open)
+        fh = await core.create(b"d/ckpt", flags=SAVE)
+        await core.write_all(fh, DATA)
+        await core.close(fh)
+        assert steps == ["made", "removed"]
+        assert await core.publish_all() == []
+        assert core.warm_path(b"d/ckpt").read_bytes() == DATA
+        assert await core.read_file(b"d/ckpt") == DATA

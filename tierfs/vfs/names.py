@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 
 #: Names made after their create returned (``core.naming``) at most waiting at once.
 MOST_PENDING = 64
+#: Creates tried at a name another node keeps making and removing (``Names.make``).
+ADOPT_TRIES = 3
 
 
 def truncate_through(fd: int) -> os.stat_result:
@@ -59,16 +61,25 @@ class Names:
             pst = core.warm.lstat(split(rel)[0])
         owner = ns.owner(uid, gid, pst)
         made = True
-        try:
-            # Read-only is enough: the descriptor only keeps the file reachable once
-            # unlinked. Made with its mode where the tier will give it its owner: no chmod
-            # then, a round trip on a network file system (``WarmTier.new_perms``).
-            fd = core.warm.open(rel, os.O_RDONLY | os.O_CREAT | os.O_EXCL,
-                                core.warm.new_perms(owner, mode))
-        except FileExistsError:
-            if not adopt:
-                raise
-            fd, made = self._adopt(rel, uid), False
+        for tries_left in reversed(range(ADOPT_TRIES)):
+            try:
+                # Read-only is enough: the descriptor only keeps the file reachable once
+                # unlinked. Made with its mode where the tier will give it its owner: no
+                # chmod then, a round trip on a network file system (``WarmTier.new_perms``).
+                fd = core.warm.open(rel, os.O_RDONLY | os.O_CREAT | os.O_EXCL,
+                                    core.warm.new_perms(owner, mode))
+                break
+            except FileExistsError:
+                if not adopt:
+                    raise
+            try:
+                fd, made = self._adopt(rel, uid), False
+                break
+            except FileNotFoundError:
+                if not tries_left:
+                    raise
+                # Removed by another node since the create found it: open(2) without
+                # O_EXCL would make the file, and so does this, once more.
         try:
             st = os.fstat(fd)
             if made:

@@ -13,7 +13,9 @@ in CI); here it checks that the published file keeps its owner, mode and extende
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -67,3 +69,63 @@ async def test_fsync_while_every_try_finds_the_directory_renamed_away(
         assert os.getxattr(published, b"user.origin") == b"node-a"
         await core.close(fh)
         assert await core.read_file(b"d/f") == b"A" * 1000 + b"B" * 1000 + b"C" * 1000
+
+
+@core_test
+async def test_a_rename_while_the_attributes_are_copied_costs_no_second_try(
+        tmp_path: Path) -> None:
+    """Publishing by rename reads the attributes of the file it replaces by path: its owner
+    and mode (``lstat``), then its extended attributes (an ``O_PATH`` open). A rename of its
+    directory between the two failed the try, which ran again from the start (the staging
+    file's fsync with it), and four such failures failed the fsync with EAGAIN: the CI
+    failure of tests/test_rename_back.py. The path gone by then is now taken as gone: the
+    rename step takes every attribute again after any rename (``Reapply``)."""
+    async with open_core(tmp_path, by_rename=True) as core:
+        await core.mkdirs(b"d")
+        fh = await core.create(b"d/f", flags=os.O_RDWR)
+        ino = (await core.lookup_path(b"d/f")).ino
+        await core.fs.setattr(ino, SetAttr(uid=4321, gid=4321, mode=0o640))
+        await core.fs.setxattr(ino, b"user.origin", b"node-a")
+        await core.write_all(fh, b"A" * 1000)
+        warm = core.fs.warm
+        real_path_fd = warm._path_fd
+        token = trio.lowlevel.current_trio_token()
+        inner = warm.run
+        tries: list[str] = []
+
+        async def away(src: bytes, dst: bytes) -> bool:
+            with trio.move_on_after(0.3):  # (not while the lock is held: the call goes on)
+                await core.fs.rename(ROOT, src, ROOT, dst, 0)
+                return True
+            return False
+
+        @contextlib.contextmanager
+        def path_fd(rel: bytes) -> Iterator[Any]:
+            moved = rel == b"d/f" and trio.from_thread.run(away, b"d", b"e", trio_token=token)
+            with contextlib.ExitStack() as stack:
+                try:
+                    held = stack.enter_context(real_path_fd(rel))  # (the path is gone)
+                finally:
+                    if moved:
+                        trio.from_thread.run(away, b"e", b"d", trio_token=token)
+                yield held
+
+        async def run(fn: Any, *args: Any) -> Any:
+            if getattr(fn, "__name__", "") == "settle_staged":
+                tries.append(fn.__name__)
+            return await inner(fn, *args)
+
+        warm._path_fd = path_fd  # type: ignore[method-assign]
+        warm.run = run  # type: ignore[method-assign]
+        try:
+            await core.fs.fsync(fh)
+        finally:
+            warm.run = inner  # type: ignore[method-assign]
+            warm._path_fd = real_path_fd  # type: ignore[method-assign]
+        assert tries == ["settle_staged"]
+        published = core.warm_path(b"d/f")
+        st = published.stat()
+        assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (4321, 4321, 0o640)
+        assert os.getxattr(published, b"user.origin") == b"node-a"
+        await core.close(fh)
+        assert await core.read_file(b"d/f") == b"A" * 1000

@@ -5,6 +5,7 @@ as all of its methods)."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import stat
@@ -364,7 +365,9 @@ class PublishCalls(XattrCalls):
         """Give ``fd`` the owner, mode (``mode`` if given, else that of ``like``) and extended
         attributes of ``like`` (``st``: its attributes, if just read). ``made``: ``fd``'s
         attributes as it was made, known not to have changed since; with it, the owner and
-        mode are set only where they differ."""
+        mode are set only where they differ. A ``like`` gone meanwhile gives what it had
+        until then: a rename through the mount makes the publish take them all again at its
+        rename (``Reapply``), so failing here would only waste the copy."""
         if st is None:
             try:
                 st = self.lstat(like)
@@ -380,7 +383,11 @@ class PublishCalls(XattrCalls):
             os.fchmod(fd, want)  # after chown, which clears set-id bits
         if stat.S_ISLNK(st.st_mode) or st.st_dev in self._no_xattrs:
             return
-        with self._path_fd(like) as (src, is_link):
+        with contextlib.ExitStack() as stack:
+            try:
+                src, is_link = stack.enter_context(self._path_fd(like))
+            except FileNotFoundError:
+                return  # gone since its lstat (above)
             if is_link:
                 return
             try:

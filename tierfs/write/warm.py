@@ -41,6 +41,8 @@ R = TypeVar("R")
 
 #: Times a publish's warm call is made again when the file was renamed under it.
 STALE_TRIES = 4
+#: Tries of a publish's call by path without the namespace lock (``WarmPublisher.at_path``).
+UNLOCKED_TRIES = 8
 
 
 async def drop_mirror(warm: WarmTier, data: OpenFile) -> None:
@@ -146,10 +148,13 @@ class WarmPublisher:
         starts. It runs without the lock, so that renames need not wait for a copy: a rename
         through the mount meanwhile makes that path vanish under the call (FileNotFoundError),
         and it runs again on the new one; so do renames that moved it away and back
-        (``Core.renames``). The last try holds the lock shared, or a renamer in a loop could
-        fail every one. None once unlinked."""
+        (``Core.renames``). A try fails so where the call needs the path at its start (a copy's
+        temp file is made beside the file, before the copy; ``_copy_attributes`` takes a path
+        gone later as gone), so a failed try costs little. After ``UNLOCKED_TRIES`` of them
+        (a renamer in a loop), the last holds the lock shared, renames and unlinks waiting for
+        it, rather than failing the fsync or close. None once unlinked."""
         core = self.core
-        for _ in range(STALE_TRIES - 1):
+        for _ in range(UNLOCKED_TRIES):
             rel = core.rel_or_none(inode)
             if rel is None:
                 return None

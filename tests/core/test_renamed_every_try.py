@@ -3,13 +3,14 @@ in a loop, so fast that every warm call the publish makes by path without the na
 (``WarmPublisher.at_path``) finds the path gone. ``at_path`` tried four times and then failed
 the fsync with EAGAIN, for a file under its name the whole time (seen in CI, once in some
 thousand fsyncs, by tests/test_rename_back.py). Here the renamer moves the directory around
-each such call, as long as it can take the namespace lock within 0.3 s: the last try now
-holds the lock shared, so that renames wait for it.
+each such call, as long as it can take the namespace lock within 0.3 s: the last try (after
+eight) now holds the lock shared, so that renames wait for it.
 
-Publishing by copy failed so before the fix. Publishing by rename takes a file missing at its
-path as gone and fails only where the path vanishes between two calls of one try (rarer, as
-in CI); here it checks that the published file keeps its owner, mode and extended attributes
-(its rename takes them again after any rename meanwhile: ``Reapply``)."""
+Publishing by copy failed so before the fix (82806df). Publishing by rename takes a file
+missing at its path as gone; here it checks that the published file keeps its owner, mode
+and extended attributes (its rename takes them again after any rename meanwhile:
+``Reapply``). The path vanishing between two calls of one try, as in CI, is the second
+test's."""
 
 from __future__ import annotations
 

@@ -23,10 +23,28 @@ from typing import Any
 import pytest
 import trio
 
-from .conftest import ROOT, SetAttr, core_test, open_core
+from .conftest import ROOT, Core, SetAttr, core_test, open_core
 
 #: The warm calls a publish makes by path, outside the namespace lock.
 BY_PATH = {"settle_staged", "publish_copy"}
+
+
+async def owned_file(core: Core) -> int:
+    """``d/f`` made and open for writing, with an owner, a mode and an extended attribute
+    that its publish must keep (``attributes_kept``)."""
+    await core.mkdirs(b"d")
+    fh = await core.create(b"d/f", flags=os.O_RDWR)
+    ino = (await core.lookup_path(b"d/f")).ino
+    await core.fs.setattr(ino, SetAttr(uid=4321, gid=4321, mode=0o640))
+    await core.fs.setxattr(ino, b"user.origin", b"node-a")
+    return fh
+
+
+def attributes_kept(core: Core) -> None:
+    published = core.warm_path(b"d/f")
+    st = published.stat()
+    assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (4321, 4321, 0o640)
+    assert os.getxattr(published, b"user.origin") == b"node-a"
 
 
 @pytest.mark.parametrize("by_rename", [True, False])
@@ -34,11 +52,7 @@ BY_PATH = {"settle_staged", "publish_copy"}
 async def test_fsync_while_every_try_finds_the_directory_renamed_away(
         tmp_path: Path, by_rename: bool) -> None:
     async with open_core(tmp_path, by_rename=by_rename) as core:
-        await core.mkdirs(b"d")
-        fh = await core.create(b"d/f", flags=os.O_RDWR)
-        ino = (await core.lookup_path(b"d/f")).ino
-        await core.fs.setattr(ino, SetAttr(uid=4321, gid=4321, mode=0o640))
-        await core.fs.setxattr(ino, b"user.origin", b"node-a")
+        fh = await owned_file(core)
         warm = core.fs.warm
         inner = warm.run
         moved_around: list[str] = []
@@ -64,10 +78,7 @@ async def test_fsync_while_every_try_finds_the_directory_renamed_away(
         finally:
             warm.run = inner  # type: ignore[method-assign]
         assert moved_around, "the renamer never ran: nothing was tried"
-        published = core.warm_path(b"d/f")
-        st = published.stat()
-        assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (4321, 4321, 0o640)
-        assert os.getxattr(published, b"user.origin") == b"node-a"
+        attributes_kept(core)
         await core.close(fh)
         assert await core.read_file(b"d/f") == b"A" * 1000 + b"B" * 1000 + b"C" * 1000
 
@@ -82,11 +93,7 @@ async def test_a_rename_while_the_attributes_are_copied_costs_no_second_try(
     failure of tests/test_rename_back.py. The path gone by then is now taken as gone: the
     rename step takes every attribute again after any rename (``Reapply``)."""
     async with open_core(tmp_path, by_rename=True) as core:
-        await core.mkdirs(b"d")
-        fh = await core.create(b"d/f", flags=os.O_RDWR)
-        ino = (await core.lookup_path(b"d/f")).ino
-        await core.fs.setattr(ino, SetAttr(uid=4321, gid=4321, mode=0o640))
-        await core.fs.setxattr(ino, b"user.origin", b"node-a")
+        fh = await owned_file(core)
         await core.write_all(fh, b"A" * 1000)
         warm = core.fs.warm
         real_path_fd = warm._path_fd
@@ -124,9 +131,6 @@ async def test_a_rename_while_the_attributes_are_copied_costs_no_second_try(
             warm.run = inner  # type: ignore[method-assign]
             warm._path_fd = real_path_fd  # type: ignore[method-assign]
         assert tries == ["settle_staged"]
-        published = core.warm_path(b"d/f")
-        st = published.stat()
-        assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (4321, 4321, 0o640)
-        assert os.getxattr(published, b"user.origin") == b"node-a"
+        attributes_kept(core)
         await core.close(fh)
         assert await core.read_file(b"d/f") == b"A" * 1000

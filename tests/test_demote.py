@@ -80,6 +80,26 @@ def test_scan_lists_large_plain_files_and_demote_moves_them(tmp_path: Path) -> N
         assert (m.path / "data" / "small.bin").read_bytes() == small
 
 
+def test_scan_demote_moves_every_large_file_past_one_walk(tmp_path: Path) -> None:
+    """More large files than one walk hands back (``warmscan.KEEP``): all are demoted, a page
+    at a time, as by ``tierfs demote`` of a directory (only the first 1,000 were)."""
+    m = local_mount(tmp_path, "--large-file-threshold", "4KiB")
+    d = m.warm / "many"
+    d.mkdir(parents=True)
+    files = {f"f{i:05d}": os.urandom(8192 + i) for i in range(1010)}
+    for name, data in files.items():
+        (d / name).write_bytes(data)
+    (d / "small").write_bytes(b"x" * 100)
+    with running(m):
+        assert json.loads(tierfs("scan", "--json", str(m.path)).stdout)["count"] == len(files)
+        tierfs("scan", "--demote", str(m.path), timeout=600)
+        left = [p.name for p in d.iterdir() if not is_stub(p)]
+        assert left == ["small"], f"{len(left)} plain files left after scan --demote"
+        assert json.loads(tierfs("scan", "--json", str(m.path)).stdout)["count"] == 0
+        for name in ("f00000", "f00500", "f01009"):
+            assert (m.path / "many" / name).read_bytes() == files[name]
+
+
 def test_scan_and_doctor_without_a_mount(tmp_path: Path) -> None:
     warm = tmp_path / "warm"
     warm.mkdir()

@@ -25,10 +25,11 @@ def make_handlers(fs: FileSystem, rel_of: Any) -> dict[str, Handler]:
     """``rel_of``: a request's path to a warm path (``commands._rel``)."""
     demoter = fs.demoter
 
-    async def pages(rel: bytes, links: bool) -> AsyncIterator[tuple[list[bytes], int]]:
-        """The path itself, or the files under a directory (regular files, or symbolic links
-        for ``links``) a page of at most ``KEEP`` at a time, oldest first; each page with
-        how many are left after it."""
+    async def pages(rel: bytes, links: bool, min_size: int
+                    ) -> AsyncIterator[tuple[list[bytes], int]]:
+        """The path itself, or the files under a directory (regular files of at least
+        ``min_size`` bytes, or symbolic links for ``links``) a page of at most ``KEEP`` at a
+        time, oldest first; each page with how many are left after it."""
         try:
             st = await fs.warm.run(fs.warm.lstat, rel)
         except FileNotFoundError:
@@ -38,7 +39,7 @@ def make_handlers(fs: FileSystem, rel_of: Any) -> dict[str, Handler]:
             return
         after = None
         while True:
-            seen: Walk = await fs.warm.run(walk, fs.warm, 1, rel, KEEP, links, after)
+            seen: Walk = await fs.warm.run(walk, fs.warm, min_size, rel, KEEP, links, after)
             if not seen.oldest:
                 return
             yield [f.rel for f in seen.oldest], seen.offered - len(seen.oldest)
@@ -46,18 +47,17 @@ def make_handlers(fs: FileSystem, rel_of: Any) -> dict[str, Handler]:
                 return
             after = seen.oldest[-1].cursor
 
-    async def move(request: dict[str, Any], send: Send, promote: bool) -> Any:
-        paths = request.get("paths")
-        if not isinstance(paths, list) or not paths:
-            raise CommandError("no paths given")
+    async def move_all(rels: list[bytes], send: Send, promote: bool, min_size: int = 1
+                       ) -> list[Outcome]:
+        """Demote (or promote) each path, a directory standing for the files under it."""
         outcomes: list[Outcome] = []
         # A file moved on by the move itself (a stub's access time, read for a refusal) is
         # found again on a later page: tried once only.
         tried: set[bytes] = set()
         await fs.settle_names()  # (a file just created is on the warm tier once named)
-        for path in paths:
+        for top in rels:
             before = 0  # (files of the pages before: the progress runs on across pages)
-            async for found, left in pages(rel_of(path), links=promote):
+            async for found, left in pages(top, promote, min_size):
                 for i, rel in enumerate(found):
                     await send({"progress": before + i, "total": before + len(found) + left})
                     if rel in tried:
@@ -67,6 +67,13 @@ def make_handlers(fs: FileSystem, rel_of: Any) -> dict[str, Handler]:
                                            else demoter.demote(rel)))
                 before += len(found)
         await fs.save_index()
+        return outcomes
+
+    async def move(request: dict[str, Any], send: Send, promote: bool) -> Any:
+        paths = request.get("paths")
+        if not isinstance(paths, list) or not paths:
+            raise CommandError("no paths given")
+        outcomes = await move_all([rel_of(path) for path in paths], send, promote)
         return {"files": [o.to_json() for o in outcomes]}
 
     async def demote(request: dict[str, Any], send: Send) -> Any:
@@ -81,12 +88,10 @@ def make_handlers(fs: FileSystem, rel_of: Any) -> dict[str, Handler]:
         seen: Walk = await fs.warm.run(walk, fs.warm, threshold, rel)
         result = scan_report(seen, threshold)
         if request.get("demote"):
-            outcomes = []
-            for i, found in enumerate(seen.oldest):
-                await send({"progress": i, "total": len(seen.oldest)})
-                outcomes.append((await demoter.demote(found.rel)).to_json())
-            await fs.save_index()
-            result["demoted"] = outcomes
+            # Every large file, a page at a time as ``demote`` of a directory: the report's
+            # walk keeps only the oldest ``KEEP``. (None found: ``rel`` may be no directory.)
+            outcomes = await move_all([rel], send, False, threshold) if seen.large else []
+            result["demoted"] = [o.to_json() for o in outcomes]
         return result
 
     return {"demote": demote, "promote": promote, "scan": scan}

@@ -32,7 +32,7 @@ def run_fs(tmp_path: Path, body: Callable[[FileSystem], Awaitable[None]]) -> Non
                                "bucket": f"file://{tmp_path / 'cold'}"})
     hot = HotTier(config.hot, 2)
     hot.prepare()
-    warm = WarmTier(config.warm, 2)
+    warm = WarmTier(config.warm, 2, config.bucket)
     index = Index(hot.index_dir)
     try:
         fs = FileSystem(config, hot, warm, ColdTier(open_checked_store(config), 2), index)

@@ -223,6 +223,30 @@ def test_truncates_and_extended_attributes_show_on_the_other_node(
     assert _eventually(lambda: _xattr(b.path / "t", "user.tag") == b"v1")
 
 
+def test_a_write_over_a_file_the_other_node_demoted_keeps_its_mode(
+        nodes: tuple[Mount, Mount]) -> None:
+    """Node B holds a file open for writing while node A demotes it: B's close puts its file
+    back over A's stub, with the file's mode (which the stub holds), not the symbolic link's
+    own 0777 (it made the file writable by everyone)."""
+    a, b = nodes
+    old = os.urandom(THRESHOLD // 2)  # (on the warm tier: larger ones go to the bucket)
+    _write(a.path / "w.bin", old)
+    os.chmod(a.path / "w.bin", 0o640)
+    time.sleep(SETTLE)
+    fd = os.open(b.path / "w.bin", os.O_RDWR)
+    try:
+        tierfs("demote", str(a.path / "w.bin"))
+        assert os.readlink(a.warm / "w.bin").startswith("tierfs:")
+        os.pwrite(fd, b"WXYZ", 0)
+    finally:
+        os.close(fd)
+    assert stat.S_IMODE(os.lstat(a.warm / "w.bin").st_mode) == 0o640
+    time.sleep(SETTLE)
+    for node in (a, b):
+        assert stat.S_IMODE(os.stat(node.path / "w.bin").st_mode) == 0o640
+        assert read_uncached(node.path / "w.bin") == b"WXYZ" + old[4:]
+
+
 def _xattr(path: Path, name: str) -> bytes | None:
     try:
         return os.getxattr(path, name)

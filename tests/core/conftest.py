@@ -366,7 +366,7 @@ async def open_core(root: Path, store: FaultStore | None = None, *,
     config = build_config({}, config_values(root, overrides))
     hot = HotTier(config.hot, 4)
     hot.prepare()
-    warm = WarmTier(config.warm, 4)
+    warm = WarmTier(config.warm, 4, config.bucket)
     index = Index(hot.index_dir)
     try:
         if store is None:

@@ -154,7 +154,7 @@ def _cache_warm(config: Config) -> bool:
 
 def _open_fs(config: Config, hot: HotTier) -> tuple[FileSystem, RunStart]:
     """One root's file system on an opened hot tier (blocking: at mount)."""
-    warm = WarmTier(config.warm, config.warm_threads)
+    warm = WarmTier(config.warm, config.warm_threads, config.bucket)
     index = Index(hot.index_dir)
     try:
         warm.node = index.node_id()

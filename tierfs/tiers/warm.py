@@ -20,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+from tierfs.objects.base import BucketURI
 from tierfs.tiers.base import Tier
 from tierfs.tiers.beneath import (done, new_symlink, open_file, parent_fd, parent_of, placed,
                                   unsure)
@@ -40,7 +41,7 @@ _renameat2 = getattr(_libc, "renameat2", None)
 class WarmTier(PublishCalls, Tier):
     name = "warm"
 
-    def __init__(self, root: Path, threads: int) -> None:
+    def __init__(self, root: Path, threads: int, bucket: BucketURI | None = None) -> None:
         super().__init__(threads)
         self.root = root
         self.fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -54,6 +55,7 @@ class WarmTier(PublishCalls, Tier):
         #: The devices under the root found to have no extended attributes (sshfs): a
         #: publish does not look for any there (the look costs a round trip).
         self._no_xattrs: set[int] = set()
+        self.bucket = bucket
 
     def close(self) -> None:
         os.close(self.fd)

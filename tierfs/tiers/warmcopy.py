@@ -12,6 +12,8 @@ import stat
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
+from tierfs.objects.base import BucketURI
+from tierfs.stubs import StubError, parse_stub
 from tierfs.tiers.beneath import join, open_dir_beneath, open_file, parent_of, split
 from tierfs.tiers.copying import copy_fd, copy_to_new
 from tierfs.tiers.xattrs import XattrCalls, proc_path
@@ -55,9 +57,13 @@ class PublishCalls(XattrCalls):
 
     #: The owner (uid, gid) the tier gave the last file this node made (``new_perms``).
     _made_as: tuple[int, int] | None
+    #: The bucket this tier's stubs point into (``_mode_like``); None where nothing is
+    #: published (``tierfs doctor``, ``scan`` without a mount).
+    bucket: BucketURI | None
 
     if TYPE_CHECKING:
         def lstat(self, rel: bytes) -> os.stat_result: ...
+        def readlink(self, rel: bytes) -> bytes: ...
         def open(self, rel: bytes, flags: int, mode: int = 0o600) -> int: ...
         def rename(self, rel: bytes, new_rel: bytes, flags: int = 0) -> None: ...
         def unlink(self, rel: bytes) -> None: ...
@@ -148,7 +154,7 @@ class PublishCalls(XattrCalls):
         perms = 0o600
         if like_st is not None:
             perms = self.new_perms((like_st.st_uid, like_st.st_gid),
-                                   like_st.st_mode if mode is None else mode)
+                                   self._mode_like(like, like_st, mode))
         tmp, fd = self.open_temp(parent, perms)
         try:
             # (From the create's reply: a network file system's client has it at hand.)
@@ -375,7 +381,7 @@ class PublishCalls(XattrCalls):
                 if mode is not None:
                     os.fchmod(fd, stat.S_IMODE(mode))
                 return
-        want = stat.S_IMODE(st.st_mode if mode is None else mode)
+        want = stat.S_IMODE(self._mode_like(like, st, mode))
         chown = made is None or (made.st_uid, made.st_gid) != (st.st_uid, st.st_gid)
         if chown:
             os.fchown(fd, st.st_uid, st.st_gid)
@@ -403,6 +409,22 @@ class PublishCalls(XattrCalls):
                 except OSError as e:
                     if e.errno not in (errno.ENODATA, errno.ENOTSUP, errno.EOPNOTSUPP):
                         raise
+
+    def _mode_like(self, like: bytes, st: os.stat_result, mode: int | None) -> int:
+        """The mode of a file to take ``like``'s place (``st``: its attributes): ``mode`` if
+        given, else ``like``'s. A symbolic link's own mode (0777) is no file's: where another
+        node demoted the file since this node last looked, the stub at its name holds the
+        file's mode; anything else there gives owner-only, never more."""
+        if mode is not None:
+            return mode
+        if not stat.S_ISLNK(st.st_mode):
+            return st.st_mode
+        if self.bucket is not None:
+            try:
+                return parse_stub(self.readlink(like), self.bucket).mode
+            except (OSError, StubError):
+                pass
+        return 0o600
 
     def _refuse_hard_linked(self, rel: bytes) -> None:
         try:

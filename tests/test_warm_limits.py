@@ -255,6 +255,53 @@ def test_a_stalled_root_of_named_roots_stalls_only_what_touches_it(
         m.stop()
 
 
+def test_stats_and_status_asked_again_and_again_during_a_stall_keep_answering(
+        tmp_path: Path) -> None:
+    """Each ask for stats or status looks at the stalled root's disk in a thread that hangs
+    there. Forty such threads abandoned used up every thread the mount runs such calls in
+    (trio's, shared), and then no control command answered at all; now a look waits for the
+    one before it (``Probes``), up to its timeout."""
+    from tierfs.control.client import call
+    from tierfs.control.registry import mount_for
+
+    m = make_roots_mount(tmp_path, (), "--warm-threads", "2")
+    m.nfs = NfsLike(tmp_path / "nfs", latency=0.001, max_conns=2)
+    m.roots["far"] = m.nfs.path
+    m.roots["near"] = tmp_path / "warm-near"
+    m.roots["near"].mkdir()
+    with running(m):
+        (m.nfs.export / "f").write_bytes(b"f" * 100)
+        record = mount_for(str(m.path))[0]  # type: ignore[index]
+        m.nfs.stall(120)
+        reader = threading.Thread(target=lambda: (m.path / "far" / "f").read_bytes(),
+                                  daemon=True)
+        try:
+            reader.start()
+            time.sleep(3)  # (a call to ``far`` is now older than STALLED_AFTER)
+            assert reader.is_alive(), "the server did not stall"
+            took: list[float] = []
+
+            def ask(i: int) -> None:
+                took.append(timed(lambda: call(record, {"cmd": ("stats", "health")[i % 2]},
+                                               timeout=30)))
+
+            for _ in range(5):
+                in_parallel(18, ask)
+            assert max(took) < 10, sorted(took)[-5:]
+            start = time.monotonic()
+            stats = call(record, {"cmd": "stats"}, timeout=30)
+            health = call(record, {"cmd": "health"}, timeout=30)
+            assert time.monotonic() - start < 10
+            assert sorted(stats["roots"]) == ["far", "near"]
+            assert "stalled" in health["warm far"]["detail"], health
+            assert health["warm near"]["ok"] and health["hot"]["ok"], health
+            (m.path / "near" / "n").write_bytes(b"n")  # and the other root serves
+        finally:
+            m.nfs.resume()
+        reader.join(timeout=30)
+        assert (m.path / "near" / "n").read_bytes() == b"n"
+
+
 def test_the_nfs_like_tier_opens_all_its_connections_at_start(tmp_path: Path) -> None:
     """As an NFS client given ``nconnect`` does at mount: sshfs alone opens them as work
     finds the others busy, and the request that opens one waits for its ssh handshake."""

@@ -173,7 +173,7 @@ async def stats_document(fs: FileSystem, mountpoint: str) -> dict[str, Any]:
     """Counters read on the event loop; the tiers' disks (statvfs of NFS, the staging
     directory) looked at in a thread of its own, not the warm tier's: those may all wait
     for a stalled server, and stats must answer then too (without the warm disk's figures
-    if its statvfs hangs; the thread is abandoned)."""
+    if its statvfs hangs; ``Probes``)."""
     snapshot, pending = fs.counters.snapshot(), fs.pending_uploads()
     rates = stats_rates(list(fs.history))
 
@@ -182,6 +182,7 @@ async def stats_document(fs: FileSystem, mountpoint: str) -> dict[str, Any]:
                            warm=str(fs.config.warm), bucket=str(fs.config.bucket),
                            pending=pending, rates=rates, warm_disk=warm_disk)
 
-    with trio.move_on_after(WARM_DISK_TIMEOUT):
-        return await trio.to_thread.run_sync(build, abandon_on_cancel=True)
-    return await trio.to_thread.run_sync(build, False)
+    try:
+        return await fs.upkeep.probes.run("stats", WARM_DISK_TIMEOUT, build)
+    except trio.TooSlowError:
+        return await trio.to_thread.run_sync(build, False)

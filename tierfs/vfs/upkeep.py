@@ -32,13 +32,27 @@ STALLED_AFTER = 2.0
 STALLED_PROBE_TIMEOUT = 1.0
 
 
-async def _probe(timeout: float, fn: Callable[..., T], *args: object) -> T:
-    """``fn(*args)`` in a thread of its own, given up after ``timeout``: not one of the
-    tier's threads, which may all be waiting for a stalled server (a health check must not
-    queue behind them), and abandoned if it hangs too."""
-    with trio.fail_after(timeout):
-        return await trio.to_thread.run_sync(functools.partial(fn, *args),
-                                             abandon_on_cancel=True)
+class Probes:
+    """Looks at tiers that may be stalled (a health check's statvfs, the stats' disk
+    figures), each in a thread of its own, not one of the tier's, which may all be waiting
+    for a stalled server: a look must not queue behind them.
+
+    A look that hangs is given up and its thread abandoned, still waiting for the server.
+    trio's threads for such calls are shared with everything else the mount runs in a
+    thread (forty at most), so each thing looked at gets a limiter of one: a look asked
+    while the last one still hangs waits for it, up to its timeout, instead of abandoning
+    one more thread each time until none is left for anything."""
+
+    def __init__(self) -> None:
+        self._limiters: dict[str, trio.CapacityLimiter] = {}
+
+    async def run(self, what: str, timeout: float, fn: Callable[..., T], *args: object) -> T:
+        """``fn(*args)``, given up (``trio.TooSlowError``) after ``timeout``; ``what``
+        names the thing looked at (one look at a time each)."""
+        limiter = self._limiters.setdefault(what, trio.CapacityLimiter(1))
+        with trio.fail_after(timeout):
+            return await trio.to_thread.run_sync(functools.partial(fn, *args),
+                                                 abandon_on_cancel=True, limiter=limiter)
 
 
 class Upkeep:
@@ -49,6 +63,7 @@ class Upkeep:
             collections.deque(maxlen=11)
         #: Long-running background jobs started in the nursery (the warm quota).
         self.jobs: list[Callable[[], Awaitable[None]]] = []
+        self.probes = Probes()
 
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                   ) -> None:
@@ -91,8 +106,8 @@ class Upkeep:
             calls = {"calls_in_flight": waiting, "oldest_call_seconds": round(age, 3)}
             timeout = STALLED_PROBE_TIMEOUT if age > STALLED_AFTER else HEALTH_TIMEOUT
             try:
-                st = await _probe(timeout, os.statvfs, path)
-                writable = await _probe(timeout, os.access, path, os.W_OK)
+                st = await self.probes.run(name, timeout, os.statvfs, path)
+                writable = await self.probes.run(name, timeout, os.access, path, os.W_OK)
                 out[name] = {"ok": writable, "free": st.f_bavail * st.f_frsize, **calls,
                              "detail": "ok" if writable else "not writable"}
             except trio.TooSlowError:

@@ -162,7 +162,7 @@ def test_named_warm_roots_from_flags_and_file(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("value", [
     ["a=/x", "a=/y"], ["a=/x", "/y"], [".=/x", "b=/y"], ["..=/x"], {"a/b": "/x"},
-    {"": "/x"}, {"a": 3}, {".": "/x"}, [], ["a="]])
+    {"": "/x"}, {"a": 3}, {".": "/x"}, [], ["a="], ["slots.json=/x"], ["slots.json.new=/x"]])
 def test_bad_warm_roots_name_the_key(value: object) -> None:
     with pytest.raises(ConfigError, match="'warm'"):
         build_config({"warm": value}, {})

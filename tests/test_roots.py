@@ -64,6 +64,12 @@ def test_top_level_refuses_changes(roots_mount: Mount) -> None:
     assert _errno(os.link, m.path / "cluster" / "f", m.path / "f") == errno.EACCES
     assert _errno(os.unlink, m.path / "nothing") == errno.ENOENT
     assert _errno(os.chmod, m.path, 0o777) == errno.EPERM
+    long = "a" * 256  # (past NAME_MAX, as any directory of the roots answers)
+    assert _errno(os.stat, m.path / "cluster" / long) == errno.ENAMETOOLONG
+    for call in (os.stat, os.mkdir, os.rmdir, os.unlink):
+        assert _errno(call, m.path / long) == errno.ENAMETOOLONG, call
+    assert _errno(os.open, m.path / long, os.O_CREAT | os.O_WRONLY) == errno.ENAMETOOLONG
+    assert _errno(os.symlink, "cluster", m.path / long) == errno.ENAMETOOLONG
     assert sorted(os.listdir(m.path)) == ["cluster", "shared", "user"]
     assert (m.path / "cluster" / "f").read_bytes() == b"x"
 

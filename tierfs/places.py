@@ -26,6 +26,11 @@ ANYSCALE_ROOTS = (("cluster", "cluster_storage"), ("user", "user_storage"),
 #: Named warm roots, (NAME, DIR) in the order given; empty for the one unnamed root.
 Roots = tuple[tuple[str, Path], ...]
 
+#: The file beside the roots' folders on the hot tier that keeps their inode number slots
+#: (``vfs.roots``), and its temp file: no root may be named so.
+SLOTS_FILE = "slots.json"
+RESERVED_ROOT_NAMES = (SLOTS_FILE, f"{SLOTS_FILE}.new")
+
 #: Most named warm roots a mount takes (their index is kept in a few bits of inode numbers,
 #: see ``vfs.roots``).
 MAX_ROOTS = 63
@@ -64,6 +69,9 @@ def root_name(name: str) -> str:
     """A named root's name: one path component, shown as the mount's top-level directory."""
     if not name or "/" in name or "\0" in name or name in (".", ".."):
         raise ValueError(f"{name!r}: a root's name is one file name (no '/', not '.' or '..')")
+    if name in RESERVED_ROOT_NAMES:
+        raise ValueError(f"{name!r}: tierfs keeps a file of its own under this name beside "
+                         "the roots' folders on the hot tier; name the root otherwise")
     return name
 
 

@@ -33,6 +33,7 @@ from tierfs.config import Config
 from tierfs.core.attrs import Attrs, SetAttr, err
 from tierfs.core.inodes import ROOT_INODE, Inode
 from tierfs.index import Index
+from tierfs.places import SLOTS_FILE
 from tierfs.tiers.hot import HotTier, create_own_file, open_own_file
 from tierfs.vfs.filesystem import FileSystem
 from tierfs.vfs.listing import DirEntry
@@ -49,7 +50,8 @@ MIN_READ_MEMORY = 16 * 1024 * 1024
 #: ones it last had, and statfs for the roots' disk figures: a stalled warm tier must not
 #: hang ``ls`` or ``df`` of the mount's top.
 TOP_ATTRS_WAIT = 1.0
-SLOTS_FILE = "slots.json"
+#: The longest name in the top directory, as in the directories of every warm tier.
+NAME_MAX = 255
 #: The hot tier's folder holding a folder per root (``roots/NAME``) and the slots file.
 ROOTS_DIR = "roots"
 
@@ -219,6 +221,8 @@ class Roots:
 
     def _refuse_top(self, name: bytes) -> OSError:
         """What creating ``name`` in the top directory gets: it holds the roots only."""
+        if len(name) > NAME_MAX:
+            return err(errno.ENAMETOOLONG)
         return err(errno.EEXIST if name in self._by_name else errno.EACCES)
 
     async def _root_entry(self, root: Root) -> tuple[Routed, Attrs]:
@@ -317,7 +321,7 @@ class Roots:
                 return None, self._top_attrs()
             root = self._by_name.get(name)
             if root is None:
-                raise err(errno.ENOENT)
+                raise err(errno.ENAMETOOLONG if len(name) > NAME_MAX else errno.ENOENT)
             return await self._root_entry(root)
         root, local = self._root(parent)
         if local == ROOT_INODE and name == b"..":

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Mount, S3Server, make_mount, running, tierfs
+from conftest import Mount, S3Server, make_mount, make_roots_mount, running, tierfs
 
 PREFIX = "tierfs"
 
@@ -59,6 +59,22 @@ def test_import_into_a_path_inside_a_mount_uses_that_mounts_tiers(
                            stdin=subprocess.DEVNULL)
     assert again.returncode == 0, again.stderr
     assert "0 new" in again.stdout and "2 unchanged" in again.stdout
+
+
+def test_import_into_a_root_of_a_mount_shows_the_path_in_the_mount(
+        tmp_path: Path, s3_server: S3Server, bucket: str) -> None:
+    """With named roots, the path shown is the one given, root and all (the root's name was
+    left out: ``.../mnt/datasets/ds`` for ``.../mnt/cluster/datasets/ds``)."""
+    m = make_roots_mount(tmp_path, ("cluster", "user"), "--endpoint-url", s3_server.endpoint,
+                         "--addressing-style", "path", bucket=f"s3://{bucket}/pre")
+    s3_server.client().put_object(Bucket=bucket, Key="pre/cluster/src/ds/b.bin", Body=b"bee")
+    with running(m):
+        (m.path / "cluster" / "datasets").mkdir()
+        into = m.path / "cluster" / "datasets" / "ds"
+        out = tierfs("import", f"s3://{bucket}/pre/cluster/src/ds", str(into)).stdout
+        assert "1 new" in out and f"into {into}:" in out, out
+        assert os.readlink(m.roots["cluster"] / "datasets" / "ds" / "b.bin").startswith(
+            "tierfs:")
 
 
 def test_import_into_a_mount_refuses_tiers_that_are_not_the_mounts(

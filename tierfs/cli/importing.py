@@ -131,6 +131,7 @@ def _import_target(directory: str, config_file: Path | None, flags: dict[str, An
             raise TierfsError(f"cannot reach the mount on {record.mountpoint} to find the "
                               f"root {directory} is in") from None
         reach = {}
+    shown = os.path.join(record.mountpoint, *parts)
     if reach.get("roots"):  # named roots: the first component names the root
         root = reach["roots"].get(parts[0]) if parts else None
         if root is None:
@@ -139,4 +140,4 @@ def _import_target(directory: str, config_file: Path | None, flags: dict[str, An
         mounted.update(warm=root["warm"], bucket=root["bucket"])
         parts = parts[1:]
     config = load_config(config_file, {**flags, **mounted})
-    return config, parts, os.path.join(record.mountpoint, *parts)
+    return config, parts, shown

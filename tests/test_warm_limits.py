@@ -255,6 +255,48 @@ def test_a_stalled_root_of_named_roots_stalls_only_what_touches_it(
         m.stop()
 
 
+def test_a_hundred_readers_of_a_stalled_root_stall_no_other_root(tmp_path: Path) -> None:
+    """Each request waiting for the stalled root holds one of the mount's FUSE worker tasks:
+    with 64 of them, a data loader's 100 workers reading from that root left none for any
+    other request, and the other root, the mount's top and statfs stopped answering."""
+    readers = 100
+    m = make_roots_mount(tmp_path, (), "--warm-threads", "2", "--entry-timeout", "60",
+                         "--attr-timeout", "60")
+    m.nfs = NfsLike(tmp_path / "nfs", latency=0.001, max_conns=2)
+    m.roots["far"] = m.nfs.path
+    m.roots["near"] = tmp_path / "warm-near"
+    m.roots["near"].mkdir()
+    with running(m):
+        (m.path / "near" / "small").write_bytes(b"s" * 100)
+        for i in range(readers):  # written at the server: read there through the mount
+            (m.nfs.export / f"d{i}").mkdir()
+            (m.nfs.export / f"d{i}" / "f").write_bytes(b"f" * 100)
+        for i in range(readers):  # each directory known to the kernel: no shared lookup
+            os.stat(m.path / "far" / f"d{i}")
+        m.nfs.stall(60)
+        waiting = [threading.Thread(target=lambda i=i: (m.path / "far" / f"d{i}" / "f")
+                                    .read_bytes(), daemon=True) for i in range(readers)]
+        try:
+            for t in waiting:
+                t.start()
+            time.sleep(4)
+            assert all(t.is_alive() for t in waiting), "the server did not stall"
+            for what, fn in (("a read in the other root",
+                              lambda: (m.path / "near" / "small").read_bytes()),
+                             ("a listing of the top", lambda: os.listdir(m.path)),
+                             ("statfs", lambda: os.statvfs(m.path))):
+                done: list[object] = []
+                worker = threading.Thread(target=lambda fn=fn: done.append(fn()), daemon=True)
+                worker.start()
+                worker.join(timeout=10)
+                assert done, f"{what} waited for the stalled root"
+        finally:
+            m.nfs.resume()
+        for t in waiting:
+            t.join(timeout=60)
+        assert not any(t.is_alive() for t in waiting)
+
+
 def test_stats_and_status_asked_again_and_again_during_a_stall_keep_answering(
         tmp_path: Path) -> None:
     """Each ask for stats or status looks at the stalled root's disk in a thread that hangs

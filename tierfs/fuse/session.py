@@ -36,9 +36,12 @@ from tierfs.write import acklog, entries, recovery
 
 log = logging.getLogger(__name__)
 
-#: FUSE worker tasks: enough that slow NFS calls do not stall other requests; each waits in a
-#: tier's threads, so this bounds memory, not disk concurrency.
-MAX_FUSE_TASKS = 64
+#: FUSE worker tasks. Each request holds one until it is answered, and a stalled root holds
+#: every request that touches it: once none is left, no request is read, the other roots'
+#: included. So far more than a node's readers of one root will ever be (64 were not: a
+#: data loader's 80 workers stalled the mount). A waiting task costs a trio task and the few
+#: pages of its request buffer written; the tiers' threads bound the work, not this.
+MAX_FUSE_TASKS = 1024
 
 
 def mount_device(mountpoint: str) -> str | None:

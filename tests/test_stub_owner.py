@@ -186,7 +186,11 @@ def test_s3_replaces_metadata_in_place(s3_server: S3Server, bucket: str) -> None
                                    store.part_checksum))]
     old = store.complete_multipart(key, upload, parts)
     new = store.replace_metadata(key, old.etag, {"mode": "0644", "uid": "0"})
-    assert dict(new.metadata) == {"mode": "0644", "uid": "0"}
+    # (and the version it was copied from: a copy whose answer was lost is found made)
+    assert dict(new.metadata) == {"mode": "0644", "uid": "0", "tierfs-copied-from": old.etag}
+    head = store.head(key)
+    assert (head.etag, head.size, dict(head.metadata)) == (new.etag, new.size,
+                                                           dict(new.metadata))
     assert store.get_range(key, 0, len(data), new.etag) == data
     with pytest.raises(ObjectChanged):
         store.replace_metadata(key, "0" * 32, {"mode": "0666"})

@@ -26,7 +26,7 @@ from tierfs.cache.entries import cold_source_id
 from tierfs.core.attrs import err
 from tierfs.core.context import Core
 from tierfs.objects.base import (MetadataFixed, NoSuchObject, ObjectChanged, ObjectInfo,
-                                 ObjectStoreError)
+                                 ObjectStoreError, is_copy_of)
 from tierfs.paths import show
 from tierfs.stubs import Stub
 
@@ -189,6 +189,10 @@ class Owners:
             log.error("refused a change of %s: its link is owned by uid %d, its object %s by "
                       "uid %d", show(rel), st.st_uid, stub.key, rec.uid)
             raise err(errno.EPERM)
+        if info.etag != stub.etag and is_copy_of(info, stub.etag, stub.size):
+            # A change before this one copied the object onto itself and never heard its new
+            # ETag (the answer lost): it is the stub's version, with that change's metadata.
+            stub = dataclasses.replace(stub, etag=info.etag)
         new = Recorded(rec.uid if uid is None else uid, rec.gid if gid is None else gid,
                        new_mode if new_mode & ~rec.mode else rec.mode)
         owner = new.uid

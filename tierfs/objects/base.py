@@ -85,6 +85,17 @@ class ObjectInfo:
     metadata: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
 
+#: The metadata under which an object copied onto itself (to change its metadata) names the
+#: version it was copied from (lower case: S3 gives user metadata keys back so).
+COPIED_FROM = "tierfs-copied-from"
+
+
+def is_copy_of(now: ObjectInfo, etag: str, size: int) -> bool:
+    """Whether the object ``now`` is version ``etag`` (of ``size`` bytes) copied onto itself
+    with new metadata: the same bytes, perhaps under another ETag (a multipart object's)."""
+    return now.metadata.get(COPIED_FROM) == etag and now.size == size
+
+
 @dataclasses.dataclass(frozen=True)
 class BucketURI:
     scheme: str  # "s3", "gs" or "file"

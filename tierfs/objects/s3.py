@@ -17,9 +17,9 @@ import botocore.config
 import botocore.exceptions
 import urllib3.exceptions
 
-from tierfs.objects.base import (MAX_COPY_SIZE, BucketURI, MetadataFixed, NoSuchObject,
-                                 ObjectChanged, ObjectInfo, ObjectStore, ObjectStoreError,
-                                 TransientError, UploadGone)
+from tierfs.objects.base import (COPIED_FROM, MAX_COPY_SIZE, BucketURI, MetadataFixed,
+                                 NoSuchObject, ObjectChanged, ObjectInfo, ObjectStore,
+                                 ObjectStoreError, TransientError, UploadGone, is_copy_of)
 from tierfs.objects.retry import retry_transient
 
 GCS_ENDPOINT = "https://storage.googleapis.com"
@@ -154,18 +154,32 @@ class S3Store(ObjectStore):
         if info.size > MAX_COPY_SIZE:
             raise MetadataFixed(f"{key}: S3 cannot give an object of more than 5 GiB new "
                                 "metadata in place")
-        self._copy_onto_itself(key, etag, metadata)
-        return self.head(key)
+        # The copy names the version it was made from: a copy whose answer was lost is
+        # found made, by whoever looks next (its retry, from a source gone, fails).
+        marked = {**metadata, COPIED_FROM: etag}
+        try:
+            made = self._copy_onto_itself(key, etag, marked)
+        except ObjectChanged:
+            now = self.head(key)
+            if not is_copy_of(now, etag, info.size):
+                raise
+            return now
+        # (Its new ETag from the copy's answer: a HEAD after it failing would leave the
+        # object changed and its stub naming the version it was copied from.)
+        return self._info(key, {**made, "ContentLength": info.size, "Metadata": marked})
 
     @retry_transient(classify)
-    def _copy_onto_itself(self, key: str, etag: str, metadata: Mapping[str, str]) -> None:
+    def _copy_onto_itself(self, key: str, etag: str, metadata: Mapping[str, str]
+                          ) -> Mapping[str, Any]:
         # The copy gets a whole-object checksum of its own: a multipart object's is one of
         # its parts' checksums, which would not match the copy's bytes when read back.
         extra = {"ChecksumAlgorithm": self.part_checksum} if self.part_checksum else {}
-        self.client.copy_object(Bucket=self.bucket, Key=key,
-                                CopySource={"Bucket": self.bucket, "Key": key},
-                                CopySourceIfMatch=f'"{etag}"', Metadata=dict(metadata),
-                                MetadataDirective="REPLACE", **extra)
+        response = self.client.copy_object(Bucket=self.bucket, Key=key,
+                                           CopySource={"Bucket": self.bucket, "Key": key},
+                                           CopySourceIfMatch=f'"{etag}"',
+                                           Metadata=dict(metadata),
+                                           MetadataDirective="REPLACE", **extra)
+        return response["CopyObjectResult"]  # type: ignore[no-any-return]
 
     def list_objects(self, prefix: str) -> Iterator[ObjectInfo]:
         token: str | None = None

@@ -1,0 +1,77 @@
+"""A chmod that widens a cold file's mode, or a chown, gives its object the new mode or owner
+by copying the object onto itself (S3 changes metadata no other way), which can give it a new
+ETag. The stub must go on naming a version the bucket has, whichever answer is lost."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from pathlib import Path
+
+from conftest import S3Server, read_uncached, running, tierfs
+from s3proxy import FaultProxy
+from test_durability import s3_mount
+
+MIB = 1024 * 1024
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def test_a_chmod_whose_head_after_the_copy_fails_leaves_the_file_readable(
+        tmp_path: Path, proxy: FaultProxy, bucket: str) -> None:
+    """The copy made, the HEAD after it failing: the stub kept the version copied from,
+    which no longer existed, and the file read as EIO for good, remounts included. The
+    copy's own answer carries the new ETag."""
+    m = s3_mount(tmp_path, proxy.endpoint, bucket)
+    data = os.urandom(12 * MIB)  # (a multipart object: a copy gets a new ETag)
+    with running(m):
+        path = m.path / "cm.bin"
+        path.write_bytes(data)
+        assert os.readlink(m.warm / "cm.bin").startswith("tierfs:")
+        proxy.fail("HEAD", "pass", 2)  # the owner check's HEAD and the copy's own
+        proxy.fail("HEAD", "503")  # every HEAD after them
+        try:
+            os.chmod(path, 0o666)
+        finally:
+            proxy.heal()
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o666
+        tierfs("evict", str(path))
+        assert sha(read_uncached(path)) == sha(data)
+        m.restart()
+        assert sha(read_uncached(m.path / "cm.bin")) == sha(data)
+
+
+def test_a_stub_left_naming_the_version_its_object_was_copied_from_is_mended(
+        tmp_path: Path, s3_server: S3Server, bucket: str) -> None:
+    """A copy whose answer was lost, then a HEAD failing too, leaves the stub naming the
+    version the object was copied from (reads fail: EIO). The copy names that version in
+    its metadata, so the next chmod or chown finds the object is the same bytes and puts
+    its ETag in the stub."""
+    m = s3_mount(tmp_path, s3_server.endpoint, bucket)
+    data = os.urandom(12 * MIB)
+    client = s3_server.client()
+    with running(m):
+        path = m.path / "lost.bin"
+        path.write_bytes(data)
+        key = "t/lost.bin"
+        head = client.head_object(Bucket=bucket, Key=key)
+        old = head["ETag"].strip('"')
+        # What the lost copy did at the bucket (the mode it gave, its version named).
+        client.copy_object(Bucket=bucket, Key=key, CopySource={"Bucket": bucket, "Key": key},
+                           Metadata={**head["Metadata"], "mode": "0666",
+                                     "tierfs-copied-from": old},
+                           MetadataDirective="REPLACE")
+        assert client.head_object(Bucket=bucket, Key=key)["ETag"].strip('"') != old
+        tierfs("evict", str(path))
+        try:
+            read_uncached(path)
+        except OSError:
+            pass  # (the stub names a version gone: EIO, as after the lost answer)
+        os.chmod(path, 0o666)
+        assert "etag=" + client.head_object(Bucket=bucket, Key=key)["ETag"].strip('"') in \
+            os.readlink(m.warm / "lost.bin")
+        tierfs("evict", str(path))
+        assert sha(read_uncached(path)) == sha(data)

@@ -417,6 +417,7 @@ class OpenFiles:
                     self.writeback.start(inode, data)
                     return
                 if data.dirty:
+                    self.writeback.releasing[inode.ino] = (inode, data)
                     try:
                         await self.publisher.publish(inode, data)
                     except OSError as e:
@@ -430,6 +431,8 @@ class OpenFiles:
                         # names made elsewhere alone: no path for recovery, it is set aside.
                         if inode.links:
                             self.writeback.start(inode, data)
+                    finally:
+                        self.writeback.releasing.pop(inode.ino, None)
                 # (Something that took hold of the state during that publish retires it.)
                 if (not self.writeback.holds(inode) and data.handles == 0
                         and inode.data is data):

@@ -54,6 +54,9 @@ class WriteBack:
         self.staging = staging
         #: Files closed but not yet home, each with the task publishing it.
         self.files: dict[int, tuple[Inode, OpenFile]] = {}
+        #: Files a release is publishing in the caller's task (sync mode, after a close
+        #: that failed): not home either, and ``tierfs flush`` must not say otherwise.
+        self.releasing: dict[int, tuple[Inode, OpenFile]] = {}
         # The policy above, per instance so that a test can shorten it.
         self.quiet, self.max_wait, self.max_held = QUIET, MAX_WAIT, MAX_HELD
         #: When the mount last had a create, write or close (trio's clock).
@@ -229,8 +232,13 @@ class WriteBack:
     def pending(self) -> tuple[int, int]:
         """Files not yet home: (count, bytes). Also called from the Prometheus thread: list()
         copies the table in one step under the GIL."""
-        dirty = [d for _, d in list(self.files.values()) if d.dirty]
+        dirty = [d for _, d in self._unpublished() if d.dirty]
         return len(dirty), sum(d.size for d in dirty)
+
+    def _unpublished(self) -> list[tuple[Inode, OpenFile]]:
+        """The files of ``files`` and of ``releasing``, each once."""
+        both = {**self.releasing, **self.files}
+        return list(both.values())
 
     async def publish_all(self) -> list[tuple[Inode, OSError]]:
         """Publish every file now (``tierfs flush``, unmount): what failed, after trying all.
@@ -242,7 +250,7 @@ class WriteBack:
         self.urgent += 1
         self._hurry()
         try:
-            for inode, data in list(self.files.values()):
+            for inode, data in self._unpublished():
                 if data.writers:
                     continue  # open for writing again: its writer's close publishes it
                 try:

@@ -31,6 +31,9 @@ class FaultProxy:
         #: uploads too, as S3-compatible servers that do not take a completion twice.
         self.gone_uploads: set[str] = set()
         self.forget_completed = False
+        #: Answer a copy whose source is no longer the version it names 412, as S3 does
+        #: (``x-amz-copy-source-if-match``; moto copies whatever is there).
+        self.copy_if_match = False
         #: Requests that reached the proxy, by HTTP method (faults included).
         self.requests: collections.Counter[str] = collections.Counter()
         #: Requests being held ("hold", "hold-after") now, and what lets them go.
@@ -99,6 +102,9 @@ class FaultProxy:
                     self._answer(int(fault), {"503": "SlowDown", "500": "InternalError",
                                               "403": "AccessDenied"}[fault])
                     return
+                if proxy.copy_if_match and not self._source_matches():
+                    self._answer(412, "PreconditionFailed")
+                    return
                 response, data = self._forward(body, upload)
                 self.send_response(response.status)
                 for k, v in response.getheaders():
@@ -111,6 +117,24 @@ class FaultProxy:
                 self.end_headers()
                 if self.command != "HEAD":
                     self.wfile.write(data)
+
+            def _source_matches(self) -> bool:
+                """Whether a copy's source is the version its if-match names (path-style
+                addressing); True for any other request."""
+                wanted = self.headers.get("x-amz-copy-source-if-match")
+                source = self.headers.get("x-amz-copy-source")
+                if self.command != "PUT" or wanted is None or source is None:
+                    return True
+                conn = http.client.HTTPConnection("127.0.0.1", proxy.upstream_port,
+                                                  timeout=60)
+                try:
+                    path = "/" + urllib.parse.quote(urllib.parse.unquote(source).lstrip("/"))
+                    conn.request("HEAD", path)  # (moto takes requests unsigned)
+                    response = conn.getresponse()
+                    response.read()
+                    return response.getheader("ETag", "").strip('"') == wanted.strip('"')
+                finally:
+                    conn.close()
 
             def _answer(self, status: int, code: str) -> None:
                 payload = (f"<?xml version='1.0'?><Error><Code>{code}</Code>"

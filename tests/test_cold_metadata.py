@@ -7,6 +7,8 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+import threading
+import time
 from pathlib import Path
 
 from conftest import S3Server, read_uncached, running, tierfs
@@ -44,6 +46,23 @@ def test_a_chmod_whose_head_after_the_copy_fails_leaves_the_file_readable(
         assert sha(read_uncached(m.path / "cm.bin")) == sha(data)
 
 
+def test_a_chmod_whose_copy_answer_is_lost_is_found_made(
+        tmp_path: Path, proxy: FaultProxy, bucket: str) -> None:
+    """The copy made, its answer lost: its retry names a source version gone, which S3
+    answers 412 (the proxy does as S3; moto copies anyway), and the copy is found made."""
+    m = s3_mount(tmp_path, proxy.endpoint, bucket)
+    data = os.urandom(12 * MIB)
+    proxy.copy_if_match = True
+    with running(m):
+        path = m.path / "lost.bin"
+        path.write_bytes(data)
+        proxy.fail("PUT", "lose", 1)
+        os.chmod(path, 0o666)
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o666
+        tierfs("evict", str(path))
+        assert sha(read_uncached(path)) == sha(data)
+
+
 def test_a_stub_left_naming_the_version_its_object_was_copied_from_is_mended(
         tmp_path: Path, s3_server: S3Server, bucket: str) -> None:
     """A copy whose answer was lost, then a HEAD failing too, leaves the stub naming the
@@ -75,3 +94,41 @@ def test_a_stub_left_naming_the_version_its_object_was_copied_from_is_mended(
             os.readlink(m.warm / "lost.bin")
         tierfs("evict", str(path))
         assert sha(read_uncached(path)) == sha(data)
+
+
+def test_a_change_that_lost_a_race_from_the_same_version_is_not_taken_for_made(
+        proxy: FaultProxy, s3_server: S3Server, bucket: str) -> None:
+    """Two metadata changes from one version: the other's copy lands between this one's
+    HEAD and its copy, whose source is then gone (412). The object records the other's
+    owner, so this one failed, whatever the version the object names it was copied from."""
+    from tierfs.objects.base import ObjectChanged, parse_bucket_uri
+    from tierfs.objects.s3 import S3Store
+
+    uri = parse_bucket_uri(f"s3://{bucket}/t")
+    here = S3Store(uri, proxy.endpoint, addressing_style="path")
+    there = S3Store(uri, s3_server.endpoint, addressing_style="path")
+    key = "t/race.bin"
+    upload = there.create_multipart(key, {"uid": "1000", "gid": "1000", "mode": "0640"})
+    parts = [(1, there.upload_part(key, upload, 1, os.urandom(5 * MIB))),
+             (2, there.upload_part(key, upload, 2, b"x" * 1000))]
+    first = there.complete_multipart(key, upload, parts).etag
+    proxy.copy_if_match = True
+    proxy.delay = 2.0
+    proxy.fail("HEAD", "pass", 1)
+    proxy.fail("PUT", "delay", 1)  # this node's copy, sent after the other's lands
+    outcome: list[object] = []
+    racer = threading.Thread(target=lambda: outcome.append(_try(lambda: here.replace_metadata(
+        key, first, {"uid": "2002", "gid": "1000", "mode": "0640"}))))
+    racer.start()
+    time.sleep(0.5)
+    won = there.replace_metadata(key, first, {"uid": "1001", "gid": "1000", "mode": "0640"})
+    racer.join(timeout=60)
+    assert won.etag != first and there.head(key).metadata["uid"] == "1001"
+    assert len(outcome) == 1 and isinstance(outcome[0], ObjectChanged), outcome
+
+
+def _try(call):  # type: ignore[no-untyped-def]
+    try:
+        return call()
+    except Exception as e:
+        return e

@@ -38,8 +38,8 @@ log = logging.getLogger(__name__)
 
 #: FUSE worker tasks. Each request holds one until it is answered, and a stalled root holds
 #: every request that touches it: once none is left, no request is read, the other roots'
-#: included. So far more than a node's readers of one root will ever be (64 were not: a
-#: data loader's 80 workers stalled the mount). A waiting task costs a trio task and the few
+#: included. So there are far more than a node's readers of one root will ever be (64 were
+#: not: a data loader's 80 workers stalled the mount). A waiting task costs a trio task and the few
 #: pages of its request buffer written; the tiers' threads bound the work, not this.
 MAX_FUSE_TASKS = 1024
 

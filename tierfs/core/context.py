@@ -291,7 +291,7 @@ class Core:
                     if read is None:
                         return fd, st, None
                     out = os.pread(fd, read[1], read[0])
-                    if warm_id(os.fstat(fd))[1:3] != warm_id(st)[1:3]:
+                    if warm_id(os.fstat(fd)) != warm_id(st):
                         # Changed in place while it was read (another node): the bytes are
                         # not the version opened, and the caller would name them so. The
                         # read is made again from the file as opened.

@@ -24,7 +24,7 @@ from tierfs.cache.reader import CachedReader, Prefetch
 from tierfs.core.attrs import err
 from tierfs.core.context import Core
 from tierfs.core.inodes import Inode
-from tierfs.core.openfile import DataState, HeldFd, OpenFile, WarmId
+from tierfs.core.openfile import DataState, HeldFd, OpenFile, WarmId, warm_id
 from tierfs.stubs import Stub
 from tierfs.write.publish import Publisher
 
@@ -55,16 +55,18 @@ class VersionChanged(OSError):
 
 def _read_of(fd: int, view: memoryview, offset: int, version: WarmId) -> tuple[int, bool]:
     """``preadv`` into ``view``; then whether the descriptor's file changed from ``version``
-    (size or mtime; a ctime moved by a chmod or rename keeps the bytes). A block is cached
-    under its version's name, and two things would put other bytes there: another node
-    rewriting the file in place (the bytes are served, as any open file's, never kept:
-    ``Unkept``), and the descriptor closed while the read waited for a thread (a let-go, a
-    publish) and its number given to another file (``VersionChanged``). Blocking."""
+    (size, mtime or ctime: a rewrite in place that puts size and mtime back, as ``cp -p``
+    and ``rsync -t --inplace`` do, moves only the ctime; a chmod or rename moving it costs
+    only the keeping of these bytes). A block is cached under its version's name, and two
+    things would put other bytes there: another node rewriting the file in place (the
+    bytes are served, as any open file's, never kept: ``Unkept``), and the descriptor
+    closed while the read waited for a thread (a let-go, a publish) and its number given to
+    another file (``VersionChanged``). Blocking."""
     n = os.preadv(fd, [view], offset)
     st = os.fstat(fd)
     if st.st_ino != version[0]:
         raise VersionChanged(errno.ESTALE, "the descriptor names another file now")
-    return n, (st.st_size, st.st_mtime_ns) != version[1:3]
+    return n, warm_id(st) != version
 
 
 def _pread_own(fd: int, size: int, offset: int) -> bytes:

@@ -138,10 +138,13 @@ class Residency:
         def read(start: int, length: int) -> bytes:
             fd = warm.open(rel, os.O_RDONLY)
             try:
-                now = os.fstat(fd)
-                if warm_id(now) != expected:
+                # Before (another file at the name) and after (rewritten while read).
+                if warm_id(os.fstat(fd)) != expected:
                     raise OSError(errno.ESTALE, "the file changed while it was being fetched")
-                return os.pread(fd, length, start)
+                out = os.pread(fd, length, start)
+                if warm_id(os.fstat(fd)) != expected:
+                    raise OSError(errno.ESTALE, "the file changed while it was being fetched")
+                return out
             finally:
                 os.close(fd)
 

@@ -388,9 +388,17 @@ class ColdPublisher:
             # One step, no await: a getattr in between would see neither the staged size nor the
             # stub, and the kernel would cache what it saw.
             data.upload = None
-            sid, fd = data.staging_id, data.staging_fd
-            data.staging_id = data.staging_fd = None
-            data.to(DataState.CLEAN)
+            sid = fd = None
+            if st is None:
+                # Unlinked meanwhile (its object deleted above): nobody finds it by name, but
+                # a handle still open reads it, as any file unlinked while open, from staging,
+                # kept until the last one goes (``retire``). Not the file it replaced.
+                self.journal.forget_upload(data)
+                data.to(DataState.STAGED)
+            else:
+                sid, fd = data.staging_id, data.staging_fd
+                data.staging_id = data.staging_fd = None
+                data.to(DataState.CLEAN)
             if st is not None:
                 inode.stub = data.stub = stub
                 core.inodes.rekey(inode, st)

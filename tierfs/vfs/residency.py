@@ -138,9 +138,7 @@ class Residency:
         def read(start: int, length: int) -> bytes:
             fd = warm.open(rel, os.O_RDONLY)
             try:
-                # Before (another file at the name) and after (rewritten while read).
-                if warm_id(os.fstat(fd)) != expected:
-                    raise OSError(errno.ESTALE, "the file changed while it was being fetched")
+                # After the read: another file at the name, or this one rewritten meanwhile.
                 out = os.pread(fd, length, start)
                 if warm_id(os.fstat(fd)) != expected:
                     raise OSError(errno.ESTALE, "the file changed while it was being fetched")

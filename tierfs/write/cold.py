@@ -385,21 +385,18 @@ class ColdPublisher:
                 data.upload = None
                 self.journal.forget_upload(data)
                 raise LostItsName()
-            # One step, no await: a getattr in between would see neither the staged size nor the
-            # stub, and the kernel would cache what it saw.
+            # One step, no await: a getattr between would see (and the kernel cache) neither.
             data.upload = None
             sid = fd = None
             if st is None:
-                # Unlinked meanwhile (its object deleted above): nobody finds it by name, but
-                # a handle still open reads it, as any file unlinked while open, from staging,
-                # kept until the last one goes (``retire``). Not the file it replaced.
+                # Unlinked meanwhile (its object deleted above): a handle still open reads it
+                # from staging, kept until the last one goes (``retire``), as any such file.
                 self.journal.forget_upload(data)
                 data.to(DataState.STAGED)
             else:
                 sid, fd = data.staging_id, data.staging_fd
                 data.staging_id = data.staging_fd = None
                 data.to(DataState.CLEAN)
-            if st is not None:
                 inode.stub = data.stub = stub
                 core.inodes.rekey(inode, st)
                 data.base = st

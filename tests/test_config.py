@@ -173,6 +173,17 @@ def test_bad_warm_root_flag_names_the_flag() -> None:
         build_config({}, {"warm": ("a=/x", "a=/y")})
 
 
+def test_read_memory_too_small_for_the_roots_names_the_key() -> None:
+    """Each root reads from an equal share of read_memory; a share under 16 MiB used to be
+    raised to 16 MiB, so the roots together held more than was configured."""
+    roots = {"warm": ("a=/x", "b=/y", "c=/z")}
+    with pytest.raises(ConfigError, match="--read-memory: .*3 warm roots need at least 48MiB"):
+        build_config({}, {**roots, "read_memory": "32MiB"})
+    with pytest.raises(ConfigError, match="'read_memory'"):
+        build_config({"read_memory": "32MiB"}, roots)
+    assert build_config({}, {**roots, "read_memory": "48MiB"}).read_memory == 48 * 2**20
+
+
 def test_zero_config_default_mounts_three_roots(tmp_path: Path,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TIERFS_MOUNTS_BASE", str(tmp_path))

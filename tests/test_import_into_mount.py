@@ -77,6 +77,29 @@ def test_import_into_a_root_of_a_mount_shows_the_path_in_the_mount(
             "tierfs:")
 
 
+def test_import_from_a_local_folder_bucket_into_a_root(tmp_path: Path) -> None:
+    """A root's objects in a local-folder bucket sit in the folder NAME of the bucket's; the
+    source is named by that folder's path, which was refused as outside the bucket."""
+    from tierfs.objects import open_store
+    from tierfs.objects.base import parse_bucket_uri
+
+    m = make_roots_mount(tmp_path, ("cluster", "user"))
+    cold = tmp_path / "cold"
+    open_store(parse_bucket_uri(f"file://{cold}")).put("cluster/src/ds/b.bin", b"bee")
+    with running(m):
+        (m.path / "cluster" / "datasets").mkdir()
+        into = m.path / "cluster" / "datasets" / "ds"
+        out = tierfs("import", f"file://{cold}/cluster/src/ds", str(into)).stdout
+        assert "1 new" in out, out
+        assert os.readlink(m.roots["cluster"] / "datasets" / "ds" / "b.bin").startswith(
+            "tierfs:")
+        time.sleep(1.1)  # (the kernel's negative entry for the new name)
+        assert (into / "b.bin").read_bytes() == b"bee"
+        # Another root's objects are not this root's to name.
+        other = tierfs("import", f"file://{cold}/user/x", str(into), check=False)
+        assert other.returncode == 1 and "not inside the configured bucket" in other.stderr
+
+
 def test_import_into_a_mount_refuses_tiers_that_are_not_the_mounts(
         s3_mount: Mount, s3_server: S3Server, tmp_path: Path) -> None:
     m = s3_mount

@@ -242,9 +242,13 @@ def _auto_bool(value: Any) -> str:
     return "true" if _bool(value) else "false"
 
 
+#: Least read memory a warm root gets: a few blocks in flight for one reader.
+MIN_READ_MEMORY = 16 * 1024 * 1024
+
+
 def _memory(value: Any) -> int:
     size = parse_size(value)
-    if size < 16 * 1024 * 1024:
+    if size < MIN_READ_MEMORY:
         raise ValueError("expected at least 16MiB")
     return size
 
@@ -480,6 +484,12 @@ def build_config(file_values: Mapping[str, Any], flag_values: Mapping[str, Any],
         raise ConfigError(f"{where(name)}: bad value {values[name]!r}: cache_low_watermark "
                           f"({low}) must not exceed cache_high_watermark ({high})")
     values["warm"], roots = values["warm"]
+    if values["read_memory"] < MIN_READ_MEMORY * len(roots):
+        # Each root reads from its own share; no share may fall under the least one reader
+        # needs, nor may the shares add up to more than was given.
+        raise ConfigError(f"{where('read_memory')}: bad value {values['read_memory']!r}: "
+                          f"{len(roots)} warm roots need at least "
+                          f"{MIN_READ_MEMORY * len(roots) // 2**20}MiB (16MiB each)")
     _check_bucket_apart(values, roots, merged, where)
     return Config(**values, explicit=frozenset(merged), roots=roots)
 

@@ -52,6 +52,12 @@ def source_prefix(config: Config, uri_text: str) -> str:
     tierfs refuses to follow stubs that point anywhere else."""
     src = parse_bucket_uri(uri_text)
     bucket = config.bucket
+    folder = bucket.bucket.rstrip("/") + "/"
+    if src.scheme == bucket.scheme == "file" and src.bucket.startswith(folder):
+        # A local folder's prefix is a path below it (a named root's objects sit in the
+        # folder NAME of the bucket's), written as part of the folder's own path.
+        src = dataclasses.replace(src, bucket=bucket.bucket,
+                                  prefix=src.bucket[len(folder):])
     if (src.scheme, src.bucket) != (bucket.scheme, bucket.bucket) or not (
             not bucket.prefix or src.prefix == bucket.prefix
             or src.prefix.startswith(bucket.prefix + "/")):

@@ -44,8 +44,6 @@ SLOT_BITS = 6
 #: Slots of roots; the last one numbers the top directory's handles.
 TOP_SLOT = (1 << SLOT_BITS) - 1
 TOP_INODE = ROOT_INODE
-#: Least read memory a root gets (``read_memory``'s own minimum).
-MIN_READ_MEMORY = 16 * 1024 * 1024
 #: Seconds a listing of the top directory waits for a root's attributes before it shows the
 #: ones it last had, and statfs for the roots' disk figures: a stalled warm tier must not
 #: hang ``ls`` or ``df`` of the mount's top.
@@ -70,7 +68,7 @@ def root_config(config: Config, name: str, warm: Path) -> Config:
     bucket = dataclasses.replace(config.bucket, prefix=config.bucket.key(name))
     return dataclasses.replace(config, hot=config.hot / ROOTS_DIR / name, warm=warm,
                                bucket=bucket, hot_capacity=share,
-                               read_memory=max(MIN_READ_MEMORY, config.read_memory // count),
+                               read_memory=config.read_memory // count,
                                roots=())
 
 

@@ -308,6 +308,12 @@ def test_a_stalled_root_slows_only_what_touches_it(tmp_path: Path) -> None:
                     (m.path / "fast" / "d" / "new").write_bytes(b"new")
                     assert sorted(os.listdir(m.path / "fast" / "d")) == \
                         ["f0", "f1", "f2", "new"]
+                    # df shows the first root's figures, which it has at once: it used to
+                    # wait a second for the stalled root's too.
+                    for _ in range(2):
+                        started = time.monotonic()
+                        assert os.statvfs(m.path).f_blocks > 0
+                        assert time.monotonic() - started < 0.5
                     done.append(True)
 
                 done: list[bool] = []

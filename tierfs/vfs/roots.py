@@ -45,8 +45,7 @@ SLOT_BITS = 6
 TOP_SLOT = (1 << SLOT_BITS) - 1
 TOP_INODE = ROOT_INODE
 #: Seconds a listing of the top directory waits for a root's attributes before it shows the
-#: ones it last had, and statfs for the roots' disk figures: a stalled warm tier must not
-#: hang ``ls`` or ``df`` of the mount's top.
+#: ones it last had, and statfs for the roots' disk figures (``ls`` and ``df`` of the top).
 TOP_ATTRS_WAIT = 1.0
 #: The longest name in the top directory, as in the directories of every warm tier.
 NAME_MAX = 255
@@ -417,12 +416,16 @@ class Roots:
             await self._by_slot[slot].fs.forget(local_items)
 
     async def statfs(self) -> os.statvfs_result:
-        """The first root's figures (the kernel asks for one file system's, with no inode),
-        asked of every root side by side in each root's own background nursery (a warm call
-        cannot be cancelled). A root that does not answer in time is shown by what it last
-        answered, or, if it never did, the next root's figures are: ``df`` of the mount must
-        not wait for one stalled root. Only when no root ever answered does it wait."""
-        done = await self._ask(self.roots, self._read_root_disk)
+        """The first root's figures (the kernel asks for one file system's), asked of every
+        root at once in its own nursery (a warm call cannot be cancelled). A root that does
+        not answer in time is shown by what it last answered, or the next root's figures
+        are: ``df`` must not wait for a stalled root. Only if none ever answered does it."""
+        done = self._start(self.roots, self._read_root_disk)
+        with trio.move_on_after(TOP_ATTRS_WAIT):
+            for root, event in zip(self.roots, done):
+                await event.wait()
+                if root.disk is not None:
+                    return root.disk
         for event in done:
             known = [r.disk for r in self.roots if r.disk is not None]
             if known:
@@ -443,10 +446,18 @@ class Roots:
     @staticmethod
     async def _ask(roots: list[Root], ask: Callable[[Root], Awaitable[None]]
                    ) -> list[trio.Event]:
+        """Start ``ask`` for each root and wait for them all, at most ``TOP_ATTRS_WAIT``
+        (what the top shows must not wait for a stalled root); their ``_start`` events."""
+        done = Roots._start(roots, ask)
+        with trio.move_on_after(TOP_ATTRS_WAIT):
+            for event in done:
+                await event.wait()
+        return done
+
+    @staticmethod
+    def _start(roots: list[Root], ask: Callable[[Root], Awaitable[None]]) -> list[trio.Event]:
         """Start ``ask`` for each root not being asked it already, each in that root's own
-        background nursery (a warm call cannot be cancelled), and wait for them all, at most
-        ``TOP_ATTRS_WAIT``: what the top shows must not wait for a stalled root. Returns the
-        events set as each ends."""
+        background nursery (a warm call cannot be cancelled); the events set as each ends."""
         what = ask.__name__
         done = []
         for root in roots:
@@ -457,9 +468,6 @@ class Roots:
                 assert nursery is not None
                 nursery.start_soon(Roots._answer, root, what, ask, event)
             done.append(event)
-        with trio.move_on_after(TOP_ATTRS_WAIT):
-            for event in done:
-                await event.wait()
         return done
 
     @staticmethod

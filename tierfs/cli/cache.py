@@ -10,6 +10,7 @@ import click
 
 from tierfs.cli.common import by_mount, fail, size, with_progress
 from tierfs.errors import TierfsError
+from tierfs.paths import show
 
 
 @click.command()
@@ -67,25 +68,30 @@ def warm(paths: tuple[str, ...], check: bool, as_json: bool, on_ray: bool,
 def _report(results: list[dict[str, Any]], on_ray: bool) -> None:
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     columns = (("node",) if on_ray else ()) + ("path", "files", "size", "hot", "hot %",
                                                "to fetch")
     table = Table(*columns, box=None)
     for r in results:
         share = 100.0 if r["size"] == 0 else 100.0 * r["hot"] / r["size"]
-        table.add_row(*((f"{r['host']} {r['node'][:8]}",) if on_ray else ()), r["path"],
+        # (A name is text, never markup: "img[abc].png" must not lose "[abc]".)
+        table.add_row(*((f"{r['host']} {r['node'][:8]}",) if on_ray else ()),
+                      Text(show(r["path"])),
                       str(r["files"]), size(r["size"]), size(r["hot"]), f"{share:.1f}",
                       size(r["to_fetch"]))
     Console().print(table)
 
 
 def _bar(as_json: bool) -> Any:
+    from rich.console import Console
     from rich.progress import (BarColumn, DownloadColumn, Progress, TimeRemainingColumn,
                                TransferSpeedColumn)
 
     return Progress("[progress.description]{task.description}", BarColumn(),
                     DownloadColumn(binary_units=True), TransferSpeedColumn(),
-                    TimeRemainingColumn(), transient=True, disable=as_json)
+                    TimeRemainingColumn(), transient=True, disable=as_json,
+                    console=Console(stderr=True))
 
 
 def _warm_cluster(paths: tuple[str, ...], address: str | None, check: bool,
@@ -124,7 +130,8 @@ def pin(paths: tuple[str, ...]) -> None:
         for record, rels in by_mount(paths).items():
             for r in with_progress(record, {"cmd": "pin", "paths": rels, "pin": True},
                                     "pinning"):
-                click.echo(f"pinned {r['path']}: {size(r['pinned'])} in {r['files']} files")
+                click.echo(f"pinned {show(r['path'])}: {size(r['pinned'])} in "
+                           f"{r['files']} files")
     except TierfsError as e:
         fail(str(e))
 
@@ -138,7 +145,7 @@ def unpin(paths: tuple[str, ...]) -> None:
     try:
         for record, rels in by_mount(paths).items():
             for r in call(record, {"cmd": "pin", "paths": rels, "pin": False}):
-                click.echo(f"unpinned {r['path']}")
+                click.echo(f"unpinned {show(r['path'])}")
     except TierfsError as e:
         fail(str(e))
 
@@ -173,7 +180,7 @@ def flush(mountpoint: str | None) -> None:
             click.echo(f"{record.mountpoint}: {result['flushed']} files flushed, "
                        f"{result['pending']} pending")
             for item in result.get("failed", []):
-                click.echo(f"  could not publish {item['path']}: {item['error']} (kept "
+                click.echo(f"  could not publish {show(item['path'])}: {item['error']} (kept "
                            "staged; tried again in the background)", err=True)
                 failed += 1
     except TierfsError as e:

@@ -75,13 +75,15 @@ def table(title: str, rows: list[tuple[str, str]]) -> Any:
 
 
 def with_progress(record: Any, request: dict[str, Any], label: str) -> Any:
+    from rich.console import Console
     from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
     from tierfs.control.client import call
 
+    # (On stderr: what a command prints on stdout is its answer, for scripts to read.)
     with Progress("[progress.description]{task.description}", BarColumn(),
                   DownloadColumn(binary_units=True), TransferSpeedColumn(),
-                  transient=True) as progress:
+                  transient=True, console=Console(stderr=True)) as progress:
         task = progress.add_task(label, total=None)
         return call(record, request, lambda m: progress.update(
             task, completed=m["progress"], total=m["total"] or None))

@@ -25,6 +25,7 @@ def import_(uri: str, directory: str, config_file: Path | None, **flags: Any) ->
     path inside the warm tier, with the tiers given by --warm, --bucket or the configuration.
     No data is copied; running it again is harmless and finishes an interrupted run.
     """
+    from rich.console import Console
     from rich.progress import Progress
 
     from tierfs.importer import destination, import_objects, source_prefix
@@ -41,7 +42,7 @@ def import_(uri: str, directory: str, config_file: Path | None, **flags: Any) ->
             shown = str(Path(config.warm, *dest))
         prefix = source_prefix(config, uri)
         store = open_checked_store(config)
-        with Progress(transient=True) as progress:
+        with Progress(transient=True, console=Console(stderr=True)) as progress:
             task = progress.add_task("importing", total=None)
             result = import_objects(config, store, prefix, dest,
                                     lambda n: progress.advance(task, n))

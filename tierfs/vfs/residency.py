@@ -214,4 +214,4 @@ class Residency:
                 await trio.lowlevel.checkpoint()
             if state.source is not None:
                 cache.set_pinned(state.source.id, state.source.blocks(cache.block_size), pinned,
-                                 state.path.encode())
+                                 os.fsencode(state.path))

@@ -349,6 +349,36 @@ class Core:
             return out
         return None
 
+    def remember_xattrs(self, inode: Inode, names: frozenset[bytes]) -> None:
+        inode.xattr_names = names
+        inode.xattr_names_until = time.monotonic() + self.config.attr_timeout
+
+    def known_xattrs(self, inode: Inode) -> frozenset[bytes] | None:
+        """The inode's xattr names if listed within attr_timeout (and not changed since)."""
+        if inode.xattr_names is not None and time.monotonic() < inode.xattr_names_until:
+            return inode.xattr_names
+        return None
+
+    async def has_xattrs(self, inode: Inode, rel: bytes, st: os.stat_result) -> bool:
+        """Whether the warm file ``st`` at ``rel`` has extended attributes, which a stub
+        cannot keep: such a file stays on the warm tier, whatever its size. Asked of the tier
+        (a round trip) only if not listed within attr_timeout and the tier has any; a tier
+        that cannot say keeps the file too (lost attributes are not found again)."""
+        if self.warm.lacks_xattrs(st.st_dev):
+            return False
+        names = self.known_xattrs(inode)
+        if names is None:
+            try:
+                names = frozenset(await self.warm.run(self.warm.listxattr, rel))
+            except OSError as e:
+                if self.warm.lacks_xattrs(st.st_dev):
+                    return False
+                log.warning("kept %s on the warm tier: cannot list its extended attributes: "
+                            "%s", show(rel), e)
+                return True
+            self.remember_xattrs(inode, names)
+        return bool(names)
+
     async def fresh_base(self, inode: Inode, data: OpenFile) -> os.stat_result | None:
         """The open file's attributes on the warm tier (mode, link count), read again if a
         namespace change made them stale (``attrs.forget_base``)."""

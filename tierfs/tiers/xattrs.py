@@ -9,6 +9,7 @@ import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from tierfs.stubs import looks_like_stub
 from tierfs.tiers.beneath import parent_of
 
 
@@ -43,7 +44,11 @@ class XattrCalls:
     def setxattr(self, rel: bytes, name: bytes, value: bytes) -> None:
         with self._path_fd(rel) as (fd, is_link):
             if is_link:
-                raise OSError(errno.EPERM, os.strerror(errno.EPERM))
+                # A stub is a file in the bucket, whose object keeps no such attributes; a
+                # symbolic link refuses them as the kernel does.
+                stub = looks_like_stub(os.readlink(b"", dir_fd=fd))
+                code = errno.EOPNOTSUPP if stub else errno.EPERM
+                raise OSError(code, os.strerror(code))
             os.setxattr(proc_path(fd), name, value)
 
     def listxattr(self, rel: bytes) -> list[bytes]:

@@ -339,7 +339,7 @@ class Listing:
         inode = self.namespace.register(parent, entry.name, entry.st, entry.persisted, entry.stub,
                                         entry.confirmed)
         if entry.xattrs is not None:
-            self.namespace.remember_xattrs(inode, entry.xattrs)
+            self.core.remember_xattrs(inode, entry.xattrs)
         if inode.data is not None and inode.data.base is not None:
             return inode, attrs_of(inode, inode.data.base)
         return inode, attrs_of(inode, entry.st, entry.stub)

@@ -194,7 +194,7 @@ class Names:
                         data.atime_ns, data.mtime_ns = st.st_atime_ns, st.st_mtime_ns
                     self._dir_changed(naming.parent, after)
                     if xattrs is not None:
-                        self.namespace.remember_xattrs(inode, xattrs)
+                        core.remember_xattrs(inode, xattrs)
                     state = NamingState.NAMED
             except Exception as e:
                 failure = e if isinstance(e, OSError) else err(errno.EIO)

@@ -521,16 +521,6 @@ class Namespace:
 
     # -- extended attributes --------------------------------------------------------------
 
-    def remember_xattrs(self, inode: Inode, names: frozenset[bytes]) -> None:
-        inode.xattr_names = names
-        inode.xattr_names_until = time.monotonic() + self.core.config.attr_timeout
-
-    def _known_xattrs(self, inode: Inode) -> frozenset[bytes] | None:
-        """The inode's xattr names if listed within attr_timeout (and not changed since)."""
-        if inode.xattr_names is not None and time.monotonic() < inode.xattr_names_until:
-            return inode.xattr_names
-        return None
-
     def _check_xattrs(self, inode: Inode) -> None:
         """EOPNOTSUPP without a warm call where the tier has been found to lack xattrs."""
         if self.core.warm.lacks_xattrs(key_ids(inode.key)[0]):
@@ -539,7 +529,7 @@ class Namespace:
     async def getxattr(self, ino: int, name: bytes) -> bytes:
         core = self.core
         inode = core.inodes[ino]
-        known = self._known_xattrs(inode)
+        known = core.known_xattrs(inode)
         if known is not None and name not in known:
             raise err(errno.ENODATA)
         self._check_xattrs(inode)
@@ -551,15 +541,22 @@ class Namespace:
 
         async with core.ns_lock.shared():
             value, names = await core.warm.run(get, core.inodes.path(inode))
-        self.remember_xattrs(inode, frozenset(names))
+        core.remember_xattrs(inode, frozenset(names))
         if value is None:
             raise err(errno.ENODATA)
         return value
+
+    def _check_keeps_xattrs(self, inode: Inode) -> None:
+        """EOPNOTSUPP for a file streaming to the bucket: its stub, soon in place of the warm
+        file, cannot keep them (nor can a stub already there: ``XattrCalls.setxattr``)."""
+        if inode.data is not None and inode.data.upload is not None:
+            raise err(errno.EOPNOTSUPP)
 
     async def setxattr(self, ino: int, name: bytes, value: bytes) -> None:
         core = self.core
         core.forget_dir_attrs()
         inode = core.inodes[ino]
+        self._check_keeps_xattrs(inode)
         inode.xattr_names = None
         async with core.ns_lock:  # see Inode.attr_changes
             await core.warm.run(core.warm.setxattr, core.inodes.path(inode), name, value)
@@ -573,7 +570,7 @@ class Namespace:
         self._check_xattrs(inode)
         async with core.ns_lock.shared():
             names = await core.warm.run(core.warm.listxattr, core.inodes.path(inode))
-        self.remember_xattrs(inode, frozenset(names))
+        core.remember_xattrs(inode, frozenset(names))
         return names
 
     async def removexattr(self, ino: int, name: bytes) -> None:

@@ -231,7 +231,7 @@ class OpenFiles:
             core.remember_dir(parent, parent_st)
             inode, attrs = ns.entry(parent, name, st, persisted)
         if xattrs is not None:
-            ns.remember_xattrs(inode, xattrs)
+            core.remember_xattrs(inode, xattrs)
         # Staging starts at the first write: a file created empty never needs it.
         data = OpenFile(warm_fd=warm_fd, base=st, atime_ns=st.st_atime_ns,
                         mtime_ns=st.st_mtime_ns, created=True)

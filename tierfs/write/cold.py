@@ -77,8 +77,8 @@ class ColdPublisher:
             if rel is None:
                 return  # unlinked: stays staged
             base = await core.fresh_base(inode, data)
-            if base is not None and base.st_nlink > 1:
-                return  # hard-linked: stays staged (a stub cannot be hard-linked)
+            if base is not None and (base.st_nlink > 1 or await core.has_xattrs(inode, rel, base)):
+                return  # hard-linked, or with xattrs: stays staged (a stub keeps neither)
             if time.monotonic() < data.route_after:
                 return
             await self._start_upload(inode, data, rel)

@@ -114,7 +114,7 @@ def make_handlers(fs: FileSystem, mountpoint: str) -> dict[str, Handler]:
         found = await states_of(request)
         pinned = request.get("pin", True)
         everything = [s for _, states in found for s in states]
-        await residency.pin(everything, pinned)
+        await residency.pin(everything, pinned, under=[_rel(path) for path, _ in found])
         if pinned:  # pinned data is fetched now and kept
             await fetch(everything, send)
         await fs.save_index()

@@ -11,24 +11,31 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import logging
 import os
 import stat
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING
 
 import trio
 
 from tierfs.cache.entries import Source
 from tierfs.stubs import StubError, looks_like_stub, parse_stub
-from tierfs.tiers.beneath import join
 from tierfs.core.openfile import warm_id
+from tierfs.core.ownership import ALL_BLOCKS
+from tierfs.tiers.beneath import ROOT, join
 
 if TYPE_CHECKING:
     from tierfs.vfs.filesystem import FileSystem
 
+log = logging.getLogger(__name__)
+
 
 #: Files whose state is read between two chances for the mount to serve (``Residency``).
 BATCH = 256
+#: Pins looked at again per round, and seconds between rounds (``Residency.follow_pins``).
+PINS_PER_ROUND = 256
+PINS_EVERY = 30.0
 
 @dataclasses.dataclass
 class FileState:
@@ -207,11 +214,53 @@ class Residency:
                 freed += nbytes
         return freed
 
-    async def pin(self, states: list[FileState], pinned: bool) -> None:
+    async def pin(self, states: list[FileState], pinned: bool, under: Sequence[bytes] = (),
+                  gone: Sequence[bytes] = ()) -> None:
+        """Pin or unpin the versions ``states`` are now. A pin is of a path, kept under its
+        version's name: pins that name another version (the file rewritten, replaced or
+        removed since) are dropped, whose blocks nothing would read or evict otherwise:
+        those made at a path of ``states`` or at one of the paths ``gone``, or at or under
+        ``under`` (the paths asked of, walked whole) at a path not in ``states``."""
         cache = self.fs.cache
+        now = {os.fsencode(s.path): s.source.id for s in states if s.source is not None}
+        roots = tuple(b"" if rel == ROOT else rel + b"/" for rel in under)
+        stale = [sid for sid, label in cache.pins.items() if now.get(label, sid) != sid
+                 or (label not in now and (label in under or label in gone
+                                           or label.startswith(roots)))]
+        for i, sid in enumerate(stale):
+            if i % BATCH == BATCH - 1:
+                await trio.lowlevel.checkpoint()
+            cache.set_pinned(sid, ALL_BLOCKS, False)
         for i, state in enumerate(states):
             if i % BATCH == BATCH - 1:
                 await trio.lowlevel.checkpoint()
             if state.source is not None:
                 cache.set_pinned(state.source.id, state.source.blocks(cache.block_size), pinned,
                                  os.fsencode(state.path))
+
+    async def follow_pins(self) -> None:
+        """Pins of paths changed without a pin or unpin since (a checkpoint saved again over
+        a pinned one, on this node or another), a round of them at a time: each pin moves
+        to the version at its path now, or goes with the file. Without this, each version
+        saved would keep its blocks pinned, until the hot tier were full of them."""
+        cursor = 0
+        while True:
+            await trio.sleep(PINS_EVERY)
+            pins = list(self.fs.cache.pins.values())
+            cursor = cursor if cursor < len(pins) else 0
+            labels = sorted(set(pins[cursor:cursor + PINS_PER_ROUND]))
+            cursor += PINS_PER_ROUND
+            if not labels:
+                continue
+            try:
+                found = await self.resolve(labels)
+            except OSError as e:  # (a stalled or failing warm tier: the next round)
+                log.warning("could not look at pinned paths again: %s", e)
+                continue
+            asked = set(labels)
+            states = [s for one in found if one is not None for s in one
+                      if os.fsencode(s.path) in asked]
+            here = {os.fsencode(s.path) for s in states}
+            moved = [s for s in states if s.source is not None
+                     and s.source.id not in self.fs.cache.pins]
+            await self.pin(moved, True, gone=[rel for rel in labels if rel not in here])

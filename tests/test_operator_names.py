@@ -1,9 +1,11 @@
 """Operator commands given names that are not plain text: brackets (rich markup), a newline,
 bytes that are not UTF-8. Each is a file's name as any user may give it, shown as one line
-of text and never taken for anything else."""
+of text and never taken for anything else. And paths that reach a mount through a symbolic
+link, as a shell's do."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -63,3 +65,36 @@ def test_pin_of_a_name_that_is_not_utf8(m: Mount) -> None:
         r = cli(cmd, path)
         assert r.returncode == 0, r.stderr
         assert b"x\\xff y" in r.stdout
+
+
+def test_paths_through_a_link_reach_the_mount(m: Mount, tmp_path: Path) -> None:
+    """A link to a folder of the mount, and to the mount itself: refused as "not inside a
+    running tierfs mount", and scan walked the mount through FUSE as if it were a warm tier
+    (a file in the bucket counted as a large file on the warm tier)."""
+    (m.path / "d").mkdir()
+    (m.path / "d" / "f").write_bytes(os.urandom(200 * KIB))  # in the bucket (past 64 KiB)
+    (tmp_path / "to-d").symlink_to(m.path / "d")
+    (tmp_path / "to-mnt").symlink_to(m.path)
+    r = cli("where", "--json", str(tmp_path / "to-d" / "f"))
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)[0]["tier"] == "cold"
+    r = cli("scan", "--json", str(tmp_path / "to-mnt"))
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["count"] == 0
+
+
+def test_relative_paths_in_a_mount_named_through_a_link(tmp_path: Path) -> None:
+    """The mount point given as lnk/mnt, lnk a link: a shell's working directory inside the
+    mount is the resolved path, so no relative path was ever found in the mount."""
+    (tmp_path / "real" / "mnt").mkdir(parents=True)
+    (tmp_path / "lnk").symlink_to(tmp_path / "real")
+    (tmp_path / "cold").mkdir()
+    mm = make_mount(tmp_path, "--bucket", f"file://{tmp_path / 'cold'}")
+    mm.path = tmp_path / "lnk" / "mnt"
+    with running(mm):
+        (mm.path / "f").write_bytes(b"x" * 1000)
+        r = subprocess.run([sys.executable, "-m", "tierfs", "where", "--json", "f"],
+                           capture_output=True, text=True, timeout=60,
+                           stdin=subprocess.DEVNULL, cwd=mm.path)
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout)[0]["size"] == 1000

@@ -30,11 +30,22 @@ class MountRecord:
     socket: str
 
     def relative(self, path: str) -> str | None:
-        """``path`` relative to this mount's root ("" for the root), or None if outside."""
-        if path == self.mountpoint:
-            return ""
-        prefix = self.mountpoint.rstrip("/") + "/"
-        return path[len(prefix):] if path.startswith(prefix) else None
+        """``path`` relative to this mount's root ("" for the root), or None if outside; the
+        mount point as given, or with its parent's links resolved (as the kernel names it,
+        and as ``getcwd`` inside the mount does)."""
+        for mountpoint in (self.mountpoint, resolved_parent(self.mountpoint)):
+            if path == mountpoint:
+                return ""
+            prefix = mountpoint.rstrip("/") + "/"
+            if path.startswith(prefix):
+                return path[len(prefix):]
+        return None
+
+
+def resolved_parent(path: str) -> str:
+    """``path`` with the links of its parent resolved, never its last component (resolving
+    it would stat a mount point, a request to the mount, or follow a link inside one)."""
+    return os.path.join(os.path.realpath(os.path.dirname(path)), os.path.basename(path))
 
 
 def runtime_dir() -> Path:
@@ -113,10 +124,8 @@ def _alive(record: MountRecord, mounted: set[str]) -> bool:
         return False
     except PermissionError:
         pass
-    mp = record.mountpoint
-    # (The table names it with symlinks resolved: resolve its parent, never itself.)
-    return mp in mounted or os.path.join(os.path.realpath(os.path.dirname(mp)),
-                                         os.path.basename(mp)) in mounted
+    # (The table names it with symlinks resolved.)
+    return record.mountpoint in mounted or resolved_parent(record.mountpoint) in mounted
 
 
 def mounts() -> list[MountRecord]:
@@ -147,11 +156,19 @@ def mount_for(path: str, records: list[MountRecord] | None = None
     """The live mount holding ``path`` and the path relative to its root; ``records``: the
     live mounts, when the caller looked them up once for many paths (each look reads every
     record and the mount table)."""
-    real = os.path.abspath(path)
-    best: tuple[MountRecord, str] | None = None
-    for record in mounts() if records is None else records:
-        rel = record.relative(real)
-        if rel is not None and (best is None or
-                                len(record.mountpoint) > len(best[0].mountpoint)):
-            best = (record, rel)
-    return best
+    records = mounts() if records is None else records
+    given = os.path.abspath(path)
+    # As given first (no look at the path at all); else reached through a link: to a folder
+    # above the mount, or to the mount itself, or into it from outside. Its parent is
+    # resolved before the link itself is followed: a link inside a mount that points out
+    # of it is the mount's file, never where it points.
+    for candidate in (given, resolved_parent(given), os.path.realpath(given)):
+        best: tuple[MountRecord, str] | None = None
+        for record in records:
+            rel = record.relative(candidate)
+            if rel is not None and (best is None or
+                                    len(record.mountpoint) > len(best[0].mountpoint)):
+                best = (record, rel)
+        if best is not None:
+            return best
+    return None

@@ -21,6 +21,7 @@ import trio
 
 from tierfs.cache.entries import Source
 from tierfs.stubs import StubError, looks_like_stub, parse_stub
+from tierfs.core.inodes import identity
 from tierfs.core.openfile import warm_id
 from tierfs.core.ownership import ALL_BLOCKS
 from tierfs.tiers.beneath import ROOT, join
@@ -128,7 +129,13 @@ class Residency:
             if fs.cache_warm:
                 source = fs.warm_source(warm_id(st), self._warm_fetch(path, st))
             state = FileState(os.fsdecode(path), "warm", st.st_size, source=source)
-        if source is not None:
+        inode = fs.core.inodes.known(identity(st))
+        if inode is not None and inode.data is not None and inode.data.dirty:
+            # Written through this mount and not home yet (write-back, or a writer still at
+            # it): what the mount shows, all of it on the hot tier, nothing to fetch.
+            state.size = state.hot = inode.data.size
+            state.source = None
+        elif source is not None:
             nblocks = source.blocks(fs.cache.block_size)
             state.hot = fs.cache.cached_bytes(source.id, nblocks)
             state.pinned = source.id in fs.cache.pins

@@ -69,7 +69,13 @@ class Residency:
         pending = [rel]
         while pending:
             here = pending.pop()
-            for name, est, _, etarget in warm.listdir(here):
+            try:
+                found = warm.listdir(here)
+            except (FileNotFoundError, NotADirectoryError):
+                if here == rel:
+                    raise
+                continue  # removed or replaced since its parent was listed: in use
+            for name, est, _, etarget in found:
                 child = join(here, name)
                 if stat.S_ISDIR(est.st_mode):
                     pending.append(child)
@@ -182,7 +188,10 @@ class Residency:
             try:
                 fetched += await cache.fill(source, block)
             except OSError as e:
-                failures.append(e)
+                # A file removed or rewritten since the walk (ENOENT, ESTALE) is not one to
+                # fetch any more, nor a failure: the directory is in use.
+                if e.errno not in (errno.ENOENT, errno.ESTALE):
+                    failures.append(e)
                 failed.add(source.id)
                 return
             finally:

@@ -205,6 +205,21 @@ def test_status_lists_the_mount_and_its_tiers(mount: Mount) -> None:
     assert str(mount.path) in tierfs("status").stdout
 
 
+def test_stats_of_every_mount_shows_those_that_answer(mount: Mount, tmp_path: Path) -> None:
+    """A mount that does not answer (its control socket gone, here) made ``tierfs stats``
+    of every mount fail with nothing shown."""
+    other = make_mount(tmp_path / "other")
+    with running(other):
+        found = mount_for(str(other.path))
+        assert found is not None
+        os.unlink(found[0].socket)
+        result = tierfs("stats", "--json", check=False)
+        assert result.returncode == 1
+        shown = {d["mountpoint"] for d in json.loads(result.stdout)}
+        assert str(mount.path) in shown and str(other.path) not in shown
+        assert f"cannot reach the mount on {other.path}" in result.stderr
+
+
 #: Another user, with no group in common with root (a root group would use the group bits).
 NOBODY = {"user": 65534, "group": 65534, "extra_groups": []}
 

@@ -136,10 +136,11 @@ def stats(path: str | None, as_json: bool, watch: bool, config_file: Path | None
     from rich.console import Console
     from rich.live import Live
 
-    from tierfs.control.client import call, locate
+    from tierfs.control.client import ControlError, call, locate
     from tierfs.control.registry import mounts
 
     console = Console()
+    unreachable: dict[str, str] = {}
     try:
         if path is not None:
             record, rel = locate(path)
@@ -165,17 +166,32 @@ def stats(path: str | None, as_json: bool, watch: bool, config_file: Path | None
                 records = [r for r in records if Path(r.hot).resolve() == hot]
 
         def documents() -> list[dict[str, Any]]:
+            """Each mount's figures; with no path, a mount that does not answer (starting,
+            stopping, hung) is named on stderr and the others are shown."""
             if not records:
                 return [_saved_stats(load_config(config_file, flags))]
-            return [call(r, {"cmd": "stats"}) for r in records]
+            docs = []
+            for r in records:
+                try:
+                    docs.append(call(r, {"cmd": "stats"}))
+                    unreachable.pop(r.mountpoint, None)
+                except ControlError as e:
+                    if path is not None:
+                        raise
+                    unreachable[r.mountpoint] = str(e)
+            return docs
 
         if as_json:
             docs = documents()
             click.echo(json.dumps(docs[0] if path is not None else docs, indent=2))
-            return
-        if not watch:
+        elif not watch:
             for doc in documents():
                 console.print(_stats_view(doc), soft_wrap=True)  # long paths whole
+        if as_json or not watch:
+            for why in unreachable.values():
+                click.echo(why, err=True)
+            if unreachable:
+                sys.exit(1)
             return
         from rich.console import Group
 

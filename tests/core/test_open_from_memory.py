@@ -295,7 +295,6 @@ async def test_warming_never_caches_a_rewrite_under_the_version_it_walked(tmp_pa
         residency = Residency(core.fs)
         states = await residency.files(b"f")
         rewrite_keeping_times(core.warm_path(b"f"), two)
-        with pytest.raises(OSError) as raised:
-            await residency.warm(states, lambda n: None)
-        assert raised.value.errno == errno.ESTALE
+        # (Not a failure of the command: the file is another version now, not fetched.)
+        assert await residency.warm(states, lambda n: None) == 0
         assert core.cached_blocks() == 0

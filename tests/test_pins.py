@@ -84,3 +84,47 @@ def test_a_pin_follows_its_path_when_the_file_is_saved_again(m: Mount) -> None:
         assert time.monotonic() < deadline, f"still {pinned(m)} bytes pinned"
         time.sleep(1)
     assert where(f)["pinned"] is True
+
+
+@pytest.mark.slow
+def test_pin_of_a_pinned_file_not_home_yet_keeps_its_pin(tmp_path: Path) -> None:
+    """``tierfs pin f`` while f's new version is written and not home yet (write-back, open)
+    dropped the pin f had and made none: nothing of f was pinned once it was published, and
+    the background round had no pin to move to it."""
+    with running(make_mount(tmp_path, "--durability", "writeback", "--cache-warm", "true",
+                            "--block-size", "64KiB")) as m:
+        f = m.path / "ckpt.bin"
+        f.write_bytes(os.urandom(512 * KIB))
+        tierfs("flush", str(m.path))
+        tierfs("pin", str(f))
+        assert pinned(m) == 512 * KIB and where(f)["pinned"] is True
+        with open(f, "wb") as h:  # saved again; open: not published before its close
+            h.write(os.urandom(256 * KIB))
+            h.flush()
+            tierfs("pin", str(f))
+        tierfs("flush", str(m.path))
+        deadline = time.monotonic() + 45  # (the round moves the pin to the new version)
+        while not where(f)["pinned"]:
+            assert time.monotonic() < deadline, "the pin was lost"
+            time.sleep(1)
+        assert pinned(m) <= 256 * KIB  # (the old version's blocks are not)
+
+
+@pytest.mark.slow
+def test_a_pin_goes_when_its_path_holds_a_file_never_cached(tmp_path: Path) -> None:
+    """A pinned file in the bucket saved again small, a warm file, which a mount not caching
+    warm files keeps no blocks of: the background round kept the old version's pin."""
+    (tmp_path / "cold").mkdir()
+    with running(make_mount(tmp_path, "--bucket", f"file://{tmp_path / 'cold'}",
+                            "--large-file-threshold", "64KiB", "--block-size", "64KiB",
+                            "--cache-warm", "false")) as m:
+        f = m.path / "ckpt.bin"
+        f.write_bytes(os.urandom(512 * KIB))  # in the bucket
+        tierfs("pin", str(f))
+        assert pinned(m) == 512 * KIB
+        f.write_bytes(b"small now")
+        assert where(f)["tier"] == "warm"
+        deadline = time.monotonic() + 45
+        while pinned(m) != 0:
+            assert time.monotonic() < deadline, f"still {pinned(m)} bytes pinned"
+            time.sleep(1)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import itertools
 import logging
 import os
 import stat
@@ -49,6 +50,9 @@ class FileState:
     pinned: bool = False
     #: Its blocks as the cache names them; None when they are never cached.
     source: Source | None = dataclasses.field(default=None, repr=False)
+    #: Written through the mount and not home yet: no version to name (a pin at its path
+    #: stays, for ``follow_pins`` to move once it is published).
+    pending: bool = False
 
     def to_json(self) -> dict[str, object]:
         return {"path": self.path, "tier": self.tier, "size": self.size, "hot": self.hot,
@@ -140,7 +144,7 @@ class Residency:
             # Written through this mount and not home yet (write-back, or a writer still at
             # it): what the mount shows, all of it on the hot tier, nothing to fetch.
             state.size = state.hot = inode.data.size
-            state.source = None
+            state.source, state.pending = None, True
         elif source is not None:
             nblocks = source.blocks(fs.cache.block_size)
             state.hot = fs.cache.cached_bytes(source.id, nblocks)
@@ -236,13 +240,15 @@ class Residency:
         version's name: pins that name another version (the file rewritten, replaced or
         removed since) are dropped, whose blocks nothing would read or evict otherwise:
         those made at a path of ``states`` or at one of the paths ``gone``, or at or under
-        ``under`` (the paths asked of, walked whole) at a path not in ``states``."""
+        ``under`` (the paths asked of, walked whole) at a path not in ``states``. A pin at
+        the path of a file not home yet stays if ``pinned``: its version is to come."""
         cache = self.fs.cache
         now = {os.fsencode(s.path): s.source.id for s in states if s.source is not None}
+        kept = {os.fsencode(s.path) for s in states if s.pending} if pinned else set()
         roots = tuple(b"" if rel == ROOT else rel + b"/" for rel in under)
-        stale = [sid for sid, label in cache.pins.items() if now.get(label, sid) != sid
-                 or (label not in now and (label in under or label in gone
-                                           or label.startswith(roots)))]
+        stale = [sid for sid, label in cache.pins.items() if label not in kept and (
+            now.get(label, sid) != sid or (label not in now and (
+                label in under or label in gone or label.startswith(roots))))]
         for i, sid in enumerate(stale):
             if i % BATCH == BATCH - 1:
                 await trio.lowlevel.checkpoint()
@@ -262,10 +268,11 @@ class Residency:
         cursor = 0
         while True:
             await trio.sleep(PINS_EVERY)
-            pins = list(self.fs.cache.pins.values())
+            pins = self.fs.cache.pins
             cursor = cursor if cursor < len(pins) else 0
-            labels = sorted(set(pins[cursor:cursor + PINS_PER_ROUND]))
+            seen = dict(itertools.islice(pins.items(), cursor, cursor + PINS_PER_ROUND))
             cursor += PINS_PER_ROUND
+            labels = sorted(set(seen.values()))
             if not labels:
                 continue
             try:
@@ -273,10 +280,11 @@ class Residency:
             except OSError as e:  # (a stalled or failing warm tier: the next round)
                 log.warning("could not look at pinned paths again: %s", e)
                 continue
-            asked = set(labels)
+            # Only pins still as they were: one unpinned (or pinned anew) while the warm
+            # tier was asked is the user's word, newer than this round's.
+            still = {label for sid, label in seen.items() if pins.get(sid) == label}
             states = [s for one in found if one is not None for s in one
-                      if os.fsencode(s.path) in asked]
-            here = {os.fsencode(s.path) for s in states}
-            moved = [s for s in states if s.source is not None
-                     and s.source.id not in self.fs.cache.pins]
-            await self.pin(moved, True, gone=[rel for rel in labels if rel not in here])
+                      if os.fsencode(s.path) in still]
+            here = {os.fsencode(s.path) for s in states if s.source is not None or s.pending}
+            moved = [s for s in states if s.source is not None and s.source.id not in pins]
+            await self.pin(moved, True, gone=[rel for rel in still if rel not in here])

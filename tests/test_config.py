@@ -182,6 +182,8 @@ def test_read_memory_too_small_for_the_roots_names_the_key() -> None:
     with pytest.raises(ConfigError, match="'read_memory'"):
         build_config({"read_memory": "32MiB"}, roots)
     assert build_config({}, {**roots, "read_memory": "48MiB"}).read_memory == 48 * 2**20
+    many = {"warm": tuple(f"r{i}=/x{i}" for i in range(20))}  # (the default: enough for all)
+    assert build_config({}, many).read_memory == 20 * 16 * 2**20
 
 
 def test_zero_config_default_mounts_three_roots(tmp_path: Path,

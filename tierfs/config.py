@@ -484,6 +484,8 @@ def build_config(file_values: Mapping[str, Any], flag_values: Mapping[str, Any],
         raise ConfigError(f"{where(name)}: bad value {values[name]!r}: cache_low_watermark "
                           f"({low}) must not exceed cache_high_watermark ({high})")
     values["warm"], roots = values["warm"]
+    if "read_memory" not in merged:  # (the default grows with the roots, up to 63 of them)
+        values["read_memory"] = max(values["read_memory"], MIN_READ_MEMORY * len(roots))
     if values["read_memory"] < MIN_READ_MEMORY * len(roots):
         # Each root reads from its own share; no share may fall under the least one reader
         # needs, nor may the shares add up to more than was given.

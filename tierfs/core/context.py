@@ -37,6 +37,7 @@ from tierfs.stubs import Stub, StubError, looks_like_stub, parse_stub
 from tierfs.tiers.cold import ColdTier
 from tierfs.tiers.hot import HotTier
 from tierfs.tiers.warm import WarmTier
+from tierfs.tiers.xattrs import own_xattrs
 
 log = logging.getLogger(__name__)
 
@@ -377,7 +378,7 @@ class Core:
                             "%s", show(rel), e)
                 return True
             self.remember_xattrs(inode, names)
-        return bool(names)
+        return bool(own_xattrs(names))
 
     async def fresh_base(self, inode: Inode, data: OpenFile) -> os.stat_result | None:
         """The open file's attributes on the warm tier (mode, link count), read again if a

@@ -6,11 +6,22 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from typing import AnyStr
 
 from tierfs.stubs import looks_like_stub
 from tierfs.tiers.beneath import parent_of
+
+
+#: Extended attributes the system sets on every file (an SELinux label): no reason to keep a
+#: file on the warm tier, nor to refuse its demotion (``own_xattrs``).
+SYSTEM_XATTRS = ("security.selinux",)
+
+
+def own_xattrs(names: Iterable[AnyStr]) -> list[AnyStr]:
+    """The names of ``names`` that are the file's own, which its stub would lose."""
+    return [n for n in names if os.fsdecode(n) not in SYSTEM_XATTRS]
 
 
 def proc_path(fd: int) -> str:

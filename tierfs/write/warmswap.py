@@ -21,10 +21,7 @@ import stat
 
 from tierfs.tiers.beneath import new_symlink, open_file, placed, split, unsure
 from tierfs.tiers.warm import WarmTier
-
-#: Extended attributes that do not stop a demotion (set by the system on every file).
-IGNORED_XATTRS = ("security.selinux",)
-
+from tierfs.tiers.xattrs import own_xattrs
 
 @dataclasses.dataclass
 class Opened:
@@ -34,7 +31,7 @@ class Opened:
     name: bytes
     fd: int
     st: os.stat_result
-    #: Extended attribute names other than ``IGNORED_XATTRS``.
+    #: Extended attribute names, the file's own (``own_xattrs``).
     xattrs: list[str]
     #: Open for writing (or writably mapped) by a process on this node, outside the mount.
     written_here: bool = False
@@ -65,7 +62,7 @@ def open_plain(warm: WarmTier, rel: bytes) -> Opened:
         leased = read_lease(fd)
         if leased:
             fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
-        return Opened(dfd, name, fd, st, [n for n in names if n not in IGNORED_XATTRS],
+        return Opened(dfd, name, fd, st, own_xattrs(names),
                       written_here=leased is False)
     except BaseException:
         os.close(fd)

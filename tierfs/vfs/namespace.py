@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 
 from tierfs.core.attrs import Attrs, SetAttr, attrs_of, err, forget_base, stage_times
 from tierfs.core.context import Core
-from tierfs.core.inodes import ROOT_INODE, Inode, identity, key_ids
+from tierfs.core.inodes import ROOT_INODE, Inode, identity, key_ids, stands_in
 from tierfs.core.ownership import Owners
 from tierfs.stubs import Stub, looks_like_stub
 from tierfs.tiers.scan import is_internal
@@ -30,6 +30,7 @@ from tierfs.tiers.beneath import split
 from tierfs.tiers.warm import RENAME_EXCHANGE, RENAME_NOREPLACE
 from tierfs.vfs.listed import Listed
 from tierfs.vfs.removal import Link, last_name_of_open, note_other_names, open_before_removal
+from tierfs.write.entries import Move
 from tierfs.write.journal import Journal
 
 log = logging.getLogger(__name__)
@@ -428,10 +429,17 @@ class Namespace:
             # Counted before the warm call: a call on a path the rename takes away (made
             # without the lock) fails before the rename returns, and must see it counted.
             core.renames += 1
-            gone = await core.warm.run(
-                self._rename_blocking, rel, new_rel, flags,
-                is_cold(target) or last_name_of_open(target))
             moved = core.inodes.child(parent, name)
+            key = None if moved is None or stands_in(moved.key) else moved.key
+            if self.journal.moving(Move(rel, new_rel, key, exchange)):
+                await self.journal.sync()
+            try:
+                gone = await core.warm.run(
+                    self._rename_blocking, rel, new_rel, flags,
+                    is_cold(target) or last_name_of_open(target))
+            except BaseException:
+                self.journal.moving(None)
+                raise
             replaced = core.inodes.child(new_parent, new_name)
             if exchange:
                 core.inodes.exchange(parent, name, new_parent, new_name)

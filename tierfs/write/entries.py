@@ -42,6 +42,27 @@ class Upload:
     checksum: str | None = None
 
 
+@dataclasses.dataclass(frozen=True)
+class Move:
+    """A rename through the mount under way: ``old`` to ``new`` (``exchange``: each to the
+    other), the warm file or folder at ``old`` being ``key`` then (its identity; None if not
+    known). Recorded in the entries it concerns before the warm tier is asked, so that after
+    a crash in between recovery can tell from the warm tier whether the rename was made."""
+
+    old: bytes
+    new: bytes
+    key: bytes | None
+    exchange: bool
+
+    def made(self, now: bytes | None) -> bool:
+        """Whether it was made, ``now`` being the identity at ``old`` (None: nothing)."""
+        return now is None or (self.key is not None and now != self.key)
+
+
+#: What a rename did to an entry (``Entry.renamed``).
+UNTOUCHED, MOVED, LOST = "untouched", "moved", "lost"
+
+
 @dataclasses.dataclass
 class Entry:
     path: bytes
@@ -65,6 +86,27 @@ class Entry:
     #: (a log written on after a child's exit closed its copy of the descriptor): recovery
     #: publishes that much, though the entry is open again. None: nothing so.
     acked: int | None = None
+    #: A rename of its path (or a folder above it, or over it) under way.
+    move: Move | None = None
+
+    def renamed(self, old: bytes, new: bytes, exchange: bool) -> str:
+        """Follow a rename made of ``old`` to ``new``: the entry's path re-pointed (MOVED),
+        or, at ``new`` where nothing went the other way, left nameless: its data must never
+        be published there (LOST: the caller drops the name, ``lose_name``)."""
+        if _at(self.path, old):
+            self.path = new + self.path[len(old):]
+        elif _at(self.path, new):
+            if not exchange:
+                return LOST
+            self.path = old + self.path[len(new):]
+        else:
+            return UNTOUCHED
+        self.move = None
+        return MOVED
+
+    def lose_name(self) -> None:
+        self.path, self.move = b"", None
+        self.closed, self.acked = False, None
 
     def may_be_published(self) -> bool:
         """Whether recovery may publish this data under ``path`` (after a crash of tierfs; a
@@ -78,7 +120,12 @@ class Entry:
             "path": os.fsdecode(self.path), "closed": self.closed, "size": self.size,
             "atime_ns": self.atime_ns, "mtime_ns": self.mtime_ns, "replaces": self.replaces,
             "synced": self.synced, "acked_ns": self.acked_ns, "acked": self.acked,
-            "upload": None}
+            "upload": None, "move": None}
+        if self.move is not None:
+            m = self.move
+            data["move"] = {"old": os.fsdecode(m.old), "new": os.fsdecode(m.new),
+                            "key": None if m.key is None else m.key.hex(),
+                            "exchange": m.exchange}
         if self.upload is not None:
             u = self.upload
             data["upload"] = {"key": u.key, "since": u.since, "first_part": u.first_part,
@@ -91,13 +138,23 @@ class Entry:
     def decode(cls, raw: bytes) -> Entry:
         data = json.loads(raw)
         upload = data.pop("upload", None)
+        move = data.pop("move", None)
         known = {f.name for f in dataclasses.fields(cls)}
         entry = cls(**{**{k: v for k, v in data.items() if k in known},
                        "path": os.fsencode(data["path"])})
         if upload is not None:
             upload["parts"] = {int(n): e for n, e in upload["parts"].items()}
             entry.upload = Upload(**upload)
+        if move is not None:
+            entry.move = Move(os.fsencode(move["old"]), os.fsencode(move["new"]),
+                              None if move["key"] is None else bytes.fromhex(move["key"]),
+                              bool(move["exchange"]))
         return entry
+
+
+def _at(path: bytes, rel: bytes) -> bool:
+    """Whether ``path`` is ``rel`` or below it."""
+    return path == rel or path.startswith(rel + b"/")
 
 
 

@@ -37,7 +37,7 @@ from typing import Any
 from tierfs.core.openfile import OpenFile
 from tierfs.index import REBOOT_PENDING, Batch, pack_u64
 from tierfs.write import acklog
-from tierfs.write.entries import DB, Entry, publishable
+from tierfs.write.entries import DB, LOST, MOVED, Entry, Move, publishable
 
 log = logging.getLogger(__name__)
 
@@ -151,17 +151,30 @@ class Journal:
         changed = False
         for sid, entry in self.entries.items():
             could = self._may_be_published(sid, entry)
-            if _at(entry.path, old):
-                entry.path = new + entry.path[len(old):]
-            elif _at(entry.path, new):
-                if not exchange:
-                    changed = self._lost_name(sid, entry) or changed
-                    continue
-                entry.path = old + entry.path[len(new):]
-            else:
-                continue
-            self.record(sid, entry)
-            changed = changed or could
+            outcome = entry.renamed(old, new, exchange)
+            if outcome == LOST:
+                changed = self._lost_name(sid, entry) or changed
+            elif outcome == MOVED:
+                self.record(sid, entry)
+                changed = changed or could
+        return changed
+
+    def moving(self, move: Move | None) -> bool:
+        """A rename is about to be made on the warm tier (``move``; None: the one under way
+        failed): entries it concerns whose data may be published record it first. Returns
+        whether any did (then the caller syncs before the rename: a crash between the two
+        would otherwise leave acknowledged data journaled at a name gone)."""
+        changed = False
+        for sid, entry in self.entries.items():
+            if move is None:
+                if entry.move is not None:
+                    entry.move = None
+                    self.record(sid, entry)
+            elif (self._may_be_published(sid, entry) and entry.path
+                  and (_at(entry.path, move.old) or _at(entry.path, move.new))):
+                entry.move = move
+                self.record(sid, entry)
+                changed = True
         return changed
 
     def unlinked(self, rel: bytes) -> bool:
@@ -221,8 +234,7 @@ class Journal:
 
     def _lost_name(self, sid: str, entry: Entry) -> bool:
         could = self._may_be_published(sid, entry)
-        entry.path = b""
-        entry.closed, entry.acked = False, None
+        entry.lose_name()
         self.record(sid, entry)
         return could
 

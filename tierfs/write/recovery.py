@@ -51,7 +51,7 @@ from tierfs.objects.base import ObjectStoreError
 from tierfs.tiers.scan import is_internal
 from tierfs.tiers.beneath import join
 from tierfs.transfer.streaming import StreamingUpload, part_size
-from tierfs.write.entries import Entry, Upload, load, publishable, untrusted_of
+from tierfs.write.entries import LOST, Entry, Move, Upload, load, publishable, untrusted_of
 from tierfs.write.journal import Journal
 from tierfs.write.publish import Publisher
 from tierfs.write.staging import Staging
@@ -92,6 +92,7 @@ class Recovery:
         core = self.core
         report = Report()
         entries = await core.hot.run(load, core.index, self.journal.acks.path)
+        await self._settle_moves(entries)
         untrusted = await core.hot.run(untrusted_of, core.index, entries, rebooted)
         await self.journal.taken_over(entries, untrusted)
         staged = set(await core.hot.run(core.hot.staged_ids))
@@ -114,6 +115,29 @@ class Recovery:
         if any(dataclasses.astuple(report)):
             log.warning("recovery: %s", report)
         return report
+
+    async def _settle_moves(self, entries: dict[str, Entry]) -> None:
+        """Renames under way at the crash (``Move``): made or not, as the warm tier says now
+        (what is at the old path), and the entries each concerns follow it as a live
+        rename's do (``Entry.renamed``)."""
+        moves = {entry.move for entry in entries.values() if entry.move is not None}
+        if not moves:
+            return
+
+        def made(move: Move) -> bool:
+            try:
+                return move.made(identity(self.core.warm.lstat(move.old)))
+            except (FileNotFoundError, NotADirectoryError):
+                return move.made(None)
+            except OSError:
+                return False  # (cannot tell: the entry stays where it was)
+
+        done = {move: await self.core.warm.run(made, move) for move in moves}
+        for entry in entries.values():
+            move, entry.move = entry.move, None
+            if move is not None and done[move] and \
+                    entry.renamed(move.old, move.new, move.exchange) == LOST:
+                entry.lose_name()
 
     async def _each(self, ordered: list[tuple[str, Entry]], staged: set[str],
                     untrusted: set[str], report: Report) -> None:

@@ -57,6 +57,7 @@ async def summaries(found: list[tuple[str, list[FileState]]]) -> list[dict[str, 
 
 def make_handlers(fs: FileSystem, mountpoint: str) -> dict[str, Handler]:
     residency = Residency(fs)
+    fs.upkeep.start(residency.follow_pins)  # (pins are this module's: they follow paths)
 
     async def states_of(request: dict[str, Any]) -> list[tuple[str, list[FileState]]]:
         paths = request.get("paths")

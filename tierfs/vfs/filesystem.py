@@ -37,7 +37,6 @@ from tierfs.vfs.listing import DirEntry, Listing
 from tierfs.vfs.namespace import Namespace
 from tierfs.vfs.openfiles import OpenFiles
 from tierfs.vfs.reads import Reads
-from tierfs.vfs.residency import Residency
 from tierfs.vfs.upkeep import Upkeep
 from tierfs.write.cold import ColdPublisher
 from tierfs.write.demote import Demoter
@@ -81,7 +80,6 @@ class FileSystem:
         self.demoter = Demoter(core, self.journal, self.cold_publisher)
         self.upkeep.jobs.append(self.demoter.run_quota)
         self.upkeep.jobs.append(core.garbage.run)
-        self.upkeep.jobs.append(Residency(self).follow_pins)
 
     # -- what the mount, the control socket and the tests look at --------------------------
 

@@ -88,6 +88,13 @@ class Upkeep:
                 except Exception:
                     log.exception("committing the index failed; retrying later")
 
+    def start(self, job: Callable[[], Awaitable[None]]) -> None:
+        """Run a long-running job beside the others, from now if they run already."""
+        if self.core.nursery is None:
+            self.jobs.append(job)
+        else:
+            self.core.nursery.start_soon(job)
+
     async def save_index(self) -> None:
         """Queue cache entries and counters into the batch, and commit it."""
         core = self.core

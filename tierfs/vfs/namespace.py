@@ -20,6 +20,8 @@ import stat
 import time
 from collections.abc import Callable, Sequence
 
+import trio
+
 from tierfs.core.attrs import Attrs, SetAttr, attrs_of, err, forget_base, stage_times
 from tierfs.core.context import Core
 from tierfs.core.inodes import ROOT_INODE, Inode, identity, key_ids, stands_in
@@ -438,7 +440,9 @@ class Namespace:
                     self._rename_blocking, rel, new_rel, flags,
                     is_cold(target) or last_name_of_open(target))
             except BaseException:
-                self.journal.moving(None)
+                if self.journal.moving(None):
+                    with trio.CancelScope(shield=True):
+                        await self.journal.sync()
                 raise
             replaced = core.inodes.child(new_parent, new_name)
             if exchange:

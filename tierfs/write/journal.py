@@ -157,24 +157,30 @@ class Journal:
             elif outcome == MOVED:
                 self.record(sid, entry)
                 changed = changed or could
+            elif entry.move is not None:  # (re-pointed elsewhere meanwhile: done with it)
+                entry.move = None
+                self.record(sid, entry)
         return changed
 
     def moving(self, move: Move | None) -> bool:
         """A rename is about to be made on the warm tier (``move``; None: the one under way
-        failed): entries it concerns whose data may be published record it first. Returns
-        whether any did (then the caller syncs before the rename: a crash between the two
-        would otherwise leave acknowledged data journaled at a name gone)."""
+        failed): every entry it concerns records it first, as does an acknowledgement of one
+        made meanwhile (a close does not wait for the rename). Returns whether one whose data
+        may be published changed (then the caller syncs: before the rename, a crash between
+        the two would otherwise leave acknowledged data journaled at a name gone; after a
+        failed one, a crash would leave the rename looking made where the old name went)."""
         changed = False
         for sid, entry in self.entries.items():
             if move is None:
-                if entry.move is not None:
-                    entry.move = None
-                    self.record(sid, entry)
-            elif (self._may_be_published(sid, entry) and entry.path
-                  and (_at(entry.path, move.old) or _at(entry.path, move.new))):
+                if entry.move is None:
+                    continue
+                entry.move = None
+            elif entry.path and (_at(entry.path, move.old) or _at(entry.path, move.new)):
                 entry.move = move
-                self.record(sid, entry)
-                changed = True
+            else:
+                continue
+            self.record(sid, entry)
+            changed = changed or self._may_be_published(sid, entry)
         return changed
 
     def unlinked(self, rel: bytes) -> bool:
@@ -245,7 +251,7 @@ class Journal:
         if entry is None:
             return False
         could = self._may_be_published(sid, entry)
-        entry.path = rel if rel is not None else b""
+        entry.path, entry.move = (rel if rel is not None else b""), None
         if rel is None:
             entry.closed, entry.acked = False, None
         self.record(sid, entry)

@@ -88,10 +88,11 @@ def _bar(as_json: bool) -> Any:
     from rich.progress import (BarColumn, DownloadColumn, Progress, TimeRemainingColumn,
                                TransferSpeedColumn)
 
+    console = Console(stderr=True)
     return Progress("[progress.description]{task.description}", BarColumn(),
                     DownloadColumn(binary_units=True), TransferSpeedColumn(),
-                    TimeRemainingColumn(), transient=True, disable=as_json,
-                    console=Console(stderr=True))
+                    TimeRemainingColumn(), transient=True, console=console,
+                    disable=as_json or not console.is_terminal)
 
 
 def _warm_cluster(paths: tuple[str, ...], address: str | None, check: bool,

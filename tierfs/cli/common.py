@@ -80,10 +80,13 @@ def with_progress(record: Any, request: dict[str, Any], label: str) -> Any:
 
     from tierfs.control.client import call
 
-    # (On stderr: what a command prints on stdout is its answer, for scripts to read.)
+    # (On stderr: what a command prints on stdout is its answer, for scripts to read; and
+    # only to a terminal, where it is drawn and wiped, never a line left in a log.)
+    console = Console(stderr=True)
     with Progress("[progress.description]{task.description}", BarColumn(),
                   DownloadColumn(binary_units=True), TransferSpeedColumn(),
-                  transient=True, console=Console(stderr=True)) as progress:
+                  transient=True, console=console,
+                  disable=not console.is_terminal) as progress:
         task = progress.add_task(label, total=None)
         return call(record, request, lambda m: progress.update(
             task, completed=m["progress"], total=m["total"] or None))

@@ -42,7 +42,9 @@ def import_(uri: str, directory: str, config_file: Path | None, **flags: Any) ->
             shown = str(Path(config.warm, *dest))
         prefix = source_prefix(config, uri)
         store = open_checked_store(config)
-        with Progress(transient=True, console=Console(stderr=True)) as progress:
+        console = Console(stderr=True)
+        with Progress(transient=True, console=console,
+                      disable=not console.is_terminal) as progress:
             task = progress.add_task("importing", total=None)
             result = import_objects(config, store, prefix, dest,
                                     lambda n: progress.advance(task, n))

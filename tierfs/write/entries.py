@@ -54,6 +54,10 @@ class Move:
     key: bytes | None
     exchange: bool
 
+    def concerns(self, path: bytes) -> bool:
+        """Whether an entry at ``path`` goes (or may go) elsewhere by it."""
+        return _at(path, self.old) or _at(path, self.new)
+
     def made(self, now: bytes | None) -> bool:
         """Whether it was made, ``now`` being the identity at ``old`` (None: nothing)."""
         return now is None or (self.key is not None and now != self.key)

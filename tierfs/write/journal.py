@@ -175,7 +175,7 @@ class Journal:
                 if entry.move is None:
                     continue
                 entry.move = None
-            elif entry.path and (_at(entry.path, move.old) or _at(entry.path, move.new)):
+            elif entry.path and move.concerns(entry.path):
                 entry.move = move
             else:
                 continue
@@ -576,11 +576,6 @@ class Journal:
             await self.sync(durable=True)
 
         return record
-
-
-def _at(path: bytes, rel: bytes) -> bool:
-    """Whether ``path`` is ``rel`` or below it."""
-    return path == rel or path.startswith(rel + b"/")
 
 
 def _publishable_as(entry: Entry, state: State) -> int | None:

@@ -142,7 +142,14 @@ class OpenFiles:
             if cold:
                 st, target = await core.warm.run(core.warm.lstat_link, rel)
             else:
-                fd, st = await core.warm.run(core.warm.open_read, rel)
+                try:
+                    fd, st = await core.warm.run(core.warm.open_read, rel)
+                except OSError as e:
+                    if e.errno != errno.ELOOP:
+                        raise
+                    # Now a stub or a link (another node demoted it, or anyone linked there):
+                    # the kernel looks the name up again, as for any other kind of file there.
+                    raise err(errno.ESTALE) from None
         if cold:
             inode.stub = stub = core.parse_stub(st, target, rel)
             if stub is None:

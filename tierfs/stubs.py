@@ -102,6 +102,8 @@ def parse_stub(target: bytes, bucket: BucketURI) -> Stub:
         raise StubError(f"stub points outside the bucket prefix ({uri!r})")
     if len(key.encode()) > MAX_KEY_BYTES:
         raise StubError(f"stub key is longer than {MAX_KEY_BYTES} bytes")
+    if "\0" in key:  # (no path holds one: tierfs never names an object so)
+        raise StubError("stub key holds a NUL byte")
     size, mode, mtime_ns, etag = (fields["size"], fields["mode"], fields["mtime_ns"],
                                   fields["etag"])
     if not _SIZE.fullmatch(size) or int(size) > MAX_SIZE:

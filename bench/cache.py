@@ -90,7 +90,8 @@ def run(args: argparse.Namespace, endpoint: str) -> int:
             ours_cold = timed_read(mnt / "data" / "big.bin")
             subprocess.run([*TIERFS, "warm", str(mnt / "data" / "big2.bin")], check=True)
         etag = s3.head_object(Bucket="bench", Key="tierfs/src/big2.bin")["ETag"].strip('"')
-        source_id = cold_source_id("s3://bench/tierfs", "tierfs/src/big2.bin", etag).hex()
+        source_id = cold_source_id("s3://bench/tierfs", "tierfs/src/big2.bin", etag,
+                                   size).hex()
         blocks = sorted(p for p in (hot / "cache" / "v1").rglob(source_id + "*"))
         assert blocks, "the warmed file's blocks are not where the bench expects them"
         ours_hot = raw_hot = float("inf")

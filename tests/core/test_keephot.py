@@ -22,7 +22,7 @@ def gets(core: Core) -> int:
 def blocks_of(core: Core, path: bytes) -> list[bytes]:
     """The cache's blocks of the object a path's stub names now."""
     stub = core.cold(path)
-    source = cold_source_id(str(core.fs.config.bucket), stub.key, stub.etag)
+    source = cold_source_id(str(core.fs.config.bucket), stub.key, stub.etag, stub.size)
     return core.fs.cache.entries.of_source(source)
 
 

@@ -1,9 +1,10 @@
 """The block cache: blocks of cold objects and warm files kept on the hot tier.
 
-A block is named by its source and number: a cold source is the object's URI and ETag, a warm
-one the file's ``core.openfile.warm_id``; a changed source gets a new name, so its old blocks
-are never served and age out. A block is looked for in the memory pool (shared by every open
-file, bounded by ``read_memory``), then its checksummed file on the hot tier, then the source.
+A block is named by its source and number: a cold source is the object's URI and ETag (and
+the size its stub claims), a warm one the file's ``core.openfile.warm_id``; a changed source
+gets a new name, so its old blocks are never served and age out. A block is looked for in the
+memory pool (shared by every open file, bounded by ``read_memory``), then its checksummed file
+on the hot tier, then the source.
 Concurrent readers of one block share one fetch; a fetched block is returned at once and
 stored in the background, several per hot-tier call (``cache.storing``). A full hot tier
 (ENOSPC) makes the cache evict and try once more, else skip caching: a read never fails for it.

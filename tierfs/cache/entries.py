@@ -41,8 +41,12 @@ class Unkept(bytearray):
     names."""
 
 
-def cold_source_id(bucket: str, key: str, etag: str) -> bytes:
-    return hashlib.sha256(f"cold\0{bucket}\0{key}\0{etag}".encode()).digest()[:ID_BYTES]
+def cold_source_id(bucket: str, key: str, etag: str, size: int) -> bytes:
+    """Named by the size a stub claims as well as by the object's version: a block's length
+    follows that size, so a stub copied with a smaller one (by anyone who can write the warm
+    tree) must not leave cut blocks where the real stub's reads would find them."""
+    return hashlib.sha256(f"cold\0{bucket}\0{key}\0{etag}\0{size}".encode()
+                          ).digest()[:ID_BYTES]
 
 
 def warm_source_id(warm_root: str, st_ino: int, size: int, mtime_ns: int, ctime_ns: int

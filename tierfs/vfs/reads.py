@@ -2,8 +2,9 @@
 they are punched out for room: ``transfer.streaming``), else through the block cache
 (always for a cold file, for a warm one when warm caching is on), else from the warm file.
 
-A file's blocks are named by its *source*: a cold file by its object and ETag, a warm file by
-its version (``openfile.warm_id``), so a changed file never gets another version's blocks.
+A file's blocks are named by its *source*: a cold file by its object, ETag and stub's size, a
+warm file by its version (``openfile.warm_id``), so a changed file never gets another
+version's blocks.
 An open answered from memory (``OpenFile.warm_deferred``) names the version its lookup read:
 while its blocks are all cached, it is read without opening the warm file at all.
 """
@@ -339,7 +340,7 @@ class Reads:
         return self._new_reader(data, source, made_for)
 
     def cold_source(self, stub: Stub, data: OpenFile | None = None) -> Source:
-        """A cold file's blocks, named by object and ETag. ``data``: the open file reading
+        """A cold file's blocks, named by object, ETag and size. ``data``: the open file reading
         them, whose rewrite through this node deletes the object: a fetch that fails after
         it raises VersionChanged, for the read to be made again from what the file is now."""
         stagings = None if data is None else data.stagings
@@ -352,7 +353,8 @@ class Reads:
                     raise VersionChanged(errno.ESTALE, "the file was rewritten") from None
                 raise
 
-        return Source(cold_source_id(str(self.core.config.bucket), stub.key, stub.etag),
+        return Source(cold_source_id(str(self.core.config.bucket), stub.key, stub.etag,
+                                     stub.size),
                       stub.size, "cold", fetch)
 
     def warm_source(self, version: WarmId, fetch: Callable[[int, int], Awaitable[bytes]]

@@ -1,8 +1,8 @@
 """Written files stay hot: when a publish has put a file's data home, the bytes it staged on the
 hot tier become cached blocks of the version just published (``cache/written.py``), named
 exactly as a later read of that version names them, instead of being deleted: an object by its
-key and ETag as the stub records them (``Reads.cold_source``), a warm file with warm caching on
-by its ``warm_id`` as the publish left it (``Reads.warm_source``).
+key, ETag and size as the stub records them (``Reads.cold_source``), a warm file with warm
+caching on by its ``warm_id`` as the publish left it (``Reads.warm_source``).
 
 Only data that is the published version byte for byte is kept. A file published to the bucket:
 staging is taken after the stub naming the new object is in place, while the publisher holds
@@ -43,7 +43,7 @@ async def take_staging(core: Core, sid: str | None, fd: int | None, size: int, k
 async def keep_object(core: Core, taken: Taken, stub: Stub,
                       missing: list[tuple[int, int]]) -> int:
     """Make the taken bytes cached blocks of the object ``stub`` names; the bytes kept."""
-    source = cold_source_id(str(core.config.bucket), stub.key, stub.etag)
+    source = cold_source_id(str(core.config.bucket), stub.key, stub.etag, stub.size)
     kept = await _keep(core, source, taken, missing)
     log.debug("%d of %d written bytes of %s kept hot", kept, taken.size, stub.key)
     return kept

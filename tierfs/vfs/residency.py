@@ -75,10 +75,13 @@ class Residency:
             here = pending.pop()
             try:
                 found = warm.listdir(here)
-            except (FileNotFoundError, NotADirectoryError):
+            except (FileNotFoundError, NotADirectoryError, PermissionError):
                 if here == rel:
                     raise
-                continue  # removed or replaced since its parent was listed: in use
+                # Removed or replaced since its parent was listed (in use), or another
+                # user's that the mount may not read: left out alone, as ``tierfs scan``'s
+                # walk counts it unreadable and goes on.
+                continue
             for name, est, _, etarget in found:
                 child = join(here, name)
                 if stat.S_ISDIR(est.st_mode):
@@ -114,8 +117,8 @@ class Residency:
             for rel in rels:
                 try:
                     out.append(self._walk(rel))
-                except (FileNotFoundError, NotADirectoryError):
-                    out.append(None)
+                except (FileNotFoundError, NotADirectoryError, PermissionError):
+                    out.append(None)  # (one path the mount may not read fails alone)
             return out
 
         walked = await self.fs.warm.run(walk_all)

@@ -228,7 +228,7 @@ def where(paths: tuple[str, ...], as_json: bool) -> None:
         pinned = ", pinned" if f["pinned"] else ""
         # (Names as anyone on the shared tree made them: one line each, nothing raw.)
         click.echo(f"{show(f['path'])}: {f['tier']}, {size(f['size'])}, {share:.0f}% hot{pinned}"
-                   + (f", {f['uri']}" if f["uri"] else ""))
+                   + (f", {show(f['uri'])}" if f["uri"] else ""))
 
 
 @click.command()

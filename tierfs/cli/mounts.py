@@ -13,6 +13,7 @@ import click
 from tierfs.cli.common import config_options, fail, leaf_errors
 from tierfs.config import Config, load_config
 from tierfs.errors import MountError, TierfsError
+from tierfs.paths import show
 
 log = logging.getLogger("tierfs")
 
@@ -33,8 +34,20 @@ def setup_logging(config: Config, to_stderr: bool) -> None:
         raise MountError(f"cannot open the log: {e.strerror or e}") from None
     if to_stderr:
         handlers.append(logging.StreamHandler())
-    logging.basicConfig(level=config.log_level.upper(), handlers=handlers, force=True,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    formatter = OneLine("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for handler in handlers:
+        handler.setFormatter(formatter)
+    logging.basicConfig(level=config.log_level.upper(), handlers=handlers, force=True)
+
+
+class OneLine(logging.Formatter):
+    """Each message on one line of text, whatever it names: object keys come from stubs
+    anyone may write on the shared tree, and a newline in one would start a log line of its
+    writer's choosing. Tracebacks, added after the message, keep their lines."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = show(record.message)
+        return super().formatMessage(record)
 
 
 @click.command()

@@ -76,6 +76,8 @@ class _StatFs(ctypes.Structure):
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.fstatfs.argtypes = (ctypes.c_int, ctypes.POINTER(_StatFs))
+_libc.statx.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_uint,
+                        ctypes.c_void_p)
 
 #: File systems whose leases are the kernel's own (``generic_setlease``): a read lease is
 #: refused there only for an open for writing on this node. ext2/3/4, XFS, Btrfs, tmpfs,
@@ -114,8 +116,50 @@ def read_lease(fd: int) -> bool | None:
 
 def same(a: os.stat_result, b: os.stat_result) -> bool:
     """The same file, unchanged: what a demotion checks just before its swap."""
-    return (a.st_dev, a.st_ino, a.st_size, a.st_mtime_ns, a.st_ctime_ns, a.st_nlink) == \
-        (b.st_dev, b.st_ino, b.st_size, b.st_mtime_ns, b.st_ctime_ns, b.st_nlink)
+    return fingerprint(a) == fingerprint(b)
+
+
+def fingerprint(st: os.stat_result) -> tuple[int, ...]:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_nlink)
+
+
+class _StatxTime(ctypes.Structure):
+    _fields_ = [("sec", ctypes.c_int64), ("nsec", ctypes.c_uint32), ("spare", ctypes.c_int32)]
+
+
+class _Statx(ctypes.Structure):
+    _fields_ = [("mask", ctypes.c_uint32), ("blksize", ctypes.c_uint32),
+                ("attributes", ctypes.c_uint64), ("nlink", ctypes.c_uint32),
+                ("uid", ctypes.c_uint32), ("gid", ctypes.c_uint32), ("mode", ctypes.c_uint16),
+                ("spare0", ctypes.c_uint16), ("ino", ctypes.c_uint64), ("size", ctypes.c_uint64),
+                ("blocks", ctypes.c_uint64), ("attributes_mask", ctypes.c_uint64),
+                ("atime", _StatxTime), ("btime", _StatxTime), ("ctime", _StatxTime),
+                ("mtime", _StatxTime), ("rdev_major", ctypes.c_uint32),
+                ("rdev_minor", ctypes.c_uint32), ("dev_major", ctypes.c_uint32),
+                ("dev_minor", ctypes.c_uint32), ("spare", ctypes.c_uint64 * 14)]
+
+
+_AT_SYMLINK_NOFOLLOW, _AT_EMPTY_PATH, _AT_STATX_FORCE_SYNC = 0x100, 0x1000, 0x2000
+_STATX_BASIC_STATS = 0x7FF
+
+
+def fresh_fingerprint(dir_fd: int, name: bytes = b"") -> tuple[int, ...]:
+    """``fingerprint`` of ``name`` in ``dir_fd`` (of ``dir_fd`` itself if no name) as the
+    server has it now. Why: a network file system's client answers ``stat`` from its
+    attribute cache (NFS for 3 to 60 seconds), so a change another node made on the server
+    while a demotion uploaded would go unseen by the check before the swap, and that node's
+    write be lost under the stub. ``statx`` with ``AT_STATX_FORCE_SYNC`` asks the server."""
+    buf = _Statx()
+    flags = _AT_SYMLINK_NOFOLLOW | _AT_STATX_FORCE_SYNC | (0 if name else _AT_EMPTY_PATH)
+    if _libc.statx(dir_fd, name, flags, _STATX_BASIC_STATS, ctypes.byref(buf)) != 0:
+        e = ctypes.get_errno()
+        if e != errno.ENOSYS:
+            raise OSError(e, os.strerror(e), os.fsdecode(name))
+        return fingerprint(os.stat(name, dir_fd=dir_fd, follow_symlinks=False) if name
+                           else os.fstat(dir_fd))
+    return (os.makedev(buf.dev_major, buf.dev_minor), buf.ino, buf.size,
+            buf.mtime.sec * 10**9 + buf.mtime.nsec, buf.ctime.sec * 10**9 + buf.ctime.nsec,
+            buf.nlink)
 
 
 def swap_in_stub(warm: WarmTier, f: Opened, target: bytes) -> os.stat_result | None:
@@ -139,10 +183,10 @@ def swap_in_stub(warm: WarmTier, f: Opened, target: bytes) -> os.stat_result | N
 def _swap_checked(warm: WarmTier, f: Opened, target: bytes, leased: bool
                   ) -> os.stat_result | None:
     try:
-        there = os.stat(f.name, dir_fd=f.dir_fd, follow_symlinks=False)
+        there = fresh_fingerprint(f.dir_fd, f.name)
     except FileNotFoundError:
         return None
-    if not (same(f.st, os.fstat(f.fd)) and same(f.st, there)):
+    if not fingerprint(f.st) == fresh_fingerprint(f.fd) == there:
         return None
     tmp = warm.temp_name()
     try:

@@ -413,6 +413,9 @@ class Config:
     #: Named warm roots (``--warm NAME=DIR``); empty when ``warm`` is the mount's top level.
     #: With roots, ``warm`` is the first root's directory.
     roots: Roots = ()
+    #: In a named root's own configuration (``vfs.roots.root_config``), the root's name:
+    #: ``rules`` are written relative to the mount's top, where the root's files are under it.
+    rules_root: str = ""
 
     def to_args(self) -> list[str]:
         """Flags that reproduce this configuration exactly (used to start the daemon)."""

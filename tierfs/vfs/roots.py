@@ -68,7 +68,7 @@ def root_config(config: Config, name: str, warm: Path) -> Config:
     return dataclasses.replace(config, hot=config.hot / ROOTS_DIR / name, warm=warm,
                                bucket=bucket, hot_capacity=share,
                                read_memory=config.read_memory // count,
-                               roots=())
+                               roots=(), rules_root=name)
 
 
 class SummedCounters:

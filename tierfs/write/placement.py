@@ -29,16 +29,22 @@ class Placement:
     stream_after: int | None
     #: (glob, tier) pairs, first match wins.
     rules: tuple[tuple[str, str], ...]
+    #: The named root whose files these are (``Config.rules_root``; "" for a single warm
+    #: tier): the rules see a path of the root's under its name, as the mount shows it.
+    root: str = ""
 
     @classmethod
     def of(cls, config: Config) -> Placement:
-        return cls(config.large_file_threshold, config.stream_after, config.rules)
+        return cls(config.large_file_threshold, config.stream_after, config.rules,
+                   config.rules_root)
 
     def rule_for(self, path: bytes | None) -> Rule:
         """The tier a path rule pins a file at ``path`` to (NONE without a path or a match)."""
         if path is None or not self.rules:
             return NONE
         text = os.fsdecode(path)
+        if self.root:
+            text = f"{self.root}/{text}" if text else self.root
         for pattern, tier in self.rules:
             if fnmatch.fnmatchcase(text, pattern):
                 return tier

@@ -76,6 +76,9 @@ log = logging.getLogger(__name__)
 
 #: Demotion records live in the index's ``meta`` database under this prefix.
 RECORD_PREFIX = b"demoting/"
+#: Most walks of the warm tree one pass of the quota makes, each a page of the least recently
+#: used files past the last (``warmscan.KEEP`` a page): a bound, as anyone may touch files.
+QUOTA_PAGES = 16
 #: Demotions under way at once, for the quota and the commands together: each one uploads
 #: at most ``upload_window`` parts at a time, so this bounds the bytes in flight.
 AT_ONCE = 1
@@ -560,15 +563,22 @@ class Demoter:
         offer = Offer(min_size, None if core.as_root else os.geteuid())
         seen = await core.warm.run(functools.partial(walk, core.warm, min_size, offer=offer))
         core.counters.set_gauge("warm_usage", seen.bytes)
-        excess = seen.bytes - quota
-        freed = 0
-        for found in seen.oldest:
-            if freed >= excess:
+        usage, excess, freed = seen.bytes, seen.bytes - quota, 0
+        # Page on past files every demotion refuses (a warm rule's, ones with extended
+        # attributes, open ones): else the oldest of them would take every place of each
+        # pass's walk for good, and the files behind them would never be reached.
+        for _ in range(QUOTA_PAGES):
+            for found in seen.oldest:
+                if freed >= excess:
+                    break
+                outcome = await self.demote(found.rel)
+                if outcome.done:
+                    freed += found.space
+            if freed >= excess or seen.offered <= len(seen.oldest) or not seen.oldest:
                 break
-            outcome = await self.demote(found.rel)
-            if outcome.done:
-                freed += found.space
+            seen = await core.warm.run(functools.partial(
+                walk, core.warm, min_size, after=seen.oldest[-1].cursor, offer=offer))
         if excess > 0 and freed < excess:
             log.warning("the warm tier holds %d bytes of plain files, over its quota of %d; "
-                        "%d bytes were demoted, no more could be", seen.bytes, quota, freed)
+                        "%d bytes were demoted, no more could be", usage, quota, freed)
         return freed

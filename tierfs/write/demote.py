@@ -182,6 +182,9 @@ class Demoter:
             return "open for writing on this node, outside the mount"
         if self.cold.placement.rule_for(rel) == WARM:
             return "a rule keeps it on the warm tier"
+        if rel in self.core.cache.pins.values():
+            # (Its hot blocks are the warm version's: the object would start cold.)
+            return "pinned on the hot tier (unpin it first)"
         return self._in_use(rel, st)
 
     def _in_use(self, rel: bytes, st: os.stat_result) -> str | None:

@@ -18,6 +18,7 @@ import errno
 import fcntl
 import os
 import stat
+import time
 
 from tierfs.tiers.beneath import new_symlink, open_file, placed, split, unsure
 from tierfs.tiers.warm import WarmTier
@@ -264,13 +265,14 @@ def new_temp(warm: WarmTier, s: StubAt) -> int:
 
 def settle_temp(s: StubAt, size: int, mode: int, mtime_ns: int) -> None:
     """The downloaded file gets the stub's size, owner, mode and mtime, and reaches the
-    disk."""
+    disk. Its access time is now: a promotion is asked for, and the quota must not take the
+    file for its least recently used and send it straight back."""
     fd = s.tmp_fd
     assert fd is not None
     os.ftruncate(fd, size)
     os.fchown(fd, s.st.st_uid, s.st.st_gid)
     os.fchmod(fd, mode)
-    os.utime(fd, ns=(mtime_ns, mtime_ns))
+    os.utime(fd, ns=(time.time_ns(), mtime_ns))
     os.fsync(fd)
 
 

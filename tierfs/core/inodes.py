@@ -226,6 +226,8 @@ class InodeTable:
         existing = self._by_name.get((parent, name))
         if existing is not None:
             if existing.kind == kind and (existing.key == key or existing.replacing):
+                if existing.key == key and kind != stat.S_IFDIR:
+                    self._confirm(existing, parent, name, st.st_nlink)
                 return existing  # (being replaced by tierfs: the new file is still this one)
             self.remove_link(parent, name)  # replaced behind our back (another node)
         inode = self._by_key.get(key)
@@ -236,6 +238,7 @@ class InodeTable:
             # or a hard-linked file found under another name was renamed or linked elsewhere.
             if kind != stat.S_IFDIR and st.st_nlink > 1:
                 self._add(inode, parent, name)  # another hard link to a file we know
+                self._confirm(inode, parent, name, st.st_nlink)
                 return inode
             if kind == stat.S_IFDIR and (not inode.below or confirmed == key):
                 # its only name: it was renamed elsewhere (and the names it holds here are in
@@ -255,6 +258,22 @@ class InodeTable:
         self._by_key[key] = inode
         self._add(inode, parent, name)
         return inode
+
+    def _confirm(self, inode: Inode, parent: int, name: bytes, nlink: int) -> None:
+        """A file known under several names was just found at (``parent``, ``name``) on the
+        warm tier: its path is built from that name from now on (``path``), since another
+        node may have removed or replaced the names found before, and then this node would
+        read, and publish over, whatever file holds them now. Found with a single name, the
+        others are gone."""
+        link = (parent, name)
+        if len(inode.links) < 2 or link not in inode.links:
+            return
+        if inode.links[0] != link:
+            inode.links.remove(link)
+            inode.links.insert(0, link)
+        if nlink == 1:
+            for other in inode.links[1:]:
+                self.remove_link(*other)
 
     def _allocate(self, key: bytes) -> int:
         number = self._next

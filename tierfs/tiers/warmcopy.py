@@ -70,18 +70,22 @@ class PublishCalls(XattrCalls):
         def _temp_name(self) -> bytes: ...
 
     def publish_copy(self, rel: bytes, src_fd: int, size: int, times: tuple[int, int],
-                     mode: int | None = None, expect: tuple[int, int] | None = None
+                     mode: int | None = None, expect: tuple[int, int] | None = None,
+                     known: os.stat_result | None = None
                      ) -> tuple[bytes | None, os.stat_result]:
         """The copying half of publishing: a fsynced temp file to rename over ``rel`` (returned
         with its attributes), or, for a hard-linked file, the data written in place (None and
         the file's attributes). ``mode`` overrides the mode copied from ``rel`` (a stub's
         symlink has none worth copying). ``expect``: the (device, inode) of the file being
         published; a hard-linked file found at ``rel`` that is another one (renamed there
-        meanwhile) is not written: FileNotFoundError, as for a file that is gone."""
+        meanwhile) is not written: FileNotFoundError, as for a file that is gone. ``known``:
+        the file's attributes as this node last had them, for a file gone from ``rel``."""
         try:
             st = self.lstat(rel)
         except FileNotFoundError:
             st = None
+        if st is None and known is not None:
+            return self.write_temp(split(rel)[0], src_fd, size, rel, times, mode, known)
         if st is not None and st.st_nlink > 1 and stat.S_ISREG(st.st_mode):
             if expect is not None and (st.st_dev, st.st_ino) != expect:
                 raise FileNotFoundError(errno.ENOENT, "another file is there now", rel)
@@ -290,17 +294,17 @@ class PublishCalls(XattrCalls):
         os.fsync(fd)
 
     def settle_staged(self, rel: bytes, fd: int, size: int, times: tuple[int, int],
-                      mode: int | None = None) -> bool:
+                      mode: int | None = None, known: os.stat_result | None = None) -> bool:
         """Prepare a staging file on this file system to be renamed over ``rel`` (``adopt``):
         False, and nothing done, if ``rel`` is hard-linked (it is then published in place,
-        since a rename would split the links)."""
+        since a rename would split the links). ``known``: as for ``publish_copy``."""
         try:
             st = self.lstat(rel)
         except FileNotFoundError:
-            st = None
+            st = known
         if st is not None and st.st_nlink > 1 and stat.S_ISREG(st.st_mode):
             return False
-        self._settle(fd, size, rel, times, mode)
+        self._settle(fd, size, rel, times, mode, st)
         return True
 
     def adopt(self, src: Path, fd: int, rel: bytes, retire: int | None,

@@ -90,8 +90,10 @@ class WarmPublisher:
                 # whole copy of the file on the shared tier, and its directory's descriptor.
                 await mirror.discard()
         for _ in range(STALE_TRIES):
+            # (``data.base``: the owner and mode for a file another node took from its name
+            # meanwhile, which this publish puts back, rather than the daemon's and 0600.)
             copied = await self.at_path(inode, core.warm.publish_copy, data.staging_fd,
-                                        data.size, times, mode, key_ids(inode.key))
+                                        data.size, times, mode, key_ids(inode.key), data.base)
             if copied is None:
                 return None  # unlinked meanwhile
             tmp, st = copied
@@ -187,7 +189,7 @@ class WarmPublisher:
         core = self.core
         assert data.staging_fd is not None and data.staging_id is not None
         settled = await self.at_path(inode, core.warm.settle_staged, data.staging_fd,
-                                     data.size, times, mode)
+                                     data.size, times, mode, data.base)
         if settled is None:
             return True, None  # unlinked meanwhile
         if not settled:

@@ -60,5 +60,5 @@ def test_a_publish_after_another_node_took_the_name_keeps_owner_and_mode(
             os.unlink(a.path / "w")
         time.sleep(SETTLE)
     time.sleep(SETTLE)
-X
+    st = os.lstat(a.warm / "w")  # (B's close put it back at the name B knows)
     assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (1234, 1234, 0o640)

@@ -1,19 +1,29 @@
-"""A hard-linked file seen by two nodes (two mounts sharing one warm tree and bucket): node A
-removes, replaces or moves one of its names, and node B, which had looked up both, must go
-on using the names the file still has. B built the file's path from the first name it had
-found, so it opened nothing, read another file's bytes, or published its writes over the
-new file A had made at that name (``InodeTable._confirm``: the name a lookup just found comes
-first, and a file found with a single name has no other)."""
+"""Names another node changes under a file this node knows (two mounts sharing one warm tree
+and a local-folder bucket, as in test_two_nodes.py).
+
+- A hard-linked file: node A removes, replaces or moves one of its names, and node B, which
+  had looked up both, must go on using the names the file still has. B built the file's path
+  from the first name it had found, so it opened nothing, read another file's bytes, or
+  published its writes over the new file A had made at that name (``InodeTable._confirm``:
+  the name a lookup just found comes first, and a file found with a single name has no
+  other).
+- A file B writes while A renames it away or unlinks it: B's close publishes it back at the
+  name B knows (docs/semantics.md, "What another node sees", rename), and it must come back
+  with the file's own owner and mode (the ones B last saw, ``OpenFile.base``), not owned by
+  the daemon with the staging file's mode 0600 (its owner would lose access).
+"""
 
 from __future__ import annotations
 
 import os
+import stat
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from conftest import Mount, make_mount, read_uncached, running
+from test_two_nodes import _eventually, _write
 
 SETTLE = 1.6
 
@@ -38,25 +48,11 @@ def nodes(tmp_path: Path) -> Iterator[tuple[Mount, Mount]]:
         yield a, b
 
 
-def _write(path: Path, data: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
-
-
 def _read_or_error(path: Path) -> bytes | OSError:
     try:
         return read_uncached(path)
     except OSError as e:
         return e
-
-
-def _eventually(check, timeout: float = 8.0):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(0.1)
 
 
 def test_hard_link_survivor_opens_on_b_after_a_unlinks_the_other_name(
@@ -154,3 +150,24 @@ def test_b_writes_a_hard_link_whose_other_name_a_unlinks_meanwhile(
     time.sleep(SETTLE)
     assert sorted(os.listdir(a.warm)) == ["g"], os.listdir(a.warm)
     assert (a.warm / "g").read_bytes() == b"NEW content"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root")
+@pytest.mark.parametrize("how", ["rename", "unlink"])
+def test_a_publish_after_another_node_took_the_name_keeps_owner_and_mode(
+        nodes: tuple[Mount, Mount], how: str) -> None:
+    a, b = nodes
+    _write(a.path / "w", os.urandom(1000))
+    os.chown(a.path / "w", 1234, 1234)
+    os.chmod(a.path / "w", 0o640)
+    time.sleep(SETTLE)
+    with open(b.path / "w", "r+b", buffering=0) as f:
+        f.write(b"XY")
+        if how == "rename":
+            os.rename(a.path / "w", a.path / "w2")
+        else:
+            os.unlink(a.path / "w")
+        time.sleep(SETTLE)
+    time.sleep(SETTLE)
+    st = os.lstat(a.warm / "w")  # (B's close put it back at the name B knows)
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (1234, 1234, 0o640)

@@ -238,3 +238,18 @@ async def settle(core: Core, stub: Stub, owner: os.stat_result, info: ObjectInfo
         log.error("cannot give the object of %s its file's owner and mode: %s", show(rel), e)
         raise err(errno.EIO) from None
     return dataclasses.replace(stub, etag=new.etag)
+
+
+async def mode_at_name(core: Core, known: Stub, rel: bytes) -> int | None:
+    """The mode the stub at ``rel`` gives now, if it still names ``known``'s object with
+    another mode (None otherwise): another node's chmod of a file in the bucket while this
+    node rewrote it. Its new stub keeps that mode, as a warm publish takes the mode of the
+    file at the name; else the close would undo a mode narrowed to shut readers out."""
+    try:
+        st, target = await core.warm.run(core.warm.lstat_link, rel)
+        now = core.parse_stub(st, target, rel)
+    except OSError:
+        return None  # (gone or refused: the publish finds out)
+    if now is None or now.key != known.key or now.mode == known.mode:
+        return None
+    return now.mode

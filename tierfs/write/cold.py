@@ -26,7 +26,7 @@ from tierfs.core.attrs import err, file_mode, mode_override
 from tierfs.core.context import AttrMark, Core
 from tierfs.core.inodes import Inode
 from tierfs.core.openfile import DataState, OpenFile, warm_id
-from tierfs.core.ownership import owner_metadata, settle
+from tierfs.core.ownership import mode_at_name, owner_metadata, settle
 from tierfs.objects.base import (NoSuchObject, ObjectInfo, ObjectStoreError, UploadGone,
                                  key_text)
 from tierfs.objects.keys import free_key, unique_key
@@ -347,6 +347,9 @@ class ColdPublisher:
                             await core.fresh_base(inode, data)
                             stub = dataclasses.replace(stub, mode=file_mode(inode, data),
                                                        mtime_ns=data.mtime_ns)
+                        elif not theirs and inode.stub is not None:  # (another node's chmod)
+                            mode = await mode_at_name(core, inode.stub, rel)
+                            stub = stub if mode is None else dataclasses.replace(stub, mode=mode)
                         if not theirs and data.base is not None:  # (owner or mode changed)
                             stub = await settle(core, stub, data.base, info, rel)
                         data.swapping = swapping

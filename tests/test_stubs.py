@@ -104,7 +104,7 @@ def test_a_stub_made_by_tierfs_is_always_one_it_reads() -> None:
     assert parse_stub(made.encode(BUCKET), BUCKET) == made
 
 
-key_parts = st.text(st.characters(codec="utf-8", exclude_characters="/"), min_size=1,
+key_parts = st.text(st.characters(codec="utf-8", exclude_characters="/\x00"), min_size=1,
                     max_size=12).filter(lambda p: p not in (".", ".."))
 stubs = st.builds(
     Stub, st.lists(key_parts, min_size=1, max_size=4).map(lambda ps: "/".join(["prefix", *ps])),

@@ -116,9 +116,8 @@ class Owners:
             # The stub's version is not the bucket's any more, so its owner cannot be checked:
             # its blocks are not served from the cache (named by key, ETag and size, they
             # outlive the object), where a link copied from its old stub would otherwise find
-            # them.
-            # Its reads then fail, as reads of any version the bucket no longer has do; an
-            # open that will not read it (a rewrite) goes on.
+            # them. Its reads then fail, as reads of any version the bucket no longer has do;
+            # an open that will not read it (a rewrite) goes on.
             source = cold_source_id(str(core.config.bucket), stub.key, stub.etag, stub.size)
             await core.cache.evict_source(source, ALL_BLOCKS)
             if info is None:

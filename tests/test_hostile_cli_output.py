@@ -6,14 +6,13 @@ of text (tierfs.paths), and a stub refused alone must not end a command over a d
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from conftest import Mount, make_mount, running
+from test_operator_names import cli
 from tierfs.objects.base import parse_bucket_uri
 from tierfs.objects.local import LocalStore
 from tierfs.stubs import Stub
@@ -28,11 +27,6 @@ def m(tmp_path: Path) -> Iterator[Mount]:
                     "--large-file-threshold", "16KiB", "--part-size", "5MiB")
     with running(mm):
         yield mm
-
-
-def cli(*args: str | bytes) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tierfs", *args], capture_output=True,
-                          timeout=60, stdin=subprocess.DEVNULL)
 
 
 def bucket_of(m: Mount) -> object:

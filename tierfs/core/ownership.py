@@ -23,8 +23,10 @@ import os
 from collections.abc import Mapping
 
 from tierfs.cache.entries import cold_source_id
-from tierfs.core.attrs import err
-from tierfs.core.context import Core
+from tierfs.core.attrs import err, file_mode
+from tierfs.core.context import AttrMark, Core
+from tierfs.core.inodes import Inode
+from tierfs.core.openfile import OpenFile
 from tierfs.objects.base import (MetadataFixed, NoSuchObject, ObjectChanged, ObjectInfo,
                                  ObjectStoreError, is_copy_of)
 from tierfs.paths import show
@@ -239,7 +241,26 @@ async def settle(core: Core, stub: Stub, owner: os.stat_result, info: ObjectInfo
     return dataclasses.replace(stub, etag=new.etag)
 
 
-async def mode_at_name(core: Core, known: Stub, rel: bytes) -> int | None:
+async def stub_as_now(core: Core, inode: Inode, data: OpenFile, stub: Stub, info: ObjectInfo,
+                      rel: bytes, since: AttrMark) -> Stub:
+    """The stub of a file this node rewrote into a new object, just before it goes in at
+    ``rel``: with the mode and mtime a change through this mount gave the file meanwhile
+    (``since``: ``attr_mark`` when its publish began), or else the mode another node gave
+    it (``_mode_at_name``); and the object given the owner and mode too, if they changed
+    (``settle``)."""
+    if core.attr_mark(inode) != since:  # (chmod, utime, rename)
+        data.base = None
+        await core.fresh_base(inode, data)
+        stub = dataclasses.replace(stub, mode=file_mode(inode, data), mtime_ns=data.mtime_ns)
+    elif inode.stub is not None:  # (another node's chmod)
+        mode = await _mode_at_name(core, inode.stub, rel)
+        stub = stub if mode is None else dataclasses.replace(stub, mode=mode)
+    if data.base is not None:  # (owner or mode changed)
+        stub = await settle(core, stub, data.base, info, rel)
+    return stub
+
+
+async def _mode_at_name(core: Core, known: Stub, rel: bytes) -> int | None:
     """The mode the stub at ``rel`` gives now, if it still names ``known``'s object with
     another mode (None otherwise): another node's chmod of a file in the bucket while this
     node rewrote it. Its new stub keeps that mode, as a warm publish takes the mode of the

@@ -12,7 +12,6 @@ metadata, whichever path created it (a live writer, a retry, recovery).
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import logging
 import os
@@ -26,7 +25,7 @@ from tierfs.core.attrs import err, file_mode, mode_override
 from tierfs.core.context import AttrMark, Core
 from tierfs.core.inodes import Inode
 from tierfs.core.openfile import DataState, OpenFile, warm_id
-from tierfs.core.ownership import mode_at_name, owner_metadata, settle
+from tierfs.core.ownership import owner_metadata, stub_as_now
 from tierfs.objects.base import (NoSuchObject, ObjectInfo, ObjectStoreError, UploadGone,
                                  key_text)
 from tierfs.objects.keys import free_key, unique_key
@@ -342,16 +341,8 @@ class ColdPublisher:
                             await self._delete_own(info, upload.token)
                     else:
                         # (Another's object keeps the mode and owner its writer gave it.)
-                        if not theirs and core.attr_mark(inode) != since:  # (chmod, utime, rename)
-                            data.base = None
-                            await core.fresh_base(inode, data)
-                            stub = dataclasses.replace(stub, mode=file_mode(inode, data),
-                                                       mtime_ns=data.mtime_ns)
-                        elif not theirs and inode.stub is not None:  # (another node's chmod)
-                            mode = await mode_at_name(core, inode.stub, rel)
-                            stub = stub if mode is None else dataclasses.replace(stub, mode=mode)
-                        if not theirs and data.base is not None:  # (owner or mode changed)
-                            stub = await settle(core, stub, data.base, info, rel)
+                        if not theirs:
+                            stub = await stub_as_now(core, inode, data, stub, info, rel, since)
                         data.swapping = swapping
                         try:
                             st = await core.warm.run(core.warm.stub_over, rel,
